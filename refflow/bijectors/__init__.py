@@ -1,0 +1,13 @@
+"""Bijectors, one module per family. ``forward`` maps base to data, ``x = T(z)``."""
+
+from .base import Bijector, Chain, Inverse
+from .elementwise import Affine, Exp, LeakyReLU, Logit, Sigmoid, Softplus, Tanh
+from .linear import Householder, LULinear, Permute, Reverse
+from .normalization import ActNorm, BatchNorm
+
+__all__ = [
+    "Bijector", "Chain", "Inverse",
+    "Affine", "Exp", "Sigmoid", "Logit", "Tanh", "Softplus", "LeakyReLU",
+    "Permute", "Reverse", "LULinear", "Householder",
+    "ActNorm", "BatchNorm",
+]

@@ -1,0 +1,342 @@
+"""The bijector contract, ``Chain`` and ``Inverse``.
+
+A bijector ``T`` maps base space to data space, ``x = T(z)``.
+
+======================  =====================================================================
+``forward(z)``          ``(x, log_det)`` with ``log_det = log|det dx/dz|``, shape ``(batch,)``
+``inverse(x)``          ``(z, log_det)`` with ``log_det = log|det dz/dx|``
+``forward_vjp(z)``      ``(x, log_det, pullback)``; ``pullback(x_bar, log_det_bar) -> (z_bar, grads)``
+``inverse_vjp(x)``      ``(z, log_det, pullback)``; ``pullback(z_bar, log_det_bar) -> (x_bar, grads)``
+======================  =====================================================================
+
+``grads`` has the keys and shapes of ``params`` and holds gradients summed over the batch.
+Either cotangent may be ``None`` (zeros).
+
+Writing a bijector
+------------------
+Subclasses implement ``_forward_vjp`` and ``_inverse_vjp`` (and, when a cheaper pass without
+residuals exists, ``_forward`` / ``_inverse``) on *validated* C-contiguous ``(batch, dim)``
+arrays of one float dtype; they read parameters through ``self._p(dtype)``, which returns
+copies, so a pullback that closes over them is unaffected by later optimizer steps. Their
+pullbacks receive full cotangent arrays (never ``None``) of the pass's dtype. Domain checks go in
+``_check_forward_domain`` / ``_check_inverse_domain``. The public methods here do the rest:
+input validation, single points, result finiteness, cotangent validation and float64 grads.
+"""
+
+import numpy as np
+
+from .._validation import as_batch, check_finite
+from ..params import ParamDict, prefixed
+
+__all__ = ["Bijector", "Chain", "Inverse"]
+
+_OTHER = {"forward": "inverse", "inverse": "forward"}
+
+
+class Bijector:
+    """Base class of every bijector: validation, single points and the pullback wrapper.
+
+    Attributes
+    ----------
+    dim : int
+        Event size; inputs are ``(batch, dim)`` or ``(dim,)``.
+    params : ParamDict
+        Trainable parameters (float64), possibly empty. Assigning ``params[k] = v`` writes in
+        place; updates take effect at the next call.
+    buffers : dict
+        Non-trainable state that defines the map (permutations, running statistics).
+    training : bool
+        Train/eval mode; matters only for layers with batch statistics. See :meth:`train`.
+    """
+
+    dim = None
+    training = True
+
+    def __init__(self, dim, params=None, buffers=None):
+        self.dim = dim
+        self._params = ParamDict(params or {})
+        self._buffers = dict(buffers or {})
+
+    # ----------------------------------------------------------------- state
+    @property
+    def params(self):
+        return self._params
+
+    @property
+    def buffers(self):
+        return self._buffers
+
+    def _children(self):
+        return []
+
+    def train(self, mode=True):
+        """Set training mode (batch statistics) or, with ``mode=False``, eval mode; returns self."""
+        self.training = bool(mode)
+        for child in self._children():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        """Set eval mode (running statistics); returns self."""
+        return self.train(False)
+
+    def _p(self, dtype):
+        """Copies of this layer's parameters in the compute dtype (residuals for the pullback)."""
+        return {k: v.astype(dtype) for k, v in self._params.items()}
+
+    def __repr__(self):
+        return f"{type(self).__name__}(dim={self.dim})"
+
+    # ----------------------------------------------------------- subclass hooks
+    def _forward(self, z):
+        x, log_det, _ = self._forward_vjp(z)
+        return x, log_det
+
+    def _inverse(self, x):
+        z, log_det, _ = self._inverse_vjp(x)
+        return z, log_det
+
+    def _forward_vjp(self, z):
+        raise NotImplementedError
+
+    def _inverse_vjp(self, x):
+        raise NotImplementedError
+
+    def _check_forward_domain(self, z):
+        pass
+
+    def _check_inverse_domain(self, x):
+        pass
+
+    # ------------------------------------------ checked private passes (containers call these)
+    def _run(self, direction, v, with_vjp):
+        """One pass on a validated 2-D array: domain check, the hook, a finiteness check."""
+        if direction == "forward":
+            self._check_forward_domain(v)
+            result = self._forward_vjp(v) if with_vjp else self._forward(v)
+        else:
+            self._check_inverse_domain(v)
+            result = self._inverse_vjp(v) if with_vjp else self._inverse(v)
+        out, log_det = result[0], result[1]
+        if not (np.isfinite(out).all() and np.isfinite(log_det).all()):
+            bad = ~(np.isfinite(out).all(axis=1) & np.isfinite(log_det))
+            raise ValueError(
+                f"{type(self).__name__}.{direction}: the result is not finite for "
+                f"{int(bad.sum())} of {v.shape[0]} rows (first row {int(np.argmax(bad))}); the "
+                f"input or the parameters are outside the range representable in {v.dtype}"
+            )
+        return result
+
+    def _domain_error(self, direction, message):
+        return ValueError(f"{type(self).__name__}.{direction}: {message}")
+
+    # ------------------------------------------------------------- public API
+    def _name(self):
+        return type(self).__name__
+
+    def _public(self, direction, v, with_vjp):
+        where = f"{self._name()}.{direction}"
+        v2, was_1d = as_batch(v, self.dim, where)
+        result = self._run(direction, v2, with_vjp)
+        out, log_det = result[0], result[1]
+        if was_1d:
+            out, log_det = out[0], log_det[0]
+        if not with_vjp:
+            return out, log_det
+        return out, log_det, self._wrap_pullback(result[2], v2, was_1d, where)
+
+    def _wrap_pullback(self, inner, v2, was_1d, where):
+        n, dtype = v2.shape[0], v2.dtype
+        out_name = "x_bar" if where.endswith("forward") else "z_bar"
+        in_shape = v2.shape[1:] if was_1d else v2.shape
+
+        def pullback(out_bar=None, log_det_bar=None):
+            out_bar = _cotangent(out_bar, (n, self.dim), was_1d, dtype, where, out_name)
+            log_det_bar = _cotangent(log_det_bar, (n,), was_1d, dtype, where, "log_det_bar")
+            in_bar, grads = inner(out_bar, log_det_bar)
+            grads = {k: np.asarray(g, dtype=np.float64) for k, g in grads.items()}
+            if not (np.isfinite(in_bar).all() and all(np.isfinite(g).all() for g in grads.values())):
+                raise ValueError(f"{where} pullback: the gradient is not finite (overflow)")
+            return in_bar.reshape(in_shape), grads
+
+        return pullback
+
+    def forward(self, z):
+        """Map base points to data points.
+
+        Parameters
+        ----------
+        z : array_like of shape (batch, dim) or (dim,)
+
+        Returns
+        -------
+        x : ndarray of the shape and float dtype of ``z``
+        log_det : ndarray of shape (batch,) (a scalar for a single point)
+            ``log|det dx/dz|``.
+        """
+        return self._public("forward", z, False)
+
+    def inverse(self, x):
+        """Map data points to base points; ``log_det = log|det dz/dx|``."""
+        return self._public("inverse", x, False)
+
+    def forward_vjp(self, z):
+        """``(x, log_det, pullback)``; ``pullback(x_bar=None, log_det_bar=None) -> (z_bar, grads)``."""
+        return self._public("forward", z, True)
+
+    def inverse_vjp(self, x):
+        """``(z, log_det, pullback)``; ``pullback(z_bar=None, log_det_bar=None) -> (x_bar, grads)``."""
+        return self._public("inverse", x, True)
+
+
+def _cotangent(value, shape, was_1d, dtype, where, name):
+    """Validate a cotangent (``None`` means zeros) and return it with the batch shape."""
+    if value is None:
+        return np.zeros(shape, dtype=dtype)
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} pullback: {name} must be numeric") from None
+    expected = shape[1:] if was_1d else shape
+    if arr.shape != expected:
+        raise ValueError(f"{where} pullback: expected {name} of shape {expected}, got {arr.shape}")
+    check_finite(arr, f"{where} pullback", name)
+    return np.ascontiguousarray(arr.reshape(shape), dtype=dtype)
+
+
+class Chain(Bijector):
+    """Composition ``x = f_K(... f_2(f_1(z)))``: ``forward`` applies the list in order.
+
+    Log-dets add; ``inverse`` runs the list backwards. Parameters are named
+    ``"layers.<i>.<name>"``.
+
+    Parameters
+    ----------
+    layers : sequence of Bijector
+        Non-empty, all of the same ``dim``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow import Affine, Chain, Exp
+    >>> chain = Chain([Affine(2), Exp(2)])
+    >>> chain.params["layers.0.shift"] = [0.5, -1.0]
+    >>> x, log_det = chain.forward(np.zeros((1, 2)))
+    >>> np.allclose(x, np.exp([[0.5, -1.0]])), np.allclose(log_det, -0.5)
+    (True, True)
+    """
+
+    def __init__(self, layers):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Chain: needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Bijector):
+                raise ValueError(f"Chain: layer {i} is a {type(layer).__name__}, not a Bijector")
+        dims = {layer.dim for layer in layers}
+        if len(dims) != 1:
+            raise ValueError(f"Chain: layers have different dims {[l.dim for l in layers]}")
+        self.layers = layers
+        self.dim = layers[0].dim
+        self.training = all(layer.training for layer in layers)
+
+    @property
+    def params(self):
+        return prefixed((f"layers.{i}", layer.params) for i, layer in enumerate(self.layers))
+
+    @property
+    def buffers(self):
+        return {
+            f"layers.{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.buffers.items()
+        }
+
+    def _children(self):
+        return list(self.layers)
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Chain([\n  {inner}\n])"
+
+    def _pass(self, direction, v, with_vjp):
+        order = self.layers if direction == "forward" else self.layers[::-1]
+        log_det = np.zeros(v.shape[0], dtype=v.dtype)
+        pullbacks = []
+        for layer in order:
+            result = layer._run(direction, v, with_vjp)
+            v, layer_log_det = result[0], result[1]
+            log_det = log_det + layer_log_det
+            if with_vjp:
+                pullbacks.append(result[2])
+        if not with_vjp:
+            return v, log_det
+        index = list(range(len(self.layers)))
+        index = index if direction == "forward" else index[::-1]
+
+        def pullback(out_bar, log_det_bar):
+            grads = {}
+            for i, pb in zip(index[::-1], pullbacks[::-1]):
+                out_bar, layer_grads = pb(out_bar, log_det_bar)
+                grads.update({f"layers.{i}.{k}": g for k, g in layer_grads.items()})
+            return out_bar, grads
+
+        return v, log_det, pullback
+
+    def _forward(self, z):
+        return self._pass("forward", z, False)
+
+    def _inverse(self, x):
+        return self._pass("inverse", x, False)
+
+    def _forward_vjp(self, z):
+        return self._pass("forward", z, True)
+
+    def _inverse_vjp(self, x):
+        return self._pass("inverse", x, True)
+
+
+class Inverse(Bijector):
+    """The inverse of a bijector: ``Inverse(b).forward`` is ``b.inverse`` and vice versa.
+
+    Parameters and buffers are those of the wrapped bijector (same arrays, same keys).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow import Exp, Inverse
+    >>> x, log_det = Inverse(Exp(1)).forward(np.array([[np.e]]))
+    >>> x, log_det
+    (array([[1.]]), array([-1.]))
+    """
+
+    def __init__(self, bijector):
+        if not isinstance(bijector, Bijector):
+            raise ValueError(f"Inverse: expected a Bijector, got {type(bijector).__name__}")
+        self.bijector = bijector
+        self.dim = bijector.dim
+        self.training = bijector.training
+
+    @property
+    def params(self):
+        return self.bijector.params
+
+    @property
+    def buffers(self):
+        return self.bijector.buffers
+
+    def _children(self):
+        return [self.bijector]
+
+    def __repr__(self):
+        return f"Inverse({self.bijector!r})"
+
+    def _run(self, direction, v, with_vjp):
+        return self.bijector._run(_OTHER[direction], v, with_vjp)
+
+    def _name(self):
+        return f"Inverse({self.bijector._name()})"
