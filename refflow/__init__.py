@@ -5,16 +5,27 @@ log-determinant both ways and a hand-derived pullback both ways. ``refflow.testi
 oracle that checks them (finite-difference Jacobians, ``slogdet``) and works on any callables.
 """
 
+from . import datasets, params, testing
 from .bijectors import (
     ActNorm, Affine, BatchNorm, Bijector, Chain, Exp, Householder, Inverse, LeakyReLU, Logit,
     LULinear, Permute, Reverse, Sigmoid, Softplus, Tanh,
 )
+from .distributions import DiagNormal, Flow, StandardNormal
+from .optim import Adam
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # contract and containers
     "Bijector", "Chain", "Inverse",
+    # elementwise
     "Affine", "Exp", "Sigmoid", "Logit", "Tanh", "Softplus", "LeakyReLU",
+    # linear
     "Permute", "Reverse", "LULinear", "Householder",
+    # normalization
     "ActNorm", "BatchNorm",
+    # distributions, flows, training
+    "StandardNormal", "DiagNormal", "Flow", "Adam",
+    # submodules
+    "testing", "datasets", "params",
 ]

@@ -19,9 +19,14 @@ residuals exists, ``_forward`` / ``_inverse``) on *validated* C-contiguous ``(ba
 arrays of one float dtype; they read parameters through ``self._p(dtype)``, which returns
 copies, so a pullback that closes over them is unaffected by later optimizer steps. Their
 pullbacks receive full cotangent arrays (never ``None``) of the pass's dtype. Domain checks go in
-``_check_forward_domain`` / ``_check_inverse_domain``. The public methods here do the rest:
-input validation, single points, result finiteness, cotangent validation and float64 grads.
+``_check_forward_domain`` / ``_check_inverse_domain``. Changes of non-trainable state (running
+statistics, data-dependent initialisation) go through ``commit_on_success``, so they happen only
+when the whole public call succeeds. The public methods here do the rest: input validation,
+single points, result finiteness, cotangent validation and float64 grads.
 """
+
+import contextlib
+import contextvars
 
 import numpy as np
 
@@ -31,6 +36,39 @@ from ..params import ParamDict, prefixed
 __all__ = ["Bijector", "Chain", "Inverse"]
 
 _OTHER = {"forward": "inverse", "inverse": "forward"}
+
+# State updates (running statistics, data-dependent initialisation) requested during a public
+# call; they are applied only when the outermost public call succeeds, so that a call that
+# raises anywhere (in a later layer of a Chain, say) leaves every layer as it was.
+_PENDING = contextvars.ContextVar("refflow_pending_state_updates", default=None)
+
+
+def commit_on_success(update):
+    """Run ``update()`` when the outermost public call now running succeeds.
+
+    Outside any public call (a private pass used directly) it runs at once.
+    """
+    pending = _PENDING.get()
+    if pending is None:
+        update()
+    else:
+        pending.append(update)
+
+
+@contextlib.contextmanager
+def atomic():
+    """Collect the state updates of the passes inside; apply them only if no exception escapes."""
+    if _PENDING.get() is not None:  # nested: the outermost call commits
+        yield
+        return
+    pending = []
+    token = _PENDING.set(pending)
+    try:
+        yield
+    finally:
+        _PENDING.reset(token)
+    for update in pending:  # not reached when the body raised
+        update()
 
 
 class Bijector:
@@ -111,13 +149,18 @@ class Bijector:
     # ------------------------------------------ checked private passes (containers call these)
     def _run(self, direction, v, with_vjp):
         """One pass on a validated 2-D array: domain check, the hook, a finiteness check."""
-        if direction == "forward":
-            self._check_forward_domain(v)
-            result = self._forward_vjp(v) if with_vjp else self._forward(v)
-        else:
-            self._check_inverse_domain(v)
-            result = self._inverse_vjp(v) if with_vjp else self._inverse(v)
+        # Overflow is reported below as a ValueError naming the layer, not as a RuntimeWarning.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            if direction == "forward":
+                self._check_forward_domain(v)
+                result = self._forward_vjp(v) if with_vjp else self._forward(v)
+            else:
+                self._check_inverse_domain(v)
+                result = self._inverse_vjp(v) if with_vjp else self._inverse(v)
         out, log_det = result[0], result[1]
+        if not (out.flags.c_contiguous and log_det.shape == (v.shape[0],)):
+            raise AssertionError(f"{type(self).__name__}.{direction}: a pass broke the contract "
+                                 f"(C-contiguous output, log_det of shape (batch,))")
         if not (np.isfinite(out).all() and np.isfinite(log_det).all()):
             bad = ~(np.isfinite(out).all(axis=1) & np.isfinite(log_det))
             raise ValueError(
@@ -137,8 +180,13 @@ class Bijector:
     def _public(self, direction, v, with_vjp):
         where = f"{self._name()}.{direction}"
         v2, was_1d = as_batch(v, self.dim, where)
-        result = self._run(direction, v2, with_vjp)
+        if with_vjp and np.shares_memory(v2, v):
+            v2 = v2.copy()  # the pullback may read it; the caller may change their array later
+        with atomic():
+            result = self._run(direction, v2, with_vjp)
         out, log_det = result[0], result[1]
+        if with_vjp:  # the pullback may read the output: the caller gets their own copy
+            out, log_det = out.copy(), log_det.copy()
         if was_1d:
             out, log_det = out[0], log_det[0]
         if not with_vjp:
@@ -153,7 +201,8 @@ class Bijector:
         def pullback(out_bar=None, log_det_bar=None):
             out_bar = _cotangent(out_bar, (n, self.dim), was_1d, dtype, where, out_name)
             log_det_bar = _cotangent(log_det_bar, (n,), was_1d, dtype, where, "log_det_bar")
-            in_bar, grads = inner(out_bar, log_det_bar)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                in_bar, grads = inner(out_bar, log_det_bar)
             grads = {k: np.asarray(g, dtype=np.float64) for k, g in grads.items()}
             if not (np.isfinite(in_bar).all() and all(np.isfinite(g).all() for g in grads.values())):
                 raise ValueError(f"{where} pullback: the gradient is not finite (overflow)")

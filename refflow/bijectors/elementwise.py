@@ -24,7 +24,11 @@ LeakyReLU(a)   ``z`` if ``z >= 0`` else ``a z``   ``0`` or ``log a``            
 =============  ==========================  ===========================================  ==================
 
 (``c = 1 - 2 alpha`` for ``Logit``.) Inverse maps: ``log``; ``log x - log1p(-x)``;
-``(sigmoid(x) - alpha) / c``; ``artanh``; ``x + log(-expm1(-x))``; ``x`` or ``x / a``.
+``(sigmoid(x) - alpha) / c``; ``artanh``; ``x + log(1 - exp(-x))``; ``x`` or ``x / a``.
+
+References
+----------
+Maechler, "Accurately computing log(1 - exp(-|a|)), assessed by the Rmpfr package", 2012.
 """
 
 import math
@@ -40,6 +44,52 @@ __all__ = ["Affine", "Exp", "Sigmoid", "Logit", "Tanh", "Softplus", "LeakyReLU"]
 
 def _row_sum(a):
     return a.sum(axis=1)
+
+
+_LN2 = math.log(2.0)
+
+
+def _log1mexp(x):
+    """``log(1 - exp(-x))`` for ``x > 0``, accurate everywhere (Maechler 2012): ``log(-expm1(-x))``
+    for ``x <= log 2``, where ``1 - e^{-x}`` is small, and ``log1p(-exp(-x))`` beyond."""
+    out = np.empty_like(x)
+    big = x > _LN2
+    out[big] = np.log1p(-np.exp(-x[big]))
+    out[~big] = np.log(-np.expm1(-x[~big]))
+    return out
+
+
+def _affine_forward(z, shift, log_scale):
+    """``x = z exp(a) + b`` with ``log_det = sum(a)``, and its pullback (as :class:`Affine`)."""
+    scale = np.exp(log_scale)
+    x = z * scale + shift
+    log_det = np.full(z.shape[0], log_scale.sum(), dtype=z.dtype)
+
+    def pullback(x_bar, log_det_bar):
+        grads = {
+            "shift": x_bar.sum(axis=0),
+            "log_scale": (x_bar * z).sum(axis=0) * scale + log_det_bar.sum(),
+        }
+        return x_bar * scale, grads
+
+    return x, log_det, pullback
+
+
+def _affine_inverse(x, shift, log_scale):
+    """``z = (x - b) exp(-a)`` with ``log_det = -sum(a)``, and its pullback (as :class:`Affine`)."""
+    inv_scale = np.exp(-log_scale)
+    z = (x - shift) * inv_scale
+    log_det = np.full(x.shape[0], -log_scale.sum(), dtype=x.dtype)
+
+    def pullback(z_bar, log_det_bar):
+        x_bar = z_bar * inv_scale
+        grads = {
+            "shift": -x_bar.sum(axis=0),
+            "log_scale": -(z_bar * z).sum(axis=0) - log_det_bar.sum(),
+        }
+        return x_bar, grads
+
+    return z, log_det, pullback
 
 
 class Affine(Bijector):
@@ -81,34 +131,11 @@ class Affine(Bijector):
 
     def _forward_vjp(self, z):
         p = self._p(z.dtype)
-        scale = np.exp(p["log_scale"])
-        x = z * scale + p["shift"]
-        log_det = np.full(z.shape[0], p["log_scale"].sum(), dtype=z.dtype)
-
-        def pullback(x_bar, log_det_bar):
-            grads = {
-                "shift": x_bar.sum(axis=0),
-                "log_scale": (x_bar * z).sum(axis=0) * scale + log_det_bar.sum(),
-            }
-            return x_bar * scale, grads
-
-        return x, log_det, pullback
+        return _affine_forward(z, p["shift"], p["log_scale"])
 
     def _inverse_vjp(self, x):
         p = self._p(x.dtype)
-        inv_scale = np.exp(-p["log_scale"])
-        z = (x - p["shift"]) * inv_scale
-        log_det = np.full(x.shape[0], -p["log_scale"].sum(), dtype=x.dtype)
-
-        def pullback(z_bar, log_det_bar):
-            x_bar = z_bar * inv_scale
-            grads = {
-                "shift": -x_bar.sum(axis=0),
-                "log_scale": -(z_bar * z).sum(axis=0) - log_det_bar.sum(),
-            }
-            return x_bar, grads
-
-        return z, log_det, pullback
+        return _affine_inverse(x, p["shift"], p["log_scale"])
 
 
 class _Elementwise(Bijector):
@@ -404,7 +431,9 @@ class Softplus(_Elementwise):
     Notes
     -----
     forward log_det ``sum_i -softplus(-z_i)`` (``log sigmoid``); inverse
-    ``z = x + log(-expm1(-x))`` with log_det ``-sum_i log(-expm1(-x_i))``, for ``x > 0``.
+    ``z = x + log(1 - exp(-x))`` with log_det ``-sum_i log(1 - exp(-x_i))``, for ``x > 0``, where
+    ``log(1 - exp(-x))`` is evaluated as ``log(-expm1(-x))`` for ``x <= log 2`` and
+    ``log1p(-exp(-x))`` above (Maechler 2012), accurate to round-off at both ends.
     ``softplus(z)`` underflows to 0 for ``z < -745``, so the round trip is exact on
     ``z > ~-700``; beyond it the forward pass is still finite.
 
@@ -427,7 +456,7 @@ class Softplus(_Elementwise):
 
     @staticmethod
     def _g(x):
-        return x + np.log(-np.expm1(-x))
+        return x + _log1mexp(x)
 
     @staticmethod
     def _dg(x):
@@ -435,7 +464,7 @@ class Softplus(_Elementwise):
 
     @staticmethod
     def _log_dg(x):
-        return -np.log(-np.expm1(-x))
+        return -_log1mexp(x)
 
     @staticmethod
     def _dlog_dg(x):

@@ -1,0 +1,124 @@
+"""Properties every registered bijector must have, with randomised parameters and inputs.
+
+For each case of ``refflow._cases.CASES`` (hypothesis draws the seed and the batch size):
+
+- round trips both ways, log-dets vs ``slogdet`` of the FD Jacobian both ways, forward and
+  inverse log-dets negatives (``assert_bijector``);
+- both pullbacks vs finite differences for the input and every parameter element
+  (``assert_vjp``), with ``grads`` of ``params``' keys, shapes and dtype;
+- float32 in gives float32 out (outputs, log-dets, input cotangents);
+- a single point ``(dim,)`` and a batch of one agree with the batch path;
+- an empty batch gives empty outputs.
+
+Tolerances are those of ``refflow.testing`` (RTOL_ROUND_TRIP = 1e-10 for round trips, RTOL_FD =
+1e-6 against finite differences; see DEVELOPERS.md).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refflow.testing import assert_bijector, assert_vjp
+
+from .registry import CASES
+
+CASE_IDS = sorted(CASES)
+seeds = st.integers(0, 2**32 - 1)
+batch_sizes = st.integers(1, 6)
+
+# float32 against float64 on the same inputs: float32's unit round-off is 6e-8; a few layers of
+# exp/log/solves amplify it by at most ~1e2 on these well-conditioned cases.
+RTOL_FLOAT32 = 2e-5
+
+# One point against the same point inside a batch: the same arithmetic, except that BLAS may
+# order a dot product's terms differently for different batch sizes (a few ulps).
+SAME_PASS = 1e-14
+
+
+def build(case_id, seed, n):
+    bijector, sample_z, sample_x = CASES[case_id](seed)
+    return bijector, sample_z(seed + 1, n), sample_x(seed + 2, n)
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+@given(seed=seeds, n=batch_sizes)
+def test_round_trips_and_log_dets(case_id, seed, n):
+    bijector, z, x = build(case_id, seed, n)
+    assert_bijector(bijector.forward, bijector.inverse, z, x=x)
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+@given(seed=seeds, n=batch_sizes)
+def test_forward_pullback(case_id, seed, n):
+    bijector, z, _ = build(case_id, seed, n)
+    assert_vjp(bijector.forward_vjp, z, bijector.params, rng=seed)
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+@given(seed=seeds, n=batch_sizes)
+def test_inverse_pullback(case_id, seed, n):
+    bijector, _, x = build(case_id, seed, n)
+    assert_vjp(bijector.inverse_vjp, x, bijector.params, rng=seed)
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_grads_match_params(case_id, direction):
+    bijector, z, x = build(case_id, 3, 4)
+    v = z if direction == "forward" else x
+    out, log_det, pullback = getattr(bijector, f"{direction}_vjp")(v)
+    in_bar, grads = pullback(np.ones_like(out), np.ones_like(log_det))
+    assert set(grads) == set(bijector.params)
+    for key, g in grads.items():
+        assert g.shape == bijector.params[key].shape, key
+        assert g.dtype == np.float64, key
+    assert in_bar.shape == v.shape
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_float32_in_float32_out(case_id, direction):
+    bijector, z, x = build(case_id, 5, 6)
+    v = z if direction == "forward" else x
+    v32 = v.astype(np.float32)
+    out64, ld64 = getattr(bijector, direction)(v32.astype(np.float64))
+    out32, ld32, pullback = getattr(bijector, f"{direction}_vjp")(v32)
+    assert out32.dtype == np.float32 and ld32.dtype == np.float32
+    np.testing.assert_allclose(out32, out64, rtol=RTOL_FLOAT32, atol=RTOL_FLOAT32)
+    np.testing.assert_allclose(ld32, ld64, rtol=RTOL_FLOAT32, atol=RTOL_FLOAT32 * v.shape[1])
+    in_bar, grads = pullback(np.ones_like(out32), np.ones_like(ld32))
+    assert in_bar.dtype == np.float32
+    assert all(g.dtype == np.float64 for g in grads.values())
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_single_point_and_batch_of_one(case_id, direction):
+    bijector, z, x = build(case_id, 7, 3)
+    v = z if direction == "forward" else x
+    batch_out, batch_ld = getattr(bijector, direction)(v)
+    for i in range(v.shape[0]):
+        out1, ld1 = getattr(bijector, direction)(v[i])
+        assert out1.shape == (bijector.dim,) and np.ndim(ld1) == 0
+        np.testing.assert_allclose(out1, batch_out[i], rtol=SAME_PASS, atol=SAME_PASS)
+        np.testing.assert_allclose(ld1, batch_ld[i], rtol=SAME_PASS, atol=SAME_PASS)
+        out_row, ld_row = getattr(bijector, direction)(v[i:i + 1])
+        assert out_row.shape == (1, bijector.dim) and ld_row.shape == (1,)
+        np.testing.assert_allclose(out_row[0], batch_out[i], rtol=SAME_PASS, atol=SAME_PASS)
+    # the pullback of a single point takes and gives single-point shapes
+    out1, ld1, pullback = getattr(bijector, f"{direction}_vjp")(v[0])
+    in_bar, _ = pullback(np.ones(bijector.dim), 1.0)
+    assert in_bar.shape == (bijector.dim,)
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_empty_batch(case_id, direction):
+    bijector, _, _ = build(case_id, 0, 1)
+    empty = np.zeros((0, bijector.dim))
+    out, log_det, pullback = getattr(bijector, f"{direction}_vjp")(empty)
+    assert out.shape == (0, bijector.dim) and log_det.shape == (0,)
+    in_bar, grads = pullback(None, None)
+    assert in_bar.shape == (0, bijector.dim)
+    assert all(np.array_equal(g, np.zeros_like(g)) for g in grads.values())
