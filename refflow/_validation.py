@@ -33,14 +33,14 @@ def as_float_array(x, where, name="input"):
     elif kind in "biu":
         arr = arr.astype(np.float64)
     elif kind == "O":
-        # Python lists of floats arrive as float already; an object array may still hold numbers.
-        try:
-            arr = arr.astype(np.float64)
-        except (TypeError, ValueError):
+        # An object array may hold Python numbers; anything else (strings, which astype would
+        # parse, complex numbers, None) is refused, as the same values in a typed array are.
+        if not all(isinstance(e, numbers.Real) for e in arr.flat):
             raise ValueError(
                 f"{where}: {name} must be a real numeric array, got an object array "
                 f"holding non-numeric values"
-            ) from None
+            )
+        arr = arr.astype(np.float64)
     else:
         raise ValueError(
             f"{where}: {name} must be a real numeric array, got dtype {arr.dtype}"

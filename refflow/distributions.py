@@ -13,7 +13,7 @@ import numbers
 
 import numpy as np
 
-from ._validation import as_batch, check_dim, check_rng
+from ._validation import as_batch, as_float_array, check_dim, check_rng
 from .bijectors.base import Bijector, atomic
 from .params import ParamDict, prefixed
 
@@ -55,7 +55,7 @@ class _Distribution:
         lp, inner = self._log_prob_vjp(z2)
 
         def pullback(lp_bar):
-            lp_bar = np.asarray(lp_bar, dtype=z2.dtype)
+            lp_bar = as_float_array(lp_bar, f"{where} pullback", "log_prob_bar").astype(z2.dtype)
             expected = () if was_1d else (z2.shape[0],)
             if lp_bar.shape != expected or not np.isfinite(lp_bar).all():
                 raise ValueError(f"{where} pullback: expected a finite log_prob_bar of shape {expected}")
@@ -257,8 +257,9 @@ class Flow:
         if x2.shape[0] == 0:
             raise ValueError("Flow.nll_and_grad: the batch is empty; the mean is undefined")
         n = x2.shape[0]
-        # A non-finite loss or gradient raises inside, so no running statistics are updated.
-        with atomic():
+        # A non-finite loss or gradient raises inside (as a ValueError, not a RuntimeWarning), so
+        # no running statistics are updated.
+        with atomic(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             z, log_det, bijector_pullback = self.bijector._run("inverse", x2, True)
             lp, base_pullback = self.base._log_prob_vjp(z)
             nll = -float(np.mean(lp + log_det))

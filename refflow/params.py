@@ -23,6 +23,8 @@ array([1., 2.])
 
 import numpy as np
 
+from ._validation import as_float_array
+
 __all__ = ["ParamDict", "ravel", "copy_params", "assign", "allclose"]
 
 
@@ -47,10 +49,7 @@ class ParamDict(dict):
         if key not in self:
             raise KeyError(f"no parameter {key!r}; the parameters are {sorted(self)}")
         target = dict.__getitem__(self, key)
-        try:
-            value = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"parameter {key!r}: value is not numeric") from None
+        value = as_float_array(value, "ParamDict", f"parameter {key!r}").astype(np.float64)
         if value.shape != target.shape:
             raise ValueError(
                 f"parameter {key!r}: expected shape {target.shape}, got {value.shape}"
@@ -68,6 +67,10 @@ class ParamDict(dict):
         pairs = [self._checked(k, v) for k, v in {**dict(other), **kwargs}.items()]
         for target, value in pairs:
             target[...] = value
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
 
     def _refuse(self, *args, **kwargs):
         raise TypeError("the set of parameters is fixed; assign values in place instead")
@@ -124,19 +127,21 @@ def copy_params(params):
 
 
 def assign(params, values):
-    """Write ``values`` (same keys and shapes) into ``params`` in place, all or nothing."""
+    """Write finite ``values`` (same keys and shapes) into ``params`` in place, all or nothing."""
     if set(values) != set(params):
         missing = sorted(set(params) - set(values))
         extra = sorted(set(values) - set(params))
         raise ValueError(f"assign: keys differ (missing {missing}, unexpected {extra})")
     converted = {}
     for key, value in values.items():
-        value = np.asarray(value, dtype=np.float64)
+        value = as_float_array(value, "assign", f"parameter {key!r}").astype(np.float64)
         if value.shape != np.shape(params[key]):
             raise ValueError(
                 f"assign: parameter {key!r} expects shape {np.shape(params[key])}, "
                 f"got {value.shape}"
             )
+        if not np.isfinite(value).all():
+            raise ValueError(f"assign: parameter {key!r} holds NaN or inf")
         converted[key] = value
     for key, value in converted.items():
         params[key][...] = value

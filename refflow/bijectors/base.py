@@ -30,7 +30,7 @@ import contextvars
 
 import numpy as np
 
-from .._validation import as_batch, check_finite
+from .._validation import as_batch, as_float_array, check_finite
 from ..params import ParamDict, prefixed
 
 __all__ = ["Bijector", "Chain", "Inverse"]
@@ -242,10 +242,7 @@ def _cotangent(value, shape, was_1d, dtype, where, name):
     """Validate a cotangent (``None`` means zeros) and return it with the batch shape."""
     if value is None:
         return np.zeros(shape, dtype=dtype)
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where} pullback: {name} must be numeric") from None
+    arr = as_float_array(value, f"{where} pullback", name)
     expected = shape[1:] if was_1d else shape
     if arr.shape != expected:
         raise ValueError(f"{where} pullback: expected {name} of shape {expected}, got {arr.shape}")

@@ -32,6 +32,7 @@ Maechler, "Accurately computing log(1 - exp(-|a|)), assessed by the Rmpfr packag
 """
 
 import math
+import numbers
 
 import numpy as np
 from scipy.special import expit, log_expit
@@ -326,6 +327,8 @@ class Logit(_Elementwise):
 
     def __init__(self, dim, *, alpha=0.0):
         super().__init__(dim)
+        if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real):
+            raise ValueError(f"Logit: alpha must be a real number in [0, 0.5), got {alpha!r}")
         alpha = float(alpha)
         if not (0.0 <= alpha < 0.5):
             raise ValueError(f"Logit: alpha must lie in [0, 0.5), got {alpha}")
@@ -499,6 +502,8 @@ class LeakyReLU(_Elementwise):
 
     def __init__(self, dim, *, negative_slope=0.01):
         super().__init__(dim)
+        if isinstance(negative_slope, (bool, np.bool_)) or not isinstance(negative_slope, numbers.Real):
+            raise ValueError(f"LeakyReLU: negative_slope must be a positive number, got {negative_slope!r}")
         slope = float(negative_slope)
         if not (math.isfinite(slope) and slope > 0):
             raise ValueError(f"LeakyReLU: negative_slope must be positive and finite, got {negative_slope}")

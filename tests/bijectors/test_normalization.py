@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from refflow import ActNorm, BatchNorm, Chain, Inverse
+from refflow import ActNorm, BatchNorm, Chain, Exp, Flow, Inverse, StandardNormal
 from refflow.testing import assert_bijector, assert_vjp
 
 #: Exact identities computed two ways in float64 (a few roundings apart).
@@ -510,3 +510,49 @@ class TestBatchNormConstructor:
 
     def test_repr(self):
         assert repr(BatchNorm(2, momentum=0.5, eps=1e-3)) == "BatchNorm(dim=2, momentum=0.5, eps=0.001)"
+
+
+class TestStateCommitsOnlyOnSuccess:
+    """Running statistics and ActNorm's initialisation change only when the whole public call
+    succeeds: a failure in a later layer of a Chain, or a non-finite loss, changes nothing."""
+
+    def _layers(self):
+        return ActNorm(2), BatchNorm(2)
+
+    def _state(self, *layers):
+        return [{k: v.copy() for k, v in {**l.params, **l.buffers}.items()} for l in layers]
+
+    def test_failure_in_a_later_layer_of_a_chain(self):
+        actnorm, batchnorm = self._layers()
+        # inverse runs the list backwards: BatchNorm and ActNorm first, then Exp's inverse fails
+        chain = Chain([Exp(2), batchnorm, actnorm])
+        before = self._state(actnorm, batchnorm)
+        with pytest.raises(ValueError, match="Exp.inverse"):
+            chain.inverse(np.random.default_rng(0).normal(size=(5, 2)))
+        with pytest.raises(ValueError, match="Exp.inverse"):
+            chain.inverse_vjp(np.random.default_rng(0).normal(size=(5, 2)))
+        for layer_before, layer_after in zip(before, self._state(actnorm, batchnorm)):
+            for key in layer_before:
+                np.testing.assert_array_equal(layer_after[key], layer_before[key])
+        assert not actnorm.buffers["initialized"]
+
+    def test_success_commits_once(self):
+        actnorm, batchnorm = self._layers()
+        chain = Chain([actnorm, batchnorm])   # inverse: BatchNorm sees x, then ActNorm
+        x = np.random.default_rng(1).normal(size=(6, 2))
+        chain.inverse(x)
+        assert actnorm.buffers["initialized"]
+        np.testing.assert_allclose(batchnorm.buffers["running_mean"], 0.1 * x.mean(axis=0), rtol=1e-12)
+
+    def test_flow_nll_with_non_finite_loss_changes_nothing(self):
+        _, batchnorm = self._layers()
+        actnorm = ActNorm(2, initialized=True)
+        actnorm.params["log_scale"] = [-360.0, 0.0]   # z = x * e^360: finite, but |z|^2 overflows
+        flow = Flow(StandardNormal(2), Chain([actnorm, batchnorm]))
+        x = np.random.default_rng(2).normal(size=(4, 2))
+        before = self._state(actnorm, batchnorm)
+        with pytest.raises(ValueError, match="not finite"):
+            flow.nll_and_grad(x)
+        for layer_before, layer_after in zip(before, self._state(actnorm, batchnorm)):
+            for key in layer_before:
+                np.testing.assert_array_equal(layer_after[key], layer_before[key])
