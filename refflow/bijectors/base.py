@@ -85,10 +85,15 @@ class Bijector:
         Non-trainable state that defines the map (permutations, running statistics).
     training : bool
         Train/eval mode; matters only for layers with batch statistics. See :meth:`train`.
+    context_dim : int or None
+        ``None`` for an unconditional layer. A conditional layer takes ``context`` of shape
+        ``(batch, context_dim)`` (or ``(context_dim,)``, shared by every row) in every pass, and
+        the pullback of a conditional call returns ``(in_bar, grads, context_bar)``.
     """
 
     dim = None
     training = True
+    context_dim = None
 
     def __init__(self, dim, params=None, buffers=None):
         self.dim = dim
@@ -147,16 +152,21 @@ class Bijector:
         pass
 
     # ------------------------------------------ checked private passes (containers call these)
-    def _run(self, direction, v, with_vjp):
-        """One pass on a validated 2-D array: domain check, the hook, a finiteness check."""
+    def _run(self, direction, v, with_vjp, context=None):
+        """One pass on a validated 2-D array: domain check, the hook, a finiteness check.
+
+        ``context`` (validated, ``(batch, context_dim)``) is handed to the hook of a conditional
+        layer and must be None for an unconditional one.
+        """
         # Overflow is reported below as a ValueError naming the layer, not as a RuntimeWarning.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             if direction == "forward":
                 self._check_forward_domain(v)
-                result = self._forward_vjp(v) if with_vjp else self._forward(v)
+                hook = self._forward_vjp if with_vjp else self._forward
             else:
                 self._check_inverse_domain(v)
-                result = self._inverse_vjp(v) if with_vjp else self._inverse(v)
+                hook = self._inverse_vjp if with_vjp else self._inverse
+            result = hook(v) if self.context_dim is None else hook(v, context)
         out, log_det = result[0], result[1]
         if not (out.flags.c_contiguous and log_det.shape == (v.shape[0],)):
             raise AssertionError(f"{type(self).__name__}.{direction}: a pass broke the contract "
@@ -177,13 +187,38 @@ class Bijector:
     def _name(self):
         return type(self).__name__
 
-    def _public(self, direction, v, with_vjp):
+    def _check_context(self, context, n, where):
+        """Validate ``context`` for a batch of ``n``: ``(c2, shared)``, ``c2`` of shape ``(n, c)``.
+
+        ``shared`` is True when a single ``(context_dim,)`` context was given for every row.
+        """
+        if self.context_dim is None:
+            if context is not None:
+                raise ValueError(f"{where}: this layer is unconditional (context_dim=None), but a "
+                                 f"context was given")
+            return None, False
+        if context is None:
+            raise ValueError(f"{where}: this layer is conditional; pass context of shape "
+                             f"(batch, {self.context_dim}) or ({self.context_dim},)")
+        c2, shared = as_batch(context, self.context_dim, where, "context")
+        if shared:
+            c2 = np.repeat(c2, n, axis=0)
+        elif c2.shape[0] != n:
+            raise ValueError(f"{where}: context has {c2.shape[0]} rows but the input has {n}")
+        return c2, shared
+
+    def _public(self, direction, v, with_vjp, context=None):
         where = f"{self._name()}.{direction}"
         v2, was_1d = as_batch(v, self.dim, where)
+        c2, shared = self._check_context(context, v2.shape[0], where)
         if with_vjp and np.shares_memory(v2, v):
             v2 = v2.copy()  # the pullback may read it; the caller may change their array later
+        if with_vjp and c2 is not None and np.shares_memory(c2, context):
+            c2 = c2.copy()
+        if c2 is not None and c2.dtype != v2.dtype:
+            c2 = c2.astype(v2.dtype)  # one compute dtype per pass, never silently mixed
         with atomic():
-            result = self._run(direction, v2, with_vjp)
+            result = self._run(direction, v2, with_vjp, c2)
         out, log_det = result[0], result[1]
         if with_vjp:  # the pullback may read the output: the caller gets their own copy
             out, log_det = out.copy(), log_det.copy()
@@ -191,9 +226,16 @@ class Bijector:
             out, log_det = out[0], log_det[0]
         if not with_vjp:
             return out, log_det
-        return out, log_det, self._wrap_pullback(result[2], v2, was_1d, where)
+        conditional = None if c2 is None else shared
+        return out, log_det, self._wrap_pullback(result[2], v2, was_1d, where, conditional)
 
-    def _wrap_pullback(self, inner, v2, was_1d, where):
+    def _wrap_pullback(self, inner, v2, was_1d, where, conditional=None):
+        """Public pullback: validates cotangents (None = zeros), float64 grads, finiteness.
+
+        ``conditional`` is None for an unconditional call; otherwise True when the caller gave a
+        single ``(context_dim,)`` context (its cotangent is summed over the rows) and False for a
+        ``(batch, context_dim)`` one.
+        """
         n, dtype = v2.shape[0], v2.dtype
         out_name = "x_bar" if where.endswith("forward") else "z_bar"
         in_shape = v2.shape[1:] if was_1d else v2.shape
@@ -202,20 +244,28 @@ class Bijector:
             out_bar = _cotangent(out_bar, (n, self.dim), was_1d, dtype, where, out_name)
             log_det_bar = _cotangent(log_det_bar, (n,), was_1d, dtype, where, "log_det_bar")
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                in_bar, grads = inner(out_bar, log_det_bar)
+                result = inner(out_bar, log_det_bar)
+            in_bar, grads = result[0], result[1]
             grads = {k: np.asarray(g, dtype=np.float64) for k, g in grads.items()}
-            if not (np.isfinite(in_bar).all() and all(np.isfinite(g).all() for g in grads.values())):
+            bars = [in_bar] if conditional is None else [in_bar, result[2]]
+            if not (all(np.isfinite(b).all() for b in bars)
+                    and all(np.isfinite(g).all() for g in grads.values())):
                 raise ValueError(f"{where} pullback: the gradient is not finite (overflow)")
-            return in_bar.reshape(in_shape), grads
+            if conditional is None:
+                return in_bar.reshape(in_shape), grads
+            context_bar = result[2].sum(axis=0) if conditional else result[2]
+            return in_bar.reshape(in_shape), grads, context_bar
 
         return pullback
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         """Map base points to data points.
 
         Parameters
         ----------
         z : array_like of shape (batch, dim) or (dim,)
+        context : array_like of shape (batch, context_dim) or (context_dim,), optional
+            Required by conditional layers, refused by unconditional ones.
 
         Returns
         -------
@@ -223,19 +273,25 @@ class Bijector:
         log_det : ndarray of shape (batch,) (a scalar for a single point)
             ``log|det dx/dz|``.
         """
-        return self._public("forward", z, False)
+        return self._public("forward", z, False, context)
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         """Map data points to base points; ``log_det = log|det dz/dx|``."""
-        return self._public("inverse", x, False)
+        return self._public("inverse", x, False, context)
 
-    def forward_vjp(self, z):
-        """``(x, log_det, pullback)``; ``pullback(x_bar=None, log_det_bar=None) -> (z_bar, grads)``."""
-        return self._public("forward", z, True)
+    def forward_vjp(self, z, context=None):
+        """``(x, log_det, pullback)``; ``pullback(x_bar=None, log_det_bar=None) -> (z_bar, grads)``.
 
-    def inverse_vjp(self, x):
-        """``(z, log_det, pullback)``; ``pullback(z_bar=None, log_det_bar=None) -> (x_bar, grads)``."""
-        return self._public("inverse", x, True)
+        For a conditional call the pullback returns ``(z_bar, grads, context_bar)``.
+        """
+        return self._public("forward", z, True, context)
+
+    def inverse_vjp(self, x, context=None):
+        """``(z, log_det, pullback)``; ``pullback(z_bar=None, log_det_bar=None) -> (x_bar, grads)``.
+
+        For a conditional call the pullback returns ``(x_bar, grads, context_bar)``.
+        """
+        return self._public("inverse", x, True, context)
 
 
 def _cotangent(value, shape, was_1d, dtype, where, name):
@@ -282,8 +338,13 @@ class Chain(Bijector):
         dims = {layer.dim for layer in layers}
         if len(dims) != 1:
             raise ValueError(f"Chain: layers have different dims {[l.dim for l in layers]}")
+        context_dims = {layer.context_dim for layer in layers} - {None}
+        if len(context_dims) > 1:
+            raise ValueError(f"Chain: conditional layers have different context_dims "
+                             f"{sorted(context_dims)}")
         self.layers = layers
         self.dim = layers[0].dim
+        self.context_dim = context_dims.pop() if context_dims else None
         self.training = all(layer.training for layer in layers)
 
     @property
@@ -309,12 +370,13 @@ class Chain(Bijector):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Chain([\n  {inner}\n])"
 
-    def _pass(self, direction, v, with_vjp):
+    def _pass(self, direction, v, with_vjp, context=None):
         order = self.layers if direction == "forward" else self.layers[::-1]
         log_det = np.zeros(v.shape[0], dtype=v.dtype)
         pullbacks = []
         for layer in order:
-            result = layer._run(direction, v, with_vjp)
+            layer_context = None if layer.context_dim is None else context
+            result = layer._run(direction, v, with_vjp, layer_context)
             v, layer_log_det = result[0], result[1]
             log_det = log_det + layer_log_det
             if with_vjp:
@@ -326,24 +388,30 @@ class Chain(Bijector):
 
         def pullback(out_bar, log_det_bar):
             grads = {}
+            context_bar = None if context is None else np.zeros_like(context)
             for i, pb in zip(index[::-1], pullbacks[::-1]):
-                out_bar, layer_grads = pb(out_bar, log_det_bar)
+                result = pb(out_bar, log_det_bar)
+                out_bar, layer_grads = result[0], result[1]
+                if len(result) == 3:  # a conditional layer: its share of the context cotangent
+                    context_bar = context_bar + result[2]
                 grads.update({f"layers.{i}.{k}": g for k, g in layer_grads.items()})
-            return out_bar, grads
+            if context is None:
+                return out_bar, grads
+            return out_bar, grads, context_bar
 
         return v, log_det, pullback
 
-    def _forward(self, z):
-        return self._pass("forward", z, False)
+    def _forward(self, z, context=None):
+        return self._pass("forward", z, False, context)
 
-    def _inverse(self, x):
-        return self._pass("inverse", x, False)
+    def _inverse(self, x, context=None):
+        return self._pass("inverse", x, False, context)
 
-    def _forward_vjp(self, z):
-        return self._pass("forward", z, True)
+    def _forward_vjp(self, z, context=None):
+        return self._pass("forward", z, True, context)
 
-    def _inverse_vjp(self, x):
-        return self._pass("inverse", x, True)
+    def _inverse_vjp(self, x, context=None):
+        return self._pass("inverse", x, True, context)
 
 
 class Inverse(Bijector):
@@ -365,6 +433,7 @@ class Inverse(Bijector):
             raise ValueError(f"Inverse: expected a Bijector, got {type(bijector).__name__}")
         self.bijector = bijector
         self.dim = bijector.dim
+        self.context_dim = bijector.context_dim
         self.training = bijector.training
 
     @property
@@ -381,8 +450,8 @@ class Inverse(Bijector):
     def __repr__(self):
         return f"Inverse({self.bijector!r})"
 
-    def _run(self, direction, v, with_vjp):
-        return self.bijector._run(_OTHER[direction], v, with_vjp)
+    def _run(self, direction, v, with_vjp, context=None):
+        return self.bijector._run(_OTHER[direction], v, with_vjp, context)
 
     def _name(self):
         return f"Inverse({self.bijector._name()})"
