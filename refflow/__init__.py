@@ -5,10 +5,11 @@ log-determinant both ways and a hand-derived pullback both ways. ``refflow.testi
 oracle that checks them (finite-difference Jacobians, ``slogdet``) and works on any callables.
 """
 
-from . import datasets, params, testing
+from . import datasets, nn, params, testing
 from .bijectors import (
-    ActNorm, Affine, BatchNorm, Bijector, Chain, Exp, Householder, Inverse, LeakyReLU, Logit,
-    LULinear, Permute, Reverse, Sigmoid, Softplus, Tanh,
+    ActNorm, AdditiveCoupling, Affine, AffineCoupling, BatchNorm, Bijector, Chain, Exp,
+    Householder, Inverse, LeakyReLU, Logit, LULinear, MaskedAffineAutoregressive, Permute, Reverse,
+    Sigmoid, Softplus, Tanh,
 )
 from .distributions import DiagNormal, Flow, StandardNormal
 from .optim import Adam
@@ -24,8 +25,10 @@ __all__ = [
     "Permute", "Reverse", "LULinear", "Householder",
     # normalization
     "ActNorm", "BatchNorm",
+    # coupling and autoregressive (conditioners in refflow.nn)
+    "AdditiveCoupling", "AffineCoupling", "MaskedAffineAutoregressive",
     # distributions, flows, training
     "StandardNormal", "DiagNormal", "Flow", "Adam",
     # submodules
-    "testing", "datasets", "params",
+    "testing", "datasets", "params", "nn",
 ]

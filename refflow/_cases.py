@@ -1,7 +1,8 @@
 """Registry of every public bijector with randomised parameters and valid input samplers.
 
-``CASES[id](rng) -> (bijector, sample_z, sample_x)``, where ``sample_z(rng, n)`` draws ``n``
-points in the domain of ``forward`` and ``sample_x(rng, n)`` in the domain of ``inverse``. The
+``CASES[id](rng) -> (bijector, sample_z, sample_x, sample_context)``, where ``sample_z(rng, n)``
+draws ``n`` points in the domain of ``forward``, ``sample_x(rng, n)`` in the domain of
+``inverse`` and ``sample_context(rng, n)`` contexts (``None`` for an unconditional layer). The
 samplers keep away from points where a map is not differentiable (LeakyReLU's kink) and from
 domain edges, so that central differences stay inside the domain.
 
@@ -42,14 +43,20 @@ def _away_from_zero(margin=0.1, scale=1.0):
 
 
 def _case(build, sample_z, sample_x):
-    """Wrap a builder ``build(rng) -> bijector`` and two ``(rng, n, dim)`` samplers."""
+    """Wrap a builder ``build(rng) -> bijector`` and two ``(rng, n, dim)`` samplers.
+
+    Conditional bijectors get standard normal contexts of their ``context_dim``.
+    """
     def factory(rng):
         rng = np.random.default_rng(rng)
         bijector = build(rng)
-        dim = bijector.dim
+        dim, context_dim = bijector.dim, bijector.context_dim
+        sample_context = None if context_dim is None else (
+            lambda r, n: np.random.default_rng(r).standard_normal((n, context_dim)))
         return (bijector,
                 lambda r, n: sample_z(np.random.default_rng(r), n, dim),
-                lambda r, n: sample_x(np.random.default_rng(r), n, dim))
+                lambda r, n: sample_x(np.random.default_rng(r), n, dim),
+                sample_context)
     return factory
 
 
@@ -87,20 +94,54 @@ CASES = {
             B.Softplus(3),
         ]),
         _normal(), _lognormal(0.5)),
+    "maf": _case(lambda r: _randomize(B.MaskedAffineAutoregressive(4, hidden=(10, 10), rng=r), r),
+                 _normal(), _normal()),
+    "maf_softplus_reverse_equal": _case(
+        lambda r: _randomize(B.MaskedAffineAutoregressive(
+            4, hidden=(9,), order="reverse", hidden_degrees="equal", scale="softplus", rng=r), r),
+        _normal(), _normal()),
+    "maf_conditional_random": _case(
+        lambda r: _randomize(B.MaskedAffineAutoregressive(
+            3, hidden=(8, 8), order="random", hidden_degrees="random", scale="softclip",
+            context_dim=2, rng=r), r),
+        _normal(), _normal()),
+    "iaf": _case(lambda r: B.Inverse(_randomize(B.MaskedAffineAutoregressive(
+        3, hidden=(8,), scale="tanh", rng=r), r)), _normal(), _normal()),
+    "additive_coupling": _case(
+        lambda r: _randomize(B.AdditiveCoupling(4, hidden=(8,), activation="tanh", rng=r), r),
+        _normal(), _normal()),
+    "affine_coupling": _case(
+        lambda r: _randomize(B.AffineCoupling(4, hidden=(8, 8), scale="sigmoid", rng=r), r),
+        _normal(), _normal()),
+    "affine_coupling_conditional": _case(
+        lambda r: _randomize(B.AffineCoupling(
+            5, mask=np.array([True, False, True, False, True]), hidden=(8,), activation="elu",
+            context_dim=3, rng=r), r),
+        _normal(), _normal()),
     "inverse_sigmoid": _case(lambda r: B.Inverse(B.Sigmoid(3)), _uniform(0.02, 0.98), _normal(2.0)),
     "inverse_lu_linear": _case(lambda r: B.Inverse(_randomize(B.LULinear(3, rng=r), r)),
                                _normal(), _normal()),
 }
 
 
-def oracle_reports(bijector, z, x, rng=0):
+def oracle_reports(bijector, z, x, rng=0, context=None):
     """Run the oracle on one bijector: ``{"bijector": ..., "forward_vjp": ..., "inverse_vjp": ...}``.
 
-    ``z`` and ``x`` are points in the domains of ``forward`` and ``inverse``; ``rng`` seeds the
-    random cotangents. Each value is a report with ``ok`` and a readable ``str``.
+    ``z`` and ``x`` are points in the domains of ``forward`` and ``inverse``; a conditional
+    bijector also needs ``context`` (one row per point, shared by ``z_n`` and ``x_n``), and its
+    pullbacks' context cotangents are checked too. ``rng`` seeds the random cotangents. Each value is a report with ``ok`` and a
+    readable ``str``.
     """
+    if context is None:
+        return {
+            "bijector": check_bijector(bijector.forward, bijector.inverse, z, x=x),
+            "forward_vjp": check_vjp(bijector.forward_vjp, z, bijector.params, rng=rng),
+            "inverse_vjp": check_vjp(bijector.inverse_vjp, x, bijector.params, rng=rng),
+        }
+    # Row n of the context goes with z_n and with x_n; jacobian_fd perturbs z (or x) only.
     return {
-        "bijector": check_bijector(bijector.forward, bijector.inverse, z, x=x),
-        "forward_vjp": check_vjp(bijector.forward_vjp, z, bijector.params, rng=rng),
-        "inverse_vjp": check_vjp(bijector.inverse_vjp, x, bijector.params, rng=rng),
+        "bijector": check_bijector(lambda v: bijector.forward(v, context=context),
+                                   lambda v: bijector.inverse(v, context=context), z, x=x),
+        "forward_vjp": check_vjp(bijector.forward_vjp, (z, context), bijector.params, rng=rng),
+        "inverse_vjp": check_vjp(bijector.inverse_vjp, (x, context), bijector.params, rng=rng),
     }

@@ -190,6 +190,7 @@ class Flow:
         self.base = base
         self.bijector = bijector
         self.dim = base.dim
+        self.context_dim = bijector.context_dim
 
     def __repr__(self):
         return f"Flow(base={self.base!r}, bijector={self.bijector!r})"
@@ -211,39 +212,104 @@ class Flow:
         """Eval mode for every layer (running statistics); returns self."""
         return self.train(False)
 
-    def log_prob(self, x):
-        """Log-density ``log q(x)`` of each point: ``(n, dim)`` -> ``(n,)``."""
+    def _context(self, context, n, where, dtype=np.float64):
+        c2, shared = self.bijector._check_context(context, n, where)
+        if c2 is not None and c2.dtype != dtype:
+            c2 = c2.astype(dtype)
+        return c2, shared
+
+    def log_prob(self, x, context=None):
+        """Log-density ``log q(x | context)`` of each point: ``(n, dim)`` -> ``(n,)``.
+
+        ``context`` (conditional flows only) is ``(n, context_dim)`` or one ``(context_dim,)``
+        row shared by every point.
+        """
         x2, was_1d = as_batch(x, self.dim, "Flow.log_prob")
+        c2, _ = self._context(context, x2.shape[0], "Flow.log_prob", x2.dtype)
         with atomic():
-            z, log_det = self.bijector._run("inverse", x2, False)
+            z, log_det = self.bijector._run("inverse", x2, False, c2)
         lp = self.base._log_prob(z) + log_det
         return lp[0] if was_1d else lp
 
-    def sample(self, n, rng=None):
-        """``n`` samples ``x = T(z)``, ``z ~ base``: float64 ``(n, dim)``."""
-        z = self.base.sample(n, check_rng(rng, "Flow.sample"))
-        with atomic():
-            x, _ = self.bijector._run("forward", z, False)
-        return x
+    def sample(self, n, rng=None, *, context=None):
+        """``n`` samples ``x = T(z)``, ``z ~ base``: float64 ``(n, dim)``.
 
-    def sample_and_log_prob(self, n, rng=None):
+        ``context`` (conditional flows only): ``(n, context_dim)``, or ``(context_dim,)`` to
+        draw all ``n`` samples at one context.
+        """
+        return self.sample_and_log_prob(n, rng, context=context, _where="Flow.sample")[0]
+
+    def sample_and_log_prob(self, n, rng=None, *, context=None, _where="Flow.sample_and_log_prob"):
         """Samples and their log-densities in one pass: ``log q(x) = log p(z) - log|det dx/dz|``."""
-        z = self.base.sample(n, check_rng(rng, "Flow.sample_and_log_prob"))
+        z = self.base.sample(n, check_rng(rng, _where))
+        c2, _ = self._context(context, z.shape[0], _where)
         with atomic():
-            x, log_det = self.bijector._run("forward", z, False)
+            x, log_det = self.bijector._run("forward", z, False, c2)
         return x, self.base._log_prob(z) - log_det
 
-    def nll_and_grad(self, x):
+    def _log_prob_vjp(self, x2, c2):
+        """``log q`` of validated rows and a pullback ``lp_bar -> (x_bar, grads, context_bar)``."""
+        z, log_det, bijector_pullback = self.bijector._run("inverse", x2, True, c2)
+        lp, base_pullback = self.base._log_prob_vjp(z)
+
+        def pullback(lq_bar):
+            # d log q / d log_det = 1 and d log q / d log p(z) = 1: both get lq_bar
+            z_bar, base_grads = base_pullback(lq_bar)
+            result = bijector_pullback(z_bar, lq_bar)
+            grads = {f"base.{k}": np.asarray(g, dtype=np.float64) for k, g in base_grads.items()}
+            grads.update({f"bijector.{k}": np.asarray(g, dtype=np.float64)
+                          for k, g in result[1].items()})
+            return result[0], grads, (result[2] if len(result) == 3 else None)
+
+        return lp + log_det, pullback
+
+    def log_prob_vjp(self, x, context=None):
+        """``(log_prob, pullback)``; ``pullback(log_prob_bar) -> (x_bar, grads)``.
+
+        For a conditional flow called with a context, the pullback returns
+        ``(x_bar, grads, context_bar)``, so that a network producing the context can be trained.
+        ``grads`` has the keys of ``params``.
+        """
+        where = "Flow.log_prob_vjp"
+        x2, was_1d = as_batch(x, self.dim, where)
+        if np.shares_memory(x2, x):
+            x2 = x2.copy()
+        c2, shared = self._context(context, x2.shape[0], where, x2.dtype)
+        if c2 is not None and np.shares_memory(c2, context):
+            c2 = c2.copy()
+        with atomic(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            lq, inner = self._log_prob_vjp(x2, c2)
+
+        def pullback(lq_bar):
+            lq_bar = as_float_array(lq_bar, f"{where} pullback", "log_prob_bar")
+            expected = () if was_1d else (x2.shape[0],)
+            if lq_bar.shape != expected or not np.isfinite(lq_bar).all():
+                raise ValueError(f"{where} pullback: expected a finite log_prob_bar of shape {expected}")
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                x_bar, grads, c_bar = inner(lq_bar.reshape(x2.shape[0]).astype(x2.dtype))
+            if not (np.isfinite(x_bar).all() and all(np.isfinite(g).all() for g in grads.values())
+                    and (c_bar is None or np.isfinite(c_bar).all())):
+                raise ValueError(f"{where} pullback: the gradient is not finite")
+            x_bar = x_bar[0] if was_1d else x_bar
+            if c_bar is None:
+                return x_bar, grads
+            return x_bar, grads, (c_bar.sum(axis=0) if shared else c_bar)
+
+        return (lq[0] if was_1d else lq.copy()), pullback
+
+    def nll_and_grad(self, x, context=None):
         """Mean negative log-likelihood of a batch and its gradient for every parameter.
 
         Parameters
         ----------
         x : array_like of shape (n, dim), n >= 1
+        context : array_like of shape (n, context_dim) or (context_dim,), optional
+            Conditional flows only.
 
         Returns
         -------
         nll : float
-            ``-mean_n log q(x_n)``.
+            ``-mean_n log q(x_n | context_n)``.
         grads : dict
             Same keys and shapes as ``params``, float64.
 
@@ -257,18 +323,13 @@ class Flow:
         if x2.shape[0] == 0:
             raise ValueError("Flow.nll_and_grad: the batch is empty; the mean is undefined")
         n = x2.shape[0]
+        c2, _ = self._context(context, n, "Flow.nll_and_grad", x2.dtype)
         # A non-finite loss or gradient raises inside (as a ValueError, not a RuntimeWarning), so
         # no running statistics are updated.
         with atomic(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            z, log_det, bijector_pullback = self.bijector._run("inverse", x2, True)
-            lp, base_pullback = self.base._log_prob_vjp(z)
-            nll = -float(np.mean(lp + log_det))
-            lq_bar = np.full(n, -1.0 / n, dtype=x2.dtype)
-            z_bar, base_grads = base_pullback(lq_bar)
-            _, bijector_grads = bijector_pullback(z_bar, lq_bar)
-            grads = {f"base.{k}": np.asarray(g, dtype=np.float64) for k, g in base_grads.items()}
-            grads.update({f"bijector.{k}": np.asarray(g, dtype=np.float64)
-                          for k, g in bijector_grads.items()})
+            lq, pullback = self._log_prob_vjp(x2, c2)
+            nll = -float(np.mean(lq))
+            _, grads, _ = pullback(np.full(n, -1.0 / n, dtype=x2.dtype))
             if not (np.isfinite(nll) and all(np.isfinite(g).all() for g in grads.values())):
                 raise ValueError("Flow.nll_and_grad: the loss or its gradient is not finite")
         return nll, grads

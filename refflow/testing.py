@@ -319,10 +319,18 @@ def _split_vjp(result):
     return [np.asarray(o, dtype=np.float64) for o in result[:-1]], result[-1]
 
 
-def _split_pullback(result):
-    if isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[1], dict):
-        return np.asarray(result[0], dtype=np.float64), result[1]
-    return np.asarray(result, dtype=np.float64), {}
+def _split_pullback(result, n_inputs):
+    """``(input bars, grads)`` from ``bar``, ``(bar, grads)`` or ``(bar_0, grads, bar_1, ...)``."""
+    if isinstance(result, (tuple, list)) and len(result) >= 2 and isinstance(result[1], dict):
+        bars, grads = [result[0], *result[2:]], result[1]
+    elif n_inputs == 1:
+        bars, grads = [result], {}
+    else:
+        bars, grads = list(result), {}
+    if len(bars) != n_inputs:
+        raise ValueError(f"check_vjp: the pullback returned {len(bars)} input cotangent(s) for "
+                         f"{n_inputs} input(s)")
+    return [np.asarray(b, dtype=np.float64) for b in bars], grads
 
 
 def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD):
@@ -333,9 +341,11 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD):
     vjp : callable
         ``vjp(inputs) -> (*outputs, pullback)``, with ``pullback(*cotangents) -> (input_bar,
         grads)`` (or just ``input_bar`` when there are no parameters). A refflow bijector's
-        ``forward_vjp`` / ``inverse_vjp`` has exactly this form.
-    inputs : array_like
-        Where to check (any shape; every element is perturbed, so rows may be coupled, as in
+        ``forward_vjp`` / ``inverse_vjp`` has exactly this form. With several inputs (a tuple),
+        ``vjp(*inputs)`` is called and the pullback returns ``(input_bar_0, grads, input_bar_1,
+        ...)``, as a conditional refflow layer does for ``(x, context)``.
+    inputs : array_like or tuple of array_like
+        Where to check (any shapes; every element is perturbed, so rows may be coupled, as in
         batch normalisation).
     params : dict of ndarray, optional
         Parameters that ``vjp`` reads *at call time* (refflow's in-place convention). Each
@@ -348,13 +358,15 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD):
     rtol : float
         Tolerance on the normwise relative error ``max_i |a_i - f_i| / max_i |f_i|`` of each
         gradient (analytic ``a``, finite-difference ``f``); default :data:`RTOL_FD`. A gradient
-    whose norm is below the finite differences' rounding noise divided by ``rtol`` is compared
-    absolutely, at that noise level (about ``1e-10 * sum|c * out|`` for unit-scale inputs).
+        whose norm is below the finite differences' rounding noise divided by ``rtol`` is
+        compared absolutely, at that noise level (about ``1e-10 * sum|c * out|`` for unit-scale
+        inputs).
 
     Returns
     -------
     VJPReport
-        One line per gradient; ``problems`` lists contract violations (missing or extra keys,
+        One line per gradient (``"input"``, or ``"input[0]"``, ``"input[1]"``, ... for several
+        inputs, then each parameter key); ``problems`` lists contract violations (missing or extra keys,
         wrong shapes, a pullback that changes its arguments or gives a different answer when
         called twice).
 
@@ -366,27 +378,34 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD):
     element, so use small batches and layers.
     """
     rng = np.random.default_rng(rng)
-    v0 = np.array(inputs, dtype=np.float64, copy=True)
+    several = isinstance(inputs, tuple)
+    v0s = [np.array(a, dtype=np.float64, copy=True) for a in (inputs if several else (inputs,))]
+    labels = [f"input[{i}]" for i in range(len(v0s))] if several else ["input"]
     params = {} if params is None else params
-    outputs, pullback = _split_vjp(vjp(v0.copy()))
+
+    def call(vs):
+        return _split_vjp(vjp(*[v.copy() for v in vs]))
+
+    outputs, pullback = call(v0s)
     cotangents = [rng.standard_normal(o.shape) for o in outputs]
     problems = []
 
     kept = [c.copy() for c in cotangents]
-    in_bar, grads = _split_pullback(pullback(*cotangents))
-    in_bar2, grads2 = _split_pullback(pullback(*cotangents))
+    bars, grads = _split_pullback(pullback(*cotangents), len(v0s))
+    bars2, grads2 = _split_pullback(pullback(*cotangents), len(v0s))
     if any(not np.array_equal(c, k) for c, k in zip(cotangents, kept)):
         problems.append("the pullback modified its cotangent arguments")
-    if not (np.array_equal(in_bar, in_bar2)
+    if not (all(np.array_equal(a, b) for a, b in zip(bars, bars2))
             and all(np.array_equal(grads[k], grads2.get(k)) for k in grads)):
         problems.append("calling the pullback twice gave different results")
     if set(grads) != set(params):
         problems.append(f"grads keys {sorted(grads)} differ from params keys {sorted(params)}")
-    if in_bar.shape != v0.shape:
-        problems.append(f"input cotangent has shape {in_bar.shape}, expected {v0.shape}")
+    for label, bar, v0 in zip(labels, bars, v0s):
+        if bar.shape != v0.shape:
+            problems.append(f"{label} cotangent has shape {bar.shape}, expected {v0.shape}")
 
-    def scalar(v):
-        outs, _ = _split_vjp(vjp(v))
+    def scalar(vs):
+        outs, _ = call(vs)
         return sum(float(np.sum(c * o)) for c, o in zip(cotangents, outs))
 
     # Rounding noise of one central difference: each evaluation of S is off by about
@@ -415,10 +434,12 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD):
         return grad
 
     lines = []
-    if in_bar.shape == v0.shape:
-        v = v0.copy()
-        fd = fd_gradient(v, lambda: scalar(v.copy()))
-        lines.append(_grad_line("input", in_bar, fd, rtol, noise(v0)))
+    for i, (label, bar) in enumerate(zip(labels, bars)):
+        if bar.shape != v0s[i].shape:
+            continue
+        vs = [v.copy() for v in v0s]
+        fd = fd_gradient(vs[i], lambda: scalar(vs))
+        lines.append(_grad_line(label, bar, fd, rtol, noise(v0s[i])))
     for key in sorted(params):
         if key not in grads:
             continue
@@ -427,7 +448,7 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD):
         if analytic.shape != np.shape(target):
             problems.append(f"grads[{key!r}] has shape {analytic.shape}, expected {np.shape(target)}")
             continue
-        fd = fd_gradient(target, lambda: scalar(v0.copy()))
+        fd = fd_gradient(target, lambda: scalar(v0s))
         lines.append(_grad_line(key, analytic, fd, rtol, noise(target)))
     return VJPReport(lines, problems)
 

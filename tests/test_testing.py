@@ -187,3 +187,22 @@ def test_zero_gradient_is_not_a_false_alarm(points):
     assert check_vjp(vjp, points, params, rng=0).ok
     report = check_vjp(lambda z: vjp(z, wrong=1e-3), points, params, rng=0)
     assert not report.ok
+
+
+def test_several_inputs_conditional_convention():
+    # y = x * exp(c) row-wise scaled by a context column; pullback returns (x_bar, grads, c_bar)
+    rng = np.random.default_rng(4)
+    x, c = rng.normal(size=(4, 3)), rng.normal(size=(4, 1))
+
+    def vjp(x, c, wrong=False):
+        y = x * np.exp(c)
+
+        def pullback(y_bar):
+            c_bar = (y_bar * y).sum(axis=1, keepdims=True)
+            return y_bar * np.exp(c), {}, (2 * c_bar if wrong else c_bar)
+        return y, pullback
+
+    report = assert_vjp(vjp, (x, c), rng=0)
+    assert set(report.errors) == {"input[0]", "input[1]"}
+    bad = check_vjp(lambda x, c: vjp(x, c, wrong=True), (x, c), rng=0)
+    assert bad.errors["input[1]"] > 1e-2 and bad.errors["input[0]"] < RTOL_FD

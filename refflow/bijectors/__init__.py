@@ -2,6 +2,8 @@
 
 from .base import Bijector, Chain, Inverse
 from .elementwise import Affine, Exp, LeakyReLU, Logit, Sigmoid, Softplus, Tanh
+from .autoregressive import MaskedAffineAutoregressive
+from .coupling import AdditiveCoupling, AffineCoupling
 from .linear import Householder, LULinear, Permute, Reverse
 from .normalization import ActNorm, BatchNorm
 
@@ -10,4 +12,5 @@ __all__ = [
     "Affine", "Exp", "Sigmoid", "Logit", "Tanh", "Softplus", "LeakyReLU",
     "Permute", "Reverse", "LULinear", "Householder",
     "ActNorm", "BatchNorm",
+    "AdditiveCoupling", "AffineCoupling", "MaskedAffineAutoregressive",
 ]

@@ -1,0 +1,636 @@
+r"""Masked autoregressive networks: ``MADE`` (Germain et al. 2015) and ``ResidualMADE`` (ResMADE).
+
+Both map ``x`` of shape ``(batch, dim)`` (and an optional context) to parameters of shape
+``(batch, dim, n_params)`` such that ``out[:, i, :]`` depends only on the inputs that come
+before input ``i`` in the autoregressive order. Each input ``i`` has a degree
+``m(i) = order[i] + 1`` in ``1..dim``; each hidden unit ``k`` a degree ``m(k)``. Masks:
+
+    hidden layer   M[k, j] = 1  iff  m_out(k) >= m_in(j)
+    output layer   M[k, j] = 1  iff  m_out(k) >  m_in(j)
+
+so a path ``j -> ... -> i`` exists only if ``m(j) <= ... < m(i)`` (Germain et al., eq. 12-13),
+hence ``d out[i, p] / d x[j] = 0`` unless ``m(j) < m(i)``. Output unit ``i * n_params + p``
+belongs to input ``i`` (feature-major, as nflows' ``tile`` and TFP's ``[..., dim, params]``)
+and has degree ``m(i)``.
+
+Hidden degrees. Without context they take values in ``1..dim-1`` (the paper's rule):
+
+==========  ======================================================  ==========================
+rule        degrees of a hidden layer of width ``H``                 as in
+==========  ======================================================  ==========================
+cyclic      ``arange(H) % (dim - 1) + 1``                            nflows (deterministic)
+equal       ``max(ceil(arange(1, H + 1) (dim - 1) / (H + 1)), 1)``   TFP ``_create_degrees``
+random      ``rng.integers(max(min(m_prev), 1), dim)``               Germain et al. 2015
+==========  ======================================================  ==========================
+
+For ``dim == 1`` every hidden degree is 1, and no output depends on anything (the single
+output is a learned constant).
+
+Context. A conditional network takes ``[x, context]`` as its first layer's input; context
+columns have degree 0 (connected to every hidden unit of the first layer). Then hidden
+degrees take values in ``0..dim-1`` instead: a degree-0 unit sees the context only, and is what
+carries the context to the outputs of the first input in the order (degree 1), which may depend
+on nothing else. (With hidden degrees ``>= 1`` those outputs would be constants, a known
+defect of nflows' conditional MADE, nflows PR #85; TextFlow and FlowJAX use degree-0 units in
+the same way.) The rules become ``arange(H) % dim`` (cyclic), ``max(ceil(arange(1, H + 1) dim
+/ (H + 1)), 1) - 1`` (equal) and ``rng.integers(max(min(m_prev), 0), dim)`` (random); an
+unconditional network is unchanged.
+
+Weights are stored full size; every pass uses ``W * M`` and every weight gradient is
+multiplied by ``M``, so masked entries have gradient exactly 0 (and stay 0 under any optimizer
+that moves parameters along their gradient).
+
+References
+----------
+Germain, Gregor, Murray, Larochelle, "MADE: Masked Autoencoder for Distribution Estimation",
+ICML 2015, arXiv:1502.03509.
+Durkan, Bekasov, Murray, Papamakarios, "Neural Spline Flows", NeurIPS 2019, arXiv:1906.04032
+(ResMADE, their appendix B; nflows ``ResidualMADE``).
+"""
+
+import numpy as np
+
+from .._validation import as_batch, check_dim, check_rng
+from ..params import ParamDict
+from .activations import get_activation
+from .mlp import (
+    _check_features, _check_hidden, _check_result, _cotangent, _dense_forward, _dense_vjp,
+    _grads64, _linear_init,
+)
+
+__all__ = ["MADE", "ResidualMADE"]
+
+_ORDERS = ("natural", "reverse", "random")
+_DEGREE_RULES = ("cyclic", "equal", "random")
+
+
+# ------------------------------------------------------------------ degrees and masks
+def _input_order(order, dim, rng, where):
+    """0-based autoregressive positions of the inputs, int64 of shape ``(dim,)``."""
+    if isinstance(order, str):
+        if order == "natural":
+            return np.arange(dim, dtype=np.int64)
+        if order == "reverse":
+            return np.arange(dim - 1, -1, -1, dtype=np.int64)
+        if order == "random":
+            return rng.permutation(dim).astype(np.int64)
+        raise ValueError(f"{where}: unknown order {order!r}; use one of {list(_ORDERS)} or a "
+                         f"permutation of 0..dim-1")
+    arr = np.asarray(order)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        raise ValueError(f"{where}: order must be one of {list(_ORDERS)} or a 1-D integer array "
+                         f"(a permutation of 0..{dim - 1}), got {arr.ndim}-D dtype {arr.dtype}")
+    if arr.shape[0] != dim:
+        raise ValueError(f"{where}: order must have length dim = {dim}, got {arr.shape[0]}")
+    if not np.array_equal(np.sort(arr), np.arange(dim)):
+        values, counts = np.unique(arr, return_counts=True)
+        repeated = values[counts > 1].tolist()
+        missing = np.setdiff1d(np.arange(dim), arr).tolist()
+        raise ValueError(f"{where}: order must be a permutation of 0..{dim - 1}; repeated "
+                         f"{repeated}, missing {missing}")
+    return arr.astype(np.int64)
+
+
+def _hidden_degrees(rule, width, dim, conditional, prev, rng, layer, where):
+    """Degrees of one hidden layer of ``width`` units (see the module docstring).
+
+    ``prev`` are the degrees of the layer's inputs (context columns included, degree 0).
+    """
+    low = 0 if conditional else 1
+    n = dim - low                                   # distinct degrees low..dim-1
+    if n == 0:                                      # unconditional dim == 1
+        return np.ones(width, dtype=np.int64)
+    if rule == "random":
+        return rng.integers(max(int(prev.min()), low), dim, size=width).astype(np.int64)
+    if width < n:
+        extra = " + 1 (degree 0 for the context)" if conditional else ""
+        raise ValueError(
+            f"{where}: hidden layer {layer} has width {width}, but the {rule!r} degree rule "
+            f"needs at least dim - 1{extra} = {n} units to carry every dependency; widen the "
+            f"layer or use hidden_degrees='random'")
+    if rule == "cyclic":
+        return (np.arange(width) % n + low).astype(np.int64)
+    k = np.arange(1, width + 1, dtype=np.int64)
+    ceil = -((-k * n) // (width + 1))               # exact integer ceil(k n / (H + 1))
+    return (np.maximum(ceil, 1) + (low - 1)).astype(np.int64)
+
+
+def _mask(out_degrees, in_degrees, strict):
+    m = (out_degrees[:, None] > in_degrees[None, :]) if strict else \
+        (out_degrees[:, None] >= in_degrees[None, :])
+    m = m.astype(np.float64)
+    m.flags.writeable = False
+    return m
+
+
+def _frozen(a):
+    a.flags.writeable = False
+    return a
+
+
+# --------------------------------------------------------------- shared public plumbing
+class _Autoregressive:
+    """Validation, context handling and the public ``__call__`` / ``vjp`` of both networks.
+
+    Subclasses set ``dim``, ``n_params``, ``context_features``, ``params``, ``masks``,
+    ``_w_keys`` (weight keys, aligned with ``masks``) and implement ``_forward`` / ``_vjp``.
+    """
+
+    def _masks_as(self, dtype):
+        dtype = np.dtype(dtype)
+        cached = self._mask_cache.get(dtype)
+        if cached is None:
+            cached = [m.astype(dtype) for m in self.masks]
+            self._mask_cache[dtype] = cached
+        return cached
+
+    def _masked_weights(self, dtype):
+        """``{key: W * M}`` copies in the compute dtype (residuals of the pass)."""
+        out = {}
+        for key, m in zip(self._w_keys, self._masks_as(dtype)):
+            w = self.params[key].astype(dtype)
+            w *= m
+            out[key] = w
+        return out
+
+    def _biases(self, dtype):
+        return {k: self.params[k].astype(dtype) for k in self._b_keys}
+
+    def _first_input(self, x, context):
+        return x if context is None else np.concatenate([x, context], axis=1)
+
+    def _masked_grads(self, w_bars, b_bars, dtype):
+        """float64 grads, weight gradients multiplied by their masks (masked entries exactly 0)."""
+        grads = _grads64(self._b_keys, b_bars)
+        for key, g, m in zip(self._w_keys, w_bars, self._masks_as(dtype)):
+            g *= m                          # g is this pullback's own array (a GEMM result)
+            grads[key] = np.asarray(g, dtype=np.float64)
+        return {k: grads[k] for k in self.params}     # the order of params
+
+    def _split_input_bar(self, u_bar):
+        if self.context_features == 0:
+            return u_bar, None
+        return (np.ascontiguousarray(u_bar[:, :self.dim]),
+                np.ascontiguousarray(u_bar[:, self.dim:]))
+
+    def _validate(self, x, context, where, keep):
+        """``(x2, c2, was_1d, shared)``: validated arrays of one dtype, for the private passes."""
+        name = type(self).__name__
+        x2, was_1d = as_batch(x, self.dim, where, "x")
+        if keep and isinstance(x, np.ndarray) and np.may_share_memory(x2, x):
+            x2 = x2.copy()  # the pullback may read it; the caller may change their array later
+        cf = self.context_features
+        if cf == 0:
+            if context is not None:
+                raise ValueError(f"{where}: this {name} has no context (context_features=0), "
+                                 f"but a context was given")
+            return x2, None, was_1d, False
+        if context is None:
+            raise ValueError(f"{where}: this {name} is conditional (context_features={cf}); "
+                             f"pass context of shape (batch, {cf}) or ({cf},)")
+        c2, c_1d = as_batch(context, cf, where, "context")
+        n = x2.shape[0]
+        shared = c_1d and not was_1d
+        if shared:                  # one context for every row; its cotangent is summed
+            c2 = np.repeat(c2, n, axis=0)
+        elif c2.shape[0] != n:
+            raise ValueError(f"{where}: context has {c2.shape[0]} rows but x has {n}")
+        if c2.dtype != x2.dtype:
+            c2 = c2.astype(x2.dtype)  # one compute dtype per pass, never silently mixed
+        # The pass concatenates [x, context] into a new array, so c2 needs no defensive copy.
+        return x2, c2, was_1d, shared
+
+    def __call__(self, x, context=None):
+        """Evaluate the network.
+
+        Parameters
+        ----------
+        x : array_like of shape (batch, dim) or (dim,)
+        context : array_like of shape (batch, context_features) or (context_features,)
+            Required when ``context_features > 0``, refused otherwise. A single context row
+            is used for every row of ``x``.
+
+        Returns
+        -------
+        out : ndarray of shape (batch, dim, n_params) (or (dim, n_params)), dtype of ``x``
+        """
+        where = type(self).__name__
+        x2, c2, was_1d, _ = self._validate(x, context, where, keep=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = self._forward(x2, c2)
+        _check_result([out], where, "output")
+        return out[0] if was_1d else out
+
+    def vjp(self, x, context=None):
+        """Evaluate the network and return its pullback.
+
+        Parameters
+        ----------
+        x, context
+            As for ``__call__``.
+
+        Returns
+        -------
+        out : ndarray of shape (batch, dim, n_params) (or (dim, n_params))
+        pullback : callable
+            ``pullback(out_bar=None) -> (x_bar, grads)``, or ``(x_bar, grads, context_bar)``
+            for a conditional network. ``out_bar`` has the shape of ``out`` (None means
+            zeros); ``x_bar`` and ``context_bar`` have the shapes of ``x`` and ``context`` (a
+            single shared context gets the sum over rows); ``grads`` are float64, keys and
+            shapes of ``params``, summed over the batch, exactly 0 at masked weights.
+        """
+        where = f"{type(self).__name__}.vjp"
+        x2, c2, was_1d, shared = self._validate(x, context, where, keep=True)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out, inner = self._vjp(x2, c2)
+        _check_result([out], where, "output")
+        n, dtype = x2.shape[0], x2.dtype
+        x_shape = x2.shape[1:] if was_1d else x2.shape
+        conditional = self.context_features > 0
+
+        def pullback(out_bar=None):
+            g = _cotangent(out_bar, (n, self.dim, self.n_params), was_1d, dtype,
+                           f"{where} pullback", "out_bar")
+            with np.errstate(over="ignore", invalid="ignore"):
+                result = inner(g)
+            _check_result([result[0], *result[1].values(), *result[2:]], f"{where} pullback",
+                          "gradient")
+            x_bar = result[0].reshape(x_shape)
+            if not conditional:
+                return x_bar, result[1]
+            c_bar = result[2]
+            c_bar = c_bar.sum(axis=0) if shared else (c_bar[0] if was_1d else c_bar)
+            return x_bar, result[1], c_bar
+
+        return (out[0] if was_1d else out), pullback
+
+
+def _check_common(dim, n_params, context_features, activation, rng, where):
+    dim = check_dim(dim, where, "dim")
+    n_params = check_dim(n_params, where, "n_params")
+    context_features = _check_features(context_features, where, "context_features",
+                                       allow_zero=True)
+    act = get_activation(activation, where)
+    rng = check_rng(rng, f"{where}: rng")
+    return dim, n_params, context_features, act, rng
+
+
+# ----------------------------------------------------------------------------- MADE
+class MADE(_Autoregressive):
+    r"""Masked autoencoder for distribution estimation (Germain et al. 2015).
+
+    ``out[n, i, :]`` (``n_params`` numbers per input) depends only on the inputs ``x[n, j]``
+    with ``input_degrees[j] < input_degrees[i]`` (and on the context).
+
+    Parameters
+    ----------
+    dim : int
+        Number of autoregressive inputs ``D``.
+    hidden : sequence of int, default (64, 64)
+        Hidden widths (``()`` gives a single masked affine layer).
+    n_params : int, default 2
+        Outputs per input (2 for an affine MAF: shift and unconstrained scale).
+    order : {"natural", "reverse", "random"} or array of int, default "natural"
+        Autoregressive order: ``[1, ..., D]``, ``[D, ..., 1]``, a permutation drawn from
+        ``rng``, or an explicit permutation of ``0..D-1`` where ``order[i]`` is the 0-based
+        position of input ``i`` (``input_degrees = order + 1``).
+    hidden_degrees : {"cyclic", "equal", "random"}, default "cyclic"
+        Rule for hidden-unit degrees (module docstring). The deterministic rules need every
+        hidden width ``>= D - 1`` (``>= D`` with context); "random" takes any width.
+    activation : str, default "relu"
+        See :data:`refflow.nn.ACTIVATIONS`.
+    context_features : int, default 0
+        Width of a conditioning input concatenated to ``x`` at the first layer.
+    zero_last : bool, default False
+        Start the output layer at zero (output 0 everywhere).
+    rng : None, int or numpy.random.Generator
+        Draws, in this order: a random order, random hidden degrees (layer by layer), then
+        weights and biases layer by layer, torch's ``nn.Linear`` default
+        ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with the full (unmasked) fan-in; the stored
+        weights are then multiplied by their masks.
+
+    Attributes
+    ----------
+    params : ParamDict
+        ``"w{k}"``, ``"b{k}"`` for ``k = 0..len(hidden)``; ``w0`` has shape
+        ``(H_0, D + context_features)`` and the last ``(D * n_params, H_last)``.
+    masks : list of ndarray
+        One float64 0/1 array per weight, shaped like it (read-only).
+    order, input_degrees : ndarray of int64, shape (D,)
+    hidden_degree_list : list of ndarray of int64
+    dim, n_params, hidden, context_features, activation
+
+    Raises
+    ------
+    ValueError
+        Bad sizes, an unknown order, degree rule or activation, an order that is not a
+        permutation, a hidden layer too narrow for a deterministic degree rule.
+
+    Notes
+    -----
+    With ``u = x`` (or ``[x, context]``), ``V_k = W_k * M_k``::
+
+        a_k = h_k V_k^T + b_k,   h_0 = u,   h_{k+1} = f(a_k)  (k < L),
+        out = a_L.reshape(batch, D, n_params)
+
+    Pullback, ``g_L = out_bar.reshape(batch, D * n_params)``, ``k = L, ..., 0``::
+
+        W_k_bar = (g_k^T h_k) * M_k     b_k_bar = sum_n g_k     h_k_bar = g_k V_k
+        g_{k-1} = h_k_bar * f'(a_{k-1})
+        u_bar = h_0_bar = [x_bar, context_bar]
+
+    (``d a_k / d W_k = (d a_k / d V_k) * M_k`` since ``V = W * M`` elementwise.)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.nn import MADE
+    >>> made = MADE(3, hidden=(4, 4), n_params=2, rng=0)
+    >>> made.input_degrees, made.hidden_degree_list[0]
+    (array([1, 2, 3]), array([1, 2, 1, 2]))
+    >>> made.masks[-1].astype(int)        # output units [1, 1, 2, 2, 3, 3] > hidden degrees
+    array([[0, 0, 0, 0],
+           [0, 0, 0, 0],
+           [1, 0, 1, 0],
+           [1, 0, 1, 0],
+           [1, 1, 1, 1],
+           [1, 1, 1, 1]])
+    >>> x = np.random.default_rng(1).normal(size=(5, 3))
+    >>> out, pullback = made.vjp(x)
+    >>> x_bar, grads = pullback(np.ones_like(out))
+    >>> out.shape, x_bar.shape, float(np.abs(x_bar[:, 2]).max())   # nothing depends on x_3
+    ((5, 3, 2), (5, 3), 0.0)
+    """
+
+    def __init__(self, dim, hidden=(64, 64), n_params=2, *, order="natural",
+                 hidden_degrees="cyclic", activation="relu", context_features=0,
+                 zero_last=False, rng=None):
+        where = "MADE"
+        dim, n_params, context_features, act, rng = _check_common(
+            dim, n_params, context_features, activation, rng, where)
+        hidden = _check_hidden(hidden, where)
+        if not (isinstance(hidden_degrees, str) and hidden_degrees in _DEGREE_RULES):
+            raise ValueError(f"{where}: unknown hidden_degrees rule {hidden_degrees!r}; choose "
+                             f"one of {list(_DEGREE_RULES)}")
+        self.dim, self.n_params, self.hidden = dim, n_params, hidden
+        self.context_features = context_features
+        self._act = act
+        self.activation = act.name
+        self.hidden_degrees = hidden_degrees
+        self.order = _frozen(_input_order(order, dim, rng, where))
+        self.input_degrees = _frozen(self.order + 1)
+
+        conditional = context_features > 0
+        prev = np.concatenate([self.input_degrees, np.zeros(context_features, dtype=np.int64)])
+        degrees, masks = [], []
+        for layer, width in enumerate(hidden):
+            deg = _frozen(_hidden_degrees(hidden_degrees, width, dim, conditional, prev, rng,
+                                          layer, where))
+            masks.append(_mask(deg, prev, strict=False))
+            degrees.append(deg)
+            prev = deg
+        out_degrees = np.repeat(self.input_degrees, n_params)     # unit i * n_params + p -> i
+        masks.append(_mask(out_degrees, prev, strict=True))
+        self.hidden_degree_list = degrees
+        self.masks = masks
+        self._mask_cache = {}
+
+        sizes = (dim + context_features, *hidden, dim * n_params)
+        n_layers = len(sizes) - 1
+        arrays = {}
+        for k in range(n_layers):
+            w, b = _linear_init(rng, sizes[k + 1], sizes[k])
+            if zero_last and k == n_layers - 1:
+                w[...], b[...] = 0.0, 0.0
+            arrays[f"w{k}"], arrays[f"b{k}"] = w * masks[k], b
+        self.params = ParamDict(arrays)
+        self._w_keys = [f"w{k}" for k in range(n_layers)]
+        self._b_keys = [f"b{k}" for k in range(n_layers)]
+
+    def __repr__(self):
+        return (f"MADE(dim={self.dim}, hidden={self.hidden}, n_params={self.n_params}, "
+                f"hidden_degrees={self.hidden_degrees!r}, activation={self.activation!r}, "
+                f"context_features={self.context_features})")
+
+    # ------------------------------------------------------------ private, unchecked
+    def _forward(self, x, context=None):
+        """Output ``(batch, dim, n_params)`` for validated arrays of one dtype.
+
+        ``context`` is ``(batch, context_features)`` for a conditional MADE, else None.
+        """
+        ws, bs = self._masked_weights(x.dtype), self._biases(x.dtype)
+        out = _dense_forward(self._first_input(x, context), [ws[k] for k in self._w_keys],
+                             [bs[k] for k in self._b_keys], self._act)
+        return out.reshape(x.shape[0], self.dim, self.n_params)
+
+    def _vjp(self, x, context=None):
+        """``(out, pullback)`` for validated arrays of one dtype.
+
+        ``pullback(out_bar)`` with ``out_bar`` of shape ``(batch, dim, n_params)`` returns
+        ``(x_bar, grads)``, or ``(x_bar, grads, context_bar)`` for a conditional MADE. ``x``
+        (unconditional) is kept as a residual: do not change it while the pullback lives.
+        """
+        dtype, n = x.dtype, x.shape[0]
+        ws, bs = self._masked_weights(dtype), self._biases(dtype)
+        out, backward = _dense_vjp(self._first_input(x, context),
+                                   [ws[k] for k in self._w_keys],
+                                   [bs[k] for k in self._b_keys], self._act)
+
+        def pullback(out_bar):
+            u_bar, w_bars, b_bars = backward(out_bar.reshape(n, self.dim * self.n_params))
+            grads = self._masked_grads(w_bars, b_bars, dtype)
+            x_bar, c_bar = self._split_input_bar(u_bar)
+            return (x_bar, grads) if c_bar is None else (x_bar, grads, c_bar)
+
+        return out.reshape(n, self.dim, self.n_params), pullback
+
+
+# --------------------------------------------------------------------- ResidualMADE
+class ResidualMADE(_Autoregressive):
+    r"""MADE with masked residual blocks (ResMADE; Durkan et al. 2019, nflows' residual MADE).
+
+    Parameters
+    ----------
+    dim : int
+        Number of autoregressive inputs ``D``.
+    hidden_features : int, default 64
+        Width ``H`` of every hidden layer; ``>= D - 1`` (``>= D`` with context).
+    n_blocks : int, default 2
+        Number of residual blocks (``>= 0``).
+    n_params : int, default 2
+        Outputs per input.
+    order, activation, context_features, zero_last, rng
+        As for :class:`MADE`. Hidden degrees follow the cyclic rule, the same for every hidden
+        layer. ``rng`` draws a random order first, then the parameters in key order:
+        ``w0, b0`` (torch default), per block ``w0, b0`` (torch default) and ``w1, b1``
+        (``U(-1e-3, 1e-3)``, as nflows, so each block starts near the identity), then
+        ``w_out, b_out`` (torch default, or zeros with ``zero_last``).
+
+    Attributes
+    ----------
+    params : ParamDict
+        ``"w0"`` ``(H, D + context_features)``, ``"b0"``; ``"blocks.{j}.w0"``,
+        ``"blocks.{j}.w1"`` ``(H, H)`` and their biases ``"blocks.{j}.b0"``,
+        ``"blocks.{j}.b1"``; ``"w_out"`` ``(D * n_params, H)``, ``"b_out"``.
+    masks : list of ndarray
+        Aligned with the weights in key order: ``w0``, the blocks' ``w0, w1``, ``w_out``.
+    order, input_degrees : ndarray of int64
+    hidden_degree_list : list of ndarray
+        The degrees of every hidden layer (all the same array): the initial layer, then two
+        per block.
+    dim, n_params, hidden_features, n_blocks, context_features, activation
+
+    Notes
+    -----
+    Forward, ``V = W * M`` for every weight, ``u = x`` or ``[x, context]``::
+
+        h_0 = u V_0^T + b_0
+        block j:  s_1 = f(h_j),  t = s_1 V_{j,0}^T + b_{j,0},  s_2 = f(t),
+                  h_{j+1} = h_j + s_2 V_{j,1}^T + b_{j,1}
+        out = (h_B V_out^T + b_out).reshape(batch, D, n_params)     (no activation before it)
+
+    The block masks (``m_out >= m_in`` on the same degrees) keep the degree of every unit, so
+    the residual sum respects the autoregressive structure. Pullback, ``g = out_bar``::
+
+        W_out_bar = (g^T h_B) * M_out,   b_out_bar = sum_n g,   h_bar = g V_out
+        block j (reversed), with r = h_bar (the cotangent of the block's residual branch):
+            W_{j,1}_bar = (r^T s_2) * M,   b_{j,1}_bar = sum_n r,   t_bar = (r V_{j,1}) * f'(t)
+            W_{j,0}_bar = (t_bar^T s_1) * M,   b_{j,0}_bar = sum_n t_bar
+            h_bar <- h_bar + (t_bar V_{j,0}) * f'(h_j)
+        W_0_bar = (h_bar^T u) * M_0,   b_0_bar = sum_n h_bar,   u_bar = h_bar V_0
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.nn import ResidualMADE
+    >>> net = ResidualMADE(3, hidden_features=8, n_blocks=1, n_params=3, rng=0)
+    >>> list(net.params)
+    ['w0', 'b0', 'blocks.0.w0', 'blocks.0.b0', 'blocks.0.w1', 'blocks.0.b1', 'w_out', 'b_out']
+    >>> x = np.random.default_rng(1).normal(size=(4, 3))
+    >>> out, pullback = net.vjp(x)
+    >>> x_bar, grads = pullback(np.ones_like(out))
+    >>> out.shape, float(np.abs(x_bar[:, 2]).max())
+    ((4, 3, 3), 0.0)
+    """
+
+    def __init__(self, dim, hidden_features=64, n_blocks=2, n_params=2, *, order="natural",
+                 activation="relu", context_features=0, zero_last=False, rng=None):
+        where = "ResidualMADE"
+        dim, n_params, context_features, act, rng = _check_common(
+            dim, n_params, context_features, activation, rng, where)
+        width = check_dim(hidden_features, where, "hidden_features")
+        n_blocks = _check_features(n_blocks, where, "n_blocks", allow_zero=True)
+        self.dim, self.n_params = dim, n_params
+        self.hidden_features, self.n_blocks = width, n_blocks
+        self.context_features = context_features
+        self._act = act
+        self.activation = act.name
+        self.order = _frozen(_input_order(order, dim, rng, where))
+        self.input_degrees = _frozen(self.order + 1)
+
+        prev = np.concatenate([self.input_degrees, np.zeros(context_features, dtype=np.int64)])
+        deg = _frozen(_hidden_degrees("cyclic", width, dim, context_features > 0, prev, rng, 0,
+                                      where))
+        self.hidden_degree_list = [deg] * (1 + 2 * n_blocks)
+        m_in = _mask(deg, prev, strict=False)
+        m_hh = _mask(deg, deg, strict=False)
+        m_out = _mask(np.repeat(self.input_degrees, n_params), deg, strict=True)
+
+        arrays, masks = {}, []
+        w, b = _linear_init(rng, width, dim + context_features)
+        arrays["w0"], arrays["b0"] = w * m_in, b
+        masks.append(m_in)
+        for j in range(n_blocks):
+            w, b = _linear_init(rng, width, width)
+            arrays[f"blocks.{j}.w0"], arrays[f"blocks.{j}.b0"] = w * m_hh, b
+            w = rng.uniform(-1e-3, 1e-3, size=(width, width))
+            b = rng.uniform(-1e-3, 1e-3, size=width)
+            arrays[f"blocks.{j}.w1"], arrays[f"blocks.{j}.b1"] = w * m_hh, b
+            masks += [m_hh, m_hh]
+        w, b = _linear_init(rng, dim * n_params, width)
+        if zero_last:
+            w[...], b[...] = 0.0, 0.0
+        arrays["w_out"], arrays["b_out"] = w * m_out, b
+        masks.append(m_out)
+        self.params = ParamDict(arrays)
+        self.masks = masks
+        self._mask_cache = {}
+        self._w_keys = [k for k in arrays if k.rsplit(".", 1)[-1].startswith("w")]
+        self._b_keys = [k for k in arrays if k.rsplit(".", 1)[-1].startswith("b")]
+
+    def __repr__(self):
+        return (f"ResidualMADE(dim={self.dim}, hidden_features={self.hidden_features}, "
+                f"n_blocks={self.n_blocks}, n_params={self.n_params}, "
+                f"activation={self.activation!r}, context_features={self.context_features})")
+
+    def _block_weights(self, dtype):
+        ws, bs = self._masked_weights(dtype), self._biases(dtype)
+        blocks = [(ws[f"blocks.{j}.w0"], bs[f"blocks.{j}.b0"],
+                   ws[f"blocks.{j}.w1"], bs[f"blocks.{j}.b1"]) for j in range(self.n_blocks)]
+        return ws, bs, blocks
+
+    # ------------------------------------------------------------ private, unchecked
+    def _forward(self, x, context=None):
+        """Output ``(batch, dim, n_params)`` for validated arrays of one dtype."""
+        ws, bs, blocks = self._block_weights(x.dtype)
+        f = self._act.value
+        h = self._first_input(x, context) @ ws["w0"].T
+        h += bs["b0"]
+        for w0, b0, w1, b1 in blocks:
+            t = f(h) @ w0.T
+            t += b0
+            r = f(t) @ w1.T
+            r += b1
+            h += r
+        out = h @ ws["w_out"].T
+        out += bs["b_out"]
+        return out.reshape(x.shape[0], self.dim, self.n_params)
+
+    def _vjp(self, x, context=None):
+        """``(out, pullback)``; ``pullback(out_bar) -> (x_bar, grads[, context_bar])``.
+
+        Residuals: the first layer's input ``u``, per block ``f(h_j), f'(h_j), f(t), f'(t)``,
+        the last hidden state and the masked weights.
+        """
+        dtype, n = x.dtype, x.shape[0]
+        ws, bs, blocks = self._block_weights(dtype)
+        vd = self._act.value_and_derivative
+        u = self._first_input(x, context)
+        h = u @ ws["w0"].T
+        h += bs["b0"]
+        saved = []
+        for w0, b0, w1, b1 in blocks:
+            s1, d1 = vd(h)
+            t = s1 @ w0.T
+            t += b0
+            s2, d2 = vd(t)
+            r = s2 @ w1.T
+            r += b1
+            h += r                          # h itself is not a residual, so in place is safe
+            saved.append((s1, d1, s2, d2))
+        out = h @ ws["w_out"].T
+        out += bs["b_out"]
+        h_last = h
+
+        def pullback(out_bar):
+            g = out_bar.reshape(n, self.dim * self.n_params)
+            w_bars, b_bars = {}, {}
+            w_bars["w_out"], b_bars["b_out"] = g.T @ h_last, g.sum(axis=0)
+            h_bar = g @ ws["w_out"]
+            for j in range(self.n_blocks - 1, -1, -1):
+                (w0, _, w1, _), (s1, d1, s2, d2) = blocks[j], saved[j]
+                w_bars[f"blocks.{j}.w1"], b_bars[f"blocks.{j}.b1"] = h_bar.T @ s2, h_bar.sum(0)
+                t_bar = h_bar @ w1
+                t_bar *= d2
+                w_bars[f"blocks.{j}.w0"], b_bars[f"blocks.{j}.b0"] = t_bar.T @ s1, t_bar.sum(0)
+                s1_bar = t_bar @ w0
+                s1_bar *= d1
+                h_bar += s1_bar             # h_bar is this pullback's own array
+            w_bars["w0"], b_bars["b0"] = h_bar.T @ u, h_bar.sum(axis=0)
+            u_bar = h_bar @ ws["w0"]
+            grads = self._masked_grads([w_bars[k] for k in self._w_keys],
+                                       [b_bars[k] for k in self._b_keys], dtype)
+            x_bar, c_bar = self._split_input_bar(u_bar)
+            return (x_bar, grads) if c_bar is None else (x_bar, grads, c_bar)
+
+        return out.reshape(n, self.dim, self.n_params), pullback
