@@ -10,46 +10,12 @@ GEMM speed depends on it.
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import sys
-import time
 
 import numpy as np
 
-import refflow
+from common import environment, timeit
 from refflow import ActNorm, Adam, BatchNorm, Chain, Flow, Householder, LeakyReLU, LULinear, StandardNormal
-
-
-def timeit(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times), max(times)
-
-
-def environment():
-    env = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "refflow": refflow.__version__,
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-    }
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = os.environ.get(var, "(unset)")
-    try:
-        config = np.show_config(mode="dicts")
-        blas = config.get("Build Dependencies", {}).get("blas", {})
-        env["blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
-    except Exception:  # older NumPy without mode="dicts"
-        env["blas"] = "unknown"
-    return env
 
 
 def randomize(params, rng, scale=0.1):

@@ -12,41 +12,14 @@ ratio, measured here, not absolute times across machines.
 
 import argparse
 import json
-import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
+from common import blas_threads, environment, timeit
 from refflow import Adam, Chain, Flow, MaskedAffineAutoregressive, StandardNormal
 
 DIM, LAYERS, HIDDEN, BATCH = 64, 5, (256, 256), 512
-
-
-def timeit(fn, repeats, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times), max(times)
-
-
-def blas_threads():
-    try:
-        from threadpoolctl import threadpool_info
-        counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
-        if counts:
-            return max(counts)
-    except ImportError:
-        pass
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return os.cpu_count()
 
 
 def refflow_step(dtype, rng):
@@ -94,13 +67,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     repeats = 5 if args.quick else 15
     threads = blas_threads()
-    print(f"MAF train step: dim {DIM}, {LAYERS} layers, hidden {HIDDEN}, batch {BATCH}; "
-          f"BLAS threads {threads}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    env = environment()
+    print("Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    print(f"MAF train step: dim {DIM}, {LAYERS} layers, hidden {HIDDEN}, batch {BATCH}")
     results = []
     for dtype in (np.float64, np.float32):
         name = np.dtype(dtype).name
         step, n_params = refflow_step(dtype, np.random.default_rng(0))
-        med, lo, hi = timeit(step, repeats)
+        med, lo, hi = timeit(step, repeats, warmup=3)
         results.append({"impl": "refflow", "dtype": name, "median_ms": med * 1e3, "min_ms": lo * 1e3,
                         "max_ms": hi * 1e3, "samples_per_s": BATCH / med})
         print(f"  refflow {name}: {med * 1e3:8.1f} ms (min {lo * 1e3:.1f}, max {hi * 1e3:.1f}), "
@@ -109,7 +83,7 @@ def main(argv=None):
         if zstep is None:
             print(f"  zuko {name}: {info}")
             continue
-        zmed, zlo, zhi = timeit(zstep, repeats)
+        zmed, zlo, zhi = timeit(zstep, repeats, warmup=3)
         results.append({"impl": "zuko", "dtype": name, "median_ms": zmed * 1e3, "min_ms": zlo * 1e3,
                         "max_ms": zhi * 1e3, "samples_per_s": BATCH / zmed, "info": info})
         print(f"  zuko    {name}: {zmed * 1e3:8.1f} ms (min {zlo * 1e3:.1f}, max {zhi * 1e3:.1f}), "
@@ -117,7 +91,7 @@ def main(argv=None):
         print(f"  ratio zuko / refflow time ({name}): {zmed / med:.2f}x")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"threads": threads, "results": results}, fh, indent=2)
+            json.dump({"environment": env, "results": results}, fh, indent=2)
     return 0
 
 

@@ -94,8 +94,13 @@ CASES = {
             B.Softplus(3),
         ]),
         _normal(), _lognormal(0.5)),
-    "maf": _case(lambda r: _randomize(B.MaskedAffineAutoregressive(4, hidden=(10, 10), rng=r), r),
-                 _normal(), _normal()),
+    # The paper's unbounded "exp" log-scale with tanh hidden units: |u| stays bounded by the
+    # output weights. With relu, sequential sampling can compound (x_2 ~ 1e4 drives u_3 ~ -240,
+    # so x_3 = z_3 e^-240 + mu_3 rounds to mu_3): invertible on paper, not in float64.
+    "maf": _case(lambda r: _randomize(B.MaskedAffineAutoregressive(
+        4, hidden=(10, 10), activation="tanh", rng=r), r), _normal(), _normal()),
+    "maf_relu_softclip": _case(lambda r: _randomize(B.MaskedAffineAutoregressive(
+        4, hidden=(10, 10), scale="softclip", rng=r), r), _normal(), _normal()),
     "maf_softplus_reverse_equal": _case(
         lambda r: _randomize(B.MaskedAffineAutoregressive(
             4, hidden=(9,), order="reverse", hidden_degrees="equal", scale="softplus", rng=r), r),

@@ -163,10 +163,10 @@ def _line(label, per_row, tolerance, note=""):
     return _Line(label, float(per_row[row]), tolerance, row, note)
 
 
-def _format(title, lines, notes):
+def _format(title, columns, lines, notes):
     ok = all(line.ok for line in lines) and not notes
     out = [f"{title}: {'ok' if ok else 'FAILED'}",
-           f"  {'check':<26}{'error':<12}{'tolerance':<11}worst"]
+           f"  {columns[0]:<26}{'error':<12}{'tolerance':<11}{columns[1]}"]
     for line in lines:
         where = "" if line.row < 0 else str(line.row)
         flag = "" if line.ok else "  FAIL"
@@ -176,19 +176,22 @@ def _format(title, lines, notes):
 
 
 @dataclass
-class BijectorReport:
-    """Worst errors found by :func:`check_bijector`; ``ok`` when all are within tolerance.
+class _Report:
+    """Worst errors of a check; ``ok`` when all are within tolerance and nothing else is wrong.
 
     Attributes
     ----------
     lines : list
-        One entry per check: ``label``, ``error``, ``tolerance``, worst ``row``, ``ok``.
+        One entry per check: ``label``, ``error``, ``tolerance``, worst ``row`` (or element),
+        ``ok``.
     problems : list of str
-        Contract violations (wrong shapes of outputs or log-dets).
+        Contract violations found on the way (wrong shapes, keys, a pullback with side effects).
     """
 
     lines: list = field(default_factory=list)
     problems: list = field(default_factory=list)
+    _title = ""
+    _columns = ("check", "worst")
 
     @property
     def ok(self):
@@ -200,9 +203,14 @@ class BijectorReport:
         return {line.label: line.error for line in self.lines}
 
     def __str__(self):
-        return _format("check_bijector", self.lines, self.problems).replace(
-            f"{'check':<26}{'error':<12}{'tolerance':<11}worst",
-            f"{'check':<26}{'error':<12}{'tolerance':<11}worst row")
+        return _format(self._title, self._columns, self.lines, self.problems)
+
+
+class BijectorReport(_Report):
+    """Worst errors found by :func:`check_bijector`, one line per check."""
+
+    _title = "check_bijector"
+    _columns = ("check", "worst row")
 
 
 def _call_bijector(fn, v, name, problems):
@@ -291,26 +299,11 @@ def assert_bijector(forward, inverse, z, **kwargs):
     return report
 
 
-@dataclass
-class VJPReport:
+class VJPReport(_Report):
     """Errors found by :func:`check_vjp`, per gradient (``"input"`` and each parameter key)."""
 
-    lines: list = field(default_factory=list)
-    problems: list = field(default_factory=list)
-
-    @property
-    def ok(self):
-        return all(line.ok for line in self.lines) and not self.problems
-
-    @property
-    def errors(self):
-        """``{"input": error, "<param key>": error, ...}``."""
-        return {line.label: line.error for line in self.lines}
-
-    def __str__(self):
-        return _format("check_vjp", self.lines, self.problems).replace(
-            f"{'check':<26}{'error':<12}{'tolerance':<11}worst",
-            f"{'gradient':<26}{'error':<12}{'tolerance':<11}worst element")
+    _title = "check_vjp"
+    _columns = ("gradient", "worst element")
 
 
 def _split_vjp(result):
