@@ -8,9 +8,11 @@ oracle that checks them (finite-difference Jacobians, ``slogdet``) and works on 
 from . import datasets, nn, params, testing
 from .bijectors import (
     ActNorm, AdditiveCoupling, Affine, AffineCoupling, BatchNorm, Bijector, Chain, Exp,
-    Householder, Inverse, LeakyReLU, Logit, LULinear, MaskedAffineAutoregressive, Permute, Reverse,
-    Sigmoid, Softplus, Tanh,
+    Householder, Inverse, LeakyReLU, Logit, LULinear, MaskedAffineAutoregressive,
+    MaskedSplineAutoregressive, Permute, RationalQuadraticSpline, Reverse, Sigmoid, Softplus,
+    SplineCoupling, Tanh,
 )
+from .splines import rational_quadratic_spline, rational_quadratic_spline_vjp
 from .distributions import DiagNormal, Flow, StandardNormal
 from .optim import Adam
 
@@ -27,6 +29,9 @@ __all__ = [
     "ActNorm", "BatchNorm",
     # coupling and autoregressive (conditioners in refflow.nn)
     "AdditiveCoupling", "AffineCoupling", "MaskedAffineAutoregressive",
+    # splines
+    "RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive",
+    "rational_quadratic_spline", "rational_quadratic_spline_vjp",
     # distributions, flows, training
     "StandardNormal", "DiagNormal", "Flow", "Adam",
     # submodules

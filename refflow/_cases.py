@@ -60,6 +60,33 @@ def _case(build, sample_z, sample_x):
     return factory
 
 
+def _knot_safe_case(build, sample_z, sample_x, margin=1e-4):
+    """A case for a spline layer: rows with a coordinate within ``margin`` (relative) of one of
+    its knots are drawn again, so that central differences never straddle a knot or ``±B``,
+    where the derivative of the log-det jumps. Uses the layer's ``_input_knots``."""
+    def factory(rng):
+        rng = np.random.default_rng(rng)
+        bijector = build(rng)
+        dim = bijector.dim
+
+        def safe(sample, direction):
+            def draw(r, n):
+                r = np.random.default_rng(r)
+                v = sample(r, n, dim)
+                for _ in range(100):
+                    knots = bijector._input_knots(direction, v)
+                    gap = np.abs(v[:, :, None] - knots) / np.maximum(1.0, np.abs(v[:, :, None]))
+                    near = (gap < margin).any(axis=(1, 2))
+                    if not near.any():
+                        return v
+                    v[near] = sample(r, int(near.sum()), dim)
+                raise RuntimeError("could not draw points away from the knots")
+            return draw
+
+        return bijector, safe(sample_z, "forward"), safe(sample_x, "inverse"), None
+    return factory
+
+
 def _batchnorm(rng, training=False):
     layer = _randomize(B.BatchNorm(3), rng)
     layer.buffers["running_mean"][...] = rng.normal(0.0, 1.0, size=3)
@@ -123,6 +150,21 @@ CASES = {
             5, mask=np.array([True, False, True, False, True]), hidden=(8,), activation="elu",
             context_dim=3, rng=r), r),
         _normal(), _normal()),
+    "rqs_durkan": _knot_safe_case(
+        lambda r: _randomize(B.RationalQuadraticSpline(3, n_bins=5), r, 1.0), _normal(2.0), _normal(2.0)),
+    "rqs_zuko": _knot_safe_case(
+        lambda r: _randomize(B.RationalQuadraticSpline(3, n_bins=4, parameterization="zuko"), r, 1.0),
+        _normal(3.0), _normal(3.0)),
+    "rqs_distrax": _knot_safe_case(
+        lambda r: _randomize(B.RationalQuadraticSpline(
+            2, n_bins=3, parameterization="distrax", bound=2.0), r, 1.0), _normal(2.0), _normal(2.0)),
+    "spline_coupling": _knot_safe_case(
+        lambda r: _randomize(B.SplineCoupling(4, hidden=(8,), n_bins=4, activation="tanh", rng=r), r),
+        _normal(2.0), _normal(2.0)),
+    "spline_autoregressive": _knot_safe_case(
+        lambda r: _randomize(B.MaskedSplineAutoregressive(
+            3, hidden=(8, 8), n_bins=4, activation="tanh", parameterization="zuko", bound=3.0,
+            rng=r), r), _normal(2.0), _normal(2.0)),
     "inverse_sigmoid": _case(lambda r: B.Inverse(B.Sigmoid(3)), _uniform(0.02, 0.98), _normal(2.0)),
     "inverse_lu_linear": _case(lambda r: B.Inverse(_randomize(B.LULinear(3, rng=r), r)),
                                _normal(), _normal()),

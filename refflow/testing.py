@@ -12,6 +12,10 @@ return float64 arrays is checked to the same standard.
 ``assert_vjp``         ``check_vjp`` that raises ``AssertionError`` with the report
 =====================  ==============================================================================
 
+Derivatives are central differences with one Richardson extrapolation,
+``D = (4 D(h/2) - D(h)) / 3``: truncation error O(h^4) instead of O(h^2), so maps with features
+much narrower than 1 (spline bins of width 1e-2, steep derivatives) are still resolved to ~1e-9.
+
 Errors are relative, ``|a - b| / max(1, |b|)`` for values and log-dets (so values near zero are
 compared absolutely), and normwise ``max_i |a_i - b_i| / max_i |b_i|`` for gradients.
 
@@ -66,7 +70,13 @@ RTOL_ROUND_TRIP = 1e-10
 #: while catching any wrong term (a wrong term is an O(1) relative error).
 RTOL_FD = 1e-6
 
-_STEP = np.finfo(np.float64).eps ** (1.0 / 3.0)  # optimal central-difference step, ~6e-6
+_STEP = np.finfo(np.float64).eps ** (1.0 / 3.0)  # central-difference step, ~6e-6 (then h/2)
+
+
+def _richardson(difference, h):
+    """``(4 D(h/2) - D(h)) / 3`` for ``D(s) = difference(s)`` (a central difference at step s):
+    the O(s^2) error terms cancel, leaving O(s^4)."""
+    return (4.0 * difference(0.5 * h) - difference(h)) / 3.0
 
 
 def _first(result):
@@ -112,8 +122,9 @@ def jacobian_fd(f, x, eps=None):
 
     Notes
     -----
-    One coordinate is perturbed for all rows at once: ``2 * d_in`` calls of ``f``. The step used
-    is the exactly representable difference ``(x + h) - (x - h)``.
+    One coordinate is perturbed for all rows at once, at steps ``h`` and ``h/2`` combined by
+    Richardson extrapolation: ``4 * d_in`` calls of ``f``. The steps used are the exactly
+    representable differences ``(x + h) - (x - h)``.
 
     Examples
     --------
@@ -126,12 +137,13 @@ def jacobian_fd(f, x, eps=None):
     h = _steps(x, eps)
     columns = []
     for j in range(x.shape[1]):
-        xp, xm = x.copy(), x.copy()
-        xp[:, j] += h[:, j]
-        xm[:, j] -= h[:, j]
-        step = xp[:, j] - xm[:, j]
-        fp, fm = _first(f(xp)), _first(f(xm))
-        columns.append((fp - fm) / step[:, None])
+        def difference(s, j=j):
+            xp, xm = x.copy(), x.copy()
+            xp[:, j] += s[:, j]
+            xm[:, j] -= s[:, j]
+            step = xp[:, j] - xm[:, j]
+            return (_first(f(xp)) - _first(f(xm))) / step[:, None]
+        columns.append(_richardson(difference, h))
     return np.stack(columns, axis=-1)
 
 
@@ -367,8 +379,9 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD):
     -----
     With random cotangents ``c_k`` for the outputs, the scalar ``S = sum_k <c_k, out_k>`` has
     gradient ``(input_bar, grads)`` by definition of the pullback; each element of it is compared
-    with ``(S(v + h e_i) - S(v - h e_i)) / 2h``. That costs two calls per input and parameter
-    element, so use small batches and layers.
+    with the central difference ``(S(v + h e_i) - S(v - h e_i)) / 2h`` at ``h`` and ``h/2``,
+    Richardson-extrapolated. That costs four calls per input and parameter element, so use small
+    batches and layers.
     """
     rng = np.random.default_rng(rng)
     several = isinstance(inputs, tuple)
@@ -407,23 +420,28 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD):
     s_abs = sum(float(np.sum(np.abs(c * o))) for c, o in zip(cotangents, outputs))
 
     def noise(target):
+        # Richardson's (4 D(h/2) - D(h)) / 3 carries (4 * 2 + 1) / 3 = 3 times the noise of D(h)
         h = _steps(np.asarray(target, dtype=np.float64), eps)
-        return 10.0 * np.finfo(np.float64).eps * s_abs / float(np.min(h, initial=np.inf))
+        return 30.0 * np.finfo(np.float64).eps * s_abs / float(np.min(h, initial=np.inf))
 
     def fd_gradient(target, evaluate):
         grad = np.zeros(target.shape)
         h = _steps(target, eps)
         flat_t, flat_h, flat_g = target.reshape(-1), h.reshape(-1), grad.reshape(-1)
-        for i in range(flat_t.size):
+
+        def central(i, step):
             orig = flat_t[i]
             try:
-                flat_t[i] = orig + flat_h[i]
+                flat_t[i] = orig + step
                 up, plus = evaluate(), flat_t[i]
-                flat_t[i] = orig - flat_h[i]
+                flat_t[i] = orig - step
                 down, minus = evaluate(), flat_t[i]
             finally:
                 flat_t[i] = orig
-            flat_g[i] = (up - down) / (plus - minus)
+            return (up - down) / (plus - minus)
+
+        for i in range(flat_t.size):
+            flat_g[i] = _richardson(lambda s: central(i, s), flat_h[i])
         return grad
 
     lines = []

@@ -6,6 +6,7 @@ from .autoregressive import MaskedAffineAutoregressive
 from .coupling import AdditiveCoupling, AffineCoupling
 from .linear import Householder, LULinear, Permute, Reverse
 from .normalization import ActNorm, BatchNorm
+from .splines import MaskedSplineAutoregressive, RationalQuadraticSpline, SplineCoupling
 
 __all__ = [
     "Bijector", "Chain", "Inverse",
@@ -13,4 +14,5 @@ __all__ = [
     "Permute", "Reverse", "LULinear", "Householder",
     "ActNorm", "BatchNorm",
     "AdditiveCoupling", "AffineCoupling", "MaskedAffineAutoregressive",
+    "RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive",
 ]
