@@ -23,7 +23,70 @@ from .scale_maps import get_scale_map
 __all__ = ["MaskedAffineAutoregressive"]
 
 
-class MaskedAffineAutoregressive(Bijector):
+def fixed_point_adjoint(x_bar, step, max_steps):
+    """Solve ``lambda = x_bar + r(lambda)`` for the sampling-direction pullback.
+
+    ``step(lam) -> (aux, made_result)`` runs the head cotangents of ``lam`` through the
+    elementwise map's and MADE's pullbacks; ``r(lam) = made_result[0]`` (MADE's input cotangent)
+    is affine in ``lam`` with a strictly triangular (nilpotent) linear part, so iterating from
+    ``lam = x_bar`` is exact after at most ``max_steps = dim`` steps. The loop stops as soon as
+    ``lam`` repeats bit for bit (later steps could not change it). Returns ``(lam, aux,
+    made_result)`` at the solution.
+    """
+    lam = x_bar
+    aux, made_result = step(lam)
+    for _ in range(max_steps):
+        lam_next = x_bar + made_result[0]
+        if np.array_equal(lam_next, lam):
+            break
+        lam = lam_next
+        aux, made_result = step(lam)
+    return lam, aux, made_result
+
+
+class _MaskedAutoregressive(Bijector):
+    """Shared by the masked autoregressive layers: the MADE, context, parameters and the
+    sequential sampling passes. Subclasses give ``_sample_coordinate(z_i, out_i) -> x_i`` (the
+    elementwise map of coordinate ``i`` in the sampling direction, from its conditioner outputs)."""
+
+    def __init__(self, dim, n_params, hidden, order, hidden_degrees, activation, context_dim,
+                 zero_last, rng):
+        name = type(self).__name__
+        dim = check_dim(dim, name)
+        if context_dim is not None:
+            context_dim = check_dim(context_dim, name, "context_dim")
+        self.made = MADE(dim, hidden, n_params=n_params, order=order,
+                         hidden_degrees=hidden_degrees, activation=activation,
+                         context_features=context_dim or 0, zero_last=zero_last, rng=rng)
+        super().__init__(dim)
+        self.context_dim = context_dim
+        # Coordinate fixed by sampling pass k: the input of degree k + 1.
+        self._sampling_order = np.argsort(self.made.input_degrees, kind="stable")
+
+    @property
+    def params(self):
+        return prefixed([("made", self.made.params)])
+
+    def _finish(self, in_bar, made_result, context):
+        grads = {f"made.{k}": g for k, g in made_result[1].items()}
+        return (in_bar, grads) if context is None else (in_bar, grads, made_result[2])
+
+    def _sample_passes(self, z, context):
+        """The first ``dim - 1`` sequential passes: every coordinate but the last in the order.
+
+        The last pass (done by the caller) sees every coordinate any output depends on, since
+        the last coordinate in the order feeds no output: its MADE outputs are all final, and
+        its residuals serve the pullback.
+        """
+        x = np.zeros_like(z)
+        for i in self._sampling_order[:-1]:
+            out = self.made._forward(x, context)
+            x[:, i] = self._sample_coordinate(np.ascontiguousarray(z[:, i]),
+                                              np.ascontiguousarray(out[:, i]))
+        return x
+
+
+class MaskedAffineAutoregressive(_MaskedAutoregressive):
     r"""Masked autoregressive affine layer (MAF), ``x_i = z_i exp(l(u_i)) + mu_i``.
 
     Parameters
@@ -102,36 +165,15 @@ class MaskedAffineAutoregressive(Bijector):
 
     def __init__(self, dim, *, hidden=(64, 64), order="natural", hidden_degrees="cyclic",
                  activation="relu", scale="exp", context_dim=None, zero_last=False, rng=None):
-        dim = check_dim(dim, "MaskedAffineAutoregressive")
-        if context_dim is not None:
-            context_dim = check_dim(context_dim, "MaskedAffineAutoregressive", "context_dim")
         self._scale_map = get_scale_map(scale, "MaskedAffineAutoregressive")
         self.scale = scale
-        self.made = MADE(dim, hidden, n_params=2, order=order, hidden_degrees=hidden_degrees,
-                         activation=activation, context_features=context_dim or 0,
-                         zero_last=zero_last, rng=rng)
-        super().__init__(dim)
-        self.context_dim = context_dim
-        # Coordinate fixed by sampling pass k: the input of degree k + 1.
-        self._sampling_order = np.argsort(self.made.input_degrees, kind="stable")
-
-    @property
-    def params(self):
-        return prefixed([("made", self.made.params)])
+        super().__init__(dim, 2, hidden, order, hidden_degrees, activation, context_dim,
+                         zero_last, rng)
 
     def __repr__(self):
         extra = "" if self.context_dim is None else f", context_dim={self.context_dim}"
         return (f"MaskedAffineAutoregressive(dim={self.dim}, hidden={tuple(self.made.hidden)}, "
                 f"scale={self.scale!r}{extra})")
-
-    def _made_grads(self, made_result):
-        return {f"made.{k}": g for k, g in made_result[1].items()}
-
-    def _finish(self, in_bar, made_result, context):
-        grads = self._made_grads(made_result)
-        if context is None:
-            return in_bar, grads
-        return in_bar, grads, made_result[2]
 
     # ----------------------------------------------------------------- density direction
     def _inverse_vjp(self, x, context=None):
@@ -158,14 +200,9 @@ class MaskedAffineAutoregressive(Bijector):
         return (x - out[..., 0]) * np.exp(-log_scale), -log_scale.sum(axis=1)
 
     # ----------------------------------------------------------------- sampling direction
-    def _sample_passes(self, z, context):
-        """The first ``dim - 1`` sequential passes: every coordinate but the last in the order."""
-        x = np.zeros_like(z)
-        for i in self._sampling_order[:-1]:
-            out = self.made._forward(x, context)
-            log_scale, _ = self._scale_map(out[:, i, 1])
-            x[:, i] = z[:, i] * np.exp(log_scale) + out[:, i, 0]
-        return x
+    def _sample_coordinate(self, z_i, out_i):
+        log_scale, _ = self._scale_map(out_i[:, 1])
+        return z_i * np.exp(log_scale) + out_i[:, 0]
 
     def _forward(self, z, context=None):
         x = self._sample_passes(z, context)
@@ -175,8 +212,6 @@ class MaskedAffineAutoregressive(Bijector):
 
     def _forward_vjp(self, z, context=None):
         x_partial = self._sample_passes(z, context)
-        # The last pass sees every coordinate any output depends on (the last coordinate in the
-        # order feeds no output), so its residuals serve the pullback.
         out, made_pullback = self.made._vjp(x_partial, context)
         mu, u = out[..., 0], out[..., 1]
         log_scale, dlog_scale = self._scale_map(u)
@@ -194,14 +229,8 @@ class MaskedAffineAutoregressive(Bijector):
                 return h
 
             # lambda = x_bar + A^T lambda + (d log_det/dx)^T g, A nilpotent: exact in <= dim steps
-            lam = x_bar
-            made_result = made_pullback(head(lam))
-            for _ in range(max_steps):
-                lam_next = x_bar + made_result[0]
-                if np.array_equal(lam_next, lam):
-                    break
-                lam = lam_next
-                made_result = made_pullback(head(lam))
+            lam, _, made_result = fixed_point_adjoint(
+                x_bar, lambda lam: (None, made_pullback(head(lam))), max_steps)
             return self._finish(lam * scale, made_result, context)
 
         return x, log_det, pullback

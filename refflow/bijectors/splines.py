@@ -34,8 +34,7 @@ import numpy as np
 
 from .._validation import check_dim
 from ..kernels.splines import rqs_forward, rqs_forward_vjp, rqs_inverse, rqs_inverse_vjp
-from ..nn import MADE
-from ..params import prefixed
+from .autoregressive import _MaskedAutoregressive, fixed_point_adjoint
 from .base import Bijector
 from .coupling import _Coupling, _assemble, _conditioner_input, _split_h_bar
 from .spline_maps import get_spline_map
@@ -306,7 +305,7 @@ class SplineCoupling(_Coupling):
 
 
 # -------------------------------------------------------------------- autoregressive layer
-class MaskedSplineAutoregressive(Bijector):
+class MaskedSplineAutoregressive(_MaskedAutoregressive):
     r"""Masked autoregressive rational-quadratic spline layer (NSF, Durkan et al. 2019, 3.2).
 
     A MADE gives every coordinate ``i`` its spline parameters ``theta_i(x_<i)``. Density
@@ -360,32 +359,17 @@ class MaskedSplineAutoregressive(Bijector):
                  min_bin_width=None, min_bin_height=None, min_derivative=None,
                  boundary_slopes=None, order="natural", hidden_degrees="cyclic",
                  activation="relu", context_dim=None, zero_last=False, rng=None):
-        dim = check_dim(dim, "MaskedSplineAutoregressive")
-        if context_dim is not None:
-            context_dim = check_dim(context_dim, "MaskedSplineAutoregressive", "context_dim")
         smap = _make_map("MaskedSplineAutoregressive", parameterization, n_bins, bound,
                          min_bin_width, min_bin_height, min_derivative, boundary_slopes)
         self.n_bins, self.parameterization, self._map = int(n_bins), parameterization, smap
         self._n_params = 2 * self.n_bins + smap.n_derivatives
-        self.made = MADE(dim, hidden, n_params=self._n_params, order=order,
-                         hidden_degrees=hidden_degrees, activation=activation,
-                         context_features=context_dim or 0, zero_last=zero_last, rng=rng)
-        super().__init__(dim)
-        self.context_dim = context_dim
-        self._sampling_order = np.argsort(self.made.input_degrees, kind="stable")
-
-    @property
-    def params(self):
-        return prefixed([("made", self.made.params)])
+        super().__init__(dim, self._n_params, hidden, order, hidden_degrees, activation,
+                         context_dim, zero_last, rng)
 
     def __repr__(self):
         return (f"MaskedSplineAutoregressive(dim={self.dim}, hidden={tuple(self.made.hidden)}, "
                 f"n_bins={self.n_bins}, parameterization={self.parameterization!r}, "
                 f"context_dim={self.context_dim})")
-
-    def _finish(self, in_bar, made_result, context):
-        grads = {f"made.{k}": g for k, g in made_result[1].items()}
-        return (in_bar, grads) if context is None else (in_bar, grads, made_result[2])
 
     def _rows(self, out):
         return out.reshape(-1, self._n_params)
@@ -416,15 +400,8 @@ class MaskedSplineAutoregressive(Bijector):
         return z.reshape(x.shape), log_det.reshape(x.shape).sum(axis=1), pullback
 
     # ----------------------------------------------------------------- sampling direction
-    def _sample_passes(self, z, context):
-        """The first ``dim - 1`` sequential passes: every coordinate but the last in the order."""
-        x = np.zeros_like(z)
-        for i in self._sampling_order[:-1]:
-            out = self.made._forward(x, context)
-            x_i, _ = _spline("inverse", np.ascontiguousarray(z[:, i]),
-                             np.ascontiguousarray(out[:, i, :]), self._map, self.n_bins, False)
-            x[:, i] = x_i
-        return x
+    def _sample_coordinate(self, z_i, out_i):
+        return _spline("inverse", z_i, out_i, self._map, self.n_bins, False)[0]
 
     def _forward(self, z, context=None):
         x_partial = self._sample_passes(z, context)
@@ -447,14 +424,7 @@ class MaskedSplineAutoregressive(Bijector):
                 return z_bar, made_pullback(theta_bar.reshape(out.shape))
 
             # lambda = x_bar + (dG/dx)^T lambda + (d log_det/dx)^T g: exact in <= dim steps
-            lam = x_bar
-            z_bar, made_result = step(lam)
-            for _ in range(max_steps):
-                lam_next = x_bar + made_result[0]
-                if np.array_equal(lam_next, lam):
-                    break
-                lam = lam_next
-                z_bar, made_result = step(lam)
+            _, z_bar, made_result = fixed_point_adjoint(x_bar, step, max_steps)
             return self._finish(z_bar.reshape(shape), made_result, context)
 
         return x.reshape(shape), log_det.reshape(shape).sum(axis=1), pullback

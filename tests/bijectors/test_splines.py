@@ -19,8 +19,9 @@ def randomize(layer, rng, scale=0.5):
     return layer
 
 
-def away_from_knots(layer, direction, v, rng, margin=1e-4, context=None):
-    """Redraw rows with a coordinate within ``margin`` of one of its knots (FD must not straddle)."""
+def away_from_knots(layer, direction, v, rng, margin=1e-3, context=None):
+    """Redraw rows with a coordinate within ``margin`` of one of its knots (FD must not straddle;
+    parameter perturbations move the knots by up to ~1e-4, see refflow._cases)."""
     for _ in range(100):
         knots = layer._input_knots(direction, v, context)
         near = (np.abs(v[:, :, None] - knots) < margin).any(axis=(1, 2))
