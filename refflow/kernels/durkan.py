@@ -272,6 +272,34 @@ def _zero_row(i, K, zero, uw_bar, uh_bar, ud_bar):
 
 
 @njit
+def _setup(uw, bound, min_bin_width, min_bin_height, min_derivative):
+    """Constants of the "durkan" map in the arrays' dtype, and per-call scratch (shared by the
+    four kernels; the same file, so numba's cache stays consistent).
+
+    Returns ``(one, zero, two, half, B, 2B, m_w, m_h, m_d, 1 - K m_w, 1 - K m_h,
+    2B (1 - K m_w), 2B (1 - K m_h), pw, ph, xk, yk)``; ``pw``, ``ph`` (K,) hold a row's bin
+    fractions and ``xk``, ``yk`` (K + 1,) its knots.
+    """
+    K = uw.shape[1]
+    dt = uw.dtype.type
+    one = dt(1)
+    zero = one - one
+    two = one + one
+    half = one / two
+    B = dt(bound)
+    two_b = dt(bound - (-bound))
+    mw, mh, md = dt(min_bin_width), dt(min_bin_height), dt(min_derivative)
+    cw, ch = dt(1.0 - min_bin_width * K), dt(1.0 - min_bin_height * K)
+    gw = dt(2.0 * bound * (1.0 - min_bin_width * K))
+    gh = dt(2.0 * bound * (1.0 - min_bin_height * K))
+    pw = np.empty(K, dtype=uw.dtype)
+    ph = np.empty(K, dtype=uw.dtype)
+    xk = np.empty(K + 1, dtype=uw.dtype)
+    yk = np.empty(K + 1, dtype=uw.dtype)
+    return one, zero, two, half, B, two_b, mw, mh, md, cw, ch, gw, gh, pw, ph, xk, yk
+
+
+@njit
 def rqs_durkan_forward(x, uw, uh, ud, bound, min_bin_width, min_bin_height, min_derivative,
                        y, log_det):
     """Forward spline with the "durkan" map: ``y = RQS(x)``, ``log_det = log dy/dx``.
@@ -289,19 +317,8 @@ def rqs_durkan_forward(x, uw, uh, ud, bound, min_bin_width, min_bin_height, min_
         Outputs, overwritten. All arrays share one dtype, float32 or float64.
     """
     n, K = uw.shape
-    dt = uw.dtype.type
-    one = dt(1)
-    zero = one - one
-    two = one + one
-    half = one / two
-    B = dt(bound)
-    two_b = dt(bound - (-bound))
-    mw, mh, md = dt(min_bin_width), dt(min_bin_height), dt(min_derivative)
-    cw, ch = dt(1.0 - min_bin_width * K), dt(1.0 - min_bin_height * K)
-    pw = np.empty(K, dtype=uw.dtype)
-    ph = np.empty(K, dtype=uw.dtype)
-    xk = np.empty(K + 1, dtype=uw.dtype)
-    yk = np.empty(K + 1, dtype=uw.dtype)
+    (one, zero, two, half, B, two_b, mw, mh, md, cw, ch, gw, gh,
+     pw, ph, xk, yk) = _setup(uw, bound, min_bin_width, min_bin_height, min_derivative)
     for i in range(n):
         v = x[i]
         if v < -B or v > B:
@@ -330,19 +347,8 @@ def rqs_durkan_inverse(y, uw, uh, ud, bound, min_bin_width, min_bin_height, min_
     Arguments as :func:`rqs_durkan_forward`, with ``y`` the input and ``x`` written.
     """
     n, K = uw.shape
-    dt = uw.dtype.type
-    one = dt(1)
-    zero = one - one
-    two = one + one
-    half = one / two
-    B = dt(bound)
-    two_b = dt(bound - (-bound))
-    mw, mh, md = dt(min_bin_width), dt(min_bin_height), dt(min_derivative)
-    cw, ch = dt(1.0 - min_bin_width * K), dt(1.0 - min_bin_height * K)
-    pw = np.empty(K, dtype=uw.dtype)
-    ph = np.empty(K, dtype=uw.dtype)
-    xk = np.empty(K + 1, dtype=uw.dtype)
-    yk = np.empty(K + 1, dtype=uw.dtype)
+    (one, zero, two, half, B, two_b, mw, mh, md, cw, ch, gw, gh,
+     pw, ph, xk, yk) = _setup(uw, bound, min_bin_width, min_bin_height, min_derivative)
     for i in range(n):
         v = y[i]
         if v < -B or v > B:
@@ -382,20 +388,8 @@ def rqs_durkan_forward_vjp(x, uw, uh, ud, bound, min_bin_width, min_bin_height, 
     docstring). In the tails ``x_bar = y_bar`` and the parameter cotangents are 0.
     """
     n, K = uw.shape
-    dt = uw.dtype.type
-    one = dt(1)
-    zero = one - one
-    two = one + one
-    B = dt(bound)
-    two_b = dt(bound - (-bound))
-    mw, mh, md = dt(min_bin_width), dt(min_bin_height), dt(min_derivative)
-    cw, ch = dt(1.0 - min_bin_width * K), dt(1.0 - min_bin_height * K)
-    gw = dt(2.0 * bound * (1.0 - min_bin_width * K))
-    gh = dt(2.0 * bound * (1.0 - min_bin_height * K))
-    pw = np.empty(K, dtype=uw.dtype)
-    ph = np.empty(K, dtype=uw.dtype)
-    xk = np.empty(K + 1, dtype=uw.dtype)
-    yk = np.empty(K + 1, dtype=uw.dtype)
+    (one, zero, two, half, B, two_b, mw, mh, md, cw, ch, gw, gh,
+     pw, ph, xk, yk) = _setup(uw, bound, min_bin_width, min_bin_height, min_derivative)
     for i in range(n):
         v = x[i]
         if v < -B or v > B:
@@ -438,20 +432,8 @@ def rqs_durkan_inverse_vjp(y, uw, uh, ud, bound, min_bin_width, min_bin_height, 
     ``y_bar = x_bar`` and the parameter cotangents are 0.
     """
     n, K = uw.shape
-    dt = uw.dtype.type
-    one = dt(1)
-    zero = one - one
-    two = one + one
-    B = dt(bound)
-    two_b = dt(bound - (-bound))
-    mw, mh, md = dt(min_bin_width), dt(min_bin_height), dt(min_derivative)
-    cw, ch = dt(1.0 - min_bin_width * K), dt(1.0 - min_bin_height * K)
-    gw = dt(2.0 * bound * (1.0 - min_bin_width * K))
-    gh = dt(2.0 * bound * (1.0 - min_bin_height * K))
-    pw = np.empty(K, dtype=uw.dtype)
-    ph = np.empty(K, dtype=uw.dtype)
-    xk = np.empty(K + 1, dtype=uw.dtype)
-    yk = np.empty(K + 1, dtype=uw.dtype)
+    (one, zero, two, half, B, two_b, mw, mh, md, cw, ch, gw, gh,
+     pw, ph, xk, yk) = _setup(uw, bound, min_bin_width, min_bin_height, min_derivative)
     for i in range(n):
         v = y[i]
         if v < -B or v > B:
