@@ -79,8 +79,9 @@ class _MaskedAutoregressive(Bijector):
         its residuals serve the pullback.
         """
         x = np.zeros_like(z)
+        weights = self.made._weights(z.dtype)  # masked and cast once, not once per pass
         for i in self._sampling_order[:-1]:
-            out = self.made._forward(x, context)
+            out = self.made._forward(x, context, weights)
             x[:, i] = self._sample_coordinate(np.ascontiguousarray(z[:, i]),
                                               np.ascontiguousarray(out[:, i]))
         return x

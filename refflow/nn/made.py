@@ -156,6 +156,11 @@ class _Autoregressive:
     def _biases(self, dtype):
         return {k: self.params[k].astype(dtype) for k in self._b_keys}
 
+    def _weights(self, dtype):
+        """``(masked weights, biases)`` in ``dtype``: prepare once for several ``_forward`` calls
+        on the same parameters (the sequential sampling passes of the autoregressive layers)."""
+        return self._masked_weights(dtype), self._biases(dtype)
+
     def _first_input(self, x, context):
         return x if context is None else np.concatenate([x, context], axis=1)
 
@@ -413,12 +418,13 @@ class MADE(_Autoregressive):
                 f"context_features={self.context_features})")
 
     # ------------------------------------------------------------ private, unchecked
-    def _forward(self, x, context=None):
+    def _forward(self, x, context=None, weights=None):
         """Output ``(batch, dim, n_params)`` for validated arrays of one dtype.
 
-        ``context`` is ``(batch, context_features)`` for a conditional MADE, else None.
+        ``context`` is ``(batch, context_features)`` for a conditional MADE, else None;
+        ``weights`` optionally the result of ``_weights(x.dtype)``, prepared once.
         """
-        ws, bs = self._masked_weights(x.dtype), self._biases(x.dtype)
+        ws, bs = self._weights(x.dtype) if weights is None else weights
         out = _dense_forward(self._first_input(x, context), [ws[k] for k in self._w_keys],
                              [bs[k] for k in self._b_keys], self._act)
         return out.reshape(x.shape[0], self.dim, self.n_params)
@@ -431,7 +437,7 @@ class MADE(_Autoregressive):
         (unconditional) is kept as a residual: do not change it while the pullback lives.
         """
         dtype, n = x.dtype, x.shape[0]
-        ws, bs = self._masked_weights(dtype), self._biases(dtype)
+        ws, bs = self._weights(dtype)
         out, backward = _dense_vjp(self._first_input(x, context),
                                    [ws[k] for k in self._w_keys],
                                    [bs[k] for k in self._b_keys], self._act)
@@ -563,16 +569,17 @@ class ResidualMADE(_Autoregressive):
                 f"n_blocks={self.n_blocks}, n_params={self.n_params}, "
                 f"activation={self.activation!r}, context_features={self.context_features})")
 
-    def _block_weights(self, dtype):
-        ws, bs = self._masked_weights(dtype), self._biases(dtype)
+    def _block_weights(self, dtype, weights=None):
+        ws, bs = self._weights(dtype) if weights is None else weights
         blocks = [(ws[f"blocks.{j}.w0"], bs[f"blocks.{j}.b0"],
                    ws[f"blocks.{j}.w1"], bs[f"blocks.{j}.b1"]) for j in range(self.n_blocks)]
         return ws, bs, blocks
 
     # ------------------------------------------------------------ private, unchecked
-    def _forward(self, x, context=None):
-        """Output ``(batch, dim, n_params)`` for validated arrays of one dtype."""
-        ws, bs, blocks = self._block_weights(x.dtype)
+    def _forward(self, x, context=None, weights=None):
+        """Output ``(batch, dim, n_params)`` for validated arrays of one dtype (``weights`` as
+        :meth:`MADE._forward`)."""
+        ws, bs, blocks = self._block_weights(x.dtype, weights)
         f = self._act.value
         h = self._first_input(x, context) @ ws["w0"].T
         h += bs["b0"]
