@@ -27,7 +27,7 @@ from refflow.bijectors.spline_maps import (
 )
 from refflow.kernels.splines import rqs_forward, rqs_forward_vjp, rqs_inverse, rqs_inverse_vjp
 from refflow.splines import rational_quadratic_spline, rational_quadratic_spline_vjp
-from refflow.testing import RTOL_FD, assert_vjp
+from refflow.testing import assert_vjp
 
 #: Same operations, different summation order.
 RTOL_EXACT = 1e-14
