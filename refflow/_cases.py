@@ -169,6 +169,17 @@ CASES = {
         lambda r: _randomize(B.MaskedSplineAutoregressive(
             3, hidden=(8, 8), n_bins=4, activation="tanh", parameterization="zuko", bound=3.0,
             rng=r), r), _normal(2.0), _normal(2.0)),
+    # Rezende & Mohamed family; Sylvester with both kinds of Q, m < dim and m = dim.
+    "planar": _case(lambda r: _randomize(B.Planar(3, rng=r), r, 0.7), _normal(1.5), _normal(1.5)),
+    "radial": _case(lambda r: _randomize(B.Radial(3, rng=r), r, 0.7), _normal(1.5), _normal(1.5)),
+    "sylvester_householder": _case(
+        lambda r: _randomize(B.Sylvester(4, m=3, n_reflections=2, rng=r), r, 0.7),
+        _normal(1.5), _normal(1.5)),
+    "sylvester_permutation": _case(
+        lambda r: _randomize(B.Sylvester(4, m=2, q="permutation", rng=r), r, 0.7),
+        _normal(1.5), _normal(1.5)),
+    "sylvester_full": _case(lambda r: _randomize(B.Sylvester(3, rng=r), r, 0.7),
+                            _normal(1.5), _normal(1.5)),
     "inverse_sigmoid": _case(lambda r: B.Inverse(B.Sigmoid(3)), _uniform(0.02, 0.98), _normal(2.0)),
     "inverse_lu_linear": _case(lambda r: B.Inverse(_randomize(B.LULinear(3, rng=r), r)),
                                _normal(), _normal()),

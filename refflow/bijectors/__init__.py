@@ -6,6 +6,7 @@ from .autoregressive import MaskedAffineAutoregressive
 from .coupling import AdditiveCoupling, AffineCoupling
 from .linear import Householder, LULinear, Permute, Reverse
 from .normalization import ActNorm, BatchNorm
+from .planar import Planar, Radial, Sylvester
 from .splines import MaskedSplineAutoregressive, RationalQuadraticSpline, SplineCoupling
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "Affine", "Exp", "Sigmoid", "Logit", "Tanh", "Softplus", "LeakyReLU",
     "Permute", "Reverse", "LULinear", "Householder",
     "ActNorm", "BatchNorm",
+    "Planar", "Radial", "Sylvester",
     "AdditiveCoupling", "AffineCoupling", "MaskedAffineAutoregressive",
     "RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive",
 ]

@@ -1,0 +1,827 @@
+r"""Rezende & Mohamed's planar and radial flows and van den Berg et al.'s Sylvester flows.
+
+All three are residual maps ``x = z + (a bounded correction)``, made invertible by the
+constraints of the papers, with exact inverses (to float64 round-off) computed here:
+
+==========  ====================================  ===============================================
+bijector    forward ``x = T(z)``                  inverse
+==========  ====================================  ===============================================
+Planar      ``z + u_hat tanh(w^T z + b)``         scalar monotone equation for ``a = w^T z``
+                                                  (safeguarded Newton, numba kernel)
+Radial      ``z + beta (z - z0) / (alpha + r)``   closed form: ``r`` solves a quadratic
+Sylvester   ``z + Q R tanh(R~ Q^T z + b)``        triangular system in ``v = Q^T z``, one scalar
+                                                  monotone equation per coordinate (numba kernel)
+==========  ====================================  ===============================================
+
+with ``r = |z - z0|``. Every real value of the stored (unconstrained) parameters gives an
+invertible map; the classes' Notes give the constraints, both log-dets and both pullbacks.
+
+A common piece
+--------------
+Planar and Sylvester log-dets are sums of ``log(1 + gamma h'(a))`` with ``h = tanh``,
+``h' = 1 - tanh^2 = sech^2 in (0, 1]`` and ``gamma > -1``. With ``delta = 1 + gamma > 0``
+evaluated without cancellation (``softplus(w^T u)`` for Planar; ``1 - |tanh p| |tanh q|`` as
+``(1 - |tanh p|) + |tanh p| (1 - |tanh q|)`` for Sylvester's diagonals)::
+
+    D = 1 + gamma h'(a) = tanh(a)^2 + delta h'(a)            (two non-negative terms)
+    log D = log1p(gamma h')                                  where gamma h' > -1/2
+          = logaddexp(2 log|tanh a|, log delta + log h')     elsewhere (finite even when
+                                                             delta underflows)
+    d log D / d a = -2 tanh(a) gamma h'(a) / D,      d log D / d gamma = h'(a) / D
+
+so the log-dets stay exact near the boundary ``gamma -> -1`` and finite for raw parameters far
+beyond it (``log h' = log 4 - 2|a| - 2 log1p(exp(-2|a|))`` never overflows).
+
+References
+----------
+Rezende, Mohamed, "Variational Inference with Normalizing Flows", ICML 2015, arXiv:1505.05770
+(section 4.1 and appendix A.1: planar and radial flows and their invertibility constraints).
+van den Berg, Hasenclever, Tomczak, Welling, "Sylvester Normalizing Flows for Variational
+Inference", UAI 2018, arXiv:1803.05649 (the map, its determinant, H-SNF and T-SNF).
+"""
+
+import math
+
+import numpy as np
+from scipy.special import expit
+
+from .._validation import check_dim, check_rng
+from ..kernels.planar import planar_inverse, sylvester_inverse
+from .base import Bijector
+from .linear import _check_permutation, _reflect, _reflect_pullback
+
+__all__ = ["Planar", "Radial", "Sylvester"]
+
+_LN2 = math.log(2.0)
+_LN4 = math.log(4.0)
+_Q_KINDS = ("householder", "permutation")
+
+
+# ------------------------------------------------------------------------------ shared pieces
+def _softplus(s):
+    """``log(1 + exp(s))`` without overflow (float64 scalars or arrays)."""
+    return np.logaddexp(0.0, s)
+
+
+def _log_softplus(s):
+    """``log(softplus(s))``, finite for every finite ``s``: ``softplus(s)`` underflows below
+    about -745, so below ``s = -30`` it is taken as ``s + log1p(-exp(s)/2)``, whose omitted
+    term ``O(exp(2s))`` is below 1e-26 there."""
+    s = np.asarray(s, dtype=np.float64)
+    low = s < -30.0
+    with np.errstate(divide="ignore"):
+        return np.where(low, s + np.log1p(-0.5 * np.exp(np.minimum(s, -30.0))),
+                        np.log(_softplus(np.maximum(s, -30.0))))
+
+
+def _log_one_minus_abs_tanh(p):
+    """``log(1 - |tanh p|) = log 2 - 2|p| - log1p(exp(-2|p|))`` (no cancellation, no overflow)."""
+    a = np.abs(p)
+    return _LN2 - 2.0 * a - np.log1p(np.exp(-2.0 * a))
+
+
+def _sech2(a):
+    """``sech^2 a = 4 e / (1 + e)^2`` with ``e = exp(-2|a|)``: no overflow, full accuracy."""
+    e = np.exp(-2 * np.abs(a))
+    return 4 * e / ((1 + e) * (1 + e))
+
+
+def _tanh_terms(a, gamma, delta, log_delta):
+    """``t = tanh a``, ``h' = sech^2 a``, ``D = 1 + gamma h'`` and ``log D``, elementwise.
+
+    ``gamma``, ``delta = 1 + gamma`` (accurate) and ``log delta`` broadcast against ``a``; all
+    in the dtype of ``a`` (module docstring, "A common piece").
+    """
+    t = np.tanh(a)
+    abs_a = np.abs(a)
+    e = np.exp(-2 * abs_a)
+    hp = 4 * e / ((1 + e) * (1 + e))
+    log_hp = _LN4 - 2 * abs_a - 2 * np.log1p(e)
+    d = t * t + delta * hp
+    gh = gamma * hp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_d = np.where(gh > -0.5, np.log1p(gh),
+                         np.logaddexp(2 * np.log(np.abs(t)), log_delta + log_hp))
+    return t, hp, d, log_d.astype(a.dtype, copy=False)
+
+
+# ------------------------------------------------------------------------------------- Planar
+class Planar(Bijector):
+    r"""Planar flow ``x = z + u_hat tanh(w^T z + b)`` with the invertibility constraint of
+    Rezende & Mohamed (2015, appendix A.1).
+
+    Parameters
+    ----------
+    dim : int
+        Event size ``d``.
+    rng : None, int or numpy.random.Generator, optional
+        Initialisation: ``u``, ``w`` and ``b`` are drawn from ``N(0, 1/d)`` (entries of standard
+        deviation ``1/sqrt(d)``, so ``|w| ~ 1``; ``w`` is nonzero with probability one).
+
+    Attributes
+    ----------
+    params : ParamDict
+        ``"u"`` ``(d,)``: the raw vector ``u``; ``"w"`` ``(d,)``; ``"b"`` ``(1,)``: the bias.
+
+    Raises
+    ------
+    ValueError
+        For an invalid ``dim`` or ``rng``; at call time, if ``params["w"]`` is zero (``u_hat``
+        is undefined there, see Notes).
+
+    See Also
+    --------
+    Radial, Sylvester
+
+    Notes
+    -----
+    Constraint (appendix A.1): with ``m(s) = -1 + softplus(s)``, the layer uses ::
+
+        u_hat = u + (m(w^T u) - w^T u) w / |w|^2,     so   c := w^T u_hat = m(w^T u) > -1
+
+    for every ``u`` and nonzero ``w`` (``m(s) - s = softplus(-s) - 1`` and
+    ``1 + c = softplus(w^T u)`` are evaluated without cancellation). With ``a = w^T z``,
+    ``p = a + b``, ``t = tanh p``, ``h' = 1 - t^2``::
+
+        forward   x = z + u_hat t,                 log_det =  log(1 + c h'(p))
+        inverse   a solves a + c tanh(a + b) = w^T x,   z = x - u_hat tanh(a + b),
+                  log_det = -log(1 + c h'(a + b))
+
+    ``det(I + u_hat h' w^T) = 1 + c h'`` (matrix determinant lemma) and ``1 + c h' > 0`` since
+    ``h' in (0, 1]``. ``w^T x = a + c tanh(a + b)`` is strictly increasing in ``a`` (slope
+    ``1 + c h'``), so the inverse is one scalar root per row, found to round-off by
+    :func:`refflow.kernels.planar.planar_inverse` (safeguarded Newton). The log-det is
+    ``log1p(c h')``, or ``logaddexp(2 log|t|, log softplus(w^T u) + log h')`` when
+    ``c h' < -1/2`` (no cancellation near ``c = -1``, finite for any raw ``u``).
+
+    Pullbacks (``D = 1 + c h'``, ``dlogD/dp = -2 t c h' / D``, ``dlogD/dc = h' / D``).
+    Forward, per row, ``g_p = (x_bar . u_hat) h' + ld_bar dlogD/dp``::
+
+        z_bar = x_bar + g_p w,    b_bar = sum g_p,    w_bar|direct = sum g_p z,
+        u_hat_bar = sum x_bar t,  c_bar = sum ld_bar h' / D
+
+    Inverse, by the implicit-function theorem on ``F(a) = a + c h(a + b) - w^T x``:
+    ``dp = (w^T dx + x^T dw - t dc + db) / D``; with
+    ``r = (-(z_bar . u_hat) h' + ld_bar 2 t c h' / D) / D``::
+
+        x_bar = z_bar + r w,      b_bar = sum r,      w_bar|direct = sum r x,
+        u_hat_bar = -sum z_bar t, c_bar = sum (-r t - ld_bar h' / D)
+
+    Both then go through the constraint: with ``s = w^T u``, ``q = |w|^2``,
+    ``k = (m(s) - s) / q`` (``u_hat = u + k w``, ``c = m(s)``, ``m' = sigmoid``)::
+
+        g_s   = -(u_hat_bar . w) sigmoid(-s) / q + c_bar sigmoid(s)
+        u_bar = u_hat_bar + g_s w
+        w_bar = w_bar|direct + k u_hat_bar + g_s u - 2 k (u_hat_bar . w) w / q
+
+    ``w = 0`` leaves ``u_hat`` undefined (the limit depends on the direction of approach):
+    both passes raise ``ValueError`` there.
+
+    References
+    ----------
+    Rezende, Mohamed, "Variational Inference with Normalizing Flows", 2015, arXiv:1505.05770
+    (section 4.1, the planar map and its determinant; appendix A.1, the constraint).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow import Planar
+    >>> layer = Planar(2, rng=0)
+    >>> layer.params["u"] = [-3.0, 1.0]               # w^T u = -3: u_hat is projected
+    >>> layer.params["w"] = [1.0, 0.0]
+    >>> bool(layer.constrained()["w_dot_u_hat"] > -1)
+    True
+    >>> z = np.random.default_rng(1).normal(size=(4, 2))
+    >>> x, log_det = layer.forward(z)
+    >>> z_back, inv_log_det = layer.inverse(x)
+    >>> bool(np.allclose(z_back, z, rtol=0, atol=1e-13)), bool(np.allclose(log_det, -inv_log_det))
+    (True, True)
+    """
+
+    def __init__(self, dim, *, rng=None):
+        dim = check_dim(dim, "Planar")
+        rng = check_rng(rng, "Planar: rng")
+        std = 1.0 / math.sqrt(dim)
+        super().__init__(dim, params={
+            "u": rng.normal(0.0, std, size=dim),
+            "w": rng.normal(0.0, std, size=dim),
+            "b": rng.normal(0.0, std, size=1),
+        })
+
+    def _config(self):
+        return {"dim": self.dim}
+
+    def _coefficients(self, direction):
+        """The constrained quantities in float64 (module docstring and class Notes)."""
+        p = self._p(np.float64)
+        u, w, b = p["u"], p["w"], float(p["b"][0])
+        scale = float(np.max(np.abs(w)))
+        if scale == 0.0:
+            raise self._domain_error(
+                direction,
+                "params['w'] is zero: u_hat = u + (m(w^T u) - w^T u) w / |w|^2 is undefined for "
+                "w = 0 (set a nonzero w)")
+        unit = w / scale
+        norm1 = math.sqrt(float(unit @ unit))
+        nrm = scale * norm1                  # |w| without underflow or overflow of |w|^2
+        w_unit = unit / norm1
+        s = float(w @ u)
+        k_num = float(_softplus(-s)) - 1.0   # m(s) - s
+        u_hat = u + (k_num / nrm) * w_unit
+        one_plus_c = float(_softplus(s))
+        return dict(u=u, w=w, b=b, s=s, nrm=nrm, w_unit=w_unit, k_num=k_num, u_hat=u_hat,
+                    c=one_plus_c - 1.0, one_plus_c=one_plus_c,
+                    log_one_plus_c=float(_log_softplus(s)))
+
+    def constrained(self):
+        """The map's constrained coefficients (float64), e.g. to compare with another library.
+
+        Returns
+        -------
+        dict
+            ``"u_hat"`` ``(d,)``, ``"w"`` ``(d,)``, ``"b"`` (float), ``"w_dot_u_hat"``
+            (``c = m(w^T u) > -1``) and ``"one_plus_w_dot_u_hat"`` (``softplus(w^T u) > 0``,
+            evaluated without cancellation).
+        """
+        k = self._coefficients("constrained")
+        return {"u_hat": k["u_hat"].copy(), "w": k["w"].copy(), "b": k["b"],
+                "w_dot_u_hat": k["c"], "one_plus_w_dot_u_hat": k["one_plus_c"]}
+
+    @staticmethod
+    def _param_grads(k, u_hat_bar, c_bar, w_direct, b_bar):
+        """Carry ``(u_hat_bar, c_bar)`` through the constraint to ``u`` and ``w`` (float64)."""
+        u_hat_bar = np.asarray(u_hat_bar, dtype=np.float64)
+        c_bar = float(c_bar)
+        nrm, w_unit, k_num, s = k["nrm"], k["w_unit"], k["k_num"], k["s"]
+        uw = float(u_hat_bar @ w_unit)                      # (u_hat_bar . w) / |w|
+        g_s = -(uw / nrm) * expit(-s) + c_bar * expit(s)
+        kq = k_num / (nrm * nrm)                            # k = (m(s) - s) / |w|^2
+        u_bar = u_hat_bar + g_s * k["w"]
+        w_bar = (np.asarray(w_direct, dtype=np.float64) + kq * u_hat_bar + g_s * k["u"]
+                 - 2.0 * uw * kq * w_unit)
+        return {"u": u_bar, "w": w_bar, "b": np.array([float(b_bar)])}
+
+    def _cast(self, k, dtype):
+        u_hat, w = k["u_hat"].astype(dtype), k["w"].astype(dtype)
+        return (u_hat, w, dtype.type(k["b"]), dtype.type(k["c"]), dtype.type(k["one_plus_c"]),
+                dtype.type(k["log_one_plus_c"]))
+
+    def _forward_vjp(self, z):
+        k = self._coefficients("forward")
+        u_hat, w, b, c, delta, log_delta = self._cast(k, z.dtype)
+        t, hp, d, log_d = _tanh_terms(z @ w + b, c, delta, log_delta)
+        x = z + t[:, None] * u_hat
+
+        def pullback(x_bar, log_det_bar):
+            g_p = (x_bar @ u_hat) * hp - log_det_bar * (2 * t * c * hp / d)
+            grads = self._param_grads(k, t @ x_bar, np.sum(log_det_bar * hp / d),
+                                      g_p @ z, np.sum(g_p))
+            return x_bar + g_p[:, None] * w, grads
+
+        return x, log_d, pullback
+
+    def _inverse_vjp(self, x):
+        k = self._coefficients("inverse")
+        u_hat, w, b, c, delta, log_delta = self._cast(k, x.dtype)
+        # The c the float map actually has: w . u_hat of the rounded u_hat, so that the solve
+        # inverts the forward pass as computed (the log-det keeps the accurate 1 + c).
+        c_map = x.dtype.type(w.astype(np.float64) @ u_hat.astype(np.float64))
+        a = np.empty(x.shape[0], dtype=x.dtype)
+        planar_inverse(x @ w, c_map, b, delta, a)
+        t, hp, d, log_d = _tanh_terms(a + b, c, delta, log_delta)
+        z = x - t[:, None] * u_hat
+
+        def pullback(z_bar, log_det_bar):
+            r = (-(z_bar @ u_hat) * hp + log_det_bar * (2 * t * c * hp / d)) / d
+            grads = self._param_grads(k, -(t @ z_bar), np.sum(-r * t - log_det_bar * hp / d),
+                                      r @ x, np.sum(r))
+            return z_bar + r[:, None] * w, grads
+
+        return z, -log_d, pullback
+
+
+# ------------------------------------------------------------------------------------- Radial
+class Radial(Bijector):
+    r"""Radial flow ``x = z + beta (z - z0) / (alpha + |z - z0|)`` (Rezende & Mohamed 2015),
+    with ``alpha > 0`` and ``beta >= -alpha`` by construction and a closed-form inverse.
+
+    Parameters
+    ----------
+    dim : int
+        Event size ``d``.
+    rng : None, int or numpy.random.Generator, optional
+        Initialisation: ``z0``, ``alpha`` and ``beta`` (raw) drawn from ``N(0, 1/d)``.
+
+    Attributes
+    ----------
+    params : ParamDict
+        ``"z0"`` ``(d,)``: the centre; ``"alpha"`` ``(1,)`` and ``"beta"`` ``(1,)``: raw values
+        ``alpha_raw``, ``beta_raw``.
+
+    Raises
+    ------
+    ValueError
+        For an invalid ``dim`` or ``rng``; at call time, when ``softplus`` of a raw value
+        underflows to 0 (raw values below about -745), where ``alpha > 0`` or
+        ``alpha + beta > 0`` no longer holds in float64.
+
+    See Also
+    --------
+    Planar, Sylvester
+
+    Notes
+    -----
+    Constraints (appendix A.1): ``alpha = softplus(alpha_raw) > 0`` and
+    ``beta = -alpha + softplus(beta_raw) >= -alpha``; write ``S = softplus(beta_raw) = alpha +
+    beta > 0``. With ``v = z - z0``, ``r = |v|``, ``h = 1 / (alpha + r)``::
+
+        forward   x = z0 + rho v,     rho = 1 + beta h = (r + S) / (alpha + r)
+        log_det = (d - 1) log(1 + beta h) + log(1 + beta h + beta h'(r) r)
+                = (d - 1) log((r + S) / (alpha + r)) + log(N / (alpha + r)^2),
+                  N = r (2 alpha + r) + alpha S
+
+    (both factors positive: sums of positive terms; each log is taken as ``log1p(beta h)`` and
+    ``log1p(alpha beta h^2)`` when that argument is within ``(-1/2, 1/2)``).
+    Inverse: ``|x - z0| = phi(r) = r (r + S) / (alpha + r)``, strictly increasing, so with
+    ``y = x - z0``, ``R = |y|``, ``r`` is the positive root of ``r^2 + (S - R) r - R alpha = 0``::
+
+        B = R - S,    sq = hypot(B, 2 sqrt(R alpha))          (no cancellation under the root)
+        r = (B + sq) / 2  if B >= 0,   else  2 R alpha / (sq - B)      (no cancellation)
+        z = z0 + kappa y,   kappa = (alpha + r) / (r + S),   log_det = -log_det_forward(r)
+
+    ``z = z0`` (``r = 0``) is an ordinary point: ``x = z0``, ``log_det = d log(S / alpha)``; the
+    pullbacks take the unit vector ``v / r`` as 0 there (the log-det's kink in ``r``).
+
+    Pullbacks, with ``L(r, alpha, S)`` the forward log-det::
+
+        L_r = (alpha - S) ((d-1) / ((r + S)(alpha + r)) + 2 alpha / (N (alpha + r)))
+        L_alpha = (2r + S) / N - (d + 1) / (alpha + r),    L_S = (d-1) / (r + S) + alpha / N
+        rho_r = (alpha - S) / (alpha + r)^2,   rho_alpha = -rho / (alpha + r),
+        rho_S = 1 / (alpha + r)
+
+    forward, ``xv = x_bar . v``, ``g = xv rho_r + ld_bar L_r``: ``z_bar = rho x_bar + g v / r``,
+    ``z0_bar = sum (x_bar - z_bar)``, ``alpha_bar = sum xv rho_alpha + ld_bar L_alpha``,
+    ``S_bar = sum xv rho_S + ld_bar L_S``. Inverse, by the implicit-function theorem on
+    ``phi(r, alpha, S) = R`` (``phi_r = N / (alpha + r)^2``, ``phi_alpha = -r rho / (alpha + r)``,
+    ``phi_S = r / (alpha + r)``), with ``zy = z_bar . y``,
+    ``kappa_r = (S - alpha) / (r + S)^2``, ``kappa_alpha = 1 / (r + S)``,
+    ``kappa_S = -kappa / (r + S)`` and ``q = (zy kappa_r - ld_bar L_r) / phi_r``::
+
+        x_bar = kappa z_bar + q y / R,        z0_bar = sum (z_bar - x_bar)
+        alpha_bar = sum zy kappa_alpha - ld_bar L_alpha - q phi_alpha
+        S_bar     = sum zy kappa_S - ld_bar L_S - q phi_S
+
+    and finally ``alpha_raw_bar = alpha_bar sigmoid(alpha_raw)``,
+    ``beta_raw_bar = S_bar sigmoid(beta_raw)``.
+
+    References
+    ----------
+    Rezende, Mohamed, "Variational Inference with Normalizing Flows", 2015, arXiv:1505.05770
+    (section 4.1, the radial map and its determinant; appendix A.1 for ``beta >= -alpha``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow import Radial
+    >>> layer = Radial(3, rng=0)
+    >>> layer.params["beta"] = [-50.0]                # beta -> -alpha: nearly collapses z0
+    >>> k = layer.constrained()
+    >>> bool(k["beta"] >= -k["alpha"]), bool(k["alpha_plus_beta"] > 0)
+    (True, True)
+    >>> z = np.random.default_rng(1).normal(size=(4, 3))
+    >>> x, log_det = layer.forward(z)
+    >>> z_back, inv_log_det = layer.inverse(x)
+    >>> bool(np.allclose(z_back, z, rtol=0, atol=1e-13)), bool(np.allclose(log_det, -inv_log_det))
+    (True, True)
+    """
+
+    def __init__(self, dim, *, rng=None):
+        dim = check_dim(dim, "Radial")
+        rng = check_rng(rng, "Radial: rng")
+        std = 1.0 / math.sqrt(dim)
+        super().__init__(dim, params={
+            "z0": rng.normal(0.0, std, size=dim),
+            "alpha": rng.normal(0.0, std, size=1),
+            "beta": rng.normal(0.0, std, size=1),
+        })
+
+    def _config(self):
+        return {"dim": self.dim}
+
+    def _coefficients(self, direction):
+        p = self._p(np.float64)
+        a_raw, b_raw = float(p["alpha"][0]), float(p["beta"][0])
+        alpha, s = float(_softplus(a_raw)), float(_softplus(b_raw))
+        for name, value, raw in (("alpha", alpha, a_raw), ("alpha + beta", s, b_raw)):
+            if value == 0.0:
+                key = "alpha" if name == "alpha" else "beta"
+                raise self._domain_error(
+                    direction,
+                    f"{name} = softplus(params['{key}']) underflows to 0 for params['{key}'] = "
+                    f"{raw!r}: the map is not invertible in float64 (keep raw values above -745)")
+        return dict(z0=p["z0"], alpha=alpha, s=s, sig_a=float(expit(a_raw)),
+                    sig_b=float(expit(b_raw)))
+
+    def constrained(self):
+        """The constrained coefficients (float64): ``{"z0", "alpha", "beta", "alpha_plus_beta"}``.
+
+        ``alpha_plus_beta = softplus(beta_raw) > 0`` is evaluated directly (``beta`` itself is
+        ``alpha_plus_beta - alpha``, rounded).
+        """
+        k = self._coefficients("constrained")
+        return {"z0": k["z0"].copy(), "alpha": k["alpha"], "beta": k["s"] - k["alpha"],
+                "alpha_plus_beta": k["s"]}
+
+    def _log_det(self, r, alpha, s):
+        """Forward log-det at radius ``r`` and ``N = r (2 alpha + r) + alpha S`` (dtype of r)."""
+        d = self.dim
+        ar = alpha + r
+        n = r * (2 * alpha + r) + alpha * s
+        beta_h = (s - alpha) / ar                       # 1 + beta h = (r + S)/(alpha + r)
+        ab_h2 = alpha * (s - alpha) / (ar * ar)         # N / (alpha + r)^2 = 1 + alpha beta h^2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_first = np.where(np.abs(beta_h) < 0.5, np.log1p(beta_h), np.log(r + s) - np.log(ar))
+            log_second = np.where(np.abs(ab_h2) < 0.5, np.log1p(ab_h2), np.log(n) - 2 * np.log(ar))
+        return (d - 1) * log_first + log_second, n
+
+    def _partials(self, r, alpha, s, n):
+        """``L_r``, ``L_alpha``, ``L_S`` (class Notes)."""
+        d = self.dim
+        ar = alpha + r
+        l_r = (alpha - s) * ((d - 1) / ((r + s) * ar) + 2 * alpha / (n * ar))
+        l_alpha = (2 * r + s) / n - (d + 1) / ar
+        l_s = (d - 1) / (r + s) + alpha / n
+        return l_r, l_alpha, l_s
+
+    @staticmethod
+    def _raw_grads(k, z0_bar, alpha_bar, s_bar):
+        return {"z0": np.asarray(z0_bar, dtype=np.float64),
+                "alpha": np.array([float(alpha_bar) * k["sig_a"]]),
+                "beta": np.array([float(s_bar) * k["sig_b"]])}
+
+    def _forward_vjp(self, z):
+        k = self._coefficients("forward")
+        dt = z.dtype.type
+        z0, alpha, s = k["z0"].astype(z.dtype), dt(k["alpha"]), dt(k["s"])
+        v = z - z0
+        r = np.sqrt(np.einsum("ij,ij->i", v, v))
+        ar = alpha + r
+        rho = (r + s) / ar
+        x = z0 + rho[:, None] * v
+        log_det, n = self._log_det(r, alpha, s)
+
+        def pullback(x_bar, log_det_bar):
+            l_r, l_alpha, l_s = self._partials(r, alpha, s, n)
+            xv = np.einsum("ij,ij->i", x_bar, v)
+            g = xv * (alpha - s) / (ar * ar) + log_det_bar * l_r
+            unit = np.divide(v, r[:, None], out=np.zeros_like(v), where=r[:, None] > 0)
+            z_bar = rho[:, None] * x_bar + g[:, None] * unit
+            alpha_bar = np.sum(-xv * rho / ar + log_det_bar * l_alpha)
+            s_bar = np.sum(xv / ar + log_det_bar * l_s)
+            grads = self._raw_grads(k, (x_bar - z_bar).sum(axis=0), alpha_bar, s_bar)
+            return z_bar, grads
+
+        return x, log_det, pullback
+
+    def _inverse_vjp(self, x):
+        k = self._coefficients("inverse")
+        dt = x.dtype.type
+        z0, alpha, s = k["z0"].astype(x.dtype), dt(k["alpha"]), dt(k["s"])
+        y = x - z0
+        big_r = np.sqrt(np.einsum("ij,ij->i", y, y))
+        b = big_r - s
+        sq = np.hypot(b, 2 * np.sqrt(big_r * alpha))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(b >= 0, (b + sq) / 2, 2 * big_r * alpha / (sq - b))
+        ar = alpha + r
+        kappa = ar / (r + s)
+        z = z0 + kappa[:, None] * y
+        log_det, n = self._log_det(r, alpha, s)
+
+        def pullback(z_bar, log_det_bar):
+            l_r, l_alpha, l_s = self._partials(r, alpha, s, n)
+            zy = np.einsum("ij,ij->i", z_bar, y)
+            rs = r + s
+            q = (zy * (s - alpha) / (rs * rs) - log_det_bar * l_r) / (n / (ar * ar))
+            unit = np.divide(y, big_r[:, None], out=np.zeros_like(y), where=big_r[:, None] > 0)
+            x_bar = kappa[:, None] * z_bar + q[:, None] * unit
+            phi_alpha = -r * rs / (ar * ar)
+            alpha_bar = np.sum(zy / rs - log_det_bar * l_alpha - q * phi_alpha)
+            s_bar = np.sum(-zy * kappa / rs - log_det_bar * l_s - q * r / ar)
+            grads = self._raw_grads(k, (z_bar - x_bar).sum(axis=0), alpha_bar, s_bar)
+            return x_bar, grads
+
+        return z, -log_det, pullback
+
+
+# ---------------------------------------------------------------------------------- Sylvester
+class Sylvester(Bijector):
+    r"""Sylvester flow ``x = z + Q R tanh(R~ Q^T z + b)`` (van den Berg et al. 2018), with an
+    exact inverse.
+
+    Parameters
+    ----------
+    dim : int
+        Event size ``d``.
+    m : int, optional
+        Number of columns of ``Q`` (``1 <= m <= d``); default ``d``.
+    q : {"householder", "permutation"}, default "householder"
+        How ``Q`` is made orthonormal: ``"householder"`` (H-SNF) takes the first ``m`` columns
+        of ``H_k ... H_1`` (trainable reflections, as :class:`Householder`);
+        ``"permutation"`` (T-SNF) takes ``Q[:, j] = e_{perm[j]}`` for a fixed permutation.
+    n_reflections : int, optional
+        Number ``k`` of reflections for ``q="householder"``; default ``m`` (``m`` reflections
+        reach every ``d x m`` orthonormal frame, up to column signs that ``R``, ``R~`` absorb).
+        Must be None for ``q="permutation"``.
+    permutation : array_like of int of shape (dim,), optional
+        For ``q="permutation"`` only; default drawn at random from ``rng``. The paper's T-SNF
+        alternates the identity ``np.arange(d)`` and the reversal ``np.arange(d)[::-1]``.
+    rng : None, int or numpy.random.Generator, optional
+        Initialisation: Householder vectors from ``N(0, 1)``; the entries of ``R``, ``R~``,
+        their raw diagonals and ``b`` from ``N(0, 1/m)``; the default permutation.
+
+    Attributes
+    ----------
+    params : ParamDict
+        ``"r_entries"``, ``"r_tilde_entries"`` ``(m(m-1)/2,)``: strictly-upper entries of
+        ``R``, ``R~`` in the order of ``np.triu_indices(m, 1)``; ``"unconstrained_r_diag"``,
+        ``"unconstrained_r_tilde_diag"`` ``(m,)``: raw diagonals ``p``, ``q``
+        (``R_ii = tanh p_i``, ``R~_ii = tanh q_i``); ``"b"`` ``(m,)``; and for
+        ``q="householder"`` ``"vectors"`` ``(k, d)`` (row ``j`` is ``v_{j+1}``).
+    buffers : dict
+        ``{"permutation": int64 array of shape (d,)}`` for ``q="permutation"``; else empty.
+
+    Raises
+    ------
+    ValueError
+        For an invalid ``dim``, ``m``, ``q``, ``n_reflections``, ``permutation`` or ``rng``;
+        at call time, if a Householder vector is zero.
+
+    See Also
+    --------
+    Planar : the case ``m = 1``, with its own constraint.
+    Householder : the reflections used for ``Q``.
+
+    Notes
+    -----
+    ``Q`` is ``d x m`` with orthonormal columns; ``R``, ``R~`` are ``m x m`` upper triangular
+    with ``R_ii R~_ii = tanh(p_i) tanh(q_i) > -1`` (the paper's ``tanh`` diagonals), so with
+    ``h' in (0, 1]`` every ``1 + R_ii R~_ii h' > 0``. With ``v = Q^T z``, ``a = R~ v + b``::
+
+        forward   x = z + Q R tanh(a),
+                  log_det = sum_i log(1 + R_ii R~_ii h'(a_i))
+        inverse   y = Q^T x;  solve y = v + R tanh(R~ v + b) for v (upper triangular: from
+                  v_m back to v_1, each a strictly increasing scalar equation, see
+                  :func:`refflow.kernels.planar.sylvester_inverse`);
+                  z = x - Q R tanh(a),   log_det = -sum_i log(1 + R_ii R~_ii h'(a_i))
+
+    (``det(I_d + Q R H R~ Q^T) = det(I_m + H R~ R)`` by Sylvester's determinant identity, and
+    ``R~ R`` is upper triangular with diagonal ``R~_ii R_ii``.) The component of ``x`` outside
+    ``span(Q)`` passes unchanged when ``m < d``. ``1 + R_ii R~_ii`` is evaluated as
+    ``(1 - |tanh p|) + |tanh p| (1 - |tanh q|)`` when the signs differ (no cancellation, so raw
+    diagonals of +-50, where ``tanh`` rounds to +-1, still give finite log-dets).
+
+    Pullbacks, row-wise (``T = tanh(A)``, ``H' = sech^2(A)``, ``D = 1 + gamma H'``,
+    ``gamma_i = R_ii R~_ii``, ``G = ld_bar 2 T gamma H' / D``, row vectors as in the code).
+    Forward: ``P = x_bar Q``, ``A_bar = (P R) H' - G``::
+
+        z_bar = x_bar + (A_bar R~) Q^T,   R_bar = triu(P^T T),   R~_bar = triu(A_bar^T V),
+        b_bar = sum A_bar,   Q_bar = x_bar^T (T R^T) + z^T (A_bar R~),
+        gamma_bar = sum ld_bar H' / D
+
+    Inverse, by the implicit-function theorem on ``F(v) = v + R tanh(R~ v + b) - y`` (Jacobian
+    ``J = I + R H' R~``, upper triangular): ``v_bar = z_bar Q + G R~``, then
+    ``lambda = J^{-T} v_bar`` by forward substitution, with ``mu = H' R^T lambda``::
+
+        lambda_i = (v_bar_i - sum_{k<i} R~_ki mu_k - R~_ii H'_i sum_{j<i} R_ji lambda_j) / D_i
+        y_bar = lambda - z_bar Q,   x_bar = z_bar + y_bar Q^T,
+        R_bar = -triu(lambda^T T),  A_bar = G - mu,  R~_bar = triu(A_bar^T V),  b_bar = sum A_bar,
+        Q_bar = -z_bar^T (T R^T) + x^T y_bar,   gamma_bar = -sum ld_bar H' / D
+
+    Then ``p_bar_i = (R_bar_ii + gamma_bar_i R~_ii) sech^2 p_i``,
+    ``q_bar_i = (R~_bar_ii + gamma_bar_i R_ii) sech^2 q_i``, and ``Q_bar`` goes back through
+    the reflections as in :class:`Householder` (``Q^T`` is the reflections applied to the rows
+    ``e_1 .. e_m``).
+
+    References
+    ----------
+    van den Berg, Hasenclever, Tomczak, Welling, "Sylvester Normalizing Flows for Variational
+    Inference", 2018, arXiv:1803.05649.
+    Tomczak, Welling, "Improving Variational Auto-Encoders using Householder Flow", 2016,
+    arXiv:1611.09630.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow import Sylvester
+    >>> layer = Sylvester(4, m=2, rng=0)
+    >>> k = layer.constrained()
+    >>> k["q"].shape, bool(np.allclose(k["q"].T @ k["q"], np.eye(2)))
+    ((4, 2), True)
+    >>> z = np.random.default_rng(1).normal(size=(5, 4))
+    >>> x, log_det = layer.forward(z)
+    >>> z_back, inv_log_det = layer.inverse(x)
+    >>> bool(np.allclose(z_back, z, rtol=0, atol=1e-13)), bool(np.allclose(log_det, -inv_log_det))
+    (True, True)
+    >>> layer = Sylvester(3, q="permutation", permutation=[2, 1, 0], rng=0)   # T-SNF
+    >>> layer.constrained()["q"]
+    array([[0., 0., 1.],
+           [0., 1., 0.],
+           [1., 0., 0.]])
+    """
+
+    def __init__(self, dim, *, m=None, q="householder", n_reflections=None, permutation=None,
+                 rng=None):
+        dim = check_dim(dim, "Sylvester")
+        rng = check_rng(rng, "Sylvester: rng")
+        if not (isinstance(q, str) and q in _Q_KINDS):
+            raise ValueError(f"Sylvester: q must be one of {list(_Q_KINDS)}, got {q!r}")
+        m = dim if m is None else check_dim(m, "Sylvester", "m")
+        if m > dim:
+            raise ValueError(f"Sylvester: m must satisfy 1 <= m <= dim = {dim}, got m = {m}")
+        buffers = {}
+        if q == "householder":
+            if permutation is not None:
+                raise ValueError("Sylvester: permutation applies only to q='permutation'")
+            k = m if n_reflections is None else check_dim(n_reflections, "Sylvester",
+                                                           "n_reflections")
+        else:
+            if n_reflections is not None:
+                raise ValueError("Sylvester: n_reflections applies only to q='householder'")
+            k = None
+            if permutation is None:
+                perm = rng.permutation(dim).astype(np.int64)
+            else:
+                perm = _check_permutation(permutation, dim, "Sylvester")
+            buffers["permutation"] = perm
+        n_off = m * (m - 1) // 2
+        std = 1.0 / math.sqrt(m)
+        params = {}
+        if k is not None:
+            params["vectors"] = rng.standard_normal((k, dim))
+        params.update({
+            "r_entries": rng.normal(0.0, std, size=n_off),
+            "unconstrained_r_diag": rng.normal(0.0, std, size=m),
+            "r_tilde_entries": rng.normal(0.0, std, size=n_off),
+            "unconstrained_r_tilde_diag": rng.normal(0.0, std, size=m),
+            "b": rng.normal(0.0, std, size=m),
+        })
+        super().__init__(dim, params=params, buffers=buffers)
+        self.m, self.q, self.n_reflections = m, q, k
+
+    def __repr__(self):
+        extra = f", n_reflections={self.n_reflections}" if self.q == "householder" else ""
+        return f"Sylvester(dim={self.dim}, m={self.m}, q={self.q!r}{extra})"
+
+    def _config(self):
+        config = {"dim": self.dim, "m": self.m, "q": self.q, "n_reflections": self.n_reflections}
+        if self.q == "permutation":
+            config["permutation"] = np.asarray(self.buffers["permutation"]).tolist()
+        return config
+
+    # ------------------------------------------------------------------ the constrained map
+    def _orthonormal(self, direction):
+        """``Q`` (float64, ``(d, m)``) and what its pullback needs (None for a permutation)."""
+        d, m = self.dim, self.m
+        if self.q == "permutation":
+            perm = np.array(self.buffers["permutation"], dtype=np.int64, copy=True)
+            q = np.zeros((d, m))
+            q[perm[:m], np.arange(m)] = 1.0
+            return q, None
+        vectors = self._p(np.float64)["vectors"]
+        scale = np.max(np.abs(vectors), axis=1)
+        if (scale == 0).any():
+            j = int(np.argmax(scale == 0))
+            raise self._domain_error(
+                direction,
+                f"reflection {j} has a zero vector (params['vectors'][{j}] is all zeros); "
+                f"H = I - 2 v v^T / (v^T v) is undefined for v = 0")
+        w = vectors / scale[:, None]  # reflections are scale-free; max-abs 1 avoids overflow
+        s = np.einsum("ij,ij->i", w, w)
+        rows = np.eye(m, d)          # Q^T = the reflections applied to e_1 .. e_m (as rows)
+        inputs = []
+        for j in range(w.shape[0]):
+            inputs.append(rows)
+            rows = _reflect(rows, w[j], s[j])
+        return np.ascontiguousarray(rows.T), (w, s, scale, inputs)
+
+    def _triangular(self):
+        """``R``, ``R~`` (float64), ``gamma = diag R * diag R~``, ``delta = 1 + gamma`` and
+        ``log delta`` (accurate), and ``sech^2`` of the raw diagonals."""
+        p = self._p(np.float64)
+        m = self.m
+        iu = np.triu_indices(m, 1)
+        rp, rq = p["unconstrained_r_diag"], p["unconstrained_r_tilde_diag"]
+        tp, tq = np.tanh(rp), np.tanh(rq)
+        r = np.zeros((m, m))
+        r[iu] = p["r_entries"]
+        r[np.diag_indices(m)] = tp
+        rt = np.zeros((m, m))
+        rt[iu] = p["r_tilde_entries"]
+        rt[np.diag_indices(m)] = tq
+        gamma = tp * tq
+        with np.errstate(divide="ignore"):
+            log_delta = np.where(
+                gamma >= 0, np.log1p(np.abs(gamma)),
+                np.logaddexp(_log_one_minus_abs_tanh(rp),
+                             np.log(np.abs(tp)) + _log_one_minus_abs_tanh(rq)))
+        return dict(r=r, rt=rt, b=p["b"], gamma=gamma, delta=np.exp(log_delta),
+                    log_delta=log_delta, tp=tp, tq=tq, sech2_p=_sech2(rp), sech2_q=_sech2(rq))
+
+    def constrained(self):
+        """The map's matrices (float64), e.g. to compare with another library.
+
+        Returns
+        -------
+        dict
+            ``"q"`` ``(d, m)`` with orthonormal columns, ``"r"`` and ``"r_tilde"`` ``(m, m)``
+            upper triangular, ``"b"`` ``(m,)`` and ``"one_plus_diag_products"``
+            ``(m,)``: ``1 + R_ii R~_ii > 0``, evaluated without cancellation.
+        """
+        q, _ = self._orthonormal("constrained")
+        tri = self._triangular()
+        return {"q": q, "r": tri["r"], "r_tilde": tri["rt"], "b": tri["b"].copy(),
+                "one_plus_diag_products": tri["delta"]}
+
+    def _state(self, direction, dtype):
+        q, q_res = self._orthonormal(direction)
+        tri = self._triangular()
+        cast = {key: tri[key].astype(dtype) for key in ("r", "rt", "b", "gamma", "delta",
+                                                         "log_delta")}
+        return q.astype(dtype), q_res, tri, cast
+
+    def _param_grads(self, q_res, tri, q_bar, r_bar, rt_bar, b_bar, gamma_bar):
+        """Carry the matrix cotangents (``(m, m)`` full, upper part used) to the parameters."""
+        iu = np.triu_indices(self.m, 1)
+        f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+        r_bar, rt_bar, gamma_bar = f64(r_bar), f64(rt_bar), f64(gamma_bar)
+        grads = {
+            "r_entries": r_bar[iu],
+            "unconstrained_r_diag": (np.diagonal(r_bar) + gamma_bar * tri["tq"]) * tri["sech2_p"],
+            "r_tilde_entries": rt_bar[iu],
+            "unconstrained_r_tilde_diag": ((np.diagonal(rt_bar) + gamma_bar * tri["tp"])
+                                           * tri["sech2_q"]),
+            "b": f64(b_bar),
+        }
+        if q_res is not None:
+            w, s, scale, inputs = q_res
+            rows_bar = f64(q_bar).T
+            vec_bar = np.zeros_like(w)
+            for j in range(w.shape[0] - 1, -1, -1):
+                rows_bar, vec_bar[j] = _reflect_pullback(inputs[j], rows_bar, w[j], s[j])
+            with np.errstate(over="ignore"):  # reported by the public wrapper if it overflows
+                grads["vectors"] = vec_bar / scale[:, None]
+        return grads
+
+    def _forward_vjp(self, z):
+        q, q_res, tri, c = self._state("forward", z.dtype)
+        r, rt = c["r"], c["rt"]
+        v = z @ q
+        t, hp, d, log_d = _tanh_terms(v @ rt.T + c["b"], c["gamma"], c["delta"], c["log_delta"])
+        w = t @ r.T
+        x = z + w @ q.T
+
+        def pullback(x_bar, log_det_bar):
+            p = x_bar @ q
+            g = log_det_bar[:, None] * (2 * t * c["gamma"] * hp / d)
+            a_bar = (p @ r) * hp - g
+            v_bar = a_bar @ rt
+            q_bar = x_bar.T @ w + z.T @ v_bar
+            grads = self._param_grads(q_res, tri, q_bar, p.T @ t, a_bar.T @ v, a_bar.sum(axis=0),
+                                      (log_det_bar[:, None] * hp / d).sum(axis=0))
+            return x_bar + v_bar @ q.T, grads
+
+        return x, log_d.sum(axis=1), pullback
+
+    def _inverse_vjp(self, x):
+        q, q_res, tri, c = self._state("inverse", x.dtype)
+        r, rt = c["r"], c["rt"]
+        n, m = x.shape[0], self.m
+        y = x @ q
+        v, a, t = (np.empty((n, m), dtype=x.dtype) for _ in range(3))
+        sylvester_inverse(y, r, rt, c["b"], c["delta"], v, a, t)
+        t, hp, d, log_d = _tanh_terms(a, c["gamma"], c["delta"], c["log_delta"])
+        w = t @ r.T
+        z = x - w @ q.T
+
+        def pullback(z_bar, log_det_bar):
+            zq = z_bar @ q
+            g = log_det_bar[:, None] * (2 * t * c["gamma"] * hp / d)
+            v_bar = zq + g @ rt
+            # lambda = J^{-T} v_bar, J = I + R H' R~ (upper triangular): forward substitution
+            lam = np.zeros_like(v_bar)
+            mu = np.zeros_like(v_bar)
+            for i in range(m):
+                rhs = v_bar[:, i] - mu[:, :i] @ rt[:i, i]
+                back = lam[:, :i] @ r[:i, i]
+                lam[:, i] = (rhs - rt[i, i] * hp[:, i] * back) / d[:, i]
+                mu[:, i] = hp[:, i] * (back + r[i, i] * lam[:, i])
+            y_bar = lam - zq
+            a_bar = g - mu
+            q_bar = -(z_bar.T @ w) + x.T @ y_bar
+            gamma_bar = -(log_det_bar[:, None] * hp / d).sum(axis=0)
+            grads = self._param_grads(q_res, tri, q_bar, -(lam.T @ t), a_bar.T @ v,
+                                      a_bar.sum(axis=0), gamma_bar)
+            return z_bar + y_bar @ q.T, grads
+
+        return z, -log_d.sum(axis=1), pullback
