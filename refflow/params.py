@@ -77,6 +77,11 @@ class ParamDict(dict):
 
     __delitem__ = pop = popitem = clear = setdefault = _refuse
 
+    def __reduce__(self):
+        # dict's default pickling rebuilds an empty instance and then sets items, which a fixed
+        # key set refuses; rebuild from the arrays instead (pickle and copy.deepcopy use this).
+        return (type(self), (dict(self),))
+
     def __repr__(self):
         inner = ", ".join(f"{k!r}: array{v.shape}" for k, v in self.items())
         return f"ParamDict({{{inner}}})"

@@ -866,3 +866,25 @@ def test_check_rng_accepts_none_and_generators():
 def test_check_rng_rejects(bad):
     with pytest.raises(ValueError, match="seed|rng"):
         check_rng(bad, where="fit")
+
+
+# ========================================================================= pickling, deepcopy
+@pytest.mark.parametrize("copier", ["pickle", "deepcopy"])
+def test_bijectors_and_flows_pickle_and_deepcopy_to_independent_equal_objects(copier):
+    import copy
+    import pickle
+
+    from refflow import Flow, LULinear, StandardNormal
+
+    rng = np.random.default_rng(0)
+    layer = LULinear(3, permutation="random", rng=rng)
+    layer.params["lower_entries"] = rng.normal(size=layer.params["lower_entries"].shape)
+    flow = Flow(StandardNormal(3), Chain([Affine(3), layer]))
+    clone = pickle.loads(pickle.dumps(flow)) if copier == "pickle" else copy.deepcopy(flow)
+    x = rng.normal(size=(5, 3))
+    np.testing.assert_array_equal(clone.log_prob(x), flow.log_prob(x))
+    assert isinstance(clone.bijector.layers[1].params, ParamDict)
+    clone.params["bijector.layers.0.shift"] = [1.0, 2.0, 3.0]        # independent arrays
+    assert np.all(flow.params["bijector.layers.0.shift"] == 0.0)
+    with pytest.raises(KeyError):                                     # still a fixed key set
+        clone.bijector.layers[0].params["new"] = [1.0]

@@ -67,6 +67,17 @@ class _MaskedAutoregressive(Bijector):
     def params(self):
         return prefixed([("made", self.made.params)])
 
+    def _config(self):
+        """The MADE's structure, with its order and (unless deterministic) hidden degrees
+        written out, so that a random-order, random-degree layer is rebuilt identically."""
+        made = self.made
+        degrees = made.hidden_degrees
+        if degrees not in ("cyclic", "equal"):
+            degrees = [d.tolist() for d in made.hidden_degree_list]
+        return {"dim": self.dim, "hidden": list(made.hidden), "order": made.order.tolist(),
+                "hidden_degrees": degrees, "activation": made.activation,
+                "context_dim": self.context_dim}
+
     def _finish(self, in_bar, made_result, context):
         grads = {f"made.{k}": g for k, g in made_result[1].items()}
         return (in_bar, grads) if context is None else (in_bar, grads, made_result[2])
@@ -175,6 +186,9 @@ class MaskedAffineAutoregressive(_MaskedAutoregressive):
         extra = "" if self.context_dim is None else f", context_dim={self.context_dim}"
         return (f"MaskedAffineAutoregressive(dim={self.dim}, hidden={tuple(self.made.hidden)}, "
                 f"scale={self.scale!r}{extra})")
+
+    def _config(self):
+        return dict(super()._config(), scale=self.scale)
 
     # ----------------------------------------------------------------- density direction
     def _inverse_vjp(self, x, context=None):

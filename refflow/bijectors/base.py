@@ -130,6 +130,21 @@ class Bijector:
     def __repr__(self):
         return f"{type(self).__name__}(dim={self.dim})"
 
+    # ------------------------------------------------------------ save / load
+    def _config(self):
+        """JSON-serialisable constructor arguments that rebuild this layer's structure.
+
+        ``type(self)._from_config(self._config())`` has the same ``params`` and ``buffers``
+        keys, shapes and dtypes; their values come from the file (see :mod:`refflow.io`).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define _config(), so it "
+                                  f"cannot be saved")
+
+    @classmethod
+    def _from_config(cls, config):
+        """Build the layer from :meth:`_config`'s output (default ``cls(**config)``)."""
+        return cls(**config)
+
     # ----------------------------------------------------------- subclass hooks
     def _forward(self, z):
         x, log_det, _ = self._forward_vjp(z)
@@ -370,6 +385,15 @@ class Chain(Bijector):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Chain([\n  {inner}\n])"
 
+    def _config(self):
+        from .. import io  # lazily: refflow.io imports the bijectors
+        return {"layers": [io.to_spec(layer) for layer in self.layers]}
+
+    @classmethod
+    def _from_config(cls, config):
+        from .. import io
+        return cls(**dict(config, layers=[io.from_spec(spec) for spec in config["layers"]]))
+
     def _pass(self, direction, v, with_vjp, context=None):
         order = self.layers if direction == "forward" else self.layers[::-1]
         log_det = np.zeros(v.shape[0], dtype=v.dtype)
@@ -449,6 +473,15 @@ class Inverse(Bijector):
 
     def __repr__(self):
         return f"Inverse({self.bijector!r})"
+
+    def _config(self):
+        from .. import io  # lazily: refflow.io imports the bijectors
+        return {"bijector": io.to_spec(self.bijector)}
+
+    @classmethod
+    def _from_config(cls, config):
+        from .. import io
+        return cls(**dict(config, bijector=io.from_spec(config["bijector"])))
 
     def _run(self, direction, v, with_vjp, context=None):
         return self.bijector._run(_OTHER[direction], v, with_vjp, context)

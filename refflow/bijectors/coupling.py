@@ -212,6 +212,13 @@ class _Coupling(Bijector):
         scale = "" if self._scale_name is None else f", scale={self._scale_name!r}"
         return f"{type(self).__name__}(dim={self.dim}{scale}, context_dim={self.context_dim})"
 
+    def _config(self):
+        # The mask is structure (the conditioner's sizes follow from it): the constructor
+        # validates it when the file is loaded.
+        return {"dim": self.dim, "mask": self.buffers["mask"].tolist(),
+                "hidden": list(self.conditioner.hidden), "activation": self.conditioner.activation,
+                "context_dim": self.context_dim}
+
     def _indices(self, direction):
         # Read at call time (a loaded model may replace the buffer in place).
         mask = np.array(self.buffers["mask"], dtype=bool, copy=True)
@@ -449,3 +456,6 @@ class AffineCoupling(_Coupling):
         get_scale_map(scale, f"{type(self).__name__}")  # ValueError naming the class
         super().__init__(dim, mask, hidden, activation, context_dim, zero_last, rng, 2)
         self._scale_name = scale
+
+    def _config(self):
+        return dict(super()._config(), scale=self._scale_name)

@@ -130,6 +130,9 @@ class Affine(Bijector):
         dim = check_dim(dim, "Affine")
         super().__init__(dim, params={"shift": np.zeros(dim), "log_scale": np.zeros(dim)})
 
+    def _config(self):
+        return {"dim": self.dim}
+
     def _forward_vjp(self, z):
         p = self._p(z.dtype)
         return _affine_forward(z, p["shift"], p["log_scale"])
@@ -150,6 +153,9 @@ class _Elementwise(Bijector):
     def __init__(self, dim):
         dim = check_dim(dim, type(self).__name__)
         super().__init__(dim)
+
+    def _config(self):
+        return {"dim": self.dim}
 
     def _forward(self, z):
         return self._f(z), _row_sum(self._log_df(z))
@@ -339,6 +345,9 @@ class Logit(_Elementwise):
     def __repr__(self):
         return f"Logit(dim={self.dim}, alpha={self.alpha})"
 
+    def _config(self):
+        return {"dim": self.dim, "alpha": self.alpha}
+
     def _y(self, z):
         return self.alpha + self._c * z if self.alpha else z
 
@@ -512,6 +521,9 @@ class LeakyReLU(_Elementwise):
 
     def __repr__(self):
         return f"LeakyReLU(dim={self.dim}, negative_slope={self.negative_slope})"
+
+    def _config(self):
+        return {"dim": self.dim, "negative_slope": self.negative_slope}
 
     def _f(self, z):
         return np.where(z >= 0, z, self.negative_slope * z)

@@ -160,6 +160,10 @@ class Permute(Bijector):
     def __repr__(self):
         return f"{type(self).__name__}(dim={self.dim})"
 
+    def _config(self):
+        # The permutation is structure: the constructor validates it when the file is loaded.
+        return {"dim": self.dim, "permutation": self.buffers["permutation"].tolist()}
+
     def _perm(self):
         # Read at call time (a loaded model may replace the buffer); the copy keeps the pullback
         # independent of later changes.
@@ -229,6 +233,9 @@ class Reverse(Permute):
     def __init__(self, dim):
         dim = check_dim(dim, "Reverse")
         super().__init__(dim, permutation=np.arange(dim - 1, -1, -1, dtype=np.int64))
+
+    def _config(self):
+        return {"dim": self.dim}
 
 
 # ----------------------------------------------------------------------------------- LULinear
@@ -398,6 +405,10 @@ class LULinear(Bijector):
 
     def __repr__(self):
         return f"LULinear(dim={self.dim}, upper_diag={self.upper_diag!r})"
+
+    def _config(self):
+        return {"dim": self.dim, "permutation": self.buffers["permutation"].tolist(),
+                "upper_diag": self.upper_diag}
 
     def _state(self, direction, dtype):
         """Parameter copies, the factors and ``c`` in ``dtype``, and the permutation."""
@@ -586,6 +597,9 @@ class Householder(Bijector):
 
     def __repr__(self):
         return f"Householder(dim={self.dim}, n_reflections={self.n_reflections})"
+
+    def _config(self):
+        return {"dim": self.dim, "n_reflections": self.n_reflections}
 
     def _directions(self, direction, dtype):
         """Vectors scaled to max-abs 1 (in ``dtype``), their float64 scales ``m``, ``s = w . w``."""

@@ -153,6 +153,9 @@ class ActNorm(Bijector):
     def __repr__(self):
         return f"ActNorm(dim={self.dim}, initialized={bool(self._buffers['initialized'])})"
 
+    def _config(self):
+        return {"dim": self.dim}  # the initialized flag is a buffer, restored from the file
+
     def _data_init(self, direction, v):
         """The float64 parameters that normalise the batch ``v`` (see Notes)."""
         v64 = v.astype(np.float64)
@@ -320,6 +323,9 @@ class BatchNorm(Bijector):
 
     def __repr__(self):
         return f"BatchNorm(dim={self.dim}, momentum={self.momentum}, eps={self.eps})"
+
+    def _config(self):
+        return {"dim": self.dim, "momentum": self.momentum, "eps": self.eps}
 
     def _running(self, dtype):
         """Copies of the running statistics in ``dtype`` (constants for the pullback)."""

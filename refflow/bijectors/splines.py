@@ -58,6 +58,12 @@ def _make_map(where, parameterization, n_bins, bound, min_bin_width, min_bin_hei
         raise ValueError(f"{where}: {exc}") from None
 
 
+def _map_config(smap, parameterization):
+    """The spline map's constructor arguments, every setting explicit (for ``_config``)."""
+    return {"n_bins": smap.n_bins, "parameterization": parameterization, "bound": smap.bound,
+            **smap._settings()}
+
+
 def _split(theta, n_bins):
     """``(widths, heights, derivatives)`` views of parameters laid out ``[K | K | rest]``."""
     return theta[..., :n_bins], theta[..., n_bins:2 * n_bins], theta[..., 2 * n_bins:]
@@ -159,6 +165,9 @@ class RationalQuadraticSpline(Bijector):
     def __repr__(self):
         return (f"RationalQuadraticSpline(dim={self.dim}, n_bins={self.n_bins}, "
                 f"parameterization={self.parameterization!r})")
+
+    def _config(self):
+        return {"dim": self.dim, **_map_config(self._map, self.parameterization)}
 
     def _pass(self, apply, v, with_vjp):
         p = self._p(v.dtype)
@@ -267,6 +276,9 @@ class SplineCoupling(_Coupling):
         return (f"SplineCoupling(dim={self.dim}, n_bins={self.n_bins}, "
                 f"parameterization={self.parameterization!r}, context_dim={self.context_dim})")
 
+    def _config(self):
+        return dict(super()._config(), **_map_config(self._map, self.parameterization))
+
     def _input_knots(self, direction, v, context=None):
         """``(n, dim, K+1)`` knots in the input space of ``direction`` (inf for the identity part)."""
         a, b = self._indices(direction)
@@ -370,6 +382,9 @@ class MaskedSplineAutoregressive(_MaskedAutoregressive):
         return (f"MaskedSplineAutoregressive(dim={self.dim}, hidden={tuple(self.made.hidden)}, "
                 f"n_bins={self.n_bins}, parameterization={self.parameterization!r}, "
                 f"context_dim={self.context_dim})")
+
+    def _config(self):
+        return dict(super()._config(), **_map_config(self._map, self.parameterization))
 
     def _rows(self, out):
         return out.reshape(-1, self._n_params)

@@ -115,6 +115,58 @@ def _hidden_degrees(rule, width, dim, conditional, prev, rng, layer, where):
     return (np.maximum(ceil, 1) + (low - 1)).astype(np.int64)
 
 
+def _explicit_hidden_degrees(degrees, width, dim, conditional, prev, layer, where):
+    """Validate one layer of explicit hidden degrees; an owned int64 array of shape ``(width,)``.
+
+    The values must lie in ``low..max(dim - 1, low)`` (``low`` is 0 with a context, else 1:
+    the range of every degree rule) and obey the MADE connectivity rule: no unit's degree is
+    below the smallest degree of the layer before (``prev``), so that every unit receives at
+    least one input (Germain et al. 2015, the lower end of their random rule).
+    """
+    if isinstance(degrees, str):
+        raise ValueError(f"{where}: hidden_degrees[{layer}] must be an array of integers, got "
+                         f"{degrees!r}")
+    try:
+        arr = np.asarray(degrees)
+    except Exception as exc:  # ragged lists and the like
+        raise ValueError(f"{where}: hidden_degrees[{layer}] could not be converted to an array "
+                         f"({exc})") from None
+    if arr.dtype.kind not in "iu":  # bool is an integer dtype to NumPy, never a degree
+        raise ValueError(f"{where}: hidden_degrees[{layer}] must hold integers, got dtype "
+                         f"{arr.dtype}")
+    if arr.shape != (width,):
+        raise ValueError(f"{where}: hidden_degrees[{layer}] must have shape ({width},) (the "
+                         f"width of hidden layer {layer}), got shape {arr.shape}")
+    low = 0 if conditional else 1
+    high = max(dim - 1, low)
+    outside = (arr < low) | (arr > high)
+    if outside.any():
+        j = int(np.argmax(outside))
+        raise ValueError(f"{where}: hidden_degrees[{layer}] must lie in {low}..{high}; unit {j} "
+                         f"has degree {int(arr[j])}")
+    floor = int(prev.min()) if prev.size else low
+    below = arr < floor
+    if below.any():
+        j = int(np.argmax(below))
+        raise ValueError(f"{where}: hidden_degrees[{layer}]: unit {j} has degree {int(arr[j])}, "
+                         f"below the smallest degree {floor} of the layer before, so it would "
+                         f"receive no input (MADE connectivity rule)")
+    return arr.astype(np.int64)
+
+
+def _degree_sequence(hidden_degrees, n_layers, where):
+    """An explicit ``hidden_degrees`` as a list of ``n_layers`` array_likes (not yet checked)."""
+    if isinstance(hidden_degrees, (str, bytes)) or not hasattr(hidden_degrees, "__iter__"):
+        raise ValueError(f"{where}: hidden_degrees must be one of {list(_DEGREE_RULES)} or a "
+                         f"sequence of integer arrays (one per hidden layer), got "
+                         f"{hidden_degrees!r}")
+    seq = list(hidden_degrees)
+    if len(seq) != n_layers:
+        raise ValueError(f"{where}: hidden_degrees must hold one array per hidden layer "
+                         f"({n_layers}), got {len(seq)}")
+    return seq
+
+
 def _mask(out_degrees, in_degrees, strict):
     m = (out_degrees[:, None] > in_degrees[None, :]) if strict else \
         (out_degrees[:, None] >= in_degrees[None, :])
@@ -299,9 +351,14 @@ class MADE(_Autoregressive):
         Autoregressive order: ``[1, ..., D]``, ``[D, ..., 1]``, a permutation drawn from
         ``rng``, or an explicit permutation of ``0..D-1`` where ``order[i]`` is the 0-based
         position of input ``i`` (``input_degrees = order + 1``).
-    hidden_degrees : {"cyclic", "equal", "random"}, default "cyclic"
+    hidden_degrees : {"cyclic", "equal", "random"} or sequence of array of int, default "cyclic"
         Rule for hidden-unit degrees (module docstring). The deterministic rules need every
-        hidden width ``>= D - 1`` (``>= D`` with context); "random" takes any width.
+        hidden width ``>= D - 1`` (``>= D`` with context); "random" takes any width. An explicit
+        sequence gives the degrees of every hidden layer (one integer array of its width per
+        layer, e.g. another network's ``hidden_degree_list``, so that a saved random-degree
+        MADE is rebuilt identically): values in ``1..D-1`` (``0..D-1`` with context; all 1
+        for an unconditional ``D = 1``), none below the smallest degree of the layer before
+        (every unit then has an input); ``hidden_degrees`` is then ``"explicit"``.
     activation : str, default "relu"
         See :data:`refflow.nn.ACTIVATIONS`.
     context_features : int, default 0
@@ -374,14 +431,18 @@ class MADE(_Autoregressive):
         dim, n_params, context_features, act, rng = _check_common(
             dim, n_params, context_features, activation, rng, where)
         hidden = _check_hidden(hidden, where)
-        if not (isinstance(hidden_degrees, str) and hidden_degrees in _DEGREE_RULES):
-            raise ValueError(f"{where}: unknown hidden_degrees rule {hidden_degrees!r}; choose "
-                             f"one of {list(_DEGREE_RULES)}")
+        explicit = None
+        if isinstance(hidden_degrees, str):
+            if hidden_degrees not in _DEGREE_RULES:
+                raise ValueError(f"{where}: unknown hidden_degrees rule {hidden_degrees!r}; "
+                                 f"choose one of {list(_DEGREE_RULES)}")
+        else:
+            explicit = _degree_sequence(hidden_degrees, len(hidden), where)
         self.dim, self.n_params, self.hidden = dim, n_params, hidden
         self.context_features = context_features
         self._act = act
         self.activation = act.name
-        self.hidden_degrees = hidden_degrees
+        self.hidden_degrees = "explicit" if explicit is not None else hidden_degrees
         self.order = _frozen(_input_order(order, dim, rng, where))
         self.input_degrees = _frozen(self.order + 1)
 
@@ -389,8 +450,12 @@ class MADE(_Autoregressive):
         prev = np.concatenate([self.input_degrees, np.zeros(context_features, dtype=np.int64)])
         degrees, masks = [], []
         for layer, width in enumerate(hidden):
-            deg = _frozen(_hidden_degrees(hidden_degrees, width, dim, conditional, prev, rng,
-                                          layer, where))
+            if explicit is not None:
+                deg = _frozen(_explicit_hidden_degrees(explicit[layer], width, dim, conditional,
+                                                       prev, layer, where))
+            else:
+                deg = _frozen(_hidden_degrees(hidden_degrees, width, dim, conditional, prev, rng,
+                                              layer, where))
             masks.append(_mask(deg, prev, strict=False))
             degrees.append(deg)
             prev = deg
@@ -465,9 +530,15 @@ class ResidualMADE(_Autoregressive):
         Number of residual blocks (``>= 0``).
     n_params : int, default 2
         Outputs per input.
+    hidden_degrees : "cyclic" or sequence of array of int, default "cyclic"
+        Hidden degrees follow the cyclic rule, the same for every hidden layer. An explicit
+        sequence (e.g. another network's ``hidden_degree_list``) has one array of shape
+        ``(H,)`` per hidden layer, ``1 + 2 n_blocks`` in all, every one the same (a residual
+        sum adds units of equal degree), with the value range and connectivity rule of
+        :class:`MADE`; ``hidden_degrees`` is then ``"explicit"``.
     order, activation, context_features, zero_last, rng
-        As for :class:`MADE`. Hidden degrees follow the cyclic rule, the same for every hidden
-        layer. ``rng`` draws a random order first, then the parameters in key order:
+        As for :class:`MADE`. ``rng`` draws a random order first, then the parameters in key
+        order:
         ``w0, b0`` (torch default), per block ``w0, b0`` (torch default) and ``w1, b1``
         (``U(-1e-3, 1e-3)``, as nflows, so each block starts near the identity), then
         ``w_out, b_out`` (torch default, or zeros with ``zero_last``).
@@ -520,12 +591,21 @@ class ResidualMADE(_Autoregressive):
     """
 
     def __init__(self, dim, hidden_features=64, n_blocks=2, n_params=2, *, order="natural",
-                 activation="relu", context_features=0, zero_last=False, rng=None):
+                 hidden_degrees="cyclic", activation="relu", context_features=0,
+                 zero_last=False, rng=None):
         where = "ResidualMADE"
         dim, n_params, context_features, act, rng = _check_common(
             dim, n_params, context_features, activation, rng, where)
         width = check_dim(hidden_features, where, "hidden_features")
         n_blocks = _check_features(n_blocks, where, "n_blocks", allow_zero=True)
+        explicit = None
+        if isinstance(hidden_degrees, str):
+            if hidden_degrees != "cyclic":
+                raise ValueError(f"{where}: hidden_degrees must be 'cyclic' or a sequence of "
+                                 f"integer arrays, got {hidden_degrees!r}")
+        else:
+            explicit = _degree_sequence(hidden_degrees, 1 + 2 * n_blocks, where)
+        self.hidden_degrees = "explicit" if explicit is not None else "cyclic"
         self.dim, self.n_params = dim, n_params
         self.hidden_features, self.n_blocks = width, n_blocks
         self.context_features = context_features
@@ -535,8 +615,19 @@ class ResidualMADE(_Autoregressive):
         self.input_degrees = _frozen(self.order + 1)
 
         prev = np.concatenate([self.input_degrees, np.zeros(context_features, dtype=np.int64)])
-        deg = _frozen(_hidden_degrees("cyclic", width, dim, context_features > 0, prev, rng, 0,
-                                      where))
+        if explicit is None:
+            deg = _frozen(_hidden_degrees("cyclic", width, dim, context_features > 0, prev, rng,
+                                          0, where))
+        else:
+            deg = _frozen(_explicit_hidden_degrees(explicit[0], width, dim, context_features > 0,
+                                                   prev, 0, where))
+            for layer, other in enumerate(explicit[1:], start=1):
+                other = _explicit_hidden_degrees(other, width, dim, context_features > 0, deg,
+                                                 layer, where)
+                if not np.array_equal(other, deg):
+                    raise ValueError(f"{where}: hidden_degrees[{layer}] differs from "
+                                     f"hidden_degrees[0]; every hidden layer of a residual "
+                                     f"MADE has the same degrees")
         self.hidden_degree_list = [deg] * (1 + 2 * n_blocks)
         m_in = _mask(deg, prev, strict=False)
         m_hh = _mask(deg, deg, strict=False)
