@@ -1,0 +1,672 @@
+r"""Model builders: ready-made flows ``Flow(StandardNormal(dim), Chain([...]))``.
+
+Each builder stacks refflow's layers in the published layout of one model family, with the
+options of the paper and defaults taken from the papers and the usual peer libraries (zuko 1.6,
+nflows 0.14); every builder's docstring says which default comes from where.
+
+=====================  =====================================================  ==================
+builder                one step (density direction, data -> base)             BUILDERS key
+=====================  =====================================================  ==================
+:func:`RealNVP`        ``AffineCoupling``, alternating masks [+ BN]           ``"realnvp"``
+:func:`MAF`            [permutation +] ``MaskedAffineAutoregressive`` [+ BN]  ``"maf"``
+:func:`NSF`            ``LULinear`` + ``MaskedSplineAutoregressive``          ``"nsf"``
+:func:`NSF`            ``LULinear`` + ``SplineCoupling`` (alternating masks)  ``"nsf-coupling"``
+:func:`Glow`           ``ActNorm`` + ``LULinear`` + ``AffineCoupling``        ``"glow"``
+:func:`PlanarFlow`     ``Planar``                                             ``"planar"``
+:func:`RadialFlow`     ``Radial``                                             ``"radial"``
+:func:`SylvesterFlow`  ``Sylvester``                                          ``"sylvester"``
+=====================  =====================================================  ==================
+
+(BN: an optional ``BatchNorm``.)
+
+Layer order
+-----------
+The papers (and nflows, zuko) describe a model in the *density* direction: the data go
+through step 1 first. refflow's ``Chain`` applies its list in the *sampling* direction
+(``forward``, ``z -> x``) and runs it backwards for densities, so every builder writes the
+steps in the papers' density order and then reverses the list: ``flow.bijector.layers[-1]`` is
+the first layer the data meet, ``flow.bijector.layers[0]`` the last (the one next to the base
+distribution). The layers then appear in ``flow.bijector.layers`` in the reverse of the order
+in which nflows' and zuko's models list the same steps.
+
+Conditional flows
+-----------------
+``context_dim`` (RealNVP, MAF, NSF, Glow) is handed to every conditioner, so that
+``flow.log_prob(x, context)`` and ``flow.sample(n, rng, context=c)`` model ``q(x | c)``;
+normalisation and linear layers stay unconditional. The planar family has no conditioner
+(there is no amortisation network here), so those builders refuse a context.
+
+Randomness
+----------
+``rng`` (None, an int seed or a ``numpy.random.Generator``) seeds every initialisation, layer
+by layer in the order of the density direction: the same seed gives the same parameters and
+buffers.
+"""
+
+import math
+import numbers
+
+import numpy as np
+import scipy.linalg
+
+from ._validation import check_dim, check_rng
+from .bijectors import (
+    ActNorm, AffineCoupling, BatchNorm, Chain, LULinear, MaskedAffineAutoregressive,
+    MaskedSplineAutoregressive, Permute, Planar, Radial, Reverse, SplineCoupling, Sylvester,
+)
+from .bijectors.scale_maps import SCALE_MAPS
+from .bijectors.splines import _identity_parameters, _make_map
+from .distributions import Flow, StandardNormal
+from .nn.activations import ACTIVATIONS
+from .nn.mlp import _check_hidden
+
+__all__ = ["RealNVP", "MAF", "NSF", "Glow", "PlanarFlow", "RadialFlow", "SylvesterFlow",
+           "BUILDERS"]
+
+_PERMUTATIONS = ("reverse", "random")
+_DEGREE_RULES = ("cyclic", "equal", "random")
+
+
+# ----------------------------------------------------------------------------- validation
+def _int_option(value, where, name, minimum=1):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {int(value)}")
+    return int(value)
+
+
+def _bool_option(value, where, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{where}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _positive_float(value, where, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{where}: {name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _choice(value, choices, where, name):
+    if not (isinstance(value, str) and value in choices):
+        raise ValueError(f"{where}: {name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def _common(where, dim, n_layers, hidden, activation, context_dim, rng, min_dim=1):
+    """Validate the options every network-based builder shares; ``rng`` as a Generator."""
+    dim = check_dim(dim, where)
+    if dim < min_dim:
+        raise ValueError(f"{where}: dim must be at least {min_dim} (a coupling layer needs an "
+                         f"identity part and a transformed part), got {dim}; use MAF or NSF "
+                         f"(autoregressive) for one-dimensional data")
+    n_layers = _int_option(n_layers, where, "n_layers")
+    hidden = _check_hidden(hidden, where)
+    activation = _choice(activation, ACTIVATIONS, where, "activation")
+    if context_dim is not None:
+        context_dim = check_dim(context_dim, where, "context_dim")
+    return dim, n_layers, hidden, activation, context_dim, check_rng(rng, f"{where}: rng")
+
+
+def _alternating_mask(dim, step):
+    """Step ``k`` transforms the coordinates ``j`` with ``j % 2 != k % 2`` (True = transformed).
+
+    The same alternation as nflows' ``SimpleRealNVP`` (``mask[::2] = -1``, negated every layer)
+    and zuko's ``RealNVP`` (identity part ``arange(dim) % 2 == k % 2``).
+    """
+    return np.arange(dim) % 2 != step % 2
+
+
+def _flow(density_order):
+    """``Flow(StandardNormal, Chain)`` from layers listed in the density direction."""
+    chain = Chain(density_order[::-1])
+    return Flow(StandardNormal(chain.dim), chain)
+
+
+def _set_identity_spline_bias(layer, bias_key, n_outputs, n_bins):
+    """Last-layer bias of a zeroed conditioner: every spline starts as the identity.
+
+    With the last layer's weights at zero (``zero_last=True``) the conditioner outputs its bias;
+    for the "durkan" map, zero widths/heights give uniform bins and inner derivatives
+    ``1e-3 + softplus(u_d)``, which equal 1 at ``u_d = log(expm1(1 - 1e-3))``.
+    """
+    theta = _identity_parameters(layer._map, n_bins)
+    layer.params[bias_key] = np.tile(theta, n_outputs)
+
+
+def _orthogonal_lu(dim, rng):
+    """LU factors of a random rotation, Glow's initialisation of the 1x1 convolution.
+
+    ``Q`` from the QR decomposition of a Gaussian matrix is orthogonal; ``Q = P L U``
+    (``scipy.linalg.lu``). refflow's ``LULinear`` keeps ``diag U > 0``, so the columns of ``U``
+    whose diagonal entry is negative are negated: ``W = Q D`` with ``D = diag(sign(diag U))``
+    is still orthogonal (``log|det W| = 0``). Returns ``(perm, params)`` for ``LULinear``
+    with ``upper_diag="exp"``.
+    """
+    q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    p, lower, upper = scipy.linalg.lu(q)
+    signs = np.sign(np.diag(upper))
+    upper = upper * signs[None, :]
+    perm = np.argmax(p, axis=1).astype(np.int64)  # (P v)_i = v_perm[i]  <=>  P[i, perm[i]] = 1
+    params = {
+        "lower_entries": lower[np.tril_indices(dim, -1)],
+        "upper_entries": upper[np.triu_indices(dim, 1)],
+        "unconstrained_upper_diag": np.log(np.diag(upper)),
+        "bias": np.zeros(dim),
+    }
+    return perm, params
+
+
+def _build(where, make):
+    """Run ``make()``, re-raising a layer's ValueError with the builder's name in front."""
+    try:
+        return make()
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------- builders
+def RealNVP(dim, *, n_layers=5, hidden=(64, 64), activation="relu", scale="softclip",
+            batch_norm=False, context_dim=None, rng=None):
+    r"""Real NVP for vectors: affine coupling layers with alternating masks.
+
+    Parameters
+    ----------
+    dim : int
+        Event size, at least 2 (a coupling layer needs an identity and a transformed part).
+    n_layers : int, default 5
+        Number of coupling layers (the "Real NVP (5)" of the MAF paper's density experiments;
+        zuko's default is 3, nflows has none).
+    hidden : sequence of int, default (64, 64)
+        Hidden widths of every conditioner MLP (zuko's default).
+    activation : str, default "relu"
+        Hidden activation (zuko's and nflows' default).
+    scale : str, default "softclip"
+        Scale map of :mod:`refflow.bijectors.scale_maps`. The default is zuko's soft-clipped
+        log-scale (``|s| < 6.9``), which keeps training finite; the paper's ``exp(s)`` of a
+        tanh-bounded ``s`` is closest to ``"tanh"``; nflows' coupling default is ``"sigmoid"``.
+    batch_norm : bool, default False
+        Add a :class:`~refflow.BatchNorm` after every coupling layer (density direction), as
+        the paper's batch normalisation and nflows' ``batch_norm_between_layers``. The flow then
+        needs ``flow.eval()`` before sampling.
+    context_dim : int, optional
+        Makes every conditioner read ``[x_a, context]``: a conditional flow ``q(x | c)``.
+    rng : None, int or numpy.random.Generator
+        Seeds every conditioner (torch's ``nn.Linear`` initialisation).
+
+    Returns
+    -------
+    Flow
+        ``Flow(StandardNormal(dim), Chain(layers))``.
+
+    Raises
+    ------
+    ValueError
+        For ``dim < 2`` or any invalid option; the message names ``RealNVP``.
+
+    Notes
+    -----
+    In the density direction, coupling step ``k = 0, 1, ...`` transforms the coordinates ``j``
+    with ``j % 2 != k % 2`` (nflows' ``SimpleRealNVP`` and zuko's ``RealNVP`` alternate the
+    same way) by ``z_b = (x_b - t) exp(-s)``, with ``t, s`` from an MLP of the other part.
+    Parameters: every conditioner is ``MLP(n_a [+ context_dim], 2 n_b, hidden)``; for
+    ``dim = 2``, 8 layers and hidden ``(64, 64)`` that is ``8 * 4418 = 35,344``, as zuko's and
+    nflows' models of the same configuration.
+
+    References
+    ----------
+    Dinh, Sohl-Dickstein, Bengio, "Density estimation using Real NVP", 2017, arXiv:1605.08803.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.flows import RealNVP
+    >>> flow = RealNVP(2, n_layers=4, hidden=(16, 16), rng=0)
+    >>> len(flow.bijector), flow.log_prob(np.zeros((3, 2))).shape
+    (4, (3,))
+    """
+    where = "RealNVP"
+    dim, n_layers, hidden, activation, context_dim, rng = _common(
+        where, dim, n_layers, hidden, activation, context_dim, rng, min_dim=2)
+    scale = _choice(scale, SCALE_MAPS, where, "scale")
+    batch_norm = _bool_option(batch_norm, where, "batch_norm")
+
+    def make():
+        layers = []
+        for k in range(n_layers):
+            layers.append(AffineCoupling(dim, mask=_alternating_mask(dim, k), hidden=hidden,
+                                         activation=activation, scale=scale,
+                                         context_dim=context_dim, rng=rng))
+            if batch_norm:
+                layers.append(BatchNorm(dim))
+        return _flow(layers)
+
+    return _build(where, make)
+
+
+def MAF(dim, *, n_layers=5, hidden=(64, 64), activation="relu", scale="softclip",
+        permutation="reverse", batch_norm=False, hidden_degrees="cyclic", context_dim=None,
+        rng=None):
+    r"""Masked autoregressive flow: MADE layers with an order reversal between them.
+
+    Parameters
+    ----------
+    dim : int
+        Event size (1 works: each layer is then an affine map with learned constants).
+    n_layers : int, default 5
+        Number of MADE layers ("MAF (5)" in the paper; zuko's default is 3).
+    hidden : sequence of int, default (64, 64)
+        MADE hidden widths (zuko's default); each at least ``dim - 1`` (``dim`` with a
+        context) for the deterministic degree rules.
+    activation : str, default "relu"
+    scale : str, default "softclip"
+        Scale map (:mod:`refflow.bijectors.scale_maps`). The paper's is ``"exp"`` (raw
+        ``alpha``); its unbounded log-scales can overflow in the sequential sampling passes, so
+        the default is zuko's bounded ``"softclip"``; nflows uses ``"softplus"``.
+    permutation : {"reverse", "random"} or None, default "reverse"
+        Layer between consecutive MADEs: :class:`~refflow.Reverse` (the paper, nflows'
+        default, zuko's alternating orders), a :class:`~refflow.Permute` drawn from ``rng``
+        (nflows' ``use_random_permutations``), or none.
+    batch_norm : bool, default False
+        A :class:`~refflow.BatchNorm` after every MADE layer (density direction), as in the
+        paper's "MAF with batch normalisation" and nflows' ``batch_norm_between_layers``.
+        Sampling then needs ``flow.eval()``.
+    hidden_degrees : {"cyclic", "equal", "random"}, default "cyclic"
+        MADE's rule for hidden-unit degrees (:class:`refflow.nn.MADE`): nflows' cyclic rule,
+        TFP's "equal", or Germain et al.'s random degrees (drawn from ``rng``; the only rule
+        that accepts hidden layers narrower than ``dim - 1``).
+    context_dim : int, optional
+        A conditional MAF: the context feeds every MADE's first layer.
+    rng : None, int or numpy.random.Generator
+        Seeds the MADE weights (torch's initialisation) and random permutations.
+
+    Returns
+    -------
+    Flow
+
+    Raises
+    ------
+    ValueError
+        For any invalid option (the message names ``MAF``).
+
+    Notes
+    -----
+    Density direction: ``MADE_1 [BN] P MADE_2 [BN] P ... MADE_K [BN]``, each MADE in natural
+    order, computing ``z_i = (x_i - mu_i) exp(-s_i)`` in one pass. A MADE with hidden
+    ``(H_1, ..., H_L)`` has ``(dim [+ c]) H_1 + H_1 + ... + H_L 2 dim + 2 dim`` parameters
+    (masked weights included, as torch counts them): 576,640 for ``dim = 64``, 5 layers and
+    hidden ``(256, 256)``, the count of zuko's and nflows' models of that configuration.
+
+    References
+    ----------
+    Papamakarios, Pavlakou, Murray, "Masked Autoregressive Flow for Density Estimation", 2017,
+    arXiv:1705.07057.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.flows import MAF
+    >>> flow = MAF(3, n_layers=2, hidden=(8,), rng=0)
+    >>> [type(layer).__name__ for layer in flow.bijector.layers]
+    ['MaskedAffineAutoregressive', 'Reverse', 'MaskedAffineAutoregressive']
+    >>> flow.sample(4, rng=1).shape
+    (4, 3)
+    """
+    where = "MAF"
+    dim, n_layers, hidden, activation, context_dim, rng = _common(
+        where, dim, n_layers, hidden, activation, context_dim, rng)
+    scale = _choice(scale, SCALE_MAPS, where, "scale")
+    hidden_degrees = _choice(hidden_degrees, _DEGREE_RULES, where, "hidden_degrees")
+    if permutation is not None:
+        permutation = _choice(permutation, _PERMUTATIONS, where, "permutation")
+    batch_norm = _bool_option(batch_norm, where, "batch_norm")
+
+    def make():
+        layers = []
+        for k in range(n_layers):
+            if k > 0 and permutation == "reverse":
+                layers.append(Reverse(dim))
+            elif k > 0 and permutation == "random":
+                layers.append(Permute(dim, rng=rng))
+            layers.append(MaskedAffineAutoregressive(
+                dim, hidden=hidden, activation=activation, scale=scale,
+                hidden_degrees=hidden_degrees, context_dim=context_dim, rng=rng))
+            if batch_norm:
+                layers.append(BatchNorm(dim))
+        return _flow(layers)
+
+    return _build(where, make)
+
+
+def NSF(dim, *, n_layers=5, hidden=(64, 64), activation="relu", n_bins=8, bound=3.0,
+        autoregressive=True, hidden_degrees="cyclic", context_dim=None, rng=None):
+    r"""Neural spline flow: per step an ``LULinear`` then a rational-quadratic spline layer.
+
+    Parameters
+    ----------
+    dim : int
+        Event size; 1 works with ``autoregressive=True`` (a learned elementwise spline).
+    n_layers : int, default 5
+        Number of steps (zuko's default is 3; the paper uses 5 to 10 on tabular data).
+    hidden : sequence of int, default (64, 64)
+        Conditioner widths (zuko's default; the paper uses 256-unit residual blocks). For the
+        autoregressive layers each at least ``dim - 1`` (``dim`` with a context).
+    activation : str, default "relu"
+    n_bins : int, default 8
+        ``K``, bins per spline (the paper's tabular setting and zuko's default).
+    bound : float, default 3.0
+        ``B``: splines on ``[-B, B]``, identity tails (the paper's ``B = 3``; zuko fixes 5).
+    autoregressive : bool, default True
+        :class:`~refflow.MaskedSplineAutoregressive` (RQ-NSF (AR), one pass for densities,
+        ``dim`` for samples) or, with False, :class:`~refflow.SplineCoupling` with alternating
+        masks (RQ-NSF (C), one pass both ways; needs ``dim >= 2``).
+    hidden_degrees : {"cyclic", "equal", "random"}, default "cyclic"
+        MADE's degree rule for the autoregressive layers (see :func:`MAF`); coupling layers
+        have no degrees, so with ``autoregressive=False`` only the default is accepted.
+    context_dim : int, optional
+        A conditional NSF: the context feeds every conditioner.
+    rng : None, int or numpy.random.Generator
+        Seeds the conditioners' hidden layers and the permutations of the ``LULinear`` layers.
+
+    Returns
+    -------
+    Flow
+
+    Raises
+    ------
+    ValueError
+        For any invalid option, or ``dim = 1`` with ``autoregressive=False``.
+
+    Notes
+    -----
+    Density direction, per step: ``LULinear`` (a random permutation inside ``P``, unit-lower
+    ``L``, ``diag U = softplus(u) + 1e-3``, identity-initialised: nflows' ``LULinear`` as in
+    the paper's code, which draws a ``RandomPermutation`` before it) and then the spline layer,
+    with the paper's parameterisation (``"durkan"``: softmax bins with minimum 1e-3,
+    ``1e-3 + softplus`` derivatives, unit boundary slopes).
+
+    *Initialisation.* Every spline starts as the identity: the conditioners' last layers are
+    zero (``zero_last``) except for the biases of the derivative entries, set to
+    ``log(expm1(1 - 1e-3))`` so that ``1e-3 + softplus`` gives 1 (nflows'
+    ``enable_identity_init``; with plain zeros the durkan map gives derivatives 0.694). The
+    hidden layers keep torch's initialisation, so gradients reach them once the last layer
+    moves. The whole flow thus starts as a fixed permutation of the coordinates.
+
+    Parameter count of one autoregressive step: the MADE's
+    ``(dim [+ c]) H_1 + H_1 + ... + H_L P dim + P dim`` with ``P = 3K - 1`` (2,303,680 for
+    five steps at ``dim = 64``, hidden ``(256, 256)``, ``K = 8``, as nflows' and zuko's
+    autoregressive NSF) plus ``dim (dim - 1) + 2 dim`` for the ``LULinear``.
+
+    References
+    ----------
+    Durkan, Bekasov, Murray, Papamakarios, "Neural Spline Flows", 2019, arXiv:1906.04032.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.flows import NSF
+    >>> flow = NSF(2, n_layers=2, hidden=(8,), rng=0)
+    >>> [type(layer).__name__ for layer in flow.bijector.layers]
+    ['MaskedSplineAutoregressive', 'LULinear', 'MaskedSplineAutoregressive', 'LULinear']
+    >>> x = np.array([[0.5, -1.0]])
+    >>> bool(np.isclose(flow.log_prob(x)[0], flow.base.log_prob(x)[0]))   # starts volume-preserving
+    True
+    """
+    where = "NSF"
+    autoregressive = _bool_option(autoregressive, where, "autoregressive")
+    dim, n_layers, hidden, activation, context_dim, rng = _common(
+        where, dim, n_layers, hidden, activation, context_dim, rng,
+        min_dim=1 if autoregressive else 2)
+    n_bins = _int_option(n_bins, where, "n_bins", minimum=2)
+    bound = _positive_float(bound, where, "bound")
+    hidden_degrees = _choice(hidden_degrees, _DEGREE_RULES, where, "hidden_degrees")
+    if not autoregressive and hidden_degrees != "cyclic":
+        raise ValueError(f"{where}: hidden_degrees applies to the autoregressive layers only; "
+                         f"coupling layers (autoregressive=False) have no MADE degrees")
+    _build(where, lambda: _make_map(where, "durkan", n_bins, bound, None, None, None, None))
+    last = f"b{len(hidden)}"
+
+    def make():
+        layers = []
+        for k in range(n_layers):
+            layers.append(LULinear(dim, permutation="random", upper_diag="softplus", rng=rng))
+            if autoregressive:
+                spline = MaskedSplineAutoregressive(
+                    dim, hidden=hidden, activation=activation, n_bins=n_bins, bound=bound,
+                    hidden_degrees=hidden_degrees, context_dim=context_dim, zero_last=True,
+                    rng=rng)
+                _set_identity_spline_bias(spline, f"made.{last}", dim, n_bins)
+            else:
+                mask = _alternating_mask(dim, k)
+                spline = SplineCoupling(
+                    dim, mask=mask, hidden=hidden, activation=activation, n_bins=n_bins,
+                    bound=bound, context_dim=context_dim, zero_last=True, rng=rng)
+                _set_identity_spline_bias(spline, f"conditioner.{last}", int(mask.sum()),
+                                          n_bins)
+            layers.append(spline)
+        return _flow(layers)
+
+    return _build(where, make)
+
+
+def Glow(dim, *, n_layers=5, hidden=(64, 64), activation="relu", scale="softclip",
+         context_dim=None, rng=None):
+    r"""Glow for vectors: steps of ActNorm, an LU-decomposed linear map and an affine coupling.
+
+    Parameters
+    ----------
+    dim : int
+        Event size, at least 2.
+    n_layers : int, default 5
+        Number of steps (the tabular analogue of Glow's ``K`` steps per level).
+    hidden : sequence of int, default (64, 64)
+        Conditioner widths (the paper's NN() is a 3-layer CNN; zuko/nflows MLP defaults here).
+    activation : str, default "relu"
+    scale : str, default "softclip"
+        Scale map of the couplings. Glow's code computes ``scale = sigmoid(h + 2)`` in the
+        density direction (its paper writes ``exp(log s)``); refflow's layers scale in the
+        sampling direction, so that code's map is not among the named maps; the default is
+        zuko's bounded ``"softclip"``, which with the zeroed last layer starts at the identity.
+    context_dim : int, optional
+        A conditional Glow: the context feeds every coupling's conditioner.
+    rng : None, int or numpy.random.Generator
+        Seeds the random rotations and the conditioners.
+
+    Returns
+    -------
+    Flow
+
+    Raises
+    ------
+    ValueError
+        For ``dim < 2`` or any invalid option.
+
+    Notes
+    -----
+    Density direction, per step (Glow, section 3): :class:`~refflow.ActNorm` (data-dependent
+    initialisation from the first batch the flow sees: call ``log_prob`` or fit on data before
+    sampling), :class:`~refflow.LULinear` (``W = P L U``, ``diag U = exp(u)``) initialised as
+    a random rotation (section 3.2: ``W = Q`` from a QR decomposition, ``log|det W| = 0``; the
+    columns of ``U`` with a negative diagonal are negated, since refflow keeps
+    ``diag U > 0``), and :class:`~refflow.AffineCoupling` on the default half mask (the
+    second half transformed) whose conditioner's last layer starts at zero, so that the
+    coupling starts as the identity (section 3.3, "zero initialization").
+
+    References
+    ----------
+    Kingma, Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", 2018,
+    arXiv:1807.03039.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.flows import Glow
+    >>> flow = Glow(3, n_layers=2, hidden=(8,), rng=0)
+    >>> [type(layer).__name__ for layer in flow.bijector.layers[:3]]
+    ['AffineCoupling', 'LULinear', 'ActNorm']
+    >>> x = np.random.default_rng(1).normal(loc=5.0, size=(100, 3))
+    >>> lp = flow.log_prob(x)            # the first batch initialises the ActNorm layers
+    >>> bool(flow.bijector.layers[2].buffers["initialized"])
+    True
+    """
+    where = "Glow"
+    dim, n_layers, hidden, activation, context_dim, rng = _common(
+        where, dim, n_layers, hidden, activation, context_dim, rng, min_dim=2)
+    scale = _choice(scale, SCALE_MAPS, where, "scale")
+
+    def make():
+        layers = []
+        for _ in range(n_layers):
+            perm, lu_params = _orthogonal_lu(dim, rng)
+            linear = LULinear(dim, permutation=perm, upper_diag="exp")
+            linear.params.update(lu_params)
+            coupling = AffineCoupling(dim, hidden=hidden, activation=activation, scale=scale,
+                                      context_dim=context_dim, zero_last=True, rng=rng)
+            layers += [ActNorm(dim), linear, coupling]
+        return _flow(layers)
+
+    return _build(where, make)
+
+
+def _unconditional(where, context_dim):
+    if context_dim is not None:
+        raise ValueError(f"{where}: conditional planar, radial and Sylvester flows are not "
+                         f"supported (these layers have no conditioner and refflow has no "
+                         f"amortisation network); got context_dim={context_dim!r}")
+
+
+def _stack(where, dim, n_layers, rng, context_dim, make_layer):
+    """``n_layers`` layers from ``make_layer(dim, rng)``, validated and named ``where``."""
+    _unconditional(where, context_dim)
+    dim = check_dim(dim, where)
+    n_layers = _int_option(n_layers, where, "n_layers")
+    rng = check_rng(rng, f"{where}: rng")
+    return _build(where, lambda: _flow([make_layer(dim, rng) for _ in range(n_layers)]))
+
+
+def PlanarFlow(dim, *, n_layers=16, context_dim=None, rng=None):
+    r"""A stack of planar layers ``x = z + u_hat tanh(w^T z + b)`` (Rezende & Mohamed 2015).
+
+    Parameters
+    ----------
+    dim : int
+    n_layers : int, default 16
+        ``K`` (the paper shows K = 2, 8, 32; van den Berg et al. compare flows of 16 layers).
+    context_dim : None
+        Only None: a planar layer has no conditioner, so conditional planar flows are refused.
+    rng : None, int or numpy.random.Generator
+        Seeds each layer's initialisation.
+
+    Returns
+    -------
+    Flow
+
+    Raises
+    ------
+    ValueError
+        For an invalid option or a ``context_dim``.
+
+    Notes
+    -----
+    Each layer is initialised by :class:`~refflow.Planar` from ``rng`` (``u``, ``w``, ``b``
+    from ``N(0, 1/dim)``) and keeps the paper's invertibility constraint (appendix A.1).
+    Density evaluation runs each layer's numerical inverse; the family is mostly fitted by
+    reverse KL (``Flow.kl_and_grad``), through the closed-form forward pass.
+
+    References
+    ----------
+    Rezende, Mohamed, "Variational Inference with Normalizing Flows", 2015, arXiv:1505.05770.
+    """
+    return _stack("PlanarFlow", dim, n_layers, rng, context_dim,
+                  lambda d, g: Planar(d, rng=g))
+
+
+def RadialFlow(dim, *, n_layers=16, context_dim=None, rng=None):
+    r"""A stack of radial layers ``x = z + beta (z - z0) / (alpha + |z - z0|)``.
+
+    Rezende & Mohamed (2015); each :class:`~refflow.Radial` layer has ``alpha > 0``,
+    ``beta >= -alpha`` by construction and a closed-form inverse.
+
+    Parameters
+    ----------
+    dim : int
+    n_layers : int, default 16
+    context_dim : None
+        Only None (no conditioner, so no conditional radial flows).
+    rng : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    Flow
+
+    Raises
+    ------
+    ValueError
+        For an invalid option or a ``context_dim``.
+
+    References
+    ----------
+    Rezende, Mohamed, "Variational Inference with Normalizing Flows", 2015, arXiv:1505.05770.
+    """
+    return _stack("RadialFlow", dim, n_layers, rng, context_dim,
+                  lambda d, g: Radial(d, rng=g))
+
+
+def SylvesterFlow(dim, *, n_layers=16, m=None, q="householder", context_dim=None, rng=None):
+    r"""A stack of Sylvester layers ``x = z + Q R h(R~ Q^T z + b)`` (van den Berg et al. 2018).
+
+    Parameters
+    ----------
+    dim : int
+    n_layers : int, default 16
+        The paper's number of flows in its comparisons.
+    m : int, optional
+        Number of columns of ``Q``, ``1 <= m <= dim`` (default ``dim``).
+    q : {"householder", "permutation"}, default "householder"
+        H-SNF (``Q`` from trainable Householder reflections) or T-SNF (``Q`` a fixed random
+        permutation per layer); see :class:`~refflow.Sylvester`.
+    context_dim : None
+        Only None (no amortisation network).
+    rng : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    Flow
+
+    Raises
+    ------
+    ValueError
+        For an invalid option (``Sylvester``'s own checks, prefixed ``SylvesterFlow``) or a
+        ``context_dim``.
+
+    References
+    ----------
+    van den Berg, Hasenclever, Tomczak, Welling, "Sylvester Normalizing Flows for Variational
+    Inference", 2018, arXiv:1803.05649.
+    """
+    return _stack("SylvesterFlow", dim, n_layers, rng, context_dim,
+                  lambda d, g: Sylvester(d, m=m, q=q, rng=g))
+
+
+def _nsf_coupling(dim, **options):
+    """``NSF(dim, autoregressive=False, **options)``: RQ-NSF (C), the ``"nsf-coupling"`` builder."""
+    if "autoregressive" in options:
+        raise ValueError("nsf-coupling: autoregressive is fixed to False for this builder; "
+                         "use NSF(dim, autoregressive=...) instead")
+    return NSF(dim, autoregressive=False, **options)
+
+
+#: Builders by name: ``BUILDERS[name](dim, **options) -> Flow``. ``"nsf"`` is the
+#: autoregressive NSF, ``"nsf-coupling"`` the coupling one (``NSF(..., autoregressive=False)``).
+BUILDERS = {
+    "realnvp": RealNVP,
+    "maf": MAF,
+    "nsf": NSF,
+    "nsf-coupling": _nsf_coupling,
+    "glow": Glow,
+    "planar": PlanarFlow,
+    "radial": RadialFlow,
+    "sylvester": SylvesterFlow,
+}
