@@ -9,12 +9,17 @@ from . import datasets, nn, params, testing
 from .bijectors import (
     ActNorm, AdditiveCoupling, Affine, AffineCoupling, BatchNorm, Bijector, Chain, Exp,
     Householder, Inverse, LeakyReLU, Logit, LULinear, MaskedAffineAutoregressive,
-    MaskedSplineAutoregressive, Permute, RationalQuadraticSpline, Reverse, Sigmoid, Softplus,
-    SplineCoupling, Tanh,
+    MaskedSplineAutoregressive, Permute, Planar, Radial, RationalQuadraticSpline, Reverse,
+    Sigmoid, Softplus, SplineCoupling, Sylvester, Tanh,
 )
 from .splines import rational_quadratic_spline, rational_quadratic_spline_vjp
 from .distributions import DiagNormal, Flow, StandardNormal
-from .optim import Adam
+from .optim import SGD, Adam, CosineAnnealing, clip_grad_norm
+from .train import History, TrainingDiverged, fit
+from .flows import BUILDERS, MAF, NSF, Glow, PlanarFlow, RadialFlow, RealNVP, SylvesterFlow
+from .estimator import FlowDensity
+from . import io, optim, train, flows
+from .io import load, save
 
 __version__ = "0.1.0"
 
@@ -29,11 +34,20 @@ __all__ = [
     "ActNorm", "BatchNorm",
     # coupling and autoregressive (conditioners in refflow.nn)
     "AdditiveCoupling", "AffineCoupling", "MaskedAffineAutoregressive",
+    # Rezende & Mohamed family
+    "Planar", "Radial", "Sylvester",
     # splines
     "RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive",
     "rational_quadratic_spline", "rational_quadratic_spline_vjp",
     # distributions, flows, training
-    "StandardNormal", "DiagNormal", "Flow", "Adam",
+    "StandardNormal", "DiagNormal", "Flow",
+    # training
+    "Adam", "SGD", "CosineAnnealing", "clip_grad_norm", "fit", "History", "TrainingDiverged",
+    # builders and the estimator
+    "RealNVP", "MAF", "NSF", "Glow", "PlanarFlow", "RadialFlow", "SylvesterFlow", "BUILDERS",
+    "FlowDensity",
+    # save and load (model files hold arrays and JSON only)
+    "save", "load",
     # submodules
-    "testing", "datasets", "params", "nn",
+    "testing", "datasets", "params", "nn", "io", "optim", "train", "flows",
 ]
