@@ -40,8 +40,9 @@ class TrainingDiverged(ValueError):
 
     Attributes
     ----------
-    history : History
-        The completed epochs (``stop_reason == "diverged"``).
+    history : History or dict
+        The completed epochs (``stop_reason == "diverged"``) for :func:`fit`; the dict history
+        of :func:`refflow.variational.fit_reverse_kl` (its ``epoch`` is None) for reverse KL.
     epoch : int
         0-based epoch in which it happened.
     step : int
