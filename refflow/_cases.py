@@ -141,6 +141,15 @@ CASES = {
             3, hidden=(8, 8), order="random", hidden_degrees="random", scale="softclip",
             context_dim=2, rng=r), r),
         _normal(), _normal()),
+    # scale_side="density": zuko's MAF (softclip) and nflows' (softplus) convention.
+    "maf_density_softclip_conditional": _case(
+        lambda r: _randomize(B.MaskedAffineAutoregressive(
+            4, hidden=(10, 10), scale="softclip", scale_side="density", context_dim=2, rng=r), r),
+        _normal(), _normal()),
+    "maf_density_softplus_reverse": _case(
+        lambda r: _randomize(B.MaskedAffineAutoregressive(
+            3, hidden=(8,), order="reverse", scale="softplus", scale_side="density", rng=r), r),
+        _normal(), _normal()),
     "iaf": _case(lambda r: B.Inverse(_randomize(B.MaskedAffineAutoregressive(
         3, hidden=(8,), scale="tanh", rng=r), r)), _normal(), _normal()),
     "additive_coupling": _case(
@@ -153,6 +162,15 @@ CASES = {
         lambda r: _randomize(B.AffineCoupling(
             5, mask=np.array([True, False, True, False, True]), hidden=(8,), activation="elu",
             context_dim=3, rng=r), r),
+        _normal(), _normal()),
+    "affine_coupling_density": _case(
+        lambda r: _randomize(B.AffineCoupling(
+            4, hidden=(8, 8), scale="sigmoid", scale_side="density", rng=r), r),
+        _normal(), _normal()),
+    "affine_coupling_density_conditional": _case(
+        lambda r: _randomize(B.AffineCoupling(
+            5, mask=np.array([False, True, False, True, True]), hidden=(8,), activation="tanh",
+            scale="softclip", scale_side="density", context_dim=2, rng=r), r),
         _normal(), _normal()),
     "rqs_durkan": _knot_safe_case(
         lambda r: _randomize(B.RationalQuadraticSpline(3, n_bins=5), r, 1.0), _normal(2.0), _normal(2.0)),

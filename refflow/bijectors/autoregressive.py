@@ -8,7 +8,9 @@ autoregressive order; ``log_scale_i = l(u_i)`` by a named scale map (:mod:`.scal
     inverse (density)    z_i = (x_i - mu_i(x_<i)) * exp(-log_scale_i(x_<i))
 
 The Jacobian is triangular in the order, so ``log|det dx/dz| = sum_i log_scale_i`` (evaluated at
-``x``) and the inverse log-det is its negative. The density direction is one MADE pass; the
+``x``) and the inverse log-det is its negative. With ``scale_side="density"`` the scale
+multiplies in the density direction instead, as in zuko and nflows:
+``z_i = x_i * exp(log_scale_i(x_<i)) + mu_i(x_<i)``, ``log|det dz/dx| = sum_i log_scale_i``. The density direction is one MADE pass; the
 sampling direction is ``dim`` sequential passes (pass ``k`` fixes the coordinate of degree ``k``).
 """
 
@@ -21,6 +23,8 @@ from .base import Bijector
 from .scale_maps import get_scale_map
 
 __all__ = ["MaskedAffineAutoregressive"]
+
+_SCALE_SIDES = ("sampling", "density")
 
 
 def fixed_point_adjoint(x_bar, step, max_steps):
@@ -114,6 +118,13 @@ class MaskedAffineAutoregressive(_MaskedAutoregressive):
     activation : str, default "relu"
     scale : str, default "exp"
         Scale map (``"exp"`` is the MAF paper's raw log-scale; see :mod:`.scale_maps`).
+    scale_side : {"sampling", "density"}, default "sampling"
+        The direction in which the scale multiplies. ``"sampling"`` (the MAF paper, TFP):
+        ``x = z * exp(l(u)) + mu``. ``"density"`` (zuko's ``MonotonicAffineTransform``,
+        nflows' ``MaskedAffineAutoregressiveTransform``): ``z = x * exp(l(u)) + mu``, so
+        ``log|dz/dx| = sum_i l(u_i)`` and sampling is ``x = (z - mu) * exp(-l(u))``. In both,
+        ``mu, u`` are MADE outputs at ``x`` (the data side). zuko's MAF is ``scale="softclip",
+        scale_side="density"``; nflows' is ``scale="softplus", scale_side="density"``.
     context_dim : int, optional
         Makes the layer conditional: the context is an input of every MADE hidden unit of the
         first layer.
@@ -151,6 +162,17 @@ class MaskedAffineAutoregressive(_MaskedAutoregressive):
     ``z_bar = lambda s`` and the parameter (and context) cotangents are the MADE pullback at the
     final ``lambda``. No finite differences anywhere.
 
+    **scale_side="density"** (``e = exp(l(u))``): inverse ``z = x e + mu``,
+    ``log_det = +sum_i l(u_i)``, pullback::
+
+        mu_bar = z_bar,   l_bar = z_bar x e + g,   u_bar = l_bar l'(u),
+        x_bar  = z_bar e + MADE-pullback_x(mu_bar, u_bar)
+
+    forward ``x = (z - mu) / e`` (``dim`` passes), ``log_det = -sum_i l(u_i)``; the adjoint of
+    the fixed point ``x = G(x) = (z - mu(x)) / e(x)`` uses head cotangents
+    ``mu_bar = -lambda / e``, ``l_bar = -lambda x - g`` (since ``dx/dmu = -1/e``,
+    ``dx/dl = -x``), then ``z_bar = lambda / e``.
+
     IAF (Kingma et al. 2016) is this layer run the other way, ``Inverse(MaskedAffineAutoregressive(...))``:
     its sampling direction is the one-pass density direction here.
 
@@ -176,22 +198,32 @@ class MaskedAffineAutoregressive(_MaskedAutoregressive):
     """
 
     def __init__(self, dim, *, hidden=(64, 64), order="natural", hidden_degrees="cyclic",
-                 activation="relu", scale="exp", context_dim=None, zero_last=False, rng=None):
+                 activation="relu", scale="exp", scale_side="sampling", context_dim=None,
+                 zero_last=False, rng=None):
         self._scale_map = get_scale_map(scale, "MaskedAffineAutoregressive")
+        if not isinstance(scale_side, str) or scale_side not in _SCALE_SIDES:
+            raise ValueError(f"MaskedAffineAutoregressive: scale_side must be one of "
+                             f"{list(_SCALE_SIDES)}, got {scale_side!r}")
         self.scale = scale
+        self.scale_side = scale_side
+        self._density = scale_side == "density"
         super().__init__(dim, 2, hidden, order, hidden_degrees, activation, context_dim,
                          zero_last, rng)
 
     def __repr__(self):
         extra = "" if self.context_dim is None else f", context_dim={self.context_dim}"
+        if self._density:
+            extra = f", scale_side='density'{extra}"
         return (f"MaskedAffineAutoregressive(dim={self.dim}, hidden={tuple(self.made.hidden)}, "
                 f"scale={self.scale!r}{extra})")
 
     def _config(self):
-        return dict(super()._config(), scale=self.scale)
+        return dict(super()._config(), scale=self.scale, scale_side=self.scale_side)
 
     # ----------------------------------------------------------------- density direction
     def _inverse_vjp(self, x, context=None):
+        if self._density:
+            return self._density_inverse_vjp(x, context)
         out, made_pullback = self.made._vjp(x, context)
         mu, u = out[..., 0], out[..., 1]
         log_scale, dlog_scale = self._scale_map(u)
@@ -212,20 +244,46 @@ class MaskedAffineAutoregressive(_MaskedAutoregressive):
     def _inverse(self, x, context=None):
         out = self.made._forward(x, context)
         log_scale, _ = self._scale_map(out[..., 1])
+        if self._density:
+            return x * np.exp(log_scale) + out[..., 0], log_scale.sum(axis=1)
         return (x - out[..., 0]) * np.exp(-log_scale), -log_scale.sum(axis=1)
 
     # ----------------------------------------------------------------- sampling direction
+    def _density_inverse_vjp(self, x, context):
+        """``scale_side="density"``: ``z = x e + mu``, ``log_det = sum l`` (class Notes)."""
+        out, made_pullback = self.made._vjp(x, context)
+        log_scale, dlog_scale = self._scale_map(out[..., 1])
+        scale = np.exp(log_scale)
+        z = x * scale + out[..., 0]
+        log_det = log_scale.sum(axis=1)
+        xs = x * scale  # dz/dl
+
+        def pullback(z_bar, log_det_bar):
+            head = np.empty(out.shape, dtype=x.dtype)
+            head[..., 0] = z_bar
+            head[..., 1] = (z_bar * xs + log_det_bar[:, None]) * dlog_scale
+            made_result = made_pullback(head)
+            return self._finish(z_bar * scale + made_result[0], made_result, context)
+
+        return z, log_det, pullback
+
     def _sample_coordinate(self, z_i, out_i):
         log_scale, _ = self._scale_map(out_i[:, 1])
+        if self._density:
+            return (z_i - out_i[:, 0]) * np.exp(-log_scale)
         return z_i * np.exp(log_scale) + out_i[:, 0]
 
     def _forward(self, z, context=None):
         x = self._sample_passes(z, context)
         out = self.made._forward(x, context)  # the last pass: every mu, u is final
         log_scale, _ = self._scale_map(out[..., 1])
+        if self._density:
+            return (z - out[..., 0]) * np.exp(-log_scale), -log_scale.sum(axis=1)
         return z * np.exp(log_scale) + out[..., 0], log_scale.sum(axis=1)
 
     def _forward_vjp(self, z, context=None):
+        if self._density:
+            return self._density_forward_vjp(z, context)
         x_partial = self._sample_passes(z, context)
         out, made_pullback = self.made._vjp(x_partial, context)
         mu, u = out[..., 0], out[..., 1]
@@ -247,5 +305,29 @@ class MaskedAffineAutoregressive(_MaskedAutoregressive):
             lam, _, made_result = fixed_point_adjoint(
                 x_bar, lambda lam: (None, made_pullback(head(lam))), max_steps)
             return self._finish(lam * scale, made_result, context)
+
+        return x, log_det, pullback
+
+    def _density_forward_vjp(self, z, context):
+        """``scale_side="density"`` sampling: ``x = (z - mu) / e``, ``log_det = -sum l``; the
+        fixed-point adjoint with heads ``mu_bar = -lambda / e``, ``l_bar = -lambda x - g``."""
+        x_partial = self._sample_passes(z, context)
+        out, made_pullback = self.made._vjp(x_partial, context)
+        log_scale, dlog_scale = self._scale_map(out[..., 1])
+        inv_scale = np.exp(-log_scale)
+        x = (z - out[..., 0]) * inv_scale
+        log_det = -log_scale.sum(axis=1)
+        max_steps = self.dim
+
+        def pullback(x_bar, log_det_bar):
+            def head(lam):
+                h = np.empty(out.shape, dtype=z.dtype)
+                h[..., 0] = -lam * inv_scale
+                h[..., 1] = (-lam * x - log_det_bar[:, None]) * dlog_scale
+                return h
+
+            lam, _, made_result = fixed_point_adjoint(
+                x_bar, lambda lam: (None, made_pullback(head(lam))), max_steps)
+            return self._finish(lam * inv_scale, made_result, context)
 
         return x, log_det, pullback

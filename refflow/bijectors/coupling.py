@@ -233,7 +233,13 @@ class _Coupling(Bijector):
 
     def _pass(self, direction, v, context, with_vjp):
         a, b = self._indices(direction)
-        run = _coupling_forward if direction == "forward" else _coupling_inverse
+        forward = direction == "forward"
+        if getattr(self, "scale_side", "sampling") == "density":
+            # z_b = x_b e^s + t is the sampling-side forward formula with (z, x) swapped, and
+            # x_b = (z_b - t) e^-s its inverse formula; the conditioner reads the identity
+            # part, equal on both sides, so the two passes (and their pullbacks) swap roles.
+            forward = not forward
+        run = _coupling_forward if forward else _coupling_inverse
         result = run(v, context, a, b, self.conditioner, self._scale_map(), with_vjp)
         if not with_vjp:
             return result
@@ -367,6 +373,13 @@ class AffineCoupling(_Coupling):
         Scale map (:mod:`refflow.bijectors.scale_maps`): ``"exp"`` (default, the paper's
         ``exp(s)``), ``"softplus"``, ``"sigmoid"`` (nflows' coupling default), ``"softclip"``
         or ``"tanh"`` (bounded log-scales).
+    scale_side : {"sampling", "density"}, optional
+        Where the scale multiplies. ``"sampling"`` (default, the RealNVP paper):
+        ``x_b = z_b exp(s) + t``. ``"density"`` (nflows' ``AffineCouplingTransform``, zuko's
+        coupling with ``MonotonicAffineTransform``): ``z_b = x_b exp(s) + t``, so the inverse
+        log-det is ``+sum_j s_j`` and sampling is ``x_b = (z_b - t) exp(-s)`` with
+        ``log_det = -sum_j s_j``; ``[t, u] = NN([x_a, context])`` as before. nflows' coupling
+        default is ``scale="sigmoid", scale_side="density"``.
     context_dim : int, optional
         Width of the context of a conditional layer; None (default) for an unconditional one.
     zero_last : bool, optional
@@ -425,7 +438,12 @@ class AffineCoupling(_Coupling):
         u_bar   = s_bar * s'
         [h_a_bar, context_bar] = J([t_bar, u_bar]),    x_a_bar = z_a_bar + h_a_bar
 
-    (from ``dz_b = (dx_b - dt) exp(-s) - z_b ds``). The layer multiplies by the scale in the
+    (from ``dz_b = (dx_b - dt) exp(-s) - z_b ds``). With ``scale_side="density"`` the two
+    formulas swap directions (``z`` and ``x`` exchanged): inverse ``z_b = x_b exp(s) + t``
+    with pullback ``x_b_bar = z_b_bar exp(s)``, ``t_bar = z_b_bar``,
+    ``s_bar = z_b_bar x_b exp(s) + log_det_bar``; forward ``x_b = (z_b - t) exp(-s)`` with
+    ``z_b_bar = x_b_bar exp(-s)``, ``t_bar = -z_b_bar``, ``s_bar = -x_b_bar x_b - log_det_bar``.
+    The layer multiplies by the scale in the
     sampling direction, as the paper writes it for its ``x -> y`` map; nflows'
     ``AffineCouplingTransform`` multiplies in the density direction, so with the same
     conditioner its scale is the reciprocal of this one.
@@ -452,10 +470,19 @@ class AffineCoupling(_Coupling):
     """
 
     def __init__(self, dim, *, mask=None, hidden=(64, 64), activation="relu", scale="exp",
-                 context_dim=None, zero_last=False, rng=None):
+                 scale_side="sampling", context_dim=None, zero_last=False, rng=None):
         get_scale_map(scale, f"{type(self).__name__}")  # ValueError naming the class
+        if not isinstance(scale_side, str) or scale_side not in ("sampling", "density"):
+            raise ValueError(f"{type(self).__name__}: scale_side must be one of ['sampling', "
+                             f"'density'], got {scale_side!r}")
         super().__init__(dim, mask, hidden, activation, context_dim, zero_last, rng, 2)
         self._scale_name = scale
+        self.scale_side = scale_side
+
+    def __repr__(self):
+        side = ", scale_side='density'" if self.scale_side == "density" else ""
+        return (f"AffineCoupling(dim={self.dim}, scale={self._scale_name!r}{side}, "
+                f"context_dim={self.context_dim})")
 
     def _config(self):
-        return dict(super()._config(), scale=self._scale_name)
+        return dict(super()._config(), scale=self._scale_name, scale_side=self.scale_side)

@@ -1,0 +1,544 @@
+r"""refflow as an oracle for PyTorch flow libraries: import a model, compare it with refflow.
+
+- :func:`from_zuko` builds the refflow :class:`~refflow.Flow` that computes exactly what a
+  ``zuko.flows.MAF``, ``NSF`` or ``RealNVP``/``NICE`` (affine or spline coupling) computes, with
+  the same weights (as float64), MADE masks, output layout, scale and spline maps and direction.
+- :func:`compare` evaluates both on the same points: per-sample log-prob differences and, per
+  peer parameter, the difference between the peer's autograd gradient of the mean log-prob and
+  refflow's hand-derived one (``Flow.nll_and_grad``), mapped back to the peer's parameter names.
+- :func:`assert_matches` is its assert-style twin for a peer's test suite.
+
+torch and zuko are imported inside the functions only: ``import refflow`` never needs them.
+
+Conventions bridged (see ``/work/shared/PEERS.md``):
+
+==============================  ==========================================================
+zuko                            refflow
+==============================  ==========================================================
+transforms map ``x -> z``,      ``Chain`` lists layers in the sampling direction, so zuko's
+``transforms[0]`` touches ``x``  list is reversed; every zuko layer is a density-direction
+                                layer already (``z = f(x)``), so no ``Inverse`` is needed
+``MonotonicAffineTransform``    ``scale="softclip", scale_side="density"``:
+(``z = x exp(l(u)) + shift``)   ``l(u) = u / (1 + |u / ln 1e-3|)``
+``MonotonicRQSTransform``       ``parameterization="zuko"``, ``bound`` (5), ``min_derivative``
+                                = zuko's ``slope``
+``MaskedMLP`` masks             explicit MADE ``order`` (ranks of zuko's bucketed order) and
+                                explicit hidden degrees, derived from zuko's mask buffers; the
+                                rebuilt masks are checked equal to zuko's
+MADE output ``(D, total)``      the same feature-major layout (``[shift, u]``; ``[w | h | d]``)
+coupling ``mask`` True =        ``mask`` True = transformed, so refflow's mask is ``~mask``;
+identity part; output           coupling output ``[t (n_b) | u (n_b)]``: the last layer's rows
+``(n_b, [shift, u])``           are permuted
+``DiagNormal(0, 1)`` base       ``StandardNormal`` (anything else is refused)
+==============================  ==========================================================
+
+Anything else (other layers, residual ``MaskedMLP``, ``normalize=True``, a slope other than
+1e-3 for the affine map, unsupported activations, one-feature element-wise flows) raises
+``ValueError`` naming the zuko class and the option; nothing is approximated.
+"""
+
+import copy
+import functools
+
+import numpy as np
+
+from ._interop_nflows import from_nflows  # torch and nflows are imported inside it, lazily
+
+__all__ = ["from_zuko", "from_nflows", "compare", "assert_matches", "ComparisonReport"]
+
+_SOFTCLIP_SLOPE = 1e-3  # refflow's "softclip" scale map is zuko's slope = 1e-3 exactly
+
+
+# ------------------------------------------------------------------------------- helpers
+def _require_torch(where):
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - exercised only without torch
+        raise ImportError(f"{where}: needs torch (pip install torch)") from None
+    return torch
+
+
+def _require_zuko(where):
+    _require_torch(where)
+    try:
+        import zuko
+    except ImportError:  # pragma: no cover
+        raise ImportError(f"{where}: needs zuko (pip install zuko)") from None
+    return zuko
+
+
+def _np64(tensor):
+    import torch
+    return tensor.detach().cpu().to(dtype=torch.float64).numpy().copy()
+
+
+def _activation_name(modules, where):
+    """refflow's name of the activation modules between the linear layers (all the same)."""
+    import torch.nn as nn
+    names = set()
+    for m in modules:
+        if type(m) is nn.ReLU:
+            names.add("relu")
+        elif type(m) is nn.Tanh:
+            names.add("tanh")
+        elif type(m) is nn.ELU and float(m.alpha) == 1.0:
+            names.add("elu")
+        elif type(m) is nn.GELU and m.approximate == "none":
+            names.add("gelu")
+        else:
+            raise ValueError(f"{where}: unsupported activation {type(m).__name__} (option "
+                             f"'activation'); "
+                             f"refflow has exactly ReLU, Tanh, ELU(alpha=1) and "
+                             f"GELU(approximate='none')")
+    if len(names) > 1:
+        raise ValueError(f"{where}: mixed activations {sorted(names)} (option 'activation')")
+    return names.pop() if names else "relu"
+
+
+def _split_sequential(seq, linear_types, where):
+    """``(linears, activation)`` of an ``nn.Sequential`` alternating linear and activation."""
+    modules = list(seq)
+    linears, acts = modules[0::2], modules[1::2]
+    # anything but torch's own activation modules between the linears (zuko's Residual
+    # blocks, LayerNorm) is a layout refflow's networks do not have
+    plain = all(type(m).__module__ == "torch.nn.modules.activation" for m in acts)
+    if len(modules) % 2 != 1 or not plain or not all(isinstance(m, linear_types) for m in linears):
+        names = [type(m).__name__ for m in modules]
+        raise ValueError(f"{where}: unsupported hyper-network layout {names} (options "
+                         f"'residual' / 'normalize'); refflow imports plain "
+                         f"Linear-activation-...-Linear stacks")
+    for lin in linears:
+        if lin.bias is None:
+            raise ValueError(f"{where}: a linear layer without bias (option 'bias=False') is "
+                             f"not supported")
+    return linears, _activation_name(acts, where)
+
+
+def _univariate(lazy, where):
+    """``(kind, options)`` from a zuko layer's ``univariate`` constructor."""
+    from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform
+    uni, kwargs = lazy.univariate, {}
+    if isinstance(uni, functools.partial):
+        if uni.args:
+            raise ValueError(f"{where}: univariate partial with positional arguments is not "
+                             f"supported (option 'univariate')")
+        uni, kwargs = uni.func, dict(uni.keywords)
+    shapes = [tuple(s) for s in lazy.shapes]
+    if uni is MonotonicAffineTransform:
+        slope = kwargs.pop("slope", 1e-3)
+        if kwargs or slope != _SOFTCLIP_SLOPE:
+            raise ValueError(f"{where}: MonotonicAffineTransform with options "
+                             f"{dict(kwargs, slope=slope)} (option 'slope'): refflow's "
+                             f"'softclip' scale map is zuko's slope = 1e-3 only")
+        if shapes != [(), ()]:
+            raise ValueError(f"{where}: MonotonicAffineTransform with shapes {shapes} "
+                             f"(option 'shapes'); expected ((), ())")
+        return "affine", {}
+    if uni is MonotonicRQSTransform:
+        bound = float(kwargs.pop("bound", 5.0))
+        slope = float(kwargs.pop("slope", 1e-3))
+        if kwargs:
+            raise ValueError(f"{where}: MonotonicRQSTransform options {sorted(kwargs)} are not "
+                             f"supported (option 'univariate')")
+        if len(shapes) != 3 or len(shapes[0]) != 1 or shapes[1] != shapes[0] \
+                or shapes[2] != (shapes[0][0] - 1,):
+            raise ValueError(f"{where}: MonotonicRQSTransform with shapes {shapes} (option "
+                             f"'shapes'); expected [(K,), (K,), (K - 1,)]")
+        return "spline", {"n_bins": shapes[0][0], "bound": bound, "min_derivative": slope}
+    name = getattr(uni, "__name__", type(uni).__name__)
+    raise ValueError(f"{where}: univariate transformation {name} is not supported (option "
+                     f"'univariate'); refflow imports MonotonicAffineTransform and "
+                     f"MonotonicRQSTransform")
+
+
+# ------------------------------------------------------------------ zuko layers -> specs
+def _made_structure(lazy, dim, context, where):
+    """Order and explicit hidden degrees reproducing a zuko ``MaskedMLP``'s masks exactly."""
+    from zuko.nn import MaskedLinear
+    linears, activation = _split_sequential(lazy.hyper, (MaskedLinear,), where)
+    masks = [_np64(lin.mask).astype(bool) for lin in linears]
+    if lazy.order is None:
+        raise ValueError(f"{where}: a MaskedAutoregressiveTransform built from an explicit "
+                         f"'adjacency' is not supported (option 'adjacency')")
+    bucket = lazy.order.detach().cpu().numpy().astype(np.int64)
+    # refflow needs a permutation: rank zuko's (possibly bucketed, tied) order, ties by index.
+    order = np.empty(dim, dtype=np.int64)
+    order[np.argsort(bucket, kind="stable")] = np.arange(dim)
+    degrees, prev = [], order + 1  # input degrees
+    for k, m in enumerate(masks[:-1]):
+        if k == 0:
+            mx = m[:, :dim]
+            d = mx.sum(axis=1).astype(np.int64)  # a prefix of the order: its length
+            if context:
+                if not m[:, dim:].all():
+                    raise ValueError(f"{where}: hidden units that do not see the whole context "
+                                     f"(option 'adjacency') cannot be expressed in refflow")
+        else:
+            d = np.array([prev[row].max() if row.any() else -1 for row in m], dtype=np.int64)
+        degrees.append(d)
+        prev = d
+    return order, degrees, activation, linears, masks
+
+
+def _check_masks(made, masks, where):
+    for k, (mine, theirs) in enumerate(zip(made.masks, masks)):
+        if mine.shape != theirs.shape or not np.array_equal(mine.astype(bool), theirs):
+            raise ValueError(f"{where}: zuko's MaskedMLP mask {k} cannot be expressed as a MADE "
+                             f"with an order and hidden degrees (option 'order' / "
+                             f"'adjacency' / 'passes'); refusing rather than approximating")
+
+
+def _convert_autoregressive(lazy, index, dim, context):
+    """One ``MaskedAutoregressiveTransform`` -> (refflow layer, {zuko name: (key, rows)})."""
+    from . import bijectors as B
+    where = f"from_zuko: transforms[{index}] (MaskedAutoregressiveTransform)"
+    kind, opts = _univariate(lazy, where)
+    order, degrees, activation, linears, masks = _made_structure(lazy, dim, context, where)
+    hidden = tuple(int(lin.weight.shape[0]) for lin in linears[:-1])
+    common = dict(hidden=hidden, order=order, activation=activation,
+                  context_dim=context or None, rng=0)
+    try:
+        if kind == "affine":
+            layer = B.MaskedAffineAutoregressive(dim, scale="softclip", scale_side="density",
+                                                 hidden_degrees=degrees, **common)
+        else:
+            layer = B.MaskedSplineAutoregressive(dim, parameterization="zuko",
+                                                 hidden_degrees=degrees, **opts, **common)
+    except ValueError as exc:
+        raise ValueError(f"{where}: its masks cannot be expressed as a refflow MADE ({exc})") \
+            from None
+    _check_masks(layer.made, masks, where)
+    names = {}
+    for k, lin in enumerate(linears):
+        names[f"hyper.{2 * k}.weight"] = (f"made.w{k}", None)
+        names[f"hyper.{2 * k}.bias"] = (f"made.b{k}", None)
+    for k, (lin, m) in enumerate(zip(linears, masks)):
+        layer.params[f"made.w{k}"] = _np64(lin.weight) * m  # the weight zuko uses: W * M
+        layer.params[f"made.b{k}"] = _np64(lin.bias)
+    return layer, names
+
+
+def _convert_coupling(lazy, index, dim, context):
+    from torch import nn
+    from zuko.nn import Linear as ZukoLinear
+
+    from . import bijectors as B
+    where = f"from_zuko: transforms[{index}] (GeneralCouplingTransform)"
+    kind, opts = _univariate(lazy, where)
+    linears, activation = _split_sequential(lazy.hyper, (nn.Linear, ZukoLinear), where)
+    if any(lin.weight.dim() != 2 for lin in linears):
+        raise ValueError(f"{where}: stacked linear layers (option 'stack') are not supported")
+    zmask = lazy.mask.detach().cpu().numpy().astype(bool)  # zuko: True = identity part
+    n_b = int((~zmask).sum())
+    hidden = tuple(int(lin.weight.shape[0]) for lin in linears[:-1])
+    common = dict(mask=~zmask, hidden=hidden, activation=activation,
+                  context_dim=context or None, rng=0)
+    if kind == "affine":
+        layer = B.AffineCoupling(dim, scale="softclip", scale_side="density", **common)
+        # zuko's rows are (feature j, [shift, u]) at 2j, 2j + 1; refflow's [t (n_b) | u (n_b)]
+        rows = np.concatenate([2 * np.arange(n_b), 2 * np.arange(n_b) + 1])
+    else:
+        layer = B.SplineCoupling(dim, parameterization="zuko", **opts, **common)
+        rows = None  # the same (n_b, [w | h | d]) layout
+    names, last = {}, len(linears) - 1
+    for k, lin in enumerate(linears):
+        r = rows if k == last else None
+        w, b = _np64(lin.weight), _np64(lin.bias)
+        layer.params[f"conditioner.w{k}"] = w if r is None else w[r]
+        layer.params[f"conditioner.b{k}"] = b if r is None else b[r]
+        names[f"hyper.{2 * k}.weight"] = (f"conditioner.w{k}", r)
+        names[f"hyper.{2 * k}.bias"] = (f"conditioner.b{k}", r)
+    return layer, names
+
+
+def _convert(flow, where="from_zuko"):
+    """``(refflow Flow, {zuko parameter name: (refflow key, row permutation or None)})``."""
+    zuko = _require_zuko(where)
+    from zuko.flows.autoregressive import MaskedAutoregressiveTransform
+    from zuko.flows.coupling import GeneralCouplingTransform
+    from zuko.lazy import Flow as ZukoFlow
+    from zuko.lazy import LazyComposedTransform, UnconditionalDistribution
+
+    from .bijectors import Chain
+    from .distributions import Flow, StandardNormal
+    if not isinstance(flow, ZukoFlow):
+        raise TypeError(f"{where}: expected a zuko.flows.Flow (MAF, NSF, RealNVP, ...), got "
+                        f"{type(flow).__name__}")
+    base = flow.base
+    if not (isinstance(base, UnconditionalDistribution) and base.f is zuko.distributions.DiagNormal):
+        raise ValueError(f"{where}: base {type(base).__name__} ({base!r}) is not supported "
+                         f"(option 'base'); refflow imports a standard DiagNormal base")
+    buffers = dict(base.named_buffers())
+    if set(buffers) != {"loc", "scale"} or list(base.named_parameters()):
+        raise ValueError(f"{where}: base {base!r} is not a fixed DiagNormal(loc, scale) "
+                         f"(option 'base')")
+    loc, scale = _np64(buffers["loc"]), _np64(buffers["scale"])
+    if loc.ndim != 1 or not (np.all(loc == 0.0) and np.all(scale == 1.0)):
+        raise ValueError(f"{where}: base DiagNormal has loc {loc.tolist()} and scale "
+                         f"{scale.tolist()} (option 'base'); refflow's StandardNormal needs "
+                         f"loc 0 and scale 1")
+    dim = loc.shape[0]
+    transform = flow.transform
+    lazies = list(transform.transforms) if isinstance(transform, LazyComposedTransform) \
+        else [transform]
+    layers, names, n = [], {}, len(lazies)
+    for i, lazy in enumerate(lazies):
+        prefix = f"transform.transforms.{i}." if isinstance(transform, LazyComposedTransform) \
+            else "transform."
+        if isinstance(lazy, MaskedAutoregressiveTransform):
+            features, context = _features(lazy, dim, i, where)
+            layer, layer_names = _convert_autoregressive(lazy, i, dim, context)
+        elif isinstance(lazy, GeneralCouplingTransform):
+            features, context = _features(lazy, dim, i, where)
+            layer, layer_names = _convert_coupling(lazy, i, dim, context)
+        else:
+            raise ValueError(f"{where}: transforms[{i}] is a {type(lazy).__name__}, which "
+                             f"refflow cannot import (supported: MaskedAutoregressiveTransform "
+                             f"and GeneralCouplingTransform with MonotonicAffineTransform or "
+                             f"MonotonicRQSTransform)")
+        layers.append(layer)
+        # zuko applies transforms[0] to x first; refflow's Chain lists the sampling direction,
+        # so zuko's layer i is refflow's layer n - 1 - i.
+        names.update({prefix + zname: (f"bijector.layers.{n - 1 - i}.{key}", rows)
+                      for zname, (key, rows) in layer_names.items()})
+    missing = [name for name, _ in flow.named_parameters() if name not in names]
+    if missing:
+        raise ValueError(f"{where}: parameters {missing} have no refflow counterpart")
+    return Flow(StandardNormal(dim), Chain(layers[::-1])), names
+
+
+def _features(lazy, dim, index, where):
+    """``(features, context)`` of a zuko layer, from its hyper-network's first layer."""
+    first = list(lazy.hyper)[0]
+    n_in = int(first.weight.shape[1])
+    if type(lazy).__name__ == "GeneralCouplingTransform":
+        n_a = int(lazy.mask.sum())
+        if lazy.mask.shape[0] != dim:
+            raise ValueError(f"{where}: transforms[{index}] has {lazy.mask.shape[0]} features, "
+                             f"the base {dim}")
+        return dim, n_in - n_a
+    if lazy.order is not None and lazy.order.shape[0] != dim:
+        raise ValueError(f"{where}: transforms[{index}] has {lazy.order.shape[0]} features, the "
+                         f"base {dim}")
+    return dim, n_in - dim
+
+
+def from_zuko(flow):
+    """The refflow :class:`~refflow.Flow` that computes exactly what a zuko flow computes.
+
+    Parameters
+    ----------
+    flow : zuko.flows.Flow
+        A ``MAF``, ``NSF``, ``RealNVP`` / ``NICE`` (or any ``zuko.flows.Flow`` made of
+        ``MaskedAutoregressiveTransform`` and ``GeneralCouplingTransform`` layers with
+        ``MonotonicAffineTransform`` or ``MonotonicRQSTransform``), conditional or not, with a
+        ``DiagNormal(0, 1)`` base.
+
+    Returns
+    -------
+    refflow.Flow
+        ``Flow(StandardNormal(D), Chain([...]))`` with zuko's layers in reverse (refflow lists
+        the sampling direction), the weights copied as float64 (masked weights stored as
+        ``W * M``), MADE orders and hidden degrees that reproduce zuko's masks exactly (checked),
+        ``scale="softclip", scale_side="density"`` for affine layers and
+        ``parameterization="zuko"`` with zuko's bound and slope for spline layers. zuko's
+        ``flow(c).log_prob(x)`` equals ``model.log_prob(x, context=c)``, and
+        ``flow(c).transform.inv(z)`` equals ``model.bijector.forward(z, context=c)[0]``.
+
+    Raises
+    ------
+    TypeError
+        ``flow`` is not a zuko flow.
+    ValueError
+        An unsupported layer or option, naming the zuko class and the option.
+
+    Examples
+    --------
+    >>> import numpy as np, torch, zuko                                # doctest: +SKIP
+    >>> from refflow.interop import from_zuko, assert_matches         # doctest: +SKIP
+    >>> flow = zuko.flows.MAF(3, transforms=2, hidden_features=[16])   # doctest: +SKIP
+    >>> model = from_zuko(flow)                                        # doctest: +SKIP
+    >>> assert_matches(flow, model, np.random.default_rng(0).normal(size=(8, 3)))  # doctest: +SKIP
+    """
+    return _convert(flow)[0]
+
+
+# --------------------------------------------------------------------------- comparison
+class ComparisonReport:
+    """Result of :func:`compare`.
+
+    Attributes
+    ----------
+    log_prob_peer, log_prob_refflow : ndarray (n,)
+    log_prob_diff : ndarray (n,)
+        ``refflow - peer``.
+    log_prob_rel : ndarray (n,)
+        ``|diff| / max(|peer|, 1)`` (relative, with an absolute floor of 1 nat near 0).
+    grad_rel : dict
+        Per peer parameter name: ``||g_refflow - g_peer|| / ||g_peer||`` (Frobenius norm; the
+        absolute norm of the difference when ``g_peer`` is 0), for the gradient of the mean
+        log-prob.
+    grad_peer, grad_refflow : dict of ndarray
+        The two gradients, in the peer's names and shapes.
+    rtol_log_prob, rtol_grad : float
+    ok : bool
+        Every ``log_prob_rel <= rtol_log_prob`` and every ``grad_rel <= rtol_grad``.
+    """
+
+    def __init__(self, lp_peer, lp_ref, grad_peer, grad_ref, rtol_log_prob, rtol_grad, peer):
+        self.peer = peer
+        self.log_prob_peer, self.log_prob_refflow = lp_peer, lp_ref
+        self.log_prob_diff = lp_ref - lp_peer
+        self.log_prob_rel = np.abs(self.log_prob_diff) / np.maximum(np.abs(lp_peer), 1.0)
+        self.grad_peer, self.grad_refflow = grad_peer, grad_ref
+        self.grad_rel = {}
+        for name, g in grad_peer.items():
+            diff = float(np.linalg.norm(grad_ref[name] - g))
+            norm = float(np.linalg.norm(g))
+            self.grad_rel[name] = diff / norm if norm > 0 else diff
+        self.rtol_log_prob, self.rtol_grad = rtol_log_prob, rtol_grad
+        bad_lp = ~(self.log_prob_rel <= rtol_log_prob)  # NaN counts as a failure
+        self.bad_samples = np.flatnonzero(bad_lp)
+        self.bad_params = [k for k, v in self.grad_rel.items() if not v <= rtol_grad]
+        self.ok = not bad_lp.any() and not self.bad_params
+
+    @property
+    def max_log_prob_rel(self):
+        return float(np.max(self.log_prob_rel)) if self.log_prob_rel.size else 0.0
+
+    @property
+    def max_grad_rel(self):
+        return max(self.grad_rel.values(), default=0.0)
+
+    def __str__(self, worst=5):
+        lines = [f"refflow vs {self.peer}: {'OK' if self.ok else 'MISMATCH'}",
+                 f"  log-prob: {self.log_prob_rel.size} samples, max relative difference "
+                 f"{self.max_log_prob_rel:.3e} (rtol {self.rtol_log_prob:.0e}), "
+                 f"{self.bad_samples.size} above"]
+        order = np.argsort(-np.nan_to_num(self.log_prob_rel, nan=np.inf))[:worst]
+        lines.append(f"    {'sample':>8} {'peer':>22} {'refflow':>22} {'rel diff':>10}")
+        for i in order:
+            lines.append(f"    {i:>8d} {self.log_prob_peer[i]:>22.15g} "
+                         f"{self.log_prob_refflow[i]:>22.15g} {self.log_prob_rel[i]:>10.3e}")
+        lines.append(f"  gradient of the mean log-prob: {len(self.grad_rel)} parameters, max "
+                     f"relative difference {self.max_grad_rel:.3e} (rtol {self.rtol_grad:.0e}), "
+                     f"{len(self.bad_params)} above")
+        ranked = sorted(self.grad_rel, key=lambda k: -np.nan_to_num(self.grad_rel[k], nan=np.inf))
+        width = max([len(k) for k in ranked[:worst]] + [9])
+        lines.append(f"    {'parameter':<{width}} {'|g_peer|':>10} {'rel diff':>10}")
+        for k in ranked[:worst]:
+            lines.append(f"    {k:<{width}} {np.linalg.norm(self.grad_peer[k]):>10.3e} "
+                         f"{self.grad_rel[k]:>10.3e}")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (f"ComparisonReport(ok={self.ok}, max_log_prob_rel={self.max_log_prob_rel:.3e}, "
+                f"max_grad_rel={self.max_grad_rel:.3e})")
+
+
+def _peer_kind(torch_flow):
+    try:
+        from zuko.lazy import Flow as ZukoFlow
+    except ImportError:  # pragma: no cover
+        ZukoFlow = ()
+    if ZukoFlow and isinstance(torch_flow, ZukoFlow):
+        return "zuko"
+    module = type(torch_flow).__module__
+    if module.startswith("nflows"):
+        return "nflows"
+    raise TypeError(f"compare: torch_flow must be a zuko or nflows flow, got "
+                    f"{type(torch_flow).__name__}")
+
+
+def _peer_mapping(torch_flow, model, kind):
+    """``{peer parameter name: (refflow key, rows)}`` with ``refflow = peer[rows]``."""
+    if kind == "zuko":
+        return _convert(torch_flow, "compare")[1]
+    # nflows: from_nflows (refflow._interop_nflows) records {refflow key: (peer name, rows)}
+    recorded = getattr(model, "peer_parameters", None)
+    if not isinstance(recorded, dict):
+        raise ValueError("compare: for an nflows flow, model must come from from_nflows (it "
+                         "carries the parameter map 'peer_parameters')")
+    mapping = {}
+    for key, (name, rows) in recorded.items():
+        if name in mapping:
+            raise ValueError(f"compare: peer parameter {name!r} maps to several refflow "
+                             f"parameters; not supported")
+        mapping[name] = (key, rows)
+    return mapping
+
+
+def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_grad=1e-8):
+    """Compare a peer (zuko) flow with a refflow model on the points ``x``.
+
+    The peer runs on a float64 copy (``copy.deepcopy(torch_flow).double()``; the caller's
+    module and torch's default dtype are left alone). Its autograd gradient of
+    ``mean(log_prob(x))`` is compared, per peer parameter, with refflow's
+    (``-Flow.nll_and_grad``), mapped back to the peer's names (rows of a coupling layer's last
+    linear permuted back).
+
+    Parameters
+    ----------
+    torch_flow : zuko.flows.Flow or nflows.flows.Flow
+    model : refflow.Flow
+        ``from_zuko(torch_flow)`` (possibly imported before the peer was trained further: the
+        parameter map is rebuilt from ``torch_flow``), or ``from_nflows(torch_flow)`` (its
+        recorded ``peer_parameters`` map is used).
+    x : array_like (n, D)
+    context : array_like (n, C) or (C,), optional
+    rtol_log_prob, rtol_grad : float
+        Thresholds for ``ok`` (see :class:`ComparisonReport`).
+
+    Returns
+    -------
+    ComparisonReport
+    """
+    torch = _require_torch("compare")
+    kind = _peer_kind(torch_flow)
+    mapping = _peer_mapping(torch_flow, model, kind)
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != model.dim:
+        raise ValueError(f"compare: x must have shape (n >= 1, {model.dim}), got {x.shape}")
+    c = None if context is None else np.asarray(context, dtype=np.float64)
+    params = model.params
+    for zname, (key, rows) in mapping.items():
+        if key not in params:
+            raise ValueError(f"compare: model has no parameter {key!r} (for the peer's "
+                             f"{zname!r}); build it with from_zuko")
+    peer = copy.deepcopy(torch_flow).double()
+    peer.zero_grad(set_to_none=True)
+    xt = torch.as_tensor(x)
+    ct = None if c is None else torch.as_tensor(c)
+    if kind == "zuko":
+        lp_t = peer(ct).log_prob(xt)
+    else:
+        lp_t = peer.log_prob(xt, context=ct)
+    lp_t.mean().backward()
+    lp_peer = lp_t.detach().numpy().copy()
+    named = dict(peer.named_parameters())
+    grad_peer = {n: (np.zeros(tuple(p.shape)) if p.grad is None else _np64(p.grad))
+                 for n, p in named.items() if n in mapping}
+    lp_ref = np.asarray(model.log_prob(x, context=c), dtype=np.float64)
+    _, grads = model.nll_and_grad(x, context=c)
+    grad_ref = {}
+    for zname in grad_peer:
+        key, rows = mapping[zname]
+        g = -np.asarray(grads[key], dtype=np.float64)  # d mean log-prob = -d nll
+        if rows is not None:
+            back = np.empty_like(g)
+            back[rows] = g
+            g = back
+        grad_ref[zname] = g
+    return ComparisonReport(lp_peer, lp_ref, grad_peer, grad_ref, rtol_log_prob, rtol_grad, kind)
+
+
+def assert_matches(torch_flow, model, x, context=None, rtol_log_prob=1e-10, rtol_grad=1e-8):
+    """Raise ``AssertionError`` with the :func:`compare` report unless the two flows agree.
+
+    Returns the report when they do.
+    """
+    report = compare(torch_flow, model, x, context, rtol_log_prob=rtol_log_prob,
+                     rtol_grad=rtol_grad)
+    if not report.ok:
+        raise AssertionError(str(report))
+    return report

@@ -1,0 +1,256 @@
+"""refflow.interop against zuko: imported MAF / NSF / RealNVP flows agree with zuko in float64.
+
+Log-probs to 1e-10 relative and gradients (zuko's autograd vs refflow's hand-derived pullbacks)
+to 1e-8 relative, for random and briefly trained models, conditional or not; sampling agrees
+given the same base noise; a planted mismatch is caught; unsupported layers are refused.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+zuko = pytest.importorskip("zuko")
+
+from refflow import MaskedAffineAutoregressive, MaskedSplineAutoregressive  # noqa: E402
+from refflow import AffineCoupling, SplineCoupling  # noqa: E402
+from refflow.interop import assert_matches, compare, from_zuko  # noqa: E402
+
+RTOL_LP, RTOL_GRAD, RTOL_ROUND_TRIP = 1e-10, 1e-8, 1e-10
+
+MODELS = {
+    "maf": lambda: zuko.flows.MAF(3, transforms=2, hidden_features=[16, 16]),
+    "maf_conditional": lambda: zuko.flows.MAF(4, 2, transforms=3, hidden_features=[16]),
+    "maf_randperm_wide": lambda: zuko.flows.MAF(6, transforms=2, hidden_features=[32, 24],
+                                                randperm=True),
+    "maf_passes2_conditional": lambda: zuko.flows.MAF(5, 3, transforms=2, passes=2,
+                                                      hidden_features=[16, 7]),
+    "maf_tanh": lambda: zuko.flows.MAF(3, transforms=2, hidden_features=[8],
+                                       activation=torch.nn.Tanh),
+    "nsf": lambda: zuko.flows.NSF(3, transforms=2, bins=5, hidden_features=[16, 16]),
+    "nsf_conditional": lambda: zuko.flows.NSF(4, 2, transforms=2, bins=4, hidden_features=[12]),
+    "nsf_elu_slope": lambda: zuko.flows.NSF(2, transforms=3, bins=6, slope=1e-2,
+                                            hidden_features=[8, 8], activation=torch.nn.ELU),
+    "realnvp": lambda: zuko.flows.RealNVP(4, transforms=3, hidden_features=[16, 16]),
+    "realnvp_conditional": lambda: zuko.flows.RealNVP(3, 2, transforms=2, hidden_features=[8]),
+    "realnvp_spline": lambda: zuko.flows.NICE(
+        5, 1, transforms=2, hidden_features=[8], randmask=True,
+        univariate=zuko.transforms.MonotonicRQSTransform, shapes=[(4,), (4,), (3,)]),
+}
+
+
+def _make(model_id, seed):
+    torch.manual_seed(seed)
+    flow = MODELS[model_id]()
+    for p in flow.parameters():  # larger than zuko's init, so the maps are far from identity
+        with torch.no_grad():
+            p.mul_(1.5)
+    return flow
+
+
+def _data(flow, n, seed):
+    rng = np.random.default_rng(seed)
+    model = from_zuko(flow)
+    x = 1.5 * rng.standard_normal((n, model.dim))
+    c = None if model.context_dim is None else rng.standard_normal((n, model.context_dim))
+    return model, x, c
+
+
+def _train(flow, x, c, steps=5):
+    """A few Adam steps in torch (float32, zuko's default), in place."""
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    ct = None if c is None else torch.as_tensor(c, dtype=torch.float32)
+    for _ in range(steps):
+        opt.zero_grad()
+        (-flow(ct).log_prob(xt).mean()).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("model_id", sorted(MODELS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_init_log_prob_and_gradients_agree(model_id, seed):
+    flow = _make(model_id, seed)
+    model, x, c = _data(flow, 16, seed)
+    report = assert_matches(flow, model, x, c, rtol_log_prob=RTOL_LP, rtol_grad=RTOL_GRAD)
+    assert report.ok and report.max_log_prob_rel <= RTOL_LP and report.max_grad_rel <= RTOL_GRAD
+    # every zuko parameter is compared, and the gradients are not trivially zero
+    assert set(report.grad_rel) == {n for n, _ in flow.named_parameters()}
+    assert sum(np.linalg.norm(g) for g in report.grad_peer.values()) > 0
+
+
+@pytest.mark.parametrize("model_id", ["maf_conditional", "nsf", "realnvp_conditional",
+                                      "realnvp_spline", "maf_passes2_conditional"])
+def test_briefly_trained_models_agree(model_id):
+    flow = _make(model_id, 3)
+    _, x, c = _data(flow, 32, 3)
+    _train(flow, x, c)
+    model = from_zuko(flow)  # imported after training
+    assert_matches(flow, model, x[:12], None if c is None else c[:12])
+
+
+@pytest.mark.parametrize("model_id", sorted(MODELS))
+def test_sampling_agrees_given_the_same_base_noise(model_id):
+    flow = _make(model_id, 5).double()
+    model, _, _ = _data(flow, 1, 5)
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((10, model.dim))
+    c = None if model.context_dim is None else rng.standard_normal((10, model.context_dim))
+    with torch.no_grad():
+        x_peer = flow(None if c is None else torch.as_tensor(c)).transform.inv(
+            torch.as_tensor(z)).numpy()
+    x_ref, _ = model.bijector.forward(z, context=c)
+    scale = np.maximum(np.abs(x_peer), 1.0)
+    assert np.max(np.abs(x_ref - x_peer) / scale) <= RTOL_ROUND_TRIP
+    # and refflow's sample_and_log_prob path gives the same log-density at those points
+    lp_ref = model.log_prob(x_ref, context=c)
+    with torch.no_grad():
+        lp_peer = flow(None if c is None else torch.as_tensor(c)).log_prob(
+            torch.as_tensor(x_peer)).numpy()
+    assert np.max(np.abs(lp_ref - lp_peer) / np.maximum(np.abs(lp_peer), 1.0)) <= RTOL_LP
+
+
+def test_layer_types_and_options_of_the_import():
+    model = from_zuko(_make("maf_conditional", 0))
+    layers = model.bijector.layers
+    assert all(isinstance(l, MaskedAffineAutoregressive) for l in layers)
+    assert all(l.scale == "softclip" and l.scale_side == "density" for l in layers)
+    # zuko's transforms[0] (natural order) touches x: refflow's last layer
+    assert layers[-1].made.order.tolist() == [0, 1, 2, 3]
+    assert layers[-2].made.order.tolist() == [3, 2, 1, 0]
+    nsf = from_zuko(_make("nsf_elu_slope", 0)).bijector.layers
+    assert all(isinstance(l, MaskedSplineAutoregressive) and l.parameterization == "zuko"
+               for l in nsf)
+    assert nsf[0]._map.min_derivative == 1e-2 and nsf[0].made.activation == "elu"
+    nvp = from_zuko(_make("realnvp", 0)).bijector.layers
+    assert all(isinstance(l, AffineCoupling) and l.scale_side == "density" for l in nvp)
+    # zuko's mask True = identity; refflow's True = transformed
+    flow = _make("realnvp", 0)
+    zmask = flow.transform.transforms[0].mask.numpy()
+    assert np.array_equal(nvp[-1].buffers["mask"], ~zmask)
+    assert isinstance(from_zuko(_make("realnvp_spline", 0)).bijector.layers[0], SplineCoupling)
+
+
+def test_imported_masks_equal_zukos():
+    flow = _make("maf_passes2_conditional", 0)
+    model = from_zuko(flow)
+    for i, lazy in enumerate(flow.transform.transforms):
+        layer = model.bijector.layers[len(model.bijector.layers) - 1 - i]
+        theirs = [m.mask.numpy() for m in lazy.hyper if hasattr(m, "mask")]
+        assert len(theirs) == len(layer.made.masks)
+        for a, b in zip(layer.made.masks, theirs):
+            assert np.array_equal(a.astype(bool), b)
+
+
+def test_planted_mismatch_is_caught():
+    flow = _make("nsf_conditional", 2)
+    model, x, c = _data(flow, 8, 2)
+    assert compare(flow, model, x, c).ok
+    with torch.no_grad():
+        flow.transform.transforms[1].hyper[2].weight[3, 1] += 1e-6  # after the import
+    report = compare(flow, model, x, c)
+    assert not report.ok
+    assert report.max_log_prob_rel > RTOL_LP
+    text = str(report)
+    assert "MISMATCH" in text
+    with pytest.raises(AssertionError, match="MISMATCH"):
+        assert_matches(flow, model, x, c)
+
+
+def test_planted_gradient_only_mismatch_names_the_parameter():
+    flow = _make("realnvp", 4)
+    model, x, c = _data(flow, 8, 4)
+    # perturb one refflow weight (refflow layer 2 is zuko's transforms[0]): the report must
+    # fail and name a parameter of that zuko layer among the worst gradient entries
+    key = "bijector.layers.2.conditioner.w1"
+    model.params[key] = model.params[key] * (1 + 1e-7)
+    report = compare(flow, model, x, c)
+    assert not report.ok
+    worst = max(report.grad_rel, key=report.grad_rel.get)
+    assert worst.startswith("transform.transforms.0.hyper.")
+    assert worst in str(report)
+
+
+def test_compare_does_not_touch_the_callers_model_or_default_dtype():
+    flow = _make("maf", 0)
+    before = copy.deepcopy(flow.state_dict())
+    dtype = torch.get_default_dtype()
+    model, x, c = _data(flow, 4, 0)
+    assert_matches(flow, model, x, c)
+    assert torch.get_default_dtype() == dtype
+    for k, v in flow.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k])
+    assert all(p.grad is None for p in flow.parameters())
+
+
+def test_scale_side_density_is_zukos_affine_map_on_one_layer():
+    """The affine layer itself: refflow's density-side MAF equals MonotonicAffineTransform."""
+    torch.manual_seed(0)
+    flow = zuko.flows.MAF(3, transforms=1, hidden_features=[8]).double()
+    layer = from_zuko(flow).bijector.layers[0]
+    x = np.random.default_rng(0).normal(size=(5, 3))
+    z_ref, ld_ref = layer.inverse(x)
+    t = flow.transform.transforms[0]()
+    xt = torch.as_tensor(x)
+    z_peer = t(xt)
+    ld_peer = t.log_abs_det_jacobian(xt, z_peer)
+    assert np.allclose(z_ref, z_peer.detach().numpy(), rtol=1e-13, atol=1e-13)
+    assert np.allclose(ld_ref, ld_peer.detach().numpy(), rtol=1e-13, atol=1e-13)
+
+
+# ----------------------------------------------------------------------- refused inputs
+def _refused(flow, *words):
+    with pytest.raises(ValueError) as info:
+        from_zuko(flow)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_unsupported_layers_and_options_are_refused():
+    torch.manual_seed(0)
+    _refused(zuko.flows.NAF(3, transforms=1, hidden_features=[8]), "transforms[0]",
+             "univariate", "MNN")
+    _refused(zuko.flows.Flow([zuko.flows.UnconditionalTransform(zuko.transforms.ExpTransform)],
+                             zuko.flows.MAF(3).base), "transforms[0]", "UnconditionalTransform",
+             "cannot import")
+    _refused(zuko.flows.MAF(3, transforms=1, hidden_features=[8], residual=True),
+             "MaskedAutoregressiveTransform", "residual")
+    _refused(zuko.flows.MAF(3, transforms=1, hidden_features=[8], activation=torch.nn.SiLU),
+             "MaskedAutoregressiveTransform", "activation")
+    _refused(zuko.flows.RealNVP(3, transforms=1, hidden_features=[8], normalize=True),
+             "GeneralCouplingTransform", "normalize")
+    _refused(zuko.flows.MAF(3, transforms=1, hidden_features=[8], univariate=_affine_slope_1e2),
+             "univariate", "_affine_slope_1e2")
+    _refused(zuko.flows.NCSF(3, transforms=1, hidden_features=[8]), "base", "BoxUniform")
+    flow = zuko.flows.MAF(3, transforms=1, hidden_features=[8])
+    flow.base.loc += 1.0
+    _refused(flow, "base", "loc")
+    _refused(zuko.flows.MAF(1, transforms=1, hidden_features=[8]), "transforms[0]")
+    adjacency = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 1]], dtype=bool)
+    custom = zuko.flows.Flow(
+        [zuko.flows.MaskedAutoregressiveTransform(3, adjacency=adjacency, hidden_features=[8])],
+        zuko.flows.MAF(3).base)
+    _refused(custom, "adjacency")
+    with pytest.raises(TypeError, match="zuko"):
+        from_zuko(torch.nn.Linear(2, 2))
+
+
+def _affine_slope_1e2(shift, scale):
+    return zuko.transforms.MonotonicAffineTransform(shift, scale, slope=1e-2)
+
+
+def test_affine_univariate_with_other_slope_is_refused():
+    import functools
+    flow = zuko.flows.MAF(3, transforms=1, hidden_features=[8], univariate=functools.partial(
+        zuko.transforms.MonotonicAffineTransform, slope=1e-2))
+    _refused(flow, "MonotonicAffineTransform", "slope")
+
+
+def test_compare_refuses_bad_points():
+    flow = _make("maf", 0)
+    model = from_zuko(flow)
+    with pytest.raises(ValueError, match="compare: x must have shape"):
+        compare(flow, model, np.zeros((4, 2)))
+    with pytest.raises(TypeError, match="compare"):
+        compare(torch.nn.Linear(2, 2), model, np.zeros((4, 3)))
