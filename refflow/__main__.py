@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -109,7 +110,8 @@ def read_data(source, n=None, seed=0):
         raise CommandError(f"{source}: cannot read the data: {exc}") from None
     if data.ndim == 1:
         data = data[:, None]
-    if data.ndim != 2 or data.shape[0] == 0 or not np.issubdtype(data.dtype, np.number):
+    # Real numbers only: complex data would lose its imaginary part (with a ComplexWarning).
+    if data.ndim != 2 or data.shape[0] == 0 or data.dtype.kind not in "biuf":
         raise CommandError(f"{source}: expected a non-empty numeric 2-D array (rows = points), "
                            f"got shape {data.shape} and dtype {data.dtype}")
     if not np.isfinite(data).all():
@@ -127,7 +129,10 @@ def _read_csv(path):
         skip = 0
     except ValueError:
         skip = 1
-    return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip)
+    # An empty file makes loadtxt warn; read_data then reports the empty array as one line.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*input contained no data", category=UserWarning)
+        return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip)
 
 
 def _load_model(path):
@@ -185,8 +190,12 @@ def cmd_score(args, out):
     scores = model.score_samples(x) if hasattr(model, "score_samples") else model.log_prob(x)
     if args.output:
         _write_npy(args.output, scores)
-    out(f"score: {x.shape[0]} points; mean log-density {scores.mean():.4f} "
-        f"(std {scores.std():.4f}, min {scores.min():.4f}, max {scores.max():.4f})"
+    # Points far outside the model can score -inf (the density underflows); the summary then
+    # shows inf/nan rather than emitting a RuntimeWarning from std().
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean, std = scores.mean(), scores.std()
+    out(f"score: {x.shape[0]} points; mean log-density {mean:.4f} "
+        f"(std {std:.4f}, min {scores.min():.4f}, max {scores.max():.4f})"
         + (f"; written to {args.output}" if args.output else ""))
     return 0
 

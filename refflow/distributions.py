@@ -28,6 +28,113 @@ def _check_n(n, where):
     return int(n)
 
 
+#: Rows per chunk of ``Flow.log_prob`` / ``sample`` / ``sample_and_log_prob`` when
+#: ``batch_size=None``: the temporaries of a pass (conditioner activations, per-layer outputs)
+#: then grow with the chunk, not with ``n``; a batch this small or smaller runs in one piece.
+DEFAULT_BATCH_SIZE = 65_536
+
+
+def _check_batch_size(batch_size, where):
+    """``batch_size`` as an int >= 1, or None for :data:`DEFAULT_BATCH_SIZE`."""
+    if batch_size is None:
+        return DEFAULT_BATCH_SIZE
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral) \
+            or batch_size < 1:
+        raise ValueError(f"{where}: batch_size must be a positive int or None, got "
+                         f"{batch_size!r}")
+    return int(batch_size)
+
+
+def _single_row(context):
+    """True for a 1-D context (one row shared by every point); anything else is left to the
+    context validation."""
+    try:
+        return np.ndim(context) == 1
+    except Exception:  # ragged nested lists: as_batch gives the error
+        return False
+
+
+def _batch_coupled(bijector):
+    """The first layer whose pass depends on the whole batch, not row by row (else None).
+
+    A training-mode ``BatchNorm`` normalises with the batch's statistics and an uninitialised
+    ``ActNorm`` initialises from the batch: splitting the batch into chunks would change their
+    results, so the chunked entry points refuse to split a flow holding one. Every other refflow
+    layer maps each row on its own.
+    """
+    from .bijectors.normalization import ActNorm, BatchNorm  # the only batch-coupled layers
+
+    stack = [bijector]
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, BatchNorm) and layer.training:
+            return layer, "is in training mode (it normalises with the batch's statistics); " \
+                          "call flow.eval() first"
+        if isinstance(layer, ActNorm) and not layer.buffers["initialized"]:
+            return layer, "is not initialised yet (its first call initialises it from the " \
+                          "whole batch)"
+        stack.extend(layer._children())
+    return None
+
+
+def _chunks(n, batch_size, bijector, explicit, where):
+    """Row ranges ``[(start, stop), ...]`` covering ``n`` rows in chunks of ``batch_size``.
+
+    One range when the batch fits, and when a layer is batch-coupled: then an explicit
+    ``batch_size`` smaller than ``n`` raises (the chunks would give other results), and the
+    default processes the whole batch at once, as without chunking.
+    """
+    if n <= batch_size:
+        return [(0, n)]
+    coupled = _batch_coupled(bijector)
+    if coupled is not None:
+        if explicit:
+            layer, why = coupled
+            raise ValueError(f"{where}: cannot split {n} rows into chunks of batch_size="
+                             f"{batch_size}: a {type(layer).__name__} layer {why}, or pass "
+                             f"batch_size=None")
+        return [(0, n)]
+    # Balanced chunks (sizes differ by at most one row, each at least half of batch_size), not
+    # full chunks and a remainder: OpenBLAS computes a GEMM with few rows (M * N <= ~1200 in
+    # 0.3.31) with its small-matrix kernel, which sums in another order, so a short last chunk
+    # would break bit-identity with the unchunked pass (tests/test_memory.py).
+    k = -(-n // batch_size)
+    return _Balanced(n, k)
+
+
+class _Balanced:
+    """The ``k`` balanced row ranges of ``n`` rows, computed on demand (``k`` may be huge)."""
+
+    def __init__(self, n, k):
+        self.n, self.k = n, k
+
+    def __len__(self):
+        return self.k
+
+    def __iter__(self):
+        n, k = self.n, self.k
+        return (((n * i) // k, (n * (i + 1)) // k) for i in range(k))
+
+
+def _empty(shape, where):
+    """``np.empty(shape)``, or a ValueError saying how much memory ``shape`` would need."""
+    try:
+        return np.empty(shape)
+    except (MemoryError, ValueError):
+        gib = np.prod(np.asarray(shape, dtype=float)) * 8 / 2**30
+        raise ValueError(f"{where}: an output of shape {tuple(shape)} needs {gib:.3g} GiB of "
+                         f"memory, more than is available; ask for fewer rows") from None
+
+
+def _finite_log_prob(lp, where):
+    """Raise when a log-density is not finite (it overflowed float64), naming the rows."""
+    if not np.isfinite(lp).all():
+        bad = ~np.isfinite(lp)
+        raise ValueError(f"{where}: the log-density is not finite for {int(bad.sum())} of "
+                         f"{lp.shape[0]} rows (first row {int(np.argmax(bad))}): the points lie "
+                         f"beyond the range where it is representable in {lp.dtype}")
+
+
 class _Distribution:
     """Shared validation: ``log_prob``, ``log_prob_vjp``, ``sample`` on ``(n, dim)`` arrays."""
 
@@ -140,7 +247,11 @@ class DiagNormal(_Distribution):
     def _log_prob_vjp(self, z):
         loc = self._params["loc"].astype(z.dtype)
         log_scale = self._params["log_scale"].astype(z.dtype)
-        inv_scale = np.exp(-log_scale)
+        with np.errstate(over="ignore"):
+            inv_scale = np.exp(-log_scale)
+        if not np.isfinite(inv_scale).all():
+            raise ValueError(f"DiagNormal.log_prob: exp(-log_scale) overflows {z.dtype} "
+                             f"(log_scale down to {log_scale.min():.4g})")
         u = (z - loc) * inv_scale
         lp = -0.5 * np.einsum("ij,ij->i", u, u) - log_scale.sum() - self.dim * _HALF_LOG_2PI
 
@@ -155,8 +266,13 @@ class DiagNormal(_Distribution):
         return self._log_prob_vjp(z)[0]
 
     def _sample(self, n, rng):
+        with np.errstate(over="ignore"):
+            scale = np.exp(self._params["log_scale"])
+        if not np.isfinite(scale).all():
+            raise ValueError(f"DiagNormal.sample: exp(log_scale) overflows float64 (log_scale "
+                             f"up to {self._params['log_scale'].max():.4g})")
         eps = rng.standard_normal((n, self.dim))
-        return self._params["loc"] + np.exp(self._params["log_scale"]) * eps
+        return self._params["loc"] + scale * eps
 
 
 class Flow:
@@ -236,34 +352,115 @@ class Flow:
             c2 = c2.astype(dtype)
         return c2, shared
 
-    def log_prob(self, x, context=None):
+    def _context_chunks(self, context, n, where, dtype):
+        """``chunk(start, stop) -> context rows`` (None for an unconditional flow).
+
+        A single ``(context_dim,)`` context is repeated per chunk, not for all ``n`` rows, so
+        that its copy does not grow with ``n`` (the same values as one repeat of all rows).
+        """
+        if context is not None and self.context_dim is not None and _single_row(context):
+            c1, _ = self._context(context, 1, where, dtype)
+            return lambda start, stop: np.repeat(c1, stop - start, axis=0)
+        c2, _ = self._context(context, n, where, dtype)
+        if c2 is None:
+            return lambda start, stop: None
+        return lambda start, stop: c2[start:stop]
+
+    def log_prob(self, x, context=None, *, batch_size=None):
         """Log-density ``log q(x | context)`` of each point: ``(n, dim)`` -> ``(n,)``.
 
-        ``context`` (conditional flows only) is ``(n, context_dim)`` or one ``(context_dim,)``
-        row shared by every point.
+        Parameters
+        ----------
+        x : array_like of shape (n, dim) or (dim,)
+        context : array_like of shape (n, context_dim) or (context_dim,), optional
+            Conditional flows only; one ``(context_dim,)`` row is shared by every point.
+        batch_size : int >= 1 or None, default None
+            Rows per pass: the rows are processed in chunks (the context alongside) and the
+            results written into one output array, so that the temporaries of the passes are
+            bounded by the chunk, not by ``n``. None means :data:`DEFAULT_BATCH_SIZE` (65,536)
+            rows. The result is bit for bit the one of a single pass over all rows (every layer
+            maps rows independently, and the GEMMs' results do not depend on the number of rows
+            with NumPy's OpenBLAS; ``tests/test_memory.py`` checks it). A flow with a
+            training-mode ``BatchNorm`` or an uninitialised ``ActNorm`` depends on the whole
+            batch: it runs in one pass with ``batch_size=None`` and refuses a smaller explicit
+            ``batch_size`` with ``ValueError``.
         """
-        x2, was_1d = as_batch(x, self.dim, "Flow.log_prob")
-        c2, _ = self._context(context, x2.shape[0], "Flow.log_prob", x2.dtype)
+        where = "Flow.log_prob"
+        x2, was_1d = as_batch(x, self.dim, where)
+        n = x2.shape[0]
+        explicit = batch_size is not None
+        batch_size = _check_batch_size(batch_size, where)
+        context_rows = self._context_chunks(context, n, where, x2.dtype)
+        chunks = _chunks(n, batch_size, self.bijector, explicit, where)
+        lp = None if len(chunks) == 1 else np.empty(n, dtype=x2.dtype)
         with atomic():
-            z, log_det = self.bijector._run("inverse", x2, False, c2)
-        lp = self.base._log_prob(z) + log_det
+            for start, stop in chunks:
+                z, log_det = self.bijector._run("inverse", x2[start:stop], False,
+                                                context_rows(start, stop))
+                with np.errstate(over="ignore", invalid="ignore"):
+                    part = self.base._log_prob(z) + log_det
+                _finite_log_prob(part, where)
+                if len(chunks) == 1:
+                    lp = part
+                    break
+                lp[start:stop] = part
         return lp[0] if was_1d else lp
 
-    def sample(self, n, rng=None, *, context=None):
+    def sample(self, n, rng=None, *, context=None, batch_size=None):
         """``n`` samples ``x = T(z)``, ``z ~ base``: float64 ``(n, dim)``.
 
         ``context`` (conditional flows only): ``(n, context_dim)``, or ``(context_dim,)`` to
-        draw all ``n`` samples at one context.
+        draw all ``n`` samples at one context. ``batch_size``: rows per pass, as in
+        :meth:`sample_and_log_prob`; the samples do not depend on it.
         """
-        return self.sample_and_log_prob(n, rng, context=context, _where="Flow.sample")[0]
+        return self.sample_and_log_prob(n, rng, context=context, batch_size=batch_size,
+                                        _where="Flow.sample")[0]
 
-    def sample_and_log_prob(self, n, rng=None, *, context=None, _where="Flow.sample_and_log_prob"):
-        """Samples and their log-densities in one pass: ``log q(x) = log p(z) - log|det dx/dz|``."""
-        z = self.base.sample(n, check_rng(rng, _where))
-        c2, _ = self._context(context, z.shape[0], _where)
+    def sample_and_log_prob(self, n, rng=None, *, context=None, batch_size=None,
+                            _where="Flow.sample_and_log_prob"):
+        """Samples and their log-densities in one pass: ``log q(x) = log p(z) - log|det dx/dz|``.
+
+        Parameters
+        ----------
+        n : int >= 0
+        rng : int or numpy.random.Generator, optional
+        context : array_like of shape (n, context_dim) or (context_dim,), optional
+            Conditional flows only.
+        batch_size : int >= 1 or None, default None
+            Rows per pass (None: :data:`DEFAULT_BATCH_SIZE`), as in :meth:`log_prob`: the base
+            noise is drawn chunk by chunk, in order, from the one generator, which gives exactly
+            the numbers of a single draw of all ``n`` rows (a Generator's normals form one
+            stream, whatever the shapes of the requests), so samples and log-densities are bit
+            for bit those of an unchunked call with the same seed.
+
+        Returns
+        -------
+        x : ndarray of shape (n, dim)
+        log_prob : ndarray of shape (n,)
+        """
+        n = _check_n(n, _where)
+        rng = check_rng(rng, _where)
+        explicit = batch_size is not None
+        batch_size = _check_batch_size(batch_size, _where)
+        context_rows = self._context_chunks(context, n, _where, np.float64)
+        chunks = _chunks(n, batch_size, self.bijector, explicit, _where)
+        x = lq = None
+        if len(chunks) > 1:  # preallocated: a request too large for memory fails here, clearly
+            x, lq = _empty((n, self.dim), _where), _empty(n, _where)
         with atomic():
-            x, log_det = self.bijector._run("forward", z, False, c2)
-        return x, self.base._log_prob(z) - log_det
+            for start, stop in chunks:
+                z = self.base._sample(stop - start, rng)
+                x_part, log_det = self.bijector._run("forward", z, False,
+                                                     context_rows(start, stop))
+                with np.errstate(over="ignore", invalid="ignore"):
+                    lq_part = self.base._log_prob(z) - log_det
+                _finite_log_prob(lq_part, _where)
+                if len(chunks) == 1:
+                    x, lq = x_part, lq_part
+                    break
+                x[start:stop] = x_part
+                lq[start:stop] = lq_part
+        return x, lq
 
     def _log_prob_vjp(self, x2, c2):
         """``log q`` of validated rows and a pullback ``lp_bar -> (x_bar, grads, context_bar)``."""
@@ -297,6 +494,7 @@ class Flow:
             c2 = c2.copy()
         with atomic(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             lq, inner = self._log_prob_vjp(x2, c2)
+            _finite_log_prob(lq, where)
 
         def pullback(lq_bar):
             lq_bar = as_float_array(lq_bar, f"{where} pullback", "log_prob_bar")
@@ -582,5 +780,10 @@ class Flow:
             log_t, _ = self._eval_kl_target((fns[0], None), x, c2, where, need_grad=False)
         if np.isneginf(log_t).any():
             return math.inf, math.inf
-        f = lq - log_t
-        return float(np.mean(f)), float(np.std(f, ddof=1) / math.sqrt(n))
+        with np.errstate(over="ignore", invalid="ignore"):
+            f = lq - log_t
+            estimate, stderr = float(np.mean(f)), float(np.std(f, ddof=1) / math.sqrt(n))
+        if not (math.isfinite(estimate) and math.isfinite(stderr)):
+            raise ValueError(f"{where}: the estimate overflows float64 (log q - log p~ reaches "
+                             f"{np.max(np.abs(f)):.3g}); the target is far from the flow")
+        return estimate, stderr

@@ -22,6 +22,7 @@ import numpy as np
 from ._validation import check_rng
 from .bijectors import Affine, Chain
 from .distributions import Flow
+from .distributions import _check_batch_size as _flow_batch_size
 from .flows import BUILDERS
 from .nn.mlp import _check_hidden
 
@@ -65,6 +66,13 @@ def _check_real(value, where, name, low, high=math.inf, low_open=False, high_ope
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ValueError(f"{where}: {name} must be a number in {interval}, got {value!r}")
     return value
+
+
+def _check_batch_size(batch_size, where):
+    """``batch_size`` unchanged when valid (a positive int or None), else ``ValueError``."""
+    if batch_size is not None:
+        _flow_batch_size(batch_size, where)
+    return batch_size
 
 
 def _generator(random_state, where):
@@ -394,6 +402,14 @@ class FlowDensity:
                              f"n_samples = 1 (1 sample)")
         if self.standardize:
             mean, scale = _standardization(X)
+            # A subnormal scale fits, but the saved map's exp(-log(scale)) then overflows, so
+            # every later score_samples would fail: refuse it here, as overflowing data is.
+            tiny = scale < np.finfo(np.float64).tiny
+            if tiny.any():
+                j = int(np.argmax(tiny))
+                raise ValueError(f"{where}: feature {j} has standard deviation {scale[j]:.3g}, "
+                                 f"below float64's normal range (its reciprocal overflows); "
+                                 f"rescale X (e.g. multiply it by a large constant)")
         else:
             mean, scale = np.zeros(dim), np.ones(dim)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -439,12 +455,15 @@ class FlowDensity:
         return self
 
     # ------------------------------------------------------------------------ scoring
-    def score_samples(self, X):
+    def score_samples(self, X, *, batch_size=None):
         """Log-density of each row, ``log q(x)``, in the units of ``X``.
 
         Parameters
         ----------
         X : array_like of shape (n_samples, n_features_in_)
+        batch_size : int >= 1 or None, default None
+            Rows per pass, to bound memory (None: ``refflow.distributions.DEFAULT_BATCH_SIZE``);
+            see :meth:`refflow.Flow.log_prob`. The scores do not depend on it.
 
         Returns
         -------
@@ -453,7 +472,11 @@ class FlowDensity:
         where = "FlowDensity.score_samples"
         self._check_fitted(where)
         X = _check_X(X, where, self.n_features_in_)
-        return self.flow_.log_prob(X)
+        batch_size = _check_batch_size(batch_size, where)
+        try:
+            return self.flow_.log_prob(X, batch_size=batch_size)
+        except ValueError as exc:  # e.g. points so far out that the log-density overflows
+            raise ValueError(f"{where}: {exc}") from None
 
     def score(self, X, y=None):
         """Mean log-likelihood per sample, ``mean_n log q(x_n)``.
@@ -474,9 +497,12 @@ class FlowDensity:
         where = "FlowDensity.score"
         self._check_fitted(where)
         X = _check_X(X, where, self.n_features_in_)
-        return float(np.mean(self.flow_.log_prob(X)))
+        try:
+            return float(np.mean(self.flow_.log_prob(X)))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
-    def sample(self, n_samples=1, random_state=None):
+    def sample(self, n_samples=1, random_state=None, *, batch_size=None):
         """Draw samples from the fitted density.
 
         Parameters
@@ -484,6 +510,9 @@ class FlowDensity:
         n_samples : int, default 1
         random_state : None, int, numpy.random.Generator or numpy.random.RandomState
             None draws fresh randomness (as ``KernelDensity.sample``).
+        batch_size : int >= 1 or None, default None
+            Rows per pass, to bound memory; see :meth:`refflow.Flow.sample_and_log_prob`. The
+            samples do not depend on it.
 
         Returns
         -------
@@ -492,7 +521,12 @@ class FlowDensity:
         where = "FlowDensity.sample"
         self._check_fitted(where)
         n_samples = _check_int(n_samples, where, "n_samples")
-        return self.flow_.sample(n_samples, _generator(random_state, where))
+        batch_size = _check_batch_size(batch_size, where)
+        try:
+            return self.flow_.sample(n_samples, _generator(random_state, where),
+                                     batch_size=batch_size)
+        except ValueError as exc:  # e.g. more samples than memory holds
+            raise ValueError(f"{where}: {exc}") from None
 
     # ---------------------------------------------------------------------- save / load
     @property
@@ -544,14 +578,30 @@ class FlowDensity:
         if fitted is not None:
             from . import io, train
 
-            estimator.flow_ = io.from_spec(fitted["flow"]).eval()
-            estimator.n_features_in_ = int(fitted["n_features_in_"])
-            estimator.mean_ = np.asarray(fitted["mean_"], dtype=np.float64)
-            estimator.scale_ = np.asarray(fitted["scale_"], dtype=np.float64)
-            history = train.History()
-            for key, value in fitted["history_"].items():
-                setattr(history, key, value)
-            estimator.history_ = history
+            # A damaged file's values reach here: check them (ValueError, which refflow.io.load
+            # reports naming the file) rather than fail later with a TypeError or AttributeError.
+            where = "FlowDensity (fitted state in the file)"
+            if not isinstance(fitted, dict) or set(fitted) != {
+                    "flow", "n_features_in_", "mean_", "scale_", "history_"}:
+                raise ValueError(f"{where}: expected the keys flow, n_features_in_, mean_, "
+                                 f"scale_ and history_")
+            flow = io.from_spec(fitted["flow"]).eval()
+            dim = fitted["n_features_in_"]
+            if type(dim) is not int or dim != getattr(flow, "dim", None):
+                raise ValueError(f"{where}: n_features_in_ {dim!r} does not match the flow")
+            arrays = {}
+            for key in ("mean_", "scale_"):
+                value = fitted[key]
+                if not (isinstance(value, list) and len(value) == dim and all(
+                        type(v) in (int, float) and math.isfinite(v) for v in value)):
+                    raise ValueError(f"{where}: {key} must be a list of {dim} finite numbers")
+                arrays[key] = np.asarray(value, dtype=np.float64)
+            if not (arrays["scale_"] > 0).all():
+                raise ValueError(f"{where}: scale_ must be positive")
+            estimator.flow_ = flow
+            estimator.n_features_in_ = dim
+            estimator.mean_, estimator.scale_ = arrays["mean_"], arrays["scale_"]
+            estimator.history_ = train.History.from_dict(fitted["history_"], where)
         return estimator
 
     def save(self, path):

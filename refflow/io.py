@@ -781,3 +781,5 @@ def load(path):
         raise ValueError(f"{where}: the spec is nested too deeply") from None
     except ValueError as exc:  # from_spec refusing the spec (its cause chained), assign
         raise ValueError(f"{where}: {exc}") from exc
+    except TypeError as exc:  # a damaged value that no check above anticipated: still the file
+        raise ValueError(f"{where}: the file's spec does not fit its class ({exc})") from exc

@@ -28,6 +28,13 @@ from ._validation import as_float_array
 __all__ = ["ParamDict", "ravel", "copy_params", "assign", "allclose"]
 
 
+class UnknownParameterError(KeyError, ValueError):
+    """Assignment to a key that a ParamDict does not have (a ``KeyError`` and a ``ValueError``)."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
 class ParamDict(dict):
     """A dict of float64 arrays whose set of keys and shapes is fixed after construction.
 
@@ -47,7 +54,8 @@ class ParamDict(dict):
 
     def _checked(self, key, value):
         if key not in self:
-            raise KeyError(f"no parameter {key!r}; the parameters are {sorted(self)}")
+            raise UnknownParameterError(f"ParamDict: no parameter {key!r}; the parameters are "
+                                        f"{sorted(self)}")
         target = dict.__getitem__(self, key)
         value = as_float_array(value, "ParamDict", f"parameter {key!r}").astype(np.float64)
         if value.shape != target.shape:
@@ -55,7 +63,7 @@ class ParamDict(dict):
                 f"parameter {key!r}: expected shape {target.shape}, got {value.shape}"
             )
         if not np.isfinite(value).all():
-            raise ValueError(f"parameter {key!r}: value holds NaN or inf")
+            raise ValueError(f"ParamDict: parameter {key!r}: value holds NaN or inf")
         return target, value
 
     def __setitem__(self, key, value):

@@ -98,6 +98,30 @@ class History:
         """Number of completed epochs."""
         return len(self.train_nll)
 
+    @classmethod
+    def from_dict(cls, d, where="History"):
+        """The inverse of :meth:`as_dict`, checking keys and types (``ValueError`` if wrong)."""
+        history = cls()
+        kinds = {"train_nll": "floats", "val_nll": "floats", "epoch_time": "floats",
+                 "best_epoch": "epoch", "stopped_early": bool, "stop_reason": str,
+                 "wall_time": "float", "n_steps": "count"}
+        if not isinstance(d, dict) or set(d) != set(kinds):
+            raise ValueError(f"{where}: history_ must have exactly the keys {sorted(kinds)}")
+
+        def real(v):
+            return type(v) in (int, float) and math.isfinite(v)
+
+        for key, kind in kinds.items():
+            v = d[key]
+            ok = {"floats": lambda: isinstance(v, list) and all(real(e) for e in v),
+                  "epoch": lambda: v is None or (type(v) is int and v >= 0),
+                  "float": lambda: real(v),
+                  "count": lambda: type(v) is int and v >= 0}.get(kind, lambda: type(v) is kind)()
+            if not ok:
+                raise ValueError(f"{where}: history_ entry {key!r} has an invalid value {v!r}")
+            setattr(history, key, [float(e) for e in v] if kind == "floats" else v)
+        return history
+
     def as_dict(self):
         """The history as plain JSON-able types (lists of float, int, bool, str, None)."""
         return {
@@ -418,7 +442,11 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
 
     flow_params = flow.params
     if optimizer is None:
-        optimizer = _optim.Adam(flow_params, lr=lr, weight_decay=weight_decay)
+        # Re-raise naming fit: the caller passed lr / weight_decay to fit, not to Adam.
+        try:
+            optimizer = _optim.Adam(flow_params, lr=lr, weight_decay=weight_decay)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"fit: {exc}") from None
     else:
         _check_optimizer(optimizer, flow_params)
     if lr_schedule is None:
