@@ -284,12 +284,12 @@ def fit_demo(seed=0, epochs=60, out=print, progress=False):
 
 
 def _demo_plot(model, train, path, seed, out):
-    try:
-        from .plots import plot_density_2d, save_figure
-        import matplotlib  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
         out("  (matplotlib is not installed: no PNG; pip install \"refflow[plot]\")")
         return
+    from .plots import plot_density_2d, save_figure
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 4))

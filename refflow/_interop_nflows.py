@@ -44,8 +44,6 @@ class and the option. The returned model carries ``peer_parameters``: ``{refflow
 the whole tensor), so gradients can be compared by name (equal, not scaled).
 """
 
-import math
-
 import numpy as np
 
 __all__ = ["from_nflows"]
@@ -391,7 +389,6 @@ def _coupling_layer(t, where, prefix, kind):
     net = t.transform_net
     context_dim = getattr(net, "context_features", None)
     if kind == "affine":
-        per, n_bins = 2, None
         layer = AffineCoupling(t.features, mask=mask, hidden=(1,), scale="sigmoid",
                                scale_side="density")
         # conditioner output [t | u]: per-feature blocks are not interleaved here

@@ -12,8 +12,6 @@ call, parameters, buffers and optimizer state are unchanged.
 
 import collections
 import copy
-import io as _io
-import os
 import warnings
 
 import numpy as np
@@ -1178,7 +1176,7 @@ def test_fit_names_fit_for_bad_lr():
 def test_load_checks_estimator_history(model_bytes, tmp_path, key, value):
     """Regression: a model file whose history_ held None raised "TypeError: 'NoneType' object
     is not iterable" from load (and any key was set as an attribute of History)."""
-    import hashlib  # noqa: F401  (digests cover arrays only; the header is edited directly)
+    # (digests cover arrays only; the header is edited directly)
     import json
 
     src = tmp_path / "src.npz"

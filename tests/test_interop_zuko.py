@@ -254,3 +254,21 @@ def test_compare_refuses_bad_points():
         compare(flow, model, np.zeros((4, 2)))
     with pytest.raises(TypeError, match="compare"):
         compare(torch.nn.Linear(2, 2), model, np.zeros((4, 3)))
+
+
+# ------------------------------------------------------------------ the README's examples run
+def _readme_example(tag):
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(# readme-example: [\w-]+\n.*?)```", text, flags=re.S)
+    found = [b for b in blocks if b.startswith(f"# readme-example: {tag}\n")]
+    assert len(found) == 1, f"README example {tag!r} not found"
+    return found[0]
+
+
+@pytest.mark.parametrize("tag", ["zuko", "torch-layer"])
+def test_readme_examples_run(tag, capsys):
+    exec(compile(_readme_example(tag), f"README.md ({tag})", "exec"), {"__name__": "readme"})
+    assert "ok" in capsys.readouterr().out.lower()
