@@ -147,10 +147,10 @@ class History:
 
 
 # ------------------------------------------------------------------------------ checks
-def _count(value, name, minimum=1):
+def _count(value, name, minimum=1, where="fit"):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
             or value < minimum:
-        raise ValueError(f"fit: {name} must be an int >= {minimum}, got {value!r}")
+        raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -197,15 +197,17 @@ def _same_array(a, b):
             and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
-def _check_optimizer(optimizer, flow_params):
+def _check_optimizer(optimizer, flow_params, where="fit"):
+    """An optimizer whose ``params`` are the very arrays of ``flow_params`` (also used by
+    :func:`refflow.variational.fit_reverse_kl`)."""
     if not callable(getattr(optimizer, "step", None)) or not hasattr(optimizer, "params"):
-        raise TypeError(f"fit: optimizer must have 'params' and a 'step(grads)' method (e.g. "
+        raise TypeError(f"{where}: optimizer must have 'params' and a 'step(grads)' method (e.g. "
                         f"refflow.optim.Adam), got {type(optimizer).__name__}")
     params = optimizer.params
     if not isinstance(params, Mapping) or set(params) != set(flow_params) or not all(
             _same_array(params[k], flow_params[k]) for k in flow_params):
-        raise ValueError("fit: the optimizer's params are not the flow's parameters; build it "
-                         "as e.g. Adam(flow.params, ...)")
+        raise ValueError(f"{where}: the optimizer's params are not the flow's parameters; build "
+                         f"it as e.g. Adam(flow.params, ...)")
 
 
 def _modes(flow):

@@ -22,7 +22,6 @@ import math
 import numbers
 import sys
 import time
-from collections.abc import Mapping
 
 import numpy as np
 
@@ -30,18 +29,11 @@ from ._potentials import POTENTIALS, rezende_potential
 from ._validation import as_float_array, check_rng
 from .distributions import Flow, StandardNormal
 from .optim import Adam, CosineAnnealing
-from .train import TrainingDiverged
+from .train import TrainingDiverged, _check_optimizer, _count
 
 __all__ = ["fit_reverse_kl", "fit_potential", "rezende_potential", "POTENTIALS"]
 
 _PROGRESS_INTERVAL = 0.2  # seconds between redraws of the built-in progress line
-
-
-def _count(value, name, where, minimum=1):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
-            or value < minimum:
-        raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _positive(value, name, where):
@@ -49,23 +41,6 @@ def _positive(value, name, where):
             or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{where}: {name} must be a finite positive number, got {value!r}")
     return float(value)
-
-
-def _same_array(a, b):
-    return a is b or (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
-                      and a.shape == b.shape and a.dtype == b.dtype and a.strides == b.strides
-                      and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
-
-
-def _check_optimizer(optimizer, flow_params, where):
-    if not callable(getattr(optimizer, "step", None)) or not hasattr(optimizer, "params"):
-        raise TypeError(f"{where}: optimizer must have 'params' and a 'step(grads)' method (e.g. "
-                        f"refflow.optim.Adam), got {type(optimizer).__name__}")
-    params = optimizer.params
-    if not isinstance(params, Mapping) or set(params) != set(flow_params) or not all(
-            _same_array(params[k], flow_params[k]) for k in flow_params):
-        raise ValueError(f"{where}: the optimizer's params are not the flow's parameters; build "
-                         f"it as e.g. Adam(flow.params, ...)")
 
 
 class _Progress:
@@ -211,10 +186,10 @@ def fit_reverse_kl(flow, log_target, *, steps=2000, n_samples=256, lr=5e-3, opti
         raise ValueError(f"{where}: the flow is conditional (context_dim={flow.context_dim}); "
                          f"fit_reverse_kl fits unconditional flows")
     fns = Flow._kl_target(log_target, where)  # TypeError for a wrong type, before anything runs
-    steps = _count(steps, "steps", where)
-    n_samples = _count(n_samples, "n_samples", where)
+    steps = _count(steps, "steps", where=where)
+    n_samples = _count(n_samples, "n_samples", where=where)
     if anneal is not None:
-        anneal = _count(anneal, "anneal", where)
+        anneal = _count(anneal, "anneal", where=where)
     if optimizer is None:
         optimizer = Adam(flow.params, lr=_positive(lr, "lr", where))
     else:
@@ -417,11 +392,11 @@ def fit_potential(name, *, flow="planar", n_layers=32, steps=4000, n_samples=512
         raise ValueError(f"{where}: flow must be 'planar' or 'sylvester', got {flow!r}")
     if init not in ("identity", "random"):
         raise ValueError(f"{where}: init must be 'identity' or 'random', got {init!r}")
-    n_layers = _count(n_layers, "n_layers", where)
-    steps = _count(steps, "steps", where)
-    n_samples = _count(n_samples, "n_samples", where)
+    n_layers = _count(n_layers, "n_layers", where=where)
+    steps = _count(steps, "steps", where=where)
+    n_samples = _count(n_samples, "n_samples", where=where)
     lr = _positive(lr, "lr", where)
-    n_eval = _count(n_eval, "n_eval", where, minimum=2)
+    n_eval = _count(n_eval, "n_eval", minimum=2, where=where)
     if isinstance(anneal, str):
         if anneal != "auto":
             raise ValueError(f"{where}: anneal must be 'auto', an int or None, got {anneal!r}")
