@@ -501,11 +501,19 @@ def save(path, obj):
     text = json.dumps(header, allow_nan=False)
     entries = {_HEADER: np.array(text), **entries}
 
+    _atomic_write(path, lambda f: _write_npz(f, entries))
+
+
+def _atomic_write(path, write):
+    """``write(f)`` into a temporary file next to ``path``, fsync it, ``os.replace`` it over
+    ``path``: ``path`` holds the old file or the complete new one, never a partial file, and no
+    temporary file is left behind on failure (also used by the command line's ``.npy`` output).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = _open_temporary(directory, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
-            _write_npz(f, entries)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

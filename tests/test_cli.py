@@ -173,3 +173,18 @@ def test_module_entry_point_exit_codes(tmp_path):
     assert result.returncode == 1 and "no such model file" in result.stderr
     assert "Traceback" not in result.stderr
     assert run_subprocess().returncode == 2
+
+
+def test_npy_output_is_written_atomically(model_file, tmp_path, monkeypatch, capsys):
+    # a failure while writing leaves neither a partial output nor a temporary file
+    out = tmp_path / "s.npy"
+    out.write_bytes(b"old")
+
+    def failing_save(f, array, allow_pickle):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "save", failing_save)
+    assert run(["sample", str(model_file), "-n", "3", "-o", str(out)])[0] == 1
+    assert_one_line_error(capsys, "sample", "disk full")
+    assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]
