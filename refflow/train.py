@@ -257,29 +257,56 @@ def _mean_nll(flow, x, c, chunk):
 
 
 # ---------------------------------------------------------------------------- progress
-class _Progress:
-    """tqdm when installed (one bar over all steps), else one line redrawn on stderr."""
+class _ProgressLine:
+    """A tqdm bar over ``total`` steps when tqdm is installed, else one line on stderr redrawn
+    at most every ``interval`` seconds (``where: text  elapsed t s``). Shared by :func:`fit` and
+    :func:`refflow.variational.fit_reverse_kl`, which say what the line shows.
+    """
 
-    def __init__(self, epochs, n_batches):
-        self.epochs, self.n_batches = epochs, n_batches
+    def __init__(self, where, total, interval):
+        self.where, self.interval = where, interval
         self.start = time.perf_counter()
         self.last_draw = -math.inf
-        self.text = ""
         try:
             from tqdm import tqdm
         except ImportError:
             tqdm = None
         self.bar = None
         if tqdm is not None:
-            self.bar = tqdm(total=epochs * n_batches, desc="fit", unit="step",
-                            file=sys.stderr, dynamic_ncols=True, leave=True)
+            self.bar = tqdm(total=total, desc=where, unit="step", file=sys.stderr,
+                            dynamic_ncols=True, leave=True)
+
+    def due(self):
+        """True when the last redraw is at least ``interval`` seconds old."""
+        return time.perf_counter() - self.last_draw >= self.interval
+
+    def _draw(self, text):
+        now = time.perf_counter()
+        self.last_draw = now
+        line = f"{self.where}: {text}  elapsed {now - self.start:.1f} s"
+        sys.stderr.write("\r" + line.ljust(79))
+        sys.stderr.flush()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.last_draw > -math.inf:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+class _Progress(_ProgressLine):
+    """fit's progress: one bar over all steps; epoch, step and the NLLs on the line."""
+
+    def __init__(self, epochs, n_batches):
+        super().__init__("fit", epochs * n_batches, _PROGRESS_INTERVAL)
+        self.epochs, self.n_batches = epochs, n_batches
+        self.text = ""
 
     def step(self, epoch, batch):
         if self.bar is not None:
             self.bar.update(1)
-            return
-        now = time.perf_counter()
-        if now - self.last_draw >= _PROGRESS_INTERVAL:
+        elif self.due():
             self._draw(f"epoch {epoch + 1}/{self.epochs}  step {batch + 1}/{self.n_batches}"
                        f"{self.text}")
 
@@ -294,20 +321,6 @@ class _Progress:
             self.bar.set_postfix(post)
         else:
             self._draw(f"epoch {epoch + 1}/{self.epochs}{self.text}")
-
-    def _draw(self, text):
-        now = time.perf_counter()
-        self.last_draw = now
-        line = f"fit: {text}  elapsed {now - self.start:.1f} s"
-        sys.stderr.write("\r" + line.ljust(79))
-        sys.stderr.flush()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        elif self.last_draw > -math.inf:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 class _NoProgress:

@@ -29,7 +29,7 @@ from ._potentials import POTENTIALS, rezende_potential
 from ._validation import as_float_array, check_rng
 from .distributions import Flow, StandardNormal
 from .optim import Adam, CosineAnnealing
-from .train import TrainingDiverged, _check_optimizer, _count
+from .train import TrainingDiverged, _check_optimizer, _count, _ProgressLine
 
 __all__ = ["fit_reverse_kl", "fit_potential", "rezende_potential", "POTENTIALS"]
 
@@ -43,41 +43,21 @@ def _positive(value, name, where):
     return float(value)
 
 
-class _Progress:
-    """tqdm when installed, else one line redrawn on stderr at most every 0.2 s."""
+class _Progress(_ProgressLine):
+    """fit_reverse_kl's progress: the step and the running KL estimate."""
 
     def __init__(self, steps, where):
-        self.steps, self.where = steps, where
-        self.start = time.perf_counter()
-        self.last_draw = -math.inf
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            tqdm = None
-        self.bar = None if tqdm is None else tqdm(total=steps, desc=where, unit="step",
-                                                  file=sys.stderr, dynamic_ncols=True)
+        super().__init__(where, steps, _PROGRESS_INTERVAL)
+        self.steps = steps
 
     def update(self, step, kl_mean):
-        now = time.perf_counter()
         if self.bar is not None:
             self.bar.update(1)
-            if now - self.last_draw >= _PROGRESS_INTERVAL:
-                self.last_draw = now
+            if self.due():
+                self.last_draw = time.perf_counter()
                 self.bar.set_postfix({"kl": f"{kl_mean:.4f}"}, refresh=False)
-            return
-        if now - self.last_draw >= _PROGRESS_INTERVAL or step + 1 == self.steps:
-            self.last_draw = now
-            line = (f"{self.where}: step {step + 1}/{self.steps}  KL {kl_mean:.4f}  "
-                    f"elapsed {now - self.start:.1f} s")
-            sys.stderr.write("\r" + line.ljust(79))
-            sys.stderr.flush()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        elif self.last_draw > -math.inf:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        elif self.due() or step + 1 == self.steps:
+            self._draw(f"step {step + 1}/{self.steps}  KL {kl_mean:.4f}")
 
 
 class _NoProgress:
