@@ -496,6 +496,23 @@ class LULinear(Bijector):
 
 
 # -------------------------------------------------------------------------------- Householder
+def _scaled_reflections(layer, direction, vectors):
+    """Householder vectors (float64, one per row) scaled to max-abs 1, and their scales.
+
+    Reflections are scale-free, and max-abs 1 keeps ``v . v`` from overflowing. A zero vector
+    is a domain error of ``layer`` (``Householder``, ``Sylvester``'s H-SNF ``Q``).
+    """
+    scale = np.max(np.abs(vectors), axis=1)
+    if (scale == 0).any():
+        j = int(np.argmax(scale == 0))
+        raise layer._domain_error(
+            direction,
+            f"reflection {j} has a zero vector (params['vectors'][{j}] is all zeros); "
+            f"H = I - 2 v v^T / (v^T v) is undefined for v = 0",
+        )
+    return vectors / scale[:, None], scale
+
+
 def _reflect(h, w, s):
     """``H h`` row-wise for ``H = I - 2 w w^T / s``, ``s = w^T w``."""
     return h - np.outer((h @ w) * (2 / s), w)
@@ -603,16 +620,8 @@ class Householder(Bijector):
 
     def _directions(self, direction, dtype):
         """Vectors scaled to max-abs 1 (in ``dtype``), their float64 scales ``m``, ``s = w . w``."""
-        vectors = self._p(np.float64)["vectors"]
-        scale = np.max(np.abs(vectors), axis=1)
-        if (scale == 0).any():
-            j = int(np.argmax(scale == 0))
-            raise self._domain_error(
-                direction,
-                f"reflection {j} has a zero vector (params['vectors'][{j}] is all zeros); "
-                f"H = I - 2 v v^T / (v^T v) is undefined for v = 0",
-            )
-        w = (vectors / scale[:, None]).astype(dtype)
+        w, scale = _scaled_reflections(self, direction, self._p(np.float64)["vectors"])
+        w = w.astype(dtype)
         return w, scale, np.einsum("ij,ij->i", w, w)
 
     def _order(self, direction):

@@ -48,7 +48,7 @@ from scipy.special import expit
 from .._validation import check_dim, check_rng
 from ..kernels.planar import planar_inverse, sylvester_inverse
 from .base import Bijector
-from .linear import _check_permutation, _reflect, _reflect_pullback
+from .linear import _check_permutation, _reflect, _reflect_pullback, _scaled_reflections
 
 __all__ = ["Planar", "Radial", "Sylvester"]
 
@@ -688,15 +688,7 @@ class Sylvester(Bijector):
             q = np.zeros((d, m))
             q[perm[:m], np.arange(m)] = 1.0
             return q, None
-        vectors = self._p(np.float64)["vectors"]
-        scale = np.max(np.abs(vectors), axis=1)
-        if (scale == 0).any():
-            j = int(np.argmax(scale == 0))
-            raise self._domain_error(
-                direction,
-                f"reflection {j} has a zero vector (params['vectors'][{j}] is all zeros); "
-                f"H = I - 2 v v^T / (v^T v) is undefined for v = 0")
-        w = vectors / scale[:, None]  # reflections are scale-free; max-abs 1 avoids overflow
+        w, scale = _scaled_reflections(self, direction, self._p(np.float64)["vectors"])
         s = np.einsum("ij,ij->i", w, w)
         rows = np.eye(m, d)          # Q^T = the reflections applied to e_1 .. e_m (as rows)
         inputs = []
