@@ -210,6 +210,25 @@ def _check_optimizer(optimizer, flow_params, where="fit"):
                          f"it as e.g. Adam(flow.params, ...)")
 
 
+def _schedule(lr_schedule, optimizer, t_max, where="fit"):
+    """None, ``"cosine"`` (CosineAnnealing over ``t_max`` steps) or a schedule object of
+    ``optimizer`` (also used by :func:`refflow.variational.fit_reverse_kl`)."""
+    if lr_schedule is None:
+        return None
+    if isinstance(lr_schedule, str):
+        if lr_schedule != "cosine":
+            raise ValueError(f"{where}: lr_schedule must be None, 'cosine' or an object with a "
+                             f"step() method, got {lr_schedule!r}")
+        return _optim.CosineAnnealing(optimizer, t_max=t_max)
+    if not callable(getattr(lr_schedule, "step", None)):
+        raise TypeError(f"{where}: lr_schedule must be None, 'cosine' or an object with a "
+                        f"step() method, got {type(lr_schedule).__name__}")
+    if getattr(lr_schedule, "optimizer", optimizer) is not optimizer:
+        raise ValueError(f"{where}: lr_schedule schedules another optimizer than the one "
+                         f"{where} uses")
+    return lr_schedule
+
+
 def _modes(flow):
     """``[(layer, training), ...]`` over the bijector tree, to put every layer back later."""
     out, stack = [], [flow.bijector]
@@ -464,20 +483,7 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
             raise type(exc)(f"fit: {exc}") from None
     else:
         _check_optimizer(optimizer, flow_params)
-    if lr_schedule is None:
-        schedule = None
-    elif isinstance(lr_schedule, str):
-        if lr_schedule != "cosine":
-            raise ValueError(f"fit: lr_schedule must be None, 'cosine' or an object with a step() "
-                             f"method, got {lr_schedule!r}")
-        schedule = _optim.CosineAnnealing(optimizer, t_max=epochs * n_batches)
-    else:
-        if not callable(getattr(lr_schedule, "step", None)):
-            raise TypeError(f"fit: lr_schedule must be None, 'cosine' or an object with a step() "
-                            f"method, got {type(lr_schedule).__name__}")
-        if getattr(lr_schedule, "optimizer", optimizer) is not optimizer:
-            raise ValueError("fit: lr_schedule schedules another optimizer than the one fit uses")
-        schedule = lr_schedule
+    schedule = _schedule(lr_schedule, optimizer, epochs * n_batches)
 
     # ------------------------------------------------------------------------ the split
     if n_val:

@@ -28,8 +28,8 @@ import numpy as np
 from ._potentials import POTENTIALS, rezende_potential
 from ._validation import as_float_array, check_rng
 from .distributions import Flow, StandardNormal
-from .optim import Adam, CosineAnnealing
-from .train import TrainingDiverged, _check_optimizer, _count, _ProgressLine
+from .optim import Adam
+from .train import TrainingDiverged, _check_optimizer, _count, _ProgressLine, _schedule
 
 __all__ = ["fit_reverse_kl", "fit_potential", "rezende_potential", "POTENTIALS"]
 
@@ -174,21 +174,7 @@ def fit_reverse_kl(flow, log_target, *, steps=2000, n_samples=256, lr=5e-3, opti
         optimizer = Adam(flow.params, lr=_positive(lr, "lr", where))
     else:
         _check_optimizer(optimizer, flow.params, where)
-    if lr_schedule is None:
-        schedule = None
-    elif isinstance(lr_schedule, str):
-        if lr_schedule != "cosine":
-            raise ValueError(f"{where}: lr_schedule must be None, 'cosine' or an object with a "
-                             f"step() method, got {lr_schedule!r}")
-        schedule = CosineAnnealing(optimizer, t_max=steps)
-    else:
-        if not callable(getattr(lr_schedule, "step", None)):
-            raise TypeError(f"{where}: lr_schedule must be None, 'cosine' or an object with a "
-                            f"step() method, got {type(lr_schedule).__name__}")
-        if getattr(lr_schedule, "optimizer", optimizer) is not optimizer:
-            raise ValueError(f"{where}: lr_schedule schedules another optimizer than the one "
-                             f"used here")
-        schedule = lr_schedule
+    schedule = _schedule(lr_schedule, optimizer, steps, where)
     rng = check_rng(rng, where)
     if callback is not None and not callable(callback):
         raise TypeError(f"{where}: callback must be callable, got {type(callback).__name__}")
