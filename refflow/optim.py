@@ -33,6 +33,13 @@ from collections.abc import Mapping
 import numpy as np
 
 from ._validation import as_float_array
+from .kernels import NUMBA_DISABLED
+from .kernels.fused import adam_update, sgd_update
+
+#: Run ``step`` through the fused one-pass kernels of :mod:`refflow.kernels.fused` (bitwise the
+#: reference ``_update`` arithmetic, see ``tests/test_fused_paths.py``); the reference path runs
+#: when numba is disabled (plain-Python kernels would be slow) or this is set to False.
+_FUSED = not NUMBA_DISABLED
 
 __all__ = ["Adam", "SGD", "clip_grad_norm", "CosineAnnealing"]
 
@@ -117,7 +124,11 @@ class _Optimizer:
             raise ValueError(f"{where}: gradient keys differ (missing {missing}, unexpected {extra})")
         checked = {}
         for key in self.params:
-            g = as_float_array(grads[key], where, f"gradient {key!r}").astype(np.float64)
+            g = as_float_array(grads[key], where, f"gradient {key!r}")
+            # No copy when already float64 and C-contiguous: step reads every gradient before it
+            # writes anything (parameters, states), so a gradient may even alias a parameter.
+            if g.dtype != np.float64 or not g.flags.c_contiguous:
+                g = g.astype(np.float64, order="C")
             if g.shape != self.params[key].shape:
                 raise ValueError(f"{where}: gradient {key!r} has shape {g.shape}, expected "
                                  f"{self.params[key].shape}")
@@ -138,6 +149,14 @@ class _Optimizer:
         where = f"{type(self).__name__}.step"
         checked = self._check_grads(grads, where)
         t = self.t + 1
+        if _FUSED:
+            self._step_fused(checked, t, where)
+        else:
+            self._step_reference(checked, t, where)
+        self.t = t
+
+    def _step_reference(self, checked, t, where):
+        """The reference step: ``_update`` per key into new arrays, checked, then written."""
         new = {}
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             for key, g in checked.items():
@@ -150,7 +169,39 @@ class _Optimizer:
             self.params[key][...] = p_new
             for name, value in zip(self._state_names, states):
                 getattr(self, name)[key][...] = value
-        self.t = t
+
+    def _step_fused(self, checked, t, where):
+        """``_step_reference`` through one fused kernel per array (no temporaries).
+
+        Each kernel writes the new parameter and states into scratch buffers owned by the
+        optimizer and reports whether all are finite; only when every key passed are they
+        copied into the parameter and state arrays (which stay the same objects).
+        Non-contiguous parameters take the reference ``_update``.
+        """
+        scratch = self.__dict__.setdefault("_scratch", {})
+        done = []
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            for key, g in checked.items():
+                p = self.params[key]
+                states = [getattr(self, name)[key] for name in self._state_names]
+                if p.flags.c_contiguous and all(s.flags.c_contiguous for s in states):
+                    bufs = scratch.get(key)
+                    if bufs is None or bufs[0].shape != p.shape:
+                        bufs = scratch[key] = [np.empty(p.shape) for _ in range(1 + len(states))]
+                    ok = self._fused(p.reshape(-1), g.reshape(-1), [s.reshape(-1) for s in states],
+                                     [b.reshape(-1) for b in bufs], t)
+                    p_new, new_states = bufs[0], bufs[1:]
+                else:
+                    p_new, new_states = self._update(key, p, g, t)
+                    ok = _all_finite(p_new, *new_states)
+                if not ok:
+                    raise ValueError(f"{where}: the update of {key!r} overflows (lr {self.lr}); "
+                                     f"nothing was updated")
+                done.append((p, p_new, states, new_states))
+        for p, p_new, states, new_states in done:
+            np.copyto(p, p_new)
+            for target, value in zip(states, new_states):
+                np.copyto(target, value)
 
     # ----------------------------------------------------------------- state dicts
     def _hyper_state(self):
@@ -286,6 +337,14 @@ class Adam(_Optimizer):
         return (f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
                 f"weight_decay={self.weight_decay}, t={self.t})")
 
+    def _fused(self, p, g, states, outs, t):
+        # adam_update: the arithmetic of _update below, in its order, one pass per array.
+        b1, b2 = self.betas
+        return adam_update(p, g, states[0], states[1], outs[0], outs[1], outs[2], b1, 1.0 - b1,
+                           b2, 1.0 - b2, self.lr / (1.0 - b1 ** t),
+                           math.sqrt(1.0 - b2 ** t), self.eps,
+                           1.0 - self.lr * self.weight_decay, bool(self.weight_decay))
+
     def _update(self, key, p, g, t):
         b1, b2 = self.betas
         m = b1 * self.m[key] + (1.0 - b1) * g
@@ -359,6 +418,11 @@ class SGD(_Optimizer):
     def __repr__(self):
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
                 f"weight_decay={self.weight_decay}, t={self.t})")
+
+    def _fused(self, p, g, states, outs, t):
+        # sgd_update: the arithmetic of _update below, in its order, one pass per array.
+        return sgd_update(p, g, states[0], outs[0], outs[1], self.lr, self.weight_decay,
+                          bool(self.weight_decay), self.momentum, self.nesterov)
 
     def _update(self, key, p, g, t):
         d = g + self.weight_decay * p if self.weight_decay else g

@@ -39,12 +39,17 @@ import numbers
 import numpy as np
 
 from .._validation import check_dim
+from ..kernels import NUMBA_DISABLED
+from ..kernels.fused import assemble_columns
 from ..nn.mlp import MLP
 from ..params import prefixed
 from .base import Bijector
 from .scale_maps import get_scale_map
 
 __all__ = ["AdditiveCoupling", "AffineCoupling"]
+
+#: Scatter the two parts with the fused kernel (NumPy fancy indexing when numba is disabled).
+_FUSED = not NUMBA_DISABLED
 
 
 # ------------------------------------------------------------------------------ pure passes
@@ -62,9 +67,13 @@ def _split_h_bar(h_bar, n_a, conditional):
 
 def _assemble(like, a, b, part_a, part_b):
     """A new C-contiguous array shaped as ``like`` with columns ``a`` and ``b`` filled."""
-    out = np.empty_like(like)
-    out[:, a] = part_a
-    out[:, b] = part_b
+    out = np.empty(like.shape, dtype=like.dtype)
+    if _FUSED and part_a.dtype == part_b.dtype == out.dtype:
+        # one pass, no fancy-index machinery (which cost ~0.1 ms per (4096, 2) call); copies
+        assemble_columns(out, a, part_a, b, part_b)
+    else:
+        out[:, a] = part_a
+        out[:, b] = part_b
     return out
 
 

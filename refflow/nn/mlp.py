@@ -16,13 +16,23 @@ The private helpers here (:func:`_dense_forward`, :func:`_dense_vjp`, :func:`_li
 run on masked weights.
 """
 
+import math
 import numbers
+import sys
+import threading
 
 import numpy as np
 
 from .._validation import as_batch, as_float_array, check_dim, check_finite, check_rng
 from ..params import ParamDict
-from .activations import get_activation
+from ..kernels import NUMBA_DISABLED
+from ..kernels.fused import bias_relu, outer_bias_relu, relu_mask_colsum
+from .activations import _relu_vd, get_activation
+
+#: ReLU stacks take the fused passes (:func:`_dense_forward_relu`, :func:`_dense_vjp_relu`),
+#: bitwise equal to the reference passes (``tests/test_fused_paths.py``); other activations,
+#: and every pass when numba is disabled, take the reference passes.
+_FUSED = not NUMBA_DISABLED
 
 __all__ = ["MLP"]
 
@@ -40,8 +50,115 @@ def _linear_init(rng, out_features, in_features):
     return w, b
 
 
-def _dense_forward(h, weights, biases, act):
-    """Output of the stack (no residuals kept): ``a_k = h_k W_k^T + b_k``, ``h_{k+1} = f(a_k)``."""
+def _refs(arrays, i):
+    return sys.getrefcount(arrays[i])
+
+
+#: What :func:`_refs` reports for an array held by its list only (calibrated, not assumed).
+_UNUSED_REFS = _refs([np.empty(0)], 0)
+
+
+class _Buffers:
+    """Reusable work arrays of one network: a pass's activations and backward cotangents.
+
+    A fresh ``(4096, 64)`` float64 array is 2 MB, which the C allocator maps from the system
+    and unmaps on release, so every pass paid ~512 page faults per array (measured: 24 such
+    arrays cost 30 ms of page faults, 2 ms when reused). ``get`` hands out an array of the
+    pool only when nothing else holds it: no residual of a live pullback, no output the caller
+    kept, no view of either (a view holds its base), which the reference count tells exactly.
+    Values are never read from a buffer before they are written, so results do not change.
+    Arrays above ``MAX_BYTES`` are not kept, nor more than ``MAX_PER_SHAPE`` of one shape; a
+    new shape beyond ``MAX_SHAPES`` forgets the pool (held arrays live on with their holders).
+    """
+
+    MAX_BYTES = 1 << 26
+    MIN_BYTES = 1 << 16     # smaller arrays come from the allocator's heap without faults
+    MAX_PER_SHAPE = 16
+    MAX_SHAPES = 4
+
+    def __init__(self):
+        self._arrays = {}
+        self._lock = threading.Lock()
+
+    def __reduce__(self):         # copies and pickles start with an empty pool
+        return (_Buffers, ())
+
+    def get(self, shape, dtype):
+        """An uninitialised C-contiguous array of ``shape`` and ``dtype`` that nobody holds."""
+        dtype = np.dtype(dtype)
+        nbytes = dtype.itemsize * math.prod(shape)
+        if not self.MIN_BYTES <= nbytes <= self.MAX_BYTES:
+            return np.empty(shape, dtype=dtype)
+        key = (shape, dtype.str)
+        with self._lock:
+            arrays = self._arrays.get(key)
+            if arrays is None:
+                if len(self._arrays) >= self.MAX_SHAPES:
+                    self._arrays.clear()
+                arrays = self._arrays[key] = []
+            for i in range(len(arrays)):
+                if _refs(arrays, i) == _UNUSED_REFS:
+                    return arrays[i]
+            out = np.empty(shape, dtype=dtype)
+            if len(arrays) < self.MAX_PER_SHAPE:
+                arrays.append(out)
+            return out
+
+
+def _is_relu(act):
+    return _FUSED and act.value_and_derivative is _relu_vd
+
+
+def _affine(h, w, b, relu, buffers=None):
+    """``a = h W^T + b``, then ``max(a, 0)`` in place when ``relu``: one array (of ``buffers``).
+
+    The same operations as the reference ``a = h @ w.T; a += b; np.maximum(a, 0)``: a
+    one-input layer is an outer product (``h W^T`` has a single product per entry, so this is
+    exact), and bias and ReLU are fused into one pass (``bias_relu``).
+    """
+    shape = (h.shape[0], w.shape[0])
+    if h.shape[1] == 1 and h.dtype == w.dtype == b.dtype:
+        a = np.empty(shape, dtype=h.dtype) if buffers is None else buffers.get(shape, h.dtype)
+        outer_bias_relu(h, w, b, a, relu)
+        return a
+    if buffers is None or h.dtype != w.dtype:
+        a = h @ w.T
+    else:
+        a = np.matmul(h, w.T, out=buffers.get(shape, h.dtype))
+    if relu and a.dtype == b.dtype:
+        bias_relu(a, b)
+    else:
+        a += b
+        if relu:
+            np.maximum(a, 0, out=a)
+    return a
+
+
+def _dense_forward(h, weights, biases, act, buffers=None):
+    """Output of the stack (no residuals kept): ``a_k = h_k W_k^T + b_k``, ``h_{k+1} = f(a_k)``.
+
+    ``buffers`` (optional, a :class:`_Buffers` owned by the network) lets a ReLU stack reuse
+    work arrays across passes.
+    """
+    if _is_relu(act):
+        return _dense_forward_relu(h, weights, biases, buffers)
+    return _dense_forward_reference(h, weights, biases, act)
+
+
+def _dense_forward_relu(h, weights, biases, buffers=None):
+    """:func:`_dense_forward` for ReLU through the fused :func:`_affine` (bitwise equal).
+
+    With ``buffers`` (a :class:`_Buffers`) the hidden layers reuse its arrays; the output is
+    always a new array.
+    """
+    last = len(weights) - 1
+    for k, (w, b) in enumerate(zip(weights, biases)):
+        h = _affine(h, w, b, k < last, buffers if k < last else None)
+    return h
+
+
+def _dense_forward_reference(h, weights, biases, act):
+    """The reference forward pass (any activation)."""
     last = len(weights) - 1
     for k, (w, b) in enumerate(zip(weights, biases)):
         a = h @ w.T
@@ -51,11 +168,13 @@ def _dense_forward(h, weights, biases, act):
     return a
 
 
-def _dense_vjp(h, weights, biases, act):
+def _dense_vjp(h, weights, biases, act, buffers=None):
     """The stack's output and a backward function over its residuals.
 
     ``weights`` and ``biases`` are the compute-dtype arrays the pass uses (already masked for
     MADE); they, the layer inputs ``h_k`` and the derivatives ``f'(a_k)`` are the residuals.
+    ``buffers`` (optional, a :class:`_Buffers` owned by the network) lets a ReLU stack reuse
+    work arrays across passes (see :func:`_dense_vjp_relu`).
 
     Returns
     -------
@@ -65,6 +184,56 @@ def _dense_vjp(h, weights, biases, act):
         ``backward(g) -> (h_bar, w_bars, b_bars)`` (lists per layer, compute dtype, not yet
         masked); ``g`` is not modified.
     """
+    if _is_relu(act):
+        return _dense_vjp_relu(h, weights, biases, buffers)
+    return _dense_vjp_reference(h, weights, biases, act)
+
+
+def _dense_vjp_relu(h, weights, biases, buffers=None):
+    """:func:`_dense_vjp` for ReLU, bitwise equal to the reference pass, with fewer passes.
+
+    ``f'(a_k) = 1 if a_k > 0 else 0`` is read off the next layer's input ``h_{k+1} =
+    max(a_k, 0)`` (``> 0`` exactly when ``a_k > 0``), so no derivative array is stored; the
+    backward multiplies ``h_bar`` by it and sums ``b_bar = sum_n g`` in the same pass
+    (``relu_mask_colsum``, rows added in order as ``g.sum(axis=0)`` does). With ``buffers``
+    (a :class:`_Buffers`) the hidden activations and the hidden cotangents reuse its arrays;
+    the output and the returned ``h_bar`` are new arrays.
+    """
+    last = len(weights) - 1
+    inputs = []
+    for k, (w, b) in enumerate(zip(weights, biases)):
+        inputs.append(h)
+        h = _affine(h, w, b, k < last, buffers if k < last else None)
+    a = h
+
+    def backward(g):
+        w_bars, b_bars = [None] * (last + 1), [None] * (last + 1)
+        b_bars[last] = g.sum(axis=0)             # b_bar = sum_n g
+        for k in range(last, -1, -1):
+            w_bars[k] = g.T @ inputs[k]          # W_bar = g^T h
+            # h_bar = g W  (a new or free array: g is never written)
+            if k > 0 and buffers is not None and g.dtype == weights[k].dtype:
+                g_in = np.matmul(g, weights[k],
+                                 out=buffers.get((g.shape[0], weights[k].shape[1]), g.dtype))
+            else:
+                g_in = g @ weights[k]
+            if k > 0:
+                # a_bar = h_bar * f'(a) and its column sums, the previous layer's b_bar
+                # (one column: NumPy sums a contiguous column pairwise, not row by row)
+                if g_in.dtype == inputs[k].dtype and g_in.shape[1] > 1:
+                    b_bars[k - 1] = np.empty(g_in.shape[1], dtype=g_in.dtype)
+                    relu_mask_colsum(g_in, inputs[k], b_bars[k - 1])
+                else:
+                    g_in *= inputs[k] > 0
+                    b_bars[k - 1] = g_in.sum(axis=0)
+            g = g_in
+        return g, w_bars, b_bars
+
+    return a, backward
+
+
+def _dense_vjp_reference(h, weights, biases, act):
+    """The reference pass of :func:`_dense_vjp` (any activation): residuals ``h_k``, ``f'(a_k)``."""
     last = len(weights) - 1
     inputs, derivs = [], []
     for k, (w, b) in enumerate(zip(weights, biases)):
@@ -179,7 +348,9 @@ class MLP:
 
     The pass runs in the input's dtype (parameters cast at its start; those copies are the
     residuals, so a pullback is unaffected by later in-place parameter updates). Gradients are
-    summed over the batch and returned as float64.
+    summed over the batch and returned as float64. A ReLU network keeps the hidden arrays of its
+    passes in work arrays that later passes reuse once no pullback, output or view holds them
+    (about one pass's hidden activations stay allocated per network; results are unchanged).
 
     Examples
     --------
@@ -232,7 +403,14 @@ class MLP:
     def _forward(self, h):
         """Output for a validated C-contiguous ``(batch, in_features)`` array."""
         ws, bs = self._layers(h.dtype)
-        return _dense_forward(h, ws, bs, self._act)
+        return _dense_forward(h, ws, bs, self._act, self._work())
+
+    def _work(self):
+        # created on first use: networks built or loaded without __init__ get one too
+        work = self.__dict__.get("_buffers")
+        if work is None:
+            work = self.__dict__.setdefault("_buffers", _Buffers())
+        return work
 
     def _vjp(self, h):
         """``(out, pullback)`` for a validated array; ``pullback(out_bar) -> (h_bar, grads)``.
@@ -240,7 +418,7 @@ class MLP:
         ``h`` is kept as a residual: the caller must not change it while the pullback lives.
         """
         ws, bs = self._layers(h.dtype)
-        out, backward = _dense_vjp(h, ws, bs, self._act)
+        out, backward = _dense_vjp(h, ws, bs, self._act, self._work())
 
         def pullback(out_bar):
             h_bar, w_bars, b_bars = backward(out_bar)
