@@ -38,7 +38,10 @@ unconditional network is unchanged.
 
 Weights are stored full size; every pass uses ``W * M`` and every weight gradient is
 multiplied by ``M``, so masked entries have gradient exactly 0 (and stay 0 under any optimizer
-that moves parameters along their gradient).
+that moves parameters along their gradient). :class:`MADE` computes its passes as
+degree-sorted block products that skip the masked zeros outside the blocks
+(:mod:`refflow.nn._blocked`; issue 7), equal to the dense passes on ``W * M`` (kept as
+``MADE._forward_reference`` / ``_vjp_reference``) to round-off.
 
 References
 ----------
@@ -52,6 +55,7 @@ import numpy as np
 
 from .._validation import as_batch, check_dim, check_rng
 from ..params import ParamDict
+from . import _blocked
 from .activations import get_activation
 from .mlp import (
     _check_features, _check_hidden, _check_result, _cotangent, _dense_forward, _dense_vjp,
@@ -483,16 +487,38 @@ class MADE(_Autoregressive):
                 f"context_features={self.context_features})")
 
     # ------------------------------------------------------------ private, unchecked
+    def _plan(self):
+        """The degree-sorted block layout (:mod:`refflow.nn._blocked`), built on first use:
+        the degrees never change."""
+        plan = self.__dict__.get("_block_plan")
+        if plan is None:
+            plan = _blocked.Plan(self.input_degrees, self.hidden_degree_list, self.n_params,
+                                 self.context_features)
+            self._block_plan = plan
+        return plan
+
+    def _weights(self, dtype):
+        """The parameters prepared once in ``dtype`` for several ``_forward`` calls (the
+        sequential sampling passes): sorted masked weights for the blocked pass; unpacking it,
+        ``ws, bs = made._weights(dtype)``, gives the dense ``(masked weights, biases)`` dicts."""
+        return _blocked.Prepared(self, dtype)
+
     def _forward(self, x, context=None, weights=None):
         """Output ``(batch, dim, n_params)`` for validated arrays of one dtype.
 
         ``context`` is ``(batch, context_features)`` for a conditional MADE, else None;
         ``weights`` optionally the result of ``_weights(x.dtype)``, prepared once.
+
+        Degree-sorted block products (issue 7): the same sums as :meth:`_forward_reference`
+        without the masked zeros outside the blocks, so equal to it to round-off.
         """
-        ws, bs = self._weights(x.dtype) if weights is None else weights
-        out = _dense_forward(self._first_input(x, context), [ws[k] for k in self._w_keys],
-                             [bs[k] for k in self._b_keys], self._act)
-        return out.reshape(x.shape[0], self.dim, self.n_params)
+        if not isinstance(weights, _blocked.Prepared):
+            if weights is not None:             # dense dicts prepared by other code
+                return self._forward_reference(x, context, weights)
+            weights = self._weights(x.dtype)
+        elif weights.dtype != x.dtype:          # prepared for another dtype: the pass's dtype
+            weights = self._weights(x.dtype)
+        return _blocked.forward(self._plan(), weights, x, context, self._act)
 
     def _vjp(self, x, context=None):
         """``(out, pullback)`` for validated arrays of one dtype.
@@ -500,9 +526,30 @@ class MADE(_Autoregressive):
         ``pullback(out_bar)`` with ``out_bar`` of shape ``(batch, dim, n_params)`` returns
         ``(x_bar, grads)``, or ``(x_bar, grads, context_bar)`` for a conditional MADE. ``x``
         (unconditional) is kept as a residual: do not change it while the pullback lives.
+        Degree-sorted block products; equal to :meth:`_vjp_reference` to round-off.
         """
+        out, backward = _blocked.vjp(self._plan(), self._weights(x.dtype), x, context,
+                                     self._act)
+
+        def pullback(out_bar):
+            x_bar, w_bars, b_bars, c_bar = backward(out_bar)
+            grads = dict(zip(self._w_keys, w_bars))
+            grads.update(zip(self._b_keys, b_bars))
+            grads = {k: grads[k] for k in self.params}          # the order of params
+            return (x_bar, grads) if c_bar is None else (x_bar, grads, c_bar)
+
+        return out, pullback
+
+    # The dense reference passes on ``W * M`` (kept to test the blocked ones against).
+    def _forward_reference(self, x, context=None, weights=None):
+        ws, bs = _Autoregressive._weights(self, x.dtype) if weights is None else weights
+        out = _dense_forward(self._first_input(x, context), [ws[k] for k in self._w_keys],
+                             [bs[k] for k in self._b_keys], self._act)
+        return out.reshape(x.shape[0], self.dim, self.n_params)
+
+    def _vjp_reference(self, x, context=None):
         dtype, n = x.dtype, x.shape[0]
-        ws, bs = self._weights(dtype)
+        ws, bs = _Autoregressive._weights(self, dtype)
         out, backward = _dense_vjp(self._first_input(x, context),
                                    [ws[k] for k in self._w_keys],
                                    [bs[k] for k in self._b_keys], self._act)
