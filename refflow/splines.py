@@ -40,7 +40,9 @@ is torch's, which returns ``u`` itself for ``u > 20`` (an error of ``log1p(e^{-u
 in its bin search (only ``x = B`` itself is affected, and the spline is continuous there).
 
 Implementation: fused numba kernels (:mod:`refflow.kernels.durkan`) compute each element's
-knots inside the loop, so no ``(N, K + 1)`` knot arrays are built. Batches of at least
+knots inside the loop, so no ``(N, K + 1)`` knot arrays are built; they work in blocks of rows
+with vectorised ``exp`` / ``softplus`` and agree with the reference kernels
+(``rqs_durkan_*_reference``) to round-off. Batches of at least
 ``2 * 2^15`` elements are split over threads (the kernels release the GIL): as many as there
 are CPUs, or ``REFFLOW_NUM_THREADS``; the results do not depend on the number of threads. The
 map + generic kernel path (``refflow.bijectors.spline_maps`` then ``refflow.kernels.splines``),
@@ -82,11 +84,15 @@ _POOL_LOCK = threading.Lock()
 
 
 def _n_threads():
-    """Threads for large batches: ``REFFLOW_NUM_THREADS`` if set, else the number of CPUs."""
+    """Threads for large batches: ``REFFLOW_NUM_THREADS`` if set, else the CPUs this process
+    may run on (``sched_getaffinity``: a container or ``taskset`` limit, not the host's count)."""
     env = os.environ.get("REFFLOW_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) >= 1:
         return int(env)
-    return os.cpu_count() or 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _launch(kernel, arrays, settings, outputs):

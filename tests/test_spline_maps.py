@@ -37,6 +37,9 @@ RTOL_EXACT = 1e-14
 RTOL_PARITY = 1e-13
 #: Knots a few ulps apart, amplified by the spline's conditioning (module docstring).
 RTOL_VALUE = 1e-12
+#: The same over many seeds: the reference kernels vs the map path reach 5.3e-12 (20 seeds x
+#: 4000 elements, inverse cotangents); see test_fused_vs_map_path.
+RTOL_VALUE_SEEDS = 1e-11
 #: Round trips, relative to the conditioning factor dx/dy.
 RTOL_ROUND_TRIP = 1e-12
 
@@ -631,6 +634,12 @@ def test_fused_equals_generic_kernels_on_the_same_knots(rng, monkeypatch, invers
     """Given bitwise-identical knots, the fused kernels reproduce the generic kernels and the
     map's pullback (they share the per-bin helpers; only summation orders differ)."""
     monkeypatch.setattr(splines_module, "_FUSED", True)
+    # libm's exp gives these knots bit for bit only in the reference fused kernels; the fast
+    # ones (vectorised exp, within 1 ulp) are held to them in tests/test_spline_speed_paths.py
+    from refflow.kernels import durkan
+    for name in ("forward", "inverse", "forward_vjp", "inverse_vjp"):
+        monkeypatch.setattr(splines_module, f"rqs_durkan_{name}",
+                            getattr(durkan, f"rqs_durkan_{name}_reference"))
     n = 3000
     m = get_spline_map("durkan", n_bins=K)
     x = rng.uniform(-3.3, 3.3, n)
@@ -684,8 +693,21 @@ def test_fused_vs_map_path(rng, monkeypatch, inverse):
         monkeypatch.setattr(splines_module, "_FUSED", fused)
         y, ld, pullback = rational_quadratic_spline_vjp(x, *params, inverse=inverse)
         out[fused] = (y, ld, *pullback(np.ones(n), np.ones(n)))
-    for a, b in zip(out[True], out[False]):
-        assert _rel(a, b) <= RTOL_VALUE
+    # The fast fused kernels' own exp (within 1 ulp of libm's) moves the knots as much as
+    # NumPy's does. The libm-based reference kernels meet RTOL_VALUE on this seed, but reach
+    # 5.3e-12 over 20 seeds (a few steep elements, |a - b| / max(1, |b|) on cotangents), as do
+    # the fast ones (5.3e-12, on other elements): so the fast path is held to the reference's
+    # worst over seeds, RTOL_VALUE_SEEDS.
+    from refflow.kernels import durkan
+    monkeypatch.setattr(splines_module, "_FUSED", True)
+    for name in ("forward", "inverse", "forward_vjp", "inverse_vjp"):
+        monkeypatch.setattr(splines_module, f"rqs_durkan_{name}",
+                            getattr(durkan, f"rqs_durkan_{name}_reference"))
+    y, ld, pullback = rational_quadratic_spline_vjp(x, *params, inverse=inverse)
+    reference = (y, ld, *pullback(np.ones(n), np.ones(n)))
+    for a, b, r in zip(out[True], out[False], reference):
+        assert _rel(r, b) <= RTOL_VALUE
+        assert _rel(a, b) <= RTOL_VALUE_SEEDS
 
 
 def test_threads_give_identical_results(rng, monkeypatch, path):

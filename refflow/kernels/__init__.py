@@ -15,6 +15,16 @@ Every kernel in ``refflow/kernels/`` is decorated with :func:`njit` from this mo
 The kernels take arrays and scalars only, never allocate their outputs (the caller passes them
 in) and loop over the leading (batch) axis.
 
+Threads
+-------
+The kernels are elementwise along the batch axis, so callers split big batches into row slices
+and run them from a thread pool (``refflow.splines._launch``: batches of at least ``2 * 2^15``
+elements, one slice per thread). The number of threads is the CPUs available to the process
+(``len(os.sched_getaffinity(0))``), or the environment variable ``REFFLOW_NUM_THREADS`` (read at
+each call; ``1`` turns the threads off). Results are bit-identical for any number of threads:
+every element's arithmetic is the same whichever slice or block it lands in (fast-math off, so
+vectorised and scalar loop iterations round alike; tests/test_spline_speed_paths.py).
+
 The NumPy twin mode
 -------------------
 With the environment variable ``REFFLOW_DISABLE_NUMBA=1`` set *before* refflow is imported,
