@@ -17,9 +17,17 @@ Directions
   spline, ``x_i = RQS^{-1}(z_i; theta_i)``. So the weights of an nflows or zuko model give the
   same map here without reversing anything.
 
-The spline values, log-dets and their partial derivatives come from the numba kernels of
-:mod:`refflow.kernels.splines`; the maps' pullbacks carry knot cotangents back to the
-unconstrained parameters, and the conditioner's pullback carries those to its weights.
+The spline values, log-dets and their partial derivatives come from numba kernels. With the
+``"durkan"`` map (the default) every pass runs the fused kernels of
+:mod:`refflow.kernels.durkan`, which take the conditioner's unconstrained outputs directly (as
+strided views of its ``(rows, P)`` output, no copies) and compute each element's knots inside the
+loop; their pullbacks return the unconstrained parameters' cotangents. The other maps (and
+``"durkan"`` when numba is disabled, or with ``_FUSED = False``) take the reference path: the
+map (:mod:`refflow.bijectors.spline_maps`) builds the ``(rows, K + 1)`` knot arrays, the generic
+kernels of :mod:`refflow.kernels.splines` evaluate the spline, and the map's pullback carries the
+knot cotangents back. Both paths agree to rounding (knots a few ulps apart, amplified by the
+spline's conditioning); ``tests/test_spline_layers_fused.py`` compares them. The conditioner's
+pullback then carries the parameter cotangents to its weights.
 
 References
 ----------
@@ -33,7 +41,11 @@ import math
 import numpy as np
 
 from .._validation import check_dim
+from ..kernels import NUMBA_DISABLED
+from ..kernels.durkan import (rqs_durkan_forward, rqs_durkan_forward_vjp, rqs_durkan_inverse,
+                             rqs_durkan_inverse_vjp)
 from ..kernels.splines import rqs_forward, rqs_forward_vjp, rqs_inverse, rqs_inverse_vjp
+from ..splines import _launch, _settings as _durkan_settings
 from .autoregressive import _MaskedAutoregressive, fixed_point_adjoint
 from .base import Bijector
 from .coupling import _Coupling, _assemble, _conditioner_input, _split_h_bar
@@ -69,13 +81,53 @@ def _split(theta, n_bins):
     return theta[..., :n_bins], theta[..., n_bins:2 * n_bins], theta[..., 2 * n_bins:]
 
 
+#: Run the "durkan" map through the fused kernels (:mod:`refflow.kernels.durkan`). When False,
+#: or when numba is disabled (the kernels would then be slow Python loops), every map takes the
+#: reference path :func:`_spline_reference`; the tests switch this flag to compare the two.
+_FUSED = not NUMBA_DISABLED
+
+
 def _spline(apply, v, theta, smap, n_bins, with_vjp):
     """``RQS`` (``apply="spline"``) or ``RQS^{-1}`` (``"inverse"``) of ``v`` (N,) elementwise.
 
-    ``theta`` (N, P) holds each element's unconstrained parameters. Returns ``(out, log_det)``
-    (elementwise, (N,)) or ``(out, log_det, pullback)`` with ``pullback(out_bar, log_det_bar)
-    -> (v_bar, theta_bar)``.
+    ``theta`` (N, P) holds each element's unconstrained parameters (any strides). Returns
+    ``(out, log_det)`` (elementwise, (N,)) or ``(out, log_det, pullback)`` with
+    ``pullback(out_bar, log_det_bar) -> (v_bar, theta_bar)``, ``theta_bar`` (N, P) C-contiguous.
     """
+    if _FUSED and smap.name == "durkan":
+        return _spline_fused(apply, v, theta, smap, n_bins, with_vjp)
+    return _spline_reference(apply, v, theta, smap, n_bins, with_vjp)
+
+
+def _spline_fused(apply, v, theta, smap, n_bins, with_vjp):
+    """:func:`_spline` for the "durkan" map on the fused kernels: the widths, heights and
+    derivatives go in as strided column views of ``theta`` (no knot arrays, no copies), and the
+    pullback writes their cotangents straight into the column blocks of one ``theta_bar``."""
+    theta = theta.astype(v.dtype, copy=False)
+    params = (v,) + _split(theta, n_bins)
+    settings = _durkan_settings(smap)
+    out, log_det = np.empty_like(v), np.empty_like(v)
+    _launch(rqs_durkan_forward if apply == "spline" else rqs_durkan_inverse, params, settings,
+            (out, log_det))
+    if not with_vjp:
+        return out, log_det
+    vjp_kernel = rqs_durkan_forward_vjp if apply == "spline" else rqs_durkan_inverse_vjp
+
+    def pullback(out_bar, log_det_bar):
+        v_bar = np.empty_like(v)
+        theta_bar = np.empty(theta.shape, dtype=v.dtype)  # every entry written by the kernel
+        _launch(vjp_kernel, params, settings,
+                (np.ascontiguousarray(out_bar, dtype=v.dtype),
+                 np.ascontiguousarray(log_det_bar, dtype=v.dtype), v_bar,
+                 *_split(theta_bar, n_bins)))
+        return v_bar, theta_bar
+
+    return out, log_det, pullback
+
+
+def _spline_reference(apply, v, theta, smap, n_bins, with_vjp):
+    """:func:`_spline` by the composed reference path: the map's knot arrays, the generic
+    kernels of :mod:`refflow.kernels.splines`, the map's pullback."""
     uw, uh, ud = _split(theta, n_bins)
     if with_vjp:
         knots, map_pullback = smap.vjp(uw, uh, ud)
@@ -175,7 +227,9 @@ class RationalQuadraticSpline(Bijector):
         theta = np.concatenate([p["unnormalized_widths"], p["unnormalized_heights"],
                                 p["unnormalized_derivatives"]], axis=1)
         n_params = theta.shape[1]
-        theta_rows = np.broadcast_to(theta, (n, d, n_params)).reshape(n * d, n_params)
+        # one fresh writable row per element (for n = 1 a reshaped broadcast would be a read-only
+        # view, which numba compiles separately)
+        theta_rows = np.tile(theta, (n, 1))
         result = _spline(apply, v.reshape(-1), theta_rows, self._map, k, with_vjp)
         # the kernels' log-dets are those of the map applied (RQS or RQS^{-1}), elementwise
         out, log_det = result[0].reshape(n, d), result[1].reshape(n, d).sum(axis=1)
@@ -295,7 +349,7 @@ class SplineCoupling(_Coupling):
         out, net_pullback = self.conditioner._vjp(h) if with_vjp else (self.conditioner._forward(h), None)
         theta = out.reshape(n * n_b, self._n_params)
         apply = "spline" if direction == "inverse" else "inverse"  # density direction = RQS
-        result = _spline(apply, np.ascontiguousarray(v.take(b, axis=1)).reshape(-1), theta,
+        result = _spline(apply, v.take(b, axis=1).reshape(-1), theta,  # take: a fresh C array
                          self._map, self.n_bins, with_vjp)
         out_b = result[0].reshape(n, n_b)
         log_det = result[1].reshape(n, n_b).sum(axis=1)
@@ -304,7 +358,7 @@ class SplineCoupling(_Coupling):
             return result_v, log_det
 
         def pullback(out_bar, log_det_bar):
-            v_b_bar, theta_bar = result[2](np.ascontiguousarray(out_bar.take(b, axis=1)).reshape(-1),
+            v_b_bar, theta_bar = result[2](out_bar.take(b, axis=1).reshape(-1),
                                            np.repeat(log_det_bar, n_b))
             h_bar, grads = net_pullback(theta_bar.reshape(n, n_b * self._n_params))
             h_a_bar, context_bar = _split_h_bar(h_bar, n_a, context is not None)
