@@ -1,6 +1,7 @@
 """Rational-quadratic spline throughput, refflow vs nflows vs zuko, in the same run.
 
-Run: ``python benchmarks/bench_splines.py [--quick] [--json out.json]``
+Run: ``python benchmarks/bench_splines.py [--quick] [--peers] [--json out.json]`` (the spline
+workloads of ``benchmarks/run.py``; the same as ``run.py --only spline_fwd,spline_inv,spline_grad``)
 
 Workload (fixed so later runs compare): 2^20 elements, K = 8 bins, unconstrained parameters
 drawn from N(0, 1), inputs from N(0, 2) (some in the tails); three operations: forward+log-det,
@@ -9,19 +10,27 @@ all parameters). refflow: ``rational_quadratic_spline(_vjp)`` ("durkan", B = 3).
 ``unconstrained_rational_quadratic_spline(tails="linear", tail_bound=3)``. zuko:
 ``MonotonicRQSTransform(bound=5)`` (zuko's own default bound; its map differs, the work does
 not). Peers run on torch CPU with ``torch.set_num_threads`` = NumPy's BLAS threads, skipped
-with a message when not installed. Elements per second; ratios measured in this run.
+with a message when not installed. Elements per second; ratios measured in this run
+(``peer time / refflow time``: above 1, refflow is faster). refflow's fused spline kernels are
+numba code and may run on numba's threads (recorded as ``numba_threads``), the peers on torch's.
 """
 
-import argparse
-import json
 import sys
 
 import numpy as np
 
-from common import blas_threads, environment, timeit
+from common import Case, torch_or_skip
 from refflow import rational_quadratic_spline, rational_quadratic_spline_vjp
 
 N, K, B = 2 ** 20, 8, 3.0
+WORKLOADS = {
+    "spline_fwd": "spline forward+log-det (2^20 elements, K 8)",
+    "spline_inv": "spline inverse+log-det (2^20 elements, K 8)",
+    "spline_grad": "spline forward+gradient (2^20 elements, K 8)",
+}
+OPS = {"spline_fwd": "forward+log_det", "spline_inv": "inverse+log_det",
+       "spline_grad": "forward+gradient"}
+UNIT = "elements/s"
 
 
 def data(dtype, n):
@@ -88,53 +97,33 @@ def zuko_ops(x, uw, uh, ud):
             "forward+gradient": grad}
 
 
+_CACHE = {}
+
+
+def build(workload, impl, sizes, dtype):
+    """The :class:`Case` of ``workload`` for ``impl`` in ``dtype`` on ``sizes.spline_n``
+    elements (``sizes.bins`` is not used: K = 8 is this benchmark's fixed configuration, also in
+    the smoke run). The arrays and every implementation's operations are built once per
+    ``(impl, dtype)`` and kept until :func:`clear`."""
+    if impl != "refflow":
+        torch_or_skip(impl)
+    ops = {"refflow": refflow_ops, "nflows": nflows_ops, "zuko": zuko_ops}[impl]
+    if (impl, dtype) not in _CACHE:
+        if ("data", dtype) not in _CACHE:
+            _CACHE[("data", dtype)] = data(np.dtype(dtype).type, sizes.spline_n)
+        _CACHE[(impl, dtype)] = ops(*_CACHE[("data", dtype)])
+    return Case(_CACHE[(impl, dtype)][OPS[workload]], sizes.spline_n)
+
+
+def clear():
+    """Frees the arrays of :func:`build` (about 200 MB in float64)."""
+    _CACHE.clear()
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json")
-    args = parser.parse_args(argv)
-    repeats = 3 if args.quick else 7
-    env = environment()
-    print("Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
-    try:
-        import torch
-        torch.set_num_threads(blas_threads())
-        env["torch"] = torch.__version__
-    except ImportError:
-        print("torch not installed: nflows and zuko skipped")
-    results = []
-    for dtype in (np.float64, np.float32):
-        arrays = data(dtype, N)
-        impls = {"refflow": refflow_ops}
-        for name, ops in (("nflows", nflows_ops), ("zuko", zuko_ops)):
-            try:
-                impls[name] = ops
-                ops(*(a[:16] for a in arrays))  # import check on a tiny input
-            except ImportError as exc:
-                print(f"{name} skipped ({exc.name} not installed)")
-                del impls[name]
-        for impl, ops in impls.items():
-            for op, fn in ops(*arrays).items():
-                med, lo, hi = timeit(fn, repeats, warmup=1)
-                results.append({"impl": impl, "dtype": np.dtype(dtype).name, "op": op,
-                                "median_s": med, "min_s": lo, "max_s": hi,
-                                "elements_per_s": N / med})
-    print(f"\n{N} elements, K = {K}, {repeats} repeats; million elements/s (median), ratio = "
-          f"refflow / peer throughput\n")
-    print("| dtype | operation | refflow | nflows | zuko | vs nflows | vs zuko |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    table = {(r["impl"], r["dtype"], r["op"]): r["elements_per_s"] / 1e6 for r in results}
-    for dtype in ("float64", "float32"):
-        for op in ("forward+log_det", "inverse+log_det", "forward+gradient"):
-            ours = table[("refflow", dtype, op)]
-            cells = [table.get((p, dtype, op)) for p in ("nflows", "zuko")]
-            text = [f"{c:.2f}" if c else "-" for c in cells]
-            ratios = [f"{ours / c:.1f}x" if c else "-" for c in cells]
-            print(f"| {dtype} | {op} | {ours:.2f} | {text[0]} | {text[1]} | {ratios[0]} | {ratios[1]} |")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"environment": env, "n": N, "bins": K, "results": results}, fh, indent=2)
-    return 0
+    import run
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run.main(["--only", ",".join(WORKLOADS)] + argv)
 
 
 if __name__ == "__main__":

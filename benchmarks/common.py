@@ -1,5 +1,14 @@
-"""Shared by the benchmark scripts: timing with warm-up, and the environment that moves timings."""
+"""Shared by the benchmark scripts: timing with warm-up, the environment that moves timings,
+benchmark sizes, result records and the torch set-up of the peers.
 
+Nothing here changes the environment: ``OPENBLAS_CORETYPE`` (this machine's environment may set
+``OPENBLAS_CORETYPE=Haswell``, which runs OpenBLAS's GEMM at about 0.65x of its AVX-512 speed)
+and the thread variables are recorded, never set.
+"""
+
+import contextlib
+import dataclasses
+import math
 import os
 import platform
 import statistics
@@ -7,19 +16,29 @@ import time
 
 import numpy as np
 
+PEERS = ("zuko", "nflows")
+IMPLS = ("refflow",) + PEERS
+DTYPES = ("float64", "float32")
 
-def timeit(fn, repeats, warmup=2):
-    """``(median, min, max)`` seconds of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
+
+# ----------------------------------------------------------------------------- timing
+def timeit(fn, repeats, warmup=2, warmup_fn=None):
+    """``(median, min, max)`` seconds of ``repeats`` calls of ``fn`` after ``warmup`` calls.
+
+    ``warmup_fn`` (default ``fn``) is what the warm-up calls run: a smaller version of the
+    workload when one full call is long (sampling), enough to compile and import lazily.
+    """
     for _ in range(warmup):
-        fn()
+        (warmup_fn or fn)()
     times = []
-    for _ in range(repeats):
+    for _ in range(max(1, repeats)):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), min(times), max(times)
 
 
+# ----------------------------------------------------------------------------- environment
 def blas_threads():
     """NumPy's BLAS thread count (threadpoolctl when installed, else the usual variables)."""
     try:
@@ -35,18 +54,50 @@ def blas_threads():
     return os.cpu_count()
 
 
+def cpu_model():
+    """The ``model name`` line of ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(module):
+    try:
+        from importlib.metadata import version
+        return version(module)
+    except Exception:  # not installed
+        return "(not installed)"
+
+
+ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+            "NUMBA_NUM_THREADS", "REFFLOW_DISABLE_NUMBA")
+
+
 def environment():
-    """Versions, BLAS, thread settings and ``OPENBLAS_CORETYPE``, recorded with every result."""
+    """Versions, BLAS, threads, CPU and ``OPENBLAS_CORETYPE``, recorded with every result."""
     import refflow
     env = {
         "python": platform.python_version(),
         "numpy": np.__version__,
         "refflow": refflow.__version__,
         "machine": platform.machine(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "blas_threads": blas_threads(),
     }
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for name in ("scipy", "numba", "torch", "zuko", "nflows"):
+        env[name] = _version(name)
+    try:
+        import numba
+        env["numba_threads"] = numba.get_num_threads()
+    except ImportError:
+        env["numba_threads"] = None
+    for var in ENV_VARS:
         env[var] = os.environ.get(var, "(unset)")
     try:
         config = np.show_config(mode="dicts")
@@ -54,4 +105,134 @@ def environment():
         env["blas"] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
     except Exception:  # older NumPy without mode="dicts"
         env["blas"] = "unknown"
+    try:
+        from threadpoolctl import threadpool_info
+        cores = {p.get("architecture") for p in threadpool_info() if p.get("user_api") == "blas"}
+        env["blas_core"] = ", ".join(sorted(c for c in cores if c)) or "unknown"
+    except ImportError:
+        env["blas_core"] = "unknown (threadpoolctl not installed)"
     return env
+
+
+def environment_line(env):
+    """One line for the README under the tables."""
+    return (f"{env['cpu']} ({env['cpus']} CPUs), Python {env['python']}, NumPy {env['numpy']} "
+            f"({env['blas']}, core {env['blas_core']}, {env['blas_threads']} BLAS threads), "
+            f"SciPy {env['scipy']}, numba {env['numba']} ({env['numba_threads']} threads), "
+            f"refflow {env['refflow']}, torch {env['torch']}, zuko {env['zuko']}, "
+            f"nflows {env['nflows']}; OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}, "
+            f"OPENBLAS_NUM_THREADS={env['OPENBLAS_NUM_THREADS']}, "
+            f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}")
+
+
+# ----------------------------------------------------------------------------- sizes
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """The fixed configurations (``full``), and what ``--quick`` and ``--smoke`` change.
+
+    ``full`` and ``quick`` share every model and batch; ``quick`` only draws fewer sampling
+    rows (the sequential passes make sampling the longest workload) and repeats less.
+    ``smoke`` shrinks everything, for the test of the script itself.
+    """
+    mode: str = "full"
+    dim: int = 64                 # MAF / NSF event size
+    layers: int = 5
+    hidden: tuple = (256, 256)
+    batch: int = 512              # MAF / NSF training batch
+    bins: int = 8                 # NSF K
+    bound: float = 3.0            # NSF B (refflow, nflows); zuko's is fixed at 5
+    rnvp_dim: int = 2
+    rnvp_layers: int = 8
+    rnvp_hidden: tuple = (64, 64)
+    rnvp_batch: int = 4096
+    log_prob_batch: int = 4096
+    sample_rows: int = 10_000
+    spline_n: int = 2 ** 20
+    gemm_square: int = 1024
+    repeats: int = 7
+    sample_repeats: int = 5
+    spline_repeats: int = 7
+    warmup: int = 2
+
+
+FULL = Sizes()
+QUICK = dataclasses.replace(FULL, mode="quick", sample_rows=1000, repeats=5, sample_repeats=3,
+                            spline_repeats=3, warmup=1)
+SMOKE = Sizes(mode="smoke", dim=4, layers=2, hidden=(8, 8), batch=16, bins=4, rnvp_layers=2,
+              rnvp_hidden=(8, 8), rnvp_batch=32, log_prob_batch=32, sample_rows=16,
+              spline_n=256, gemm_square=32, repeats=1, sample_repeats=1, spline_repeats=1,
+              warmup=1)
+SIZES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
+
+
+def quick_changes():
+    """What ``--quick`` changes relative to the full run, for the table's caption."""
+    diff = [f"{f.name} {getattr(FULL, f.name)} -> {getattr(QUICK, f.name)}"
+            for f in dataclasses.fields(Sizes)
+            if f.name != "mode" and getattr(FULL, f.name) != getattr(QUICK, f.name)]
+    return ", ".join(diff)
+
+
+# ----------------------------------------------------------------------------- workloads
+@dataclasses.dataclass
+class Case:
+    """One timed callable: ``fn`` (one call = ``items`` units of work), optional ``warmup_fn``,
+    ``info`` (parameter count, notes) and ``after`` (called once after timing, for follow-ups
+    such as the log_prob of the sampled rows)."""
+    fn: object
+    items: int
+    warmup_fn: object = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+class Skip(Exception):
+    """A peer cannot run this workload (not installed, or no such operation)."""
+
+
+def record(workload, impl, dtype, unit, case, times, repeats):
+    med, lo, hi = times
+    rec = {"workload": workload, "impl": impl, "dtype": dtype, "median_s": med, "min_s": lo,
+           "max_s": hi, "repeats": repeats, "items": case.items, "unit": unit,
+           "throughput": case.items / med if med > 0 else math.inf}
+    rec.update(case.info)
+    return rec
+
+
+# ----------------------------------------------------------------------------- torch peers
+def torch_or_skip(peer):
+    """``(torch, module)`` for ``peer`` ("zuko" or "nflows"), or ``Skip`` with the reason."""
+    try:
+        import torch
+    except ImportError:
+        raise Skip(f"{peer}: skipped (torch not installed)") from None
+    try:
+        module = __import__(peer)
+    except ImportError:
+        raise Skip(f"{peer}: skipped (not installed)") from None
+    return torch, module
+
+
+def torch_dtype(dtype):
+    import torch
+    return {"float64": torch.float64, "float32": torch.float32}[dtype]
+
+
+@contextlib.contextmanager
+def torch_seed(seed=0):
+    """Seeds torch's global generator for one model build (the previous state is restored)."""
+    import torch
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def n_torch_params(module):
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def n_params(flow):
+    """refflow parameter count (masked MADE entries included, as torch counts them)."""
+    return int(sum(np.asarray(v).size for v in flow.params.values()))
