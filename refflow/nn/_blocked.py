@@ -320,8 +320,7 @@ def vjp(plan, prepared, x, context, act):
         a = lp.matmul(h, v, np.empty((n, lp.n_out), dtype=dtype))
         a += b
         if k < last:
-            if relu:                # f'(a) = [a > 0] (0 at 0, as _relu_vd), then f in place
-                derivs.append((a > 0).astype(dtype))
+            if relu:                # f in place; f'(a) = [a > 0] is read off h in backward
                 h = np.maximum(a, 0, out=a)
             else:
                 h, d = act.value_and_derivative(a)
@@ -336,8 +335,13 @@ def vjp(plan, prepared, x, context, act):
             w_bars[k] = lp.weight_gradient(g, inputs[k], dtype)      # (g^T h) * M
             b_bars[k] = np.take(g.sum(axis=0), lp.out_inv).astype(np.float64, copy=False)
             hb = lp.input_cotangent(g, v, dtype)                     # h_bar = g V
-            if k > 0:
-                hb *= derivs[k - 1]                                  # a_bar = h_bar f'(a)
+            if k > 0:                                                # a_bar = h_bar f'(a)
+                if relu:
+                    # ReLU: f'(a) = [a > 0] = [h > 0] for h = max(a, 0) (as mlp's
+                    # _dense_vjp_relu); times it as 1.0 / 0.0, the same products as before
+                    np.multiply(hb, inputs[k] > 0, out=hb)
+                else:
+                    hb *= derivs[k - 1]
             g = hb
         x_bar, c_bar = plan.split_input_bar(g)
         return x_bar, w_bars, b_bars, c_bar
