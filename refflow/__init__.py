@@ -14,14 +14,13 @@ from .bijectors import (
 )
 from .splines import rational_quadratic_spline, rational_quadratic_spline_vjp
 from .distributions import DiagNormal, Flow, StandardNormal
-from .optim import SGD, Adam, CosineAnnealing, clip_grad_norm
-from .train import History, TrainingDiverged, fit
+from .training import SGD, Adam, CosineAnnealing, History, TrainingDiverged, clip_grad_norm, fit
 from .flows import BUILDERS, MAF, NSF, Glow, PlanarFlow, RadialFlow, RealNVP, SylvesterFlow
 from .estimator import FlowDensity
-from . import io, optim, train, flows
+from . import data, flows, io, optim, train, training, variational
 from .io import load, save
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     # contract and containers
@@ -49,5 +48,6 @@ __all__ = [
     # save and load (model files hold arrays and JSON only)
     "save", "load",
     # submodules
-    "testing", "datasets", "params", "nn", "io", "optim", "train", "flows",
+    "testing", "data", "datasets", "params", "nn", "io", "training", "optim", "train", "variational",
+    "flows",
 ]

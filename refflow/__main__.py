@@ -70,7 +70,7 @@ def _hidden(text):
 
 def read_data(source, n=None, seed=0):
     """Rows of a toy (by name, ``n`` seeded samples) or of a ``.npy`` / ``.csv`` file."""
-    from . import datasets
+    from . import data as datasets
 
     if source in datasets.TOYS:
         return datasets.toy(source, 5000 if n is None else n, rng=seed)
@@ -129,11 +129,11 @@ def _load_model(path):
 
 
 def _write_npy(path, array):
-    from .io import _atomic_write
+    from .io import atomic_write
 
     if not path.lower().endswith(".npy"):
         raise CommandError(f"{path}: the output must be a .npy file")
-    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
 # -------------------------------------------------------------------------------- commands
@@ -233,7 +233,7 @@ def cmd_check(args, out):
 
 def fit_demo(seed=0, epochs=60, out=print, progress=False):
     """NSF on two moons: 4000 train (10 % of them for validation), 2000 test points."""
-    from .datasets import toy_log_prob, two_moons
+    from .data import toy_log_prob, two_moons
     from .estimator import FlowDensity
 
     rng = np.random.default_rng(seed)
@@ -297,7 +297,7 @@ def cmd_demo(args, out):
 
 
 def cmd_potentials(args, out):
-    from .variational import fit_potential
+    from .training.variational import fit_potential
 
     for name in args.names:
         plot = None if args.plot_dir is None else os.path.join(args.plot_dir, f"potential_{name}.png")
@@ -391,7 +391,7 @@ def build_parser():
 def main(argv=None, out=print):
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .train import TrainingDiverged
+    from .training import TrainingDiverged
 
     try:
         return args.run(args, out)

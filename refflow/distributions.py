@@ -15,6 +15,7 @@ import numpy as np
 
 from ._validation import as_batch, as_float_array, check_dim, check_rng
 from .bijectors.base import Bijector, atomic
+from .io.spec import from_spec, register, to_spec
 from .params import ParamDict, prefixed
 
 __all__ = ["StandardNormal", "DiagNormal", "Flow"]
@@ -320,14 +321,12 @@ class Flow:
         return f"Flow(base={self.base!r}, bijector={self.bijector!r})"
 
     def _config(self):
-        from . import io  # lazily: refflow.io imports this module
-        return {"base": io.to_spec(self.base), "bijector": io.to_spec(self.bijector)}
+        return {"base": to_spec(self.base), "bijector": to_spec(self.bijector)}
 
     @classmethod
     def _from_config(cls, config):
-        from . import io
-        return cls(**dict(config, base=io.from_spec(config["base"]),
-                          bijector=io.from_spec(config["bijector"])))
+        return cls(**dict(config, base=from_spec(config["base"]),
+                          bijector=from_spec(config["bijector"])))
 
     @property
     def params(self):
@@ -395,7 +394,7 @@ class Flow:
         lp = None if len(chunks) == 1 else np.empty(n, dtype=x2.dtype)
         with atomic():
             for start, stop in chunks:
-                z, log_det = self.bijector._run("inverse", x2[start:stop], False,
+                z, log_det, _ = self.bijector._run("inverse", x2[start:stop], False,
                                                 context_rows(start, stop))
                 with np.errstate(over="ignore", invalid="ignore"):
                     part = self.base._log_prob(z) + log_det
@@ -450,7 +449,7 @@ class Flow:
         with atomic():
             for start, stop in chunks:
                 z = self.base._sample(stop - start, rng)
-                x_part, log_det = self.bijector._run("forward", z, False,
+                x_part, log_det, _ = self.bijector._run("forward", z, False,
                                                      context_rows(start, stop))
                 with np.errstate(over="ignore", invalid="ignore"):
                     lq_part = self.base._log_prob(z) - log_det
@@ -470,11 +469,11 @@ class Flow:
         def pullback(lq_bar):
             # d log q / d log_det = 1 and d log q / d log p(z) = 1: both get lq_bar
             z_bar, base_grads = base_pullback(lq_bar)
-            result = bijector_pullback(z_bar, lq_bar)
+            x_bar, bijector_grads, context_bar = bijector_pullback(z_bar, lq_bar)
             grads = {f"base.{k}": np.asarray(g, dtype=np.float64) for k, g in base_grads.items()}
             grads.update({f"bijector.{k}": np.asarray(g, dtype=np.float64)
-                          for k, g in result[1].items()})
-            return result[0], grads, (result[2] if len(result) == 3 else None)
+                          for k, g in bijector_grads.items()})
+            return x_bar, grads, context_bar
 
         return lp + log_det, pullback
 
@@ -730,7 +729,7 @@ class Flow:
             f = lp - log_det - log_t
             kl = float(np.mean(f))
             inv_n = 1.0 / n
-            z_bar_t, bijector_grads = bijector_pullback(-inv_n * grad_t, np.full(n, -inv_n))[:2]
+            z_bar_t, bijector_grads, _ = bijector_pullback(-inv_n * grad_t, np.full(n, -inv_n))
             z_bar_p, base_grads = base_pullback(np.full(n, inv_n))
             for key, g in reparam_pullback(z_bar_t + z_bar_p).items():
                 base_grads[key] = base_grads[key] + g
@@ -775,7 +774,7 @@ class Flow:
         c2, _ = self._context(context, n, where)
         z = self.base._sample(n, rng)
         with atomic():  # a target that raises leaves layer state (ActNorm init) unchanged
-            x, log_det = self.bijector._run("forward", z, False, c2)
+            x, log_det, _ = self.bijector._run("forward", z, False, c2)
             lq = self.base._log_prob(z) - log_det
             log_t, _ = self._eval_kl_target((fns[0], None), x, c2, where, need_grad=False)
         if np.isneginf(log_t).any():
@@ -787,3 +786,6 @@ class Flow:
             raise ValueError(f"{where}: the estimate overflows float64 (log q - log p~ reaches "
                              f"{np.max(np.abs(f)):.3g}); the target is far from the flow")
         return estimate, stderr
+
+
+register(StandardNormal, DiagNormal, Flow)

@@ -24,7 +24,10 @@ from .bijectors import Affine, Chain
 from .distributions import Flow
 from .distributions import _check_batch_size as _flow_batch_size
 from .flows import BUILDERS
+from . import io
+from .io.spec import register
 from .nn.mlp import _check_hidden
+from .training.loop import History, fit
 
 __all__ = ["FlowDensity"]
 
@@ -211,7 +214,7 @@ class FlowDensity:
     flow_ : refflow.Flow
         The fitted model in the units of ``X``:
         ``Flow(base, Chain([inner_bijector, Affine(n_features)]))``.
-    history_ : refflow.train.History
+    history_ : refflow.training.History
         Training and validation losses per epoch (of the standardised data).
     n_features_in_ : int
     mean_, scale_ : ndarray of shape (n_features_in_,)
@@ -235,7 +238,7 @@ class FlowDensity:
     the *sum*).
 
     *Errors.* ``fit`` leaves the estimator as it was when it raises (bad data, bad
-    parameters, or :class:`refflow.train.TrainingDiverged` when the loss stops being finite).
+    parameters, or :class:`refflow.training.TrainingDiverged` when the loss stops being finite).
 
     Examples
     --------
@@ -387,11 +390,10 @@ class FlowDensity:
         ------
         ValueError
             Bad ``X`` or parameters (the estimator is left unchanged), or
-            :class:`refflow.train.TrainingDiverged` if the loss stops being finite.
+            :class:`refflow.training.TrainingDiverged` if the loss stops being finite.
         TypeError
             Sparse ``X`` or non-numeric objects in ``X``.
         """
-        from . import train  # lazily: train is only needed here
 
         where = "FlowDensity.fit"
         options = self._checked_params()
@@ -434,7 +436,7 @@ class FlowDensity:
         validation_fraction = options["validation_fraction"]
         if n - math.ceil(validation_fraction * n) < 1:  # too few rows to hold any out
             validation_fraction = 0.0
-        history = train.fit(
+        history = fit(
             inner, Xs, validation_fraction=validation_fraction, epochs=options["epochs"],
             batch_size=options["batch_size"], lr=options["lr"],
             weight_decay=options["weight_decay"], patience=options["patience"],
@@ -556,8 +558,6 @@ class FlowDensity:
         """Constructor parameters, and for a fitted estimator the flow's spec and scalars."""
         config = {"params": self._init_config(), "fitted": None}
         if self.__sklearn_is_fitted__():
-            from . import io  # lazily: refflow.io imports this module
-
             config["fitted"] = {
                 "flow": io.to_spec(self.flow_),
                 "n_features_in_": int(self.n_features_in_),
@@ -576,8 +576,6 @@ class FlowDensity:
         estimator = cls(**params)
         fitted = config.get("fitted")
         if fitted is not None:
-            from . import io, train
-
             # A damaged file's values reach here: check them (ValueError, which refflow.io.load
             # reports naming the file) rather than fail later with a TypeError or AttributeError.
             where = "FlowDensity (fitted state in the file)"
@@ -601,13 +599,11 @@ class FlowDensity:
             estimator.flow_ = flow
             estimator.n_features_in_ = dim
             estimator.mean_, estimator.scale_ = arrays["mean_"], arrays["scale_"]
-            estimator.history_ = train.History.from_dict(fitted["history_"], where)
+            estimator.history_ = History.from_dict(fitted["history_"], where)
         return estimator
 
     def save(self, path):
         """Save to ``path`` with :func:`refflow.io.save` (load with :func:`refflow.io.load`)."""
-        from . import io
-
         io.save(path, self)
 
     def __getstate__(self):
@@ -615,8 +611,6 @@ class FlowDensity:
         # pickling and deep copies never depend on how the layers store their parameters.
         state = dict(self.__dict__)
         if "flow_" in state:
-            from . import io
-
             flow = state.pop("flow_")
             state["_flow_state"] = (io.to_spec(flow),
                                     {k: np.array(v) for k, v in flow.params.items()},
@@ -628,8 +622,6 @@ class FlowDensity:
         flow_state = state.pop("_flow_state", None)
         self.__dict__.update(state)
         if flow_state is not None:
-            from . import io
-
             spec, params, buffers = flow_state
             flow = io.from_spec(spec)
             flow.params.update(params)
@@ -638,3 +630,6 @@ class FlowDensity:
                 if targets[key].flags.writeable:  # read-only ones are fixed by the config
                     targets[key][...] = value
             self.flow_ = flow.eval()
+
+
+register(FlowDensity)

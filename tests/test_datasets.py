@@ -17,6 +17,7 @@ from scipy import integrate, stats
 from scipy.special import i0e
 
 from refflow import datasets
+from refflow.data import toys
 from refflow.datasets import (
     TABULAR, TOYS, TOYS_WITH_DENSITY, TabularData, load_bsds300, load_digits, load_gas,
     load_hepmass, load_miniboone, load_power, load_tabular, toy, toy_log_prob,
@@ -266,11 +267,11 @@ def test_arc_integral_against_the_bessel_closed_form():
     kappa = 10.0 ** rng.uniform(-3, 12, 400)
     phi = rng.uniform(-np.pi, 3 * np.pi, 400)
     ref = np.log(2 * np.pi * i0e(kappa))
-    full = datasets._log_arc_integral(kappa, phi, 0.0, 2 * np.pi)
+    full = toys._log_arc_integral(kappa, phi, 0.0, 2 * np.pi)
     np.testing.assert_allclose(full, ref, rtol=RTOL_REFERENCE, atol=RTOL_REFERENCE)
     for split in (0.4, np.pi, 5.0):
-        first = datasets._log_arc_integral(kappa, phi, 0.0, split)
-        second = datasets._log_arc_integral(kappa, phi, split, 2 * np.pi)
+        first = toys._log_arc_integral(kappa, phi, 0.0, split)
+        second = toys._log_arc_integral(kappa, phi, split, 2 * np.pi)
         np.testing.assert_allclose(np.logaddexp(first, second), ref, rtol=RTOL_REFERENCE,
                                    atol=RTOL_REFERENCE)
 
@@ -704,6 +705,6 @@ def test_load_digits_without_sklearn(monkeypatch):
 
 
 def test_potentials_are_reexported():
-    from refflow import _potentials as potentials
+    from refflow.data import potentials
     assert datasets.rezende_potential is potentials.rezende_potential
     assert datasets.POTENTIALS is potentials.POTENTIALS

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 
-import refflow.io as rio
+import refflow.io.files as rio
 from refflow.estimator import FlowDensity
 from refflow.flows import MAF
 from refflow.train import TrainingDiverged, fit

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import refflow.bijectors.coupling as coupling_mod
 import refflow.nn.activations as act_mod
 import refflow.nn.mlp as mlp_mod
-import refflow.optim as optim_mod
+import refflow.training.optim as optim_mod
 from refflow import AffineCoupling, AdditiveCoupling
 from refflow.flows import RealNVP
 from refflow.kernels import fused

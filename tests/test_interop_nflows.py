@@ -1,4 +1,4 @@
-"""refflow as an oracle for nflows models: ``refflow._interop_nflows.from_nflows``.
+"""refflow as an oracle for nflows models: ``refflow.interop.nflows.from_nflows``.
 
 Random-init and briefly trained nflows flows (float64) are imported; log-probs must agree to
 1e-10 and every parameter's gradient of the mean NLL (torch autograd vs refflow's hand-derived
@@ -24,7 +24,7 @@ from nflows.transforms import (  # noqa: E402
     PiecewiseRationalQuadraticCouplingTransform, RandomPermutation, ReversePermutation,
 )
 
-from refflow._interop_nflows import from_nflows  # noqa: E402
+from refflow.interop.nflows import from_nflows  # noqa: E402
 
 RTOL_LOG_PROB = 1e-10   # float64, same formulas: only summation order differs
 RTOL_GRAD = 1e-8        # normwise per parameter, the issue's standard
@@ -245,7 +245,7 @@ def test_imported_models_with_private_networks_refuse_to_save(tmp_path):
 
 
 def test_core_package_does_not_import_torch():
-    code = ("import sys, refflow, refflow._interop_nflows; "
+    code = ("import sys, refflow, refflow.interop.nflows; "
             "assert 'torch' not in sys.modules and 'nflows' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib")
                    .Path(__file__).resolve().parents[1]))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import refflow
-import refflow.io
+import refflow.io.files
 from refflow import (
     ActNorm, Adam, Affine, AffineCoupling, BatchNorm, Bijector, Chain, DiagNormal, Exp, Flow,
     Inverse, LeakyReLU, LULinear, MaskedAffineAutoregressive, MaskedSplineAutoregressive,
@@ -527,7 +527,7 @@ def test_an_interrupted_save_leaves_the_old_file_and_no_temporary(failure, tmp_p
     old.params["shift"] = [3.0, 4.0]
     save(path, old)
     before = path.read_bytes()
-    real_write = refflow.io._write_npz
+    real_write = refflow.io.files._write_npz
 
     def write_half_then_fail(f, entries):
         real_write(f, entries)
@@ -535,7 +535,7 @@ def test_an_interrupted_save_leaves_the_old_file_and_no_temporary(failure, tmp_p
         f.truncate(f.tell() // 2 + 100)
         raise failure
 
-    monkeypatch.setattr(refflow.io, "_write_npz", write_half_then_fail)
+    monkeypatch.setattr(refflow.io.files, "_write_npz", write_half_then_fail)
     with pytest.raises(type(failure)):
         save(path, Exp(2))
     with pytest.raises(type(failure)):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from refflow import Affine, Flow, StandardNormal
-from refflow._potentials import rezende_potential
+from refflow.data.potentials import rezende_potential
 from refflow.plots import plot_density_2d, plot_history, plot_samples, save_figure
 
 

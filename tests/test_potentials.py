@@ -1,11 +1,11 @@
-"""The Rezende-Mohamed potentials U1-U4 (refflow._potentials)."""
+"""The Rezende-Mohamed potentials U1-U4 (refflow.data.potentials)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from refflow._potentials import POTENTIALS, rezende_potential
+from refflow.data.potentials import POTENTIALS, rezende_potential
 from refflow.testing import RTOL_FD, jacobian_fd
 
 # The same closed form evaluated two ways in float64 (different operation order): a few ulps

@@ -286,7 +286,7 @@ def test_validation_runs_in_eval_mode_and_modes_are_restored():
 
 
 def test_validation_nll_is_computed_in_chunks(monkeypatch):
-    import refflow.train as train
+    import refflow.training.loop as train
     x, x_val = _gauss(20, seed=12), _gauss(50, seed=13)
     calls = []
     original = Flow.log_prob

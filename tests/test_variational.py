@@ -337,7 +337,7 @@ def test_overflow_in_the_flow_raises_and_changes_nothing():
 # =================================================================== refflow.variational
 from refflow.optim import Adam  # noqa: E402
 from refflow.train import TrainingDiverged  # noqa: E402
-from refflow.variational import _build_flow, fit_potential, fit_reverse_kl  # noqa: E402
+from refflow.training.variational import _build_flow, fit_potential, fit_reverse_kl  # noqa: E402
 
 
 def gaussian_target(mean, log_scale):

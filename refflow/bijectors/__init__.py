@@ -1,5 +1,6 @@
 """Bijectors, one module per family. ``forward`` maps base to data, ``x = T(z)``."""
 
+from ..io.spec import register
 from .base import Bijector, Chain, Inverse
 from .elementwise import Affine, Exp, LeakyReLU, Logit, Sigmoid, Softplus, Tanh
 from .autoregressive import MaskedAffineAutoregressive
@@ -18,3 +19,6 @@ __all__ = [
     "AdditiveCoupling", "AffineCoupling", "MaskedAffineAutoregressive",
     "RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive",
 ]
+
+# The allow-list of model files: every public bijector (refflow.io.spec).
+register(*(globals()[name] for name in __all__ if name != "Bijector"))

@@ -31,6 +31,7 @@ import contextvars
 import numpy as np
 
 from .._validation import as_batch, as_float_array, check_finite
+from ..io.spec import from_spec, to_spec
 from ..params import ParamDict, prefixed
 
 __all__ = ["Bijector", "Chain", "Inverse"]
@@ -146,19 +147,20 @@ class Bijector:
         return cls(**config)
 
     # ----------------------------------------------------------- subclass hooks
-    def _forward(self, z):
-        x, log_det, _ = self._forward_vjp(z)
-        return x, log_det
+    def _forward_pass(self, z, context, vjp):
+        """One pass ``z -> x``: ``(x, log_det, pullback)``, ``pullback`` None unless ``vjp``.
 
-    def _inverse(self, x):
-        z, log_det, _ = self._inverse_vjp(x)
-        return z, log_det
+        ``z`` is a validated C-contiguous ``(n, dim)`` array of one float dtype; ``context`` a
+        validated ``(n, context_dim)`` array of the same dtype, or None for an unconditional
+        layer. ``pullback(x_bar, log_det_bar)`` receives full cotangent arrays of the pass's
+        dtype and returns ``(z_bar, grads, context_bar)`` (``context_bar`` None when
+        ``context`` is None).
+        """
+        return _legacy_pass(self, "forward", z, context, vjp)
 
-    def _forward_vjp(self, z):
-        raise NotImplementedError
-
-    def _inverse_vjp(self, x):
-        raise NotImplementedError
+    def _inverse_pass(self, x, context, vjp):
+        """One pass ``x -> z``, as :meth:`_forward_pass` (``log_det = log|det dz/dx|``)."""
+        return _legacy_pass(self, "inverse", x, context, vjp)
 
     def _check_forward_domain(self, z):
         pass
@@ -171,17 +173,18 @@ class Bijector:
         """One pass on a validated 2-D array: domain check, the hook, a finiteness check.
 
         ``context`` (validated, ``(batch, context_dim)``) is handed to the hook of a conditional
-        layer and must be None for an unconditional one.
+        layer and must be None for an unconditional one. Returns ``(out, log_det, pullback)``,
+        ``pullback`` None unless ``with_vjp``; the pullback returns ``(in_bar, grads,
+        context_bar)``.
         """
         # Overflow is reported below as a ValueError naming the layer, not as a RuntimeWarning.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             if direction == "forward":
                 self._check_forward_domain(v)
-                hook = self._forward_vjp if with_vjp else self._forward
+                result = self._forward_pass(v, context, with_vjp)
             else:
                 self._check_inverse_domain(v)
-                hook = self._inverse_vjp if with_vjp else self._inverse
-            result = hook(v) if self.context_dim is None else hook(v, context)
+                result = self._inverse_pass(v, context, with_vjp)
         out, log_det = result[0], result[1]
         if not (out.flags.c_contiguous and log_det.shape == (v.shape[0],)):
             raise AssertionError(f"{type(self).__name__}.{direction}: a pass broke the contract "
@@ -234,7 +237,7 @@ class Bijector:
             c2 = c2.astype(v2.dtype)  # one compute dtype per pass, never silently mixed
         with atomic():
             result = self._run(direction, v2, with_vjp, c2)
-        out, log_det = result[0], result[1]
+        out, log_det, inner = result
         if with_vjp:  # the pullback may read the output: the caller gets their own copy
             out, log_det = out.copy(), log_det.copy()
         if was_1d:
@@ -242,7 +245,7 @@ class Bijector:
         if not with_vjp:
             return out, log_det
         conditional = None if c2 is None else shared
-        return out, log_det, self._wrap_pullback(result[2], v2, was_1d, where, conditional)
+        return out, log_det, self._wrap_pullback(inner, v2, was_1d, where, conditional)
 
     def _wrap_pullback(self, inner, v2, was_1d, where, conditional=None):
         """Public pullback: validates cotangents (None = zeros), float64 grads, finiteness.
@@ -259,16 +262,16 @@ class Bijector:
             out_bar = _cotangent(out_bar, (n, self.dim), was_1d, dtype, where, out_name)
             log_det_bar = _cotangent(log_det_bar, (n,), was_1d, dtype, where, "log_det_bar")
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                result = inner(out_bar, log_det_bar)
-            in_bar, grads = result[0], result[1]
+                in_bar, grads, context_bar = inner(out_bar, log_det_bar)
             grads = {k: np.asarray(g, dtype=np.float64) for k, g in grads.items()}
-            bars = [in_bar] if conditional is None else [in_bar, result[2]]
+            bars = [in_bar] if conditional is None else [in_bar, context_bar]
             if not (all(np.isfinite(b).all() for b in bars)
                     and all(np.isfinite(g).all() for g in grads.values())):
                 raise ValueError(f"{where} pullback: the gradient is not finite (overflow)")
             if conditional is None:
                 return in_bar.reshape(in_shape), grads
-            context_bar = result[2].sum(axis=0) if conditional else result[2]
+            if conditional:  # one context row was shared by every point
+                context_bar = context_bar.sum(axis=0)
             return in_bar.reshape(in_shape), grads, context_bar
 
         return pullback
@@ -386,27 +389,23 @@ class Chain(Bijector):
         return f"Chain([\n  {inner}\n])"
 
     def _config(self):
-        from .. import io  # lazily: refflow.io imports the bijectors
-        return {"layers": [io.to_spec(layer) for layer in self.layers]}
+        return {"layers": [to_spec(layer) for layer in self.layers]}
 
     @classmethod
     def _from_config(cls, config):
-        from .. import io
-        return cls(**dict(config, layers=[io.from_spec(spec) for spec in config["layers"]]))
+        return cls(**dict(config, layers=[from_spec(spec) for spec in config["layers"]]))
 
-    def _pass(self, direction, v, with_vjp, context=None):
+    def _pass(self, direction, v, context, vjp):
         order = self.layers if direction == "forward" else self.layers[::-1]
         log_det = np.zeros(v.shape[0], dtype=v.dtype)
         pullbacks = []
         for layer in order:
             layer_context = None if layer.context_dim is None else context
-            result = layer._run(direction, v, with_vjp, layer_context)
-            v, layer_log_det = result[0], result[1]
+            v, layer_log_det, layer_pullback = layer._run(direction, v, vjp, layer_context)
             log_det = log_det + layer_log_det
-            if with_vjp:
-                pullbacks.append(result[2])
-        if not with_vjp:
-            return v, log_det
+            pullbacks.append(layer_pullback)
+        if not vjp:
+            return v, log_det, None
         index = list(range(len(self.layers)))
         index = index if direction == "forward" else index[::-1]
 
@@ -414,28 +413,19 @@ class Chain(Bijector):
             grads = {}
             context_bar = None if context is None else np.zeros_like(context)
             for i, pb in zip(index[::-1], pullbacks[::-1]):
-                result = pb(out_bar, log_det_bar)
-                out_bar, layer_grads = result[0], result[1]
-                if len(result) == 3:  # a conditional layer: its share of the context cotangent
-                    context_bar = context_bar + result[2]
+                out_bar, layer_grads, layer_context_bar = pb(out_bar, log_det_bar)
+                if layer_context_bar is not None:  # a conditional layer's share
+                    context_bar = context_bar + layer_context_bar
                 grads.update({f"layers.{i}.{k}": g for k, g in layer_grads.items()})
-            if context is None:
-                return out_bar, grads
             return out_bar, grads, context_bar
 
         return v, log_det, pullback
 
-    def _forward(self, z, context=None):
-        return self._pass("forward", z, False, context)
+    def _forward_pass(self, z, context, vjp):
+        return self._pass("forward", z, context, vjp)
 
-    def _inverse(self, x, context=None):
-        return self._pass("inverse", x, False, context)
-
-    def _forward_vjp(self, z, context=None):
-        return self._pass("forward", z, True, context)
-
-    def _inverse_vjp(self, x, context=None):
-        return self._pass("inverse", x, True, context)
+    def _inverse_pass(self, x, context, vjp):
+        return self._pass("inverse", x, context, vjp)
 
 
 class Inverse(Bijector):
@@ -475,16 +465,34 @@ class Inverse(Bijector):
         return f"Inverse({self.bijector!r})"
 
     def _config(self):
-        from .. import io  # lazily: refflow.io imports the bijectors
-        return {"bijector": io.to_spec(self.bijector)}
+        return {"bijector": to_spec(self.bijector)}
 
     @classmethod
     def _from_config(cls, config):
-        from .. import io
-        return cls(**dict(config, bijector=io.from_spec(config["bijector"])))
+        return cls(**dict(config, bijector=from_spec(config["bijector"])))
 
     def _run(self, direction, v, with_vjp, context=None):
         return self.bijector._run(_OTHER[direction], v, with_vjp, context)
 
     def _name(self):
         return f"Inverse({self.bijector._name()})"
+
+
+def _legacy_pass(layer, direction, v, context, vjp):
+    """Adapter for layers that still implement the former hooks (``_forward_vjp(z[, context])``
+    with an optional ``_forward`` without residuals, likewise for the inverse), whose inner
+    pullbacks return ``(in_bar, grads)`` or ``(in_bar, grads, context_bar)``."""
+    args = (v,) if layer.context_dim is None else (v, context)
+    without_residuals = getattr(layer, f"_{direction}", None)
+    if not vjp and without_residuals is not None:
+        out, log_det = without_residuals(*args)[:2]
+        return out, log_det, None
+    out, log_det, inner = getattr(layer, f"_{direction}_vjp")(*args)
+    if not vjp:
+        return out, log_det, None
+
+    def pullback(out_bar, log_det_bar):
+        result = inner(out_bar, log_det_bar)
+        return result[0], result[1], (result[2] if len(result) == 3 else None)
+
+    return out, log_det, pullback

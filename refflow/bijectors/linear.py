@@ -435,24 +435,24 @@ class LULinear(Bijector):
         _, perm, lower, upper, *_ = self._state("weight", np.dtype(dtype))
         return (lower @ upper)[perm]
 
-    def _forward_pass(self, z, with_vjp):
+    def _forward_pass(self, z, context, vjp):
         p, perm, lower, upper, dc, log_c, dlog_c = self._state("forward", z.dtype)
         weight = (lower @ upper)[perm]
         x = z @ weight.T + p["bias"]
         log_det = np.full(z.shape[0], log_c.sum(), dtype=z.dtype)
-        if not with_vjp:
-            return x, log_det
+        if not vjp:
+            return x, log_det, None
         inv = _inverse_permutation(perm)
 
         def pullback(x_bar, log_det_bar):
             m_bar = x_bar.take(inv, axis=1).T @ z  # P^T W_bar, W_bar = x_bar^T z
             grads = _lu_param_grads(m_bar, lower, upper, dc, dlog_c, log_det_bar.sum())
             grads["bias"] = x_bar.sum(axis=0)
-            return x_bar @ weight, grads
+            return x_bar @ weight, grads, None
 
         return x, log_det, pullback
 
-    def _inverse_pass(self, x, with_vjp):
+    def _inverse_pass(self, x, context, vjp):
         p, perm, lower, upper, dc, log_c, dlog_c = self._state("inverse", x.dtype)
         inv = _inverse_permutation(perm)
         # Columns are points: solving on (d, batch) right-hand sides keeps LAPACK in F order.
@@ -464,8 +464,8 @@ class LULinear(Bijector):
         )
         z = np.ascontiguousarray(z_t.T)
         log_det = np.full(x.shape[0], -log_c.sum(), dtype=x.dtype)
-        if not with_vjp:
-            return z, log_det
+        if not vjp:
+            return z, log_det, None
 
         def pullback(z_bar, log_det_bar):
             # B = L^{-T} U^{-T} z_bar^T, so y_bar_n = P B_n and P^T W_bar = -B z.
@@ -478,21 +478,9 @@ class LULinear(Bijector):
             m_bar = -(b_t @ z)
             grads = _lu_param_grads(m_bar, lower, upper, dc, dlog_c, -log_det_bar.sum())
             grads["bias"] = -y_bar.sum(axis=0)
-            return y_bar, grads
+            return y_bar, grads, None
 
         return z, log_det, pullback
-
-    def _forward(self, z):
-        return self._forward_pass(z, False)
-
-    def _inverse(self, x):
-        return self._inverse_pass(x, False)
-
-    def _forward_vjp(self, z):
-        return self._forward_pass(z, True)
-
-    def _inverse_vjp(self, x):
-        return self._inverse_pass(x, True)
 
 
 # -------------------------------------------------------------------------------- Householder

@@ -52,7 +52,7 @@ import numbers
 import numpy as np
 from scipy.special import expit
 
-from ._validation import as_batch
+from .._validation import as_batch
 
 __all__ = ["POTENTIALS", "rezende_potential", "RezendePotential"]
 
@@ -277,7 +277,7 @@ def rezende_potential(name, *, envelope="box", bound=4.0, width=0.5):
     Notes
     -----
     The formulas, gradients and the envelope's normalising constants are in the module
-    docstring of ``refflow._potentials``.
+    docstring of ``refflow.data.potentials``.
 
     References
     ----------
@@ -287,7 +287,7 @@ def rezende_potential(name, *, envelope="box", bound=4.0, width=0.5):
     Examples
     --------
     >>> import numpy as np
-    >>> from refflow._potentials import rezende_potential
+    >>> from refflow.data.potentials import rezende_potential
     >>> u2 = rezende_potential("U2")
     >>> log_p, grad = u2(np.array([[1.0, 0.6], [0.0, 0.4]]))
     >>> log_p                      # one sd (0.4) below and above the curve z2 = sin(pi z1 / 2)

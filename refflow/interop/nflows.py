@@ -72,8 +72,8 @@ def _activation_name(fn, where):
 
 
 def _imported_made_class():
-    from .nn.made import MADE
-    from .nn.mlp import _dense_forward, _dense_vjp
+    from ..nn.made import MADE
+    from ..nn.mlp import _dense_forward, _dense_vjp
 
     class _NflowsConditionalMADE(MADE):
         """nflows' conditional MADE: ``a_0 = x V_0^T + b_0 + f(c C^T + d)``, then as MADE.
@@ -138,7 +138,7 @@ class _ResidualNet:
     """
 
     def __init__(self, params, n_in, n_context, n_blocks, act, divisor):
-        from .params import ParamDict
+        from ..params import ParamDict
         self.params = ParamDict(params)
         self.n_in, self.n_context, self.n_blocks = n_in, n_context, n_blocks
         self._act, self.activation, self.hidden = act, act.name, ()
@@ -238,7 +238,7 @@ def _check_dropout(module, where):
 def _made(net, n_params, context_dim, where, prefix):
     """refflow network for an nflows MADE and ``{key: (name, rows)}``."""
     from nflows.transforms.made import MADE as NfMADE, MaskedFeedforwardBlock, MaskedResidualBlock
-    from .nn.made import MADE, ResidualMADE
+    from ..nn.made import MADE, ResidualMADE
     if type(net) is not NfMADE:
         _refuse(where, f"autoregressive_net of type {type(net).__name__} (only nflows MADE)")
     _check_dropout(net, where)
@@ -293,7 +293,7 @@ def _made(net, n_params, context_dim, where, prefix):
         arrays["context_b"] = _np(net.context_layer.bias)
         names += [("context_w", "context_layer.weight"), ("context_b", "context_layer.bias")]
         model.context_features = context_dim
-    from .params import ParamDict
+    from ..params import ParamDict
     model.params = ParamDict(arrays)
     return model, {k: (f"{prefix}{t}", None) for k, t in names}
 
@@ -304,8 +304,8 @@ def _context_dim(module):
 
 
 def _masked_layer(t, where, prefix, kind):
-    from .bijectors.autoregressive import MaskedAffineAutoregressive
-    from .bijectors.splines import MaskedSplineAutoregressive
+    from ..bijectors.autoregressive import MaskedAffineAutoregressive
+    from ..bijectors.splines import MaskedSplineAutoregressive
     net = t.autoregressive_net
     context_dim = _context_dim(net)
     if kind == "affine":
@@ -343,7 +343,7 @@ def _masked_layer(t, where, prefix, kind):
 
 def _residual_net(net, n_in, n_out, per_feature, n_bins, where, prefix):
     from nflows.nn.nets import MLP as NfMLP, ResidualNet
-    from .nn.activations import get_activation
+    from ..nn.activations import get_activation
     if isinstance(net, NfMLP):
         _refuse(where, "transform_net nflows.nn.nets.MLP (its forward takes no context "
                        "argument, so nflows' coupling layers cannot call it; use ResidualNet)")
@@ -379,8 +379,8 @@ def _residual_net(net, n_in, n_out, per_feature, n_bins, where, prefix):
 
 
 def _coupling_layer(t, where, prefix, kind):
-    from .bijectors.coupling import AffineCoupling
-    from .bijectors.splines import SplineCoupling
+    from ..bijectors.coupling import AffineCoupling
+    from ..bijectors.splines import SplineCoupling
     if t.unconditional_transform is not None:
         _refuse(where, "apply_unconditional_transform=True")
     mask = np.zeros(t.features, dtype=bool)
@@ -417,8 +417,8 @@ def _transform_layers(t, prefix):
         MaskedAffineAutoregressiveTransform, MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
         PiecewiseRationalQuadraticCouplingTransform, RandomPermutation, ReversePermutation,
     )
-    from .bijectors.base import Inverse
-    from .bijectors.linear import LULinear, Permute
+    from ..bijectors.base import Inverse
+    from ..bijectors.linear import LULinear, Permute
     cls = type(t)
     where = cls.__name__
     if cls is CompositeTransform:
@@ -486,8 +486,8 @@ def from_nflows(flow):
     import torch  # noqa: F401  (nflows needs it; fail here with ImportError if absent)
     from nflows.distributions.normal import StandardNormal as NfNormal
     from nflows.flows.base import Flow as NfFlow
-    from .bijectors.base import Chain
-    from .distributions import Flow, StandardNormal
+    from ..bijectors.base import Chain
+    from ..distributions import Flow, StandardNormal
     if not isinstance(flow, NfFlow):
         raise ValueError(f"from_nflows: expected an nflows.flows.base.Flow, got "
                          f"{type(flow).__name__}")

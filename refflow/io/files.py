@@ -90,10 +90,7 @@ refused by :func:`save`, since a loaded model would not share them; buffers of s
 saved (and loaded) as independent copies.
 """
 
-import contextvars
-import copy
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -103,7 +100,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["save", "load", "to_spec", "from_spec", "FORMAT_NAME", "FORMAT_VERSION"]
+from ..params import assign
+from .._version import __version__
+from .spec import from_spec, normalized, to_spec
+
+__all__ = ["save", "load", "atomic_write", "FORMAT_NAME", "FORMAT_VERSION"]
 
 #: The ``"format"`` value of the JSON header.
 FORMAT_NAME = "refflow-model"
@@ -114,9 +115,6 @@ _HEADER = "header"
 _GROUPS = ("params", "buffers")
 _HEADER_KEYS = ("format", "format_version", "refflow_version", "spec", "training", "arrays")
 _ARRAY_KEYS = ("name", "dtype", "shape", "sha256")
-_SPEC_KEYS = ("class", "config")
-#: Nesting of a JSON value (dicts and lists) beyond which a header is refused.
-_MAX_DEPTH = 200
 #: Characters of the JSON header beyond which a file is refused (64 Mi).
 _MAX_HEADER_CHARS = 1 << 26
 #: Stored little-endian dtypes (``dtype.str``) an array may have; parameters only ``<f8``.
@@ -127,69 +125,8 @@ _PARAM_DTYPE = np.dtype(np.float64).newbyteorder("<").str
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
-class _SpecError(ValueError):
-    """A ``from_spec`` failure, passed up unchanged through nested ``from_spec`` calls (the
-    outermost call turns it into a plain ``ValueError``)."""
-
-
-# True while a from_spec call is running: nested calls (a Chain's layers) let _SpecError through.
-_BUILDING = contextvars.ContextVar("refflow_io_building", default=False)
-
-
 class _FileError(ValueError):
     """A problem with the file's content, already phrased for the user (one line)."""
-
-
-# ------------------------------------------------------------------------ the allow-list
-def _classes():
-    """``{name: class}`` of every class a model file may name (rebuilt per call: grows as
-    refflow does, and names nothing outside refflow)."""
-    from . import bijectors
-    from .bijectors.base import Bijector
-    from .distributions import DiagNormal, Flow, StandardNormal
-
-    allowed = {}
-    for name in bijectors.__all__:
-        cls = getattr(bijectors, name, None)
-        if isinstance(cls, type) and issubclass(cls, Bijector) and cls is not Bijector:
-            allowed[name] = cls
-    allowed.update(StandardNormal=StandardNormal, DiagNormal=DiagNormal, Flow=Flow)
-    if importlib.util.find_spec(f"{__package__}.estimator") is not None:
-        from .estimator import FlowDensity
-        allowed["FlowDensity"] = FlowDensity
-    return allowed
-
-
-# ------------------------------------------------------------------------------- JSON
-def _check_json(value, where, path="config", depth=0):
-    """Raise ``ValueError`` unless ``value`` is plain JSON: dicts with str keys, lists (or
-    tuples), str, bool, int, finite float, None."""
-    if depth > _MAX_DEPTH:
-        raise ValueError(f"{where}: {path} is nested more than {_MAX_DEPTH} levels deep")
-    if value is None or isinstance(value, (str, bool, int)):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{where}: {path} is {value!r}; only finite numbers can be saved")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValueError(f"{where}: {path} has a key {key!r} that is not a str")
-            _check_json(item, where, f"{path}[{key!r}]", depth + 1)
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_json(item, where, f"{path}[{i}]", depth + 1)
-        return
-    raise ValueError(f"{where}: {path} is a {type(value).__module__}.{type(value).__qualname__},"
-                     f" which is not JSON (use str, int, float, bool, None, lists and dicts; "
-                     f"arrays via .tolist())")
-
-
-def _normalized(value):
-    """``value`` as JSON would give it back (tuples become lists)."""
-    return json.loads(json.dumps(value, allow_nan=False))
 
 
 def _reject_constant(name):
@@ -205,145 +142,20 @@ def _unique_keys(pairs):
     return out
 
 
-# ------------------------------------------------------------------------------ specs
-def to_spec(obj):
-    """The spec ``{"class": name, "config": obj._config()}`` of a saveable refflow object.
-
-    Parameters
-    ----------
-    obj : Bijector, StandardNormal, DiagNormal, Flow or FlowDensity
-        An instance of a class on the allow-list (see the module docstring), not of a
-        subclass defined elsewhere.
-
-    Returns
-    -------
-    dict
-        JSON-serialisable; nested objects appear as specs inside the config.
-
-    Raises
-    ------
-    ValueError
-        If the class is not on the allow-list or its config is not plain JSON.
-
-    Examples
-    --------
-    >>> from refflow import Affine, Chain, Exp
-    >>> from refflow.io import to_spec
-    >>> to_spec(Chain([Affine(2), Exp(2)]))
-    {'class': 'Chain', 'config': {'layers': [{'class': 'Affine', 'config': {'dim': 2}}, {'class': 'Exp', 'config': {'dim': 2}}]}}
-    """
-    cls = type(obj)
-    name = cls.__name__
-    allowed = _classes()
-    if allowed.get(name) is not cls:
-        raise ValueError(f"to_spec: {cls.__module__}.{cls.__qualname__} is not a refflow class "
-                         f"that can be saved; saveable classes: {sorted(allowed)}")
-    try:
-        config = obj._config()
-    except NotImplementedError as exc:
-        raise ValueError(f"to_spec: {name} cannot be saved: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ValueError(f"to_spec: {name}._config() returned a {type(config).__name__}, "
-                         f"not a dict")
-    _check_json(config, f"to_spec: {name}")
-    return {"class": name, "config": config}
-
-
-def from_spec(spec):
-    """Build an object from a spec made by :func:`to_spec`.
-
-    The class name is looked up in an allow-list of refflow's public classes only (see the
-    module docstring); a nested spec inside the config is built the same way by the class's
-    ``_from_config``.
-
-    Parameters
-    ----------
-    spec : dict
-        Exactly the keys ``"class"`` (a str) and ``"config"`` (a dict of plain JSON values).
-
-    Returns
-    -------
-    object
-        A new object with freshly initialised parameters (:func:`load` then assigns the
-        file's values).
-
-    Raises
-    ------
-    ValueError
-        For a spec of the wrong structure, an unknown class name, or a config the class's
-        constructor refuses (the message names the class; the constructor's error is chained
-        as ``__cause__``).
-
-    Examples
-    --------
-    >>> from refflow.io import from_spec
-    >>> from_spec({"class": "LeakyReLU", "config": {"dim": 3, "negative_slope": 0.5}})
-    LeakyReLU(dim=3, negative_slope=0.5)
-    >>> from_spec({"class": "os.system", "config": {}})  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: from_spec: unknown class 'os.system'; a spec may name only refflow's public classes: ...
-    """
-    if _BUILDING.get():
-        return _build(spec)
-    token = _BUILDING.set(True)
-    try:
-        return _build(spec)
-    except _SpecError as exc:
-        raise ValueError(str(exc)) from exc.__cause__
-    finally:
-        _BUILDING.reset(token)
-
-
-def _build(spec):
-    if not isinstance(spec, dict):
-        raise _SpecError(f"from_spec: a spec must be a dict with the keys 'class' and 'config', "
-                         f"got a {type(spec).__name__}")
-    if set(spec) != set(_SPEC_KEYS):
-        raise _SpecError(f"from_spec: a spec must have exactly the keys 'class' and 'config', "
-                         f"got {sorted(map(str, spec))}")
-    name, config = spec["class"], spec["config"]
-    if not isinstance(name, str):
-        raise _SpecError(f"from_spec: 'class' must be a str, got {type(name).__name__}")
-    allowed = _classes()
-    cls = allowed.get(name)
-    if cls is None:
-        raise _SpecError(f"from_spec: unknown class {name!r}; a spec may name only refflow's "
-                         f"public classes: {sorted(allowed)}")
-    if not isinstance(config, dict):
-        raise _SpecError(f"from_spec: {name}: 'config' must be a dict, got "
-                         f"{type(config).__name__}")
-    try:
-        _check_json(config, f"from_spec: {name}")
-    except ValueError as exc:
-        raise _SpecError(str(exc)) from None
-    try:
-        return cls._from_config(copy.deepcopy(config))
-    except _SpecError:
-        raise
-    except RecursionError:
-        raise _SpecError(f"from_spec: {name}: the spec is nested too deeply") from None
-    except Exception as exc:  # noqa: BLE001 - any constructor failure is a bad config
-        raise _SpecError(f"from_spec: cannot build {name} from its config: "
-                         f"{type(exc).__name__}: {exc}") from exc
-
 
 # ---------------------------------------------------------------------- model traversal
 def _bijector_nodes(obj):
-    """Every bijector of a model, depth first, a layer before its children."""
-    from .bijectors.base import Bijector
-    from .distributions import Flow
-
-    if isinstance(obj, Bijector):
+    """Every bijector of a model, depth first, a layer before its children: an object with
+    ``_children()`` (a bijector), else the ``bijector`` of a flow or the fitted ``flow_`` of an
+    estimator; ``[]`` for anything else (a base distribution, an unfitted estimator)."""
+    if callable(getattr(obj, "_children", None)):
         nodes = [obj]
         for child in obj._children():
             nodes += _bijector_nodes(child)
         return nodes
-    if isinstance(obj, Flow):
-        return _bijector_nodes(obj.bijector)
-    for attr in ("flow_", "flow"):  # an estimator holding a flow
+    for attr in ("bijector", "flow_"):
         inner = getattr(obj, attr, None)
-        if isinstance(inner, (Flow, Bijector)):
+        if inner is not None:
             return _bijector_nodes(inner)
     return []
 
@@ -494,17 +306,17 @@ def save(path, obj):
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "refflow_version": _refflow_version(),
-        "spec": _normalized(spec),
+        "spec": normalized(spec),
         "training": [bool(node.training) for node in _bijector_nodes(obj)],
         "arrays": records,
     }
     text = json.dumps(header, allow_nan=False)
     entries = {_HEADER: np.array(text), **entries}
 
-    _atomic_write(path, lambda f: _write_npz(f, entries))
+    atomic_write(path, lambda f: _write_npz(f, entries))
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
     """``write(f)`` into a temporary file next to ``path``, fsync it, ``os.replace`` it over
     ``path``: ``path`` holds the old file or the complete new one, never a partial file, and no
     temporary file is left behind on failure (also used by the command line's ``.npy`` output).
@@ -527,7 +339,6 @@ def _atomic_write(path, write):
 
 
 def _refflow_version():
-    from . import __version__
     return __version__
 
 
@@ -724,7 +535,6 @@ def _assemble(header, arrays):
         raise _FileError(f"the header has {len(header['training'])} training flags but the model "
                          f"has {len(nodes)} bijectors")
 
-    from .params import assign
     assign(groups["params"], values["params"])
     for key, target in groups["buffers"].items():
         value = values["buffers"][key]
@@ -735,7 +545,7 @@ def _assemble(header, arrays):
                              f"holds a different value")
     for node, flag in zip(nodes, header["training"]):
         node.training = flag
-    if _normalized(to_spec(obj)) != header["spec"]:
+    if normalized(to_spec(obj)) != header["spec"]:
         raise _FileError("the loaded model does not reproduce the file's spec: its buffers "
                          "disagree with its configuration")
     return obj
@@ -791,3 +601,4 @@ def load(path):
         raise ValueError(f"{where}: {exc}") from exc
     except TypeError as exc:  # a damaged value that no check above anticipated: still the file
         raise ValueError(f"{where}: the file's spec does not fit its class ({exc})") from exc
+

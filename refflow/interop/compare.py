@@ -1,0 +1,191 @@
+"""Compare a peer flow with its refflow twin: log-probs per sample, gradients per parameter."""
+
+import copy
+
+import numpy as np
+
+from .common import np64, require_torch
+from .zuko import parameter_map
+
+__all__ = ["compare", "assert_matches", "ComparisonReport"]
+
+
+# --------------------------------------------------------------------------- comparison
+class ComparisonReport:
+    """Result of :func:`compare`.
+
+    Attributes
+    ----------
+    log_prob_peer, log_prob_refflow : ndarray (n,)
+    log_prob_diff : ndarray (n,)
+        ``refflow - peer``.
+    log_prob_rel : ndarray (n,)
+        ``|diff| / max(|peer|, 1)`` (relative, with an absolute floor of 1 nat near 0).
+    grad_rel : dict
+        Per peer parameter name: ``||g_refflow - g_peer|| / ||g_peer||`` (Frobenius norm; the
+        absolute norm of the difference when ``g_peer`` is 0), for the gradient of the mean
+        log-prob.
+    grad_peer, grad_refflow : dict of ndarray
+        The two gradients, in the peer's names and shapes.
+    rtol_log_prob, rtol_grad : float
+    ok : bool
+        Every ``log_prob_rel <= rtol_log_prob`` and every ``grad_rel <= rtol_grad``.
+    """
+
+    def __init__(self, lp_peer, lp_ref, grad_peer, grad_ref, rtol_log_prob, rtol_grad, peer):
+        self.peer = peer
+        self.log_prob_peer, self.log_prob_refflow = lp_peer, lp_ref
+        self.log_prob_diff = lp_ref - lp_peer
+        self.log_prob_rel = np.abs(self.log_prob_diff) / np.maximum(np.abs(lp_peer), 1.0)
+        self.grad_peer, self.grad_refflow = grad_peer, grad_ref
+        self.grad_rel = {}
+        for name, g in grad_peer.items():
+            diff = float(np.linalg.norm(grad_ref[name] - g))
+            norm = float(np.linalg.norm(g))
+            self.grad_rel[name] = diff / norm if norm > 0 else diff
+        self.rtol_log_prob, self.rtol_grad = rtol_log_prob, rtol_grad
+        bad_lp = ~(self.log_prob_rel <= rtol_log_prob)  # NaN counts as a failure
+        self.bad_samples = np.flatnonzero(bad_lp)
+        self.bad_params = [k for k, v in self.grad_rel.items() if not v <= rtol_grad]
+        self.ok = not bad_lp.any() and not self.bad_params
+
+    @property
+    def max_log_prob_rel(self):
+        return float(np.max(self.log_prob_rel)) if self.log_prob_rel.size else 0.0
+
+    @property
+    def max_grad_rel(self):
+        return max(self.grad_rel.values(), default=0.0)
+
+    def __str__(self, worst=5):
+        lines = [f"refflow vs {self.peer}: {'OK' if self.ok else 'MISMATCH'}",
+                 f"  log-prob: {self.log_prob_rel.size} samples, max relative difference "
+                 f"{self.max_log_prob_rel:.3e} (rtol {self.rtol_log_prob:.0e}), "
+                 f"{self.bad_samples.size} above"]
+        order = np.argsort(-np.nan_to_num(self.log_prob_rel, nan=np.inf))[:worst]
+        lines.append(f"    {'sample':>8} {'peer':>22} {'refflow':>22} {'rel diff':>10}")
+        for i in order:
+            lines.append(f"    {i:>8d} {self.log_prob_peer[i]:>22.15g} "
+                         f"{self.log_prob_refflow[i]:>22.15g} {self.log_prob_rel[i]:>10.3e}")
+        lines.append(f"  gradient of the mean log-prob: {len(self.grad_rel)} parameters, max "
+                     f"relative difference {self.max_grad_rel:.3e} (rtol {self.rtol_grad:.0e}), "
+                     f"{len(self.bad_params)} above")
+        ranked = sorted(self.grad_rel, key=lambda k: -np.nan_to_num(self.grad_rel[k], nan=np.inf))
+        width = max([len(k) for k in ranked[:worst]] + [9])
+        lines.append(f"    {'parameter':<{width}} {'|g_peer|':>10} {'rel diff':>10}")
+        for k in ranked[:worst]:
+            lines.append(f"    {k:<{width}} {np.linalg.norm(self.grad_peer[k]):>10.3e} "
+                         f"{self.grad_rel[k]:>10.3e}")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (f"ComparisonReport(ok={self.ok}, max_log_prob_rel={self.max_log_prob_rel:.3e}, "
+                f"max_grad_rel={self.max_grad_rel:.3e})")
+
+
+def _peer_kind(torch_flow):
+    try:
+        from zuko.lazy import Flow as ZukoFlow
+    except ImportError:  # pragma: no cover
+        ZukoFlow = ()
+    if ZukoFlow and isinstance(torch_flow, ZukoFlow):
+        return "zuko"
+    module = type(torch_flow).__module__
+    if module.startswith("nflows"):
+        return "nflows"
+    raise TypeError(f"compare: torch_flow must be a zuko or nflows flow, got "
+                    f"{type(torch_flow).__name__}")
+
+
+def _peer_mapping(torch_flow, model, kind):
+    """``{peer parameter name: (refflow key, rows)}`` with ``refflow = peer[rows]``."""
+    if kind == "zuko":
+        return parameter_map(torch_flow, "compare")
+    # nflows: from_nflows (refflow.interop.nflows) records {refflow key: (peer name, rows)}
+    recorded = getattr(model, "peer_parameters", None)
+    if not isinstance(recorded, dict):
+        raise ValueError("compare: for an nflows flow, model must come from from_nflows (it "
+                         "carries the parameter map 'peer_parameters')")
+    mapping = {}
+    for key, (name, rows) in recorded.items():
+        if name in mapping:
+            raise ValueError(f"compare: peer parameter {name!r} maps to several refflow "
+                             f"parameters; not supported")
+        mapping[name] = (key, rows)
+    return mapping
+
+
+def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_grad=1e-8):
+    """Compare a peer (zuko) flow with a refflow model on the points ``x``.
+
+    The peer runs on a float64 copy (``copy.deepcopy(torch_flow).double()``; the caller's
+    module and torch's default dtype are left alone). Its autograd gradient of
+    ``mean(log_prob(x))`` is compared, per peer parameter, with refflow's
+    (``-Flow.nll_and_grad``), mapped back to the peer's names (rows of a coupling layer's last
+    linear permuted back).
+
+    Parameters
+    ----------
+    torch_flow : zuko.flows.Flow or nflows.flows.Flow
+    model : refflow.Flow
+        ``from_zuko(torch_flow)`` (possibly imported before the peer was trained further: the
+        parameter map is rebuilt from ``torch_flow``), or ``from_nflows(torch_flow)`` (its
+        recorded ``peer_parameters`` map is used).
+    x : array_like (n, D)
+    context : array_like (n, C) or (C,), optional
+    rtol_log_prob, rtol_grad : float
+        Thresholds for ``ok`` (see :class:`ComparisonReport`).
+
+    Returns
+    -------
+    ComparisonReport
+    """
+    torch = require_torch("compare")
+    kind = _peer_kind(torch_flow)
+    mapping = _peer_mapping(torch_flow, model, kind)
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != model.dim:
+        raise ValueError(f"compare: x must have shape (n >= 1, {model.dim}), got {x.shape}")
+    c = None if context is None else np.asarray(context, dtype=np.float64)
+    params = model.params
+    for zname, (key, rows) in mapping.items():
+        if key not in params:
+            raise ValueError(f"compare: model has no parameter {key!r} (for the peer's "
+                             f"{zname!r}); build it with from_zuko")
+    peer = copy.deepcopy(torch_flow).double()
+    peer.zero_grad(set_to_none=True)
+    xt = torch.as_tensor(x)
+    ct = None if c is None else torch.as_tensor(c)
+    if kind == "zuko":
+        lp_t = peer(ct).log_prob(xt)
+    else:
+        lp_t = peer.log_prob(xt, context=ct)
+    lp_t.mean().backward()
+    lp_peer = lp_t.detach().numpy().copy()
+    named = dict(peer.named_parameters())
+    grad_peer = {n: (np.zeros(tuple(p.shape)) if p.grad is None else np64(p.grad))
+                 for n, p in named.items() if n in mapping}
+    lp_ref = np.asarray(model.log_prob(x, context=c), dtype=np.float64)
+    _, grads = model.nll_and_grad(x, context=c)
+    grad_ref = {}
+    for zname in grad_peer:
+        key, rows = mapping[zname]
+        g = -np.asarray(grads[key], dtype=np.float64)  # d mean log-prob = -d nll
+        if rows is not None:
+            back = np.empty_like(g)
+            back[rows] = g
+            g = back
+        grad_ref[zname] = g
+    return ComparisonReport(lp_peer, lp_ref, grad_peer, grad_ref, rtol_log_prob, rtol_grad, kind)
+
+
+def assert_matches(torch_flow, model, x, context=None, rtol_log_prob=1e-10, rtol_grad=1e-8):
+    """Raise ``AssertionError`` with the :func:`compare` report unless the two flows agree.
+
+    Returns the report when they do.
+    """
+    report = compare(torch_flow, model, x, context, rtol_log_prob=rtol_log_prob,
+                     rtol_grad=rtol_grad)
+    if not report.ok:
+        raise AssertionError(str(report))
+    return report

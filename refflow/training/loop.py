@@ -1,0 +1,578 @@
+"""Fitting a flow by maximum likelihood: ``fit``, its ``History`` and ``TrainingDiverged``.
+
+``fit`` minimises the mean negative log-likelihood ``-mean_n log q(x_n)`` of a ``Flow`` with
+mini-batches (a seeded permutation per epoch), an optional validation set evaluated in eval
+mode after every epoch, early stopping, optional gradient clipping and a learning-rate
+schedule. It returns a :class:`History`. A non-finite loss or gradient stops training with
+:class:`TrainingDiverged` and leaves finite parameters in place.
+
+How ``rng`` is used (so that a run can be replayed exactly): ``gen = np.random.default_rng(rng)``
+(or the Generator given); when the validation set is split off the training data,
+``perm = gen.permutation(n)``, ``x_val = x[perm[:n_val]]``, ``x_train = x[perm[n_val:]]`` with
+``n_val = ceil(validation_fraction * n)``; then each epoch draws ``order =
+gen.permutation(n_train)`` and takes the batches ``order[i:i + batch_size]`` for ``i = 0,
+batch_size, ...`` (the last one may be smaller).
+"""
+
+import math
+import numbers
+import sys
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from .._validation import as_batch, as_float_array, check_rng
+from ..distributions import Flow
+from . import optim as _optim
+
+__all__ = ["fit", "History", "TrainingDiverged"]
+
+#: Rows per ``log_prob`` call when computing the validation NLL (at least the batch size).
+_EVAL_CHUNK = 1024
+
+#: The built-in progress line is redrawn at most this often within an epoch (seconds).
+_PROGRESS_INTERVAL = 0.5
+
+
+class TrainingDiverged(ValueError):
+    """Training met a non-finite loss or gradient (or an overflowing update).
+
+    Attributes
+    ----------
+    history : History or dict
+        The completed epochs (``stop_reason == "diverged"``) for :func:`fit`; the dict history
+        of :func:`refflow.variational.fit_reverse_kl` (its ``epoch`` is None) for reverse KL.
+    epoch : int
+        0-based epoch in which it happened.
+    step : int
+        0-based global index of the step that failed (``history.n_steps`` steps succeeded);
+        for a failed validation pass, the number of steps taken so far.
+    """
+
+    def __init__(self, message, history, epoch, step):
+        super().__init__(message)
+        self.history = history
+        self.epoch = epoch
+        self.step = step
+
+
+class History:
+    """What ``fit`` recorded, one entry per completed epoch (0-based epochs).
+
+    Attributes
+    ----------
+    train_nll : list of float
+        Mean training NLL of each epoch: the batches' mean NLLs (each before its step),
+        weighted by batch size.
+    val_nll : list of float
+        Mean NLL of the whole validation set after each epoch, in eval mode (empty without
+        validation).
+    epoch_time : list of float
+        Seconds per epoch, validation included.
+    best_epoch : int or None
+        Epoch with the lowest validation NLL (training NLL without validation); None before an
+        epoch completed.
+    stopped_early : bool
+        True when ``patience`` or the callback ended training before ``epochs``.
+    stop_reason : str
+        ``"completed"``, ``"patience"``, ``"callback"`` or ``"diverged"``.
+    wall_time : float
+        Seconds spent in ``fit``.
+    n_steps : int
+        Optimizer steps taken.
+    """
+
+    def __init__(self):
+        self.train_nll = []
+        self.val_nll = []
+        self.epoch_time = []
+        self.best_epoch = None
+        self.stopped_early = False
+        self.stop_reason = "completed"
+        self.wall_time = 0.0
+        self.n_steps = 0
+
+    @property
+    def n_epochs(self):
+        """Number of completed epochs."""
+        return len(self.train_nll)
+
+    @classmethod
+    def from_dict(cls, d, where="History"):
+        """The inverse of :meth:`as_dict`, checking keys and types (``ValueError`` if wrong)."""
+        history = cls()
+        kinds = {"train_nll": "floats", "val_nll": "floats", "epoch_time": "floats",
+                 "best_epoch": "epoch", "stopped_early": bool, "stop_reason": str,
+                 "wall_time": "float", "n_steps": "count"}
+        if not isinstance(d, dict) or set(d) != set(kinds):
+            raise ValueError(f"{where}: history_ must have exactly the keys {sorted(kinds)}")
+
+        def real(v):
+            return type(v) in (int, float) and math.isfinite(v)
+
+        for key, kind in kinds.items():
+            v = d[key]
+            ok = {"floats": lambda: isinstance(v, list) and all(real(e) for e in v),
+                  "epoch": lambda: v is None or (type(v) is int and v >= 0),
+                  "float": lambda: real(v),
+                  "count": lambda: type(v) is int and v >= 0}.get(kind, lambda: type(v) is kind)()
+            if not ok:
+                raise ValueError(f"{where}: history_ entry {key!r} has an invalid value {v!r}")
+            setattr(history, key, [float(e) for e in v] if kind == "floats" else v)
+        return history
+
+    def as_dict(self):
+        """The history as plain JSON-able types (lists of float, int, bool, str, None)."""
+        return {
+            "train_nll": [float(v) for v in self.train_nll],
+            "val_nll": [float(v) for v in self.val_nll],
+            "epoch_time": [float(v) for v in self.epoch_time],
+            "best_epoch": None if self.best_epoch is None else int(self.best_epoch),
+            "stopped_early": bool(self.stopped_early),
+            "stop_reason": str(self.stop_reason),
+            "wall_time": float(self.wall_time),
+            "n_steps": int(self.n_steps),
+        }
+
+    def __repr__(self):
+        parts = [f"epochs={self.n_epochs}", f"n_steps={self.n_steps}"]
+        if self.train_nll:
+            parts.append(f"train_nll={self.train_nll[-1]:.6g} (last)")
+        if self.val_nll:
+            parts.append(f"val_nll={self.val_nll[-1]:.6g} (last)")
+        parts += [f"best_epoch={self.best_epoch}", f"stop_reason={self.stop_reason!r}",
+                  f"wall_time={self.wall_time:.3g} s"]
+        return f"History({', '.join(parts)})"
+
+
+# ------------------------------------------------------------------------------ checks
+def _count(value, name, minimum=1, where="fit"):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or value < minimum:
+        raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _data(flow, x, context, x_name, c_name):
+    """Validated ``(x2, c2)``: ``x2`` of shape ``(n, dim)``, ``n >= 1``; ``c2`` ``(n, c)``/None."""
+    arr = as_float_array(x, "fit", x_name)
+    if arr.ndim != 2:
+        raise ValueError(f"fit: {x_name} must be a 2-D array of shape (n, {flow.dim}), got "
+                         f"{arr.ndim}-D input of shape {arr.shape}")
+    x2, _ = as_batch(arr, flow.dim, "fit", x_name)
+    if x2.shape[0] == 0:
+        raise ValueError(f"fit: {x_name} is empty")
+    if flow.context_dim is None:
+        if context is not None:
+            raise ValueError(f"fit: the flow is unconditional, but {c_name} was given")
+        return x2, None
+    if context is None:
+        raise ValueError(f"fit: the flow is conditional; pass {c_name} of shape "
+                         f"(n, {flow.context_dim}) or ({flow.context_dim},)")
+    c2, shared = as_batch(context, flow.context_dim, "fit", c_name)
+    if shared:
+        c2 = np.repeat(c2, x2.shape[0], axis=0)
+    elif c2.shape[0] != x2.shape[0]:
+        raise ValueError(f"fit: {c_name} has {c2.shape[0]} rows but {x_name} has {x2.shape[0]}")
+    return x2, c2
+
+
+def _validation_data(flow, data):
+    if flow.context_dim is not None:
+        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise ValueError("fit: the flow is conditional; validation_data must be a pair "
+                             "(x_val, context_val)")
+        return _data(flow, data[0], data[1], "validation x", "validation context")
+    if isinstance(data, tuple) and len(data) == 2:     # the pair form (x_val, None)
+        return _data(flow, data[0], data[1], "validation x", "validation context")
+    return _data(flow, data, None, "validation x", "validation context")
+
+
+def _same_array(a, b):
+    if a is b:
+        return True
+    return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
+            and a.dtype == b.dtype and a.strides == b.strides
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+def _check_optimizer(optimizer, flow_params, where="fit"):
+    """An optimizer whose ``params`` are the very arrays of ``flow_params`` (also used by
+    :func:`refflow.variational.fit_reverse_kl`)."""
+    if not callable(getattr(optimizer, "step", None)) or not hasattr(optimizer, "params"):
+        raise TypeError(f"{where}: optimizer must have 'params' and a 'step(grads)' method (e.g. "
+                        f"refflow.optim.Adam), got {type(optimizer).__name__}")
+    params = optimizer.params
+    if not isinstance(params, Mapping) or set(params) != set(flow_params) or not all(
+            _same_array(params[k], flow_params[k]) for k in flow_params):
+        raise ValueError(f"{where}: the optimizer's params are not the flow's parameters; build "
+                         f"it as e.g. Adam(flow.params, ...)")
+
+
+def _schedule(lr_schedule, optimizer, t_max, where="fit"):
+    """None, ``"cosine"`` (CosineAnnealing over ``t_max`` steps) or a schedule object of
+    ``optimizer`` (also used by :func:`refflow.variational.fit_reverse_kl`)."""
+    if lr_schedule is None:
+        return None
+    if isinstance(lr_schedule, str):
+        if lr_schedule != "cosine":
+            raise ValueError(f"{where}: lr_schedule must be None, 'cosine' or an object with a "
+                             f"step() method, got {lr_schedule!r}")
+        return _optim.CosineAnnealing(optimizer, t_max=t_max)
+    if not callable(getattr(lr_schedule, "step", None)):
+        raise TypeError(f"{where}: lr_schedule must be None, 'cosine' or an object with a "
+                        f"step() method, got {type(lr_schedule).__name__}")
+    if getattr(lr_schedule, "optimizer", optimizer) is not optimizer:
+        raise ValueError(f"{where}: lr_schedule schedules another optimizer than the one "
+                         f"{where} uses")
+    return lr_schedule
+
+
+def _modes(flow):
+    """``[(layer, training), ...]`` over the bijector tree, to put every layer back later."""
+    out, stack = [], [flow.bijector]
+    while stack:
+        layer = stack.pop()
+        out.append((layer, layer.training))
+        stack.extend(layer._children())
+    return out
+
+
+def _restore_modes(modes):
+    for layer, mode in modes:
+        layer.training = mode
+
+
+def _snapshot(flow):
+    return ({k: v.copy() for k, v in flow.params.items()},
+            {k: np.array(v, copy=True) for k, v in flow.buffers.items()})
+
+
+def _restore(flow, snapshot):
+    params, buffers = snapshot
+    flow_params = flow.params
+    for key, value in params.items():
+        flow_params[key][...] = value     # raw write: these values were finite parameters
+    for key, target in flow.buffers.items():
+        if isinstance(target, np.ndarray) and not np.array_equal(target, buffers[key]):
+            target[...] = buffers[key]
+
+
+def _mean_nll(flow, x, c, chunk):
+    """``-mean log q`` over all rows in eval mode (chunks of ``chunk`` rows), mode restored."""
+    modes = _modes(flow)
+    flow.eval()
+    try:
+        total = 0.0
+        # a point whose log-density overflows to -inf is reported by the caller, not warned about
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i in range(0, x.shape[0], chunk):
+                lp = flow.log_prob(x[i:i + chunk], None if c is None else c[i:i + chunk])
+                total -= float(np.sum(lp))
+    finally:
+        _restore_modes(modes)
+    return total / x.shape[0]
+
+
+# ---------------------------------------------------------------------------- progress
+class _ProgressLine:
+    """A tqdm bar over ``total`` steps when tqdm is installed, else one line on stderr redrawn
+    at most every ``interval`` seconds (``where: text  elapsed t s``). Shared by :func:`fit` and
+    :func:`refflow.variational.fit_reverse_kl`, which say what the line shows.
+    """
+
+    def __init__(self, where, total, interval):
+        self.where, self.interval = where, interval
+        self.start = time.perf_counter()
+        self.last_draw = -math.inf
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            tqdm = None
+        self.bar = None
+        if tqdm is not None:
+            self.bar = tqdm(total=total, desc=where, unit="step", file=sys.stderr,
+                            dynamic_ncols=True, leave=True)
+
+    def due(self):
+        """True when the last redraw is at least ``interval`` seconds old."""
+        return time.perf_counter() - self.last_draw >= self.interval
+
+    def _draw(self, text):
+        now = time.perf_counter()
+        self.last_draw = now
+        line = f"{self.where}: {text}  elapsed {now - self.start:.1f} s"
+        sys.stderr.write("\r" + line.ljust(79))
+        sys.stderr.flush()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.last_draw > -math.inf:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+class _Progress(_ProgressLine):
+    """fit's progress: one bar over all steps; epoch, step and the NLLs on the line."""
+
+    def __init__(self, epochs, n_batches):
+        super().__init__("fit", epochs * n_batches, _PROGRESS_INTERVAL)
+        self.epochs, self.n_batches = epochs, n_batches
+        self.text = ""
+
+    def step(self, epoch, batch):
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.due():
+            self._draw(f"epoch {epoch + 1}/{self.epochs}  step {batch + 1}/{self.n_batches}"
+                       f"{self.text}")
+
+    def epoch(self, epoch, train_nll, val_nll):
+        self.text = f"  train NLL {train_nll:.4f}"
+        if val_nll is not None:
+            self.text += f"  val NLL {val_nll:.4f}"
+        if self.bar is not None:
+            post = {"epoch": f"{epoch + 1}/{self.epochs}", "train_nll": f"{train_nll:.4f}"}
+            if val_nll is not None:
+                post["val_nll"] = f"{val_nll:.4f}"
+            self.bar.set_postfix(post)
+        else:
+            self._draw(f"epoch {epoch + 1}/{self.epochs}{self.text}")
+
+
+class _NoProgress:
+    def step(self, epoch, batch):
+        pass
+
+    def epoch(self, epoch, train_nll, val_nll):
+        pass
+
+    def close(self):
+        pass
+
+
+# --------------------------------------------------------------------------------- fit
+def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1, epochs=100,
+        batch_size=256, optimizer=None, lr=1e-3, weight_decay=0.0, clip_grad_norm=None,
+        lr_schedule=None, patience=None, restore_best=True, rng=None, progress=None,
+        callback=None):
+    """Fit a flow to data by minimising the mean negative log-likelihood with mini-batches.
+
+    Parameters
+    ----------
+    flow : Flow
+        Trained in place (its ``params``, and its buffers such as BatchNorm statistics).
+    x : array_like of shape (n, dim)
+        Training data, finite, ``n >= 1``.
+    context : array_like of shape (n, context_dim) or (context_dim,), optional
+        Conditional flows only (required for them).
+    validation_data : array_like of shape (m, dim), or a tuple (x_val, context_val), optional
+        A held-out set; the pair form is required for a conditional flow (``(x_val, None)`` is
+        accepted for an unconditional one). When given, ``validation_fraction`` is not used.
+    validation_fraction : float in [0, 1), default 0.1
+        Without ``validation_data``: ``ceil(fraction * n)`` rows chosen with ``rng`` are held out
+        before training. 0 means no validation.
+    epochs : int, default 100
+    batch_size : int, default 256
+        The last batch of an epoch holds the remaining rows (it may be smaller).
+    optimizer : optional
+        An optimizer over ``flow.params`` (e.g. ``refflow.optim.SGD(flow.params, lr=0.1)``).
+        Default ``Adam(flow.params, lr=lr, weight_decay=weight_decay)``.
+    lr, weight_decay : float
+        Used only for the default optimizer (``weight_decay`` is AdamW's decoupled decay).
+    clip_grad_norm : float, optional
+        Rescale each gradient to this global L2 norm at most (:func:`refflow.optim.clip_grad_norm`).
+    lr_schedule : None, "cosine" or object with ``step()``
+        ``"cosine"``: :class:`refflow.optim.CosineAnnealing` from the optimizer's ``lr`` to 0
+        over all ``epochs * n_batches`` steps. An object: its ``step()`` is called after every
+        optimizer step.
+    patience : int, optional
+        Stop after this many epochs without a strict improvement of the validation NLL (of the
+        training NLL without validation).
+    restore_best : bool, default True
+        At the end (and on an early stop or divergence), copy back the parameters and buffers
+        of the best epoch.
+    rng : int, Generator or None
+        Seeds the validation split and the batch order (see the module docstring).
+    progress : bool or None
+        A progress bar on stderr (tqdm when installed, else one line redrawn); ``None``: only
+        when stderr is a terminal; ``False``: nothing is printed.
+    callback : callable, optional
+        ``callback(epoch, history)`` after each epoch (0-based); a true result stops training.
+
+    Returns
+    -------
+    History
+
+    Raises
+    ------
+    ValueError
+        Bad arguments, before anything changes.
+    TypeError
+        ``flow`` is not a Flow, ``optimizer`` or ``lr_schedule`` lacks ``step``, ``callback``
+        is not callable.
+    TrainingDiverged
+        A non-finite loss or gradient (training or validation) or an overflowing update. The
+        failed step changed nothing; with ``restore_best`` the best epoch's parameters are put
+        back (if an epoch completed), else the last good ones stay in place.
+
+    Notes
+    -----
+    Every layer is put in training mode for the steps and in eval mode for the validation
+    pass (BatchNorm then uses its running statistics); at the end each layer gets back the
+    mode it had. The optimizer and the schedule keep their state (a second ``fit`` call with
+    the same optimizer continues from it). Layers with data-dependent initialisation
+    (ActNorm) initialise from the first training batch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow import Affine, Flow, StandardNormal
+    >>> from refflow.train import fit
+    >>> x = np.random.default_rng(0).normal(2.0, 3.0, size=(500, 1))
+    >>> flow = Flow(StandardNormal(1), Affine(1))
+    >>> history = fit(flow, x, epochs=200, batch_size=100, lr=0.05, rng=0, progress=False)
+    >>> len(history.train_nll), history.train_nll[-1] < history.train_nll[0]
+    (200, True)
+    >>> np.round(flow.params["bijector.shift"], 1), np.round(np.exp(flow.params["bijector.log_scale"]), 1)
+    (array([2.]), array([3.]))
+    """
+    # ---------------------------------------------------------- validation of everything
+    if not isinstance(flow, Flow):
+        raise TypeError(f"fit: flow must be a refflow Flow, got {type(flow).__name__}")
+    x2, c2 = _data(flow, x, context, "x", "context")
+    n = x2.shape[0]
+    epochs = _count(epochs, "epochs")
+    batch_size = _count(batch_size, "batch_size")
+    if patience is not None:
+        patience = _count(patience, "patience")
+    clip = None if clip_grad_norm is None else _optim._positive(clip_grad_norm, "clip_grad_norm", "fit")
+    if not isinstance(restore_best, (bool, np.bool_)):
+        raise ValueError(f"fit: restore_best must be True or False, got {restore_best!r}")
+    if progress is not None and not isinstance(progress, (bool, np.bool_)):
+        raise ValueError(f"fit: progress must be True, False or None, got {progress!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fit: callback must be callable, got {type(callback).__name__}")
+    if isinstance(validation_fraction, (bool, np.bool_)) \
+            or not isinstance(validation_fraction, numbers.Real) \
+            or not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"fit: validation_fraction must lie in [0, 1), got {validation_fraction!r}")
+    gen = check_rng(rng, "fit")
+
+    if validation_data is not None:
+        x_val, c_val = _validation_data(flow, validation_data)
+        n_val = 0
+    else:
+        x_val = c_val = None
+        n_val = math.ceil(validation_fraction * n)
+        if n_val and n - n_val < 1:
+            raise ValueError(f"fit: too few rows ({n}) to hold out validation_fraction="
+                             f"{validation_fraction} and keep a training row; pass "
+                             f"validation_fraction=0 or more data")
+    n_train = n - n_val
+    n_batches = -(-n_train // batch_size)
+
+    flow_params = flow.params
+    if optimizer is None:
+        # Re-raise naming fit: the caller passed lr / weight_decay to fit, not to Adam.
+        try:
+            optimizer = _optim.Adam(flow_params, lr=lr, weight_decay=weight_decay)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"fit: {exc}") from None
+    else:
+        _check_optimizer(optimizer, flow_params)
+    schedule = _schedule(lr_schedule, optimizer, epochs * n_batches)
+
+    # ------------------------------------------------------------------------ the split
+    if n_val:
+        perm = gen.permutation(n)
+        x_val, x_train = x2[perm[:n_val]], x2[perm[n_val:]]
+        c_val, c_train = (None, None) if c2 is None else (c2[perm[:n_val]], c2[perm[n_val:]])
+    else:
+        x_train, c_train = x2, c2
+    has_val = x_val is not None
+    chunk = max(batch_size, _EVAL_CHUNK)
+
+    # ------------------------------------------------------------------------- training
+    history = History()
+    show = bool(progress) if progress is not None else bool(
+        sys.stderr is not None and getattr(sys.stderr, "isatty", lambda: False)())
+    bar = _Progress(epochs, n_batches) if show else _NoProgress()
+    modes = _modes(flow)
+    best, best_metric = None, math.inf
+    start = time.perf_counter()
+
+    def diverged(epoch, step, exc, during):
+        history.stop_reason = "diverged"
+        history.wall_time = time.perf_counter() - start
+        if restore_best and best is not None:
+            _restore(flow, best)
+            state = f"the parameters of the best epoch ({history.best_epoch}) were restored"
+        else:
+            state = "the last good parameters are in place"
+        return TrainingDiverged(
+            f"fit: training diverged {during} at epoch {epoch}, step {step} (0-based; "
+            f"{history.n_steps} steps succeeded): {exc}. {state[0].upper()}{state[1:]}. Try a "
+            f"lower lr, clip_grad_norm=..., or standardised data (zero mean, unit variance per "
+            f"column).", history, epoch, step)
+
+    try:
+        flow.train()
+        for epoch in range(epochs):
+            epoch_start = time.perf_counter()
+            order = gen.permutation(n_train)
+            total = 0.0
+            for b in range(n_batches):
+                idx = order[b * batch_size:(b + 1) * batch_size]
+                xb = x_train[idx]
+                cb = None if c_train is None else c_train[idx]
+                try:
+                    nll, grads = flow.nll_and_grad(xb, cb)
+                    if clip is not None:
+                        grads, _ = _optim.clip_grad_norm(grads, clip)
+                    optimizer.step(grads)
+                except ValueError as exc:
+                    raise diverged(epoch, history.n_steps, exc, "in a training step") from exc
+                total += nll * idx.shape[0]
+                history.n_steps += 1
+                if schedule is not None:
+                    schedule.step()
+                bar.step(epoch, b)
+            train_nll = total / n_train
+            val_nll = None
+            try:
+                if not math.isfinite(train_nll):
+                    raise ValueError(f"the epoch's mean training NLL is {train_nll}")
+                if has_val:
+                    val_nll = _mean_nll(flow, x_val, c_val, chunk)
+                    if not math.isfinite(val_nll):
+                        raise ValueError(f"the validation NLL is {val_nll}")
+            except ValueError as exc:
+                raise diverged(epoch, history.n_steps, exc, "in the evaluation") from exc
+            history.train_nll.append(train_nll)
+            if has_val:
+                history.val_nll.append(val_nll)
+            history.epoch_time.append(time.perf_counter() - epoch_start)
+            metric = val_nll if has_val else train_nll
+            if metric < best_metric:
+                best_metric, history.best_epoch = metric, epoch
+                if restore_best:
+                    best = _snapshot(flow)
+            bar.epoch(epoch, train_nll, val_nll)
+            reason = None
+            if callback is not None and callback(epoch, history):
+                reason = "callback"
+            elif patience is not None and epoch - history.best_epoch >= patience:
+                reason = "patience"
+            if reason is not None and epoch < epochs - 1:
+                history.stopped_early, history.stop_reason = True, reason
+                break
+        if restore_best and best is not None:
+            _restore(flow, best)
+    finally:
+        _restore_modes(modes)
+        bar.close()
+        history.wall_time = time.perf_counter() - start
+    return history
