@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from refflow import bijectors
 from refflow import bijectors as B
 
-from .registry import CASES
+from ..registry import CASES
 
 _LAYER_NAMES = [name for name in dir(bijectors) if isinstance(getattr(bijectors, name), type)]
 
