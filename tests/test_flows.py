@@ -170,7 +170,7 @@ def test_glow_linear_layers_start_as_random_rotations(rng):
 
 # -------------------------------------------------------------------- parameter counts
 def test_parameter_counts_match_the_peers_figures():
-    # the numbers PEERS.md records for zuko's and nflows' models of the same configurations
+    # the counts of zuko's and nflows' models of the same configurations (masked entries counted)
     assert n_params(RealNVP(2, n_layers=8, hidden=(64, 64), rng=0).params) == 35_344
     assert n_params(MAF(64, n_layers=5, hidden=(256, 256), rng=0).params) == 576_640
     flow = NSF(64, n_layers=5, hidden=(256, 256), rng=0)

@@ -1,4 +1,4 @@
-"""Fuzzing every public entry point with valid, odd and invalid inputs (issue 8, item 1).
+"""Fuzzing every public entry point with valid, odd and invalid inputs.
 
 Each call must either work correctly or raise ``ValueError``/``TypeError`` whose message names
 the function or class; never another exception type, a ``RuntimeWarning`` (warnings are errors
