@@ -65,11 +65,15 @@ def _peer_sampler(peer, model, dtype):
     return sample
 
 
-def build(workload, impl, sizes, dtype, _state={}):
+#: The rows of the last ``maf_sample`` run, by ``(impl, dtype)``, for ``maf_sample_log_prob``.
+_LAST_SAMPLES = {}
+
+
+def build(workload, impl, sizes, dtype):
     """The :class:`Case` of ``workload`` for ``impl`` in ``dtype``.
 
     ``maf_sample_log_prob`` reuses the rows of the last ``maf_sample`` of the same ``impl`` and
-    ``dtype`` (``_state``); it draws them first if that did not run.
+    ``dtype`` (``_LAST_SAMPLES``); it draws them first if that did not run.
     """
     x = np.random.default_rng(0).standard_normal((sizes.log_prob_batch, sizes.dim)).astype(dtype)
     if impl == "refflow":
@@ -97,10 +101,10 @@ def build(workload, impl, sizes, dtype, _state={}):
         return Case(lambda: log_prob(xt), x.shape[0], info=info)
     if workload == "maf_sample":
         def run():
-            _state[key] = sampler(sizes.sample_rows)
+            _LAST_SAMPLES[key] = sampler(sizes.sample_rows)
         return Case(run, sizes.sample_rows, warmup_fn=lambda: sampler(WARMUP_ROWS), info=info)
     if workload == "maf_sample_log_prob":
-        rows = _state.pop(key, None)
+        rows = _LAST_SAMPLES.pop(key, None)
         if rows is None:
             rows = sampler(sizes.sample_rows)
         return Case(lambda: log_prob(rows), sizes.sample_rows, info=info)

@@ -6,8 +6,7 @@ opt.step()`` with ``torch.optim.Adam``. The data ``x`` are fixed N(0, 1) rows (s
 array for every implementation; float32 means float32 data and a float32 model (refflow computes
 in the data's dtype; its gradients and Adam state are float64 by contract).
 
-Workloads (fixed; the models are those of ``/work/shared/PEERS.md``, "Peer models used for
-timing"):
+Workloads (fixed; the same model configuration for the three implementations):
 
 - ``maf_train``: MAF, dim 64, 5 MADE layers alternating natural and reversed orders, hidden
   (256, 256), ReLU, batch 512. refflow ``refflow.flows.MAF(64, n_layers=5, hidden=(256, 256))``

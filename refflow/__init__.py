@@ -20,7 +20,7 @@ from .estimator import FlowDensity
 from . import data, flows, io, optim, train, training, variational
 from .io import load, save
 
-from ._version import __version__
+from ._version import __version__ as __version__  # re-exported (not in __all__)
 
 __all__ = [
     # contract and containers

@@ -19,14 +19,13 @@ import numbers
 
 import numpy as np
 
-from ._validation import check_rng
+from ._validation import (check_batch_size, check_bool, check_choice, check_hidden, check_int,
+                          check_positive, check_real, check_rng)
 from .bijectors import Affine, Chain
 from .distributions import Flow
-from .distributions import _check_batch_size as _flow_batch_size
 from .flows import BUILDERS
 from . import io
 from .io.spec import register
-from .nn.mlp import _check_hidden
 from .training.loop import History, fit
 
 __all__ = ["FlowDensity"]
@@ -51,33 +50,6 @@ def _not_fitted_error(message):
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_int(value, where, name, minimum=1):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
-            or int(value) < minimum:
-        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_real(value, where, name, low, high=math.inf, low_open=False, high_open=True):
-    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real) \
-        and math.isfinite(value)
-    if ok:
-        value = float(value)
-        ok = (value > low if low_open else value >= low) and \
-             (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{where}: {name} must be a number in {interval}, got {value!r}")
-    return value
-
-
-def _check_batch_size(batch_size, where):
-    """``batch_size`` unchanged when valid (a positive int or None), else ``ValueError``."""
-    if batch_size is not None:
-        _flow_batch_size(batch_size, where)
-    return batch_size
-
-
 def _generator(random_state, where):
     """A Generator from None, an int seed, a Generator or a legacy ``RandomState``."""
     if isinstance(random_state, np.random.RandomState):
@@ -326,14 +298,14 @@ class FlowDensity:
     def _checked_params(self):
         """Validated copies of the constructor parameters (fit raises before any work)."""
         where = "FlowDensity"
-        if not (isinstance(self.flow, str) and self.flow in BUILDERS):
-            raise ValueError(f"{where}: flow must be one of {sorted(BUILDERS)}, got {self.flow!r}")
-        n_layers = None if self.n_layers is None else _check_int(self.n_layers, where, "n_layers")
-        hidden = _check_hidden(self.hidden, where)
+        check_choice(self.flow, BUILDERS, where, "flow")
+        n_layers = None if self.n_layers is None else check_int(self.n_layers, where, "n_layers",
+                                                                minimum=1)
+        hidden = check_hidden(self.hidden, where)
         flow_kwargs = {} if self.flow_kwargs is None else self.flow_kwargs
         if not isinstance(flow_kwargs, dict) or not all(isinstance(k, str) for k in flow_kwargs):
-            raise ValueError(f"{where}: flow_kwargs must be None or a dict of builder options "
-                             f"by name, got {self.flow_kwargs!r}")
+            raise TypeError(f"{where}: flow_kwargs must be None or a dict of builder options "
+                            f"by name, got {self.flow_kwargs!r}")
         for key in flow_kwargs:
             if key in _RESERVED:
                 instead = _RESERVED[key]
@@ -344,21 +316,18 @@ class FlowDensity:
         options = {
             "flow": self.flow, "n_layers": n_layers, "hidden": hidden,
             "flow_kwargs": dict(flow_kwargs),
-            "epochs": _check_int(self.epochs, where, "epochs"),
-            "batch_size": _check_int(self.batch_size, where, "batch_size"),
-            "lr": _check_real(self.lr, where, "lr", 0.0, low_open=True),
-            "weight_decay": _check_real(self.weight_decay, where, "weight_decay", 0.0),
-            "validation_fraction": _check_real(self.validation_fraction, where,
-                                               "validation_fraction", 0.0, 1.0),
-            "patience": None if self.patience is None else _check_int(self.patience, where,
-                                                                       "patience"),
+            "epochs": check_int(self.epochs, where, "epochs", minimum=1),
+            "batch_size": check_int(self.batch_size, where, "batch_size", minimum=1),
+            "lr": check_positive(self.lr, where, "lr"),
+            "weight_decay": check_real(self.weight_decay, where, "weight_decay", low=0.0),
+            "validation_fraction": check_real(self.validation_fraction, where,
+                                              "validation_fraction", low=0.0, high=1.0,
+                                              high_open=True),
+            "patience": None if self.patience is None else check_int(self.patience, where,
+                                                                      "patience", minimum=1),
         }
-        if not isinstance(self.standardize, (bool, np.bool_)):
-            raise ValueError(f"{where}: standardize must be True or False, got "
-                             f"{self.standardize!r}")
-        if self.progress is not None and not isinstance(self.progress, (bool, np.bool_)):
-            raise ValueError(f"{where}: progress must be True, False or None, got "
-                             f"{self.progress!r}")
+        check_bool(self.standardize, where, "standardize")
+        check_bool(self.progress, where, "progress", allow_none=True)
         options["rng"] = _generator(self.random_state, where)
         return options
 
@@ -392,7 +361,8 @@ class FlowDensity:
             Bad ``X`` or parameters (the estimator is left unchanged), or
             :class:`refflow.training.TrainingDiverged` if the loss stops being finite.
         TypeError
-            Sparse ``X`` or non-numeric objects in ``X``.
+            Sparse ``X``, non-numeric objects in ``X``, or a parameter of the wrong type (the
+            estimator is left unchanged).
         """
 
         where = "FlowDensity.fit"
@@ -427,9 +397,11 @@ class FlowDensity:
         rng = options["rng"]
         try:
             inner = builder(dim, rng=rng, **self._builder_kwargs(builder, options))
-        except TypeError as exc:  # an unknown name in flow_kwargs
-            raise ValueError(f"{where}: flow_kwargs do not fit the {name!r} builder: "
-                             f"{exc}") from None
+        except TypeError as exc:
+            if "unexpected keyword argument" in str(exc):  # an unknown name in flow_kwargs
+                raise ValueError(f"{where}: flow_kwargs do not fit the {name!r} builder: "
+                                 f"{exc}") from None
+            raise TypeError(f"{where}: {exc}") from None  # an option of the wrong type
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
 
@@ -474,7 +446,7 @@ class FlowDensity:
         where = "FlowDensity.score_samples"
         self._check_fitted(where)
         X = _check_X(X, where, self.n_features_in_)
-        batch_size = _check_batch_size(batch_size, where)
+        batch_size = check_batch_size(batch_size, where)
         try:
             return self.flow_.log_prob(X, batch_size=batch_size)
         except ValueError as exc:  # e.g. points so far out that the log-density overflows
@@ -522,8 +494,8 @@ class FlowDensity:
         """
         where = "FlowDensity.sample"
         self._check_fitted(where)
-        n_samples = _check_int(n_samples, where, "n_samples")
-        batch_size = _check_batch_size(batch_size, where)
+        n_samples = check_int(n_samples, where, "n_samples", minimum=1)
+        batch_size = check_batch_size(batch_size, where)
         try:
             return self.flow_.sample(n_samples, _generator(random_state, where),
                                      batch_size=batch_size)

@@ -43,56 +43,27 @@ by layer in the order of the density direction: the same seed gives the same par
 buffers.
 """
 
-import math
-import numbers
-
 import numpy as np
 import scipy.linalg
 
-from ._validation import check_dim, check_rng
+from ._validation import (check_bool, check_choice, check_dim, check_hidden, check_int,
+                          check_positive, check_rng)
 from .bijectors import (
     ActNorm, AffineCoupling, BatchNorm, Chain, LULinear, MaskedAffineAutoregressive,
     MaskedSplineAutoregressive, Permute, Planar, Radial, Reverse, SplineCoupling, Sylvester,
 )
 from .bijectors.scale_maps import SCALE_MAPS
+# TODO: private names of bijectors.splines (the spline map factory and its identity parameters);
+# import them under public names once that module exports them (listed in .ci/private_names.py).
 from .bijectors.splines import _identity_parameters, _make_map
 from .distributions import Flow, StandardNormal
 from .nn.activations import ACTIVATIONS
-from .nn.mlp import _check_hidden
 
 __all__ = ["RealNVP", "MAF", "NSF", "Glow", "PlanarFlow", "RadialFlow", "SylvesterFlow",
            "BUILDERS"]
 
 _PERMUTATIONS = ("reverse", "random")
 _DEGREE_RULES = ("cyclic", "equal", "random")
-
-
-# ----------------------------------------------------------------------------- validation
-def _int_option(value, where, name, minimum=1):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
-    if int(value) < minimum:
-        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {int(value)}")
-    return int(value)
-
-
-def _bool_option(value, where, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{where}: {name} must be True or False, got {value!r}")
-    return bool(value)
-
-
-def _positive_float(value, where, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{where}: {name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _choice(value, choices, where, name):
-    if not (isinstance(value, str) and value in choices):
-        raise ValueError(f"{where}: {name} must be one of {sorted(choices)}, got {value!r}")
-    return value
 
 
 def _common(where, dim, n_layers, hidden, activation, context_dim, rng, min_dim=1):
@@ -102,9 +73,9 @@ def _common(where, dim, n_layers, hidden, activation, context_dim, rng, min_dim=
         raise ValueError(f"{where}: dim must be at least {min_dim} (a coupling layer needs an "
                          f"identity part and a transformed part), got {dim}; use MAF or NSF "
                          f"(autoregressive) for one-dimensional data")
-    n_layers = _int_option(n_layers, where, "n_layers")
-    hidden = _check_hidden(hidden, where)
-    activation = _choice(activation, ACTIVATIONS, where, "activation")
+    n_layers = check_int(n_layers, where, "n_layers", minimum=1)
+    hidden = check_hidden(hidden, where)
+    activation = check_choice(activation, ACTIVATIONS, where, "activation")
     if context_dim is not None:
         context_dim = check_dim(context_dim, where, "context_dim")
     return dim, n_layers, hidden, activation, context_dim, check_rng(rng, f"{where}: rng")
@@ -204,7 +175,9 @@ def RealNVP(dim, *, n_layers=5, hidden=(64, 64), activation="relu", scale="softc
     Raises
     ------
     ValueError
-        For ``dim < 2`` or any invalid option; the message names ``RealNVP``.
+        For ``dim < 2`` or an option out of range; the message names ``RealNVP``.
+    TypeError
+        An option of the wrong type (a float for an int, a str for a bool, ...).
 
     Notes
     -----
@@ -230,8 +203,8 @@ def RealNVP(dim, *, n_layers=5, hidden=(64, 64), activation="relu", scale="softc
     where = "RealNVP"
     dim, n_layers, hidden, activation, context_dim, rng = _common(
         where, dim, n_layers, hidden, activation, context_dim, rng, min_dim=2)
-    scale = _choice(scale, SCALE_MAPS, where, "scale")
-    batch_norm = _bool_option(batch_norm, where, "batch_norm")
+    scale = check_choice(scale, SCALE_MAPS, where, "scale")
+    batch_norm = check_bool(batch_norm, where, "batch_norm")
 
     def make():
         layers = []
@@ -289,7 +262,9 @@ def MAF(dim, *, n_layers=5, hidden=(64, 64), activation="relu", scale="softclip"
     Raises
     ------
     ValueError
-        For any invalid option (the message names ``MAF``).
+        For an option out of range (the message names ``MAF``).
+    TypeError
+        An option of the wrong type (a float for an int, a str for a bool, ...).
 
     Notes
     -----
@@ -317,11 +292,11 @@ def MAF(dim, *, n_layers=5, hidden=(64, 64), activation="relu", scale="softclip"
     where = "MAF"
     dim, n_layers, hidden, activation, context_dim, rng = _common(
         where, dim, n_layers, hidden, activation, context_dim, rng)
-    scale = _choice(scale, SCALE_MAPS, where, "scale")
-    hidden_degrees = _choice(hidden_degrees, _DEGREE_RULES, where, "hidden_degrees")
+    scale = check_choice(scale, SCALE_MAPS, where, "scale")
+    hidden_degrees = check_choice(hidden_degrees, _DEGREE_RULES, where, "hidden_degrees")
     if permutation is not None:
-        permutation = _choice(permutation, _PERMUTATIONS, where, "permutation")
-    batch_norm = _bool_option(batch_norm, where, "batch_norm")
+        permutation = check_choice(permutation, _PERMUTATIONS, where, "permutation")
+    batch_norm = check_bool(batch_norm, where, "batch_norm")
 
     def make():
         layers = []
@@ -377,7 +352,9 @@ def NSF(dim, *, n_layers=5, hidden=(64, 64), activation="relu", n_bins=8, bound=
     Raises
     ------
     ValueError
-        For any invalid option, or ``dim = 1`` with ``autoregressive=False``.
+        For an option out of range, or ``dim = 1`` with ``autoregressive=False``.
+    TypeError
+        An option of the wrong type (a float for an int, a str for a bool, ...).
 
     Notes
     -----
@@ -415,13 +392,13 @@ def NSF(dim, *, n_layers=5, hidden=(64, 64), activation="relu", n_bins=8, bound=
     True
     """
     where = "NSF"
-    autoregressive = _bool_option(autoregressive, where, "autoregressive")
+    autoregressive = check_bool(autoregressive, where, "autoregressive")
     dim, n_layers, hidden, activation, context_dim, rng = _common(
         where, dim, n_layers, hidden, activation, context_dim, rng,
         min_dim=1 if autoregressive else 2)
-    n_bins = _int_option(n_bins, where, "n_bins", minimum=2)
-    bound = _positive_float(bound, where, "bound")
-    hidden_degrees = _choice(hidden_degrees, _DEGREE_RULES, where, "hidden_degrees")
+    n_bins = check_int(n_bins, where, "n_bins", minimum=2)
+    bound = check_positive(bound, where, "bound")
+    hidden_degrees = check_choice(hidden_degrees, _DEGREE_RULES, where, "hidden_degrees")
     if not autoregressive and hidden_degrees != "cyclic":
         raise ValueError(f"{where}: hidden_degrees applies to the autoregressive layers only; "
                          f"coupling layers (autoregressive=False) have no MADE degrees")
@@ -481,7 +458,9 @@ def Glow(dim, *, n_layers=5, hidden=(64, 64), activation="relu", scale="softclip
     Raises
     ------
     ValueError
-        For ``dim < 2`` or any invalid option.
+        For ``dim < 2`` or an option out of range.
+    TypeError
+        An option of the wrong type (a float for an int, a str for a bool, ...).
 
     Notes
     -----
@@ -514,7 +493,7 @@ def Glow(dim, *, n_layers=5, hidden=(64, 64), activation="relu", scale="softclip
     where = "Glow"
     dim, n_layers, hidden, activation, context_dim, rng = _common(
         where, dim, n_layers, hidden, activation, context_dim, rng, min_dim=2)
-    scale = _choice(scale, SCALE_MAPS, where, "scale")
+    scale = check_choice(scale, SCALE_MAPS, where, "scale")
 
     def make():
         layers = []
@@ -541,7 +520,7 @@ def _stack(where, dim, n_layers, rng, context_dim, make_layer):
     """``n_layers`` layers from ``make_layer(dim, rng)``, validated and named ``where``."""
     _unconditional(where, context_dim)
     dim = check_dim(dim, where)
-    n_layers = _int_option(n_layers, where, "n_layers")
+    n_layers = check_int(n_layers, where, "n_layers", minimum=1)
     rng = check_rng(rng, f"{where}: rng")
     return _build(where, lambda: _flow([make_layer(dim, rng) for _ in range(n_layers)]))
 
@@ -566,7 +545,9 @@ def PlanarFlow(dim, *, n_layers=16, context_dim=None, rng=None):
     Raises
     ------
     ValueError
-        For an invalid option or a ``context_dim``.
+        For an option out of range or a ``context_dim``.
+    TypeError
+        An option of the wrong type (a float for an int, a str for a bool, ...).
 
     Notes
     -----
@@ -604,7 +585,9 @@ def RadialFlow(dim, *, n_layers=16, context_dim=None, rng=None):
     Raises
     ------
     ValueError
-        For an invalid option or a ``context_dim``.
+        For an option out of range or a ``context_dim``.
+    TypeError
+        An option of the wrong type (a float for an int, a str for a bool, ...).
 
     References
     ----------
@@ -638,8 +621,10 @@ def SylvesterFlow(dim, *, n_layers=16, m=None, q="householder", context_dim=None
     Raises
     ------
     ValueError
-        For an invalid option (``Sylvester``'s own checks, prefixed ``SylvesterFlow``) or a
-        ``context_dim``.
+        For an option out of range (``Sylvester``'s own checks, prefixed ``SylvesterFlow``) or
+        a ``context_dim``.
+    TypeError
+        An option of the wrong type (a float for an int, a str for a bool, ...).
 
     References
     ----------

@@ -21,22 +21,46 @@ Examples
 """
 
 import math
-import numbers
 import os
 from collections.abc import Mapping
 
 import numpy as np
 
-from ._validation import as_float_array, check_rng
+from ._validation import as_float_array, check_int, check_positive, check_rng
 
-__all__ = ["plot_density_2d", "plot_samples", "plot_history", "save_figure"]
+__all__ = ["plot_density_2d", "plot_samples", "plot_history", "save_figure",
+           "require_matplotlib"]
 
 _INSTALL_HINT = 'pip install "refflow[plot]"'
 _CHUNK = 65536  # rows per log-density call on the grid: bounded memory at any resolution
 
 
-def _matplotlib(where):
-    """``(Figure, FigureCanvasAgg, Axes)``, or ImportError with the install hint."""
+def require_matplotlib(where):
+    """matplotlib's ``(Figure, FigureCanvasAgg, Axes)`` classes, imported on demand.
+
+    Parameters
+    ----------
+    where : str
+        The caller, named in the error.
+
+    Returns
+    -------
+    Figure, FigureCanvasAgg, Axes : type
+        Build figures as ``fig = Figure(); FigureCanvasAgg(fig)``: no pyplot, no global backend.
+
+    Raises
+    ------
+    ImportError
+        Without matplotlib, with the install hint ``pip install "refflow[plot]"``.
+
+    Examples
+    --------
+    >>> from refflow.plots import require_matplotlib
+    >>> Figure, FigureCanvasAgg, Axes = require_matplotlib("example")
+    >>> fig = Figure(figsize=(2, 2)); canvas = FigureCanvasAgg(fig)
+    >>> isinstance(fig.add_subplot(), Axes)
+    True
+    """
     try:
         from matplotlib.axes import Axes
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -49,7 +73,7 @@ def _matplotlib(where):
 
 def _axes(ax, where, figsize=(5.0, 4.5)):
     """``(owner, ax)``: a new Agg figure and its axes when ``ax`` is None, else ``(None, ax)``."""
-    Figure, FigureCanvasAgg, Axes = _matplotlib(where)
+    Figure, FigureCanvasAgg, Axes = require_matplotlib(where)
     if ax is None:
         fig = Figure(figsize=figsize)
         FigureCanvasAgg(fig)  # attaches itself as fig.canvas; no pyplot, no global backend
@@ -153,13 +177,10 @@ def plot_density_2d(log_prob, *, bounds=((-4, 4), (-4, 4)), resolution=200, samp
         ``log_prob`` is not a model or callable; ``ax`` is not an Axes.
     """
     where = "plot_density_2d"
-    _matplotlib(where)
+    require_matplotlib(where)
     fn = _log_density_function(log_prob, where)
     (x0, x1), (y0, y1) = _bounds(bounds, where)
-    if isinstance(resolution, (bool, np.bool_)) or not isinstance(resolution, numbers.Integral) \
-            or resolution < 2:
-        raise ValueError(f"{where}: resolution must be an int >= 2, got {resolution!r}")
-    resolution = int(resolution)
+    resolution = check_int(resolution, where, "resolution", minimum=2)
     title = _title(title, where)
     if samples is not None:
         samples = _points_2d(samples, where, "samples")
@@ -211,11 +232,10 @@ def plot_samples(samples, *, n=1000, rng=None, bounds=None, ax=None, title=None,
         The scatter is ``ax.collections[-1]``; its offsets are the points.
     """
     where = "plot_samples"
-    _matplotlib(where)
+    require_matplotlib(where)
     if hasattr(samples, "sample") and callable(samples.sample):
-        if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"{where}: n must be a positive int, got {n!r}")
-        samples = samples.sample(int(n), check_rng(rng, where))
+        n = check_int(n, where, "n", minimum=1)
+        samples = samples.sample(n, check_rng(rng, where))
     points = _points_2d(samples, where, "samples")
     if bounds is not None:
         bounds = _bounds(bounds, where)
@@ -276,7 +296,7 @@ def plot_history(history, ax=None, *, title=None):
         An empty history, or one with neither NLL nor KL values.
     """
     where = "plot_history"
-    _matplotlib(where)
+    require_matplotlib(where)
     history = _history_dict(history, where)
     title = _title(title, where)
     if "kl" in history:
@@ -327,7 +347,7 @@ def save_figure(fig, path, *, dpi=150):
         The path written.
     """
     where = "save_figure"
-    Figure, _, Axes = _matplotlib(where)
+    Figure, _, Axes = require_matplotlib(where)
     if isinstance(fig, Axes):
         try:
             fig = fig.get_figure(root=True)  # the top-level figure, also for a subfigure's axes
@@ -341,7 +361,6 @@ def save_figure(fig, path, *, dpi=150):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"{where}: the directory {directory!r} does not exist")
-    if isinstance(dpi, (bool, np.bool_)) or not isinstance(dpi, numbers.Real) or not dpi > 0:
-        raise ValueError(f"{where}: dpi must be a positive number, got {dpi!r}")
+    dpi = check_positive(dpi, where, "dpi")
     fig.savefig(path, dpi=dpi)
     return path

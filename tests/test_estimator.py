@@ -222,37 +222,38 @@ def test_not_fitted(method, args):
         assert isinstance(info.value, NotFittedError)
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"flow": "glowish"}, "flow must be one of"),
-    ({"flow": None}, "flow must be one of"),
-    ({"n_layers": 0}, "n_layers"),
-    ({"hidden": 64}, "hidden"),
-    ({"hidden": (8, -1)}, "hidden"),
-    ({"flow_kwargs": ["scale"]}, "flow_kwargs"),
-    ({"flow_kwargs": {"rng": 0}}, "random_state"),
-    ({"flow_kwargs": {"hidden": (8,)}}, "'hidden' parameter"),
-    ({"flow_kwargs": {"context_dim": 2}}, "unconditional"),
-    ({"flow_kwargs": {"n_bins": 8}, "flow": "maf"}, "do not fit the 'maf' builder"),
-    ({"flow_kwargs": {"scale": "bogus"}, "flow": "maf"}, "MAF: scale"),
-    ({"epochs": 0}, "epochs"),
-    ({"epochs": 2.0}, "epochs"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"lr": 0.0}, "lr"),
-    ({"lr": float("nan")}, "lr"),
-    ({"weight_decay": -1.0}, "weight_decay"),
-    ({"validation_fraction": 1.0}, "validation_fraction"),
-    ({"validation_fraction": -0.1}, "validation_fraction"),
-    ({"patience": 0}, "patience"),
-    ({"standardize": "yes"}, "standardize"),
-    ({"random_state": "seed"}, "random_state"),
-    ({"random_state": -3}, "random_state"),
-    ({"progress": "bar"}, "progress"),
+# A value of the wrong type raises TypeError, one of the right type out of range ValueError.
+@pytest.mark.parametrize("params, error, match", [
+    ({"flow": "glowish"}, ValueError, "flow must be one of"),
+    ({"flow": None}, TypeError, "flow must be one of"),
+    ({"n_layers": 0}, ValueError, "n_layers"),
+    ({"hidden": 64}, TypeError, "hidden"),
+    ({"hidden": (8, -1)}, ValueError, "hidden"),
+    ({"flow_kwargs": ["scale"]}, TypeError, "flow_kwargs"),
+    ({"flow_kwargs": {"rng": 0}}, ValueError, "random_state"),
+    ({"flow_kwargs": {"hidden": (8,)}}, ValueError, "'hidden' parameter"),
+    ({"flow_kwargs": {"context_dim": 2}}, ValueError, "unconditional"),
+    ({"flow_kwargs": {"n_bins": 8}, "flow": "maf"}, ValueError, "do not fit the 'maf' builder"),
+    ({"flow_kwargs": {"scale": "bogus"}, "flow": "maf"}, ValueError, "MAF: scale"),
+    ({"epochs": 0}, ValueError, "epochs"),
+    ({"epochs": 2.0}, TypeError, "epochs"),
+    ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"lr": 0.0}, ValueError, "lr"),
+    ({"lr": float("nan")}, ValueError, "lr"),
+    ({"weight_decay": -1.0}, ValueError, "weight_decay"),
+    ({"validation_fraction": 1.0}, ValueError, "validation_fraction"),
+    ({"validation_fraction": -0.1}, ValueError, "validation_fraction"),
+    ({"patience": 0}, ValueError, "patience"),
+    ({"standardize": "yes"}, TypeError, "standardize"),
+    ({"random_state": "seed"}, ValueError, "random_state"),
+    ({"random_state": -3}, ValueError, "random_state"),
+    ({"progress": "bar"}, TypeError, "progress"),
 ])
-def test_bad_parameters_raise_at_fit_and_change_nothing(params, match, fitted, data):
+def test_bad_parameters_raise_at_fit_and_change_nothing(params, error, match, fitted, data):
     model = copy.deepcopy(fitted)
     before = model.score_samples(data)
     model.set_params(**params)  # scikit-learn's rule: no validation before fit
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         model.fit(data)
     np.testing.assert_array_equal(model.score_samples(data), before)
 
@@ -268,7 +269,8 @@ def test_a_diverging_fit_leaves_the_estimator_unchanged(fitted, data):
 
 def test_bad_sample_arguments(fitted):
     for n in (0, -1, 2.0, "3", True):
-        with pytest.raises(ValueError, match="n_samples"):
+        error = ValueError if type(n) is int else TypeError
+        with pytest.raises(error, match="n_samples"):
             fitted.sample(n)
     with pytest.raises(ValueError, match="random_state"):
         fitted.sample(2, random_state="seed")

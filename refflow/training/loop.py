@@ -15,16 +15,16 @@ batch_size, ...`` (the last one may be smaller).
 """
 
 import math
-import numbers
 import sys
 import time
-from collections.abc import Mapping
 
 import numpy as np
 
-from .._validation import as_batch, as_float_array, check_rng
+from .._validation import (as_batch, as_float_array, check_bool, check_int, check_positive,
+                           check_real, check_rng)
 from ..distributions import Flow
-from . import optim as _optim
+from . import optim as _optim  # fit's argument clip_grad_norm shadows the function
+from ._common import ProgressLine, check_optimizer, make_schedule
 
 __all__ = ["fit", "History", "TrainingDiverged"]
 
@@ -147,13 +147,6 @@ class History:
 
 
 # ------------------------------------------------------------------------------ checks
-def _count(value, name, minimum=1, where="fit"):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
-            or value < minimum:
-        raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _data(flow, x, context, x_name, c_name):
     """Validated ``(x2, c2)``: ``x2`` of shape ``(n, dim)``, ``n >= 1``; ``c2`` ``(n, c)``/None."""
     arr = as_float_array(x, "fit", x_name)
@@ -187,46 +180,6 @@ def _validation_data(flow, data):
     if isinstance(data, tuple) and len(data) == 2:     # the pair form (x_val, None)
         return _data(flow, data[0], data[1], "validation x", "validation context")
     return _data(flow, data, None, "validation x", "validation context")
-
-
-def _same_array(a, b):
-    if a is b:
-        return True
-    return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
-            and a.dtype == b.dtype and a.strides == b.strides
-            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
-
-
-def _check_optimizer(optimizer, flow_params, where="fit"):
-    """An optimizer whose ``params`` are the very arrays of ``flow_params`` (also used by
-    :func:`refflow.variational.fit_reverse_kl`)."""
-    if not callable(getattr(optimizer, "step", None)) or not hasattr(optimizer, "params"):
-        raise TypeError(f"{where}: optimizer must have 'params' and a 'step(grads)' method (e.g. "
-                        f"refflow.optim.Adam), got {type(optimizer).__name__}")
-    params = optimizer.params
-    if not isinstance(params, Mapping) or set(params) != set(flow_params) or not all(
-            _same_array(params[k], flow_params[k]) for k in flow_params):
-        raise ValueError(f"{where}: the optimizer's params are not the flow's parameters; build "
-                         f"it as e.g. Adam(flow.params, ...)")
-
-
-def _schedule(lr_schedule, optimizer, t_max, where="fit"):
-    """None, ``"cosine"`` (CosineAnnealing over ``t_max`` steps) or a schedule object of
-    ``optimizer`` (also used by :func:`refflow.variational.fit_reverse_kl`)."""
-    if lr_schedule is None:
-        return None
-    if isinstance(lr_schedule, str):
-        if lr_schedule != "cosine":
-            raise ValueError(f"{where}: lr_schedule must be None, 'cosine' or an object with a "
-                             f"step() method, got {lr_schedule!r}")
-        return _optim.CosineAnnealing(optimizer, t_max=t_max)
-    if not callable(getattr(lr_schedule, "step", None)):
-        raise TypeError(f"{where}: lr_schedule must be None, 'cosine' or an object with a "
-                        f"step() method, got {type(lr_schedule).__name__}")
-    if getattr(lr_schedule, "optimizer", optimizer) is not optimizer:
-        raise ValueError(f"{where}: lr_schedule schedules another optimizer than the one "
-                         f"{where} uses")
-    return lr_schedule
 
 
 def _modes(flow):
@@ -276,45 +229,7 @@ def _mean_nll(flow, x, c, chunk):
 
 
 # ---------------------------------------------------------------------------- progress
-class _ProgressLine:
-    """A tqdm bar over ``total`` steps when tqdm is installed, else one line on stderr redrawn
-    at most every ``interval`` seconds (``where: text  elapsed t s``). Shared by :func:`fit` and
-    :func:`refflow.variational.fit_reverse_kl`, which say what the line shows.
-    """
-
-    def __init__(self, where, total, interval):
-        self.where, self.interval = where, interval
-        self.start = time.perf_counter()
-        self.last_draw = -math.inf
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            tqdm = None
-        self.bar = None
-        if tqdm is not None:
-            self.bar = tqdm(total=total, desc=where, unit="step", file=sys.stderr,
-                            dynamic_ncols=True, leave=True)
-
-    def due(self):
-        """True when the last redraw is at least ``interval`` seconds old."""
-        return time.perf_counter() - self.last_draw >= self.interval
-
-    def _draw(self, text):
-        now = time.perf_counter()
-        self.last_draw = now
-        line = f"{self.where}: {text}  elapsed {now - self.start:.1f} s"
-        sys.stderr.write("\r" + line.ljust(79))
-        sys.stderr.flush()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        elif self.last_draw > -math.inf:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-class _Progress(_ProgressLine):
+class _Progress(ProgressLine):
     """fit's progress: one bar over all steps; epoch, step and the NLLs on the line."""
 
     def __init__(self, epochs, n_batches):
@@ -326,7 +241,7 @@ class _Progress(_ProgressLine):
         if self.bar is not None:
             self.bar.update(1)
         elif self.due():
-            self._draw(f"epoch {epoch + 1}/{self.epochs}  step {batch + 1}/{self.n_batches}"
+            self.draw(f"epoch {epoch + 1}/{self.epochs}  step {batch + 1}/{self.n_batches}"
                        f"{self.text}")
 
     def epoch(self, epoch, train_nll, val_nll):
@@ -339,7 +254,7 @@ class _Progress(_ProgressLine):
                 post["val_nll"] = f"{val_nll:.4f}"
             self.bar.set_postfix(post)
         else:
-            self._draw(f"epoch {epoch + 1}/{self.epochs}{self.text}")
+            self.draw(f"epoch {epoch + 1}/{self.epochs}{self.text}")
 
 
 class _NoProgress:
@@ -409,10 +324,11 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     Raises
     ------
     ValueError
-        Bad arguments, before anything changes.
+        An argument out of range, before anything changes.
     TypeError
-        ``flow`` is not a Flow, ``optimizer`` or ``lr_schedule`` lacks ``step``, ``callback``
-        is not callable.
+        An argument of the wrong type (``flow`` is not a Flow, ``optimizer`` or
+        ``lr_schedule`` lacks ``step``, ``callback`` is not callable, a float for an int, ...),
+        before anything changes.
     TrainingDiverged
         A non-finite loss or gradient (training or validation) or an overflowing update. The
         failed step changed nothing; with ``restore_best`` the best epoch's parameters are put
@@ -444,21 +360,18 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
         raise TypeError(f"fit: flow must be a refflow Flow, got {type(flow).__name__}")
     x2, c2 = _data(flow, x, context, "x", "context")
     n = x2.shape[0]
-    epochs = _count(epochs, "epochs")
-    batch_size = _count(batch_size, "batch_size")
+    epochs = check_int(epochs, "fit", "epochs", minimum=1)
+    batch_size = check_int(batch_size, "fit", "batch_size", minimum=1)
     if patience is not None:
-        patience = _count(patience, "patience")
-    clip = None if clip_grad_norm is None else _optim._positive(clip_grad_norm, "clip_grad_norm", "fit")
-    if not isinstance(restore_best, (bool, np.bool_)):
-        raise ValueError(f"fit: restore_best must be True or False, got {restore_best!r}")
-    if progress is not None and not isinstance(progress, (bool, np.bool_)):
-        raise ValueError(f"fit: progress must be True, False or None, got {progress!r}")
+        patience = check_int(patience, "fit", "patience", minimum=1)
+    clip = None if clip_grad_norm is None else check_positive(clip_grad_norm, "fit",
+                                                              "clip_grad_norm")
+    check_bool(restore_best, "fit", "restore_best")
+    check_bool(progress, "fit", "progress", allow_none=True)
     if callback is not None and not callable(callback):
         raise TypeError(f"fit: callback must be callable, got {type(callback).__name__}")
-    if isinstance(validation_fraction, (bool, np.bool_)) \
-            or not isinstance(validation_fraction, numbers.Real) \
-            or not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"fit: validation_fraction must lie in [0, 1), got {validation_fraction!r}")
+    validation_fraction = check_real(validation_fraction, "fit", "validation_fraction", low=0.0,
+                                     high=1.0, high_open=True)
     gen = check_rng(rng, "fit")
 
     if validation_data is not None:
@@ -482,8 +395,8 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"fit: {exc}") from None
     else:
-        _check_optimizer(optimizer, flow_params)
-    schedule = _schedule(lr_schedule, optimizer, epochs * n_batches)
+        check_optimizer(optimizer, flow_params, "fit")
+    schedule = make_schedule(lr_schedule, optimizer, epochs * n_batches, "fit")
 
     # ------------------------------------------------------------------------ the split
     if n_val:

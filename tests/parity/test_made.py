@@ -1,4 +1,4 @@
-"""MADE's degree-sorted block products (``refflow/nn/_blocked.py``, issue 7) against the dense
+"""MADE's degree-sorted block products (``refflow/nn/_blocked.py``) against the dense
 reference passes (``MADE._forward_reference`` / ``_vjp_reference``).
 
 Tolerance. The blocked pass computes every output as the dense pass's sum restricted to the

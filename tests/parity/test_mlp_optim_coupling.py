@@ -1,4 +1,4 @@
-"""The fused fast paths (issue 7, items 4c/4d) against the kept reference passes.
+"""The fused fast paths (optimizer updates, MLP passes) against the kept reference passes.
 
 Covered: the kernels of :mod:`refflow.kernels.fused` against their NumPy twins; ``Adam`` and
 ``SGD`` fused steps against ``_step_reference``; the ReLU MLP passes (``_dense_forward_relu``,

@@ -1,4 +1,4 @@
-"""Degree-ordered incremental sampling of the masked autoregressive layers (issue 7, item 4a).
+"""Degree-ordered incremental sampling of the masked autoregressive layers.
 
 The incremental evaluation (``refflow.nn._incremental``) must give the reference sequential
 passes' results (``_sample_passes_reference``) to round-off. Why ``RTOL_INCREMENTAL``: both

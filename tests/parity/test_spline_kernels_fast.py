@@ -1,4 +1,4 @@
-"""The fast "durkan" spline kernels (issue 7) against the reference kernels they replace.
+"""The fast "durkan" spline kernels against the reference kernels they replace.
 
 ``refflow.kernels.durkan.rqs_durkan_*`` evaluate exactly the reference kernels' formulas in the
 same order (``rqs_durkan_*_reference``), block-wise, with their own vectorisable ``exp``

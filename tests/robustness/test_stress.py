@@ -1,4 +1,4 @@
-"""Numerical stress of every registered bijector (issue 8, item 2).
+"""Numerical stress of every registered bijector.
 
 For every case of ``refflow._cases.CASES`` (same class and options; every parameter element
 redrawn), with raw parameters up to ±50 (uniform, and exactly ±50) and inputs up to |v| = 1e3
