@@ -154,8 +154,9 @@ class Sizes:
     leaves out the long fit. ``smoke`` shrinks everything, for the test of the script itself.
 
     Timing: every (workload, implementation, dtype) runs ``rounds`` times, each time in a fresh
-    process that makes ``warmup`` warm-up calls and then ``repeats`` timed calls
-    (``sample_repeats`` for sampling, ``spline_repeats`` for the spline kernels); the processes
+    process that makes ``warmup`` warm-up calls (``spline_warmup`` for the spline kernels) and
+    then ``repeats`` timed calls (``sample_repeats`` for sampling, ``spline_repeats`` for the
+    spline kernels); the processes
     of the implementations alternate (A B C A B C ...), and the median is over all timed calls of
     all rounds. The standalone peer timing of the self-check makes ``rounds * repeats`` calls in
     one process.
@@ -178,8 +179,9 @@ class Sizes:
     rounds: int = 2
     repeats: int = 5
     sample_repeats: int = 1
-    spline_repeats: int = 3
+    spline_repeats: int = 2
     warmup: int = 2
+    spline_warmup: int = 1        # one spline call is 0.1-2 s: one warm-up suffices
     # thread workloads: `python -m refflow fit two_moons --epochs E`, the demo's fit
     fit_epochs: int = 5
     fit_long_epochs: int = 20     # 0: not run
@@ -217,6 +219,11 @@ def repeats_for(workload, sizes):
     if workload.startswith("spline"):
         return sizes.spline_repeats
     return sizes.repeats
+
+
+def warmup_for(workload, sizes):
+    """Warm-up calls per process of ``workload``."""
+    return sizes.spline_warmup if workload.startswith("spline") else sizes.warmup
 
 
 # ----------------------------------------------------------------------------- workloads

@@ -6,7 +6,7 @@ Usage::
                                     [--rows N] [--smoke]
 
 ``THREADS`` comes first because ``torch.set_num_threads(THREADS)`` is the statement right after
-``import torch``, before anything else is imported. This script shares no code with the harness
+``import torch``, before anything else is imported (only ``sys`` is, to read it). This script shares no code with the harness
 (``run.py`` and its modules): it builds the peer's model from its own constants, draws its data
 with torch's generator (same distributions, other values: the timings do not depend on them),
 sets ``torch.set_default_dtype`` instead of converting the model, and prints one JSON line
@@ -24,9 +24,12 @@ harness's tiny smoke sizes.
 
 import sys
 
-import torch
+THREADS = int(sys.argv[1]) if sys.argv[1:2] and sys.argv[1].isdigit() else 0  # 0: --help, misuse
 
-torch.set_num_threads(int(sys.argv[1]))  # first thing after importing torch
+import torch  # noqa: E402
+
+if THREADS:
+    torch.set_num_threads(THREADS)  # first thing after importing torch
 
 import argparse  # noqa: E402
 import json  # noqa: E402

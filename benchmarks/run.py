@@ -92,7 +92,7 @@ import bench_splines  # noqa: E402
 import bench_train  # noqa: E402
 import child  # noqa: E402
 from common import (DTYPES, IMPLS, PEERS, SIZES, THREAD_VARS, environment_line,  # noqa: E402
-                    quick_changes, record, repeats_for)
+                    quick_changes, record, repeats_for, warmup_for)
 
 PEER_ALONE = os.path.join(HERE, "peer_alone.py")
 # The issue's bound for the self-check: harness and standalone medians of a peer agree within
@@ -116,6 +116,8 @@ TOPICS = {"train": bench_train, "density": bench_density, "splines": bench_splin
 ORDER = [(name, module) for topic, module in TOPICS.items() if module is not None
          for name in module.WORKLOADS] + [(name, None) for name in THREAD_WORKLOADS]
 MODULE = dict(ORDER)
+TOPIC_OF = {name: topic for topic, module in TOPICS.items()
+            for name in (module.WORKLOADS if module is not None else THREAD_WORKLOADS)}
 LABELS = {name: text for m in TOPICS.values() if m is not None
           for name, text in m.WORKLOADS.items()}
 LABELS.update({name: label for name, (_, label) in bench_density.FOLLOWUPS.items()})
@@ -162,11 +164,7 @@ def parse(argv):
         if unknown or not wanted:
             parser.error(f"--only: unknown workload(s) {', '.join(unknown) or '(none given)'}; "
                          f"choose from {names}")
-        selected = [n for n, m in ORDER
-                    if n in wanted or any(w in TOPICS and (TOPICS[w] is m if m is not None
-                                                           else n in THREAD_WORKLOADS
-                                                           and w == "threads")
-                                          for w in wanted)]
+        selected = [n for n, _ in ORDER if n in wanted or TOPIC_OF[n] in wanted]
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds: expected a positive integer")
     if args.threads is not None and args.threads < 1:
@@ -306,12 +304,12 @@ class Runner:
         self._n += 1
         out = os.path.join(self.tmpdir, f"case{self._n}.json")
         spec = {"workload": workload, "impl": impl, "dtype": dtype, "mode": self.sizes.mode,
-                "warmup": self.sizes.warmup,
+                "warmup": warmup_for(workload, self.sizes),
                 "repeats": repeats_for(workload, self.sizes) if repeats is None else repeats,
                 "out": out}
         code = child_code(spec, self.torch_threads)
-        proc, wall, _, error = run_process([sys.executable, "-c", code],
-                                           child_env(set_vars, drop), self.tmpdir)
+        _, wall, _, error = run_process([sys.executable, "-c", code],
+                                        child_env(set_vars, drop), self.tmpdir)
         entry = {"kind": "case", "workload": workload, "impl": impl, "dtype": dtype,
                  "round": rnd, "env": dict(set_vars or {}), "dropped": sorted(drop),
                  "threads_config": threads_config, "wall_s": wall}
@@ -330,7 +328,7 @@ class Runner:
         """The standalone timing of a peer (``peer_alone.py``); its JSON or None."""
         reps = self.sizes.rounds * repeats_for(workload, self.sizes)
         cmd = [sys.executable, PEER_ALONE, str(self.torch_threads), peer, workload, dtype,
-               "--warmup", str(self.sizes.warmup), "--repeats", str(reps),
+               "--warmup", str(warmup_for(workload, self.sizes)), "--repeats", str(reps),
                "--rows", str(self.sizes.sample_rows)] + (["--smoke"] if self.sizes.mode ==
                                                          "smoke" else [])
         proc, wall, _, error = run_process(cmd, child_env(), self.tmpdir)
@@ -718,8 +716,8 @@ def markdown(records, limit, checks, threads, env, sizes, command, dtypes, skipp
             "smoke": " `--smoke`: tiny models, one repeat; not a measurement."}[sizes.mode]
     calls = (f"{sizes.rounds} fresh processes per case, implementations interleaved, "
              f"{sizes.warmup} warm-up and {sizes.repeats} timed calls in each "
-             f"(sampling {sizes.sample_repeats}, splines {sizes.spline_repeats}); medians over "
-             "all timed calls")
+             f"(sampling: warm-up on 16 rows, {sizes.sample_repeats} timed; splines: "
+             f"{sizes.spline_warmup} and {sizes.spline_repeats}); medians over all timed calls")
     out.append(f"Medians (with the rate) of one run: {calls}. Peers on torch CPU, "
                f"`torch.set_num_threads({env.get('torch_threads', '?')})` first thing in their "
                "process. Ratio columns: peer time ÷ refflow time (above 1: refflow is faster)."
