@@ -704,7 +704,7 @@ def threads_table(rows):
             if r.get(f"{config}_fit_s") is not None:
                 extra.append(f"fit {r[f'{config}_fit_s']:.2f} s")
             if r.get(f"{config}_epochs") is not None:
-                extra.append(f"{r[f'{config}_epochs']} epochs")
+                extra.append(f"{r[f'{config}_epochs']:g} epochs")
             cells.append(text + (f" ({', '.join(extra)})" if extra else ""))
         lines.append(f"| {r['label']} | {cells[0]} | {cells[1]} | {_fmt_ratio(r['ratio'])} |")
     return lines
