@@ -159,7 +159,8 @@ class Sizes:
     spline kernels); the processes
     of the implementations alternate (A B C A B C ...), and the median is over all timed calls of
     all rounds. The standalone peer timing of the self-check makes ``rounds * repeats`` calls in
-    one process.
+    one process (``sample_repeats`` or ``spline_repeats`` for sampling and splines:
+    :func:`alone_repeats`).
     """
     mode: str = "full"
     dim: int = 64                 # MAF / NSF event size
@@ -219,6 +220,16 @@ def repeats_for(workload, sizes):
     if workload.startswith("spline"):
         return sizes.spline_repeats
     return sizes.repeats
+
+
+def alone_repeats(workload, sizes):
+    """Timed calls of the self-check's standalone process of ``workload``: as many as all
+    rounds of the harness together, except for sampling and the spline kernels (one call is
+    1-18 s for a peer), where it is as many as one harness process."""
+    per_process = repeats_for(workload, sizes)
+    if workload == "maf_sample" or workload.startswith("spline"):
+        return per_process
+    return sizes.rounds * per_process
 
 
 def warmup_for(workload, sizes):

@@ -61,8 +61,10 @@ runs OpenBLAS's GEMM at about 0.65x of its AVX-512 speed; recorded, never set he
 
 ``--quick`` keeps every configuration but draws 1,000 instead of 10,000 samples, repeats less
 in each process and leaves out the long fit (the table says what it changed); ``--smoke`` runs
-tiny models once, to test this script. A full run with ``--peers`` takes about 12 minutes on 2
-cores.
+tiny models once, to test this script. A full run with ``--peers`` takes about 13-14 minutes
+on 2 idle cores: some 170 fresh processes (a peer's takes ~3 s to start), the peers' sampling
+(~3 minutes) and spline kernels (~2 minutes), and the thread workloads (~1-2 minutes, most of it
+default-thread fits while small GEMMs run slowly on two OpenBLAS threads).
 """
 
 import argparse
@@ -91,8 +93,8 @@ import bench_gemm  # noqa: E402
 import bench_splines  # noqa: E402
 import bench_train  # noqa: E402
 import child  # noqa: E402
-from common import (DTYPES, IMPLS, PEERS, SIZES, THREAD_VARS, environment_line,  # noqa: E402
-                    quick_changes, record, repeats_for, warmup_for)
+from common import (DTYPES, IMPLS, PEERS, SIZES, THREAD_VARS, alone_repeats,  # noqa: E402
+                    environment_line, quick_changes, record, repeats_for, warmup_for)
 
 PEER_ALONE = os.path.join(HERE, "peer_alone.py")
 # The issue's bound for the self-check: harness and standalone medians of a peer agree within
@@ -326,7 +328,7 @@ class Runner:
 
     def alone(self, workload, peer, dtype):
         """The standalone timing of a peer (``peer_alone.py``); its JSON or None."""
-        reps = self.sizes.rounds * repeats_for(workload, self.sizes)
+        reps = alone_repeats(workload, self.sizes)
         cmd = [sys.executable, PEER_ALONE, str(self.torch_threads), peer, workload, dtype,
                "--warmup", str(warmup_for(workload, self.sizes)), "--repeats", str(reps),
                "--rows", str(self.sizes.sample_rows)] + (["--smoke"] if self.sizes.mode ==
@@ -592,12 +594,14 @@ TABLE_ROWS = ["maf_train", "nsf_train", "realnvp_train", "maf_log_prob", "maf_sa
 
 def _label(name, sizes):
     if name == "sample/log_prob":
-        return f"MAF sampling time ÷ log_prob time, same {sizes.sample_rows:,} rows"
-    if name == "maf_sample":
-        return f"MAF sampling ({sizes.sample_rows:,} samples)"
-    if name == "maf_sample_log_prob":
-        return f"MAF log_prob of the {sizes.sample_rows:,} sampled rows"
-    return LABELS[name]
+        text = f"MAF sampling time ÷ log_prob time, same {sizes.sample_rows:,} rows"
+    elif name == "maf_sample":
+        text = f"MAF sampling ({sizes.sample_rows:,} samples)"
+    elif name == "maf_sample_log_prob":
+        text = f"MAF log_prob of the {sizes.sample_rows:,} sampled rows"
+    else:
+        text = LABELS[name]
+    return text + (" [smoke: tiny sizes]" if sizes.mode == "smoke" else "")
 
 
 def _cell(rec):
@@ -714,7 +718,8 @@ def markdown(records, limit, checks, threads, env, sizes, command, dtypes, skipp
     out = ["### Performance", ""]
     mode = {"full": "", "quick": f" `--quick` changed: {quick_changes()}.",
             "smoke": " `--smoke`: tiny models, one repeat; not a measurement."}[sizes.mode]
-    calls = (f"{sizes.rounds} fresh processes per case, implementations interleaved, "
+    calls = (f"{sizes.rounds} fresh process{'es' if sizes.rounds > 1 else ''} per case, "
+             "implementations interleaved, "
              f"{sizes.warmup} warm-up and {sizes.repeats} timed calls in each "
              f"(sampling: warm-up on 16 rows, {sizes.sample_repeats} timed; splines: "
              f"{sizes.spline_warmup} and {sizes.spline_repeats}); medians over all timed calls")
