@@ -36,8 +36,9 @@ How it times (so that it cannot flatter refflow):
   (refflow, zuko, nflows, refflow, zuko, nflows, ...) so that drift of the machine hits all of
   them. Each process makes warm-up calls and then a few timed calls; the median is over every
   timed call of every round. Nothing else runs meanwhile: this script only waits.
-- A peer's process starts with ``import torch`` and ``torch.set_num_threads(n)``, before NumPy
-  is used and before anything else is imported (``child_code``); it never imports refflow, and
+- A peer's process starts with ``import torch`` and ``torch.set_num_threads(n)``, before
+  anything else is imported or run (``child_code``; torch itself loads NumPy, nothing loads
+  SciPy, numba or threadpoolctl before the threads are set); it never imports refflow, and
   refflow's processes never import torch. ``n`` = ``--threads``, by default the thread budget
   refflow has: ``REFFLOW_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS`` if set,
   else the CPUs this process may use. Peer models are converted with ``.to(dtype)``; torch's
@@ -541,8 +542,10 @@ def time_threads(args, sizes, runner):
                                f"median {statistics.median(res['times']) * 1e3:10.1f} ms")
         if not all(got.values()):
             continue
-        row = {"workload": name, "label": THREAD_WORKLOADS[name].format(**dataclasses.asdict(
-            sizes)), "rounds": sizes.thread_rounds}
+        label = THREAD_WORKLOADS[name].format(**dataclasses.asdict(sizes))
+        if sizes.mode == "smoke":
+            label += " [smoke: tiny sizes]"
+        row = {"workload": name, "label": label, "rounds": sizes.thread_rounds}
         for config, results in got.items():
             times = [t for res in results for t in res["times"]]
             row[f"{config}_s"] = statistics.median(times)
@@ -760,7 +763,7 @@ def markdown(records, limit, checks, threads, env, sizes, command, dtypes, skipp
     if table:
         out += ["", "Thread control: each workload in fresh processes with every thread "
                 "variable removed (default threads) or with only `OPENBLAS_NUM_THREADS=1`, "
-                f"alternating, {sizes.thread_rounds} rounds; medians. The fits are timed as "
+                f"alternating, {sizes.thread_rounds} round(s); medians. The fits are timed as "
                 "whole commands (with their CPU time and the fit time they print).", ""] + table
     out += ["", f"Environment: {environment_line(env)}." if env else "Environment: unknown.",
             "", f"Command: `{command}`"]
