@@ -51,10 +51,17 @@ def from_torch(module, call=None):
     -------
     wrapped
         ``wrapped(*arrays)`` returns the outputs as a tuple of NumPy arrays (``torch.no_grad``,
-        current parameters); ``wrapped.vjp(params, *arrays) -> (*outputs, pullback)`` evaluates
-        with ``params`` substituted (``torch.func.functional_call``) and ``pullback(*cotangents)
-        -> (input_bar, grads)`` (``(bar_0, grads, bar_1, ...)`` for several inputs) by
-        ``torch.autograd.grad``; ``wrapped.params`` holds float64 copies of the parameters.
+        parameters ``wrapped.params``); ``wrapped.vjp(params, *arrays) -> (*outputs, pullback)``
+        evaluates with ``params`` and ``pullback(*cotangents) -> (input_bar, grads)``
+        (``(bar_0, grads, bar_1, ...)`` for several inputs) by ``torch.autograd.grad``;
+        ``wrapped.params`` holds float64 copies of the parameters at wrapping time.
+
+    Notes
+    -----
+    The parameter values are written into the module's own parameters (``.data``) before each
+    evaluation, and again before each pullback, so that code which re-runs the module inside
+    its backward pass (zuko's bisection and quadrature) sees the values of its own forward pass.
+    Afterwards the module holds the values of the last call.
 
     Examples
     --------
@@ -70,57 +77,52 @@ def from_torch(module, call=None):
         raise TypeError(f"from_torch: expected a torch.nn.Module, got {type(module).__name__}")
     call = (lambda m, *args: m(*args)) if call is None else call
     named = [(k, p) for k, p in module.named_parameters() if p.requires_grad]
-    dtypes = {k: p.dtype for k, p in named}
+    base = {k: p.detach().cpu().numpy().astype(np.float64, copy=True) for k, p in named}
 
-    class _Call(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *args):
-            return call(self.inner, *args)
-
-    wrapper = _Call(module)
+    def load(values):
+        with torch.no_grad():
+            for k, p in named:
+                p.data.copy_(torch.as_tensor(np.asarray(values[k])).to(p.dtype))
 
     def evaluate(*inputs):
+        load(base)
         with torch.no_grad():
-            out = _as_tuple(call(module, *[torch.as_tensor(np.asarray(v)) for v in inputs]))
+            out = _as_tuple(call(module, *[torch.as_tensor(np.array(v, copy=True)) for v in inputs]))
         return tuple(o.detach().cpu().numpy() for o in out)
 
     def vjp(params, *inputs):
+        snapshot = {k: np.array(params[k], dtype=np.float64, copy=True) for k, _ in named}
+        load(snapshot)
         xs = [torch.as_tensor(np.array(v, copy=True)).requires_grad_() for v in inputs]
-        ps = {k: torch.as_tensor(np.asarray(params[k])).to(dtypes[k]).requires_grad_()
-              for k in dtypes}
         with torch.enable_grad():
-            out = _as_tuple(torch.func.functional_call(
-                wrapper, {f"inner.{k}": v for k, v in ps.items()}, tuple(xs)))
+            out = _as_tuple(call(module, *xs))
         values = tuple(o.detach().cpu().numpy().copy() for o in out)
 
         def pullback(*cotangents):
+            load(snapshot)          # the values this graph was built with
             pairs = [(o, torch.as_tensor(np.asarray(c)).to(o.dtype))
                      for o, c in zip(out, cotangents) if c is not None and o.requires_grad]
-            wrt = [*xs, *ps.values()]
+            wrt = [*xs, *(p for _, p in named)]
             if pairs:
                 got = torch.autograd.grad([o for o, _ in pairs], wrt, [c for _, c in pairs],
                                           retain_graph=True, allow_unused=True)
             else:
                 got = [None] * len(wrt)
+
             def numpy(g, w, dtype):
                 if g is None:
                     return np.zeros(tuple(w.shape), dtype=dtype)
                 return g.detach().cpu().numpy().astype(dtype)
 
             bars = [numpy(g, w, np.asarray(v).dtype) for g, w, v in zip(got, xs, inputs)]
-            grads = {k: numpy(g, w, np.float64)
-                     for (k, w), g in zip(ps.items(), got[len(xs):])}
+            grads = {k: numpy(g, p, np.float64) for (k, p), g in zip(named, got[len(xs):])}
             if len(bars) == 1:
                 return bars[0], grads
             return (bars[0], grads, *bars[1:])
 
         return (*values, pullback)
 
-    params = {k: p.detach().cpu().numpy().astype(np.float64, copy=True) for k, p in named}
-    return _Wrapped(params, evaluate, vjp)
+    return _Wrapped({k: v.copy() for k, v in base.items()}, evaluate, vjp)
 
 
 def from_jax(f, params=None):

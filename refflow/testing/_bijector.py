@@ -128,6 +128,8 @@ def _log_det_rows(ld, n, d, name, sum_log_det, problems):
         return np.broadcast_to(ld.sum(axis=-1), (n,)).astype(np.float64)
     if ld.shape == (n,):
         return ld.astype(np.float64)
+    if ld.shape == ():              # one value for every point (a constant Jacobian)
+        return np.full(n, float(ld))
     if ld.shape == (n, 1) and d == 1:
         return ld[:, 0].astype(np.float64)
     problems.append(f"{name} returned log_det of shape {ld.shape}, expected ({n},)")
@@ -258,13 +260,34 @@ def _refine_rows(f, v, g0, ld, tol, smooth, eps):
         if abs(a - fd) > t + _fd.SAFETY * spread:
             results.append(("fail", fd, f"FD log-det {fd:.6g} (spread {spread:.1g}) vs analytic {a:.6g}"))
         else:
-            results.append(("not-converged", fd, f"FD log-det not converged (steep or noisy): "
+            quantum = max(float(s.quantum[r]) for s in sweeps)
+            why = (f"the output moves in steps of ~{quantum:.1g}, a numerical inverse?" if quantum > 0
+                   else "steep or noisy")
+            results.append(("not-converged", fd, f"FD log-det not converged ({why}): "
                                                  f"{fd:.6g} +- {spread:.1g}, analytic {a:.6g}"))
     return results
 
 
 def _log_det_line(label, f, v, side, tol, smooth, eps, twin_note=""):
-    """Analytic log-det vs ``slogdet`` of the FD Jacobian; rows that disagree are swept."""
+    """Analytic log-det vs ``slogdet`` of the FD Jacobian; rows that disagree are swept.
+
+    Rows where the callable itself returned non-finite values (already a problem) are left
+    out: there is no finite difference to take there."""
+    finite = np.isfinite(side.out_f64).all(axis=1) & np.isfinite(side.log_det)
+    if not finite.all():
+        if not finite.any():
+            return _Line(label, float("nan"), float("nan"), -1,
+                         "the callable returned non-finite values at every point", "skipped"), \
+                np.full((len(v), v.shape[1], v.shape[1]), np.nan)
+        keep = np.flatnonzero(finite)
+        sub = _Side(side.out[keep], side.log_det[keep])
+        sub.out_f64 = side.out_f64[keep]
+        line, jac_sub = _log_det_line(label, f, v[keep], sub, tol, smooth, eps, twin_note)
+        if isinstance(line.row, int) and line.row >= 0:
+            line.row = int(keep[line.row])
+        jac = np.full((len(v),) + jac_sub.shape[1:], np.nan)
+        jac[keep] = jac_sub
+        return line, jac
     jac = _jacobian(f, v, eps, catch=True)
     fd = _slogdet(jac)
     ld = side.log_det
@@ -500,7 +523,7 @@ def check_bijector(forward, inverse, z, *, x=None, eps=None, rtol_round_trip=Non
         lines.append(_Line("log_det fwd + inv", error if np.isfinite(error) else float("inf"),
                            rtol_log_det_sum, row))
     lines.extend(twin_lines)
-    return BijectorReport(lines, problems)
+    return BijectorReport(lines, list(dict.fromkeys(problems)))
 
 
 def assert_bijector(forward, inverse, z, **kwargs):

@@ -44,6 +44,8 @@ RESOLVED = 100.0
 #: A disagreement is a failure only when it exceeds the tolerance by ``SAFETY`` spreads of the
 #: finite-difference estimate (the spread is itself only an estimate of the FD error).
 SAFETY = 10.0
+#: A coarse step agrees with the analytic value when within this many of its spreads.
+AGREE = 3.0
 #: A jump: the difference across the point varies by less than this fraction over the eight
 #: smallest steps ...
 JUMP_FLAT = 0.1
@@ -189,10 +191,14 @@ def sweep(evaluate, t0, h0, g0, floor):
 
     out = Sweep()
     out.quantum = out_quantum
+    out.levels = rich                                        # (n_rich, rows, m)
+    out.level_spread = spread_k                              # (n_rich, rows)
+    out.level_steps = h0[None] * scale[:-1, None]            # (n_rich, rows)
     # no step, up to the largest, moved any output: the function is flat in this coordinate
     out.flat = valid.any(axis=0) & ~(valid & (moved > 0)).any(axis=0)
     best = np.argmin(spread_k, axis=0)                       # (rows,)
     idx = np.arange(rows)
+    out.best = best
     out.estimate = rich[best, idx]
     out.spread = spread_k[best, idx]
     out.step = h0 * scale[best]
@@ -226,7 +232,8 @@ def sweep(evaluate, t0, h0, g0, floor):
     out.right = out.estimate.copy()
     out.kink_noise = np.zeros(rows)
     gap = _norm(right_r - left_r)                             # (n_rich, rows)
-    noise = 20.0 * np.max(floor, axis=1)[None] / (h0[None] * scale[1:, None])
+    # one-sided Richardson 2 P(h/2) - P(h): about 5 rounding units (or quanta) over h/2
+    noise = (20.0 * np.max(floor, axis=1)[None] + 10.0 * quantum[None]) / (h0[None] * scale[1:, None])
     for r in range(rows):
         levels = [k for k in range(n_rich) if rich_ok[k, r] and np.isfinite(gap[k, r])]
         above = [k for k in levels if gap[k, r] > KINK_MIN * noise[k, r]]
@@ -277,7 +284,24 @@ def classify(analytic, sw, r, tol, smooth=False):
     if not np.isfinite(est):
         return "not-converged", est, "no finite difference could be evaluated (domain edge?)"
     if abs(a - est) > tol + SAFETY * spread:
+        # A failure needs every trustworthy step to contradict the analytic value. A coarser
+        # step that agrees within its own spread means the estimates depend on the step: a
+        # smooth term plus a piecewise-constant one (a bisection inverse's staircase, which
+        # fine steps do not cross, so they see the smooth partial derivative alone).
+        # A level counts when it is precise enough to contradict the best estimate (SAFETY of
+        # its spreads fit in the disagreement) and lies within AGREE spreads of the analytic.
+        for k in range(int(sw.best[r]) + 1):
+            s_k = float(sw.level_spread[k, r])
+            r_k = float(sw.levels[k, r, 0])
+            if (np.isfinite(s_k) and SAFETY * s_k < abs(a - est)
+                    and abs(a - r_k) <= tol + AGREE * s_k):
+                return "not-converged", est, (
+                    f"FD depends on the step: {est:.6g} (h={sw.step[r]:.1g}, spread {spread:.1g}) "
+                    f"but {r_k:.6g} (h={sw.level_steps[k, r]:.1g}, spread {s_k:.1g}) agrees with "
+                    f"analytic {a:.6g} (a staircase, e.g. a numerical inverse, under a smooth term?)")
         return "fail", est, f"FD {est:.6g} (spread {spread:.1g}) vs analytic {a:.6g}"
+    why = (f"the function moves in steps of ~{sw.quantum[r]:.1g} (a numerical inverse?)"
+           if sw.quantum[r] > 0 else "steep, noisy or kinked")
     return "not-converged", est, (
-        f"FD not converged (steep, noisy or kinked): estimates {est:.6g} (h={sw.step[r]:.1g}) and "
+        f"FD not converged ({why}): estimates {est:.6g} (h={sw.step[r]:.1g}) and "
         f"{alt:.6g} (h={sw.alt_step[r]:.1g}), analytic {a:.6g}")

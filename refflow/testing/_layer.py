@@ -4,7 +4,7 @@ import numpy as np
 
 from ._bijector import check_bijector
 from ._common import RTOL_FD, RTOL_FLOAT32, RTOL_FLOAT32_GRAD, describe_exception
-from ._report import LayerReport, _Report
+from ._report import LayerReport, VJPReport
 from ._vjp import MAX_SWEEPS, check_vjp
 
 
@@ -89,7 +89,7 @@ rtol_float32, rtol_float32_grad, max_sweeps
             try:
                 points = np.asarray(forward(z_arr.copy())[0]).astype(z_arr.dtype)
             except Exception as exc:
-                report = _Report([], [f"forward raised {describe_exception(exc)}"])
+                report = VJPReport([], [f"forward raised {describe_exception(exc)}"])
                 reports["inverse_vjp"] = report
                 points = None
         if points is None and "inverse_vjp" not in reports:

@@ -227,7 +227,7 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD, fun
     lines = _fd_lines(lambda vs, ps: call(vjp, vs, ps), v0s, labels, params, functional,
                       cotangents, outputs, bars, grads, rng, eps, rtol, max_elements, smooth,
                       max_sweeps, problems)
-    return VJPReport(lines, problems)
+    return VJPReport(lines, list(dict.fromkeys(problems)))
 
 
 def _contract(problems, v0s, labels, params, outputs, cts, kept, bars, grads, bars2, grads2):
