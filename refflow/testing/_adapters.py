@@ -61,7 +61,9 @@ def from_torch(module, call=None):
     The parameter values are written into the module's own parameters (``.data``) before each
     evaluation, and again before each pullback, so that code which re-runs the module inside
     its backward pass (zuko's bisection and quadrature) sees the values of its own forward pass.
-    Afterwards the module holds the values of the last call.
+    Afterwards the module holds the values of the last call. ``vjp`` evaluates without a graph
+    (the finite differences need values only); the first call of its pullback runs the pass
+    again with autograd on.
 
     Examples
     --------
@@ -92,14 +94,20 @@ def from_torch(module, call=None):
 
     def vjp(params, *inputs):
         snapshot = {k: np.array(params[k], dtype=np.float64, copy=True) for k, _ in named}
+        inputs = [np.array(v, copy=True) for v in inputs]
         load(snapshot)
-        xs = [torch.as_tensor(np.array(v, copy=True)).requires_grad_() for v in inputs]
-        with torch.enable_grad():
-            out = _as_tuple(call(module, *xs))
-        values = tuple(o.detach().cpu().numpy().copy() for o in out)
+        with torch.no_grad():       # finite differences need values only: no graph here
+            first = _as_tuple(call(module, *[torch.as_tensor(v) for v in inputs]))
+        values = tuple(o.detach().cpu().numpy().copy() for o in first)
+        graph = []
 
         def pullback(*cotangents):
-            load(snapshot)          # the values this graph was built with
+            load(snapshot)          # the values of this call, also for code run in backward
+            if not graph:           # the pass again, with a graph, on the first pullback
+                xs = [torch.as_tensor(v.copy()).requires_grad_() for v in inputs]
+                with torch.enable_grad():
+                    graph.append((xs, _as_tuple(call(module, *xs))))
+            xs, out = graph[0]
             pairs = [(o, torch.as_tensor(np.asarray(c)).to(o.dtype))
                      for o, c in zip(out, cotangents) if c is not None and o.requires_grad]
             wrt = [*xs, *(p for _, p in named)]
