@@ -78,6 +78,10 @@ def survey():
              options=dict(sum_log_det=True)),
         Case("zuko", "LULinearTransform", P.zuko_module(P.ZUKO_LU, 3)),
         Case("zuko", "RotationTransform", P.zuko_module(P.ZUKO_ROTATION, 3)),
+        Case("zuko", "BoundedBernsteinTransform(x = -B + 2B eps)",
+             P.zuko_module(P.ZUKO_BERNSTEIN, 2, scale=1.0, z=P.zuko_bernstein_at_switch),
+             "fail", "defect 8: the map jumps by 1e-5 where the polynomial hands over to the "
+             "linear extrapolation", options=dict(sum_log_det=True, **BISECTION)),
         Case("zuko", "GaussianizationTransform", P.zuko_module(P.ZUKO_GAUSSIANIZATION, 2),
              "not-converged", BISECTION_WHY, options=dict(sum_log_det=True, **BISECTION)),
         Case("zuko", "SignedPowerTransform", P.zuko_module(P.ZUKO_SIGNED_POWER, 3),
@@ -101,6 +105,12 @@ def survey():
         Case("normflows", "Planar", P.normflows_flow(_nfl_planar, forward_only=True)),
         Case("normflows", "Planar(leaky_relu)", P.normflows_flow(_nfl_planar_leaky),
              "fail", "defect 3: the log-det is computed in float32 in a float64 module"),
+        Case("normflows", "Planar(w.u = 800)",
+             P.normflows_flow(_nfl_planar, forward_only=True, post=P.normflows_planar_overflow),
+             "fail", "defect 4: log(1 + exp(w.u)) overflows for w.u > 709"),
+        Case("normflows", "unconstrained_rational_quadratic_spline(tails=list)",
+             P.normflows_spline_list_tails(), "fail",
+             "defect 2: with a list of tails, points outside the bound map to 0"),
         Case("normflows", "Radial", P.normflows_flow(_nfl_radial, forward_only=True)),
         Case("normflows", "MaskedAffineAutoregressive", P.normflows_flow(_nfl_maf, scale=0.3)),
         Case("normflows", "AffineCouplingBlock", P.normflows_flow(_nfl_affine_block, dim=4)),
@@ -120,6 +130,10 @@ def survey():
         Case("pyro", "Spline(quadratic)", P.pyro_transform(_py_spline_quadratic, scale=0.5,
                                                             points=1.5),
              options=dict(sum_log_det=True)),
+        Case("pyro", "Spline(quadratic, x = +-B)",
+             P.pyro_transform(_py_spline_quadratic, scale=0.5, z=P.pyro_spline_at_bound),
+             "fail", "defect 7: slope 0.999 inside the bound, 1 outside (smooth=True: a kink "
+             "is a failure)", options=dict(sum_log_det=True, smooth=True)),
         Case("pyro", "SplineAutoregressive", P.pyro_transform(_py_spline_ar, scale=0.5, points=1.5),
              options=dict(sum_log_det=True)),
         Case("pyro", "SplineCoupling", P.pyro_transform(_py_spline_coupling, scale=0.5, points=1.5),
@@ -455,12 +469,15 @@ def run(case, seed=0):
 
 
 def summary(report):
-    """``(checks, worst error, verdict)`` of a layer report, for the table."""
-    failing = [f"{part}: {line.label}" for part, r in report.reports.items() for line in r.lines
-               if line.verdict in ("fail", "not-converged")]
-    failing += [f"{part}: {p}" for part, r in report.reports.items() for p in r.problems]
-    n = sum(len(r.lines) for r in report.reports.values())
-    return n, report.worst_error(), report.verdict, failing
+    """``(checks, worst error, verdict, what did not pass)`` of a layer report, for the table.
+
+    ``checks`` counts the checks that ran (skipped ones left out) plus contract problems."""
+    ran = [line for r in report.reports.values() for line in r.lines if line.verdict != "skipped"]
+    problems = [p for r in report.reports.values() for p in r.problems]
+    flagged = [f"{part}: {line.label} ({line.verdict})" for part, r in report.reports.items()
+               for line in r.lines if line.verdict in ("fail", "not-converged")]
+    flagged += [f"{part}: {p}" for part, r in report.reports.items() for p in r.problems]
+    return len(ran) + len(problems), report.worst_error(), report.verdict, flagged
 
 
 if __name__ == "__main__":
@@ -471,13 +488,23 @@ if __name__ == "__main__":
 
     torch.set_num_threads(1)        # tiny tensors: a second thread only adds spin-waits
     wanted = [a for a in sys.argv[1:] if not a.startswith("-")]
-    print(f"{'transform':<38}{'checks':>7}{'worst error':>13}  {'verdict':<14}{'s':>6}  expected")
+    markdown = "--markdown" in sys.argv
+    if markdown:
+        print("| transform | checks | worst error | verdict | expected | not passed |")
+        print("| --- | ---: | ---: | --- | --- | --- |")
+    else:
+        print(f"{'transform':<38}{'checks':>7}{'worst error':>13}  {'verdict':<14}{'s':>6}  expected")
     for case in survey():
         if wanted and not any(w.lower() in case.id.lower() for w in wanted):
             continue
         t0 = time.perf_counter()
         report = run(case)
-        n, worst, verdict, failing = summary(report)
+        n, worst, verdict, flagged = summary(report)
+        if markdown:
+            shown = "; ".join(flagged[:3]) + (f"; +{len(flagged) - 3} more" if len(flagged) > 3 else "")
+            print(f"| {case.library} {case.cls} | {n} | {worst:.1e} | {verdict} | {case.expect} | "
+                  f"{shown} |", flush=True)
+            continue
         print(f"{case.id:<38}{n:>7}{worst:>13.2e}  {verdict:<14}{time.perf_counter() - t0:>6.1f}"
               f"  {case.expect}", flush=True)
         if verdict != "pass" or "-v" in sys.argv:

@@ -199,12 +199,15 @@ def nflows_batchnorm(dim):
 
 
 # -------------------------------------------------------------------------------- normflows
-def normflows_flow(make, dim=3, scale=0.4, points=1.0, forward_only=False, **options):
+def normflows_flow(make, dim=3, scale=0.4, points=1.0, forward_only=False, post=None,
+                   **options):
     def build(seed):
         import torch
 
         torch.manual_seed(seed)
         module = randomize_torch(make(dim), seed, scale)
+        if post is not None:
+            post(module)
         fwd = lambda m, z: m.forward(z)
         inv = None if forward_only else (lambda m, x: m.inverse(x))
         return torch_layer(module, fwd, inv, normal_points(seed, N_POINTS, dim, points), **options)
@@ -212,7 +215,8 @@ def normflows_flow(make, dim=3, scale=0.4, points=1.0, forward_only=False, **opt
 
 
 # ------------------------------------------------------------------------------------- Pyro
-def pyro_transform(make, dim=3, scale=0.3, points=1.0, forward_only=False, post=None, **options):
+def pyro_transform(make, dim=3, scale=0.3, points=1.0, forward_only=False, post=None, z=None,
+                   **options):
     def build(seed):
         import torch
 
@@ -221,8 +225,8 @@ def pyro_transform(make, dim=3, scale=0.3, points=1.0, forward_only=False, post=
         if post is not None:
             post(module)
         fwd, inv = pyro_calls()
-        return torch_layer(module, fwd, None if forward_only else inv,
-                           normal_points(seed, N_POINTS, dim, points), **options)
+        pts = normal_points(seed, N_POINTS, dim, points) if z is None else z(seed)
+        return torch_layer(module, fwd, None if forward_only else inv, pts, **options)
     return build
 
 
@@ -335,3 +339,55 @@ def plain_transform(make, dim=3, points=1.0, z=None, **options):
         return torch_layer(module, lambda m, x: m.forward(x), lambda m, y: m.inverse(y), pts,
                            **options)
     return build
+
+
+def normflows_spline_list_tails(dim=2, bins=4):
+    """normflows' ``unconstrained_rational_quadratic_spline`` with ``tails=["linear", ...]``
+    (one entry per feature), parameters held by a module; points inside and outside [-3, 3]."""
+    def build(seed):
+        import torch
+        from normflows.utils.splines import unconstrained_rational_quadratic_spline as spline
+
+        class Spline(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.zeros(dim, bins))
+                self.h = torch.nn.Parameter(torch.zeros(dim, bins))
+                self.d = torch.nn.Parameter(torch.zeros(dim, bins + 1))
+
+            def run(self, v, inverse):
+                n = len(v)
+                return spline(v, self.w.expand(n, dim, bins), self.h.expand(n, dim, bins),
+                              self.d.expand(n, dim, bins + 1), inverse=inverse,
+                              tails=["linear"] * dim, tail_bound=3.0)
+
+        module = randomize_torch(Spline(), seed, 0.5)
+        z = normal_points(seed, N_POINTS, dim)
+        z[0, 0] = 5.0                                   # outside the bound
+        return torch_layer(module, lambda m, x: m.run(x, False), lambda m, y: m.run(y, True), z,
+                           sum_log_det=True)
+    return build
+
+
+def normflows_planar_overflow(flow):
+    """``w = u`` with ``w.u = 800``: normflows' ``log(1 + exp(w.u))`` overflows there."""
+    import torch
+    with torch.no_grad():
+        value = (800.0 / flow.w.numel()) ** 0.5
+        flow.w.fill_(value)
+        flow.u.fill_(value)
+
+
+def pyro_spline_at_bound(seed, dim=3):
+    """Points with one coordinate exactly on the bound B = 3 (and one on -B)."""
+    z = normal_points(seed, N_POINTS, dim)
+    z[0, 0], z[1, 1] = 3.0, -3.0
+    return z
+
+
+def zuko_bernstein_at_switch(seed, dim=2):
+    """A point at x = -B + 2 B eps (B = 5, eps = 1e-6), where zuko's BoundedBernstein hands
+    over from the polynomial to its linear extrapolation."""
+    z = normal_points(seed, N_POINTS, dim)
+    z[0, 0] = -5.0 + 2 * 5.0 * 1e-6
+    return z

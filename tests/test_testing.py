@@ -660,3 +660,17 @@ def test_records_and_json():
     text = to_json(flat)
     assert "Infinity" not in text and "NaN" not in text
     assert json.loads(text)[2]["worst_error"] is None
+
+
+def test_pullback_at_a_kink_is_not_a_false_alarm():
+    # refflow's LeakyReLU at exactly 0: the map has a kink, its log-det a jump (by design);
+    # the pullback's check cannot converge there, and must not call it a failure
+    from refflow import LeakyReLU
+
+    layer = LeakyReLU(2, negative_slope=0.3)
+    z = np.array([[0.0, 0.8], [-0.5, 0.4]])
+    report = check_vjp(layer.forward_vjp, z, layer.params, rng=0)
+    line = report.line("input")
+    assert line.verdict == "not-converged" and line.row == (0, 0)
+    assert check_vjp(layer.forward_vjp, z, layer.params, rng=0, smooth=True).verdict == "fail"
+    assert check_vjp(layer.forward_vjp, z + 0.01, layer.params, rng=0).verdict == "pass"

@@ -26,7 +26,7 @@ central differences with one Richardson extrapolation, ``D = (4 D(h/2) - D(h)) /
 relative step ``h = eps^(1/3) max(|v|, s)`` (``s = 1`` for inputs, the array's RMS for a
 parameter array). Where that disagrees with the analytic value, a sweep of 31 steps (about 6e-3
 down to 6e-12 relative) decides: ``fail`` only when the sweep converges away from the analytic
-value (or finds a discontinuity), ``not-converged`` with the two best estimates when finite
+value (or finds the map discontinuous), ``not-converged`` with the two best estimates when finite
 differences cannot decide (a kink, a steep or a noisy region, a numerical inverse's finite
 resolution). ``skipped``: a check that does not apply (no inverse; float32 without a float64
 twin).

@@ -152,7 +152,9 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD, fun
     Richardson-extrapolated: four calls per element. Elements that disagree are re-examined with
     a sweep of steps (up to ``max_sweeps`` per gradient): ``fail`` only when the sweep confirms
     the disagreement, ``not-converged`` with the two estimates when finite differences cannot
-    decide (a kink, a steep or a noisy region). A jump in ``S`` is a failure.
+    decide (a kink, a steep or a noisy region, a numerical inverse's staircase). A jump in
+    ``S`` fails with ``smooth=True``; otherwise it is ``not-converged``, since ``S`` includes the
+    log-det, which jumps at a kink of the map by design (LeakyReLU at 0).
     """
     several = isinstance(inputs, tuple)
     raw = inputs if several else (inputs,)
@@ -222,7 +224,7 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD, fun
         inner = _fd_lines(lambda vs, ps: call(reference, vs, ps), v64, labels, params, functional,
                           cotangents, out64, bars64, grads64, rng, eps, rtol, max_elements, smooth,
                           max_sweeps, problems)
-        return VJPReport(twin + inner, problems)
+        return VJPReport(twin + inner, list(dict.fromkeys(problems)))
 
     lines = _fd_lines(lambda vs, ps: call(vjp, vs, ps), v0s, labels, params, functional,
                       cotangents, outputs, bars, grads, rng, eps, rtol, max_elements, smooth,
@@ -233,8 +235,16 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD, fun
 def _contract(problems, v0s, labels, params, outputs, cts, kept, bars, grads, bars2, grads2):
     if any(not np.array_equal(c, k.astype(c.dtype)) for c, k in zip(cts, kept)):
         problems.append("the pullback modified its cotangent arguments")
-    same = all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(bars, bars2)) and all(
-        np.array_equal(np.asarray(grads[k]), np.asarray(grads2.get(k))) for k in grads)
+    def equal(a, b):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            return False
+        if a.dtype.kind in "fc" and b.dtype.kind in "fc":
+            return bool(np.array_equal(a, b, equal_nan=True))
+        return bool(np.array_equal(a, b))
+
+    same = all(equal(a, b) for a, b in zip(bars, bars2)) and all(
+        equal(grads[k], grads2.get(k)) for k in grads)
     if not same:
         problems.append("calling the pullback twice gave different results")
     if set(grads) != set(params):
@@ -245,6 +255,16 @@ def _contract(problems, v0s, labels, params, outputs, cts, kept, bars, grads, ba
         elif bar.dtype.kind == "f" and np.finfo(bar.dtype).eps > np.finfo(v0.dtype).eps:
             problems.append(f"{label} cotangent has dtype {bar.dtype} for {v0.dtype} input "
                             f"(precision lost)")
+    for k, out in enumerate(outputs):
+        if out.dtype.kind == "f" and not np.isfinite(out).all():
+            problems.append(f"output {k} is not finite for finite input")
+    for label, bar in zip(labels, bars):
+        if bar.dtype.kind == "f" and not np.isfinite(bar).all():
+            problems.append(f"{label} cotangent is not finite")
+    for key in sorted(grads):
+        g = np.asarray(grads[key])
+        if g.dtype.kind == "f" and not np.isfinite(g).all():
+            problems.append(f"grads[{key!r}] is not finite")
     in_eps = min(np.finfo(v.dtype).eps for v in v0s) if v0s else np.finfo(np.float64).eps
     for k, out in enumerate(outputs):
         if out.dtype.kind == "f" and np.finfo(out.dtype).eps > in_eps:
@@ -323,6 +343,11 @@ def _fd_lines(call, v0s, labels, params, functional, cotangents, outputs, bars, 
     s0 = safe_scalar()
     s_abs = sum(float(np.sum(np.abs(c * np.asarray(o, dtype=np.float64))))
                 for c, o in zip(cotangents, outputs))
+    if not (np.isfinite(s0) and np.isfinite(s_abs)):     # a problem already says why
+        skipped = [label for label, bar, v in zip(labels, bars, vs) if bar.shape == v.shape]
+        skipped += [k for k in sorted(params) if k in grads]
+        return [_Line(label, float("nan"), float("nan"), -1,
+                      "the outputs are not finite at these points", "skipped") for label in skipped]
     targets = []
     for label, bar, v in zip(labels, bars, vs):
         if bar.shape == v.shape:
@@ -356,6 +381,10 @@ def _gradient_line(target, analytic, evaluate, s0, s_abs, rng, eps, rtol, max_el
     values = np.array([target.get(i) for i in idxs])
     h = _fd.steps(values, eps, target.typical)
     a_sel = analytic.reshape(-1)[flat_ids]
+    if not np.isfinite(analytic).all():
+        bad = int(np.flatnonzero(~np.isfinite(analytic.reshape(-1)))[0])
+        return _Line(target.label, float("inf"), rtol, _where(bad, shape),
+                     "the analytic gradient is not finite", "fail")
 
     def at(i, value):
         orig = target.get(i)
@@ -384,7 +413,8 @@ def _gradient_line(target, analytic, evaluate, s0, s_abs, rng, eps, rtol, max_el
     # rounding noise of one Richardson difference: each evaluation of S is off by about
     # eps * sum|c * out|, divided by the step, times 3 for the extrapolation (x10 margin)
     noise = 30.0 * _fd.EPS * s_abs / float(np.min(h, initial=np.inf)) if len(h) else 0.0
-    a_max = float(np.max(np.abs(analytic), initial=0.0)) if np.isfinite(analytic).all() else np.inf
+    finite_a = np.isfinite(analytic)
+    a_max = float(np.max(np.abs(analytic[finite_a]), initial=0.0))
 
     status = {}
     sweeps = 0
