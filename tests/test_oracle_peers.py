@@ -224,7 +224,7 @@ def test_defect_7_pyro_spline_boundary_slope():
 
 
 def test_defect_8_zuko_bernstein_jump():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     pytest.importorskip("zuko")
     ns = run_example("defect-8")
     forward, x_switch = ns["forward"], ns["x_switch"]

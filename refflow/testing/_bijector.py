@@ -7,7 +7,7 @@ from ._common import (
     COND_ULPS, RTOL_FD, RTOL_FLOAT32, RTOL_LOG_DET_SUM, RTOL_ROUND_TRIP,
     RTOL_ROUND_TRIP_FLOAT32, as_points, describe_exception, is_low_precision, rel_rows,
 )
-from ._report import BijectorReport, _Line
+from ._report import BijectorReport, Line
 
 
 def _first(result):
@@ -170,7 +170,7 @@ def _call(fn, v, name, problems, sum_log_det, check_dtype=True):
 
 
 def _skipped(label, note):
-    return _Line(label, float("nan"), float("nan"), -1, note, "skipped")
+    return Line(label, float("nan"), float("nan"), -1, note, "skipped")
 
 
 def _round_trip_line(label, back, start, mid, inv_norm, base_tol, eps, note_extra=""):
@@ -184,7 +184,7 @@ def _round_trip_line(label, back, start, mid, inv_norm, base_tol, eps, note_extr
     amp = inv_norm * np.maximum(1.0, np.abs(mid).max(axis=1)) / np.maximum(1.0, np.abs(start).max(axis=1))
     tol = np.maximum(base_tol, COND_ULPS * eps * np.where(np.isfinite(amp), amp, 0.0))
     if err.size == 0:
-        return _Line(label, 0.0, base_tol)
+        return Line(label, 0.0, base_tol)
     with np.errstate(all="ignore"):
         ratio = np.where(np.isfinite(err), err / tol, np.inf)
     row = int(np.argmax(ratio))
@@ -193,7 +193,7 @@ def _round_trip_line(label, back, start, mid, inv_norm, base_tol, eps, note_extr
         note = "singular FD Jacobian: conditioning unknown" + (f"; {note}" if note else "")
     cond = float(amp[row]) if np.isfinite(amp[row]) else None
     error = float(err[row]) if np.isfinite(err[row]) else float("inf")
-    return _Line(label, error, float(tol[row]), row, note, cond=cond)
+    return Line(label, error, float(tol[row]), row, note, cond=cond)
 
 
 def _refine_rows(f, v, g0, ld, tol, smooth, eps):
@@ -277,7 +277,7 @@ def _log_det_line(label, f, v, side, tol, smooth, eps, twin_note=""):
     finite = np.isfinite(side.out_f64).all(axis=1) & np.isfinite(side.log_det)
     if not finite.all():
         if not finite.any():
-            return _Line(label, float("nan"), float("nan"), -1,
+            return Line(label, float("nan"), float("nan"), -1,
                          "the callable returned non-finite values at every point", "skipped"), \
                 np.full((len(v), v.shape[1], v.shape[1]), np.nan)
         keep = np.flatnonzero(finite)
@@ -310,7 +310,7 @@ def _log_det_line(label, f, v, side, tol, smooth, eps, twin_note=""):
     candidates = np.flatnonzero(rank == worst_rank)
     row = int(candidates[np.argmax(err[candidates])]) if candidates.size else -1
     if row < 0:
-        return _Line(label, 0.0, tol), jac
+        return Line(label, 0.0, tol), jac
     note = notes[row]
     if not note and fd[row] == -np.inf:
         note = "FD slogdet -inf: the FD Jacobian is singular"
@@ -322,7 +322,7 @@ def _log_det_line(label, f, v, side, tol, smooth, eps, twin_note=""):
             c = float(np.linalg.cond(jac[row]))
         cond = c if np.isfinite(c) else None
     error = float(err[row]) if np.isfinite(err[row]) else float("inf")
-    return _Line(label, error, tol, row, note, str(verdicts[row]), cond), jac
+    return Line(label, error, tol, row, note, str(verdicts[row]), cond), jac
 
 
 def _twin_line(label, side32, side64, tol):
@@ -331,7 +331,7 @@ def _twin_line(label, side32, side64, tol):
     err = np.maximum(rel_rows(side32.out, side64.out), rel_rows(side32.log_det, side64.log_det))
     row = int(np.argmax(err)) if err.size else -1
     error = float(err[row]) if row >= 0 and np.isfinite(err[row]) else (0.0 if row < 0 else float("inf"))
-    return _Line(label, error, tol, row)
+    return Line(label, error, tol, row)
 
 
 def check_bijector(forward, inverse, z, *, x=None, eps=None, rtol_round_trip=None,
@@ -518,7 +518,7 @@ def check_bijector(forward, inverse, z, *, x=None, eps=None, rtol_round_trip=Non
         err = np.where(np.isnan(err), np.inf, err)
         row = int(np.argmax(err)) if err.size else -1
         error = float(err[row]) if row >= 0 else 0.0
-        lines.append(_Line("log_det fwd + inv", error if np.isfinite(error) else float("inf"),
+        lines.append(Line("log_det fwd + inv", error if np.isfinite(error) else float("inf"),
                            rtol_log_det_sum, row))
     lines.extend(twin_lines)
     return BijectorReport(lines, list(dict.fromkeys(problems)))

@@ -15,7 +15,7 @@ _NOTE_WIDTH = 72    # notes wrap at this width
 
 
 @dataclass
-class _Line:
+class Line:
     """One check: its worst error, the tolerance it was held to, and the verdict.
 
     ``verdict`` is ``"pass"``, ``"fail"``, ``"not-converged"`` (finite differences could not

@@ -6,7 +6,7 @@ from . import _fd
 from ._common import (
     RTOL_FD, RTOL_FLOAT32, RTOL_FLOAT32_GRAD, describe_exception, is_low_precision,
 )
-from ._report import VJPReport, _Line
+from ._report import VJPReport, Line
 
 #: Elements of one gradient re-examined with a step sweep before the line is called
 #: ``not-converged`` (each sweep costs ~60 evaluations).
@@ -208,7 +208,7 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD, fun
         lines = []
         if reference is None:
             for label in labels + sorted(k for k in params if k in grads):
-                lines.append(_Line(label, float("nan"), float("nan"), -1,
+                lines.append(Line(label, float("nan"), float("nan"), -1,
                                    "float32: finite differences need float64; pass reference=",
                                    "skipped"))
             return VJPReport(lines, problems)
@@ -306,15 +306,15 @@ def _twin_lines(out32, out64, bars32, bars64, grads32, grads64, labels, params, 
         e = float(np.max(np.where(np.isnan(err), np.inf, err), initial=0.0))
         if e > worst:
             worst, where = e, k
-    lines.append(_Line("outputs vs float64 twin", worst, tol, where,
+    lines.append(Line("outputs vs float64 twin", worst, tol, where,
                        "" if where < 0 else f"output {where}"))
     for label, a, b in zip(labels, bars32, bars64):
         e, w = _normwise(a, b)
-        lines.append(_Line(f"{label} vs float64 twin", e, tol_grad, _where(w, np.shape(b)) if w >= 0 else -1))
+        lines.append(Line(f"{label} vs float64 twin", e, tol_grad, _where(w, np.shape(b)) if w >= 0 else -1))
     for key in sorted(params):
         if key in grads32 and key in grads64:
             e, w = _normwise(grads32[key], grads64[key])
-            lines.append(_Line(f"{key} vs float64 twin", e, tol_grad,
+            lines.append(Line(f"{key} vs float64 twin", e, tol_grad,
                                _where(w, np.shape(grads64[key])) if w >= 0 else -1))
     return lines
 
@@ -346,7 +346,7 @@ def _fd_lines(call, v0s, labels, params, functional, cotangents, outputs, bars, 
     if not (np.isfinite(s0) and np.isfinite(s_abs)):     # a problem already says why
         skipped = [label for label, bar, v in zip(labels, bars, vs) if bar.shape == v.shape]
         skipped += [k for k in sorted(params) if k in grads]
-        return [_Line(label, float("nan"), float("nan"), -1,
+        return [Line(label, float("nan"), float("nan"), -1,
                       "the outputs are not finite at these points", "skipped") for label in skipped]
     targets = []
     for label, bar, v in zip(labels, bars, vs):
@@ -373,7 +373,7 @@ def _gradient_line(target, analytic, evaluate, s0, s_abs, rng, eps, rtol, max_el
     shape = target.shape
     size = int(np.prod(shape)) if shape else 1
     if size == 0:
-        return _Line(target.label, 0.0, rtol)
+        return Line(target.label, 0.0, rtol)
     flat_ids = np.arange(size)
     if max_elements is not None and size > max_elements:
         flat_ids = np.sort(rng.choice(size, size=int(max_elements), replace=False))
@@ -383,7 +383,7 @@ def _gradient_line(target, analytic, evaluate, s0, s_abs, rng, eps, rtol, max_el
     a_sel = analytic.reshape(-1)[flat_ids]
     if not np.isfinite(analytic).all():
         bad = int(np.flatnonzero(~np.isfinite(analytic.reshape(-1)))[0])
-        return _Line(target.label, float("inf"), rtol, _where(bad, shape),
+        return Line(target.label, float("inf"), rtol, _where(bad, shape),
                      "the analytic gradient is not finite", "fail")
 
     def at(i, value):
@@ -479,7 +479,7 @@ def _gradient_line(target, analytic, evaluate, s0, s_abs, rng, eps, rtol, max_el
     if frozen and size and a_max > tol and verdict == "fail" and target.in_place and "copy" not in note:
         note += (f"; perturbing params[{target.label!r}] in place changed no output: if vjp "
                  f"reads a copy of it, use functional=True")
-    return _Line(target.label, error, rtol, where, note, verdict)
+    return Line(target.label, error, rtol, where, note, verdict)
 
 
 def assert_vjp(vjp, inputs, params=None, **kwargs):
