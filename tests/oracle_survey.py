@@ -474,9 +474,10 @@ def summary(report):
     ``checks`` counts the checks that ran (skipped ones left out) plus contract problems."""
     ran = [line for r in report.reports.values() for line in r.lines if line.verdict != "skipped"]
     problems = [p for r in report.reports.values() for p in r.problems]
-    flagged = [f"{part}: {line.label} ({line.verdict})" for part, r in report.reports.items()
-               for line in r.lines if line.verdict in ("fail", "not-converged")]
-    flagged += [f"{part}: {p}" for part, r in report.reports.items() for p in r.problems]
+    flagged = [f"{part}: {line.label} ({line.verdict})" for verdict in ("fail", "not-converged")
+               for part, r in report.reports.items() for line in r.lines
+               if line.verdict == verdict]
+    flagged[:0] = [f"{part}: {p}" for part, r in report.reports.items() for p in r.problems]
     return len(ran) + len(problems), report.worst_error(), report.verdict, flagged
 
 
