@@ -123,9 +123,10 @@ def test_damaged_or_missing_model_file_is_one_clear_line(tmp_path, capsys, model
     assert_one_line_error(capsys, "sample", str(damaged))
     assert run(["score", str(tmp_path / "nothing.npz"), "two_moons"])[0] == 1
     assert_one_line_error(capsys, "score", "no such model file")
-    assert run(["sample", str(model_file), "-n", "3", "-o", str(tmp_path / "s.txt")])[0] == 1
-    assert_one_line_error(capsys, "sample", ".npy")
-    assert not (tmp_path / "s.npy").exists()
+    # .npy, .csv, .tsv and .txt are written; any other suffix is refused before sampling
+    assert run(["sample", str(model_file), "-n", "3", "-o", str(tmp_path / "s.json")])[0] == 1
+    assert_one_line_error(capsys, "sample", ".npy", ".json")
+    assert not (tmp_path / "s.npy").exists() and not (tmp_path / "s.json").exists()
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -232,7 +232,7 @@ def test_not_fitted(method, args):
     ({"flow_kwargs": ["scale"]}, TypeError, "flow_kwargs"),
     ({"flow_kwargs": {"rng": 0}}, ValueError, "random_state"),
     ({"flow_kwargs": {"hidden": (8,)}}, ValueError, "'hidden' parameter"),
-    ({"flow_kwargs": {"context_dim": 2}}, ValueError, "unconditional"),
+    ({"flow_kwargs": {"context_dim": 2}}, ValueError, r"context_dim.*fit\(X, context=C\)"),
     ({"flow_kwargs": {"n_bins": 8}, "flow": "maf"}, ValueError, "do not fit the 'maf' builder"),
     ({"flow_kwargs": {"scale": "bogus"}, "flow": "maf"}, ValueError, "MAF: scale"),
     ({"epochs": 0}, ValueError, "epochs"),
@@ -247,7 +247,8 @@ def test_not_fitted(method, args):
     ({"standardize": "yes"}, TypeError, "standardize"),
     ({"random_state": "seed"}, ValueError, "random_state"),
     ({"random_state": -3}, ValueError, "random_state"),
-    ({"progress": "bar"}, TypeError, "progress"),
+    ({"progress": "bar"}, ValueError, "progress must be 'auto', True, False or None"),
+    ({"progress": 1}, TypeError, "progress"),
 ])
 def test_bad_parameters_raise_at_fit_and_change_nothing(params, error, match, fitted, data):
     model = copy.deepcopy(fitted)

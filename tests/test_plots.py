@@ -146,10 +146,9 @@ def test_history_of_fit(mpl):
         np.testing.assert_array_equal(labelled["train NLL"].get_xdata(), [1, 2, 3, 4])
         np.testing.assert_array_equal(labelled["train NLL"].get_ydata(), history.train_nll)
         np.testing.assert_array_equal(labelled["validation NLL"].get_ydata(), history.val_nll)
-        # the best epoch (0-based 2) is marked at epoch 3
-        marks = [line for line in ax.lines if line.get_label().startswith("_")]
-        assert len(marks) == 1 and list(marks[0].get_xdata()) == [3, 3]
-        assert ax.get_xlabel() == "epoch" and ax.get_title() == "fit"
+        # the best epoch (0-based 2) is marked, and labelled, at epoch 3 (epochs from 1)
+        assert list(labelled["best epoch (3)"].get_xdata()) == [3, 3]
+        assert ax.get_xlabel() == "epoch (from 1)" and ax.get_title() == "fit"
 
 
 def test_history_of_train_fit_if_available(mpl):
