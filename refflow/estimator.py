@@ -567,7 +567,7 @@ class FlowDensity:
     def _conditional(self):
         return getattr(self, "n_context_features_in_", 0) > 0
 
-    def _context_rows(self, context, where, n):
+    def _context_rows(self, context, where, n, for_samples=False):
         """The standardised ``(n, n_context_features_in_)`` context (None if unconditional)."""
         if not self._conditional:
             if context is not None:
@@ -582,6 +582,10 @@ class FlowDensity:
         C = _check_X(context, where, self.n_context_features_in_, name="context",
                      expecting="context features")
         if C.shape[0] != n:
+            if for_samples:
+                raise ValueError(f"{where}: context has {C.shape[0]} rows, but n_samples is {n}; "
+                                 f"give one context row per sample, or one row of shape "
+                                 f"({self.n_context_features_in_},) for all samples")
             raise ValueError(f"{where}: context has {C.shape[0]} rows, but X has {n}")
         return (C - self.context_mean_) / self.context_scale_
 
@@ -939,7 +943,7 @@ class FlowDensity:
         if self._conditional and context is not None and np.ndim(context) == 1:
             shared = self._context_rows(np.reshape(np.asarray(context), (1, -1)), where, 1)[0]
         else:
-            rows = self._context_rows(context, where, n_samples)
+            rows = self._context_rows(context, where, n_samples, for_samples=True)
         gen = _generator(random_state, where)
         out = _empty((n_samples, self.n_features_in_), where)
         bar = self._progress(where, n_samples)
