@@ -290,6 +290,31 @@ def _model_columns(args, model, source):
     return columns, context_columns
 
 
+def _check_read_names(table, model, source):
+    """The columns read from a file with a header must be the model's, by name and order
+    (a file read with --exclude-columns, say, could hold them in another order)."""
+    for got, attr, what in ((table.names, "feature_names_in_", "features"),
+                            (table.context_names, "context_names_in_", "context columns")):
+        fitted = getattr(model, attr, None)
+        if got is not None and fitted is not None and list(got) != [str(v) for v in fitted]:
+            raise CommandError(f"{source}: the columns read, {','.join(got)}, are not the "
+                               f"model's {what} {','.join(map(str, fitted))} (names and order); "
+                               f"choose them with --columns")
+
+
+def _model_input(call, source):
+    """``call()``, a FlowDensity method on the rows read, with a feature-count mismatch told in
+    the command line's words."""
+    try:
+        with _columns_matched():
+            return call()
+    except ValueError as exc:
+        if "features, but FlowDensity is expecting" in str(exc):
+            raise CommandError(f"{source}: {_one_line(exc)} Choose the columns with --columns "
+                               f"(or --exclude-columns).") from None
+        raise
+
+
 def _load_model(path, kinds=("FlowDensity", "Flow")):
     from . import io
     from .estimator import FlowDensity
@@ -455,8 +480,8 @@ def cmd_score(args, out):
     table = _read(args, args.data, columns=columns, context_columns=context_columns)
     x = table.x
     if isinstance(model, FlowDensity):
-        with _columns_matched():
-            scores = model.score_samples(x, context=table.context)
+        _check_read_names(table, model, args.data)
+        scores = _model_input(lambda: model.score_samples(x, context=table.context), args.data)
     else:
         scores = model.log_prob(x, table.context)
     if args.output:
@@ -550,8 +575,8 @@ def cmd_transform(args, out):
     model.set_params(progress=_progress(args))
     columns, context_columns = _model_columns(args, model, args.data)
     table = _read(args, args.data, columns=columns, context_columns=context_columns)
-    with _columns_matched():
-        z = model.transform(table.x, context=table.context)
+    _check_read_names(table, model, args.data)
+    z = _model_input(lambda: model.transform(table.x, context=table.context), args.data)
     _write_array(args.output, z, [f"z{j}" for j in range(z.shape[1])])
     out(f"transform: {z.shape[0]} points of {args.data} to the latent space (standard normal "
         f"under the model), written to {args.output}")
@@ -573,8 +598,7 @@ def cmd_inverse_transform(args, out):
     if conditional:
         context = _context_file(argparse.Namespace(**dict(vars(args), columns=None)), model,
                                 latent.x.shape[0], "latent point")
-    with _columns_matched():
-        x = model.inverse_transform(latent.x, context=context)
+    x = _model_input(lambda: model.inverse_transform(latent.x, context=context), args.latent)
     names = getattr(model, "feature_names_in_", None)
     names = [str(v) for v in names] if names is not None else [f"x{j}" for j in range(x.shape[1])]
     _write_array(args.output, x, names)
@@ -912,7 +936,12 @@ def main(argv=None, out=_say):
     from .training import TrainingDiverged
 
     with warnings.catch_warnings(record=True) as caught:
+        # every warning is recorded (and printed as one line below), except the notices meant
+        # for developers of the libraries used, which a command-line user cannot act on
         warnings.simplefilter("always")
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning,
+                         ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)
         try:
             status = args.run(args, out)
         except KeyboardInterrupt:
