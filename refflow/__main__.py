@@ -732,8 +732,9 @@ def cmd_potentials(args, out):
         result = fit_potential(name, n_layers=args.layers, rng=args.seed, plot=plot,
                                progress=progress, **options)
         out(f"{name}: {args.layers} planar layers, KL(q || p) = {result['kl_divergence']:.4f} "
-            f"nats (E_q[log q - log p~] = {result['kl']:.4f} +/- {result['kl_stderr']:.4f}, "
-            f"log Z = {result['log_normalizer']:.4f})" + (f"; figure {plot}" if plot else ""))
+            f"(E_q[log q - log p~] = {result['kl']:.4f} +/- {result['kl_stderr']:.4f}, "
+            f"log Z = {result['log_normalizer']:.4f}; all in nats)"
+            + (f"; figure {plot}" if plot else ""))
     return 0
 
 
