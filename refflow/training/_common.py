@@ -56,11 +56,12 @@ def make_schedule(lr_schedule, optimizer, t_max, where):
 class ProgressLine:
     """A tqdm bar over ``total`` steps when tqdm is installed, else one line on stderr redrawn
     at most every ``interval`` seconds (``where: text  elapsed t s``). Subclasses (one in
-    :mod:`~refflow.training.loop`, one in :mod:`~refflow.training.variational`) say what the
-    line shows.
+    :mod:`~refflow.training.loop`, one in :mod:`~refflow.training.variational`, one in
+    :mod:`refflow.estimator` for rows scored or sampled) say what the line shows; ``unit``
+    names what ``total`` counts.
     """
 
-    def __init__(self, where, total, interval):
+    def __init__(self, where, total, interval, unit="step"):
         self.where, self.interval = where, interval
         self.start = time.perf_counter()
         self.last_draw = -math.inf
@@ -70,7 +71,7 @@ class ProgressLine:
             tqdm = None
         self.bar = None
         if tqdm is not None:
-            self.bar = tqdm(total=total, desc=where, unit="step", file=sys.stderr,
+            self.bar = tqdm(total=total, desc=where, unit=unit, file=sys.stderr,
                             dynamic_ncols=True, leave=True)
 
     def due(self):

@@ -12,10 +12,16 @@ How ``rng`` is used (so that a run can be replayed exactly): ``gen = np.random.d
 ``n_val = ceil(validation_fraction * n)``; then each epoch draws ``order =
 gen.permutation(n_train)`` and takes the batches ``order[i:i + batch_size]`` for ``i = 0,
 batch_size, ...`` (the last one may be smaller).
+
+Ctrl-C (SIGINT, in the main thread) stops training cleanly after the current step: the steps
+already taken stand, the best epoch's parameters are put back (``restore_best``), and ``fit``
+returns its history with ``stop_reason == "interrupted"``; a second Ctrl-C interrupts at once.
 """
 
 import math
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -74,13 +80,22 @@ class History:
         Epoch with the lowest validation NLL (training NLL without validation); None before an
         epoch completed.
     stopped_early : bool
-        True when ``patience`` or the callback ended training before ``epochs``.
+        True when ``patience``, the callback or Ctrl-C ended training before ``epochs``.
     stop_reason : str
-        ``"completed"``, ``"patience"``, ``"callback"`` or ``"diverged"``.
+        ``"completed"``, ``"patience"``, ``"callback"``, ``"interrupted"`` (Ctrl-C) or
+        ``"diverged"``.
     wall_time : float
         Seconds spent in ``fit``.
     n_steps : int
         Optimizer steps taken.
+    nll_shift : float
+        Nats to add to an NLL above to express it in the units of the data the caller gave:
+        0 for :func:`fit`; ``sum_j log scale_j`` for ``FlowDensity``, which fits the
+        standardised data ``(x - mean) / scale`` (its density in the data's units is
+        ``log q(x) = log q_s(s) - sum_j log scale_j``).
+    train_log_likelihood, val_log_likelihood : list of float
+        ``-(nll + nll_shift)`` per epoch: mean log-likelihoods in nats per sample, in the data's
+        units (``val_log_likelihood[best_epoch]`` is the held-out score of the kept model).
     """
 
     def __init__(self):
@@ -92,6 +107,17 @@ class History:
         self.stop_reason = "completed"
         self.wall_time = 0.0
         self.n_steps = 0
+        self.nll_shift = 0.0
+
+    @property
+    def train_log_likelihood(self):
+        """Mean training log-likelihood per epoch, nats per sample, in the data's units."""
+        return [-(v + self.nll_shift) for v in self.train_nll]
+
+    @property
+    def val_log_likelihood(self):
+        """Mean validation log-likelihood per epoch, nats per sample, in the data's units."""
+        return [-(v + self.nll_shift) for v in self.val_nll]
 
     @property
     def n_epochs(self):
@@ -100,11 +126,16 @@ class History:
 
     @classmethod
     def from_dict(cls, d, where="History"):
-        """The inverse of :meth:`as_dict`, checking keys and types (``ValueError`` if wrong)."""
+        """The inverse of :meth:`as_dict`, checking keys and types (``ValueError`` if wrong).
+
+        ``nll_shift`` may be absent (histories written before it existed): it is then 0.
+        """
         history = cls()
         kinds = {"train_nll": "floats", "val_nll": "floats", "epoch_time": "floats",
                  "best_epoch": "epoch", "stopped_early": bool, "stop_reason": str,
-                 "wall_time": "float", "n_steps": "count"}
+                 "wall_time": "float", "n_steps": "count", "nll_shift": "float"}
+        if isinstance(d, dict) and set(d) == set(kinds) - {"nll_shift"}:
+            d = dict(d, nll_shift=0.0)
         if not isinstance(d, dict) or set(d) != set(kinds):
             raise ValueError(f"{where}: history_ must have exactly the keys {sorted(kinds)}")
 
@@ -133,6 +164,7 @@ class History:
             "stop_reason": str(self.stop_reason),
             "wall_time": float(self.wall_time),
             "n_steps": int(self.n_steps),
+            "nll_shift": float(self.nll_shift),
         }
 
     def __repr__(self):
@@ -257,6 +289,36 @@ class _Progress(ProgressLine):
             self.draw(f"epoch {epoch + 1}/{self.epochs}{self.text}")
 
 
+class _Interrupt:
+    """Ctrl-C during ``fit``: the first SIGINT only sets a flag, which the loop reads after every
+    step; a second one raises ``KeyboardInterrupt`` at once. The handler is installed only in
+    the main thread (where Python delivers signals) and only over Python's default handler, so
+    a handler of the caller's own is left alone; the previous handler is put back on exit."""
+
+    def __init__(self):
+        self.count = 0
+        self.previous = None
+
+    def install(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+
+    def uninstall(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    @property
+    def requested(self):
+        return self.count > 0
+
+
 class _NoProgress:
     def step(self, epoch, batch):
         pass
@@ -316,6 +378,7 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
         when stderr is a terminal; ``False``: nothing is printed.
     callback : callable, optional
         ``callback(epoch, history)`` after each epoch (0-based); a true result stops training.
+        A ``KeyboardInterrupt`` it raises is taken as Ctrl-C (see Notes).
 
     Returns
     -------
@@ -341,6 +404,14 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     mode it had. The optimizer and the schedule keep their state (a second ``fit`` call with
     the same optimizer continues from it). Layers with data-dependent initialisation
     (ActNorm) initialise from the first training batch.
+
+    *Ctrl-C.* In the main thread, the first SIGINT lets the current step finish and then stops:
+    an unfinished epoch is not recorded (its steps count in ``n_steps``), the best epoch's
+    parameters are put back (with ``restore_best``; before any completed epoch the parameters
+    of the last step stay), and the history is returned with ``stop_reason="interrupted"``. A
+    second Ctrl-C raises ``KeyboardInterrupt`` at once. A ``KeyboardInterrupt`` raised inside
+    the loop (by the callback, say) is handled the same way when a best epoch can be put back,
+    and propagates otherwise.
 
     Examples
     --------
@@ -431,7 +502,9 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
             f"lower lr, clip_grad_norm=..., or standardised data (zero mean, unit variance per "
             f"column).", history, epoch, step)
 
+    interrupt = _Interrupt()
     try:
+        interrupt.install()
         flow.train()
         for epoch in range(epochs):
             epoch_start = time.perf_counter()
@@ -453,6 +526,12 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
                 if schedule is not None:
                     schedule.step()
                 bar.step(epoch, b)
+                if interrupt.requested:
+                    break
+            if interrupt.requested and b < n_batches - 1:
+                # Ctrl-C inside the epoch: the epoch is not recorded (nor validated)
+                history.stopped_early, history.stop_reason = True, "interrupted"
+                break
             train_nll = total / n_train
             val_nll = None
             try:
@@ -477,6 +556,8 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
             reason = None
             if callback is not None and callback(epoch, history):
                 reason = "callback"
+            elif interrupt.requested:
+                reason = "interrupted"
             elif patience is not None and epoch - history.best_epoch >= patience:
                 reason = "patience"
             if reason is not None and epoch < epochs - 1:
@@ -484,7 +565,15 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
                 break
         if restore_best and best is not None:
             _restore(flow, best)
+    except KeyboardInterrupt:
+        # raised inside the loop (a callback, say), or a second Ctrl-C: handled as Ctrl-C
+        # when a best epoch can be put back, else passed on
+        if interrupt.count > 1 or not restore_best or best is None:
+            raise
+        history.stopped_early, history.stop_reason = True, "interrupted"
+        _restore(flow, best)
     finally:
+        interrupt.uninstall()
         _restore_modes(modes)
         bar.close()
         history.wall_time = time.perf_counter() - start
