@@ -32,7 +32,9 @@ Stable tails
 ------------
 Everything is computed from logs: ``log C = LSE_k(log w_k + log F(u_k))`` and ``log(1 - C) =
 LSE_k(log w_k + log F(-u_k))`` (``scipy.special.log_ndtr``, or ``-softplus(-u)``),
-``z = ndtri_exp(log C~)`` when ``C~ <= 1/2`` and ``-ndtri_exp(log(1 - C~))`` otherwise, so
+``z = ndtri_exp(log C~)`` when ``C~ <= 1/2`` and ``-ndtri_exp(log(1 - C~))`` otherwise (each
+polished by one Newton step on ``log Phi(z) = log C~``: scipy's ``ndtri_exp`` alone is off by
+~6e-13 relative at ``|z| = 1000``), so
 ``|x|`` up to 1e3 (and beyond) gives finite ``z`` and log-dets.
 
 Log-determinants
@@ -56,7 +58,13 @@ Pullbacks
     x_bar        = sum_k u_bar_k p_k
 
 ``F(u_j) - C`` is evaluated as ``(1 - C) - (1 - F(u_j))`` when ``z > 0`` (no cancellation in the
-upper tail). Then ``"kernel"``: ``loc_bar = -sum u_bar p``, ``log_scale_bar = -sum (u_bar u +
+upper tail). Far in a tail the log-det's gradient is a small difference of large terms: with one
+dominant component ``z gamma_k ~ u_k`` (Mills' ratio), so ``u_bar_k = z gamma_k - rho_k u_k``
+cancels from ``|u_k|`` to ``O(1/|u_k|)``; since ``gamma_k = exp(log f(u_k) - log phi(z) + ...)``
+carries the rounding of ``z^2/2`` (``~eps z^2`` relative), ``u_bar`` has an absolute error of
+``~eps |z|^3`` (6e-12 at ``|z| = 30``; 1e-7 measured against 60-digit finite differences at
+``|z| = 1000``, times ``|u_k|`` for ``log_scale``: 7e-5 there, where finite differences of the
+float64 map are no better). Values and the ``z`` part of the gradient keep full accuracy. Then ``"kernel"``: ``loc_bar = -sum u_bar p``, ``log_scale_bar = -sum (u_bar u +
 log_p_bar)``; ``"zuko"``: ``shift_bar = sum u_bar``, ``scale_bar = sum (u_bar x p +
 log_p_bar)``; a conditional layer hands these (per row) to its MLP's pullback.
 
@@ -109,6 +117,21 @@ def _lse(v, axis=-1):
     top = v.max(axis=axis, keepdims=True)
     top = np.where(np.isfinite(top), top, 0)
     return (top + np.log(np.exp(v - top).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def _ndtri_exp(y):
+    """``Phi^{-1}(exp(y))`` for ``y <= log(1/2)``: scipy's ``ndtri_exp`` and one Newton step on
+    ``log Phi(z) = y`` (``d log Phi / dz = phi/Phi``). ``ndtri_exp`` alone is off by up to
+    ~3e3 ulps in the far tail (6e-13 relative at ``z = -1000``); after the step, a few ulps."""
+    z = ndtri_exp(y)
+    log_cdf = log_ndtr(z)
+    log_pdf = -z * z / 2 - _LOG_SQRT_2PI
+    return z - (log_cdf - y) * np.exp(log_cdf - log_pdf)
+
+
+def _implicit_z_bar(g, log_slope):
+    """``J^{-T} g`` for the diagonal ``J = dz/dx = exp(log_slope)`` (implicit-function theorem)."""
+    return g * np.exp(-log_slope)
 
 
 class Gaussianization(Bijector):
@@ -303,8 +326,8 @@ class Gaussianization(Bijector):
             keep = dtype.type(0)
             log_ct, log_cct = log_c, log_cc
         lower = log_ct <= log_cct
-        z = np.where(lower, ndtri_exp(np.where(lower, log_ct, -1)),
-                     -ndtri_exp(np.where(lower, -1, log_cct))).astype(dtype)
+        z = np.where(lower, _ndtri_exp(np.where(lower, log_ct, -1)),
+                     -_ndtri_exp(np.where(lower, -1, log_cct))).astype(dtype)
         log_phi = -z * z / 2 - dtype.type(_LOG_SQRT_2PI)
         ld_elem = keep + log_cp - log_phi
         log_det = ld_elem.sum(axis=1).astype(dtype)
@@ -358,11 +381,10 @@ class Gaussianization(Bijector):
         _, ld, closed_pullback, ld_elem = self._closed(x, context, vjp, "forward")
         if not vjp:
             return x, -ld, None
-        inv_slope = np.exp(-ld_elem)
 
         def pullback(x_bar, log_det_bar):
             g = x_bar + closed_pullback(np.zeros_like(x_bar), -log_det_bar)[0]
-            z_bar = g * inv_slope
+            z_bar = _implicit_z_bar(g, ld_elem)
             _, grads, context_bar = closed_pullback(-z_bar, -log_det_bar)
             return z_bar, grads, context_bar
 
