@@ -173,14 +173,17 @@ class FlowDensity:
     flow : str, default "nsf"
         A key of :data:`refflow.flows.BUILDERS`: ``"nsf"`` (autoregressive neural spline
         flow, the default: flexible, bounded splines that train stably), ``"nsf-coupling"``,
-        ``"maf"``, ``"realnvp"``, ``"glow"``, ``"planar"``, ``"radial"``, ``"sylvester"``.
-        With a single feature the coupling layouts are impossible, and ``"realnvp"`` and
+        ``"maf"``, ``"realnvp"``, ``"glow"``, ``"planar"``, ``"radial"``, ``"sylvester"``,
+        ``"bnaf"`` (block neural autoregressive; its widths are
+        ``flow_kwargs={"hidden_factors": ...}``), ``"gf"`` (Gaussianization flow). With a
+        single feature the coupling layouts are impossible, and ``"realnvp"`` and
         ``"glow"`` fit a ``"maf"``, ``"nsf-coupling"`` an ``"nsf"``.
     n_layers : int, optional
         Number of steps; None keeps the builder's default (5 for the network flows, 16 for
         the planar family).
     hidden : sequence of int, default (64, 64)
-        Conditioner widths (ignored by the planar family, which has no conditioner). MADE's
+        Conditioner widths (ignored by the planar family, which has no conditioner, and by
+        "bnaf" and "gf", whose networks are sized otherwise). MADE's
         default degree rule needs every width ``>= n_features - 1``: widen it for wider data,
         or pass ``flow_kwargs={"hidden_degrees": "random"}`` ("maf", "nsf").
     flow_kwargs : dict, optional
