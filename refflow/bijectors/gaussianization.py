@@ -94,7 +94,7 @@ import math
 import numbers
 
 import numpy as np
-from scipy.special import log_expit, log_ndtr, ndtri_exp
+from scipy.special import log_ndtr, ndtri_exp
 
 from .._validation import check_dim, check_rng
 from ..kernels.gaussianization import gaussianization_inverse
@@ -299,11 +299,20 @@ class Gaussianization(Bijector):
 
     # ----------------------------------------------------------------- closed form
     def _kernel_logs(self, u):
-        """``(log F(u), log(1 - F(u)), log f(u), (log f)'(u))``."""
+        """``(log F(u), log(1 - F(u)), log f(u), (log f)'(u))``.
+
+        One tail function per value: the smaller tail ``m = log F(-|u|)`` directly, the other
+        as ``log1p(-exp(m))`` (accurate, since ``exp(m) <= 1/2``)."""
+        neg = u <= 0
         if self.kernel == "gaussian":
-            return log_ndtr(u), log_ndtr(-u), -u * u / 2 - u.dtype.type(_LOG_SQRT_2PI), -u
-        lf, lsf = log_expit(u), log_expit(-u)
-        return lf, lsf, lf + lsf, -np.tanh(u / 2)
+            small = log_ndtr(-np.abs(u))
+            big = np.log1p(-np.exp(small))
+            lpdf, dlpdf = -u * u / 2 - u.dtype.type(_LOG_SQRT_2PI), -u
+        else:
+            soft = np.log1p(np.exp(-np.abs(u)))
+            small, big = -np.abs(u) - soft, -soft      # -softplus(|u|), -softplus(-|u|)
+            lpdf, dlpdf = small + big, -np.tanh(u / 2)
+        return np.where(neg, small, big), np.where(neg, big, small), lpdf, dlpdf
 
     def _closed(self, x, context, vjp, direction="inverse"):
         dtype = x.dtype
@@ -427,6 +436,7 @@ class Gaussianization(Bijector):
         form = 0 if self.parameterization == "kernel" else 1
         gaussianization_inverse(
             np.ascontiguousarray(target), side, lo, hi, np.ascontiguousarray(a, dtype=dtype),
-            np.ascontiguousarray(p, dtype=dtype), np.ascontiguousarray(log_w, dtype=dtype), form,
+            np.ascontiguousarray(p, dtype=dtype), np.ascontiguousarray(log_p, dtype=dtype),
+            np.ascontiguousarray(log_w, dtype=dtype), form,
             KERNELS.index(self.kernel), dtype.type(_ASYMPTOTIC_CUT[dtype]), x)
         return x

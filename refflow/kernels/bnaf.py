@@ -16,17 +16,20 @@ block; ``x_i`` then solves the scalar equation::
 
 The solver (per coordinate)
 ---------------------------
-1. Bracket: ``[-1, 1]``, moved outwards by steps that double (1, 2, 4, ...) until
+1. Bracket: from ``t = 0`` towards the root (the sign of ``g(0)``), first to the Newton point
+   ``-g(0)/g'(0)``, then by steps that double (at least 1, 2, 4, ...) until
    ``g(lo) <= 0 <= g(hi)``. If an end passes ``big`` (a quarter of the dtype's largest value)
    first, ``z_i`` is outside the range of the map (a bounded activation such as ``tanh`` with no
    residual bounds each coordinate's range): ``status[n]`` is set to ``i + 1`` and the row is
    abandoned (``x_out`` is NaN from that coordinate on).
-2. Start at the false-position point of the bracket.
+2. Start at the Newton point of the bracket's end with the smaller ``|g|`` (the false-position
+   point if that leaves the bracket).
 3. Newton steps ``t - g/g'``; each evaluation shrinks the bracket by the sign of ``g``; a step
    that leaves the bracket or is not at most half the step before last is replaced by bisection
    (Numerical Recipes' ``rtsafe`` safeguard).
-4. Stop when ``g == 0``, when a Newton step no longer changes ``t`` (below half an ulp), or when
-   no float lies strictly inside the bracket.
+4. Stop when ``g == 0``, after a Newton step of at most 4 ulps of ``t`` (Newton converges
+   quadratically, so the step lands within rounding of the root), when a Newton step no longer
+   changes ``t``, or when no float lies strictly inside the bracket.
 
 Tolerance and worst case: the root returned has ``|g|`` at the rounding level of evaluating
 ``g`` (a few ulps of the terms of ``z_i``), i.e. ``t`` is within a few ulps of the exact root
@@ -182,6 +185,10 @@ def bnaf_inverse(z, w, b, b0_rows, widths, activation, r1, r2, big, x_out, statu
     half = one / two
     zero = one - one
     slope = one / z.dtype.type(100)
+    eps = one
+    while one + eps / two != one:
+        eps = eps / two
+    ulps = four * eps
     n, dim = z.shape
     n_layers = widths.shape[0] - 1
     woff = np.zeros(n_layers + 1, dtype=np.int64)
@@ -222,51 +229,79 @@ def bnaf_inverse(z, w, b, b0_rows, widths, activation, r1, r2, big, x_out, statu
                         acc += w[base + col] * h_all[hoff[l] + col]
                     c[coff[l] + r] = acc
             target = z[s, i]
-            # 1. bracket
-            lo = -one
-            hi = one
-            g_lo = _block_eval(lo, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn,
-                               activation, r1, r2, False, h_all, hoff, one, two, four,
-                               slope)[0] - target
-            g_hi = _block_eval(hi, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn,
-                               activation, r1, r2, False, h_all, hoff, one, two, four,
-                               slope)[0] - target
-            step = one
+            # 1. bracket: from t = 0 towards the root, first to the Newton point of t = 0,
+            #    then by doubling steps
+            val0, d0 = _block_eval(zero, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn,
+                                   activation, r1, r2, False, h_all, hoff, one, two, four, slope)
+            g0 = val0 - target
+            width = one
+            if d0 > zero:
+                width = abs(g0) / d0
+                if not width < big:
+                    width = one
             failed = False
-            while g_lo > zero:
-                hi = lo
-                g_hi = g_lo
-                lo = lo - step
-                step = step * two
-                if not lo > -big:
-                    failed = True
-                    break
-                g_lo = _block_eval(lo, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn,
+            lo = zero
+            hi = zero
+            g_lo = g0
+            g_hi = g0
+            d_lo = d0
+            d_hi = d0
+            if g0 > zero:
+                lo = -width
+                val, d_lo = _block_eval(lo, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn,
                                    activation, r1, r2, False, h_all, hoff, one, two, four,
-                                   slope)[0] - target
-            while (not failed) and g_hi < zero:
-                lo = hi
-                g_lo = g_hi
-                hi = hi + step
-                step = step * two
-                if not hi < big:
-                    failed = True
-                    break
-                g_hi = _block_eval(hi, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn,
+                                   slope)
+                g_lo = val - target
+                while g_lo > zero:
+                    hi = lo
+                    g_hi = g_lo
+                    d_hi = d_lo
+                    width = two * width
+                    lo = hi - width
+                    if not lo > -big:
+                        failed = True
+                        break
+                    val, d_lo = _block_eval(lo, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn,
+                                       activation, r1, r2, False, h_all, hoff, one, two, four,
+                                       slope)
+                    g_lo = val - target
+            elif g0 < zero:
+                hi = width
+                val, d_hi = _block_eval(hi, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn,
                                    activation, r1, r2, False, h_all, hoff, one, two, four,
-                                   slope)[0] - target
+                                   slope)
+                g_hi = val - target
+                while g_hi < zero:
+                    lo = hi
+                    g_lo = g_hi
+                    d_lo = d_hi
+                    width = two * width
+                    hi = lo + width
+                    if not hi < big:
+                        failed = True
+                        break
+                    val, d_hi = _block_eval(hi, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn,
+                                       activation, r1, r2, False, h_all, hoff, one, two, four,
+                                       slope)
+                    g_hi = val - target
             if failed:
                 status[s] = i + 1
                 for j in range(i, dim):
                     x_out[s, j] = np.nan
                 break
-            # 2. start: false position inside the bracket
+            # 2. start: the Newton point of the bracket's better end, else false position
             if g_lo == zero:
                 t = lo
             elif g_hi == zero:
                 t = hi
             else:
-                t = lo + (hi - lo) * (-g_lo / (g_hi - g_lo))
+                t = lo
+                if -g_lo <= g_hi and d_lo > zero:
+                    t = lo - g_lo / d_lo
+                elif d_hi > zero:
+                    t = hi - g_hi / d_hi
+                if not (t > lo and t < hi):
+                    t = lo + (hi - lo) * (-g_lo / (g_hi - g_lo))
                 if not (t > lo and t < hi):
                     t = lo + half * (hi - lo)
                 # 3. safeguarded Newton
@@ -297,6 +332,8 @@ def bnaf_inverse(z, w, b, b0_rows, widths, activation, r1, r2, big, x_out, statu
                         dx_before = dx
                         dx = delta
                         t = newton
+                        if abs(delta) <= ulps * abs(t):   # converged to a few ulps
+                            break
                     else:
                         mid = lo + half * (hi - lo)
                         if not (mid > lo and mid < hi):

@@ -18,17 +18,18 @@ The solver (per element)
 1. Bracket: ``[lo, hi]`` from the caller (the components' own quantiles at the target level:
    every ``F(u_k)`` is below it at ``lo`` and above it at ``hi``, so the mixture is too), widened
    by doubling steps until ``G(lo) <= 0 <= G(hi)`` also holds in floating point.
-2. Start at the false-position point; safeguarded Newton as in :mod:`refflow.kernels.bnaf`
+2. Start at the Newton point of the bracket's end with the smaller ``|G|`` (else the
+   false-position point); safeguarded Newton as in :mod:`refflow.kernels.bnaf`
    (bisection whenever a step leaves the bracket or does not halve).
-3. Stop when ``G == 0``, when a Newton step no longer changes ``x``, or when no float lies
-   strictly inside the bracket.
+3. Stop when ``G == 0``, after a Newton step of at most 4 ulps of ``x``, when a Newton step no
+   longer changes ``x``, or when no float lies strictly inside the bracket.
 
 Tolerance and worst case: ``|G|`` at its rounding level (a few ulps of ``log C``), i.e. ``x``
 within a few ulps of the root plus that over ``G'``; typically 4-8 evaluations, at most
 :data:`MAX_ITER` (bisection down to adjacent floats).
 
 Arrays: ``target``, ``lo``, ``hi``, ``x_out`` ``(n, d)``; ``side`` int64 ``(n, d)``; ``a``,
-``p``, ``logw`` ``(R, d, K)`` with ``R = 1`` (shared) or ``n`` (per row); ``cut`` the argument
+``p``, ``logp = log p``, ``logw`` ``(R, d, K)`` with ``R = 1`` (shared) or ``n`` (per row); ``cut`` the argument
 below which ``log_ndtr`` uses its asymptotic series (-37 in float64, -12 in float32, where
 ``erfc`` still has full precision). Constants come from ``target``'s dtype.
 
@@ -50,7 +51,8 @@ One Gaussian component with ``p = 1``, ``a = 0`` is the identity: ``x = z``.
 >>> z = np.array([[-1.5, 0.7]])
 >>> side = (z > 0).astype(np.int64); target = log_ndtr(np.where(side == 1, -z, z))
 >>> ones = np.ones((1, 2, 1)); x = np.empty_like(z)
->>> gaussianization_inverse(target, side, z - 1, z + 1, 0 * ones, ones, 0 * ones, 0, 0, -37.0, x)
+>>> gaussianization_inverse(target, side, z - 1, z + 1, 0 * ones, ones, 0 * ones, 0 * ones, 0, 0,
+...                         -37.0, x)
 >>> bool(np.allclose(x, z, rtol=0, atol=1e-15))
 True
 """
@@ -97,13 +99,13 @@ def log_ndtr_kernel(u, cut, one, r, c):
 
 
 @njit
-def _log_cdf(code, u, cut, one, r, c):
-    """``(log F(u), log(1 - F(u)))``."""
+def _log_tail(code, side, u, cut, one, r, c):
+    """``log F(u)`` (``side = 0``) or ``log(1 - F(u))`` (``side = 1``)."""
+    if side == 1:
+        u = -u
     if code == 0:
-        return log_ndtr_kernel(u, cut, one, r, c), log_ndtr_kernel(-u, cut, one, r, c)
-    zero = one - one
-    e = math.log1p(math.exp(-abs(u)))
-    return -(max(-u, zero) + e), -(max(u, zero) + e)
+        return log_ndtr_kernel(u, cut, one, r, c)
+    return -(max(-u, one - one) + math.log1p(math.exp(-abs(u))))      # -softplus(-u)
 
 
 @njit
@@ -114,31 +116,31 @@ def _log_pdf(code, u, one, c):
 
 
 @njit
-def _terms(x, s, i, k, side, a, p, logw, form, code, cut, one, r, c):
-    """``(log w_k + log F or log(1 - F), log w_k + log p_k + log f)`` of component ``k``."""
-    pk = p[s, i, k]
-    u = (x - a[s, i, k]) * pk if form == 0 else x * pk + a[s, i, k]
-    lf, lsf = _log_cdf(code, u, cut, one, r, c)
-    lv = logw[s, i, k] + (lf if side == 0 else lsf)
-    ld = logw[s, i, k] + math.log(pk) + _log_pdf(code, u, one, c)
-    return lv, ld
-
-
-@njit
-def _g(x, s, i, side, target, a, p, logw, form, code, cut, one, r, c):
-    """``(G(x), G'(x))`` for element ``(s, i)`` (module docstring)."""
-    n_comp = a.shape[2]
-    top, top_d = _terms(x, s, i, 0, side, a, p, logw, form, code, cut, one, r, c)
-    for k in range(1, n_comp):
-        lv, ld = _terms(x, s, i, k, side, a, p, logw, form, code, cut, one, r, c)
-        top = max(top, lv)
-        top_d = max(top_d, ld)
-    acc = one - one
-    acc_d = one - one
-    for k in range(n_comp):
-        lv, ld = _terms(x, s, i, k, side, a, p, logw, form, code, cut, one, r, c)
-        acc += math.exp(lv - top)
-        acc_d += math.exp(ld - top_d)
+def _g(x, s, i, side, target, a, p, logp, logw, form, code, cut, one, r, c):
+    """``(G(x), G'(x))`` for element ``(s, i)`` (module docstring): one pass over the
+    components with running log-sum-exps of ``log w + log F`` and ``log w + log p + log f``."""
+    top = one
+    acc = one
+    top_d = one
+    acc_d = one
+    for k in range(a.shape[2]):
+        pk = p[s, i, k]
+        u = (x - a[s, i, k]) * pk if form == 0 else x * pk + a[s, i, k]
+        lv = logw[s, i, k] + _log_tail(code, side, u, cut, one, r, c)
+        ld = logw[s, i, k] + logp[s, i, k] + _log_pdf(code, u, one, c)
+        if k == 0:
+            top, top_d = lv, ld
+        else:
+            if lv > top:
+                acc = acc * math.exp(top - lv) + one
+                top = lv
+            else:
+                acc += math.exp(lv - top)
+            if ld > top_d:
+                acc_d = acc_d * math.exp(top_d - ld) + one
+                top_d = ld
+            else:
+                acc_d += math.exp(ld - top_d)
     log_v = top + math.log(acc)
     slope = math.exp(top_d + math.log(acc_d) - log_v)
     if side == 0:
@@ -147,12 +149,17 @@ def _g(x, s, i, side, target, a, p, logw, form, code, cut, one, r, c):
 
 
 @njit
-def gaussianization_inverse(target, side, lo, hi, a, p, logw, form, kernel, cut, x_out):
+def gaussianization_inverse(target, side, lo, hi, a, p, logp, logw, form, kernel, cut,
+                            x_out):
     """Solve ``G(x) = 0`` for every element (module docstring); ``x_out`` is the output."""
     one = target.dtype.type(1)
     two = one + one
     half = one / two
     zero = one - one
+    eps = one
+    while one + eps / two != one:
+        eps = eps / two
+    ulps = (two + two) * eps
     r_ = target.dtype.type(_SQRT1_2)
     c_ = target.dtype.type(_LOG_SQRT_2PI)
     cut = target.dtype.type(cut)
@@ -165,7 +172,8 @@ def gaussianization_inverse(target, side, lo, hi, a, p, logw, form, kernel, cut,
             t_ = target[s, i]
             lo_ = lo[s, i]
             hi_ = hi[s, i]
-            g_lo = _g(lo_, r, i, sd, t_, a, p, logw, form, kernel, cut, one, r_, c_)[0]
+            g_lo, d_lo = _g(lo_, r, i, sd, t_, a, p, logp, logw, form, kernel, cut, one,
+                                r_, c_)
             width = max(hi_ - lo_, one)
             for _ in range(2100):
                 if not g_lo > zero:
@@ -173,30 +181,40 @@ def gaussianization_inverse(target, side, lo, hi, a, p, logw, form, kernel, cut,
                 hi_ = lo_
                 lo_ = lo_ - width
                 width = width * two
-                g_lo = _g(lo_, r, i, sd, t_, a, p, logw, form, kernel, cut, one, r_, c_)[0]
-            g_hi = _g(hi_, r, i, sd, t_, a, p, logw, form, kernel, cut, one, r_, c_)[0]
+                g_lo, d_lo = _g(lo_, r, i, sd, t_, a, p, logp, logw, form, kernel, cut, one,
+                                r_, c_)
+            g_hi, d_hi = _g(hi_, r, i, sd, t_, a, p, logp, logw, form, kernel, cut, one,
+                                r_, c_)
             width = max(hi_ - lo_, one)
             for _ in range(2100):
                 if not g_hi < zero:
                     break
                 lo_ = hi_
                 g_lo = g_hi
+                d_lo = d_hi
                 hi_ = hi_ + width
                 width = width * two
-                g_hi = _g(hi_, r, i, sd, t_, a, p, logw, form, kernel, cut, one, r_, c_)[0]
+                g_hi, d_hi = _g(hi_, r, i, sd, t_, a, p, logp, logw, form, kernel, cut, one,
+                                r_, c_)
             if g_lo == zero:
                 x_out[s, i] = lo_
                 continue
             if g_hi == zero:
                 x_out[s, i] = hi_
                 continue
-            v = lo_ + (hi_ - lo_) * (-g_lo / (g_hi - g_lo))
+            v = lo_
+            if -g_lo <= g_hi and d_lo > zero:       # Newton from the better end of the bracket
+                v = lo_ - g_lo / d_lo
+            elif d_hi > zero:
+                v = hi_ - g_hi / d_hi
+            if not (v > lo_ and v < hi_):
+                v = lo_ + (hi_ - lo_) * (-g_lo / (g_hi - g_lo))
             if not (v > lo_ and v < hi_):
                 v = lo_ + half * (hi_ - lo_)
             dx_before = hi_ - lo_
             dx = dx_before
             for _ in range(MAX_ITER):
-                g, dg = _g(v, r, i, sd, t_, a, p, logw, form, kernel, cut, one, r_, c_)
+                g, dg = _g(v, r, i, sd, t_, a, p, logp, logw, form, kernel, cut, one, r_, c_)
                 if g == zero:
                     break
                 if g < zero:
@@ -215,6 +233,8 @@ def gaussianization_inverse(target, side, lo, hi, a, p, logw, form, kernel, cut,
                     dx_before = dx
                     dx = step
                     v = newton
+                    if abs(step) <= ulps * abs(v):   # converged to a few ulps
+                        break
                 else:
                     mid = lo_ + half * (hi_ - lo_)
                     if not (mid > lo_ and mid < hi_):
@@ -230,7 +250,7 @@ def gaussianization_inverse(target, side, lo, hi, a, p, logw, form, kernel, cut,
 # ---------------------------------------------------------------------------------------------
 
 
-def _g_numpy(x, side, target, a, p, logw, form, kernel):
+def _g_numpy(x, side, target, a, p, logp, logw, form, kernel):
     u = (x[..., None] - a) * p if form == 0 else x[..., None] * p + a
     if kernel == 0:
         lf, lsf, lpdf = log_ndtr(u), log_ndtr(-u), -u * u / 2 - _LOG_SQRT_2PI
@@ -238,7 +258,7 @@ def _g_numpy(x, side, target, a, p, logw, form, kernel):
         lf, lsf = log_expit(u), log_expit(-u)
         lpdf = lf + lsf
     lv = logw + np.where(side[..., None] == 0, lf, lsf)
-    ld = logw + np.log(p) + lpdf
+    ld = logw + logp + lpdf
     top, top_d = lv.max(axis=-1), ld.max(axis=-1)
     log_v = top + np.log(np.exp(lv - top[..., None]).sum(axis=-1))
     log_d = top_d + np.log(np.exp(ld - top_d[..., None]).sum(axis=-1))
@@ -246,10 +266,11 @@ def _g_numpy(x, side, target, a, p, logw, form, kernel):
     return g.astype(x.dtype), np.exp(log_d - log_v).astype(x.dtype)
 
 
-def gaussianization_inverse_numpy(target, side, lo, hi, a, p, logw, form, kernel, cut, x_out):
+def gaussianization_inverse_numpy(target, side, lo, hi, a, p, logp, logw, form, kernel, cut,
+                                  x_out):
     """NumPy twin of :func:`gaussianization_inverse` (same signature and output)."""
     lo, hi = lo.copy(), hi.copy()
-    g_lo = _g_numpy(lo, side, target, a, p, logw, form, kernel)[0]
+    g_lo = _g_numpy(lo, side, target, a, p, logp, logw, form, kernel)[0]
     width = np.maximum(hi - lo, 1)
     for _ in range(2100):
         move = g_lo > 0
@@ -258,8 +279,8 @@ def gaussianization_inverse_numpy(target, side, lo, hi, a, p, logw, form, kernel
         hi = np.where(move, lo, hi)
         lo = np.where(move, lo - width, lo)
         width = np.where(move, 2 * width, width)
-        g_lo = _g_numpy(lo, side, target, a, p, logw, form, kernel)[0]
-    g_hi = _g_numpy(hi, side, target, a, p, logw, form, kernel)[0]
+        g_lo = _g_numpy(lo, side, target, a, p, logp, logw, form, kernel)[0]
+    g_hi = _g_numpy(hi, side, target, a, p, logp, logw, form, kernel)[0]
     width = np.maximum(hi - lo, 1)
     for _ in range(2100):
         move = g_hi < 0
@@ -269,14 +290,14 @@ def gaussianization_inverse_numpy(target, side, lo, hi, a, p, logw, form, kernel
         g_lo = np.where(move, g_hi, g_lo)
         hi = np.where(move, hi + width, hi)
         width = np.where(move, 2 * width, width)
-        g_hi = _g_numpy(hi, side, target, a, p, logw, form, kernel)[0]
+        g_hi = _g_numpy(hi, side, target, a, p, logp, logw, form, kernel)[0]
     v = (lo + hi) / 2
     v = np.where(g_lo == 0, lo, np.where(g_hi == 0, hi, v))
     active = (g_lo != 0) & (g_hi != 0)
     for _ in range(MAX_ITER):
         if not active.any():
             break
-        g, dg = _g_numpy(v, side, target, a, p, logw, form, kernel)
+        g, dg = _g_numpy(v, side, target, a, p, logp, logw, form, kernel)
         lo = np.where(active & (g < 0), v, lo)
         hi = np.where(active & (g > 0), v, hi)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
