@@ -69,7 +69,9 @@ def _rel(a, b):
 
 def _normwise(a, b):
     scale = np.max(np.abs(b)) if b.size else 0.0
-    return float(np.max(np.abs(a - b)) / scale) if scale > 0 else float(np.max(np.abs(a), initial=0))
+    if scale > 0:
+        return float(np.max(np.abs(a - b)) / scale)
+    return float(np.max(np.abs(a), initial=0))
 
 
 def float32_errors(case_id, seeds):
@@ -81,7 +83,8 @@ def float32_errors(case_id, seeds):
         if sample_context is not None:
             c = sample_context(seed + 3, 4).astype(np.float32)
             kw32, kw64 = {"context": c}, {"context": c.astype(np.float64)}
-        for direction, v in (("forward", sample_z(seed + 1, 4)), ("inverse", sample_x(seed + 2, 4))):
+        draws = (("forward", sample_z(seed + 1, 4)), ("inverse", sample_x(seed + 2, 4)))
+        for direction, v in draws:
             v32 = v.astype(np.float32)
             other = "inverse" if direction == "forward" else "forward"
             out32, ld32, pb32 = getattr(bijector, f"{direction}_vjp")(v32, **kw32)
@@ -153,8 +156,9 @@ def main(argv=None):
     if args.no_speed:
         return
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    blas = os.environ.get("OPENBLAS_NUM_THREADS")
     print(f"\nSpeed: {rows} x 8 rows, float64, median of 3 (load average {load:.1f} on "
-          f"{os.cpu_count()} CPUs; OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')})\n")
+          f"{os.cpu_count()} CPUs; OPENBLAS_NUM_THREADS={blas})\n")
     print("| layer | inverse (closed form) | forward (numerical) | inverse + pullback | "
           "forward + pullback |")
     print("| --- | --- | --- | --- | --- |")

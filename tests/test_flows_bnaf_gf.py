@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from refflow import (
-    BlockNeuralAutoregressive, Flow, Gaussianization, Householder, Inverse, Permute, Reverse,
+    BlockNeuralAutoregressive, Gaussianization, Householder, Inverse, Permute, Reverse,
 )
 from refflow.estimator import FlowDensity
 from refflow.flows import BNAF, BUILDERS, GF

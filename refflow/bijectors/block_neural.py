@@ -24,17 +24,17 @@ from the raw parameters ``w{l} = u`` (the full matrix is stored; entries above t
 blocks are never read and get zero gradients), ``g{l} = g``, ``b{l} = b``. A conditional layer
 adds ``c W_c^T`` (``context_weight``, no bias) to ``a_1``, as FlowJAX's ``cond_linear``.
 
-==================  =====================  ==============  =========  =============================
-parameterization    ``phi`` (diagonal)     ``s`` (scale)   ``eps``    source
-==================  =====================  ==============  =========  =============================
-``"flowjax"``       softplus               softplus        0          flowjax/bijections/
-                                                                      block_autoregressive_network.py,
-                                                                      paramax ``WeightNormalization``
-``"paper"``         exp                    exp             0          De Cao et al.'s code, bnaf.py
-                                                                      ``MaskedWeight``
-``"pyro"``          exp                    exp             1e-8       pyro/distributions/transforms/
-                                                                      block_autoregressive.py
-==================  =====================  ==============  =========  =============================
+================  ===================  ===========  ======  ======================================
+parameterization  ``phi`` (diagonal)   ``s``        eps     source
+================  ===================  ===========  ======  ======================================
+``"flowjax"``     softplus             softplus     0       flowjax/bijections/
+                                                            block_autoregressive_network.py and
+                                                            paramax ``WeightNormalization``
+``"paper"``       exp                  exp          0       De Cao et al.'s code (bnaf.py,
+                                                            ``MaskedWeight``)
+``"pyro"``        exp                  exp          1e-8    pyro/distributions/transforms/
+                                                            block_autoregressive.py
+================  ===================  ===========  ======  ======================================
 
 Activations ``f``: ``"leaky_tanh"`` ``tanh(a) + 0.01 a`` (FlowJAX's default ``_LeakyTanh``,
 which makes every coordinate's map onto the real line), ``"tanh"`` (the paper's and Pyro's
@@ -244,7 +244,7 @@ def _lse_matvec_back(res, out_bar):
 
 # ------------------------------------------------------------------------------ the class
 class BlockNeuralAutoregressive(Bijector):
-    r"""Block neural autoregressive flow layer: closed form ``z = T(x)``, numerical ``x = T^{-1}(z)``.
+    r"""Block neural autoregressive layer: closed form ``z = T(x)``, numerical ``x = T^{-1}(z)``.
 
     Parameters
     ----------
@@ -307,8 +307,10 @@ class BlockNeuralAutoregressive(Bijector):
     >>> x = np.random.default_rng(1).normal(size=(5, 3))
     >>> z, log_det = layer.inverse(x)                  # closed form, data -> base
     >>> x_back, log_det_fwd = layer.forward(z)          # numerical, coordinate by coordinate
-    >>> bool(np.allclose(x_back, x, rtol=1e-12, atol=1e-12)), bool(np.allclose(log_det, -log_det_fwd))
-    (True, True)
+    >>> bool(np.allclose(x_back, x, rtol=1e-12, atol=1e-12))
+    True
+    >>> bool(np.allclose(log_det, -log_det_fwd))
+    True
     >>> jac = layer.jacobian(x)                         # dz/dx, lower triangular
     >>> bool(np.allclose(np.linalg.slogdet(jac)[1], log_det))
     True

@@ -12,15 +12,14 @@ line; zuko uses ``1e-6``, which bounds ``|z|`` by ``Phi^{-1}(1 - 5e-7) = 4.89``)
 The closed form runs in the *density* direction (refflow's ``inverse``, ``x -> z``), as in
 zuko (``GF`` maps data to noise) and Meng et al.; sampling (``forward``) is numerical.
 
-==================  =========================================  ========================================
-parameterization    ``u_k``, ``log p_k``                       parameters (each ``(dim, K)``)
-==================  =========================================  ========================================
-``"kernel"``        ``(x - loc_k) exp(-log_scale_k)``,         ``loc``, ``log_scale``
-                    ``-log_scale_k``                           (Meng et al.: kernel centres, log
-                                                               bandwidths)
-``"zuko"``          ``x exp(scale_k) + shift_k``, ``scale_k``  ``shift``, ``scale`` (zuko/transforms.py
-                                                               ``GaussianizationTransform``)
-==================  =========================================  ========================================
+================  ==================================  =====================================
+parameterization  ``u_k``; ``log p_k``                parameters (each ``(dim, K)``)
+================  ==================================  =====================================
+``"kernel"``      ``(x - loc_k) exp(-log_scale_k)``;  ``loc``, ``log_scale`` (Meng et al.:
+                  ``-log_scale_k``                    kernel centres, log bandwidths)
+``"zuko"``        ``x exp(scale_k) + shift_k``;       ``shift``, ``scale`` (zuko/transforms.py
+                  ``scale_k``                         ``GaussianizationTransform``)
+================  ==================================  =====================================
 
 ``weights="learned"`` adds ``weight_logits`` with ``w = softmax(weight_logits)``; ``"uniform"``
 fixes ``w_k = 1/K`` (zuko, and Meng et al.'s ``kde_weights`` of zeros). A conditional layer
@@ -58,15 +57,17 @@ Pullbacks
     x_bar        = sum_k u_bar_k p_k
 
 ``F(u_j) - C`` is evaluated as ``(1 - C) - (1 - F(u_j))`` when ``z > 0`` (no cancellation in the
-upper tail). Far in a tail the log-det's gradient is a small difference of large terms: with one
-dominant component ``z gamma_k ~ u_k`` (Mills' ratio), so ``u_bar_k = z gamma_k - rho_k u_k``
-cancels from ``|u_k|`` to ``O(1/|u_k|)``; since ``gamma_k = exp(log f(u_k) - log phi(z) + ...)``
-carries the rounding of ``z^2/2`` (``~eps z^2`` relative), ``u_bar`` has an absolute error of
-``~eps |z|^3`` (6e-12 at ``|z| = 30``; 1e-7 measured against 60-digit finite differences at
-``|z| = 1000``, times ``|u_k|`` for ``log_scale``: 7e-5 there, where finite differences of the
-float64 map are no better). Values and the ``z`` part of the gradient keep full accuracy. Then ``"kernel"``: ``loc_bar = -sum u_bar p``, ``log_scale_bar = -sum (u_bar u +
+upper tail). Then ``"kernel"``: ``loc_bar = -sum u_bar p``, ``log_scale_bar = -sum (u_bar u +
 log_p_bar)``; ``"zuko"``: ``shift_bar = sum u_bar``, ``scale_bar = sum (u_bar x p +
 log_p_bar)``; a conditional layer hands these (per row) to its MLP's pullback.
+
+Far in a tail the log-det's gradient is a small difference of large terms: with one dominant
+component ``z gamma_k ~ u_k`` (Mills' ratio), so ``u_bar_k = z gamma_k - rho_k u_k`` cancels from
+``|u_k|`` to ``O(1/|u_k|)``; since ``gamma_k = exp(log f(u_k) - log phi(z) + ...)`` carries the
+rounding of ``z^2/2`` (``~eps z^2`` relative), ``u_bar`` has an absolute error of ``~eps |z|^3``
+(6e-12 at ``|z| = 30``; 1e-7 measured against 60-digit finite differences at ``|z| = 1000``,
+times ``|u_k|`` for ``log_scale``: 7e-5 there, where finite differences of the float64 map are
+no better). Values and the ``z`` part of the gradient keep full accuracy.
 
 *Forward (numerical).* ``x = h^{-1}(z)`` with ``h`` the closed form; implicit-function theorem,
 elementwise (``h' = exp(LD)``)::
@@ -97,7 +98,7 @@ import numpy as np
 from scipy.special import log_ndtr, ndtri_exp
 
 from .._validation import check_dim, check_rng
-from ..kernels.gaussianization import gaussianization_inverse
+from ..kernels.gaussianization import gaussianization_inverse, kernel_constants
 from ..nn.mlp import MLP
 from ..params import prefixed
 from .base import Bijector
@@ -108,9 +109,6 @@ KERNELS = ("gaussian", "logistic")
 PARAMETERIZATIONS = {"kernel": ("loc", "log_scale"), "zuko": ("shift", "scale")}
 WEIGHTS = ("learned", "uniform")
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-#: Where the kernel's ``log_ndtr`` switches to its asymptotic series (``erfc`` keeps full
-#: precision down to these arguments).
-_ASYMPTOTIC_CUT = {np.dtype(np.float64): -37.0, np.dtype(np.float32): -12.0}
 
 
 def _lse(v, axis=-1):
@@ -438,5 +436,5 @@ class Gaussianization(Bijector):
             np.ascontiguousarray(target), side, lo, hi, np.ascontiguousarray(a, dtype=dtype),
             np.ascontiguousarray(p, dtype=dtype), np.ascontiguousarray(log_p, dtype=dtype),
             np.ascontiguousarray(log_w, dtype=dtype), form,
-            KERNELS.index(self.kernel), dtype.type(_ASYMPTOTIC_CUT[dtype]), x)
+            KERNELS.index(self.kernel), kernel_constants(dtype), x)
         return x

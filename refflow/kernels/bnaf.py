@@ -286,8 +286,9 @@ def bnaf_inverse(z, w, b, b0_rows, widths, activation, r1, r2, big, x_out, statu
                     g_hi = val - target
             if failed:
                 status[s] = i + 1
+                nan = big * big - big * big          # inf - inf, in the dtype
                 for j in range(i, dim):
-                    x_out[s, j] = np.nan
+                    x_out[s, j] = nan
                 break
             # 2. start: the Newton point of the bracket's better end, else false position
             if g_lo == zero:

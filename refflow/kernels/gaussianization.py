@@ -6,8 +6,10 @@ mixture CDF ``C(x) = sum_k w_k F(u_k)``, ``u_k = (x - a_k) p_k`` (``form = 0``) 
 or logistic (``kernel = 1``) CDF. The inverse is solved in log-CDF space, where both tails are
 well conditioned: with the target ``t`` prepared by the caller,
 
-* ``side = 0`` (``z <= 0``): ``G(x) = log C(x) - t``, ``t = log((Phi(z) - eps/2) / (1 - eps))``;
-* ``side = 1`` (``z > 0``): ``G(x) = t - log(1 - C(x))``, ``t = log((Phi(-z) - eps/2) / (1 - eps))``;
+* ``side = 0`` (``z <= 0``): ``G(x) = log C(x) - t``,
+  ``t = log((Phi(z) - eps/2) / (1 - eps))``;
+* ``side = 1`` (``z > 0``): ``G(x) = t - log(1 - C(x))``,
+  ``t = log((Phi(-z) - eps/2) / (1 - eps))``;
 
 both strictly increasing, ``G' = C'(x) / C`` or ``C'(x) / (1 - C)``, every log a log-sum-exp
 over the components (``log F`` and ``log(1 - F)`` in closed form: ``log_ndtr`` from ``erfc``
@@ -29,9 +31,11 @@ within a few ulps of the root plus that over ``G'``; typically 4-8 evaluations, 
 :data:`MAX_ITER` (bisection down to adjacent floats).
 
 Arrays: ``target``, ``lo``, ``hi``, ``x_out`` ``(n, d)``; ``side`` int64 ``(n, d)``; ``a``,
-``p``, ``logp = log p``, ``logw`` ``(R, d, K)`` with ``R = 1`` (shared) or ``n`` (per row); ``cut`` the argument
-below which ``log_ndtr`` uses its asymptotic series (-37 in float64, -12 in float32, where
-``erfc`` still has full precision). Constants come from ``target``'s dtype.
+``p``, ``logp = log p``, ``logw`` ``(R, d, K)`` with ``R = 1`` (shared) or ``n`` (per row);
+``consts = kernel_constants(dtype)``: ``cut``, ``1/sqrt(2)`` and ``log sqrt(2 pi)`` in the
+dtype, ``cut`` being the argument below which ``log_ndtr`` uses its asymptotic series (-37 in
+float64, -12 in float32, where ``erfc`` still has full precision). Every constant comes from the
+arrays' dtype (float32 computes in float32).
 
 ``gaussianization_inverse_numpy`` is the vectorised NumPy twin (scipy's ``log_ndtr``,
 masked Newton/bisection over all elements at once), used by the parity tests.
@@ -51,8 +55,9 @@ One Gaussian component with ``p = 1``, ``a = 0`` is the identity: ``x = z``.
 >>> z = np.array([[-1.5, 0.7]])
 >>> side = (z > 0).astype(np.int64); target = log_ndtr(np.where(side == 1, -z, z))
 >>> ones = np.ones((1, 2, 1)); x = np.empty_like(z)
+>>> consts = np.array([-37.0, 1 / np.sqrt(2), 0.5 * np.log(2 * np.pi)])
 >>> gaussianization_inverse(target, side, z - 1, z + 1, 0 * ones, ones, 0 * ones, 0 * ones, 0, 0,
-...                         -37.0, x)
+...                         consts, x)
 >>> bool(np.allclose(x, z, rtol=0, atol=1e-15))
 True
 """
@@ -65,13 +70,22 @@ from scipy.special import log_expit, log_ndtr
 from . import njit
 
 __all__ = ["gaussianization_inverse", "gaussianization_inverse_numpy", "log_ndtr_kernel",
-           "MAX_ITER"]
+           "kernel_constants", "MAX_ITER"]
 
 #: Refinement steps per element (bisection of any float64 bracket to adjacent floats).
 MAX_ITER = 2200
 
 _SQRT1_2 = 0.7071067811865476        # 1/sqrt(2)
 _LOG_SQRT_2PI = 0.9189385332046728   # log(sqrt(2 pi))
+#: Where ``log_ndtr_kernel`` switches to its asymptotic series: ``erfc`` keeps full precision
+#: down to these arguments in each dtype.
+ASYMPTOTIC_CUT = {np.dtype(np.float64): -37.0, np.dtype(np.float32): -12.0}
+
+
+def kernel_constants(dtype):
+    """``consts`` for :func:`gaussianization_inverse`: ``[cut, 1/sqrt(2), log sqrt(2 pi)]``."""
+    dtype = np.dtype(dtype)
+    return np.array([ASYMPTOTIC_CUT[dtype], _SQRT1_2, _LOG_SQRT_2PI], dtype=dtype)
 
 
 @njit
@@ -149,7 +163,7 @@ def _g(x, s, i, side, target, a, p, logp, logw, form, code, cut, one, r, c):
 
 
 @njit
-def gaussianization_inverse(target, side, lo, hi, a, p, logp, logw, form, kernel, cut,
+def gaussianization_inverse(target, side, lo, hi, a, p, logp, logw, form, kernel, consts,
                             x_out):
     """Solve ``G(x) = 0`` for every element (module docstring); ``x_out`` is the output."""
     one = target.dtype.type(1)
@@ -160,9 +174,9 @@ def gaussianization_inverse(target, side, lo, hi, a, p, logp, logw, form, kernel
     while one + eps / two != one:
         eps = eps / two
     ulps = (two + two) * eps
-    r_ = target.dtype.type(_SQRT1_2)
-    c_ = target.dtype.type(_LOG_SQRT_2PI)
-    cut = target.dtype.type(cut)
+    cut = consts[0]
+    r_ = consts[1]
+    c_ = consts[2]
     n, dim = target.shape
     shared = a.shape[0] == 1
     for s in range(n):
@@ -266,7 +280,7 @@ def _g_numpy(x, side, target, a, p, logp, logw, form, kernel):
     return g.astype(x.dtype), np.exp(log_d - log_v).astype(x.dtype)
 
 
-def gaussianization_inverse_numpy(target, side, lo, hi, a, p, logp, logw, form, kernel, cut,
+def gaussianization_inverse_numpy(target, side, lo, hi, a, p, logp, logw, form, kernel, consts,
                                   x_out):
     """NumPy twin of :func:`gaussianization_inverse` (same signature and output)."""
     lo, hi = lo.copy(), hi.copy()

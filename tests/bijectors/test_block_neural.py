@@ -18,7 +18,7 @@ import pytest
 from refflow import BlockNeuralAutoregressive, Inverse
 from refflow.bijectors import block_neural
 from refflow.kernels.bnaf import ACTIVATION_CODES, bnaf_inverse, bnaf_inverse_numpy
-from refflow.testing import RTOL_ROUND_TRIP, assert_bijector, assert_vjp, check_vjp
+from refflow.testing import RTOL_ROUND_TRIP, assert_vjp, check_vjp
 
 EPS = np.finfo(np.float64).eps
 LD = np.longdouble
@@ -73,13 +73,13 @@ def _act_values(name, a, lib):
         e = 1 / (1 + lib.exp(-a))
         return e, e * (1 - e)
     if name == "elu":
-        return lib.where(a > 0, a, lib.expm1(lib.minimum(a, 0))), lib.where(a > 0, 1, lib.exp(lib.minimum(a, 0)))
+        neg = lib.minimum(a, 0)
+        return lib.where(a > 0, a, lib.expm1(neg)), lib.where(a > 0, 1, lib.exp(neg))
     return lib.where(a >= 0, a, s * a), lib.where(a >= 0, 1, s)
 
 
 def _reference_weights(layer, dtype=np.float64):
     """The peers' formulas, written out: ``W = s(g) v / (||v|| + eps)`` per row."""
-    d = layer.dim
     blocks = (1, *layer.hidden_factors, 1)
     diag_map, scale_map, eps = {"flowjax": ("softplus", "softplus", 0.0),
                                 "paper": ("exp", "exp", 0.0),
@@ -112,8 +112,8 @@ def _reference_map(layer, x, context=None, dtype=np.float64, lib=np):
         a = h @ w.T + b
         if l == 0 and context is not None:
             a = a + context.astype(dtype) @ layer.params["context_weight"].astype(dtype).T
-        blk = np.stack([w[i * blocks[l + 1]:(i + 1) * blocks[l + 1], i * blocks[l]:(i + 1) * blocks[l]]
-                        for i in range(d)])
+        ko, ki = blocks[l + 1], blocks[l]
+        blk = np.stack([w[i * ko:(i + 1) * ko, i * ki:(i + 1) * ki] for i in range(d)])
         diag = np.matmul(blk[None], diag)
         if l < len(weights) - 1:
             h, dh = _act(layer.activation, a, lib)
@@ -323,7 +323,8 @@ def test_out_of_range_z_is_a_clear_error_and_changes_nothing():
     assert np.array_equal(layer.forward(z)[0].shape, (4, 2))
     z_bad = z.copy()
     z_bad[2, 1] = 1e6     # a bounded tanh network cannot reach it
-    with pytest.raises(ValueError, match=r"BlockNeuralAutoregressive\.forward: z\[2, 1\].*outside the range"):
+    with pytest.raises(ValueError,
+                       match=r"BlockNeuralAutoregressive\.forward: z\[2, 1\].*outside the range"):
         layer.forward(z_bad)
     assert all(np.array_equal(before[k], layer.params[k]) for k in before)
 
@@ -349,7 +350,8 @@ def test_random_initialisation_is_seeded_and_not_the_identity():
     x = np.random.default_rng(0).normal(size=(5, 3))
     z, _ = a.inverse(x)
     assert not np.allclose(z, x)
-    # FlowJAX's weight normalisation starts every row at s(g_r) = 1 / ||v_r||, so ||W_r|| ||v_r|| = 1
+    # FlowJAX's weight normalisation starts every row at s(g_r) = 1 / ||v_r||:
+    # ||W_r|| ||v_r|| = 1
     w, _ = _reference_weights(a)[0]
     u = a.params["w0"]
     rows, cols = np.indices(u.shape) // np.array([8, 1])[:, None, None]
@@ -523,3 +525,36 @@ def test_pyro_block_autoregressive(torch64, activation, residual, factors):
         np.testing.assert_allclose(grads[f"b{l}"], lin.bias.grad.numpy(), rtol=1e-10, atol=1e-12)
     if residual == "gated":
         np.testing.assert_allclose(grads["gate"], -peer.gate.grad.numpy(), rtol=1e-10)
+
+
+def test_float32_kernel_arithmetic_stays_float32():
+    """No float64 in the float32 specialisation (a float literal would promote it): numba's
+    inferred types of every variable of fresh, uncached compilations of the kernel and its
+    helpers."""
+    from refflow.kernels import NUMBA_DISABLED
+    from refflow.kernels import bnaf as kb
+    if NUMBA_DISABLED:
+        pytest.skip("plain-Python mode: no numba typing to inspect")
+    numba = pytest.importorskip("numba")
+
+    def typemap(dispatcher):
+        (sig,) = dispatcher.signatures
+        return {str(t) for t in dispatcher.overloads[sig].type_annotation.typemap.values()}
+
+    layer = BlockNeuralAutoregressive(2, hidden_factors=(2,), activation="tanh", rng=0)
+    z = np.array([[0.1, -0.2], [50.0, 0.0]], dtype=np.float32)   # row 1 out of range
+    seen = set()
+    for name in ACTIVATIONS:
+        layer.activation = name
+        args = _kernel_args(layer, z)
+        fresh = numba.njit(kb.bnaf_inverse.py_func)
+        status = np.zeros(2, dtype=np.int64)
+        fresh(z, *args, np.empty_like(z), status)
+        seen |= typemap(fresh)
+    for helper in (kb._activation, kb._block_eval):
+        for sig in helper.nopython_signatures:
+            if "float32" in str(sig.args):
+                seen |= typemap(numba.njit(sig)(helper.py_func))
+                seen.add(str(sig.return_type))
+    assert "float32" in seen
+    assert not [t for t in seen if "float64" in t], sorted(seen)

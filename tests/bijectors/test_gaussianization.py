@@ -13,7 +13,7 @@ log-det gradient without the kernel's ``(log f)'``. The property suite
 
 import numpy as np
 import pytest
-from scipy.special import log_ndtr
+from scipy.special import log_ndtr as log_ndtr_scipy
 
 from refflow import Gaussianization
 from refflow.bijectors import gaussianization as gauss
@@ -313,3 +313,36 @@ def test_zuko_gaussianization_transform_values_and_gradients():
     x_back = t.inv(torch.tensor(z)).detach().numpy()
     np.testing.assert_allclose(layer.forward(z)[0], x, rtol=1e-12, atol=1e-12)
     assert np.abs(x_back - x).max() < 1e-6
+
+
+def test_float32_kernel_arithmetic_stays_float32():
+    """No float64 in the float32 specialisations of the kernel and its helpers (numba's
+    inferred types of fresh, uncached compilations)."""
+    from refflow.kernels import NUMBA_DISABLED
+    from refflow.kernels import gaussianization as kg
+    if NUMBA_DISABLED:
+        pytest.skip("plain-Python mode: no numba typing to inspect")
+    numba = pytest.importorskip("numba")
+
+    def typemap(dispatcher):
+        (sig,) = dispatcher.signatures
+        return {str(t) for t in dispatcher.overloads[sig].type_annotation.typemap.values()}
+
+    f = np.float32
+    z = np.array([[-1.5, 0.7], [-40.0, 3.0]], dtype=f)
+    side = (z > 0).astype(np.int64)
+    target = log_ndtr_scipy(np.where(side == 1, -z, z).astype(np.float64)).astype(f)
+    ones = np.ones((1, 2, 3), dtype=f)
+    seen = set()
+    for kernel in (0, 1):
+        fresh = numba.njit(kg.gaussianization_inverse.py_func)
+        fresh(target, side, z - 1, z + 1, 0 * ones, ones, 0 * ones, ones - np.log(f(3)), 0,
+              kernel, kg.kernel_constants(f), np.empty_like(z))
+        seen |= typemap(fresh)
+    for helper in (kg._g, kg._log_tail, kg._log_pdf, kg.log_ndtr_kernel):
+        for sig in helper.nopython_signatures:
+            if "float32" in str(sig.args):
+                seen |= typemap(numba.njit(sig)(helper.py_func))
+                seen.add(str(sig.return_type))
+    assert "float32" in seen
+    assert not [t for t in seen if "float64" in t], sorted(seen)
