@@ -223,7 +223,7 @@ CASES = {
         _normal(1.5), _normal(1.5)),
     "bnaf_linear": _case(lambda r: B.BlockNeuralAutoregressive(4, hidden_factors=(), rng=r),
                          _normal(), _normal()),
-    "bnaf_conditional_sigmoid_normal": _case(
+    "bnaf_sigmoid_conditional": _case(
         lambda r: B.BlockNeuralAutoregressive(3, hidden_factors=(2,), activation="sigmoid",
                                               residual="normal", context_dim=2, rng=r),
         _normal(1.5), _normal(1.5)),
@@ -244,7 +244,7 @@ CASES = {
         lambda r: _randomize(B.Gaussianization(2, n_components=3, parameterization="zuko",
                                                weights="uniform", shrink=1e-6, rng=r), r, 0.3),
         _uniform(-3.0, 3.0), _uniform(-1.0, 1.0)),
-    "gaussianization_logistic_conditional": _case(
+    "gauss_logistic_conditional": _case(
         lambda r: B.Gaussianization(2, n_components=3, kernel="logistic", context_dim=2,
                                     hidden=(6,), activation="tanh", rng=r),
         _normal(1.5), _normal(2.0)),
