@@ -108,7 +108,9 @@ increasing) is bracketed from ``t = 0`` (its Newton point, then doubling steps) 
 safeguarded Newton
 (bisection whenever a step leaves the bracket or does not halve), to a few ulps: the residual
 is at the rounding level of evaluating ``z_i``; worst case ~2,100 bracket steps and
-``MAX_ITER = 2200`` refinement steps, typically 5-8 evaluations.
+``MAX_ITER = 2200`` refinement steps, typically ~8 evaluations. A root whose residual exceeds
+``RESOLVE_ULPS = 64`` ulps of the evaluated terms' magnitude (the map jumps between adjacent
+floats: saturated units behind very large weights) is refused with a ``ValueError``.
 
 References
 ----------
@@ -554,14 +556,22 @@ class BlockNeuralAutoregressive(Bijector):
         big = dtype.type(np.finfo(dtype).max / 4)
         bnaf_inverse(z, w, b, b0, widths, ACTIVATION_CODES[self.activation],
                      dtype.type(st["r1"]), dtype.type(st["r2"]), big, x, status)
-        if status.any():
-            row = int(np.argmax(status != 0))
+        if (status > 0).any():
+            row = int(np.argmax(status > 0))
             i = int(status[row]) - 1
             raise self._domain_error(
                 "forward", f"z[{row}, {i}] = {float(z[row, i])!r} is outside the range of the "
                 f"network's coordinate {i} (activation {self.activation!r} with residual "
                 f"{self.residual!r} bounds it); {int((status != 0).sum())} of {z.shape[0]} rows "
                 f"cannot be inverted")
+        if (status < 0).any():
+            row = int(np.argmax(status < 0))
+            i = -int(status[row]) - 1
+            raise self._domain_error(
+                "forward", f"z[{row}, {i}] = {float(z[row, i])!r} has no preimage in {dtype}: "
+                f"coordinate {i} of the network jumps past it between adjacent floats (units "
+                f"saturated behind very large weights); {int((status != 0).sum())} of "
+                f"{z.shape[0]} rows cannot be inverted")
         return x
 
 

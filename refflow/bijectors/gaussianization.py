@@ -83,7 +83,9 @@ eps/2)/(1 - eps))`` (or the same for ``1 - C`` when ``z > 0``) per element, brac
 components' own quantiles at that level (every ``F(u_k)`` is below it at the smallest, above it at
 the largest) and refined by safeguarded Newton to a few ulps of ``log C`` (typically 4-8
 evaluations; at most ``MAX_ITER = 2200``, bisection to adjacent floats). With ``eps > 0``, a
-``z`` with ``Phi(z) <= eps/2`` or ``Phi(-z) <= eps/2`` is outside the range: ``ValueError``.
+``z`` with ``Phi(z) <= eps/2`` or ``Phi(-z) <= eps/2`` is outside the range: ``ValueError``; so
+is a root whose residual exceeds ``RESOLVE_ULPS = 64`` ulps of ``1 + |log C|`` (the CDF jumps
+between adjacent floats, for component slopes near ``e^{+-50}``).
 
 References
 ----------
@@ -431,10 +433,19 @@ class Gaussianization(Bijector):
         lo = np.ascontiguousarray(x_k.min(axis=2), dtype=dtype)
         hi = np.ascontiguousarray(x_k.max(axis=2), dtype=dtype)
         x = np.empty_like(z)
+        status = np.zeros(z.shape[0], dtype=np.int64)
         form = 0 if self.parameterization == "kernel" else 1
         gaussianization_inverse(
             np.ascontiguousarray(target), side, lo, hi, np.ascontiguousarray(a, dtype=dtype),
             np.ascontiguousarray(p, dtype=dtype), np.ascontiguousarray(log_p, dtype=dtype),
             np.ascontiguousarray(log_w, dtype=dtype), form,
-            KERNELS.index(self.kernel), kernel_constants(dtype), x)
+            KERNELS.index(self.kernel), kernel_constants(dtype), x, status)
+        if status.any():
+            row = int(np.argmax(status != 0))
+            col = -int(status[row]) - 1
+            raise self._domain_error(
+                "forward", f"z[{row}, {col}] = {float(z[row, col])!r} has no preimage in "
+                f"{dtype}: the mixture CDF jumps past it between adjacent floats (component "
+                f"slopes too extreme); {int((status != 0).sum())} of {z.shape[0]} rows cannot "
+                f"be inverted")
         return x

@@ -30,6 +30,10 @@ The solver (per coordinate)
 4. Stop when ``g == 0``, after a Newton step of at most 4 ulps of ``t`` (Newton converges
    quadratically, so the step lands within rounding of the root), when a Newton step no longer
    changes ``t``, or when no float lies strictly inside the bracket.
+5. Check: ``|g(t)| <= RESOLVE_ULPS eps scale``, with ``scale`` the magnitude of the terms summed
+   to evaluate ``T_i`` (first-order forward error bound). Otherwise ``T_i`` jumps between
+   adjacent floats (units saturated behind huge weights: no float64 root exists), ``status[n]``
+   is set to ``-(i + 1)`` and the row abandoned.
 
 Tolerance and worst case: the root returned has ``|g|`` at the rounding level of evaluating
 ``g`` (a few ulps of the terms of ``z_i``), i.e. ``t`` is within a few ulps of the exact root
@@ -50,7 +54,8 @@ an int code (0 ``tanh(a) + 0.01 a``, 1 ``tanh``, 2 ``sigmoid``, 3 ``elu``, 4 lea
 solved. Every constant is built from ``z``'s dtype, so float32 computes in float32.
 
 ``bnaf_inverse_numpy`` is a vectorised NumPy twin written separately (all rows of a coordinate
-at once, masked Newton/bisection, bracket expansion by masks), used by the parity tests.
+at once, masked Newton/bisection, bracket expansion by masks; without step 5), used by the
+parity tests.
 
 References
 ----------
@@ -80,11 +85,16 @@ import numpy as np
 
 from . import njit
 
-__all__ = ["bnaf_inverse", "bnaf_inverse_numpy", "MAX_ITER", "ACTIVATION_CODES"]
+__all__ = ["bnaf_inverse", "bnaf_inverse_numpy", "MAX_ITER", "RESOLVE_ULPS", "ACTIVATION_CODES"]
 
 #: Refinement steps per coordinate: Newton needs ~5-8; bisecting a float64 bracket from the
 #: dtype's range down to adjacent floats needs ~2,100.
 MAX_ITER = 2200
+
+#: A root's residual may be at most this many ulps of the magnitude of the terms evaluated
+#: (a first-order forward error bound of the network); measured at most 1.4 on ordinary
+#: networks. Larger means the map jumps between adjacent floats: the row is refused.
+RESOLVE_ULPS = 64
 
 #: The activations' integer codes, as the kernels read them.
 ACTIVATION_CODES = {"leaky_tanh": 0, "tanh": 1, "sigmoid": 2, "elu": 3, "leaky_relu": 4}
@@ -120,10 +130,10 @@ def _activation(code, a, one, two, four, slope):
 
 
 @njit
-def _block_eval(t, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn, code, r1, r2,
-                store, h_all, hoff, one, two, four, slope):
-    """``(g + z_i, g')`` at ``x_i = t`` for block ``i``; with ``store`` the block's hidden
-    activations are written into ``h_all``."""
+def _block_eval(t, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn, code, r1, r2, one, two,
+                four, slope):
+    """``(g + z_i, g')`` at ``x_i = t`` for block ``i`` (a forward-mode pass through the
+    block's chain of diagonal blocks)."""
     zero = one - one
     n_layers = widths.shape[0] - 1
     hp[0] = t
@@ -147,8 +157,6 @@ def _block_eval(t, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn, code, r1, r
                 h, dh = _activation(code, acc, one, two, four, slope)
                 hn[r] = h
                 dn[r] = dh * dacc
-                if store:
-                    h_all[hoff[l + 1] + row] = h
             else:
                 f = acc
                 df = dacc
@@ -156,6 +164,47 @@ def _block_eval(t, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn, code, r1, r
             hp[r] = hn[r]
             dp[r] = dn[r]
     return r1 * t + r2 * f, r1 + r2 * df
+
+
+@njit
+def _block_store(t, i, dim, w, woff, widths, c, cm, coff, hp, mp, hn, mn, code, r1, r2, h_all,
+                 m_all, hoff, one, two, four, slope):
+    """At the root ``x_i = t``: store block ``i``'s hidden activations (``h_all``) and their
+    first-order rounding magnitudes (``m_all``: ``nu = |c| + sum |D| mu`` for a pre-activation,
+    ``mu = |f(a)| + f'(a) nu`` after the activation); return ``(T_i(t), scale)`` with ``scale =
+    |r1 t| + r2 nu_L``, the magnitude of the terms summed to evaluate ``T_i``."""
+    zero = one - one
+    n_layers = widths.shape[0] - 1
+    hp[0] = t
+    mp[0] = abs(t)
+    f = zero
+    nu_f = zero
+    for l in range(n_layers):
+        k_in = widths[l] // dim
+        k_out = widths[l + 1] // dim
+        n_in = widths[l]
+        for r in range(k_out):
+            row = i * k_out + r
+            base = woff[l] + row * n_in + i * k_in
+            acc = c[coff[l] + r]
+            nu = cm[coff[l] + r]
+            for j in range(k_in):
+                wv = w[base + j]
+                acc += wv * hp[j]
+                nu += abs(wv) * mp[j]
+            if l < n_layers - 1:
+                h, dh = _activation(code, acc, one, two, four, slope)
+                hn[r] = h
+                mn[r] = abs(h) + dh * nu
+                h_all[hoff[l + 1] + row] = h
+                m_all[hoff[l + 1] + row] = mn[r]
+            else:
+                f = acc
+                nu_f = nu
+        for r in range(k_out):
+            hp[r] = hn[r]
+            mp[r] = mn[r]
+    return r1 * t + r2 * f, abs(r1 * t) + r2 * nu_f
 
 
 @njit
@@ -177,7 +226,8 @@ def bnaf_inverse(z, w, b, b0_rows, widths, activation, r1, r2, big, x_out, statu
     x_out : ndarray of shape (n, dim)
         Output.
     status : int64 ndarray of shape (n,)
-        Output: 0, or ``i + 1`` when ``z[n, i]`` is outside the range of the map.
+        Output: 0; ``i + 1`` when ``z[n, i]`` is outside the range of the map; ``-(i + 1)`` when
+        no float64 ``x`` solves coordinate ``i`` to rounding (step 5).
     """
     one = z.dtype.type(1)
     two = one + one
@@ -189,6 +239,7 @@ def bnaf_inverse(z, w, b, b0_rows, widths, activation, r1, r2, big, x_out, statu
     while one + eps / two != one:
         eps = eps / two
     ulps = four * eps
+    resolve = z.dtype.type(RESOLVE_ULPS) * eps
     n, dim = z.shape
     n_layers = widths.shape[0] - 1
     woff = np.zeros(n_layers + 1, dtype=np.int64)
@@ -203,7 +254,9 @@ def bnaf_inverse(z, w, b, b0_rows, widths, activation, r1, r2, big, x_out, statu
         coff[l + 1] = coff[l] + widths[l + 1] // dim
         kmax = max(kmax, widths[l + 1] // dim)
     h_all = np.zeros(hoff[n_layers], dtype=z.dtype)   # layer l's activations at hoff[l]
+    m_all = np.zeros(hoff[n_layers], dtype=z.dtype)   # and their rounding magnitudes
     c = np.zeros(coff[n_layers], dtype=z.dtype)
+    cm = np.zeros(coff[n_layers], dtype=z.dtype)
     hp = np.zeros(kmax, dtype=z.dtype)
     dp = np.zeros(kmax, dtype=z.dtype)
     hn = np.zeros(kmax, dtype=z.dtype)
@@ -215,6 +268,7 @@ def bnaf_inverse(z, w, b, b0_rows, widths, activation, r1, r2, big, x_out, statu
         for j in range(dim):
             x_out[s, j] = zero
             h_all[j] = zero
+            m_all[j] = zero
         for i in range(dim):
             # fixed part of block i's pre-activations: bias + columns of the earlier blocks
             for l in range(n_layers):
@@ -224,15 +278,18 @@ def bnaf_inverse(z, w, b, b0_rows, widths, activation, r1, r2, big, x_out, statu
                 for r in range(k_out):
                     row = i * k_out + r
                     acc = b0_rows[brow, row] if l == 0 else b[boff[l] + row]
+                    mag = abs(acc)
                     base = woff[l] + row * n_in
                     for col in range(i * k_in):
                         acc += w[base + col] * h_all[hoff[l] + col]
+                        mag += abs(w[base + col]) * m_all[hoff[l] + col]
                     c[coff[l] + r] = acc
+                    cm[coff[l] + r] = mag
             target = z[s, i]
             # 1. bracket: from t = 0 towards the root, first to the Newton point of t = 0,
             #    then by doubling steps
             val0, d0 = _block_eval(zero, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn,
-                                   activation, r1, r2, False, h_all, hoff, one, two, four, slope)
+                                   activation, r1, r2, one, two, four, slope)
             g0 = val0 - target
             width = one
             if d0 > zero:
@@ -249,8 +306,7 @@ def bnaf_inverse(z, w, b, b0_rows, widths, activation, r1, r2, big, x_out, statu
             if g0 > zero:
                 lo = -width
                 val, d_lo = _block_eval(lo, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn,
-                                   activation, r1, r2, False, h_all, hoff, one, two, four,
-                                   slope)
+                                        activation, r1, r2, one, two, four, slope)
                 g_lo = val - target
                 while g_lo > zero:
                     hi = lo
@@ -262,14 +318,12 @@ def bnaf_inverse(z, w, b, b0_rows, widths, activation, r1, r2, big, x_out, statu
                         failed = True
                         break
                     val, d_lo = _block_eval(lo, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn,
-                                       activation, r1, r2, False, h_all, hoff, one, two, four,
-                                       slope)
+                                            activation, r1, r2, one, two, four, slope)
                     g_lo = val - target
             elif g0 < zero:
                 hi = width
                 val, d_hi = _block_eval(hi, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn,
-                                   activation, r1, r2, False, h_all, hoff, one, two, four,
-                                   slope)
+                                        activation, r1, r2, one, two, four, slope)
                 g_hi = val - target
                 while g_hi < zero:
                     lo = hi
@@ -281,8 +335,7 @@ def bnaf_inverse(z, w, b, b0_rows, widths, activation, r1, r2, big, x_out, statu
                         failed = True
                         break
                     val, d_hi = _block_eval(hi, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn,
-                                       activation, r1, r2, False, h_all, hoff, one, two, four,
-                                       slope)
+                                            activation, r1, r2, one, two, four, slope)
                     g_hi = val - target
             if failed:
                 status[s] = i + 1
@@ -310,8 +363,7 @@ def bnaf_inverse(z, w, b, b0_rows, widths, activation, r1, r2, big, x_out, statu
                 dx = dx_before
                 for _ in range(MAX_ITER):
                     val, slope_t = _block_eval(t, i, dim, w, woff, widths, c, coff, hp, dp, hn,
-                                               dn, activation, r1, r2, False, h_all, hoff, one,
-                                               two, four, slope)
+                                               dn, activation, r1, r2, one, two, four, slope)
                     g = val - target
                     if g == zero:
                         break
@@ -344,8 +396,19 @@ def bnaf_inverse(z, w, b, b0_rows, widths, activation, r1, r2, big, x_out, statu
                         t = mid
             x_out[s, i] = t
             h_all[i] = t
-            _block_eval(t, i, dim, w, woff, widths, c, coff, hp, dp, hn, dn, activation, r1,
-                        r2, True, h_all, hoff, one, two, four, slope)
+            m_all[i] = abs(t)
+            val, scale = _block_store(t, i, dim, w, woff, widths, c, cm, coff, hp, dp, hn, dn,
+                                      activation, r1, r2, h_all, m_all, hoff, one, two, four,
+                                      slope)
+            # 5. a root must leave a residual at the rounding level of evaluating T_i; a larger
+            #    one means T_i jumps between adjacent floats (saturated units behind huge
+            #    weights): no float64 x solves z_i, and the row is refused
+            if not abs(val - target) <= resolve * scale:
+                status[s] = -(i + 1)
+                nan = big * big - big * big
+                for j in range(i, dim):
+                    x_out[s, j] = nan
+                break
 
 
 # ---------------------------------------------------------------------------------------------

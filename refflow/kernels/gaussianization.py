@@ -25,6 +25,8 @@ The solver (per element)
    (bisection whenever a step leaves the bracket or does not halve).
 3. Stop when ``G == 0``, after a Newton step of at most 4 ulps of ``x``, when a Newton step no
    longer changes ``x``, or when no float lies strictly inside the bracket.
+4. Check ``|G| <= RESOLVE_ULPS eps (1 + |t|)``; otherwise ``C`` jumps between adjacent floats
+   (extreme slopes) and no float64 ``x`` solves the element: ``status[n] = -(i + 1)``, ``x`` NaN.
 
 Tolerance and worst case: ``|G|`` at its rounding level (a few ulps of ``log C``), i.e. ``x``
 within a few ulps of the root plus that over ``G'``; typically 4-8 evaluations, at most
@@ -54,10 +56,10 @@ One Gaussian component with ``p = 1``, ``a = 0`` is the identity: ``x = z``.
 >>> from refflow.kernels.gaussianization import gaussianization_inverse
 >>> z = np.array([[-1.5, 0.7]])
 >>> side = (z > 0).astype(np.int64); target = log_ndtr(np.where(side == 1, -z, z))
->>> ones = np.ones((1, 2, 1)); x = np.empty_like(z)
+>>> ones = np.ones((1, 2, 1)); x = np.empty_like(z); status = np.zeros(1, dtype=np.int64)
 >>> consts = np.array([-37.0, 1 / np.sqrt(2), 0.5 * np.log(2 * np.pi)])
 >>> gaussianization_inverse(target, side, z - 1, z + 1, 0 * ones, ones, 0 * ones, 0 * ones, 0, 0,
-...                         consts, x)
+...                         consts, x, status)
 >>> bool(np.allclose(x, z, rtol=0, atol=1e-15))
 True
 """
@@ -70,10 +72,13 @@ from scipy.special import log_expit, log_ndtr
 from . import njit
 
 __all__ = ["gaussianization_inverse", "gaussianization_inverse_numpy", "log_ndtr_kernel",
-           "kernel_constants", "MAX_ITER"]
+           "kernel_constants", "MAX_ITER", "RESOLVE_ULPS"]
 
 #: Refinement steps per element (bisection of any float64 bracket to adjacent floats).
 MAX_ITER = 2200
+#: A root's ``|G|`` may be at most this many ulps of ``1 + |t|`` (measured at most 4);
+#: beyond, ``C`` jumps between adjacent floats and the element has no float64 root.
+RESOLVE_ULPS = 64
 
 _SQRT1_2 = 0.7071067811865476        # 1/sqrt(2)
 _LOG_SQRT_2PI = 0.9189385332046728   # log(sqrt(2 pi))
@@ -164,8 +169,9 @@ def _g(x, s, i, side, target, a, p, logp, logw, form, code, cut, one, r, c):
 
 @njit
 def gaussianization_inverse(target, side, lo, hi, a, p, logp, logw, form, kernel, consts,
-                            x_out):
-    """Solve ``G(x) = 0`` for every element (module docstring); ``x_out`` is the output."""
+                            x_out, status):
+    """Solve ``G(x) = 0`` for every element (module docstring); ``x_out`` is the output,
+    ``status[n]`` 0, or ``-(i + 1)`` for the first element ``(n, i)`` without a float root."""
     one = target.dtype.type(1)
     two = one + one
     half = one / two
@@ -174,6 +180,11 @@ def gaussianization_inverse(target, side, lo, hi, a, p, logp, logw, form, kernel
     while one + eps / two != one:
         eps = eps / two
     ulps = (two + two) * eps
+    resolve = target.dtype.type(RESOLVE_ULPS) * eps
+    inf = two
+    while inf < inf * two:          # squaring overflows to inf in a few steps, in the dtype
+        inf = inf * inf
+    nan = inf - inf
     cut = consts[0]
     r_ = consts[1]
     c_ = consts[2]
@@ -181,6 +192,7 @@ def gaussianization_inverse(target, side, lo, hi, a, p, logp, logw, form, kernel
     shared = a.shape[0] == 1
     for s in range(n):
         r = 0 if shared else s
+        status[s] = 0
         for i in range(dim):
             sd = side[s, i]
             t_ = target[s, i]
@@ -257,6 +269,13 @@ def gaussianization_inverse(target, side, lo, hi, a, p, logp, logw, form, kernel
                     dx = v - mid
                     v = mid
             x_out[s, i] = v
+            # a root leaves |G| at the rounding level of log C; more means C jumps between
+            # adjacent floats (slopes e^{+-50}): no float64 x solves this element
+            g = _g(v, r, i, sd, t_, a, p, logp, logw, form, kernel, cut, one, r_, c_)[0]
+            if not abs(g) <= resolve * (one + abs(t_)):
+                if status[s] == 0:
+                    status[s] = -(i + 1)
+                x_out[s, i] = nan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,8 +300,10 @@ def _g_numpy(x, side, target, a, p, logp, logw, form, kernel):
 
 
 def gaussianization_inverse_numpy(target, side, lo, hi, a, p, logp, logw, form, kernel, consts,
-                                  x_out):
-    """NumPy twin of :func:`gaussianization_inverse` (same signature and output)."""
+                                  x_out, status):
+    """NumPy twin of :func:`gaussianization_inverse` (same signature and output; it does not
+    check the roots' residuals: ``status`` is set to 0)."""
+    status[...] = 0
     lo, hi = lo.copy(), hi.copy()
     g_lo = _g_numpy(lo, side, target, a, p, logp, logw, form, kernel)[0]
     width = np.maximum(hi - lo, 1)

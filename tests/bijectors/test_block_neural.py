@@ -551,7 +551,7 @@ def test_float32_kernel_arithmetic_stays_float32():
         status = np.zeros(2, dtype=np.int64)
         fresh(z, *args, np.empty_like(z), status)
         seen |= typemap(fresh)
-    for helper in (kb._activation, kb._block_eval):
+    for helper in (kb._activation, kb._block_eval, kb._block_store):
         for sig in helper.nopython_signatures:
             if "float32" in str(sig.args):
                 seen |= typemap(numba.njit(sig)(helper.py_func))

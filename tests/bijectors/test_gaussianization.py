@@ -337,7 +337,7 @@ def test_float32_kernel_arithmetic_stays_float32():
     for kernel in (0, 1):
         fresh = numba.njit(kg.gaussianization_inverse.py_func)
         fresh(target, side, z - 1, z + 1, 0 * ones, ones, 0 * ones, ones - np.log(f(3)), 0,
-              kernel, kg.kernel_constants(f), np.empty_like(z))
+              kernel, kg.kernel_constants(f), np.empty_like(z), np.zeros(2, dtype=np.int64))
         seen |= typemap(fresh)
     for helper in (kg._g, kg._log_tail, kg._log_pdf, kg.log_ndtr_kernel):
         for sig in helper.nopython_signatures:
