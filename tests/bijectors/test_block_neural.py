@@ -558,3 +558,21 @@ def test_float32_kernel_arithmetic_stays_float32():
                 seen.add(str(sig.return_type))
     assert "float32" in seen
     assert not [t for t in seen if "float64" in t], sorted(seen)
+
+
+def test_a_root_that_float64_cannot_hold_is_refused():
+    """``z = tanh(e^50 (x - 1))``: between the floats next to ``x = 1`` the map jumps from
+    about -1 to 1, so ``z = 0.5`` has no float64 preimage; the kernel's residual check refuses it
+    instead of returning the nearest float (whose image is off by ~0.5)."""
+    layer = BlockNeuralAutoregressive(1, hidden_factors=(1,), activation="tanh",
+                                      parameterization="paper")
+    layer.params["w0"] = np.zeros((1, 1))
+    layer.params["g0"] = np.array([50.0])
+    layer.params["b0"] = np.array([-np.exp(50.0)])
+    layer.params["w1"] = np.zeros((1, 1))
+    layer.params["g1"] = np.zeros(1)
+    layer.params["b1"] = np.zeros(1)
+    x, _ = layer.forward(np.array([[0.0]]))
+    assert x[0, 0] == 1.0
+    with pytest.raises(ValueError, match=r"forward: z\[0, 0\] = 0\.5 has no preimage in float64"):
+        layer.forward(np.array([[0.5]]))

@@ -346,3 +346,16 @@ def test_float32_kernel_arithmetic_stays_float32():
                 seen.add(str(sig.return_type))
     assert "float32" in seen
     assert not [t for t in seen if "float64" in t], sorted(seen)
+
+
+def test_a_root_that_float64_cannot_hold_is_refused():
+    """One component of width e^-50 at x = 1: ``u = (x - 1) e^50`` takes the values 0 and
+    +-5.7e5 at 1 and its neighbouring floats, so ``z = 0`` (``u = 0``) is solved exactly, and
+    ``z = 1`` (``u = 1``) has no float64 preimage and is refused."""
+    layer = Gaussianization(1, n_components=1, weights="uniform")
+    layer.params["loc"] = np.ones((1, 1))
+    layer.params["log_scale"] = np.full((1, 1), -50.0)
+    x, _ = layer.forward(np.array([[0.0]]))
+    assert x[0, 0] == 1.0
+    with pytest.raises(ValueError, match=r"forward: z\[0, 0\] = 1\.0 has no preimage in float64"):
+        layer.forward(np.array([[1.0]]))
