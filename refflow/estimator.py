@@ -279,8 +279,10 @@ class FlowDensity:
     flow : str, default "nsf"
         A key of :data:`refflow.flows.BUILDERS`: ``"nsf"`` (autoregressive neural spline
         flow, the default: flexible, bounded splines that train stably), ``"nsf-coupling"``,
-        ``"maf"``, ``"realnvp"``, ``"glow"``, ``"planar"``, ``"radial"``, ``"sylvester"``.
-        With a single feature the coupling layouts are impossible, and ``"realnvp"`` and
+        ``"maf"``, ``"realnvp"``, ``"glow"``, ``"planar"``, ``"radial"``, ``"sylvester"``,
+        ``"bnaf"`` (block neural autoregressive; its widths are
+        ``flow_kwargs={"hidden_factors": ...}``), ``"gf"`` (Gaussianization flow). With a
+        single feature the coupling layouts are impossible, and ``"realnvp"`` and
         ``"glow"`` fit a ``"maf"``, ``"nsf-coupling"`` an ``"nsf"``. A conditional fit
         (``fit(X, context=C)``) needs a family whose builder takes ``context_dim`` (the
         network flows; not the planar family).
@@ -288,10 +290,10 @@ class FlowDensity:
         Number of steps; None keeps the builder's default (5 for the network flows, 16 for
         the planar family).
     hidden : sequence of int, default (64, 64)
-        Conditioner widths (ignored by the planar family, which has no conditioner). MADE's
-        default degree rule needs every width ``>= n_features - 1`` (``>= n_features`` for a
-        conditional fit): widen it for wider data, or pass
-        ``flow_kwargs={"hidden_degrees": "random"}`` ("maf", "nsf").
+        Conditioner widths (ignored by the planar family, which has no conditioner, and by
+        "bnaf" and "gf", whose networks are sized otherwise). MADE's default degree rule needs
+        every width ``>= n_features - 1`` (``>= n_features`` for a conditional fit): widen it
+        for wider data, or pass ``flow_kwargs={"hidden_degrees": "random"}`` ("maf", "nsf").
     flow_kwargs : dict, optional
         Further builder options, e.g. ``{"n_bins": 16}`` or ``{"scale": "exp"}``; not
         ``rng``, ``hidden``, ``n_layers`` (the parameters above) or ``context_dim`` (set by

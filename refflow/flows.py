@@ -15,6 +15,8 @@ builder                one step (density direction, data -> base)             BU
 :func:`PlanarFlow`     ``Planar``                                             ``"planar"``
 :func:`RadialFlow`     ``Radial``                                             ``"radial"``
 :func:`SylvesterFlow`  ``Sylvester``                                          ``"sylvester"``
+:func:`BNAF`           ``BlockNeuralAutoregressive`` + permutation            ``"bnaf"``
+:func:`GF`             ``Gaussianization`` [+ ``Householder`` between]        ``"gf"``
 =====================  =====================================================  ==================
 
 (BN: an optional ``BatchNorm``.)
@@ -52,6 +54,7 @@ from .bijectors import (
     ActNorm, AffineCoupling, BatchNorm, Chain, LULinear, MaskedAffineAutoregressive,
     MaskedSplineAutoregressive, Permute, Planar, Radial, Reverse, SplineCoupling, Sylvester,
 )
+from .bijectors import BlockNeuralAutoregressive, Gaussianization, Householder, Inverse
 from .bijectors.scale_maps import SCALE_MAPS
 # TODO: private names of bijectors.splines (the spline map factory and its identity parameters);
 # import them under public names once that module exports them (listed in .ci/private_names.py).
@@ -60,7 +63,7 @@ from .distributions import Flow, StandardNormal
 from .nn.activations import ACTIVATIONS
 
 __all__ = ["RealNVP", "MAF", "NSF", "Glow", "PlanarFlow", "RadialFlow", "SylvesterFlow",
-           "BUILDERS"]
+           "BNAF", "GF", "BUILDERS"]
 
 _PERMUTATIONS = ("reverse", "random")
 _DEGREE_RULES = ("cyclic", "equal", "random")
@@ -635,6 +638,178 @@ def SylvesterFlow(dim, *, n_layers=16, m=None, q="householder", context_dim=None
                   lambda d, g: Sylvester(d, m=m, q=q, rng=g))
 
 
+def BNAF(dim, *, n_layers=1, hidden_factors=(8,), activation="leaky_tanh",
+         parameterization="flowjax", residual=None, closed_form="density", context_dim=None,
+         rng=None):
+    r"""Block neural autoregressive flow: BNAF layers, each followed by a permutation.
+
+    Parameters
+    ----------
+    dim : int
+    n_layers : int, default 1
+        Number of BNAF layers (FlowJAX's ``flow_layers=1``; the paper stacks up to 5).
+    hidden_factors : sequence of int, default (8,)
+        Per layer, hidden layer ``l`` has ``dim * hidden_factors[l]`` units (FlowJAX's
+        ``nn_depth=1, nn_block_dim=8``; Pyro's ``block_autoregressive`` default is ``(8, 8)``).
+    activation, parameterization, residual
+        See :class:`~refflow.BlockNeuralAutoregressive` (defaults: FlowJAX's).
+    closed_form : {"density", "sampling"}, default "density"
+        Which direction runs the network: ``"density"`` (``log_prob`` in one pass, sampling
+        numerical; FlowJAX's ``invert=True``, the paper's setting) or ``"sampling"`` (each layer
+        wrapped in :class:`~refflow.Inverse`: sampling in one pass, ``log_prob`` numerical;
+        FlowJAX's ``invert=False``, Pyro's direction).
+    context_dim : int, optional
+        A conditional BNAF (FlowJAX's ``cond_dim``: the context enters each layer's first
+        pre-activation linearly).
+    rng : None, int or numpy.random.Generator
+        Seeds the layers (FlowJAX-style initialisation) and the permutations.
+
+    Returns
+    -------
+    Flow
+
+    Raises
+    ------
+    ValueError
+        For any invalid option (the message names ``BNAF``).
+
+    Notes
+    -----
+    As FlowJAX's ``block_neural_autoregressive_flow``: in FlowJAX's transform direction each
+    layer is the network followed by a permutation, random for ``dim > 2``, a flip for
+    ``dim = 2``, none for ``dim = 1``. With ``closed_form="density"`` that direction is
+    refflow's density direction (data -> base); with ``"sampling"`` it is the sampling
+    direction. The numerical direction solves ``dim`` scalar monotone equations per row and
+    layer (:class:`~refflow.BlockNeuralAutoregressive`).
+
+    References
+    ----------
+    N. De Cao, I. Titov, W. Aziz, "Block Neural Autoregressive Flow", UAI 2019,
+    arXiv:1904.04676.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.flows import BNAF
+    >>> flow = BNAF(3, n_layers=2, hidden_factors=(4,), rng=0)
+    >>> [type(layer).__name__ for layer in flow.bijector.layers]
+    ['Permute', 'BlockNeuralAutoregressive', 'Permute', 'BlockNeuralAutoregressive']
+    >>> x = flow.sample(5, rng=1)
+    >>> flow.log_prob(x).shape
+    (5,)
+    """
+    where = "BNAF"
+    dim = check_dim(dim, where)
+    n_layers = _int_option(n_layers, where, "n_layers")
+    closed_form = _choice(closed_form, ("density", "sampling"), where, "closed_form")
+    if context_dim is not None:
+        context_dim = check_dim(context_dim, where, "context_dim")
+    rng = check_rng(rng, f"{where}: rng")
+
+    def make():
+        steps = []   # FlowJAX's transform direction
+        for _ in range(n_layers):
+            layer = BlockNeuralAutoregressive(
+                dim, hidden_factors=hidden_factors, activation=activation,
+                parameterization=parameterization, residual=residual, context_dim=context_dim,
+                rng=rng)
+            steps.append(layer if closed_form == "density" else Inverse(layer))
+            if dim == 2:
+                steps.append(Reverse(dim))
+            elif dim > 2:
+                steps.append(Permute(dim, rng=rng))
+        if closed_form == "density":
+            return _flow(steps)
+        chain = Chain(steps)
+        return Flow(StandardNormal(dim), chain)
+
+    return _build(where, make)
+
+
+def GF(dim, *, n_layers=3, n_components=8, kernel="gaussian", parameterization="kernel",
+       weights="learned", shrink=0.0, context_dim=None, hidden=(64, 64), activation="relu",
+       rng=None):
+    r"""Gaussianization flow: elementwise Gaussianization layers with rotations between them.
+
+    Parameters
+    ----------
+    dim : int
+    n_layers : int, default 3
+        Number of Gaussianization layers (zuko's ``transforms=3``).
+    n_components : int, default 8
+        Mixture components per coordinate (zuko's ``components=8``).
+    kernel, parameterization, weights, shrink
+        See :class:`~refflow.Gaussianization`. zuko's ``GF`` transformer is
+        ``parameterization="zuko", weights="uniform", shrink=1e-6``; Meng et al.'s is
+        ``kernel="logistic", weights="uniform"``. The default (learned weights, no shrink) is
+        a bijection of the real line.
+    context_dim : int, optional
+        A conditional flow: each Gaussianization layer's parameters come from an MLP of the
+        context (zuko's ``ElementWiseTransform``); the rotations stay unconditional.
+    hidden, activation
+        That MLP's hidden widths and activation (zuko's defaults); unused without a context.
+    rng : None, int or numpy.random.Generator
+        Seeds the layers.
+
+    Returns
+    -------
+    Flow
+
+    Raises
+    ------
+    ValueError
+        For any invalid option (the message names ``GF``).
+
+    Notes
+    -----
+    Density direction: ``G_1 R_1 G_2 R_2 ... G_K`` with ``R_k`` a trainable
+    :class:`~refflow.Householder` product of ``dim`` reflections (Meng et al.'s rotations;
+    zuko uses ``exp(A - A^T)``, which refflow does not have), none after the last layer (as
+    zuko). Each ``G_k`` is closed-form in the density direction; sampling solves one scalar
+    monotone equation per coordinate and layer.
+
+    With ``shrink > 0`` (zuko's ``1e-6``) every layer's image is the box ``|z_i| < 4.89``, so a
+    flow built of them is not onto the base's support: ``log_prob`` is defined everywhere, but
+    sampling raises a ``ValueError`` for the base draws outside the box (about ``2e-6`` of them
+    per coordinate and layer), which zuko's bisection on ``[-10, 10]`` silently maps to the
+    ends of its interval.
+
+    References
+    ----------
+    C. Meng, Y. Song, J. Song, S. Ermon, "Gaussianization Flows", AISTATS 2020,
+    arXiv:2003.01941.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.flows import GF
+    >>> flow = GF(2, n_layers=2, n_components=4, rng=0)
+    >>> [type(layer).__name__ for layer in flow.bijector.layers]
+    ['Gaussianization', 'Householder', 'Gaussianization']
+    >>> flow.log_prob(np.zeros((3, 2))).shape
+    (3,)
+    """
+    where = "GF"
+    dim = check_dim(dim, where)
+    n_layers = _int_option(n_layers, where, "n_layers")
+    if context_dim is not None:
+        context_dim = check_dim(context_dim, where, "context_dim")
+    rng = check_rng(rng, f"{where}: rng")
+
+    def make():
+        layers = []
+        for k in range(n_layers):
+            if k > 0 and dim > 1:
+                layers.append(Householder(dim, n_reflections=dim, rng=rng))
+            layers.append(Gaussianization(
+                dim, n_components=n_components, kernel=kernel, parameterization=parameterization,
+                weights=weights, shrink=shrink, context_dim=context_dim, hidden=hidden,
+                activation=activation, rng=rng))
+        return _flow(layers)
+
+    return _build(where, make)
+
+
 def _nsf_coupling(dim, **options):
     """``NSF(dim, autoregressive=False, **options)``: RQ-NSF (C), the ``"nsf-coupling"`` builder."""
     if "autoregressive" in options:
@@ -654,4 +829,6 @@ BUILDERS = {
     "planar": PlanarFlow,
     "radial": RadialFlow,
     "sylvester": SylvesterFlow,
+    "bnaf": BNAF,
+    "gf": GF,
 }
