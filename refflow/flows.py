@@ -700,8 +700,8 @@ def BNAF(dim, *, n_layers=1, hidden_factors=(8,), activation="leaky_tanh",
     """
     where = "BNAF"
     dim = check_dim(dim, where)
-    n_layers = _int_option(n_layers, where, "n_layers")
-    closed_form = _choice(closed_form, ("density", "sampling"), where, "closed_form")
+    n_layers = check_int(n_layers, where, "n_layers", minimum=1)
+    closed_form = check_choice(closed_form, ("density", "sampling"), where, "closed_form")
     if context_dim is not None:
         context_dim = check_dim(context_dim, where, "context_dim")
     rng = check_rng(rng, f"{where}: rng")
@@ -791,7 +791,7 @@ def GF(dim, *, n_layers=3, n_components=8, kernel="gaussian", parameterization="
     """
     where = "GF"
     dim = check_dim(dim, where)
-    n_layers = _int_option(n_layers, where, "n_layers")
+    n_layers = check_int(n_layers, where, "n_layers", minimum=1)
     if context_dim is not None:
         context_dim = check_dim(context_dim, where, "context_dim")
     rng = check_rng(rng, f"{where}: rng")
