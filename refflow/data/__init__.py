@@ -14,6 +14,11 @@ Exact densities
     log-sum-exp, piecewise uniform, noisy rings in closed form through the modified Bessel
     function ``I0``, noisy half circles by a 1-D integral to ~1e-12. Pinwheel, spirals and
     the swiss roll raise ``NotImplementedError``.
+Synthetic sets in 4 to 16 dimensions
+    ``curve`` (a noisy curved manifold), ``student_t`` (heavy tails), ``skew_mixture``
+    (multimodal), ``scaled_ica`` (feature scales from 1e-3 to 1e3): ``synthetic(name, n,
+    rng=...)`` draws, ``synthetic_log_prob(name, x)`` is the exact log-density (``SYNTHETIC``
+    lists the names).
 Tabular data of the MAF paper
     ``load_power``, ``load_gas``, ``load_hepmass``, ``load_miniboone``, ``load_bsds300`` and
     ``load_tabular(name, root)`` read the MAF data release and reproduce its preprocessing and
@@ -33,6 +38,8 @@ Examples
 """
 
 from .potentials import POTENTIALS, RezendePotential, rezende_potential
+from .synthetic_sets import (SYNTHETIC, curve, scaled_ica, skew_mixture, student_t, synthetic,
+                        synthetic_log_prob)
 from .tabular import (TABULAR, TabularData, load_bsds300, load_digits, load_gas, load_hepmass,
                       load_miniboone, load_power, load_tabular)
 from .toys import (TOYS, TOYS_WITH_DENSITY, checkerboard, circles, eight_gaussians, pinwheel,
@@ -43,6 +50,9 @@ __all__ = [
     "TOYS", "TOYS_WITH_DENSITY", "toy", "toy_log_prob",
     "two_moons", "circles", "rings", "eight_gaussians", "checkerboard", "pinwheel",
     "two_spirals", "swiss_roll",
+    # synthetic sets with exact densities, 4 to 16 dimensions
+    "SYNTHETIC", "synthetic", "synthetic_log_prob", "curve", "student_t", "skew_mixture",
+    "scaled_ica",
     # tabular data (MAF paper) and digits
     "TABULAR", "TabularData", "load_tabular", "load_power", "load_gas", "load_hepmass",
     "load_miniboone", "load_bsds300", "load_digits",
