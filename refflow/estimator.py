@@ -20,10 +20,11 @@ import sys
 import warnings
 
 import numpy as np
+import scipy.linalg
 
 from ._validation import (check_batch_size, check_bool, check_choice, check_hidden, check_int,
                           check_positive, check_real, check_rng)
-from .bijectors import Affine, Chain
+from .bijectors import Affine, Chain, LULinear
 from .distributions import DEFAULT_BATCH_SIZE, Flow
 from .flows import BUILDERS
 from . import io
@@ -213,6 +214,46 @@ def _checked_standardization(X, where, name):
     return mean, scale, standardised
 
 
+#: Ridge added to a correlation matrix whose Cholesky factorisation fails (collinear or
+#: constant features), as a multiple of its mean diagonal; raised tenfold until it succeeds.
+_WHITEN_RIDGE = 1e-10
+
+
+def _whitening(S):
+    """Lower-triangular ``C`` with ``C C^T = cov(S)`` (population covariance of the rows).
+
+    A feature of zero variance gets variance 1 and no correlation (it is left as it is);
+    when the factorisation fails (collinear features), a ridge of ``1e-10`` times the mean
+    variance is added, and raised tenfold until it succeeds.
+    """
+    cov = np.cov(S, rowvar=False, bias=True).reshape(S.shape[1], S.shape[1])
+    zero = np.diag(cov) <= 0
+    if zero.any():
+        cov[zero, :] = 0.0
+        cov[:, zero] = 0.0
+        cov[zero, zero] = 1.0
+    ridge = _WHITEN_RIDGE * float(np.mean(np.diag(cov)))
+    eye = np.eye(cov.shape[0])
+    while True:
+        try:
+            return np.linalg.cholesky(cov)
+        except np.linalg.LinAlgError:
+            cov = cov + ridge * eye
+            ridge *= 10.0
+
+
+def _whitening_layer(C):
+    """``LULinear`` with forward ``x = C z`` for a lower-triangular ``C`` with positive
+    diagonal: ``W = L U`` with ``L = C diag(C)^{-1}`` (unit lower) and ``U = diag(C)``."""
+    dim = C.shape[0]
+    layer = LULinear(dim)
+    rows, cols = np.tril_indices(dim, -1)
+    diag = np.diag(C)
+    layer.params["lower_entries"] = C[rows, cols] / diag[cols]
+    layer.params["unconstrained_upper_diag"] = np.log(diag)
+    return layer
+
+
 def _show_progress(progress):
     """``progress`` (True, False, None or "auto") resolved: "auto"/None mean a terminal."""
     if progress is True or progress is False:
@@ -316,6 +357,13 @@ class FlowDensity:
         Fit the flow to ``(X - mean) / std`` (per feature, training statistics, scale 1 for
         a constant feature), then fold the standardisation into the model (see Notes). A
         context is standardised the same way.
+    whiten : bool, default True
+        After the standardisation, decorrelate the features: the flow is fitted to
+        ``w = C^{-1} s`` with ``C`` the lower Cholesky factor of the training covariance of
+        ``s``, and ``C`` is folded into the model as a fixed :class:`~refflow.LULinear`
+        layer (see Notes). The flow then starts as the full-covariance Gaussian fit of the
+        data, which matters most with few rows (see DEVELOPERS.md, "FlowDensity's
+        defaults").
     random_state : None, int, numpy.random.Generator or numpy.random.RandomState
         Seeds the initialisation, the validation split and the mini-batches: the same int
         gives the same fitted model.
@@ -329,13 +377,15 @@ class FlowDensity:
     ----------
     flow_ : refflow.Flow
         The fitted model in the units of ``X``:
-        ``Flow(base, Chain([inner_bijector, Affine(n_features)]))``. A conditional model
+        ``Flow(base, Chain([inner_bijector, Affine(n_features)]))``, with the whitening
+        ``LULinear`` before the ``Affine`` when ``whiten=True``. A conditional model
         takes the *standardised* context, ``(context - context_mean_) / context_scale_``;
         the methods here standardise it for you.
     history_ : refflow.training.History
-        Training and validation NLL per epoch of the standardised data (``train_nll``,
-        ``val_nll``), and the same in the data's units as mean log-likelihoods
-        (``train_log_likelihood``, ``val_log_likelihood``; ``nll_shift = sum(log scale_)``).
+        Training and validation NLL per epoch of the standardised (and whitened) data
+        (``train_nll``, ``val_nll``), and the same in the data's units as mean
+        log-likelihoods (``train_log_likelihood``, ``val_log_likelihood``; ``nll_shift =
+        sum(log scale_) + sum(log diag C)``), which agree with :meth:`score` on the same rows.
         ``best_epoch`` is 0-based.
     n_features_in_ : int
     feature_names_in_ : ndarray of str, shape (n_features_in_,)
@@ -359,7 +409,13 @@ class FlowDensity:
 
         log q(x) = log q_s((x - mean) / scale) - sum_j log scale_j
 
-    and ``flow_.sample`` draws ``x`` directly. The fitted flow is in eval mode (batch-norm
+    and ``flow_.sample`` draws ``x`` directly. With ``whiten=True`` (and more than one
+    feature) the flow ``q_w`` is fitted to ``w = C^{-1} s``, ``C`` the lower Cholesky factor
+    of the training covariance of ``s``, and :class:`~refflow.LULinear` with ``W = C``
+    (``L = C diag(C)^{-1}``, ``U = diag(C)``, no bias) sits between the two::
+
+        flow_ = Flow(base, Chain([inner_bijector, LULinear(C), Affine(mean, scale)]))
+        log q(x) = log q_w(C^{-1} (x - mean) / scale) - sum_j log C_jj - sum_j log scale_j The fitted flow is in eval mode (batch-norm
     layers use their running statistics), so every score is a deterministic function of
     its own row.
 
@@ -408,8 +464,8 @@ class FlowDensity:
 
     def __init__(self, flow="nsf", *, n_layers=None, hidden=(64, 64), flow_kwargs=None,
                  epochs=100, batch_size=256, lr=1e-3, weight_decay=0.0,
-                 validation_fraction=0.1, patience=10, standardize=True, random_state=None,
-                 progress="auto"):
+                 validation_fraction=0.1, patience=10, standardize=True, whiten=True,
+                 random_state=None, progress="auto"):
         self.flow = flow
         self.n_layers = n_layers
         self.hidden = hidden
@@ -421,6 +477,7 @@ class FlowDensity:
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.standardize = standardize
+        self.whiten = whiten
         self.random_state = random_state
         self.progress = progress
 
@@ -511,6 +568,7 @@ class FlowDensity:
                                                                       "patience", minimum=1),
         }
         check_bool(self.standardize, where, "standardize")
+        check_bool(self.whiten, where, "whiten")
         self._checked_progress(where)
         options["rng"] = _generator(self.random_state, where)
         return options
@@ -661,6 +719,12 @@ class FlowDensity:
                 c_mean, c_scale, Cs = np.zeros(c_dim), np.ones(c_dim), C
         if C is None:
             c_mean, c_scale, Cs = np.zeros(0), np.ones(0), None
+        whitening = None
+        if self.whiten and dim > 1:
+            chol = _whitening(Xs)
+            # solve C w = s row-wise: w^T = s^T C^{-T}
+            Xs = scipy.linalg.solve_triangular(chol, Xs.T, lower=True).T
+            whitening = (chol, float(np.sum(np.log(np.diag(chol)))))
 
         rng = options["rng"]
         try:
@@ -681,14 +745,19 @@ class FlowDensity:
             epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
             weight_decay=options["weight_decay"], patience=options["patience"],
             restore_best=True, rng=rng, progress=self._checked_progress(where))
-        # the NLLs are of the standardised data: log q(x) = log q_s(s) - sum_j log scale_j
-        history.nll_shift = float(np.sum(np.log(scale)))
+        # the NLLs are of the standardised (and whitened) data:
+        # log q(x) = log q_w(w) - sum_j log C_jj - sum_j log scale_j
+        history.nll_shift = float(np.sum(np.log(scale))) + (
+            0.0 if whitening is None else whitening[1])
 
         inner.eval()
         affine = Affine(dim)
         affine.params["shift"] = mean
         affine.params["log_scale"] = np.log(scale)
-        flow = Flow(inner.base, Chain([inner.bijector, affine])).eval()
+        layers = [inner.bijector, affine]
+        if whitening is not None:
+            layers.insert(1, _whitening_layer(whitening[0]))
+        flow = Flow(inner.base, Chain(layers)).eval()
 
         # Everything succeeded: only now does the estimator change.
         self.flow_ = flow
@@ -829,7 +898,7 @@ class FlowDensity:
         self._warn_out_of_range(bad, X.shape[0], where)
         return lp
 
-    def score(self, X, y=None, *, context=None):
+    def score(self, X, y=None, *, context=None, return_std=False):
         """Mean log-likelihood per sample, ``mean_n log q(x_n)``, in nats.
 
         As ``GaussianMixture.score``; note that ``KernelDensity.score`` returns the *sum*
@@ -842,18 +911,40 @@ class FlowDensity:
         y : None
             Ignored.
         context : array_like of shape (n_samples, n_context_features_in_), optional
+        return_std : bool, default False
+            Also return the standard error of the mean, ``std(log q(x_n)) / sqrt(n)`` (the
+            sample standard deviation, ``ddof=1``): the uncertainty of the score as an estimate
+            of the expected log-likelihood ``E log q(x)`` under the law the rows were drawn
+            from, for the fitted model held fixed (it does not include the fit's own
+            variability). NaN for a single row or when a row scores ``-inf``.
 
         Returns
         -------
-        float
+        float, or (float, float) with ``return_std=True``
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from refflow.estimator import FlowDensity
+        >>> X = np.random.default_rng(0).normal(size=(200, 2))
+        >>> model = FlowDensity("maf", n_layers=1, hidden=(8,), epochs=2, random_state=0)
+        >>> mean, se = model.fit(X).score(X, return_std=True)
+        >>> bool(0 < se < 0.2)
+        True
         """
         where = "FlowDensity.score"
         self._check_fitted(where)
+        check_bool(return_std, where, "return_std")
         X = self._input(X, where)
         C = self._context_rows(context, where, X.shape[0])
         lp, bad = self._log_density(X, C, where, DEFAULT_BATCH_SIZE)
         self._warn_out_of_range(bad, X.shape[0], where)
-        return float(np.mean(lp))
+        mean = float(np.mean(lp))
+        if not return_std:
+            return mean
+        if X.shape[0] < 2 or not np.isfinite(mean):
+            return mean, math.nan
+        return mean, float(np.std(lp, ddof=1) / math.sqrt(X.shape[0]))
 
     def transform(self, X, *, context=None, batch_size=None):
         """Map rows to the latent space: ``z = T^{-1}(x)``, standard normal under the model.

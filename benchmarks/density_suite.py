@@ -1,0 +1,505 @@
+"""The density suite: held-out log-likelihoods of FlowDensity beside the classical estimators.
+
+Run (from the repository root)::
+
+    python benchmarks/density_suite.py [--quick | --smoke] [--sets NAME,...]
+        [--estimators NAME,...] [--skip NAME,...] [--max-fit-seconds S] [--n-train N]
+        [--seed S] [--json PATH] [--markdown PATH]
+
+Data sets (seeds fixed: training rows ``rng=seed``, test rows ``rng=seed + 1``):
+
+- every 2-D toy with an exact density (``refflow.data.TOYS_WITH_DENSITY``) and the synthetic
+  sets of ``refflow.data.SYNTHETIC`` (4 to 16 dimensions, exact densities): 20,000 training rows
+  and 10,000 test rows (``--quick``: 5,000 and 5,000);
+- real data that installs with scikit-learn (no download): ``digits`` (1797 x 64,
+  ``refflow.data.load_digits``: ``(k + u) / 17``), ``breast_cancer`` (569 x 30) and ``wine``
+  (178 x 13), each split once, two thirds for training, by a permutation seeded with ``seed``.
+
+Dequantization of the real sets: their values are recorded to a fixed number of decimals
+(integers, for digits' pixels, wine's magnesium and proline), so they carry point masses and no
+density. Each column ``j`` gets ``x + u h_j`` with ``u ~ U[0, 1)`` and ``h_j`` the recording
+step (the smallest ``10^-k``, ``k = 0..8``, of which 99% of the values are whole multiples; digits use
+``load_digits``' own scaling, step 1/17). A density of the dequantized values is a lower bound
+on the probability of the recorded values (Theis et al. 2016); every estimator sees the same
+dequantized rows.
+
+Estimators:
+
+- ``FlowDensity()``: the estimator's defaults (only ``random_state`` and ``progress=False``).
+- every family of ``refflow.flows.BUILDERS`` (each ``flow=`` name, default sizes), found at run
+  time, so that families added later are run too; ``--skip`` leaves some out, and
+  ``--max-fit-seconds`` skips a family on the remaining sets once one of its fits took longer.
+- ``GMM(BIC)``: ``sklearn.mixture.GaussianMixture`` (full covariances, ``random_state=seed``)
+  on standardised data, the number of components ``k = 1..30`` chosen by the BIC on the
+  training rows.
+- ``KDE(CV)``: ``sklearn.neighbors.KernelDensity`` (Gaussian kernel) on standardised data, the
+  bandwidth chosen by 3-fold cross-validated likelihood (``GridSearchCV``) on a grid of 13
+  values from 0.01 to 2.5 (extended by a factor 2.5 beyond an edge that wins).
+
+Both baselines fit standardised data ``s = (x - mean) / std`` (training statistics) and report
+the log-density in the data's units, ``log p(x) = log p_s(s) - sum_j log std_j``, as
+``FlowDensity`` does.
+
+Reported for each (set, estimator): the held-out mean log-likelihood in nats and its standard
+error (``std / sqrt(n_test)`` of the per-row log-densities), the gap to the truth where the
+density is known (``mean(log p_true - log q)`` over the test rows: the KL divergence estimate,
+with its paired standard error), and the fit time (the estimator's ``fit`` and, for the
+baselines, the model selection). Fit times are measured with ``OPENBLAS_NUM_THREADS=1`` (set
+here before NumPy loads, unless already set) and the load average of the machine is recorded
+beside them: on a shared machine they are provisional; log-likelihoods do not depend on load.
+
+``--quick``: 5,000 training rows. ``--smoke``: tiny sizes, three sets, 2 epochs per flow, two
+families, ``k <= 3``, three bandwidths (tests the script, not the estimators).
+"""
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if importlib.util.find_spec("refflow") is None:  # not installed: the repository's refflow
+    sys.path.insert(0, ROOT)
+
+import refflow  # noqa: E402
+from refflow.data import (SYNTHETIC, TOYS_WITH_DENSITY, load_digits, synthetic,  # noqa: E402
+                          synthetic_log_prob, toy, toy_log_prob)
+from refflow.estimator import FlowDensity  # noqa: E402
+from refflow.flows import BUILDERS  # noqa: E402
+
+REAL = ("digits", "breast_cancer", "wine")
+SETS = tuple(TOYS_WITH_DENSITY) + tuple(SYNTHETIC) + REAL
+BASELINES = ("gmm", "kde")
+DEFAULT = "default"
+#: Shares of the real sets used for training (the rest is the test set).
+TRAIN_SHARE = 2.0 / 3.0
+#: The GMM's component counts and the KDE's bandwidth grid (standardised units).
+GMM_MAX_K = 30
+KDE_GRID = tuple(np.geomspace(0.01, 2.5, 13))
+KDE_FOLDS = 3
+
+
+class Mode:
+    """Sizes of a run: ``full`` (the README's table), ``quick`` and ``smoke``."""
+
+    def __init__(self, name, n_train, n_test, sets, epochs=None, families=None,
+                 gmm_max_k=GMM_MAX_K, kde_grid=KDE_GRID):
+        self.name, self.n_train, self.n_test, self.sets = name, n_train, n_test, sets
+        self.epochs, self.families = epochs, families
+        self.gmm_max_k, self.kde_grid = gmm_max_k, kde_grid
+
+
+MODES = {
+    "full": Mode("full", 20000, 10000, SETS),
+    "quick": Mode("quick", 5000, 5000, SETS),
+    "smoke": Mode("smoke", 300, 200, ("eight_gaussians", "curve", "wine"), epochs=2,
+                  families=("maf", "realnvp"), gmm_max_k=3, kde_grid=(0.1, 0.3, 1.0)),
+}
+
+
+# ------------------------------------------------------------------------------- data
+def recording_step(column):
+    """The smallest ``10^-k`` (``k = 0..8``) of which at least 99% of the values of ``column``
+    are whole multiples (to 1e-6 of the step): the resolution the values were recorded at (a
+    few values stored as e.g. 3.2799999 do not make a column continuous)."""
+    for k in range(9):
+        scaled = column * 10.0 ** k
+        if np.mean(np.abs(scaled - np.round(scaled)) < 1e-6) >= 0.99:
+            return 10.0 ** -k
+    return 10.0 ** -8
+
+
+def dequantize(X, rng):
+    """``X + u * step`` per column, ``u ~ U[0, 1)``; returns ``(X_dequantized, steps)``."""
+    steps = np.array([recording_step(X[:, j]) for j in range(X.shape[1])])
+    return X + rng.random(X.shape) * steps, steps
+
+
+def _split(X, seed):
+    perm = np.random.default_rng(seed).permutation(X.shape[0])
+    n_train = int(round(TRAIN_SHARE * X.shape[0]))
+    return X[perm[:n_train]], X[perm[n_train:]]
+
+
+def load_set(name, mode, seed):
+    """``dict(train, test, log_prob, kind, note)``; ``log_prob`` is None without a known density."""
+    if name in TOYS_WITH_DENSITY or name in SYNTHETIC:
+        draw, density = ((toy, toy_log_prob) if name in TOYS_WITH_DENSITY
+                         else (synthetic, synthetic_log_prob))
+        return {"train": draw(name, mode.n_train, rng=seed),
+                "test": draw(name, mode.n_test, rng=seed + 1),
+                "log_prob": lambda x: density(name, x),
+                "kind": "toy" if name in TOYS_WITH_DENSITY else "synthetic", "note": ""}
+    if name == "digits":
+        X = load_digits(rng=seed)
+        note = "pixels (k + u) / 17"
+    else:
+        from sklearn import datasets
+
+        raw = getattr(datasets, f"load_{name}")().data.astype(np.float64)
+        X, steps = dequantize(raw, np.random.default_rng(seed))
+        note = f"steps {', '.join(f'{s:g}' for s in sorted(set(steps)))}"
+    train, test = _split(X, seed)
+    if mode.name == "smoke":
+        train, test = train[:mode.n_train], test[:mode.n_test]
+    return {"train": train, "test": test, "log_prob": None, "kind": "real",
+            "note": f"uniform dequantization, {note}"}
+
+
+# -------------------------------------------------------------------------- estimators
+def _standardise(train):
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return mean, std
+
+
+def fit_gmm(train, test, seed, max_k):
+    """GaussianMixture with k = 1..max_k chosen by the BIC on the standardised training rows."""
+    from sklearn.mixture import GaussianMixture
+
+    mean, std = _standardise(train)
+    s_train, s_test = (train - mean) / std, (test - mean) / std
+    best, bics = None, []
+    for k in range(1, max_k + 1):
+        if k > s_train.shape[0]:
+            break
+        model = GaussianMixture(k, covariance_type="full", random_state=seed).fit(s_train)
+        bics.append(float(model.bic(s_train)))
+        if best is None or bics[-1] < best[0]:
+            best = (bics[-1], k, model)
+    _, k, model = best
+    return model.score_samples(s_test) - np.sum(np.log(std)), {"k": k}
+
+
+def fit_kde(train, test, seed, grid):
+    """KernelDensity, bandwidth by 3-fold CV likelihood on standardised rows (the grid is
+    extended by a factor 2.5 past an edge that wins, up to 4 times)."""
+    from sklearn.model_selection import GridSearchCV, KFold
+    from sklearn.neighbors import KernelDensity
+
+    mean, std = _standardise(train)
+    s_train, s_test = (train - mean) / std, (test - mean) / std
+    grid = list(grid)
+    folds = KFold(KDE_FOLDS, shuffle=True, random_state=seed)
+    for _ in range(5):
+        search = GridSearchCV(KernelDensity(kernel="gaussian"), {"bandwidth": grid}, cv=folds)
+        search.fit(s_train)
+        h = search.best_params_["bandwidth"]
+        if h == grid[0]:
+            grid = [grid[0] / 2.5 ** i for i in range(3, 0, -1)] + grid[:3]
+        elif h == grid[-1]:
+            grid = grid[-3:] + [grid[-1] * 2.5 ** i for i in range(1, 4)]
+        else:
+            break
+    model = KernelDensity(kernel="gaussian", bandwidth=h).fit(s_train)
+    return model.score_samples(s_test) - np.sum(np.log(std)), {"bandwidth": float(h)}
+
+
+def fit_flow(family, train, test, seed, epochs):
+    """FlowDensity with its defaults (``family == "default"``) or ``flow=family``."""
+    kwargs = {} if family == DEFAULT else {"flow": family}
+    if epochs is not None:
+        kwargs["epochs"] = epochs
+    model = FlowDensity(random_state=seed, progress=False, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # -inf rows are counted below
+        model.fit(train)
+        lp = model.score_samples(test)
+    history = model.history_
+    info = {"epochs": history.n_epochs, "best_epoch": history.best_epoch,
+            "stop_reason": history.stop_reason}
+    chosen = getattr(model, "flow_name_", None)
+    if chosen is not None:
+        info["chosen"] = chosen
+    return lp, info
+
+
+def run_one(estimator, data, seed, mode):
+    """One fit and score: a record (never raises for an estimator's failure)."""
+    train, test = data["train"], data["test"]
+    record = {"estimator": estimator}
+    start = time.perf_counter()
+    try:
+        if estimator == "gmm":
+            lp, info = fit_gmm(train, test, seed, mode.gmm_max_k)
+        elif estimator == "kde":
+            lp, info = fit_kde(train, test, seed, mode.kde_grid)
+        else:
+            lp, info = fit_flow(estimator, train, test, seed, mode.epochs)
+    except Exception as exc:  # a family that cannot fit this set: recorded, the run goes on
+        record.update(error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                      fit_seconds=time.perf_counter() - start)
+        return record
+    record["fit_seconds"] = time.perf_counter() - start
+    record.update(info)
+    finite = np.isfinite(lp)
+    record["n_nonfinite"] = int((~finite).sum())
+    record["log_likelihood"] = float(np.mean(lp))
+    record["se"] = float(np.std(lp[finite]) / math.sqrt(finite.sum())) if finite.any() else None
+    if data["log_prob"] is not None:
+        diff = data["truth_rows"] - lp
+        record["gap"] = float(np.mean(diff))
+        record["gap_se"] = float(np.std(diff) / math.sqrt(diff.size)) if finite.all() else None
+    return record
+
+
+# -------------------------------------------------------------------------------- run
+def estimators_for(mode, skip):
+    families = mode.families if mode.families is not None else tuple(BUILDERS)
+    out = [DEFAULT, *BASELINES, *families]
+    return [e for e in out if e not in skip]
+
+
+def load_average():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def environment(mode):
+    import scipy
+    import sklearn
+
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "scipy": scipy.__version__, "sklearn": sklearn.__version__,
+            "refflow": getattr(refflow, "__version__", "?"), "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+            "mode": mode.name, "n_train": mode.n_train, "n_test": mode.n_test}
+
+
+def run(mode, sets, estimators, seed, max_fit_seconds=None, say=print):
+    """Every (set, estimator): the list of per-set results."""
+    over_budget = set()
+    results = []
+    for name in sets:
+        data = load_set(name, mode, seed)
+        entry = {"set": name, "kind": data["kind"], "note": data["note"],
+                 "n_train": int(data["train"].shape[0]), "n_test": int(data["test"].shape[0]),
+                 "dim": int(data["train"].shape[1]), "load_before": load_average(),
+                 "records": []}
+        if data["log_prob"] is not None:
+            data["truth_rows"] = data["log_prob"](data["test"])
+            entry["truth"] = float(np.mean(data["truth_rows"]))
+            entry["truth_se"] = float(np.std(data["truth_rows"]) /
+                                      math.sqrt(data["test"].shape[0]))
+        say(f"{name}: {entry['n_train']} x {entry['dim']} training rows"
+            + (f", truth {entry['truth']:.4f}" if "truth" in entry else ""))
+        for estimator in estimators:
+            if estimator in over_budget:
+                entry["records"].append({"estimator": estimator,
+                                         "skipped": f"a fit took over {max_fit_seconds} s"})
+                continue
+            record = run_one(estimator, data, seed, mode)
+            entry["records"].append(record)
+            if (max_fit_seconds is not None and estimator not in (DEFAULT, *BASELINES)
+                    and record["fit_seconds"] > max_fit_seconds):
+                over_budget.add(estimator)
+            say("  " + _line(record))
+        entry["load_after"] = load_average()
+        results.append(entry)
+    return results
+
+
+def _line(record):
+    if "error" in record:
+        return f"{record['estimator']:>14}: {record['error']}"
+    gap = f"  gap {record['gap']:+.4f}" if "gap" in record else ""
+    return (f"{record['estimator']:>14}: {record['log_likelihood']:.4f} "
+            f"(se {record['se']:.4f}){gap}  {record['fit_seconds']:.1f} s")
+
+
+# ---------------------------------------------------------------------------- tables
+def _label(estimator):
+    return {"default": "FlowDensity()", "gmm": "GMM(BIC)", "kde": "KDE(CV)"}.get(
+        estimator, f"flow={estimator!r}")
+
+
+def _cell(record, field="log_likelihood"):
+    if record is None or "skipped" in record:
+        return "skipped"
+    if "error" in record:
+        return "failed"
+    value = record.get(field)
+    if value is None:
+        return ""
+    text = f"{value:.3f}"
+    if record.get("n_nonfinite"):
+        text += f" ({record['n_nonfinite']} -inf)"
+    return text
+
+
+def _by(entry):
+    return {r["estimator"]: r for r in entry["records"]}
+
+
+def verdict(entry):
+    """``(ahead_of_baselines, within_0.05)`` of FlowDensity() on one set (None if not run)."""
+    recs = _by(entry)
+    default = recs.get(DEFAULT)
+    if default is None or "log_likelihood" not in default:
+        return None, None
+    scores = [recs[b]["log_likelihood"] for b in BASELINES
+              if b in recs and "log_likelihood" in recs[b]]
+    ahead = all(default["log_likelihood"] > s for s in scores) if scores else None
+    within = default["gap"] <= 0.05 if "gap" in default else None
+    return ahead, within
+
+
+def summary_table(results):
+    head = ("| set | n x d | truth | FlowDensity() | gap | GMM(BIC) | KDE(CV) | best family | "
+            "ahead of both | gap <= 0.05 | FlowDensity() fit s |")
+    lines = [head, "|" + "---|" * head.count("|")[:-1] if False else
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for entry in results:
+        recs = _by(entry)
+        families = [r for e, r in recs.items() if e not in (DEFAULT, *BASELINES)
+                    and "log_likelihood" in r]
+        best = max(families, key=lambda r: r["log_likelihood"], default=None)
+        best_text = (f"{best['estimator']} {best['log_likelihood']:.3f}" if best else "")
+        ahead, within = verdict(entry)
+        default = recs.get(DEFAULT)
+        extra = []
+        for b in BASELINES:
+            r = recs.get(b)
+            extra.append(_cell(r) + (f" (k={r['k']})" if r and "k" in r else "")
+                         + (f" (h={r['bandwidth']:.3g})" if r and "bandwidth" in r else ""))
+        lines.append(
+            f"| {entry['set']} | {entry['n_train']} x {entry['dim']} | "
+            f"{entry.get('truth', float('nan')):.3f} | ".replace("nan", "") +
+            f"{_cell(default)} | {_cell(default, 'gap')} | {extra[0]} | {extra[1]} | "
+            f"{best_text} | {'' if ahead is None else ('yes' if ahead else 'NO')} | "
+            f"{'' if within is None else ('yes' if within else 'NO')} | "
+            f"{'' if default is None or 'fit_seconds' not in default else round(default['fit_seconds'], 1)} |")
+    return "\n".join(lines)
+
+
+def families_table(results, field="log_likelihood"):
+    estimators = []
+    for entry in results:
+        for r in entry["records"]:
+            if r["estimator"] not in estimators:
+                estimators.append(r["estimator"])
+    head = "| set | " + " | ".join(_label(e) for e in estimators) + " |"
+    lines = [head, "|---|" + "---|" * len(estimators)]
+    for entry in results:
+        recs = _by(entry)
+        if field == "fit_seconds":
+            cells = [("" if recs.get(e) is None or "fit_seconds" not in recs[e]
+                      else f"{recs[e]['fit_seconds']:.1f}") for e in estimators]
+        else:
+            cells = [_cell(recs.get(e), field) for e in estimators]
+        lines.append(f"| {entry['set']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(results, env, command):
+    loads = [entry["load_before"] for entry in results if entry.get("load_before")]
+    load_text = (f"load average (1 min) {min(l[0] for l in loads):.2f} to "
+                 f"{max(l[0] for l in loads):.2f} over the run" if loads else "load unknown")
+    out = [f"Density suite ({env['mode']}: {env['n_train']:,} training rows, {env['n_test']:,} "
+           f"test rows for the toys and synthetic sets), `{command}`.", "",
+           "Held-out mean log-likelihood in nats per row (higher is better); gap = "
+           "mean(log p_true - log q) on the test rows (the KL estimate; lower is better).", "",
+           summary_table(results), "",
+           "Held-out mean log-likelihood, every estimator:", "", families_table(results), "",
+           "Gap to the truth, every estimator:", "",
+           families_table([e for e in results if "truth" in e], "gap"), "",
+           "Fit seconds (provisional: shared machine, "
+           f"OPENBLAS_NUM_THREADS={env['OPENBLAS_NUM_THREADS']}; {load_text}):", "",
+           families_table(results, "fit_seconds"), "",
+           f"Python {env['python']}, NumPy {env['numpy']}, SciPy {env['scipy']}, scikit-learn "
+           f"{env['sklearn']}, refflow {env['refflow']}, {env['cpus']} CPUs ({env['machine']})."]
+    notes = [f"- {e['set']}: {e['note']}" for e in results if e["note"]]
+    if notes:
+        out += ["", "Real sets:", *notes]
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------- main
+def parse(argv):
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/density_suite.py",
+        description="Held-out log-likelihoods of FlowDensity() and every flow family beside "
+                    "GaussianMixture (k by BIC) and KernelDensity (bandwidth by 3-fold CV) on "
+                    "toys, synthetic sets with exact densities and dequantized real data.")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="5,000 training rows")
+    size.add_argument("--smoke", action="store_true",
+                      help="tiny sizes, 3 sets, 2 epochs (tests the script)")
+    parser.add_argument("--sets", metavar="NAME,...", help=f"subset of {', '.join(SETS)}")
+    parser.add_argument("--estimators", metavar="NAME,...",
+                        help="subset of default, gmm, kde and the flow families")
+    parser.add_argument("--skip", metavar="NAME,...", default="",
+                        help="estimators to leave out")
+    parser.add_argument("--max-fit-seconds", type=float, default=None, metavar="S",
+                        help="skip a family on later sets once a fit of it took longer")
+    parser.add_argument("--n-train", type=int, default=None, metavar="N",
+                        help="training rows of the toys and synthetic sets")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--markdown", metavar="PATH")
+    args = parser.parse_args(argv)
+    base = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    mode = Mode(base.name, args.n_train or base.n_train, base.n_test, base.sets, base.epochs,
+                base.families, base.gmm_max_k, base.kde_grid)
+    if args.n_train is not None and args.n_train < 2:
+        parser.error("--n-train: expected at least 2")
+    sets = list(mode.sets)
+    if args.sets:
+        sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+        unknown = [s for s in sets if s not in SETS]
+        if unknown or not sets:
+            parser.error(f"--sets: unknown set(s) {', '.join(unknown) or '(none)'}; choose from "
+                         f"{', '.join(SETS)}")
+    known = [DEFAULT, *BASELINES, *BUILDERS]
+    skip = [s.strip() for s in args.skip.split(",") if s.strip()]
+    estimators = estimators_for(mode, skip)
+    if args.estimators:
+        estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
+    unknown = [e for e in estimators + skip if e not in known]
+    if unknown:
+        parser.error(f"unknown estimator(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    estimators = [e for e in estimators if e not in skip]
+    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            parser.error(f"{option}: cannot write {path!r} (no such writable directory)")
+    return args, mode, sets, estimators
+
+
+def main(argv=None, say=print):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, mode, sets, estimators = parse(argv)
+    command = " ".join(["python benchmarks/density_suite.py", *argv])
+    env = environment(mode)
+    started = time.perf_counter()
+    results = run(mode, sets, estimators, args.seed, args.max_fit_seconds, say=say)
+    env["wall_seconds"] = time.perf_counter() - started
+    md = markdown(results, env, command)
+    say("")
+    say(md)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"environment": env, "command": command, "seed": args.seed,
+                       "results": results}, fh, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(md)
+    return results
+
+
+if __name__ == "__main__":
+    main()
