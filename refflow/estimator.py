@@ -30,9 +30,15 @@ from .flows import BUILDERS
 from . import io
 from .io.spec import register
 from .training import ProgressLine
-from .training.loop import History, fit
+from .training.loop import History, TrainingDiverged, fit
 
 __all__ = ["FlowDensity"]
+
+#: The families ``flow="auto"`` fits, in order (the first wins a tie); see DEVELOPERS.md,
+#: "FlowDensity's defaults", for the evidence.
+AUTO_CANDIDATES = ("maf", "nsf")
+#: Learning-rate schedules ``FlowDensity`` accepts (``refflow.training.fit``'s names).
+_SCHEDULES = (None, "cosine")
 
 #: Coupling layouts cannot split one feature; these autoregressive layouts replace them.
 _ONE_FEATURE = {"realnvp": "maf", "glow": "maf", "nsf-coupling": "nsf"}
@@ -318,7 +324,10 @@ class FlowDensity:
     Parameters
     ----------
     flow : str, default "nsf"
-        A key of :data:`refflow.flows.BUILDERS`: ``"nsf"`` (autoregressive neural spline
+        ``"auto"``: fit each family of ``AUTO_CANDIDATES`` (``"maf"`` and ``"nsf"``) with the
+        same options on the same rows and keep the one with the best validation likelihood
+        (``flow_name_``, ``candidate_scores_``); the fit costs the sum of the candidates'
+        fits. Otherwise a key of :data:`refflow.flows.BUILDERS`: ``"nsf"`` (autoregressive neural spline
         flow, the default: flexible, bounded splines that train stably), ``"nsf-coupling"``,
         ``"maf"``, ``"realnvp"``, ``"glow"``, ``"planar"``, ``"radial"``, ``"sylvester"``,
         ``"bnaf"`` (block neural autoregressive; its widths are
@@ -345,6 +354,10 @@ class FlowDensity:
         Mini-batch size (the usual choice of the peers' examples).
     lr : float, default 1e-3
         Adam's learning rate (its standard default, zuko's and nflows' examples).
+    lr_schedule : None or "cosine", default None
+        ``"cosine"``: the learning rate falls from ``lr`` to 0 along a half cosine over all
+        ``epochs * n_batches`` steps (:class:`refflow.optim.CosineAnnealing`); early stopping
+        may end the fit before it reaches 0.
     weight_decay : float, default 0.0
         Decoupled weight decay (AdamW).
     validation_fraction : float, default 0.1
@@ -387,6 +400,12 @@ class FlowDensity:
         log-likelihoods (``train_log_likelihood``, ``val_log_likelihood``; ``nll_shift =
         sum(log scale_) + sum(log diag C)``), which agree with :meth:`score` on the same rows.
         ``best_epoch`` is 0-based.
+    flow_name_ : str
+        The family fitted: ``flow`` itself, the one chosen by ``flow="auto"``, or its
+        one-feature replacement (``"realnvp"`` fits a ``"maf"`` on one feature).
+    candidate_scores_ : dict
+        Only after ``flow="auto"`` with validation rows: each family's best validation mean
+        log-likelihood in the data's units, ``{name: nats per row}``.
     n_features_in_ : int
     feature_names_in_ : ndarray of str, shape (n_features_in_,)
         Column names of ``X`` when it was a data frame with string column names (only then
@@ -463,7 +482,7 @@ class FlowDensity:
     """
 
     def __init__(self, flow="nsf", *, n_layers=None, hidden=(64, 64), flow_kwargs=None,
-                 epochs=100, batch_size=256, lr=1e-3, weight_decay=0.0,
+                 epochs=100, batch_size=256, lr=1e-3, lr_schedule=None, weight_decay=0.0,
                  validation_fraction=0.1, patience=10, standardize=True, whiten=True,
                  random_state=None, progress="auto"):
         self.flow = flow
@@ -473,6 +492,7 @@ class FlowDensity:
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.lr_schedule = lr_schedule
         self.weight_decay = weight_decay
         self.validation_fraction = validation_fraction
         self.patience = patience
@@ -538,7 +558,7 @@ class FlowDensity:
     def _checked_params(self):
         """Validated copies of the constructor parameters (fit raises before any work)."""
         where = "FlowDensity"
-        check_choice(self.flow, BUILDERS, where, "flow")
+        check_choice(self.flow, ("auto", *BUILDERS), where, "flow")
         n_layers = None if self.n_layers is None else check_int(self.n_layers, where, "n_layers",
                                                                 minimum=1)
         hidden = check_hidden(self.hidden, where)
@@ -566,12 +586,22 @@ class FlowDensity:
                                               high_open=True),
             "patience": None if self.patience is None else check_int(self.patience, where,
                                                                       "patience", minimum=1),
+            "lr_schedule": self._checked_schedule(where),
         }
         check_bool(self.standardize, where, "standardize")
         check_bool(self.whiten, where, "whiten")
         self._checked_progress(where)
         options["rng"] = _generator(self.random_state, where)
         return options
+
+    def _checked_schedule(self, where):
+        schedule = self.lr_schedule
+        if schedule is not None and not isinstance(schedule, str):
+            raise TypeError(f"{where}: lr_schedule must be None or 'cosine', got "
+                            f"{type(schedule).__name__}")
+        if schedule not in _SCHEDULES:
+            raise ValueError(f"{where}: lr_schedule must be None or 'cosine', got {schedule!r}")
+        return schedule
 
     def _checked_progress(self, where):
         progress = self.progress
@@ -591,6 +621,68 @@ class FlowDensity:
         if "hidden" in accepted:
             kwargs["hidden"] = options["hidden"]
         return kwargs
+
+    def _build(self, name, dim, c_dim, rng, options, where):
+        """The builder's flow for ``name`` (its errors re-raised naming ``where``)."""
+        builder = BUILDERS[name]
+        kwargs = self._builder_kwargs(builder, options)
+        if c_dim:
+            kwargs["context_dim"] = c_dim
+        try:
+            return builder(dim, rng=rng, **kwargs)
+        except TypeError as exc:
+            if "unexpected keyword argument" in str(exc):  # an unknown name in flow_kwargs
+                raise ValueError(f"{where}: flow_kwargs do not fit the {name!r} builder: "
+                                 f"{exc}") from None
+            raise TypeError(f"{where}: {exc}") from None  # an option of the wrong type
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+
+    def _fit_candidates(self, families, Xs, Cs, c_dim, rng, options, validation_fraction,
+                        train_options, where):
+        """``flow="auto"``: fit each family on the same training rows and keep the one with
+        the best validation likelihood (the first on a tie).
+
+        The validation rows, ``perm[:ceil(validation_fraction * n)]`` with ``perm =
+        rng.permutation(n)``, are drawn once, before the families are built (in order, from
+        the same generator). Without validation rows only the first family is fitted. A
+        family whose training diverges is passed over (its error is raised if every family
+        diverges); Ctrl-C keeps the families fitted so far.
+
+        Returns ``(name, inner_flow, history, scores)``, ``scores`` the best validation NLL
+        (standardised data) of each family that finished (None without validation rows).
+        """
+        n = Xs.shape[0]
+        n_val = math.ceil(validation_fraction * n)
+        if n_val == 0:
+            name = families[0]
+            inner = self._build(name, Xs.shape[1], c_dim, rng, options, where)
+            history = fit(inner, Xs, context=Cs, validation_fraction=0.0, rng=rng,
+                          **train_options)
+            return name, inner, history, None
+        perm = rng.permutation(n)
+        val, train = perm[:n_val], perm[n_val:]
+        x_val, x_train = Xs[val], Xs[train]
+        c_val, c_train = (None, None) if Cs is None else (Cs[val], Cs[train])
+        validation = x_val if Cs is None else (x_val, c_val)
+        fitted, scores, failure = {}, {}, None
+        for name in families:
+            inner = self._build(name, Xs.shape[1], c_dim, rng, options, where)
+            try:
+                history = fit(inner, x_train, context=c_train, validation_data=validation,
+                              rng=rng, **train_options)
+            except TrainingDiverged as exc:
+                failure = exc
+                continue
+            fitted[name] = (inner, history)
+            scores[name] = history.val_nll[history.best_epoch]
+            if history.stop_reason == "interrupted":
+                break
+        if not fitted:
+            raise failure
+        name = min(scores, key=lambda k: (scores[k], families.index(k)))
+        inner, history = fitted[name]
+        return name, inner, history, scores
 
     # ---------------------------------------------------------------------- input checks
     def _check_names(self, X, where, *, reset, context=False):
@@ -689,11 +781,9 @@ class FlowDensity:
         if n < 2:
             raise ValueError(f"{where}: a density needs at least 2 samples to fit, got "
                              f"n_samples = 1 (1 sample)")
-        name = options["flow"]
+        families = AUTO_CANDIDATES if options["flow"] == "auto" else (options["flow"],)
         if dim == 1:
-            name = _ONE_FEATURE.get(name, name)
-        builder = BUILDERS[name]
-        kwargs = self._builder_kwargs(builder, options)
+            families = tuple(dict.fromkeys(_ONE_FEATURE.get(f, f) for f in families))
 
         context_names, C, c_dim = None, None, 0
         if context is not None:
@@ -701,13 +791,13 @@ class FlowDensity:
             C = _check_X(context, where, name="context")
             if C.shape[0] != n:
                 raise ValueError(f"{where}: context has {C.shape[0]} rows, but X has {n}")
-            if "context_dim" not in inspect.signature(builder).parameters:
-                conditional = sorted(k for k, b in BUILDERS.items()
-                                     if "context_dim" in inspect.signature(b).parameters)
-                raise ValueError(f"{where}: the {name!r} flow cannot be conditional (no "
-                                 f"conditioner takes a context); use one of {conditional}")
+            for name in families:
+                if "context_dim" not in inspect.signature(BUILDERS[name]).parameters:
+                    conditional = sorted(k for k, b in BUILDERS.items()
+                                         if "context_dim" in inspect.signature(b).parameters)
+                    raise ValueError(f"{where}: the {name!r} flow cannot be conditional (no "
+                                     f"conditioner takes a context); use one of {conditional}")
             c_dim = C.shape[1]
-            kwargs["context_dim"] = c_dim
 
         if self.standardize:
             mean, scale, Xs = _checked_standardization(X, where, "X")
@@ -727,24 +817,24 @@ class FlowDensity:
             whitening = (chol, float(np.sum(np.log(np.diag(chol)))))
 
         rng = options["rng"]
-        try:
-            inner = builder(dim, rng=rng, **kwargs)
-        except TypeError as exc:
-            if "unexpected keyword argument" in str(exc):  # an unknown name in flow_kwargs
-                raise ValueError(f"{where}: flow_kwargs do not fit the {name!r} builder: "
-                                 f"{exc}") from None
-            raise TypeError(f"{where}: {exc}") from None  # an option of the wrong type
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-
         validation_fraction = options["validation_fraction"]
         if n - math.ceil(validation_fraction * n) < 1:  # too few rows to hold any out
             validation_fraction = 0.0
-        history = fit(
-            inner, Xs, context=Cs, validation_fraction=validation_fraction,
+        train_options = dict(
             epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
             weight_decay=options["weight_decay"], patience=options["patience"],
-            restore_best=True, rng=rng, progress=self._checked_progress(where))
+            lr_schedule=options["lr_schedule"], restore_best=True,
+            progress=self._checked_progress(where))
+        candidate_scores = None
+        if len(families) == 1:
+            name = families[0]
+            inner = self._build(name, dim, c_dim, rng, options, where)
+            history = fit(inner, Xs, context=Cs, validation_fraction=validation_fraction,
+                          rng=rng, **train_options)
+        else:
+            name, inner, history, candidate_scores = self._fit_candidates(
+                families, Xs, Cs, c_dim, rng, options, validation_fraction, train_options,
+                where)
         # the NLLs are of the standardised (and whitened) data:
         # log q(x) = log q_w(w) - sum_j log C_jj - sum_j log scale_j
         history.nll_shift = float(np.sum(np.log(scale))) + (
@@ -762,6 +852,13 @@ class FlowDensity:
         # Everything succeeded: only now does the estimator change.
         self.flow_ = flow
         self.history_ = history
+        self.flow_name_ = name
+        if candidate_scores is None:
+            self.__dict__.pop("candidate_scores_", None)
+        else:
+            # validation NLLs of the standardised data -> mean log-likelihoods in data units
+            self.candidate_scores_ = {k: -(v + history.nll_shift)
+                                      for k, v in candidate_scores.items()}
         self.n_features_in_ = dim
         self.mean_ = mean
         self.scale_ = scale
@@ -1092,6 +1189,11 @@ class FlowDensity:
             for attr in ("feature_names_in_", "context_names_in_"):
                 if hasattr(self, attr):
                     fitted[attr] = [str(v) for v in getattr(self, attr)]
+            if hasattr(self, "flow_name_"):
+                fitted["flow_name_"] = str(self.flow_name_)
+            if hasattr(self, "candidate_scores_"):
+                fitted["candidate_scores_"] = {str(k): float(v)
+                                               for k, v in self.candidate_scores_.items()}
             config["fitted"] = fitted
         return config
 
@@ -1109,7 +1211,7 @@ class FlowDensity:
             where = "FlowDensity (fitted state in the file)"
             required = {"flow", "n_features_in_", "mean_", "scale_", "history_"}
             optional = {"feature_names_in_", "context_mean_", "context_scale_",
-                        "context_names_in_"}
+                        "context_names_in_", "flow_name_", "candidate_scores_"}
             if not isinstance(fitted, dict) or not required <= set(fitted) <= required | optional:
                 raise ValueError(f"{where}: expected the keys flow, n_features_in_, mean_, "
                                  f"scale_ and history_ (and optionally {sorted(optional)})")
@@ -1148,6 +1250,20 @@ class FlowDensity:
             estimator.context_scale_ = arrays["context_scale_"]
             for key, value in names.items():
                 setattr(estimator, key, value)
+            # files written before flow_name_ existed: the family asked for
+            flow_name = fitted.get("flow_name_", params.get("flow"))
+            if not (isinstance(flow_name, str) and flow_name in BUILDERS):
+                raise ValueError(f"{where}: flow_name_ must name a family of "
+                                 f"refflow.flows.BUILDERS, got {flow_name!r}")
+            estimator.flow_name_ = flow_name
+            if "candidate_scores_" in fitted:
+                scores = fitted["candidate_scores_"]
+                if not (isinstance(scores, dict) and all(
+                        k in BUILDERS and type(v) in (int, float) and math.isfinite(v)
+                        for k, v in scores.items())):
+                    raise ValueError(f"{where}: candidate_scores_ must map family names to "
+                                     f"finite numbers")
+                estimator.candidate_scores_ = {k: float(v) for k, v in scores.items()}
             estimator.history_ = History.from_dict(fitted["history_"], where)
         return estimator
 

@@ -81,3 +81,52 @@ def test_score_standard_error(data):
     assert one[0] == pytest.approx(lp[0], rel=1e-12) and math.isnan(one[1])
     with pytest.raises(TypeError, match="return_std"):
         model.score(data, return_std="yes")
+
+
+def test_auto_keeps_the_family_with_the_best_validation_likelihood(data):
+    model = FlowDensity("auto", **{k: v for k, v in SMALL.items() if k != "flow"}).fit(data)
+    scores = model.candidate_scores_
+    assert set(scores) == {"maf", "nsf"}
+    assert model.flow_name_ == max(scores, key=scores.get)
+    history = model.history_
+    # the kept family's history is the winner's, in the data's units
+    assert history.val_log_likelihood[history.best_epoch] == pytest.approx(
+        scores[model.flow_name_], rel=1e-12)
+    # the validation rows are perm[:ceil(0.1 n)] of the first permutation the generator
+    # draws (before any family is built): the kept model scores them as its history says
+    gen = np.random.default_rng(SMALL["random_state"])
+    perm = gen.permutation(data.shape[0])
+    n_val = math.ceil(0.1 * data.shape[0])
+    val = data[perm[:n_val]]
+    assert model.score(val) == pytest.approx(scores[model.flow_name_], rel=1e-10)
+
+
+def test_auto_without_validation_rows_fits_the_first_family(data):
+    options = {k: v for k, v in SMALL.items() if k != "flow"}
+    model = FlowDensity("auto", validation_fraction=0.0, **options).fit(data)
+    assert model.flow_name_ == "maf" and not hasattr(model, "candidate_scores_")
+
+
+def test_auto_is_saved_and_loaded(tmp_path, data):
+    from refflow import io
+
+    options = {k: v for k, v in SMALL.items() if k != "flow"}
+    model = FlowDensity("auto", **options).fit(data)
+    path = tmp_path / "auto.npz"
+    model.save(path)
+    loaded = io.load(path)
+    assert loaded.flow_name_ == model.flow_name_
+    assert loaded.candidate_scores_ == model.candidate_scores_
+    np.testing.assert_array_equal(loaded.score_samples(data), model.score_samples(data))
+
+
+def test_lr_schedule(data):
+    a = FlowDensity(lr_schedule="cosine", **SMALL).fit(data)
+    b = FlowDensity(lr_schedule=None, **SMALL).fit(data)
+    # the first epoch's steps run at nearly the same rates; later ones differ
+    assert a.history_.train_nll[0] == pytest.approx(b.history_.train_nll[0], rel=1e-2)
+    assert a.history_.train_nll[-1] != b.history_.train_nll[-1]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        FlowDensity(lr_schedule="linear", **SMALL).fit(data)
+    with pytest.raises(TypeError, match="lr_schedule"):
+        FlowDensity(lr_schedule=1, **SMALL).fit(data)
