@@ -280,8 +280,9 @@ def environment(mode):
             "mode": mode.name, "n_train": mode.n_train, "n_test": mode.n_test}
 
 
-def run(mode, sets, estimators, seed, max_fit_seconds=None, say=print):
-    """Every (set, estimator): the list of per-set results."""
+def run(mode, sets, estimators, seed, max_fit_seconds=None, say=print, after_set=None):
+    """Every (set, estimator): the list of per-set results (``after_set(results)`` is called
+    after each set, to save partial results)."""
     over_budget = set()
     results = []
     for name in sets:
@@ -310,7 +311,30 @@ def run(mode, sets, estimators, seed, max_fit_seconds=None, say=print):
             say("  " + _line(record))
         entry["load_after"] = load_average()
         results.append(entry)
+        if after_set is not None:
+            after_set(results)
     return results
+
+
+def merge(runs):
+    """The results of several runs (``--from-json``) as one: records of the same set are
+    concatenated in the order given (a later record of the same estimator replaces an earlier
+    one)."""
+    merged, order = {}, []
+    for results in runs:
+        for entry in results:
+            name = entry["set"]
+            if name not in merged:
+                merged[name] = dict(entry, records=[])
+                order.append(name)
+            target = merged[name]
+            for record in entry["records"]:
+                target["records"] = [r for r in target["records"]
+                                     if r["estimator"] != record["estimator"]] + [record]
+            for key in ("load_before", "load_after"):
+                if entry.get(key):
+                    target[key] = entry[key]
+    return [merged[name] for name in order]
 
 
 def _line(record):
@@ -449,8 +473,12 @@ def parse(argv):
     parser.add_argument("--n-train", type=int, default=None, metavar="N",
                         help="training rows of the toys and synthetic sets")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--json", metavar="PATH",
+                        help="write the results as JSON (rewritten after every set)")
     parser.add_argument("--markdown", metavar="PATH")
+    parser.add_argument("--from-json", metavar="PATH,...",
+                        help="run nothing: merge these JSON results (e.g. of runs over parts of "
+                             "the estimators) and write the tables")
     args = parser.parse_args(argv)
     base = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     mode = Mode(base.name, args.n_train or base.n_train, base.n_test, base.sets, base.epochs,
@@ -484,17 +512,32 @@ def main(argv=None, say=print):
     argv = sys.argv[1:] if argv is None else list(argv)
     args, mode, sets, estimators = parse(argv)
     command = " ".join(["python benchmarks/density_suite.py", *argv])
-    env = environment(mode)
-    started = time.perf_counter()
-    results = run(mode, sets, estimators, args.seed, args.max_fit_seconds, say=say)
-    env["wall_seconds"] = time.perf_counter() - started
+
+    def save(results, env):
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"environment": env, "command": command, "seed": args.seed,
+                           "results": results}, fh, indent=1)
+
+    if args.from_json:
+        runs = []
+        for path in args.from_json.split(","):
+            with open(path) as fh:
+                runs.append(json.load(fh))
+        env = dict(runs[0]["environment"])
+        env["merged_from"] = [r["command"] for r in runs]
+        command = " + ".join(f"`{r['command']}`" for r in runs).strip("`")
+        results = merge([r["results"] for r in runs])
+    else:
+        env = environment(mode)
+        started = time.perf_counter()
+        results = run(mode, sets, estimators, args.seed, args.max_fit_seconds, say=say,
+                      after_set=lambda partial: save(partial, env))
+        env["wall_seconds"] = time.perf_counter() - started
     md = markdown(results, env, command)
     say("")
     say(md)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"environment": env, "command": command, "seed": args.seed,
-                       "results": results}, fh, indent=1)
+    save(results, env)
     if args.markdown:
         with open(args.markdown, "w") as fh:
             fh.write(md)
