@@ -26,7 +26,7 @@ from .distributions import _check_batch_size as _flow_batch_size
 from .flows import BUILDERS
 from . import io
 from .io.spec import register
-from .nn.mlp import _check_hidden
+from .nn.mlp import check_hidden
 from .training.loop import History, fit
 
 __all__ = ["FlowDensity"]
@@ -329,7 +329,7 @@ class FlowDensity:
         if not (isinstance(self.flow, str) and self.flow in BUILDERS):
             raise ValueError(f"{where}: flow must be one of {sorted(BUILDERS)}, got {self.flow!r}")
         n_layers = None if self.n_layers is None else _check_int(self.n_layers, where, "n_layers")
-        hidden = _check_hidden(self.hidden, where)
+        hidden = check_hidden(self.hidden, where)
         flow_kwargs = {} if self.flow_kwargs is None else self.flow_kwargs
         if not isinstance(flow_kwargs, dict) or not all(isinstance(k, str) for k in flow_kwargs):
             raise ValueError(f"{where}: flow_kwargs must be None or a dict of builder options "

@@ -58,7 +58,7 @@ from .bijectors.scale_maps import SCALE_MAPS
 from .bijectors.splines import _identity_parameters, _make_map
 from .distributions import Flow, StandardNormal
 from .nn.activations import ACTIVATIONS
-from .nn.mlp import _check_hidden
+from .nn.mlp import check_hidden
 
 __all__ = ["RealNVP", "MAF", "NSF", "Glow", "PlanarFlow", "RadialFlow", "SylvesterFlow",
            "BUILDERS"]
@@ -103,7 +103,7 @@ def _common(where, dim, n_layers, hidden, activation, context_dim, rng, min_dim=
                          f"identity part and a transformed part), got {dim}; use MAF or NSF "
                          f"(autoregressive) for one-dimensional data")
     n_layers = _int_option(n_layers, where, "n_layers")
-    hidden = _check_hidden(hidden, where)
+    hidden = check_hidden(hidden, where)
     activation = _choice(activation, ACTIVATIONS, where, "activation")
     if context_dim is not None:
         context_dim = check_dim(context_dim, where, "context_dim")
