@@ -341,7 +341,6 @@ def _masked_layer(t, where, prefix, kind):
                                            min_derivative=t.min_derivative)
     layer.made = made
     layer.context_dim = context_dim
-    layer._sampling_order = np.argsort(made.input_degrees, kind="stable")
     return _unsaveable(layer), {f"made.{k}": v for k, v in names.items()}
 
 
