@@ -1,14 +1,14 @@
 r"""Numerically stable elementwise functions shared by the layers (NumPy; no numba here).
 
-==================  =====================================================  ====================
-function            value                                                  evaluated as
-==================  =====================================================  ====================
-``softplus(x)``     ``log(1 + e^x)``                                       ``logaddexp(0, x)``
-``sigmoid(x)``      ``1 / (1 + e^-x)``                                     ``scipy.special.expit``
-``log_sigmoid(x)``  ``log sigmoid(x) = -softplus(-x)``                     ``scipy.special.log_expit``
-``log_softplus(x)`` ``log(softplus(x))``, finite for every finite ``x``    see below
-``log1mexp(x)``     ``log(1 - e^-x)`` for ``x > 0``                        Maechler (2012)
-==================  =====================================================  ====================
+===================  ==============================================  ========================
+function             value                                           evaluated as
+===================  ==============================================  ========================
+``softplus(x)``      ``log(1 + e^x)``                                ``logaddexp(0, x)``
+``sigmoid(x)``       ``1 / (1 + e^-x)``                              ``scipy.special.expit``
+``log_sigmoid(x)``   ``log sigmoid(x) = -softplus(-x)``              ``scipy.special.log_expit``
+``log_softplus(x)``  ``log(softplus(x))``, finite for finite ``x``   see the function
+``log1mexp(x)``      ``log(1 - e^-x)`` for ``x > 0``                 Maechler (2012)
+===================  ==============================================  ========================
 
 None overflows or warns for ``|x|`` up to 1e3 and beyond; each keeps the dtype of an array
 argument (float32 stays float32) and returns float64 for Python numbers.

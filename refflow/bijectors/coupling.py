@@ -170,7 +170,8 @@ class CouplingBase(Bijector):
         a, b = self._indices(direction)
         n_a = a.shape[0]
         h = conditioner_input(v, a, context)
-        out, net_pullback = self.conditioner._vjp(h) if vjp else (self.conditioner._forward(h), None)
+        net = self.conditioner
+        out, net_pullback = net._vjp(h) if vjp else (net._forward(h), None)
         y_b, log_det, transform_pullback = self._transform(direction, v.take(b, axis=1), out, vjp)
         y = _assemble(v, a, b, h[:, :n_a], y_b)
         if not vjp:

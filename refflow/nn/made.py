@@ -40,8 +40,9 @@ Weights are stored full size; every pass uses ``W * M`` and every weight gradien
 multiplied by ``M``, so masked entries have gradient exactly 0 (and stay 0 under any optimizer
 that moves parameters along their gradient). :class:`MADE` computes its passes as
 degree-sorted block products that skip the masked zeros outside the blocks
-(:mod:`refflow.nn._blocked`; issue 7), equal to the dense passes on ``W * M`` (kept as
-``MADE._forward_reference`` / ``_vjp_reference``) to round-off.
+(:mod:`refflow.nn._blocked`), equal to the dense passes on ``W * M`` (the reference path,
+``MADE._forward_reference`` / ``_vjp_reference``, under ``refflow.kernels.fast_paths(False)``)
+to round-off.
 
 References
 ----------
