@@ -30,7 +30,7 @@ from .._validation import check_dim
 from ..nn import MADE
 from ..params import prefixed
 from .base import Bijector
-from .scale_maps import affine_map, get_scale_map
+from .scale_maps import affine_map, affine_value, get_scale_map
 
 __all__ = ["MaskedAffineAutoregressive"]
 
@@ -116,6 +116,9 @@ class MaskedAutoregressiveBase(Bijector):
         raise NotImplementedError(f"{type(self).__name__} does not implement _transform")
 
     def _sample_coordinate(self, z_i, out_i):
+        """``x_i`` from ``z_i`` ``(m,)`` and its MADE outputs ``out_i`` ``(m, n_params)``: the
+        sampling direction's map of one coordinate (called ``dim`` times per sampling pass;
+        a subclass may give a cheaper value-only form)."""
         return self._transform("forward", z_i, out_i, False)[0]
 
     def _finish(self, in_bar, made_result):
@@ -280,6 +283,10 @@ class MaskedAffineAutoregressive(MaskedAutoregressiveBase):
 
     def _config(self):
         return dict(super()._config(), scale=self.scale, scale_side=self.scale_side)
+
+    def _sample_coordinate(self, z_i, out_i):
+        return affine_value("forward", self.scale_side, z_i, out_i[:, 0],
+                            self._scale_map(out_i[:, 1])[0])
 
     def _transform(self, direction, v, out, vjp, sampled=None):
         # The side picks the formula of each direction (refflow.bijectors.scale_maps). In the

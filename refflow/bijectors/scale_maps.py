@@ -57,7 +57,8 @@ import numpy as np
 
 from .._math import log_sigmoid, sigmoid, softplus
 
-__all__ = ["SCALE_MAPS", "get_scale_map", "affine_map", "affine_multiply", "affine_divide"]
+__all__ = ["SCALE_MAPS", "get_scale_map", "affine_map", "affine_multiply", "affine_divide",
+           "affine_value"]
 
 _FLOOR = 1e-3
 _LOG_FLOOR = math.log(_FLOOR)
@@ -148,3 +149,11 @@ def affine_map(direction, scale_side):
     (``"sampling"`` or ``"density"``; module docstring)."""
     return affine_multiply if (direction == "forward") == (scale_side == "sampling") \
         else affine_divide
+
+
+def affine_value(direction, scale_side, v, shift, log_scale):
+    """The value ``y`` alone of :func:`affine_map` ``(direction, scale_side)``, by the same
+    operations (no log-det, no residuals: the per-coordinate step of sequential sampling)."""
+    if (direction == "forward") == (scale_side == "sampling"):
+        return v * np.exp(log_scale) + shift
+    return (v - shift) * np.exp(-log_scale)

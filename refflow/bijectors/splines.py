@@ -331,6 +331,9 @@ class MaskedSplineAutoregressive(MaskedAutoregressiveBase):
         theta = self.made._forward(x, context)
         return _knots("spline" if direction == "inverse" else "inverse", theta, self._map)
 
+    def _sample_coordinate(self, z_i, out_i):
+        return _spline("inverse", z_i, out_i, self._map, False)[0]
+
     def _transform(self, direction, v, out, vjp, sampled=None):
         # density direction (inverse) = RQS; sampling = RQS^{-1} at the final outputs
         apply = "spline" if direction == "inverse" else "inverse"
