@@ -300,10 +300,8 @@ class MaskedAffineAutoregressive(MaskedAutoregressiveBase):
             return y, log_det, None
 
         def pullback(y_bar, log_det_bar):
-            v_bar, t_bar, u_bar = affine_pullback(y_bar, log_det_bar)
             out_bar = np.empty(out.shape, dtype=v.dtype)
-            out_bar[..., 0] = t_bar
-            out_bar[..., 1] = u_bar
+            v_bar, out_bar[..., 0], out_bar[..., 1] = affine_pullback(y_bar, log_det_bar)
             return v_bar, out_bar
 
         return y, log_det, pullback
