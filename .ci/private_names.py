@@ -19,38 +19,7 @@ import sys
 
 # Known uses still to remove: (importing module, module of the name, name). Each line is debt:
 # delete it once the name is public (a line that no longer matches is reported, not an error).
-KNOWN = {
-    # refflow.flows builds the NSF spline layers' identity initialisation from the spline map
-    # factory of refflow.bijectors.splines: needs public names there.
-    ("refflow.flows", "refflow.bijectors.splines", "_identity_parameters"),
-    ("refflow.flows", "refflow.bijectors.splines", "_make_map"),
-    # refflow.interop.nflows' conditional MADE runs the dense stack of refflow.nn.mlp.
-    ("refflow.interop.nflows", "refflow.nn.mlp", "_dense_forward"),
-    ("refflow.interop.nflows", "refflow.nn.mlp", "_dense_vjp"),
-    # Inside the bijector and network packages (being consolidated):
-    ("refflow.bijectors.normalization", "refflow.bijectors.elementwise", "_affine_forward"),
-    ("refflow.bijectors.normalization", "refflow.bijectors.elementwise", "_affine_inverse"),
-    ("refflow.bijectors.planar", "refflow.bijectors.linear", "_check_permutation"),
-    ("refflow.bijectors.planar", "refflow.bijectors.linear", "_reflect"),
-    ("refflow.bijectors.planar", "refflow.bijectors.linear", "_reflect_pullback"),
-    ("refflow.bijectors.planar", "refflow.bijectors.linear", "_scaled_reflections"),
-    ("refflow.bijectors.splines", "refflow.splines", "_launch"),
-    ("refflow.bijectors.splines", "refflow.splines", "_settings"),
-    ("refflow.bijectors.splines", "refflow.bijectors.autoregressive", "_MaskedAutoregressive"),
-    ("refflow.bijectors.splines", "refflow.bijectors.coupling", "_Coupling"),
-    ("refflow.bijectors.splines", "refflow.bijectors.coupling", "_assemble"),
-    ("refflow.bijectors.splines", "refflow.bijectors.coupling", "_conditioner_input"),
-    ("refflow.bijectors.splines", "refflow.bijectors.coupling", "_split_h_bar"),
-    ("refflow.nn.made", "refflow.nn.mlp", "_check_features"),
-    ("refflow.nn.made", "refflow.nn.mlp", "_check_hidden"),
-    ("refflow.nn.made", "refflow.nn.mlp", "_check_result"),
-    ("refflow.nn.made", "refflow.nn.mlp", "_cotangent"),
-    ("refflow.nn.made", "refflow.nn.mlp", "_dense_forward"),
-    ("refflow.nn.made", "refflow.nn.mlp", "_dense_vjp"),
-    ("refflow.nn.made", "refflow.nn.mlp", "_grads64"),
-    ("refflow.nn.made", "refflow.nn.mlp", "_linear_init"),
-    ("refflow.nn.mlp", "refflow.nn.activations", "_relu_vd"),
-}
+KNOWN = set()
 
 
 def _private(name):

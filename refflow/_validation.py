@@ -15,8 +15,8 @@ import numbers
 
 import numpy as np
 
-__all__ = ["as_batch", "as_float_array", "check_finite", "check_rng", "check_dim", "check_int",
-           "check_n", "check_batch_size", "check_real", "check_positive", "check_bool",
+__all__ = ["as_batch", "as_float_array", "as_cotangent", "check_finite", "check_rng", "check_dim",
+           "check_int", "check_n", "check_batch_size", "check_real", "check_positive", "check_bool",
            "check_choice", "check_hidden"]
 
 
@@ -263,3 +263,20 @@ def check_rng(rng, where="rng"):
         f"{where}: rng must be None, a non-negative int seed or a numpy.random.Generator, "
         f"got {type(rng).__name__}"
     )
+
+
+def as_cotangent(value, shape, was_1d, dtype, where, name):
+    """A pullback's cotangent argument as a C-contiguous array of ``shape`` and ``dtype``.
+
+    ``None`` means zeros. Otherwise ``value`` must be finite and real, of ``shape`` (or of
+    ``shape[1:]`` when the pass was called on a single point, ``was_1d``); ``where`` names the
+    pullback in the messages (e.g. ``"Affine.forward pullback"``).
+    """
+    if value is None:
+        return np.zeros(shape, dtype=dtype)
+    arr = as_float_array(value, where, name)
+    expected = shape[1:] if was_1d else shape
+    if arr.shape != expected:
+        raise ValueError(f"{where}: expected {name} of shape {expected}, got {arr.shape}")
+    check_finite(arr, where, name)
+    return np.ascontiguousarray(arr.reshape(shape), dtype=dtype)

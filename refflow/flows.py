@@ -56,9 +56,7 @@ from .bijectors import (
 )
 from .bijectors import BlockNeuralAutoregressive, Gaussianization, Householder, Inverse
 from .bijectors.scale_maps import SCALE_MAPS
-# TODO: private names of bijectors.splines (the spline map factory and its identity parameters);
-# import them under public names once that module exports them (listed in .ci/private_names.py).
-from .bijectors.splines import _identity_parameters, _make_map
+from .bijectors.spline_core import identity_parameters, layer_spline_map
 from .distributions import Flow, StandardNormal
 from .nn.activations import ACTIVATIONS
 
@@ -106,7 +104,7 @@ def _set_identity_spline_bias(layer, bias_key, n_outputs, n_bins):
     for the "durkan" map, zero widths/heights give uniform bins and inner derivatives
     ``1e-3 + softplus(u_d)``, which equal 1 at ``u_d = log(expm1(1 - 1e-3))``.
     """
-    theta = _identity_parameters(layer._map, n_bins)
+    theta = identity_parameters(layer._map)
     layer.params[bias_key] = np.tile(theta, n_outputs)
 
 
@@ -405,7 +403,7 @@ def NSF(dim, *, n_layers=5, hidden=(64, 64), activation="relu", n_bins=8, bound=
     if not autoregressive and hidden_degrees != "cyclic":
         raise ValueError(f"{where}: hidden_degrees applies to the autoregressive layers only; "
                          f"coupling layers (autoregressive=False) have no MADE degrees")
-    _build(where, lambda: _make_map(where, "durkan", n_bins, bound, None, None, None, None))
+    _build(where, lambda: layer_spline_map(where, "durkan", n_bins, bound))
     last = f"b{len(hidden)}"
 
     def make():

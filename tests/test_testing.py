@@ -82,12 +82,12 @@ class PlantedAffine(Affine):
         super().__init__(dim)
         self.bug = bug
 
-    def _forward_vjp(self, z):
-        x, log_det, pullback = super()._forward_vjp(z)
+    def _forward_pass(self, z, context, vjp):
+        x, log_det, pullback = super()._forward_pass(z, context, True)
         scale = np.exp(self._p(z.dtype)["log_scale"])
 
         def buggy(x_bar, log_det_bar):
-            z_bar, grads = pullback(x_bar, log_det_bar)
+            z_bar, grads, _ = pullback(x_bar, log_det_bar)
             if self.bug == "missing_constraint_derivative":
                 # d/da [z exp(a)] written as z, forgetting the exp(a) of the reparameterisation
                 grads["log_scale"] = (x_bar * z).sum(axis=0) + log_det_bar.sum()
@@ -97,7 +97,7 @@ class PlantedAffine(Affine):
                 x_bar *= 2.0
             elif self.bug == "extra_key":
                 grads["scale"] = scale
-            return z_bar, grads
+            return z_bar, grads, None
 
         return x, log_det, buggy
 

@@ -32,13 +32,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from .._validation import as_float_array, check_bool, check_int, check_positive, check_real
-from ..kernels import NUMBA_DISABLED
+from ..kernels import use_fast_paths
 from ..kernels.fused import adam_update, sgd_update
-
-#: Run ``step`` through the fused one-pass kernels of :mod:`refflow.kernels.fused` (bitwise the
-#: reference ``_update`` arithmetic, see ``tests/test_fused_paths.py``); the reference path runs
-#: when numba is disabled (plain-Python kernels would be slow) or this is set to False.
-_FUSED = not NUMBA_DISABLED
 
 __all__ = ["Adam", "SGD", "clip_grad_norm", "CosineAnnealing"]
 
@@ -117,7 +112,9 @@ class _Optimizer:
         where = f"{type(self).__name__}.step"
         checked = self._check_grads(grads, where)
         t = self.t + 1
-        if _FUSED:
+        # The fused one-pass kernels of refflow.kernels.fused (bitwise the reference _update
+        # arithmetic) when the fast paths are on (refflow.kernels.use_fast_paths).
+        if use_fast_paths("optim"):
             self._step_fused(checked, t, where)
         else:
             self._step_reference(checked, t, where)
