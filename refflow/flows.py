@@ -808,12 +808,23 @@ def GF(dim, *, n_layers=3, n_components=8, kernel="gaussian", parameterization="
     return _build(where, make)
 
 
-def _nsf_coupling(dim, **options):
-    """``NSF(dim, autoregressive=False, **options)``: RQ-NSF (C), the ``"nsf-coupling"`` builder."""
-    if "autoregressive" in options:
+def _nsf_coupling(dim, *, n_layers=5, hidden=(64, 64), activation="relu", n_bins=8,
+                  bound=3.0, hidden_degrees="cyclic", context_dim=None, rng=None,
+                  **unexpected):
+    """``NSF(dim, autoregressive=False, ...)``: RQ-NSF (C), the ``"nsf-coupling"`` builder.
+
+    Its options are named in the signature (not ``**options``), so that callers that read the
+    signature, as ``FlowDensity`` does for ``hidden`` and ``context_dim``, see them.
+    """
+    if "autoregressive" in unexpected:
         raise ValueError("nsf-coupling: autoregressive is fixed to False for this builder; "
                          "use NSF(dim, autoregressive=...) instead")
-    return NSF(dim, autoregressive=False, **options)
+    if unexpected:
+        name = sorted(unexpected)[0]
+        raise TypeError(f"nsf-coupling: got an unexpected keyword argument {name!r}")
+    return NSF(dim, n_layers=n_layers, hidden=hidden, activation=activation, n_bins=n_bins,
+               bound=bound, autoregressive=False, hidden_degrees=hidden_degrees,
+               context_dim=context_dim, rng=rng)
 
 
 #: Builders by name: ``BUILDERS[name](dim, **options) -> Flow``. ``"nsf"`` is the

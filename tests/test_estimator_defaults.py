@@ -130,3 +130,19 @@ def test_lr_schedule(data):
         FlowDensity(lr_schedule="linear", **SMALL).fit(data)
     with pytest.raises(TypeError, match="lr_schedule"):
         FlowDensity(lr_schedule=1, **SMALL).fit(data)
+
+
+def test_hidden_and_context_reach_the_nsf_coupling_builder():
+    """The "nsf-coupling" builder names its options, so FlowDensity passes ``hidden`` (and
+    ``context_dim``) to it as to every network family."""
+    x = synthetic("curve", 200, rng=2)
+    options = dict(n_layers=1, hidden=(7,), epochs=1, random_state=0, progress=False)
+    model = FlowDensity("nsf-coupling", **options).fit(x)
+    coupling = model.flow_.bijector.layers[0].layers[0]
+    assert type(coupling).__name__ == "SplineCoupling"
+    assert coupling.params["conditioner.w0"].shape[0] == 7
+    context = np.random.default_rng(3).normal(size=(200, 1))
+    conditional = FlowDensity("nsf-coupling", **options).fit(x, context=context)
+    assert np.isfinite(conditional.score(x, context=context))
+    with pytest.raises(ValueError, match="flow_kwargs do not fit"):
+        FlowDensity("nsf-coupling", flow_kwargs={"n_bin": 4}, **options).fit(x)
