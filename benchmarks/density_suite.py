@@ -4,16 +4,18 @@ Run (from the repository root)::
 
     python benchmarks/density_suite.py [--quick | --smoke] [--sets NAME,...]
         [--estimators NAME,...] [--skip NAME,...] [--max-fit-seconds S] [--n-train N]
-        [--seed S] [--json PATH] [--markdown PATH]
+        [--seeds S,...] [--json PATH] [--markdown PATH] [--from-json PATH,...]
 
-Data sets (seeds fixed: training rows ``rng=seed``, test rows ``rng=seed + 1``):
+Data sets, drawn afresh for each seed ``s`` of ``--seeds`` (training rows ``rng=2 s``, test
+rows ``rng=2 s + 1``, so that no two seeds share rows):
 
 - every 2-D toy with an exact density (``refflow.data.TOYS_WITH_DENSITY``) and the synthetic
   sets of ``refflow.data.SYNTHETIC`` (4 to 16 dimensions, exact densities): 20,000 training rows
   and 10,000 test rows (``--quick``: 5,000 and 5,000);
 - real data that installs with scikit-learn (no download): ``digits`` (1797 x 64,
   ``refflow.data.load_digits``: ``(k + u) / 17``), ``breast_cancer`` (569 x 30) and ``wine``
-  (178 x 13), each split once, two thirds for training, by a permutation seeded with ``seed``.
+  (178 x 13), split two thirds for training by a permutation seeded with ``s`` (and
+  dequantized with noise seeded with ``s``).
 
 Dequantization of the real sets: their values are recorded to a fixed number of decimals
 (integers, for digits' pixels, wine's magnesium and proline), so they carry point masses and no
@@ -29,6 +31,8 @@ Estimators:
 - every family of ``refflow.flows.BUILDERS`` (each ``flow=`` name, default sizes), found at run
   time, so that families added later are run too; ``--skip`` leaves some out, and
   ``--max-fit-seconds`` skips a family on the remaining sets once one of its fits took longer.
+- ``Gaussian``: the full-covariance Gaussian of maximum likelihood (training mean and
+  covariance), what ``FlowDensity(whiten=True)`` starts from.
 - ``GMM(BIC)``: ``sklearn.mixture.GaussianMixture`` (full covariances, ``random_state=seed``)
   on standardised data, the number of components ``k = 1..30`` chosen by the BIC on the
   training rows.
@@ -36,17 +40,22 @@ Estimators:
   bandwidth chosen by 3-fold cross-validated likelihood (``GridSearchCV``) on a grid of 13
   values from 0.01 to 2.5 (extended by a factor 2.5 beyond an edge that wins).
 
-Both baselines fit standardised data ``s = (x - mean) / std`` (training statistics) and report
+The baselines fit standardised data ``s = (x - mean) / std`` (training statistics) and report
 the log-density in the data's units, ``log p(x) = log p_s(s) - sum_j log std_j``, as
 ``FlowDensity`` does.
 
-Reported for each (set, estimator): the held-out mean log-likelihood in nats and its standard
-error (``std / sqrt(n_test)`` of the per-row log-densities), the gap to the truth where the
-density is known (``mean(log p_true - log q)`` over the test rows: the KL divergence estimate,
-with its paired standard error), and the fit time (the estimator's ``fit`` and, for the
+Reported for each (set, seed, estimator) in the JSON: the held-out mean log-likelihood in nats
+and its standard error (``std / sqrt(n_test)`` of the per-row log-densities), the gap to the
+truth where the density is known (``mean(log p_true - log q)`` over the test rows: the KL
+divergence estimate, with its paired standard error), and the fit time (the estimator's ``fit`` and, for the
 baselines, the model selection). Fit times are measured with ``OPENBLAS_NUM_THREADS=1`` (set
 here before NumPy loads, unless already set) and the load average of the machine is recorded
 beside them: on a shared machine they are provisional; log-likelihoods do not depend on load.
+The tables give, per (set, estimator), the mean over the seeds and its standard error across
+the seeds (``std(ddof=1) / sqrt(k)``: it includes the variability of the data draw and of the
+fit); with a single seed, the standard error over the test rows.
+
+Nothing is tuned here: no estimator sees the test rows before it is scored.
 
 ``--quick``: 5,000 training rows. ``--smoke``: tiny sizes, three sets, 2 epochs per flow, two
 families, ``k <= 3``, three bandwidths (tests the script, not the estimators).
@@ -80,7 +89,7 @@ from refflow.flows import BUILDERS  # noqa: E402
 
 REAL = ("digits", "breast_cancer", "wine")
 SETS = tuple(TOYS_WITH_DENSITY) + tuple(SYNTHETIC) + REAL
-BASELINES = ("gmm", "kde")
+BASELINES = ("gaussian", "gmm", "kde")
 DEFAULT = "default"
 #: Shares of the real sets used for training (the rest is the test set).
 TRAIN_SHARE = 2.0 / 3.0
@@ -137,8 +146,8 @@ def load_set(name, mode, seed):
     if name in TOYS_WITH_DENSITY or name in SYNTHETIC:
         draw, density = ((toy, toy_log_prob) if name in TOYS_WITH_DENSITY
                          else (synthetic, synthetic_log_prob))
-        return {"train": draw(name, mode.n_train, rng=seed),
-                "test": draw(name, mode.n_test, rng=seed + 1),
+        return {"train": draw(name, mode.n_train, rng=2 * seed),
+                "test": draw(name, mode.n_test, rng=2 * seed + 1),
                 "log_prob": lambda x: density(name, x),
                 "kind": "toy" if name in TOYS_WITH_DENSITY else "synthetic", "note": ""}
     if name == "digits":
@@ -162,6 +171,22 @@ def _standardise(train):
     mean, std = train.mean(axis=0), train.std(axis=0)
     std = np.where(std > 0, std, 1.0)
     return mean, std
+
+
+def fit_gaussian(train, test):
+    """The full-covariance Gaussian of maximum likelihood (training mean and covariance,
+    ``bias=True``), fitted to the standardised rows and reported in the data's units (the same
+    density as fitting the raw rows, with better conditioned arithmetic)."""
+    mean, std = _standardise(train)
+    s_train, s_test = (train - mean) / std, (test - mean) / std
+    mu = s_train.mean(axis=0)
+    cov = np.atleast_2d(np.cov(s_train, rowvar=False, bias=True))
+    chol = np.linalg.cholesky(cov)
+    r = np.linalg.solve(chol, (s_test - mu).T)
+    d = train.shape[1]
+    lp = (-0.5 * np.sum(r * r, axis=0) - np.sum(np.log(np.diag(chol)))
+          - 0.5 * d * math.log(2.0 * math.pi))
+    return lp - np.sum(np.log(std)), {}
 
 
 def fit_gmm(train, test, seed, max_k):
@@ -231,7 +256,9 @@ def run_one(estimator, data, seed, mode):
     record = {"estimator": estimator}
     start = time.perf_counter()
     try:
-        if estimator == "gmm":
+        if estimator == "gaussian":
+            lp, info = fit_gaussian(train, test)
+        elif estimator == "gmm":
             lp, info = fit_gmm(train, test, seed, mode.gmm_max_k)
         elif estimator == "kde":
             lp, info = fit_kde(train, test, seed, mode.kde_grid)
@@ -280,61 +307,122 @@ def environment(mode):
             "mode": mode.name, "n_train": mode.n_train, "n_test": mode.n_test}
 
 
-def run(mode, sets, estimators, seed, max_fit_seconds=None, say=print, after_set=None):
-    """Every (set, estimator): the list of per-set results (``after_set(results)`` is called
-    after each set, to save partial results)."""
+def run(mode, sets, estimators, seeds, max_fit_seconds=None, say=print, after_set=None):
+    """Every (set, seed, estimator): the list of per-(set, seed) results (``after_set(results)``
+    is called after each, to save partial results)."""
     over_budget = set()
     results = []
     for name in sets:
-        data = load_set(name, mode, seed)
-        entry = {"set": name, "kind": data["kind"], "note": data["note"],
-                 "n_train": int(data["train"].shape[0]), "n_test": int(data["test"].shape[0]),
-                 "dim": int(data["train"].shape[1]), "load_before": load_average(),
-                 "records": []}
-        if data["log_prob"] is not None:
-            data["truth_rows"] = data["log_prob"](data["test"])
-            entry["truth"] = float(np.mean(data["truth_rows"]))
-            entry["truth_se"] = float(np.std(data["truth_rows"]) /
-                                      math.sqrt(data["test"].shape[0]))
-        say(f"{name}: {entry['n_train']} x {entry['dim']} training rows"
-            + (f", truth {entry['truth']:.4f}" if "truth" in entry else ""))
-        for estimator in estimators:
-            if estimator in over_budget:
-                entry["records"].append({"estimator": estimator,
-                                         "skipped": f"a fit took over {max_fit_seconds} s"})
-                continue
-            record = run_one(estimator, data, seed, mode)
-            entry["records"].append(record)
-            if (max_fit_seconds is not None and estimator not in (DEFAULT, *BASELINES)
-                    and record["fit_seconds"] > max_fit_seconds):
-                over_budget.add(estimator)
-            say("  " + _line(record))
-        entry["load_after"] = load_average()
-        results.append(entry)
-        if after_set is not None:
-            after_set(results)
+        for seed in seeds:
+            data = load_set(name, mode, seed)
+            entry = {"set": name, "seed": int(seed), "kind": data["kind"], "note": data["note"],
+                     "n_train": int(data["train"].shape[0]),
+                     "n_test": int(data["test"].shape[0]),
+                     "dim": int(data["train"].shape[1]), "load_before": load_average(),
+                     "records": []}
+            if data["log_prob"] is not None:
+                data["truth_rows"] = data["log_prob"](data["test"])
+                entry["truth"] = float(np.mean(data["truth_rows"]))
+                entry["truth_se"] = float(np.std(data["truth_rows"]) /
+                                          math.sqrt(data["test"].shape[0]))
+            say(f"{name} (seed {seed}): {entry['n_train']} x {entry['dim']} training rows"
+                + (f", truth {entry['truth']:.4f}" if "truth" in entry else ""))
+            for estimator in estimators:
+                if estimator in over_budget:
+                    entry["records"].append({"estimator": estimator,
+                                             "skipped": f"a fit took over {max_fit_seconds} s"})
+                    continue
+                record = run_one(estimator, data, seed, mode)
+                entry["records"].append(record)
+                if (max_fit_seconds is not None and estimator not in (DEFAULT, *BASELINES)
+                        and record["fit_seconds"] > max_fit_seconds):
+                    over_budget.add(estimator)
+                say("  " + _line(record))
+            entry["load_after"] = load_average()
+            results.append(entry)
+            if after_set is not None:
+                after_set(results)
     return results
 
 
 def merge(runs):
-    """The results of several runs (``--from-json``) as one: records of the same set are
-    concatenated in the order given (a later record of the same estimator replaces an earlier
-    one)."""
+    """The results of several runs (``--from-json``) as one: records of the same set and seed
+    are concatenated in the order given (a later record of the same estimator replaces an
+    earlier one)."""
     merged, order = {}, []
     for results in runs:
         for entry in results:
-            name = entry["set"]
-            if name not in merged:
-                merged[name] = dict(entry, records=[])
-                order.append(name)
-            target = merged[name]
+            key = (entry["set"], entry.get("seed"))
+            if key not in merged:
+                merged[key] = dict(entry, records=[])
+                order.append(key)
+            target = merged[key]
             for record in entry["records"]:
                 target["records"] = [r for r in target["records"]
                                      if r["estimator"] != record["estimator"]] + [record]
-            for key in ("load_before", "load_after"):
-                if entry.get(key):
-                    target[key] = entry[key]
-    return [merged[name] for name in order]
+            for name in ("load_before", "load_after"):
+                if entry.get(name):
+                    target[name] = entry[name]
+    return [merged[key] for key in order]
+
+
+def _mean_se(values, row_ses):
+    """Mean over seeds and its standard error: across seeds (``std(ddof=1) / sqrt(k)``) when
+    there are several, else the single run's standard error over its test rows."""
+    values = np.asarray(values, dtype=float)
+    if values.size > 1:
+        return float(values.mean()), float(values.std(ddof=1) / math.sqrt(values.size))
+    return float(values[0]), row_ses[0]
+
+
+def aggregate(results):
+    """One entry per set: each estimator's mean over the seeds run (``n_seeds``), with the
+    standard error across seeds (or, for one seed, over the test rows); ``failed`` counts the
+    seeds on which the estimator raised."""
+    by_set, order = {}, []
+    for entry in results:
+        if entry["set"] not in by_set:
+            by_set[entry["set"]] = []
+            order.append(entry["set"])
+        by_set[entry["set"]].append(entry)
+    out = []
+    for name in order:
+        entries = by_set[name]
+        first = entries[0]
+        agg = {key: first[key] for key in ("set", "kind", "note", "n_train", "n_test", "dim")}
+        agg["seeds"] = [e.get("seed") for e in entries]
+        agg["load_before"] = first.get("load_before")
+        if "truth" in first:
+            agg["truth"], agg["truth_se"] = _mean_se([e["truth"] for e in entries],
+                                                     [first["truth_se"]])
+        estimators = []
+        for e in entries:
+            for r in e["records"]:
+                if r["estimator"] not in estimators:
+                    estimators.append(r["estimator"])
+        agg["records"] = []
+        for estimator in estimators:
+            recs = [r for e in entries for r in e["records"] if r["estimator"] == estimator]
+            done = [r for r in recs if "log_likelihood" in r]
+            record = {"estimator": estimator, "n_seeds": len(done),
+                      "failed": sum("error" in r for r in recs)}
+            if not done:
+                record.update({k: v for k, v in recs[0].items() if k in ("error", "skipped")})
+                agg["records"].append(record)
+                continue
+            record["log_likelihood"], record["se"] = _mean_se(
+                [r["log_likelihood"] for r in done], [r["se"] for r in done])
+            if all("gap" in r for r in done):
+                record["gap"], record["gap_se"] = _mean_se(
+                    [r["gap"] for r in done], [r.get("gap_se") for r in done])
+            record["fit_seconds"] = float(np.mean([r["fit_seconds"] for r in done]))
+            record["n_nonfinite"] = int(sum(r.get("n_nonfinite", 0) for r in done))
+            for key in ("k", "bandwidth", "chosen"):
+                if all(key in r for r in done):
+                    record[key] = [r[key] for r in done]
+            agg["records"].append(record)
+        out.append(agg)
+    return out
 
 
 def _line(record):
@@ -347,21 +435,25 @@ def _line(record):
 
 # ---------------------------------------------------------------------------- tables
 def _label(estimator):
-    return {"default": "FlowDensity()", "gmm": "GMM(BIC)", "kde": "KDE(CV)"}.get(
-        estimator, f"flow={estimator!r}")
+    return {"default": "FlowDensity()", "gaussian": "Gaussian", "gmm": "GMM(BIC)",
+            "kde": "KDE(CV)"}.get(estimator, f"flow={estimator!r}")
 
 
 def _cell(record, field="log_likelihood"):
+    """``mean ± se`` of an aggregated record (``field`` "log_likelihood" or "gap")."""
     if record is None or "skipped" in record:
         return "skipped"
-    if "error" in record:
+    if "log_likelihood" not in record:
         return "failed"
     value = record.get(field)
     if value is None:
         return ""
-    text = f"{value:.3f}"
+    se = record.get("se" if field == "log_likelihood" else "gap_se")
+    text = f"{value:.3f}" + ("" if se is None else f" ± {se:.3f}")
     if record.get("n_nonfinite"):
         text += f" ({record['n_nonfinite']} -inf)"
+    if record.get("failed"):
+        text += f" (failed on {record['failed']} seed(s))"
     return text
 
 
@@ -370,7 +462,8 @@ def _by(entry):
 
 
 def verdict(entry):
-    """``(ahead_of_baselines, within_0.05)`` of FlowDensity() on one set (None if not run)."""
+    """``(ahead_of_baselines, within_0.05)`` of FlowDensity() on one (aggregated) set: its mean
+    above every baseline's mean, its mean gap at most 0.05 nats (None if not run)."""
     recs = _by(entry)
     default = recs.get(DEFAULT)
     if default is None or "log_likelihood" not in default:
@@ -382,31 +475,37 @@ def verdict(entry):
     return ahead, within
 
 
+def _choices(record, key, fmt):
+    if not record or key not in record:
+        return ""
+    values = sorted(set(record[key]))
+    return f" ({key[0]}={','.join(fmt(v) for v in values)})"
+
+
 def summary_table(results):
-    head = ("| set | n x d | truth | FlowDensity() | gap | GMM(BIC) | KDE(CV) | best family | "
-            "ahead of both | gap <= 0.05 | FlowDensity() fit s |")
-    lines = [head, "|" + "---|" * head.count("|")[:-1] if False else
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """FlowDensity() beside the baselines, one row per set (``results`` aggregated)."""
+    head = ("| set | n x d | seeds | truth | FlowDensity() | gap | Gaussian | GMM(BIC) | KDE(CV) "
+            "| best family | ahead of all baselines | gap <= 0.05 | FlowDensity() fit s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for entry in results:
         recs = _by(entry)
         families = [r for e, r in recs.items() if e not in (DEFAULT, *BASELINES)
                     and "log_likelihood" in r]
         best = max(families, key=lambda r: r["log_likelihood"], default=None)
-        best_text = (f"{best['estimator']} {best['log_likelihood']:.3f}" if best else "")
+        best_text = f"{best['estimator']} {best['log_likelihood']:.3f}" if best else ""
         ahead, within = verdict(entry)
         default = recs.get(DEFAULT)
-        extra = []
-        for b in BASELINES:
-            r = recs.get(b)
-            extra.append(_cell(r) + (f" (k={r['k']})" if r and "k" in r else "")
-                         + (f" (h={r['bandwidth']:.3g})" if r and "bandwidth" in r else ""))
+        baselines = [_cell(recs.get(b)) + _choices(recs.get(b), "k", str)
+                     + _choices(recs.get(b), "bandwidth", lambda v: f"{v:.3g}")
+                     for b in BASELINES]
+        truth = f"{entry['truth']:.3f}" if "truth" in entry else ""
+        seconds = ("" if default is None or "fit_seconds" not in default
+                   else f"{default['fit_seconds']:.1f}")
         lines.append(
-            f"| {entry['set']} | {entry['n_train']} x {entry['dim']} | "
-            f"{entry.get('truth', float('nan')):.3f} | ".replace("nan", "") +
-            f"{_cell(default)} | {_cell(default, 'gap')} | {extra[0]} | {extra[1]} | "
+            f"| {entry['set']} | {entry['n_train']} x {entry['dim']} | {len(entry['seeds'])} | "
+            f"{truth} | {_cell(default)} | {_cell(default, 'gap')} | {' | '.join(baselines)} | "
             f"{best_text} | {'' if ahead is None else ('yes' if ahead else 'NO')} | "
-            f"{'' if within is None else ('yes' if within else 'NO')} | "
-            f"{'' if default is None or 'fit_seconds' not in default else round(default['fit_seconds'], 1)} |")
+            f"{'' if within is None else ('yes' if within else 'NO')} | {seconds} |")
     return "\n".join(lines)
 
 
@@ -430,23 +529,28 @@ def families_table(results, field="log_likelihood"):
 
 
 def markdown(results, env, command):
+    """The tables of a run (``results`` as run, one entry per set and seed)."""
     loads = [entry["load_before"] for entry in results if entry.get("load_before")]
     load_text = (f"load average (1 min) {min(l[0] for l in loads):.2f} to "
                  f"{max(l[0] for l in loads):.2f} over the run" if loads else "load unknown")
+    seeds = sorted({e.get("seed") for e in results if e.get("seed") is not None})
+    table = aggregate(results)
     out = [f"Density suite ({env['mode']}: {env['n_train']:,} training rows, {env['n_test']:,} "
-           f"test rows for the toys and synthetic sets), `{command}`.", "",
-           "Held-out mean log-likelihood in nats per row (higher is better); gap = "
-           "mean(log p_true - log q) on the test rows (the KL estimate; lower is better).", "",
-           summary_table(results), "",
-           "Held-out mean log-likelihood, every estimator:", "", families_table(results), "",
+           f"test rows for the toys and synthetic sets; seeds {', '.join(map(str, seeds))}), "
+           f"`{command}`.", "",
+           "Held-out mean log-likelihood in nats per row (higher is better), mean over the "
+           "seeds ± its standard error (across seeds; with one seed, over the test rows); gap "
+           "= mean(log p_true - log q) on the test rows (the KL estimate; lower is better).", "",
+           summary_table(table), "",
+           "Held-out mean log-likelihood, every estimator:", "", families_table(table), "",
            "Gap to the truth, every estimator:", "",
-           families_table([e for e in results if "truth" in e], "gap"), "",
-           "Fit seconds (provisional: shared machine, "
+           families_table([e for e in table if "truth" in e], "gap"), "",
+           "Fit seconds, mean over seeds (provisional: shared machine, "
            f"OPENBLAS_NUM_THREADS={env['OPENBLAS_NUM_THREADS']}; {load_text}):", "",
-           families_table(results, "fit_seconds"), "",
+           families_table(table, "fit_seconds"), "",
            f"Python {env['python']}, NumPy {env['numpy']}, SciPy {env['scipy']}, scikit-learn "
            f"{env['sklearn']}, refflow {env['refflow']}, {env['cpus']} CPUs ({env['machine']})."]
-    notes = [f"- {e['set']}: {e['note']}" for e in results if e["note"]]
+    notes = [f"- {e['set']}: {e['note']}" for e in table if e["note"]]
     if notes:
         out += ["", "Real sets:", *notes]
     return "\n".join(out) + "\n"
@@ -472,7 +576,9 @@ def parse(argv):
                         help="skip a family on later sets once a fit of it took longer")
     parser.add_argument("--n-train", type=int, default=None, metavar="N",
                         help="training rows of the toys and synthetic sets")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", metavar="S,...", default="0",
+                        help="seeds, each a full repetition (data draw or split, "
+                             "initialisation); the tables give the mean over them (default 0)")
     parser.add_argument("--json", metavar="PATH",
                         help="write the results as JSON (rewritten after every set)")
     parser.add_argument("--markdown", metavar="PATH")
@@ -485,6 +591,12 @@ def parse(argv):
                 base.families, base.gmm_max_k, base.kde_grid)
     if args.n_train is not None and args.n_train < 2:
         parser.error("--n-train: expected at least 2")
+    try:
+        args.seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--seeds: expected integers separated by commas, got {args.seeds!r}")
+    if not args.seeds or min(args.seeds) < 0 or len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds: expected distinct non-negative integers, got {args.seeds!r}")
     sets = list(mode.sets)
     if args.sets:
         sets = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -516,7 +628,7 @@ def main(argv=None, say=print):
     def save(results, env):
         if args.json:
             with open(args.json, "w") as fh:
-                json.dump({"environment": env, "command": command, "seed": args.seed,
+                json.dump({"environment": env, "command": command, "seeds": args.seeds,
                            "results": results}, fh, indent=1)
 
     if args.from_json:
@@ -531,7 +643,7 @@ def main(argv=None, say=print):
     else:
         env = environment(mode)
         started = time.perf_counter()
-        results = run(mode, sets, estimators, args.seed, args.max_fit_seconds, say=say,
+        results = run(mode, sets, estimators, args.seeds, args.max_fit_seconds, say=say,
                       after_set=lambda partial: save(partial, env))
         env["wall_seconds"] = time.perf_counter() - started
     md = markdown(results, env, command)

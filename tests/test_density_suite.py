@@ -29,33 +29,38 @@ def suite():
 def test_smoke_run_writes_consistent_tables(suite, tmp_path):
     out_json, out_md = tmp_path / "suite.json", tmp_path / "suite.md"
     results = suite.main(["--smoke", "--sets", "eight_gaussians,wine", "--estimators",
-                          "default,gmm,kde,maf", "--json", str(out_json), "--markdown",
-                          str(out_md)], say=lambda *args: None)
+                          "default,gaussian,gmm,kde,maf", "--seeds", "0,1", "--json",
+                          str(out_json), "--markdown", str(out_md)], say=lambda *args: None)
     saved = json.loads(out_json.read_text())
-    assert [e["set"] for e in saved["results"]] == ["eight_gaussians", "wine"]
-    toy, wine = results
+    assert [(e["set"], e["seed"]) for e in saved["results"]] == [
+        ("eight_gaussians", 0), ("eight_gaussians", 1), ("wine", 0), ("wine", 1)]
+    toy, _, wine, _ = results
     assert toy["dim"] == 2 and toy["n_train"] == 300 and toy["n_test"] == 200
     assert wine["dim"] == 13 and "truth" not in wine
     for entry in results:
-        assert [r["estimator"] for r in entry["records"]] == ["default", "gmm", "kde", "maf"]
+        assert [r["estimator"] for r in entry["records"]] == ["default", "gaussian", "gmm",
+                                                              "kde", "maf"]
         for r in entry["records"]:
             assert math.isfinite(r["log_likelihood"]) and r["se"] > 0 and r["fit_seconds"] > 0
     # the gap is the mean difference to the exact density on the same test rows
     for r in toy["records"]:
         assert r["gap"] == pytest.approx(toy["truth"] - r["log_likelihood"], abs=1e-9)
     table = out_md.read_text()
-    assert "| eight_gaussians | 300 x 2 |" in table and "| wine | 119 x 13 |" in table
+    assert "| eight_gaussians | 300 x 2 | 2 |" in table and "| wine | 119 x 13 | 2 |" in table
     # merging two runs gives the same tables
     merged = suite.main(["--from-json", f"{out_json},{out_json}"], say=lambda *args: None)
     assert merged == saved["results"]
 
 
-@pytest.mark.parametrize("fit", ["gmm", "kde"])
+@pytest.mark.parametrize("fit", ["gaussian", "gmm", "kde"])
 def test_baselines_report_the_data_units(suite, fit):
     from refflow.data import synthetic
 
     train, test = synthetic("curve", 400, rng=0), synthetic("curve", 100, rng=1)
-    if fit == "gmm":
+    if fit == "gaussian":
+        a, _ = suite.fit_gaussian(train, test)
+        b, _ = suite.fit_gaussian(10 * train, 10 * test)
+    elif fit == "gmm":
         a, _ = suite.fit_gmm(train, test, 0, 3)
         b, _ = suite.fit_gmm(10 * train, 10 * test, 0, 3)
     else:
@@ -78,8 +83,8 @@ def test_every_family_is_run(suite):
     from refflow.flows import BUILDERS
 
     estimators = suite.estimators_for(suite.MODES["full"], skip=["planar"])
-    assert estimators[:3] == ["default", "gmm", "kde"]
-    assert set(estimators[3:]) == set(BUILDERS) - {"planar"}
+    assert estimators[:4] == ["default", "gaussian", "gmm", "kde"]
+    assert set(estimators[4:]) == set(BUILDERS) - {"planar"}
 
 
 def test_verdict(suite):
@@ -104,3 +109,47 @@ def test_bad_arguments(suite, capsys):
     with pytest.raises(SystemExit):
         suite.main(["--json", "/nonexistent-folder/x.json"], say=lambda *args: None)
     assert "unknown" in capsys.readouterr().err
+
+
+def test_gaussian_baseline_is_the_maximum_likelihood_gaussian(suite):
+    from scipy.stats import multivariate_normal
+
+    from refflow.data import synthetic
+
+    train, test = synthetic("student_t", 500, rng=0), synthetic("student_t", 50, rng=1)
+    lp, _ = suite.fit_gaussian(train, test)
+    expected = multivariate_normal(train.mean(axis=0),
+                                   np.cov(train, rowvar=False, bias=True)).logpdf(test)
+    np.testing.assert_allclose(lp, expected, rtol=JACOBIAN_TOL)
+
+
+def test_aggregate_over_seeds(suite):
+    def entry(seed, default, gmm, gap):
+        return {"set": "curve", "seed": seed, "kind": "synthetic", "note": "", "n_train": 10,
+                "n_test": 5, "dim": 4, "truth": -1.0, "truth_se": 0.1,
+                "records": [{"estimator": "default", "log_likelihood": default, "se": 0.5,
+                             "gap": gap, "gap_se": 0.2, "fit_seconds": 2.0},
+                            {"estimator": "gmm", "log_likelihood": gmm, "se": 0.5,
+                             "fit_seconds": 1.0, "k": seed + 1}]}
+
+    (one,) = suite.aggregate([entry(0, -1.2, -1.5, 0.2)])
+    default = suite._by(one)["default"]
+    # one seed: the standard error over the test rows, as run
+    assert default["log_likelihood"] == -1.2 and default["se"] == 0.5
+    (three,) = suite.aggregate([entry(0, -1.2, -1.5, 0.2), entry(1, -1.0, -1.4, 0.0),
+                                entry(2, -1.1, -1.6, 0.1)])
+    default, gmm = suite._by(three)["default"], suite._by(three)["gmm"]
+    # three seeds: mean -1.1, sample std 0.1, standard error 0.1 / sqrt(3)
+    assert default["log_likelihood"] == pytest.approx(-1.1, abs=1e-12)
+    assert default["se"] == pytest.approx(0.1 / math.sqrt(3), rel=1e-12)
+    assert default["gap"] == pytest.approx(0.1, abs=1e-12)
+    assert gmm["k"] == [1, 2, 3] and three["seeds"] == [0, 1, 2]
+    assert suite.verdict(three) == (True, False)
+    assert "-1.100 ± 0.058" in suite.summary_table([three])
+
+
+def test_seeds_draw_disjoint_rows(suite):
+    mode = suite.MODES["smoke"]
+    a, b = suite.load_set("curve", mode, 0), suite.load_set("curve", mode, 1)
+    rows = np.concatenate([a["train"], a["test"], b["train"], b["test"]])
+    assert np.unique(rows, axis=0).shape[0] == rows.shape[0]
