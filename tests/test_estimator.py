@@ -294,8 +294,8 @@ def test_get_and_set_params():
     model = FlowDensity()
     assert set(model.get_params()) == {
         "flow", "n_layers", "hidden", "flow_kwargs", "epochs", "batch_size", "lr",
-        "weight_decay", "validation_fraction", "patience", "standardize", "whiten",
-        "random_state", "progress"}
+        "lr_schedule", "weight_decay", "validation_fraction", "patience", "standardize",
+        "whiten", "random_state", "progress"}
     assert model.get_params(deep=False) == model.get_params(deep=True)
     assert model.set_params(flow="maf", epochs=3) is model
     assert (model.flow, model.epochs) == ("maf", 3)
