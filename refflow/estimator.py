@@ -324,16 +324,17 @@ class FlowDensity:
     Parameters
     ----------
     flow : str, default "nsf"
+        A key of :data:`refflow.flows.BUILDERS`, or ``"auto"``: ``"nsf"`` (autoregressive
+        neural spline flow, the default: flexible, bounded splines; see DEVELOPERS.md,
+        "FlowDensity's defaults", for how it compares with ``"maf"`` and the classical
+        estimators), ``"nsf-coupling"``, ``"maf"``, ``"realnvp"``, ``"glow"``, ``"planar"``,
+        ``"radial"``, ``"sylvester"``, ``"bnaf"`` (block neural autoregressive; its widths are
+        ``flow_kwargs={"hidden_factors": ...}``), ``"gf"`` (Gaussianization flow).
         ``"auto"``: fit each family of ``AUTO_CANDIDATES`` (``"maf"`` and ``"nsf"``) with the
         same options on the same rows and keep the one with the best validation likelihood
         (``flow_name_``, ``candidate_scores_``); the fit costs the sum of the candidates'
-        fits. Otherwise a key of :data:`refflow.flows.BUILDERS`: ``"nsf"`` (autoregressive neural spline
-        flow, the default: flexible, bounded splines that train stably), ``"nsf-coupling"``,
-        ``"maf"``, ``"realnvp"``, ``"glow"``, ``"planar"``, ``"radial"``, ``"sylvester"``,
-        ``"bnaf"`` (block neural autoregressive; its widths are
-        ``flow_kwargs={"hidden_factors": ...}``), ``"gf"`` (Gaussianization flow). With a
-        single feature the coupling layouts are impossible, and ``"realnvp"`` and
-        ``"glow"`` fit a ``"maf"``, ``"nsf-coupling"`` an ``"nsf"``. A conditional fit
+        fits. With a single feature the coupling layouts are impossible, and ``"realnvp"``
+        and ``"glow"`` fit a ``"maf"``, ``"nsf-coupling"`` an ``"nsf"``. A conditional fit
         (``fit(X, context=C)``) needs a family whose builder takes ``context_dim`` (the
         network flows; not the planar family).
     n_layers : int, optional
@@ -349,7 +350,8 @@ class FlowDensity:
         ``rng``, ``hidden``, ``n_layers`` (the parameters above) or ``context_dim`` (set by
         ``fit(X, context=...)``).
     epochs : int, default 100
-        Maximum number of passes over the training data.
+        Maximum number of passes over the training data (and the length of the cosine
+        schedule, when there is one).
     batch_size : int, default 256
         Mini-batch size (the usual choice of the peers' examples).
     lr : float, default 1e-3
@@ -357,7 +359,7 @@ class FlowDensity:
     lr_schedule : None or "cosine", default None
         ``"cosine"``: the learning rate falls from ``lr`` to 0 along a half cosine over all
         ``epochs * n_batches`` steps (:class:`refflow.optim.CosineAnnealing`); early stopping
-        may end the fit before it reaches 0.
+        may end the fit before it reaches 0. None: constant ``lr``.
     weight_decay : float, default 0.0
         Decoupled weight decay (AdamW).
     validation_fraction : float, default 0.1
@@ -434,9 +436,10 @@ class FlowDensity:
     (``L = C diag(C)^{-1}``, ``U = diag(C)``, no bias) sits between the two::
 
         flow_ = Flow(base, Chain([inner_bijector, LULinear(C), Affine(mean, scale)]))
-        log q(x) = log q_w(C^{-1} (x - mean) / scale) - sum_j log C_jj - sum_j log scale_j The fitted flow is in eval mode (batch-norm
-    layers use their running statistics), so every score is a deterministic function of
-    its own row.
+        log q(x) = log q_w(C^{-1} (x - mean) / scale) - sum_j log C_jj - sum_j log scale_j
+
+    The fitted flow is in eval mode (batch-norm layers use their running statistics), so
+    every score is a deterministic function of its own row.
 
     *Scores.* :meth:`score_samples` gives ``log q(x)`` per row, in nats, in the units of
     ``X``; :meth:`score` is the **mean** log-likelihood per sample, as
