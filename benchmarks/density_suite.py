@@ -440,8 +440,11 @@ def _label(estimator):
 
 
 def _cell(record, field="log_likelihood"):
-    """``mean ± se`` of an aggregated record (``field`` "log_likelihood" or "gap")."""
-    if record is None or "skipped" in record:
+    """``mean ± se`` of an aggregated record (``field`` "log_likelihood" or "gap"); empty
+    for an estimator not run on the set."""
+    if record is None:
+        return ""
+    if "skipped" in record:
         return "skipped"
     if "log_likelihood" not in record:
         return "failed"
@@ -476,10 +479,11 @@ def verdict(entry):
 
 
 def _choices(record, key, fmt):
+    """The model selection's choices over the seeds: `` (k=3,5)``, `` (h=0.1)``."""
     if not record or key not in record:
         return ""
     values = sorted(set(record[key]))
-    return f" ({key[0]}={','.join(fmt(v) for v in values)})"
+    return f" ({ {'bandwidth': 'h'}.get(key, key)}={','.join(fmt(v) for v in values)})"
 
 
 def summary_table(results):
