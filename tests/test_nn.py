@@ -263,7 +263,7 @@ def test_mlp_bad_inputs(rng):
         MLP(-1, 2)
     with pytest.raises(ValueError, match="MLP: out_features must be a positive integer"):
         MLP(3, 0)
-    with pytest.raises(ValueError, match=r"MLP: hidden must be a sequence.*\(64, 64\)"):
+    with pytest.raises(TypeError, match=r"MLP: hidden must be a sequence.*\(64, 64\)"):
         MLP(3, 2, hidden=64)
     with pytest.raises(ValueError, match="MLP: hidden width must be a positive integer"):
         MLP(3, 2, hidden=(4, 0))
