@@ -27,7 +27,7 @@ from .bijectors import Affine, Chain
 from .distributions import DEFAULT_BATCH_SIZE, Flow
 from .flows import BUILDERS
 from . import io
-from .io.spec import register
+from .io.spec import Limits, declaration, declare, register
 from .training import ProgressLine
 from .training.loop import History, fit
 
@@ -271,6 +271,10 @@ def _empty(shape, where):
 
 
 # ------------------------------------------------------------------------------ estimator
+# Bounds for from_spec on a spec this module wrote itself (unpickling, which is trusted).
+_TRUSTED = Limits(max_params=sys.maxsize, max_layers=sys.maxsize, max_depth=sys.maxsize,
+                  max_string=sys.maxsize, max_items=sys.maxsize)
+
 class FlowDensity:
     r"""Density estimation with a normalizing flow, scikit-learn style.
 
@@ -1005,6 +1009,17 @@ class FlowDensity:
         return config
 
     @classmethod
+    def _declare(cls, config):
+        """The fitted flow's arrays (none before ``fit``), for :mod:`refflow.io`."""
+        fitted = config.get("fitted")
+        if fitted is None:
+            return declaration()
+        if not isinstance(fitted, dict) or "flow" not in fitted:
+            raise ValueError("FlowDensity (fitted state in the file): expected a dict with the "
+                             "key flow")
+        return declare(fitted["flow"])
+
+    @classmethod
     def _from_config(cls, config):
         """An estimator of the same structure (parameters and buffers come from the file)."""
         params = dict(config["params"])
@@ -1085,7 +1100,7 @@ class FlowDensity:
         self.__dict__.update(state)
         if flow_state is not None:
             spec, params, buffers = flow_state
-            flow = io.from_spec(spec)
+            flow = io.from_spec(spec, _TRUSTED)  # our own state: no bounds
             flow.params.update(params)
             targets = flow.buffers
             for key, value in buffers.items():
