@@ -65,16 +65,22 @@ Loading
 -------
 :func:`load` checks, in this order, and raises ``ValueError`` with one line naming the file
 and the problem at the first failure (``FileNotFoundError`` for a missing path): a zip archive
-(not random bytes, a ``.npy`` file or a truncated archive); the header entry and its JSON
-schema; the format name and version; the set of entries (none missing, none extra); for each
-array, before its data is read, the dtype and shape written in its ``.npy`` header against the
-JSON header (an object array, whose data would be pickled, is refused there); its SHA-256
-digest; finite parameters and float buffers. It then builds a new object from the spec, checks
-that its ``params`` and ``buffers`` have exactly the file's keys, shapes and dtypes, assigns
-them, restores the training flags, and checks that the loaded object reproduces the file's spec
+(not random bytes, a ``.npy`` file or a truncated archive); the header entry (no larger than
+the archive) and its JSON schema; the format name and version; the set of entries (none
+missing, none extra); for each array, from its ``.npy`` header alone (no data read), the dtype
+and shape against the JSON header, C order, and that its bytes in the archive can hold that
+shape (an object array, whose data would be pickled, is refused there); the spec's
+declaration (:func:`refflow.io.spec.declare`: the arrays its classes' configs imply, computed
+without allocating, within :class:`~refflow.io.spec.Limits`) against the file's arrays, name,
+shape and dtype. Only then is array data read: each array's SHA-256 digest; finite
+parameters and float buffers. It then builds a new object from the spec, checks that its
+``params`` and ``buffers`` have exactly the file's keys, shapes and dtypes, assigns them,
+restores the training flags, and checks that the loaded object reproduces the file's spec
 (structural buffers such as permutations and coupling masks are also in the configuration,
 where the constructor validates them). Nothing is assigned to any object that the caller can
 see before every check has passed: a failure returns nothing and leaves no half-built model.
+Memory and time spent on a file that is refused stay within a constant plus a small multiple
+of the file's size; a spec cannot make :func:`load` allocate what the file does not hold.
 
 The path
 --------
