@@ -324,3 +324,47 @@ def test_every_builder_and_estimator_round_trips_bit_for_bit(name, tmp_path):
 def test_load_is_exported_with_its_limits():
     assert refflow.load is load
     assert refflow.io.Limits is Limits and refflow.io.DEFAULT_LIMITS == Limits()
+
+
+# ------------------------------------------------------------- building draws nothing
+def _no_random_generators(monkeypatch):
+    """Make every real generator refflow could create fail: ``check_rng`` seeds one with
+    ``np.random.default_rng`` (the placeholder generator is built on ``PCG64`` directly)."""
+    def boom(*args, **kwargs):
+        raise AssertionError("a random generator was created while loading")
+    monkeypatch.setattr(np.random, "default_rng", boom)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_loading_a_builder_file_draws_no_random_numbers(name, tmp_path, monkeypatch):
+    model, x, context = MODELS[name](0)
+    path = tmp_path / "model.npz"
+    save(path, model)
+    expected = score(model, x, context)
+    _no_random_generators(monkeypatch)
+    loaded = load(path)
+    monkeypatch.undo()
+    got = score(loaded, x, context)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+def test_loading_a_registry_case_draws_no_random_numbers(tmp_path, monkeypatch):
+    paths = {}
+    for case_id, factory in CASES.items():
+        paths[case_id] = tmp_path / f"{case_id}.npz"
+        save(paths[case_id], factory(5)[0])
+    _no_random_generators(monkeypatch)
+    loaded = {case_id: load(path) for case_id, path in paths.items()}
+    monkeypatch.undo()
+    for case_id, layer in loaded.items():
+        original = CASES[case_id](5)[0]
+        for key, value in original.params.items():
+            assert np.array_equal(layer.params[key], value), (case_id, key)
+
+
+def test_outside_loading_generators_still_draw(monkeypatch):
+    # the placeholder generator exists only inside the load's build
+    a = NSF(2, n_layers=1, hidden=(4,), rng=1)
+    b = NSF(2, n_layers=1, hidden=(4,), rng=2)
+    assert not np.array_equal(a.params["bijector.layers.0.made.w0"],
+                              b.params["bijector.layers.0.made.w0"])

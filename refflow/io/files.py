@@ -73,7 +73,9 @@ shape (an object array, whose data would be pickled, is refused there); the spec
 declaration (:func:`refflow.io.spec.declare`: the arrays its classes' configs imply, computed
 without allocating, within :class:`~refflow.io.spec.Limits`) against the file's arrays, name,
 shape and dtype. Only then is array data read: each array's SHA-256 digest; finite
-parameters and float buffers. It then builds a new object from the spec, checks that its
+parameters and float buffers. It then builds a new object from the spec, without drawing
+random numbers (:func:`refflow._validation.placeholder_initialisation`: every array is
+about to be replaced by the file's, so building costs allocation only), checks that its
 ``params`` and ``buffers`` have exactly the file's keys, shapes and dtypes, assigns them,
 restores the training flags, and checks that the loaded object reproduces the file's spec
 (structural buffers such as permutations and coupling masks are also in the configuration,
@@ -107,6 +109,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .._validation import placeholder_initialisation
 from ..params import assign
 from .._version import __version__
 from .spec import check_limits, declare, from_spec, normalized, to_spec
@@ -588,7 +591,8 @@ def _read_file(path, limits):
 
 def _assemble(header, arrays, limits):
     """Build the object from the spec and fill it; nothing escapes unless every check passed."""
-    obj = from_spec(header["spec"], limits)
+    with placeholder_initialisation():  # every array comes from the file: draw nothing
+        obj = from_spec(header["spec"], limits)
     groups = _groups(obj)
     values = {group: {} for group in _GROUPS}
     for name, arr in arrays.items():
