@@ -27,7 +27,7 @@ from .bijectors import Affine, Chain
 from .distributions import DEFAULT_BATCH_SIZE, Flow
 from .flows import BUILDERS
 from . import io
-from .io.spec import Limits, declaration, declare, register
+from .io.spec import UNBOUNDED, declaration, declare, register
 from .training import ProgressLine
 from .training.loop import History, fit
 
@@ -271,10 +271,6 @@ def _empty(shape, where):
 
 
 # ------------------------------------------------------------------------------ estimator
-# Bounds for from_spec on a spec this module wrote itself (unpickling, which is trusted).
-_TRUSTED = Limits(max_params=sys.maxsize, max_layers=sys.maxsize, max_depth=sys.maxsize,
-                  max_string=sys.maxsize, max_items=sys.maxsize)
-
 class FlowDensity:
     r"""Density estimation with a normalizing flow, scikit-learn style.
 
@@ -1100,7 +1096,7 @@ class FlowDensity:
         self.__dict__.update(state)
         if flow_state is not None:
             spec, params, buffers = flow_state
-            flow = io.from_spec(spec, _TRUSTED)  # our own state: no bounds
+            flow = io.from_spec(spec, UNBOUNDED)  # our own state (unpickling is trusted)
             flow.params.update(params)
             targets = flow.buffers
             for key, value in buffers.items():

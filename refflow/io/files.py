@@ -112,7 +112,7 @@ import numpy as np
 from .._validation import placeholder_initialisation
 from ..params import assign
 from .._version import __version__
-from .spec import check_limits, declare, from_spec, normalized, to_spec
+from .spec import UNBOUNDED, check_limits, declare, from_spec, normalized, to_spec
 
 __all__ = ["save", "load", "atomic_write", "FORMAT_NAME", "FORMAT_VERSION"]
 
@@ -226,6 +226,23 @@ def _collect(obj, where):
 
 
 # ------------------------------------------------------------------------------- save
+def _check_own_declaration(spec, records, where):
+    """Refuse to write a file that :func:`load` would refuse: the spec's declaration must be
+    exactly the object's arrays (a class whose ``_declare`` disagrees with its constructor)."""
+    try:
+        declared = declare(spec, UNBOUNDED)
+    except ValueError as exc:
+        raise ValueError(f"{where}: the object's spec cannot be declared: {exc}") from exc
+    want = {f"params/{k}": (_PARAM_DTYPE, shape) for k, shape in declared["params"].items()}
+    want.update({f"buffers/{k}": value for k, value in declared["buffers"].items()})
+    have = {r["name"]: (r["dtype"], tuple(r["shape"])) for r in records}
+    if want != have:
+        diff = sorted(set(want.items()) ^ set(have.items()))
+        raise ValueError(f"{where}: {spec['class']} declares other arrays than it has "
+                         f"(its _declare disagrees with its constructor), first differences "
+                         f"{diff[:4]}; the file could not be loaded")
+
+
 def _fspath(path, where):
     try:
         path = os.fspath(path)
@@ -323,6 +340,7 @@ def save(path, obj):
                          f"the .npz suffix")
     spec = to_spec(obj)
     entries, records = _collect(obj, where)
+    _check_own_declaration(spec, records, where)
     header = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

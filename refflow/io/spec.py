@@ -26,9 +26,10 @@ import dataclasses
 import inspect
 import json
 import math
+import sys
 
 __all__ = ["to_spec", "from_spec", "register", "registered_classes", "normalized", "MAX_DEPTH",
-           "Limits", "DEFAULT_LIMITS", "declare", "declaration", "constructor_arguments",
+           "Limits", "DEFAULT_LIMITS", "UNBOUNDED", "declare", "declaration", "constructor_arguments",
            "combine", "check_json", "check_limits"]
 
 #: Nesting of a JSON value (dicts and lists) beyond which a spec or header is refused.
@@ -76,6 +77,9 @@ class Limits:
 
 #: The bounds used when none are given.
 DEFAULT_LIMITS = Limits()
+#: No bounds, for specs refflow wrote itself in this process (``save``'s own check, unpickling).
+UNBOUNDED = Limits(max_params=sys.maxsize, max_layers=sys.maxsize, max_depth=sys.maxsize,
+                   max_string=sys.maxsize, max_items=sys.maxsize)
 
 
 def check_limits(limits, where):
