@@ -137,8 +137,8 @@ def check_json(value, where, path="config", limits=None):
     """Raise ``ValueError`` unless ``value`` is plain JSON: dicts with str keys, lists (or
     tuples), str, bool, int, finite float, None, nested at most :data:`MAX_DEPTH` deep; with
     ``limits`` (a :class:`Limits`) also no string longer than ``limits.max_string`` and at most
-    ``limits.max_items`` list and dict elements in all. Iterative: no recursion, time linear
-    in the size of ``value``."""
+    ``limits.max_items`` list and dict elements in all and no integer outside ``[-2**63,
+    2**63)``. Iterative: no recursion, time linear in the size of ``value``."""
     max_string = math.inf if limits is None else limits.max_string
     max_items = math.inf if limits is None else limits.max_items
     items = 0
@@ -148,7 +148,13 @@ def check_json(value, where, path="config", limits=None):
         if depth > MAX_DEPTH:
             raise ValueError(f"{where}: {_render(path)} is nested more than {MAX_DEPTH} levels "
                              f"deep")
-        if value is None or isinstance(value, (bool, int)):
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            if limits is not None and not -2**63 <= value < 2**63:
+                raise ValueError(f"{where}: {_render(path)} is an integer of "
+                                 f"{value.bit_length()} bits; a spec's integers lie within "
+                                 f"[-2**63, 2**63)")
             continue
         if isinstance(value, str):
             if len(value) > max_string:
