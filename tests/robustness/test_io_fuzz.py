@@ -61,7 +61,7 @@ def _report():
             print(f"  {key}: {OUTCOMES[key]}")
         for family, times in sorted(TIMES.items()):
             peak, size = max(PEAKS[family])
-            ratio = max(p / s for p, s in PEAKS[family])
+            ratio = max(p / max(s, 1) for p, s in PEAKS[family])
             print(f"  {family}: {len(times)} loads, slowest {max(times) * 1e3:.1f} ms "
                   f"(provisional: shared machine, tracemalloc on); largest peak {peak} bytes "
                   f"(file {size} bytes), largest peak / file size {ratio:.1f}")
