@@ -10,6 +10,8 @@ convert; so does :func:`check_rng`, as scikit-learn's ``check_random_state``. No
 its argument: arrays that need converting are copied.
 """
 
+import contextlib
+import contextvars
 import math
 import numbers
 
@@ -17,7 +19,7 @@ import numpy as np
 
 __all__ = ["as_batch", "as_float_array", "as_cotangent", "check_finite", "check_rng", "check_dim",
            "check_int", "check_n", "check_batch_size", "check_real", "check_positive", "check_bool",
-           "check_choice", "check_hidden"]
+           "check_choice", "check_hidden", "placeholder_initialisation"]
 
 
 def _describe(x):
@@ -248,11 +250,55 @@ def check_hidden(hidden, where, name="hidden"):
     return tuple(check_dim(h, where, f"{name} width") for h in hidden)
 
 
+class _Placeholders(np.random.Generator):
+    """A generator that draws nothing: each method a constructor initialises with gives a
+    deterministic value of the requested shape at the cost of filling an array (zeros for
+    ``standard_normal``, ``loc`` for ``normal``, the midpoint for ``uniform``, the low end for
+    ``integers``, the identity for ``permutation``). See :func:`placeholder_initialisation`."""
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return np.full(() if size is None else size, 0.5 * (low + high), dtype=np.float64)
+
+    def normal(self, loc=0.0, scale=1.0, size=None):
+        return np.full(() if size is None else size, loc, dtype=np.float64)
+
+    def standard_normal(self, size=None, dtype=np.float64, out=None):
+        return np.zeros(() if size is None else size, dtype=dtype)
+
+    def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):
+        return np.full(() if size is None else size, 0 if high is None else low, dtype=dtype)
+
+    def permutation(self, x):
+        return np.arange(x) if isinstance(x, numbers.Integral) else np.array(x, copy=True)
+
+
+# True while placeholder_initialisation() is active in this context.
+_PLACEHOLDERS = contextvars.ContextVar("refflow_placeholder_initialisation", default=False)
+
+
+@contextlib.contextmanager
+def placeholder_initialisation():
+    """Within this block, :func:`check_rng` gives a generator that draws nothing (placeholder
+    values, see ``_Placeholders``) for every ``rng`` argument: for building an object whose
+    every parameter and buffer is then assigned from elsewhere (:func:`refflow.io.load`), so
+    that building costs allocation only, no random draws. Thread- and context-local."""
+    token = _PLACEHOLDERS.set(True)
+    try:
+        yield
+    finally:
+        _PLACEHOLDERS.reset(token)
+
+
 def check_rng(rng, where="rng"):
     """Turn ``rng`` (None, an int seed or a ``numpy.random.Generator``) into a Generator.
 
     ``None`` gives a generator seeded from the operating system; no global state is touched.
+    Inside :func:`placeholder_initialisation` every valid ``rng`` gives a generator that draws
+    nothing.
     """
+    if _PLACEHOLDERS.get() and (rng is None or isinstance(rng, np.random.Generator) or (
+            isinstance(rng, numbers.Integral) and not isinstance(rng, bool) and rng >= 0)):
+        return _Placeholders(np.random.PCG64(0))
     if isinstance(rng, np.random.Generator):
         return rng
     if rng is None or (isinstance(rng, numbers.Integral) and not isinstance(rng, bool)):

@@ -15,7 +15,8 @@ import numpy as np
 
 from ._validation import as_batch, as_float_array, check_dim, check_rng
 from .bijectors.base import Bijector, atomic
-from .io.spec import from_spec, register, to_spec
+from .io.spec import (combine, constructor_arguments, declaration, declare, from_spec,
+                      register, to_spec)
 from .params import ParamDict, prefixed
 
 __all__ = ["StandardNormal", "DiagNormal", "Flow"]
@@ -151,6 +152,18 @@ class _Distribution:
     def _from_config(cls, config):
         return cls(**config)
 
+    #: Names of the ``(dim,)`` parameters (declarations for :mod:`refflow.io`).
+    _param_names = ()
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        if args.get("params") is not None:
+            raise TypeError(f"{cls.__name__}: the config may not give params (they come from "
+                            f"the file)")
+        dim = check_dim(args["dim"], cls.__name__)
+        return declaration({name: (dim,) for name in cls._param_names})
+
     def log_prob(self, z):
         """Log-density of each point: ``z`` of shape ``(n, dim)`` -> ``(n,)`` (or a scalar)."""
         z2, was_1d = as_batch(z, self.dim, f"{type(self).__name__}.log_prob")
@@ -234,9 +247,11 @@ class DiagNormal(_Distribution):
     -0.918939
     """
 
+    _param_names = ("loc", "log_scale")
+
     def __init__(self, dim):
         dim = check_dim(dim, "DiagNormal")
-        super().__init__(dim, params={"loc": np.zeros(dim), "log_scale": np.zeros(dim)})
+        super().__init__(dim, params={name: np.zeros(dim) for name in self._param_names})
 
     def _log_prob_vjp(self, z):
         loc = self._params["loc"].astype(z.dtype)
@@ -320,6 +335,14 @@ class Flow:
     def _from_config(cls, config):
         return cls(**dict(config, base=from_spec(config["base"]),
                           bijector=from_spec(config["bijector"])))
+
+    @classmethod
+    def _declare(cls, config):
+        base, bijector = declare(config["base"]), declare(config["bijector"])
+        if base["buffers"]:
+            raise ValueError("Flow: the base distribution declares buffers, which a Flow does "
+                             "not save")
+        return combine(("base", base), ("bijector", bijector))
 
     @property
     def params(self):

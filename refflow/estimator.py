@@ -28,7 +28,7 @@ from .bijectors import Affine, Chain, LULinear
 from .distributions import DEFAULT_BATCH_SIZE, Flow
 from .flows import BUILDERS
 from . import io
-from .io.spec import register
+from .io.spec import UNBOUNDED, declaration, declare, register
 from .training import ProgressLine
 from .training.loop import History, TrainingDiverged, fit
 
@@ -1201,6 +1201,17 @@ class FlowDensity:
         return config
 
     @classmethod
+    def _declare(cls, config):
+        """The fitted flow's arrays (none before ``fit``), for :mod:`refflow.io`."""
+        fitted = config.get("fitted")
+        if fitted is None:
+            return declaration()
+        if not isinstance(fitted, dict) or "flow" not in fitted:
+            raise ValueError("FlowDensity (fitted state in the file): expected a dict with the "
+                             "key flow")
+        return declare(fitted["flow"])
+
+    @classmethod
     def _from_config(cls, config):
         """An estimator of the same structure (parameters and buffers come from the file)."""
         params = dict(config["params"])
@@ -1295,7 +1306,7 @@ class FlowDensity:
         self.__dict__.update(state)
         if flow_state is not None:
             spec, params, buffers = flow_state
-            flow = io.from_spec(spec)
+            flow = io.from_spec(spec, UNBOUNDED)  # our own state (unpickling is trusted)
             flow.params.update(params)
             targets = flow.buffers
             for key, value in buffers.items():

@@ -27,7 +27,9 @@ subclass gives the elementwise map of the coordinates, ``_transform`` (the splin
 import numpy as np
 
 from .._validation import check_dim
+from ..io.spec import constructor_arguments, declaration
 from ..nn import MADE
+from ..nn.mlp import mlp_shapes
 from ..params import prefixed
 from .base import Bijector
 from .scale_maps import affine_map, affine_value, get_scale_map
@@ -103,6 +105,17 @@ class MaskedAutoregressiveBase(Bijector):
         return {"dim": self.dim, "hidden": list(made.hidden), "order": made.order.tolist(),
                 "hidden_degrees": degrees, "activation": made.activation,
                 "context_dim": self.context_dim}
+
+    @classmethod
+    def _made_declaration(cls, args, n_params):
+        """The MADE's arrays that ``args`` imply: ``dim + context_dim`` inputs, the hidden
+        widths, ``dim * n_params`` outputs."""
+        name = cls.__name__
+        dim = check_dim(args["dim"], name)
+        context_dim = args["context_dim"]
+        n_context = 0 if context_dim is None else check_dim(context_dim, name, "context_dim")
+        shapes = mlp_shapes(dim + n_context, dim * n_params, args["hidden"], f"{name}: MADE")
+        return declaration({f"made.{k}": s for k, s in shapes.items()})
 
     def _transform(self, direction, v, out, vjp, sampled=None):
         """The elementwise map of every coordinate in ``direction`` from the MADE's outputs.
@@ -283,6 +296,10 @@ class MaskedAffineAutoregressive(MaskedAutoregressiveBase):
 
     def _config(self):
         return dict(super()._config(), scale=self.scale, scale_side=self.scale_side)
+
+    @classmethod
+    def _declare(cls, config):
+        return cls._made_declaration(constructor_arguments(cls, config), 2)
 
     def _sample_coordinate(self, z_i, out_i):
         return affine_value("forward", self.scale_side, z_i, out_i[:, 0],

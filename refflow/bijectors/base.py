@@ -38,7 +38,7 @@ import contextvars
 import numpy as np
 
 from .._validation import as_batch, as_cotangent
-from ..io.spec import from_spec, to_spec
+from ..io.spec import combine, declare, from_spec, to_spec
 from ..params import ParamDict, prefixed
 
 __all__ = ["Bijector", "Chain", "Inverse"]
@@ -152,6 +152,14 @@ class Bijector:
     def _from_config(cls, config):
         """Build the layer from :meth:`_config`'s output (default ``cls(**config)``)."""
         return cls(**config)
+
+    @classmethod
+    def _declare(cls, config):
+        """The arrays that ``cls._from_config(config)`` would have, without building it:
+        ``{"params": {key: shape}, "buffers": {key: (dtype, shape)}}`` (see
+        :mod:`refflow.io.spec`). Cheap: integer arithmetic on the config, no allocation."""
+        raise NotImplementedError(f"{cls.__name__} does not define _declare(config), so it "
+                                  f"cannot be loaded")
 
     # ----------------------------------------------------------- subclass hooks
     def _forward_pass(self, z, context, vjp):
@@ -414,6 +422,14 @@ class Chain(Bijector):
     def _from_config(cls, config):
         return cls(**dict(config, layers=[from_spec(spec) for spec in config["layers"]]))
 
+    @classmethod
+    def _declare(cls, config):
+        layers = config["layers"]
+        if not isinstance(layers, list):
+            raise TypeError(f"Chain: layers must be a list of specs, got {type(layers).__name__}")
+        return combine(*((f"layers.{i}", declare(spec))
+                                      for i, spec in enumerate(layers)))
+
     def _pass(self, direction, v, context, vjp):
         order = self.layers if direction == "forward" else self.layers[::-1]
         log_det = np.zeros(v.shape[0], dtype=v.dtype)
@@ -489,6 +505,10 @@ class Inverse(Bijector):
     @classmethod
     def _from_config(cls, config):
         return cls(**dict(config, bijector=from_spec(config["bijector"])))
+
+    @classmethod
+    def _declare(cls, config):
+        return declare(config["bijector"])
 
     def _run(self, direction, v, with_vjp, context=None):
         return self.bijector._run(_OTHER[direction], v, with_vjp, context)

@@ -125,6 +125,7 @@ import numpy as np
 from scipy.special import expit, log_expit
 
 from .._validation import as_batch, check_dim, check_rng
+from ..io.spec import constructor_arguments, declaration
 from ..kernels.bnaf import ACTIVATION_CODES, bnaf_inverse
 from .base import Bijector
 
@@ -355,6 +356,26 @@ class BlockNeuralAutoregressive(Bijector):
         return {"dim": self.dim, "hidden_factors": list(self.hidden_factors),
                 "activation": self.activation, "parameterization": self.parameterization,
                 "residual": self.residual, "context_dim": self.context_dim}
+
+    @classmethod
+    def _declare(cls, config):
+        # the arrays of _initial_params, in its order
+        args = constructor_arguments(cls, config)
+        where = "BlockNeuralAutoregressive"
+        d = check_dim(args["dim"], where)
+        blocks = (1, *_check_factors(args["hidden_factors"], where), 1)
+        context_dim = args["context_dim"]
+        if context_dim is not None:
+            context_dim = check_dim(context_dim, where, "context_dim")
+        params = {}
+        for l in range(len(blocks) - 1):
+            n_out, n_in = d * blocks[l + 1], d * blocks[l]
+            params[f"w{l}"], params[f"g{l}"], params[f"b{l}"] = (n_out, n_in), (n_out,), (n_out,)
+            if l == 0 and context_dim is not None:
+                params["context_weight"] = (n_out, context_dim)
+        if args["residual"] == "gated":
+            params["gate"] = (1,)
+        return declaration(params)
 
     # ------------------------------------------------------------------------- state
     def _state(self, dtype):

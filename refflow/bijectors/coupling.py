@@ -41,7 +41,8 @@ import numpy as np
 from .._validation import check_dim
 from ..kernels import use_fast_paths
 from ..kernels.fused import assemble_columns
-from ..nn.mlp import MLP
+from ..io.spec import constructor_arguments, declaration
+from ..nn.mlp import MLP, mlp_shapes
 from ..params import prefixed
 from .base import Bijector
 from .scale_maps import affine_map, get_scale_map
@@ -146,6 +147,29 @@ class CouplingBase(Bijector):
         return {"dim": self.dim, "mask": self.buffers["mask"].tolist(),
                 "hidden": list(self.conditioner.hidden), "activation": self.conditioner.activation,
                 "context_dim": self.context_dim}
+
+    _out_per_feature = None  # outputs of the conditioner per transformed coordinate
+
+    @classmethod
+    def _declare(cls, config):
+        return cls._coupling_declaration(constructor_arguments(cls, config), cls._out_per_feature)
+
+    @classmethod
+    def _coupling_declaration(cls, args, out_per_feature):
+        """The mask buffer and the conditioner's arrays that ``args`` imply (a mask given as a
+        list is checked as the constructor checks it; the default one is counted, not built)."""
+        name = cls.__name__
+        dim = check_dim(args["dim"], name)
+        if dim < 2:
+            raise ValueError(f"{name}: dim must be at least 2, got {dim}")
+        mask = args["mask"]
+        n_b = dim - dim // 2 if mask is None else int(_check_mask(mask, dim, name).sum())
+        context_dim = args["context_dim"]
+        n_context = 0 if context_dim is None else check_dim(context_dim, name, "context_dim")
+        shapes = mlp_shapes(dim - n_b + n_context, out_per_feature * n_b, args["hidden"],
+                            f"{name}: conditioner")
+        return declaration({f"conditioner.{k}": s for k, s in shapes.items()},
+                           {"mask": ("|b1", (dim,))})
 
     def _indices(self, direction):
         # Read at call time (a loaded model may replace the buffer in place).
@@ -273,9 +297,12 @@ class AdditiveCoupling(CouplingBase):
     True
     """
 
+    _out_per_feature = 1  # the shift
+
     def __init__(self, dim, *, mask=None, hidden=(64, 64), activation="relu", context_dim=None,
                  zero_last=False, rng=None):
-        super().__init__(dim, mask, hidden, activation, context_dim, zero_last, rng, 1)
+        super().__init__(dim, mask, hidden, activation, context_dim, zero_last, rng,
+                         self._out_per_feature)
 
     def _transform(self, direction, v_b, t, vjp):
         forward = direction == "forward"
@@ -409,13 +436,16 @@ class AffineCoupling(CouplingBase):
     array([0., 0., 0.])
     """
 
+    _out_per_feature = 2  # the shift and the raw log-scale
+
     def __init__(self, dim, *, mask=None, hidden=(64, 64), activation="relu", scale="exp",
                  scale_side="sampling", context_dim=None, zero_last=False, rng=None):
         get_scale_map(scale, f"{type(self).__name__}")  # ValueError naming the class
         if not isinstance(scale_side, str) or scale_side not in ("sampling", "density"):
             raise ValueError(f"{type(self).__name__}: scale_side must be one of ['sampling', "
                              f"'density'], got {scale_side!r}")
-        super().__init__(dim, mask, hidden, activation, context_dim, zero_last, rng, 2)
+        super().__init__(dim, mask, hidden, activation, context_dim, zero_last, rng,
+                         self._out_per_feature)
         self._scale_name = scale
         self.scale_side = scale_side
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from .._math import log1mexp, log_sigmoid, sigmoid, softplus
 from .._validation import check_dim
+from ..io.spec import constructor_arguments, declaration
 from .base import Bijector
 
 __all__ = ["Affine", "Exp", "Sigmoid", "Logit", "Tanh", "Softplus", "LeakyReLU"]
@@ -123,6 +124,11 @@ class Affine(Bijector):
     def _config(self):
         return {"dim": self.dim}
 
+    @classmethod
+    def _declare(cls, config):
+        dim = check_dim(constructor_arguments(cls, config)["dim"], cls.__name__)
+        return declaration({"shift": (dim,), "log_scale": (dim,)})
+
     def _forward_pass(self, z, context, vjp):
         p = self._p(z.dtype)
         return affine_forward(z, p["shift"], p["log_scale"], vjp)
@@ -146,6 +152,11 @@ class _Elementwise(Bijector):
 
     def _config(self):
         return {"dim": self.dim}
+
+    @classmethod
+    def _declare(cls, config):
+        check_dim(constructor_arguments(cls, config)["dim"], cls.__name__)
+        return declaration()
 
     def _forward_pass(self, z, context, vjp):
         x, log_det = self._f(z), self._log_df(z).sum(axis=1)

@@ -101,7 +101,8 @@ from scipy.special import log_ndtr, ndtri_exp
 
 from .._validation import check_dim, check_rng
 from ..kernels.gaussianization import gaussianization_inverse, kernel_constants
-from ..nn.mlp import MLP
+from ..io.spec import constructor_arguments, declaration
+from ..nn.mlp import MLP, mlp_shapes
 from ..params import prefixed
 from .base import Bijector
 
@@ -263,6 +264,25 @@ class Gaussianization(Bijector):
         if self.hyper is not None:
             config.update(hidden=list(self.hyper.hidden), activation=self.hyper.activation)
         return config
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        where = "Gaussianization"
+        dim = check_dim(args["dim"], where)
+        k = check_dim(args["n_components"], where, "n_components")
+        parameterization, weights = args["parameterization"], args["weights"]
+        if not (isinstance(parameterization, str) and parameterization in PARAMETERIZATIONS):
+            raise ValueError(f"{where}: parameterization must be one of "
+                             f"{list(PARAMETERIZATIONS)}, got {parameterization!r}")
+        names = PARAMETERIZATIONS[parameterization] + (
+            ("weight_logits",) if weights == "learned" else ())
+        if args["context_dim"] is None:
+            return declaration({name: (dim, k) for name in names})
+        context_dim = check_dim(args["context_dim"], where, "context_dim")
+        shapes = mlp_shapes(context_dim, dim * len(names) * k, args["hidden"],
+                            f"{where}: hyper-network")
+        return declaration({f"hyper.{key}": s for key, s in shapes.items()})
 
     # ------------------------------------------------------------------ parameters
     def _raw(self, context, dtype):

@@ -29,6 +29,7 @@ from scipy.linalg import solve_triangular
 
 from .._math import sigmoid, softplus
 from .._validation import check_dim, check_rng
+from ..io.spec import constructor_arguments, declaration
 from ._orthogonal import (check_permutation, inverse_permutation, reflect, reflect_pullback,
                           scaled_reflections)
 from .base import Bijector
@@ -131,6 +132,11 @@ class Permute(Bijector):
     def _config(self):
         # The permutation is structure: the constructor validates it when the file is loaded.
         return {"dim": self.dim, "permutation": self.buffers["permutation"].tolist()}
+
+    @classmethod
+    def _declare(cls, config):
+        dim = check_dim(constructor_arguments(cls, config)["dim"], cls.__name__)
+        return declaration(buffers={"permutation": ("<i8", (dim,))})
 
     def _perm(self):
         # Read at call time (a loaded model may replace the buffer); the copy keeps the pullback
@@ -361,6 +367,14 @@ class LULinear(Bijector):
         return {"dim": self.dim, "permutation": self.buffers["permutation"].tolist(),
                 "upper_diag": self.upper_diag}
 
+    @classmethod
+    def _declare(cls, config):
+        dim = check_dim(constructor_arguments(cls, config)["dim"], "LULinear")
+        n_off = dim * (dim - 1) // 2
+        return declaration({"lower_entries": (n_off,), "upper_entries": (n_off,),
+                            "unconstrained_upper_diag": (dim,), "bias": (dim,)},
+                           {"permutation": ("<i8", (dim,))})
+
     def _state(self, direction, dtype):
         """Parameter copies, the factors and ``c`` in ``dtype``, and the permutation."""
         p = self._p(dtype)
@@ -526,6 +540,14 @@ class Householder(Bijector):
 
     def _config(self):
         return {"dim": self.dim, "n_reflections": self.n_reflections}
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        dim = check_dim(args["dim"], "Householder")
+        k = args["n_reflections"]
+        k = dim if k is None else check_dim(k, "Householder", "n_reflections")
+        return declaration({"vectors": (k, dim)})
 
     def _directions(self, direction, dtype):
         """Vectors scaled to max-abs 1 (in ``dtype``), their float64 scales ``m``, ``s = w . w``."""

@@ -23,6 +23,7 @@ import numbers
 import numpy as np
 
 from .._validation import check_dim
+from ..io.spec import constructor_arguments, declaration
 from .base import Bijector, commit_on_success
 from .elementwise import affine_forward, affine_inverse
 
@@ -155,6 +156,12 @@ class ActNorm(Bijector):
 
     def _config(self):
         return {"dim": self.dim}  # the initialized flag is a buffer, restored from the file
+
+    @classmethod
+    def _declare(cls, config):
+        dim = check_dim(constructor_arguments(cls, config)["dim"], "ActNorm")
+        return declaration({"shift": (dim,), "log_scale": (dim,)},
+                           {"initialized": ("|b1", ())})
 
     def _data_init(self, direction, v):
         """The float64 parameters that normalise the batch ``v`` (see Notes)."""
@@ -330,6 +337,12 @@ class BatchNorm(Bijector):
 
     def _config(self):
         return {"dim": self.dim, "momentum": self.momentum, "eps": self.eps}
+
+    @classmethod
+    def _declare(cls, config):
+        dim = check_dim(constructor_arguments(cls, config)["dim"], "BatchNorm")
+        return declaration({"log_gamma": (dim,), "beta": (dim,)},
+                           {"running_mean": ("<f8", (dim,)), "running_var": ("<f8", (dim,))})
 
     def _running(self, dtype):
         """Copies of the running statistics in ``dtype`` (constants for the pullback)."""

@@ -46,6 +46,7 @@ import numpy as np
 
 from .._math import log_softplus, sigmoid, softplus
 from .._validation import check_dim, check_rng
+from ..io.spec import constructor_arguments, declaration
 from ..kernels.planar import planar_inverse, sylvester_inverse
 from .base import Bijector
 from ._orthogonal import check_permutation, reflect, reflect_pullback, scaled_reflections
@@ -194,6 +195,11 @@ class Planar(Bijector):
 
     def _config(self):
         return {"dim": self.dim}
+
+    @classmethod
+    def _declare(cls, config):
+        dim = check_dim(constructor_arguments(cls, config)["dim"], "Planar")
+        return declaration({"u": (dim,), "w": (dim,), "b": (1,)})
 
     def _coefficients(self, direction):
         """The constrained quantities in float64 (module docstring and class Notes)."""
@@ -395,6 +401,11 @@ class Radial(Bijector):
 
     def _config(self):
         return {"dim": self.dim}
+
+    @classmethod
+    def _declare(cls, config):
+        dim = check_dim(constructor_arguments(cls, config)["dim"], "Radial")
+        return declaration({"z0": (dim,), "alpha": (1,), "beta": (1,)})
 
     def _coefficients(self, direction):
         p = self._p(np.float64)
@@ -670,6 +681,26 @@ class Sylvester(Bijector):
         if self.q == "permutation":
             config["permutation"] = np.asarray(self.buffers["permutation"]).tolist()
         return config
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        where = "Sylvester"
+        dim = check_dim(args["dim"], where)
+        q, m, k = args["q"], args["m"], args["n_reflections"]
+        if not (isinstance(q, str) and q in _Q_KINDS):
+            raise ValueError(f"{where}: q must be one of {list(_Q_KINDS)}, got {q!r}")
+        m = dim if m is None else check_dim(m, where, "m")
+        n_off = m * (m - 1) // 2
+        params, buffers = {}, {}
+        if q == "householder":
+            params["vectors"] = (m if k is None else check_dim(k, where, "n_reflections"), dim)
+        else:
+            buffers["permutation"] = ("<i8", (dim,))
+        params.update({"r_entries": (n_off,), "unconstrained_r_diag": (m,),
+                       "r_tilde_entries": (n_off,), "unconstrained_r_tilde_diag": (m,),
+                       "b": (m,)})
+        return declaration(params, buffers)
 
     # ------------------------------------------------------------------ the constrained map
     def _orthonormal(self, direction):

@@ -36,6 +36,7 @@ Numer. Anal., 1982.
 import numpy as np
 
 from .._validation import check_dim
+from ..io.spec import constructor_arguments, declaration
 from .autoregressive import MaskedAutoregressiveBase
 from .base import Bijector
 from .coupling import CouplingBase, conditioner_input
@@ -68,6 +69,13 @@ def _knots(apply, theta, smap):
 
 
 # ----------------------------------------------------------------------- elementwise layer
+
+def _spline_map(cls, args):
+    """The spline map the constructor arguments ``args`` of layer ``cls`` select (declarations)."""
+    return layer_spline_map(cls.__name__, args["parameterization"], args["n_bins"],
+                            args["bound"], args["min_bin_width"], args["min_bin_height"],
+                            args["min_derivative"], args["boundary_slopes"])
+
 class RationalQuadraticSpline(Bijector):
     r"""Elementwise monotone rational-quadratic spline with its own parameters, ``x = RQS(z)``.
 
@@ -123,6 +131,15 @@ class RationalQuadraticSpline(Bijector):
 
     def _config(self):
         return {"dim": self.dim, **map_config(self._map, self.parameterization)}
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        dim = check_dim(args["dim"], "RationalQuadraticSpline")
+        smap = _spline_map(cls, args)
+        return declaration({"unnormalized_widths": (dim, smap.n_bins),
+                            "unnormalized_heights": (dim, smap.n_bins),
+                            "unnormalized_derivatives": (dim, smap.n_derivatives)})
 
     def _spline_pass(self, apply, v, vjp):
         p = self._p(v.dtype)
@@ -229,6 +246,12 @@ class SplineCoupling(CouplingBase):
     def _config(self):
         return dict(super()._config(), **map_config(self._map, self.parameterization))
 
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        smap = _spline_map(cls, args)
+        return cls._coupling_declaration(args, 2 * smap.n_bins + smap.n_derivatives)
+
     def _input_knots(self, direction, v, context=None):
         """``(n, dim, K+1)`` knots in the input space of ``direction`` (inf for the identity part)."""
         a, b = self._indices(direction)
@@ -324,6 +347,12 @@ class MaskedSplineAutoregressive(MaskedAutoregressiveBase):
 
     def _config(self):
         return dict(super()._config(), **map_config(self._map, self.parameterization))
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        smap = _spline_map(cls, args)
+        return cls._made_declaration(args, 2 * smap.n_bins + smap.n_derivatives)
 
     def _input_knots(self, direction, v, context=None):
         """``(n, dim, K+1)`` knots in the input space of ``direction`` at the points ``v``."""

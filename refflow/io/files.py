@@ -65,16 +65,24 @@ Loading
 -------
 :func:`load` checks, in this order, and raises ``ValueError`` with one line naming the file
 and the problem at the first failure (``FileNotFoundError`` for a missing path): a zip archive
-(not random bytes, a ``.npy`` file or a truncated archive); the header entry and its JSON
-schema; the format name and version; the set of entries (none missing, none extra); for each
-array, before its data is read, the dtype and shape written in its ``.npy`` header against the
-JSON header (an object array, whose data would be pickled, is refused there); its SHA-256
-digest; finite parameters and float buffers. It then builds a new object from the spec, checks
-that its ``params`` and ``buffers`` have exactly the file's keys, shapes and dtypes, assigns
-them, restores the training flags, and checks that the loaded object reproduces the file's spec
+(not random bytes, a ``.npy`` file or a truncated archive); the header entry (no larger than
+the archive) and its JSON schema; the format name and version; the set of entries (none
+missing, none extra); for each array, from its ``.npy`` header alone (no data read), the dtype
+and shape against the JSON header, C order, and that its bytes in the archive can hold that
+shape (an object array, whose data would be pickled, is refused there); the spec's
+declaration (:func:`refflow.io.spec.declare`: the arrays its classes' configs imply, computed
+without allocating, within :class:`~refflow.io.spec.Limits`) against the file's arrays, name,
+shape and dtype. Only then is array data read: each array's SHA-256 digest; finite
+parameters and float buffers. It then builds a new object from the spec, without drawing
+random numbers (:func:`refflow._validation.placeholder_initialisation`: every array is
+about to be replaced by the file's, so building costs allocation only), checks that its
+``params`` and ``buffers`` have exactly the file's keys, shapes and dtypes, assigns them,
+restores the training flags, and checks that the loaded object reproduces the file's spec
 (structural buffers such as permutations and coupling masks are also in the configuration,
 where the constructor validates them). Nothing is assigned to any object that the caller can
 see before every check has passed: a failure returns nothing and leaves no half-built model.
+Memory and time spent on a file that is refused stay within a constant plus a small multiple
+of the file's size; a spec cannot make :func:`load` allocate what the file does not hold.
 
 The path
 --------
@@ -101,9 +109,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .._validation import placeholder_initialisation
 from ..params import assign
 from .._version import __version__
-from .spec import from_spec, normalized, to_spec
+from .spec import UNBOUNDED, check_limits, declare, from_spec, normalized, to_spec
 
 __all__ = ["save", "load", "atomic_write", "FORMAT_NAME", "FORMAT_VERSION"]
 
@@ -217,6 +226,23 @@ def _collect(obj, where):
 
 
 # ------------------------------------------------------------------------------- save
+def _check_own_declaration(spec, records, where):
+    """Refuse to write a file that :func:`load` would refuse: the spec's declaration must be
+    exactly the object's arrays (a class whose ``_declare`` disagrees with its constructor)."""
+    try:
+        declared = declare(spec, UNBOUNDED)
+    except ValueError as exc:
+        raise ValueError(f"{where}: the object's spec cannot be declared: {exc}") from exc
+    want = {f"params/{k}": (_PARAM_DTYPE, shape) for k, shape in declared["params"].items()}
+    want.update({f"buffers/{k}": value for k, value in declared["buffers"].items()})
+    have = {r["name"]: (r["dtype"], tuple(r["shape"])) for r in records}
+    if want != have:
+        diff = sorted(set(want.items()) ^ set(have.items()))
+        raise ValueError(f"{where}: {spec['class']} declares other arrays than it has "
+                         f"(its _declare disagrees with its constructor), first differences "
+                         f"{diff[:4]}; the file could not be loaded")
+
+
 def _fspath(path, where):
     try:
         path = os.fspath(path)
@@ -314,6 +340,7 @@ def save(path, obj):
                          f"the .npz suffix")
     spec = to_spec(obj)
     entries, records = _collect(obj, where)
+    _check_own_declaration(spec, records, where)
     header = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -361,18 +388,24 @@ def _read_npy_header(npz, name):
     if info.compress_type != zipfile.ZIP_STORED:
         raise _FileError(f"entry {name!r} is compressed; refflow model files store every entry "
                          f"uncompressed")
+    if info.compress_size != info.file_size:
+        raise _FileError(f"entry {name!r} is stored uncompressed but its sizes in the archive "
+                         f"differ ({info.compress_size} and {info.file_size} bytes): damaged")
     with npz.zip.open(info) as fp:
         version = np.lib.format.read_magic(fp)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
         elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
         else:
             raise _FileError(f"entry {name!r} is a .npy of version {version}, which refflow "
                              f"model files do not use")
     if dtype.hasobject:
         raise _FileError(f"entry {name!r} holds an object array (pickled Python objects); "
                          f"refused, a model file never executes code")
+    if fortran and len(shape) > 1:
+        raise _FileError(f"entry {name!r} is stored in Fortran order; refflow model files "
+                         f"store arrays in C order")
     return dtype, shape, info.file_size
 
 
@@ -458,17 +491,22 @@ def _check_header(header):
     return arrays
 
 
-def _read_arrays(npz, expected, file_size):
-    """Every array entry, checked against the header before and after its data is read."""
+def _shown(names, n=5):
+    """At most ``n`` names of a sorted list, for a one-line message."""
+    names = sorted(names)
+    return str(names) if len(names) <= n else f"{names[:n]} and {len(names) - n} more"
+
+
+def _check_entries(npz, expected, file_size):
+    """Every array entry's ``.npy`` header against the JSON header; no array data is read."""
     present = set(npz.files) - {_HEADER}
     missing = sorted(set(expected) - present)
     extra = sorted(present - set(expected))
     if missing or extra:
-        raise _FileError(f"the entries do not match the header: missing {missing}, "
-                         f"unexpected {extra}")
-    out = {}
+        raise _FileError(f"the entries do not match the header: missing {_shown(missing)}, "
+                         f"unexpected {_shown(extra)}")
     members = set(npz.zip.namelist())
-    for name, (dtype, shape, digest) in expected.items():
+    for name, (dtype, shape, _) in expected.items():
         if f"{name}.npy" not in members:
             raise _FileError(f"entry {name!r} is not a .npy member")
         file_dtype, file_shape, size = _read_npy_header(npz, name)
@@ -481,6 +519,51 @@ def _read_arrays(npz, expected, file_size):
         if not math.prod(shape) * file_dtype.itemsize <= size <= file_size:
             raise _FileError(f"entry {name!r} has {size} bytes in the archive, which cannot hold "
                              f"its shape {shape} or exceeds the file")
+
+
+def _check_declared(spec, expected, limits):
+    """The arrays the spec declares (within ``limits``) against the file's, before any array
+    data is read and before anything is built."""
+    try:
+        declared = declare(spec, limits)
+    except ValueError as exc:
+        raise _FileError(str(exc)) from exc.__cause__
+    files = {group: {} for group in _GROUPS}
+    for name, (dtype, shape, _) in expected.items():
+        group, _, key = name.partition("/")
+        files[group][key] = (dtype, shape)
+    for group in _GROUPS:
+        wanted = declared[group]
+        missing = set(wanted) - set(files[group])
+        extra = set(files[group]) - set(wanted)
+        if missing or extra:
+            raise _FileError(f"the {spec['class']} built from the spec has other {group} than "
+                             f"the file: missing in the file {_shown(missing)}, not in the model "
+                             f"{_shown(extra)}")
+        for key, value in wanted.items():
+            dtype, shape = (_PARAM_DTYPE, value) if group == "params" else value
+            file_dtype, file_shape = files[group][key]
+            if file_shape != shape:
+                raise _FileError(f"{group}/{key} has shape {file_shape} in the file but the "
+                                 f"model built from the spec expects {shape}")
+            if file_dtype != dtype:
+                raise _FileError(f"{group}/{key} has dtype {_dtype_name(file_dtype)} in the "
+                                 f"file but the model built from the spec expects "
+                                 f"{_dtype_name(dtype)}")
+
+
+def _dtype_name(dtype):
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return repr(dtype)
+
+
+def _read_arrays(npz, expected):
+    """Every array's data (entries already checked by :func:`_check_entries`), against its
+    digest and for finiteness."""
+    out = {}
+    for name, (_, _, digest) in expected.items():
         arr = npz[name]
         if _digest(arr) != digest:
             raise _FileError(f"entry {name!r} does not match its SHA-256 digest: the array's "
@@ -492,8 +575,12 @@ def _read_arrays(npz, expected, file_size):
     return out
 
 
-def _read_file(path):
-    """``(header, arrays)`` of a model file, every content check done; raises ``_FileError``."""
+def _read_file(path, limits):
+    """``(header, arrays)`` of a model file, every content check done; raises ``_FileError``.
+
+    Order: the archive, the JSON header and its schema, every entry's ``.npy`` header against
+    it, the spec's declaration (within ``limits``) against the entries, and only then the
+    array data (digests, finiteness)."""
     with open(path, "rb") as f:
         file_size = os.fstat(f.fileno()).st_size
         magic = f.read(4)
@@ -509,7 +596,9 @@ def _read_file(path):
                     raise _FileError("not a zip/npz archive")
                 header = _read_header(npz, file_size)
                 expected = _check_header(header)
-                arrays = _read_arrays(npz, expected, file_size)
+                _check_entries(npz, expected, file_size)
+                _check_declared(header["spec"], expected, limits)
+                arrays = _read_arrays(npz, expected)
         except _FileError:
             raise
         except Exception as exc:  # noqa: BLE001 - zipfile, zlib, numpy: a damaged archive
@@ -518,9 +607,10 @@ def _read_file(path):
     return header, arrays
 
 
-def _assemble(header, arrays):
+def _assemble(header, arrays, limits):
     """Build the object from the spec and fill it; nothing escapes unless every check passed."""
-    obj = from_spec(header["spec"])
+    with placeholder_initialisation():  # every array comes from the file: draw nothing
+        obj = from_spec(header["spec"], limits)
     groups = _groups(obj)
     values = {group: {} for group in _GROUPS}
     for name, arr in arrays.items():
@@ -563,13 +653,17 @@ def _assemble(header, arrays):
     return obj
 
 
-def load(path):
+def load(path, limits=None):
     """Load a model saved by :func:`save`, checking everything before anything is built.
 
     Parameters
     ----------
     path : str or os.PathLike
         Read exactly as given (no suffix is added).
+    limits : refflow.io.Limits, optional
+        Bounds on what the file's spec may ask for (total array elements, objects, nesting,
+        string and list sizes); default :data:`refflow.io.DEFAULT_LIMITS`. Pass larger ones
+        for a legitimately larger model.
 
     Returns
     -------
@@ -588,7 +682,7 @@ def load(path):
         refflow model file of a version this refflow reads (see the module docstring for the
         checks). The model is then neither returned nor left anywhere.
     TypeError
-        If ``path`` is not a str or path-like.
+        If ``path`` is not a str or path-like, or ``limits`` not a ``Limits``.
 
     Examples
     --------
@@ -604,11 +698,12 @@ def load(path):
     """
     path = _fspath(path, "refflow.io.load")
     where = f"refflow.io.load({path!r})"
+    limits = check_limits(limits, where)
     if os.path.isdir(path):
         raise IsADirectoryError(f"{where}: is a directory, not a model file")
     try:
-        header, arrays = _read_file(path)
-        return _assemble(header, arrays)
+        header, arrays = _read_file(path, limits)
+        return _assemble(header, arrays, limits)
     except _FileError as exc:
         raise ValueError(f"{where}: {exc}") from exc.__cause__
     except RecursionError:

@@ -276,6 +276,19 @@ def check_features(n, where, name, allow_zero=False):
     return int(n)
 
 
+def mlp_shapes(in_features, out_features, hidden, where):
+    """``{"w0": (out, in), "b0": (out,), ...}`` of the stack ``in -> *hidden -> out`` (the
+    shapes :class:`MLP` and :class:`~refflow.nn.MADE` allocate), from the checked widths,
+    without allocating anything (declarations for model files)."""
+    in_features = check_features(in_features, where, "in_features", allow_zero=True)
+    out_features = check_features(out_features, where, "out_features")
+    sizes = (in_features, *check_hidden(hidden, where), out_features)
+    shapes = {}
+    for k in range(len(sizes) - 1):
+        shapes[f"w{k}"], shapes[f"b{k}"] = (sizes[k + 1], sizes[k]), (sizes[k + 1],)
+    return shapes
+
+
 def grads64(keys, bars):
     return {k: np.asarray(g, dtype=np.float64) for k, g in zip(keys, bars)}
 
