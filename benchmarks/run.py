@@ -482,7 +482,9 @@ model.fit(train)
 print(json.dumps({{"fit_s": time.perf_counter() - start,
                   "epochs": len(model.history_.train_nll)}}))
 """
-FIT_SECONDS = re.compile(r"(\d+) epochs in ([0-9.]+) s")
+# The summary line of `refflow fit`: "  5 epochs (90 steps) in 3.7 s" (the step count optional,
+# for older versions that printed "5 epochs in 3.7 s").
+FIT_SECONDS = re.compile(r"(\d+) epochs (?:\(\d+ steps\) )?in ([0-9.]+) s")
 
 
 def thread_workload(name, sizes, runner, config):
@@ -516,9 +518,10 @@ def thread_workload(name, sizes, runner, config):
             runner.log.append({"kind": "threads", "workload": name, "config": config,
                                "wall_s": wall})
             match = FIT_SECONDS.search(proc.stdout)
-            return {"times": [wall], "cpu_s": cpu,
-                    "fit_s": float(match.group(2)) if match else None,
-                    "epochs": int(match.group(1)) if match else None}
+            if match is not None:
+                return {"times": [wall], "cpu_s": cpu, "fit_s": float(match.group(2)),
+                        "epochs": int(match.group(1))}
+            error = "no 'N epochs (M steps) in S s' line in its output"
     runner.fail(f"{name} ({config} threads): failed ({error})")
     return None
 
