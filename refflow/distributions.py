@@ -285,6 +285,14 @@ class Flow:
         ``"base.<name>"`` and ``"bijector.<name>"`` (e.g. ``"bijector.layers.3.log_scale"``),
         the very arrays of the layers: an optimizer updates them in place.
 
+    Notes
+    -----
+    ``log_prob``, ``sample``, ``sample_and_log_prob``, ``log_prob_vjp``, ``nll_and_grad``,
+    ``kl`` and ``kl_and_grad`` run their passes with the BLAS thread count
+    :mod:`refflow.kernels.threads` picks for the rows of one pass: one thread for small work,
+    the default for large; your own setting (a thread variable, ``REFFLOW_BLAS_THREADS``, a
+    ``threadpoolctl`` limit) takes precedence. Results do not depend on it.
+
     Examples
     --------
     >>> import numpy as np

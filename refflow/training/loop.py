@@ -406,6 +406,11 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     the same optimizer continues from it). Layers with data-dependent initialisation
     (ActNorm) initialise from the first training batch.
 
+    *Threads.* Each epoch's steps and validation run with the BLAS thread count
+    :mod:`refflow.kernels.threads` picks for ``batch_size`` rows (one thread for a small
+    model); the callback runs with the process's own setting. ``OPENBLAS_NUM_THREADS`` and the
+    like, ``REFFLOW_BLAS_THREADS`` or your own ``threadpoolctl`` limit take precedence.
+
     *Ctrl-C.* In the main thread, the first SIGINT lets the current step finish and then stops:
     an unfinished epoch is not recorded (its steps count in ``n_steps``), the best epoch's
     parameters are put back (with ``restore_best``; before any completed epoch the parameters
