@@ -64,8 +64,7 @@ runs OpenBLAS's GEMM at about 0.65x of its AVX-512 speed; recorded, never set he
 in each process and leaves out the long fit (the table says what it changed); ``--smoke`` runs
 tiny models once, to test this script. A full run with ``--peers`` takes about 13-14 minutes
 on 2 idle cores: some 170 fresh processes (a peer's takes ~3 s to start), the peers' sampling
-(~3 minutes) and spline kernels (~2 minutes), and the thread workloads (~1-2 minutes, most of it
-default-thread fits while small GEMMs run slowly on two OpenBLAS threads).
+(~3 minutes) and spline kernels (~2 minutes), and the thread workloads (~1-2 minutes).
 """
 
 import argparse
