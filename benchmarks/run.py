@@ -64,8 +64,7 @@ runs OpenBLAS's GEMM at about 0.65x of its AVX-512 speed; recorded, never set he
 in each process and leaves out the long fit (the table says what it changed); ``--smoke`` runs
 tiny models once, to test this script. A full run with ``--peers`` takes about 13-14 minutes
 on 2 idle cores: some 170 fresh processes (a peer's takes ~3 s to start), the peers' sampling
-(~3 minutes) and spline kernels (~2 minutes), and the thread workloads (~1-2 minutes, most of it
-default-thread fits while small GEMMs run slowly on two OpenBLAS threads).
+(~3 minutes) and spline kernels (~2 minutes), and the thread workloads (~1-2 minutes).
 """
 
 import argparse
@@ -482,7 +481,9 @@ model.fit(train)
 print(json.dumps({{"fit_s": time.perf_counter() - start,
                   "epochs": len(model.history_.train_nll)}}))
 """
-FIT_SECONDS = re.compile(r"(\d+) epochs in ([0-9.]+) s")
+# The summary line of `refflow fit`: "  5 epochs (90 steps) in 3.7 s" (the step count optional,
+# for older versions that printed "5 epochs in 3.7 s").
+FIT_SECONDS = re.compile(r"(\d+) epochs (?:\(\d+ steps\) )?in ([0-9.]+) s")
 
 
 def thread_workload(name, sizes, runner, config):
@@ -516,9 +517,10 @@ def thread_workload(name, sizes, runner, config):
             runner.log.append({"kind": "threads", "workload": name, "config": config,
                                "wall_s": wall})
             match = FIT_SECONDS.search(proc.stdout)
-            return {"times": [wall], "cpu_s": cpu,
-                    "fit_s": float(match.group(2)) if match else None,
-                    "epochs": int(match.group(1)) if match else None}
+            if match is not None:
+                return {"times": [wall], "cpu_s": cpu, "fit_s": float(match.group(2)),
+                        "epochs": int(match.group(1))}
+            error = "no 'N epochs (M steps) in S s' line in its output"
     runner.fail(f"{name} ({config} threads): failed ({error})")
     return None
 

@@ -17,6 +17,7 @@ from ._validation import as_batch, as_float_array, check_dim, check_rng
 from .bijectors.base import Bijector, atomic
 from .io.spec import (combine, constructor_arguments, declaration, declare, from_spec,
                       register, to_spec)
+from .kernels.threads import blas_threads, largest_weight
 from .params import ParamDict, prefixed
 
 __all__ = ["StandardNormal", "DiagNormal", "Flow"]
@@ -299,6 +300,14 @@ class Flow:
         ``"base.<name>"`` and ``"bijector.<name>"`` (e.g. ``"bijector.layers.3.log_scale"``),
         the very arrays of the layers: an optimizer updates them in place.
 
+    Notes
+    -----
+    ``log_prob``, ``sample``, ``sample_and_log_prob``, ``log_prob_vjp``, ``nll_and_grad``,
+    ``kl`` and ``kl_and_grad`` run their passes with the BLAS thread count
+    :mod:`refflow.kernels.threads` picks for the rows of one pass: one thread for small work,
+    the default for large; your own setting (a thread variable, ``REFFLOW_BLAS_THREADS``, a
+    ``threadpoolctl`` limit) takes precedence. Results do not depend on it.
+
     Examples
     --------
     >>> import numpy as np
@@ -361,6 +370,15 @@ class Flow:
         """Eval mode for every layer (running statistics); returns self."""
         return self.train(False)
 
+    def _blas(self, rows):
+        """The BLAS thread count for passes of ``rows`` rows (:mod:`refflow.kernels.threads`):
+        the work is ``rows`` times the size of the largest weight, kept per bijector."""
+        kept = self.__dict__.get("_largest_weight")
+        if kept is None or kept[0] is not self.bijector or kept[1] is not self.base:
+            kept = (self.bijector, self.base, largest_weight(self.params.values()))
+            self._largest_weight = kept
+        return blas_threads(rows * kept[2])
+
     def _context(self, context, n, where, dtype=np.float64):
         c2, shared = self.bijector._check_context(context, n, where)
         if c2 is not None and c2.dtype != dtype:
@@ -408,7 +426,7 @@ class Flow:
         context_rows = self._context_chunks(context, n, where, x2.dtype)
         chunks = _chunks(n, batch_size, self.bijector, explicit, where)
         lp = None if len(chunks) == 1 else np.empty(n, dtype=x2.dtype)
-        with atomic():
+        with atomic(), self._blas(min(n, batch_size)):
             for start, stop in chunks:
                 z, log_det, _ = self.bijector._run("inverse", x2[start:stop], False,
                                                 context_rows(start, stop))
@@ -462,7 +480,7 @@ class Flow:
         x = lq = None
         if len(chunks) > 1:  # preallocated: a request too large for memory fails here, clearly
             x, lq = _empty((n, self.dim), _where), _empty(n, _where)
-        with atomic():
+        with atomic(), self._blas(min(n, batch_size)):
             for start, stop in chunks:
                 z = self.base._sample(stop - start, rng)
                 x_part, log_det, _ = self.bijector._run("forward", z, False,
@@ -507,7 +525,8 @@ class Flow:
         c2, shared = self._context(context, x2.shape[0], where, x2.dtype)
         if c2 is not None and np.shares_memory(c2, context):
             c2 = c2.copy()
-        with atomic(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with atomic(), self._blas(x2.shape[0]), \
+                np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             lq, inner = self._log_prob_vjp(x2, c2)
             _finite_log_prob(lq, where)
 
@@ -516,7 +535,8 @@ class Flow:
             expected = () if was_1d else (x2.shape[0],)
             if lq_bar.shape != expected or not np.isfinite(lq_bar).all():
                 raise ValueError(f"{where} pullback: expected a finite log_prob_bar of shape {expected}")
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            with self._blas(x2.shape[0]), \
+                    np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 x_bar, grads, c_bar = inner(lq_bar.reshape(x2.shape[0]).astype(x2.dtype))
             if not (np.isfinite(x_bar).all() and all(np.isfinite(g).all() for g in grads.values())
                     and (c_bar is None or np.isfinite(c_bar).all())):
@@ -557,7 +577,8 @@ class Flow:
         c2, _ = self._context(context, n, "Flow.nll_and_grad", x2.dtype)
         # A non-finite loss or gradient raises inside (as a ValueError, not a RuntimeWarning), so
         # no running statistics are updated.
-        with atomic(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with atomic(), self._blas(n), \
+                np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             lq, pullback = self._log_prob_vjp(x2, c2)
             nll = -float(np.mean(lq))
             _, grads, _ = pullback(np.full(n, -1.0 / n, dtype=x2.dtype))
@@ -737,16 +758,20 @@ class Flow:
         rng = check_rng(rng, where)
         c2, _ = self._context(context, n, where)
         # Layer state changes (data-dependent initialisation) commit only if everything succeeds.
+        # The flow's passes run with refflow's BLAS threads, the user's target as the user set.
         with atomic(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            z, reparam_pullback = self._reparameterized_sample(n, rng, where)
-            lp, base_pullback = self.base._log_prob_vjp(z)
-            x, log_det, bijector_pullback = self.bijector._run("forward", z, True, c2)
+            with self._blas(n):
+                z, reparam_pullback = self._reparameterized_sample(n, rng, where)
+                lp, base_pullback = self.base._log_prob_vjp(z)
+                x, log_det, bijector_pullback = self.bijector._run("forward", z, True, c2)
             log_t, grad_t = self._eval_kl_target(fns, x, c2, where, need_grad=True)
             f = lp - log_det - log_t
             kl = float(np.mean(f))
             inv_n = 1.0 / n
-            z_bar_t, bijector_grads, _ = bijector_pullback(-inv_n * grad_t, np.full(n, -inv_n))
-            z_bar_p, base_grads = base_pullback(np.full(n, inv_n))
+            with self._blas(n):
+                z_bar_t, bijector_grads, _ = bijector_pullback(-inv_n * grad_t,
+                                                               np.full(n, -inv_n))
+                z_bar_p, base_grads = base_pullback(np.full(n, inv_n))
             for key, g in reparam_pullback(z_bar_t + z_bar_p).items():
                 base_grads[key] = base_grads[key] + g
             grads = {f"base.{k}": np.asarray(g, dtype=np.float64) for k, g in base_grads.items()}
@@ -790,8 +815,9 @@ class Flow:
         c2, _ = self._context(context, n, where)
         z = self.base._sample(n, rng)
         with atomic():  # a target that raises leaves layer state (ActNorm init) unchanged
-            x, log_det, _ = self.bijector._run("forward", z, False, c2)
-            lq = self.base._log_prob(z) - log_det
+            with self._blas(n):
+                x, log_det, _ = self.bijector._run("forward", z, False, c2)
+                lq = self.base._log_prob(z) - log_det
             log_t, _ = self._eval_kl_target((fns[0], None), x, c2, where, need_grad=False)
         if np.isneginf(log_t).any():
             return math.inf, math.inf

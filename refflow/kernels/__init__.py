@@ -62,6 +62,12 @@ each call; ``1`` turns the threads off). Results are bit-identical for any numbe
 every element's arithmetic is the same whichever slice or block it lands in (fast-math off, so
 vectorised and scalar loop iterations round alike; tests/test_spline_speed_paths.py).
 
+The BLAS's threads are decided by the size of the work, in :mod:`refflow.kernels.threads`
+(:func:`blas_threads`): one thread for small products, :func:`n_threads` for large ones, the
+user's own setting (``OPENBLAS_NUM_THREADS`` and the like, ``REFFLOW_BLAS_THREADS``, a
+``threadpoolctl`` limit) left alone. numba's slices and the BLAS never run at the same time
+(the caller waits for each), and ``REFFLOW_NUM_THREADS`` bounds both.
+
 The NumPy twin mode
 -------------------
 With the environment variable ``REFFLOW_DISABLE_NUMBA=1`` set *before* refflow is imported,
@@ -80,7 +86,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["njit", "NUMBA_DISABLED", "PATHS", "fast_paths", "use_fast_paths", "launch"]
+from .threads import blas_threads, n_threads
+
+__all__ = ["njit", "NUMBA_DISABLED", "PATHS", "fast_paths", "use_fast_paths", "launch",
+           "n_threads", "blas_threads"]
 
 #: True when ``REFFLOW_DISABLE_NUMBA=1`` was set at import time: kernels are plain Python.
 NUMBA_DISABLED = os.environ.get("REFFLOW_DISABLE_NUMBA", "").strip() == "1"
@@ -150,18 +159,6 @@ MIN_PER_THREAD = 1 << 15
 _POOL = None
 _POOL_SIZE = 0
 _POOL_LOCK = threading.Lock()
-
-
-def n_threads():
-    """Threads for large batches: ``REFFLOW_NUM_THREADS`` if set, else the CPUs this process
-    may run on (``sched_getaffinity``: a container or ``taskset`` limit, not the host's count)."""
-    env = os.environ.get("REFFLOW_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) >= 1:
-        return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def launch(kernel, arrays, settings, outputs):

@@ -29,6 +29,7 @@ import numpy as np
 from .._validation import (as_batch, as_float_array, check_bool, check_int, check_positive,
                            check_real, check_rng)
 from ..distributions import Flow
+from ..kernels.threads import blas_threads, largest_weight
 from . import optim as _optim  # fit's argument clip_grad_norm shadows the function
 from ._common import ProgressLine, check_optimizer, make_schedule
 
@@ -405,6 +406,11 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     the same optimizer continues from it). Layers with data-dependent initialisation
     (ActNorm) initialise from the first training batch.
 
+    *Threads.* Each epoch's steps and validation run with the BLAS thread count
+    :mod:`refflow.kernels.threads` picks for ``batch_size`` rows (one thread for a small
+    model); the callback runs with the process's own setting. ``OPENBLAS_NUM_THREADS`` and the
+    like, ``REFFLOW_BLAS_THREADS`` or your own ``threadpoolctl`` limit take precedence.
+
     *Ctrl-C.* In the main thread, the first SIGINT lets the current step finish and then stops:
     an unfinished epoch is not recorded (its steps count in ``n_steps``), the best epoch's
     parameters are put back (with ``restore_best``; before any completed epoch the parameters
@@ -485,6 +491,7 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
         sys.stderr is not None and getattr(sys.stderr, "isatty", lambda: False)())
     bar = _Progress(epochs, n_batches) if show else _NoProgress()
     modes = _modes(flow)
+    work = min(batch_size, n_train) * largest_weight(flow_params.values())
     best, best_metric = None, math.inf
     start = time.perf_counter()
 
@@ -508,41 +515,44 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
         flow.train()
         for epoch in range(epochs):
             epoch_start = time.perf_counter()
-            order = gen.permutation(n_train)
-            total = 0.0
-            for b in range(n_batches):
-                idx = order[b * batch_size:(b + 1) * batch_size]
-                xb = x_train[idx]
-                cb = None if c_train is None else c_train[idx]
-                try:
-                    nll, grads = flow.nll_and_grad(xb, cb)
-                    if clip is not None:
-                        grads, _ = _optim.clip_grad_norm(grads, clip)
-                    optimizer.step(grads)
-                except ValueError as exc:
-                    raise diverged(epoch, history.n_steps, exc, "in a training step") from exc
-                total += nll * idx.shape[0]
-                history.n_steps += 1
-                if schedule is not None:
-                    schedule.step()
-                bar.step(epoch, b)
-                if interrupt.requested:
+            # the epoch's steps and validation with the BLAS threads for the batch's size, the
+            # callback outside (as the user set them)
+            with blas_threads(work):
+                order = gen.permutation(n_train)
+                total = 0.0
+                for b in range(n_batches):
+                    idx = order[b * batch_size:(b + 1) * batch_size]
+                    xb = x_train[idx]
+                    cb = None if c_train is None else c_train[idx]
+                    try:
+                        nll, grads = flow.nll_and_grad(xb, cb)
+                        if clip is not None:
+                            grads, _ = _optim.clip_grad_norm(grads, clip)
+                        optimizer.step(grads)
+                    except ValueError as exc:
+                        raise diverged(epoch, history.n_steps, exc, "in a training step") from exc
+                    total += nll * idx.shape[0]
+                    history.n_steps += 1
+                    if schedule is not None:
+                        schedule.step()
+                    bar.step(epoch, b)
+                    if interrupt.requested:
+                        break
+                if interrupt.requested and b < n_batches - 1:
+                    # Ctrl-C inside the epoch: the epoch is not recorded (nor validated)
+                    history.stopped_early, history.stop_reason = True, "interrupted"
                     break
-            if interrupt.requested and b < n_batches - 1:
-                # Ctrl-C inside the epoch: the epoch is not recorded (nor validated)
-                history.stopped_early, history.stop_reason = True, "interrupted"
-                break
-            train_nll = total / n_train
-            val_nll = None
-            try:
-                if not math.isfinite(train_nll):
-                    raise ValueError(f"the epoch's mean training NLL is {train_nll}")
-                if has_val:
-                    val_nll = _mean_nll(flow, x_val, c_val, chunk)
-                    if not math.isfinite(val_nll):
-                        raise ValueError(f"the validation NLL is {val_nll}")
-            except ValueError as exc:
-                raise diverged(epoch, history.n_steps, exc, "in the evaluation") from exc
+                train_nll = total / n_train
+                val_nll = None
+                try:
+                    if not math.isfinite(train_nll):
+                        raise ValueError(f"the epoch's mean training NLL is {train_nll}")
+                    if has_val:
+                        val_nll = _mean_nll(flow, x_val, c_val, chunk)
+                        if not math.isfinite(val_nll):
+                            raise ValueError(f"the validation NLL is {val_nll}")
+                except ValueError as exc:
+                    raise diverged(epoch, history.n_steps, exc, "in the evaluation") from exc
             history.train_nll.append(train_nll)
             if has_val:
                 history.val_nll.append(val_nll)
