@@ -14,7 +14,9 @@ from .bijectors import (
 )
 from .bijectors import BlockNeuralAutoregressive, Gaussianization
 from .splines import rational_quadratic_spline, rational_quadratic_spline_vjp
-from .distributions import DiagNormal, Flow, StandardNormal
+from .distributions import (
+    DiagGaussianMixture, DiagNormal, Flow, StandardNormal, StudentT, Uniform,
+)
 from .training import SGD, Adam, CosineAnnealing, History, TrainingDiverged, clip_grad_norm, fit
 from .flows import BUILDERS, MAF, NSF, Glow, PlanarFlow, RadialFlow, RealNVP, SylvesterFlow
 from .estimator import FlowDensity
@@ -42,7 +44,7 @@ __all__ = [
     "RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive",
     "rational_quadratic_spline", "rational_quadratic_spline_vjp",
     # distributions, flows, training
-    "StandardNormal", "DiagNormal", "Flow",
+    "StandardNormal", "DiagNormal", "Uniform", "StudentT", "DiagGaussianMixture", "Flow",
     # training
     "Adam", "SGD", "CosineAnnealing", "clip_grad_norm", "fit", "History", "TrainingDiverged",
     # builders and the estimator
