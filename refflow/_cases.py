@@ -107,6 +107,13 @@ def _image_case(build, sample_z, sample_w):
     return factory
 
 
+def _pyro_clamped(layer, rng):
+    _randomize(layer, rng)
+    b = layer.params[f"made.b{len(layer.made.hidden)}"]
+    b[1::2] += [0.0, 8.0, -9.0]        # u biases (MADE outputs are (mu_i, u_i) pairs)
+    return layer
+
+
 def _batchnorm(rng, training=False):
     layer = _randomize(B.BatchNorm(3), rng)
     layer.buffers["running_mean"][...] = rng.normal(0.0, 1.0, size=3)
@@ -168,6 +175,25 @@ CASES = {
         _normal(), _normal()),
     "iaf": _case(lambda r: B.Inverse(_randomize(B.MaskedAffineAutoregressive(
         3, hidden=(8,), scale="tanh", rng=r), r)), _normal(), _normal()),
+    # FlowJAX's MAF layer: softplus(u + softplus^-1(0.99)) + 0.01, scale on the density side
+    "maf_density_flowjax": _case(
+        lambda r: _randomize(B.MaskedAffineAutoregressive(
+            4, hidden=(10, 10), scale="flowjax", scale_side="density", rng=r), r),
+        _normal(), _normal()),
+    # Pyro's AffineAutoregressive (an IAF): log-scale clipped to [-5, 3]; the output biases of
+    # u push coordinate 1 above 3 and coordinate 2 below -5 (|u - bias| ~ 1 here), so the clip's
+    # flat parts are exercised as well as its identity part
+    "iaf_pyro_clamp": _case(lambda r: B.Inverse(_pyro_clamped(B.MaskedAffineAutoregressive(
+        3, hidden=(8,), order="random", scale="pyro-clamp", scale_side="density", rng=r), r)),
+        _normal(), _normal()),
+    # Pyro's AffineAutoregressive(stable=True): y = sigmoid(u + 2) x + (1 - sigmoid(u + 2)) mu
+    "iaf_pyro_stable": _case(lambda r: B.Inverse(_randomize(B.MaskedAffineAutoregressive(
+        3, hidden=(8, 8), scale="sigmoid-nofloor", scale_side="density", stable=True,
+        rng=r), r)), _normal(), _normal()),
+    "maf_stable_flowjax_conditional": _case(
+        lambda r: _randomize(B.MaskedAffineAutoregressive(
+            3, hidden=(8,), scale="flowjax", stable=True, context_dim=2, rng=r), r),
+        _normal(), _normal()),
     "additive_coupling": _case(
         lambda r: _randomize(B.AdditiveCoupling(4, hidden=(8,), activation="tanh", rng=r), r),
         _normal(), _normal()),
