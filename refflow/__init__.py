@@ -9,6 +9,7 @@ from . import datasets, nn, params, testing
 from .bijectors import (
     ActNorm, AdditiveCoupling, Affine, AffineCoupling, BatchNorm, Bijector, Chain, Exp,
     Householder, Inverse, LeakyReLU, Logit, LULinear, MaskedAffineAutoregressive,
+    MatrixExponential, Rotation, TriangularAffine,
     MaskedSplineAutoregressive, Permute, Planar, Radial, RationalQuadraticSpline, Reverse,
     Sigmoid, Softplus, SplineCoupling, Sylvester, Tanh,
 )
@@ -31,7 +32,8 @@ __all__ = [
     # elementwise
     "Affine", "Exp", "Sigmoid", "Logit", "Tanh", "Softplus", "LeakyReLU",
     # linear
-    "Permute", "Reverse", "LULinear", "Householder",
+    "Permute", "Reverse", "LULinear", "Householder", "MatrixExponential", "Rotation",
+    "TriangularAffine",
     # normalization
     "ActNorm", "BatchNorm",
     # coupling and autoregressive (conditioners in refflow.nn)

@@ -194,6 +194,14 @@ CASES = {
         lambda r: _randomize(B.MaskedAffineAutoregressive(
             3, hidden=(8,), scale="flowjax", stable=True, context_dim=2, rng=r), r),
         _normal(), _normal()),
+    "matrix_exponential": _case(lambda r: _randomize(B.MatrixExponential(4), r, 0.4),
+                                _normal(), _normal()),
+    "rotation": _case(lambda r: _randomize(B.Rotation(4), r, 1.0), _normal(), _normal()),
+    "triangular_affine": _case(lambda r: _randomize(B.TriangularAffine(4), r),
+                               _normal(), _normal()),
+    "triangular_affine_upper_weight_norm": _case(
+        lambda r: _randomize(B.TriangularAffine(3, lower=False, weight_normalization=True), r),
+        _normal(), _normal()),
     "additive_coupling": _case(
         lambda r: _randomize(B.AdditiveCoupling(4, hidden=(8,), activation="tanh", rng=r), r),
         _normal(), _normal()),
