@@ -107,6 +107,13 @@ def _image_case(build, sample_z, sample_w):
     return factory
 
 
+def _raw_diagonal(layer, rng):
+    _randomize(layer, rng)
+    layer.params["unconstrained_upper_diag"] = (rng.choice([-1.0, 1.0], size=layer.dim)
+                                                * rng.uniform(0.5, 1.5, size=layer.dim))
+    return layer
+
+
 def _pyro_clamped(layer, rng):
     _randomize(layer, rng)
     b = layer.params[f"made.b{len(layer.made.hidden)}"]
@@ -194,6 +201,12 @@ CASES = {
         lambda r: _randomize(B.MaskedAffineAutoregressive(
             3, hidden=(8,), scale="flowjax", stable=True, context_dim=2, rng=r), r),
         _normal(), _normal()),
+    # zuko's LULinearTransform: raw diagonal (either sign, kept away from 0) on L, unit U
+    "lu_linear_zuko_raw_lower": _case(lambda r: _raw_diagonal(B.LULinear(
+        4, upper_diag="raw", diagonal="lower"), r), _normal(), _normal()),
+    # normflows' Invertible1x1Conv(use_lu=True): fixed signs times exp(log_S) on U
+    "lu_linear_normflows_signs": _case(lambda r: _randomize(B.LULinear(
+        4, permutation="random", signs=[1.0, -1.0, -1.0, 1.0], rng=r), r), _normal(), _normal()),
     "matrix_exponential": _case(lambda r: _randomize(B.MatrixExponential(4), r, 0.4),
                                 _normal(), _normal()),
     "rotation": _case(lambda r: _randomize(B.Rotation(4), r, 1.0), _normal(), _normal()),

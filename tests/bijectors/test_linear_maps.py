@@ -217,3 +217,119 @@ def test_flowjax_triangular_affine(rng, lower, wn):
         g_matrix = g_model.triangular.args[0]
     np.testing.assert_allclose(grads["matrix"], np.asarray(g_matrix), rtol=RTOL_PEER_GRAD,
                                atol=1e-13)
+
+
+# ------------------------------------------------------------------- LULinear peer options
+def test_lu_linear_options_closed_form_and_errors(rng):
+    from refflow import LULinear
+    layer = LULinear(3, upper_diag="raw", diagonal="lower")
+    np.testing.assert_array_equal(layer.weight(), np.eye(3))       # identity at construction
+    _random(layer, rng)
+    u = layer.params["unconstrained_upper_diag"]
+    lower = np.diag(u)
+    lower[np.tril_indices(3, -1)] = layer.params["lower_entries"]
+    upper = np.eye(3)
+    upper[np.triu_indices(3, 1)] = layer.params["upper_entries"]
+    np.testing.assert_allclose(layer.weight(), lower @ upper, rtol=1e-14)
+    z = rng.normal(size=(4, 3))
+    x, ld = layer.forward(z)
+    np.testing.assert_allclose(ld, np.linalg.slogdet(lower @ upper)[1], rtol=1e-13)
+    np.testing.assert_allclose(layer.inverse(x)[0], z, rtol=RTOL_ROUND_TRIP, atol=RTOL_ROUND_TRIP)
+
+    signed = LULinear(3, signs=[1, -1, 1])
+    np.testing.assert_array_equal(signed.weight(), np.diag([1.0, -1.0, 1.0]))
+    assert "signs" in signed._config() and "diagonal" not in signed._config()
+    with pytest.raises(ValueError, match="LULinear: signs must be"):
+        LULinear(3, signs=[1, 0, 1])
+    with pytest.raises(ValueError, match="LULinear: signs apply"):
+        LULinear(3, upper_diag="raw", signs=[1, 1, 1])
+    with pytest.raises(ValueError, match="LULinear: diagonal must be"):
+        LULinear(3, diagonal="middle")
+    layer.params["unconstrained_upper_diag"] = [1.0, 0.0, 2.0]
+    with pytest.raises(ValueError, match="LULinear.forward: the diagonal of L"):
+        layer.forward(z)
+
+
+def test_zuko_lu_linear_transform(rng):
+    """zuko's ``LULinearTransform(LU)``, ``f(x) = L U x`` with the raw diagonal on ``L``:
+    refflow's ``LULinear(upper_diag="raw", diagonal="lower")`` forward, parameters read from
+    ``LU``; values, inverse, log-det and autograd gradients."""
+    torch = pytest.importorskip("torch")
+    zuko = pytest.importorskip("zuko")
+    from refflow import LULinear
+    dim = 4
+    lu = rng.normal(size=(dim, dim))
+    lu[np.diag_indices(dim)] = rng.choice([-1.0, 1.0], dim) * rng.uniform(0.5, 1.5, dim)
+    layer = LULinear(dim, upper_diag="raw", diagonal="lower")
+    layer.params["lower_entries"] = lu[np.tril_indices(dim, -1)]
+    layer.params["upper_entries"] = lu[np.triu_indices(dim, 1)]
+    layer.params["unconstrained_upper_diag"] = np.diag(lu)
+    lut = torch.tensor(lu, requires_grad=True)
+    peer = zuko.transforms.LULinearTransform(lut)
+    z = rng.normal(size=(5, dim))
+    zt = torch.tensor(z, requires_grad=True)
+    xt = peer(zt)
+    ldt = peer.log_abs_det_jacobian(zt, xt)
+    x, ld = layer.forward(z)
+    np.testing.assert_allclose(x, xt.detach().numpy(), rtol=RTOL_SAME, atol=RTOL_SAME)
+    np.testing.assert_allclose(ld, ldt.detach().numpy(), rtol=RTOL_SAME, atol=RTOL_SAME)
+    np.testing.assert_allclose(layer.inverse(x)[0], peer.inv(xt).detach().numpy(), rtol=1e-12,
+                               atol=1e-12)
+    c, g = rng.normal(size=(5, dim)), rng.normal(size=5)
+    ((xt * torch.tensor(c)).sum() + (ldt * torch.tensor(g)).sum()).backward()
+    z_bar, grads = layer.forward_vjp(z)[2](c, g)
+    lu_bar = lut.grad.numpy()
+    np.testing.assert_allclose(z_bar, zt.grad.numpy(), rtol=RTOL_PEER_GRAD, atol=1e-13)
+    np.testing.assert_allclose(grads["lower_entries"], lu_bar[np.tril_indices(dim, -1)],
+                               rtol=RTOL_PEER_GRAD, atol=1e-13)
+    np.testing.assert_allclose(grads["upper_entries"], lu_bar[np.triu_indices(dim, 1)],
+                               rtol=RTOL_PEER_GRAD, atol=1e-13)
+    np.testing.assert_allclose(grads["unconstrained_upper_diag"], np.diag(lu_bar),
+                               rtol=RTOL_PEER_GRAD, atol=1e-13)
+
+
+def test_normflows_invertible_1x1_conv_lu(rng):
+    """normflows' ``Invertible1x1Conv(use_lu=True)`` on ``(N, C, 1, 1)`` images: its
+    ``inverse`` (data -> base) multiplies by ``W = P L (U + diag(sign_S exp(log_S)))``, which is
+    refflow's ``LULinear(upper_diag="exp", signs=sign_S)`` forward with ``perm[i] =
+    argmax P[i]``; values, log-dets and autograd gradients."""
+    torch = pytest.importorskip("torch")
+    normflows = pytest.importorskip("normflows")
+    from refflow import LULinear
+    dim = 4
+    torch.manual_seed(2)
+    peer = normflows.flows.Invertible1x1Conv(dim, use_lu=True).double()
+    with torch.no_grad():   # move off the QR initialisation: random L, U, log_S
+        peer.L.add_(torch.tensor(rng.normal(scale=0.5, size=(dim, dim))))
+        peer.U.add_(torch.tensor(rng.normal(scale=0.5, size=(dim, dim))))
+        peer.log_S.add_(torch.tensor(rng.normal(scale=0.5, size=dim)))
+        peer.sign_S.copy_(torch.tensor([1.0, -1.0, -1.0, 1.0]))   # both signs present
+    sign = peer.sign_S.numpy()
+    layer = LULinear(dim, permutation=np.argmax(peer.P.numpy(), axis=1), signs=sign)
+    layer.params["lower_entries"] = peer.L.detach().numpy()[np.tril_indices(dim, -1)]
+    layer.params["upper_entries"] = peer.U.detach().numpy()[np.triu_indices(dim, 1)]
+    layer.params["unconstrained_upper_diag"] = peer.log_S.detach().numpy()
+    z = rng.normal(size=(5, dim))
+    zt = torch.tensor(z[:, :, None, None], requires_grad=True)
+    xt, ldt = peer.inverse(zt)
+    x, ld = layer.forward(z)
+    np.testing.assert_allclose(x, xt.detach().numpy()[:, :, 0, 0], rtol=RTOL_SAME, atol=RTOL_SAME)
+    np.testing.assert_allclose(ld, float(ldt.detach()), rtol=RTOL_SAME)
+    c, g = rng.normal(size=(5, dim)), rng.normal(size=5)
+    ((xt[:, :, 0, 0] * torch.tensor(c)).sum() + ldt * float(g.sum())).backward()
+    z_bar, grads = layer.forward_vjp(z)[2](c, g)
+    np.testing.assert_allclose(z_bar, zt.grad.numpy()[:, :, 0, 0], rtol=RTOL_PEER_GRAD,
+                               atol=1e-13)
+    np.testing.assert_allclose(grads["lower_entries"],
+                               peer.L.grad.numpy()[np.tril_indices(dim, -1)],
+                               rtol=RTOL_PEER_GRAD, atol=1e-13)
+    np.testing.assert_allclose(grads["upper_entries"],
+                               peer.U.grad.numpy()[np.triu_indices(dim, 1)],
+                               rtol=RTOL_PEER_GRAD, atol=1e-13)
+    np.testing.assert_allclose(grads["unconstrained_upper_diag"], peer.log_S.grad.numpy(),
+                               rtol=RTOL_PEER_GRAD, atol=1e-13)
+    # and normflows' forward (base -> data) is refflow's inverse
+    with torch.no_grad():
+        back, _ = peer.forward(xt.detach())
+    np.testing.assert_allclose(layer.inverse(x)[0], back.numpy()[:, :, 0, 0], rtol=1e-12,
+                               atol=1e-12)
