@@ -243,6 +243,24 @@ CASES = {
     "rqs_distrax": _knot_safe_case(
         lambda r: _randomize(B.RationalQuadraticSpline(
             2, n_bins=3, parameterization="distrax", bound=2.0), r, 1.0), _normal(2.0), _normal(2.0)),
+    # identity tails with boundary slopes other than 1 (Pyro's quadratic spline, FlowJAX's):
+    # samples on both sides of +-B (the knot-safe draw keeps them off +-B itself)
+    "rqs_pyro": _knot_safe_case(
+        lambda r: _randomize(B.RationalQuadraticSpline(3, n_bins=5, parameterization="pyro",
+                                                       bound=2.0), r, 1.0),
+        _normal(2.0), _normal(2.0)),
+    "rqs_flowjax": _knot_safe_case(
+        lambda r: _randomize(B.RationalQuadraticSpline(3, n_bins=4, parameterization="flowjax",
+                                                       bound=1.5), r, 1.0),
+        _normal(1.5), _normal(1.5)),
+    "spline_coupling_flowjax": _knot_safe_case(
+        lambda r: _randomize(B.SplineCoupling(4, hidden=(8,), n_bins=3, activation="tanh",
+                                              parameterization="flowjax", bound=2.0, rng=r), r),
+        _normal(2.0), _normal(2.0)),
+    "spline_autoregressive_pyro": _knot_safe_case(
+        lambda r: _randomize(B.MaskedSplineAutoregressive(
+            3, hidden=(8,), n_bins=4, activation="tanh", parameterization="pyro", bound=2.0,
+            rng=r), r), _normal(2.0), _normal(2.0)),
     "spline_coupling": _knot_safe_case(
         lambda r: _randomize(B.SplineCoupling(4, hidden=(8,), n_bins=4, activation="tanh", rng=r), r),
         _normal(2.0), _normal(2.0)),

@@ -4,8 +4,9 @@ r"""Rational-quadratic spline layers (neural spline flows): ``RationalQuadraticS
 Each coordinate goes through a monotone rational-quadratic spline ``RQS`` (Gregory & Delbourgo
 1982; Durkan et al. 2019) on ``[-B, B]`` with linear tails, whose knots come from unconstrained
 parameters through a named parameter map (:mod:`refflow.bijectors.spline_maps`: ``"durkan"``,
-``"zuko"``, ``"distrax"``). Per element the unconstrained parameters are laid out as
-``[widths (K) | heights (K) | derivatives (K - 1, or K + 1 for "distrax")]`` (nflows' order).
+``"zuko"``, ``"distrax"``, ``"pyro"``, ``"flowjax"``). Per element the unconstrained parameters
+are laid out as ``[widths (K) | heights (K) | derivatives (K - 1, or K + 1 for "distrax" and
+"flowjax")]`` (nflows' order).
 
 Directions
 ----------
@@ -76,8 +77,10 @@ class RationalQuadraticSpline(Bijector):
     dim : int
     n_bins : int, default 8
         ``K``, the number of bins.
-    parameterization : {"durkan", "zuko", "distrax"}, default "durkan"
-        How unconstrained parameters become knots (:mod:`refflow.bijectors.spline_maps`).
+    parameterization : {"durkan", "zuko", "distrax", "pyro", "flowjax"}, default "durkan"
+        How unconstrained parameters become knots (:mod:`refflow.bijectors.spline_maps`);
+        "pyro" (Pyro's ``order="quadratic"``) and "flowjax" have identity tails with boundary
+        slopes other than 1.
     bound : float, optional
         ``B``; the spline lives on ``[-B, B]`` (default: the map's, 3 for "durkan", 5 for
         "zuko"; 3 for "distrax", which has no default of its own).
@@ -181,7 +184,7 @@ class SplineCoupling(CouplingBase):
         True marks the transformed coordinates (default: the second half).
     hidden, activation : conditioner MLP, default ``(64, 64)``, ``"relu"``
     n_bins : int, default 8
-    parameterization : {"durkan", "zuko", "distrax"}, default "durkan"
+    parameterization : {"durkan", "zuko", "distrax", "pyro", "flowjax"}, default "durkan"
     bound : float, optional
         ``B`` (default: the map's, 3 for "durkan").
     context_dim : int, optional
@@ -270,7 +273,7 @@ class MaskedSplineAutoregressive(MaskedAutoregressiveBase):
     dim : int
     hidden : tuple of int, default (64, 64)
     n_bins : int, default 8
-    parameterization : {"durkan", "zuko", "distrax"}, default "durkan"
+    parameterization : {"durkan", "zuko", "distrax", "pyro", "flowjax"}, default "durkan"
     bound : float, optional
     order, hidden_degrees, activation : MADE options (see :class:`refflow.nn.MADE`)
     context_dim : int, optional
