@@ -261,6 +261,16 @@ CASES = {
         lambda r: _randomize(B.MaskedSplineAutoregressive(
             3, hidden=(8,), n_bins=4, activation="tanh", parameterization="pyro", bound=2.0,
             rng=r), r), _normal(2.0), _normal(2.0)),
+    # end_slopes="learned": every derivative learned, identity tails (slope jumps at +-B)
+    "rqs_durkan_learned_end_slopes": _knot_safe_case(
+        lambda r: _randomize(B.RationalQuadraticSpline(2, n_bins=4, bound=1.5,
+                                                       end_slopes="learned"), r, 1.0),
+        _normal(1.5), _normal(1.5)),
+    "spline_coupling_zuko_learned_end_slopes": _knot_safe_case(
+        lambda r: _randomize(B.SplineCoupling(3, hidden=(8,), n_bins=3, activation="tanh",
+                                              parameterization="zuko", bound=2.0,
+                                              end_slopes="learned", rng=r), r),
+        _normal(2.0), _normal(2.0)),
     "spline_coupling": _knot_safe_case(
         lambda r: _randomize(B.SplineCoupling(4, hidden=(8,), n_bins=4, activation="tanh", rng=r), r),
         _normal(2.0), _normal(2.0)),

@@ -81,7 +81,7 @@ def rqs(apply, v, uw, uh, ud, smap, vjp):
     spline = apply == "spline"
     fast = use_fast_paths("splines")
     # (kernels looked up by name at call time, so that a test may substitute one)
-    if fast and smap.name == "durkan":
+    if fast and smap.name == "durkan" and not smap.identity_tails:  # fused: fixed end slopes
         kernel, vjp_kernel = ((rqs_durkan_forward, rqs_durkan_forward_vjp) if spline
                               else (rqs_durkan_inverse, rqs_durkan_inverse_vjp))
         settings = (float(smap.bound), float(smap.min_bin_width), float(smap.min_bin_height),
@@ -157,7 +157,8 @@ def input_knots(apply, uw, uh, ud, smap):
 
 
 def layer_spline_map(where, parameterization, n_bins, bound=None, min_bin_width=None,
-                     min_bin_height=None, min_derivative=None, boundary_slopes=None):
+                     min_bin_height=None, min_derivative=None, boundary_slopes=None,
+                     end_slopes=None):
     """The spline map of a layer, with errors naming ``where`` (distrax's and flowjax's bound
     defaults to 3, the NSF paper's ``B``, since those libraries themselves require one)."""
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 2:
@@ -166,7 +167,8 @@ def layer_spline_map(where, parameterization, n_bins, bound=None, min_bin_width=
         bound = 3.0
     options = {k: v for k, v in dict(bound=bound, min_bin_width=min_bin_width,
                                      min_bin_height=min_bin_height, min_derivative=min_derivative,
-                                     boundary_slopes=boundary_slopes).items() if v is not None}
+                                     boundary_slopes=boundary_slopes,
+                                     end_slopes=end_slopes).items() if v is not None}
     try:
         return get_spline_map(parameterization, n_bins=int(n_bins), **options)
     except ValueError as exc:

@@ -283,18 +283,43 @@ class SplineMap:
         raise NotImplementedError
 
 
-class _Durkan(SplineMap):
+class _EndSlopes:
+    """``end_slopes="learned"`` for the maps whose boundary derivatives are otherwise 1: all
+    ``K + 1`` derivatives come from ``u_d`` by the map's own inner formula, and the tails stay
+    the identity (so the derivative jumps at ``±B``, as FlowJAX's)."""
+
+    end_slopes = "fixed"
+
+    @property
+    def identity_tails(self):
+        return self.end_slopes == "learned"
+
+    @property
+    def n_derivatives(self):
+        return self.n_bins + 1 if self.end_slopes == "learned" else self.n_bins - 1
+
+    def _slope_settings(self):
+        return {"end_slopes": "learned"} if self.end_slopes == "learned" else {}
+
+    def _inner(self, dk):
+        """The entries of ``dk`` that come from ``u_d``."""
+        return dk if self.end_slopes == "learned" else dk[..., 1:-1]
+
+
+class _Durkan(_EndSlopes, SplineMap):
     name = "durkan"
 
-    def __init__(self, n_bins, bound, min_bin_width, min_bin_height, min_derivative):
+    def __init__(self, n_bins, bound, min_bin_width, min_bin_height, min_derivative,
+                 end_slopes="fixed"):
         super().__init__(n_bins, bound)
         self.min_bin_width = min_bin_width
         self.min_bin_height = min_bin_height
         self.min_derivative = min_derivative
+        self.end_slopes = end_slopes
 
     def settings(self):
         return {"min_bin_width": self.min_bin_width, "min_bin_height": self.min_bin_height,
-                "min_derivative": self.min_derivative}
+                "min_derivative": self.min_derivative, **self._slope_settings()}
 
     def _positions(self, u, min_bin):
         """nflows' order: ``(right - left) * cumsum(m + (1 - K m) p) + left``, ends overwritten."""
@@ -311,10 +336,8 @@ class _Durkan(SplineMap):
     def _knots(self, uw, uh, ud):
         xk, pw = self._positions(uw, self.min_bin_width)
         yk, ph = self._positions(uh, self.min_bin_height)
-        dk = np.empty_like(xk)
-        dk[..., 1:-1] = ud.dtype.type(self.min_derivative) + softplus(ud)
-        dk[..., 0] = 1.0
-        dk[..., -1] = 1.0
+        dk = np.ones_like(xk)
+        self._inner(dk)[...] = ud.dtype.type(self.min_derivative) + softplus(ud)
         return xk, yk, dk, (pw, ph, ud.copy())  # ud may be the caller's array
 
     def _pullback(self, res, xk_bar, yk_bar, dk_bar):
@@ -325,7 +348,7 @@ class _Durkan(SplineMap):
         ch = t(2.0 * B * (1.0 - self.min_bin_height * K))
         uw_bar = _softmax_vjp(pw, _interior_cumsum_vjp(xk_bar, cw))
         uh_bar = _softmax_vjp(ph, _interior_cumsum_vjp(yk_bar, ch))
-        ud_bar = dk_bar[..., 1:-1] * sigmoid(ud)
+        ud_bar = self._inner(dk_bar) * sigmoid(ud)
         return uw_bar, uh_bar, ud_bar
 
 
@@ -341,16 +364,17 @@ class _Pyro(_Durkan):
         return xk, yk, dk, res
 
 
-class _Zuko(SplineMap):
+class _Zuko(_EndSlopes, SplineMap):
     name = "zuko"
 
-    def __init__(self, n_bins, bound, slope):
+    def __init__(self, n_bins, bound, slope, end_slopes="fixed"):
         super().__init__(n_bins, bound)
         self.min_derivative = slope
         self._log_slope = math.log(slope)
+        self.end_slopes = end_slopes
 
     def settings(self):
-        return {"min_derivative": self.min_derivative}
+        return {"min_derivative": self.min_derivative, **self._slope_settings()}
 
     def _positions(self, u):
         """zuko's order: ``v = u / (1 + |2 u / ln s|)``, ``B * (2 cumsum(pad(softmax v)) - 1)``."""
@@ -371,15 +395,15 @@ class _Zuko(SplineMap):
         yk, ph, qh = self._positions(uh)
         qd = 1.0 + np.abs(ud / t(self._log_slope))
         dk = np.ones_like(xk)
-        dk[..., 1:-1] = np.exp(ud / qd)
-        return xk, yk, dk, (pw, qw, ph, qh, qd, dk[..., 1:-1])
+        self._inner(dk)[...] = np.exp(ud / qd)
+        return xk, yk, dk, (pw, qw, ph, qh, qd, self._inner(dk).copy())
 
     def _pullback(self, res, xk_bar, yk_bar, dk_bar):
         pw, qw, ph, qh, qd, d_inner = res
         c = pw.dtype.type(2.0 * self.bound)
         uw_bar = _softmax_vjp(pw, _interior_cumsum_vjp(xk_bar, c)) / (qw * qw)
         uh_bar = _softmax_vjp(ph, _interior_cumsum_vjp(yk_bar, c)) / (qh * qh)
-        ud_bar = dk_bar[..., 1:-1] * d_inner / (qd * qd)
+        ud_bar = self._inner(dk_bar) * d_inner / (qd * qd)
         return uw_bar, uh_bar, ud_bar
 
 
@@ -486,7 +510,7 @@ SPLINE_MAPS = tuple(_DEFAULTS)
 
 
 def get_spline_map(name, *, n_bins, bound=None, min_bin_width=None, min_bin_height=None,
-                   min_derivative=None, boundary_slopes=None):
+                   min_derivative=None, boundary_slopes=None, end_slopes=None):
     """The spline parameter map ``name``, configured; see the module docstring for the formulas.
 
     Parameters
@@ -507,6 +531,11 @@ def get_spline_map(name, *, n_bins, bound=None, min_bin_width=None, min_bin_heig
         ``1e-3``. distrax: its ``min_knot_slope``, in ``[0, 1)``, default ``1e-4``.
         pyro: as durkan (default 1e-3; the boundary derivatives are ``1 - m_d``). flowjax:
         its ``min_derivative``, in ``[0, 1)``, default 1e-3.
+    end_slopes : {"fixed", "learned"}, optional
+        durkan and zuko only: ``"fixed"`` (default) keeps ``d_0 = d_K = 1``; ``"learned"``
+        makes all ``K + 1`` derivatives come from ``u_d`` (then of size ``K + 1``) by the map's
+        inner formula, with identity tails, so the derivative jumps at ``±B`` (FlowJAX's tail
+        convention on nflows' or zuko's knots).
     boundary_slopes : str, optional
         distrax only: one of ``'unconstrained'`` (default), ``'lower_identity'``,
         ``'upper_identity'``, ``'identity'``, ``'circular'``. durkan and zuko always have unit
@@ -549,6 +578,12 @@ def get_spline_map(name, *, n_bins, bound=None, min_bin_width=None, min_bin_heig
             raise ValueError(f"{where}: {key} must be non-negative, got {v}")
         vals[key] = v
 
+    if end_slopes not in (None, "fixed", "learned"):
+        raise ValueError(f"{where}: end_slopes must be 'fixed' or 'learned', got {end_slopes!r}")
+    if end_slopes == "learned" and name not in ("durkan", "zuko"):
+        raise ValueError(f"{where}: end_slopes='learned' applies to the durkan and zuko maps "
+                         f"(distrax: boundary_slopes; pyro and flowjax fix their own)")
+    end_slopes = end_slopes or "fixed"
     if name in ("pyro", "flowjax") and boundary_slopes is not None:
         raise ValueError(f"{where}: the boundary slopes of this map are fixed by its "
                          f"convention; boundary_slopes must be None, got {boundary_slopes!r}")
@@ -564,8 +599,11 @@ def get_spline_map(name, *, n_bins, bound=None, min_bin_width=None, min_bin_heig
             if vals[key] * K >= 1.0:
                 raise ValueError(f"{where}: {key} * n_bins must be below 1 (it is a fraction of "
                                  f"the interval), got {vals[key]} * {K} = {vals[key] * K}")
-        return (_Durkan if name == "durkan" else _Pyro)(
-            K, B, vals["min_bin_width"], vals["min_bin_height"], vals["min_derivative"])
+        if name == "pyro":
+            return _Pyro(K, B, vals["min_bin_width"], vals["min_bin_height"],
+                         vals["min_derivative"])
+        return _Durkan(K, B, vals["min_bin_width"], vals["min_bin_height"],
+                       vals["min_derivative"], end_slopes)
     if name == "zuko":
         for key in ("min_bin_width", "min_bin_height"):
             if vals[key] != 0.0:
@@ -574,7 +612,7 @@ def get_spline_map(name, *, n_bins, bound=None, min_bin_width=None, min_bin_heig
         s = vals["min_derivative"]
         if not 0.0 < s < 1.0:
             raise ValueError(f"{where}: min_derivative (zuko's slope) must lie in (0, 1), got {s}")
-        return _Zuko(K, B, s)
+        return _Zuko(K, B, s, end_slopes)
     # distrax, flowjax
     for key in ("min_bin_width", "min_bin_height"):
         if vals[key] * K >= 2.0 * B:

@@ -84,8 +84,9 @@ class RationalQuadraticSpline(Bijector):
     bound : float, optional
         ``B``; the spline lives on ``[-B, B]`` (default: the map's, 3 for "durkan", 5 for
         "zuko"; 3 for "distrax", which has no default of its own).
-    min_bin_width, min_bin_height, min_derivative, boundary_slopes : optional
-        Passed to the map (defaults: the map's).
+    min_bin_width, min_bin_height, min_derivative, boundary_slopes, end_slopes : optional
+        Passed to the map (defaults: the map's); ``end_slopes="learned"`` (durkan, zuko)
+        learns the boundary derivatives too, with identity tails.
 
     Notes
     -----
@@ -110,10 +111,11 @@ class RationalQuadraticSpline(Bijector):
 
     def __init__(self, dim, *, n_bins=8, parameterization="durkan", bound=None,
                  min_bin_width=None, min_bin_height=None, min_derivative=None,
-                 boundary_slopes=None):
+                 boundary_slopes=None, end_slopes=None):
         dim = check_dim(dim, "RationalQuadraticSpline")
         smap = layer_spline_map("RationalQuadraticSpline", parameterization, n_bins, bound,
-                                min_bin_width, min_bin_height, min_derivative, boundary_slopes)
+                                min_bin_width, min_bin_height, min_derivative, boundary_slopes,
+                                end_slopes)
         theta = np.tile(identity_parameters(smap), (dim, 1))
         uw, uh, ud = split_parameters(theta, int(n_bins))
         super().__init__(dim, params={"unnormalized_widths": uw, "unnormalized_heights": uh,
@@ -216,10 +218,10 @@ class SplineCoupling(CouplingBase):
 
     def __init__(self, dim, *, mask=None, hidden=(64, 64), activation="relu", n_bins=8,
                  parameterization="durkan", bound=None, min_bin_width=None, min_bin_height=None,
-                 min_derivative=None, boundary_slopes=None, context_dim=None, zero_last=False,
-                 rng=None):
+                 min_derivative=None, boundary_slopes=None, end_slopes=None, context_dim=None,
+                 zero_last=False, rng=None):
         smap = layer_spline_map("SplineCoupling", parameterization, n_bins, bound, min_bin_width,
-                                min_bin_height, min_derivative, boundary_slopes)
+                                min_bin_height, min_derivative, boundary_slopes, end_slopes)
         self.n_bins, self.parameterization, self._map = int(n_bins), parameterization, smap
         self._n_params = 2 * self.n_bins + smap.n_derivatives
         super().__init__(dim, mask, hidden, activation, context_dim, zero_last, rng,
@@ -311,10 +313,12 @@ class MaskedSplineAutoregressive(MaskedAutoregressiveBase):
 
     def __init__(self, dim, *, hidden=(64, 64), n_bins=8, parameterization="durkan", bound=None,
                  min_bin_width=None, min_bin_height=None, min_derivative=None,
-                 boundary_slopes=None, order="natural", hidden_degrees="cyclic",
+                 boundary_slopes=None, end_slopes=None, order="natural",
+                 hidden_degrees="cyclic",
                  activation="relu", context_dim=None, zero_last=False, rng=None):
         smap = layer_spline_map("MaskedSplineAutoregressive", parameterization, n_bins, bound,
-                                min_bin_width, min_bin_height, min_derivative, boundary_slopes)
+                                min_bin_width, min_bin_height, min_derivative, boundary_slopes,
+                                end_slopes)
         self.n_bins, self.parameterization, self._map = int(n_bins), parameterization, smap
         self._n_params = 2 * self.n_bins + smap.n_derivatives
         super().__init__(dim, self._n_params, hidden, order, hidden_degrees, activation,

@@ -239,3 +239,45 @@ def test_flowjax_rational_quadratic_spline(rng, fast):
                       "unnormalized_derivatives"), g_params):
         np.testing.assert_allclose(grads[k], np.asarray(gp), rtol=RTOL_PEER_GRAD, atol=1e-11,
                                    err_msg=k)
+
+
+# ------------------------------------------------------------------- end_slopes="learned"
+@pytest.mark.parametrize("name", ["durkan", "zuko"])
+def test_learned_end_slopes_formula_and_tails(rng, name):
+    fixed = get_spline_map(name, n_bins=K, bound=2.0)
+    m = get_spline_map(name, n_bins=K, bound=2.0, end_slopes="learned")
+    assert (m.n_derivatives, fixed.n_derivatives) == (K + 1, K - 1)
+    assert m.identity_tails and not fixed.identity_tails
+    uw, uh, ud = _params(rng, m, 20, 2.0)
+    xk, yk, dk = m(uw, uh, ud)
+    xk0, yk0, dk0 = fixed(uw, uh, ud[:, 1:-1])
+    np.testing.assert_array_equal(xk, xk0)             # same knots, same inner slopes
+    np.testing.assert_array_equal(dk[:, 1:-1], dk0[:, 1:-1])
+    if name == "durkan":   # the inner formula at the ends too
+        ends = 1e-3 + np.logaddexp(0, ud[:, [0, -1]])
+    else:
+        v = ud[:, [0, -1]]
+        ends = np.exp(v / (1 + np.abs(v / math.log(1e-3))))
+    np.testing.assert_allclose(dk[:, [0, -1]], ends, rtol=RTOL_EXACT)
+    assert_vjp(_map_vjp(m), _params(rng, m, 3), rng=2)
+    layer = RationalQuadraticSpline(1, n_bins=4, parameterization=name, bound=2.0,
+                                    end_slopes="learned")
+    np.testing.assert_array_equal(layer.forward(np.array([[-0.3], [5.0]]))[0],
+                                  [[-0.3], [5.0]])          # the identity at construction
+    for k, v in layer.params.items():
+        layer.params[k] = rng.normal(size=v.shape)
+    for fast in (True, False):
+        with fast_paths(fast, paths=["splines"]):
+            x, ld = layer.forward(np.array([[-9.0], [3.0]]))
+            np.testing.assert_array_equal(x, [[-9.0], [3.0]])
+            np.testing.assert_array_equal(ld, 0.0)
+
+
+def test_learned_end_slopes_validation():
+    with pytest.raises(ValueError, match="end_slopes='learned' applies to the durkan and zuko"):
+        get_spline_map("distrax", n_bins=4, bound=1.0, end_slopes="learned")
+    with pytest.raises(ValueError, match="end_slopes must be 'fixed' or 'learned'"):
+        get_spline_map("durkan", n_bins=4, end_slopes="free")
+    with pytest.raises(ValueError, match="SplineCoupling: .*end_slopes"):
+        from refflow import SplineCoupling
+        SplineCoupling(4, end_slopes="free")
