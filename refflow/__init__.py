@@ -11,6 +11,7 @@ from .bijectors import (
     Householder, Inverse, LeakyReLU, Logit, LULinear, MaskedAffineAutoregressive,
     MatrixExponential, Rotation, TriangularAffine,
     MaskedSplineAutoregressive, Permute, Planar, Radial, RationalQuadraticSpline, Reverse,
+    CircularSpline,
     Sigmoid, Softplus, SplineCoupling, Sylvester, Tanh,
 )
 from .bijectors import BlockNeuralAutoregressive, Gaussianization
@@ -43,7 +44,7 @@ __all__ = [
     # monotone-network transformers (numerical inverses)
     "BlockNeuralAutoregressive", "Gaussianization",
     # splines
-    "RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive",
+    "RationalQuadraticSpline", "CircularSpline", "SplineCoupling", "MaskedSplineAutoregressive",
     "rational_quadratic_spline", "rational_quadratic_spline_vjp",
     # distributions, flows, training
     "StandardNormal", "DiagNormal", "Uniform", "StudentT", "DiagGaussianMixture", "Flow",

@@ -271,6 +271,14 @@ CASES = {
                                               parameterization="zuko", bound=2.0,
                                               end_slopes="learned", rng=r), r),
         _normal(2.0), _normal(2.0)),
+    # circular splines on [-pi, pi]: learned equal end slopes; zuko's map after its shift
+    "circular_spline_distrax": _knot_safe_case(
+        lambda r: _randomize(B.CircularSpline(3, n_bins=5), r, 1.0),
+        _uniform(-np.pi, np.pi), _uniform(-np.pi, np.pi)),
+    "circular_spline_zuko_shift": _knot_safe_case(
+        lambda r: _randomize(B.CircularSpline(2, n_bins=4, parameterization="zuko", shift=True),
+                             r, 1.0),
+        _uniform(-np.pi, np.pi), _uniform(-np.pi, np.pi)),
     "spline_coupling": _knot_safe_case(
         lambda r: _randomize(B.SplineCoupling(4, hidden=(8,), n_bins=4, activation="tanh", rng=r), r),
         _normal(2.0), _normal(2.0)),

@@ -11,7 +11,8 @@ from .linear import Householder, LULinear, Permute, Reverse
 from .linear_maps import MatrixExponential, Rotation, TriangularAffine
 from .normalization import ActNorm, BatchNorm
 from .planar import Planar, Radial, Sylvester
-from .splines import MaskedSplineAutoregressive, RationalQuadraticSpline, SplineCoupling
+from .splines import (CircularSpline, MaskedSplineAutoregressive, RationalQuadraticSpline,
+                      SplineCoupling)
 
 __all__ = [
     "Bijector", "Chain", "Inverse",
@@ -21,7 +22,7 @@ __all__ = [
     "ActNorm", "BatchNorm",
     "Planar", "Radial", "Sylvester",
     "AdditiveCoupling", "AffineCoupling", "MaskedAffineAutoregressive",
-    "RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive",
+    "RationalQuadraticSpline", "CircularSpline", "SplineCoupling", "MaskedSplineAutoregressive",
     "BlockNeuralAutoregressive", "Gaussianization",
 ]
 

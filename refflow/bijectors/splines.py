@@ -34,16 +34,19 @@ Gregory, Delbourgo, "Piecewise rational quadratic interpolation to monotonic dat
 Numer. Anal., 1982.
 """
 
+import math
+
 import numpy as np
 
-from .._validation import check_dim
+from .._validation import check_bool, check_dim
 from .autoregressive import MaskedAutoregressiveBase
 from .base import Bijector
 from .coupling import CouplingBase, conditioner_input
 from .spline_core import (identity_parameters, input_knots, layer_spline_map, map_config, rqs,
                           split_parameters)
 
-__all__ = ["RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive"]
+__all__ = ["RationalQuadraticSpline", "CircularSpline", "SplineCoupling",
+           "MaskedSplineAutoregressive"]
 
 
 def _spline(apply, v, theta, smap, vjp):
@@ -167,6 +170,123 @@ class RationalQuadraticSpline(Bijector):
                                 self.params["unnormalized_derivatives"]], axis=1)
         knots = _knots("spline" if direction == "forward" else "inverse", theta, self._map)
         return np.broadcast_to(knots, (v.shape[0],) + knots.shape)
+
+
+class CircularSpline(RationalQuadraticSpline):
+    r"""Elementwise circular rational-quadratic spline on the angles ``[-pi, pi]`` (Rezende et
+    al. 2020), optionally after zuko's circular shift.
+
+    Parameters
+    ----------
+    dim : int
+    n_bins : int, default 8
+    parameterization : {"distrax", "zuko"}, default "distrax"
+        ``"distrax"``: all slopes learned with ``boundary_slopes="circular"`` (``d_K = d_0``,
+        Rezende et al.'s condition, also distrax's ``'circular'`` mode); ``"zuko"``: zuko's map,
+        ``d_0 = d_K = 1`` (zuko's ``CircularRQSTransform`` in ``NCSF``).
+    shift : bool, default False
+        Apply zuko's ``CircularShiftTransform(bound=pi)``, ``s(v) = (v mod 2 pi) - pi`` (a
+        rotation of the circle by ``pi``), before the spline: ``x = RQS(s(z))``, as
+        ``zuko.flows.spline.CircularRQSTransform`` composes them.
+    min_bin_width, min_bin_height, min_derivative : optional
+        Passed to the map (defaults: the map's).
+
+    Notes
+    -----
+    The spline lives on ``[-B, B]`` with ``B = pi``: ``RQS(-pi) = -pi``, ``RQS(pi) = pi`` and
+    ``RQS'(-pi) = d_0 = d_K = RQS'(pi)``, so it is a diffeomorphism of the circle (value and
+    slope continuous across the identification ``-pi ~ pi``). Inputs of both directions must lie
+    in ``[-pi, pi]`` (``ValueError`` otherwise; ``pi`` and ``-pi`` are the same angle and both
+    are accepted). With the shift, ``s(v) = v + pi`` for ``v < 0`` and ``v - pi`` otherwise
+    (jumping by ``2 pi`` at ``v = 0``, continuous on the circle), ``s`` is its own inverse on
+    the circle and its log-det is 0::
+
+        forward   x = RQS(s(z)),       log_det =  sum_j log RQS'(s(z_j))
+        inverse   z = s(RQS^-1(x)),    log_det = -sum_j log RQS'(RQS^-1(x_j))
+
+    Pullbacks: those of :class:`RationalQuadraticSpline` (the spline kernels, then the map),
+    with ``ds/dv = 1`` passing the input cotangent through. Without the shift it is
+    ``RationalQuadraticSpline`` restricted to ``[-pi, pi]``.
+
+    References
+    ----------
+    Rezende, Papamakarios, Racaniere, Albergo, Kanwar, Shanahan, Cranmer, "Normalizing Flows on
+    Tori and Spheres", 2020, arXiv:2002.02428 (section 3.2, circular splines).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow import CircularSpline
+    >>> layer = CircularSpline(1, n_bins=4, shift=True)
+    >>> layer.forward(np.array([[-3.0], [0.5]]))[0]        # the identity spline after the shift
+    array([[ 0.14159265],
+           [-2.64159265]])
+    >>> bool(np.allclose(layer.inverse(layer.forward(np.array([[1.0]]))[0])[0], 1.0))
+    True
+    """
+
+    def __init__(self, dim, *, n_bins=8, parameterization="distrax", shift=False,
+                 min_bin_width=None, min_bin_height=None, min_derivative=None):
+        where = "CircularSpline"
+        if parameterization not in ("distrax", "zuko"):
+            raise ValueError(f"{where}: parameterization must be 'distrax' or 'zuko' (maps whose "
+                             f"end slopes can be equal), got {parameterization!r}")
+        self.shift = check_bool(shift, where, "shift")
+        super().__init__(dim, n_bins=n_bins, parameterization=parameterization, bound=math.pi,
+                         min_bin_width=min_bin_width, min_bin_height=min_bin_height,
+                         min_derivative=min_derivative,
+                         boundary_slopes="circular" if parameterization == "distrax" else None)
+
+    def __repr__(self):
+        return (f"CircularSpline(dim={self.dim}, n_bins={self.n_bins}, "
+                f"parameterization={self.parameterization!r}, shift={self.shift})")
+
+    def _config(self):
+        config = map_config(self._map, self.parameterization)
+        config.pop("bound")
+        config.pop("boundary_slopes", None)
+        return {"dim": self.dim, **config, "shift": self.shift}
+
+    @staticmethod
+    def _shift(v):
+        pi = v.dtype.type(math.pi)
+        return np.remainder(v, 2 * pi) - pi
+
+    def _check_angles(self, direction, v):
+        pi = v.dtype.type(math.pi)
+        bad = np.abs(v) > pi
+        if bad.any():
+            i = tuple(int(j) for j in np.argwhere(bad)[0])
+            raise self._domain_error(direction, f"angles must lie in [-pi, pi]; got {v[i]!r} "
+                                     f"at index {i}")
+
+    def _check_forward_domain(self, z):
+        self._check_angles("forward", z)
+
+    def _check_inverse_domain(self, x):
+        self._check_angles("inverse", x)
+
+    def _forward_pass(self, z, context, vjp):
+        return self._spline_pass("spline", self._shift(z) if self.shift else z, vjp)
+
+    def _inverse_pass(self, x, context, vjp):
+        u, log_det, pullback = self._spline_pass("inverse", x, vjp)
+        return (self._shift(u) if self.shift else u), log_det, pullback
+
+    def _input_knots(self, direction, v, context=None):
+        """The spline's knots in the input space of ``direction``; with the shift also the
+        shift's jump (``z = 0`` forward, ``x = RQS(0)`` inverse), where finite differences
+        must not reach."""
+        knots = super()._input_knots(direction, v)
+        if not self.shift:
+            return knots
+        if direction == "forward":
+            knots = self._shift(np.asarray(knots, dtype=np.float64))
+            extra = np.zeros(knots.shape[:-1] + (1,))
+        else:
+            jump = self._spline_pass("spline", np.zeros((1, self.dim)), False)[0]
+            extra = np.broadcast_to(jump[0][:, None], knots.shape[:-1] + (1,))
+        return np.concatenate([knots, extra], axis=-1)
 
 
 # -------------------------------------------------------------------------- coupling layer
