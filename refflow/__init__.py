@@ -11,7 +11,7 @@ from .bijectors import (
     Householder, Inverse, LeakyReLU, Logit, LULinear, MaskedAffineAutoregressive,
     MatrixExponential, Rotation, TriangularAffine,
     MaskedSplineAutoregressive, Permute, Planar, Radial, RationalQuadraticSpline, Reverse,
-    CircularSpline,
+    CircularSpline, LinearRationalSpline,
     Sigmoid, Softplus, SplineCoupling, Sylvester, Tanh,
 )
 from .bijectors import BlockNeuralAutoregressive, Gaussianization
@@ -45,6 +45,7 @@ __all__ = [
     "BlockNeuralAutoregressive", "Gaussianization",
     # splines
     "RationalQuadraticSpline", "CircularSpline", "SplineCoupling", "MaskedSplineAutoregressive",
+    "LinearRationalSpline",
     "rational_quadratic_spline", "rational_quadratic_spline_vjp",
     # distributions, flows, training
     "StandardNormal", "DiagNormal", "Uniform", "StudentT", "DiagGaussianMixture", "Flow",

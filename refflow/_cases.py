@@ -279,6 +279,10 @@ CASES = {
         lambda r: _randomize(B.CircularSpline(2, n_bins=4, parameterization="zuko", shift=True),
                              r, 1.0),
         _uniform(-np.pi, np.pi), _uniform(-np.pi, np.pi)),
+    # Pyro's default spline (order="linear"); knots and split points kept away from
+    "linear_rational_spline": _knot_safe_case(
+        lambda r: _randomize(B.LinearRationalSpline(3, n_bins=4, bound=2.0), r, 1.0),
+        _normal(2.0), _normal(2.0)),
     "spline_coupling": _knot_safe_case(
         lambda r: _randomize(B.SplineCoupling(4, hidden=(8,), n_bins=4, activation="tanh", rng=r), r),
         _normal(2.0), _normal(2.0)),

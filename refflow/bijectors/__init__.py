@@ -9,6 +9,7 @@ from .coupling import AdditiveCoupling, AffineCoupling
 from .gaussianization import Gaussianization
 from .linear import Householder, LULinear, Permute, Reverse
 from .linear_maps import MatrixExponential, Rotation, TriangularAffine
+from .linear_rational import LinearRationalSpline
 from .normalization import ActNorm, BatchNorm
 from .planar import Planar, Radial, Sylvester
 from .splines import (CircularSpline, MaskedSplineAutoregressive, RationalQuadraticSpline,
@@ -23,6 +24,7 @@ __all__ = [
     "Planar", "Radial", "Sylvester",
     "AdditiveCoupling", "AffineCoupling", "MaskedAffineAutoregressive",
     "RationalQuadraticSpline", "CircularSpline", "SplineCoupling", "MaskedSplineAutoregressive",
+    "LinearRationalSpline",
     "BlockNeuralAutoregressive", "Gaussianization",
 ]
 
