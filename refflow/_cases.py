@@ -283,6 +283,14 @@ CASES = {
     "linear_rational_spline": _knot_safe_case(
         lambda r: _randomize(B.LinearRationalSpline(3, n_bins=4, bound=2.0), r, 1.0),
         _normal(2.0), _normal(2.0)),
+    "spline_coupling_linear_rational": _knot_safe_case(
+        lambda r: _randomize(B.SplineCoupling(3, hidden=(8,), n_bins=3, activation="tanh",
+                                              spline="linear-rational", bound=2.0, rng=r), r),
+        _normal(2.0), _normal(2.0)),
+    "spline_autoregressive_linear_rational": _knot_safe_case(
+        lambda r: _randomize(B.MaskedSplineAutoregressive(
+            3, hidden=(8,), n_bins=3, activation="tanh", spline="linear-rational", bound=2.0,
+            rng=r), r), _normal(2.0), _normal(2.0)),
     "spline_coupling": _knot_safe_case(
         lambda r: _randomize(B.SplineCoupling(4, hidden=(8,), n_bins=4, activation="tanh", rng=r), r),
         _normal(2.0), _normal(2.0)),

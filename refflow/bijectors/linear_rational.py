@@ -51,16 +51,11 @@ from .._validation import check_dim
 from .base import Bijector
 from .spline_core import layer_spline_map
 
-__all__ = ["LinearRationalSpline"]
+__all__ = ["LinearRationalSpline", "lrs", "lrs_input_knots", "lrs_n_params",
+           "split_lrs_parameters"]
 
 #: Pyro's ``min_lambda``: ``lambda = (1 - 2 * 0.025) sigmoid(u) + 0.025``.
 _MIN_LAMBDA = 0.025
-
-
-def _bin_values(knots, k):
-    """``knots[n, k[n]]`` and ``knots[n, k[n] + 1]``."""
-    rows = np.arange(knots.shape[0])
-    return knots[rows, k], knots[rows, k + 1]
 
 
 def _forward_core(x, x0, x1, y0, y1, d0, d1, lam):
@@ -169,6 +164,119 @@ def _inverse_theta(y, y0, y1, lam, r, wc, yc):
     return np.clip(np.where(left, t_left, t_right), 0, one)
 
 
+def split_lrs_parameters(theta, n_bins):
+    """``(widths, heights, derivatives, lambdas)`` views of per-element parameters laid out
+    ``[K | K | K - 1 | K]`` (Pyro's order)."""
+    k = n_bins
+    return (theta[..., :k], theta[..., k:2 * k], theta[..., 2 * k:3 * k - 1],
+            theta[..., 3 * k - 1:])
+
+
+def lrs_n_params(n_bins):
+    """Unconstrained parameters per element: ``4K - 1``."""
+    return 4 * n_bins - 1
+
+
+def _element_knots(theta, smap, vjp):
+    """Per-element knots ``(N, K + 1)``, ``lambda`` ``(N, K)``, ``sigmoid(u_lambda)`` and the
+    knot map's pullback (or None)."""
+    uw, uh, ud, ul = split_lrs_parameters(theta, smap.n_bins)
+    if vjp:
+        (xk, yk, dk), map_pullback = smap.vjp(uw, uh, ud)
+    else:
+        (xk, yk, dk), map_pullback = smap(uw, uh, ud), None
+    t = theta.dtype.type
+    sig = sigmoid(ul)
+    lam = t(1 - 2 * _MIN_LAMBDA) * sig + t(_MIN_LAMBDA)
+    return xk, yk, dk, lam, sig, map_pullback
+
+
+def _gather(v, xk, yk, dk, lam, knots):
+    """Per element: the bin index ``k`` (searched in ``knots``) and ``(x0, x1, y0, y1, d0, d1,
+    lambda)`` of that bin."""
+    k = (v[:, None] >= knots[:, 1:-1]).sum(axis=1)
+    rows = np.arange(v.shape[0])
+    return k, (xk[rows, k], xk[rows, k + 1], yk[rows, k], yk[rows, k + 1], dk[rows, k],
+               dk[rows, k + 1], lam[rows, k])
+
+
+def lrs(apply, v, theta, smap, vjp):
+    """The linear-rational spline (``apply="spline"``) or its inverse (``"inverse"``) of ``v``
+    ``(N,)`` elementwise, element ``i`` with the unconstrained parameters ``theta[i]``
+    (``(N, 4K - 1)``, :func:`split_lrs_parameters`) through the knot map ``smap``.
+
+    Returns ``(out, log_det, pullback)``; ``pullback(out_bar, log_det_bar) -> (v_bar,
+    theta_bar)`` (``theta_bar`` ``(N, 4K - 1)``, not summed) when ``vjp``, else None. The
+    formulas and both pullbacks are in the module docstring.
+    """
+    dtype = v.dtype
+    theta = np.asarray(theta).astype(dtype, copy=False)
+    xk, yk, dk, lam, sig, map_pullback = _element_knots(theta, smap, vjp)
+    outside = np.abs(v) > dtype.type(smap.bound)
+    if apply == "spline":
+        k, vals = _gather(v, xk, yk, dk, lam, xk)
+        out, log_g, res = _forward_core(v, *vals)
+        out = np.where(outside, v, out)
+    else:
+        k, vals = _gather(v, xk, yk, dk, lam, yk)
+        x0, x1, y0, y1, _, _, lm = vals
+        _, _, res0 = _forward_core(x0, *vals)     # r, w_c, y_c do not depend on x
+        theta_in = _inverse_theta(v, y0, y1, lm, res0[8], res0[10], res0[13])
+        u = np.minimum(np.maximum(x0 + theta_in * (x1 - x0), x0), x1)
+        out = np.where(outside, v, u)
+        _, log_g, res = _forward_core(np.where(outside, x0, u), *vals)
+    log_g = np.where(outside, 0, log_g)
+    log_det = log_g if apply == "spline" else -log_g
+    if not vjp:
+        return out, log_det, None
+    inside = ~outside
+
+    def pullback(out_bar, log_det_bar):
+        if apply == "spline":
+            v_bar, bars = _forward_pullback(res, np.where(inside, out_bar, 0),
+                                            np.where(inside, log_det_bar, 0))
+        else:
+            # implicit-function theorem (module docstring): L_x from (0, 1), then (-c, -l_bar)
+            l_x, _ = _forward_pullback(res, np.zeros_like(out_bar), np.ones_like(out_bar))
+            c = np.where(inside, (out_bar - log_det_bar * l_x) / np.exp(log_g), 0)
+            _, bars = _forward_pullback(res, -c, np.where(inside, -log_det_bar, 0))
+            v_bar = c
+        v_bar = np.where(outside, out_bar, v_bar)
+        n, K = v.shape[0], smap.n_bins
+        rows = np.arange(n)
+        knot_bars = []
+        for lo, hi in zip(bars[0:6:2], bars[1:6:2]):
+            bar = np.zeros((n, K + 1), dtype=dtype)
+            np.add.at(bar, (rows, k), lo)
+            np.add.at(bar, (rows, k + 1), hi)
+            knot_bars.append(bar)
+        lam_bar = np.zeros((n, K), dtype=dtype)
+        lam_bar[rows, k] = bars[6]
+        theta_bar = np.empty(theta.shape, dtype=dtype)
+        uw_bar, uh_bar, ud_bar, ul_bar = split_lrs_parameters(theta_bar, K)
+        uw_bar[...], uh_bar[...], ud_bar[...] = map_pullback(*knot_bars)
+        ul_bar[...] = lam_bar * dtype.type(1 - 2 * _MIN_LAMBDA) * sig * (1 - sig)
+        return v_bar, theta_bar
+
+    return out, log_det, pullback
+
+
+def lrs_input_knots(apply, theta, smap):
+    """Where the log-det's derivative jumps, in the input space of ``apply``: the knots and
+    the split points (``x_k``, ``x_k + lambda_k w_k`` for the spline; ``y_k``, ``y_c`` for
+    the inverse), ``(..., 2K + 1)``."""
+    lead = theta.shape[:-1]
+    flat = np.asarray(theta, dtype=np.float64).reshape(-1, theta.shape[-1])
+    xk, yk, dk, lam, _, _ = _element_knots(flat, smap, False)
+    if apply == "spline":
+        knots = np.concatenate([xk, xk[:, :-1] + lam * np.diff(xk, axis=1)], axis=1)
+    else:
+        r = np.sqrt(dk[:, :-1] / dk[:, 1:])
+        yc = ((1 - lam) * yk[:, :-1] + lam * r * yk[:, 1:]) / ((1 - lam) + lam * r)
+        knots = np.concatenate([yk, yc], axis=1)
+    return knots.reshape(lead + (knots.shape[-1],))
+
+
 class LinearRationalSpline(Bijector):
     r"""Elementwise monotone linear-rational spline (Pyro's ``Spline(order="linear")``),
     ``x = LRS(z)``.
@@ -191,11 +299,12 @@ class LinearRationalSpline(Bijector):
     (Pyro's names and shapes), with ``lambda = 0.95 sigmoid(u) + 0.025`` (Pyro's
     ``min_lambda = 0.025``); the knots come from the "pyro" map of
     :mod:`refflow.bijectors.spline_maps`. At construction the knots are uniform with inner
-    derivatives 1 and ``lambda = 1/2``: the identity inside the bins next to no boundary and
-    nearly the identity at the ends (boundary derivatives 0.999). The formulas, the inverse
-    and both pullbacks are in the module docstring; ``lambda_bar`` reaches ``u`` through
-    ``0.95 sigmoid'(u)``. Log-dets: ``forward`` ``sum_j log LRS'(z_j)``, ``inverse`` its
-    negative at ``LRS^{-1}(x)``.
+    derivatives 1 and ``lambda = 1/2``: the identity except in the two end bins, whose
+    boundary derivatives are 0.999. The formulas, the inverse and both pullbacks are in the
+    module docstring; ``lambda_bar`` reaches ``u`` through ``0.95 sigmoid'(u)``. Log-dets:
+    ``forward`` ``sum_j log LRS'(z_j)``, ``inverse`` its negative at ``LRS^{-1}(x)``.
+    ``SplineCoupling`` and ``MaskedSplineAutoregressive`` take ``spline="linear-rational"``
+    for Pyro's ``SplineCoupling`` / ``SplineAutoregressive`` with ``order="linear"``.
 
     References
     ----------
@@ -244,120 +353,39 @@ class LinearRationalSpline(Bijector):
                 "min_bin_width": m.min_bin_width, "min_bin_height": m.min_bin_height,
                 "min_derivative": m.min_derivative}
 
-    def _knots(self, dtype, vjp):
+    def _theta(self, dtype):
         p = self._p(dtype)
-        args = [p[name] for name in self._NAMES[:3]]
-        if vjp:
-            (xk, yk, dk), map_pullback = self._map.vjp(*args)
-        else:
-            (xk, yk, dk), map_pullback = self._map(*args), None
-        sig = sigmoid(p["unnormalized_lambdas"])
-        lam = dtype.type(1 - 2 * _MIN_LAMBDA) * sig + dtype.type(_MIN_LAMBDA)
-        return xk, yk, dk, lam, sig, map_pullback
+        return np.concatenate([p[name] for name in self._NAMES], axis=1)
 
-    def _gather(self, v, xk, yk, dk, lam, knots):
-        """Per element ``(n * dim)``: the bin index and its ``(x0, x1, y0, y1, d0, d1, lam)``;
-        ``knots`` (``xk`` or ``yk``) is searched."""
-        n = v.shape[0]
-        # one row per element, in the order of v.reshape(-1)
-        kx, ky, kd, kl, ks = (np.tile(a, (n, 1)) for a in (xk, yk, dk, lam, knots))
-        flat = v.reshape(-1)
-        k = (flat[:, None] >= ks[:, 1:-1]).sum(axis=1)
-        x0, x1 = _bin_values(kx, k)
-        y0, y1 = _bin_values(ky, k)
-        d0, d1 = _bin_values(kd, k)
-        return k, (x0, x1, y0, y1, d0, d1, kl[np.arange(k.size), k])
+    def _knots(self, dtype, vjp):
+        """Per-coordinate knots, ``lambda``, ``sigmoid(u_lambda)`` and the map's pullback."""
+        return _element_knots(self._theta(dtype), self._map, vjp)
 
-    def _param_grads(self, k, bars, sig, map_pullback, n, dtype):
-        """Scatter the per-element bin cotangents into the knot arrays, then the map."""
-        d, K = self.dim, self.n_bins
-        x0b, x1b, y0b, y1b, d0b, d1b, lamb = bars
-        shape = (n, d, K + 1)
-        kk = k.reshape(n, d)
-        out = []
-        for lo, hi in ((x0b, x1b), (y0b, y1b), (d0b, d1b)):
-            bar = np.zeros(shape, dtype=dtype)
-            ii, jj = np.indices((n, d))
-            np.add.at(bar, (ii, jj, kk), lo.reshape(n, d))
-            np.add.at(bar, (ii, jj, kk + 1), hi.reshape(n, d))
-            out.append(bar.sum(axis=0))
-        lam_bar = np.zeros((n, d, K), dtype=dtype)
-        ii, jj = np.indices((n, d))
-        np.add.at(lam_bar, (ii, jj, kk), lamb.reshape(n, d))
-        uw_bar, uh_bar, ud_bar = map_pullback(*out)
-        ul_bar = lam_bar.sum(axis=0) * dtype.type(1 - 2 * _MIN_LAMBDA) * sig * (1 - sig)
-        return dict(zip(self._NAMES, (uw_bar, uh_bar, ud_bar, ul_bar)))
-
-    def _forward_pass(self, z, context, vjp):
-        dtype = z.dtype
-        n, d = z.shape
-        xk, yk, dk, lam, sig, map_pullback = self._knots(dtype, vjp)
-        k, vals = self._gather(z, xk, yk, dk, lam, xk)
-        flat = z.reshape(-1)
-        y, log_g, res = _forward_core(flat, *vals)
-        outside = np.abs(flat) > dtype.type(self._map.bound)
-        y = np.where(outside, flat, y)
-        log_g = np.where(outside, 0, log_g)
-        x, log_det = y.reshape(n, d), log_g.reshape(n, d).sum(axis=1)
-        if not vjp:
-            return x, log_det, None
-
-        def pullback(x_bar, log_det_bar):
-            yb = x_bar.reshape(-1)
-            lb = np.repeat(log_det_bar, d)
-            inside = ~outside
-            v_bar, bars = _forward_pullback(res, np.where(inside, yb, 0), np.where(inside, lb, 0))
-            v_bar = np.where(outside, yb, v_bar)
-            grads = self._param_grads(k, bars, sig, map_pullback, n, dtype)
-            return v_bar.reshape(n, d), grads, None
-
-        return x, log_det, pullback
-
-    def _inverse_pass(self, x, context, vjp):
-        dtype = x.dtype
-        n, d = x.shape
-        xk, yk, dk, lam, sig, map_pullback = self._knots(dtype, vjp)
-        k, vals = self._gather(x, xk, yk, dk, lam, yk)
-        x0, x1, y0, y1, d0, d1, lm = vals
-        flat = x.reshape(-1)
-        # the same intermediates as the forward pass, for the root
-        _, _, res0 = _forward_core(x0, *vals)
-        r, wc, yc = res0[8], res0[10], res0[13]
-        theta = _inverse_theta(flat, y0, y1, lm, r, wc, yc)
-        z = x0 + theta * (x1 - x0)
-        outside = np.abs(flat) > dtype.type(self._map.bound)
-        z = np.where(outside, flat, np.minimum(np.maximum(z, x0), x1))
-        _, log_g, res = _forward_core(z, *vals)
-        log_g = np.where(outside, 0, log_g)
-        out, log_det = z.reshape(n, d), -log_g.reshape(n, d).sum(axis=1)
+    def _pass(self, apply, v, vjp):
+        n, d = v.shape
+        theta = self._theta(v.dtype)
+        out, log_det, inner = lrs(apply, v.reshape(-1), np.tile(theta, (n, 1)), self._map, vjp)
+        out, log_det = out.reshape(n, d), log_det.reshape(n, d).sum(axis=1)
         if not vjp:
             return out, log_det, None
 
-        def pullback(z_bar, log_det_bar):
-            zb = z_bar.reshape(-1)
-            lb = np.repeat(log_det_bar, d)
-            inside = ~outside
-            # implicit-function theorem (module docstring): L_x from (0, 1), then (-c, -l_bar)
-            l_x, _ = _forward_pullback(res, np.zeros_like(zb), np.ones_like(zb))
-            g = np.exp(log_g)
-            c = np.where(inside, (zb - lb * l_x) / g, 0)
-            _, bars = _forward_pullback(res, -c, np.where(inside, -lb, 0))
-            x_bar = np.where(outside, zb, c)
-            grads = self._param_grads(k, bars, sig, map_pullback, n, dtype)
-            return x_bar.reshape(n, d), grads, None
+        def pullback(out_bar, log_det_bar):
+            v_bar, theta_bar = inner(out_bar.reshape(-1), np.repeat(log_det_bar, d))
+            theta_bar = theta_bar.reshape(n, d, theta.shape[1]).sum(axis=0)
+            bars = split_lrs_parameters(theta_bar, self.n_bins)
+            return v_bar.reshape(n, d), dict(zip(self._NAMES, bars)), None
 
         return out, log_det, pullback
 
+    def _forward_pass(self, z, context, vjp):
+        return self._pass("spline", z, vjp)
+
+    def _inverse_pass(self, x, context, vjp):
+        return self._pass("inverse", x, vjp)
+
     def _input_knots(self, direction, v, context=None):
         """Knots and split points in the input space of ``direction`` (where the log-det's
-        derivative jumps): ``x_k`` and ``x_k + lambda_k w_k`` forward, ``y_k`` and ``y_c``
-        inverse."""
-        xk, yk, dk, lam, _, _ = self._knots(np.dtype(np.float64), False)
-        if direction == "forward":
-            split = xk[:, :-1] + lam * np.diff(xk, axis=1)
-            knots = np.concatenate([xk, split], axis=1)
-        else:
-            r = np.sqrt(dk[:, :-1] / dk[:, 1:])
-            yc = ((1 - lam) * yk[:, :-1] + lam * r * yk[:, 1:]) / ((1 - lam) + lam * r)
-            knots = np.concatenate([yk, yc], axis=1)
+        derivative jumps), ``(n, dim, 2K + 1)``."""
+        knots = lrs_input_knots("spline" if direction == "forward" else "inverse",
+                                self._theta(np.float64), self._map)
         return np.broadcast_to(knots, (v.shape[0],) + knots.shape)

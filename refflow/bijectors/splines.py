@@ -42,6 +42,7 @@ from .._validation import check_bool, check_dim
 from .autoregressive import MaskedAutoregressiveBase
 from .base import Bijector
 from .coupling import CouplingBase, conditioner_input
+from .linear_rational import lrs, lrs_input_knots, lrs_n_params
 from .spline_core import (identity_parameters, input_knots, layer_spline_map, map_config, rqs,
                           split_parameters)
 
@@ -69,6 +70,35 @@ def _spline(apply, v, theta, smap, vjp):
 
 def _knots(apply, theta, smap):
     return input_knots(apply, *split_parameters(theta, smap.n_bins), smap)
+
+
+_SPLINES = ("rational-quadratic", "linear-rational")
+
+
+def _spline_kind(layer, where, spline, parameterization):
+    """Set ``layer.spline`` and its elementwise functions; return the knot map's name (None:
+    "durkan" for rational-quadratic splines, "pyro" for linear-rational ones, which only
+    Pyro's map serves)."""
+    spline = "rational-quadratic" if spline is None else spline
+    if not (isinstance(spline, str) and spline in _SPLINES):
+        raise ValueError(f"{where}: spline must be one of {list(_SPLINES)}, got {spline!r}")
+    layer.spline = spline
+    if spline == "linear-rational":
+        if parameterization not in (None, "pyro"):
+            raise ValueError(f"{where}: spline='linear-rational' uses Pyro's knot map; "
+                             f"parameterization must be None or 'pyro', got "
+                             f"{parameterization!r}")
+        layer._elementwise, layer._knot_fn = lrs, lrs_input_knots
+        return "pyro"
+    layer._elementwise, layer._knot_fn = _spline, _knots
+    return "durkan" if parameterization is None else parameterization
+
+
+def _spline_config(layer, config):
+    config = dict(config, **map_config(layer._map, layer.parameterization))
+    if layer.spline != "rational-quadratic":  # absent otherwise: earlier files keep their form
+        config["spline"] = layer.spline
+    return config
 
 
 # ----------------------------------------------------------------------- elementwise layer
@@ -306,7 +336,15 @@ class SplineCoupling(CouplingBase):
         True marks the transformed coordinates (default: the second half).
     hidden, activation : conditioner MLP, default ``(64, 64)``, ``"relu"``
     n_bins : int, default 8
-    parameterization : {"durkan", "zuko", "distrax", "pyro", "flowjax"}, default "durkan"
+    parameterization : {"durkan", "zuko", "distrax", "pyro", "flowjax"}, optional
+        The knot map; None means "durkan" ("pyro", the only choice, with
+        ``spline="linear-rational"``).
+    spline : {"rational-quadratic", "linear-rational"}, optional
+        None means ``"rational-quadratic"``. ``"linear-rational"`` is Pyro's default
+        (``SplineCoupling`` / ``SplineAutoregressive`` with ``order="linear"``): the
+        :class:`refflow.bijectors.LinearRationalSpline` of each coordinate, with ``P = 4K - 1``
+        conditioner outputs per coordinate laid out ``[widths | heights | derivatives |
+        lambdas]`` (``K, K, K - 1, K``).
     bound : float, optional
         ``B`` (default: the map's, 3 for "durkan").
     context_dim : int, optional
@@ -337,38 +375,43 @@ class SplineCoupling(CouplingBase):
     """
 
     def __init__(self, dim, *, mask=None, hidden=(64, 64), activation="relu", n_bins=8,
-                 parameterization="durkan", bound=None, min_bin_width=None, min_bin_height=None,
-                 min_derivative=None, boundary_slopes=None, end_slopes=None, context_dim=None,
-                 zero_last=False, rng=None):
+                 parameterization=None, bound=None, min_bin_width=None, min_bin_height=None,
+                 min_derivative=None, boundary_slopes=None, end_slopes=None, spline=None,
+                 context_dim=None, zero_last=False, rng=None):
+        parameterization = _spline_kind(self, "SplineCoupling", spline, parameterization)
         smap = layer_spline_map("SplineCoupling", parameterization, n_bins, bound, min_bin_width,
                                 min_bin_height, min_derivative, boundary_slopes, end_slopes)
         self.n_bins, self.parameterization, self._map = int(n_bins), parameterization, smap
-        self._n_params = 2 * self.n_bins + smap.n_derivatives
+        self._n_params = (lrs_n_params(self.n_bins) if self.spline == "linear-rational"
+                          else 2 * self.n_bins + smap.n_derivatives)
         super().__init__(dim, mask, hidden, activation, context_dim, zero_last, rng,
                          out_per_feature=self._n_params)
 
     def __repr__(self):
+        kind = "" if self.spline == "rational-quadratic" else f", spline={self.spline!r}"
         return (f"SplineCoupling(dim={self.dim}, n_bins={self.n_bins}, "
-                f"parameterization={self.parameterization!r}, context_dim={self.context_dim})")
+                f"parameterization={self.parameterization!r}{kind}, "
+                f"context_dim={self.context_dim})")
 
     def _config(self):
-        return dict(super()._config(), **map_config(self._map, self.parameterization))
+        return _spline_config(self, super()._config())
 
     def _input_knots(self, direction, v, context=None):
-        """``(n, dim, K+1)`` knots in the input space of ``direction`` (inf for the identity part)."""
+        """``(n, dim, .)`` knots in the input space of ``direction`` (inf for the identity part)."""
         a, b = self._indices(direction)
         theta = self.conditioner._forward(conditioner_input(v, a, context))
-        knots = np.full((v.shape[0], self.dim, self.n_bins + 1), np.inf)
-        knots[:, b] = _knots("spline" if direction == "inverse" else "inverse",
-                             theta.reshape(v.shape[0], b.shape[0], -1), self._map)
+        inner = self._knot_fn("spline" if direction == "inverse" else "inverse",
+                              theta.reshape(v.shape[0], b.shape[0], -1), self._map)
+        knots = np.full((v.shape[0], self.dim, inner.shape[-1]), np.inf)
+        knots[:, b] = inner
         return knots
 
     def _transform(self, direction, v_b, out, vjp):
         n, n_b = v_b.shape
         apply = "spline" if direction == "inverse" else "inverse"  # density direction = RQS
-        y_b, log_det, spline_pullback = _spline(apply, v_b.reshape(-1),
-                                                out.reshape(n * n_b, self._n_params),
-                                                self._map, vjp)
+        y_b, log_det, spline_pullback = self._elementwise(apply, v_b.reshape(-1),
+                                                          out.reshape(n * n_b, self._n_params),
+                                                          self._map, vjp)
         y_b, log_det = y_b.reshape(n, n_b), log_det.reshape(n, n_b).sum(axis=1)
         if not vjp:
             return y_b, log_det, None
@@ -395,7 +438,15 @@ class MaskedSplineAutoregressive(MaskedAutoregressiveBase):
     dim : int
     hidden : tuple of int, default (64, 64)
     n_bins : int, default 8
-    parameterization : {"durkan", "zuko", "distrax", "pyro", "flowjax"}, default "durkan"
+    parameterization : {"durkan", "zuko", "distrax", "pyro", "flowjax"}, optional
+        The knot map; None means "durkan" ("pyro", the only choice, with
+        ``spline="linear-rational"``).
+    spline : {"rational-quadratic", "linear-rational"}, optional
+        None means ``"rational-quadratic"``. ``"linear-rational"`` is Pyro's default
+        (``SplineCoupling`` / ``SplineAutoregressive`` with ``order="linear"``): the
+        :class:`refflow.bijectors.LinearRationalSpline` of each coordinate, with ``P = 4K - 1``
+        conditioner outputs per coordinate laid out ``[widths | heights | derivatives |
+        lambdas]`` (``K, K, K - 1, K``).
     bound : float, optional
     order, hidden_degrees, activation : MADE options (see :class:`refflow.nn.MADE`)
     context_dim : int, optional
@@ -431,41 +482,46 @@ class MaskedSplineAutoregressive(MaskedAutoregressiveBase):
     (True, True)
     """
 
-    def __init__(self, dim, *, hidden=(64, 64), n_bins=8, parameterization="durkan", bound=None,
+    def __init__(self, dim, *, hidden=(64, 64), n_bins=8, parameterization=None, bound=None,
                  min_bin_width=None, min_bin_height=None, min_derivative=None,
-                 boundary_slopes=None, end_slopes=None, order="natural",
-                 hidden_degrees="cyclic",
-                 activation="relu", context_dim=None, zero_last=False, rng=None):
-        smap = layer_spline_map("MaskedSplineAutoregressive", parameterization, n_bins, bound,
+                 boundary_slopes=None, end_slopes=None, spline=None, order="natural",
+                 hidden_degrees="cyclic", activation="relu", context_dim=None, zero_last=False,
+                 rng=None):
+        where = "MaskedSplineAutoregressive"
+        parameterization = _spline_kind(self, where, spline, parameterization)
+        smap = layer_spline_map(where, parameterization, n_bins, bound,
                                 min_bin_width, min_bin_height, min_derivative, boundary_slopes,
                                 end_slopes)
         self.n_bins, self.parameterization, self._map = int(n_bins), parameterization, smap
-        self._n_params = 2 * self.n_bins + smap.n_derivatives
+        self._n_params = (lrs_n_params(self.n_bins) if self.spline == "linear-rational"
+                          else 2 * self.n_bins + smap.n_derivatives)
         super().__init__(dim, self._n_params, hidden, order, hidden_degrees, activation,
                          context_dim, zero_last, rng)
 
     def __repr__(self):
+        kind = "" if self.spline == "rational-quadratic" else f", spline={self.spline!r}"
         return (f"MaskedSplineAutoregressive(dim={self.dim}, hidden={tuple(self.made.hidden)}, "
-                f"n_bins={self.n_bins}, parameterization={self.parameterization!r}, "
+                f"n_bins={self.n_bins}, parameterization={self.parameterization!r}{kind}, "
                 f"context_dim={self.context_dim})")
 
     def _config(self):
-        return dict(super()._config(), **map_config(self._map, self.parameterization))
+        return _spline_config(self, super()._config())
 
     def _input_knots(self, direction, v, context=None):
         """``(n, dim, K+1)`` knots in the input space of ``direction`` at the points ``v``."""
         x = v if direction == "inverse" else self._forward_pass(v, context, False)[0]
         theta = self.made._forward(x, context)
-        return _knots("spline" if direction == "inverse" else "inverse", theta, self._map)
+        return self._knot_fn("spline" if direction == "inverse" else "inverse", theta, self._map)
 
     def _sample_coordinate(self, z_i, out_i):
-        return _spline("inverse", z_i, out_i, self._map, False)[0]
+        return self._elementwise("inverse", z_i, out_i, self._map, False)[0]
 
     def _transform(self, direction, v, out, vjp, sampled=None):
         # density direction (inverse) = RQS; sampling = RQS^{-1} at the final outputs
         apply = "spline" if direction == "inverse" else "inverse"
-        y, log_det, spline_pullback = _spline(apply, v.reshape(-1),
-                                              out.reshape(-1, self._n_params), self._map, vjp)
+        y, log_det, spline_pullback = self._elementwise(apply, v.reshape(-1),
+                                                        out.reshape(-1, self._n_params),
+                                                        self._map, vjp)
         y, log_det = y.reshape(v.shape), log_det.reshape(v.shape).sum(axis=-1)
         if not vjp:
             return y, log_det, None
