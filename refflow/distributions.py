@@ -143,6 +143,10 @@ def _finite_log_prob(lp, where, base_lp=None):
 class _Distribution:
     """Shared validation: ``log_prob``, ``log_prob_vjp``, ``sample`` on ``(n, dim)`` arrays."""
 
+    #: True for a base whose support is bounded (``Uniform``): there a log-density of ``-inf``
+    #: means "outside the support", a value; for the others it can only be an overflow.
+    _bounded_support = False
+
     def __init__(self, dim, params=None):
         self.dim = check_dim(dim, type(self).__name__)
         self._params = ParamDict(params or {})
@@ -324,6 +328,8 @@ class Uniform(_Distribution):
     >>> bool(np.all(np.abs(d.sample(5, rng=0)) <= np.pi))
     True
     """
+
+    _bounded_support = True
 
     def __init__(self, low, high, dim=None):
         where = "Uniform"
@@ -739,7 +745,8 @@ class Flow:
                 with np.errstate(over="ignore", invalid="ignore"):
                     base_lp = self.base._log_prob(z)
                     part = base_lp + log_det
-                _finite_log_prob(part, where, base_lp)
+                _finite_log_prob(part, where,
+                                 base_lp if self.base._bounded_support else None)
                 if len(chunks) == 1:
                     lp = part
                     break
@@ -806,7 +813,7 @@ class Flow:
         """``log q`` of validated rows and a pullback ``lp_bar -> (x_bar, grads, context_bar)``."""
         z, log_det, bijector_pullback = self.bijector._run("inverse", x2, True, c2)
         lp, base_pullback = self.base._log_prob_vjp(z)
-        outside = np.isneginf(lp)
+        outside = np.isneginf(lp) if self.base._bounded_support else np.zeros(0, bool)
         if outside.any():
             raise ValueError(f"Flow: {int(outside.sum())} of {lp.shape[0]} points map outside "
                              f"the support of the base {type(self.base).__name__} (first row "
