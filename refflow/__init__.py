@@ -9,12 +9,16 @@ from . import datasets, nn, params, testing
 from .bijectors import (
     ActNorm, AdditiveCoupling, Affine, AffineCoupling, BatchNorm, Bijector, Chain, Exp,
     Householder, Inverse, LeakyReLU, Logit, LULinear, MaskedAffineAutoregressive,
+    MatrixExponential, Rotation, TriangularAffine,
     MaskedSplineAutoregressive, Permute, Planar, Radial, RationalQuadraticSpline, Reverse,
+    CircularSpline, LinearRationalSpline,
     Sigmoid, Softplus, SplineCoupling, Sylvester, Tanh,
 )
 from .bijectors import BlockNeuralAutoregressive, Gaussianization
 from .splines import rational_quadratic_spline, rational_quadratic_spline_vjp
-from .distributions import DiagNormal, Flow, StandardNormal
+from .distributions import (
+    DiagGaussianMixture, DiagNormal, Flow, StandardNormal, StudentT, Uniform,
+)
 from .training import SGD, Adam, CosineAnnealing, History, TrainingDiverged, clip_grad_norm, fit
 from .flows import BUILDERS, MAF, NSF, Glow, PlanarFlow, RadialFlow, RealNVP, SylvesterFlow
 from .estimator import FlowDensity
@@ -29,7 +33,8 @@ __all__ = [
     # elementwise
     "Affine", "Exp", "Sigmoid", "Logit", "Tanh", "Softplus", "LeakyReLU",
     # linear
-    "Permute", "Reverse", "LULinear", "Householder",
+    "Permute", "Reverse", "LULinear", "Householder", "MatrixExponential", "Rotation",
+    "TriangularAffine",
     # normalization
     "ActNorm", "BatchNorm",
     # coupling and autoregressive (conditioners in refflow.nn)
@@ -39,10 +44,11 @@ __all__ = [
     # monotone-network transformers (numerical inverses)
     "BlockNeuralAutoregressive", "Gaussianization",
     # splines
-    "RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive",
+    "RationalQuadraticSpline", "CircularSpline", "SplineCoupling", "MaskedSplineAutoregressive",
+    "LinearRationalSpline",
     "rational_quadratic_spline", "rational_quadratic_spline_vjp",
     # distributions, flows, training
-    "StandardNormal", "DiagNormal", "Flow",
+    "StandardNormal", "DiagNormal", "Uniform", "StudentT", "DiagGaussianMixture", "Flow",
     # training
     "Adam", "SGD", "CosineAnnealing", "clip_grad_norm", "fit", "History", "TrainingDiverged",
     # builders and the estimator

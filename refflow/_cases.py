@@ -107,6 +107,20 @@ def _image_case(build, sample_z, sample_w):
     return factory
 
 
+def _raw_diagonal(layer, rng):
+    _randomize(layer, rng)
+    layer.params["unconstrained_upper_diag"] = (rng.choice([-1.0, 1.0], size=layer.dim)
+                                                * rng.uniform(0.5, 1.5, size=layer.dim))
+    return layer
+
+
+def _pyro_clamped(layer, rng):
+    _randomize(layer, rng)
+    b = layer.params[f"made.b{len(layer.made.hidden)}"]
+    b[1::2] += [0.0, 8.0, -9.0]        # u biases (MADE outputs are (mu_i, u_i) pairs)
+    return layer
+
+
 def _batchnorm(rng, training=False):
     layer = _randomize(B.BatchNorm(3), rng)
     layer.buffers["running_mean"][...] = rng.normal(0.0, 1.0, size=3)
@@ -168,6 +182,39 @@ CASES = {
         _normal(), _normal()),
     "iaf": _case(lambda r: B.Inverse(_randomize(B.MaskedAffineAutoregressive(
         3, hidden=(8,), scale="tanh", rng=r), r)), _normal(), _normal()),
+    # FlowJAX's MAF layer: softplus(u + softplus^-1(0.99)) + 0.01, scale on the density side
+    "maf_density_flowjax": _case(
+        lambda r: _randomize(B.MaskedAffineAutoregressive(
+            4, hidden=(10, 10), scale="flowjax", scale_side="density", rng=r), r),
+        _normal(), _normal()),
+    # Pyro's AffineAutoregressive (an IAF): log-scale clipped to [-5, 3]; the output biases of
+    # u push coordinate 1 above 3 and coordinate 2 below -5 (|u - bias| ~ 1 here), so the clip's
+    # flat parts are exercised as well as its identity part
+    "iaf_pyro_clamp": _case(lambda r: B.Inverse(_pyro_clamped(B.MaskedAffineAutoregressive(
+        3, hidden=(8,), order="random", scale="pyro-clamp", scale_side="density", rng=r), r)),
+        _normal(), _normal()),
+    # Pyro's AffineAutoregressive(stable=True): y = sigmoid(u + 2) x + (1 - sigmoid(u + 2)) mu
+    "iaf_pyro_stable": _case(lambda r: B.Inverse(_randomize(B.MaskedAffineAutoregressive(
+        3, hidden=(8, 8), scale="sigmoid-nofloor", scale_side="density", stable=True,
+        rng=r), r)), _normal(), _normal()),
+    "maf_stable_flowjax_conditional": _case(
+        lambda r: _randomize(B.MaskedAffineAutoregressive(
+            3, hidden=(8,), scale="flowjax", stable=True, context_dim=2, rng=r), r),
+        _normal(), _normal()),
+    # zuko's LULinearTransform: raw diagonal (either sign, kept away from 0) on L, unit U
+    "lu_linear_zuko_raw_lower": _case(lambda r: _raw_diagonal(B.LULinear(
+        4, upper_diag="raw", diagonal="lower"), r), _normal(), _normal()),
+    # normflows' Invertible1x1Conv(use_lu=True): fixed signs times exp(log_S) on U
+    "lu_linear_normflows_signs": _case(lambda r: _randomize(B.LULinear(
+        4, permutation="random", signs=[1.0, -1.0, -1.0, 1.0], rng=r), r), _normal(), _normal()),
+    "matrix_exponential": _case(lambda r: _randomize(B.MatrixExponential(4), r, 0.4),
+                                _normal(), _normal()),
+    "rotation": _case(lambda r: _randomize(B.Rotation(4), r, 1.0), _normal(), _normal()),
+    "triangular_affine": _case(lambda r: _randomize(B.TriangularAffine(4), r),
+                               _normal(), _normal()),
+    "triangular_affine_upper_weight_norm": _case(
+        lambda r: _randomize(B.TriangularAffine(3, lower=False, weight_normalization=True), r),
+        _normal(), _normal()),
     "additive_coupling": _case(
         lambda r: _randomize(B.AdditiveCoupling(4, hidden=(8,), activation="tanh", rng=r), r),
         _normal(), _normal()),
@@ -196,6 +243,54 @@ CASES = {
     "rqs_distrax": _knot_safe_case(
         lambda r: _randomize(B.RationalQuadraticSpline(
             2, n_bins=3, parameterization="distrax", bound=2.0), r, 1.0), _normal(2.0), _normal(2.0)),
+    # identity tails with boundary slopes other than 1 (Pyro's quadratic spline, FlowJAX's):
+    # samples on both sides of +-B (the knot-safe draw keeps them off +-B itself)
+    "rqs_pyro": _knot_safe_case(
+        lambda r: _randomize(B.RationalQuadraticSpline(3, n_bins=5, parameterization="pyro",
+                                                       bound=2.0), r, 1.0),
+        _normal(2.0), _normal(2.0)),
+    "rqs_flowjax": _knot_safe_case(
+        lambda r: _randomize(B.RationalQuadraticSpline(3, n_bins=4, parameterization="flowjax",
+                                                       bound=1.5), r, 1.0),
+        _normal(1.5), _normal(1.5)),
+    "spline_coupling_flowjax": _knot_safe_case(
+        lambda r: _randomize(B.SplineCoupling(4, hidden=(8,), n_bins=3, activation="tanh",
+                                              parameterization="flowjax", bound=2.0, rng=r), r),
+        _normal(2.0), _normal(2.0)),
+    "spline_autoregressive_pyro": _knot_safe_case(
+        lambda r: _randomize(B.MaskedSplineAutoregressive(
+            3, hidden=(8,), n_bins=4, activation="tanh", parameterization="pyro", bound=2.0,
+            rng=r), r), _normal(2.0), _normal(2.0)),
+    # end_slopes="learned": every derivative learned, identity tails (slope jumps at +-B)
+    "rqs_durkan_learned_end_slopes": _knot_safe_case(
+        lambda r: _randomize(B.RationalQuadraticSpline(2, n_bins=4, bound=1.5,
+                                                       end_slopes="learned"), r, 1.0),
+        _normal(1.5), _normal(1.5)),
+    "spline_coupling_zuko_learned_end_slopes": _knot_safe_case(
+        lambda r: _randomize(B.SplineCoupling(3, hidden=(8,), n_bins=3, activation="tanh",
+                                              parameterization="zuko", bound=2.0,
+                                              end_slopes="learned", rng=r), r),
+        _normal(2.0), _normal(2.0)),
+    # circular splines on [-pi, pi]: learned equal end slopes; zuko's map after its shift
+    "circular_spline_distrax": _knot_safe_case(
+        lambda r: _randomize(B.CircularSpline(3, n_bins=5), r, 1.0),
+        _uniform(-np.pi, np.pi), _uniform(-np.pi, np.pi)),
+    "circular_spline_zuko_shift": _knot_safe_case(
+        lambda r: _randomize(B.CircularSpline(2, n_bins=4, parameterization="zuko", shift=True),
+                             r, 1.0),
+        _uniform(-np.pi, np.pi), _uniform(-np.pi, np.pi)),
+    # Pyro's default spline (order="linear"); knots and split points kept away from
+    "linear_rational_spline": _knot_safe_case(
+        lambda r: _randomize(B.LinearRationalSpline(3, n_bins=4, bound=2.0), r, 1.0),
+        _normal(2.0), _normal(2.0)),
+    "spline_coupling_linear_rational": _knot_safe_case(
+        lambda r: _randomize(B.SplineCoupling(3, hidden=(8,), n_bins=3, activation="tanh",
+                                              spline="linear-rational", bound=2.0, rng=r), r),
+        _normal(2.0), _normal(2.0)),
+    "spline_autoregressive_linear_rational": _knot_safe_case(
+        lambda r: _randomize(B.MaskedSplineAutoregressive(
+            3, hidden=(8,), n_bins=3, activation="tanh", spline="linear-rational", bound=2.0,
+            rng=r), r), _normal(2.0), _normal(2.0)),
     "spline_coupling": _knot_safe_case(
         lambda r: _randomize(B.SplineCoupling(4, hidden=(8,), n_bins=4, activation="tanh", rng=r), r),
         _normal(2.0), _normal(2.0)),

@@ -12,15 +12,19 @@ import math
 import numbers
 
 import numpy as np
+from scipy.special import digamma, gammaln, logsumexp
 
-from ._validation import as_batch, as_float_array, check_dim, check_rng
+from ._math import sigmoid, softplus
+from ._validation import (
+    as_batch, as_float_array, check_bool, check_dim, check_int, check_rng,
+)
 from .bijectors.base import Bijector, atomic
 from .io.spec import (combine, constructor_arguments, declaration, declare, from_spec,
                       register, to_spec)
 from .kernels.threads import blas_threads, largest_weight
 from .params import ParamDict, prefixed
 
-__all__ = ["StandardNormal", "DiagNormal", "Flow"]
+__all__ = ["StandardNormal", "DiagNormal", "Uniform", "StudentT", "DiagGaussianMixture", "Flow"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -122,10 +126,17 @@ def _empty(shape, where):
                          f"memory, more than is available; ask for fewer rows") from None
 
 
-def _finite_log_prob(lp, where):
-    """Raise when a log-density is not finite (it overflowed float64), naming the rows."""
-    if not np.isfinite(lp).all():
-        bad = ~np.isfinite(lp)
+def _finite_log_prob(lp, where, base_lp=None):
+    """Raise when a log-density is not finite (it overflowed float64), naming the rows.
+
+    With ``base_lp`` (the base's log-density of the same rows), ``-inf`` is let through where
+    the base gives ``-inf``: a point outside the support of a bounded base (``Uniform``) has
+    density zero, which is a value, not an overflow.
+    """
+    bad = ~np.isfinite(lp)
+    if base_lp is not None:
+        bad &= ~(np.isneginf(base_lp) & np.isneginf(lp))
+    if bad.any():
         raise ValueError(f"{where}: the log-density is not finite for {int(bad.sum())} of "
                          f"{lp.shape[0]} rows (first row {int(np.argmax(bad))}): the points lie "
                          f"beyond the range where it is representable in {lp.dtype}")
@@ -133,6 +144,10 @@ def _finite_log_prob(lp, where):
 
 class _Distribution:
     """Shared validation: ``log_prob``, ``log_prob_vjp``, ``sample`` on ``(n, dim)`` arrays."""
+
+    #: True for a base whose support is bounded (``Uniform``): there a log-density of ``-inf``
+    #: means "outside the support", a value; for the others it can only be an overflow.
+    _bounded_support = False
 
     def __init__(self, dim, params=None):
         self.dim = check_dim(dim, type(self).__name__)
@@ -285,12 +300,350 @@ class DiagNormal(_Distribution):
         return self._params["loc"] + scale * eps
 
 
+def _as_vector(value, dim, where, name):
+    """``value`` (a number or a 1-D array) broadcast to a finite float64 ``(dim,)`` array."""
+    arr = as_float_array(value, where, name).astype(np.float64)
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] not in (1, dim)):
+        raise ValueError(f"{where}: {name} must be a number or an array of shape ({dim},), got "
+                         f"shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{where}: {name} must be finite")
+    return np.array(np.broadcast_to(arr, (dim,)), dtype=np.float64)
+
+
+class Uniform(_Distribution):
+    r"""Uniform distribution on the box ``[low, high]`` (no trainable parameters).
+
+    Parameters
+    ----------
+    low, high : float or array_like of shape (dim,)
+        Finite bounds with ``low < high`` elementwise; numbers are broadcast to ``dim``.
+    dim : int, optional
+        Needed only when both bounds are numbers; otherwise the bounds' length.
+
+    Notes
+    -----
+    ``log p(z) = -sum_i log(high_i - low_i)`` for ``z`` in the closed box, and ``-inf``
+    outside it (**explicit support check**: a point outside has density zero, it is not an
+    error; :meth:`Flow.log_prob` passes the ``-inf`` through, while gradients of such points
+    are refused). The density is constant inside, so the pullback is ``z_bar = 0``; it has no
+    parameters. ``sample`` draws ``low + (high - low) U`` with ``U ~ U[0, 1)`` (``rng.random``).
+
+    This is zuko's ``BoxUniform(lower, upper)`` (the NCSF base, on ``+-(pi + 1e-5)``), distrax's
+    ``Independent(Uniform(low, high), 1)`` and torch's ``Uniform`` summed over the last axis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow import Uniform
+    >>> d = Uniform(-np.pi, np.pi, dim=2)
+    >>> float(np.round(d.log_prob(np.zeros(2)), 6))
+    -3.675754
+    >>> d.log_prob(np.array([[0.0, 4.0]]))
+    array([-inf])
+    >>> bool(np.all(np.abs(d.sample(5, rng=0)) <= np.pi))
+    True
+    """
+
+    _bounded_support = True
+
+    def __init__(self, low, high, dim=None):
+        where = "Uniform"
+        lo = as_float_array(low, where, "low")
+        hi = as_float_array(high, where, "high")
+        if dim is None:
+            sizes = {a.shape[0] for a in (lo, hi) if a.ndim == 1}
+            if not sizes:
+                raise ValueError(f"{where}: dim is required when low and high are numbers")
+            dim = max(sizes)
+        dim = check_dim(dim, where)
+        lo, hi = _as_vector(lo, dim, where, "low"), _as_vector(hi, dim, where, "high")
+        if not (hi > lo).all():
+            i = int(np.argmax(~(hi > lo)))
+            raise ValueError(f"{where}: low must be below high in every coordinate; coordinate "
+                             f"{i} has low {lo[i]!r}, high {hi[i]!r}")
+        if not np.isfinite(hi - lo).all():
+            raise ValueError(f"{where}: high - low overflows float64")
+        super().__init__(dim)
+        lo.flags.writeable = hi.flags.writeable = False
+        self.low, self.high = lo, hi
+
+    def __repr__(self):
+        return f"Uniform(low={self.low.tolist()}, high={self.high.tolist()})"
+
+    def _config(self):
+        return {"low": self.low.tolist(), "high": self.high.tolist()}
+
+    def _log_prob(self, z):
+        low, high = self.low.astype(z.dtype), self.high.astype(z.dtype)
+        log_volume = np.log(high - low).sum(dtype=z.dtype)
+        inside = ((z >= low) & (z <= high)).all(axis=1)
+        return np.where(inside, -log_volume, z.dtype.type(-np.inf)).astype(z.dtype)
+
+    def _log_prob_vjp(self, z):
+        def pullback(lp_bar):
+            return np.zeros_like(z), {}
+        return self._log_prob(z), pullback
+
+    def _sample(self, n, rng):
+        u = rng.random((n, self.dim))
+        return np.minimum(self.low + (self.high - self.low) * u, self.high)
+
+
+class StudentT(_Distribution):
+    r"""Independent Student's t in each coordinate, with trainable location, scale and
+    (optionally) degrees of freedom.
+
+    Parameters
+    ----------
+    dim : int
+    df : float or array_like of shape (dim,), default 5.0
+        Initial degrees of freedom ``nu > 0``.
+    trainable_df : bool, default True
+        If True, ``params["raw_df"]`` holds ``softplus^-1(nu)`` (FlowJAX's parameterization of
+        ``df``: ``nu = softplus(raw_df)``); if False, ``nu`` is fixed (saved in the config).
+
+    Attributes
+    ----------
+    params : ParamDict
+        ``"loc"`` and ``"log_scale"`` of shape ``(dim,)`` (zeros: the standard t), and
+        ``"raw_df"`` when ``trainable_df``.
+
+    Notes
+    -----
+    With ``sigma = exp(log_scale)``, ``t = (z - loc) / sigma`` and ``q = t^2 / nu``::
+
+        log p(z) = sum_i [ lgamma((nu+1)/2) - lgamma(nu/2) - log(nu pi)/2 - log sigma
+                           - (nu+1)/2 log1p(q) ]
+
+    Pullbacks for ``log_prob_bar = g`` (one per row), from ``d log p / dt = -(nu+1) t /
+    (nu + t^2) =: r``::
+
+        z_bar         = g r / sigma,          loc_bar = -sum_n g r / sigma
+        log_scale_bar = sum_n g (-1 - t r) = sum_n g ((nu+1) t^2 / (nu + t^2) - 1)
+        raw_df_bar    = sum_n g sigmoid(raw_df) [ (psi((nu+1)/2) - psi(nu/2) - 1/nu
+                                                  - log1p(q)) / 2 + (nu+1) t^2 / (2 nu (nu + t^2)) ]
+
+    (``psi`` the digamma function; the last term is ``-(nu+1)/2 d log1p(q) / d nu``).
+    ``sample`` draws ``loc + sigma T`` with ``T`` from ``rng.standard_t(nu)``.
+
+    This is FlowJAX's ``StudentT(df, loc, scale)`` (which maps ``scale`` by a softplus where
+    refflow uses ``exp(log_scale)``; the densities agree for equal ``df, loc, scale``) and
+    ``torch.distributions.StudentT`` summed over the coordinates.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow import StudentT
+    >>> d = StudentT(1, df=1.0)                 # the standard Cauchy: log p(0) = -log(pi)
+    >>> float(np.round(d.log_prob(np.zeros(1)), 6))
+    -1.14473
+    >>> d.sample(3, rng=0).shape
+    (3, 1)
+    """
+
+    def __init__(self, dim, df=5.0, trainable_df=True):
+        where = "StudentT"
+        dim = check_dim(dim, where)
+        nu = _as_vector(df, dim, where, "df")
+        if not (nu > 0).all():
+            raise ValueError(f"{where}: df must be positive, got {nu.tolist()}")
+        self.trainable_df = check_bool(trainable_df, where, "trainable_df")
+        params = {"loc": np.zeros(dim), "log_scale": np.zeros(dim)}
+        if self.trainable_df:
+            # softplus^-1(nu) = nu + log(-expm1(-nu)), without overflow for large nu
+            params["raw_df"] = nu + np.log(-np.expm1(-nu))
+            self._fixed_df = None
+        else:
+            nu.flags.writeable = False
+            self._fixed_df = nu
+        super().__init__(dim, params=params)
+
+    def __repr__(self):
+        return f"StudentT(dim={self.dim}, trainable_df={self.trainable_df})"
+
+    @property
+    def df(self):
+        """The degrees of freedom ``nu``, float64 ``(dim,)`` (a copy)."""
+        if self._fixed_df is not None:
+            return self._fixed_df.copy()
+        return softplus(self._params["raw_df"])
+
+    def _config(self):
+        return {"dim": self.dim, "df": self.df.tolist(), "trainable_df": self.trainable_df}
+
+    def _constrained(self, dtype, where):
+        loc = self._params["loc"].astype(dtype)
+        log_scale = self._params["log_scale"].astype(dtype)
+        nu = self.df.astype(dtype)
+        with np.errstate(over="ignore"):
+            inv_scale = np.exp(-log_scale)
+        if not (np.isfinite(inv_scale).all() and (nu > 0).all()):
+            raise ValueError(f"{where}: exp(-log_scale) overflows {np.dtype(dtype)} or df "
+                             f"underflows to 0 (log_scale down to {log_scale.min():.4g}, df "
+                             f"down to {self.df.min():.4g})")
+        return loc, log_scale, nu, inv_scale
+
+    def _log_prob_vjp(self, z):
+        loc, log_scale, nu, inv_scale = self._constrained(z.dtype, "StudentT.log_prob")
+        half = z.dtype.type(0.5)
+        t = (z - loc) * inv_scale
+        t2 = t * t
+        q = t2 / nu
+        l1q = np.log1p(q)
+        const = (gammaln(half * (nu + 1)) - gammaln(half * nu) - half * np.log(nu * np.pi)
+                 - log_scale).astype(z.dtype)
+        lp = (const - half * (nu + 1) * l1q).sum(axis=1)
+
+        def pullback(lp_bar):
+            g = lp_bar[:, None]
+            r = -(nu + 1) * t / (nu + t2)          # d log p / dt
+            grads = {"loc": -(g * r * inv_scale).sum(axis=0),
+                     "log_scale": (g * (-1 - t * r)).sum(axis=0)}
+            if self.trainable_df:
+                dnu = (half * (digamma(half * (nu + 1)) - digamma(half * nu) - 1 / nu - l1q)
+                       + (nu + 1) * t2 / (2 * nu * (nu + t2)))
+                dsp = sigmoid(self._params["raw_df"].astype(z.dtype))
+                grads["raw_df"] = (g * dnu).sum(axis=0) * dsp
+            return g * r * inv_scale, grads
+
+        return lp, pullback
+
+    def _log_prob(self, z):
+        return self._log_prob_vjp(z)[0]
+
+    def _sample(self, n, rng):
+        loc, log_scale, nu, _ = self._constrained(np.float64, "StudentT.sample")
+        with np.errstate(over="ignore"):
+            scale = np.exp(log_scale)
+        if not np.isfinite(scale).all():
+            raise ValueError(f"StudentT.sample: exp(log_scale) overflows float64 (log_scale up "
+                             f"to {log_scale.max():.4g})")
+        return loc + scale * rng.standard_t(nu, size=(n, self.dim))
+
+
+class DiagGaussianMixture(_Distribution):
+    r"""Mixture of ``n_components`` Gaussians with diagonal covariances, all parameters
+    trainable.
+
+    Parameters
+    ----------
+    dim : int
+    n_components : int >= 1
+    rng : int or numpy.random.Generator, optional
+        Initial means: ``N(0, I)`` draws from ``rng`` (zuko's ``GMM`` and normflows'
+        ``GaussianMixture`` draw random means too, so that the components can separate in
+        training); None gives zero means (every component the standard normal).
+
+    Attributes
+    ----------
+    params : ParamDict
+        ``"logits"`` ``(K,)`` (zeros: equal weights), ``"loc"`` ``(K, dim)``,
+        ``"log_scale"`` ``(K, dim)`` (zeros).
+
+    Notes
+    -----
+    With ``w = softmax(logits)``, ``s_k = exp(log_scale_k)``, ``u_nk = (z_n - loc_k) / s_k``::
+
+        a_nk     = log w_k - |u_nk|^2 / 2 - sum_i log_scale_ki - dim log(2 pi) / 2
+        log p(z_n) = logsumexp_k a_nk
+
+    Pullbacks for ``log_prob_bar = g``, with the responsibilities ``r_nk = exp(a_nk - log p(z_n))``
+    (``d logsumexp / d a = r``; ``d log w_k / d logits_j = delta_kj - w_j``)::
+
+        z_bar_n       = -g_n sum_k r_nk u_nk / s_k
+        loc_bar_k     =  sum_n g_n r_nk u_nk / s_k
+        log_scale_bar_k = sum_n g_n r_nk (u_nk^2 - 1)
+        logits_bar    =  sum_n g_n (r_n - w)
+
+    ``sample`` draws the components ``k ~ Categorical(w)`` (``rng.choice``), then
+    ``loc_k + s_k eps`` with ``eps ~ N(0, I)``. This is normflows'
+    ``GaussianMixture(n_modes, dim)`` (``weight_scores`` = ``logits``, same ``loc`` and
+    ``log_scale``) and zuko's ``GMM`` with diagonal covariances.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow import DiagGaussianMixture, StandardNormal
+    >>> d = DiagGaussianMixture(2, 3)           # zero means: three copies of N(0, I)
+    >>> z = np.array([[0.5, -1.0]])
+    >>> bool(np.allclose(d.log_prob(z), StandardNormal(2).log_prob(z)))
+    True
+    >>> DiagGaussianMixture(2, 3, rng=0).sample(4, rng=1).shape
+    (4, 2)
+    """
+
+    def __init__(self, dim, n_components, rng=None):
+        where = "DiagGaussianMixture"
+        dim = check_dim(dim, where)
+        k = check_int(n_components, where, "n_components", minimum=1)
+        loc = np.zeros((k, dim)) if rng is None else \
+            check_rng(rng, where).standard_normal((k, dim))
+        self.n_components = k
+        super().__init__(dim, params={"logits": np.zeros(k), "loc": loc,
+                                      "log_scale": np.zeros((k, dim))})
+
+    def __repr__(self):
+        return f"DiagGaussianMixture(dim={self.dim}, n_components={self.n_components})"
+
+    def _config(self):
+        return {"dim": self.dim, "n_components": self.n_components}
+
+    def _constrained(self, dtype, where):
+        logits = self._params["logits"].astype(dtype)
+        log_w = logits - logsumexp(logits)
+        log_scale = self._params["log_scale"].astype(dtype)
+        with np.errstate(over="ignore"):
+            inv_scale = np.exp(-log_scale)
+        if not np.isfinite(inv_scale).all():
+            raise ValueError(f"{where}: exp(-log_scale) overflows {np.dtype(dtype)} (log_scale "
+                             f"down to {log_scale.min():.4g})")
+        return log_w.astype(dtype), self._params["loc"].astype(dtype), log_scale, inv_scale
+
+    def _log_prob_vjp(self, z):
+        log_w, loc, log_scale, inv_scale = self._constrained(z.dtype,
+                                                             "DiagGaussianMixture.log_prob")
+        u = (z[:, None, :] - loc) * inv_scale                     # (n, K, dim)
+        a = (log_w - 0.5 * np.einsum("nkd,nkd->nk", u, u) - log_scale.sum(axis=1)
+             - z.dtype.type(self.dim * _HALF_LOG_2PI))
+        lp = logsumexp(a, axis=1).astype(z.dtype)
+
+        def pullback(lp_bar):
+            r = np.exp(a - lp[:, None])                           # responsibilities
+            gr = lp_bar[:, None] * r                              # (n, K)
+            gru = gr[:, :, None] * u * inv_scale                  # g r u / s
+            grads = {"logits": gr.sum(axis=0) - lp_bar.sum() * np.exp(log_w),
+                     "loc": gru.sum(axis=0),
+                     "log_scale": (gr[:, :, None] * (u * u - 1)).sum(axis=0)}
+            return -gru.sum(axis=1), grads
+
+        return lp, pullback
+
+    def _log_prob(self, z):
+        return self._log_prob_vjp(z)[0]
+
+    def _sample(self, n, rng):
+        log_w, loc, log_scale, _ = self._constrained(np.float64, "DiagGaussianMixture.sample")
+        with np.errstate(over="ignore"):
+            scale = np.exp(log_scale)
+        if not np.isfinite(scale).all():
+            raise ValueError(f"DiagGaussianMixture.sample: exp(log_scale) overflows float64 "
+                             f"(log_scale up to {log_scale.max():.4g})")
+        w = np.exp(log_w)
+        k = rng.choice(self.n_components, size=n, p=w / w.sum())
+        eps = rng.standard_normal((n, self.dim))
+        return loc[k] + scale[k] * eps
+
+
 class Flow:
     """A normalizing flow: base distribution ``p`` and bijector ``T``, ``x = T(z)``.
 
     Parameters
     ----------
-    base : StandardNormal or DiagNormal
+    base : StandardNormal, DiagNormal, Uniform, StudentT or DiagGaussianMixture
+        A point whose ``z`` lies outside a ``Uniform`` base's box has ``log_prob`` ``-inf``;
+        gradients (``log_prob_vjp``, ``nll_and_grad``) refuse such points. ``kl_and_grad``
+        reparameterizes normal bases only.
     bijector : Bijector
         Of the same ``dim``.
 
@@ -431,8 +784,10 @@ class Flow:
                 z, log_det, _ = self.bijector._run("inverse", x2[start:stop], False,
                                                 context_rows(start, stop))
                 with np.errstate(over="ignore", invalid="ignore"):
-                    part = self.base._log_prob(z) + log_det
-                _finite_log_prob(part, where)
+                    base_lp = self.base._log_prob(z)
+                    part = base_lp + log_det
+                _finite_log_prob(part, where,
+                                 base_lp if self.base._bounded_support else None)
                 if len(chunks) == 1:
                     lp = part
                     break
@@ -499,6 +854,11 @@ class Flow:
         """``log q`` of validated rows and a pullback ``lp_bar -> (x_bar, grads, context_bar)``."""
         z, log_det, bijector_pullback = self.bijector._run("inverse", x2, True, c2)
         lp, base_pullback = self.base._log_prob_vjp(z)
+        outside = np.isneginf(lp) if self.base._bounded_support else np.zeros(0, bool)
+        if outside.any():
+            raise ValueError(f"Flow: {int(outside.sum())} of {lp.shape[0]} points map outside "
+                             f"the support of the base {type(self.base).__name__} (first row "
+                             f"{int(np.argmax(outside))}; log-density -inf, no gradient)")
 
         def pullback(lq_bar):
             # d log q / d log_det = 1 and d log q / d log p(z) = 1: both get lq_bar
@@ -830,4 +1190,4 @@ class Flow:
         return estimate, stderr
 
 
-register(StandardNormal, DiagNormal, Flow)
+register(StandardNormal, DiagNormal, Uniform, StudentT, DiagGaussianMixture, Flow)

@@ -222,11 +222,15 @@ def test_zero_parameters_durkan_defaults_value():
 
 @pytest.mark.parametrize("name", SPLINE_MAPS)
 def test_map_attributes_and_defaults(name):
-    m = get_spline_map(name, n_bins=5, **({"bound": 1.0} if name == "distrax" else {}))
+    m = get_spline_map(name, n_bins=5,
+                       **({"bound": 1.0} if name in ("distrax", "flowjax") else {}))
     assert m.n_bins == 5
-    assert m.n_derivatives == (6 if name == "distrax" else 4)
-    assert m.bound == {"durkan": 3.0, "zuko": 5.0, "distrax": 1.0}[name]
-    assert m.min_derivative == {"durkan": 1e-3, "zuko": 1e-3, "distrax": 1e-4}[name]
+    assert m.n_derivatives == (6 if name in ("distrax", "flowjax") else 4)
+    assert m.identity_tails == (name in ("pyro", "flowjax"))
+    assert m.bound == {"durkan": 3.0, "zuko": 5.0, "distrax": 1.0, "pyro": 3.0,
+                       "flowjax": 1.0}[name]
+    assert m.min_derivative == {"durkan": 1e-3, "zuko": 1e-3, "distrax": 1e-4, "pyro": 1e-3,
+                                "flowjax": 1e-3}[name]
     assert name in repr(m)
 
 

@@ -8,18 +8,23 @@ from .block_neural import BlockNeuralAutoregressive
 from .coupling import AdditiveCoupling, AffineCoupling
 from .gaussianization import Gaussianization
 from .linear import Householder, LULinear, Permute, Reverse
+from .linear_maps import MatrixExponential, Rotation, TriangularAffine
+from .linear_rational import LinearRationalSpline
 from .normalization import ActNorm, BatchNorm
 from .planar import Planar, Radial, Sylvester
-from .splines import MaskedSplineAutoregressive, RationalQuadraticSpline, SplineCoupling
+from .splines import (CircularSpline, MaskedSplineAutoregressive, RationalQuadraticSpline,
+                      SplineCoupling)
 
 __all__ = [
     "Bijector", "Chain", "Inverse",
     "Affine", "Exp", "Sigmoid", "Logit", "Tanh", "Softplus", "LeakyReLU",
     "Permute", "Reverse", "LULinear", "Householder",
+    "MatrixExponential", "Rotation", "TriangularAffine",
     "ActNorm", "BatchNorm",
     "Planar", "Radial", "Sylvester",
     "AdditiveCoupling", "AffineCoupling", "MaskedAffineAutoregressive",
-    "RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive",
+    "RationalQuadraticSpline", "CircularSpline", "SplineCoupling", "MaskedSplineAutoregressive",
+    "LinearRationalSpline",
     "BlockNeuralAutoregressive", "Gaussianization",
 ]
 

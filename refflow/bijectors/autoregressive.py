@@ -26,7 +26,7 @@ subclass gives the elementwise map of the coordinates, ``_transform`` (the splin
 
 import numpy as np
 
-from .._validation import check_dim
+from .._validation import check_bool, check_dim
 from ..io.spec import constructor_arguments, declaration
 from ..nn import MADE
 from ..nn.mlp import mlp_shapes
@@ -197,6 +197,13 @@ class MaskedAffineAutoregressive(MaskedAutoregressiveBase):
         ``log|dz/dx| = sum_i l(u_i)`` and sampling is ``x = (z - mu) * exp(-l(u))``. In both,
         ``mu, u`` are MADE outputs at ``x`` (the data side). zuko's MAF is ``scale="softclip",
         scale_side="density"``; nflows' is ``scale="softplus", scale_side="density"``.
+    stable : bool, default False
+        The stable form of IAF (Kingma et al. 2016, eq. 14; Pyro's ``stable=True``): ``mu``
+        is the fixed point of the map instead of a shift added after scaling, i.e. the
+        scaling multiplication becomes ``y = mu + (v - mu) exp(l(u))`` and its inverse
+        ``v = mu + (y - mu) exp(-l(u))`` (formulas and pullbacks in :mod:`.scale_maps`). Pyro's
+        ``AffineAutoregressive(stable=True)`` is ``Inverse`` of this layer with
+        ``scale="sigmoid-nofloor", scale_side="density", stable=True``.
     context_dim : int, optional
         Makes the layer conditional: the context is an input of every MADE hidden unit of the
         first layer.
@@ -254,6 +261,13 @@ class MaskedAffineAutoregressive(MaskedAutoregressiveBase):
     IAF (Kingma et al. 2016) is this layer run the other way, ``Inverse(MaskedAffineAutoregressive(...))``:
     its sampling direction is the one-pass density direction here.
 
+    **stable=True**: every formula above with ``x - mu`` (resp. ``z - mu``) in place of the
+    scaled variable and ``mu`` added back, e.g. density direction (``scale_side="sampling"``)
+    ``z = mu + (x - mu) / s``, ``log_det = -sum_i l(u_i)``, and the head cotangents of the
+    pullbacks ``mu_bar = -z_bar expm1(-l)``, ``l_bar = -z_bar (z - mu) - g`` (the
+    :func:`.scale_maps.affine_divide` pullback); the fixed-point adjoint of the sampling
+    direction is unchanged in form (it calls the same elementwise pullbacks).
+
     References
     ----------
     Papamakarios, Pavlakou, Murray, "Masked Autoregressive Flow for Density Estimation", 2017,
@@ -276,12 +290,13 @@ class MaskedAffineAutoregressive(MaskedAutoregressiveBase):
     """
 
     def __init__(self, dim, *, hidden=(64, 64), order="natural", hidden_degrees="cyclic",
-                 activation="relu", scale="exp", scale_side="sampling", context_dim=None,
-                 zero_last=False, rng=None):
+                 activation="relu", scale="exp", scale_side="sampling", stable=False,
+                 context_dim=None, zero_last=False, rng=None):
         self._scale_map = get_scale_map(scale, "MaskedAffineAutoregressive")
         if not isinstance(scale_side, str) or scale_side not in _SCALE_SIDES:
             raise ValueError(f"MaskedAffineAutoregressive: scale_side must be one of "
                              f"{list(_SCALE_SIDES)}, got {scale_side!r}")
+        self.stable = check_bool(stable, "MaskedAffineAutoregressive", "stable")
         self.scale = scale
         self.scale_side = scale_side
         super().__init__(dim, 2, hidden, order, hidden_degrees, activation, context_dim,
@@ -289,13 +304,18 @@ class MaskedAffineAutoregressive(MaskedAutoregressiveBase):
 
     def __repr__(self):
         extra = "" if self.context_dim is None else f", context_dim={self.context_dim}"
+        if self.stable:
+            extra = f", stable=True{extra}"
         if self.scale_side == "density":
             extra = f", scale_side='density'{extra}"
         return (f"MaskedAffineAutoregressive(dim={self.dim}, hidden={tuple(self.made.hidden)}, "
                 f"scale={self.scale!r}{extra})")
 
     def _config(self):
-        return dict(super()._config(), scale=self.scale, scale_side=self.scale_side)
+        config = dict(super()._config(), scale=self.scale, scale_side=self.scale_side)
+        if self.stable:  # absent when False: model files written before the option still load
+            config["stable"] = True
+        return config
 
     @classmethod
     def _declare(cls, config):
@@ -303,7 +323,7 @@ class MaskedAffineAutoregressive(MaskedAutoregressiveBase):
 
     def _sample_coordinate(self, z_i, out_i):
         return affine_value("forward", self.scale_side, z_i, out_i[:, 0],
-                            self._scale_map(out_i[:, 1])[0])
+                            self._scale_map(out_i[:, 1])[0], stable=self.stable)
 
     def _transform(self, direction, v, out, vjp, sampled=None):
         # The side picks the formula of each direction (refflow.bijectors.scale_maps). In the
@@ -312,7 +332,7 @@ class MaskedAffineAutoregressive(MaskedAutoregressiveBase):
         if sampled is not None and vjp:
             sampled = sampled.copy()  # the MADE pass's residual: the caller gets its own copy
         y, log_det, affine_pullback = affine_map(direction, self.scale_side)(
-            v, out[..., 0], log_scale, dlog_scale, vjp, out=sampled)
+            v, out[..., 0], log_scale, dlog_scale, vjp, out=sampled, stable=self.stable)
         if not vjp:
             return y, log_det, None
 

@@ -38,7 +38,8 @@ __all__ = ["Permute", "Reverse", "LULinear", "Householder"]
 
 #: Floor of nflows' ``softplus(u) + 1e-3`` diagonal, keeping U away from singular.
 _SOFTPLUS_FLOOR = 1e-3
-_UPPER_DIAG = ("exp", "softplus")
+_UPPER_DIAG = ("exp", "softplus", "raw")
+_DIAGONAL_ON = ("upper", "lower")
 
 
 # --------------------------------------------------------------------------------- permutations
@@ -197,39 +198,46 @@ class Reverse(Permute):
 
 # ----------------------------------------------------------------------------------- LULinear
 def _upper_diag(kind, u):
-    """``c(u)``, ``c'(u)``, ``log c(u)`` and ``(log c)'(u) = c'/c``, in the dtype of ``u``."""
+    """``c(u)``, ``c'(u)``, ``log |c(u)|`` and ``(log |c|)'(u) = c'/c``, in the dtype of ``u``."""
     if kind == "exp":
         with np.errstate(over="ignore", under="ignore"):  # checked by the caller
             c = np.exp(u)
         return c, c, u.copy(), np.ones_like(u)
+    if kind == "raw":  # zuko: the diagonal itself, of either sign (checked nonzero by the caller)
+        with np.errstate(divide="ignore"):
+            return u.copy(), np.ones_like(u), np.log(np.abs(u)), 1.0 / u
     c = softplus(u) + u.dtype.type(_SOFTPLUS_FLOOR)
     dc = sigmoid(u)
     return c, dc, np.log(c), dc / c
 
 
-def _lu_factors(lower_entries, upper_entries, diag):
-    """Unit lower ``L`` and upper ``U`` (diagonal ``diag``), in the dtype of ``diag``."""
+def _lu_factors(lower_entries, upper_entries, diag, on="upper"):
+    """``L`` and ``U`` in the dtype of ``diag``: the diagonal ``diag`` on ``U`` (``L`` unit)
+    or, with ``on="lower"``, on ``L`` (``U`` unit)."""
     d = diag.shape[0]
     lower = np.eye(d, dtype=diag.dtype)
     lower[np.tril_indices(d, -1)] = lower_entries
-    upper = np.zeros((d, d), dtype=diag.dtype)
+    upper = np.eye(d, dtype=diag.dtype)
     upper[np.triu_indices(d, 1)] = upper_entries
-    upper[np.diag_indices(d)] = diag
+    (upper if on == "upper" else lower)[np.diag_indices(d)] = diag
     return lower, upper
 
 
-def _lu_param_grads(m_bar, lower, upper, dc, dlog_c, log_det_term):
+def _lu_param_grads(m_bar, lower, upper, dc, dlog_c, log_det_term, on="upper"):
     """Carry ``M_bar`` (for ``M = L U``) and the log-det cotangent to the LU parameters.
 
-    ``log_det_term`` is ``±sum_n log_det_bar_n`` (minus for the inverse pass).
+    ``log_det_term`` is ``±sum_n log_det_bar_n`` (minus for the inverse pass); ``dc`` is the
+    derivative of the diagonal (signs included), ``dlog_c`` that of ``log |diagonal|``; ``on``
+    the factor that holds the diagonal.
     """
     d = lower.shape[0]
     lower_bar = m_bar @ upper.T
     upper_bar = lower.T @ m_bar
+    diag_bar = np.diagonal(upper_bar if on == "upper" else lower_bar)
     return {
         "lower_entries": lower_bar[np.tril_indices(d, -1)],
         "upper_entries": upper_bar[np.triu_indices(d, 1)],
-        "unconstrained_upper_diag": np.diagonal(upper_bar) * dc + log_det_term * dlog_c,
+        "unconstrained_upper_diag": diag_bar * dc + log_det_term * dlog_c,
     }
 
 
@@ -243,9 +251,20 @@ class LULinear(Bijector):
     permutation : None, "random" or array_like of int of shape (dim,), optional
         The fixed permutation inside ``P``: None (default) is the identity, ``"random"`` draws
         one from ``rng``, an array must be a permutation of ``0..dim-1``.
-    upper_diag : {"exp", "softplus"}, default "exp"
-        How the diagonal of ``U`` is made positive: ``c(u) = exp(u)`` (Glow) or
-        ``c(u) = softplus(u) + 1e-3`` (nflows).
+    upper_diag : {"exp", "softplus", "raw"}, default "exp"
+        How the non-unit diagonal is made from ``u``: ``c(u) = exp(u)`` (Glow) or
+        ``c(u) = softplus(u) + 1e-3`` (nflows), both positive; or ``"raw"``, ``c(u) = u``
+        itself, of either sign (zuko's ``LULinearTransform``; singular where some ``u_i = 0``,
+        which the passes refuse with ``ValueError``).
+    diagonal : {"upper", "lower"}, default "upper"
+        The factor that holds the diagonal ``c(u)``; the other is unit triangular. zuko puts
+        the raw diagonal on ``L`` (``L = tril(LU)``, ``U = triu(LU, 1) + I``): ``upper_diag="raw",
+        diagonal="lower"``. ``"unconstrained_upper_diag"`` then holds ``L``'s diagonal.
+    signs : None or array_like of +-1 of shape (dim,), optional
+        Fixed signs ``sigma`` of the diagonal, ``diag = sigma * c(u)`` (with ``"exp"`` or
+        ``"softplus"``): normflows' ``Invertible1x1Conv(use_lu=True)`` / ``InvertibleAffine``
+        keep ``sign_S`` as a buffer and learn ``log_S``, i.e. ``upper_diag="exp",
+        signs=sign_S``. None means all +1.
     rng : None, int or numpy.random.Generator, optional
         Used only for ``permutation="random"``.
 
@@ -257,7 +276,9 @@ class LULinear(Bijector):
         entries of ``U`` in the order of ``np.triu_indices(d, 1)``;
         ``"unconstrained_upper_diag"`` ``(d,)``: ``u``, with ``diag U = c(u)``; ``"bias"``
         ``(d,)``: ``b``. Initialised to the identity map: all zeros, except ``u`` for
-        ``"softplus"``, which starts at ``log(expm1(1 - 1e-3))`` so that ``c(u) = 1``.
+        ``"softplus"``, which starts at ``log(expm1(1 - 1e-3))`` so that ``c(u) = 1``, and for
+        ``"raw"``, which starts at 1 (times the signs, if any: then the map starts as
+        ``diag(signs)``, as the peers' random initialisations are not the identity either).
     buffers : dict
         ``{"permutation": int64 array of shape (d,)}``.
 
@@ -294,7 +315,11 @@ class LULinear(Bijector):
         u_bar = diag(U_bar) c'(u) ± (sum_n log_det_bar_n) c'(u) / c(u)   (+ forward, - inverse)
 
     with, for ``"exp"``, ``c' = c`` and ``c'/c = 1``, and for ``"softplus"``
-    ``c'(u) = sigmoid(u)``. The softplus is evaluated as ``logaddexp(0, u)`` so it does not
+    ``c'(u) = sigmoid(u)``; for ``"raw"``, ``c' = 1`` and ``log |det| = sum_i log|u_i|``, so
+    ``c'/c = 1/u``. With ``signs``, ``diag = sigma c(u)``: ``c'`` becomes ``sigma c'`` in the
+    first term only (``log |det|`` does not see the signs). With ``diagonal="lower"``,
+    ``diag(U_bar)`` is replaced by ``diag(L_bar)`` and the inverse's solves swap which factor
+    is unit. The softplus is evaluated as ``logaddexp(0, u)`` so it does not
     overflow. With ``"exp"``, ``u_i`` beyond about ``±709`` (``±88`` in float32) makes
     ``exp(u_i)`` overflow or underflow: the matrix is then not representable (singular or
     infinite) in that precision, and both passes raise ``ValueError`` naming the entry.
@@ -327,13 +352,27 @@ class LULinear(Bijector):
     True
     """
 
-    def __init__(self, dim, *, permutation=None, upper_diag="exp", rng=None):
+    def __init__(self, dim, *, permutation=None, upper_diag="exp", diagonal="upper", signs=None,
+                 rng=None):
         dim = check_dim(dim, "LULinear")
         rng = check_rng(rng, "LULinear: rng")
         if not (isinstance(upper_diag, str) and upper_diag in _UPPER_DIAG):
             raise ValueError(
                 f"LULinear: upper_diag must be one of {list(_UPPER_DIAG)}, got {upper_diag!r}"
             )
+        if not (isinstance(diagonal, str) and diagonal in _DIAGONAL_ON):
+            raise ValueError(
+                f"LULinear: diagonal must be one of {list(_DIAGONAL_ON)}, got {diagonal!r}"
+            )
+        if signs is not None:
+            if upper_diag == "raw":
+                raise ValueError("LULinear: signs apply to a positive diagonal ('exp' or "
+                                 "'softplus'); upper_diag='raw' carries its own signs")
+            signs = np.array(signs, dtype=np.float64) if not isinstance(signs, str) else None
+            if signs is None or signs.shape != (dim,) or not np.isin(signs, (-1.0, 1.0)).all():
+                raise ValueError(f"LULinear: signs must be an array of shape ({dim},) holding "
+                                 f"only +1 and -1")
+            signs.flags.writeable = False
         if permutation is None:
             perm = np.arange(dim, dtype=np.int64)
         elif isinstance(permutation, str):
@@ -347,7 +386,8 @@ class LULinear(Bijector):
             perm = check_permutation(permutation, dim, "LULinear")
         n_off = dim * (dim - 1) // 2
         # u0 makes c(u0) = 1, so the layer starts as the identity in both modes.
-        u0 = 0.0 if upper_diag == "exp" else math.log(math.expm1(1.0 - _SOFTPLUS_FLOOR))
+        u0 = {"exp": 0.0, "raw": 1.0,
+              "softplus": math.log(math.expm1(1.0 - _SOFTPLUS_FLOOR))}[upper_diag]
         super().__init__(
             dim,
             params={
@@ -359,13 +399,23 @@ class LULinear(Bijector):
             buffers={"permutation": perm},
         )
         self.upper_diag = upper_diag
+        self.diagonal = diagonal
+        self.signs = signs
 
     def __repr__(self):
-        return f"LULinear(dim={self.dim}, upper_diag={self.upper_diag!r})"
+        extra = "" if self.diagonal == "upper" else f", diagonal={self.diagonal!r}"
+        extra += "" if self.signs is None else f", signs={self.signs.tolist()}"
+        return f"LULinear(dim={self.dim}, upper_diag={self.upper_diag!r}{extra})"
 
     def _config(self):
-        return {"dim": self.dim, "permutation": self.buffers["permutation"].tolist(),
-                "upper_diag": self.upper_diag}
+        config = {"dim": self.dim, "permutation": self.buffers["permutation"].tolist(),
+                  "upper_diag": self.upper_diag}
+        # the options appear only when set, so that earlier model files keep their configs
+        if self.diagonal != "upper":
+            config["diagonal"] = self.diagonal
+        if self.signs is not None:
+            config["signs"] = self.signs.tolist()
+        return config
 
     @classmethod
     def _declare(cls, config):
@@ -381,18 +431,23 @@ class LULinear(Bijector):
         perm = np.array(self.buffers["permutation"], dtype=np.int64, copy=True)
         c, dc, log_c, dlog_c = _upper_diag(self.upper_diag, p["unconstrained_upper_diag"])
         # exp(u) is positive for every real u, but not in floating point: a diagonal that
-        # underflows to 0 or overflows makes W singular or non-finite in this dtype.
-        bad = ~((c > 0) & np.isfinite(c))
+        # underflows to 0 or overflows makes W singular or non-finite in this dtype (and a raw
+        # diagonal may be exactly 0).
+        bad = ~((np.abs(c) > 0) & np.isfinite(c))
         if bad.any():
             i = int(np.argmax(bad))
             raise self._domain_error(
                 direction,
-                f"the diagonal of U, {self.upper_diag}(u), is {float(c[i])!r} at index {i} "
+                f"the diagonal of {self.diagonal[0].upper()}, {self.upper_diag}(u), is "
+                f"{float(c[i])!r} at index {i} "
                 f"(unconstrained_upper_diag[{i}] = {float(p['unconstrained_upper_diag'][i])!r}): "
                 f"outside the range representable in {np.dtype(dtype)}, the map is not "
                 f"invertible in this precision",
             )
-        lower, upper = _lu_factors(p["lower_entries"], p["upper_entries"], c)
+        if self.signs is not None:
+            signs = self.signs.astype(dtype)
+            c, dc = c * signs, dc * signs
+        lower, upper = _lu_factors(p["lower_entries"], p["upper_entries"], c, self.diagonal)
         return p, perm, lower, upper, dc, log_c, dlog_c
 
     def weight(self, dtype=np.float64):
@@ -411,7 +466,8 @@ class LULinear(Bijector):
 
         def pullback(x_bar, log_det_bar):
             m_bar = x_bar.take(inv, axis=1).T @ z  # P^T W_bar, W_bar = x_bar^T z
-            grads = _lu_param_grads(m_bar, lower, upper, dc, dlog_c, log_det_bar.sum())
+            grads = _lu_param_grads(m_bar, lower, upper, dc, dlog_c, log_det_bar.sum(),
+                                    self.diagonal)
             grads["bias"] = x_bar.sum(axis=0)
             return x_bar @ weight, grads, None
 
@@ -422,10 +478,11 @@ class LULinear(Bijector):
         inv = inverse_permutation(perm)
         # Columns are points: solving on (d, batch) right-hand sides keeps LAPACK in F order.
         rhs = (x - p["bias"]).take(inv, axis=1).T
+        unit_l = self.diagonal == "upper"
         z_t = solve_triangular(
             upper,
-            solve_triangular(lower, rhs, lower=True, unit_diagonal=True, check_finite=False),
-            lower=False, check_finite=False,
+            solve_triangular(lower, rhs, lower=True, unit_diagonal=unit_l, check_finite=False),
+            lower=False, unit_diagonal=not unit_l, check_finite=False,
         )
         z = np.ascontiguousarray(z_t.T)
         log_det = np.full(x.shape[0], -log_c.sum(), dtype=x.dtype)
@@ -436,12 +493,14 @@ class LULinear(Bijector):
             # B = L^{-T} U^{-T} z_bar^T, so y_bar_n = P B_n and P^T W_bar = -B z.
             b_t = solve_triangular(
                 lower,
-                solve_triangular(upper, z_bar.T, trans="T", lower=False, check_finite=False),
-                trans="T", lower=True, unit_diagonal=True, check_finite=False,
+                solve_triangular(upper, z_bar.T, trans="T", lower=False,
+                                 unit_diagonal=not unit_l, check_finite=False),
+                trans="T", lower=True, unit_diagonal=unit_l, check_finite=False,
             )
             y_bar = b_t.T.take(perm, axis=1)
             m_bar = -(b_t @ z)
-            grads = _lu_param_grads(m_bar, lower, upper, dc, dlog_c, -log_det_bar.sum())
+            grads = _lu_param_grads(m_bar, lower, upper, dc, dlog_c, -log_det_bar.sum(),
+                                    self.diagonal)
             grads["bias"] = -y_bar.sum(axis=0)
             return y_bar, grads, None
 

@@ -81,7 +81,7 @@ def rqs(apply, v, uw, uh, ud, smap, vjp):
     spline = apply == "spline"
     fast = use_fast_paths("splines")
     # (kernels looked up by name at call time, so that a test may substitute one)
-    if fast and smap.name == "durkan":
+    if fast and smap.name == "durkan" and not smap.identity_tails:  # fused: fixed end slopes
         kernel, vjp_kernel = ((rqs_durkan_forward, rqs_durkan_forward_vjp) if spline
                               else (rqs_durkan_inverse, rqs_durkan_inverse_vjp))
         settings = (float(smap.bound), float(smap.min_bin_width), float(smap.min_bin_height),
@@ -102,7 +102,13 @@ def rqs(apply, v, uw, uh, ud, smap, vjp):
         return out, log_det, pullback
 
     # The composed path: the map's knot arrays, the knot kernels (numba, fast) or their NumPy
-    # twins (reference), the map's pullback.
+    # twins (reference), the map's pullback. A map with identity tails whose boundary slopes
+    # are not 1 ("pyro", "flowjax": the slope jumps at +-B) has the kernels' linear tails
+    # replaced by the identity outside [-B, B] (in x and in y alike): out = v, log_det = 0,
+    # v_bar = out_bar and no cotangent for the knots there.
+    outside = None
+    if smap.identity_tails:
+        outside = np.abs(v) > v.dtype.type(smap.bound)
     if vjp:
         knots, map_pullback = smap.vjp(uw, uh, ud)
     else:
@@ -117,6 +123,9 @@ def rqs(apply, v, uw, uh, ud, smap, vjp):
         kernel, vjp_kernel = ((rqs_forward_numpy, rqs_forward_vjp_numpy) if spline
                               else (rqs_inverse_numpy, rqs_inverse_vjp_numpy))
     run(kernel, (v, *knots), (), (out, log_det))
+    if outside is not None:
+        out[outside] = v[outside]
+        log_det[outside] = 0.0
     if not vjp:
         return out, log_det, None
 
@@ -126,6 +135,10 @@ def rqs(apply, v, uw, uh, ud, smap, vjp):
         args = (np.ascontiguousarray(out_bar, dtype=dtype),
                 np.ascontiguousarray(log_det_bar, dtype=dtype), v_bar, *knot_bars)
         run(vjp_kernel, (v, *knots), (), args)
+        if outside is not None:
+            v_bar[outside] = args[0][outside]
+            for k_bar in knot_bars:
+                k_bar[outside] = 0.0
         bars = map_pullback(*knot_bars)
         if param_bars is None:
             return v_bar, tuple(bars)
@@ -144,16 +157,18 @@ def input_knots(apply, uw, uh, ud, smap):
 
 
 def layer_spline_map(where, parameterization, n_bins, bound=None, min_bin_width=None,
-                     min_bin_height=None, min_derivative=None, boundary_slopes=None):
-    """The spline map of a layer, with errors naming ``where`` (distrax's bound defaults to 3,
-    the NSF paper's ``B``, since distrax itself requires one)."""
+                     min_bin_height=None, min_derivative=None, boundary_slopes=None,
+                     end_slopes=None):
+    """The spline map of a layer, with errors naming ``where`` (distrax's and flowjax's bound
+    defaults to 3, the NSF paper's ``B``, since those libraries themselves require one)."""
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 2:
         raise ValueError(f"{where}: n_bins must be an integer >= 2, got {n_bins!r}")
-    if bound is None and parameterization == "distrax":
+    if bound is None and parameterization in ("distrax", "flowjax"):
         bound = 3.0
     options = {k: v for k, v in dict(bound=bound, min_bin_width=min_bin_width,
                                      min_bin_height=min_bin_height, min_derivative=min_derivative,
-                                     boundary_slopes=boundary_slopes).items() if v is not None}
+                                     boundary_slopes=boundary_slopes,
+                                     end_slopes=end_slopes).items() if v is not None}
     try:
         return get_spline_map(parameterization, n_bins=int(n_bins), **options)
     except ValueError as exc:
@@ -168,9 +183,10 @@ def map_config(smap, parameterization):
 
 def identity_parameters(smap):
     """One element's unconstrained parameters (``[K | K | n_derivatives]``) that give the
-    identity spline: uniform bins and unit derivatives."""
+    identity spline: equal x and y knots and unit derivatives ("pyro": inner derivatives 1,
+    its fixed boundary derivatives ``1 - min_derivative``, so only nearly the identity)."""
     n_bins = smap.n_bins
     theta = np.zeros(2 * n_bins + smap.n_derivatives)
-    if smap.name == "durkan":  # min_d + softplus(u) = 1 at u = log(expm1(1 - min_d))
+    if smap.name in ("durkan", "pyro"):  # min_d + softplus(u) = 1 at u = log(expm1(1 - min_d))
         theta[2 * n_bins:] = math.log(math.expm1(1.0 - smap.min_derivative))
     return theta

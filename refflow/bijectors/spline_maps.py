@@ -21,6 +21,11 @@ name           knots from ``(u_w, u_h, u_d)``                                inp
                heights alike; all ``K+1`` slopes                             ``m = 1e-4``
                ``d_k = softplus(u_d + ln(e^{1-m_d} - 1)) + m_d``, then the    (absolute)
                boundary mode
+``"pyro"``     as ``"durkan"``, but ``d_0 = d_K = 1 - m_d = 0.999`` and         ``(K, K, K-1)``;
+               **identity tails** (the slope jumps from 0.999 to 1 at ``±B``)  ``B = 3``, ``m = 1e-3``
+``"flowjax"``  as ``"distrax"`` (``boundary_slopes='unconstrained'``), with       ``(K, K, K+1)``;
+               ``m_w = m_h = m_d = 1e-3`` and **identity tails** (the slope   ``B`` required,
+               jumps at ``±B``)                                              ``m = 1e-3``
 =============  ============================================================  ===================
 
 (``cumsum(w)_{k-1} = w_0 + ... + w_{k-1}``; the end knots are always set to exactly ``±B``.)
@@ -66,6 +71,34 @@ Parameters that a mode discards get a zero cotangent. The tails beyond ``±B`` a
 the boundary slopes (log-det ``log d_0`` or ``log d_K``). Zero parameters give the identity up to
 rounding: ``softplus(ln(e^{1-m} - 1)) + m = 1`` within an ulp or two.
 
+``"pyro"``: Pyro 1.9.2, ``pyro/distributions/transforms/spline.py``,
+``_monotonic_rational_spline(..., bound=3.0, min_bin_width=1e-3, min_bin_height=1e-3,
+min_derivative=1e-3)`` with ``order="quadratic"`` (``Spline``, ``SplineCoupling``,
+``SplineAutoregressive``): widths ``min_bin_width + (1 - min_bin_width * K) * softmax(u_w)``,
+knots by ``_calculate_knots`` (nflows' order: ``(upper - lower) cumsum + lower``, ends
+overwritten), inner derivatives ``min_derivative + softplus(u_d)``, and the boundary ones padded
+with ``1.0 - min_derivative`` (its comment: "Not sure why this is 1.0 - min_derivative rather
+than 1.0"). Outside ``[-B, B]`` Pyro applies the identity (``outputs[outside_interval_mask] =
+inputs``), so the derivative jumps from 0.999 to 1 at ``±B``. Pyro's bin search adds ``eps =
+1e-6`` to the knots (so a point within 1e-6 below a knot is put in the next bin; the spline is
+continuous there, so the values agree to ~1e-6 times the slope difference).
+
+``"flowjax"``: FlowJAX 19.1.2, ``flowjax/bijections/rational_quadratic_spline.py``,
+``RationalQuadraticSpline(knots=K-1, interval=B, min_derivative=1e-3, min_width=1e-3)``: the
+positions are paramax 0.0.5's ``RealToIncreasingOnInterval(zeros(knots + 1), interval,
+min_width, include_endpoints="both")``, i.e. ``widths = min_width + (2B - min_width K)
+softmax(arr)``, ``[lower, lower + cumsum(widths)[:-1], upper]`` (distrax's formula, with an
+absolute minimum width 1e-3 for x and y); the derivatives are ``Parameterize(softplus(arr) +
+min_derivative, full(knots + 2, inv_softplus(1 - min_derivative)))``, all ``K + 1`` learned.
+FlowJAX's coupling and masked autoregressive layers *add* the conditioner's output to these raw
+initial values (zeros for positions, ``softplus^-1(1 - m_d)`` for derivatives), which is the
+``u`` here; zero ``u`` gives the identity. Tails are the identity (``jnp.where(in_bounds, y,
+x)``, derivative 1 outside), so the learned boundary slopes make the derivative jump at ``±B``.
+FlowJAX also clips ``y`` into the interval (a no-op up to rounding). Only symmetric intervals
+``[-B, B]`` are supported here (FlowJAX also takes a tuple). (FlowJAX releases before the
+paramax wrapper used ``K - 1`` raw positions with a ``softmax_adjust`` rescaling and a halved
+first width; that older map is not provided.)
+
 Pullbacks
 ---------
 With ``p = softmax(u)`` and a cotangent ``g`` of ``p``: ``u_bar = p (g - sum_i p_i g_i)``.
@@ -74,7 +107,9 @@ so ``g_i = c sum_{j=i+1}^{K-1} x_bar_j``, a reversed cumulative sum; ``c = 2B (1
 durkan, ``2B`` for zuko and ``2B - K m_w`` for distrax. zuko's soft clip
 ``v = u / (1 + a|u|)`` has ``dv/du = 1 / (1 + a|u|)^2`` (``a = 2/|ln s|`` for widths and heights,
 ``1/|ln s|`` for derivatives, where ``d = exp(v)`` adds a factor ``d``); ``softplus' = sigmoid``.
-Boundary values set to constants pass no cotangent back.
+Boundary values set to constants pass no cotangent back. With identity tails ("pyro",
+"flowjax"), elements outside ``[-B, B]`` pass ``v_bar = out_bar`` and no knot cotangent
+(:func:`refflow.bijectors.spline_core.rqs`).
 
 References
 ----------
@@ -159,8 +194,9 @@ class SplineMap:
     """A named map ``(u_w, u_h, u_d) -> (x_k, y_k, d_k)`` with its pullback.
 
     Create one with :func:`get_spline_map`. Attributes: ``name``, ``n_bins`` (``K``), ``bound``
-    (``B``), ``n_derivatives`` (the size of ``u_d``: ``K - 1`` or ``K + 1``) and the map's
-    settings.
+    (``B``), ``n_derivatives`` (the size of ``u_d``: ``K - 1`` or ``K + 1``),
+    ``identity_tails`` (True when the map is the identity outside ``[-B, B]`` whatever its
+    boundary slopes) and the map's settings.
 
     ``m(uw, uh, ud)`` takes arrays of shapes ``(..., K)``, ``(..., K)``, ``(..., n_derivatives)``
     (same leading shape) and returns ``(xk, yk, dk)``, each ``(..., K + 1)``, in the inputs'
@@ -171,6 +207,7 @@ class SplineMap:
     """
 
     name = ""
+    identity_tails = False
 
     def __init__(self, n_bins, bound):
         self.n_bins = n_bins
@@ -246,18 +283,43 @@ class SplineMap:
         raise NotImplementedError
 
 
-class _Durkan(SplineMap):
+class _EndSlopes:
+    """``end_slopes="learned"`` for the maps whose boundary derivatives are otherwise 1: all
+    ``K + 1`` derivatives come from ``u_d`` by the map's own inner formula, and the tails stay
+    the identity (so the derivative jumps at ``±B``, as FlowJAX's)."""
+
+    end_slopes = "fixed"
+
+    @property
+    def identity_tails(self):
+        return self.end_slopes == "learned"
+
+    @property
+    def n_derivatives(self):
+        return self.n_bins + 1 if self.end_slopes == "learned" else self.n_bins - 1
+
+    def _slope_settings(self):
+        return {"end_slopes": "learned"} if self.end_slopes == "learned" else {}
+
+    def _inner(self, dk):
+        """The entries of ``dk`` that come from ``u_d``."""
+        return dk if self.end_slopes == "learned" else dk[..., 1:-1]
+
+
+class _Durkan(_EndSlopes, SplineMap):
     name = "durkan"
 
-    def __init__(self, n_bins, bound, min_bin_width, min_bin_height, min_derivative):
+    def __init__(self, n_bins, bound, min_bin_width, min_bin_height, min_derivative,
+                 end_slopes="fixed"):
         super().__init__(n_bins, bound)
         self.min_bin_width = min_bin_width
         self.min_bin_height = min_bin_height
         self.min_derivative = min_derivative
+        self.end_slopes = end_slopes
 
     def settings(self):
         return {"min_bin_width": self.min_bin_width, "min_bin_height": self.min_bin_height,
-                "min_derivative": self.min_derivative}
+                "min_derivative": self.min_derivative, **self._slope_settings()}
 
     def _positions(self, u, min_bin):
         """nflows' order: ``(right - left) * cumsum(m + (1 - K m) p) + left``, ends overwritten."""
@@ -274,10 +336,8 @@ class _Durkan(SplineMap):
     def _knots(self, uw, uh, ud):
         xk, pw = self._positions(uw, self.min_bin_width)
         yk, ph = self._positions(uh, self.min_bin_height)
-        dk = np.empty_like(xk)
-        dk[..., 1:-1] = ud.dtype.type(self.min_derivative) + softplus(ud)
-        dk[..., 0] = 1.0
-        dk[..., -1] = 1.0
+        dk = np.ones_like(xk)
+        self._inner(dk)[...] = ud.dtype.type(self.min_derivative) + softplus(ud)
         return xk, yk, dk, (pw, ph, ud.copy())  # ud may be the caller's array
 
     def _pullback(self, res, xk_bar, yk_bar, dk_bar):
@@ -288,20 +348,33 @@ class _Durkan(SplineMap):
         ch = t(2.0 * B * (1.0 - self.min_bin_height * K))
         uw_bar = _softmax_vjp(pw, _interior_cumsum_vjp(xk_bar, cw))
         uh_bar = _softmax_vjp(ph, _interior_cumsum_vjp(yk_bar, ch))
-        ud_bar = dk_bar[..., 1:-1] * sigmoid(ud)
+        ud_bar = self._inner(dk_bar) * sigmoid(ud)
         return uw_bar, uh_bar, ud_bar
 
 
-class _Zuko(SplineMap):
+class _Pyro(_Durkan):
+    """Pyro's quadratic spline: the durkan map with boundary derivatives ``1 - m_d``."""
+
+    name = "pyro"
+    identity_tails = True
+
+    def _knots(self, uw, uh, ud):
+        xk, yk, dk, res = super()._knots(uw, uh, ud)
+        dk[..., 0] = dk[..., -1] = 1.0 - self.min_derivative
+        return xk, yk, dk, res
+
+
+class _Zuko(_EndSlopes, SplineMap):
     name = "zuko"
 
-    def __init__(self, n_bins, bound, slope):
+    def __init__(self, n_bins, bound, slope, end_slopes="fixed"):
         super().__init__(n_bins, bound)
         self.min_derivative = slope
         self._log_slope = math.log(slope)
+        self.end_slopes = end_slopes
 
     def settings(self):
-        return {"min_derivative": self.min_derivative}
+        return {"min_derivative": self.min_derivative, **self._slope_settings()}
 
     def _positions(self, u):
         """zuko's order: ``v = u / (1 + |2 u / ln s|)``, ``B * (2 cumsum(pad(softmax v)) - 1)``."""
@@ -322,15 +395,15 @@ class _Zuko(SplineMap):
         yk, ph, qh = self._positions(uh)
         qd = 1.0 + np.abs(ud / t(self._log_slope))
         dk = np.ones_like(xk)
-        dk[..., 1:-1] = np.exp(ud / qd)
-        return xk, yk, dk, (pw, qw, ph, qh, qd, dk[..., 1:-1])
+        self._inner(dk)[...] = np.exp(ud / qd)
+        return xk, yk, dk, (pw, qw, ph, qh, qd, self._inner(dk).copy())
 
     def _pullback(self, res, xk_bar, yk_bar, dk_bar):
         pw, qw, ph, qh, qd, d_inner = res
         c = pw.dtype.type(2.0 * self.bound)
         uw_bar = _softmax_vjp(pw, _interior_cumsum_vjp(xk_bar, c)) / (qw * qw)
         uh_bar = _softmax_vjp(ph, _interior_cumsum_vjp(yk_bar, c)) / (qh * qh)
-        ud_bar = dk_bar[..., 1:-1] * d_inner / (qd * qd)
+        ud_bar = self._inner(dk_bar) * d_inner / (qd * qd)
         return uw_bar, uh_bar, ud_bar
 
 
@@ -401,6 +474,22 @@ class _Distrax(SplineMap):
         return uw_bar, uh_bar, ud_bar
 
 
+class _FlowJAX(_Distrax):
+    """FlowJAX 19's spline: distrax's positions and slopes (absolute minimum width, all
+    ``K + 1`` slopes learned), identity tails."""
+
+    name = "flowjax"
+    identity_tails = True
+
+    def __init__(self, n_bins, bound, min_bin_width, min_bin_height, min_derivative):
+        super().__init__(n_bins, bound, min_bin_width, min_bin_height, min_derivative,
+                         "unconstrained")
+
+    def settings(self):
+        return {"min_bin_width": self.min_bin_width, "min_bin_height": self.min_bin_height,
+                "min_derivative": self.min_derivative}
+
+
 # ---------------------------------------------------------------------------------------------
 # the factory
 
@@ -410,6 +499,10 @@ _DEFAULTS = {
     "zuko": {"bound": 5.0, "min_bin_width": 0.0, "min_bin_height": 0.0, "min_derivative": 1e-3},
     "distrax": {"bound": None, "min_bin_width": 1e-4, "min_bin_height": 1e-4,
                 "min_derivative": 1e-4},
+    "pyro": {"bound": 3.0, "min_bin_width": 1e-3, "min_bin_height": 1e-3,
+             "min_derivative": 1e-3},
+    "flowjax": {"bound": None, "min_bin_width": 1e-3, "min_bin_height": 1e-3,
+                "min_derivative": 1e-3},
 }
 
 #: The names :func:`get_spline_map` accepts.
@@ -417,27 +510,37 @@ SPLINE_MAPS = tuple(_DEFAULTS)
 
 
 def get_spline_map(name, *, n_bins, bound=None, min_bin_width=None, min_bin_height=None,
-                   min_derivative=None, boundary_slopes=None):
+                   min_derivative=None, boundary_slopes=None, end_slopes=None):
     """The spline parameter map ``name``, configured; see the module docstring for the formulas.
 
     Parameters
     ----------
-    name : {"durkan", "zuko", "distrax"}
+    name : {"durkan", "zuko", "distrax", "pyro", "flowjax"}
     n_bins : int
-        ``K >= 2``.
+        ``K >= 2`` (FlowJAX's ``knots`` is ``K - 1``: its inner knots).
     bound : float, optional
-        ``B > 0``; the spline lives on ``[-B, B]``. Defaults: durkan 3, zuko 5; required for
-        distrax (its ``range_min = -B``, ``range_max = B``).
+        ``B > 0``; the spline lives on ``[-B, B]``. Defaults: durkan and pyro 3, zuko 5;
+        required for distrax (its ``range_min = -B``, ``range_max = B``) and flowjax (its
+        ``interval``).
     min_bin_width, min_bin_height : float, optional
-        durkan: fractions of ``2B``, default ``1e-3``, ``K m < 1``. distrax: absolute sizes,
-        default ``1e-4``, ``K m < 2B``. zuko has no minimum bin size (only ``None`` or 0).
+        durkan and pyro: fractions of ``2B``, default ``1e-3``, ``K m < 1``. distrax and
+        flowjax: absolute sizes, default ``1e-4`` (flowjax ``1e-3``, its ``min_width``),
+        ``K m < 2B``. zuko has no minimum bin size (only ``None`` or 0).
     min_derivative : float, optional
         durkan: ``m_d >= 0``, default ``1e-3``. zuko: its ``slope``, in ``(0, 1)``, default
         ``1e-3``. distrax: its ``min_knot_slope``, in ``[0, 1)``, default ``1e-4``.
+        pyro: as durkan (default 1e-3; the boundary derivatives are ``1 - m_d``). flowjax:
+        its ``min_derivative``, in ``[0, 1)``, default 1e-3.
+    end_slopes : {"fixed", "learned"}, optional
+        durkan and zuko only: ``"fixed"`` (default) keeps ``d_0 = d_K = 1``; ``"learned"``
+        makes all ``K + 1`` derivatives come from ``u_d`` (then of size ``K + 1``) by the map's
+        inner formula, with identity tails, so the derivative jumps at ``±B`` (FlowJAX's tail
+        convention on nflows' or zuko's knots).
     boundary_slopes : str, optional
         distrax only: one of ``'unconstrained'`` (default), ``'lower_identity'``,
         ``'upper_identity'``, ``'identity'``, ``'circular'``. durkan and zuko always have unit
-        boundary slopes (``None`` or ``'identity'`` accepted).
+        boundary slopes (``None`` or ``'identity'`` accepted); pyro's are ``1 - m_d`` and
+        flowjax's learned (only ``None``).
 
     Returns
     -------
@@ -475,17 +578,32 @@ def get_spline_map(name, *, n_bins, bound=None, min_bin_width=None, min_bin_heig
             raise ValueError(f"{where}: {key} must be non-negative, got {v}")
         vals[key] = v
 
-    if name != "distrax" and boundary_slopes not in (None, "identity"):
+    if end_slopes not in (None, "fixed", "learned"):
+        raise ValueError(f"{where}: end_slopes must be 'fixed' or 'learned', got {end_slopes!r}")
+    if end_slopes == "learned" and name not in ("durkan", "zuko"):
+        raise ValueError(f"{where}: end_slopes='learned' applies to the durkan and zuko maps "
+                         f"(distrax: boundary_slopes; pyro and flowjax fix their own)")
+    end_slopes = end_slopes or "fixed"
+    if name in ("pyro", "flowjax") and boundary_slopes is not None:
+        raise ValueError(f"{where}: the boundary slopes of this map are fixed by its "
+                         f"convention; boundary_slopes must be None, got {boundary_slopes!r}")
+    if name not in ("distrax", "pyro", "flowjax") and boundary_slopes not in (None, "identity"):
         raise ValueError(f"{where}: boundary slopes are fixed to 1; boundary_slopes must be None "
                          f"or 'identity', got {boundary_slopes!r}")
 
-    if name == "durkan":
+    if name in ("durkan", "pyro"):
+        if name == "pyro" and not vals["min_derivative"] < 1.0:
+            raise ValueError(f"{where}: min_derivative must be below 1 (the boundary "
+                             f"derivatives are 1 - min_derivative), got {vals['min_derivative']}")
         for key in ("min_bin_width", "min_bin_height"):
             if vals[key] * K >= 1.0:
                 raise ValueError(f"{where}: {key} * n_bins must be below 1 (it is a fraction of "
                                  f"the interval), got {vals[key]} * {K} = {vals[key] * K}")
+        if name == "pyro":
+            return _Pyro(K, B, vals["min_bin_width"], vals["min_bin_height"],
+                         vals["min_derivative"])
         return _Durkan(K, B, vals["min_bin_width"], vals["min_bin_height"],
-                       vals["min_derivative"])
+                       vals["min_derivative"], end_slopes)
     if name == "zuko":
         for key in ("min_bin_width", "min_bin_height"):
             if vals[key] != 0.0:
@@ -494,8 +612,8 @@ def get_spline_map(name, *, n_bins, bound=None, min_bin_width=None, min_bin_heig
         s = vals["min_derivative"]
         if not 0.0 < s < 1.0:
             raise ValueError(f"{where}: min_derivative (zuko's slope) must lie in (0, 1), got {s}")
-        return _Zuko(K, B, s)
-    # distrax
+        return _Zuko(K, B, s, end_slopes)
+    # distrax, flowjax
     for key in ("min_bin_width", "min_bin_height"):
         if vals[key] * K >= 2.0 * B:
             raise ValueError(f"{where}: {key} * n_bins must be below the range 2 * bound "
@@ -503,6 +621,9 @@ def get_spline_map(name, *, n_bins, bound=None, min_bin_width=None, min_bin_heig
     if not vals["min_derivative"] < 1.0:
         raise ValueError(f"{where}: min_derivative must be below 1 (u = 0 gives slope 1), got "
                          f"{vals['min_derivative']}")
+    if name == "flowjax":
+        return _FlowJAX(K, B, vals["min_bin_width"], vals["min_bin_height"],
+                        vals["min_derivative"])
     mode = "unconstrained" if boundary_slopes is None else boundary_slopes
     if mode not in BOUNDARY_SLOPES:
         raise ValueError(f"{where}: boundary_slopes must be one of {list(BOUNDARY_SLOPES)}, got "

@@ -4,8 +4,9 @@ r"""Rational-quadratic spline layers (neural spline flows): ``RationalQuadraticS
 Each coordinate goes through a monotone rational-quadratic spline ``RQS`` (Gregory & Delbourgo
 1982; Durkan et al. 2019) on ``[-B, B]`` with linear tails, whose knots come from unconstrained
 parameters through a named parameter map (:mod:`refflow.bijectors.spline_maps`: ``"durkan"``,
-``"zuko"``, ``"distrax"``). Per element the unconstrained parameters are laid out as
-``[widths (K) | heights (K) | derivatives (K - 1, or K + 1 for "distrax")]`` (nflows' order).
+``"zuko"``, ``"distrax"``, ``"pyro"``, ``"flowjax"``). Per element the unconstrained parameters
+are laid out as ``[widths (K) | heights (K) | derivatives (K - 1, or K + 1 for "distrax" and
+"flowjax")]`` (nflows' order).
 
 Directions
 ----------
@@ -33,17 +34,21 @@ Gregory, Delbourgo, "Piecewise rational quadratic interpolation to monotonic dat
 Numer. Anal., 1982.
 """
 
+import math
+
 import numpy as np
 
-from .._validation import check_dim
+from .._validation import check_bool, check_dim
 from ..io.spec import constructor_arguments, declaration
 from .autoregressive import MaskedAutoregressiveBase
 from .base import Bijector
 from .coupling import CouplingBase, conditioner_input
+from .linear_rational import lrs, lrs_input_knots, lrs_n_params
 from .spline_core import (identity_parameters, input_knots, layer_spline_map, map_config, rqs,
                           split_parameters)
 
-__all__ = ["RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive"]
+__all__ = ["RationalQuadraticSpline", "CircularSpline", "SplineCoupling",
+           "MaskedSplineAutoregressive"]
 
 
 def _spline(apply, v, theta, smap, vjp):
@@ -68,13 +73,53 @@ def _knots(apply, theta, smap):
     return input_knots(apply, *split_parameters(theta, smap.n_bins), smap)
 
 
+_SPLINES = ("rational-quadratic", "linear-rational")
+
+
+def _spline_kind(layer, where, spline, parameterization):
+    """Set ``layer.spline`` and its elementwise functions; return the knot map's name (None:
+    "durkan" for rational-quadratic splines, "pyro" for linear-rational ones, which only
+    Pyro's map serves)."""
+    spline = "rational-quadratic" if spline is None else spline
+    if not (isinstance(spline, str) and spline in _SPLINES):
+        raise ValueError(f"{where}: spline must be one of {list(_SPLINES)}, got {spline!r}")
+    layer.spline = spline
+    if spline == "linear-rational":
+        if parameterization not in (None, "pyro"):
+            raise ValueError(f"{where}: spline='linear-rational' uses Pyro's knot map; "
+                             f"parameterization must be None or 'pyro', got "
+                             f"{parameterization!r}")
+        layer._elementwise, layer._knot_fn = lrs, lrs_input_knots
+        return "pyro"
+    layer._elementwise, layer._knot_fn = _spline, _knots
+    return "durkan" if parameterization is None else parameterization
+
+
+def _spline_config(layer, config):
+    config = dict(config, **map_config(layer._map, layer.parameterization))
+    if layer.spline != "rational-quadratic":  # absent otherwise: earlier files keep their form
+        config["spline"] = layer.spline
+    return config
+
+
 # ----------------------------------------------------------------------- elementwise layer
 
 def _spline_map(cls, args):
-    """The spline map the constructor arguments ``args`` of layer ``cls`` select (declarations)."""
-    return layer_spline_map(cls.__name__, args["parameterization"], args["n_bins"],
+    """The spline map the constructor arguments ``args`` of layer ``cls`` select (declarations),
+    and the number of unconstrained parameters per transformed coordinate."""
+    parameterization = args["parameterization"]
+    if "spline" in args:  # the coupling and autoregressive layers: the spline kind picks the map
+        from types import SimpleNamespace
+        parameterization = _spline_kind(SimpleNamespace(), cls.__name__, args["spline"],
+                                        parameterization)
+    smap = layer_spline_map(cls.__name__, parameterization, args["n_bins"],
                             args["bound"], args["min_bin_width"], args["min_bin_height"],
-                            args["min_derivative"], args["boundary_slopes"])
+                            args["min_derivative"], args["boundary_slopes"],
+                            args.get("end_slopes"))
+    if args.get("spline") == "linear-rational":
+        return smap, lrs_n_params(smap.n_bins)
+    return smap, 2 * smap.n_bins + smap.n_derivatives
+
 
 class RationalQuadraticSpline(Bijector):
     r"""Elementwise monotone rational-quadratic spline with its own parameters, ``x = RQS(z)``.
@@ -84,13 +129,16 @@ class RationalQuadraticSpline(Bijector):
     dim : int
     n_bins : int, default 8
         ``K``, the number of bins.
-    parameterization : {"durkan", "zuko", "distrax"}, default "durkan"
-        How unconstrained parameters become knots (:mod:`refflow.bijectors.spline_maps`).
+    parameterization : {"durkan", "zuko", "distrax", "pyro", "flowjax"}, default "durkan"
+        How unconstrained parameters become knots (:mod:`refflow.bijectors.spline_maps`);
+        "pyro" (Pyro's ``order="quadratic"``) and "flowjax" have identity tails with boundary
+        slopes other than 1.
     bound : float, optional
         ``B``; the spline lives on ``[-B, B]`` (default: the map's, 3 for "durkan", 5 for
         "zuko"; 3 for "distrax", which has no default of its own).
-    min_bin_width, min_bin_height, min_derivative, boundary_slopes : optional
-        Passed to the map (defaults: the map's).
+    min_bin_width, min_bin_height, min_derivative, boundary_slopes, end_slopes : optional
+        Passed to the map (defaults: the map's); ``end_slopes="learned"`` (durkan, zuko)
+        learns the boundary derivatives too, with identity tails.
 
     Notes
     -----
@@ -115,10 +163,11 @@ class RationalQuadraticSpline(Bijector):
 
     def __init__(self, dim, *, n_bins=8, parameterization="durkan", bound=None,
                  min_bin_width=None, min_bin_height=None, min_derivative=None,
-                 boundary_slopes=None):
+                 boundary_slopes=None, end_slopes=None):
         dim = check_dim(dim, "RationalQuadraticSpline")
         smap = layer_spline_map("RationalQuadraticSpline", parameterization, n_bins, bound,
-                                min_bin_width, min_bin_height, min_derivative, boundary_slopes)
+                                min_bin_width, min_bin_height, min_derivative, boundary_slopes,
+                                end_slopes)
         theta = np.tile(identity_parameters(smap), (dim, 1))
         uw, uh, ud = split_parameters(theta, int(n_bins))
         super().__init__(dim, params={"unnormalized_widths": uw, "unnormalized_heights": uh,
@@ -136,7 +185,7 @@ class RationalQuadraticSpline(Bijector):
     def _declare(cls, config):
         args = constructor_arguments(cls, config)
         dim = check_dim(args["dim"], "RationalQuadraticSpline")
-        smap = _spline_map(cls, args)
+        smap, _ = _spline_map(cls, args)
         return declaration({"unnormalized_widths": (dim, smap.n_bins),
                             "unnormalized_heights": (dim, smap.n_bins),
                             "unnormalized_derivatives": (dim, smap.n_derivatives)})
@@ -181,6 +230,123 @@ class RationalQuadraticSpline(Bijector):
         return np.broadcast_to(knots, (v.shape[0],) + knots.shape)
 
 
+class CircularSpline(RationalQuadraticSpline):
+    r"""Elementwise circular rational-quadratic spline on the angles ``[-pi, pi]`` (Rezende et
+    al. 2020), optionally after zuko's circular shift.
+
+    Parameters
+    ----------
+    dim : int
+    n_bins : int, default 8
+    parameterization : {"distrax", "zuko"}, default "distrax"
+        ``"distrax"``: all slopes learned with ``boundary_slopes="circular"`` (``d_K = d_0``,
+        Rezende et al.'s condition, also distrax's ``'circular'`` mode); ``"zuko"``: zuko's map,
+        ``d_0 = d_K = 1`` (zuko's ``CircularRQSTransform`` in ``NCSF``).
+    shift : bool, default False
+        Apply zuko's ``CircularShiftTransform(bound=pi)``, ``s(v) = (v mod 2 pi) - pi`` (a
+        rotation of the circle by ``pi``), before the spline: ``x = RQS(s(z))``, as
+        ``zuko.flows.spline.CircularRQSTransform`` composes them.
+    min_bin_width, min_bin_height, min_derivative : optional
+        Passed to the map (defaults: the map's).
+
+    Notes
+    -----
+    The spline lives on ``[-B, B]`` with ``B = pi``: ``RQS(-pi) = -pi``, ``RQS(pi) = pi`` and
+    ``RQS'(-pi) = d_0 = d_K = RQS'(pi)``, so it is a diffeomorphism of the circle (value and
+    slope continuous across the identification ``-pi ~ pi``). Inputs of both directions must lie
+    in ``[-pi, pi]`` (``ValueError`` otherwise; ``pi`` and ``-pi`` are the same angle and both
+    are accepted). With the shift, ``s(v) = v + pi`` for ``v < 0`` and ``v - pi`` otherwise
+    (jumping by ``2 pi`` at ``v = 0``, continuous on the circle), ``s`` is its own inverse on
+    the circle and its log-det is 0::
+
+        forward   x = RQS(s(z)),       log_det =  sum_j log RQS'(s(z_j))
+        inverse   z = s(RQS^-1(x)),    log_det = -sum_j log RQS'(RQS^-1(x_j))
+
+    Pullbacks: those of :class:`RationalQuadraticSpline` (the spline kernels, then the map),
+    with ``ds/dv = 1`` passing the input cotangent through. Without the shift it is
+    ``RationalQuadraticSpline`` restricted to ``[-pi, pi]``.
+
+    References
+    ----------
+    Rezende, Papamakarios, Racaniere, Albergo, Kanwar, Shanahan, Cranmer, "Normalizing Flows on
+    Tori and Spheres", 2020, arXiv:2002.02428 (section 3.2, circular splines).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow import CircularSpline
+    >>> layer = CircularSpline(1, n_bins=4, shift=True)
+    >>> layer.forward(np.array([[-3.0], [0.5]]))[0]        # the identity spline after the shift
+    array([[ 0.14159265],
+           [-2.64159265]])
+    >>> bool(np.allclose(layer.inverse(layer.forward(np.array([[1.0]]))[0])[0], 1.0))
+    True
+    """
+
+    def __init__(self, dim, *, n_bins=8, parameterization="distrax", shift=False,
+                 min_bin_width=None, min_bin_height=None, min_derivative=None):
+        where = "CircularSpline"
+        if parameterization not in ("distrax", "zuko"):
+            raise ValueError(f"{where}: parameterization must be 'distrax' or 'zuko' (maps whose "
+                             f"end slopes can be equal), got {parameterization!r}")
+        self.shift = check_bool(shift, where, "shift")
+        super().__init__(dim, n_bins=n_bins, parameterization=parameterization, bound=math.pi,
+                         min_bin_width=min_bin_width, min_bin_height=min_bin_height,
+                         min_derivative=min_derivative,
+                         boundary_slopes="circular" if parameterization == "distrax" else None)
+
+    def __repr__(self):
+        return (f"CircularSpline(dim={self.dim}, n_bins={self.n_bins}, "
+                f"parameterization={self.parameterization!r}, shift={self.shift})")
+
+    def _config(self):
+        config = map_config(self._map, self.parameterization)
+        config.pop("bound")
+        config.pop("boundary_slopes", None)
+        return {"dim": self.dim, **config, "shift": self.shift}
+
+    @staticmethod
+    def _shift(v):
+        pi = v.dtype.type(math.pi)
+        return np.remainder(v, 2 * pi) - pi
+
+    def _check_angles(self, direction, v):
+        pi = v.dtype.type(math.pi)
+        bad = np.abs(v) > pi
+        if bad.any():
+            i = tuple(int(j) for j in np.argwhere(bad)[0])
+            raise self._domain_error(direction, f"angles must lie in [-pi, pi]; got {v[i]!r} "
+                                     f"at index {i}")
+
+    def _check_forward_domain(self, z):
+        self._check_angles("forward", z)
+
+    def _check_inverse_domain(self, x):
+        self._check_angles("inverse", x)
+
+    def _forward_pass(self, z, context, vjp):
+        return self._spline_pass("spline", self._shift(z) if self.shift else z, vjp)
+
+    def _inverse_pass(self, x, context, vjp):
+        u, log_det, pullback = self._spline_pass("inverse", x, vjp)
+        return (self._shift(u) if self.shift else u), log_det, pullback
+
+    def _input_knots(self, direction, v, context=None):
+        """The spline's knots in the input space of ``direction``; with the shift also the
+        shift's jump (``z = 0`` forward, ``x = RQS(0)`` inverse), where finite differences
+        must not reach."""
+        knots = super()._input_knots(direction, v)
+        if not self.shift:
+            return knots
+        if direction == "forward":
+            knots = self._shift(np.asarray(knots, dtype=np.float64))
+            extra = np.zeros(knots.shape[:-1] + (1,))
+        else:
+            jump = self._spline_pass("spline", np.zeros((1, self.dim)), False)[0]
+            extra = np.broadcast_to(jump[0][:, None], knots.shape[:-1] + (1,))
+        return np.concatenate([knots, extra], axis=-1)
+
+
 # -------------------------------------------------------------------------- coupling layer
 class SplineCoupling(CouplingBase):
     r"""Rational-quadratic spline coupling (NSF, Durkan et al. 2019, section 3.1).
@@ -198,7 +364,15 @@ class SplineCoupling(CouplingBase):
         True marks the transformed coordinates (default: the second half).
     hidden, activation : conditioner MLP, default ``(64, 64)``, ``"relu"``
     n_bins : int, default 8
-    parameterization : {"durkan", "zuko", "distrax"}, default "durkan"
+    parameterization : {"durkan", "zuko", "distrax", "pyro", "flowjax"}, optional
+        The knot map; None means "durkan" ("pyro", the only choice, with
+        ``spline="linear-rational"``).
+    spline : {"rational-quadratic", "linear-rational"}, optional
+        None means ``"rational-quadratic"``. ``"linear-rational"`` is Pyro's default
+        (``SplineCoupling`` / ``SplineAutoregressive`` with ``order="linear"``): the
+        :class:`refflow.bijectors.LinearRationalSpline` of each coordinate, with ``P = 4K - 1``
+        conditioner outputs per coordinate laid out ``[widths | heights | derivatives |
+        lambdas]`` (``K, K, K - 1, K``).
     bound : float, optional
         ``B`` (default: the map's, 3 for "durkan").
     context_dim : int, optional
@@ -229,44 +403,48 @@ class SplineCoupling(CouplingBase):
     """
 
     def __init__(self, dim, *, mask=None, hidden=(64, 64), activation="relu", n_bins=8,
-                 parameterization="durkan", bound=None, min_bin_width=None, min_bin_height=None,
-                 min_derivative=None, boundary_slopes=None, context_dim=None, zero_last=False,
-                 rng=None):
+                 parameterization=None, bound=None, min_bin_width=None, min_bin_height=None,
+                 min_derivative=None, boundary_slopes=None, end_slopes=None, spline=None,
+                 context_dim=None, zero_last=False, rng=None):
+        parameterization = _spline_kind(self, "SplineCoupling", spline, parameterization)
         smap = layer_spline_map("SplineCoupling", parameterization, n_bins, bound, min_bin_width,
-                                min_bin_height, min_derivative, boundary_slopes)
+                                min_bin_height, min_derivative, boundary_slopes, end_slopes)
         self.n_bins, self.parameterization, self._map = int(n_bins), parameterization, smap
-        self._n_params = 2 * self.n_bins + smap.n_derivatives
+        self._n_params = (lrs_n_params(self.n_bins) if self.spline == "linear-rational"
+                          else 2 * self.n_bins + smap.n_derivatives)
         super().__init__(dim, mask, hidden, activation, context_dim, zero_last, rng,
                          out_per_feature=self._n_params)
 
     def __repr__(self):
+        kind = "" if self.spline == "rational-quadratic" else f", spline={self.spline!r}"
         return (f"SplineCoupling(dim={self.dim}, n_bins={self.n_bins}, "
-                f"parameterization={self.parameterization!r}, context_dim={self.context_dim})")
+                f"parameterization={self.parameterization!r}{kind}, "
+                f"context_dim={self.context_dim})")
 
     def _config(self):
-        return dict(super()._config(), **map_config(self._map, self.parameterization))
+        return _spline_config(self, super()._config())
 
     @classmethod
     def _declare(cls, config):
         args = constructor_arguments(cls, config)
-        smap = _spline_map(cls, args)
-        return cls._coupling_declaration(args, 2 * smap.n_bins + smap.n_derivatives)
+        return cls._coupling_declaration(args, _spline_map(cls, args)[1])
 
     def _input_knots(self, direction, v, context=None):
-        """``(n, dim, K+1)`` knots in the input space of ``direction`` (inf for the identity part)."""
+        """``(n, dim, .)`` knots in the input space of ``direction`` (inf for the identity part)."""
         a, b = self._indices(direction)
         theta = self.conditioner._forward(conditioner_input(v, a, context))
-        knots = np.full((v.shape[0], self.dim, self.n_bins + 1), np.inf)
-        knots[:, b] = _knots("spline" if direction == "inverse" else "inverse",
-                             theta.reshape(v.shape[0], b.shape[0], -1), self._map)
+        inner = self._knot_fn("spline" if direction == "inverse" else "inverse",
+                              theta.reshape(v.shape[0], b.shape[0], -1), self._map)
+        knots = np.full((v.shape[0], self.dim, inner.shape[-1]), np.inf)
+        knots[:, b] = inner
         return knots
 
     def _transform(self, direction, v_b, out, vjp):
         n, n_b = v_b.shape
         apply = "spline" if direction == "inverse" else "inverse"  # density direction = RQS
-        y_b, log_det, spline_pullback = _spline(apply, v_b.reshape(-1),
-                                                out.reshape(n * n_b, self._n_params),
-                                                self._map, vjp)
+        y_b, log_det, spline_pullback = self._elementwise(apply, v_b.reshape(-1),
+                                                          out.reshape(n * n_b, self._n_params),
+                                                          self._map, vjp)
         y_b, log_det = y_b.reshape(n, n_b), log_det.reshape(n, n_b).sum(axis=1)
         if not vjp:
             return y_b, log_det, None
@@ -293,7 +471,15 @@ class MaskedSplineAutoregressive(MaskedAutoregressiveBase):
     dim : int
     hidden : tuple of int, default (64, 64)
     n_bins : int, default 8
-    parameterization : {"durkan", "zuko", "distrax"}, default "durkan"
+    parameterization : {"durkan", "zuko", "distrax", "pyro", "flowjax"}, optional
+        The knot map; None means "durkan" ("pyro", the only choice, with
+        ``spline="linear-rational"``).
+    spline : {"rational-quadratic", "linear-rational"}, optional
+        None means ``"rational-quadratic"``. ``"linear-rational"`` is Pyro's default
+        (``SplineCoupling`` / ``SplineAutoregressive`` with ``order="linear"``): the
+        :class:`refflow.bijectors.LinearRationalSpline` of each coordinate, with ``P = 4K - 1``
+        conditioner outputs per coordinate laid out ``[widths | heights | derivatives |
+        lambdas]`` (``K, K, K - 1, K``).
     bound : float, optional
     order, hidden_degrees, activation : MADE options (see :class:`refflow.nn.MADE`)
     context_dim : int, optional
@@ -329,45 +515,51 @@ class MaskedSplineAutoregressive(MaskedAutoregressiveBase):
     (True, True)
     """
 
-    def __init__(self, dim, *, hidden=(64, 64), n_bins=8, parameterization="durkan", bound=None,
+    def __init__(self, dim, *, hidden=(64, 64), n_bins=8, parameterization=None, bound=None,
                  min_bin_width=None, min_bin_height=None, min_derivative=None,
-                 boundary_slopes=None, order="natural", hidden_degrees="cyclic",
-                 activation="relu", context_dim=None, zero_last=False, rng=None):
-        smap = layer_spline_map("MaskedSplineAutoregressive", parameterization, n_bins, bound,
-                                min_bin_width, min_bin_height, min_derivative, boundary_slopes)
+                 boundary_slopes=None, end_slopes=None, spline=None, order="natural",
+                 hidden_degrees="cyclic", activation="relu", context_dim=None, zero_last=False,
+                 rng=None):
+        where = "MaskedSplineAutoregressive"
+        parameterization = _spline_kind(self, where, spline, parameterization)
+        smap = layer_spline_map(where, parameterization, n_bins, bound,
+                                min_bin_width, min_bin_height, min_derivative, boundary_slopes,
+                                end_slopes)
         self.n_bins, self.parameterization, self._map = int(n_bins), parameterization, smap
-        self._n_params = 2 * self.n_bins + smap.n_derivatives
+        self._n_params = (lrs_n_params(self.n_bins) if self.spline == "linear-rational"
+                          else 2 * self.n_bins + smap.n_derivatives)
         super().__init__(dim, self._n_params, hidden, order, hidden_degrees, activation,
                          context_dim, zero_last, rng)
 
     def __repr__(self):
+        kind = "" if self.spline == "rational-quadratic" else f", spline={self.spline!r}"
         return (f"MaskedSplineAutoregressive(dim={self.dim}, hidden={tuple(self.made.hidden)}, "
-                f"n_bins={self.n_bins}, parameterization={self.parameterization!r}, "
+                f"n_bins={self.n_bins}, parameterization={self.parameterization!r}{kind}, "
                 f"context_dim={self.context_dim})")
 
     def _config(self):
-        return dict(super()._config(), **map_config(self._map, self.parameterization))
+        return _spline_config(self, super()._config())
 
     @classmethod
     def _declare(cls, config):
         args = constructor_arguments(cls, config)
-        smap = _spline_map(cls, args)
-        return cls._made_declaration(args, 2 * smap.n_bins + smap.n_derivatives)
+        return cls._made_declaration(args, _spline_map(cls, args)[1])
 
     def _input_knots(self, direction, v, context=None):
         """``(n, dim, K+1)`` knots in the input space of ``direction`` at the points ``v``."""
         x = v if direction == "inverse" else self._forward_pass(v, context, False)[0]
         theta = self.made._forward(x, context)
-        return _knots("spline" if direction == "inverse" else "inverse", theta, self._map)
+        return self._knot_fn("spline" if direction == "inverse" else "inverse", theta, self._map)
 
     def _sample_coordinate(self, z_i, out_i):
-        return _spline("inverse", z_i, out_i, self._map, False)[0]
+        return self._elementwise("inverse", z_i, out_i, self._map, False)[0]
 
     def _transform(self, direction, v, out, vjp, sampled=None):
         # density direction (inverse) = RQS; sampling = RQS^{-1} at the final outputs
         apply = "spline" if direction == "inverse" else "inverse"
-        y, log_det, spline_pullback = _spline(apply, v.reshape(-1),
-                                              out.reshape(-1, self._n_params), self._map, vjp)
+        y, log_det, spline_pullback = self._elementwise(apply, v.reshape(-1),
+                                                        out.reshape(-1, self._n_params),
+                                                        self._map, vjp)
         y, log_det = y.reshape(v.shape), log_det.reshape(v.shape).sum(axis=-1)
         if not vjp:
             return y, log_det, None

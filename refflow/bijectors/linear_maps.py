@@ -1,0 +1,399 @@
+r"""Linear maps of the peers' catalogues: ``MatrixExponential``, ``Rotation``, ``TriangularAffine``.
+
+Each is ``x_n = W z_n + b`` row by row for a matrix ``W`` that is invertible for every real
+parameter value (``b = 0`` for the first two):
+
+===================  ===========================================  =====================  ==========================
+bijector             ``W``                                        forward ``log_det``    peer
+===================  ===========================================  =====================  ==========================
+MatrixExponential    ``expm(M)``                                  ``tr M``               Pyro ``MatrixExponential``
+Rotation             ``expm(A - A^T)`` (orthogonal, det 1)        ``0``                  zuko ``RotationTransform``
+TriangularAffine     triangular ``T``, ``T_ii = softplus(a_ii)``  ``sum_i log T_ii``     FlowJAX ``TriangularAffine``
+===================  ===========================================  =====================  ==========================
+
+As in :mod:`refflow.bijectors.linear`, the pullbacks of ``x = z W^T + b`` are::
+
+    forward   z_bar = x_bar W,          W_bar =  x_bar^T z,   b_bar =  sum_n x_bar_n
+    inverse   x_bar = z_bar W^{-T},     W_bar = -x_bar^T z,   b_bar = -sum_n x_bar_n
+
+(summed over the rows) and each class carries ``W_bar`` to its parameters.
+
+**The matrix exponential's pullback** is the adjoint of its Frechet derivative
+``L(M, E) = d/dt expm(M + t E)|_0``: since ``<G, L(M, E)> = <L(M^T, G), E>`` (Frobenius inner
+product; Higham, *Functions of Matrices*, 2008, eq. 10.15 and Problem 10.2 / Al-Mohy & Higham
+2009), a cotangent ``G`` of ``expm(M)`` gives ``M_bar = L(M^T, G)``, which
+``scipy.linalg.expm_frechet`` evaluates (scaling and squaring with a Pade approximant, to about
+the accuracy of ``expm`` itself). No finite differences and no differentiation of the series.
+
+The ``d x d`` matrices of ``MatrixExponential`` and ``Rotation`` are computed in float64 (SciPy's
+``expm_frechet``) and rounded to the input's dtype; the rows are then mapped in that dtype.
+
+References
+----------
+Al-Mohy, Higham, "Computing the Frechet derivative of the matrix exponential, with an
+application to condition number estimation", SIAM J. Matrix Anal. Appl. 30(4), 2009.
+Hoogeboom, Garcia Satorras, Tomczak, Welling, "The Convolution Exponential and Generalized
+Sylvester Flows", 2020, arXiv:2006.01910 (the matrix exponential as a flow layer).
+"""
+
+import math
+
+import numpy as np
+from scipy.linalg import expm_frechet, solve_triangular
+
+from .._math import sigmoid, softplus
+from .._validation import check_bool, check_dim
+from .base import Bijector
+
+__all__ = ["MatrixExponential", "Rotation", "TriangularAffine"]
+
+# softplus^-1(1) = log(e - 1): the raw diagonal of the identity
+_INV_SOFTPLUS_ONE = math.log(math.expm1(1.0))
+
+
+def _expm(m):
+    """``expm(m)`` in float64 (via ``expm_frechet``, the same algorithm as the pullback's)."""
+    return expm_frechet(m, np.zeros_like(m), compute_expm=True, check_finite=False)[0]
+
+
+def _expm_adjoint(m, g):
+    """``L(m^T, g)``: the cotangent of ``m`` for a cotangent ``g`` of ``expm(m)`` (float64)."""
+    return expm_frechet(m.T, g, compute_expm=False, check_finite=False)
+
+
+class MatrixExponential(Bijector):
+    r"""``x = expm(M) z`` row by row, with a trainable square ``M`` (Pyro's ``MatrixExponential``).
+
+    Parameters
+    ----------
+    dim : int
+
+    Attributes
+    ----------
+    params : ParamDict
+        ``"weight"`` ``(dim, dim)``: ``M``, zeros at construction (the identity).
+
+    Notes
+    -----
+    ``expm(M)`` is invertible for every ``M`` with inverse ``expm(-M)`` and
+    ``det expm(M) = exp(tr M)``::
+
+        forward   x_n = expm(M) z_n,      log_det =  tr M
+        inverse   z_n = expm(-M) x_n,     log_det = -tr M
+
+    Pullbacks (module docstring; ``L`` the Frechet derivative, ``s = sum_n log_det_bar_n``)::
+
+        forward   z_bar = x_bar expm(M),    M_bar =  L(M^T,  x_bar^T z) + s I
+        inverse   x_bar = z_bar expm(-M),   M_bar = -L(-M^T, z_bar^T x) - s I
+
+    Pyro computes ``expm(M) z`` by a power series truncated after ``iterations = 8`` terms
+    (``pyro/distributions/transforms/matrix_exponential.py``, ``_exp``) but reports the exact
+    ``log_abs_det_jacobian = trace(M)``: the two agree to the truncation error
+    ``<= ||M||^9 / 9! (1 + ...)`` (1e-12 relative for ``||M|| <= 0.2``). refflow uses the exact
+    exponential, so its log-det is the exact log-determinant of its own map. Both directions
+    are one GEMM; the round trip's error is about ``cond(expm(M)) eps``.
+
+    References
+    ----------
+    Hoogeboom, Garcia Satorras, Tomczak, Welling, "The Convolution Exponential and Generalized
+    Sylvester Flows", 2020, arXiv:2006.01910.
+    Al-Mohy, Higham, "Computing the Frechet derivative of the matrix exponential", 2009.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.bijectors import MatrixExponential
+    >>> layer = MatrixExponential(2)
+    >>> layer.params["weight"] = [[0.0, 1.0], [0.0, 0.0]]     # nilpotent: expm = I + M
+    >>> x, log_det = layer.forward(np.array([[1.0, 2.0]]))
+    >>> x, log_det
+    (array([[3., 2.]]), array([0.]))
+    >>> bool(np.allclose(layer.inverse(x)[0], [[1.0, 2.0]]))
+    True
+    """
+
+    def __init__(self, dim):
+        dim = check_dim(dim, "MatrixExponential")
+        super().__init__(dim, params={"weight": np.zeros((dim, dim))})
+
+    def _config(self):
+        return {"dim": self.dim}
+
+    def _pass(self, sign, v, vjp):
+        m = sign * self._p(np.float64)["weight"]
+        w = _expm(m)
+        if not np.isfinite(w).all():
+            raise self._domain_error("forward" if sign > 0 else "inverse",
+                                     "expm(weight) overflows float64")
+        w_d = w.astype(v.dtype)
+        out = v @ w_d.T
+        log_det = np.full(v.shape[0], np.trace(m), dtype=v.dtype)
+        if not vjp:
+            return out, log_det, None
+
+        def pullback(out_bar, log_det_bar):
+            g = (out_bar.T @ v).astype(np.float64)            # cotangent of expm(sign M)
+            m_bar = _expm_adjoint(m, g) + float(log_det_bar.sum()) * np.eye(self.dim)
+            return out_bar @ w_d, {"weight": sign * m_bar}, None
+
+        return out, log_det, pullback
+
+    def _forward_pass(self, z, context, vjp):
+        return self._pass(1.0, z, vjp)
+
+    def _inverse_pass(self, x, context, vjp):
+        return self._pass(-1.0, x, vjp)
+
+
+class Rotation(Bijector):
+    r"""``x = R z`` row by row with ``R = expm(A - A^T)``, a rotation (zuko's ``RotationTransform``).
+
+    Parameters
+    ----------
+    dim : int
+
+    Attributes
+    ----------
+    params : ParamDict
+        ``"generator"`` ``(dim, dim)``: ``A``, zeros at construction (the identity); only its
+        skew-symmetric part ``K = A - A^T`` matters.
+
+    Notes
+    -----
+    ``K = A - A^T`` is skew-symmetric, so ``R = expm(K)`` is orthogonal with ``det R = 1``::
+
+        forward   x_n = R z_n,     log_det = 0
+        inverse   z_n = R^T x_n,   log_det = 0
+
+    (zuko's inverse is the same transpose). Pullbacks, with ``G`` the cotangent of ``R`` and
+    ``L`` the Frechet derivative (module docstring; ``K^T = -K``)::
+
+        forward   z_bar = x_bar R,     G = x_bar^T z
+        inverse   x_bar = z_bar R^T,   G = x^T z_bar        (rows: z = x R)
+        K_bar = L(-K, G),              A_bar = K_bar - K_bar^T
+
+    References
+    ----------
+    Rozet et al., zuko (``zuko.transforms.RotationTransform``), 2022-2026.
+    Al-Mohy, Higham, "Computing the Frechet derivative of the matrix exponential", 2009.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.bijectors import Rotation
+    >>> layer = Rotation(2)
+    >>> layer.params["generator"] = [[0.0, np.pi / 2], [0.0, 0.0]]   # K = [[0, t], [-t, 0]]
+    >>> x, log_det = layer.forward(np.array([[1.0, 0.0]]))
+    >>> np.round(x, 6), log_det                                      # rotated by -90 degrees
+    (array([[ 0., -1.]]), array([0.]))
+    """
+
+    def __init__(self, dim):
+        dim = check_dim(dim, "Rotation")
+        super().__init__(dim, params={"generator": np.zeros((dim, dim))})
+
+    def _config(self):
+        return {"dim": self.dim}
+
+    def _rotation(self):
+        a = self._p(np.float64)["generator"]
+        k = a - a.T
+        return k, _expm(k)
+
+    def _generator_bar(self, k, g):
+        k_bar = _expm_adjoint(k, g)        # L(K^T, G) = L(-K, G)
+        return k_bar - k_bar.T
+
+    def _forward_pass(self, z, context, vjp):
+        k, r = self._rotation()
+        r_d = r.astype(z.dtype)
+        x = z @ r_d.T
+        log_det = np.zeros(z.shape[0], dtype=z.dtype)
+        if not vjp:
+            return x, log_det, None
+
+        def pullback(x_bar, log_det_bar):
+            g = (x_bar.T @ z).astype(np.float64)
+            return x_bar @ r_d, {"generator": self._generator_bar(k, g)}, None
+
+        return x, log_det, pullback
+
+    def _inverse_pass(self, x, context, vjp):
+        k, r = self._rotation()
+        r_d = r.astype(x.dtype)
+        z = x @ r_d
+        log_det = np.zeros(x.shape[0], dtype=x.dtype)
+        if not vjp:
+            return z, log_det, None
+
+        def pullback(z_bar, log_det_bar):
+            g = (x.T @ z_bar).astype(np.float64)      # z_nj = sum_i x_ni R_ij
+            return z_bar @ r_d.T, {"generator": self._generator_bar(k, g)}, None
+
+        return z, log_det, pullback
+
+
+class TriangularAffine(Bijector):
+    r"""``x = T z + b`` row by row with a triangular ``T`` of softplus diagonal (FlowJAX's
+    ``TriangularAffine``), optionally weight-normalised row by row.
+
+    Parameters
+    ----------
+    dim : int
+    lower : bool, default True
+        Lower (FlowJAX's default) or upper triangular ``T``.
+    weight_normalization : bool, default False
+        Rescale every row of the triangular matrix to norm ``softplus(s_i)`` (Salimans &
+        Kingma 2016), as FlowJAX's ``triangular_spline_flow`` does by wrapping ``T`` in
+        ``paramax.WeightNormalization``.
+
+    Attributes
+    ----------
+    params : ParamDict
+        ``"matrix"`` ``(dim, dim)``: ``A``; only its triangle is used (the other entries get
+        zero gradients), the diagonal through ``softplus``. ``"loc"`` ``(dim,)``: ``b``.
+        With weight normalisation also ``"row_scale"`` ``(dim,)``: ``s``. At construction
+        ``A_ii = softplus^-1(1)``, ``s_i = softplus^-1(1)``, the rest zero: the identity.
+
+    Notes
+    -----
+    ``V = tri(A)`` with ``V_ii = softplus(A_ii)``; ``T = V``, or with weight normalisation
+    ``T = diag(c / n) V``, ``c_i = softplus(s_i)``, ``n_i = ||V_i,:||`` (FlowJAX:
+    ``scale * weight / norm(weight, axis=-1)``)::
+
+        forward   x_n = T z_n + b,                log_det =  sum_i log T_ii
+        inverse   z_n = T^{-1} (x_n - b),         log_det = -sum_i log T_ii
+
+    (``T_ii > 0`` always; the inverse is one triangular solve.) Pullbacks: the linear ones of
+    the module docstring, plus the log-det's ``d(sum_i log T_ii)/dT = diag(1 / T_ii)`` times
+    ``+-sum_n log_det_bar_n``, give ``T_bar``; then, with weight normalisation, row by row::
+
+        V_bar_i = (c_i / n_i) (T_bar_i - V_i (V_i . T_bar_i) / n_i^2),
+        s_bar_i = sigmoid(s_i) (V_i . T_bar_i) / n_i
+
+    (without it ``V_bar = T_bar``), and ``A_bar = tri(V_bar)`` with the diagonal times
+    ``softplus'(A_ii) = sigmoid(A_ii)``.
+
+    FlowJAX (``flowjax/bijections/affine.py``) computes ``y = T x + loc`` in its
+    ``transform``, which a FlowJAX flow uses in the density direction; the importer of a
+    FlowJAX flow wraps this layer in ``Inverse``.
+
+    References
+    ----------
+    Salimans, Kingma, "Weight Normalization: A Simple Reparameterization to Accelerate Training
+    of Deep Neural Networks", 2016, arXiv:1602.07868.
+    Ward et al., FlowJAX (``flowjax.bijections.TriangularAffine``), 2023.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.bijectors import TriangularAffine
+    >>> layer = TriangularAffine(2)                     # the identity
+    >>> layer.forward(np.array([[1.0, 2.0]]))
+    (array([[1., 2.]]), array([0.]))
+    >>> layer.params["matrix"] = [[np.log(np.e - 1), 9.0], [3.0, np.log(np.e**2 - 1)]]
+    >>> layer.weight()                                  # 9.0 lies above the diagonal: unused
+    array([[1., 0.],
+           [3., 2.]])
+    """
+
+    def __init__(self, dim, *, lower=True, weight_normalization=False):
+        where = "TriangularAffine"
+        dim = check_dim(dim, where)
+        self.lower = check_bool(lower, where, "lower")
+        self.weight_normalization = check_bool(weight_normalization, where,
+                                               "weight_normalization")
+        params = {"matrix": np.eye(dim) * _INV_SOFTPLUS_ONE, "loc": np.zeros(dim)}
+        if self.weight_normalization:
+            params["row_scale"] = np.full(dim, _INV_SOFTPLUS_ONE)
+        super().__init__(dim, params=params)
+        tri = np.tril if self.lower else np.triu
+        self._mask = tri(np.ones((dim, dim)))
+
+    def __repr__(self):
+        return (f"TriangularAffine(dim={self.dim}, lower={self.lower}, "
+                f"weight_normalization={self.weight_normalization})")
+
+    def _config(self):
+        return {"dim": self.dim, "lower": self.lower,
+                "weight_normalization": self.weight_normalization}
+
+    def _matrix(self, dtype):
+        """``(T, residuals)`` in ``dtype``; the residuals carry ``T_bar`` to the parameters."""
+        p = self._p(dtype)
+        a = p["matrix"]
+        idx = np.diag_indices(self.dim)
+        v = a * self._mask.astype(dtype)
+        v[idx] = softplus(a[idx])
+        if not self.weight_normalization:
+            return v, (p, v, None, None)
+        n = np.sqrt(np.einsum("ij,ij->i", v, v))    # >= V_ii > 0
+        c = softplus(p["row_scale"])
+        t = (c / n)[:, None] * v
+        return t, (p, v, n, c)
+
+    def weight(self, dtype=np.float64):
+        """The matrix ``T`` (a new array; ``x_n = T z_n + b``)."""
+        return self._matrix(np.dtype(dtype))[0]
+
+    def _param_grads(self, t_bar, residuals):
+        p, v, n, c = residuals
+        grads = {}
+        if self.weight_normalization:
+            dot = np.einsum("ij,ij->i", v, t_bar)
+            v_bar = (c / n)[:, None] * (t_bar - v * (dot / (n * n))[:, None])
+            grads["row_scale"] = sigmoid(p["row_scale"]) * dot / n
+        else:
+            v_bar = t_bar
+        a_bar = v_bar * self._mask.astype(v_bar.dtype)
+        idx = np.diag_indices(self.dim)
+        a_bar[idx] = v_bar[idx] * sigmoid(p["matrix"][idx])
+        grads["matrix"] = a_bar
+        return grads
+
+    def _log_det_check(self, t, direction):
+        d = np.diagonal(t)
+        if not (d > 0).all():
+            i = int(np.argmax(~(d > 0)))
+            raise self._domain_error(direction, f"the diagonal of T underflows to {d[i]!r} at "
+                                     f"index {i}: not invertible in {t.dtype}")
+        return np.log(d).sum()
+
+    def _forward_pass(self, z, context, vjp):
+        t, residuals = self._matrix(z.dtype)
+        loc = residuals[0]["loc"]
+        x = z @ t.T + loc
+        log_det = np.full(z.shape[0], self._log_det_check(t, "forward"), dtype=z.dtype)
+        if not vjp:
+            return x, log_det, None
+
+        def pullback(x_bar, log_det_bar):
+            t_bar = x_bar.T @ z
+            t_bar[np.diag_indices(self.dim)] += log_det_bar.sum() / np.diagonal(t)
+            grads = self._param_grads(t_bar, residuals)
+            grads["loc"] = x_bar.sum(axis=0)
+            return x_bar @ t, grads, None
+
+        return x, log_det, pullback
+
+    def _inverse_pass(self, x, context, vjp):
+        t, residuals = self._matrix(x.dtype)
+        loc = residuals[0]["loc"]
+        log_det = np.full(x.shape[0], -self._log_det_check(t, "inverse"), dtype=x.dtype)
+        # columns are points: T z^T = (x - b)^T
+        z = np.ascontiguousarray(solve_triangular(t, (x - loc).T, lower=self.lower,
+                                                  check_finite=False).T)
+        if not vjp:
+            return z, log_det, None
+
+        def pullback(z_bar, log_det_bar):
+            # y = x - b, z = y T^{-T}: y_bar = z_bar T^{-1} (rows), i.e. T^T y_bar^T = z_bar^T
+            y_bar = solve_triangular(t, z_bar.T, trans="T", lower=self.lower,
+                                     check_finite=False).T
+            t_bar = -(y_bar.T @ z)
+            t_bar[np.diag_indices(self.dim)] -= log_det_bar.sum() / np.diagonal(t)
+            grads = self._param_grads(t_bar, residuals)
+            grads["loc"] = -y_bar.sum(axis=0)
+            return np.ascontiguousarray(y_bar), grads, None
+
+        return z, log_det, pullback
