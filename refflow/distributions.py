@@ -374,6 +374,13 @@ class Uniform(_Distribution):
     def _config(self):
         return {"low": self.low.tolist(), "high": self.high.tolist()}
 
+    @classmethod
+    def _declare(cls, config):
+        # no arrays; the bounds are validated as the constructor does (O(dim) work, the lists
+        # being bounded by the loader's limits)
+        cls(**constructor_arguments(cls, config))
+        return declaration({})
+
     def _log_prob(self, z):
         low, high = self.low.astype(z.dtype), self.high.astype(z.dtype)
         log_volume = np.log(high - low).sum(dtype=z.dtype)
@@ -471,6 +478,14 @@ class StudentT(_Distribution):
 
     def _config(self):
         return {"dim": self.dim, "df": self.df.tolist(), "trainable_df": self.trainable_df}
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        dim = check_dim(args["dim"], cls.__name__)
+        names = ("loc", "log_scale", "raw_df") if check_bool(
+            args["trainable_df"], cls.__name__, "trainable_df") else ("loc", "log_scale")
+        return declaration({name: (dim,) for name in names})
 
     def _constrained(self, dtype, where):
         loc = self._params["loc"].astype(dtype)
@@ -588,6 +603,13 @@ class DiagGaussianMixture(_Distribution):
 
     def _config(self):
         return {"dim": self.dim, "n_components": self.n_components}
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        dim = check_dim(args["dim"], cls.__name__)
+        k = check_int(args["n_components"], cls.__name__, "n_components", minimum=1)
+        return declaration({"logits": (k,), "loc": (k, dim), "log_scale": (k, dim)})
 
     def _constrained(self, dtype, where):
         logits = self._params["logits"].astype(dtype)

@@ -9,6 +9,7 @@ data space and a context for them (None for an unconditional model; the points f
 import numpy as np
 
 from refflow import DiagNormal, Flow, StandardNormal
+from refflow.distributions import DiagGaussianMixture, StudentT, Uniform
 from refflow.estimator import FlowDensity
 from refflow.flows import BUILDERS
 
@@ -78,6 +79,13 @@ MODELS = {
         np.random.default_rng(seed).standard_normal((4, DIM)), None),
     "standard-normal": _bases(StandardNormal),
     "diag-normal": _bases(DiagNormal),
+    "student-t": _bases(lambda d: StudentT(d, df=4.0)),
+    "student-t-fixed-df": _bases(lambda d: StudentT(d, df=4.0, trainable_df=False)),
+    "diag-gaussian-mixture": _bases(lambda d: DiagGaussianMixture(d, n_components=3, rng=0)),
+    "flow-uniform": lambda seed: (
+        Flow(Uniform(-2.0, 3.0, dim=DIM), BUILDERS["maf"](DIM, n_layers=1, hidden=(4,),
+                                                          rng=seed).bijector),
+        np.random.default_rng(seed).uniform(-1.0, 1.0, (4, DIM)), None),
     "flow-density-fitted": _density(True),
     "flow-density-unfitted": _density(False),
 }

@@ -43,6 +43,7 @@ from scipy.linalg import expm_frechet, solve_triangular
 
 from .._math import sigmoid, softplus
 from .._validation import check_bool, check_dim
+from ..io.spec import constructor_arguments, declaration
 from .base import Bijector
 
 __all__ = ["MatrixExponential", "Rotation", "TriangularAffine"]
@@ -115,6 +116,11 @@ class MatrixExponential(Bijector):
     def __init__(self, dim):
         dim = check_dim(dim, "MatrixExponential")
         super().__init__(dim, params={"weight": np.zeros((dim, dim))})
+
+    @classmethod
+    def _declare(cls, config):
+        dim = check_dim(constructor_arguments(cls, config)["dim"], cls.__name__)
+        return declaration({"weight": (dim, dim)})
 
     def _config(self):
         return {"dim": self.dim}
@@ -191,6 +197,11 @@ class Rotation(Bijector):
     def __init__(self, dim):
         dim = check_dim(dim, "Rotation")
         super().__init__(dim, params={"generator": np.zeros((dim, dim))})
+
+    @classmethod
+    def _declare(cls, config):
+        dim = check_dim(constructor_arguments(cls, config)["dim"], cls.__name__)
+        return declaration({"generator": (dim, dim)})
 
     def _config(self):
         return {"dim": self.dim}
@@ -317,6 +328,15 @@ class TriangularAffine(Bijector):
     def _config(self):
         return {"dim": self.dim, "lower": self.lower,
                 "weight_normalization": self.weight_normalization}
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        dim = check_dim(args["dim"], cls.__name__)
+        params = {"matrix": (dim, dim), "loc": (dim,)}
+        if check_bool(args["weight_normalization"], cls.__name__, "weight_normalization"):
+            params["row_scale"] = (dim,)
+        return declaration(params)
 
     def _matrix(self, dtype):
         """``(T, residuals)`` in ``dtype``; the residuals carry ``T_bar`` to the parameters."""

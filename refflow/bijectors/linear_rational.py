@@ -48,6 +48,7 @@ import numpy as np
 
 from .._math import sigmoid
 from .._validation import check_dim
+from ..io.spec import constructor_arguments, declaration
 from .base import Bijector
 from .spline_core import layer_spline_map
 
@@ -352,6 +353,17 @@ class LinearRationalSpline(Bijector):
         return {"dim": self.dim, "n_bins": m.n_bins, "bound": m.bound,
                 "min_bin_width": m.min_bin_width, "min_bin_height": m.min_bin_height,
                 "min_derivative": m.min_derivative}
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        where = cls.__name__
+        dim = check_dim(args["dim"], where)
+        k = layer_spline_map(where, "pyro", args["n_bins"], args["bound"], args["min_bin_width"],
+                             args["min_bin_height"], args["min_derivative"]).n_bins
+        return declaration({"unnormalized_widths": (dim, k), "unnormalized_heights": (dim, k),
+                            "unnormalized_derivatives": (dim, k - 1),
+                            "unnormalized_lambdas": (dim, k)})
 
     def _theta(self, dtype):
         p = self._p(dtype)

@@ -305,6 +305,22 @@ class CircularSpline(RationalQuadraticSpline):
         config.pop("boundary_slopes", None)
         return {"dim": self.dim, **config, "shift": self.shift}
 
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        parameterization = args["parameterization"]
+        if parameterization not in ("distrax", "zuko"):
+            raise ValueError(f"CircularSpline: parameterization must be 'distrax' or 'zuko', got "
+                             f"{parameterization!r}")
+        dim = check_dim(args["dim"], "CircularSpline")
+        smap = layer_spline_map("CircularSpline", parameterization, args["n_bins"], math.pi,
+                                args["min_bin_width"], args["min_bin_height"],
+                                args["min_derivative"],
+                                "circular" if parameterization == "distrax" else None)
+        return declaration({"unnormalized_widths": (dim, smap.n_bins),
+                            "unnormalized_heights": (dim, smap.n_bins),
+                            "unnormalized_derivatives": (dim, smap.n_derivatives)})
+
     @staticmethod
     def _shift(v):
         pi = v.dtype.type(math.pi)
