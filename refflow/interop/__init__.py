@@ -13,7 +13,8 @@ refflow`` never needs them.
 """
 
 from .compare import ComparisonReport, assert_matches, compare
+from .flowjax import from_flowjax
 from .nflows import from_nflows
 from .zuko import from_zuko
 
-__all__ = ["from_zuko", "from_nflows", "compare", "assert_matches", "ComparisonReport"]
+__all__ = ["from_zuko", "from_nflows", "from_flowjax", "compare", "assert_matches", "ComparisonReport"]
