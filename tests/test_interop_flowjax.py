@@ -37,8 +37,9 @@ def _perturb(dist, seed, size=0.3):
     params, static = eqx.partition(dist, eqx.is_inexact_array,
                                    is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable))
     leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jr.split(jr.key(seed), len(leaves))
-    leaves = [leaf + size * jr.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
+    rng = np.random.default_rng(seed)
+    leaves = [jnp.asarray(np.asarray(leaf) + size * rng.normal(size=leaf.shape))
+              for leaf in leaves]
     return eqx.combine(jax.tree_util.tree_unflatten(tree, leaves), static)
 
 

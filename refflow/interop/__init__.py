@@ -15,6 +15,7 @@ refflow`` never needs them.
 from .compare import ComparisonReport, assert_matches, compare
 from .flowjax import from_flowjax
 from .nflows import from_nflows
+from .normflows import from_normflows
 from .zuko import from_zuko
 
-__all__ = ["from_zuko", "from_nflows", "from_flowjax", "compare", "assert_matches", "ComparisonReport"]
+__all__ = ["from_zuko", "from_nflows", "from_flowjax", "from_normflows", "compare", "assert_matches", "ComparisonReport"]
