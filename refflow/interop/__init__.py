@@ -16,6 +16,7 @@ from .compare import ComparisonReport, assert_matches, compare
 from .flowjax import from_flowjax
 from .nflows import from_nflows
 from .normflows import from_normflows
+from .pyro import from_pyro
 from .zuko import from_zuko
 
-__all__ = ["from_zuko", "from_nflows", "from_flowjax", "from_normflows", "compare", "assert_matches", "ComparisonReport"]
+__all__ = ["from_zuko", "from_nflows", "from_flowjax", "from_normflows", "from_pyro", "compare", "assert_matches", "ComparisonReport"]
