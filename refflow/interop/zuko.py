@@ -1,7 +1,8 @@
 r"""Import a zuko flow as the equivalent refflow ``Flow`` (same weights, masks, maps).
 
 :func:`from_zuko` builds the refflow :class:`~refflow.Flow` that computes exactly what a
-``zuko.flows.MAF``, ``NSF`` or ``RealNVP``/``NICE`` (affine or spline coupling) computes, with
+``zuko.flows.MAF``, ``NSF``, ``RealNVP``/``NICE`` (affine or spline coupling) or one-layer
+``GF`` computes, with
 the same weights (as float64), MADE masks, output layout, scale and spline maps and direction;
 :func:`parameter_map` gives the correspondence of parameter names that
 :func:`refflow.interop.compare` uses.
@@ -27,12 +28,18 @@ MADE output ``(D, total)``      the same feature-major layout (``[shift, u]``; `
 coupling ``mask`` True =        ``mask`` True = transformed, so refflow's mask is ``~mask``;
 identity part; output           coupling output ``[t (n_b) | u (n_b)]``: the last layer's rows
 ``(n_b, [shift, u])``           are permuted
+``ElementWiseTransform`` of     ``Gaussianization(parameterization="zuko",
+``GaussianizationTransform``    weights="uniform", shrink=1e-6)``: zuko's
+(``GF``)                        ``Phi^-1((1 - 1e-6) mean_k Phi(e^a x + b) + 1e-6 / 2)``;
+                                ``phi`` copied as ``shift``/``scale``, or its ``hyper`` MLP
 ``DiagNormal(0, 1)`` base       ``StandardNormal`` (anything else is refused)
 ==============================  ==========================================================
 
 Anything else (other layers, residual ``MaskedMLP``, ``normalize=True``, a slope other than
 1e-3 for the affine map, unsupported activations, one-feature element-wise flows) raises
-``ValueError`` naming the zuko class and the option; nothing is approximated.
+``ValueError`` naming the zuko class and the option; zuko's ``RotationTransform`` (between the
+layers of a ``GF`` with ``transforms > 1``), whose refflow twin does not exist yet, raises
+``NotImplementedError``. Nothing is approximated.
 """
 
 import functools
@@ -45,6 +52,7 @@ from .common import np64, require_torch
 __all__ = ["from_zuko", "parameter_map"]
 
 _SOFTCLIP_SLOPE = 1e-3  # refflow's "softclip" scale map is zuko's slope = 1e-3 exactly
+_GF_SHRINK = 1e-6  # zuko's GaussianizationTransform: mean(erf(...)) * (1 - 1e-6)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -236,12 +244,58 @@ def _convert_coupling(lazy, index, dim, context):
     return layer, names
 
 
+def _convert_elementwise(lazy, index, dim, context):
+    """``ElementWiseTransform(GaussianizationTransform)`` (zuko's ``GF`` layer) ->
+    ``Gaussianization(parameterization="zuko", weights="uniform", shrink=1e-6)``."""
+    import torch.nn as nn
+    from zuko.nn import Linear as ZukoLinear
+    from zuko.transforms import GaussianizationTransform
+
+    from ..bijectors import Gaussianization
+    where = f"from_zuko: transforms[{index}] (ElementWiseTransform)"
+    uni, shapes = lazy.univariate, [tuple(s) for s in lazy.shapes]
+    if uni is not GaussianizationTransform:
+        name = getattr(uni, "__name__", type(uni).__name__)
+        raise ValueError(f"{where}: univariate transformation {name} is not supported "
+                         f"(option 'univariate'; refflow imports an element-wise "
+                         f"GaussianizationTransform)")
+    if len(shapes) != 2 or shapes[0] != shapes[1] or len(shapes[0]) != 1:
+        raise ValueError(f"{where}: GaussianizationTransform with shapes {shapes} (option "
+                         f"'shapes'); expected [(K,), (K,)]")
+    K = shapes[0][0]
+    names = {}
+    if context:
+        linears, activation = _split_sequential(lazy.hyper, (nn.Linear, ZukoLinear), where)
+        hidden = tuple(int(lin.weight.shape[0]) for lin in linears[:-1])
+        layer = Gaussianization(dim, K, parameterization="zuko", weights="uniform",
+                                shrink=_GF_SHRINK, context_dim=context, hidden=hidden,
+                                activation=activation, rng=0)
+        for k, lin in enumerate(linears):
+            layer.params[f"hyper.w{k}"] = np64(lin.weight)
+            layer.params[f"hyper.b{k}"] = np64(lin.bias)
+            names[f"hyper.{2 * k}.weight"] = (f"hyper.w{k}", None)
+            names[f"hyper.{2 * k}.bias"] = (f"hyper.b{k}", None)
+    else:
+        layer = Gaussianization(dim, K, parameterization="zuko", weights="uniform",
+                                shrink=_GF_SHRINK, rng=0)
+        for j, key in enumerate(("shift", "scale")):
+            value = np64(lazy.phi[j])
+            if value.shape != (dim, K):
+                raise ValueError(f"{where}: parameter {key} of shape {value.shape}; expected "
+                                 f"({dim}, {K})")
+            layer.params[key] = value
+            names[f"phi.{j}"] = (key, None)
+    return layer, names
+
+
 def _convert(flow, where="from_zuko"):
     """``(refflow Flow, {zuko parameter name: (refflow key, row permutation or None)})``."""
     zuko = _require_zuko(where)
     from zuko.flows.autoregressive import MaskedAutoregressiveTransform
     from zuko.flows.coupling import GeneralCouplingTransform
+    from zuko.flows.gaussianization import ElementWiseTransform
     from zuko.lazy import Flow as ZukoFlow
+    from zuko.transforms import RotationTransform
     from zuko.lazy import LazyComposedTransform, UnconditionalDistribution
 
     from ..bijectors import Chain
@@ -276,6 +330,16 @@ def _convert(flow, where="from_zuko"):
         elif isinstance(lazy, GeneralCouplingTransform):
             features, context = _features(lazy, dim, i, where)
             layer, layer_names = _convert_coupling(lazy, i, dim, context)
+        elif isinstance(lazy, ElementWiseTransform):
+            context = 0 if not hasattr(lazy, "hyper") else \
+                int(list(lazy.hyper)[0].weight.shape[1])
+            layer, layer_names = _convert_elementwise(lazy, i, dim, context)
+        elif getattr(lazy, "f", None) is RotationTransform:
+            raise NotImplementedError(f"{where}: transforms[{i}] is an UnconditionalTransform "
+                                      f"of RotationTransform, which is not supported (its "
+                                      f"refflow twin R = exp(A - A^T) does not exist yet; zuko's "
+                                      f"GF puts one between its layers: import a GF with "
+                                      f"transforms=1)")
         else:
             raise ValueError(f"{where}: transforms[{i}] is a {type(lazy).__name__}, which "
                              f"refflow cannot import (supported: MaskedAutoregressiveTransform "
@@ -314,10 +378,11 @@ def from_zuko(flow):
     Parameters
     ----------
     flow : zuko.flows.Flow
-        A ``MAF``, ``NSF``, ``RealNVP`` / ``NICE`` (or any ``zuko.flows.Flow`` made of
-        ``MaskedAutoregressiveTransform`` and ``GeneralCouplingTransform`` layers with
-        ``MonotonicAffineTransform`` or ``MonotonicRQSTransform``), conditional or not, with a
-        ``DiagNormal(0, 1)`` base.
+        A ``MAF``, ``NSF``, ``RealNVP`` / ``NICE``, a ``GF`` with ``transforms=1`` (or any
+        ``zuko.flows.Flow`` made of ``MaskedAutoregressiveTransform`` and
+        ``GeneralCouplingTransform`` layers with ``MonotonicAffineTransform`` or
+        ``MonotonicRQSTransform``, and ``ElementWiseTransform`` layers of
+        ``GaussianizationTransform``), conditional or not, with a ``DiagNormal(0, 1)`` base.
 
     Returns
     -------
@@ -336,6 +401,8 @@ def from_zuko(flow):
         ``flow`` is not a zuko flow.
     ValueError
         An unsupported layer or option, naming the zuko class and the option.
+    NotImplementedError
+        A zuko layer whose refflow twin does not exist yet (``RotationTransform``).
 
     Examples
     --------

@@ -1,0 +1,146 @@
+"""from_normflows: the imported refflow Flow computes exactly what the normflows model computes.
+
+Each model is a random composition of the supported layers, built by normflows, run once on a
+batch (ActNorm's data-dependent initialisation), then every parameter is moved by a random
+amount (a model away from its initialisation, as after training); all in float64.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nf = pytest.importorskip("normflows")
+
+from refflow.interop import from_normflows  # noqa: E402
+
+#: float64 agreement of two implementations of the same closed forms: rounding only.
+RTOL_LOG_PROB = 1e-10
+ATOL_SAMPLE = 1e-10
+
+
+def _model(seed):
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # normflows draws its permutations and LU init from the global RNG
+    rng = np.random.default_rng(seed)
+    dim = int(rng.integers(2, 6))
+    flows = []
+    for i in range(int(rng.integers(2, 4))):
+        kind = rng.integers(0, 5)
+        if kind == 0:
+            b = torch.tensor([(j + i) % 2 for j in range(dim)], dtype=torch.float64)
+            depth = int(rng.integers(0, 3))
+            sizes = [dim] + [int(rng.integers(3, 9)) for _ in range(depth)] + [dim]
+            flows.append(nf.flows.MaskedAffineFlow(b, nf.nets.MLP(list(sizes)),
+                                                   nf.nets.MLP(list(sizes))))
+        elif kind == 1:
+            n_a = -(-dim // 2)
+            scale = bool(rng.integers(0, 2))
+            n_out = 2 * (dim - n_a) if scale else dim - n_a
+            flows.append(nf.flows.AffineCouplingBlock(
+                nf.nets.MLP([n_a, int(rng.integers(3, 9)), n_out]), scale=scale))
+        elif kind == 2:
+            flows.append(nf.flows.ActNorm(dim))
+        elif kind == 3:
+            flows.append(nf.flows.Permute(dim, mode=["shuffle", "swap"][i % 2]))
+        else:
+            flows.append(nf.flows.LULinearPermute(dim, identity_init=bool(i % 2)))
+        flows.append(nf.flows.Permute(dim))
+    model = nf.NormalizingFlow(nf.distributions.DiagGaussian(dim), flows).double()
+    model.log_prob(torch.randn(64, dim, dtype=torch.float64, generator=gen))  # ActNorm init
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, dtype=p.dtype, generator=gen))
+    return model, dim
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_log_prob_and_samples_match(seed):
+    model, dim = _model(seed)
+    ours = from_normflows(model)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(50, dim))
+    with torch.no_grad():
+        lp_peer = model.log_prob(torch.as_tensor(x)).numpy()
+    lp_ref = ours.log_prob(x)
+    rel = np.abs(lp_ref - lp_peer) / np.maximum(np.abs(lp_peer), 1.0)
+    assert rel.max() <= RTOL_LOG_PROB, rel.max()
+    z = rng.normal(size=(50, dim))
+    zt = torch.as_tensor(z)
+    with torch.no_grad():
+        for flow in model.flows:
+            zt, _ = flow(zt)
+    x_peer = zt.numpy()
+    x_ref = ours.bijector.forward(z)[0]
+    assert np.abs(x_ref - x_peer).max() <= ATOL_SAMPLE * max(1.0, np.abs(x_peer).max())
+
+
+def _single(flow, dim=4):
+    return nf.NormalizingFlow(nf.distributions.DiagGaussian(dim), [flow]).double()
+
+
+def test_sigmoid_scale_map_is_refused_by_name():
+    block = nf.flows.AffineCouplingBlock(nf.nets.MLP([2, 5, 4]), scale_map="sigmoid")
+    with pytest.raises(NotImplementedError, match="AffineCouplingBlock.*sigmoid"):
+        from_normflows(_single(block))
+
+
+def test_spline_wrapper_is_refused_by_name():
+    flow = nf.flows.CoupledRationalQuadraticSpline(4, 1, 8)
+    with pytest.raises(NotImplementedError, match="CoupledRationalQuadraticSpline"):
+        from_normflows(_single(flow))
+
+
+def test_uninitialised_actnorm_is_refused():
+    with pytest.raises(ValueError, match="ActNorm.*initialisation"):
+        from_normflows(_single(nf.flows.ActNorm(4)))
+
+
+def test_leaky_network_is_refused():
+    b = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    flow = nf.flows.MaskedAffineFlow(b, nf.nets.MLP([4, 5, 4], leaky=0.1),
+                                     nf.nets.MLP([4, 5, 4], leaky=0.1))
+    with pytest.raises(ValueError, match="leaky"):
+        from_normflows(_single(flow))
+
+
+def test_not_a_normflows_model():
+    with pytest.raises(TypeError, match="from_normflows"):
+        from_normflows(object())
+
+
+#: directional derivatives of the same function by autograd and by refflow's pullbacks.
+RTOL_GRAD = 1e-8
+
+
+def _directional(model, ours, importer, x, seed):
+    """``(autograd, refflow)`` derivatives of the mean log-prob along a random direction of the
+    peer's parameters; refflow's side is ``grad . (import(theta + delta) - import(theta))``,
+    exact because every parameter map of this importer is linear (copies, row selections,
+    zero blocks)."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    model.log_prob(torch.as_tensor(x)).mean().backward()
+    delta = [torch.randn(p.shape, dtype=p.dtype, generator=gen) for p in params]
+    peer = sum(float((torch.zeros_like(p) if p.grad is None else p.grad).mul(d).sum())
+               for p, d in zip(params, delta))
+    _, grads = ours.nll_and_grad(x)
+    before = {k: np.array(v) for k, v in ours.params.items()}
+    with torch.no_grad():
+        for p, d in zip(params, delta):
+            p.add_(d)
+    moved = importer(model).params
+    with torch.no_grad():
+        for p, d in zip(params, delta):
+            p.sub_(d)
+    mine = sum(float(np.sum(-grads[k] * (moved[k] - before[k]))) for k in grads)
+    return peer, mine
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_gradients_match_along_random_directions(seed):
+    model, dim = _model(seed)
+    ours = from_normflows(model)
+    x = np.random.default_rng(seed + 50).normal(size=(30, dim))
+    peer, mine = _directional(model, ours, from_normflows, x, seed)
+    assert abs(mine - peer) <= RTOL_GRAD * max(abs(peer), 1.0), (peer, mine)
