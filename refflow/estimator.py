@@ -21,6 +21,8 @@ import warnings
 
 import numpy as np
 
+from ._dask import is_dask_array
+from ._exact import exact_mean
 from ._validation import (check_batch_size, check_bool, check_choice, check_hidden, check_int,
                           check_positive, check_real, check_rng)
 from .bijectors import Affine, Chain
@@ -822,6 +824,8 @@ class FlowDensity:
         """
         where = "FlowDensity.score_samples"
         self._check_fitted(where)
+        if is_dask_array(X):
+            return self._lazy_scores(X, context, where, batch_size)
         X = self._input(X, where)
         C = self._context_rows(context, where, X.shape[0])
         batch_size = check_batch_size(batch_size, where, default=DEFAULT_BATCH_SIZE)
@@ -849,11 +853,37 @@ class FlowDensity:
         """
         where = "FlowDensity.score"
         self._check_fitted(where)
+        if is_dask_array(X):
+            from ._dask import lazy_mean
+
+            return lazy_mean(self._lazy_scores(X, context, where, None))
         X = self._input(X, where)
         C = self._context_rows(context, where, X.shape[0])
         lp, bad = self._log_density(X, C, where, DEFAULT_BATCH_SIZE)
         self._warn_out_of_range(bad, X.shape[0], where)
-        return float(np.mean(lp))
+        return exact_mean(lp)
+
+    def _lazy_scores(self, X, context, where, batch_size):
+        """:meth:`score_samples` of each row chunk of the dask array ``X``, lazily."""
+        from ._dask import map_rows
+
+        batch_size = check_batch_size(batch_size, where, default=DEFAULT_BATCH_SIZE)
+        model = self._quiet_copy()
+        return map_rows(model, "score_samples", X, context, where=where,
+                        dim=self.n_features_in_, context_dim=self._context_dim,
+                        options={"batch_size": batch_size}, allow_shared=False)
+
+    @property
+    def _context_dim(self):
+        return self.n_context_features_in_ if self._conditional else None
+
+    def _quiet_copy(self):
+        """A shallow copy without progress display, to ship to dask workers (the shipping
+        copies it again, deeply)."""
+        model = object.__new__(type(self))
+        model.__dict__.update(self.__dict__)
+        model.progress = False
+        return model
 
     def transform(self, X, *, context=None, batch_size=None):
         """Map rows to the latent space: ``z = T^{-1}(x)``, standard normal under the model.
@@ -917,7 +947,8 @@ class FlowDensity:
                                  f"features ({self.n_features_in_}), got {len(given)}")
         return np.asarray([f"flowdensity{i}" for i in range(self.n_features_in_)], dtype=object)
 
-    def sample(self, n_samples=1, random_state=None, *, context=None, batch_size=None):
+    def sample(self, n_samples=1, random_state=None, *, context=None, batch_size=None,
+               chunks=None):
         """Draw samples from the fitted density.
 
         Parameters
@@ -931,15 +962,39 @@ class FlowDensity:
         batch_size : int >= 1 or None, default None
             Rows per pass, to bound memory; see :meth:`refflow.Flow.sample_and_log_prob`. The
             samples do not depend on it.
+        chunks : int or tuple of ints, optional
+            Draw lazily: a ``dask.array.Array`` of ``n_samples`` rows in chunks of ``chunks``
+            rows (or of the given sizes, summing to ``n_samples``), one task per chunk, the
+            model in the graph once. Chunk ``i`` is drawn with the generator
+            ``numpy.random.default_rng(seeds[i])``, ``seeds =
+            SeedSequence(random_state).spawn(n_chunks)`` (a Generator or RandomState
+            ``random_state`` gives the root seed from four 32-bit draws), so the computed
+            samples depend on ``random_state`` and the chunk sizes only: not on the scheduler,
+            the number of workers or the order in which chunks run. They differ from the
+            samples drawn without ``chunks`` (one generator for all rows). ``context`` may
+            then be a dask array as well. Needs dask.
 
         Returns
         -------
         X : ndarray of shape (n_samples, n_features_in_)
+            A dask array with ``chunks``.
         """
         where = "FlowDensity.sample"
         self._check_fitted(where)
         n_samples = check_int(n_samples, where, "n_samples", minimum=1)
         batch_size = check_batch_size(batch_size, where, default=DEFAULT_BATCH_SIZE)
+        if chunks is not None:
+            from ._dask import sample_rows
+
+            if is_dask_array(context) or np.ndim(context) != 1:
+                # per-row context: each chunk gets its own rows (standardised there)
+                c = context
+            else:
+                c = np.asarray(context)
+            return sample_rows(self._quiet_copy(), "sample", n_samples, self.n_features_in_,
+                               random_state, chunks, where=where, context=c,
+                               context_dim=self._context_dim,
+                               options={"batch_size": batch_size})
         shared = None
         rows = None
         if self._conditional and context is not None and np.ndim(context) == 1:
