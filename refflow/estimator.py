@@ -22,7 +22,8 @@ import warnings
 import numpy as np
 
 from ._dask import is_dask_array
-from ._exact import exact_mean
+from ._exact import Moments, exact_mean
+from ._rows import Standardized, out_of_core, rows_of, scan
 from ._validation import (check_batch_size, check_bool, check_choice, check_hidden, check_int,
                           check_positive, check_real, check_rng)
 from .bijectors import Affine, Chain
@@ -176,29 +177,23 @@ def _check_X(X, where, n_features=None, name="X", expecting="features"):
     return arr
 
 
-def _standardization(X):
-    """Training mean and standard deviation; a constant feature gets scale 1.
+def _standardization(moments):
+    """Training mean and standard deviation from the exact column sums of
+    :class:`refflow._exact.Moments`; a constant feature gets scale 1.
 
-    Each column is first divided by a power of two ``m`` near its largest magnitude (exactly),
-    so that squares cannot overflow: ``mean = m mean(X / m)``, ``std = m std(X / m)``. A
-    feature counts as constant when its variance is within the rounding error of computing
-    it, ``var <= n eps var + (n eps mean)^2`` (scikit-learn's ``StandardScaler`` test), so that
-    a column of identical values is not blown up by a spread of a few ulps.
+    Both are correctly rounded (exact sums, one rounding), so they do not depend on the order
+    of the rows or on how the data is split into chunks: an out-of-core fit gets the very
+    statistics of the in-memory one. A feature counts as constant when its variance is within
+    the rounding error of computing it in float64, ``var <= n eps var + (n eps mean)^2``
+    (scikit-learn's ``StandardScaler`` test, evaluated exactly), so that a column of identical
+    values is not blown up by a spread of a few ulps.
     """
-    n = X.shape[0]
-    m = np.abs(X).max(axis=0)
-    # 2^(e - 1) <= m < 2^e: u = X / 2^(e - 1) lies in (-2, 2), and 2^(e - 1) never overflows
-    m = np.where(m > 0, np.ldexp(1.0, np.frexp(m)[1] - 1), 1.0)
-    u = X / m
-    mean_u, var_u = u.mean(axis=0), u.var(axis=0)
-    eps = np.finfo(np.float64).eps
-    constant = var_u <= n * eps * var_u + (n * mean_u * eps) ** 2
-    return m * mean_u, np.where(constant, 1.0, m * np.sqrt(var_u))
+    return moments.mean(), np.where(moments.constant(), 1.0, moments.std())
 
 
-def _checked_standardization(X, where, name):
-    """``(mean, scale, X_standardised)``, refusing what would not survive a save and load."""
-    mean, scale = _standardization(X)
+def _checked_scale(moments, where, name):
+    """``(mean, scale)``, refusing what would not survive a save and load."""
+    mean, scale = _standardization(moments)
     # A subnormal scale fits, but the saved map's exp(-log(scale)) then overflows, so every
     # later score_samples would fail: refuse it here, as overflowing data is.
     tiny = scale < np.finfo(np.float64).tiny
@@ -207,12 +202,31 @@ def _checked_standardization(X, where, name):
         raise ValueError(f"{where}: {'' if name == 'X' else name + ' '}feature {j} has standard "
                          f"deviation {scale[j]:.3g}, below float64's normal range (its reciprocal "
                          f"overflows); rescale {name} (e.g. multiply it by a large constant)")
+    # fl((x - mean) / scale) is monotone in x: finite at each column's extremes means finite
+    # everywhere (|x - mean| beyond float64 happens for data near 1e308)
     with np.errstate(over="ignore", invalid="ignore"):
-        standardised = (X - mean) / scale
-    if not np.isfinite(standardised).all():  # |x - mean| beyond float64 (data near 1e308)
+        ends = (np.stack([moments.low, moments.high]) - mean) / scale
+    if not np.isfinite(ends).all():
         raise ValueError(f"{where}: {name} - mean({name}) overflows float64; rescale {name} "
                          f"(e.g. divide it by a large constant)")
+    return mean, scale
+
+
+def _checked_standardization(X, where, name):
+    """``(mean, scale, X_standardised)`` of an in-memory ``X``."""
+    mean, scale = _checked_scale(Moments(X.shape[1]).add(X), where, name)
+    with np.errstate(over="ignore", invalid="ignore"):
+        standardised = (X - mean) / scale
     return mean, scale, standardised
+
+
+def _streamed_input(X, where, name, n_features=None):
+    """``X`` (a memmap or dask array, or an array beside one) as a checked row source:
+    ``(rows, exact column moments)`` from one pass."""
+    if not out_of_core(X):
+        X = _check_X(X, where, n_features, name=name)
+    rows = rows_of(X, where, name, n_features)
+    return rows, scan(rows, where, name)
 
 
 def _show_progress(progress):
@@ -599,9 +613,13 @@ class FlowDensity:
 
         Parameters
         ----------
-        X : array_like or data frame of shape (n_samples, n_features)
+        X : array_like, data frame, numpy.memmap or dask array of shape (n_samples, n_features)
             Finite numbers, at least 2 samples and 1 feature. A data frame's string column
-            names become ``feature_names_in_``.
+            names become ``feature_names_in_``. A ``numpy.memmap`` or a dask array (and a
+            context of either kind) is streamed, never copied whole: one pass checks the values
+            and sums the standardisation statistics exactly, and the mini-batches are gathered
+            by index (see :func:`refflow.fit`); the fitted model is bit for bit the one fitted
+            on the same data in memory with the same ``random_state``.
         y : None
             Ignored (scikit-learn's signature: pipelines pass ``y`` positionally).
         context : array_like or data frame of shape (n_samples, n_context_features), optional
@@ -628,7 +646,11 @@ class FlowDensity:
         where = "FlowDensity.fit"
         options = self._checked_params()
         names = self._check_names(X, where, reset=True)
-        X = _check_X(X, where)
+        streamed = out_of_core(X) or out_of_core(context)
+        if streamed:   # read in pieces, never copied whole; the fit is the in-memory one
+            X, x_moments = _streamed_input(X, where, "X")
+        else:
+            X = _check_X(X, where)
         n, dim = X.shape
         if n < 2:
             raise ValueError(f"{where}: a density needs at least 2 samples to fit, got "
@@ -642,7 +664,10 @@ class FlowDensity:
         context_names, C, c_dim = None, None, 0
         if context is not None:
             context_names = self._check_names(context, where, reset=True, context=True)
-            C = _check_X(context, where, name="context")
+            if streamed:
+                C, c_moments = _streamed_input(context, where, "context")
+            else:
+                C = _check_X(context, where, name="context")
             if C.shape[0] != n:
                 raise ValueError(f"{where}: context has {C.shape[0]} rows, but X has {n}")
             if "context_dim" not in inspect.signature(builder).parameters:
@@ -653,7 +678,18 @@ class FlowDensity:
             c_dim = C.shape[1]
             kwargs["context_dim"] = c_dim
 
-        if self.standardize:
+        if streamed:
+            mean, scale = np.zeros(dim), np.ones(dim)
+            if self.standardize:
+                mean, scale = _checked_scale(x_moments, where, "X")
+            # float64 rows (as _check_X gives), standardised elementwise as in memory
+            Xs = Standardized(X, mean, scale) if self.standardize else Standardized(X)
+            if C is not None:
+                c_mean, c_scale = np.zeros(c_dim), np.ones(c_dim)
+                if self.standardize:
+                    c_mean, c_scale = _checked_scale(c_moments, where, "context")
+                Cs = Standardized(C, c_mean, c_scale) if self.standardize else Standardized(C)
+        elif self.standardize:
             mean, scale, Xs = _checked_standardization(X, where, "X")
             if C is not None:
                 c_mean, c_scale, Cs = _checked_standardization(C, where, "context")
