@@ -210,3 +210,69 @@ def lazy_mean(values):
     parts = [dask.delayed(partial_sum, pure=True)(b) for b in values.to_delayed().ravel()]
     total = dask.delayed(_finish_mean, pure=True)(parts)
     return da.from_delayed(total, shape=(), dtype=np.float64)
+
+
+def read_npy_rows(path, start, stop):
+    """One task: rows ``start:stop`` of a ``.npy`` file, read through a memory map."""
+    return np.array(np.load(path, mmap_mode="r")[start:stop])
+
+
+def npy_rows(path, rows_per_chunk, where):
+    """The rows of a 2-D ``.npy`` file as a lazy dask array: each task maps the file and reads
+    its own rows (nothing of the data goes through the graph: a process or cluster worker
+    reads the file itself, so the workers must see the same path)."""
+    import dask
+    import dask.array as da
+
+    mapped = np.load(path, mmap_mode="r")          # reads the header only
+    if mapped.ndim != 2:
+        raise ValueError(f"{where}: {path} holds a {mapped.ndim}-D array of shape "
+                         f"{mapped.shape}; expected rows of shape (n, n_features)")
+    if mapped.shape[0] == 0:
+        raise ValueError(f"{where}: {path} holds no rows")
+    float_dtype(mapped.dtype, where, path)
+    n, k = mapped.shape
+    parts, start = [], 0
+    for size in _row_chunks(n, rows_per_chunk, where):
+        task = dask.delayed(read_npy_rows, pure=True)(path, start, start + size)
+        parts.append(da.from_delayed(task, shape=(size, k), dtype=mapped.dtype,
+                                     meta=np.empty((0, 0), dtype=mapped.dtype)))
+        start += size
+    return da.concatenate(parts, axis=0)
+
+
+def summarize_block(values, path=None, start=0):
+    """One task: ``(Moments of the finite values, count of -inf, count of others)`` of a
+    block of scores, after writing it at ``start`` into the ``.npy`` file ``path`` (if any)."""
+    from ._exact import Moments
+
+    values = np.asarray(values, dtype=np.float64)
+    if path is not None:
+        out = np.load(path, mmap_mode="r+")
+        out[start:start + values.shape[0]] = values
+        out.flush()
+        del out
+    finite = np.isfinite(values)
+    moments = Moments(1).add(values[finite].reshape(-1, 1))
+    n_neg_inf = int(np.count_nonzero(values == -np.inf))
+    return moments, n_neg_inf, int(values.shape[0] - np.count_nonzero(finite)) - n_neg_inf
+
+
+def summarize_rows(scores, path=None):
+    """Compute the lazy 1-D ``scores`` chunk by chunk (written into ``path``, a ``.npy`` file of
+    their shape, if given) and return ``(Moments of the finite scores, count of -inf, count
+    of NaN/+inf)``: the scores are never held whole."""
+    import dask
+
+    from ._exact import Moments
+
+    tasks, start = [], 0
+    for block, size in zip(scores.to_delayed().ravel(), scores.chunks[0]):
+        tasks.append(dask.delayed(summarize_block, pure=False)(block, path, start))
+        start += size
+    total, n_neg_inf, n_other = Moments(1), 0, 0
+    for moments, neg, other in dask.compute(*tasks):
+        total.merge(moments)
+        n_neg_inf += neg
+        n_other += other
+    return total, n_neg_inf, n_other

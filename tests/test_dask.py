@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from refflow import BatchNorm, Chain, Flow, MaskedAffineAutoregressive, StandardNormal
+from refflow import BatchNorm, Chain, Flow, MaskedAffineAutoregressive, StandardNormal, load
 from refflow._exact import exact_mean
 from refflow.estimator import FlowDensity
 
@@ -222,3 +222,63 @@ def test_scoring_on_two_worker_processes_is_the_numpy_result(model, points, clie
     assert np.array_equal(client.compute(lazy).result(), model.score_samples(points))
     flow_lazy = model.flow_.log_prob(da.from_array(points, chunks=(1000, 3)))
     assert np.array_equal(client.compute(flow_lazy).result(), model.flow_.log_prob(points))
+
+
+# ----------------------------------------------------------------------- command line
+def run_cli(argv):
+    from refflow.__main__ import main
+
+    lines = []
+    return main(argv, out=lines.append), "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def files(model, points, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dask_cli")
+    model_path, data_path = folder / "model.npz", folder / "points.npy"
+    model.save(model_path)
+    far = points.copy()
+    far[[10, 4321]] = 1e300                                        # scored -inf
+    np.save(data_path, far)
+    return folder, model_path, data_path, far
+
+
+@pytest.mark.parametrize("scheduler", [None, "sync", "cluster"])
+def test_cli_score_dask_writes_the_numpy_scores(files, client, scheduler):
+    folder, model_path, data_path, far = files
+    out = folder / f"scores-{scheduler}.npy"
+    argv = ["score", str(model_path), str(data_path), "--dask", "--chunk-rows", "1500",
+            "-o", str(out)]
+    if scheduler is not None:
+        argv += ["--scheduler", client.scheduler.address if scheduler == "cluster"
+                 else scheduler]
+    status, text = run_cli(argv)
+    assert status == 0, text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = load(model_path).score_samples(far)
+    assert np.array_equal(np.load(out), ref)
+    assert "in 4 chunks of up to 1500 rows" in text and "2 points outside" in text
+    finite = ref[np.isfinite(ref)]
+    assert f"min {finite.min():.4f}  max {finite.max():.4f}" in text
+    assert not [p for p in folder.iterdir() if p.name.startswith(".score-")]   # no temporary
+
+
+def test_cli_score_dask_refuses_what_it_cannot_do(files, capsys, monkeypatch):
+    folder, model_path, data_path, _ = files
+    from refflow import __main__
+    from refflow.__main__ import main
+
+    monkeypatch.setattr(__main__, "SCHEDULER_TIMEOUT", "1s")
+
+    for argv, fragment in (
+            (["-o", str(folder / "s.csv")], "must be a .npy file"),
+            (["--columns", "0,1"], "--columns cannot be used"),
+            (["--scheduler", "tcp://127.0.0.1:1"], "cannot connect")):
+        assert main(["score", str(model_path), str(data_path), "--dask", *argv]) == 1
+        assert fragment in capsys.readouterr().err
+    np.save(folder / "wrong.npy", np.zeros((5, 2)))
+    assert main(["score", str(model_path), str(folder / "wrong.npy"), "--dask"]) == 1
+    assert "the model scores rows of 3 features" in capsys.readouterr().err
+    assert main(["score", str(model_path), str(data_path), "--chunk-rows", "5"]) == 1
+    assert "go with --dask" in capsys.readouterr().err
