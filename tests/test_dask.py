@@ -1,6 +1,7 @@
 """Lazy scoring and sampling over dask arrays: bitwise equal to NumPy, independent of the
 scheduler and of the number of workers; ``import refflow`` does not import dask."""
 
+import os
 import subprocess
 import sys
 import warnings
@@ -8,7 +9,8 @@ import warnings
 import numpy as np
 import pytest
 
-from refflow import BatchNorm, Chain, Flow, MaskedAffineAutoregressive, StandardNormal, load
+from refflow import (BatchNorm, Chain, Flow, MaskedAffineAutoregressive, StandardNormal, fit,
+                     load)
 from refflow._exact import exact_mean
 from refflow.estimator import FlowDensity
 
@@ -16,6 +18,10 @@ da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
 
 FAST = dict(n_layers=2, hidden=(16, 16), epochs=2, random_state=0, progress=False)
+
+
+def same_params(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_import_refflow_does_not_import_dask():
@@ -282,3 +288,121 @@ def test_cli_score_dask_refuses_what_it_cannot_do(files, capsys, monkeypatch):
     assert "the model scores rows of 3 features" in capsys.readouterr().err
     assert main(["score", str(model_path), str(data_path), "--chunk-rows", "5"]) == 1
     assert "go with --dask" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- data-parallel training
+# Sharded sums differ from one pass only by rounding: the per-shard means are rescaled by
+# n_i / n and added, a few ulps of each gradient element; 1e-12 leaves 10^3 ulps of room.
+RTOL_SHARDED = 1e-12
+
+
+def relative(a, b):
+    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), np.finfo(float).tiny)
+
+
+def flows_pair(context_dim=None):
+    from refflow import MAF
+
+    return [MAF(3, n_layers=2, hidden=(16,), rng=1, context_dim=context_dim) for _ in range(2)]
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_sharded_gradient_is_the_single_process_gradient(data, client, conditional):
+    from refflow.training.distributed import ShardedGradient
+
+    flow, _ = flows_pair(2 if conditional else None)
+    x = (data[:257] - data.mean(axis=0)) / data.std(axis=0)
+    c = np.random.default_rng(1).normal(size=(257, 2)) if conditional else None
+    nll, grads = flow.nll_and_grad(x, c)
+    for shards in (2, 3, 257):
+        sharded = ShardedGradient(client, flow, shards)
+        s_nll, s_grads = sharded(x, c)
+        sharded.close()
+        assert abs(s_nll - nll) <= RTOL_SHARDED * abs(nll)
+        assert s_grads.keys() == grads.keys()
+        assert all(relative(s_grads[k], grads[k]) <= RTOL_SHARDED for k in grads)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_fit_with_a_client_is_the_single_process_fit(data, client, conditional):
+    x = (data[:1500] - data.mean(axis=0)) / data.std(axis=0)
+    c = np.random.default_rng(2).normal(size=(1500, 2)) if conditional else None
+    one, many = flows_pair(2 if conditional else None)
+    h1 = fit(one, x, context=c, epochs=2, batch_size=200, rng=4, progress=False)
+    h2 = fit(many, x, context=c, epochs=2, batch_size=200, rng=4, progress=False, client=client)
+    assert h1.n_steps == h2.n_steps == 14                    # 1350 rows: 7 batches per epoch
+    assert all(relative(many.params[k], one.params[k]) <= RTOL_SHARDED for k in one.params)
+    assert np.allclose(h1.train_nll, h2.train_nll, rtol=RTOL_SHARDED, atol=0)
+
+
+def test_a_killed_worker_mid_fit_is_retried(data, client):
+    x = (data[:1500] - data.mean(axis=0)) / data.std(axis=0)
+    calm, killed = flows_pair()
+    fit(calm, x, epochs=3, batch_size=200, rng=4, progress=False, client=client, n_shards=3)
+
+    victims = []
+
+    def kill_one(epoch, history):
+        if epoch == 0:
+            victim = sorted(client.scheduler_info()["workers"])[0]
+            victims.append(victim)
+            try:
+                client.run(os._exit, 1, workers=[victim])
+            except Exception:                      # the worker died answering
+                pass
+
+    fit(killed, x, epochs=3, batch_size=200, rng=4, progress=False, client=client, n_shards=3,
+        callback=kill_one)
+    # the shards do not depend on which worker runs them: the very same parameters
+    assert same_params(calm.params, killed.params)
+    client.wait_for_workers(2, timeout=60)        # the nanny restarts it for later tests
+    assert victims and victims[0] not in client.scheduler_info()["workers"]   # it did die
+
+
+class FailsAfterFirstStep(Flow):
+    """A flow whose gradient fails in a worker once its parameters moved (a task failure)."""
+
+    def nll_and_grad(self, x, context=None):
+        if os.getpid() != self.driver_pid and not same_params(self.params, self.initial):
+            raise RuntimeError("worker-side failure")
+        return super().nll_and_grad(x, context)
+
+
+def test_a_failing_step_raises_a_clear_error_and_keeps_the_last_step(data, client):
+    from refflow import MAF, Adam
+    from refflow.training.distributed import ClusterError
+
+    x = (data[:1500] - data.mean(axis=0)) / data.std(axis=0)
+    inner = MAF(3, n_layers=2, hidden=(16,), rng=1)
+    flow = FailsAfterFirstStep(inner.base, inner.bijector)
+    flow.driver_pid = os.getpid()
+    flow.initial = {k: v.copy() for k, v in flow.params.items()}
+    with pytest.raises(ClusterError, match=r"fit: data-parallel step 1 failed on the cluster "
+                                           r"\(3 attempts, each shard task retried 2 times\): "
+                                           r"RuntimeError: worker-side failure"):
+        fit(flow, x, epochs=1, batch_size=200, rng=4, progress=False, client=client)
+    # exactly one complete step stands, none half-updated: the first step of fit by hand (the
+    # documented use of rng: split permutation, then the epoch's order; Adam's first step)
+    reference, _ = flows_pair()
+    gen = np.random.default_rng(4)
+    perm = gen.permutation(1500)
+    x_train = x[perm[150:]]
+    first = x_train[gen.permutation(1350)[:200]]
+    Adam(reference.params, lr=1e-3).step(reference.nll_and_grad(first)[1])
+    assert all(relative(flow.params[k], reference.params[k]) <= RTOL_SHARDED
+               for k in reference.params)
+    assert not same_params(flow.params, flow.initial)
+
+
+def test_client_refusals(data, client):
+    from refflow import MAF
+
+    x = (data[:300] - data.mean(axis=0)) / data.std(axis=0)
+    with pytest.raises(TypeError, match="client must be a dask.distributed.Client"):
+        fit(MAF(3, n_layers=1, hidden=(8,), rng=0), x, epochs=1, progress=False, client=object())
+    batch_norm = Flow(StandardNormal(3), Chain([MaskedAffineAutoregressive(3, hidden=(8,),
+                                                                           rng=0), BatchNorm(3)]))
+    with pytest.raises(ValueError, match="BatchNorm layer is in training mode"):
+        fit(batch_norm, x, epochs=1, progress=False, client=client)
+    with pytest.raises(ValueError, match="n_shards goes with client"):
+        fit(MAF(3, n_layers=1, hidden=(8,), rng=0), x, epochs=1, progress=False, n_shards=2)

@@ -415,7 +415,7 @@ class _NoProgress:
 def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1, epochs=100,
         batch_size=256, optimizer=None, lr=1e-3, weight_decay=0.0, clip_grad_norm=None,
         lr_schedule=None, patience=None, restore_best=True, rng=None, progress=None,
-        callback=None):
+        callback=None, client=None, n_shards=None):
     """Fit a flow to data by minimising the mean negative log-likelihood with mini-batches.
 
     Parameters
@@ -462,6 +462,17 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     callback : callable, optional
         ``callback(epoch, history)`` after each epoch (0-based); a true result stops training.
         A ``KeyboardInterrupt`` it raises is taken as Ctrl-C (see Notes).
+    client : dask.distributed.Client, optional
+        Data-parallel steps (:mod:`refflow.training.distributed`): each mini-batch is cut
+        into ``n_shards`` shards (default: the cluster's worker threads) whose gradients
+        workers compute; the driver sums them and steps. The batches are those of a fit
+        without ``client``; the parameters agree with it to round-off (a few ulps per step).
+        A flow whose layers depend on the whole batch (a training-mode ``BatchNorm``, an
+        uninitialised ``ActNorm``) is refused. A step that fails on the cluster after the
+        retries raises :class:`refflow.training.distributed.ClusterError`, the parameters
+        those after the last completed step.
+    n_shards : int, optional
+        With ``client``: shards per step.
 
     Returns
     -------
@@ -604,9 +615,17 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
             f"column).", history, epoch, step)
 
     interrupt = _Interrupt()
+    sharded = None
     try:
         interrupt.install()
         flow.train()
+        if client is not None:
+            from .distributed import ShardedGradient
+
+            sharded = ShardedGradient(client, flow, n_shards, "fit")
+        elif n_shards is not None:
+            raise ValueError("fit: n_shards goes with client=")
+        nll_and_grad = flow.nll_and_grad if sharded is None else sharded
         for epoch in range(epochs):
             epoch_start = time.perf_counter()
             order = permutation(gen, n_train) if streamed else gen.permutation(n_train)
@@ -625,7 +644,7 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
                     xb = x_train[idx]
                     cb = None if c_train is None else c_train[idx]
                 try:
-                    nll, grads = flow.nll_and_grad(xb, cb)
+                    nll, grads = nll_and_grad(xb, cb)
                     if clip is not None:
                         grads, _ = _optim.clip_grad_norm(grads, clip)
                     optimizer.step(grads)
@@ -684,6 +703,8 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
         _restore(flow, best)
     finally:
         interrupt.uninstall()
+        if sharded is not None:
+            sharded.close()
         _restore_modes(modes)
         bar.close()
         history.wall_time = time.perf_counter() - start
