@@ -1,8 +1,8 @@
-"""Dask: scoring throughput with 1 and 2 worker processes, and the peak memory of an
-out-of-core fit on a memory-mapped file.
+"""Dask: scoring throughput with 1 and 2 worker processes, the peak memory of an out-of-core
+fit on a memory-mapped file, and the overhead of data-parallel steps.
 
-Run: ``python benchmarks/bench_dask.py [--quick] [--json out.json]`` (needs
-``pip install -e ".[dask]"``).
+Run: ``python benchmarks/bench_dask.py [--quick] [--only scoring,fit,steps] [--json out.json]``
+(needs ``pip install -e ".[dask]"``).
 
 Scoring: ``n`` rows x 8 (10^7 rows, 640 MB; ``--quick``: 10^6) of float64 in a ``.npy`` file,
 scored by a fitted ``FlowDensity`` (MAF, 3 layers, hidden (32, 32)) as ``score --dask`` scores
@@ -19,6 +19,12 @@ traced allocations (NumPy's arrays are traced), and the process' peak resident s
 with ``RssAnon`` / ``RssFile`` at the end from ``/proc/self/status``: the pages of the mapped file
 that were read count in the resident set (``RssFile``) but belong to the page cache, which the
 kernel drops under memory pressure; the heap (``RssAnon``) is what the fit allocates.
+
+Data-parallel steps: ``fit(..., client=...)`` against ``fit`` in one process, MAF (dim 8, 3
+layers, hidden (256, 256)), batches of 8,192 rows, 40 steps, a ``LocalCluster`` of 2 processes
+(one thread each) and ``n_shards=2``, the one-process fit limited to one BLAS thread as each
+worker is (threadpoolctl); reported per step, with the largest relative difference of the
+parameters.
 
 The timings are those of the machine the script runs on; on a shared machine they are
 provisional.
@@ -144,19 +150,76 @@ def bench_fit(folder, nbytes):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _one_blas_thread():
+    """threadpoolctl's limit to one BLAS thread when installed, else nothing."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
+def bench_steps(steps=40, batch=8192):
+    import numpy as np
+    from distributed import Client, LocalCluster
+
+    from refflow import MAF, fit
+
+    x = np.random.default_rng(2).normal(size=(steps * batch, DIM))
+    flows = [MAF(DIM, n_layers=3, hidden=(256, 256), rng=0) for _ in range(3)]
+    common = dict(epochs=1, batch_size=batch, validation_fraction=0.0, rng=0, progress=False)
+    fit(flows[2], x[:batch], **common)                                   # warm-up
+    with _one_blas_thread():                 # as each worker: one BLAS thread
+        t = time.perf_counter()
+        fit(flows[0], x, **common)
+        one = (time.perf_counter() - t) / steps
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        fit(MAF(DIM, n_layers=3, hidden=(256, 256), rng=0), x[:2 * batch], client=client,
+            **common)                                                    # warm-up
+        t = time.perf_counter()
+        fit(flows[1], x, client=client, n_shards=2, **common)
+        sharded = (time.perf_counter() - t) / steps
+    difference = max(float(np.max(np.abs(flows[1].params[k] - flows[0].params[k]))
+                           / max(1.0, float(np.max(np.abs(flows[0].params[k])))))
+                     for k in flows[0].params)
+    return dict(steps=steps, batch=batch, one_process_s=one, two_workers_s=sharded,
+                max_relative_difference=difference)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10^6 rows, a 200 MB fit")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", default=None, help="write the records here")
     parser.add_argument("--dir", default=None, help="folder for the data files")
+    parser.add_argument("--only", default="scoring,fit,steps", help="parts to run")
     args = parser.parse_args(argv)
+    parts = set(args.only.split(","))
     n = 10 ** 6 if args.quick else 10 ** 7
     fit_bytes = (200 << 20) if args.quick else (2 << 30)
+    scoring = fit = steps = None
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
-        scoring = bench_scoring(folder, n, args.repeats)
-        fit = bench_fit(folder, fit_bytes)
+        if "scoring" in parts:
+            scoring = bench_scoring(folder, n, args.repeats)
+        if "fit" in parts:
+            fit = bench_fit(folder, fit_bytes)
+    if "steps" in parts:
+        steps = bench_steps(10 if args.quick else 40)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(scoring=scoring, fit=fit, steps=steps), f, indent=1)
     mb = 1 << 20
+    if steps is not None:
+        print(f"data-parallel steps, MAF dim {DIM} hidden (256, 256), batch {steps['batch']:,}, "
+              f"{steps['steps']} steps: one process {steps['one_process_s'] * 1e3:.1f} ms/step, "
+              f"2 worker processes {steps['two_workers_s'] * 1e3:.1f} ms/step; parameters "
+              f"differ by {steps['max_relative_difference']:.1e} (relative)")
+    if scoring is None or fit is None:
+        return
     print(f"scoring {n:,} x {DIM} float64 rows ({n * DIM * 8 / mb:.0f} MB, .npy memory map, "
           f"chunks of {CHUNK_ROWS:,} rows), best of {args.repeats}:")
     for r in scoring:
@@ -168,9 +231,6 @@ def main(argv=None):
           f"{fit['after']['VmHWM'] / mb:.0f} MB (before the fit {fit['before']['VmRSS'] / mb:.0f}"
           f" MB); at the end RssAnon {fit['after']['RssAnon'] / mb:.0f} MB, RssFile "
           f"{fit['after']['RssFile'] / mb:.0f} MB (mapped file pages: page cache)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(scoring=scoring, fit=fit), f, indent=1)
 
 
 if __name__ == "__main__":
