@@ -857,6 +857,14 @@ class FlowDensity:
             ``-inf`` for a row so far out that its log-density is not representable in
             float64 (a ``RuntimeWarning`` says how many); every other row is scored exactly
             as it would be without those rows.
+
+        Notes
+        -----
+        A ``dask.array.Array`` ``X`` (rows in chunks of known sizes; ``context`` a dask
+        array or an array) gives a lazy dask array: one task per chunk, each calling this
+        method on its rows, the model in the graph once (a copy taken now). Computed, it is
+        the NumPy result bit for bit; the warning about rows scored ``-inf`` is then given
+        by the task (on the worker that ran it), with row numbers within its chunk.
         """
         where = "FlowDensity.score_samples"
         self._check_fitted(where)
@@ -874,7 +882,9 @@ class FlowDensity:
 
         As ``GaussianMixture.score``; note that ``KernelDensity.score`` returns the *sum*
         over the samples instead. ``-inf`` when a row is out of range (see
-        :meth:`score_samples`).
+        :meth:`score_samples`). The mean is correctly rounded (exact sums of the scores), so
+        it does not depend on their order or on chunking: a dask ``X`` gives a lazy 0-d dask
+        array whose computed value is the NumPy result bit for bit.
 
         Parameters
         ----------
@@ -886,6 +896,7 @@ class FlowDensity:
         Returns
         -------
         float
+            A 0-d dask array for a dask ``X``.
         """
         where = "FlowDensity.score"
         self._check_fitted(where)
