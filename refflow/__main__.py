@@ -469,6 +469,10 @@ def _fit_figure(model, x, context, names, path, seed):
 def cmd_score(args, out):
     from .estimator import FlowDensity
 
+    if args.dask:
+        return _score_dask(args, out)
+    if args.scheduler is not None or args.chunk_rows is not None:
+        raise CommandError("--scheduler and --chunk-rows go with --dask")
     if args.output:
         _check_output(args.output, tuple(ARRAY_OUTPUTS), "-o", "scores file")
     model = _load_model(args.model)
@@ -500,6 +504,122 @@ def cmd_score(args, out):
         out(f"  {_count(k, 'point')} outside the range the model represents in float64: scored "
             f"-inf" + (", left out of the statistics above" if finite.any()
                                        else ""))
+    if args.output:
+        out(f"  written to {args.output} (one log-density per row, in the file's order)")
+    return 0
+
+
+#: Bytes of data per task of ``score --dask`` (unless ``--chunk-rows`` is given).
+DASK_CHUNK_BYTES = 64 << 20
+#: How long ``score --dask --scheduler ADDRESS`` tries to reach the scheduler.
+SCHEDULER_TIMEOUT = "10s"
+
+
+@contextlib.contextmanager
+def _scheduler(address):
+    """dask's threaded scheduler (None), a named local one ("threads", "processes", "sync"),
+    or a ``dask.distributed`` scheduler at ``address`` (a client kept open for the block)."""
+    import dask
+
+    if address is None or address in ("threads", "processes", "sync"):
+        with dask.config.set(scheduler=address or "threads"):
+            yield
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise CommandError("--scheduler ADDRESS needs dask.distributed: pip install "
+                           "'dask[distributed]'") from None
+    try:
+        client = Client(address, timeout=SCHEDULER_TIMEOUT, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise CommandError(f"--scheduler {address}: cannot connect ({_one_line(exc)})") from None
+    try:
+        with dask.config.set(scheduler=client):
+            yield
+    finally:
+        client.close()
+
+
+def _score_dask(args, out):
+    """``score --dask``: a ``.npy`` file read through memory maps chunk by chunk, scored by
+    dask tasks, the scores written chunk by chunk into a ``.npy`` file (atomically)."""
+    import tempfile
+
+    try:
+        import dask  # noqa: F401
+    except ImportError:
+        raise CommandError("--dask needs dask: pip install 'refflow[dask]'") from None
+    from ._dask import npy_rows, summarize_rows
+    from .estimator import FlowDensity
+
+    unsupported = [name for name, value in (
+        ("--columns", args.columns), ("--exclude-columns", args.exclude_columns),
+        ("--context-columns", args.context_columns), ("--drop-na", args.drop_na),
+        ("--n", args.n)) if value]
+    if unsupported:
+        raise CommandError(f"--dask scores every column of a .npy file as it is; "
+                           f"{', '.join(unsupported)} cannot be used with it")
+    if os.path.splitext(args.data)[1].lower() != ".npy":
+        raise CommandError(f"{args.data}: --dask reads a .npy file (memory-mapped)")
+    if args.output:
+        _check_output(args.output, (".npy",), "-o", "scores file (with --dask)")
+    model = _load_model(args.model)
+    conditional = (getattr(model, "n_context_features_in_", 0) > 0 if isinstance(
+        model, FlowDensity) else model.context_dim is not None)
+    if conditional:
+        raise CommandError(f"{args.model}: a conditional model; --dask scores unconditional "
+                           f"models only")
+    if not os.path.isfile(args.data):
+        raise CommandError(f"{args.data}: no such file")
+    try:
+        mapped = np.load(args.data, mmap_mode="r")
+    except ValueError as exc:
+        raise CommandError(f"{args.data}: not a readable .npy array ({_one_line(exc)})") from None
+    dim = model.n_features_in_ if isinstance(model, FlowDensity) else model.dim
+    if mapped.ndim != 2 or mapped.shape[1] != dim:
+        raise CommandError(f"{args.data}: holds an array of shape {mapped.shape}; the model "
+                           f"scores rows of {dim} features")
+    rows = args.chunk_rows or max(1, DASK_CHUNK_BYTES // (dim * mapped.dtype.itemsize))
+    try:
+        x = npy_rows(os.path.abspath(args.data), rows, "score")
+    except (ValueError, TypeError) as exc:
+        raise CommandError(_one_line(exc)) from None
+    if isinstance(model, FlowDensity):
+        model.set_params(progress=False)
+        scores = model.score_samples(x)
+    else:
+        scores = model.log_prob(x)
+    target = None
+    if args.output:
+        directory = os.path.dirname(os.path.abspath(args.output))
+        fd, target = tempfile.mkstemp(suffix=".npy", prefix=".score-", dir=directory)
+        os.close(fd)
+        np.lib.format.open_memmap(target, mode="w+", dtype=np.float64,
+                                  shape=(mapped.shape[0],)).flush()
+    try:
+        with _scheduler(args.scheduler), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # counted below instead
+            moments, n_neg_inf, n_other = summarize_rows(scores, target)
+        if target is not None:
+            os.replace(target, args.output)
+            target = None
+    finally:
+        if target is not None:
+            os.unlink(target)
+    n = mapped.shape[0]
+    out(f"score: {n} points of {args.data} in {len(x.chunks[0])} chunks of up to {rows} rows "
+        f"(dask); log-density log q(x) in nats, in the data's units")
+    if moments.n:
+        out(f"  mean {_fmt(float(moments.mean()[0]))}  std {_fmt(float(moments.std()[0]))}  "
+            f"min {_fmt(float(moments.low[0]))}  max {_fmt(float(moments.high[0]))}")
+    if n_neg_inf:
+        out(f"  {_count(n_neg_inf, 'point')} outside the range the model represents in "
+            f"float64: scored -inf" + (", left out of the statistics above" if moments.n
+                                       else ""))
+    if n_other:
+        raise CommandError(f"{args.data}: {_count(n_other, 'score')} not a number (NaN or "
+                           f"+inf in the scores)")
     if args.output:
         out(f"  written to {args.output} (one log-density per row, in the file's order)")
     return 0
@@ -858,6 +978,15 @@ def build_parser():
                        "finds them by name)")
     score.add_argument("--n", type=_positive_int, default=None, help="points drawn from a toy")
     score.add_argument("--seed", type=_non_negative_int, default=0, help="seed for a toy")
+    score.add_argument("--dask", action="store_true",
+                       help="score a .npy file larger than memory: memory-mapped, in chunks, "
+                       "by dask (pip install 'refflow[dask]'); -o must then be a .npy file, "
+                       "written chunk by chunk")
+    score.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="with --dask: a dask.distributed scheduler address "
+                       "(tcp://host:8786), or threads (the default), processes or sync")
+    score.add_argument("--chunk-rows", type=_positive_int, default=None, metavar="N",
+                       help="with --dask: rows per task (default: 64 MB of data)")
     _add_progress(score)
     score.set_defaults(run=cmd_score)
 

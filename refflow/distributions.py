@@ -14,6 +14,7 @@ import numbers
 import numpy as np
 from scipy.special import digamma, gammaln, logsumexp
 
+from ._dask import is_dask_array
 from ._math import sigmoid, softplus
 from ._validation import (
     as_batch, as_float_array, check_bool, check_dim, check_int, check_rng,
@@ -792,8 +793,26 @@ class Flow:
             training-mode ``BatchNorm`` or an uninitialised ``ActNorm`` depends on the whole
             batch: it runs in one pass with ``batch_size=None`` and refuses a smaller explicit
             ``batch_size`` with ``ValueError``.
+
+        A ``dask.array.Array`` ``x`` of shape ``(n, dim)`` (rows in chunks, known chunk sizes;
+        ``context`` a dask array, an array or one shared row) gives a lazy ``(n,)`` dask array:
+        one task per chunk of rows, each calling this method on its chunk, the flow in the
+        graph once (a copy: later changes to the flow do not reach it). The computed result is
+        bit for bit the NumPy result, for the reason above; a batch-coupled flow refuses more
+        than one chunk (``ValueError``). Errors in the values (a NaN row) are raised by
+        ``compute``.
         """
         where = "Flow.log_prob"
+        if is_dask_array(x):
+            from ._dask import map_rows
+
+            if _batch_coupled(self.bijector) is not None and len(x.chunks[0]) > 1:
+                layer, reason = _batch_coupled(self.bijector)
+                raise ValueError(f"{where}: {type(layer).__name__} {reason}; a dask x in more "
+                                 f"than one chunk of rows would change its result")
+            options = {} if batch_size is None else {"batch_size": batch_size}
+            return map_rows(self, "log_prob", x, context, where=where, dim=self.dim,
+                            context_dim=self.context_dim, options=options, name="x")
         x2, was_1d = as_batch(x, self.dim, where)
         n = x2.shape[0]
         explicit = batch_size is not None

@@ -22,6 +22,9 @@ import warnings
 import numpy as np
 import scipy.linalg
 
+from ._dask import is_dask_array
+from ._exact import Moments, exact_mean
+from ._rows import Standardized, out_of_core, rows_of, scan
 from ._validation import (check_batch_size, check_bool, check_choice, check_hidden, check_int,
                           check_positive, check_real, check_rng)
 from .bijectors import Affine, Chain, LULinear
@@ -181,29 +184,23 @@ def _check_X(X, where, n_features=None, name="X", expecting="features"):
     return arr
 
 
-def _standardization(X):
-    """Training mean and standard deviation; a constant feature gets scale 1.
+def _standardization(moments):
+    """Training mean and standard deviation from the exact column sums of
+    :class:`refflow._exact.Moments`; a constant feature gets scale 1.
 
-    Each column is first divided by a power of two ``m`` near its largest magnitude (exactly),
-    so that squares cannot overflow: ``mean = m mean(X / m)``, ``std = m std(X / m)``. A
-    feature counts as constant when its variance is within the rounding error of computing
-    it, ``var <= n eps var + (n eps mean)^2`` (scikit-learn's ``StandardScaler`` test), so that
-    a column of identical values is not blown up by a spread of a few ulps.
+    Both are correctly rounded (exact sums, one rounding), so they do not depend on the order
+    of the rows or on how the data is split into chunks: an out-of-core fit gets the very
+    statistics of the in-memory one. A feature counts as constant when its variance is within
+    the rounding error of computing it in float64, ``var <= n eps var + (n eps mean)^2``
+    (scikit-learn's ``StandardScaler`` test, evaluated exactly), so that a column of identical
+    values is not blown up by a spread of a few ulps.
     """
-    n = X.shape[0]
-    m = np.abs(X).max(axis=0)
-    # 2^(e - 1) <= m < 2^e: u = X / 2^(e - 1) lies in (-2, 2), and 2^(e - 1) never overflows
-    m = np.where(m > 0, np.ldexp(1.0, np.frexp(m)[1] - 1), 1.0)
-    u = X / m
-    mean_u, var_u = u.mean(axis=0), u.var(axis=0)
-    eps = np.finfo(np.float64).eps
-    constant = var_u <= n * eps * var_u + (n * mean_u * eps) ** 2
-    return m * mean_u, np.where(constant, 1.0, m * np.sqrt(var_u))
+    return moments.mean(), np.where(moments.constant(), 1.0, moments.std())
 
 
-def _checked_standardization(X, where, name):
-    """``(mean, scale, X_standardised)``, refusing what would not survive a save and load."""
-    mean, scale = _standardization(X)
+def _checked_scale(moments, where, name):
+    """``(mean, scale)``, refusing what would not survive a save and load."""
+    mean, scale = _standardization(moments)
     # A subnormal scale fits, but the saved map's exp(-log(scale)) then overflows, so every
     # later score_samples would fail: refuse it here, as overflowing data is.
     tiny = scale < np.finfo(np.float64).tiny
@@ -212,11 +209,21 @@ def _checked_standardization(X, where, name):
         raise ValueError(f"{where}: {'' if name == 'X' else name + ' '}feature {j} has standard "
                          f"deviation {scale[j]:.3g}, below float64's normal range (its reciprocal "
                          f"overflows); rescale {name} (e.g. multiply it by a large constant)")
+    # fl((x - mean) / scale) is monotone in x: finite at each column's extremes means finite
+    # everywhere (|x - mean| beyond float64 happens for data near 1e308)
     with np.errstate(over="ignore", invalid="ignore"):
-        standardised = (X - mean) / scale
-    if not np.isfinite(standardised).all():  # |x - mean| beyond float64 (data near 1e308)
+        ends = (np.stack([moments.low, moments.high]) - mean) / scale
+    if not np.isfinite(ends).all():
         raise ValueError(f"{where}: {name} - mean({name}) overflows float64; rescale {name} "
                          f"(e.g. divide it by a large constant)")
+    return mean, scale
+
+
+def _checked_standardization(X, where, name):
+    """``(mean, scale, X_standardised)`` of an in-memory ``X``."""
+    mean, scale = _checked_scale(Moments(X.shape[1]).add(X), where, name)
+    with np.errstate(over="ignore", invalid="ignore"):
+        standardised = (X - mean) / scale
     return mean, scale, standardised
 
 
@@ -258,6 +265,15 @@ def _whitening_layer(C):
     layer.params["lower_entries"] = C[rows, cols] / diag[cols]
     layer.params["unconstrained_upper_diag"] = np.log(diag)
     return layer
+
+
+def _streamed_input(X, where, name, n_features=None):
+    """``X`` (a memmap or dask array, or an array beside one) as a checked row source:
+    ``(rows, exact column moments)`` from one pass."""
+    if not out_of_core(X):
+        X = _check_X(X, where, n_features, name=name)
+    rows = rows_of(X, where, name, n_features)
+    return rows, scan(rows, where, name)
 
 
 def _show_progress(progress):
@@ -750,9 +766,13 @@ class FlowDensity:
 
         Parameters
         ----------
-        X : array_like or data frame of shape (n_samples, n_features)
+        X : array_like, data frame, numpy.memmap or dask array of shape (n_samples, n_features)
             Finite numbers, at least 2 samples and 1 feature. A data frame's string column
-            names become ``feature_names_in_``.
+            names become ``feature_names_in_``. A ``numpy.memmap`` or a dask array (and a
+            context of either kind) is streamed, never copied whole: one pass checks the values
+            and sums the standardisation statistics exactly, and the mini-batches are gathered
+            by index (see :func:`refflow.fit`); the fitted model is bit for bit the one fitted
+            on the same data in memory with the same ``random_state``.
         y : None
             Ignored (scikit-learn's signature: pipelines pass ``y`` positionally).
         context : array_like or data frame of shape (n_samples, n_context_features), optional
@@ -779,7 +799,11 @@ class FlowDensity:
         where = "FlowDensity.fit"
         options = self._checked_params()
         names = self._check_names(X, where, reset=True)
-        X = _check_X(X, where)
+        streamed = out_of_core(X) or out_of_core(context)
+        if streamed:   # read in pieces, never copied whole; the fit is the in-memory one
+            X, x_moments = _streamed_input(X, where, "X")
+        else:
+            X = _check_X(X, where)
         n, dim = X.shape
         if n < 2:
             raise ValueError(f"{where}: a density needs at least 2 samples to fit, got "
@@ -791,7 +815,10 @@ class FlowDensity:
         context_names, C, c_dim = None, None, 0
         if context is not None:
             context_names = self._check_names(context, where, reset=True, context=True)
-            C = _check_X(context, where, name="context")
+            if streamed:
+                C, c_moments = _streamed_input(context, where, "context")
+            else:
+                C = _check_X(context, where, name="context")
             if C.shape[0] != n:
                 raise ValueError(f"{where}: context has {C.shape[0]} rows, but X has {n}")
             for name in families:
@@ -802,7 +829,18 @@ class FlowDensity:
                                      f"conditioner takes a context); use one of {conditional}")
             c_dim = C.shape[1]
 
-        if self.standardize:
+        if streamed:
+            mean, scale = np.zeros(dim), np.ones(dim)
+            if self.standardize:
+                mean, scale = _checked_scale(x_moments, where, "X")
+            # float64 rows (as _check_X gives), standardised elementwise as in memory
+            Xs = Standardized(X, mean, scale) if self.standardize else Standardized(X)
+            if C is not None:
+                c_mean, c_scale = np.zeros(c_dim), np.ones(c_dim)
+                if self.standardize:
+                    c_mean, c_scale = _checked_scale(c_moments, where, "context")
+                Cs = Standardized(C, c_mean, c_scale) if self.standardize else Standardized(C)
+        elif self.standardize:
             mean, scale, Xs = _checked_standardization(X, where, "X")
             if C is not None:
                 c_mean, c_scale, Cs = _checked_standardization(C, where, "context")
@@ -988,9 +1026,19 @@ class FlowDensity:
             ``-inf`` for a row so far out that its log-density is not representable in
             float64 (a ``RuntimeWarning`` says how many); every other row is scored exactly
             as it would be without those rows.
+
+        Notes
+        -----
+        A ``dask.array.Array`` ``X`` (rows in chunks of known sizes; ``context`` a dask
+        array or an array) gives a lazy dask array: one task per chunk, each calling this
+        method on its rows, the model in the graph once (a copy taken now). Computed, it is
+        the NumPy result bit for bit; the warning about rows scored ``-inf`` is then given
+        by the task (on the worker that ran it), with row numbers within its chunk.
         """
         where = "FlowDensity.score_samples"
         self._check_fitted(where)
+        if is_dask_array(X):
+            return self._lazy_scores(X, context, where, batch_size)
         X = self._input(X, where)
         C = self._context_rows(context, where, X.shape[0])
         batch_size = check_batch_size(batch_size, where, default=DEFAULT_BATCH_SIZE)
@@ -1003,7 +1051,9 @@ class FlowDensity:
 
         As ``GaussianMixture.score``; note that ``KernelDensity.score`` returns the *sum*
         over the samples instead. ``-inf`` when a row is out of range (see
-        :meth:`score_samples`).
+        :meth:`score_samples`). The mean is correctly rounded (exact sums of the scores), so
+        it does not depend on their order or on chunking: a dask ``X`` gives a lazy 0-d dask
+        array whose computed value is the NumPy result bit for bit.
 
         Parameters
         ----------
@@ -1021,6 +1071,7 @@ class FlowDensity:
         Returns
         -------
         float, or (float, float) with ``return_std=True``
+            A 0-d dask array for a dask ``X`` (``return_std`` is refused there).
 
         Examples
         --------
@@ -1035,16 +1086,44 @@ class FlowDensity:
         where = "FlowDensity.score"
         self._check_fitted(where)
         check_bool(return_std, where, "return_std")
+        if is_dask_array(X):
+            if return_std:
+                raise ValueError(f"{where}: return_std=True is not available for a dask X")
+            from ._dask import lazy_mean
+
+            return lazy_mean(self._lazy_scores(X, context, where, None))
         X = self._input(X, where)
         C = self._context_rows(context, where, X.shape[0])
         lp, bad = self._log_density(X, C, where, DEFAULT_BATCH_SIZE)
         self._warn_out_of_range(bad, X.shape[0], where)
-        mean = float(np.mean(lp))
+        mean = exact_mean(lp)
         if not return_std:
             return mean
         if X.shape[0] < 2 or not np.isfinite(mean):
             return mean, math.nan
         return mean, float(np.std(lp, ddof=1) / math.sqrt(X.shape[0]))
+
+    def _lazy_scores(self, X, context, where, batch_size):
+        """:meth:`score_samples` of each row chunk of the dask array ``X``, lazily."""
+        from ._dask import map_rows
+
+        batch_size = check_batch_size(batch_size, where, default=DEFAULT_BATCH_SIZE)
+        model = self._quiet_copy()
+        return map_rows(model, "score_samples", X, context, where=where,
+                        dim=self.n_features_in_, context_dim=self._context_dim,
+                        options={"batch_size": batch_size}, allow_shared=False)
+
+    @property
+    def _context_dim(self):
+        return self.n_context_features_in_ if self._conditional else None
+
+    def _quiet_copy(self):
+        """A shallow copy without progress display, to ship to dask workers (the shipping
+        copies it again, deeply)."""
+        model = object.__new__(type(self))
+        model.__dict__.update(self.__dict__)
+        model.progress = False
+        return model
 
     def transform(self, X, *, context=None, batch_size=None):
         """Map rows to the latent space: ``z = T^{-1}(x)``, standard normal under the model.
@@ -1108,7 +1187,8 @@ class FlowDensity:
                                  f"features ({self.n_features_in_}), got {len(given)}")
         return np.asarray([f"flowdensity{i}" for i in range(self.n_features_in_)], dtype=object)
 
-    def sample(self, n_samples=1, random_state=None, *, context=None, batch_size=None):
+    def sample(self, n_samples=1, random_state=None, *, context=None, batch_size=None,
+               chunks=None):
         """Draw samples from the fitted density.
 
         Parameters
@@ -1122,15 +1202,39 @@ class FlowDensity:
         batch_size : int >= 1 or None, default None
             Rows per pass, to bound memory; see :meth:`refflow.Flow.sample_and_log_prob`. The
             samples do not depend on it.
+        chunks : int or tuple of ints, optional
+            Draw lazily: a ``dask.array.Array`` of ``n_samples`` rows in chunks of ``chunks``
+            rows (or of the given sizes, summing to ``n_samples``), one task per chunk, the
+            model in the graph once. Chunk ``i`` is drawn with the generator
+            ``numpy.random.default_rng(seeds[i])``, ``seeds =
+            SeedSequence(random_state).spawn(n_chunks)`` (a Generator or RandomState
+            ``random_state`` gives the root seed from four 32-bit draws), so the computed
+            samples depend on ``random_state`` and the chunk sizes only: not on the scheduler,
+            the number of workers or the order in which chunks run. They differ from the
+            samples drawn without ``chunks`` (one generator for all rows). ``context`` may
+            then be a dask array as well. Needs dask.
 
         Returns
         -------
         X : ndarray of shape (n_samples, n_features_in_)
+            A dask array with ``chunks``.
         """
         where = "FlowDensity.sample"
         self._check_fitted(where)
         n_samples = check_int(n_samples, where, "n_samples", minimum=1)
         batch_size = check_batch_size(batch_size, where, default=DEFAULT_BATCH_SIZE)
+        if chunks is not None:
+            from ._dask import sample_rows
+
+            if is_dask_array(context) or np.ndim(context) != 1:
+                # per-row context: each chunk gets its own rows (standardised there)
+                c = context
+            else:
+                c = np.asarray(context)
+            return sample_rows(self._quiet_copy(), "sample", n_samples, self.n_features_in_,
+                               random_state, chunks, where=where, context=c,
+                               context_dim=self._context_dim,
+                               options={"batch_size": batch_size})
         shared = None
         rows = None
         if self._conditional and context is not None and np.ndim(context) == 1:

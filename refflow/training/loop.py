@@ -16,6 +16,15 @@ batch_size, ...`` (the last one may be smaller).
 Ctrl-C (SIGINT, in the main thread) stops training cleanly after the current step: the steps
 already taken stand, the best epoch's parameters are put back (``restore_best``), and ``fit``
 returns its history with ``stop_reason == "interrupted"``; a second Ctrl-C interrupts at once.
+
+Data larger than memory: ``x`` (and ``context``, ``validation_data``) may be a
+``numpy.memmap`` or a ``dask.array.Array``. Nothing is then copied whole: a first pass checks
+that every value is finite, the split keeps the permutation ``perm`` (int32 below 2^31 rows,
+the same numbers and the same draws as ``gen.permutation``), and each mini-batch (a window of
+mini-batches for dask, one computation per window) is gathered from the source by its rows
+``perm[n_val:][order[i:i + batch_size]]``. The batches, and so the fitted parameters and the
+history's NLLs, are bit for bit those of the same data fitted as an in-memory array with the
+same ``rng``; the memory used is the permutations (4 bytes per row each) and a window of rows.
 """
 
 import math
@@ -26,6 +35,7 @@ import time
 
 import numpy as np
 
+from .._rows import RepeatedRows, out_of_core, permutation, rows_of, scan
 from .._validation import (as_batch, as_float_array, check_bool, check_int, check_positive,
                            check_real, check_rng)
 from ..distributions import Flow
@@ -204,6 +214,48 @@ def _data(flow, x, context, x_name, c_name):
     return x2, c2
 
 
+def _source_data(flow, x, context, x_name, c_name):
+    """``(x_rows, c_rows)``: out-of-core data as row sources (:mod:`refflow._rows`), their
+    shapes checked without reading them and every value checked finite in one pass."""
+    xs = rows_of(x, "fit", x_name, flow.dim)
+    if not xs.checked:
+        scan(xs, "fit", x_name, with_moments=False)
+    if flow.context_dim is None:
+        if context is not None:
+            raise ValueError(f"fit: the flow is unconditional, but {c_name} was given")
+        return xs, None
+    if context is None:
+        raise ValueError(f"fit: the flow is conditional; pass {c_name} of shape "
+                         f"(n, {flow.context_dim}) or ({flow.context_dim},)")
+    if not out_of_core(context) and np.ndim(context) == 1:
+        row, _ = as_batch(context, flow.context_dim, "fit", c_name)
+        return xs, RepeatedRows(row[0], xs.n)
+    cs = rows_of(context if out_of_core(context) else as_float_array(context, "fit", c_name),
+                 "fit", c_name, flow.context_dim)
+    if cs.n != xs.n:
+        raise ValueError(f"fit: {c_name} has {cs.n} rows but {x_name} has {xs.n}")
+    if not cs.checked:
+        scan(cs, "fit", c_name, with_moments=False)
+    return xs, cs
+
+
+class _Part:
+    """Rows ``index`` of a source (all rows in order when ``index`` is None), read in pieces."""
+
+    def __init__(self, source, index=None):
+        self.source, self.index = source, index
+        self.n = source.n if index is None else index.shape[0]
+
+    def rows(self, start, stop):
+        if self.index is None:
+            return self.source.read(start, stop)
+        return self.source.take(self.index[start:stop])
+
+    def take(self, positions):
+        """Rows at ``positions`` (into this part), in that order."""
+        return self.source.take(positions if self.index is None else self.index[positions])
+
+
 def _validation_data(flow, data):
     if flow.context_dim is not None:
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
@@ -213,6 +265,28 @@ def _validation_data(flow, data):
     if isinstance(data, tuple) and len(data) == 2:     # the pair form (x_val, None)
         return _data(flow, data[0], data[1], "validation x", "validation context")
     return _data(flow, data, None, "validation x", "validation context")
+
+
+def _streamed_pair(data):
+    parts = data if isinstance(data, (tuple, list)) and len(data) == 2 else (data,)
+    return any(out_of_core(p) for p in parts)
+
+
+def _streamed_validation(flow, data):
+    """The validation set as :class:`_Part` s of row sources (out-of-core training data)."""
+    if flow.context_dim is not None:
+        if not (isinstance(data, (tuple, list)) and len(data) == 2):
+            raise ValueError("fit: the flow is conditional; validation_data must be a pair "
+                             "(x_val, context_val)")
+        x, c = data
+    elif isinstance(data, tuple) and len(data) == 2:
+        x, c = data
+    else:
+        x, c = data, None
+    if not out_of_core(x):
+        x = as_float_array(x, "fit", "validation x")
+    xs, cs = _source_data(flow, x, c, "validation x", "validation context")
+    return _Part(xs), None if cs is None else _Part(cs)
 
 
 def _modes(flow):
@@ -246,19 +320,26 @@ def _restore(flow, snapshot):
 
 
 def _mean_nll(flow, x, c, chunk):
-    """``-mean log q`` over all rows in eval mode (chunks of ``chunk`` rows), mode restored."""
+    """``-mean log q`` over all rows in eval mode (chunks of ``chunk`` rows), mode restored;
+    ``x``, ``c`` arrays or :class:`_Part` s."""
+    def rows(v, i):
+        if v is None:
+            return None
+        return v.rows(i, min(i + chunk, v.n)) if isinstance(v, _Part) else v[i:i + chunk]
+
+    n = x.n if isinstance(x, _Part) else x.shape[0]
     modes = _modes(flow)
     flow.eval()
     try:
         total = 0.0
         # a point whose log-density overflows to -inf is reported by the caller, not warned about
         with np.errstate(over="ignore", invalid="ignore"):
-            for i in range(0, x.shape[0], chunk):
-                lp = flow.log_prob(x[i:i + chunk], None if c is None else c[i:i + chunk])
+            for i in range(0, n, chunk):
+                lp = flow.log_prob(rows(x, i), rows(c, i))
                 total -= float(np.sum(lp))
     finally:
         _restore_modes(modes)
-    return total / x.shape[0]
+    return total / n
 
 
 # ---------------------------------------------------------------------------- progress
@@ -335,16 +416,18 @@ class _NoProgress:
 def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1, epochs=100,
         batch_size=256, optimizer=None, lr=1e-3, weight_decay=0.0, clip_grad_norm=None,
         lr_schedule=None, patience=None, restore_best=True, rng=None, progress=None,
-        callback=None):
+        callback=None, client=None, n_shards=None):
     """Fit a flow to data by minimising the mean negative log-likelihood with mini-batches.
 
     Parameters
     ----------
     flow : Flow
         Trained in place (its ``params``, and its buffers such as BatchNorm statistics).
-    x : array_like of shape (n, dim)
-        Training data, finite, ``n >= 1``.
-    context : array_like of shape (n, context_dim) or (context_dim,), optional
+    x : array_like, numpy.memmap or dask array of shape (n, dim)
+        Training data, finite, ``n >= 1``. A memmap or a dask array is streamed, never
+        copied whole (see the module docstring): the result is bit for bit that of the same
+        data in memory.
+    context : array_like, numpy.memmap or dask array of shape (n, context_dim), or (context_dim,), optional
         Conditional flows only (required for them).
     validation_data : array_like of shape (m, dim), or a tuple (x_val, context_val), optional
         A held-out set; the pair form is required for a conditional flow (``(x_val, None)`` is
@@ -380,6 +463,17 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     callback : callable, optional
         ``callback(epoch, history)`` after each epoch (0-based); a true result stops training.
         A ``KeyboardInterrupt`` it raises is taken as Ctrl-C (see Notes).
+    client : dask.distributed.Client, optional
+        Data-parallel steps (:mod:`refflow.training.distributed`): each mini-batch is cut
+        into ``n_shards`` shards (default: the cluster's worker threads) whose gradients
+        workers compute; the driver sums them and steps. The batches are those of a fit
+        without ``client``; the parameters agree with it to round-off (a few ulps per step).
+        A flow whose layers depend on the whole batch (a training-mode ``BatchNorm``, an
+        uninitialised ``ActNorm``) is refused. A step that fails on the cluster after the
+        retries raises :class:`refflow.training.distributed.ClusterError`, the parameters
+        those after the last completed step.
+    n_shards : int, optional
+        With ``client``: shards per step.
 
     Returns
     -------
@@ -435,8 +529,13 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     # ---------------------------------------------------------- validation of everything
     if not isinstance(flow, Flow):
         raise TypeError(f"fit: flow must be a refflow Flow, got {type(flow).__name__}")
-    x2, c2 = _data(flow, x, context, "x", "context")
-    n = x2.shape[0]
+    streamed = out_of_core(x) or out_of_core(context)
+    if streamed:
+        x2, c2 = _source_data(flow, x, context, "x", "context")
+        n = x2.n
+    else:
+        x2, c2 = _data(flow, x, context, "x", "context")
+        n = x2.shape[0]
     epochs = check_int(epochs, "fit", "epochs", minimum=1)
     batch_size = check_int(batch_size, "fit", "batch_size", minimum=1)
     if patience is not None:
@@ -452,7 +551,10 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     gen = check_rng(rng, "fit")
 
     if validation_data is not None:
-        x_val, c_val = _validation_data(flow, validation_data)
+        if streamed or _streamed_pair(validation_data):
+            x_val, c_val = _streamed_validation(flow, validation_data)
+        else:
+            x_val, c_val = _validation_data(flow, validation_data)
         n_val = 0
     else:
         x_val = c_val = None
@@ -476,7 +578,17 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     schedule = make_schedule(lr_schedule, optimizer, epochs * n_batches, "fit")
 
     # ------------------------------------------------------------------------ the split
-    if n_val:
+    if streamed:
+        # the split by index: the same draws as gen.permutation, int32 below 2^31 rows
+        perm = permutation(gen, n) if n_val else None
+        val_index, train_index = (perm[:n_val], perm[n_val:]) if n_val else (None, None)
+        if n_val:
+            x_val = _Part(x2, val_index)
+            c_val = None if c2 is None else _Part(c2, val_index)
+        x_train, c_train = _Part(x2, train_index), None if c2 is None else _Part(c2, train_index)
+        # rows gathered at once: a window of whole batches (one dask computation per window)
+        window = max(1, x2.window(batch_size) // batch_size) * batch_size
+    elif n_val:
         perm = gen.permutation(n)
         x_val, x_train = x2[perm[:n_val]], x2[perm[n_val:]]
         c_val, c_train = (None, None) if c2 is None else (c2[perm[:n_val]], c2[perm[n_val:]])
@@ -510,22 +622,39 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
             f"column).", history, epoch, step)
 
     interrupt = _Interrupt()
+    sharded = None
     try:
         interrupt.install()
         flow.train()
+        if client is not None:
+            from .distributed import ShardedGradient
+
+            sharded = ShardedGradient(client, flow, n_shards, "fit")
+        elif n_shards is not None:
+            raise ValueError("fit: n_shards goes with client=")
+        nll_and_grad = flow.nll_and_grad if sharded is None else sharded
         for epoch in range(epochs):
             epoch_start = time.perf_counter()
             # the epoch's steps and validation with the BLAS threads for the batch's size, the
             # callback outside (as the user set them)
             with blas_threads(work):
-                order = gen.permutation(n_train)
+                order = permutation(gen, n_train) if streamed else gen.permutation(n_train)
                 total = 0.0
                 for b in range(n_batches):
                     idx = order[b * batch_size:(b + 1) * batch_size]
-                    xb = x_train[idx]
-                    cb = None if c_train is None else c_train[idx]
+                    if streamed:
+                        first = b * batch_size % window
+                        if first == 0:      # the next window of batches, gathered in one go
+                            wanted = order[b * batch_size:b * batch_size + window]
+                            x_win = x_train.take(wanted)
+                            c_win = None if c_train is None else c_train.take(wanted)
+                        xb = x_win[first:first + idx.shape[0]]
+                        cb = None if c_win is None else c_win[first:first + idx.shape[0]]
+                    else:
+                        xb = x_train[idx]
+                        cb = None if c_train is None else c_train[idx]
                     try:
-                        nll, grads = flow.nll_and_grad(xb, cb)
+                        nll, grads = nll_and_grad(xb, cb)
                         if clip is not None:
                             grads, _ = _optim.clip_grad_norm(grads, clip)
                         optimizer.step(grads)
@@ -584,6 +713,8 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
         _restore(flow, best)
     finally:
         interrupt.uninstall()
+        if sharded is not None:
+            sharded.close()
         _restore_modes(modes)
         bar.close()
         history.wall_time = time.perf_counter() - start
