@@ -22,6 +22,8 @@ from refflow.kernels.planar import (
 )
 from refflow.testing import RTOL_ROUND_TRIP, assert_bijector, assert_vjp
 
+from ..helpers import randomize, rel
+
 EPS = np.finfo(np.float64).eps
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -53,6 +55,8 @@ COND_MAX = 1e4
 LOG_DET_ULPS = 16
 #: float32 roots: the float64 criterion with float32's unit round-off.
 RESIDUAL_ULPS_32 = RESIDUAL_ULPS
+#: Raw parameters drawn N(0, 0.7^2): clearly non-trivial maps, well inside the constraints.
+PARAM_SCALE = 0.7
 
 
 def _plain_python():
@@ -68,15 +72,6 @@ PLAIN_PYTHON = _plain_python()
 
 def n_rows(compiled, python):
     return python if PLAIN_PYTHON else compiled
-
-
-def rel(a, b):
-    """The oracle's relative error ``max |a - b| / max(1, |b|)``."""
-    return float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b)), initial=0.0))
-
-
-def row_rel(a, b):
-    return np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b)), axis=1)
 
 
 def softplus(s):
@@ -97,12 +92,6 @@ def planar_with_margin(dim, margin, rng, b=0.3):
     layer.params["w"] = w
     layer.params["u"] = u + (s - w @ u) * w / (w @ w)  # w^T u = s
     layer.params["b"] = [b]
-    return layer
-
-
-def randomize(layer, rng, scale=0.7):
-    for key in layer.params:
-        layer.params[key] = rng.normal(0.0, scale, size=layer.params[key].shape)
     return layer
 
 
@@ -152,7 +141,7 @@ def test_planar_constraint_with_every_raw_entry_at_50(entries, rng):
 def test_planar_matches_the_paper(rng):
     """The paper's planar map ``x = z + u_hat h(w^T z + b)`` and
     ``log|det| = log|1 + u_hat^T psi(z)|``, ``psi = h'(w^T z + b) w``; naive formulas."""
-    layer = randomize(Planar(4, rng=rng), rng)
+    layer = randomize(Planar(4, rng=rng), rng, PARAM_SCALE)
     k = layer.constrained()
     z = rng.normal(size=(50, 4)) * 2
     pre = z @ k["w"] + k["b"]
@@ -192,7 +181,7 @@ def test_radial_matches_the_paper(rng):
     ``det = [1 + beta h]^(d-1) [1 + beta h + beta h'(alpha, r) r]``, and the Jacobian
     ``(1 + beta h) I + beta h' (z - z0)(z - z0)^T / r`` by slogdet."""
     d = 4
-    layer = randomize(Radial(d, rng=rng), rng)
+    layer = randomize(Radial(d, rng=rng), rng, PARAM_SCALE)
     k = layer.constrained()
     alpha, beta = k["alpha"], k["beta"]
     z = rng.normal(size=(50, d)) * 2
@@ -214,7 +203,7 @@ def test_radial_at_the_centre(rng):
     """``z = z0`` (``r = 0``) is an ordinary point: ``x = z0``, ``log_det = d log((alpha +
     beta) / alpha)``, and the pullbacks are finite, with the unit vector ``v / r`` taken as 0."""
     d = 3
-    layer = randomize(Radial(d, rng=rng), rng)
+    layer = randomize(Radial(d, rng=rng), rng, PARAM_SCALE)
     k = layer.constrained()
     z0 = k["z0"]
     ratio = k["alpha_plus_beta"] / k["alpha"]
@@ -258,7 +247,7 @@ def test_sylvester_matches_the_paper(q, m, rng):
     built here by hand and measured by slogdet; ``Q`` from the reflection matrices or the
     permutation; ``R``, ``R~`` upper triangular with ``tanh`` diagonals."""
     d = 5
-    layer = randomize(Sylvester(d, m=m, q=q, rng=rng), rng)
+    layer = randomize(Sylvester(d, m=m, q=q, rng=rng), rng, PARAM_SCALE)
     p = layer.params
     if q == "householder":
         qmat = householder_product(p["vectors"], d)[:, :m]
@@ -306,7 +295,7 @@ def test_sylvester_diagonal_products_stay_above_minus_one(raw, rng):
 
 def test_sylvester_leaves_the_orthogonal_complement_unchanged(rng):
     """With ``m < d`` the component of ``z`` (and of ``x``) outside ``span(Q)`` passes unchanged."""
-    layer = randomize(Sylvester(6, m=2, n_reflections=4, rng=rng), rng)
+    layer = randomize(Sylvester(6, m=2, n_reflections=4, rng=rng), rng, PARAM_SCALE)
     q = layer.constrained()["q"]
     proj = np.eye(6) - q @ q.T
     z = rng.normal(size=(30, 6)) * 3
@@ -405,7 +394,7 @@ def test_sylvester_round_trips_near_the_constraint(raw, scale, rng):
     ``||J^{-1}||`` (the triangular system compounds the small slopes ``1 + R_ii R~_ii h'``), so
     it meets RTOL_ROUND_TRIP wherever ``||J^{-1}|| <= COND_MAX``; ``x -> z -> x`` everywhere."""
     d, m = 5, 3
-    layer = randomize(Sylvester(d, m=m, n_reflections=4, rng=rng), rng)
+    layer = randomize(Sylvester(d, m=m, n_reflections=4, rng=rng), rng, PARAM_SCALE)
     layer.params["unconstrained_r_diag"] = [raw, -raw, raw]
     layer.params["unconstrained_r_tilde_diag"] = [-raw, raw, -raw]
     k = layer.constrained()
@@ -439,7 +428,7 @@ def test_radial_round_trips_near_the_constraint(beta_raw, scale, rng):
     contracts the neighbourhood of ``z0``): closed-form inverse to round-off at ``|z|`` up to
     1e3 (``r >= FLAT``, where ``x - z0`` keeps its digits) and ``x -> z -> x`` everywhere."""
     d = 3
-    layer = randomize(Radial(d, rng=rng), rng)
+    layer = randomize(Radial(d, rng=rng), rng, PARAM_SCALE)
     layer.params["beta"] = [beta_raw]
     z = rng.normal(size=(400, d)) * scale
     keep = np.linalg.norm(z - layer.constrained()["z0"], axis=1) >= FLAT
@@ -693,10 +682,11 @@ def test_finite_outputs_for_raw_parameters_at_50(rng):
 def test_oracle_on_a_chain_and_on_sylvester_m1(rng):
     """A Chain of all three, and Sylvester with ``m = 1`` (no off-diagonal entries: empty
     parameter arrays), through the oracle."""
-    chain = Chain([randomize(Planar(3, rng=rng), rng), randomize(Radial(3, rng=rng), rng),
-                   randomize(Sylvester(3, m=2, rng=rng), rng),
-                   randomize(Sylvester(3, m=1, q="permutation", rng=rng), rng)])
-    single = randomize(Sylvester(3, m=1, rng=rng), rng)
+    chain = Chain([randomize(Planar(3, rng=rng), rng, PARAM_SCALE),
+                   randomize(Radial(3, rng=rng), rng, PARAM_SCALE),
+                   randomize(Sylvester(3, m=2, rng=rng), rng, PARAM_SCALE),
+                   randomize(Sylvester(3, m=1, q="permutation", rng=rng), rng, PARAM_SCALE)])
+    single = randomize(Sylvester(3, m=1, rng=rng), rng, PARAM_SCALE)
     assert single.params["r_entries"].shape == (0,)
     for layer in (chain, single):
         z, x = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
@@ -707,8 +697,9 @@ def test_oracle_on_a_chain_and_on_sylvester_m1(rng):
 
 def test_pullback_uses_the_parameters_of_its_pass(rng):
     """A pullback closes over its pass: changing the parameters afterwards changes nothing."""
-    for layer in (randomize(Planar(3, rng=rng), rng), randomize(Radial(3, rng=rng), rng),
-                  randomize(Sylvester(3, m=2, rng=rng), rng)):
+    for layer in (randomize(Planar(3, rng=rng), rng, PARAM_SCALE),
+                  randomize(Radial(3, rng=rng), rng, PARAM_SCALE),
+                  randomize(Sylvester(3, m=2, rng=rng), rng, PARAM_SCALE)):
         for name in ("forward_vjp", "inverse_vjp"):
             v = rng.normal(size=(5, 3))
             out, log_det, pullback = getattr(layer, name)(v)
@@ -733,7 +724,7 @@ def test_pullback_uses_the_parameters_of_its_pass(rng):
     lambda: Sylvester(4, m=2, q="permutation", rng=1),
 ], ids=["planar", "radial", "sylvester_h", "sylvester_default", "sylvester_t"])
 def test_config_rebuilds_the_structure(make, rng):
-    layer = randomize(make(), rng)
+    layer = randomize(make(), rng, PARAM_SCALE)
     config = json.loads(json.dumps(layer._config()))
     assert "rng" not in config
     other = type(layer)._from_config(config)
@@ -753,7 +744,7 @@ def test_config_rebuilds_the_structure(make, rng):
 
 # ============================================================================ errors
 def test_planar_zero_w_is_an_error(rng):
-    layer = randomize(Planar(3, rng=rng), rng)
+    layer = randomize(Planar(3, rng=rng), rng, PARAM_SCALE)
     saved = {k: v.copy() for k, v in layer.params.items()}
     layer.params["w"] = [0.0, 0.0, 0.0]
     for name in ("forward", "inverse", "forward_vjp", "inverse_vjp"):
