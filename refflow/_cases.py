@@ -139,6 +139,18 @@ CASES = {
             B.Softplus(3),
         ]),
         _normal(), _lognormal(0.5)),
+    # Two conditional layers around unconditional ones: the Chain adds up their context
+    # cotangents and passes no context to the others.
+    "chain_conditional": _case(
+        lambda r: B.Chain([
+            _randomize(B.MaskedAffineAutoregressive(
+                3, hidden=(8,), scale="softclip", context_dim=2, rng=r), r),
+            B.Reverse(3),
+            _randomize(B.AffineCoupling(
+                3, hidden=(8,), activation="tanh", scale="sigmoid", context_dim=2, rng=r), r),
+            _randomize(B.LULinear(3, rng=r), r),
+        ]),
+        _normal(), _normal()),
     # The paper's unbounded "exp" log-scale with tanh hidden units: |u| stays bounded by the
     # output weights. With relu, sequential sampling can compound (x_2 ~ 1e4 drives u_3 ~ -240,
     # so x_3 = z_3 e^-240 + mu_3 rounds to mu_3): invertible on paper, not in float64.

@@ -673,6 +673,22 @@ def test_a_consistent_file_of_another_shape_than_the_model(good, tmp_path):
                              "from the spec expects \\(4,\\)")
 
 
+@pytest.mark.parametrize("name", ["params/base.loc", "buffers/bijector.layers.3.running_var"])
+@pytest.mark.parametrize("shape", [(1, 4), (4, 1), (2, 2)])
+def test_a_consistent_file_of_the_same_size_but_another_shape(good, tmp_path, name, shape):
+    """Same number of elements, other shape (a parameter and a buffer): refused by shape, not
+    silently reshaped or broadcast into the model's ``(4,)`` array."""
+    path, _ = good
+    header, arrays = _entries(path)
+    arrays[name] = arrays[name].reshape(shape)
+    _record(header, name)["shape"] = list(shape)
+    bad = tmp_path / "same_size.npz"
+    _write(bad, header, arrays, redigest=True)
+    shown = "\\(" + ", ".join(str(k) for k in shape) + "\\)"
+    _assert_clear_error(bad, f"{name} has shape {shown} in the file but the model built from "
+                             f"the spec expects \\(4,\\)")
+
+
 def test_missing_and_extra_entries(good, tmp_path):
     path, _ = good
     header, arrays = _entries(path)

@@ -204,6 +204,24 @@ def test_softplus_inverse_log_det_is_accurate_for_large_x():
     assert_allclose(log_det, -np.log1p(-np.exp(-u)).sum(axis=1), rtol=RTOL_CLOSED)
 
 
+def test_softplus_inverse_near_zero_is_accurate():
+    """``z = log(e^x - 1)`` and ``log_det = -log(1 - e^-x)`` near ``x = 0`` (where the registry
+    does not sample: finite differences would leave the domain), against 50-digit values:
+    ``log1p(-exp(-x))`` would lose ~4 digits at ``x = 1e-12`` (Maechler 2012)."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    for x in (np.array([[1e-12, 1e-8, 1e-4], [0.3, math.log(2.0), 0.7],
+                        [np.nextafter(math.log(2.0), 1.0), 2.0, 30.0]]),
+              np.array([[1e-300, 5e-324, 1e-100]])):
+        z, log_det = Softplus(DIM).inverse(x)
+        exact_z = [[float(mpmath.log(mpmath.expm1(mpmath.mpf(float(v))))) for v in row]
+                   for row in x]
+        exact_ld = [[float(-mpmath.log(-mpmath.expm1(-mpmath.mpf(float(v))))) for v in row]
+                    for row in x]
+        assert_allclose(z, exact_z, rtol=RTOL_CLOSED, atol=ATOL_CROSSING)
+        assert_allclose(log_det, np.sum(exact_ld, axis=1), rtol=RTOL_CLOSED)
+
+
 @pytest.mark.parametrize("slope", [0.01, 0.2, 3.0])
 def test_leaky_relu_closed_form(slope):
     rng = np.random.default_rng(12)
