@@ -2,7 +2,7 @@
 
 Closed forms worked out by hand, and torch (when installed) as the reference implementation of
 the same update rules. Adam's basic behaviour (first step, convergence, bad settings) is also
-covered in tests/test_flow.py.
+covered in tests/test_distributions.py.
 """
 
 import math

@@ -631,7 +631,8 @@ def test_fused_equals_generic_kernels_on_the_same_knots(rng, monkeypatch, invers
     map's pullback (they share the per-bin helpers; only summation orders differ)."""
     monkeypatch.setattr(splines_module, "_FUSED", True)
     # libm's exp gives these knots bit for bit only in the reference fused kernels; the fast
-    # ones (vectorised exp, within 1 ulp) are held to them in tests/test_spline_speed_paths.py
+    # ones (vectorised exp, within 1 ulp) are held to them in
+    # tests/parity/test_spline_kernels_fast.py
     from refflow.kernels import durkan
     for name in ("forward", "inverse", "forward_vjp", "inverse_vjp"):
         monkeypatch.setattr(splines_module, f"rqs_durkan_{name}",

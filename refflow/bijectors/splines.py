@@ -26,7 +26,7 @@ loop; their pullbacks return the unconstrained parameters' cotangents. The other
 map (:mod:`refflow.bijectors.spline_maps`) builds the ``(rows, K + 1)`` knot arrays, the generic
 kernels of :mod:`refflow.kernels.splines` evaluate the spline, and the map's pullback carries the
 knot cotangents back. Both paths agree to rounding (knots a few ulps apart, amplified by the
-spline's conditioning); ``tests/test_spline_layers_fused.py`` compares them. The conditioner's
+spline's conditioning); ``tests/parity/test_spline_layers.py`` compares them. The conditioner's
 pullback then carries the parameter cotangents to its weights.
 
 References

@@ -30,8 +30,8 @@ from ..kernels.fused import bias_relu, outer_bias_relu, relu_mask_colsum
 from .activations import _relu_vd, get_activation
 
 #: ReLU stacks take the fused passes (:func:`_dense_forward_relu`, :func:`_dense_vjp_relu`),
-#: bitwise equal to the reference passes (``tests/test_fused_paths.py``); other activations,
-#: and every pass when numba is disabled, take the reference passes.
+#: bitwise equal to the reference passes (``tests/parity/test_mlp_optim_coupling.py``); other
+#: activations, and every pass when numba is disabled, take the reference passes.
 _FUSED = not NUMBA_DISABLED
 
 __all__ = ["MLP"]

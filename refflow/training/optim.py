@@ -37,8 +37,9 @@ from ..kernels import NUMBA_DISABLED
 from ..kernels.fused import adam_update, sgd_update
 
 #: Run ``step`` through the fused one-pass kernels of :mod:`refflow.kernels.fused` (bitwise the
-#: reference ``_update`` arithmetic, see ``tests/test_fused_paths.py``); the reference path runs
-#: when numba is disabled (plain-Python kernels would be slow) or this is set to False.
+#: reference ``_update`` arithmetic, see ``tests/parity/test_mlp_optim_coupling.py``); the
+#: reference path runs when numba is disabled (plain-Python kernels would be slow) or this is set
+#: to False.
 _FUSED = not NUMBA_DISABLED
 
 __all__ = ["Adam", "SGD", "clip_grad_norm", "CosineAnnealing"]
