@@ -23,9 +23,10 @@ _SCALE = "refflow/bijectors/scale_maps.py"
 _PLANAR = "refflow/bijectors/planar.py"
 _MAPS = "refflow/bijectors/spline_maps.py"
 _BASE = "refflow/bijectors/base.py"
-# The "durkan" fused spline kernels and the generic spline kernels (one file each today).
-_DURKAN = "refflow/kernels/durkan.py"
+# Every spline kernel (generic knot kernels, fused "durkan" scalar and block kernels) is in one
+# numba file; the per-bin formulas (``_rq_root`` ...) are shared by all of them.
 _SPLINE_KERNELS = "refflow/kernels/splines.py"
+_MATH = "refflow/_math.py"
 _FUSED = "refflow/kernels/fused.py"
 
 _PROPS = "tests/test_properties.py -k '{}'"
@@ -37,12 +38,12 @@ MUTANTS = [
            "if value.size != np.size(target):",
            ["tests/test_io.py"],
            "loader: an array of the right size but another shape, e.g. (1, 4) for (4,), loads"),
-    Mutant("spline-exp-clamp-f32", "splines", _DURKAN,
+    Mutant("spline-exp-clamp-f32", "splines", _SPLINE_KERNELS,
            "lim = dt(-150.0) if is32 else dt(-1000.0)",
            "lim = dt(-1000.0)",
            ["tests/parity/test_spline_kernels_fast.py tests/parity/test_spline_float32.py"],
            "float32 _exp_le0: clamped at -1000, 2^n leaves float32's exponent range"),
-    Mutant("spline-two-b-float64", "splines", _DURKAN,
+    Mutant("spline-two-b-float64", "splines", _SPLINE_KERNELS,
            "two_b = dt(bound - (-bound))",
            "two_b = bound - (-bound)",
            ["tests/parity/test_spline_kernels_fast.py tests/parity/test_spline_float32.py"],
@@ -53,16 +54,16 @@ MUTANTS = [
            ["tests/bijectors/test_planar.py"],
            "the inverse solves the float64 map's w.u_hat, not the float map's: float32 drifts"),
     # ------------------------------------------------------------------ the issue's near-misses
-    Mutant("softplus-inverse-small-x", "elementwise", _ELEMENTWISE,
+    Mutant("softplus-inverse-small-x", "elementwise", _MATH,
            "out[~big] = np.log(-np.expm1(-x[~big]))",
            "out[~big] = np.log1p(-np.exp(-x[~big]))",
            ["tests/bijectors/test_elementwise.py"],
            "precision only: log(1 - e^-x) loses digits for x near 0 (8e-7 relative at 1e-12)"),
-    Mutant("durkan-root-branch", "splines", _DURKAN,
-           "        p = r - e\n        q = two_s * zc",
-           "        p = r - e\n        q = two_s * z",
+    Mutant("durkan-root-branch", "splines", _SPLINE_KERNELS,
+           "        q = two_s * zc\n",
+           "        q = two_s * z\n",
            ["tests/parity/test_spline_kernels_fast.py tests/parity/test_spline_inverse.py"],
-           "the rationalised root of the fused kernels (fast and reference share it)"),
+           "the rationalised root (generic, scalar and block fused kernels all share it)"),
     Mutant("chain-context-bar-overwritten", "base", _BASE,
            "context_bar = context_bar + layer_context_bar",
            "context_bar = layer_context_bar",
@@ -86,8 +87,8 @@ MUTANTS = [
            "Logit(alpha)'s dim * log(1 - 2 alpha) term dropped from the forward log-det"),
     # ------------------------------------------------------------------ linear
     Mutant("lu-softplus-floor-dropped", "linear", _LINEAR,
-           "c = np.logaddexp(u.dtype.type(0), u) + u.dtype.type(_SOFTPLUS_FLOOR)",
-           "c = np.logaddexp(u.dtype.type(0), u)",
+           "c = softplus(u) + u.dtype.type(_SOFTPLUS_FLOOR)",
+           "c = softplus(u)",
            ["tests/bijectors/test_linear.py"],
            "nflows' softplus(u) + 1e-3 diagonal without its floor (consistent, so only a "
            "paper-fact test sees it)"),
@@ -108,25 +109,26 @@ MUTANTS = [
            ["tests/bijectors/test_normalization.py"],
            "ActNorm's data-dependent initialisation (density direction) with the wrong sign"),
     # ------------------------------------------------------------------ coupling and scale maps
-    Mutant("coupling-pullback-log-det-term-dropped", "coupling", _COUPLING,
-           "log_scale_bar = x_b_bar * z_b * scale + log_det_bar[:, None]",
-           "log_scale_bar = x_b_bar * z_b * scale",
+    Mutant("coupling-pullback-log-det-term-dropped", "coupling", _SCALE,
+           "(y_bar * vs + log_det_bar[..., None]) * dlog_scale",
+           "(y_bar * vs) * dlog_scale",
            ["tests/bijectors/test_coupling.py"],
-           "affine coupling forward pullback without the log-det's cotangent"),
+           "the multiplying affine step's pullback (coupling forward) without the log-det's "
+           "cotangent"),
     Mutant("scale-softclip-derivative", "coupling", _SCALE,
            "return u / d, 1.0 / (d * d)",
            "return u / d, 1.0 / d",
            ["tests/bijectors/test_coupling.py", _PROPS.format("softclip")],
            "softclip's derivative with one factor of (1 + |u|/c) missing"),
     Mutant("scale-sigmoid-offset", "coupling", _SCALE,
-           "s = expit(u + 2.0)",
-           "s = expit(u)",
+           "s * sigmoid(-(u + 2.0)) / (s + _FLOOR)",
+           "s * sigmoid(-u) / (s + _FLOOR)",
            ["tests/bijectors/test_coupling.py"],
            "nflows' sigmoid(u + 2) scale without its offset (only in the derivative)"),
     # ------------------------------------------------------------------ autoregressive
-    Mutant("maf-pullback-log-det-sign", "autoregressive", _AR,
-           "head[..., 1] = (-z_bar * z - log_det_bar[:, None]) * dlog_scale",
-           "head[..., 1] = (-z_bar * z + log_det_bar[:, None]) * dlog_scale",
+    Mutant("maf-pullback-log-det-sign", "autoregressive", _SCALE,
+           "(-y_bar * y - log_det_bar[..., None]) * dlog_scale",
+           "(-y_bar * y + log_det_bar[..., None]) * dlog_scale",
            ["tests/bijectors/test_autoregressive.py", _PROPS.format("maf")],
            "MAF density-direction pullback: sign of the log-det's cotangent"),
     Mutant("incremental-sampler-degree-off-by-one", "autoregressive",
@@ -142,8 +144,8 @@ MUTANTS = [
            "fast path only: block products drop the inputs of the group's top degree"),
     # ------------------------------------------------------------------ splines
     Mutant("durkan-map-min-derivative-dropped", "splines", _MAPS,
-           "dk[..., 1:-1] = ud.dtype.type(self.min_derivative) + _softplus(ud)",
-           "dk[..., 1:-1] = _softplus(ud)",
+           "dk[..., 1:-1] = ud.dtype.type(self.min_derivative) + softplus(ud)",
+           "dk[..., 1:-1] = softplus(ud)",
            ["tests/test_spline_maps.py"],
            "reference path only: the durkan map's inner derivatives lose their minimum"),
     Mutant("zuko-map-clip-factor", "splines", _MAPS,
@@ -151,24 +153,24 @@ MUTANTS = [
            "q = 1.0 + np.abs(u / t(self._log_slope))",
            ["tests/bijectors/test_splines.py"],
            "zuko's soft clip of widths/heights without its factor 2 (consistent in the layer)"),
-    Mutant("durkan-fast-min-bin-dropped", "splines", _DURKAN,
+    Mutant("durkan-fast-min-bin-dropped", "splines", _SPLINE_KERNELS,
            "            m[b] += min_bin + c * pt[j, b]",
            "            m[b] += c * pt[j, b]",
            ["tests/parity/test_spline_kernels_fast.py"],
            "fast path only: fused knots without the minimum bin width"),
-    Mutant("durkan-fast-bin-at-knot", "splines", _DURKAN,
+    Mutant("durkan-fast-bin-at-knot", "splines", _SPLINE_KERNELS,
            "kk[b] += 1 if v_in[i0 + b] >= kt[j, b] else 0",
            "kk[b] += 1 if v_in[i0 + b] > kt[j, b] else 0",
            ["tests/parity/test_spline_layers.py tests/parity/test_spline_knots.py"],
            "fast path only: a point exactly on a knot goes to the bin below"),
-    Mutant("durkan-fast-sigmoid-branch", "splines", _DURKAN,
+    Mutant("durkan-fast-sigmoid-branch", "splines", _SPLINE_KERNELS,
            "sa[b] = _div(one if u >= zero else t, one + t)",
            "sa[b] = _div(t if u >= zero else one, one + t)",
            ["tests/parity/test_spline_kernels_fast.py"],
            "fast path only: sigmoid's branches swapped (the pullback of the inner derivatives)"),
-    Mutant("spline-kernel-root-unrationalised", "splines", _DURKAN,
-           "    if e >= zero:\n        p = two_s * z\n        q = e + r",
-           "    if True:\n        p = two_s * z\n        q = e + r",
+    Mutant("spline-kernel-root-unrationalised", "splines", _SPLINE_KERNELS,
+           "    if e >= zero:\n        p = two_s * z ",
+           "    if True:\n        p = two_s * z ",
            ["tests/parity/test_spline_kernels_fast.py tests/parity/test_spline_inverse.py"],
            "precision only: the root's e + r cancels for e < 0 (fast and reference share it)"),
     # ------------------------------------------------------------------ planar family

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from refflow.kernels import NUMBA_DISABLED
-from refflow.kernels import durkan as D
+from refflow.kernels import splines as D
 
 EPS32 = float(np.finfo(np.float32).eps)
 #: ``_exp_le0``'s accuracy (tests/parity/test_spline_kernels_fast.py, measured worst 1.0 ulp).
@@ -41,7 +41,7 @@ if not PLAIN:
 
 
 def _call(name, v, uw, uh, ud, bars=None, reference=False):
-    kern = getattr(D, "rqs_durkan_" + name + ("_reference" if reference else ""))
+    kern = getattr(D, "rqs_durkan_" + name + ("_scalar" if reference else ""))
     if name.endswith("vjp"):
         outs = (np.empty_like(v), np.empty_like(uw), np.empty_like(uh), np.empty_like(ud))
         kern(v, uw, uh, ud, *SETTINGS, bars[0], bars[1], *outs)
@@ -143,7 +143,7 @@ def test_float32_kernels_hold_no_float64():
     assert "float64" not in str(returned), returned
     found = {}
     for name in KERNELS:
-        for suffix in ("", "_reference"):
+        for suffix in ("", "_scalar"):
             fn = getattr(D, f"rqs_durkan_{name}{suffix}")
             if name.endswith("vjp"):
                 outs = (np.empty_like(x), np.empty_like(uw), np.empty_like(uh), np.empty_like(ud))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from refflow.kernels import NUMBA_DISABLED
-from refflow.kernels import durkan as D
+from refflow.kernels import splines as D
 
 from ..helpers import paper_knots, paper_rqs_inverse
 
@@ -40,7 +40,7 @@ CONFIGS = [  # (K, parameter scale, bound, min_bin_width, min_bin_height, min_de
 
 
 def _kernel(name, reference):
-    return getattr(D, "rqs_durkan_" + name + ("_reference" if reference else ""))
+    return getattr(D, "rqs_durkan_" + name + ("_scalar" if reference else ""))
 
 
 def _run(name, v, params, settings, reference):

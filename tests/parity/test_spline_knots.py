@@ -1,6 +1,6 @@
 """The fused "durkan" kernels on their knots: which bin a knot belongs to.
 
-The kernels' convention (``refflow.kernels.durkan``, module docstring; the generic kernels'
+The kernels' convention (``refflow.kernels.splines``, module docstring; the generic kernels'
 ``_find_bin``): a point ``v`` is in bin ``k`` with ``knot_k <= v < knot_{k+1}``, the last bin
 including ``B``. On a knot the value and the slope are the same from both sides (the spline is
 C1), but its second derivative jumps, so the log-det's derivatives are one-sided: a kernel that
@@ -15,7 +15,7 @@ the reference's knots may be an ulp away), computed by the fast path's phase-1 h
 import numpy as np
 import pytest
 
-from refflow.kernels import durkan as D
+from refflow.kernels import splines as D
 
 B, K, MW, MH, MD = 3.0, 6, 1e-3, 1e-3, 1e-3
 #: Points this many ulps above / below a knot are inside one bin; dL/dv moves by ~ulps |L''|.
@@ -63,7 +63,7 @@ def test_a_knot_belongs_to_the_bin_above(direction, reference):
         knots = _fast_knots(u, min_bin)
     j = rng.integers(1, K, n_rows)
     at = knots[np.arange(n_rows), j]
-    suffix = "_reference" if reference else ""
+    suffix = "_scalar" if reference else ""
     settings = (B, MW, MH, MD)
 
     def pullback(v):
