@@ -165,7 +165,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="refflow-mutants-") as tmp:
         copy = Path(tmp) / "repo"
         _copy_tree(copy)
-        env = dict(os.environ, PYTHONPATH=str(copy), CI="1",
+        env = dict(os.environ, PYTHONPATH=str(copy), REFFLOW_HYPOTHESIS_PROFILE="ci",
                    NUMBA_CACHE_DIR=str(Path(tmp) / "numba-cache"))
         env.pop("PYTEST_ADDOPTS", None)
         if args.baseline:
