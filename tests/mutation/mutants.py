@@ -2,8 +2,9 @@
 
 An entry names one file, an ``old`` text that occurs in it exactly once, the ``new`` text, and
 the pytest runs that must catch it (each a string of pytest arguments; the mutant is caught when
-any run fails). When the code moves, the harness reports the entry as ``stale``: retarget it by
-finding the same line (the ``why`` says what it computes) and updating ``file`` / ``old``.
+any run fails; a run stops at its first failure, so the file that catches it comes first).
+When the code moves, the harness reports the entry as ``stale``: retarget it by finding the
+same line (the ``why`` says what it computes) and updating ``file`` / ``old``.
 
 Kinds: sign flips, dropped terms, off-by-ones, precision-only changes (an accurate formula
 replaced by a textbook one), float32-only constants, and fast-path-only changes (a fast path
@@ -17,8 +18,6 @@ Mutant = namedtuple("Mutant", "id family file old new tests why")
 _ELEMENTWISE = "refflow/bijectors/elementwise.py"
 _LINEAR = "refflow/bijectors/linear.py"
 _NORM = "refflow/bijectors/normalization.py"
-_COUPLING = "refflow/bijectors/coupling.py"
-_AR = "refflow/bijectors/autoregressive.py"
 _SCALE = "refflow/bijectors/scale_maps.py"
 _PLANAR = "refflow/bijectors/planar.py"
 _MAPS = "refflow/bijectors/spline_maps.py"
@@ -27,6 +26,8 @@ _BASE = "refflow/bijectors/base.py"
 # numba file; the per-bin formulas (``_rq_root`` ...) are shared by all of them.
 _SPLINE_KERNELS = "refflow/kernels/splines.py"
 _MATH = "refflow/_math.py"
+_BNAF = "refflow/bijectors/block_neural.py"
+_GAUSS = "refflow/bijectors/gaussianization.py"
 _FUSED = "refflow/kernels/fused.py"
 
 _PROPS = "tests/test_properties.py -k '{}'"
@@ -41,12 +42,12 @@ MUTANTS = [
     Mutant("spline-exp-clamp-f32", "splines", _SPLINE_KERNELS,
            "lim = dt(-150.0) if is32 else dt(-1000.0)",
            "lim = dt(-1000.0)",
-           ["tests/parity/test_spline_kernels_fast.py tests/parity/test_spline_float32.py"],
+           ["tests/parity/test_spline_float32.py tests/parity/test_spline_kernels_fast.py"],
            "float32 _exp_le0: clamped at -1000, 2^n leaves float32's exponent range"),
     Mutant("spline-two-b-float64", "splines", _SPLINE_KERNELS,
            "two_b = dt(bound - (-bound))",
            "two_b = bound - (-bound)",
-           ["tests/parity/test_spline_kernels_fast.py tests/parity/test_spline_float32.py"],
+           ["tests/parity/test_spline_float32.py tests/parity/test_spline_kernels_fast.py"],
            "a float64 constant inside the float32 kernels (more accurate, not float32)"),
     Mutant("planar-inverse-c-not-c-map", "planar", _PLANAR,
            "planar_inverse(x @ w, c_map, b, delta, a)",
@@ -62,7 +63,7 @@ MUTANTS = [
     Mutant("durkan-root-branch", "splines", _SPLINE_KERNELS,
            "        q = two_s * zc\n",
            "        q = two_s * z\n",
-           ["tests/parity/test_spline_kernels_fast.py tests/parity/test_spline_inverse.py"],
+           ["tests/parity/test_spline_inverse.py tests/parity/test_spline_kernels_fast.py"],
            "the rationalised root (generic, scalar and block fused kernels all share it)"),
     Mutant("chain-context-bar-overwritten", "base", _BASE,
            "context_bar = context_bar + layer_context_bar",
@@ -161,7 +162,7 @@ MUTANTS = [
     Mutant("durkan-fast-bin-at-knot", "splines", _SPLINE_KERNELS,
            "kk[b] += 1 if v_in[i0 + b] >= kt[j, b] else 0",
            "kk[b] += 1 if v_in[i0 + b] > kt[j, b] else 0",
-           ["tests/parity/test_spline_layers.py tests/parity/test_spline_knots.py"],
+           ["tests/parity/test_spline_knots.py tests/parity/test_spline_layers.py"],
            "fast path only: a point exactly on a knot goes to the bin below"),
     Mutant("durkan-fast-sigmoid-branch", "splines", _SPLINE_KERNELS,
            "sa[b] = _div(one if u >= zero else t, one + t)",
@@ -171,7 +172,7 @@ MUTANTS = [
     Mutant("spline-kernel-root-unrationalised", "splines", _SPLINE_KERNELS,
            "    if e >= zero:\n        p = two_s * z ",
            "    if True:\n        p = two_s * z ",
-           ["tests/parity/test_spline_kernels_fast.py tests/parity/test_spline_inverse.py"],
+           ["tests/parity/test_spline_inverse.py tests/parity/test_spline_kernels_fast.py"],
            "precision only: the root's e + r cancels for e < 0 (fast and reference share it)"),
     # ------------------------------------------------------------------ planar family
     Mutant("planar-log-det-tanh-term", "planar", _PLANAR,
@@ -184,6 +185,38 @@ MUTANTS = [
            "n = r * (alpha + r) + alpha * s",
            ["tests/bijectors/test_planar.py"],
            "Radial's N = r (2 alpha + r) + alpha S with a dropped alpha"),
+    # ------------------------------------------------------------------ block neural (BNAF)
+    Mutant("bnaf-sigmoid-log-derivative", "block_neural", _BNAF,
+           "log_d = -np.abs(a) - 2 * np.log1p(e)",
+           "log_d = -np.abs(a) - np.log1p(e)",
+           ["tests/bijectors/test_block_neural.py", _PROPS.format("bnaf_sigmoid")],
+           "log sigmoid'(a) with one log(1 + e^-|a|) dropped: the log-det only, z unchanged"),
+    Mutant("bnaf-gate-gradient-sign", "block_neural", _BNAF,
+           "+ (z_bar * (f - x)).sum() * (r1 * r2)",
+           "+ (z_bar * (f + x)).sum() * (r1 * r2)",
+           ["tests/bijectors/test_block_neural.py", _PROPS.format("gated")],
+           "the gated residual's gate gradient: dz/dgate = r1 r2 (f - x) with a sign flipped"),
+    Mutant("bnaf-kernel-leak-dropped", "block_neural", "refflow/kernels/bnaf.py",
+           "return t + slope * a, d + slope",
+           "return t, d + slope",
+           ["tests/bijectors/test_block_neural.py", _PROPS.format("bnaf")],
+           "the inverse's kernel evaluates leaky_tanh without its leak: it solves another map"),
+    # ------------------------------------------------------------------ gaussianization
+    Mutant("gauss-logistic-dlogpdf", "gaussianization", _GAUSS,
+           "lpdf, dlpdf = small + big, -np.tanh(u / 2)",
+           "lpdf, dlpdf = small + big, -np.tanh(u)",
+           ["tests/bijectors/test_gaussianization.py", _PROPS.format("gauss_logistic")],
+           "(log f)' of the logistic kernel without its 1/2: the log-det's gradient only"),
+    Mutant("gauss-ndtri-exp-newton-dropped", "gaussianization", _GAUSS,
+           "return z - (log_cdf - y) * np.exp(log_cdf - log_pdf)",
+           "return z + 0 * (log_cdf - y - log_pdf)",
+           ["tests/bijectors/test_gaussianization.py"],
+           "precision only: scipy's ndtri_exp without the Newton step (3e3 ulps in the far tail)"),
+    Mutant("gauss-kernel-upper-tail-sign", "gaussianization", "refflow/kernels/gaussianization.py",
+           "    return target - log_v, slope",
+           "    return log_v - target, slope",
+           ["tests/bijectors/test_gaussianization.py", _PROPS.format("gaussianization")],
+           "the inverse's residual on the upper tail with its sign flipped"),
     # ------------------------------------------------------------------ optimizers, kernels
     Mutant("adam-bias-correction-off-by-one", "training", "refflow/training/optim.py",
            "self.lr / (1.0 - b1 ** t),\n",
