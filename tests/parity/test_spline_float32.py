@@ -1,4 +1,5 @@
-"""float32 specialisations of the fused "durkan" spline kernels.
+"""float32 specialisations of the fused "durkan" spline kernels (the block kernels, "fast", and
+the scalar kernels ``rqs_durkan_*_scalar``, called "reference" below).
 
 A float32 kernel must compute in float32: constants built from the dtype (DEVELOPERS.md, "Build
 constants from the array dtype"), ``_exp_le0`` clamped where float32's ``exp`` has underflowed

@@ -1,8 +1,10 @@
-"""The fused "durkan" kernels' inverse, checked without the code it shares with its reference.
+"""The fused "durkan" kernels' inverse, checked without the code it shares with its reference
+(the scalar kernels ``rqs_durkan_*_scalar``, called "reference" below).
 
-The fast and the reference fused kernels solve each bin's quadratic with the same root function,
-so comparing the two (tests/parity/test_spline_kernels_fast.py) cannot see a wrong root. Here the
-inverse of both is checked against the forward kernels, which never solve for a root: for
+The fast and the reference fused kernels (and the generic knot kernels) solve each bin's
+quadratic with the same root function, ``_rq_root``, so comparing them
+(tests/parity/test_spline_kernels_fast.py, tests/test_spline_maps.py) cannot see a wrong root.
+Here the inverse of both is checked against the forward kernels, which never solve for a root: for
 ``x = RQS^{-1}(y)``, ``RQS(x)`` must give back ``y`` to within the rounding the computation
 allows,
 

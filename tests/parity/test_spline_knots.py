@@ -1,4 +1,5 @@
-"""The fused "durkan" kernels on their knots: which bin a knot belongs to.
+"""The fused "durkan" kernels on their knots: which bin a knot belongs to (the block kernels,
+"fast", and the scalar kernels ``rqs_durkan_*_scalar``, called "reference" below).
 
 The kernels' convention (``refflow.kernels.splines``, module docstring; the generic kernels'
 ``_find_bin``): a point ``v`` is in bin ``k`` with ``knot_k <= v < knot_{k+1}``, the last bin
