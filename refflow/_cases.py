@@ -113,10 +113,10 @@ def _image_case(build, sample_z, sample_w):
         bijector = build(rng)
         dim = bijector.dim
 
-        def sample_x(r, n):
+        def sample_x(r, n, context=None):
             return bijector.forward(sample_w(np.random.default_rng(r), n, dim))[0]
-        return (bijector, lambda r, n: sample_z(np.random.default_rng(r), n, dim), sample_x,
-                None)
+        return (bijector, lambda r, n, context=None: sample_z(np.random.default_rng(r), n, dim),
+                sample_x, None)
     return factory
 
 
