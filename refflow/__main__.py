@@ -740,8 +740,8 @@ def run_oracle(seed=0, n=8, out=print):
     for case_id, factory in CASES.items():
         bijector, sample_z, sample_x, sample_context = factory(seed)
         context = None if sample_context is None else sample_context(seed + 3, n)
-        reports = oracle_reports(bijector, sample_z(seed + 1, n), sample_x(seed + 2, n), rng=seed,
-                                 context=context)
+        reports = oracle_reports(bijector, sample_z(seed + 1, n, context),
+                                 sample_x(seed + 2, n, context), rng=seed, context=context)
         e = reports["bijector"].errors
         row = [
             max(e["round trip z -> x -> z"], e["round trip x -> z -> x"]),

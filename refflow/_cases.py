@@ -3,8 +3,10 @@
 ``CASES[id](rng) -> (bijector, sample_z, sample_x, sample_context)``, where ``sample_z(rng, n)``
 draws ``n`` points in the domain of ``forward``, ``sample_x(rng, n)`` in the domain of
 ``inverse`` and ``sample_context(rng, n)`` contexts (``None`` for an unconditional layer). The
-samplers keep away from points where a map is not differentiable (LeakyReLU's kink) and from
-domain edges, so that central differences stay inside the domain.
+samplers keep away from points where a map is not differentiable (LeakyReLU's kink, a spline's
+knots) and from domain edges, so that central differences stay inside the domain. Where those
+points move with the context (a conditional spline's knots), pass the rows' contexts too:
+``sample_z(rng, n, context)``; every sampler takes that optional argument.
 
 The property tests (``tests/test_properties.py``) and ``python -m refflow demo`` run the oracle
 over every case; ``tests/test_registry.py`` fails when a public bijector has no case here.
@@ -42,6 +44,13 @@ def _away_from_zero(margin=0.1, scale=1.0):
     return sample
 
 
+def _context_sampler(context_dim):
+    """Standard normal contexts of ``context_dim`` columns, or None for an unconditional layer."""
+    if context_dim is None:
+        return None
+    return lambda r, n: np.random.default_rng(r).standard_normal((n, context_dim))
+
+
 def _case(build, sample_z, sample_x):
     """Wrap a builder ``build(rng) -> bijector`` and two ``(rng, n, dim)`` samplers.
 
@@ -50,13 +59,11 @@ def _case(build, sample_z, sample_x):
     def factory(rng):
         rng = np.random.default_rng(rng)
         bijector = build(rng)
-        dim, context_dim = bijector.dim, bijector.context_dim
-        sample_context = None if context_dim is None else (
-            lambda r, n: np.random.default_rng(r).standard_normal((n, context_dim)))
+        dim = bijector.dim
         return (bijector,
-                lambda r, n: sample_z(np.random.default_rng(r), n, dim),
-                lambda r, n: sample_x(np.random.default_rng(r), n, dim),
-                sample_context)
+                lambda r, n, context=None: sample_z(np.random.default_rng(r), n, dim),
+                lambda r, n, context=None: sample_x(np.random.default_rng(r), n, dim),
+                _context_sampler(bijector.context_dim))
     return factory
 
 
@@ -65,20 +72,25 @@ def _knot_safe_case(build, sample_z, sample_x, margin=1e-3):
     its knots are drawn again, so that central differences never straddle a knot or ``±B``,
     where the derivative of the log-det jumps. Uses the layer's ``_input_knots``.
 
+    A conditional layer's knots depend on the context: its samplers keep row ``i`` away from the
+    knots of ``context[i]`` when given the rows' contexts (without them they draw plainly).
+
     The margin covers parameter perturbations too: ``check_vjp`` moves each conditioner weight
-    by up to ``6e-6 max(1, |w|)``, and the knots move with it (measured sensitivities up to ~10
-    per unit weight), i.e. by up to ~1e-4 for these cases."""
+    (and each context entry) by up to ``6e-6 max(1, |w|)``, and the knots move with it (measured
+    sensitivities up to ~10 per unit weight), i.e. by up to ~1e-4 for these cases."""
     def factory(rng):
         rng = np.random.default_rng(rng)
         bijector = build(rng)
-        dim = bijector.dim
+        dim, conditional = bijector.dim, bijector.context_dim is not None
 
         def safe(sample, direction):
-            def draw(r, n):
+            def draw(r, n, context=None):
                 r = np.random.default_rng(r)
                 v = sample(r, n, dim)
+                if conditional and context is None:
+                    return v
                 for _ in range(100):
-                    knots = bijector._input_knots(direction, v)
+                    knots = bijector._input_knots(direction, v, context)
                     gap = np.abs(v[:, :, None] - knots) / np.maximum(1.0, np.abs(v[:, :, None]))
                     near = (gap < margin).any(axis=(1, 2))
                     if not near.any():
@@ -87,7 +99,8 @@ def _knot_safe_case(build, sample_z, sample_x, margin=1e-3):
                 raise RuntimeError("could not draw points away from the knots")
             return draw
 
-        return bijector, safe(sample_z, "forward"), safe(sample_x, "inverse"), None
+        return (bijector, safe(sample_z, "forward"), safe(sample_x, "inverse"),
+                _context_sampler(bijector.context_dim))
     return factory
 
 
@@ -100,10 +113,10 @@ def _image_case(build, sample_z, sample_w):
         bijector = build(rng)
         dim = bijector.dim
 
-        def sample_x(r, n):
+        def sample_x(r, n, context=None):
             return bijector.forward(sample_w(np.random.default_rng(r), n, dim))[0]
-        return (bijector, lambda r, n: sample_z(np.random.default_rng(r), n, dim), sample_x,
-                None)
+        return (bijector, lambda r, n, context=None: sample_z(np.random.default_rng(r), n, dim),
+                sample_x, None)
     return factory
 
 
@@ -138,6 +151,7 @@ CASES = {
     "softplus": _case(lambda r: B.Softplus(3), _normal(2.0), _lognormal()),
     "leaky_relu": _case(lambda r: B.LeakyReLU(3, negative_slope=0.3),
                         _away_from_zero(), _away_from_zero()),
+    "leaky_relu_default": _case(lambda r: B.LeakyReLU(3), _away_from_zero(), _away_from_zero()),
     "permute": _case(lambda r: B.Permute(4, rng=r), _normal(), _normal()),
     "reverse": _case(lambda r: B.Reverse(4), _normal(), _normal()),
     "lu_linear": _case(lambda r: _randomize(B.LULinear(4, permutation="random", rng=r), r),
@@ -155,6 +169,18 @@ CASES = {
             B.Softplus(3),
         ]),
         _normal(), _lognormal(0.5)),
+    # Two conditional layers around unconditional ones: the Chain adds up their context
+    # cotangents and passes no context to the others.
+    "chain_conditional": _case(
+        lambda r: B.Chain([
+            _randomize(B.MaskedAffineAutoregressive(
+                3, hidden=(8,), scale="softclip", context_dim=2, rng=r), r),
+            B.Reverse(3),
+            _randomize(B.AffineCoupling(
+                3, hidden=(8,), activation="tanh", scale="sigmoid", context_dim=2, rng=r), r),
+            _randomize(B.LULinear(3, rng=r), r),
+        ]),
+        _normal(), _normal()),
     # The paper's unbounded "exp" log-scale with tanh hidden units: |u| stays bounded by the
     # output weights. With relu, sequential sampling can compound (x_2 ~ 1e4 drives u_3 ~ -240,
     # so x_3 = z_3 e^-240 + mu_3 rounds to mu_3): invertible on paper, not in float64.
@@ -297,6 +323,16 @@ CASES = {
     "spline_autoregressive": _knot_safe_case(
         lambda r: _randomize(B.MaskedSplineAutoregressive(
             3, hidden=(8, 8), n_bins=4, activation="tanh", parameterization="zuko", bound=3.0,
+            rng=r), r), _normal(2.0), _normal(2.0)),
+    # conditional splines on the default ("durkan", fused) map: the context cotangent of the
+    # coupling's conditioner and of the MADE's context inputs, through the fused kernels
+    "spline_coupling_conditional": _knot_safe_case(
+        lambda r: _randomize(B.SplineCoupling(
+            5, mask=np.array([True, False, True, False, False]), hidden=(8,), n_bins=4,
+            activation="tanh", context_dim=2, rng=r), r), _normal(2.0), _normal(2.0)),
+    "spline_autoregressive_conditional": _knot_safe_case(
+        lambda r: _randomize(B.MaskedSplineAutoregressive(
+            3, hidden=(8, 8), n_bins=4, activation="tanh", order="random", context_dim=2,
             rng=r), r), _normal(2.0), _normal(2.0)),
     # Rezende & Mohamed family; Sylvester with both kinds of Q, m < dim and m = dim.
     "planar": _case(lambda r: _randomize(B.Planar(3, rng=r), r, 0.7), _normal(1.5), _normal(1.5)),

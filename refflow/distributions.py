@@ -98,7 +98,7 @@ def _chunks(n, batch_size, bijector, explicit, where):
     # Balanced chunks (sizes differ by at most one row, each at least half of batch_size), not
     # full chunks and a remainder: OpenBLAS computes a GEMM with few rows (M * N <= ~1200 in
     # 0.3.31) with its small-matrix kernel, which sums in another order, so a short last chunk
-    # would break bit-identity with the unchunked pass (tests/test_memory.py).
+    # would break bit-identity with the unchunked pass (tests/robustness/test_memory.py).
     k = -(-n // batch_size)
     return _Balanced(n, k)
 
@@ -789,7 +789,7 @@ class Flow:
             bounded by the chunk, not by ``n``. None means :data:`DEFAULT_BATCH_SIZE` (65,536)
             rows. The result is bit for bit the one of a single pass over all rows (every layer
             maps rows independently, and the GEMMs' results do not depend on the number of rows
-            with NumPy's OpenBLAS; ``tests/test_memory.py`` checks it). A flow with a
+            with NumPy's OpenBLAS; ``tests/robustness/test_memory.py`` checks it). A flow with a
             training-mode ``BatchNorm`` or an uninitialised ``ActNorm`` depends on the whole
             batch: it runs in one pass with ``batch_size=None`` and refuses a smaller explicit
             ``batch_size`` with ``ValueError``.

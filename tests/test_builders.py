@@ -12,6 +12,8 @@ from refflow import (
 from refflow.flows import BUILDERS, MAF, NSF, Glow, RealNVP
 from refflow.testing import assert_bijector
 
+from .helpers import randomize
+
 HAVE_PLANAR = importlib.util.find_spec("refflow.bijectors.planar") is not None
 needs_planar = pytest.mark.skipif(not HAVE_PLANAR, reason="refflow.bijectors.planar not there")
 
@@ -24,15 +26,11 @@ QUADRATURE_TOL = 1e-3
 QUADRATURE_NOISE = 0.1
 # identity initialisations hold to a few ulps of the exact values
 RTOL_EXACT = 1e-12
+# parameters are moved off their initial values by this much (zeroed last layers hide bugs)
+PARAM_NOISE = 0.2
 
 NETWORK_BUILDERS = ["realnvp", "maf", "nsf", "nsf-coupling", "glow"]
 SMALL = dict(n_layers=2, hidden=(16,))
-
-
-def randomize(params, rng, scale=0.2):
-    """Move every parameter off its initial value (zeroed last layers would hide bugs)."""
-    for key, value in params.items():
-        params[key] = value + rng.normal(0.0, scale, size=value.shape)
 
 
 def n_params(params):
@@ -43,9 +41,9 @@ def layer_types(flow):
     return [type(layer) for layer in flow.bijector.layers]
 
 
-def ready(flow, rng, context=None, scale=0.2):
+def ready(flow, rng, context=None, scale=PARAM_NOISE):
     """Randomised parameters, ActNorm initialised on a data-like batch, eval mode."""
-    randomize(flow.params, rng, scale)
+    randomize(flow.params, rng, scale, shift=True)
     flow.log_prob(rng.normal(size=(64, flow.dim)), context=None if context is None else context[0])
     return flow.eval()
 
@@ -220,7 +218,7 @@ def test_same_rng_gives_identical_models(name):
 def test_conditional_variants_take_a_context(name, rng):
     flow = BUILDERS[name](3, **SMALL, context_dim=2, rng=0)
     assert flow.context_dim == 2
-    randomize(flow.params, rng)
+    randomize(flow.params, rng, PARAM_NOISE, shift=True)
     x = rng.normal(size=(5, 3))
     c1, c2 = rng.normal(size=(5, 2)), rng.normal(size=(5, 2))
     lp1 = flow.log_prob(x, c1)

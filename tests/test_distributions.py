@@ -12,13 +12,10 @@ from refflow.datasets import two_moons
 from refflow.params import ravel
 from refflow.testing import RTOL_FD, assert_vjp
 
+from .helpers import randomize
+
 # closed forms evaluated two ways in float64: a few ulps
 RTOL_EXACT = 1e-12
-
-
-def randomize(params, rng, scale=0.3):
-    for key, value in params.items():
-        params[key] = rng.normal(0.0, scale, size=value.shape)
 
 
 @pytest.fixture

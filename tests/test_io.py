@@ -21,6 +21,7 @@ from refflow import (
 from refflow.io import FORMAT_NAME, FORMAT_VERSION, from_spec, load, save, to_spec
 from refflow.nn import MADE, ResidualMADE
 
+from .helpers import randomize
 from .registry import CASES
 
 
@@ -163,11 +164,6 @@ def test_every_case_file_lists_every_array_with_its_digest(tmp_path):
 
 
 # ------------------------------------------------------------------------------- flows
-def _randomize(params, rng, scale=0.3):
-    for key, value in params.items():
-        params[key] = rng.normal(0.0, scale, size=value.shape)
-
-
 @pytest.mark.parametrize("base", [StandardNormal, DiagNormal])
 def test_flow_round_trip_with_each_base(base, rng, tmp_path):
     bijector = Chain([
@@ -176,7 +172,7 @@ def test_flow_round_trip_with_each_base(base, rng, tmp_path):
         Reverse(3), LULinear(3, permutation="random", rng=rng), Exp(3),
     ])
     flow = Flow(base(3), bijector)
-    _randomize(flow.params, rng)
+    randomize(flow.params, rng)
     flow.bijector.layers[0].buffers["running_var"][...] = [0.5, 2.0, 1.5]
     flow.bijector.layers[0].eval()  # one layer in eval mode, the rest in training mode
     path = tmp_path / "flow.npz"
@@ -204,7 +200,7 @@ def test_flow_round_trip_with_each_base(base, rng, tmp_path):
 @pytest.mark.parametrize("base", [StandardNormal, DiagNormal])
 def test_distributions_round_trip(base, rng, tmp_path):
     dist = base(4)
-    _randomize(dist.params, rng)
+    randomize(dist.params, rng)
     save(tmp_path / "d.npz", dist)
     loaded = load(tmp_path / "d.npz")
     _assert_same_state(dist, loaded)
@@ -223,7 +219,7 @@ def test_conditional_flow_round_trip(rng, tmp_path):
                        parameterization="distrax", bound=2.5, boundary_slopes="circular",
                        context_dim=2, rng=rng),
     ]))
-    _randomize(flow.params, rng)
+    randomize(flow.params, rng)
     save(tmp_path / "c.npz", flow)
     loaded = load(tmp_path / "c.npz")
     _assert_same_state(flow, loaded)
@@ -267,7 +263,7 @@ def test_uninitialized_actnorm_initialises_alike_after_loading(rng, tmp_path):
 
 def test_batchnorm_running_statistics_and_mode_survive(rng, tmp_path):
     layer = BatchNorm(3, momentum=0.25, eps=1e-3)
-    _randomize(layer.params, rng)
+    randomize(layer.params, rng)
     for _ in range(3):
         layer.inverse(rng.normal(size=(16, 3)) * 2.0 + 1.0)
     for mode in (True, False):
@@ -488,7 +484,7 @@ def test_save_refuses_what_it_cannot_reload(tmp_path, monkeypatch):
 def test_a_parameter_free_layer_used_twice_is_saved_as_copies(rng, tmp_path):
     reverse = Reverse(3)
     chain = Chain([Affine(3), reverse, Affine(3), reverse])
-    _randomize(chain.params, rng)
+    randomize(chain.params, rng)
     save(tmp_path / "m.npz", chain)
     loaded = load(tmp_path / "m.npz")
     x = rng.normal(size=(4, 3))
@@ -580,7 +576,7 @@ def good(tmp_path, rng):
     model = Flow(DiagNormal(4), Chain([
         AffineCoupling(4, mask=[True, False, False, True], hidden=(5,), rng=rng),
         Permute(4, rng=rng), ActNorm(4, initialized=True), BatchNorm(4)]))
-    _randomize(model.params, rng)
+    randomize(model.params, rng)
     path = tmp_path / "good.npz"
     save(path, model)
     assert isinstance(load(path), Flow)
@@ -675,6 +671,22 @@ def test_a_consistent_file_of_another_shape_than_the_model(good, tmp_path):
     _write(bad, header, arrays, redigest=True)
     _assert_clear_error(bad, "params/base.loc has shape \\(5,\\) in the file but the model built "
                              "from the spec expects \\(4,\\)")
+
+
+@pytest.mark.parametrize("name", ["params/base.loc", "buffers/bijector.layers.3.running_var"])
+@pytest.mark.parametrize("shape", [(1, 4), (4, 1), (2, 2)])
+def test_a_consistent_file_of_the_same_size_but_another_shape(good, tmp_path, name, shape):
+    """Same number of elements, other shape (a parameter and a buffer): refused by shape, not
+    silently reshaped or broadcast into the model's ``(4,)`` array."""
+    path, _ = good
+    header, arrays = _entries(path)
+    arrays[name] = arrays[name].reshape(shape)
+    _record(header, name)["shape"] = list(shape)
+    bad = tmp_path / "same_size.npz"
+    _write(bad, header, arrays, redigest=True)
+    shown = "\\(" + ", ".join(str(k) for k in shape) + "\\)"
+    _assert_clear_error(bad, f"{name} has shape {shown} in the file but the model built from "
+                             f"the spec expects \\(4,\\)")
 
 
 def test_missing_and_extra_entries(good, tmp_path):

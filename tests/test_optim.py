@@ -2,7 +2,7 @@
 
 Closed forms worked out by hand, and torch (when installed) as the reference implementation of
 the same update rules. Adam's basic behaviour (first step, convergence, bad settings) is also
-covered in tests/test_flow.py.
+covered in tests/test_distributions.py.
 """
 
 import math
@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from refflow.optim import SGD, Adam, CosineAnnealing, clip_grad_norm
+
+from .helpers import rel
 
 try:
     import torch
@@ -36,10 +38,6 @@ def _grad_sequence(n, seed=1):
     # magnitudes over six decades so that eps and the bias corrections matter
     return [{k: r.normal(size=s) * 10.0 ** r.uniform(-3, 3) for k, s in SHAPES.items()}
             for _ in range(n)]
-
-
-def _rel(a, b):
-    return float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b))))
 
 
 def _run_torch(make_optimizer, init, grads):
@@ -79,9 +77,9 @@ def test_adam_matches_torch_adamw(weight_decay):
                                                   weight_decay=weight_decay, foreach=False),
                      init, grads)
     for k in SHAPES:
-        assert _rel(params[k], ref[k]) < RTOL_TORCH, k
+        assert rel(params[k], ref[k]) < RTOL_TORCH, k
     # and the runs moved the parameters by much more than the tolerance
-    assert max(_rel(params[k], init[k]) for k in SHAPES) > 0.05
+    assert max(rel(params[k], init[k]) for k in SHAPES) > 0.05
 
 
 def test_adam_first_step_closed_form():
@@ -258,8 +256,8 @@ def test_sgd_matches_torch(momentum, nesterov, weight_decay):
                                                 weight_decay=weight_decay, foreach=False),
                      init, grads)
     for k in SHAPES:
-        assert _rel(params[k], ref[k]) < RTOL_TORCH, k
-    assert max(_rel(params[k], init[k]) for k in SHAPES) > 0.05
+        assert rel(params[k], ref[k]) < RTOL_TORCH, k
+    assert max(rel(params[k], init[k]) for k in SHAPES) > 0.05
 
 
 def test_sgd_closed_forms():

@@ -7,9 +7,11 @@ For each case of ``refflow._cases.CASES`` (hypothesis draws the seed and the bat
 - both pullbacks vs finite differences for the input and every parameter element
   (``assert_vjp``), and the context for conditional cases, with ``grads`` of ``params``' keys,
   shapes and dtype;
+- the ``*_vjp`` passes give the plain passes' outputs bit for bit (many layers take different
+  code paths with and without residuals: MAF's sampler, the fused spline and MLP passes);
 - float32 in gives float32 out (outputs, log-dets, input cotangents);
 - a single point ``(dim,)`` and a batch of one agree with the batch path;
-- an empty batch gives empty outputs.
+- an empty batch gives empty outputs of the input's dtype.
 
 Tolerances are those of ``refflow.testing`` (RTOL_ROUND_TRIP = 1e-10 for round trips, RTOL_FD =
 1e-6 against finite differences; see DEVELOPERS.md).
@@ -40,8 +42,9 @@ SAME_PASS = 1e-14
 def build(case_id, seed, n):
     """The bijector, ``z``, ``x`` and keyword arguments (the context of conditional cases)."""
     bijector, sample_z, sample_x, sample_context = CASES[case_id](seed)
-    kw = {} if sample_context is None else {"context": sample_context(seed + 3, n)}
-    return bijector, sample_z(seed + 1, n), sample_x(seed + 2, n), kw
+    context = None if sample_context is None else sample_context(seed + 3, n)
+    kw = {} if context is None else {"context": context}
+    return bijector, sample_z(seed + 1, n, context), sample_x(seed + 2, n, context), kw
 
 
 def vjp_inputs(v, kw):
@@ -94,6 +97,17 @@ def test_grads_match_params(case_id, direction):
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
 @pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_vjp_pass_gives_the_plain_pass_outputs(case_id, direction):
+    bijector, z, x, kw = build(case_id, 9, 5)
+    v = z if direction == "forward" else x
+    out, log_det = getattr(bijector, direction)(v, **kw)
+    out_vjp, log_det_vjp, _ = getattr(bijector, f"{direction}_vjp")(v, **kw)
+    np.testing.assert_array_equal(out_vjp, out)
+    np.testing.assert_array_equal(log_det_vjp, log_det)
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
 def test_float32_in_float32_out(case_id, direction):
     bijector, z, x, kw = build(case_id, 5, 6)
     v = z if direction == "forward" else x
@@ -133,12 +147,17 @@ def test_single_point_and_batch_of_one(case_id, direction):
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
 @pytest.mark.parametrize("direction", ["forward", "inverse"])
-def test_empty_batch(case_id, direction):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_empty_batch(case_id, direction, dtype):
     bijector, _, _, kw = build(case_id, 0, 1)
-    empty = np.zeros((0, bijector.dim))
-    kw = {k: c[:0] for k, c in kw.items()}
+    empty = np.zeros((0, bijector.dim), dtype=dtype)
+    kw = {k: c[:0].astype(dtype) for k, c in kw.items()}
+    out, log_det = getattr(bijector, direction)(empty, **kw)
+    assert out.shape == (0, bijector.dim) and log_det.shape == (0,)
+    assert out.dtype == dtype and log_det.dtype == dtype
     out, log_det, pullback = getattr(bijector, f"{direction}_vjp")(empty, **kw)
     assert out.shape == (0, bijector.dim) and log_det.shape == (0,)
+    assert out.dtype == dtype and log_det.dtype == dtype
     in_bar, grads, *_ = pullback(None, None)
-    assert in_bar.shape == (0, bijector.dim)
+    assert in_bar.shape == (0, bijector.dim) and in_bar.dtype == dtype
     assert all(np.array_equal(g, np.zeros_like(g)) for g in grads.values())

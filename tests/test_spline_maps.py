@@ -31,6 +31,8 @@ from refflow.kernels.splines import rqs_forward, rqs_forward_vjp, rqs_inverse, r
 from refflow.splines import rational_quadratic_spline, rational_quadratic_spline_vjp
 from refflow.testing import assert_vjp
 
+from .helpers import rel
+
 #: Same operations, different summation order.
 RTOL_EXACT = 1e-14
 #: The same formulas evaluated by two kernels whose arithmetic may be ordered differently:
@@ -61,12 +63,6 @@ MAP_CASES = [
 ]
 MAP_IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'}"
            for n, kw in MAP_CASES]
-
-
-def _rel(a, b):
-    """Max of ``|a - b| / max(1, |b|)``."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b)), initial=0.0))
 
 
 def _params(rng, m, lead, scale=1.0):
@@ -410,8 +406,8 @@ def test_values_vs_direct_numpy(rng, path, inverse):
     params = _durkan_params(rng, n)
     y, ld = rational_quadratic_spline(x, *params, inverse=inverse)
     y_ref, ld_ref = _reference_durkan(x, *params, inverse=inverse)
-    assert _rel(y, y_ref) <= RTOL_VALUE
-    assert _rel(ld, ld_ref) <= RTOL_VALUE
+    assert rel(y, y_ref) <= RTOL_VALUE
+    assert rel(ld, ld_ref) <= RTOL_VALUE
 
 
 def test_non_default_settings_vs_direct_numpy(rng, path):
@@ -421,7 +417,7 @@ def test_non_default_settings_vs_direct_numpy(rng, path):
     params = _durkan_params(rng, n, k)
     y, ld = rational_quadratic_spline(x, *params, **settings)
     y_ref, ld_ref = _reference_durkan(x, *params, B=1.5, mw=0.05, mh=0.02, md=0.2)
-    assert _rel(y, y_ref) <= RTOL_VALUE and _rel(ld, ld_ref) <= RTOL_VALUE
+    assert rel(y, y_ref) <= RTOL_VALUE and rel(ld, ld_ref) <= RTOL_VALUE
 
 
 @pytest.mark.parametrize("scale", [1.0, 5.0])
@@ -435,9 +431,9 @@ def test_round_trips_and_log_dets(rng, path, scale):
     assert np.max(np.abs(x_rt - x) / np.maximum(1.0, np.exp(-ld))) <= RTOL_ROUND_TRIP
     # y -> x -> y: well conditioned
     y_rt, ld_rt = rational_quadratic_spline(x_rt, *params)
-    assert _rel(y_rt, y) <= RTOL_ROUND_TRIP
+    assert rel(y_rt, y) <= RTOL_ROUND_TRIP
     # the inverse log-det is minus the forward one at the point it returned
-    assert _rel(ld_inv, -ld_rt) <= RTOL_ROUND_TRIP
+    assert rel(ld_inv, -ld_rt) <= RTOL_ROUND_TRIP
 
 
 @given(seed=st.integers(0, 2**32 - 1), n_bins=st.integers(2, 12),
@@ -528,7 +524,7 @@ def test_extreme_parameters_finite(rng, path):
         assert np.all(np.isfinite(x_rt)) and np.all(np.isfinite(ld_inv))
         assert all(np.all(np.isfinite(b)) for b in bars)
         y_rt, _ = rational_quadratic_spline(x_rt, *params)
-        assert _rel(y_rt, y) <= RTOL_ROUND_TRIP
+        assert rel(y_rt, y) <= RTOL_ROUND_TRIP
 
 
 def test_shapes_and_dtypes(rng, path):
@@ -641,7 +637,8 @@ def test_fused_equals_generic_kernels_on_the_same_knots(rng, monkeypatch, invers
     """Given bitwise-identical knots, the fused kernels reproduce the generic kernels and the
     map's pullback (they share the per-bin helpers; only summation orders differ)."""
     # libm's exp gives these knots bit for bit only in the scalar fused kernels; the block
-    # ones (vectorised exp, within 1 ulp) are held to them in tests/test_spline_speed_paths.py
+    # ones (vectorised exp, within 1 ulp) are held to them in
+    # tests/parity/test_spline_kernels_fast.py
     for name in ("forward", "inverse", "forward_vjp", "inverse_vjp"):
         monkeypatch.setattr(spline_core, f"rqs_durkan_{name}",
                             getattr(spline_kernels, f"rqs_durkan_{name}_scalar"))
@@ -658,8 +655,8 @@ def test_fused_equals_generic_kernels_on_the_same_knots(rng, monkeypatch, invers
     (rqs_inverse if inverse else rqs_forward)(x, xk, yk, dk, out, ld)
     with fast_paths(True, paths=["splines"]):
         y_f, ld_f, pullback = rational_quadratic_spline_vjp(x, uw, uh, ud, inverse=inverse)
-    assert _rel(y_f[inside], out[inside]) <= RTOL_PARITY
-    assert _rel(ld_f[inside], ld[inside]) <= RTOL_PARITY
+    assert rel(y_f[inside], out[inside]) <= RTOL_PARITY
+    assert rel(ld_f[inside], ld[inside]) <= RTOL_PARITY
     y_bar, ld_bar = rng.standard_normal(n), rng.standard_normal(n)
     kernel_vjp = rqs_inverse_vjp if inverse else rqs_forward_vjp
 
@@ -711,8 +708,8 @@ def test_fused_vs_map_path(rng, monkeypatch, inverse):
         y, ld, pullback = rational_quadratic_spline_vjp(x, *params, inverse=inverse)
     reference = (y, ld, *pullback(np.ones(n), np.ones(n)))
     for a, b, r in zip(out[True], out[False], reference):
-        assert _rel(r, b) <= RTOL_VALUE
-        assert _rel(a, b) <= RTOL_VALUE_SEEDS
+        assert rel(r, b) <= RTOL_VALUE
+        assert rel(a, b) <= RTOL_VALUE_SEEDS
 
 
 def test_threads_give_identical_results(rng, monkeypatch, path):
@@ -811,8 +808,8 @@ def test_against_nflows(rng, path, inverse, bound, n_bins):
     y, ld = rational_quadratic_spline(x, *params, inverse=inverse, bound=bound)
     y_t, ld_t = nflows_spline(*(torch.from_numpy(a) for a in (x, *params)), inverse=inverse,
                               tails="linear", tail_bound=bound)
-    assert _rel(y, y_t.numpy()) <= RTOL_VALUE
-    assert _rel(ld, ld_t.numpy()) <= RTOL_VALUE
+    assert rel(y, y_t.numpy()) <= RTOL_VALUE
+    assert rel(ld, ld_t.numpy()) <= RTOL_VALUE
 
 
 @pytest.mark.parametrize("inverse", [False, True])
@@ -853,9 +850,9 @@ def test_against_zuko():
                                                   bound=bound)
         y_z = t(torch.from_numpy(x))
         ld_z = t.log_abs_det_jacobian(torch.from_numpy(x), y_z)
-        assert _rel(y, y_z.numpy()) <= RTOL_VALUE
-        assert _rel(ld, ld_z.numpy()) <= RTOL_VALUE
+        assert rel(y, y_z.numpy()) <= RTOL_VALUE
+        assert rel(ld, ld_z.numpy()) <= RTOL_VALUE
         # zuko's inverse, from our y
         x_back, _ = np.empty(n), np.empty(n)
         rqs_inverse(y, xk, yk, dk, x_back, _)
-        assert _rel(x_back, t.inv(torch.from_numpy(y)).numpy()) <= RTOL_VALUE
+        assert rel(x_back, t.inv(torch.from_numpy(y)).numpy()) <= RTOL_VALUE

@@ -9,6 +9,8 @@ from refflow import (
 )
 from refflow.testing import RTOL_FD, assert_vjp
 
+from .helpers import randomize
+
 # A flow fitted to its own density: both sides of log q(x) - log q(x) are the same quantities
 # computed by a forward and an inverse pass; they agree to the round trips' accuracy.
 ATOL_SELF_KL = 1e-12
@@ -18,11 +20,6 @@ RTOL_TWO_PATHS = 1e-9
 # A Monte-Carlo mean is tested against zero at this many standard errors (a false alarm has
 # probability ~6e-7 per component).
 N_SIGMA = 5.0
-
-
-def randomize(params, rng, scale=0.3):
-    for key, value in params.items():
-        params[key] = rng.normal(0.0, scale, size=value.shape)
 
 
 def make_flow(base_cls, rng, dim=3):

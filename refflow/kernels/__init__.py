@@ -60,7 +60,7 @@ per thread). The number of threads is the CPUs available to the process
 (``len(os.sched_getaffinity(0))``), or the environment variable ``REFFLOW_NUM_THREADS`` (read at
 each call; ``1`` turns the threads off). Results are bit-identical for any number of threads:
 every element's arithmetic is the same whichever slice or block it lands in (fast-math off, so
-vectorised and scalar loop iterations round alike; tests/test_spline_speed_paths.py).
+vectorised and scalar loop iterations round alike; tests/parity/test_spline_kernels_fast.py).
 
 The BLAS's threads are decided by the size of the work, in :mod:`refflow.kernels.threads`
 (:func:`blas_threads`): one thread for small products, :func:`n_threads` for large ones, the

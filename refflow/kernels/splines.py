@@ -210,7 +210,7 @@ Two implementations of each: ``rqs_durkan_*`` work through the batch in blocks o
 vectorised ``exp`` / ``softplus`` (see the comment above ``_BLOCK``; 2-3x faster), and
 ``rqs_durkan_*_scalar`` are per-element loops with libm's functions. Same signatures, same
 formulas in the same order; they differ by the ulps of ``exp`` / ``log1p`` moved through the
-spline's conditioning (tests/test_spline_speed_paths.py). The scalar loops are kept as that
+spline's conditioning (tests/parity/test_spline_kernels_fast.py). The scalar loops are kept as that
 test's oracle; the layers and :func:`refflow.rational_quadratic_spline` run the block kernels.
 
 References
@@ -982,8 +982,9 @@ def rqs_durkan_inverse_vjp_scalar(y, uw, uh, ud, bound, min_bin_width, min_bin_h
 # (:func:`_derivatives`), (4) per row the bin's value / root / partials (the scalar kernels'
 # helpers). Phases 1 and 3 are branch-free loops that LLVM vectorises, with their own ``exp``
 # (:func:`_exp_le0`) and ``log1p`` (:func:`_log1p_01`), each within 2 ulps of libm's
-# (test_spline_speed_paths); everything else is bit-for-bit the scalar kernels' arithmetic, so the
-# two differ by round-off amplified by the spline's conditioning only. Fast-math stays off.
+# (tests/parity/test_spline_kernels_fast.py); everything else is bit-for-bit the scalar kernels'
+# arithmetic, so the two differ by round-off amplified by the spline's conditioning only.
+# Fast-math stays off.
 # ---------------------------------------------------------------------------------------------
 
 #: Rows per block: the block's scratch (4 K + 10 values per row) stays in the L1 cache.
@@ -1063,7 +1064,7 @@ def _exp_le0(x, one, ec):
     relative), by Estrin's scheme; ``2^n = 2^a 2^(n-a)`` with ``a = n >> 1``, both factors
     normal (``x`` is clamped to -1000, or -150 in float32, where exp has long underflowed to 0),
     so the first product is exact and the second rounds once, gradually into the subnormals.
-    Within 1 ulp of libm's exp (test_spline_speed_paths).
+    Within 1 ulp of libm's exp (tests/parity/test_spline_kernels_fast.py).
     """
     (lim, half, log2e, ln2_hi, ln2_lo, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12,
      c13) = ec
@@ -1101,7 +1102,7 @@ def _log1p_01(t, zero, one, lc):
     ``log1p(t) = j ln2_hi + (log m + (c/w + j ln2_lo))`` (``c/w``: the first-order correction
     for the rounding of ``w``; ``ln2`` split as in :func:`_exp_le0`, so that its rounding does
     not add an ulp to results near 0.35). Within 2 ulps of the exact value
-    (test_spline_speed_paths).
+    (tests/parity/test_spline_kernels_fast.py).
     """
     (sqrt2, ln2_hi, ln2_lo, half, c3, c5, c7, c9, c11, c13, c15, c17, c19, c21) = lc
     w = one + t

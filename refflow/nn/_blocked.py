@@ -26,8 +26,9 @@ at the front, which works the same), and the cotangents of both.
 Layout and determinism. Units-major activations ``(units, batch)`` make every block contiguous
 and measured 1.3-1.6x faster per block product, but put the batch on the GEMMs' column side,
 where OpenBLAS 0.3.31 sums in an order that depends on the column count (remainder kernels):
-row chunks of a pass were then not bit-identical to the whole pass (``tests/test_memory.py``),
-so the batch stays the GEMMs' row count (bit-identical for chunks above 600 rows).
+row chunks of a pass were then not bit-identical to the whole pass
+(``tests/robustness/test_memory.py``), so the batch stays the GEMMs' row count (bit-identical for
+chunks above 600 rows).
 
 Weights are gathered once per pass into the sorted layout (one ``take`` with a precomputed
 flat index, times the sorted mask); gradients are gathered back. The number of groups per
@@ -276,8 +277,9 @@ class Prepared:
 #: rows, so a tiled pass is bit-identical to one pass, as row chunks are; DEVELOPERS.md).
 #: Measured, MADE(64, (256, 256)) at 4096 rows: 1.3-1.5x faster than one pass with 601-1024
 #: rows (768 best), 1.15x with 2048. Off (None) for now: tiles also bound the pass's
-#: temporaries, which breaks ``tests/test_memory.py``'s check that an unchunked MAF log_prob's
-#: peak memory grows with n (the check needs another flow before this is turned on: 768).
+#: temporaries, which breaks ``tests/robustness/test_memory.py``'s check that an unchunked MAF
+#: log_prob's peak memory grows with n (the check needs another flow before this is turned on:
+#: 768).
 TILE_ROWS = None
 
 

@@ -93,7 +93,7 @@ def _relu_vd(a):
             or a.dtype not in (np.float32, np.float64) or not a.flags.c_contiguous:
         return _relu_vd_reference(a)
     # One pass instead of three (the bool -> float astype alone cost 2 ms per 4096 x 64 array);
-    # bitwise the reference values (tests/test_fused_paths.py).
+    # bitwise the reference values (tests/parity/test_mlp_optim_coupling.py).
     h, d = np.empty_like(a), np.empty_like(a)
     relu_value_derivative(a.reshape(-1), h.reshape(-1), d.reshape(-1))
     return h, d

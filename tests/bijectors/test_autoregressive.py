@@ -7,6 +7,8 @@ from refflow import Chain, Flow, Inverse, MaskedAffineAutoregressive, StandardNo
 from refflow.bijectors.scale_maps import SCALE_MAPS
 from refflow.testing import assert_bijector, assert_vjp, jacobian_fd
 
+from ..helpers import made_two_orders_bound
+
 DIM = 4
 
 
@@ -65,32 +67,6 @@ def test_oracle_every_scale_map_and_degree_rule(rng, scale, hidden_degrees):
     assert_vjp(layer.inverse_vjp, x, layer.params, rng=2)
 
 
-def _two_orders_bound(made, x):
-    """Bound on how far two evaluations of MADE's outputs at ``x`` can differ when only the
-    order of each dot product's summation differs (the incremental sampler sums degree blocks
-    separately, the density pass sums whole rows).
-
-    Each evaluation of ``sum_j w_j h_j + b`` (``n`` terms) is within ``gamma_n sum_j |w_j h_j|
-    + |b|`` of the exact sum (Higham, Accuracy and Stability, eq. 3.5), so two orders differ by
-    at most twice that; a difference ``dh`` already in a layer's input adds ``|W| dh`` (ReLU
-    is 1-Lipschitz). First order in eps.
-    """
-    eps = np.finfo(float).eps
-    h, dh = x, np.zeros_like(x)
-    last = len(made.masks) - 1
-    for k, mask in enumerate(made.masks):
-        w = np.abs(made.params[f"w{k}"] * mask)
-        b = made.params[f"b{k}"]
-        n = w.shape[1] + 1
-        gamma = n * eps / (1 - n * eps)
-        a = h @ (made.params[f"w{k}"] * mask).T + b
-        da = 2 * gamma * (np.abs(h) @ w.T + np.abs(b)) + dh @ w.T
-        if k < last:
-            h, dh = np.maximum(a, 0.0), da
-    shape = (x.shape[0], made.dim, made.n_params)
-    return a.reshape(shape), da.reshape(shape)
-
-
 def test_sampling_pass_is_the_exact_inverse_of_the_density_pass(rng):
     layer = make(rng, hidden=(32, 32))
     z = rng.normal(size=(50, DIM))
@@ -99,10 +75,10 @@ def test_sampling_pass_is_the_exact_inverse_of_the_density_pass(rng):
     np.testing.assert_array_equal(log_det, -inv_log_det)  # forward's log-det is the density pass's
     # Exact to round-off. The sampler sets x = z s' + mu' from its own (incremental) sums,
     # the density pass recomputes mu, s at x with whole-row sums: |mu' - mu| <= d_mu and
-    # |s'/s - 1| <= d_u (first order; exp scale) by _two_orders_bound. Then
+    # |s'/s - 1| <= d_u (first order; exp scale) by made_two_orders_bound. Then
     # z_back - z = (mu' - mu) / s + z (s'/s - 1) + rounding, and the rounding of x = z s + mu
     # (about eps (|z s| + |mu|)) is divided by s; a few ulps of slack for the operations.
-    out, d_out = _two_orders_bound(layer.made, x)
+    out, d_out = made_two_orders_bound(layer.made, x)
     s = np.exp(out[..., 1])
     eps = np.finfo(float).eps
     bound = (4 * eps * (np.abs(x) + np.abs(out[..., 0])) / s + 4 * eps * np.abs(z)

@@ -12,6 +12,8 @@ from refflow import Chain, Inverse, Reverse
 from refflow.bijectors.coupling import AdditiveCoupling, AffineCoupling
 from refflow.testing import assert_bijector, assert_vjp, jacobian_fd
 
+from ..helpers import randomize
+
 #: Identities computed two ways in float64 (a few roundings apart).
 RTOL_EXACT = 1e-12
 #: Analytic derivative vs the central-difference Jacobian (refflow.testing's RTOL_FD).
@@ -32,22 +34,16 @@ def rng():
     return np.random.default_rng(20250117)
 
 
-def _randomize(layer, rng, scale=0.3):
-    for key, value in layer.params.items():
-        layer.params[key] = rng.normal(0.0, scale, size=value.shape)
-    return layer
-
-
 def _affine(rng, *, scale="exp", mask=MASK, context_dim=None, activation="tanh", **kwargs):
     layer = AffineCoupling(DIM, mask=mask, hidden=HIDDEN, activation=activation, scale=scale,
                            context_dim=context_dim, rng=rng, **kwargs)
-    return _randomize(layer, rng)
+    return randomize(layer, rng)
 
 
 def _additive(rng, *, mask=MASK, context_dim=None, activation="tanh", **kwargs):
     layer = AdditiveCoupling(DIM, mask=mask, hidden=HIDDEN, activation=activation,
                              context_dim=context_dim, rng=rng, **kwargs)
-    return _randomize(layer, rng)
+    return randomize(layer, rng)
 
 
 def _parts(layer):
@@ -258,7 +254,7 @@ class TestPaperFacts:
     def test_any_mask_round_trips_and_keeps_its_identity_part(self, mask, seed):
         rng = np.random.default_rng(seed)
         mask = np.array(mask)
-        layer = _randomize(AffineCoupling(mask.size, mask=mask, hidden=(5,), activation="tanh",
+        layer = randomize(AffineCoupling(mask.size, mask=mask, hidden=(5,), activation="tanh",
                                           rng=rng), rng, scale=0.5)
         z = rng.normal(size=(4, mask.size))
         x, log_det = layer.forward(z)
@@ -290,7 +286,7 @@ class TestOracle:
 
     @pytest.mark.parametrize("cls", [AdditiveCoupling, AffineCoupling])
     def test_default_relu_conditioner(self, rng, cls):
-        layer = _randomize(cls(4, hidden=(12, 12), rng=rng), rng)
+        layer = randomize(cls(4, hidden=(12, 12), rng=rng), rng)
         z = rng.normal(size=(3, 4))
         assert_bijector(layer.forward, layer.inverse, z)
         assert_vjp(layer.forward_vjp, z, layer.params, rng=0)

@@ -12,18 +12,16 @@ from scipy.special import expit
 from refflow import Householder, LULinear, Permute, Reverse
 from refflow.testing import RTOL_ROUND_TRIP, assert_bijector, assert_vjp
 
+from ..helpers import randomize
+
 #: Two float64 evaluations of the same matrix product in different summation orders.
 RTOL_MATMUL = 1e-12
 #: float32 results against float64 ones: a few float32 ulps (eps32 ~ 1.2e-7) over small dims.
 RTOL_FLOAT32 = 1e-5
+#: Raw parameters drawn N(0, 0.7^2): clearly non-trivial, well-conditioned triangular factors.
+PARAM_SCALE = 0.7
 
 DIM = 5
-
-
-def _randomize(layer, rng, scale=0.7):
-    for key in layer.params:
-        layer.params[key] = scale * rng.standard_normal(layer.params[key].shape)
-    return layer
 
 
 def _lu_by_hand(layer):
@@ -58,10 +56,10 @@ def _householder_matrix(v):
 FACTORIES = {
     "permute": lambda rng: Permute(DIM, rng=rng),
     "reverse": lambda rng: Reverse(DIM),
-    "lu_exp": lambda rng: _randomize(LULinear(DIM, permutation="random", rng=rng), rng),
-    "lu_softplus": lambda rng: _randomize(
-        LULinear(DIM, permutation="random", upper_diag="softplus", rng=rng), rng),
-    "lu_exp_identity_perm": lambda rng: _randomize(LULinear(DIM), rng),
+    "lu_exp": lambda rng: randomize(LULinear(DIM, permutation="random", rng=rng), rng, PARAM_SCALE),
+    "lu_softplus": lambda rng: randomize(
+        LULinear(DIM, permutation="random", upper_diag="softplus", rng=rng), rng, PARAM_SCALE),
+    "lu_exp_identity_perm": lambda rng: randomize(LULinear(DIM), rng, PARAM_SCALE),
     "householder": lambda rng: Householder(DIM, rng=rng),
     "householder_k2": lambda rng: Householder(DIM, n_reflections=2, rng=rng),
     "householder_k7": lambda rng: Householder(DIM, n_reflections=7, rng=rng),
@@ -163,7 +161,8 @@ def test_lu_parameter_layout():
 @pytest.mark.parametrize("upper_diag", ["exp", "softplus"])
 @pytest.mark.parametrize("permutation", [None, "random", [2, 0, 3, 1]])
 def test_lu_weight_is_p_l_u_by_hand(upper_diag, permutation, rng):
-    layer = _randomize(LULinear(4, permutation=permutation, upper_diag=upper_diag, rng=7), rng)
+    layer = randomize(LULinear(4, permutation=permutation, upper_diag=upper_diag, rng=7), rng,
+                      PARAM_SCALE)
     pmat, lower, upper, c = _lu_by_hand(layer)
     weight = pmat @ lower @ upper
     np.testing.assert_allclose(layer.weight(), weight, rtol=RTOL_MATMUL, atol=0)
@@ -380,8 +379,8 @@ def test_oracle_inverse_pullback(layer, rng):
 
 def test_oracle_pullbacks_with_large_parameters(rng):
     # Well away from the identity: the constraint derivatives and all L, U entries matter.
-    for layer in (_randomize(LULinear(4, permutation="random", rng=1), rng, scale=2.0),
-                  _randomize(LULinear(4, upper_diag="softplus", rng=1), rng, scale=2.0)):
+    for layer in (randomize(LULinear(4, permutation="random", rng=1), rng, scale=2.0),
+                  randomize(LULinear(4, upper_diag="softplus", rng=1), rng, scale=2.0)):
         z = rng.standard_normal((4, 4))
         assert_bijector(layer.forward, layer.inverse, z)
         assert_vjp(layer.forward_vjp, z, layer.params, rng=1)
@@ -462,7 +461,7 @@ def test_float32_in_float32_out(layer, rng):
 def test_lu_float32_is_computed_in_float32(rng):
     # Parameters cast to float32 first: the result equals the float32 computation, not a
     # rounded float64 one.
-    layer = _randomize(LULinear(3, permutation="random", rng=0), rng)
+    layer = randomize(LULinear(3, permutation="random", rng=0), rng, PARAM_SCALE)
     z = rng.standard_normal((2, 3)).astype(np.float32)
     x, _ = layer.forward(z)
     w32 = layer.weight(np.float32)

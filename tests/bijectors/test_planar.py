@@ -22,6 +22,8 @@ from refflow.kernels.planar import (
 )
 from refflow.testing import RTOL_ROUND_TRIP, assert_bijector, assert_vjp
 
+from ..helpers import randomize, rel
+
 EPS = np.finfo(np.float64).eps
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -53,6 +55,8 @@ COND_MAX = 1e4
 LOG_DET_ULPS = 16
 #: float32 roots: the float64 criterion with float32's unit round-off.
 RESIDUAL_ULPS_32 = RESIDUAL_ULPS
+#: Raw parameters drawn N(0, 0.7^2): clearly non-trivial maps, well inside the constraints.
+PARAM_SCALE = 0.7
 
 
 def _plain_python():
@@ -68,15 +72,6 @@ PLAIN_PYTHON = _plain_python()
 
 def n_rows(compiled, python):
     return python if PLAIN_PYTHON else compiled
-
-
-def rel(a, b):
-    """The oracle's relative error ``max |a - b| / max(1, |b|)``."""
-    return float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b)), initial=0.0))
-
-
-def row_rel(a, b):
-    return np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b)), axis=1)
 
 
 def softplus(s):
@@ -97,12 +92,6 @@ def planar_with_margin(dim, margin, rng, b=0.3):
     layer.params["w"] = w
     layer.params["u"] = u + (s - w @ u) * w / (w @ w)  # w^T u = s
     layer.params["b"] = [b]
-    return layer
-
-
-def randomize(layer, rng, scale=0.7):
-    for key in layer.params:
-        layer.params[key] = rng.normal(0.0, scale, size=layer.params[key].shape)
     return layer
 
 
@@ -152,7 +141,7 @@ def test_planar_constraint_with_every_raw_entry_at_50(entries, rng):
 def test_planar_matches_the_paper(rng):
     """The paper's planar map ``x = z + u_hat h(w^T z + b)`` and
     ``log|det| = log|1 + u_hat^T psi(z)|``, ``psi = h'(w^T z + b) w``; naive formulas."""
-    layer = randomize(Planar(4, rng=rng), rng)
+    layer = randomize(Planar(4, rng=rng), rng, PARAM_SCALE)
     k = layer.constrained()
     z = rng.normal(size=(50, 4)) * 2
     pre = z @ k["w"] + k["b"]
@@ -192,7 +181,7 @@ def test_radial_matches_the_paper(rng):
     ``det = [1 + beta h]^(d-1) [1 + beta h + beta h'(alpha, r) r]``, and the Jacobian
     ``(1 + beta h) I + beta h' (z - z0)(z - z0)^T / r`` by slogdet."""
     d = 4
-    layer = randomize(Radial(d, rng=rng), rng)
+    layer = randomize(Radial(d, rng=rng), rng, PARAM_SCALE)
     k = layer.constrained()
     alpha, beta = k["alpha"], k["beta"]
     z = rng.normal(size=(50, d)) * 2
@@ -214,7 +203,7 @@ def test_radial_at_the_centre(rng):
     """``z = z0`` (``r = 0``) is an ordinary point: ``x = z0``, ``log_det = d log((alpha +
     beta) / alpha)``, and the pullbacks are finite, with the unit vector ``v / r`` taken as 0."""
     d = 3
-    layer = randomize(Radial(d, rng=rng), rng)
+    layer = randomize(Radial(d, rng=rng), rng, PARAM_SCALE)
     k = layer.constrained()
     z0 = k["z0"]
     ratio = k["alpha_plus_beta"] / k["alpha"]
@@ -258,7 +247,7 @@ def test_sylvester_matches_the_paper(q, m, rng):
     built here by hand and measured by slogdet; ``Q`` from the reflection matrices or the
     permutation; ``R``, ``R~`` upper triangular with ``tanh`` diagonals."""
     d = 5
-    layer = randomize(Sylvester(d, m=m, q=q, rng=rng), rng)
+    layer = randomize(Sylvester(d, m=m, q=q, rng=rng), rng, PARAM_SCALE)
     p = layer.params
     if q == "householder":
         qmat = householder_product(p["vectors"], d)[:, :m]
@@ -306,7 +295,7 @@ def test_sylvester_diagonal_products_stay_above_minus_one(raw, rng):
 
 def test_sylvester_leaves_the_orthogonal_complement_unchanged(rng):
     """With ``m < d`` the component of ``z`` (and of ``x``) outside ``span(Q)`` passes unchanged."""
-    layer = randomize(Sylvester(6, m=2, n_reflections=4, rng=rng), rng)
+    layer = randomize(Sylvester(6, m=2, n_reflections=4, rng=rng), rng, PARAM_SCALE)
     q = layer.constrained()["q"]
     proj = np.eye(6) - q @ q.T
     z = rng.normal(size=(30, 6)) * 3
@@ -405,7 +394,7 @@ def test_sylvester_round_trips_near_the_constraint(raw, scale, rng):
     ``||J^{-1}||`` (the triangular system compounds the small slopes ``1 + R_ii R~_ii h'``), so
     it meets RTOL_ROUND_TRIP wherever ``||J^{-1}|| <= COND_MAX``; ``x -> z -> x`` everywhere."""
     d, m = 5, 3
-    layer = randomize(Sylvester(d, m=m, n_reflections=4, rng=rng), rng)
+    layer = randomize(Sylvester(d, m=m, n_reflections=4, rng=rng), rng, PARAM_SCALE)
     layer.params["unconstrained_r_diag"] = [raw, -raw, raw]
     layer.params["unconstrained_r_tilde_diag"] = [-raw, raw, -raw]
     k = layer.constrained()
@@ -439,7 +428,7 @@ def test_radial_round_trips_near_the_constraint(beta_raw, scale, rng):
     contracts the neighbourhood of ``z0``): closed-form inverse to round-off at ``|z|`` up to
     1e3 (``r >= FLAT``, where ``x - z0`` keeps its digits) and ``x -> z -> x`` everywhere."""
     d = 3
-    layer = randomize(Radial(d, rng=rng), rng)
+    layer = randomize(Radial(d, rng=rng), rng, PARAM_SCALE)
     layer.params["beta"] = [beta_raw]
     z = rng.normal(size=(400, d)) * scale
     keep = np.linalg.norm(z - layer.constrained()["z0"], axis=1) >= FLAT
@@ -613,6 +602,55 @@ def test_kernels_float32(rng):
         assert (resid <= RESIDUAL_ULPS_32 * EPS32 * scalar_scale(a.astype(float), y, c, bb)).all()
 
 
+#: The float32 Planar inverse against the exact inverse of the float32 map (below): a few
+#: float32 roundings of each term; measured worst 1.2 over 30 seeds x 400 rows.
+INVERSE32_ULPS = 4
+
+
+def test_planar_float32_inverse_solves_the_float32_map():
+    """The float32 forward pass computes ``x = z + u_hat32 tanh(w32^T z + b32)`` with the rounded
+    coefficients; its scalar equation is ``alpha + c tanh(alpha + b32) = w32^T x`` with
+    ``c = w32^T u_hat32``, which differs from ``w^T u_hat`` (float64, then rounded) by up to
+    ``eps32 |w| |u_hat|``. The float32 inverse must solve the float map's equation: compared here
+    with a float64 bisection of it (same float32 ``y = x @ w32``), ``z`` is within
+    ``INVERSE32_ULPS`` float32 roundings of each term, ``|x| + |t| |u_hat| + |u_hat| h' S / g'``
+    (``S`` the scale of the equation's terms, ``g' = 1 + c h'`` its slope). Large, nearly
+    orthogonal ``w`` and ``u`` with inputs near ``w``'s orthogonal complement make ``c``'s
+    rounding visible: solving with the float64 ``c`` is off by ~36 such roundings there."""
+    worst = 0.0
+    for seed in range(10):
+        r = np.random.default_rng(seed)
+        layer = Planar(4, rng=r)
+        w, u = r.normal(size=4) * 10.0, r.normal(size=4) * 10.0
+        u = u - (u @ w) / (w @ w) * w + r.normal() * w / (w @ w)
+        layer.params["w"], layer.params["u"] = w, u
+        layer.params["b"] = [0.5 * r.normal()]
+        v = r.normal(size=(400, 4))
+        w_unit = w / np.linalg.norm(w)
+        x32 = (v - np.outer(v @ w_unit - 0.1 * r.normal(size=400), w_unit)).astype(np.float32)
+        z32, _ = layer.inverse(x32)
+        assert z32.dtype == np.float32
+        k = layer.constrained()
+        w32, u32, b32 = k["w"].astype(np.float32), k["u_hat"].astype(np.float32), np.float32(k["b"])
+        y = (x32 @ w32).astype(np.float64)                  # the layer's own float32 product
+        c = float(w32.astype(np.float64) @ u32.astype(np.float64))
+        b = float(b32)
+        lo, hi = y - abs(c) - 1.0, y + abs(c) + 1.0         # g(alpha) = alpha + c tanh(.) - y
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            below = mid + c * np.tanh(mid + b) < y
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        alpha = 0.5 * (lo + hi)
+        t = np.tanh(alpha + b)
+        hp = 1.0 - t * t
+        z = x32.astype(np.float64) - t[:, None] * u32.astype(np.float64)
+        terms = np.abs(y) + np.abs(alpha) + abs(c) * np.abs(t) + abs(b)
+        scale = (np.abs(x32) + np.abs(t)[:, None] * np.abs(u32)
+                 + np.abs(u32) * (hp * terms / np.abs(1.0 + c * hp))[:, None])
+        worst = max(worst, float(np.max(np.abs(z32 - z) / (EPS32 * scale))))
+    assert worst <= INVERSE32_ULPS, worst
+
+
 def test_float32_arithmetic_stays_float32():
     """No float64 in the float32 specialisations (a literal 2.0 would promote them): numba's
     inferred types of every variable of fresh, uncached compilations."""
@@ -693,10 +731,11 @@ def test_finite_outputs_for_raw_parameters_at_50(rng):
 def test_oracle_on_a_chain_and_on_sylvester_m1(rng):
     """A Chain of all three, and Sylvester with ``m = 1`` (no off-diagonal entries: empty
     parameter arrays), through the oracle."""
-    chain = Chain([randomize(Planar(3, rng=rng), rng), randomize(Radial(3, rng=rng), rng),
-                   randomize(Sylvester(3, m=2, rng=rng), rng),
-                   randomize(Sylvester(3, m=1, q="permutation", rng=rng), rng)])
-    single = randomize(Sylvester(3, m=1, rng=rng), rng)
+    chain = Chain([randomize(Planar(3, rng=rng), rng, PARAM_SCALE),
+                   randomize(Radial(3, rng=rng), rng, PARAM_SCALE),
+                   randomize(Sylvester(3, m=2, rng=rng), rng, PARAM_SCALE),
+                   randomize(Sylvester(3, m=1, q="permutation", rng=rng), rng, PARAM_SCALE)])
+    single = randomize(Sylvester(3, m=1, rng=rng), rng, PARAM_SCALE)
     assert single.params["r_entries"].shape == (0,)
     for layer in (chain, single):
         z, x = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
@@ -707,8 +746,9 @@ def test_oracle_on_a_chain_and_on_sylvester_m1(rng):
 
 def test_pullback_uses_the_parameters_of_its_pass(rng):
     """A pullback closes over its pass: changing the parameters afterwards changes nothing."""
-    for layer in (randomize(Planar(3, rng=rng), rng), randomize(Radial(3, rng=rng), rng),
-                  randomize(Sylvester(3, m=2, rng=rng), rng)):
+    for layer in (randomize(Planar(3, rng=rng), rng, PARAM_SCALE),
+                  randomize(Radial(3, rng=rng), rng, PARAM_SCALE),
+                  randomize(Sylvester(3, m=2, rng=rng), rng, PARAM_SCALE)):
         for name in ("forward_vjp", "inverse_vjp"):
             v = rng.normal(size=(5, 3))
             out, log_det, pullback = getattr(layer, name)(v)
@@ -733,7 +773,7 @@ def test_pullback_uses_the_parameters_of_its_pass(rng):
     lambda: Sylvester(4, m=2, q="permutation", rng=1),
 ], ids=["planar", "radial", "sylvester_h", "sylvester_default", "sylvester_t"])
 def test_config_rebuilds_the_structure(make, rng):
-    layer = randomize(make(), rng)
+    layer = randomize(make(), rng, PARAM_SCALE)
     config = json.loads(json.dumps(layer._config()))
     assert "rng" not in config
     other = type(layer)._from_config(config)
@@ -753,7 +793,7 @@ def test_config_rebuilds_the_structure(make, rng):
 
 # ============================================================================ errors
 def test_planar_zero_w_is_an_error(rng):
-    layer = randomize(Planar(3, rng=rng), rng)
+    layer = randomize(Planar(3, rng=rng), rng, PARAM_SCALE)
     saved = {k: v.copy() for k, v in layer.params.items()}
     layer.params["w"] = [0.0, 0.0, 0.0]
     for name in ("forward", "inverse", "forward_vjp", "inverse_vjp"):

@@ -7,16 +7,20 @@ from refflow import (
     Chain, Flow, MaskedSplineAutoregressive, RationalQuadraticSpline, SplineCoupling,
     StandardNormal,
 )
-from refflow.splines import rational_quadratic_spline
 from refflow.testing import assert_bijector, assert_vjp, jacobian_fd
+
+from ..helpers import paper_knots, paper_rqs, paper_rqs_inverse, randomize, rel
 
 MAPS = ["durkan", "zuko", "distrax"]
 
 
-def randomize(layer, rng, scale=0.5):
-    for key, value in layer.params.items():
-        layer.params[key] = rng.normal(0.0, scale, size=value.shape)
-    return layer
+#: Raw parameters of the layers drawn N(0, 0.5^2) unless a test says otherwise.
+PARAM_SCALE = 0.5
+#: The layers against the papers' formulas evaluated here in another order (knots from
+#: ``scipy.special.softmax`` and plain cumulative sums, the bin's formula as printed, inverses by
+#: bisection): knots a few ulps apart, amplified by the spline's conditioning (below ~1e2 for
+#: standard-normal parameters; the same bound as ``RTOL_VALUE`` in tests/test_spline_maps.py).
+RTOL_PAPER = 1e-12
 
 
 def away_from_knots(layer, direction, v, rng, margin=1e-3, context=None):
@@ -54,38 +58,66 @@ def test_elementwise_oracle_and_monotone(parameterization):
     assert np.all(np.diff(values, axis=0) > 0)
 
 
-def test_elementwise_durkan_matches_the_functional():
+def _paper_spline(name, v, theta, n_bins, inverse=False):
+    """``RQS`` (or its inverse) of each ``v[i]`` with the unconstrained parameters ``theta[i]``
+    laid out ``[widths | heights | derivatives]``, from the papers' formulas (tests/helpers.py)."""
+    out, log_det = np.empty(v.shape), np.empty(v.shape)
+    for i, (value, t) in enumerate(zip(v, theta)):
+        knots = paper_knots(name, t[:n_bins], t[n_bins:2 * n_bins], t[2 * n_bins:])
+        out[i], log_det[i] = (paper_rqs_inverse if inverse else paper_rqs)(value, *knots)
+    return out, log_det
+
+
+@pytest.mark.parametrize("parameterization", MAPS)
+def test_elementwise_is_the_papers_spline(parameterization):
+    """Both passes of ``RationalQuadraticSpline`` against the spline computed here from the NSF
+    paper's formulas (and each map's published knot rule): values and log-dets, inside the
+    bound and in the linear tails (the identity for durkan and zuko)."""
     rng = np.random.default_rng(4)
-    layer = randomize(RationalQuadraticSpline(3, n_bins=7), rng, 1.0)
-    z = rng.normal(0, 2.0, size=(5, 3))
-    x, log_det = layer.forward(z)
-    p = layer.params
-    for j in range(3):
-        y, ld = rational_quadratic_spline(z[:, j], np.tile(p["unnormalized_widths"][j], (5, 1)),
-                                          np.tile(p["unnormalized_heights"][j], (5, 1)),
-                                          np.tile(p["unnormalized_derivatives"][j], (5, 1)))
-        np.testing.assert_allclose(x[:, j], y, rtol=1e-14, atol=1e-14)
-    z_tail = np.array([[3.5, -10.0, 1e3]])
-    x_tail, ld_tail = layer.forward(z_tail)
-    np.testing.assert_array_equal(x_tail, z_tail)   # identity tails outside [-3, 3]
-    np.testing.assert_array_equal(ld_tail, [0.0])
+    layer = randomize(RationalQuadraticSpline(3, n_bins=7, parameterization=parameterization),
+                      rng, 1.0)
+    bound = layer._map.bound
+    z = np.concatenate([rng.normal(0, bound / 2, size=(6, 3)),
+                        [[bound + 0.5, -3.0 * bound, 1e3]]])
+    theta = np.concatenate([layer.params["unnormalized_widths"],
+                            layer.params["unnormalized_heights"],
+                            layer.params["unnormalized_derivatives"]], axis=1)
+    for direction in ("forward", "inverse"):
+        out, log_det = getattr(layer, direction)(z)
+        expected_log_det = np.zeros(z.shape[0])
+        for j in range(3):
+            expected, expected_ld = _paper_spline(parameterization, z[:, j],
+                                                  np.tile(theta[j], (z.shape[0], 1)), 7,
+                                                  inverse=direction == "inverse")
+            assert rel(out[:, j], expected) <= RTOL_PAPER, (direction, j)
+            expected_log_det += expected_ld
+        assert rel(log_det, expected_log_det) <= RTOL_PAPER, direction
+    if parameterization != "distrax":
+        x_tail, ld_tail = layer.forward(z[-1:])
+        np.testing.assert_array_equal(x_tail, z[-1:])   # identity tails outside [-B, B]
+        np.testing.assert_array_equal(ld_tail, [0.0])
 
 
 @pytest.mark.parametrize("parameterization", MAPS)
 def test_coupling_density_direction_is_the_spline(parameterization):
+    """``SplineCoupling.inverse`` is ``z_b = RQS(x_b; theta(x_a))`` and ``z_a = x_a`` (nflows'
+    and zuko's direction), with the spline from the papers' formulas; ``forward`` inverts it."""
     rng = np.random.default_rng(5)
     layer = randomize(SplineCoupling(4, hidden=(8,), n_bins=4, parameterization=parameterization,
-                                     rng=rng), rng)
+                                     rng=rng), rng, PARAM_SCALE)
     x = rng.normal(size=(5, 4))
     z, log_det = layer.inverse(x)
     np.testing.assert_array_equal(z[:, :2], x[:, :2])  # identity part
-    # by hand: conditioner on x_a, the map's knots, the kernel
-    theta = layer.conditioner(x[:, :2]).reshape(5, 2, -1)
-    from refflow.bijectors.spline_core import rqs, split_parameters
-    out, ld, _ = rqs("spline", np.ascontiguousarray(x[:, 2:]).reshape(-1),
-                     *split_parameters(theta.reshape(10, -1), 4), layer._map, False)
-    np.testing.assert_allclose(z[:, 2:], out.reshape(5, 2), rtol=1e-14, atol=1e-14)
-    np.testing.assert_allclose(log_det, ld.reshape(5, 2).sum(axis=1), rtol=1e-13, atol=1e-13)
+    theta = layer.conditioner(x[:, :2]).reshape(10, -1)   # the MLP's output: 2 elements per row
+    expected, expected_ld = _paper_spline(parameterization, x[:, 2:].reshape(-1), theta, 4)
+    assert rel(z[:, 2:], expected.reshape(5, 2)) <= RTOL_PAPER
+    assert rel(log_det, expected_ld.reshape(5, 2).sum(axis=1)) <= RTOL_PAPER
+    x_back, log_det_back = layer.forward(z)
+    np.testing.assert_array_equal(x_back[:, :2], z[:, :2])
+    expected, expected_ld = _paper_spline(parameterization, z[:, 2:].reshape(-1), theta, 4,
+                                          inverse=True)
+    assert rel(x_back[:, 2:], expected.reshape(5, 2)) <= RTOL_PAPER
+    assert rel(log_det_back, expected_ld.reshape(5, 2).sum(axis=1)) <= RTOL_PAPER
 
 
 @pytest.mark.parametrize("parameterization", MAPS)
@@ -93,7 +125,7 @@ def test_coupling_oracle_conditional(parameterization):
     rng = np.random.default_rng(6)
     layer = randomize(SplineCoupling(3, mask=[True, False, True], hidden=(8,), n_bins=4,
                                      parameterization=parameterization, activation="tanh",
-                                     context_dim=2, rng=rng), rng)
+                                     context_dim=2, rng=rng), rng, PARAM_SCALE)
     c = rng.normal(size=(5, 2))
     z = away_from_knots(layer, "forward", rng.normal(0, 2.0, size=(5, 3)), rng, context=c)
     x = away_from_knots(layer, "inverse", rng.normal(0, 2.0, size=(5, 3)), rng, context=c)
@@ -107,7 +139,7 @@ def test_autoregressive_oracle_conditional(parameterization):
     rng = np.random.default_rng(7)
     layer = randomize(MaskedSplineAutoregressive(3, hidden=(9, 9), n_bins=4, activation="tanh",
                                                  parameterization=parameterization, context_dim=2,
-                                                 order="random", rng=rng), rng)
+                                                 order="random", rng=rng), rng, PARAM_SCALE)
     c = rng.normal(size=(4, 2))
     z = away_from_knots(layer, "forward", rng.normal(0, 2.0, size=(4, 3)), rng, context=c)
     x = away_from_knots(layer, "inverse", rng.normal(0, 2.0, size=(4, 3)), rng, context=c)
@@ -119,7 +151,7 @@ def test_autoregressive_oracle_conditional(parameterization):
 def test_autoregressive_jacobian_is_triangular():
     rng = np.random.default_rng(8)
     layer = randomize(MaskedSplineAutoregressive(4, hidden=(12, 12), n_bins=5, activation="tanh",
-                                                 order="reverse", rng=rng), rng)
+                                                 order="reverse", rng=rng), rng, PARAM_SCALE)
     degrees = layer.made.input_degrees
     for direction in ("forward", "inverse"):
         jac = jacobian_fd(getattr(layer, direction), rng.normal(size=(3, 4)))

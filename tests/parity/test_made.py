@@ -20,6 +20,8 @@ from refflow.kernels import fast_paths
 from refflow.nn import ACTIVATIONS, MADE
 from refflow.nn import _blocked
 
+from ..helpers import randomize
+
 RTOL64 = 1e-12
 RTOL32 = 1e-4
 
@@ -37,11 +39,11 @@ def _close(new, ref, rtol=RTOL64, what=""):
 def _randomize(made, rng, unmasked=False):
     """Non-trivial parameters; ``unmasked`` also puts values at masked positions (every pass
     must still use ``W * M``)."""
-    for k, v in made.params.items():
-        a = rng.normal(0.0, 1.0, size=v.shape)
-        if k.startswith("w") and not unmasked:
-            a *= made.masks[int(k[1:])]
-        made.params[k] = a
+    randomize(made, rng, 1.0)
+    if not unmasked:
+        for k in made.params:
+            if k.startswith("w"):
+                made.params[k] = made.params[k] * made.masks[int(k[1:])]
 
 
 def _compare(made, rng, n=7, dtype=np.float64, rtol=RTOL64):

@@ -32,6 +32,8 @@ from refflow.flows import MAF, NSF
 from refflow.kernels import fast_paths
 from refflow.nn import MADE
 
+from ..helpers import rel
+
 RTOL_INCREMENTAL = 1e-12   # summation order only, compounded over <= dim steps (docstring)
 RTOL_FLOAT32 = 2e-5        # float32 round-off 6e-8, amplified by at most ~1e2 (test_properties)
 RTOL_ROUND_TRIP = 1e-10    # DEVELOPERS.md
@@ -43,14 +45,6 @@ RULES = ("cyclic", "equal", "random", "explicit")
 HIDDENS = ((), (8,), (16, 16, 16))
 DIMS = (1, 2, 3, 7)
 CONTEXTS = (None, "batch", "shared")
-
-
-def rel_err(a, b):
-    """``max |a - b| / max(1, |b|)`` elementwise (DEVELOPERS.md, values and log-dets)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.size == 0:
-        return 0.0
-    return float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b))))
 
 
 def explicit_degrees(dim, hidden, conditional, rng):
@@ -120,15 +114,15 @@ def check_against_reference(layer, z, context):
     """Incremental x, outputs and log-det against the reference passes; returns the worst."""
     x, log_det = forward(layer, z, context)
     x_ref, log_det_ref = reference_forward(layer, z, context)
-    err = max(rel_err(x, x_ref), rel_err(log_det, log_det_ref))
+    err = max(rel(x, x_ref), rel(log_det, log_det_ref))
     # The sampler's own outputs: MADE's outputs at its x (a full pass there) to round-off.
     c2 = None
     if context is not None:
         c2 = np.broadcast_to(context, (z.shape[0], layer.context_dim)).copy()
     xs, out = sample(layer, z, c2)
-    err = max(err, rel_err(xs, x_ref))
+    err = max(err, rel(xs, x_ref))
     if z.shape[0]:
-        err = max(err, rel_err(out, layer.made._forward(x_ref, c2)))
+        err = max(err, rel(out, layer.made._forward(x_ref, c2)))
     assert err <= RTOL_INCREMENTAL, err
     return err
 
@@ -227,8 +221,8 @@ def test_empty_batch_and_single_point():
     z, c = make_inputs(rng, layer, 1, "batch")
     x1, ld1 = layer.forward(z[0], context=c[0])
     x_ref, ld_ref = reference_forward(layer, z, c)
-    assert x1.shape == (3,) and rel_err(x1, x_ref[0]) <= RTOL_INCREMENTAL
-    assert rel_err(ld1, ld_ref[0]) <= RTOL_INCREMENTAL
+    assert x1.shape == (3,) and rel(x1, x_ref[0]) <= RTOL_INCREMENTAL
+    assert rel(ld1, ld_ref[0]) <= RTOL_INCREMENTAL
 
 
 def test_float32_stays_float32_and_agrees():
@@ -243,7 +237,7 @@ def test_float32_stays_float32_and_agrees():
         xs, out = sample(layer, z.astype(np.float32), c.astype(np.float32))
         assert xs.dtype == np.float32 and out.dtype == np.float32
         x64, ld64 = reference_forward(layer, z, c)
-        assert rel_err(x32, x64) <= RTOL_FLOAT32 and rel_err(ld32, ld64) <= RTOL_FLOAT32
+        assert rel(x32, x64) <= RTOL_FLOAT32 and rel(ld32, ld64) <= RTOL_FLOAT32
 
 
 def test_round_trip():
@@ -254,7 +248,7 @@ def test_round_trip():
         z, c = make_inputs(rng, layer, 40, "batch")
         x, log_det = layer.forward(z, context=c)
         z_back, inv_log_det = layer.inverse(x, context=c)
-        assert rel_err(z_back, z) <= RTOL_ROUND_TRIP
+        assert rel(z_back, z) <= RTOL_ROUND_TRIP
         np.testing.assert_array_equal(log_det, -inv_log_det)  # one MADE pass at x both ways
 
 
@@ -269,7 +263,7 @@ def test_forward_vjp_matches_the_reference():
         x, ld, pb = layer.forward_vjp(z, context=c)
         with fast_paths(False, paths=["sampling"]):
             x_r, ld_r, pb_r = layer.forward_vjp(z, context=c)
-        assert max(rel_err(x, x_r), rel_err(ld, ld_r)) <= RTOL_INCREMENTAL
+        assert max(rel(x, x_r), rel(ld, ld_r)) <= RTOL_INCREMENTAL
         got, ref = pb(x_bar, ld_bar), pb_r(x_bar, ld_bar)
         for a, b in [(got[0], ref[0]), (got[2], ref[2])] + [(got[1][k], ref[1][k])
                                                             for k in ref[1]]:
@@ -311,7 +305,7 @@ def test_a_made_subclass_samples_as_it_declares(monkeypatch):
         layer.made = sub
         x, _ = sample(layer, z, None)
         assert len(calls) == incremental_calls
-        assert rel_err(x, x_ref) <= RTOL_INCREMENTAL
+        assert rel(x, x_ref) <= RTOL_INCREMENTAL
 
 
 def test_spline_layer_agrees_with_the_reference():
@@ -323,9 +317,9 @@ def test_spline_layer_agrees_with_the_reference():
         z, c = make_inputs(rng, layer, 25, context)
         x, log_det = forward(layer, z, c)
         x_ref, log_det_ref = reference_forward(layer, z, c)
-        assert max(rel_err(x, x_ref), rel_err(log_det, log_det_ref)) <= RTOL_INCREMENTAL
+        assert max(rel(x, x_ref), rel(log_det, log_det_ref)) <= RTOL_INCREMENTAL
         z_back = layer.inverse(x, context=c)[0] if c is not None else layer.inverse(x)[0]
-        assert rel_err(z_back, z) <= RTOL_ROUND_TRIP
+        assert rel(z_back, z) <= RTOL_ROUND_TRIP
 
 
 # --------------------------------------------------------------------------- whole flows
@@ -342,8 +336,8 @@ def test_flow_sampling_unchanged(build):
     with fast_paths(False, paths=["sampling"]):
         x_r, lp_r = flow.sample_and_log_prob(300, rng=5, **kw)
         s_r = flow.sample(300, rng=5, **kw)
-    assert rel_err(x, x_r) <= RTOL_INCREMENTAL and rel_err(lp, lp_r) <= RTOL_INCREMENTAL
-    assert rel_err(s, s_r) <= RTOL_INCREMENTAL
+    assert rel(x, x_r) <= RTOL_INCREMENTAL and rel(lp, lp_r) <= RTOL_INCREMENTAL
+    assert rel(s, s_r) <= RTOL_INCREMENTAL
 
 
 def test_rows_do_not_depend_on_how_a_large_batch_is_split():

@@ -17,6 +17,8 @@ from refflow.kernels.splines import (
     rqs_inverse, rqs_inverse_numpy, rqs_inverse_vjp, rqs_inverse_vjp_numpy,
 )
 
+from ..helpers import rel
+
 B = 3.0
 K = 8
 EPS = np.finfo(np.float64).eps
@@ -186,11 +188,6 @@ def vjp(v, xk, yk, dk, out_bar, ld_bar, impl=rqs_forward_vjp):
     bars = [np.full_like(xk, np.nan) for _ in range(3)]
     impl(v, xk, yk, dk, out_bar, ld_bar, in_bar, *bars)
     return (in_bar, *bars)
-
-
-def rel(a, b):
-    """``max |a - b| / max(1, |b|)``, for values and log-dets."""
-    return float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b))))
 
 
 def _stack(arrays):

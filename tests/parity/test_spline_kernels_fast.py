@@ -45,7 +45,8 @@ LOG1P_ULPS = 3.0
 #: ``log1p(t)``), the log1p's 3, the final addition's.
 SOFTPLUS_ULPS = 5.0
 #: Elementwise bound factor: ~1 ulp per exponential / a few per softplus (above) plus the
-#: reference kernel's own rounding of the output (~8 roundings, test_kernels' VALUE_ULPS).
+#: reference kernel's own rounding of the output (~8 roundings,
+#: tests/parity/test_spline_kernels.py's VALUE_ULPS).
 COND_ULPS = 16.0
 #: Cotangents: the same parameter perturbations moved through the derivatives of the outputs
 #: (one more factor ``1/w`` <= ``1 / (2B m_w)`` = 167 of conditioning than the values, whose
@@ -243,9 +244,9 @@ def test_kernels_match_reference(config):
         ref = _call(name, v, uw, uh, ud, settings_, reference=True)
         for j in (0, 1):
             # + the output's own rounding: that of ``v - x_k`` moved by the slope (forward
-            # ``dy/dx``, inverse ``dx/dy``: both exp(log-det)), as in test_kernels' bounds
-            # (and ~16 roundings of ``g`` inside ``log g``: 1 absolute, as test_kernels'
-            # LOG_DET_ULPS)
+            # ``dy/dx``, inverse ``dx/dy``: both exp(log-det)), as in the bounds of
+            # tests/parity/test_spline_kernels.py (and ~16 roundings of ``g`` inside ``log g``:
+            # 1 absolute, as its LOG_DET_ULPS)
             own = 1 + np.abs(ref[j]) + (np.abs(v) + B) * (1 + np.exp(ref[1]))
             bound = COND_ULPS * EPS * (own + _value_bound(name, v, uw, uh, ud, settings_, j))
             err = np.abs(fast[j] - ref[j])

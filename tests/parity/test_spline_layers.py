@@ -30,29 +30,25 @@ from refflow import MaskedSplineAutoregressive, RationalQuadraticSpline, SplineC
 from refflow.kernels import NUMBA_DISABLED, fast_paths
 from refflow.testing import assert_vjp
 
+from ..helpers import randomize
+
 RTOL = 1e-12
 
 NON_DEFAULT = dict(bound=2.5, min_bin_width=1e-2, min_bin_height=5e-3, min_derivative=2e-2)
 
 
-def _randomize(layer, rng, scale):
-    for key, value in layer.params.items():
-        layer.params[key] = rng.normal(0.0, scale, size=value.shape)
-    return layer
-
-
 def _elementwise(rng, dim=4, context_dim=None, **kw):
     assert context_dim is None
-    return _randomize(RationalQuadraticSpline(dim, **kw), rng, 1.0)
+    return randomize(RationalQuadraticSpline(dim, **kw), rng, 1.0)
 
 
 def _coupling(rng, dim=5, context_dim=None, **kw):
-    return _randomize(SplineCoupling(dim, hidden=(12,), context_dim=context_dim, rng=rng, **kw),
+    return randomize(SplineCoupling(dim, hidden=(12,), context_dim=context_dim, rng=rng, **kw),
                       rng, 0.4)
 
 
 def _autoregressive(rng, dim=5, context_dim=None, order="reverse", **kw):
-    return _randomize(MaskedSplineAutoregressive(dim, hidden=(12, 12), context_dim=context_dim,
+    return randomize(MaskedSplineAutoregressive(dim, hidden=(12, 12), context_dim=context_dim,
                                                  order=order, rng=rng, **kw), rng, 0.3)
 
 
@@ -339,7 +335,7 @@ def test_fused_pullback_is_pure(rng, kind):
 def test_fused_threads_are_bit_identical(rng, monkeypatch):
     """Batches of ``>= 2^16`` elements are split over threads; the result does not depend on it
     (the parameters go in as strided column views, split by rows)."""
-    layer = _randomize(MaskedSplineAutoregressive(16, hidden=(20,), n_bins=4, rng=rng), rng, 0.3)
+    layer = randomize(MaskedSplineAutoregressive(16, hidden=(20,), n_bins=4, rng=rng), rng, 0.3)
     v = _inputs(rng, 4096, 16)
     results = []
     for threads in ("1", "2"):

@@ -285,7 +285,9 @@ def _context_for(bijector, n, data, rng, sample_context):
     if kind == "fortran":
         return np.asfortranarray(valid), valid
     if kind == "list":
-        return valid.tolist(), valid
+        # An empty batch's list is [] (shape (0,)): the width is lost, and the library refuses
+        # it as it refuses an input [] (a 1-D array is one point of context_dim entries).
+        return valid.tolist(), (valid if n else None)
     if kind == "float32":
         return valid.astype(np.float32), valid.astype(np.float32)
     if kind == "int":

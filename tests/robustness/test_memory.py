@@ -22,15 +22,13 @@ from refflow._cases import CASES
 from refflow.estimator import FlowDensity
 from refflow.flows import MAF, NSF, RealNVP
 
+from ..helpers import rel
+
 #: One point vs the same point in another batch: BLAS may sum a dot product in another order
 #: (DEVELOPERS.md); measured worst over the registry and chunks of 1-7 rows: 5.1e-15.
 SAME_PASS = 1e-14
 #: Chunks above this many rows are bit-identical to one pass (see the module docstring).
 BIG_CHUNK = 601
-
-
-def _rel(a, b):
-    return float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(b)), initial=0.0))
 
 
 def _case_flow(name, seed=0, n=40):
@@ -71,7 +69,7 @@ def test_log_prob_chunks_of_every_case_are_bit_identical_when_big(name):
     np.testing.assert_array_equal(flow.log_prob(x, c, batch_size=2 * BIG_CHUNK), whole)
     # small chunks (GEMMs of few rows): round-off only
     small = flow.log_prob(x[:40], None if c is None else c[:40], batch_size=3)
-    assert _rel(small, whole[:40]) <= SAME_PASS
+    assert rel(small, whole[:40]) <= SAME_PASS
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -88,7 +86,7 @@ def test_sample_chunks_of_every_case(name):
     np.testing.assert_array_equal(lq2, lq)
     x3, lq3 = flow.sample_and_log_prob(40, rng=3, context=None if c is None else c[:40],
                                        batch_size=7)
-    assert _rel(x3, x[:40]) <= SAME_PASS and _rel(lq3, lq[:40]) <= SAME_PASS
+    assert rel(x3, x[:40]) <= SAME_PASS and rel(lq3, lq[:40]) <= SAME_PASS
 
 
 @pytest.mark.parametrize("build", [
@@ -132,7 +130,7 @@ def test_conditional_context_is_chunked_alongside():
     x, c = r.standard_normal((1500, 4)), r.standard_normal((1500, 3))
     whole = flow.log_prob(x, c, batch_size=1500)
     np.testing.assert_array_equal(flow.log_prob(x, c, batch_size=1202), whole)
-    assert _rel(flow.log_prob(x, c, batch_size=5), whole) <= SAME_PASS
+    assert rel(flow.log_prob(x, c, batch_size=5), whole) <= SAME_PASS
     # a shared context row: same numbers as the repeated rows
     shared = flow.log_prob(x, c[0], batch_size=1202)
     np.testing.assert_array_equal(shared, flow.log_prob(x, np.repeat(c[:1], 1500, 0),
@@ -153,10 +151,10 @@ def test_any_chunking_agrees_to_round_off(n, bs, seed):
     x = np.random.default_rng(seed).standard_normal((n, 3))
     whole = flow.log_prob(x, batch_size=max(n, 1))
     got = flow.log_prob(x, batch_size=bs)
-    assert got.shape == (n,) and _rel(got, whole) <= SAME_PASS
+    assert got.shape == (n,) and rel(got, whole) <= SAME_PASS
     xs, lq = flow.sample_and_log_prob(n, rng=seed, batch_size=max(n, 1))
     xs2, lq2 = flow.sample_and_log_prob(n, rng=seed, batch_size=bs)
-    assert xs2.shape == (n, 3) and _rel(xs2, xs) <= SAME_PASS and _rel(lq2, lq) <= SAME_PASS
+    assert xs2.shape == (n, 3) and rel(xs2, xs) <= SAME_PASS and rel(lq2, lq) <= SAME_PASS
 
 
 def test_single_point_float32_and_empty():
@@ -218,10 +216,10 @@ def test_flow_density_passes_batch_size_through():
     X = np.random.default_rng(0).standard_normal((300, 2))
     model = FlowDensity("maf", n_layers=2, hidden=(8, 8), epochs=2, random_state=0).fit(X)
     whole = model.score_samples(X)
-    assert _rel(model.score_samples(X, batch_size=7), whole) <= SAME_PASS
+    assert rel(model.score_samples(X, batch_size=7), whole) <= SAME_PASS
     np.testing.assert_array_equal(model.score_samples(X, batch_size=300), whole)
     s = model.sample(50, random_state=3)
-    assert _rel(model.sample(50, random_state=3, batch_size=4), s) <= SAME_PASS
+    assert rel(model.sample(50, random_state=3, batch_size=4), s) <= SAME_PASS
     for bad in (0, 1.5, False):
         error = ValueError if type(bad) is int else TypeError  # out of range / wrong type
         with pytest.raises(error, match="FlowDensity.score_samples: batch_size"):

@@ -16,7 +16,12 @@ about ``eps (|J| |z| + |x|)`` (the products inside the map and the result itself
 infinity norms); the inverse maps that perturbation back with ``|J^-1|``. So a correct pair of
 passes has ``|z' - z| <~ eps |J^-1| (|J| |z| + |x|)``. Both Jacobians are read exactly from the
 layer's own pullbacks (unit cotangents). ``COND_FACTOR`` covers the few roundings per operation
-and the MLP/MADE conditioners (sums of up to ~10 products).
+and the MLP/MADE conditioners (sums of up to ~10 products). A masked affine autoregressive layer
+(MAF, IAF) adds the difference between its two passes' summation orders, bounded from the
+MADE's terms (Higham's ``gamma_n``; ``_summation_orders``): a cancelling sum of large terms
+moves the round trip by far more than ``eps`` times its result. The bound is absolute (infinity
+norms, the same for every entry of a row); each entry's error ``|v' - v| / max(1, |v|)`` is
+compared with it divided by ``max(1, |v|)`` of that entry.
 """
 
 import warnings
@@ -29,6 +34,9 @@ from hypothesis import strategies as st
 from refflow import bijectors
 from refflow import bijectors as B
 
+from refflow.bijectors.scale_maps import get_scale_map
+
+from ..helpers import made_two_orders_bound, rel
 from ..registry import CASES
 
 _LAYER_NAMES = [name for name in dir(bijectors) if isinstance(getattr(bijectors, name), type)]
@@ -40,6 +48,13 @@ RTOL_ROUND_TRIP = 1e-10  # as refflow.testing: a few ulps per operation, far bel
 # times the passes of a layer (MAF sampling: dim): 1e3 leaves room for that, while a wrong
 # inverse is off by O(1) relative (a factor 1e13 above the bound at |J^-1| ~ 1).
 COND_FACTOR = 1e3
+# The summation-order term of MAF / IAF (``_summation_orders``) is a first-order bound already;
+# the factor covers its second-order remainder and the rounding of the final x = z s + mu.
+SUM_ORDERS_FACTOR = 2.0
+# The bounds are first order in the perturbations: valid while the perturbations stay small. Where
+# the bound itself reaches 1e-2 relative (MAF sampling at raw ±50: scales and shifts of 1e8
+# compounding over the sequential passes), the round trip has no accuracy left to bound.
+FIRST_ORDER_LIMIT = 1e-2
 P_MAX = 50.0     # raw parameters up to ±50
 V_MAX = 1e3      # inputs up to |v| = 1e3
 
@@ -87,6 +102,7 @@ STABLE = {
     "spline_autoregressive_linear_rational": [(V_MAX, 1.0)],
     "affine": _AFFINE, "actnorm": _AFFINE, "batchnorm_eval": _AFFINE,
     "additive_coupling": _ALL, "permute": _ALL, "reverse": _ALL, "leaky_relu": _ALL,
+    "leaky_relu_default": _ALL,
     "householder": _ALL, "sylvester_householder": _ALL,
     # alpha = softplus(raw) -> e^-P while beta -> P: near z0 the forward map stretches by
     # ~beta / alpha, so z = z0 + (offset ~ alpha) loses the offset to rounding of z0 and
@@ -94,8 +110,9 @@ STABLE = {
     "radial": [(V_MAX, 8.0)],
     "sylvester_permutation": _ALL,
     # m = dim: a scalar Newton solve per coordinate; slopes 1 + R_ii R~_ii h' near 0 compound
-    # through the triangular system (8e-10 at p = 50 in 100 seeds)
-    "sylvester_full": [(V_MAX, 10.0)],
+    # through the triangular system, with heavy tails: over 300-1000 seeds the worst round trip /
+    # log-det reaches 2e-9 at p = 10, 2e-6 at 8, 1.6e-10 at 5, 1.8e-11 at 4, 5e-12 at 3
+    "sylvester_full": [(V_MAX, 3.0)],
     # exp(z) overflows at 709.8 (ValueError); below, log(exp(z)) is exact to a few ulps
     "exp": [(700.0, P_MAX)],
     # softplus(z) underflows below z ~ -745 (x = 0 leaves the inverse's domain)
@@ -111,8 +128,11 @@ STABLE = {
     "inverse_lu_linear": [(V_MAX, 1.0)],
     # the Chain's LU and affine factors as above, and its Softplus underflows (x -> 0)
     "chain": [(10.0, 1.0)],
+    "chain_conditional": [(10.0, 0.5)],
     # sigmoid scale >= 1e-3: the shift t(z_a) ~ p^2 |v| is rounded, then divided by the scale
-    "affine_coupling": [(V_MAX, 0.5), (100.0, 1.0)],
+    # (re-measured over 500-1000 seeds: worst 1.07e-10 at (1e3, 0.5) and 1.1e-10 for the
+    # density side at (100, 1); 1.4e-11 and 8e-12 at the ranges below)
+    "affine_coupling": [(V_MAX, 0.3), (100.0, 0.5)],
     # "exp" scale with elu units: log-scale ~ p^2 |v| unbounded, exp(-s) amplifies rounding
     "affine_coupling_conditional": [(1.0, 0.5)],
     # MAF sampling: dim sequential passes, each amplifying the previous rounding by |du/dx| e^u
@@ -125,14 +145,18 @@ STABLE = {
     # x = (z - shift) e^-l, with the same compounding
     "maf_density_softclip_conditional": [(10.0, 0.5)],
     "maf_density_softplus_reverse": [(10.0, 0.5), (1.0, 1.0)],
-    "affine_coupling_density": [(V_MAX, 0.5), (100.0, 1.0)],
+    "affine_coupling_density": [(V_MAX, 0.3), (100.0, 0.5)],
     "affine_coupling_density_conditional": [(V_MAX, 0.5), (100.0, 1.0)],
     # splines: softmax of ±p saturates to min_bin = 1e-3 bins next to wide ones and derivatives
     # up to softplus(p); in-bin slopes then range over ~1e6 and the inverse's root conditioning
-    # grows with them (identity tails: |v| beyond B costs nothing)
-    "rqs_durkan": [(V_MAX, 3.0)], "rqs_distrax": [(V_MAX, 3.0)], "rqs_zuko": [(V_MAX, 5.0)],
+    # grows with them (identity tails: |v| beyond B costs nothing). Re-measured over 500-1000
+    # seeds: worst 8.4e-11 / 1.2e-10 / 5.6e-11 at p = 3 / 3 / 5; 2.5e-11 / 1.4e-11 / 1.7e-11 below
+    "rqs_durkan": [(V_MAX, 2.5)], "rqs_distrax": [(V_MAX, 2.5)], "rqs_zuko": [(V_MAX, 4.0)],
     "spline_coupling": [(V_MAX, 0.5)],  # conditioner output ~ p^2 |v|: saturates at p ~ 1
     "spline_autoregressive": [(V_MAX, 1.0)],
+    "spline_coupling_conditional": [(V_MAX, 0.5)],
+    # random order with a context: at p = 1, 8 of 300 exactly-±p draws reach 1.0-1.6e-10
+    "spline_autoregressive_conditional": [(V_MAX, 0.5)],
     # planar: u is constrained (w.u >= -1); near the constraint's edge the slope 1 + u.w h'
     # tends to 0, and the inverse's 1-D root is then ill-conditioned (1e-10 at p ~ 35)
     "planar": [(V_MAX, 20.0)],
@@ -212,8 +236,9 @@ def _assert_clear(err):
     assert "forward" in message or "inverse" in message, message
 
 
-def _rel(a, b):
-    return np.abs(a - b) / np.maximum(1.0, np.abs(b))
+def _own(layer, context):
+    """The context a (sub-)layer of a conditional Chain takes: None when it is unconditional."""
+    return None if layer.context_dim is None else context
 
 
 def _allowed_chain(chain, direction, v, out, context):
@@ -224,43 +249,117 @@ def _allowed_chain(chain, direction, v, out, context):
     z = v if direction == "forward" else out
     levels = [z]
     for layer in layers:
-        levels.append(_call(layer, "forward", levels[-1], None)[0])
+        levels.append(_call(layer, "forward", levels[-1], _own(layer, context))[0])
     bound = np.zeros(v.shape[0])
     for k, u in enumerate(levels):
         part = layers[:k] if direction == "forward" else layers[k:]
         if part:
-            jac = _jacobian(B.Chain(part), "inverse" if direction == "forward" else "forward",
-                            u, context)
+            sub = B.Chain(part)
+            jac = _jacobian(sub, "inverse" if direction == "forward" else "forward", u,
+                            _own(sub, context))
             if jac is None:
-                return np.full(v.shape[0], np.inf)
+                return np.full(v.shape, np.inf)
             gain = np.abs(jac).sum(axis=2).max(axis=1)
         else:
             gain = 1.0
         with np.errstate(over="ignore"):
             bound = bound + gain * np.abs(u).max(axis=1)
-    bound = COND_FACTOR * EPS * bound / np.maximum(1.0, np.abs(v).max(axis=1))
-    return np.maximum(bound, RTOL_ROUND_TRIP)
+    return _per_element(COND_FACTOR * EPS * bound[:, None], v)
+
+
+def _per_element(absolute, v):
+    """An absolute error bound (per row, or per element) as the per-element relative error the
+    round trips measure, ``|v' - v| / max(1, |v|)``: a row's small entries get the same absolute
+    allowance as its large ones (the conditioning bounds the error in norm, not per entry)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        bound = absolute / np.maximum(1.0, np.abs(v))
+    return np.maximum(np.nan_to_num(bound, nan=np.inf), RTOL_ROUND_TRIP)
+
+
+def _summation_orders(bijector, direction, v, out, context, norm_back):
+    """Per-element (absolute) round-trip error of a masked affine autoregressive layer (MAF, or
+    IAF as its ``Inverse``) from its two summation orders: the sampling pass sums each MADE
+    output in degree blocks, the density pass in whole rows, so their ``mu`` and ``u`` differ by
+    up to ``d_mu``, ``d_u`` (:func:`tests.helpers.made_two_orders_bound`), as the MAF round-trip
+    test in tests/bijectors/test_autoregressive.py bounds it. In base space that is a perturbation of
+    ``z_i`` by ``(d_mu_i + |z_i| s_i |l'(u_i)| d_u_i) / s_i`` (``x = z s + mu``) or ``d_mu_i +
+    |x_i| s_i |l'(u_i)| d_u_i`` (``scale_side="density"``, ``z = x s + mu``), plus the rounding
+    of that affine step (``2 eps (|z s| + |mu|)``, in the same units). It is the error
+    of ``z`` when the density pass comes last, and is carried to ``x`` by the sampling pass's
+    Jacobian (``norm_back``) when the sampling pass comes last. 0 for other layers."""
+    inverted = isinstance(bijector, B.Inverse)
+    maf = bijector.bijector if inverted else bijector
+    if not isinstance(maf, B.MaskedAffineAutoregressive):
+        return 0.0
+    sampling_first = (direction == "forward") != inverted   # the MAF's own forward runs first
+    x_m, z_m = (out, v) if sampling_first else (v, out)
+    made_out, d_out = made_two_orders_bound(maf.made, x_m, context)
+    log_scale, dlog_scale = get_scale_map(maf.scale)(made_out[..., 1])
+    s = np.exp(log_scale)
+    spread = np.abs(dlog_scale) * d_out[..., 1]
+    # and the rounding of the affine step itself, 2 eps (|product| + |mu|): mu may be far larger
+    # than the result it cancels to
+    mu = np.abs(made_out[..., 0])
+    if maf.scale_side == "density":
+        pert = d_out[..., 0] + np.abs(x_m) * s * spread + 2 * EPS * (np.abs(x_m) * s + mu)
+    else:
+        pert = (d_out[..., 0] + 2 * EPS * (np.abs(z_m) * s + mu)) / s + np.abs(z_m) * spread
+    return pert if sampling_first else norm_back[:, None] * pert.max(axis=1, keepdims=True)
 
 
 def _allowed(bijector, direction, v, out, context):
-    """Row-wise error that the conditioning allows for ``v -> out -> v`` (see the docstring)."""
+    """Per-element error (as ``_round_trip`` measures it) that the conditioning allows for
+    ``v -> out -> v`` (see the docstring)."""
     if isinstance(bijector, B.Chain):
         return _allowed_chain(bijector, direction, v, out, context)
     other = "inverse" if direction == "forward" else "forward"
     j_there = _jacobian(bijector, direction, v, context)
     j_back = _jacobian(bijector, other, out, context)
     if j_there is None or j_back is None:  # a Jacobian beyond float64: no accuracy to expect
-        return np.full(v.shape[0], np.inf)
+        return np.full(v.shape, np.inf)
     with np.errstate(over="ignore"):
         norm_there = np.abs(j_there).sum(axis=2).max(axis=1)
         norm_back = np.abs(j_back).sum(axis=2).max(axis=1)
         scale = norm_there * np.abs(v).max(axis=1) + np.abs(out).max(axis=1)
-        bound = COND_FACTOR * EPS * norm_back * scale / np.maximum(1.0, np.abs(v).max(axis=1))
-    return np.maximum(bound, RTOL_ROUND_TRIP)
+        orders = _summation_orders(bijector, direction, v, out, context, norm_back)
+        absolute = (COND_FACTOR * EPS * norm_back * scale)[:, None] + SUM_ORDERS_FACTOR * orders
+    return _per_element(absolute, v)
+
+
+def _affine_terms(bijector, direction, v, out, context):
+    """Per element of ``v``: the size of the terms a masked affine autoregressive layer (MAF, or
+    IAF as its ``Inverse``) adds up to compute that coordinate, ``|x| + |z| s + |mu|`` for
+    ``x = z s + mu`` (``|z| + |x| s + |mu|`` for ``scale_side="density"``, ``z = x s + mu``),
+    expressed in the units of ``v``; 0 for other layers.
+
+    Each pass ends in that one addition, so no implementation gets a coordinate more accurately
+    than a few ulps of these terms: when ``|mu| >> |x|`` the round trip's error is relative to
+    ``|mu|``, not to ``|x|`` (e.g. ``iaf`` at (100, 2): ``|x_2| = 1.3e-3`` from ``mu_2 = -1569``
+    and ``z_2 s_2 = 1569``; the error 1.46e-10 is 4.7e-14 of the terms, while relative to
+    ``max(1, |x_2|)`` it exceeded 1e-10). ``mu`` and ``s`` are the MADE's at the ``x`` side,
+    evaluated in NumPy by ``tests.helpers.made_two_orders_bound``."""
+    inverted = isinstance(bijector, B.Inverse)
+    maf = bijector.bijector if inverted else bijector
+    if not isinstance(maf, B.MaskedAffineAutoregressive):
+        return np.zeros_like(v)
+    v_is_x = (direction == "forward") == inverted
+    x_m, z_m = (v, out) if v_is_x else (out, v)
+    made_out, _ = made_two_orders_bound(maf.made, x_m, context)
+    with np.errstate(over="ignore"):
+        s = np.exp(get_scale_map(maf.scale)(made_out[..., 1])[0])
+        mu = np.abs(made_out[..., 0])
+        if maf.scale_side == "density":      # z = x s + mu: the terms in z units
+            terms_z = np.abs(z_m) + np.abs(x_m) * s + mu
+            terms_x = terms_z / s
+        else:                                # x = z s + mu: the terms in x units
+            terms_x = np.abs(x_m) + np.abs(z_m) * s + mu
+            terms_z = terms_x / s
+    return terms_x if v_is_x else terms_z
 
 
 def _round_trip(bijector, direction, v, context):
-    """``(error per row, out, log_det, log_det back)`` or None when a pass raises ValueError."""
+    """``(error per element, out, log_det, log_det back)`` or None when a pass raises
+    ValueError; the error is ``|v' - v| / max(1, |v|)``."""
     other = "inverse" if direction == "forward" else "forward"
     try:
         out, log_det = _call(bijector, direction, v, context)
@@ -268,7 +367,7 @@ def _round_trip(bijector, direction, v, context):
     except ValueError as err:
         _assert_clear(err)
         return None
-    return _rel(back, v).max(axis=1), out, log_det, log_det_back
+    return np.abs(back - v) / np.maximum(1.0, np.abs(v)), out, log_det, log_det_back
 
 
 def _stress_one(bijector, context, direction, v, rng, check_bound=True):
@@ -298,10 +397,13 @@ def _stress_one(bijector, context, direction, v, rng, check_bound=True):
         if not check_bound:
             return "unchecked"
         bound = _allowed(bijector, direction, v, out, context)
-    bad = err > bound
+    # A first-order bound says nothing once it allows errors of the entry's own size: there only
+    # finiteness (above) is asserted.
+    bad = (err > bound) & (bound < FIRST_ORDER_LIMIT)
+    row = int(np.argwhere(bad)[0][0]) if bad.any() else 0
     assert not bad.any(), (
         f"{direction} round trip off by {err[bad].max():.3g} where the conditioning allows "
-        f"{bound[bad].min():.3g} (row {int(np.argmax(bad))}: {v[np.argmax(bad)]})")
+        f"{bound[bad].min():.3g} (row {row}: {v[row]})")
     return "conditioned"
 
 
@@ -322,16 +424,17 @@ def test_every_case_has_a_stable_range():
 
 
 # Round trips beyond the heuristic conditioning bound outside their stable ranges, not yet
-# explained (open; listed in DEVELOPERS.md): Chain (Softplus last, p = 50: an x of 1e-170 comes
-# back off by O(1)), Planar (1.25e-9 vs a bound of 1.14e-9: the inverse's root solve adds
-# error ~ eps / slope) and the random-order conditional MAF (1.05e-9 vs 6.8e-10). For these the
-# bound is not asserted; the finiteness and clear-error checks are, and their stable ranges are.
-# The density-side MAFs (sequential sampling pass) exceed it by a factor ~2-3 at raw ±50, where
-# the bound itself is ~1e6 relative: the per-layer Jacobian understates compounding over passes.
-_OPEN = {"chain", "planar", "maf_conditional_random", "maf_density_softclip_conditional",
-         "maf_density_softplus_reverse",
-         # Pyro's stable IAF: at |v| ~ 340, raw ~ ±50 the sampling round trip is off by 1.3e-8
-         # where the heuristic bound allows 1e-10 (seed 106); not yet explained
+# explained (open; listed in DEVELOPERS.md): Chain (Softplus last, p = 50: an x of 1e-300 comes
+# back off by O(1); 38 of 100 seeds) and Planar (1.25e-9 vs a bound of 1.14e-9: the inverse's
+# root solve adds error ~ eps / slope; 7 of 100 seeds). For these the bound is not asserted; the
+# finiteness and clear-error checks are, and their stable ranges are. The MAF cases (random-order
+# conditional, both density-side ones) and the conditional Chain meet the bound since it counts
+# MAF's two summation orders, compares each entry with the row's absolute allowance and stops at
+# FIRST_ORDER_LIMIT: 0 failures in 400 seeds each.
+_OPEN = {"chain", "planar",
+         # Pyro's stable IAF: at |v| ~ 340, raw ~ +-50 the sampling round trip was off by 1.3e-8
+         # where the heuristic bound allowed 1e-10 (seed 106, before the bound counted MAF's two
+         # summation orders); not yet re-measured
          "iaf_pyro_stable",
          # the inverse multiplies by expm(-M), computed apart from expm(M): at raw +-50 their
          # product differs from I by far more than the heuristic bound (1.6e-3 vs 2.5e-5)
@@ -368,7 +471,8 @@ def test_finite_or_clear_error(case_id, seed):
 @settings(deadline=None)
 @given(seed=seeds, extreme=st.booleans())
 def test_round_trip_in_stable_range(case_id, seed, extreme):
-    """Inside the measured stable range: no error, round trips and log-dets to 1e-10."""
+    """Inside the measured stable range: no error, round trips and log-dets to 1e-10 (relative
+    to ``max(1, |v|)``, and for MAF / IAF to the terms each coordinate is the sum of)."""
     if case_id not in STABLE:
         pytest.skip("no measured stable range yet (test_every_case_has_a_stable_range fails)")
     for vmax, pmax in STABLE[case_id]:
@@ -381,7 +485,10 @@ def test_round_trip_in_stable_range(case_id, seed, extreme):
                 warnings.simplefilter("error")
                 trip = _round_trip(bijector, direction, v, context)
             assert trip is not None, f"{direction} raised inside the stable range"
-            err, _, log_det, log_det_back = trip
+            err, out, log_det, log_det_back = trip
+            # relative to the terms the coordinate is computed from (``_affine_terms``)
+            err = err * np.maximum(1.0, np.abs(v)) / np.maximum(
+                np.maximum(1.0, np.abs(v)), _affine_terms(bijector, direction, v, out, context))
             assert err.max() <= RTOL_ROUND_TRIP, (direction, vmax, pmax, err.max())
-            log_det_err = _rel(-log_det_back, log_det).max()
+            log_det_err = rel(-log_det_back, log_det)
             assert log_det_err <= RTOL_ROUND_TRIP, (direction, vmax, pmax, log_det_err)
