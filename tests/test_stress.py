@@ -113,6 +113,21 @@ STABLE = {
     # planar: u is constrained (w.u >= -1); near the constraint's edge the slope 1 + u.w h'
     # tends to 0, and the inverse's 1-D root is then ill-conditioned (1e-10 at p ~ 35)
     "planar": [(V_MAX, 20.0)],
+    # Monotone transformers (numerical inverses, measured over p in {0.2 .. 50}, |v| in
+    # {1, 10, 1e3}). Conditioner outputs grow like p^2 |v| (MADE) and enter exponentially
+    # (softplus slopes, sigmoids, exp integrands): the maps flatten to slopes ~e^-|out| whose
+    # inverses are then ill-conditioned. SOS and Bernstein (identity tails) are polynomial in
+    # their parameters and stay accurate far out; the sigmoidal ones saturate soonest.
+    "sos": [(V_MAX, 5.0)], "sos_conditional": [(V_MAX, 20.0)],
+    "bernstein": [(V_MAX, P_MAX)],
+    "bernstein_linear": [(10.0, 0.5), (1.0, 1.0)],       # tail slopes softplus(r) -> e^-r
+    "neural_dsf": [(10.0, 0.2), (1.0, 0.5)],
+    "neural_ddsf_conditional": [(10.0, 0.2), (1.0, 0.5)],
+    "monotonic_elu": [(V_MAX, 2.0)], "monotonic_softplus_conditional": [(V_MAX, 2.0)],
+    # UMNN: the map is the fixed-node rule, a bijection only where the rule resolves the
+    # integrand on [0, x] (see _OPEN): |x| <= 10 with small weights
+    "umnn_softclip_elu": [(10.0, 0.2), (1.0, 0.5)],
+    "umnn_clenshaw_curtis_conditional": [(10.0, 0.2), (1.0, 0.5)],
 }
 
 
@@ -291,8 +306,12 @@ def test_every_case_has_a_stable_range():
 # bound is not asserted; the finiteness and clear-error checks are, and their stable ranges are.
 # The density-side MAFs (sequential sampling pass) exceed it by a factor ~2-3 at raw ±50, where
 # the bound itself is ~1e6 relative: the per-layer Jacobian understates compounding over passes.
+# UMNN with a fixed rule is increasing only where the rule resolves its integrand; beyond
+# (large |x| or weights) the rule's map can fold: a pass there raises where it sees a negative
+# derivative, but a target with two preimages can come back to the other one (an O(1) round
+# trip, no conditioning bound applies). See UnconstrainedMonotonicAutoregressive's docstring.
 _OPEN = {"chain", "planar", "maf_conditional_random", "maf_density_softclip_conditional",
-         "maf_density_softplus_reverse"}
+         "maf_density_softplus_reverse", "umnn_softclip_elu", "umnn_clenshaw_curtis_conditional"}
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)

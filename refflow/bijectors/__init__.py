@@ -9,6 +9,9 @@ from .linear import Householder, LULinear, Permute, Reverse
 from .normalization import ActNorm, BatchNorm
 from .planar import Planar, Radial, Sylvester
 from .splines import MaskedSplineAutoregressive, RationalQuadraticSpline, SplineCoupling
+from .neural import (MaskedMonotonicAutoregressive, NeuralAutoregressive,
+                     UnconstrainedMonotonicAutoregressive)
+from .polynomial import BernsteinAutoregressive, SumOfSquaresAutoregressive
 
 __all__ = [
     "Bijector", "Chain", "Inverse",
@@ -18,6 +21,9 @@ __all__ = [
     "Planar", "Radial", "Sylvester",
     "AdditiveCoupling", "AffineCoupling", "MaskedAffineAutoregressive",
     "RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive",
+    "NeuralAutoregressive", "MaskedMonotonicAutoregressive",
+    "UnconstrainedMonotonicAutoregressive", "SumOfSquaresAutoregressive",
+    "BernsteinAutoregressive",
 ]
 
 # The allow-list of model files: every public bijector (refflow.io.spec).
