@@ -173,7 +173,8 @@ class FlowDensity:
     flow : str, default "nsf"
         A key of :data:`refflow.flows.BUILDERS`: ``"nsf"`` (autoregressive neural spline
         flow, the default: flexible, bounded splines that train stably), ``"nsf-coupling"``,
-        ``"maf"``, ``"realnvp"``, ``"glow"``, ``"planar"``, ``"radial"``, ``"sylvester"``.
+        ``"maf"``, ``"realnvp"``, ``"glow"``, ``"planar"``, ``"radial"``, ``"sylvester"``,
+        ``"naf"``, ``"unaf"``, ``"sospf"``, ``"bpf"`` (monotone-transformer flows).
         With a single feature the coupling layouts are impossible, and ``"realnvp"`` and
         ``"glow"`` fit a ``"maf"``, ``"nsf-coupling"`` an ``"nsf"``.
     n_layers : int, optional

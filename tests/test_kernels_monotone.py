@@ -6,8 +6,8 @@ import pytest
 
 from refflow.kernels import NUMBA_DISABLED
 from refflow.kernels.monotone import (
-    BERNSTEIN, POLYNOMIAL, SIGMOIDAL, _evaluate_numpy, monotone_solve, monotone_solve_numpy,
-    sigmoidal_row_size, solve_increasing,
+    BERNSTEIN, POLYNOMIAL, SIGMOIDAL, monotone_evaluate_numpy, monotone_solve,
+    monotone_solve_numpy, sigmoidal_row_size, solve_increasing,
 )
 
 EPS = np.finfo(np.float64).eps
@@ -82,7 +82,7 @@ def _setup(name, rng, m, dtype=np.float64):
         x_true = rng.uniform(-scale, scale, size=m)
     params = params.astype(dtype)
     x_true = x_true.astype(dtype)
-    z, _ = _evaluate_numpy(kind, x_true, params, scale, units, n_layers)
+    z, _ = monotone_evaluate_numpy(kind, x_true, params, scale, units, n_layers)
     lo = np.full(m, -scale, dtype=dtype)
     hi = np.full(m, scale, dtype=dtype)
     return kind, scale, units, n_layers, params, z, lo, hi
@@ -105,7 +105,7 @@ def test_kernel_matches_twin_and_solves(name, seed):
     xk, sk = _run(monotone_solve, kind, z, params, scale, units, n_layers, lo, hi)
     xt, st = _run(monotone_solve_numpy, kind, z, params, scale, units, n_layers, lo, hi)
     assert not sk.any() and not st.any()
-    f, fp = _evaluate_numpy(kind, xk, params, scale, units, n_layers)
+    f, fp = monotone_evaluate_numpy(kind, xk, params, scale, units, n_layers)
     parity = np.abs(xk - xt) / (EPS * (np.abs(xk) + (np.abs(z) + 1.0) / fp))
     assert parity.max() <= PARITY_ULPS, parity.max()
     residual = np.abs(f - z) / (EPS * (np.abs(z) + np.abs(xk) * fp + 1.0))
@@ -121,7 +121,7 @@ def test_extreme_targets_polynomial():
         for solver in (monotone_solve, monotone_solve_numpy):
             x, status = _run(solver, POLYNOMIAL, z, row, 1.0, 0, 0, z, z)
             assert status[0] == 0
-            f, _ = _evaluate_numpy(POLYNOMIAL, x, row, 1.0, 0, 0)
+            f, _ = monotone_evaluate_numpy(POLYNOMIAL, x, row, 1.0, 0, 0)
             assert abs(f[0] - z0) <= 4 * EPS * abs(z0)
 
 
@@ -146,7 +146,7 @@ def test_solve_increasing_whole_rows_gives_the_same_roots():
 
     def evaluate(x, idx):
         calls.append(len(idx))
-        return _evaluate_numpy(kind, x, params[idx], scale, units, n_layers)
+        return monotone_evaluate_numpy(kind, x, params[idx], scale, units, n_layers)
 
     x_part = solve_increasing(evaluate, z, np.zeros_like(z))
     x_whole = solve_increasing(evaluate, z, np.zeros_like(z), whole=True)
@@ -162,7 +162,7 @@ def test_float32(name):
     x64, s64 = _run(monotone_solve, kind, z.astype(np.float64), params.astype(np.float64),
                     scale, units, n_layers, lo.astype(np.float64), hi.astype(np.float64))
     assert x32.dtype == np.float32 and not s32.any() and not s64.any()
-    _, fp = _evaluate_numpy(kind, x64, params.astype(np.float64), scale, units, n_layers)
+    _, fp = monotone_evaluate_numpy(kind, x64, params.astype(np.float64), scale, units, n_layers)
     err = np.abs(x32 - x64) / (np.abs(x64) + 1.0 + 1.0 / fp)
     assert err.max() <= RTOL_FLOAT32, err.max()
 

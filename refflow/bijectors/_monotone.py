@@ -15,18 +15,24 @@ transformer in the sampling direction: they are ``Inverse(layer)`` here.
 The transformer may also read parameters of the layer itself (the monotone networks' weights),
 called the layer's *transformer parameters* (``params`` keys without the ``made.`` prefix).
 
-Numerical inverse (:func:`solve_increasing`)
---------------------------------------------
-Row by row, independent of the other rows: a bracket ``f(lo) < z < f(hi)`` is found by
-expanding from an initial guess (first step the Newton step from the guess, then doubling),
-then a safeguarded Newton iteration (``rtsafe``: a Newton step is taken only when it stays
-strictly inside the bracket and at least halves the step before the last one; otherwise the
-bracket is bisected) shrinks it. The iteration stops when the last step is at most two ulps of
-``x`` (or the bracket is two adjacent floats), so ``f(x)`` agrees with ``z`` to the rounding
-of ``f`` itself: a few ulps of ``z`` times the transformer's conditioning. Worst case: the
-expansion doubles at most ~1100 times before ``x`` would overflow (a clear ``ValueError``
-then), and the bisection needs at most ~2100 halvings in float64 (from ``2^1024`` down to the
-spacing of subnormals; ~280 in float32); in practice 2-4 expansion steps and 4-8 Newton steps.
+Numerical inverse
+-----------------
+Row by row, independent of the other rows (:mod:`refflow.kernels.monotone`): a bracket
+``f(lo) < z < f(hi)`` is found by expanding from ``x = 0`` (first step 1.5 times the Newton
+step, then doubling), or is known (Bernstein: ``[-B, B]``); a safeguarded Newton iteration
+(``rtsafe``: a Newton step only when it stays strictly inside the bracket and at least halves
+the step before last, or is within the residual's rounding noise, 64 ulps; otherwise
+bisection) shrinks it until the last step is at most four ulps of ``x`` or the bracket holds
+two adjacent floats. So ``f(x)`` equals ``z`` to the rounding of ``f`` itself, and ``x`` is
+within a few ulps plus that rounding over ``f'(x)`` (the map's own conditioning). The density
+pass that then computes the log-det at ``x`` must give back ``z`` to 1e-3 relative, or the pass
+raises: where a map is too flat to be evaluated at the solution (slopes ~1e-60 after
+saturated sigmoids), ``x`` would otherwise be silently wrong. Worst case: ~1100 doublings before ``x`` would overflow (then a ``ValueError``
+naming the layer) and ~2100 bisections in float64 (``2^1024`` down to subnormal spacings;
+~280 in float32); typically 1-3 expansion steps and 4-7 Newton steps. The sigmoidal,
+polynomial and Bernstein transformers solve in the numba kernel ``monotone_solve``; the
+network transformers (batched products) in its vectorised twin :func:`solve_increasing`, with
+every row evaluated at every step so that each row's result does not depend on the others.
 
 Pullbacks
 ---------
@@ -195,6 +201,23 @@ class MonotoneAutoregressive(Bijector):
 
     _whole_rows = False
 
+    def _row_chunk(self):
+        """Rows per chunk of the passes without residuals (None: one chunk); the network
+        transformers bound their ``(dim, rows [x nodes], width)`` temporaries with it."""
+        return None
+
+    def _elements_chunked(self, x, theta, p):
+        """``(z, l)`` of ``_elements`` without residuals, in balanced row chunks (each of at
+        least ``_row_chunk()`` rows, so every batched product keeps a large row count)."""
+        rows, n = self._row_chunk(), x.shape[0]
+        if rows is None or n < 2 * rows:
+            return self._elements(x, theta, p, False)[:2]
+        bounds = np.linspace(0, n, n // rows + 1).astype(np.int64)
+        z, ell = np.empty_like(x), np.empty_like(x)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            z[a:b], ell[a:b], _ = self._elements(x[a:b], theta[a:b], p, False)
+        return z, ell
+
     def __init__(self, dim, n_params, hidden, order, hidden_degrees, activation, context_dim,
                  zero_last, rng, transformer_params=None):
         name = type(self).__name__
@@ -259,7 +282,7 @@ class MonotoneAutoregressive(Bijector):
         p = self._p(x.dtype)
         if not vjp:
             theta = made_outputs(self.made, x, context)
-            z, ell, _ = self._elements(x, theta, p, False)
+            z, ell = self._elements_chunked(x, theta, p)
             return z, ell.sum(axis=1), None
         theta, made_pullback = made_outputs_vjp(self.made, x, context)
         z, ell, elem_pullback = self._elements(x, theta, p, True)
@@ -278,6 +301,24 @@ class MonotoneAutoregressive(Bijector):
         return made_solve_in_order(
             self.made, z, context, lambda i, z_i, theta_i: self._solve(i, z_i, theta_i, p),
             self._sampling_order)
+
+    #: The density pass at the solution must give back ``z`` to this (relative): far more than
+    #: any rounding (a steep map with slope 1e6 misses by ~1e-9), far less than what a map too
+    #: flat to evaluate at the solution gives (``f`` computed from terms ~1e60 that cancel).
+    _RECOVERY = 1e-3
+
+    def _check_recovered(self, z, z_back, x):
+        """Raise ``TransformerDomainError`` where ``f(x)``, evaluated by the density pass at the
+        solution, does not give back ``z``: the transformer could not be evaluated accurately
+        there, so ``x`` would be silently wrong."""
+        bad = np.abs(z_back - z) > self._RECOVERY * np.maximum(1, np.abs(z))
+        if bad.any():
+            row, col = (int(i[0]) for i in np.nonzero(bad))
+            raise TransformerDomainError(
+                f"the numerical inverse of coordinate {col} (row {row}) reached x = "
+                f"{float(x[row, col]):.3g}, where the transformer is too flat to evaluate "
+                f"accurately (f(x) = {float(z_back[row, col]):.6g} for z = "
+                f"{float(z[row, col]):.6g})")
 
     @staticmethod
     def _implicit(lam, g, fprime, r, f_theta, s):
@@ -298,10 +339,12 @@ class MonotoneAutoregressive(Bijector):
         # inverse(x): forward and inverse log-dets are exact negatives bit for bit.
         if not vjp:
             theta = made_outputs(self.made, x, context)
-            _, ell, _ = self._elements(x, theta, p, False)
+            z_back, ell = self._elements_chunked(x, theta, p)
+            self._check_recovered(z, z_back, x)
             return x, -ell.sum(axis=1), None
         theta, made_pullback = made_outputs_vjp(self.made, x, context)
-        _, ell, elem_pullback = self._elements(x, theta, p, True)
+        z_back, ell, elem_pullback = self._elements(x, theta, p, True)
+        self._check_recovered(z, z_back, x)
         max_steps = self.dim
 
         def pullback(x_bar, log_det_bar):

@@ -5,7 +5,7 @@ fed with signals) and ``UnconstrainedMonotonicAutoregressive`` (UMNN, Wehenkel &
 Each applies an increasing scalar map ``f(.; theta_i(x_<i))`` in the density direction
 (``inverse``: ``z_i = f(x_i)``, one MADE pass) and inverts it numerically, coordinate by
 coordinate in degree order, to sample (``forward``). The solver (bracketed, safeguarded Newton,
-to two ulps of ``x``; its worst case) and the implicit-function pullback of the sampling
+to four ulps of ``x``; its worst case) and the implicit-function pullback of the sampling
 direction are in :mod:`refflow.bijectors._monotone`. Pyro's ``NeuralAutoregressive`` (the
 "IAF flavour", transformer in the sampling direction) is ``Inverse(NeuralAutoregressive(...))``.
 
@@ -251,6 +251,13 @@ class _NetworkTransformer(MonotoneAutoregressive):
         self._keys = ([f"network.w{l}" for l in range(len(sizes) - 1)],
                       [f"network.b{l}" for l in range(len(sizes) - 1)])
         return sizes
+
+    #: Elements (dim x rows x nodes x width) per chunk of a pass without residuals: 32 MB.
+    _CHUNK_ELEMENTS = 2 ** 22
+
+    def _row_chunk(self):
+        per_row = self.dim * getattr(self, "n_nodes", 1) * max(self.network + (1 + self.signal,))
+        return max(256, self._CHUNK_ELEMENTS // per_row)
 
     def _weights(self, p, coords=None):
         sel = slice(None) if coords is None else coords
@@ -572,6 +579,14 @@ class UnconstrainedMonotonicAutoregressive(_NetworkTransformer):
         F = xt * WG + beta
         Fp = np.sum(w * (G + t * Gp), axis=-1)
         return F, Fp, (t, G, Gp, P1, P2, dy, WG, res)
+
+    def _integrand(self, t, signals, p):
+        """``g(t; s)`` ``(S_stack, m)`` at points ``t`` ``(S_stack, m)`` with ``signals``
+        ``(S_stack, m, S)`` (the positive network itself, no quadrature)."""
+        _, weights, biases = self._weights(p)
+        u = np.concatenate([t[..., None], signals], axis=-1)
+        y, _, _ = _tangent_mlp(u, weights, biases, self._acts(t.dtype), False)
+        return _POSITIVE[self.positive](y)[0]
 
     def _check_increasing(self, Fp):
         if not (Fp > 0).all():

@@ -32,13 +32,15 @@ The solver (the same steps as :func:`solve_increasing`, its NumPy twin)
 2. Start at the regula-falsi point of the bracket (the midpoint if it is not strictly inside).
 3. ``rtsafe`` (Press et al., Numerical Recipes, 9.4): a Newton step is taken when it stays
    strictly inside the bracket and ``|2 (f - z)| <= |dx_old f'|`` (it at least halves the step
-   before last); otherwise the bracket is bisected. Each evaluation shrinks the bracket.
-4. Stop when ``f == z``, the new step is at most two ulps of ``x`` (the new point is the
-   answer), or the bracket holds two adjacent floats. Status 3 after ``MAX_BISECTIONS`` steps
+   before last) or it is at most ``NOISE_ULPS`` ulps (the residual's rounding noise near the
+   root); otherwise the bracket is bisected. Each evaluation shrinks the bracket.
+4. Stop when ``f == z``, the Newton step (or the new step) is at most four ulps of ``x`` (the
+   new point is the answer, even on the bracket's end), or the bracket holds two adjacent
+   floats. Status 3 after ``MAX_BISECTIONS`` steps
    (never reached: bisection from ``2^1024`` to subnormal spacings takes ~2100 halvings in
    float64, ~280 in float32); status 1 when ``f`` is NaN.
 
-``f(x)`` then equals ``z`` to the rounding of ``f`` itself, and ``x`` is within a few ulps
+``f(x)`` then equals ``z`` to the rounding of ``f`` itself, and ``x`` is within four ulps
 plus that rounding divided by ``f'(x)``. Kernels compute in the arrays' dtype (float32 or
 float64; constants built from it) and write ``x_out`` and ``status`` (0 = solved).
 
@@ -65,7 +67,8 @@ import numpy as np
 
 from . import njit
 
-__all__ = ["SIGMOIDAL", "POLYNOMIAL", "BERNSTEIN", "sigmoidal_row_size", "monotone_solve", "monotone_solve_numpy",
+__all__ = ["SIGMOIDAL", "POLYNOMIAL", "BERNSTEIN", "sigmoidal_row_size", "NOISE_ULPS",
+           "monotone_evaluate_numpy", "monotone_solve", "monotone_solve_numpy",
            "solve_increasing", "MAX_BISECTIONS", "MAX_EXPANSIONS"]
 
 SIGMOIDAL, POLYNOMIAL, BERNSTEIN = 0, 1, 2
@@ -82,6 +85,10 @@ def sigmoidal_row_size(units, n_layers):
 
 #: Expansion doublings before ``x`` would overflow (float64's exponent range, with slack).
 MAX_EXPANSIONS = 1100
+#: A Newton step of at most this many ulps is taken even when it does not halve the step
+#: before last: near the root, the map's own rounding (sums of many terms, quadrature nodes)
+#: makes the residual noisy, and bisecting then would restart from a wide bracket.
+NOISE_ULPS = 64
 #: Bisection halvings that always suffice: from ``2^1024`` down to the spacing of subnormals
 #: (``2^-1074``) in float64, plus slack; float32 needs ~280.
 MAX_BISECTIONS = 2200
@@ -278,6 +285,9 @@ def _solve_row(kind, z, row, scale, units, n_layers, x0, lo, hi, bracketed, work
         else:
             x = half * lo + half * hi
     dx_old, dx = inf, inf
+    noise = zero                             # NOISE_ULPS in the dtype (no int -> float64)
+    for _ in range(NOISE_ULPS):
+        noise += one
     for _ in range(2200):
         f, fp = _eval(kind, x, row, scale, units, n_layers, work, one, zero, two, inf)
         if f != f:
@@ -291,7 +301,10 @@ def _solve_row(kind, z, row, scale, units, n_layers, x0, lo, hi, bracketed, work
         newton = lo
         if fp > zero:
             newton = x - (f - z) / fp
-        fast = abs(two * (f - z)) <= abs(dx_old * fp)
+        ulp = _ulp(x, inf)
+        if newton == newton and abs(newton - x) <= (two + two) * ulp:
+            return newton, 0                 # (may sit on the bracket's end x just became)
+        fast = abs(two * (f - z)) <= abs(dx_old * fp) or abs(newton - x) <= noise * ulp
         if newton == newton and newton > lo and newton < hi and fast:
             new = newton
         else:
@@ -299,7 +312,7 @@ def _solve_row(kind, z, row, scale, units, n_layers, x0, lo, hi, bracketed, work
         dx_old = dx
         dx = new - x
         adjacent = (hi - lo) <= two * _ulp(max(abs(lo), abs(hi)), inf)
-        if abs(new - x) <= two * _ulp(x, inf) or adjacent:
+        if abs(new - x) <= (two + two) * ulp or adjacent:
             return new, 0
         x = new
     return x, 3
@@ -476,14 +489,17 @@ def solve_increasing(evaluate, z, x0, *, lo=None, hi=None, whole=False, where="s
             hi[active] = np.where(above, xa, hi[active])
             la, ha = lo[active], hi[active]
             newton = xa - (f - za) / fp
-            fast = np.abs(two * (f - za)) <= np.abs(dx_old[active] * fp)
-            take = np.isfinite(newton) & (newton > la) & (newton < ha) & fast
+            ulp = np.spacing(np.abs(xa))
+            tiny = np.isfinite(newton) & (np.abs(newton - xa) <= dtype.type(4) * ulp)
+            fast = (np.abs(two * (f - za)) <= np.abs(dx_old[active] * fp)) \
+                | (np.abs(newton - xa) <= dtype.type(NOISE_ULPS) * ulp)
+            take = tiny | np.isfinite(newton) & (newton > la) & (newton < ha) & fast
             new = np.where(take, newton, half * la + half * ha)
             dx_old[active] = dx[active]
             dx[active] = new - xa
             adjacent = (ha - la) <= two * np.spacing(np.maximum(np.abs(la), np.abs(ha)))
             exact = ~(below | above)
-            finished = exact | (np.abs(new - xa) <= two * np.spacing(np.abs(xa))) | adjacent
+            finished = exact | tiny | (np.abs(new - xa) <= dtype.type(4) * ulp) | adjacent
             x[active] = np.where(exact, xa, new)
             active = active[~finished]
     raise failed(np.isin(all_rows, active), "no convergence")
@@ -499,7 +515,7 @@ def _lse_numpy(v):
     return m[..., 0] + np.log(np.exp(v - m).sum(axis=-1))
 
 
-def _evaluate_numpy(kind, x, params, scale, units, n_layers):
+def monotone_evaluate_numpy(kind, x, params, scale, units, n_layers):
     """Vectorised ``(f, f')`` of the three kinds at ``x`` ``(m,)`` (module docstring)."""
     dt = x.dtype.type
     if kind == SIGMOIDAL:
@@ -556,7 +572,7 @@ def monotone_solve_numpy(kind, z, params, scale, units, n_layers, x0, lo, hi, br
     status[...] = 0
     try:
         x_out[...] = solve_increasing(
-            lambda x, idx: _evaluate_numpy(kind, x, params[idx], scale, units, n_layers), z, x0,
+            lambda x, idx: monotone_evaluate_numpy(kind, x, params[idx], scale, units, n_layers), z, x0,
             lo=lo if bracketed else None, hi=hi if bracketed else None)
     except ValueError as exc:
         message = str(exc)

@@ -295,12 +295,8 @@ class _ZukoLogDetUMNN(UnconstrainedMonotonicAutoregressive):
 
     def _elements(self, x, theta, p, vjp):
         z, _, pullback = super()._elements(x, theta, p, vjp)
-        S = self.signal
-        _, weights, biases = self._weights(p)
-        u = np.concatenate([x.T[..., None], np.swapaxes(theta[..., :S], 0, 1)], axis=-1)
-        from refflow.bijectors.neural import _POSITIVE, _tangent_mlp
-        y, _, _ = _tangent_mlp(u, weights, biases, self._acts(x.dtype), False)
-        return z, np.log(_POSITIVE[self.positive](y)[0]).T, pullback
+        g = self._integrand(np.ascontiguousarray(x.T), np.swapaxes(theta[..., :self.signal], 0, 1), p)
+        return z, np.ascontiguousarray(np.log(g).T), pullback
 
 
 def test_planted_inexact_quadrature_reported_exact_is_caught():
