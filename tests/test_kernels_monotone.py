@@ -4,6 +4,7 @@ residuals, extreme targets, failure codes and float32 typing."""
 import numpy as np
 import pytest
 
+import refflow
 from refflow.kernels import NUMBA_DISABLED
 from refflow.kernels.monotone import (
     BERNSTEIN, POLYNOMIAL, SIGMOIDAL, monotone_evaluate_numpy, monotone_solve,
@@ -168,8 +169,9 @@ def test_float32(name):
 
 
 def test_float32_arithmetic_stays_float32():
-    """No float64 variable in the float32 specialisation of the kernel and its helpers (a float
-    literal would silently promote the arithmetic)."""
+    """No float64 variable in the float32 specialisation of the kernel and of each helper (a
+    float literal would silently promote the arithmetic). Each is compiled afresh (uncached)
+    on float32 arguments, so the check does not depend on what earlier tests compiled."""
     if NUMBA_DISABLED:
         pytest.skip("plain-Python mode: no numba typing to inspect")
     numba = pytest.importorskip("numba")
@@ -177,26 +179,61 @@ def test_float32_arithmetic_stays_float32():
         pytest.skip("NUMBA_DISABLE_JIT=1")
     from refflow.kernels import monotone
 
+    f = np.float32
+    one, zero, two, half, inf = f(1), f(0), f(2), f(0.5), f(np.inf)
+    work = np.zeros(64, dtype=f)
+    rows = {name: _setup(name, np.random.default_rng(0), 4, f)[4][0] for name in CASES}
+    calls = [("_log_sigmoid", (f(0.3), one, zero)),
+             ("_lse_max_sum", (work, 3, 0, inf)),
+             ("_ulp", (f(0.3), inf)),
+             ("_sigmoidal", (f(0.3), rows["ddsf"], 3, 3, work, one, zero, inf)),
+             ("_polynomial", (f(0.3), rows["polynomial"], f(2))),
+             ("_bernstein", (f(0.3), rows["bernstein"], f(1.5), work, one, zero, two))]
+    for kind, name in ((SIGMOIDAL, "ddsf"), (POLYNOMIAL, "polynomial"), (BERNSTEIN, "bernstein")):
+        calls.append(("_eval", (kind, f(0.3), rows[name], f(1.5), 3, 3, work, one, zero, two,
+                                inf)))
+        calls.append(("_solve_row", (kind, f(0.1), rows[name], f(1.5), 3, 3, zero, f(-1.5),
+                                     f(1.5), kind == BERNSTEIN, work, one, zero, two, half, inf)))
     seen = set()
-    for name in CASES:
-        rng = np.random.default_rng(0)
-        kind, scale, units, n_layers, params, z, lo, hi = _setup(name, rng, 4, np.float32)
-        fresh = numba.njit(monotone.monotone_solve.py_func)
-        x = np.empty_like(z)
-        status = np.empty(4, dtype=np.int64)
-        fresh(kind, z, params, np.float32(scale), units, n_layers, np.zeros_like(z), lo, hi,
-              kind == BERNSTEIN, x, status)
+    for name, args in calls:
+        fresh = numba.njit(getattr(monotone, name).py_func)
+        fresh(*args)
         for sig in fresh.signatures:
             seen |= {str(t) for t in fresh.overloads[sig].type_annotation.typemap.values()}
-    for helper in ("_sigmoidal", "_polynomial", "_bernstein", "_solve_row", "_log_sigmoid",
-                   "_lse_max_sum", "_eval", "_ulp"):
-        dispatcher = getattr(monotone, helper)
-        float32_sigs = [sig for sig in dispatcher.nopython_signatures
-                        if any(str(a) == "float32" for a in sig.args)]
-        assert float32_sigs, helper
-        for sig in float32_sigs:
-            again = numba.njit(sig)(dispatcher.py_func)
-            seen |= {str(t) for t in again.overloads[sig.args].type_annotation.typemap.values()}
-            seen.add(str(sig.return_type))
+            seen.add(str(fresh.overloads[sig].signature.return_type))
+    for name in CASES:
+        kind, scale, units, n_layers, params, z, lo, hi = _setup(name, np.random.default_rng(0),
+                                                                  4, f)
+        fresh = numba.njit(monotone.monotone_solve.py_func)
+        fresh(kind, z, params, f(scale), units, n_layers, np.zeros_like(z), lo, hi,
+              kind == BERNSTEIN, np.empty_like(z), np.empty(4, dtype=np.int64))
+        for sig in fresh.signatures:
+            seen |= {str(t) for t in fresh.overloads[sig].type_annotation.typemap.values()}
     assert "float32" in seen
     assert not any("float64" in t for t in seen), sorted(t for t in seen if "float64" in t)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: refflow.NeuralAutoregressive(3, units=4, hidden=(8,), rng=0),
+    lambda: refflow.NeuralAutoregressive(3, units=3, n_layers=3, hidden=(8,), rng=0),
+    lambda: refflow.SumOfSquaresAutoregressive(3, hidden=(8,), rng=0),
+    lambda: refflow.BernsteinAutoregressive(3, degree=9, bound=2.0, hidden=(8,), rng=0),
+], ids=["dsf", "ddsf", "sos", "bernstein"])
+def test_layers_sample_alike_with_kernel_and_twin(build, monkeypatch):
+    """The layers' sampling direction through the kernel and through its twin (the reference
+    switch ``_KERNELS``): the same points to a few ulps over the map's slope."""
+    from refflow.bijectors import _monotone
+
+    layer = build()
+    rng = np.random.default_rng(9)
+    for key, value in layer.params.items():
+        layer.params[key] = rng.normal(0.0, 0.3, size=value.shape)
+    z = rng.normal(size=(64, 3)) * 1.5
+    x_kernel, ld_kernel = layer.forward(z)
+    monkeypatch.setattr(_monotone, "_KERNELS", False)
+    x_twin, ld_twin = layer.forward(z)
+    _, log_det = layer.inverse(x_kernel)
+    slope = np.exp(-np.abs(log_det)).min()            # the flattest coordinate's scale, bounded
+    err = np.abs(x_kernel - x_twin) / (np.abs(x_twin) + 1.0)
+    assert err.max() <= PARITY_ULPS * EPS / slope, err.max()
+    np.testing.assert_allclose(ld_kernel, ld_twin, rtol=1e-10, atol=1e-10)
