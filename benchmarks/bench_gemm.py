@@ -25,6 +25,9 @@ shapes (measured here: RealNVP's ``(4096, 1) @ (1, 64)`` first-layer product at 
 ``(4096, 64) @ (64, 2)`` at 8.5, against ~40 for ``(4096, 64) @ (64, 64)``, float64, one
 thread), so a step that computes such a product another way (an outer product, a fused kernel)
 beats the plan rate; on a loaded machine the square rate itself is noisy.
+
+Each GEMM workload runs in a process of its own (``run.py``); ``gemm_square`` and
+``gemm_maf_hidden`` never import refflow, ``gemm_plan_*`` import it to read the step's shapes.
 """
 
 import numpy as np
@@ -39,10 +42,15 @@ WORKLOADS = {
     "gemm_plan_realnvp": "GEMMs of one RealNVP train step",
 }
 UNIT = "FLOP/s"
+REFFLOW_ONLY = True   # run.py starts no peer process for these workloads
 
 
 def weight_matrices(flow):
     """Every dense or masked weight matrix of a refflow flow's conditioners.
+
+    The one place where the benchmarks read a model's inside beyond the public API: the
+    attributes ``flow.bijector.layers``, ``layer.made`` / ``layer.conditioner``, ``net.masks``
+    and ``net.params["w0"], ["w1"], ...``.
 
     Returns a list of dicts ``{layer, key, out, in, nnz, data_side}`` in the order the data meet
     them (density direction: ``flow.bijector.layers[-1]`` first). ``nnz`` is the number of

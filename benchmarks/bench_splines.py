@@ -9,8 +9,9 @@ inverse+log-det, forward+gradient (the pullback of ``sum(y) + sum(log_det)`` to 
 all parameters). refflow: ``rational_quadratic_spline(_vjp)`` ("durkan", B = 3). nflows:
 ``unconstrained_rational_quadratic_spline(tails="linear", tail_bound=3)``. zuko:
 ``MonotonicRQSTransform(bound=5)`` (zuko's own default bound; its map differs, the work does
-not). Peers run on torch CPU with ``torch.set_num_threads`` = NumPy's BLAS threads, skipped
-with a message when not installed. Elements per second; ratios measured in this run
+not). Each (operation, implementation, dtype) runs in a fresh process (``run.py``); peers on
+torch CPU with ``torch.set_num_threads`` set first thing in their process, skipped with a
+message when not installed. Elements per second; ratios measured in this run
 (``peer time / refflow time``: above 1, refflow is faster). refflow's fused spline kernels are
 numba code and may run on numba's threads (recorded as ``numba_threads``), the peers on torch's.
 """
@@ -20,7 +21,6 @@ import sys
 import numpy as np
 
 from common import Case, torch_or_skip
-from refflow import rational_quadratic_spline, rational_quadratic_spline_vjp
 
 N, K, B = 2 ** 20, 8, 3.0
 WORKLOADS = {
@@ -42,6 +42,7 @@ def data(dtype, n):
 
 
 def refflow_ops(x, uw, uh, ud):
+    from refflow import rational_quadratic_spline, rational_quadratic_spline_vjp
     y, _ = rational_quadratic_spline(x, uw, uh, ud, bound=B)
     ones = np.ones_like(x)
 
@@ -97,27 +98,14 @@ def zuko_ops(x, uw, uh, ud):
             "forward+gradient": grad}
 
 
-_CACHE = {}
-
-
 def build(workload, impl, sizes, dtype):
     """The :class:`Case` of ``workload`` for ``impl`` in ``dtype`` on ``sizes.spline_n``
     elements (``sizes.bins`` is not used: K = 8 is this benchmark's fixed configuration, also in
-    the smoke run). The arrays and every implementation's operations are built once per
-    ``(impl, dtype)`` and kept until :func:`clear`."""
+    the smoke run)."""
     if impl != "refflow":
         torch_or_skip(impl)
     ops = {"refflow": refflow_ops, "nflows": nflows_ops, "zuko": zuko_ops}[impl]
-    if (impl, dtype) not in _CACHE:
-        if ("data", dtype) not in _CACHE:
-            _CACHE[("data", dtype)] = data(np.dtype(dtype).type, sizes.spline_n)
-        _CACHE[(impl, dtype)] = ops(*_CACHE[("data", dtype)])
-    return Case(_CACHE[(impl, dtype)][OPS[workload]], sizes.spline_n)
-
-
-def clear():
-    """Frees the arrays of :func:`build` (about 200 MB in float64)."""
-    _CACHE.clear()
+    return Case(ops(*data(np.dtype(dtype).type, sizes.spline_n))[OPS[workload]], sizes.spline_n)
 
 
 def main(argv=None):

@@ -6,29 +6,32 @@ opt.step()`` with ``torch.optim.Adam``. The data ``x`` are fixed N(0, 1) rows (s
 array for every implementation; float32 means float32 data and a float32 model (refflow computes
 in the data's dtype; its gradients and Adam state are float64 by contract).
 
-Workloads (fixed; the models are those of ``/work/shared/PEERS.md``, "Peer models used for
-timing"):
+Workloads (fixed, so later runs compare; the same model configuration for the three
+implementations):
 
 - ``maf_train``: MAF, dim 64, 5 MADE layers alternating natural and reversed orders, hidden
-  (256, 256), ReLU, batch 512. refflow ``refflow.flows.MAF(64, n_layers=5, hidden=(256, 256))``
+  (256, 256), ReLU, batch 512. refflow ``refflow.MAF(64, n_layers=5, hidden=(256, 256))``
   (MADEs with ``Reverse`` between them, the same layout as zuko's alternating orders); zuko
   ``MAF(features=64, transforms=5, hidden_features=[256, 256])``; nflows
   ``MaskedAutoregressiveFlow(64, 256, num_layers=5, ...)`` with reverse permutations and no
   batch norm. 576,640 parameters each (masked entries counted, as torch does).
 - ``nsf_train``: autoregressive NSF, same sizes, K = 8 bins. refflow: 5
   ``MaskedSplineAutoregressive`` layers with alternating orders and nothing between them
-  (``refflow.flows.NSF`` adds ``LULinear`` layers, which zuko's NSF does not have), B = 3;
+  (``refflow.NSF`` adds ``LULinear`` layers, which zuko's NSF does not have), B = 3;
   zuko ``NSF(features=64, transforms=5, bins=8, hidden_features=[256, 256])`` (its bound is
   fixed at 5); nflows 5 x [``ReversePermutation``, ``MaskedPiecewiseRationalQuadratic
   AutoregressiveTransform(tail_bound=3.0)``]. 2,303,680 parameters each.
 - ``realnvp_train``: affine coupling, dim 2, 8 layers, hidden (64, 64), batch 4096. refflow
-  ``refflow.flows.RealNVP(2, n_layers=8, hidden=(64, 64))``; zuko ``RealNVP(features=2,
+  ``refflow.RealNVP(2, n_layers=8, hidden=(64, 64))``; zuko ``RealNVP(features=2,
   transforms=8, hidden_features=[64, 64])``; nflows 8 ``AffineCouplingTransform`` with
   alternating masks and ``MLP([1], [2], hidden_sizes=[64, 64])``. 35,344 parameters each.
 
 The scale maps differ (refflow and zuko: soft-clipped log-scale; nflows: softplus for MAF,
 sigmoid for coupling), as do the spline parameter maps; the dense work is the same. Read the
 ratio ``peer time / refflow time``: above 1 means refflow is faster.
+
+Every case runs in a process of its own (``run.py``); refflow is imported inside the refflow
+functions only, so that a peer's process never loads it.
 """
 
 import numpy as np
@@ -54,34 +57,36 @@ def data(sizes, which, dtype):
 
 # ----------------------------------------------------------------------------- refflow models
 def refflow_model(which, sizes):
-    """The refflow model of ``which`` ("maf", "nsf", "realnvp"), seed 0."""
-    from refflow import Chain, Flow, MaskedSplineAutoregressive, StandardNormal
-    from refflow.flows import MAF, RealNVP
+    """The refflow model of ``which`` ("maf", "nsf", "realnvp"), seed 0 (public API only)."""
+    import refflow
     if which == "maf":
-        return MAF(sizes.dim, n_layers=sizes.layers, hidden=sizes.hidden, rng=0)
+        return refflow.MAF(sizes.dim, n_layers=sizes.layers, hidden=sizes.hidden, rng=0)
     if which == "realnvp":
-        return RealNVP(sizes.rnvp_dim, n_layers=sizes.rnvp_layers, hidden=sizes.rnvp_hidden, rng=0)
+        return refflow.RealNVP(sizes.rnvp_dim, n_layers=sizes.rnvp_layers,
+                               hidden=sizes.rnvp_hidden, rng=0)
     rng = np.random.default_rng(0)
     # density order: step 0 (natural order) meets the data first, as zuko's layer 0; Chain
     # applies its list in the sampling direction, so the list is reversed.
-    steps = [MaskedSplineAutoregressive(sizes.dim, hidden=sizes.hidden, n_bins=sizes.bins,
-                                        bound=sizes.bound,
-                                        order="natural" if k % 2 == 0 else "reverse", rng=rng)
+    steps = [refflow.MaskedSplineAutoregressive(
+                 sizes.dim, hidden=sizes.hidden, n_bins=sizes.bins, bound=sizes.bound,
+                 order="natural" if k % 2 == 0 else "reverse", rng=rng)
              for k in range(sizes.layers)]
-    return Flow(StandardNormal(sizes.dim), Chain(steps[::-1]))
+    return refflow.Flow(refflow.StandardNormal(sizes.dim), refflow.Chain(steps[::-1]))
 
 
 def refflow_train(which, sizes, dtype):
-    from refflow import Adam
+    import refflow
+    from bench_gemm import count_macs
     flow = refflow_model(which, sizes)
-    opt = Adam(flow.params, lr=1e-4)
+    opt = refflow.Adam(flow.params, lr=1e-4)
     x = data(sizes, which, dtype)
 
     def step():
         _, grads = flow.nll_and_grad(x)
         opt.step(grads)
 
-    return Case(step, x.shape[0], info={"params": n_params(flow)})
+    return Case(step, x.shape[0],
+                info={"params": n_params(flow), "macs": count_macs(flow, x.shape[0])})
 
 
 # ----------------------------------------------------------------------------- peer models
@@ -172,11 +177,6 @@ def build(workload, impl, sizes, dtype):
     if impl == "refflow":
         return refflow_train(which, sizes, dtype)
     return peer_train(impl, which, sizes, dtype)
-
-
-def check_params(sizes):
-    """Parameter counts of the refflow models (the peers' are recorded with their records)."""
-    return {w: n_params(refflow_model(w.split("_")[0], sizes)) for w in WORKLOADS}
 
 
 __all__ = ["WORKLOADS", "UNIT", "build", "refflow_model", "peer_model", "data", "Skip"]

@@ -1,9 +1,10 @@
-"""Worst errors and speed of the monotone-transformer layers (the oracle over many draws).
+"""Worst errors and speed of the seven monotone-transformer layers (the oracle over many draws).
 
 Run: ``python benchmarks/check_catalogue.py [--seeds 20] [--rows 100000] [--no-speed]
 [--json out.json]``
 
-For every registry case of the monotone-transformer layers (``refflow._cases``), over
+For every registry case of the monotone-transformer layers (``refflow._cases``: the five MADE
+layers, ``BlockNeuralAutoregressive`` and ``Gaussianization``, also inside ``Inverse``), over
 ``--seeds`` parameter draws and batches of 6 points:
 
 - float64: the oracle of ``refflow.testing`` (round trips both ways, forward and inverse log-det
@@ -14,13 +15,17 @@ For every registry case of the monotone-transformer layers (``refflow._cases``),
   inputs: outputs, log-dets and the pullbacks' input and parameter cotangents, relative as
   ``|a - b| / max(1, |b|)`` (normwise for parameter gradients); and the float32 round trip.
 
-Speed: ``forward`` (sampling: a numerical inverse per coordinate) and ``inverse`` (density: one
-MADE pass) of one layer at the sizes listed in ``SPEED`` on ``--rows x 8`` rows, float64,
-median of a few runs after a warm-up. On a shared machine the figures are provisional.
+A second table gives, per layer class, the worst of its cases.
+
+Speed: ``forward`` (sampling: a numerical inverse per coordinate) and ``inverse`` (density: the
+closed form) of one layer at the sizes listed in ``SPEED`` on ``--rows x 8`` rows, float64,
+median of a few runs after a warm-up; the load average is printed with them. On a shared
+machine the figures are provisional.
 """
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -31,8 +36,13 @@ from refflow._cases import CASES
 from refflow.testing import check_bijector, check_vjp
 
 LAYERS = (B.NeuralAutoregressive, B.MaskedMonotonicAutoregressive,
-          B.UnconstrainedMonotonicAutoregressive, B.SumOfSquaresAutoregressive,
-          B.BernsteinAutoregressive)
+          B.UnconstrainedMonotonicAutoregressive, B.BlockNeuralAutoregressive,
+          B.SumOfSquaresAutoregressive, B.BernsteinAutoregressive, B.Gaussianization)
+
+
+def _inner(bijector):
+    """The layer inside an ``Inverse`` (Pyro's direction of BNAF), else the bijector itself."""
+    return bijector.bijector if isinstance(bijector, B.Inverse) else bijector
 
 #: One layer per class at the benchmark's size (dim 8, MADE hidden (64, 64)); the network
 #: transformers at reduced widths (their default (64, 64) networks with 32 quadrature nodes
@@ -49,6 +59,9 @@ SPEED = {
     "SumOfSquaresAutoregressive (L=4, K=3)": lambda: B.SumOfSquaresAutoregressive(8, rng=0),
     "BernsteinAutoregressive (M=21, identity tails)":
         lambda: B.BernsteinAutoregressive(8, rng=0),
+    "BlockNeuralAutoregressive (hidden factors (8,), FlowJAX's)":
+        lambda: B.BlockNeuralAutoregressive(8, rng=0),
+    "Gaussianization (8 components, zuko's)": lambda: B.Gaussianization(8, rng=0),
 }
 
 
@@ -110,8 +123,10 @@ def accuracy(case_ids, seeds, n=6):
                 w64["pullback_fd"] = max(w64["pullback_fd"], max(vjp_report.errors.values()))
             for key, value in _float32_errors(bijector, z, x, context).items():
                 w32[key] = max(w32.get(key, 0.0), value)
-        rows[case_id] = {"class": type(CASES[case_id](0)[0]).__name__, "float64": w64,
-                         "float32": w32}
+        layer = CASES[case_id](0)[0]
+        name = type(_inner(layer)).__name__
+        rows[case_id] = {"class": name if _inner(layer) is layer else f"Inverse({name})",
+                         "layer": name, "float64": w64, "float32": w32}
         print(f"{case_id:34s} f64 {w64}  f32 {w32}", file=sys.stderr, flush=True)
     return rows
 
@@ -148,10 +163,11 @@ def main(argv=None):
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    case_ids = [c for c in sorted(CASES) if isinstance(CASES[c](0)[0], LAYERS)]
+    case_ids = [c for c in sorted(CASES) if isinstance(_inner(CASES[c](0)[0]), LAYERS)]
     result = {"seeds": args.seeds, "accuracy": accuracy(case_ids, args.seeds)}
     if not args.no_speed:
-        result["speed"] = {"rows": args.rows, "dim": 8, "seconds": speed(args.rows, args.repeats)}
+        result["speed"] = {"rows": args.rows, "dim": 8, "seconds": speed(args.rows, args.repeats),
+                           "load": os.getloadavg()[0]}
     print("| case | class | round trip | log-det vs FD | fwd+inv log-det | pullback vs FD | "
           "f32 value | f32 log-det | f32 cotangents | f32 round trip |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -161,8 +177,23 @@ def main(argv=None):
               f"{a['log_det_sum']:.1e} | {a['pullback_fd']:.1e} | {b['value']:.1e} | "
               f"{b['log_det']:.1e} | {max(b['input_bar'], b['grads']):.1e} | "
               f"{b['round_trip']:.1e} |")
+    print("\nper layer (worst over its cases):\n")
+    print("| layer | f64 round trip | f64 log-det vs FD | f64 pullback vs FD | f32 round trip | "
+          "f32 log-det | f32 pullback |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for layer in LAYERS:
+        mine = [r for r in result["accuracy"].values() if r["layer"] == layer.__name__]
+        if not mine:
+            continue
+        worst = [max(f(r) for r in mine) for f in (
+            lambda r: r["float64"]["round_trip"], lambda r: r["float64"]["log_det_fd"],
+            lambda r: r["float64"]["pullback_fd"], lambda r: r["float32"]["round_trip"],
+            lambda r: r["float32"]["log_det"],
+            lambda r: max(r["float32"]["input_bar"], r["float32"]["grads"]))]
+        print(f"| {layer.__name__} | " + " | ".join(f"{w:.1e}" for w in worst) + " |")
     if "speed" in result:
-        print(f"\nspeed, {args.rows} x 8 rows, float64 (s, median of {args.repeats}):")
+        print(f"\nspeed, {args.rows} x 8 rows, float64 (s, median of {args.repeats}; load "
+              f"average {result['speed']['load']:.1f} on {os.cpu_count()} CPUs; provisional):")
         for name, t in result["speed"]["seconds"].items():
             print(f"| {name} | inverse {t['inverse']:.2f} | forward {t['forward']:.2f} |")
     if args.json:

@@ -1,6 +1,9 @@
 """Shared by the benchmark scripts: timing with warm-up, the environment that moves timings,
 benchmark sizes, result records and the torch set-up of the peers.
 
+Importing this module imports NumPy only (never refflow, torch, numba or threadpoolctl): a peer's
+child process imports it after ``torch.set_num_threads``, and must not load refflow at all.
+
 Nothing here changes the environment: ``OPENBLAS_CORETYPE`` (this machine's environment may set
 ``OPENBLAS_CORETYPE=Haswell``, which runs OpenBLAS's GEMM at about 0.65x of its AVX-512 speed)
 and the thread variables are recorded, never set.
@@ -22,8 +25,8 @@ DTYPES = ("float64", "float32")
 
 
 # ----------------------------------------------------------------------------- timing
-def timeit(fn, repeats, warmup=2, warmup_fn=None):
-    """``(median, min, max)`` seconds of ``repeats`` calls of ``fn`` after ``warmup`` calls.
+def time_calls(fn, repeats, warmup=2, warmup_fn=None):
+    """Seconds of each of ``repeats`` calls of ``fn``, after ``warmup`` calls.
 
     ``warmup_fn`` (default ``fn``) is what the warm-up calls run: a smaller version of the
     workload when one full call is long (sampling), enough to compile and import lazily.
@@ -35,6 +38,12 @@ def timeit(fn, repeats, warmup=2, warmup_fn=None):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    return times
+
+
+def timeit(fn, repeats, warmup=2, warmup_fn=None):
+    """``(median, min, max)`` seconds of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
+    times = time_calls(fn, repeats, warmup=warmup, warmup_fn=warmup_fn)
     return statistics.median(times), min(times), max(times)
 
 
@@ -75,11 +84,18 @@ def _version(module):
 
 
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-            "NUMBA_NUM_THREADS", "REFFLOW_DISABLE_NUMBA")
+            "NUMBA_NUM_THREADS", "REFFLOW_NUM_THREADS", "REFFLOW_DISABLE_NUMBA")
+# The variables that set thread counts: removed for "default threads" in the thread workloads.
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+               "REFFLOW_NUM_THREADS", "GOTO_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+               "NUMEXPR_NUM_THREADS", "BLIS_NUM_THREADS")
 
 
 def environment():
-    """Versions, BLAS, threads, CPU and ``OPENBLAS_CORETYPE``, recorded with every result."""
+    """Versions, BLAS, threads, CPU and ``OPENBLAS_CORETYPE``, recorded with every result.
+
+    ``run.py`` calls this in a fresh process of its own (it imports refflow, numba and
+    threadpoolctl), so that the thread counts are those a refflow process starts with."""
     import refflow
     env = {
         "python": platform.python_version(),
@@ -122,7 +138,10 @@ def environment_line(env):
             f"refflow {env['refflow']}, torch {env['torch']}, zuko {env['zuko']}, "
             f"nflows {env['nflows']}; OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}, "
             f"OPENBLAS_NUM_THREADS={env['OPENBLAS_NUM_THREADS']}, "
-            f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}")
+            f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, "
+            f"REFFLOW_NUM_THREADS={env['REFFLOW_NUM_THREADS']}"
+            + (f"; peers: torch.set_num_threads({env['torch_threads']}) first thing in their "
+               f"process" if env.get("torch_threads") else ""))
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -130,9 +149,18 @@ def environment_line(env):
 class Sizes:
     """The fixed configurations (``full``), and what ``--quick`` and ``--smoke`` change.
 
-    ``full`` and ``quick`` share every model and batch; ``quick`` only draws fewer sampling
-    rows (the sequential passes make sampling the longest workload) and repeats less.
-    ``smoke`` shrinks everything, for the test of the script itself.
+    ``full`` and ``quick`` share every model and batch; ``quick`` draws fewer sampling rows (the
+    sequential passes make sampling the longest workload), runs fewer rounds and repeats and
+    leaves out the long fit. ``smoke`` shrinks everything, for the test of the script itself.
+
+    Timing: every (workload, implementation, dtype) runs ``rounds`` times, each time in a fresh
+    process that makes ``warmup`` warm-up calls (``spline_warmup`` for the spline kernels) and
+    then ``repeats`` timed calls (``sample_repeats`` for sampling, ``spline_repeats`` for the
+    spline kernels); the processes
+    of the implementations alternate (A B C A B C ...), and the median is over all timed calls of
+    all rounds. The standalone peer timing of the self-check makes ``rounds * repeats`` calls in
+    one process (``sample_repeats`` or ``spline_repeats`` for sampling and splines:
+    :func:`alone_repeats`).
     """
     mode: str = "full"
     dim: int = 64                 # MAF / NSF event size
@@ -149,19 +177,31 @@ class Sizes:
     sample_rows: int = 10_000
     spline_n: int = 2 ** 20
     gemm_square: int = 1024
-    repeats: int = 7
-    sample_repeats: int = 5
-    spline_repeats: int = 7
+    rounds: int = 2
+    repeats: int = 5
+    sample_repeats: int = 1
+    spline_repeats: int = 2
     warmup: int = 2
+    spline_warmup: int = 1        # one spline call is 0.1-2 s: one warm-up suffices
+    # thread workloads: `python -m refflow fit two_moons --epochs E`, the demo's fit
+    fit_epochs: int = 5
+    fit_long_epochs: int = 20     # 0: not run
+    fit_extra: tuple = ()         # extra `fit` options (smoke: tiny model and data)
+    demo_epochs: int = 60
+    demo_rows: int = 4000
+    demo_hidden: tuple = (32, 32)
+    thread_rounds: int = 2
 
 
 FULL = Sizes()
-QUICK = dataclasses.replace(FULL, mode="quick", sample_rows=1000, repeats=5, sample_repeats=3,
-                            spline_repeats=3, warmup=1)
+QUICK = dataclasses.replace(FULL, mode="quick", sample_rows=1000, repeats=2, spline_repeats=1,
+                            warmup=1, fit_long_epochs=0)
 SMOKE = Sizes(mode="smoke", dim=4, layers=2, hidden=(8, 8), batch=16, bins=4, rnvp_layers=2,
               rnvp_hidden=(8, 8), rnvp_batch=32, log_prob_batch=32, sample_rows=16,
-              spline_n=256, gemm_square=32, repeats=1, sample_repeats=1, spline_repeats=1,
-              warmup=1)
+              spline_n=256, gemm_square=32, rounds=1, repeats=1, sample_repeats=1,
+              spline_repeats=1, warmup=1, fit_epochs=1, fit_long_epochs=0,
+              fit_extra=("--n", "200", "--hidden", "8,8", "--layers", "2"), demo_epochs=1,
+              demo_rows=200, demo_hidden=(8, 8), thread_rounds=1)
 SIZES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
 
 
@@ -173,28 +213,56 @@ def quick_changes():
     return ", ".join(diff)
 
 
+def repeats_for(workload, sizes):
+    """Timed calls per process of ``workload``."""
+    if workload == "maf_sample":
+        return sizes.sample_repeats
+    if workload.startswith("spline"):
+        return sizes.spline_repeats
+    return sizes.repeats
+
+
+def alone_repeats(workload, sizes):
+    """Timed calls of the self-check's standalone process of ``workload``: as many as all
+    rounds of the harness together, except for sampling and the spline kernels (one call is
+    1-18 s for a peer), where it is as many as one harness process."""
+    per_process = repeats_for(workload, sizes)
+    if workload == "maf_sample" or workload.startswith("spline"):
+        return per_process
+    return sizes.rounds * per_process
+
+
+def warmup_for(workload, sizes):
+    """Warm-up calls per process of ``workload``."""
+    return sizes.spline_warmup if workload.startswith("spline") else sizes.warmup
+
+
 # ----------------------------------------------------------------------------- workloads
 @dataclasses.dataclass
 class Case:
     """One timed callable: ``fn`` (one call = ``items`` units of work), optional ``warmup_fn``,
-    ``info`` (parameter count, notes) and ``after`` (called once after timing, for follow-ups
-    such as the log_prob of the sampled rows)."""
+    ``info`` (parameter count, multiply-adds, notes) and ``followup`` (called once after
+    timing; returns ``{workload: Case}`` timed next in the same process, for the log_prob of the
+    rows just sampled)."""
     fn: object
     items: int
     warmup_fn: object = None
     info: dict = dataclasses.field(default_factory=dict)
+    followup: object = None
 
 
 class Skip(Exception):
     """A peer cannot run this workload (not installed, or no such operation)."""
 
 
-def record(workload, impl, dtype, unit, case, times, repeats):
-    med, lo, hi = times
-    rec = {"workload": workload, "impl": impl, "dtype": dtype, "median_s": med, "min_s": lo,
-           "max_s": hi, "repeats": repeats, "items": case.items, "unit": unit,
-           "throughput": case.items / med if med > 0 else math.inf}
-    rec.update(case.info)
+def record(workload, impl, dtype, unit, items, times, info=None):
+    """One result: the median, min and max of ``times`` (every timed call of every round),
+    ``repeats`` = how many, and the throughput ``items / median``."""
+    med = statistics.median(times)
+    rec = {"workload": workload, "impl": impl, "dtype": dtype, "median_s": med,
+           "min_s": min(times), "max_s": max(times), "repeats": len(times), "items": items,
+           "unit": unit, "throughput": items / med if med > 0 else math.inf}
+    rec.update(info or {})
     return rec
 
 

@@ -16,6 +16,7 @@ from .bijectors import (
     BernsteinAutoregressive, MaskedMonotonicAutoregressive, NeuralAutoregressive,
     SumOfSquaresAutoregressive, UnconstrainedMonotonicAutoregressive,
 )
+from .bijectors import BlockNeuralAutoregressive, Gaussianization
 from .splines import rational_quadratic_spline, rational_quadratic_spline_vjp
 from .distributions import DiagNormal, Flow, StandardNormal
 from .training import SGD, Adam, CosineAnnealing, History, TrainingDiverged, clip_grad_norm, fit
@@ -25,7 +26,7 @@ from .estimator import FlowDensity
 from . import data, flows, io, optim, train, training, variational
 from .io import load, save
 
-from ._version import __version__
+from ._version import __version__ as __version__  # re-exported (not in __all__)
 
 __all__ = [
     # contract and containers
@@ -40,6 +41,8 @@ __all__ = [
     "AdditiveCoupling", "AffineCoupling", "MaskedAffineAutoregressive",
     # Rezende & Mohamed family
     "Planar", "Radial", "Sylvester",
+    # monotone-network transformers (numerical inverses)
+    "BlockNeuralAutoregressive", "Gaussianization",
     # splines
     "RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive",
     "rational_quadratic_spline", "rational_quadratic_spline_vjp",

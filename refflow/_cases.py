@@ -128,6 +128,22 @@ def _kink_safe_case(build, sample_z, sample_x, margin=1e-3):
     return factory
 
 
+def _image_case(build, sample_z, sample_w):
+    """A case whose inverse is defined on a bounded image only (Pyro's BlockAutoregressive
+    direction): ``x`` is drawn as ``forward(w)`` for ``w`` from ``sample_w``, so it lies inside
+    the range, at an open margin that central differences cannot cross."""
+    def factory(rng):
+        rng = np.random.default_rng(rng)
+        bijector = build(rng)
+        dim = bijector.dim
+
+        def sample_x(r, n):
+            return bijector.forward(sample_w(np.random.default_rng(r), n, dim))[0]
+        return (bijector, lambda r, n: sample_z(np.random.default_rng(r), n, dim), sample_x,
+                None)
+    return factory
+
+
 def _batchnorm(rng, training=False):
     layer = _randomize(B.BatchNorm(3), rng)
     layer.buffers["running_mean"][...] = rng.normal(0.0, 1.0, size=3)
@@ -235,6 +251,43 @@ CASES = {
         _normal(1.5), _normal(1.5)),
     "sylvester_full": _case(lambda r: _randomize(B.Sylvester(3, rng=r), r, 0.7),
                             _normal(1.5), _normal(1.5)),
+    # Block neural autoregressive flows: closed form x -> z, numerical z -> x.
+    "bnaf": _case(lambda r: B.BlockNeuralAutoregressive(3, hidden_factors=(3,), rng=r),
+                  _normal(1.5), _normal(1.5)),
+    "bnaf_paper_tanh_gated": _case(
+        lambda r: B.BlockNeuralAutoregressive(3, hidden_factors=(2, 3), activation="tanh",
+                                              parameterization="paper", residual="gated", rng=r),
+        _normal(1.5), _normal(1.5)),
+    "bnaf_linear": _case(lambda r: B.BlockNeuralAutoregressive(4, hidden_factors=(), rng=r),
+                         _normal(), _normal()),
+    "bnaf_sigmoid_conditional": _case(
+        lambda r: B.BlockNeuralAutoregressive(3, hidden_factors=(2,), activation="sigmoid",
+                                              residual="normal", context_dim=2, rng=r),
+        _normal(1.5), _normal(1.5)),
+    # Pyro's direction (closed form base -> data, tanh: a bounded image per coordinate)
+    # (parameters redrawn from N(0, 0.5^2): Pyro's g = log U(0, 1) can make a coordinate's
+    # image so narrow that finite differences of the inverse lose their accuracy. Inputs from
+    # N(0, 0.5^2), and x = T(w) for such w: two tanh layers saturate beyond |z| ~ 3, where the
+    # map's slope falls to 1e-6, its inverse's conditioning costs 1e-10 in round trips, and the
+    # oracle's FD step crosses the edge of the image)
+    "bnaf_pyro_inverse": _image_case(
+        lambda r: B.Inverse(_randomize(B.BlockNeuralAutoregressive(
+            3, hidden_factors=(2, 2), activation="tanh", parameterization="pyro", rng=r), r)),
+        _normal(0.5), _normal(0.5)),
+    # Gaussianization: closed form x -> z, numerical z -> x.
+    "gaussianization": _case(lambda r: B.Gaussianization(3, n_components=4, rng=r),
+                             _normal(1.5), _normal(2.0)),
+    # zuko's GF transformer: shrink 1e-6 bounds |z| by 4.89, and the map flattens (dz/dx ->
+    # phi(u)/phi(4.89)) where every component's tail mass is below 5e-7 (|u_k| > 4.9):
+    # parameters and x are drawn so that |u_k| < ~3.5, where the inverse is well conditioned
+    "gaussianization_zuko": _case(
+        lambda r: _randomize(B.Gaussianization(2, n_components=3, parameterization="zuko",
+                                               weights="uniform", shrink=1e-6, rng=r), r, 0.3),
+        _uniform(-3.0, 3.0), _uniform(-1.0, 1.0)),
+    "gauss_logistic_conditional": _case(
+        lambda r: B.Gaussianization(2, n_components=3, kernel="logistic", context_dim=2,
+                                    hidden=(6,), activation="tanh", rng=r),
+        _normal(1.5), _normal(2.0)),
     # Monotone-network and polynomial transformers (density direction z = f(x); numerical
     # inverses to sample). ELU / softclip kinks and |w| at 0 are kept away from the FD points;
     # the MADEs use tanh units (relu puts kinks into the weights' derivatives, and lets sampled

@@ -1,15 +1,23 @@
 """Input checks shared by every public entry point.
 
-Each check raises ``ValueError`` with a message that names the caller (``where``), what was
-expected and what was given. Nothing here mutates its argument: arrays that need converting
-are copied.
+Every check names the caller (``where``, e.g. ``"fit"`` or ``"Affine.forward"``) and the argument
+in a one-line message that says what was expected and what was given. Scalars follow
+scikit-learn's convention (``sklearn.utils.check_scalar``): ``TypeError`` for a value of the wrong
+type (a str, a float where an integer is needed, a bool where a number is needed), ``ValueError``
+for a value of the right type outside its range (or NaN/inf). Arrays (:func:`as_float_array`,
+:func:`as_batch`, :func:`check_finite`) raise ``ValueError``, as numpy does for an array it cannot
+convert; so does :func:`check_rng`, as scikit-learn's ``check_random_state``. Nothing here mutates
+its argument: arrays that need converting are copied.
 """
 
+import math
 import numbers
 
 import numpy as np
 
-__all__ = ["as_batch", "as_float_array", "check_rng", "check_dim", "check_finite"]
+__all__ = ["as_batch", "as_float_array", "as_cotangent", "check_finite", "check_rng", "check_dim",
+           "check_int", "check_n", "check_batch_size", "check_real", "check_positive", "check_bool",
+           "check_choice", "check_hidden"]
 
 
 def _describe(x):
@@ -107,14 +115,137 @@ def as_batch(x, dim, where, name="input"):
     return np.ascontiguousarray(arr), was_1d
 
 
+def _got(value):
+    """``value`` for a TypeError message: its type and a one-line, shortened repr."""
+    text = " ".join(repr(value).split())
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(value, where, name, *, minimum=None):
+    """Return ``value`` as a Python int, checking ``value >= minimum``.
+
+    ``TypeError`` unless ``value`` is an integer (Python or numpy; bools are refused),
+    ``ValueError`` below ``minimum``.
+    """
+    if minimum == 1:
+        what = "a positive integer"
+    elif minimum == 0:
+        what = "a non-negative integer"
+    else:
+        what = "an integer" if minimum is None else f"an integer >= {minimum}"
+    if not _is_int(value):
+        raise TypeError(f"{where}: {name} must be an integer, got {_got(value)}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{where}: {name} must be {what}, got {value}")
+    return value
+
+
 def check_dim(dim, where, name="dim"):
-    """Return ``dim`` as a positive Python int or raise ``ValueError``."""
-    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, numbers.Integral):
-        raise ValueError(f"{where}: {name} must be a positive integer, got {dim!r}")
-    dim = int(dim)
-    if dim < 1:
-        raise ValueError(f"{where}: {name} must be a positive integer, got {dim}")
-    return dim
+    """Return ``dim`` as a positive Python int (``TypeError``/``ValueError`` otherwise)."""
+    return check_int(dim, where, name, minimum=1)
+
+
+def check_n(n, where, name="n"):
+    """A number of samples: a non-negative Python int (``TypeError``/``ValueError`` otherwise)."""
+    return check_int(n, where, f"the number of samples {name}", minimum=0)
+
+
+def check_batch_size(batch_size, where, default=None, name="batch_size"):
+    """``batch_size`` as a positive Python int, or ``default`` when it is None."""
+    if batch_size is None:
+        return default
+    if not _is_int(batch_size):
+        raise TypeError(f"{where}: {name} must be an integer or None, got {_got(batch_size)}")
+    if batch_size < 1:
+        raise ValueError(f"{where}: {name} must be a positive integer or None, got "
+                         f"{int(batch_size)}")
+    return int(batch_size)
+
+
+def _interval(low, high, low_open, high_open):
+    """The words for an interval: "positive", "non-negative", "in (0, 1)", "in [0.5, inf)"."""
+    if high is None and low == 0:
+        return "positive" if low_open else "non-negative"
+    if low is None and high is None:
+        return ""
+    lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+    hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+    return f"in {lo}, {hi}"
+
+
+def check_real(value, where, name, *, low=None, high=None, low_open=False, high_open=False):
+    """Return ``value`` as a finite Python float inside the given interval.
+
+    ``TypeError`` unless ``value`` is a real number (Python or numpy; bools are refused),
+    ``ValueError`` for NaN, an infinity or a value outside ``[low, high]`` (the ends excluded
+    when ``low_open`` / ``high_open``; None means unbounded).
+    """
+    words = _interval(low, high, low_open, high_open)
+    if words in ("positive", "non-negative"):
+        what = f"a finite {words} number"
+    else:
+        what = "a finite number" + (f" {words}" if words else "")
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{where}: {name} must be a real number, got {_got(value)}")
+    value = float(value)
+    bad = not math.isfinite(value)
+    if low is not None:
+        bad = bad or (value <= low if low_open else value < low)
+    if high is not None:
+        bad = bad or (value >= high if high_open else value > high)
+    if bad:
+        raise ValueError(f"{where}: {name} must be {what}, got {value!r}")
+    return value
+
+
+def check_positive(value, where, name):
+    """Return ``value`` as a finite float ``> 0`` (``TypeError``/``ValueError`` otherwise)."""
+    return check_real(value, where, name, low=0.0, low_open=True)
+
+
+def check_bool(value, where, name, *, allow_none=False):
+    """Return ``value`` as a Python bool (or None when ``allow_none``), else ``TypeError``.
+
+    Only ``True``/``False`` (and numpy bools) are accepted: ``0``, ``1`` and strings are refused
+    rather than read as truth values.
+    """
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        what = "True, False or None" if allow_none else "True or False"
+        raise TypeError(f"{where}: {name} must be {what}, got {_got(value)}")
+    return bool(value)
+
+
+def check_choice(value, choices, where, name):
+    """Return ``value`` if it is one of the strings ``choices``.
+
+    ``TypeError`` for a value that is not a str, ``ValueError`` for a str not in ``choices``.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: {name} must be one of {sorted(choices)}, got {_got(value)}")
+    if value not in choices:
+        raise ValueError(f"{where}: {name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_hidden(hidden, where, name="hidden"):
+    """``hidden`` (the widths of a network's hidden layers) as a tuple of positive ints.
+
+    A sequence is required: a bare int (``64``; write ``(64,)``), a str or a non-iterable raises
+    ``TypeError``; each width is checked by :func:`check_dim` (``TypeError``/``ValueError``).
+    """
+    if isinstance(hidden, (numbers.Integral, str, bytes)) or not hasattr(hidden, "__iter__"):
+        raise TypeError(f"{where}: {name} must be a sequence of positive integers such as "
+                        f"(64, 64), got {_got(hidden)}")
+    return tuple(check_dim(h, where, f"{name} width") for h in hidden)
 
 
 def check_rng(rng, where="rng"):
@@ -132,3 +263,20 @@ def check_rng(rng, where="rng"):
         f"{where}: rng must be None, a non-negative int seed or a numpy.random.Generator, "
         f"got {type(rng).__name__}"
     )
+
+
+def as_cotangent(value, shape, was_1d, dtype, where, name):
+    """A pullback's cotangent argument as a C-contiguous array of ``shape`` and ``dtype``.
+
+    ``None`` means zeros. Otherwise ``value`` must be finite and real, of ``shape`` (or of
+    ``shape[1:]`` when the pass was called on a single point, ``was_1d``); ``where`` names the
+    pullback in the messages (e.g. ``"Affine.forward pullback"``).
+    """
+    if value is None:
+        return np.zeros(shape, dtype=dtype)
+    arr = as_float_array(value, where, name)
+    expected = shape[1:] if was_1d else shape
+    if arr.shape != expected:
+        raise ValueError(f"{where}: expected {name} of shape {expected}, got {arr.shape}")
+    check_finite(arr, where, name)
+    return np.ascontiguousarray(arr.reshape(shape), dtype=dtype)

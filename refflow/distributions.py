@@ -56,24 +56,17 @@ def _single_row(context):
 
 
 def _batch_coupled(bijector):
-    """The first layer whose pass depends on the whole batch, not row by row (else None).
-
-    A training-mode ``BatchNorm`` normalises with the batch's statistics and an uninitialised
-    ``ActNorm`` initialises from the batch: splitting the batch into chunks would change their
-    results, so the chunked entry points refuse to split a flow holding one. Every other refflow
-    layer maps each row on its own.
+    """``(layer, reason)`` for the first layer whose pass depends on the whole batch, not row by
+    row (``Bijector._batch_coupling``: a training-mode ``BatchNorm``, an uninitialised
+    ``ActNorm``), else None. Splitting the batch into chunks would change their results, so
+    the chunked entry points refuse to split a flow holding one.
     """
-    from .bijectors.normalization import ActNorm, BatchNorm  # the only batch-coupled layers
-
     stack = [bijector]
     while stack:
         layer = stack.pop()
-        if isinstance(layer, BatchNorm) and layer.training:
-            return layer, "is in training mode (it normalises with the batch's statistics); " \
-                          "call flow.eval() first"
-        if isinstance(layer, ActNorm) and not layer.buffers["initialized"]:
-            return layer, "is not initialised yet (its first call initialises it from the " \
-                          "whole batch)"
+        reason = layer._batch_coupling()
+        if reason is not None:
+            return layer, reason
         stack.extend(layer._children())
     return None
 

@@ -8,25 +8,27 @@ Three lines fit a density, score points and draw samples::
 
 scikit-learn is not needed: the estimator follows its conventions (``__init__`` only stores
 arguments, ``fit`` returns ``self``, fitted attributes end in ``_``, ``get_params`` /
-``set_params``, ``NotFittedError`` before ``fit``) and passes
-``sklearn.utils.estimator_checks.check_estimator``, importing scikit-learn only where its
+``set_params``, ``NotFittedError`` before ``fit``, ``feature_names_in_`` from a DataFrame) and
+passes ``sklearn.utils.estimator_checks.check_estimator``, importing scikit-learn only where its
 machinery asks for it (``__sklearn_tags__``, the not-fitted error).
 """
 
 import inspect
 import math
 import numbers
+import sys
+import warnings
 
 import numpy as np
 
-from ._validation import check_rng
+from ._validation import (check_batch_size, check_bool, check_choice, check_hidden, check_int,
+                          check_positive, check_real, check_rng)
 from .bijectors import Affine, Chain
-from .distributions import Flow
-from .distributions import _check_batch_size as _flow_batch_size
+from .distributions import DEFAULT_BATCH_SIZE, Flow
 from .flows import BUILDERS
 from . import io
 from .io.spec import register
-from .nn.mlp import _check_hidden
+from .training import ProgressLine
 from .training.loop import History, fit
 
 __all__ = ["FlowDensity"]
@@ -36,6 +38,10 @@ _ONE_FEATURE = {"realnvp": "maf", "glow": "maf", "nsf-coupling": "nsf"}
 #: Builder options that FlowDensity sets itself, with where to set them instead.
 _RESERVED = {"rng": "random_state", "hidden": "hidden", "n_layers": "n_layers",
              "context_dim": None}
+#: Modules of the data-frame libraries whose column names become ``feature_names_in_``.
+_FRAME_MODULES = ("pandas", "polars", "modin", "cudf")
+#: Seconds between redraws of the progress line without tqdm.
+_PROGRESS_INTERVAL = 0.5
 
 
 class _NotFittedError(ValueError, AttributeError):
@@ -51,33 +57,6 @@ def _not_fitted_error(message):
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_int(value, where, name, minimum=1):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
-            or int(value) < minimum:
-        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_real(value, where, name, low, high=math.inf, low_open=False, high_open=True):
-    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real) \
-        and math.isfinite(value)
-    if ok:
-        value = float(value)
-        ok = (value > low if low_open else value >= low) and \
-             (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{where}: {name} must be a number in {interval}, got {value!r}")
-    return value
-
-
-def _check_batch_size(batch_size, where):
-    """``batch_size`` unchanged when valid (a positive int or None), else ``ValueError``."""
-    if batch_size is not None:
-        _flow_batch_size(batch_size, where)
-    return batch_size
-
-
 def _generator(random_state, where):
     """A Generator from None, an int seed, a Generator or a legacy ``RandomState``."""
     if isinstance(random_state, np.random.RandomState):
@@ -94,19 +73,70 @@ def _is_sparse(X):
     return scipy.sparse.issparse(X)
 
 
-def _check_X(X, where, n_features=None):
+def _feature_names(X):
+    """The column names of a data frame as an object array, as scikit-learn reads them
+    (``sklearn.utils.validation._get_feature_names``): all-str names are returned, names of
+    other types give None, a mix of str and other types raises its ``TypeError``."""
+    if type(X).__module__.partition(".")[0] not in _FRAME_MODULES or getattr(X, "ndim", 2) != 2:
+        return None
+    try:
+        names = np.asarray(list(X.columns), dtype=object)
+    except (AttributeError, TypeError):
+        return None
+    if len(names) == 0:
+        return None
+    types = sorted(t.__qualname__ for t in set(type(v) for v in names))
+    if len(types) > 1 and "str" in types:
+        raise TypeError(
+            "Feature names are only supported if all input features have string names, "
+            f"but your input has {types} as feature name / column name types. "
+            "If you want feature names to be stored and validated, you must convert "
+            "them all to strings, by using X.columns = X.columns.astype(str) for "
+            "example. Otherwise you can remove feature / column names from your input "
+            "data, or convert them all to a non-string data type.")
+    if len(types) == 1 and types[0] == "str":
+        return names
+    return None
+
+
+def _names_mismatch(fitted, given, what="feature names"):
+    """scikit-learn's message for column names that differ from those seen in ``fit``."""
+    message = f"The {what} should match those that were passed during fit.\n"
+    unexpected = sorted(set(given) - set(fitted))
+    missing = sorted(set(fitted) - set(given))
+
+    def listing(names):
+        out = ""
+        for i, name in enumerate(names):
+            if i >= 5:
+                out += "- ...\n"
+                break
+            out += f"- {name}\n"
+        return out
+
+    if unexpected:
+        message += f"{what[0].upper()}{what[1:]} unseen at fit time:\n" + listing(unexpected)
+    if missing:
+        message += f"{what[0].upper()}{what[1:]} seen at fit time, yet now missing:\n" + \
+            listing(missing)
+    if not missing and not unexpected:
+        message += f"{what[0].upper()}{what[1:]} must be in the same order as they were in fit.\n"
+    return message
+
+
+def _check_X(X, where, n_features=None, name="X", expecting="features"):
     """``X`` as a C-contiguous float64 ``(n_samples, n_features)`` array, checked as sklearn
     checks it (and with its messages, which its estimator checks look for)."""
     if _is_sparse(X):
         raise TypeError(f"{where}: sparse input is not supported (a flow models a dense "
-                        f"density); convert it with X.toarray()")
+                        f"density); convert it with {name}.toarray()")
     try:
         arr = np.asarray(X)
     except Exception as exc:  # ragged nested lists and the like
-        raise ValueError(f"{where}: X could not be converted to an array ({exc})") from None
+        raise ValueError(f"{where}: {name} could not be converted to an array ({exc})") from None
     kind = arr.dtype.kind
     if kind == "c":
-        raise ValueError(f"{where}: Complex data not supported; X must be real, got dtype "
+        raise ValueError(f"{where}: Complex data not supported; {name} must be real, got dtype "
                          f"{arr.dtype}")
     if kind == "O":
         # Python numbers (or numeric strings) in an object array convert as sklearn's
@@ -114,11 +144,11 @@ def _check_X(X, where, n_features=None):
         try:
             arr = arr.astype(np.float64)
         except TypeError as exc:
-            raise TypeError(f"{where}: X must hold numbers: {exc}") from None
+            raise TypeError(f"{where}: {name} must hold numbers: {exc}") from None
         except ValueError as exc:
-            raise ValueError(f"{where}: X must hold numbers: {exc}") from None
+            raise ValueError(f"{where}: {name} must hold numbers: {exc}") from None
     elif kind not in "biuf":
-        raise ValueError(f"{where}: X must be a real numeric array, got dtype {arr.dtype}")
+        raise ValueError(f"{where}: {name} must be a real numeric array, got dtype {arr.dtype}")
     if arr.ndim != 2:
         hint = ""
         if arr.ndim == 1:
@@ -136,11 +166,11 @@ def _check_X(X, where, n_features=None):
     finite = np.isfinite(arr)
     if not finite.all():
         row, col = (int(i) for i in np.argwhere(~finite)[0])
-        raise ValueError(f"{where}: Input X contains NaN or infinity ({int((~finite).sum())} "
+        raise ValueError(f"{where}: Input {name} contains NaN or infinity ({int((~finite).sum())} "
                          f"value(s), the first at row {row}, column {col})")
     if n_features is not None and arr.shape[1] != n_features:
-        raise ValueError(f"{where}: X has {arr.shape[1]} features, but FlowDensity is expecting "
-                         f"{n_features} features as input.")
+        raise ValueError(f"{where}: {name} has {arr.shape[1]} features, but FlowDensity is "
+                         f"expecting {n_features} {expecting} as input.")
     return arr
 
 
@@ -164,6 +194,82 @@ def _standardization(X):
     return m * mean_u, np.where(constant, 1.0, m * np.sqrt(var_u))
 
 
+def _checked_standardization(X, where, name):
+    """``(mean, scale, X_standardised)``, refusing what would not survive a save and load."""
+    mean, scale = _standardization(X)
+    # A subnormal scale fits, but the saved map's exp(-log(scale)) then overflows, so every
+    # later score_samples would fail: refuse it here, as overflowing data is.
+    tiny = scale < np.finfo(np.float64).tiny
+    if tiny.any():
+        j = int(np.argmax(tiny))
+        raise ValueError(f"{where}: {'' if name == 'X' else name + ' '}feature {j} has standard "
+                         f"deviation {scale[j]:.3g}, below float64's normal range (its reciprocal "
+                         f"overflows); rescale {name} (e.g. multiply it by a large constant)")
+    with np.errstate(over="ignore", invalid="ignore"):
+        standardised = (X - mean) / scale
+    if not np.isfinite(standardised).all():  # |x - mean| beyond float64 (data near 1e308)
+        raise ValueError(f"{where}: {name} - mean({name}) overflows float64; rescale {name} "
+                         f"(e.g. divide it by a large constant)")
+    return mean, scale, standardised
+
+
+def _show_progress(progress):
+    """``progress`` (True, False, None or "auto") resolved: "auto"/None mean a terminal."""
+    if progress is True or progress is False:
+        return progress
+    try:
+        return bool(sys.stderr is not None and sys.stderr.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+class _RowProgress(ProgressLine):
+    """Rows scored, transformed or sampled so far (tqdm, or one stderr line)."""
+
+    def __init__(self, where, total):
+        super().__init__(where, total, _PROGRESS_INTERVAL, unit="row")
+        self.total, self.done = total, 0
+
+    def update(self, rows):
+        self.done += rows
+        if self.bar is not None:
+            self.bar.update(rows)
+        elif self.due():
+            self.draw(f"{self.done:,}/{self.total:,} rows")
+
+
+class _NoProgress:
+    def update(self, rows):
+        pass
+
+    def close(self):
+        pass
+
+
+def _row_chunks(n, batch_size):
+    """The row ranges ``Flow.log_prob`` and ``Flow.sample`` use for ``n`` rows in chunks of at
+    most ``batch_size``: one range, or ``k = ceil(n / batch_size)`` balanced ones (so that the
+    results here are bit for bit those of the flow's own chunked calls)."""
+    if n <= batch_size:
+        return [(0, n)]
+    k = -(-n // batch_size)
+    return [((n * i) // k, (n * (i + 1)) // k) for i in range(k)]
+
+
+def _out_of_range(exc):
+    """True for the flow's "not representable in float64" errors (a row too far out)."""
+    return "representable" in str(exc)
+
+
+def _empty(shape, where):
+    try:
+        return np.empty(shape)
+    except (MemoryError, ValueError):
+        gib = np.prod(np.asarray(shape, dtype=float)) * 8 / 2 ** 30
+        raise ValueError(f"{where}: an output of shape {tuple(shape)} needs {gib:.3g} GiB of "
+                         f"memory, more than is available; ask for fewer rows") from None
+
+
 # ------------------------------------------------------------------------------ estimator
 class FlowDensity:
     r"""Density estimation with a normalizing flow, scikit-learn style.
@@ -174,19 +280,25 @@ class FlowDensity:
         A key of :data:`refflow.flows.BUILDERS`: ``"nsf"`` (autoregressive neural spline
         flow, the default: flexible, bounded splines that train stably), ``"nsf-coupling"``,
         ``"maf"``, ``"realnvp"``, ``"glow"``, ``"planar"``, ``"radial"``, ``"sylvester"``,
-        ``"naf"``, ``"unaf"``, ``"sospf"``, ``"bpf"`` (monotone-transformer flows).
-        With a single feature the coupling layouts are impossible, and ``"realnvp"`` and
-        ``"glow"`` fit a ``"maf"``, ``"nsf-coupling"`` an ``"nsf"``.
+        ``"bnaf"`` (block neural autoregressive; its widths are
+        ``flow_kwargs={"hidden_factors": ...}``), ``"gf"`` (Gaussianization flow),
+        ``"naf"``, ``"unaf"``, ``"sospf"``, ``"bpf"`` (monotone-transformer flows). With a
+        single feature the coupling layouts are impossible, and ``"realnvp"`` and
+        ``"glow"`` fit a ``"maf"``, ``"nsf-coupling"`` an ``"nsf"``. A conditional fit
+        (``fit(X, context=C)``) needs a family whose builder takes ``context_dim`` (the
+        network flows; not the planar family).
     n_layers : int, optional
         Number of steps; None keeps the builder's default (5 for the network flows, 16 for
         the planar family).
     hidden : sequence of int, default (64, 64)
-        Conditioner widths (ignored by the planar family, which has no conditioner). MADE's
-        default degree rule needs every width ``>= n_features - 1``: widen it for wider data,
-        or pass ``flow_kwargs={"hidden_degrees": "random"}`` ("maf", "nsf").
+        Conditioner widths (ignored by the planar family, which has no conditioner, and by
+        "bnaf" and "gf", whose networks are sized otherwise). MADE's default degree rule needs
+        every width ``>= n_features - 1`` (``>= n_features`` for a conditional fit): widen it
+        for wider data, or pass ``flow_kwargs={"hidden_degrees": "random"}`` ("maf", "nsf").
     flow_kwargs : dict, optional
         Further builder options, e.g. ``{"n_bins": 16}`` or ``{"scale": "exp"}``; not
-        ``rng``, ``hidden``, ``n_layers`` (the parameters above) or ``context_dim``.
+        ``rng``, ``hidden``, ``n_layers`` (the parameters above) or ``context_dim`` (set by
+        ``fit(X, context=...)``).
     epochs : int, default 100
         Maximum number of passes over the training data.
     batch_size : int, default 256
@@ -203,23 +315,41 @@ class FlowDensity:
         validation data); None never stops early. The parameters of the best epoch are kept.
     standardize : bool, default True
         Fit the flow to ``(X - mean) / std`` (per feature, training statistics, scale 1 for
-        a constant feature), then fold the standardisation into the model (see Notes).
+        a constant feature), then fold the standardisation into the model (see Notes). A
+        context is standardised the same way.
     random_state : None, int, numpy.random.Generator or numpy.random.RandomState
         Seeds the initialisation, the validation split and the mini-batches: the same int
         gives the same fitted model.
-    progress : bool or None, default False
-        Show a progress bar while fitting (None: only when stderr is a terminal).
+    progress : "auto", bool or None, default "auto"
+        A progress bar on stderr (tqdm when installed) while fitting, scoring, transforming
+        and sampling: ``"auto"`` (or None) shows it only when stderr is a terminal, never in
+        a pipe, a log file or a notebook, as Keras' ``verbose="auto"``; False never, True
+        always. Pass False inside a grid search run from a terminal.
 
     Attributes
     ----------
     flow_ : refflow.Flow
         The fitted model in the units of ``X``:
-        ``Flow(base, Chain([inner_bijector, Affine(n_features)]))``.
+        ``Flow(base, Chain([inner_bijector, Affine(n_features)]))``. A conditional model
+        takes the *standardised* context, ``(context - context_mean_) / context_scale_``;
+        the methods here standardise it for you.
     history_ : refflow.training.History
-        Training and validation losses per epoch (of the standardised data).
+        Training and validation NLL per epoch of the standardised data (``train_nll``,
+        ``val_nll``), and the same in the data's units as mean log-likelihoods
+        (``train_log_likelihood``, ``val_log_likelihood``; ``nll_shift = sum(log scale_)``).
+        ``best_epoch`` is 0-based.
     n_features_in_ : int
+    feature_names_in_ : ndarray of str, shape (n_features_in_,)
+        Column names of ``X`` when it was a data frame with string column names (only then
+        defined, as in scikit-learn).
     mean_, scale_ : ndarray of shape (n_features_in_,)
         The standardisation (zeros and ones with ``standardize=False``).
+    n_context_features_in_ : int
+        Columns of the context seen in ``fit`` (0: an unconditional model).
+    context_mean_, context_scale_ : ndarray of shape (n_context_features_in_,)
+        The context's standardisation.
+    context_names_in_ : ndarray of str
+        Column names of a data-frame context (only then defined).
 
     Notes
     -----
@@ -234,12 +364,32 @@ class FlowDensity:
     layers use their running statistics), so every score is a deterministic function of
     its own row.
 
-    *Scores.* :meth:`score_samples` gives ``log q(x)`` per row; :meth:`score` is the **mean**
-    log-likelihood per sample, as ``GaussianMixture.score`` (``KernelDensity.score`` returns
-    the *sum*).
+    *Scores.* :meth:`score_samples` gives ``log q(x)`` per row, in nats, in the units of
+    ``X``; :meth:`score` is the **mean** log-likelihood per sample, as
+    ``GaussianMixture.score`` (``KernelDensity.score`` returns the *sum*). A row so far out
+    that its log-density is not representable in float64 scores ``-inf`` (with one
+    ``RuntimeWarning`` per call), as ``GaussianMixture`` gives ``-inf``; the other rows are
+    scored exactly as without it.
+
+    *Latent space.* :meth:`transform` maps rows to the base space, ``z = T^{-1}(x)`` (standard
+    normal under the model), and :meth:`inverse_transform` maps back, ``x = T(z)``.
+
+    *Conditional densities.* ``fit(X, context=C)`` fits ``q(x | c)``; then
+    ``score_samples(X, context=C)``, ``sample(n, context=c)`` and ``transform(X, context=C)``
+    take a context too. ``y`` stays ignored, as in scikit-learn's density estimators (its
+    pipelines and ``check_estimator`` pass ``y`` positionally to ``fit``): the conditioning
+    variables go in the keyword ``context``, which a ``Pipeline`` routes as
+    ``pipe.fit(X, flowdensity__context=C)``.
+
+    *Feature names.* As in scikit-learn: fitting on a data frame records
+    ``feature_names_in_``; a data frame with other or reordered columns then raises
+    scikit-learn's ``ValueError`` ("The feature names should match those that were passed
+    during fit."), and a plain array warns ("X does not have valid feature names, ...").
 
     *Errors.* ``fit`` leaves the estimator as it was when it raises (bad data, bad
-    parameters, or :class:`refflow.training.TrainingDiverged` when the loss stops being finite).
+    parameters, or :class:`refflow.training.TrainingDiverged` when the loss stops being
+    finite). Ctrl-C during ``fit`` stops after the current step and keeps the best epoch's
+    parameters, with a warning (``history_.stop_reason == "interrupted"``).
 
     Examples
     --------
@@ -252,12 +402,15 @@ class FlowDensity:
     ((3,), (5, 2))
     >>> bool(np.isfinite(model.score(X)))
     True
+    >>> Z = model.transform(X[:4])                     # to the latent (standard normal) space
+    >>> bool(np.allclose(model.inverse_transform(Z), X[:4], rtol=1e-10, atol=1e-10))
+    True
     """
 
     def __init__(self, flow="nsf", *, n_layers=None, hidden=(64, 64), flow_kwargs=None,
                  epochs=100, batch_size=256, lr=1e-3, weight_decay=0.0,
                  validation_fraction=0.1, patience=10, standardize=True, random_state=None,
-                 progress=False):
+                 progress="auto"):
         self.flow = flow
         self.n_layers = n_layers
         self.hidden = hidden
@@ -312,9 +465,11 @@ class FlowDensity:
         return hasattr(self, "flow_")
 
     def __sklearn_tags__(self):
-        from sklearn.utils import InputTags, Tags, TargetTags  # only scikit-learn calls this
+        # only scikit-learn calls this
+        from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
 
         return Tags(estimator_type="density_estimator", target_tags=TargetTags(required=False),
+                    transformer_tags=TransformerTags(),
                     input_tags=InputTags(two_d_array=True, allow_nan=False, sparse=False))
 
     def _check_fitted(self, where):
@@ -327,41 +482,49 @@ class FlowDensity:
     def _checked_params(self):
         """Validated copies of the constructor parameters (fit raises before any work)."""
         where = "FlowDensity"
-        if not (isinstance(self.flow, str) and self.flow in BUILDERS):
-            raise ValueError(f"{where}: flow must be one of {sorted(BUILDERS)}, got {self.flow!r}")
-        n_layers = None if self.n_layers is None else _check_int(self.n_layers, where, "n_layers")
-        hidden = _check_hidden(self.hidden, where)
+        check_choice(self.flow, BUILDERS, where, "flow")
+        n_layers = None if self.n_layers is None else check_int(self.n_layers, where, "n_layers",
+                                                                minimum=1)
+        hidden = check_hidden(self.hidden, where)
         flow_kwargs = {} if self.flow_kwargs is None else self.flow_kwargs
         if not isinstance(flow_kwargs, dict) or not all(isinstance(k, str) for k in flow_kwargs):
-            raise ValueError(f"{where}: flow_kwargs must be None or a dict of builder options "
-                             f"by name, got {self.flow_kwargs!r}")
+            raise TypeError(f"{where}: flow_kwargs must be None or a dict of builder options "
+                            f"by name, got {self.flow_kwargs!r}")
         for key in flow_kwargs:
             if key in _RESERVED:
                 instead = _RESERVED[key]
                 raise ValueError(
                     f"{where}: flow_kwargs may not set {key!r}; " +
                     (f"use the {instead!r} parameter" if instead else
-                     "FlowDensity fits unconditional densities"))
+                     "it is set from the context: pass fit(X, context=C) for a conditional "
+                     "density"))
         options = {
             "flow": self.flow, "n_layers": n_layers, "hidden": hidden,
             "flow_kwargs": dict(flow_kwargs),
-            "epochs": _check_int(self.epochs, where, "epochs"),
-            "batch_size": _check_int(self.batch_size, where, "batch_size"),
-            "lr": _check_real(self.lr, where, "lr", 0.0, low_open=True),
-            "weight_decay": _check_real(self.weight_decay, where, "weight_decay", 0.0),
-            "validation_fraction": _check_real(self.validation_fraction, where,
-                                               "validation_fraction", 0.0, 1.0),
-            "patience": None if self.patience is None else _check_int(self.patience, where,
-                                                                       "patience"),
+            "epochs": check_int(self.epochs, where, "epochs", minimum=1),
+            "batch_size": check_int(self.batch_size, where, "batch_size", minimum=1),
+            "lr": check_positive(self.lr, where, "lr"),
+            "weight_decay": check_real(self.weight_decay, where, "weight_decay", low=0.0),
+            "validation_fraction": check_real(self.validation_fraction, where,
+                                              "validation_fraction", low=0.0, high=1.0,
+                                              high_open=True),
+            "patience": None if self.patience is None else check_int(self.patience, where,
+                                                                      "patience", minimum=1),
         }
-        if not isinstance(self.standardize, (bool, np.bool_)):
-            raise ValueError(f"{where}: standardize must be True or False, got "
-                             f"{self.standardize!r}")
-        if self.progress is not None and not isinstance(self.progress, (bool, np.bool_)):
-            raise ValueError(f"{where}: progress must be True, False or None, got "
-                             f"{self.progress!r}")
+        check_bool(self.standardize, where, "standardize")
+        self._checked_progress(where)
         options["rng"] = _generator(self.random_state, where)
         return options
+
+    def _checked_progress(self, where):
+        progress = self.progress
+        if isinstance(progress, str):
+            if progress != "auto":
+                raise ValueError(f"{where}: progress must be 'auto', True, False or None, got "
+                                 f"{progress!r}")
+        else:
+            check_bool(progress, where, "progress (or 'auto')", allow_none=True)
+        return _show_progress(progress)
 
     def _builder_kwargs(self, builder, options):
         kwargs = dict(options["flow_kwargs"])
@@ -372,16 +535,76 @@ class FlowDensity:
             kwargs["hidden"] = options["hidden"]
         return kwargs
 
+    # ---------------------------------------------------------------------- input checks
+    def _check_names(self, X, where, *, reset, context=False):
+        """scikit-learn's feature-name rules (``_check_feature_names``) for ``X``, or for the
+        context (attribute ``context_names_in_``, messages saying "context")."""
+        attr = "context_names_in_" if context else "feature_names_in_"
+        names = _feature_names(X)
+        if reset:
+            return names
+        fitted = getattr(self, attr, None)
+        label = "context" if context else "X"
+        what = "context feature names" if context else "feature names"
+        if fitted is None and names is None:
+            return None
+        if names is not None and fitted is None:
+            warnings.warn(f"{label} has feature names, but {type(self).__name__} was fitted "
+                          f"without feature names", UserWarning, stacklevel=3)
+            return None
+        if names is None and fitted is not None:
+            warnings.warn(f"{label} does not have valid feature names, but "
+                          f"{type(self).__name__} was fitted with feature names", UserWarning,
+                          stacklevel=3)
+            return None
+        if len(fitted) != len(names) or np.any(fitted != names):
+            raise ValueError(_names_mismatch(fitted, names, what))
+        return names
+
+    def _input(self, X, where):
+        """``X`` of a fitted model: feature names, then the array checks (sklearn's order)."""
+        self._check_names(X, where, reset=False)
+        return _check_X(X, where, self.n_features_in_)
+
+    @property
+    def _conditional(self):
+        return getattr(self, "n_context_features_in_", 0) > 0
+
+    def _context_rows(self, context, where, n, for_samples=False):
+        """The standardised ``(n, n_context_features_in_)`` context (None if unconditional)."""
+        if not self._conditional:
+            if context is not None:
+                raise ValueError(f"{where}: this FlowDensity was fitted without a context; "
+                                 f"context must be None")
+            return None
+        if context is None:
+            raise ValueError(f"{where}: this FlowDensity is conditional (fitted with "
+                             f"{self.n_context_features_in_} context features); pass context "
+                             f"of shape (n_samples, {self.n_context_features_in_})")
+        self._check_names(context, where, reset=False, context=True)
+        C = _check_X(context, where, self.n_context_features_in_, name="context",
+                     expecting="context features")
+        if C.shape[0] != n:
+            if for_samples:
+                raise ValueError(f"{where}: context has {C.shape[0]} rows, but n_samples is {n}; "
+                                 f"give one context row per sample, or one row of shape "
+                                 f"({self.n_context_features_in_},) for all samples")
+            raise ValueError(f"{where}: context has {C.shape[0]} rows, but X has {n}")
+        return (C - self.context_mean_) / self.context_scale_
+
     # ------------------------------------------------------------------------ fitting
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, context=None):
         """Fit the flow to the rows of ``X`` by maximum likelihood.
 
         Parameters
         ----------
-        X : array_like of shape (n_samples, n_features)
-            Finite numbers, at least 2 samples and 1 feature.
+        X : array_like or data frame of shape (n_samples, n_features)
+            Finite numbers, at least 2 samples and 1 feature. A data frame's string column
+            names become ``feature_names_in_``.
         y : None
-            Ignored (scikit-learn's signature).
+            Ignored (scikit-learn's signature: pipelines pass ``y`` positionally).
+        context : array_like or data frame of shape (n_samples, n_context_features), optional
+            Conditioning variables, one row per sample: fits ``q(x | context)``.
 
         Returns
         -------
@@ -390,47 +613,64 @@ class FlowDensity:
         Raises
         ------
         ValueError
-            Bad ``X`` or parameters (the estimator is left unchanged), or
+            Bad ``X``, ``context`` or parameters (the estimator is left unchanged), or
             :class:`refflow.training.TrainingDiverged` if the loss stops being finite.
         TypeError
-            Sparse ``X`` or non-numeric objects in ``X``.
-        """
+            Sparse ``X``, non-numeric objects in ``X``, or a parameter of the wrong type (the
+            estimator is left unchanged).
 
+        Warns
+        -----
+        UserWarning
+            When Ctrl-C stopped the fit (the best epoch's parameters are kept).
+        """
         where = "FlowDensity.fit"
         options = self._checked_params()
+        names = self._check_names(X, where, reset=True)
         X = _check_X(X, where)
         n, dim = X.shape
         if n < 2:
             raise ValueError(f"{where}: a density needs at least 2 samples to fit, got "
                              f"n_samples = 1 (1 sample)")
-        if self.standardize:
-            mean, scale = _standardization(X)
-            # A subnormal scale fits, but the saved map's exp(-log(scale)) then overflows, so
-            # every later score_samples would fail: refuse it here, as overflowing data is.
-            tiny = scale < np.finfo(np.float64).tiny
-            if tiny.any():
-                j = int(np.argmax(tiny))
-                raise ValueError(f"{where}: feature {j} has standard deviation {scale[j]:.3g}, "
-                                 f"below float64's normal range (its reciprocal overflows); "
-                                 f"rescale X (e.g. multiply it by a large constant)")
-        else:
-            mean, scale = np.zeros(dim), np.ones(dim)
-        with np.errstate(over="ignore", invalid="ignore"):
-            Xs = (X - mean) / scale
-        if not np.isfinite(Xs).all():  # |x - mean| beyond float64 (data near 1e308)
-            raise ValueError(f"{where}: X - mean(X) overflows float64; rescale X (e.g. divide "
-                             f"it by a large constant)")
-
         name = options["flow"]
         if dim == 1:
             name = _ONE_FEATURE.get(name, name)
         builder = BUILDERS[name]
+        kwargs = self._builder_kwargs(builder, options)
+
+        context_names, C, c_dim = None, None, 0
+        if context is not None:
+            context_names = self._check_names(context, where, reset=True, context=True)
+            C = _check_X(context, where, name="context")
+            if C.shape[0] != n:
+                raise ValueError(f"{where}: context has {C.shape[0]} rows, but X has {n}")
+            if "context_dim" not in inspect.signature(builder).parameters:
+                conditional = sorted(k for k, b in BUILDERS.items()
+                                     if "context_dim" in inspect.signature(b).parameters)
+                raise ValueError(f"{where}: the {name!r} flow cannot be conditional (no "
+                                 f"conditioner takes a context); use one of {conditional}")
+            c_dim = C.shape[1]
+            kwargs["context_dim"] = c_dim
+
+        if self.standardize:
+            mean, scale, Xs = _checked_standardization(X, where, "X")
+            if C is not None:
+                c_mean, c_scale, Cs = _checked_standardization(C, where, "context")
+        else:
+            mean, scale, Xs = np.zeros(dim), np.ones(dim), X
+            if C is not None:
+                c_mean, c_scale, Cs = np.zeros(c_dim), np.ones(c_dim), C
+        if C is None:
+            c_mean, c_scale, Cs = np.zeros(0), np.ones(0), None
+
         rng = options["rng"]
         try:
-            inner = builder(dim, rng=rng, **self._builder_kwargs(builder, options))
-        except TypeError as exc:  # an unknown name in flow_kwargs
-            raise ValueError(f"{where}: flow_kwargs do not fit the {name!r} builder: "
-                             f"{exc}") from None
+            inner = builder(dim, rng=rng, **kwargs)
+        except TypeError as exc:
+            if "unexpected keyword argument" in str(exc):  # an unknown name in flow_kwargs
+                raise ValueError(f"{where}: flow_kwargs do not fit the {name!r} builder: "
+                                 f"{exc}") from None
+            raise TypeError(f"{where}: {exc}") from None  # an option of the wrong type
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
 
@@ -438,10 +678,12 @@ class FlowDensity:
         if n - math.ceil(validation_fraction * n) < 1:  # too few rows to hold any out
             validation_fraction = 0.0
         history = fit(
-            inner, Xs, validation_fraction=validation_fraction, epochs=options["epochs"],
-            batch_size=options["batch_size"], lr=options["lr"],
+            inner, Xs, context=Cs, validation_fraction=validation_fraction,
+            epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
             weight_decay=options["weight_decay"], patience=options["patience"],
-            restore_best=True, rng=rng, progress=self.progress)
+            restore_best=True, rng=rng, progress=self._checked_progress(where))
+        # the NLLs are of the standardised data: log q(x) = log q_s(s) - sum_j log scale_j
+        history.nll_shift = float(np.sum(np.log(scale)))
 
         inner.eval()
         affine = Affine(dim)
@@ -455,15 +697,119 @@ class FlowDensity:
         self.n_features_in_ = dim
         self.mean_ = mean
         self.scale_ = scale
+        self.n_context_features_in_ = c_dim
+        self.context_mean_, self.context_scale_ = c_mean, c_scale
+        for attr, value in (("feature_names_in_", names), ("context_names_in_", context_names)):
+            if value is not None:
+                setattr(self, attr, value)
+            elif hasattr(self, attr):  # fitted again on data without names
+                delattr(self, attr)
+        if history.stop_reason == "interrupted":
+            kept = ("the parameters after the last step" if history.best_epoch is None else
+                    f"the parameters of the best epoch ({history.best_epoch + 1}, 1-based)")
+            warnings.warn(f"{where}: interrupted (Ctrl-C) after {history.n_epochs} complete "
+                          f"epochs and {history.n_steps} steps; {kept} are kept",
+                          UserWarning, stacklevel=2)
         return self
 
+    def fit_transform(self, X, y=None, **fit_params):
+        """``fit(X, y, **fit_params)``, then :meth:`transform` of the same rows (and context)."""
+        return self.fit(X, y, **fit_params).transform(X, context=fit_params.get("context"))
+
+    # ------------------------------------------------------------------- row by row work
+    def _progress(self, where, n):
+        if n > 1 and _show_progress(self.progress):
+            return _RowProgress(where, n)
+        return _NoProgress()
+
+    def _log_density(self, X, C, where, batch_size):
+        """``(log q, rows out of range)``: chunked as ``Flow.log_prob``; a chunk that fails
+        because a row is out of range is split in halves until the rows that fail on their
+        own are found, and the others are scored without them."""
+        lp = _empty(X.shape[0], where)
+        bad = []
+        bar = self._progress(where, X.shape[0])
+        try:
+            for start, stop in _row_chunks(X.shape[0], batch_size):
+                lp[start:stop] = self._chunk_log_density(X, C, start, stop, bad, where)
+                bar.update(stop - start)
+        finally:
+            bar.close()
+        return lp, bad
+
+    def _chunk_log_density(self, X, C, start, stop, bad, where):
+        rows = slice(start, stop)
+        try:
+            return self.flow_.log_prob(X[rows], None if C is None else C[rows])
+        except ValueError as exc:
+            if not _out_of_range(exc):
+                raise ValueError(f"{where}: {exc}") from None
+        found = []
+        mid = (start + stop) // 2
+        self._bisect(X, C, start, mid, found, where)
+        self._bisect(X, C, mid, stop, found, where)
+        out = np.full(stop - start, -np.inf)
+        keep = np.ones(stop - start, dtype=bool)
+        keep[np.asarray(found, dtype=np.intp) - start] = False
+        if keep.any():
+            try:
+                out[keep] = self.flow_.log_prob(X[rows][keep],
+                                                None if C is None else C[rows][keep])
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+        bad.extend(found)
+        return out
+
+    def _bisect(self, X, C, start, stop, found, where):
+        """Append to ``found`` the rows of ``[start, stop)`` that are out of range alone."""
+        if start >= stop:
+            return
+        try:
+            self.flow_.log_prob(X[start:stop], None if C is None else C[start:stop])
+            return
+        except ValueError as exc:
+            if not _out_of_range(exc):
+                raise ValueError(f"{where}: {exc}") from None
+        if stop - start == 1:
+            found.append(start)
+            return
+        mid = (start + stop) // 2
+        self._bisect(X, C, start, mid, found, where)
+        self._bisect(X, C, mid, stop, found, where)
+
+    @staticmethod
+    def _warn_out_of_range(bad, n, where):
+        if bad:
+            warnings.warn(
+                f"{where}: {len(bad)} of {n} rows lie outside the range where the model's "
+                f"log-density is representable in float64 (the first is row {min(bad)}); "
+                f"their scores are -inf", RuntimeWarning, stacklevel=3)
+
+    def _map_rows(self, V, C, where, direction, batch_size):
+        """``T^{-1}(x)`` (``direction="inverse"``) or ``T(z)`` of every row, chunked."""
+        out = _empty(V.shape, where)
+        run = getattr(self.flow_.bijector, direction)
+        bar = self._progress(where, V.shape[0])
+        try:
+            for start, stop in _row_chunks(V.shape[0], batch_size):
+                rows = slice(start, stop)
+                out[rows] = run(V[rows], None if C is None else C[rows])[0]
+                bar.update(stop - start)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        finally:
+            bar.close()
+        return out
+
     # ------------------------------------------------------------------------ scoring
-    def score_samples(self, X, *, batch_size=None):
-        """Log-density of each row, ``log q(x)``, in the units of ``X``.
+    def score_samples(self, X, *, context=None, batch_size=None):
+        """Log-density of each row, ``log q(x)`` in nats, in the units of ``X``.
 
         Parameters
         ----------
-        X : array_like of shape (n_samples, n_features_in_)
+        X : array_like or data frame of shape (n_samples, n_features_in_)
+        context : array_like of shape (n_samples, n_context_features_in_), optional
+            Required by (and only by) a conditional model.
         batch_size : int >= 1 or None, default None
             Rows per pass, to bound memory (None: ``refflow.distributions.DEFAULT_BATCH_SIZE``);
             see :meth:`refflow.Flow.log_prob`. The scores do not depend on it.
@@ -471,27 +817,32 @@ class FlowDensity:
         Returns
         -------
         ndarray of shape (n_samples,)
+            ``-inf`` for a row so far out that its log-density is not representable in
+            float64 (a ``RuntimeWarning`` says how many); every other row is scored exactly
+            as it would be without those rows.
         """
         where = "FlowDensity.score_samples"
         self._check_fitted(where)
-        X = _check_X(X, where, self.n_features_in_)
-        batch_size = _check_batch_size(batch_size, where)
-        try:
-            return self.flow_.log_prob(X, batch_size=batch_size)
-        except ValueError as exc:  # e.g. points so far out that the log-density overflows
-            raise ValueError(f"{where}: {exc}") from None
+        X = self._input(X, where)
+        C = self._context_rows(context, where, X.shape[0])
+        batch_size = check_batch_size(batch_size, where, default=DEFAULT_BATCH_SIZE)
+        lp, bad = self._log_density(X, C, where, batch_size)
+        self._warn_out_of_range(bad, X.shape[0], where)
+        return lp
 
-    def score(self, X, y=None):
-        """Mean log-likelihood per sample, ``mean_n log q(x_n)``.
+    def score(self, X, y=None, *, context=None):
+        """Mean log-likelihood per sample, ``mean_n log q(x_n)``, in nats.
 
         As ``GaussianMixture.score``; note that ``KernelDensity.score`` returns the *sum*
-        over the samples instead.
+        over the samples instead. ``-inf`` when a row is out of range (see
+        :meth:`score_samples`).
 
         Parameters
         ----------
-        X : array_like of shape (n_samples, n_features_in_)
+        X : array_like or data frame of shape (n_samples, n_features_in_)
         y : None
             Ignored.
+        context : array_like of shape (n_samples, n_context_features_in_), optional
 
         Returns
         -------
@@ -499,13 +850,75 @@ class FlowDensity:
         """
         where = "FlowDensity.score"
         self._check_fitted(where)
-        X = _check_X(X, where, self.n_features_in_)
-        try:
-            return float(np.mean(self.flow_.log_prob(X)))
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
+        X = self._input(X, where)
+        C = self._context_rows(context, where, X.shape[0])
+        lp, bad = self._log_density(X, C, where, DEFAULT_BATCH_SIZE)
+        self._warn_out_of_range(bad, X.shape[0], where)
+        return float(np.mean(lp))
 
-    def sample(self, n_samples=1, random_state=None, *, batch_size=None):
+    def transform(self, X, *, context=None, batch_size=None):
+        """Map rows to the latent space: ``z = T^{-1}(x)``, standard normal under the model.
+
+        Parameters
+        ----------
+        X : array_like or data frame of shape (n_samples, n_features_in_)
+        context : array_like of shape (n_samples, n_context_features_in_), optional
+        batch_size : int >= 1 or None, default None
+            Rows per pass (bounded memory); the result does not depend on it.
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_features_in_)
+
+        Raises
+        ------
+        ValueError
+            Bad input, or a row whose latent point is not representable in float64.
+        """
+        where = "FlowDensity.transform"
+        self._check_fitted(where)
+        X = self._input(X, where)
+        C = self._context_rows(context, where, X.shape[0])
+        batch_size = check_batch_size(batch_size, where, default=DEFAULT_BATCH_SIZE)
+        return self._map_rows(X, C, where, "inverse", batch_size)
+
+    def inverse_transform(self, Z, *, context=None, batch_size=None):
+        """Map latent points back to the data space: ``x = T(z)``.
+
+        Parameters
+        ----------
+        Z : array_like of shape (n_samples, n_features_in_)
+        context : array_like of shape (n_samples, n_context_features_in_), optional
+        batch_size : int >= 1 or None, default None
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features_in_)
+        """
+        where = "FlowDensity.inverse_transform"
+        self._check_fitted(where)
+        Z = _check_X(Z, where, self.n_features_in_, name="Z")
+        C = self._context_rows(context, where, Z.shape[0])
+        batch_size = check_batch_size(batch_size, where, default=DEFAULT_BATCH_SIZE)
+        return self._map_rows(Z, C, where, "forward", batch_size)
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the latent coordinates of :meth:`transform`: ``flowdensity0``, ...
+
+        ``input_features``, when given, must match ``feature_names_in_`` (scikit-learn's rule).
+        """
+        self._check_fitted("FlowDensity.get_feature_names_out")
+        if input_features is not None:
+            given = np.asarray(input_features, dtype=object)
+            fitted = getattr(self, "feature_names_in_", None)
+            if fitted is not None and not np.array_equal(fitted, given):
+                raise ValueError("input_features is not equal to feature_names_in_")
+            if len(given) != self.n_features_in_:
+                raise ValueError(f"input_features should have length equal to number of "
+                                 f"features ({self.n_features_in_}), got {len(given)}")
+        return np.asarray([f"flowdensity{i}" for i in range(self.n_features_in_)], dtype=object)
+
+    def sample(self, n_samples=1, random_state=None, *, context=None, batch_size=None):
         """Draw samples from the fitted density.
 
         Parameters
@@ -513,6 +926,9 @@ class FlowDensity:
         n_samples : int, default 1
         random_state : None, int, numpy.random.Generator or numpy.random.RandomState
             None draws fresh randomness (as ``KernelDensity.sample``).
+        context : array_like, optional
+            Conditional models only: one row ``(n_context_features_in_,)`` for all samples,
+            or ``(n_samples, n_context_features_in_)``, one sample per row.
         batch_size : int >= 1 or None, default None
             Rows per pass, to bound memory; see :meth:`refflow.Flow.sample_and_log_prob`. The
             samples do not depend on it.
@@ -523,13 +939,27 @@ class FlowDensity:
         """
         where = "FlowDensity.sample"
         self._check_fitted(where)
-        n_samples = _check_int(n_samples, where, "n_samples")
-        batch_size = _check_batch_size(batch_size, where)
+        n_samples = check_int(n_samples, where, "n_samples", minimum=1)
+        batch_size = check_batch_size(batch_size, where, default=DEFAULT_BATCH_SIZE)
+        shared = None
+        rows = None
+        if self._conditional and context is not None and np.ndim(context) == 1:
+            shared = self._context_rows(np.reshape(np.asarray(context), (1, -1)), where, 1)[0]
+        else:
+            rows = self._context_rows(context, where, n_samples, for_samples=True)
+        gen = _generator(random_state, where)
+        out = _empty((n_samples, self.n_features_in_), where)
+        bar = self._progress(where, n_samples)
         try:
-            return self.flow_.sample(n_samples, _generator(random_state, where),
-                                     batch_size=batch_size)
-        except ValueError as exc:  # e.g. more samples than memory holds
+            for start, stop in _row_chunks(n_samples, batch_size):
+                c = shared if rows is None else rows[start:stop]
+                out[start:stop] = self.flow_.sample(stop - start, gen, context=c)
+                bar.update(stop - start)
+        except ValueError as exc:  # e.g. a sample beyond float64
             raise ValueError(f"{where}: {exc}") from None
+        finally:
+            bar.close()
+        return out
 
     # ---------------------------------------------------------------------- save / load
     @property
@@ -559,13 +989,20 @@ class FlowDensity:
         """Constructor parameters, and for a fitted estimator the flow's spec and scalars."""
         config = {"params": self._init_config(), "fitted": None}
         if self.__sklearn_is_fitted__():
-            config["fitted"] = {
+            fitted = {
                 "flow": io.to_spec(self.flow_),
                 "n_features_in_": int(self.n_features_in_),
                 "mean_": self.mean_.tolist(),
                 "scale_": self.scale_.tolist(),
                 "history_": self.history_.as_dict(),
             }
+            if self._conditional:
+                fitted["context_mean_"] = self.context_mean_.tolist()
+                fitted["context_scale_"] = self.context_scale_.tolist()
+            for attr in ("feature_names_in_", "context_names_in_"):
+                if hasattr(self, attr):
+                    fitted[attr] = [str(v) for v in getattr(self, attr)]
+            config["fitted"] = fitted
         return config
 
     @classmethod
@@ -580,31 +1017,56 @@ class FlowDensity:
             # A damaged file's values reach here: check them (ValueError, which refflow.io.load
             # reports naming the file) rather than fail later with a TypeError or AttributeError.
             where = "FlowDensity (fitted state in the file)"
-            if not isinstance(fitted, dict) or set(fitted) != {
-                    "flow", "n_features_in_", "mean_", "scale_", "history_"}:
+            required = {"flow", "n_features_in_", "mean_", "scale_", "history_"}
+            optional = {"feature_names_in_", "context_mean_", "context_scale_",
+                        "context_names_in_"}
+            if not isinstance(fitted, dict) or not required <= set(fitted) <= required | optional:
                 raise ValueError(f"{where}: expected the keys flow, n_features_in_, mean_, "
-                                 f"scale_ and history_")
+                                 f"scale_ and history_ (and optionally {sorted(optional)})")
             flow = io.from_spec(fitted["flow"]).eval()
             dim = fitted["n_features_in_"]
             if type(dim) is not int or dim != getattr(flow, "dim", None):
                 raise ValueError(f"{where}: n_features_in_ {dim!r} does not match the flow")
+            c_dim = getattr(flow, "context_dim", None) or 0
+            if ("context_mean_" in fitted) != (c_dim > 0) or (
+                    "context_mean_" in fitted) != ("context_scale_" in fitted):
+                raise ValueError(f"{where}: context_mean_ and context_scale_ must be present "
+                                 f"exactly when the flow is conditional")
             arrays = {}
-            for key in ("mean_", "scale_"):
-                value = fitted[key]
-                if not (isinstance(value, list) and len(value) == dim and all(
+            for key, size in (("mean_", dim), ("scale_", dim), ("context_mean_", c_dim),
+                              ("context_scale_", c_dim)):
+                value = fitted.get(key, [])
+                if not (isinstance(value, list) and len(value) == size and all(
                         type(v) in (int, float) and math.isfinite(v) for v in value)):
-                    raise ValueError(f"{where}: {key} must be a list of {dim} finite numbers")
-                arrays[key] = np.asarray(value, dtype=np.float64)
-            if not (arrays["scale_"] > 0).all():
-                raise ValueError(f"{where}: scale_ must be positive")
+                    raise ValueError(f"{where}: {key} must be a list of {size} finite numbers")
+                arrays[key] = np.asarray(value, dtype=np.float64).reshape(size)
+            if not ((arrays["scale_"] > 0).all() and (arrays["context_scale_"] > 0).all()):
+                raise ValueError(f"{where}: scale_ and context_scale_ must be positive")
+            names = {}
+            for key, size in (("feature_names_in_", dim), ("context_names_in_", c_dim)):
+                if key in fitted:
+                    value = fitted[key]
+                    if not (isinstance(value, list) and len(value) == size
+                            and all(isinstance(v, str) for v in value)):
+                        raise ValueError(f"{where}: {key} must be a list of {size} str")
+                    names[key] = np.asarray(value, dtype=object)
             estimator.flow_ = flow
             estimator.n_features_in_ = dim
             estimator.mean_, estimator.scale_ = arrays["mean_"], arrays["scale_"]
+            estimator.n_context_features_in_ = c_dim
+            estimator.context_mean_ = arrays["context_mean_"]
+            estimator.context_scale_ = arrays["context_scale_"]
+            for key, value in names.items():
+                setattr(estimator, key, value)
             estimator.history_ = History.from_dict(fitted["history_"], where)
         return estimator
 
     def save(self, path):
-        """Save to ``path`` with :func:`refflow.io.save` (load with :func:`refflow.io.load`)."""
+        """Save to ``path`` with :func:`refflow.io.save` (load with :func:`refflow.io.load`).
+
+        The file is an ``.npz`` archive written under exactly the name given; a ``.npy``
+        name is refused (``ValueError``: that suffix means one array, which it would not be).
+        """
         io.save(path, self)
 
     def __getstate__(self):

@@ -1,4 +1,4 @@
-"""Figures of 2-D densities, samples and training histories (matplotlib, optional).
+"""Figures of 2-D densities, samples, pair plots and training histories (matplotlib, optional).
 
 matplotlib is imported inside each function; without it they raise ``ImportError`` with the
 install hint ``pip install "refflow[plot]"``. Figures are ``matplotlib.figure.Figure`` objects
@@ -27,16 +27,45 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._validation import as_float_array, check_rng
+from ._validation import as_float_array, check_int, check_positive, check_rng
 
-__all__ = ["plot_density_2d", "plot_samples", "plot_history", "save_figure"]
+__all__ = ["plot_density_2d", "plot_samples", "plot_history", "pair_plot", "save_figure",
+           "require_matplotlib", "FIGURE_SUFFIXES"]
+
+#: File suffixes :func:`save_figure` writes (matplotlib's Agg canvas formats).
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".jpg", ".jpeg", ".tif",
+                   ".tiff", ".webp", ".pgf", ".raw", ".rgba")
 
 _INSTALL_HINT = 'pip install "refflow[plot]"'
 _CHUNK = 65536  # rows per log-density call on the grid: bounded memory at any resolution
 
 
-def _matplotlib(where):
-    """``(Figure, FigureCanvasAgg, Axes)``, or ImportError with the install hint."""
+def require_matplotlib(where):
+    """matplotlib's ``(Figure, FigureCanvasAgg, Axes)`` classes, imported on demand.
+
+    Parameters
+    ----------
+    where : str
+        The caller, named in the error.
+
+    Returns
+    -------
+    Figure, FigureCanvasAgg, Axes : type
+        Build figures as ``fig = Figure(); FigureCanvasAgg(fig)``: no pyplot, no global backend.
+
+    Raises
+    ------
+    ImportError
+        Without matplotlib, with the install hint ``pip install "refflow[plot]"``.
+
+    Examples
+    --------
+    >>> from refflow.plots import require_matplotlib
+    >>> Figure, FigureCanvasAgg, Axes = require_matplotlib("example")
+    >>> fig = Figure(figsize=(2, 2)); canvas = FigureCanvasAgg(fig)
+    >>> isinstance(fig.add_subplot(), Axes)
+    True
+    """
     try:
         from matplotlib.axes import Axes
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -49,7 +78,7 @@ def _matplotlib(where):
 
 def _axes(ax, where, figsize=(5.0, 4.5)):
     """``(owner, ax)``: a new Agg figure and its axes when ``ax`` is None, else ``(None, ax)``."""
-    Figure, FigureCanvasAgg, Axes = _matplotlib(where)
+    Figure, FigureCanvasAgg, Axes = require_matplotlib(where)
     if ax is None:
         fig = Figure(figsize=figsize)
         FigureCanvasAgg(fig)  # attaches itself as fig.canvas; no pyplot, no global backend
@@ -153,13 +182,10 @@ def plot_density_2d(log_prob, *, bounds=((-4, 4), (-4, 4)), resolution=200, samp
         ``log_prob`` is not a model or callable; ``ax`` is not an Axes.
     """
     where = "plot_density_2d"
-    _matplotlib(where)
+    require_matplotlib(where)
     fn = _log_density_function(log_prob, where)
     (x0, x1), (y0, y1) = _bounds(bounds, where)
-    if isinstance(resolution, (bool, np.bool_)) or not isinstance(resolution, numbers.Integral) \
-            or resolution < 2:
-        raise ValueError(f"{where}: resolution must be an int >= 2, got {resolution!r}")
-    resolution = int(resolution)
+    resolution = check_int(resolution, where, "resolution", minimum=2)
     title = _title(title, where)
     if samples is not None:
         samples = _points_2d(samples, where, "samples")
@@ -211,11 +237,10 @@ def plot_samples(samples, *, n=1000, rng=None, bounds=None, ax=None, title=None,
         The scatter is ``ax.collections[-1]``; its offsets are the points.
     """
     where = "plot_samples"
-    _matplotlib(where)
+    require_matplotlib(where)
     if hasattr(samples, "sample") and callable(samples.sample):
-        if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"{where}: n must be a positive int, got {n!r}")
-        samples = samples.sample(int(n), check_rng(rng, where))
+        n = check_int(n, where, "n", minimum=1)
+        samples = samples.sample(n, check_rng(rng, where))
     points = _points_2d(samples, where, "samples")
     if bounds is not None:
         bounds = _bounds(bounds, where)
@@ -256,7 +281,9 @@ def plot_history(history, ax=None, *, title=None):
     ----------
     history : refflow.train.History or dict
         From :func:`refflow.train.fit` (or its ``as_dict()``): ``train_nll`` and ``val_nll``
-        per epoch (epochs counted from 1), with the best epoch marked when recorded. Or the
+        per epoch (epochs counted from 1), with the best epoch marked when recorded. NLLs are
+        drawn in the data's units, ``nll + nll_shift`` (a ``FlowDensity``'s history has
+        ``nll_shift = sum(log scale_)``; the axis label says so), in nats per sample. Or the
         dict of :func:`refflow.variational.fit_reverse_kl`: ``kl`` per step, drawn faintly
         with its running mean over ``max(1, steps // 50)`` steps.
     ax : matplotlib Axes, optional
@@ -276,7 +303,7 @@ def plot_history(history, ax=None, *, title=None):
         An empty history, or one with neither NLL nor KL values.
     """
     where = "plot_history"
-    _matplotlib(where)
+    require_matplotlib(where)
     history = _history_dict(history, where)
     title = _title(title, where)
     if "kl" in history:
@@ -296,19 +323,182 @@ def plot_history(history, ax=None, *, title=None):
         val = _series(history.get("val_nll", []), where, "history['val_nll']")
         if train.size == 0:
             raise ValueError(f"{where}: the history is empty (no epochs)")
+        shift = history.get("nll_shift", 0.0)
+        if not (isinstance(shift, numbers.Real) and math.isfinite(shift)):
+            raise ValueError(f"{where}: history['nll_shift'] must be a finite number, got "
+                             f"{shift!r}")
         owner, ax = _axes(ax, where, figsize=(6.0, 4.0))
-        ax.plot(np.arange(1, train.size + 1), train, marker=".", label="train NLL")
+        ax.plot(np.arange(1, train.size + 1), train + shift, marker=".", label="train NLL")
         if val.size:
-            ax.plot(np.arange(1, val.size + 1), val, marker=".", label="validation NLL")
+            ax.plot(np.arange(1, val.size + 1), val + shift, marker=".", label="validation NLL")
         best = history.get("best_epoch")
         if best is not None:
-            ax.axvline(int(best) + 1, color="0.6", linestyle=":", linewidth=1)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("mean NLL")
+            ax.axvline(int(best) + 1, color="0.6", linestyle=":", linewidth=1,
+                       label=f"best epoch ({int(best) + 1})")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch (from 1)")
+        ax.set_ylabel("mean NLL, nats per sample" + (" (data units)" if shift else ""))
     ax.legend()
     if title is not None:
         ax.set_title(title)
     return owner if owner is not None else ax
+
+
+def _rows(values, where, name, dim=None):
+    arr = as_float_array(values, where, name)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{where}: {name} must have shape (n, d) with n, d >= 1, got "
+                         f"{arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{where}: {name} has {arr.shape[1]} columns, data has {dim}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{where}: {name} must be finite")
+    return arr.astype(np.float64)
+
+
+def pair_plot(data, samples=None, *, names=None, features=None, bins=40, max_points=2000,
+              rng=0, labels=("data", "samples"), figure=None, title=None, max_features=12):
+    """Pair plot of data against model samples: marginal histograms and pairwise scatters.
+
+    A ``k x k`` grid over the chosen features: on the diagonal, histograms of each feature
+    (``density=True``, bins over the data's range, the same bins for the samples, so the two
+    densities are comparable); below it, scatter plots of every pair (data in C0, samples in
+    C1, at most ``max_points`` rows of each drawn, chosen at random with ``rng``); above it,
+    nothing. Works for any number of features (one feature: one histogram), which
+    :func:`plot_density_2d` (2-D only) cannot.
+
+    Parameters
+    ----------
+    data : array_like of shape (n, d)
+    samples : array_like of shape (m, d), optional
+        E.g. ``model.sample(n)``; drawn over the data.
+    names : sequence of str, optional
+        Feature names for the axis labels (default ``x0``, ``x1``, ...).
+    features : sequence of int, optional
+        0-based columns to show, in this order (default all).
+    bins : int, default 40
+    max_points : int, default 2000
+        Rows per scatter plot (histograms use every row).
+    rng : int or numpy.random.Generator, default 0
+        Chooses the scattered rows.
+    labels : (str, str), default ("data", "samples")
+        The legend.
+    figure : matplotlib Figure or SubFigure, optional
+        Draw into it (default a new figure, about 2.2 inches per feature).
+    title : str, optional
+    max_features : int, default 12
+        More features than this raise ``ValueError`` (the grid grows as ``k^2``): choose
+        some with ``features``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure or SubFigure
+        Its axes are ``k x k`` in row-major order (``fig.axes[i * k + j]``; the upper
+        triangle's are switched off). A diagonal histogram of the data is
+        ``ax.containers[0]`` (its bar heights are the densities), of the samples
+        ``ax.containers[1]``; a lower scatter's collections are ``[data, samples]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.plots import pair_plot
+    >>> rng = np.random.default_rng(0)
+    >>> fig = pair_plot(rng.normal(size=(500, 3)), rng.normal(size=(500, 3)), bins=20)
+    >>> len(fig.axes), sum(ax.axison for ax in fig.axes)
+    (9, 6)
+    """
+    where = "pair_plot"
+    Figure, FigureCanvasAgg, _ = require_matplotlib(where)
+    data = _rows(data, where, "data")
+    n, d = data.shape
+    if samples is not None:
+        samples = _rows(samples, where, "samples", d)
+    if features is None:
+        features = list(range(d))
+    else:
+        if isinstance(features, (str, bytes)) or not hasattr(features, "__iter__"):
+            raise TypeError(f"{where}: features must be a sequence of column indices, got "
+                            f"{type(features).__name__}")
+        features = [check_int(j, where, "features entry", minimum=0) for j in features]
+        if not features or max(features) >= d or len(set(features)) != len(features):
+            raise ValueError(f"{where}: features must be distinct column indices below {d}, "
+                             f"got {features}")
+    max_features = check_int(max_features, where, "max_features", minimum=1)
+    if len(features) > max_features:
+        raise ValueError(f"{where}: {len(features)} features make a {len(features)} x "
+                         f"{len(features)} grid; choose at most {max_features} with "
+                         f"features=[...] (or raise max_features)")
+    if names is None:
+        names = [f"x{j}" for j in range(d)]
+    else:
+        names = [str(v) for v in names]
+        if len(names) != d:
+            raise ValueError(f"{where}: names has {len(names)} entries, data has {d} columns")
+    bins = check_int(bins, where, "bins", minimum=1)
+    max_points = check_int(max_points, where, "max_points", minimum=1)
+    if not (isinstance(labels, (tuple, list)) and len(labels) == 2
+            and all(isinstance(v, str) for v in labels)):
+        raise TypeError(f"{where}: labels must be two str, got {labels!r}")
+    title = _title(title, where)
+    gen = check_rng(rng, where)
+    pick = lambda arr: arr if arr.shape[0] <= max_points else arr[  # noqa: E731
+        np.sort(gen.choice(arr.shape[0], max_points, replace=False))]
+    shown = pick(data)
+    shown_samples = None if samples is None else pick(samples)
+
+    k = len(features)
+    if figure is None:
+        figure = Figure(figsize=(max(3.0, 2.2 * k), max(3.0, 2.2 * k)))
+        FigureCanvasAgg(figure)
+    elif not hasattr(figure, "subplots"):
+        raise TypeError(f"{where}: figure must be a matplotlib Figure or SubFigure, got "
+                        f"{type(figure).__name__}")
+    axes = np.asarray(figure.subplots(k, k, squeeze=False))
+    for a, i in enumerate(features):
+        lo, hi = float(data[:, i].min()), float(data[:, i].max())
+        if lo == hi:
+            lo, hi = lo - 0.5, hi + 0.5
+        pad = 0.05 * (hi - lo)
+        for b, j in enumerate(features):
+            ax = axes[a, b]
+            if b > a:
+                ax.set_axis_off()
+                continue
+            if a == b:
+                ax.hist(data[:, i], bins=bins, range=(lo, hi), density=True, alpha=0.5,
+                        color="C0", label=labels[0])
+                if samples is not None:
+                    ax.hist(samples[:, i], bins=bins, range=(lo, hi), density=True, alpha=0.5,
+                            color="C1", label=labels[1])
+                ax.set_xlim(lo - pad, hi + pad)
+                ax.set_yticks([])
+            else:
+                ax.scatter(shown[:, j], shown[:, i], s=2, alpha=0.4, color="C0", linewidths=0,
+                           label=labels[0])
+                if shown_samples is not None:
+                    ax.scatter(shown_samples[:, j], shown_samples[:, i], s=2, alpha=0.4,
+                               color="C1", linewidths=0, label=labels[1])
+                jlo, jhi = float(data[:, j].min()), float(data[:, j].max())
+                jpad = 0.05 * (jhi - jlo) if jhi > jlo else 0.5
+                ax.set_xlim(jlo - jpad, jhi + jpad)
+                ax.set_ylim(lo - pad, hi + pad)
+            if a == k - 1:
+                ax.set_xlabel(names[j])
+            else:
+                ax.tick_params(labelbottom=False)
+            if b == 0 and a > 0:
+                ax.set_ylabel(names[i])
+            elif b > 0:
+                ax.tick_params(labelleft=False)
+    if samples is not None or k > 1:
+        axes[0, 0].legend(loc="upper right", fontsize="small")
+    if title is not None:
+        figure.suptitle(title)
+    return figure
 
 
 def save_figure(fig, path, *, dpi=150):
@@ -318,7 +508,7 @@ def save_figure(fig, path, *, dpi=150):
     ----------
     fig : matplotlib.figure.Figure or matplotlib.axes.Axes
     path : str or os.PathLike
-        Its directory must exist.
+        Its directory must exist; the suffix is one of :data:`FIGURE_SUFFIXES`.
     dpi : float, default 150
 
     Returns
@@ -327,7 +517,7 @@ def save_figure(fig, path, *, dpi=150):
         The path written.
     """
     where = "save_figure"
-    Figure, _, Axes = _matplotlib(where)
+    Figure, _, Axes = require_matplotlib(where)
     if isinstance(fig, Axes):
         try:
             fig = fig.get_figure(root=True)  # the top-level figure, also for a subfigure's axes
@@ -341,7 +531,9 @@ def save_figure(fig, path, *, dpi=150):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"{where}: the directory {directory!r} does not exist")
-    if isinstance(dpi, (bool, np.bool_)) or not isinstance(dpi, numbers.Real) or not dpi > 0:
-        raise ValueError(f"{where}: dpi must be a positive number, got {dpi!r}")
+    if os.path.splitext(path)[1].lower() not in FIGURE_SUFFIXES:
+        raise ValueError(f"{where}: {path!r} has no known image suffix; use one of "
+                         f"{', '.join(FIGURE_SUFFIXES)}")
+    dpi = check_positive(dpi, where, "dpi")
     fig.savefig(path, dpi=dpi)
     return path

@@ -1,4 +1,4 @@
-r"""The rational-quadratic spline as a function: the reference everyone can compare against.
+r"""The rational-quadratic spline as a function, to check other implementations against.
 
 :func:`rational_quadratic_spline` is the elementwise monotone rational-quadratic spline of
 Durkan et al. (2019) with exactly their parameterization (nflows'
@@ -26,7 +26,7 @@ solves ``a xi^2 + b xi + c = 0`` in the bin ``y_k <= y < y_{k+1}`` with the stab
 ``xi = 2c / (-b - sqrt(b^2 - 4ac))`` (Durkan et al. 2019, appendix A.3) and returns
 ``log dx/dy = -log dy/dx`` at the solution.
 
-Pullbacks (derived in :mod:`refflow.kernels.durkan`): the outputs' cotangents go to the bin's
+Pullbacks (derived in :mod:`refflow.kernels.splines`): the outputs' cotangents go to the bin's
 quantities ``(xi, y_k, h, s, d_k, d_{k+1})`` by the partial derivatives of the two formulas
 above (for the inverse, through the implicit-function theorem ``dxi/dtheta = -F_theta / F_xi``),
 then to ``x`` and the two end knots of the bin, then through the map: softmax transposed
@@ -39,14 +39,15 @@ is torch's, which returns ``u`` itself for ``u > 20`` (an error of ``log1p(e^{-u
 ``m_d + softplus(ln(e^{1 - m_d} - 1))``, within an ulp of 1). nflows adds 1e-6 to the last knot
 in its bin search (only ``x = B`` itself is affected, and the spline is continuous there).
 
-Implementation: fused numba kernels (:mod:`refflow.kernels.durkan`) compute each element's
-knots inside the loop, so no ``(N, K + 1)`` knot arrays are built; they work in blocks of rows
-with vectorised ``exp`` / ``softplus`` and agree with the reference kernels
-(``rqs_durkan_*_reference``) to round-off. Batches of at least
-``2 * 2^15`` elements are split over threads (the kernels release the GIL): as many as there
-are CPUs, or ``REFFLOW_NUM_THREADS``; the results do not depend on the number of threads. The
-map + generic kernel path (``refflow.bijectors.spline_maps`` then ``refflow.kernels.splines``),
-used when numba is disabled, agrees to rounding.
+Implementation: :func:`refflow.bijectors.spline_core.rqs`, the dispatcher every spline layer
+uses: by default the fused numba kernels, which compute each element's knots inside the loop
+(no ``(N, K + 1)`` knot arrays), in blocks of rows with vectorised ``exp`` / ``softplus``;
+batches of at least ``2 * 2^15`` elements are split over threads (the kernels release the GIL):
+as many as there are CPUs, or ``REFFLOW_NUM_THREADS``; the results do not depend on the number
+of threads. Inside ``refflow.kernels.fast_paths(False)`` (and by default with
+``REFFLOW_DISABLE_NUMBA=1``) the reference path runs instead: the NumPy map
+(:mod:`refflow.bijectors.spline_maps`) and the NumPy twins of the knot kernels; it agrees to
+rounding.
 
 References
 ----------
@@ -55,69 +56,13 @@ Gregory, Delbourgo, "Piecewise rational quadratic interpolation to monotonic dat
 IMA Journal of Numerical Analysis 2(2):123-130, 1982.
 """
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from ._validation import as_float_array, check_finite
+from .bijectors.spline_core import rqs
 from .bijectors.spline_maps import get_spline_map
-from .kernels import NUMBA_DISABLED
-from .kernels.durkan import (rqs_durkan_forward, rqs_durkan_forward_vjp, rqs_durkan_inverse,
-                             rqs_durkan_inverse_vjp)
-from .kernels.splines import rqs_forward, rqs_forward_vjp, rqs_inverse, rqs_inverse_vjp
 
 __all__ = ["rational_quadratic_spline", "rational_quadratic_spline_vjp"]
-
-#: Use the fused "durkan" kernels (knots computed per element inside the loop). When False, or
-#: when numba is disabled, the map (:mod:`refflow.bijectors.spline_maps`) builds the knot arrays
-#: and the generic kernels of :mod:`refflow.kernels.splines` evaluate the spline. Both paths
-#: agree to rounding; the tests compare them.
-_FUSED = not NUMBA_DISABLED
-
-#: Batches of at least this many elements per thread are split across threads.
-_MIN_PER_THREAD = 1 << 15
-_POOL = None
-_POOL_SIZE = 0
-_POOL_LOCK = threading.Lock()
-
-
-def _n_threads():
-    """Threads for large batches: ``REFFLOW_NUM_THREADS`` if set, else the CPUs this process
-    may run on (``sched_getaffinity``: a container or ``taskset`` limit, not the host's count)."""
-    env = os.environ.get("REFFLOW_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) >= 1:
-        return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _launch(kernel, arrays, settings, outputs):
-    """``kernel(*arrays, *settings, *outputs)``, split by rows over threads for big batches.
-
-    The kernels are elementwise and release the GIL (``nogil=True``), so row blocks run in
-    parallel and the result is bitwise the same for any number of threads.
-    """
-    global _POOL, _POOL_SIZE
-    n = arrays[0].shape[0]
-    n_threads = 1 if NUMBA_DISABLED else min(_n_threads(), n // _MIN_PER_THREAD)
-    if n_threads <= 1:
-        kernel(*arrays, *settings, *outputs)
-        return
-    with _POOL_LOCK:
-        if _POOL_SIZE < n_threads:  # grown when asked for more threads; the old one is let go
-            _POOL = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="refflow")
-            _POOL_SIZE = n_threads
-        pool = _POOL
-    edges = np.linspace(0, n, n_threads + 1).astype(np.intp)
-    jobs = [pool.submit(kernel, *[a[lo:hi] for a in arrays], *settings,
-                        *[o[lo:hi] for o in outputs])
-            for lo, hi in zip(edges[:-1], edges[1:])]
-    for job in jobs:
-        job.result()
 
 
 def _prepare(where, x, uw, uh, ud, bound, min_bin_width, min_bin_height, min_derivative, own):
@@ -152,12 +97,6 @@ def _prepare(where, x, uw, uh, ud, bound, min_bin_width, min_bin_height, min_der
     return x.shape, flat, smap
 
 
-def _settings(smap):
-    """The fused kernels take the settings as float64 and round them to the dtype themselves."""
-    return (float(smap.bound), float(smap.min_bin_width), float(smap.min_bin_height),
-            float(smap.min_derivative))
-
-
 def _degenerate(where):
     return ValueError(
         f"{where}: a bin of zero width or height, or a zero derivative, after rounding (possible "
@@ -176,18 +115,7 @@ def _run_unchecked(where, x, uw, uh, ud, inverse, bound, min_bin_width, min_bin_
                    min_derivative, with_vjp):
     shape, (v, uw, uh, ud), smap = _prepare(where, x, uw, uh, ud, bound, min_bin_width,
                                             min_bin_height, min_derivative, own=with_vjp)
-    out, log_det = np.empty_like(v), np.empty_like(v)
-    fused = _FUSED
-    if fused:
-        settings = _settings(smap)
-        _launch(rqs_durkan_inverse if inverse else rqs_durkan_forward, (v, uw, uh, ud),
-                settings, (out, log_det))
-    else:
-        if with_vjp:
-            knots, map_pullback = smap.vjp(uw, uh, ud)
-        else:
-            knots = smap(uw, uh, ud)
-        _launch(rqs_inverse if inverse else rqs_forward, (v, *knots), (), (out, log_det))
+    out, log_det, inner = rqs("inverse" if inverse else "spline", v, uw, uh, ud, smap, with_vjp)
     if not (np.isfinite(out).all() and np.isfinite(log_det).all()):
         raise _degenerate(where)  # finite inputs and positive minima never get here
     if not with_vjp:
@@ -204,17 +132,7 @@ def _run_unchecked(where, x, uw, uh, ud, inverse, bound, min_bin_width, min_bin_
                 raise ValueError(f"{where} pullback: {name} must have shape {shape}, "
                                  f"got {bar.shape}")
             bars.append(np.ascontiguousarray(bar.reshape(-1), dtype=v.dtype))
-        out_bar, ld_bar = bars
-        v_bar = np.empty_like(v)
-        if fused:
-            uw_bar, uh_bar, ud_bar = np.empty_like(uw), np.empty_like(uh), np.empty_like(ud)
-            _launch(rqs_durkan_inverse_vjp if inverse else rqs_durkan_forward_vjp,
-                    (v, uw, uh, ud), settings, (out_bar, ld_bar, v_bar, uw_bar, uh_bar, ud_bar))
-        else:
-            knot_bars = tuple(np.empty_like(k) for k in knots)
-            _launch(rqs_inverse_vjp if inverse else rqs_forward_vjp, (v, *knots), (),
-                    (out_bar, ld_bar, v_bar, *knot_bars))
-            uw_bar, uh_bar, ud_bar = map_pullback(*knot_bars)
+        v_bar, (uw_bar, uh_bar, ud_bar) = inner(*bars)
         K = uw.shape[-1]
         return (v_bar.reshape(shape), uw_bar.reshape(shape + (K,)),
                 uh_bar.reshape(shape + (K,)), ud_bar.reshape(shape + (K - 1,)))
@@ -323,7 +241,7 @@ def rational_quadratic_spline_vjp(x, unnormalized_widths, unnormalized_heights,
     Forward: ``x_bar = y_bar dy/dx + log_det_bar d(log dy/dx)/dx`` and the same for the knot
     parameters, chained through the map (module docstring). In the tails ``x_bar = y_bar`` and
     the parameter cotangents are 0. Inverse: the implicit-function theorem on
-    ``F(xi; theta) = y`` (see :mod:`refflow.kernels.durkan`).
+    ``F(xi; theta) = y`` (see :mod:`refflow.kernels.splines`).
 
     Examples
     --------

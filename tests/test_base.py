@@ -49,11 +49,13 @@ class _Buffered(Bijector):
     def __init__(self, dim):
         super().__init__(dim, buffers={"perm": np.arange(dim)})
 
-    def _forward_vjp(self, z):
-        return z.copy(), np.zeros(z.shape[0], dtype=z.dtype), lambda x_bar, ld_bar: (x_bar.copy(), {})
+    def _forward_pass(self, z, context, vjp):
+        return (z.copy(), np.zeros(z.shape[0], dtype=z.dtype),
+                lambda x_bar, ld_bar: (x_bar.copy(), {}, None))
 
-    def _inverse_vjp(self, x):
-        return x.copy(), np.zeros(x.shape[0], dtype=x.dtype), lambda z_bar, ld_bar: (z_bar.copy(), {})
+    def _inverse_pass(self, x, context, vjp):
+        return (x.copy(), np.zeros(x.shape[0], dtype=x.dtype),
+                lambda z_bar, ld_bar: (z_bar.copy(), {}, None))
 
 
 def _snapshot(params):

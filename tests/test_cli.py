@@ -1,14 +1,23 @@
-"""The command line: ``python -m refflow {demo,fit,score,sample,check,potentials}``."""
+"""The command line: ``refflow {demo,fit,score,sample,transform,inverse-transform,check,
+potentials}`` (also ``python -m refflow``)."""
 
+import configparser
+import os
+import pathlib
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from refflow.__main__ import main
 
-COMMANDS = ["demo", "fit", "score", "sample", "check", "potentials"]
+COMMANDS = ["demo", "fit", "score", "sample", "transform", "inverse-transform", "check",
+            "potentials"]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 FAST_FIT = ["--n", "300", "--epochs", "2", "--layers", "2", "--hidden", "8,8", "--no-progress"]
 
 
@@ -123,9 +132,10 @@ def test_damaged_or_missing_model_file_is_one_clear_line(tmp_path, capsys, model
     assert_one_line_error(capsys, "sample", str(damaged))
     assert run(["score", str(tmp_path / "nothing.npz"), "two_moons"])[0] == 1
     assert_one_line_error(capsys, "score", "no such model file")
-    assert run(["sample", str(model_file), "-n", "3", "-o", str(tmp_path / "s.txt")])[0] == 1
-    assert_one_line_error(capsys, "sample", ".npy")
-    assert not (tmp_path / "s.npy").exists()
+    # .npy, .csv, .tsv and .txt are written; any other suffix is refused before sampling
+    assert run(["sample", str(model_file), "-n", "3", "-o", str(tmp_path / "s.json")])[0] == 1
+    assert_one_line_error(capsys, "sample", ".npy", ".json")
+    assert not (tmp_path / "s.npy").exists() and not (tmp_path / "s.json").exists()
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -188,3 +198,369 @@ def test_npy_output_is_written_atomically(model_file, tmp_path, monkeypatch, cap
     assert run(["sample", str(model_file), "-n", "3", "-o", str(out)])[0] == 1
     assert_one_line_error(capsys, "sample", "disk full")
     assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["s.npy"]
+
+
+# ----------------------------------------------------- the README's potentials command
+def test_potentials_with_the_default_names_and_a_new_plot_dir(tmp_path):
+    # nargs="*" with choices and a list default failed in argparse; a missing directory was
+    # found only after the first fit
+    figures = tmp_path / "figures" / "planar"
+    status, out = run(["potentials", "--plot-dir", str(figures), "--layers", "1", "--steps", "2",
+                       "--no-progress"])
+    assert status == 0, out
+    assert [line.split(":")[0] for line in out.splitlines()] == ["U1", "U2", "U3", "U4"]
+    assert sorted(p.name for p in figures.iterdir()) == [f"potential_U{i}.png" for i in range(1, 5)]
+    status, out = run(["potentials", "U3", "U1", "U3", "--layers", "1", "--steps", "2"])
+    assert status == 0 and [line[:2] for line in out.splitlines()] == ["U3", "U1"]
+
+
+def test_potentials_plot_dir_that_is_a_file_is_refused_before_work(tmp_path, capsys, monkeypatch):
+    from refflow.training import variational
+
+    monkeypatch.setattr(variational, "fit_potential", refuse_work)
+    clash = tmp_path / "figures"
+    clash.write_text("")
+    assert run(["potentials", "--plot-dir", str(clash)])[0] == 1
+    assert_one_line_error(capsys, "potentials", str(clash), "not a directory")
+
+
+# ------------------------------------------------------ output paths checked before work
+def refuse_work(*args, **kwargs):
+    raise AssertionError("work started before the output path was checked")
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    from refflow.estimator import FlowDensity
+
+    for method in ("fit", "score_samples", "sample", "transform", "inverse_transform"):
+        monkeypatch.setattr(FlowDensity, method, refuse_work, raising=False)
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["fit", "two_moons", "-o", "{tmp}/missing/dir/m.npz"], ["missing/dir does not exist"]),
+    (["fit", "two_moons", "-o", "{tmp}/m.npy"], ["-o", "must be a .npz file", "'.npy'"]),
+    (["fit", "two_moons", "-o", "{tmp}"], ["is a directory"]),
+    (["fit", "two_moons", "-o", "{tmp}/m.npz", "--plot", "{tmp}/fig.xyz"], ["--plot", "figure"]),
+    (["fit", "two_moons", "-o", "{tmp}/m.npz", "--plot", "{tmp}/no/fig.png"], ["does not exist"]),
+    (["score", "{model}", "two_moons", "-o", "{tmp}/scores.json"], ["scores file", ".npy"]),
+    (["score", "{model}", "two_moons", "-o", "{tmp}/none/s.npy"], ["does not exist"]),
+    (["sample", "{model}", "-n", "5", "-o", "{tmp}/nonexistent/s.npy"], ["does not exist"]),
+    (["sample", "{model}", "-n", "5", "-o", "{tmp}"], ["is a directory"]),
+    (["transform", "{model}", "two_moons", "-o", "{tmp}/z.bin"], ["latent file"]),
+    (["inverse-transform", "{model}", "{tmp}/z.npy", "-o", "{tmp}/x.pkl"], ["output file"]),
+])
+def test_output_paths_are_checked_before_any_work(argv, fragments, tmp_path, model_file,
+                                                  no_work, capsys):
+    argv = [a.format(tmp=tmp_path, model=model_file) for a in argv]
+    assert run(argv)[0] == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"refflow {argv[0]}: error: ") and err.count("\n") == 1, err
+    assert all(f in err for f in fragments), err
+    assert ".tmp" not in err                       # never a hidden temporary file's name
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------ real data files
+def messy_rows(n, rng):
+    """A CSV as a spreadsheet in a decimal-comma locale writes it: a comment, ids, quoted names
+    holding the delimiter, decimal commas, and an empty cell in every 97th row."""
+    def number(v):
+        return repr(float(v)).replace(".", ",")
+
+    lines = ["# a comment line", "id;name;x;y;z"]
+    for i in range(n):
+        x, y, z = rng.normal(size=3)
+        lines.append(f'{i};"row; {i}";{number(x)};{"" if i % 97 == 5 else number(y)};{number(z)}')
+    return "\n".join(lines) + "\n"
+
+
+def test_fit_and_score_a_real_csv(tmp_path, capsys):
+    from refflow import io
+    from refflow.data.tables import read_table
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.csv"
+    data.write_text(messy_rows(300, rng), encoding="utf-8")
+    model_path = tmp_path / "m.npz"
+    # refused without choosing columns: one line naming file, line, column and value
+    assert run(["fit", str(data), "-o", str(model_path), *FAST_FIT[2:]])[0] == 1
+    assert_one_line_error(capsys, "fit", str(data), "line 3", "column 'name'", "'row; 0'")
+    status, out = run(["fit", str(data), "-o", str(model_path), "--exclude-columns", "id,name",
+                       "--decimal", ",", "--drop-na", *FAST_FIT[2:]])
+    assert status == 0 and "(296 x 3; 4 rows with missing values dropped)" in out, out
+    model = io.load(model_path)
+    assert list(model.feature_names_in_) == ["x", "y", "z"]
+    # scoring finds the model's columns by name in a file with more columns, in another order
+    shuffled = tmp_path / "shuffled.tsv"
+    table = read_table(data, exclude=["id", "name"], decimal=",", drop_na=True)
+    np.savetxt(shuffled, np.column_stack([table.x[:, ::-1], np.arange(len(table.x))]),
+               delimiter="\t", header="z\ty\tx\tother", comments="", fmt="%.17g")
+    scores = tmp_path / "scores.csv"
+    status, out = run(["score", str(model_path), str(shuffled), "-o", str(scores)])
+    assert status == 0, out
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        expected = model.score_samples(table.x)   # (an array, for a model fitted on names)
+    np.testing.assert_array_equal(read_table(scores).x[:, 0], expected)
+    # --columns in another order than the model's features is refused (names and order)
+    assert run(["score", str(model_path), str(shuffled), "--columns", "z,y,x"])[0] == 1
+    assert_one_line_error(capsys, "score", "do not match the model's features x,y,z")
+    # so are columns left in another order by --exclude-columns
+    assert run(["score", str(model_path), str(shuffled), "--exclude-columns", "other"])[0] == 1
+    assert_one_line_error(capsys, "score", "the columns read, z,y,x, are not the model's "
+                                           "features x,y,z")
+    # and a headerless file with a column too many is told how to choose
+    np.save(tmp_path / "four.npy", np.zeros((3, 4)))
+    assert run(["score", str(model_path), str(tmp_path / "four.npy")])[0] == 1
+    assert_one_line_error(capsys, "score", "X has 4 features, but FlowDensity is expecting 3",
+                          "--columns")
+
+
+def test_npz_with_key_and_parquet(tmp_path, model_file):
+    x = np.random.default_rng(1).normal(size=(30, 2))
+    np.savez(tmp_path / "arrays.npz", train=x, test=x[:5])
+    status, out = run(["score", str(model_file), str(tmp_path / "arrays.npz"), "--key", "test"])
+    assert status == 0 and "5 points" in out
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    pd.DataFrame({"label": ["a"] * 30, "u": x[:, 0], "v": x[:, 1]}).to_parquet(
+        tmp_path / "d.parquet")
+    status, out = run(["score", str(model_file), str(tmp_path / "d.parquet"),
+                       "--columns", "u,v"])
+    assert status == 0 and "30 points" in out
+
+
+# --------------------------------------------------- rows out of range, readable summary
+def test_far_rows_score_minus_inf_and_the_summary_stays_readable(model_file, tmp_path, capsys):
+    from refflow import io
+
+    model = io.load(model_file)
+    x = np.random.default_rng(2).normal(size=(5000, 2))
+    x[17] = 1e200
+    np.save(tmp_path / "far.npy", x)
+    status, out = run(["score", str(model_file), str(tmp_path / "far.npy"), "-o",
+                       str(tmp_path / "s.npy"), "--no-progress"])
+    assert status == 0, out
+    err = capsys.readouterr().err
+    assert err == ("refflow score: warning: FlowDensity.score_samples: 1 of 5000 rows lie "
+                   "outside the range where the model's log-density is representable in float64 "
+                   "(the first is row 17); their scores are -inf\n")
+    scores = np.load(tmp_path / "s.npy")
+    good = np.arange(5000) != 17
+    assert scores[17] == -np.inf
+    np.testing.assert_array_equal(scores[good], model.score_samples(x[good]))
+    assert "1 point outside the range the model represents in float64: scored -inf" in out
+    # a row at 1e150 is representable but its log-density is about -1e300: printed readably
+    x[17] = 1e150
+    np.save(tmp_path / "far.npy", x)
+    status, out = run(["score", str(model_file), str(tmp_path / "far.npy")])
+    assert status == 0
+    stats = out.splitlines()[1]
+    assert not re.search(r"\d{12}", stats), out         # no 300-digit number
+    assert "inf" not in stats and "nan" not in stats, out   # std computed without overflow
+    assert re.search(r"min -\d\.\d{3}e\+\d{3}", stats), out
+
+
+# ----------------------------------------------------------------------- units and epochs
+def test_fit_states_units_and_one_based_epochs_as_the_plot(tmp_path):
+    from refflow import io
+    from refflow.__main__ import _fmt
+    from refflow.plots import plot_history
+
+    path = tmp_path / "m.npz"
+    status, out = run(["fit", "two_moons", "-o", str(path), "--n", "400", "--epochs", "6",
+                       "--layers", "2", "--hidden", "8,8", "--lr", "0.01", "--no-progress"])
+    assert status == 0, out
+    assert "mean log-likelihood, nats per sample, in the data's units" in out
+    h = io.load(path).history_
+    best = int(re.search(r"validation rows, best epoch (\d+)", out).group(1))
+    assert best == h.best_epoch + 1
+    assert f"best epoch {best} (the parameters kept)  {_fmt(h.val_log_likelihood[h.best_epoch])}" \
+        in out
+    assert f"training rows, epoch {h.n_epochs} (mean over its mini-batches)  " \
+        f"{_fmt(h.train_log_likelihood[-1])}" in out
+    pytest.importorskip("matplotlib")
+    ax = plot_history(h).axes[0]
+    marks = [line for line in ax.lines if line.get_label().startswith("best epoch")]
+    assert list(marks[0].get_xdata()) == [best, best]
+    # the plotted curves are in the same units as the printed numbers
+    val = next(line for line in ax.lines if line.get_label() == "validation NLL")
+    np.testing.assert_allclose(-val.get_ydata()[h.best_epoch],
+                               h.val_log_likelihood[h.best_epoch], rtol=1e-15)
+
+
+# ----------------------------------------------------------------------------- progress
+@pytest.mark.parametrize("flag, shown", [(None, False), ("--progress", True),
+                                         ("--no-progress", False)])
+def test_progress_bars_on_score_and_sample(flag, shown, model_file, tmp_path, capsys):
+    # capsys's stderr is not a terminal, like a pipe: the default shows nothing
+    extra = [] if flag is None else [flag]
+    assert run(["score", str(model_file), "two_moons", *extra])[0] == 0
+    assert run(["sample", str(model_file), "-n", "1000", "-o", str(tmp_path / "s.npy"),
+                *extra])[0] == 0
+    err = capsys.readouterr().err
+    assert ("FlowDensity.score_samples" in err and "FlowDensity.sample" in err) == shown, err
+    assert bool(err) == shown
+
+
+def _read_until(stream, pattern, timeout):
+    """Bytes of ``stream`` (non-blocking reads) until ``pattern`` matches or ``timeout`` s."""
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    selector.register(stream, selectors.EVENT_READ)
+    seen, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if selector.select(timeout=0.2):
+            chunk = os.read(stream.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+            if re.search(pattern, seen):
+                return seen
+    raise AssertionError(f"no {pattern!r} within {timeout} s: {seen[-500:]!r}")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a subprocess")
+def test_ctrl_c_during_fit_saves_the_best_epoch_and_exits_130(tmp_path):
+    model = tmp_path / "m.npz"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "refflow", "fit", "two_moons", "-o", str(model), "--n", "2000",
+         "--epochs", "100000", "--patience", "0", "--layers", "2", "--hidden", "8,8",
+         "--batch-size", "50", "--progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        # wait for the bar to show steps taken (the handler is in place by then), and one
+        # epoch or so more, then press Ctrl-C
+        _read_until(process.stderr, rb"\| *[1-9]\d*/\d+", timeout=120)
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    stdout, stderr = stdout.decode(), stderr.decode()
+    assert process.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stderr and "interrupted (Ctrl-C)" in stdout, (stdout, stderr)
+    assert f"model written to {model}" in stdout
+    from refflow import io
+
+    loaded = io.load(model)
+    assert loaded.history_.stop_reason == "interrupted"
+    assert np.isfinite(loaded.score_samples(np.zeros((1, 2)))).all()
+
+
+# ------------------------------------------------------------------ what users expect
+def test_console_script_and_version(capsys, monkeypatch):
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    scripts = config["options.entry_points"]["console_scripts"].strip().splitlines()
+    assert "refflow = refflow.__main__:main" in [line.strip() for line in scripts]
+    from refflow._version import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"refflow {__version__} (Python ")
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/refflow", "--help"])
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: refflow ")
+
+
+def test_fit_plot_for_two_and_more_features(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "fit.png"
+    status, out = run(["fit", "two_moons", "-o", str(tmp_path / "m.npz"), "--plot", str(png),
+                       *FAST_FIT])
+    assert status == 0 and f"figure written to {png}" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.random.default_rng(0).normal(size=(200, 8)))
+    pdf = tmp_path / "wide.pdf"
+    status, out = run(["fit", str(wide), "-o", str(tmp_path / "w.npz"), "--plot", str(pdf),
+                       *FAST_FIT[2:]])
+    assert status == 0 and pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_wide_data_fits_with_the_auto_width_and_the_hints_name_cli_options(tmp_path, capsys):
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.random.default_rng(0).normal(size=(100, 70)))
+    out_path = str(tmp_path / "w.npz")
+    common = ["--epochs", "1", "--layers", "1", "--no-progress"]
+    status, out = run(["fit", str(wide), "-o", out_path, "--model", "maf", *common])
+    assert status == 0 and "hidden (70, 70)" in out, out
+    assert run(["fit", str(wide), "-o", out_path, "--model", "maf", "--hidden", "8,8",
+                *common])[0] == 1
+    assert_one_line_error(capsys, "fit", "--hidden W,W", "--option hidden_degrees=random")
+    status, out = run(["fit", str(wide), "-o", out_path, "--model", "maf", "--hidden", "8,8",
+                       "--option", "hidden_degrees=random", *common])
+    assert status == 0, out
+
+
+def test_transform_and_inverse_transform_commands(model_file, tmp_path):
+    from refflow import io
+    from refflow.datasets import two_moons
+
+    x = two_moons(40, rng=3)
+    np.save(tmp_path / "x.npy", x)
+    assert run(["transform", str(model_file), str(tmp_path / "x.npy"), "-o",
+                str(tmp_path / "z.csv")])[0] == 0
+    assert run(["inverse-transform", str(model_file), str(tmp_path / "z.csv"), "-o",
+                str(tmp_path / "back.npy")])[0] == 0
+    model = io.load(model_file)
+    from refflow.data.tables import read_table
+
+    z = read_table(tmp_path / "z.csv")
+    assert z.names == ["z0", "z1"]
+    np.testing.assert_array_equal(z.x, model.transform(x))
+    np.testing.assert_allclose(np.load(tmp_path / "back.npy"), x, rtol=1e-10, atol=1e-10)
+
+
+# (the Python calls below pass arrays to a model fitted on named columns: sklearn's warning)
+@pytest.mark.filterwarnings("ignore:.*does not have valid feature names")
+def test_conditional_fit_score_and_sample_from_the_command_line(tmp_path, capsys):
+    from refflow import io
+
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=300) * 5 + 20
+    x = np.column_stack([0.5 * (c - 20) + 0.1 * rng.normal(size=300), rng.normal(size=300)])
+    data = tmp_path / "cond.csv"
+    np.savetxt(data, np.column_stack([x, c]), delimiter=",", header="a,b,temp", comments="",
+               fmt="%.17g")
+    model_path = tmp_path / "c.npz"
+    status, out = run(["fit", str(data), "-o", str(model_path), "--context-columns", "temp",
+                       "--model", "maf", *FAST_FIT[2:]])
+    assert status == 0 and "1 context column" in out, out
+    model = io.load(model_path)
+    assert list(model.context_names_in_) == ["temp"] and model.n_context_features_in_ == 1
+    status, out = run(["score", str(model_path), str(data), "-o", str(tmp_path / "s.npy")])
+    assert status == 0, out
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"),
+                                  model.score_samples(x, context=c[:, None]))
+    assert run(["sample", str(model_path), "-n", "4", "--context", "25", "-o",
+                str(tmp_path / "s4.npy"), "--seed", "1"])[0] == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "s4.npy"),
+                                  model.sample(4, random_state=1, context=[25.0]))
+    contexts = tmp_path / "contexts.csv"
+    contexts.write_text("temp\n15\n20\n25\n")
+    assert run(["sample", str(model_path), "-n", "3", "--context-file", str(contexts), "-o",
+                str(tmp_path / "s3.csv")])[0] == 0
+    assert run(["sample", str(model_path), "-n", "3", "-o", str(tmp_path / "s.npy")])[0] == 1
+    assert_one_line_error(capsys, "sample", "conditional", "--context")
+
+
+# ------------------------------------------------------------------------- small things
+def test_fit_defaults_are_flow_densitys(tmp_path):
+    from refflow.__main__ import build_parser
+    from refflow.estimator import FlowDensity
+
+    args = build_parser().parse_args(["fit", "two_moons", "-o", "m.npz"])
+    python = FlowDensity().get_params()
+    for option, param in [("patience", "patience"), ("epochs", "epochs"), ("lr", "lr"),
+                          ("batch_size", "batch_size"), ("model", "flow"),
+                          ("validation_fraction", "validation_fraction")]:
+        assert getattr(args, option) == python[param], option
+    assert "(default 10, as FlowDensity" in build_parser()._subparsers._group_actions[0] \
+        .choices["fit"].format_help().replace("\n", " ").replace("  ", " ")

@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import sys
 import warnings
 
 import numpy as np
@@ -222,37 +223,39 @@ def test_not_fitted(method, args):
         assert isinstance(info.value, NotFittedError)
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"flow": "glowish"}, "flow must be one of"),
-    ({"flow": None}, "flow must be one of"),
-    ({"n_layers": 0}, "n_layers"),
-    ({"hidden": 64}, "hidden"),
-    ({"hidden": (8, -1)}, "hidden"),
-    ({"flow_kwargs": ["scale"]}, "flow_kwargs"),
-    ({"flow_kwargs": {"rng": 0}}, "random_state"),
-    ({"flow_kwargs": {"hidden": (8,)}}, "'hidden' parameter"),
-    ({"flow_kwargs": {"context_dim": 2}}, "unconditional"),
-    ({"flow_kwargs": {"n_bins": 8}, "flow": "maf"}, "do not fit the 'maf' builder"),
-    ({"flow_kwargs": {"scale": "bogus"}, "flow": "maf"}, "MAF: scale"),
-    ({"epochs": 0}, "epochs"),
-    ({"epochs": 2.0}, "epochs"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"lr": 0.0}, "lr"),
-    ({"lr": float("nan")}, "lr"),
-    ({"weight_decay": -1.0}, "weight_decay"),
-    ({"validation_fraction": 1.0}, "validation_fraction"),
-    ({"validation_fraction": -0.1}, "validation_fraction"),
-    ({"patience": 0}, "patience"),
-    ({"standardize": "yes"}, "standardize"),
-    ({"random_state": "seed"}, "random_state"),
-    ({"random_state": -3}, "random_state"),
-    ({"progress": "bar"}, "progress"),
+# A value of the wrong type raises TypeError, one of the right type out of range ValueError.
+@pytest.mark.parametrize("params, error, match", [
+    ({"flow": "glowish"}, ValueError, "flow must be one of"),
+    ({"flow": None}, TypeError, "flow must be one of"),
+    ({"n_layers": 0}, ValueError, "n_layers"),
+    ({"hidden": 64}, TypeError, "hidden"),
+    ({"hidden": (8, -1)}, ValueError, "hidden"),
+    ({"flow_kwargs": ["scale"]}, TypeError, "flow_kwargs"),
+    ({"flow_kwargs": {"rng": 0}}, ValueError, "random_state"),
+    ({"flow_kwargs": {"hidden": (8,)}}, ValueError, "'hidden' parameter"),
+    ({"flow_kwargs": {"context_dim": 2}}, ValueError, r"context_dim.*fit\(X, context=C\)"),
+    ({"flow_kwargs": {"n_bins": 8}, "flow": "maf"}, ValueError, "do not fit the 'maf' builder"),
+    ({"flow_kwargs": {"scale": "bogus"}, "flow": "maf"}, ValueError, "MAF: scale"),
+    ({"epochs": 0}, ValueError, "epochs"),
+    ({"epochs": 2.0}, TypeError, "epochs"),
+    ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"lr": 0.0}, ValueError, "lr"),
+    ({"lr": float("nan")}, ValueError, "lr"),
+    ({"weight_decay": -1.0}, ValueError, "weight_decay"),
+    ({"validation_fraction": 1.0}, ValueError, "validation_fraction"),
+    ({"validation_fraction": -0.1}, ValueError, "validation_fraction"),
+    ({"patience": 0}, ValueError, "patience"),
+    ({"standardize": "yes"}, TypeError, "standardize"),
+    ({"random_state": "seed"}, ValueError, "random_state"),
+    ({"random_state": -3}, ValueError, "random_state"),
+    ({"progress": "bar"}, ValueError, "progress must be 'auto', True, False or None"),
+    ({"progress": 1}, TypeError, "progress"),
 ])
-def test_bad_parameters_raise_at_fit_and_change_nothing(params, match, fitted, data):
+def test_bad_parameters_raise_at_fit_and_change_nothing(params, error, match, fitted, data):
     model = copy.deepcopy(fitted)
     before = model.score_samples(data)
     model.set_params(**params)  # scikit-learn's rule: no validation before fit
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         model.fit(data)
     np.testing.assert_array_equal(model.score_samples(data), before)
 
@@ -268,7 +271,8 @@ def test_a_diverging_fit_leaves_the_estimator_unchanged(fitted, data):
 
 def test_bad_sample_arguments(fitted):
     for n in (0, -1, 2.0, "3", True):
-        with pytest.raises(ValueError, match="n_samples"):
+        error = ValueError if type(n) is int else TypeError
+        with pytest.raises(error, match="n_samples"):
             fitted.sample(n)
     with pytest.raises(ValueError, match="random_state"):
         fitted.sample(2, random_state="seed")
@@ -365,3 +369,281 @@ def test_sklearn_check_estimator(flow):
     failed = {r["check_name"]: repr(r["exception"]) for r in results if r["status"] == "failed"}
     assert not failed
     assert sum(r["status"] == "passed" for r in results) >= 40
+
+
+# ------------------------------------------------------- feature names, as scikit-learn
+def test_feature_names_follow_scikit_learn_exactly(data):
+    """A data frame fit records feature_names_in_; other, reordered or missing columns raise
+    scikit-learn's own error, and a plain array its warning (compared with KernelDensity)."""
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("sklearn")
+    from sklearn.neighbors import KernelDensity
+
+    frame = pd.DataFrame(data, columns=["a", "b", "c"])
+    model = FlowDensity("maf", **FAST).fit(frame)
+    kde = KernelDensity().fit(frame)
+    assert model.feature_names_in_.dtype == object
+    np.testing.assert_array_equal(model.feature_names_in_, kde.feature_names_in_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        by_frame = model.score_samples(frame)
+    np.testing.assert_array_equal(by_frame, model.flow_.log_prob(data))
+    for bad in (frame[["c", "a", "b"]], frame.rename(columns={"a": "z"}), frame[["a", "b"]]):
+        for method in ("score_samples", "score", "transform"):
+            with pytest.raises(ValueError) as ours:
+                getattr(model, method)(bad)
+            with pytest.raises(ValueError) as theirs:
+                getattr(kde, "score_samples" if method == "transform" else method)(bad)
+            assert str(ours.value) == str(theirs.value)
+    for X in (data, frame.to_numpy()):
+        with pytest.warns(UserWarning) as ours:
+            model.score_samples(X)
+        with pytest.warns(UserWarning) as theirs:
+            kde.score_samples(X)
+        assert [str(w.message).replace("FlowDensity", "KernelDensity") for w in ours] == \
+            [str(w.message) for w in theirs]
+    mixed = pd.DataFrame(data, columns=["a", 1, "c"])
+    with pytest.raises(TypeError) as ours:
+        FlowDensity(**FAST).fit(mixed)
+    with pytest.raises(TypeError) as theirs:
+        KernelDensity().fit(mixed)
+    assert str(ours.value) == str(theirs.value)
+    # names survive save/load; a refit on a plain array forgets them
+    loaded = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(loaded.feature_names_in_, model.feature_names_in_)
+    model.fit(data)
+    assert not hasattr(model, "feature_names_in_")
+
+
+def test_feature_names_pass_scikit_learns_own_check():
+    pytest.importorskip("pandas")
+    pytest.importorskip("sklearn")
+    from sklearn.utils.estimator_checks import check_dataframe_column_names_consistency
+
+    check_dataframe_column_names_consistency("FlowDensity", FlowDensity("maf", **FAST))
+
+
+def test_feature_names_are_saved(data, tmp_path):
+    pd = pytest.importorskip("pandas")
+    from refflow import io
+
+    model = FlowDensity("maf", **FAST).fit(pd.DataFrame(data, columns=["a", "b", "c"]))
+    model.save(tmp_path / "m.npz")
+    loaded = io.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(loaded.feature_names_in_, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="Feature names must be in the same order"):
+        loaded.score_samples(pd.DataFrame(data[:, ::-1], columns=["c", "b", "a"]))
+
+
+# ------------------------------------------------------------------- rows out of range
+def test_rows_out_of_range_score_minus_inf_and_the_others_exactly(fitted, data):
+    # 3000 rows: GEMMs this large do not depend on the number of rows (see test_memory), so
+    # the other rows' scores are bit for bit those of the data without the far rows
+    X = np.tile(data, (10, 1))
+    clean = fitted.score_samples(X)
+    far = X.copy()
+    far[17] = 1e200
+    far[1500, 2] = -1e200
+    good = np.ones(len(X), dtype=bool)
+    good[[17, 1500]] = False
+    with pytest.warns(RuntimeWarning) as caught:
+        scores = fitted.score_samples(far)
+    assert len(caught) == 1
+    assert str(caught[0].message) == (
+        "FlowDensity.score_samples: 2 of 3000 rows lie outside the range where the model's "
+        "log-density is representable in float64 (the first is row 17); their scores are -inf")
+    assert scores[17] == scores[1500] == -np.inf
+    np.testing.assert_array_equal(scores[good], clean[good])
+    np.testing.assert_array_equal(scores[good], fitted.score_samples(X[good]))
+    # chunked passes give the same, and score() is the mean, -inf
+    with pytest.warns(RuntimeWarning):
+        np.testing.assert_array_equal(fitted.score_samples(far, batch_size=700), scores)
+    with pytest.warns(RuntimeWarning, match="2 of 3000 rows"):
+        assert fitted.score(far) == -np.inf
+    # a few rows (a small GEMM): still exactly the scores of the rows without the far one
+    with pytest.warns(RuntimeWarning, match="1 of 4 rows"):
+        few = fitted.score_samples(far[15:19])
+    np.testing.assert_array_equal(few[[0, 1, 3]], fitted.score_samples(far[[15, 16, 18]]))
+
+
+def test_every_row_out_of_range(fitted):
+    with pytest.warns(RuntimeWarning, match="3 of 3 rows"):
+        assert (fitted.score_samples(np.full((3, 3), 1e300)) == -np.inf).all()
+
+
+# ------------------------------------------------------------------- units of the history
+def test_history_records_log_likelihoods_in_the_data_units(data):
+    a = FlowDensity("realnvp", **FAST).fit(data)
+    b = FlowDensity("realnvp", **FAST).fit(data * 8.0)  # the same standardised training
+    assert b.history_.val_nll == a.history_.val_nll
+    assert a.history_.nll_shift == pytest.approx(np.log(a.scale_).sum(), rel=RTOL_EXACT)
+    # log q_8(8 x) = log q(x) - 3 log 8 (three features)
+    np.testing.assert_allclose(b.history_.val_log_likelihood,
+                               np.array(a.history_.val_log_likelihood) - 3 * np.log(8.0),
+                               rtol=RTOL_EXACT)
+    np.testing.assert_allclose(a.history_.train_log_likelihood,
+                               -(np.array(a.history_.train_nll) + a.history_.nll_shift),
+                               rtol=RTOL_EXACT)
+    # older files without nll_shift still load (shift 0)
+    old = a.history_.as_dict()
+    del old["nll_shift"]
+    assert History.from_dict(old).nll_shift == 0.0
+
+
+# ---------------------------------------------------------------------------- progress
+class _Terminal:
+    """A stderr that says it is a terminal."""
+
+    def __init__(self, tty):
+        self.tty, self.text = tty, []
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, text):
+        self.text.append(text)
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def test_progress_auto_is_the_default_and_shows_on_a_terminal_only(data, monkeypatch):
+    assert FlowDensity().progress == "auto"
+    terminal, pipe = _Terminal(True), _Terminal(False)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    model = FlowDensity("maf", **FAST).fit(data)
+    model.score_samples(data)
+    model.sample(500, random_state=0)
+    shown = "".join(terminal.text)
+    assert "fit" in shown and "FlowDensity.score_samples" in shown and "FlowDensity.sample" in shown
+    monkeypatch.setattr(sys, "stderr", pipe)
+    model = FlowDensity("maf", **FAST).fit(data)
+    model.score_samples(data)
+    model.sample(500, random_state=0)
+    assert pipe.text == []
+    # progress=True shows it in a pipe too; False never
+    model.set_params(progress=True).transform(data)
+    assert "FlowDensity.transform" in "".join(pipe.text)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    terminal.text.clear()
+    FlowDensity("maf", **dict(FAST, progress=False)).fit(data).score_samples(data)
+    assert terminal.text == []
+
+
+# -------------------------------------------------------------------------- latent space
+def test_transform_and_inverse_transform(fitted, data):
+    from scipy import stats as st
+
+    Z = fitted.transform(data)
+    assert Z.shape == data.shape
+    np.testing.assert_array_equal(Z, fitted.flow_.bijector.inverse(data)[0])
+    np.testing.assert_allclose(fitted.inverse_transform(Z), data, rtol=1e-10, atol=1e-10)
+    # the density is the base density of z times the Jacobian of x -> z
+    log_det = fitted.flow_.bijector.inverse(data)[1]
+    np.testing.assert_allclose(fitted.score_samples(data),
+                               st.norm.logpdf(Z).sum(axis=1) + log_det, rtol=RTOL_EXACT)
+    np.testing.assert_array_equal(fitted.transform(data, batch_size=7), Z)
+    assert list(fitted.get_feature_names_out()) == ["flowdensity0", "flowdensity1",
+                                                    "flowdensity2"]
+    model = FlowDensity("maf", **FAST)
+    np.testing.assert_array_equal(model.fit_transform(data), model.transform(data))
+    with pytest.raises(ValueError, match="Z has 2 features"):
+        fitted.inverse_transform(Z[:, :2])
+
+
+def test_transform_in_a_pipeline(data):
+    sklearn = pytest.importorskip("sklearn")  # noqa: F841
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipe = make_pipeline(StandardScaler(), FlowDensity("maf", **FAST)).fit(data)
+    assert pipe.transform(data).shape == data.shape
+    assert np.isfinite(pipe.score_samples(data)).all()
+
+
+# ------------------------------------------------------------------------- conditional
+@pytest.fixture(scope="module")
+def conditional():
+    rng = np.random.default_rng(3)
+    c = rng.normal(size=(1500, 1)) * 10.0 + 50.0          # a context in its own units
+    x = np.column_stack([0.3 * (c[:, 0] - 50.0) + 0.2 * rng.normal(size=1500),
+                         rng.normal(size=1500)])
+    model = FlowDensity("maf", n_layers=2, hidden=(16, 16), epochs=30, lr=5e-3,
+                        random_state=0).fit(x, context=c)
+    return model, x, c
+
+
+def test_conditional_fit_score_and_sample(conditional):
+    model, x, c = conditional
+    assert model.n_context_features_in_ == 1
+    np.testing.assert_allclose(model.context_mean_, c.mean(axis=0), rtol=RTOL_EXACT)
+    # the right context explains x much better than a shuffled one
+    shuffled = np.random.default_rng(0).permutation(c)
+    assert model.score(x, context=c) > model.score(x, context=shuffled) + 1.0
+    # samples at c = 60 (standardised +1) centre on x0 = 3, at c = 40 on -3
+    for value, centre in ((60.0, 3.0), (40.0, -3.0)):
+        s = model.sample(2000, random_state=1, context=[value])
+        assert abs(s[:, 0].mean() - centre) < 0.3 and abs(s[:, 1].mean()) < 0.2
+    # one sample per context row; the same rows as a shared context row each
+    rows = model.sample(3, random_state=2, context=[[60.0], [60.0], [60.0]])
+    np.testing.assert_array_equal(rows, model.sample(3, random_state=2, context=[60.0]))
+    Z = model.transform(x, context=c)
+    np.testing.assert_allclose(model.inverse_transform(Z, context=c), x, rtol=1e-10, atol=1e-10)
+
+
+def test_conditional_errors(conditional, data):
+    model, x, c = conditional
+    with pytest.raises(ValueError, match="is conditional .* pass context"):
+        model.score_samples(x)
+    with pytest.raises(ValueError, match="context has 2 rows, but X has 1500"):
+        model.score_samples(x, context=c[:2])
+    with pytest.raises(ValueError, match="context has 2 features, but FlowDensity is expecting 1"):
+        model.sample(3, context=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r"context has 3 rows, but n_samples is 5; give one "
+                                         r"context row per sample, or one row of shape \(1,\)"):
+        model.sample(5, context=c[:3])
+    unconditional = FlowDensity("maf", **FAST).fit(data)
+    with pytest.raises(ValueError, match="fitted without a context"):
+        unconditional.score_samples(data, context=data[:, :1])
+    with pytest.raises(ValueError, match=r"conditional planar, radial and Sylvester flows are "
+                                         r"not supported"):
+        FlowDensity("planar", **FAST).fit(data, context=data[:, :1])
+    with pytest.raises(ValueError, match="context has 10 rows, but X has 300"):
+        FlowDensity("maf", **FAST).fit(data, context=data[:10, :1])
+
+
+def test_conditional_save_load_and_pipeline_routing(conditional, tmp_path):
+    from refflow import io
+
+    model, x, c = conditional
+    model.save(tmp_path / "cond.npz")
+    loaded = io.load(tmp_path / "cond.npz")
+    np.testing.assert_array_equal(loaded.score_samples(x, context=c),
+                                  model.score_samples(x, context=c))
+    np.testing.assert_array_equal(loaded.sample(5, random_state=0, context=[55.0]),
+                                  model.sample(5, random_state=0, context=[55.0]))
+    pytest.importorskip("sklearn")
+    from sklearn.pipeline import Pipeline
+
+    pipe = Pipeline([("flow", FlowDensity("maf", **FAST))]).fit(x, flow__context=c)
+    assert pipe.named_steps["flow"].n_context_features_in_ == 1
+
+
+# -------------------------------------------------------------------------- model files
+def test_save_refuses_a_npy_name_and_a_directory(fitted, tmp_path):
+    with pytest.raises(ValueError, match=r"\.npy name would promise a single array.*use the "
+                                         r"\.npz suffix"):
+        fitted.save(tmp_path / "m.npy")
+    with pytest.raises(IsADirectoryError, match="is a directory; give a file name"):
+        fitted.save(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_of_a_directory_is_one_line(tmp_path):
+    import refflow
+
+    for path in (".", tmp_path):
+        with pytest.raises(IsADirectoryError) as info:
+            refflow.load(path)
+        assert str(info.value) == f"refflow.io.load({str(path)!r}): is a directory, not a model file"

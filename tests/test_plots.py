@@ -7,7 +7,7 @@ import pytest
 
 from refflow import Affine, Flow, StandardNormal
 from refflow.data.potentials import rezende_potential
-from refflow.plots import plot_density_2d, plot_history, plot_samples, save_figure
+from refflow.plots import pair_plot, plot_density_2d, plot_history, plot_samples, save_figure
 
 
 @pytest.fixture
@@ -77,8 +77,9 @@ def test_density_bad_inputs(mpl, flow):
         plot_density_2d(flow, bounds=((1, 0), (0, 1)))
     with pytest.raises(ValueError, match="plot_density_2d: bounds must be \\(\\(x_min"):
         plot_density_2d(flow, bounds=(0, 1))
-    for resolution in (1, 2.5, True, "200"):
-        with pytest.raises(ValueError, match="resolution must be an int >= 2"):
+    for resolution, error in [(1, ValueError), (2.5, TypeError), (True, TypeError),
+                              ("200", TypeError)]:
+        with pytest.raises(error, match="resolution must be an integer"):
             plot_density_2d(flow, resolution=resolution)
     with pytest.raises(ValueError, match="returned shape \\(2,\\) for 100 points"):
         plot_density_2d(lambda x: np.zeros(2), resolution=10)
@@ -145,10 +146,9 @@ def test_history_of_fit(mpl):
         np.testing.assert_array_equal(labelled["train NLL"].get_xdata(), [1, 2, 3, 4])
         np.testing.assert_array_equal(labelled["train NLL"].get_ydata(), history.train_nll)
         np.testing.assert_array_equal(labelled["validation NLL"].get_ydata(), history.val_nll)
-        # the best epoch (0-based 2) is marked at epoch 3
-        marks = [line for line in ax.lines if line.get_label().startswith("_")]
-        assert len(marks) == 1 and list(marks[0].get_xdata()) == [3, 3]
-        assert ax.get_xlabel() == "epoch" and ax.get_title() == "fit"
+        # the best epoch (0-based 2) is marked, and labelled, at epoch 3 (epochs from 1)
+        assert list(labelled["best epoch (3)"].get_xdata()) == [3, 3]
+        assert ax.get_xlabel() == "epoch (from 1)" and ax.get_title() == "fit"
 
 
 def test_history_of_train_fit_if_available(mpl):
@@ -186,6 +186,80 @@ def test_history_bad_inputs(mpl):
         plot_history({"kl": ["a", "b"]})
 
 
+def test_history_in_the_data_units(mpl):
+    # a FlowDensity history: NLLs of the standardised data, drawn shifted to the data's units
+    history = {"train_nll": [2.0, 1.5], "val_nll": [2.1, 1.7], "best_epoch": 1,
+               "nll_shift": -0.75}
+    ax = plot_history(history).axes[0]
+    labelled = {line.get_label(): line for line in ax.lines}
+    np.testing.assert_array_equal(labelled["train NLL"].get_ydata(), [1.25, 0.75])
+    np.testing.assert_array_equal(labelled["validation NLL"].get_ydata(), [1.35, 0.95])
+    assert ax.get_ylabel() == "mean NLL, nats per sample (data units)"
+    with pytest.raises(ValueError, match=r"history\['nll_shift'\] must be a finite number"):
+        plot_history(dict(history, nll_shift=float("inf")))
+
+
+# ----------------------------------------------------------------------------- pair_plot
+def test_pair_plot_grid_histograms_and_scatters(mpl):
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(3000, 3)) * [1.0, 2.0, 0.5]
+    samples = rng.normal(size=(1000, 3))
+    fig = pair_plot(data, samples, names=["a", "b", "c"], bins=15, max_points=500, rng=1,
+                    title="fit")
+    axes = np.array(fig.axes).reshape(3, 3)
+    assert [[ax.axison for ax in row] for row in axes] == [[True, False, False],
+                                                           [True, True, False],
+                                                           [True, True, True]]
+    for i in range(3):
+        lo, hi = data[:, i].min(), data[:, i].max()
+        data_bars, sample_bars = axes[i, i].containers
+        # the bars are the densities of the data, and of the samples in the same bins
+        expected, _ = np.histogram(data[:, i], bins=15, range=(lo, hi), density=True)
+        np.testing.assert_allclose([b.get_height() for b in data_bars], expected, rtol=1e-12)
+        expected, _ = np.histogram(samples[:, i], bins=15, range=(lo, hi), density=True)
+        np.testing.assert_allclose([b.get_height() for b in sample_bars], expected, rtol=1e-12)
+    # a lower panel: column j on x, row i on y; at most max_points rows of each set drawn
+    data_points, sample_points = axes[2, 0].collections
+    offsets = data_points.get_offsets()
+    assert offsets.shape == (500, 2)
+    assert {tuple(p) for p in offsets} <= {tuple(p) for p in data[:, [0, 2]]}
+    assert sample_points.get_offsets().shape == (500, 2)
+    assert [axes[2, j].get_xlabel() for j in range(3)] == ["a", "b", "c"]
+    assert [axes[i, 0].get_ylabel() for i in (1, 2)] == ["b", "c"]
+    assert fig.get_suptitle() == "fit"
+
+
+def test_pair_plot_selects_features_and_draws_into_a_subfigure(mpl):
+    from matplotlib.figure import Figure
+
+    data = np.random.default_rng(0).normal(size=(200, 20))
+    with pytest.raises(ValueError, match="20 features make a 20 x 20 grid; choose at most 12"):
+        pair_plot(data)
+    outer = Figure()
+    left, right = outer.subfigures(1, 2)
+    sub = pair_plot(data, features=[4, 0], figure=right)
+    assert sub is right and len(right.axes) == 4 and len(left.axes) == 0
+    assert right.axes[2].get_xlabel() == "x4" and right.axes[3].get_xlabel() == "x0"
+    single = pair_plot(data[:, :1])
+    assert len(single.axes) == 1 and len(single.axes[0].containers) == 1
+
+
+def test_pair_plot_bad_inputs(mpl):
+    data = np.zeros((5, 3))
+    for kwargs, error, match in [
+        ({"samples": np.zeros((5, 2))}, ValueError, "samples has 2 columns, data has 3"),
+        ({"features": [0, 3]}, ValueError, "distinct column indices below 3"),
+        ({"features": "ab"}, TypeError, "features must be a sequence"),
+        ({"names": ["a"]}, ValueError, "names has 1 entries"),
+        ({"bins": 0}, ValueError, "bins"),
+        ({"figure": "fig"}, TypeError, "figure must be a matplotlib Figure"),
+    ]:
+        with pytest.raises(error, match=match):
+            pair_plot(data, **kwargs)
+    with pytest.raises(ValueError, match="data must be finite"):
+        pair_plot(np.array([[np.nan, 1.0]]))
+
+
 # --------------------------------------------------------------------------- save_figure
 def test_save_figure_writes_png(mpl, tmp_path, flow):
     fig = plot_density_2d(flow, resolution=10)
@@ -204,8 +278,10 @@ def test_save_figure_bad_inputs(mpl, tmp_path, flow):
         save_figure("figure", tmp_path / "x.png")
     with pytest.raises(TypeError, match="path must be a str"):
         save_figure(fig, 3)
-    with pytest.raises(ValueError, match="dpi must be a positive number"):
+    with pytest.raises(ValueError, match="dpi must be a finite positive number"):
         save_figure(fig, tmp_path / "x.png", dpi=0)
+    with pytest.raises(ValueError, match="no known image suffix"):
+        save_figure(fig, tmp_path / "x.npz")
 
 
 # -------------------------------------------------------------------- global state
@@ -227,6 +303,7 @@ def test_no_pyplot_and_no_global_state_change(mpl, flow, tmp_path):
     lambda: plot_samples(np.zeros((3, 2))),
     lambda: plot_history({"kl": [1.0]}),
     lambda: save_figure(object(), "x.png"),
+    lambda: pair_plot(np.zeros((3, 3))),
 ])
 def test_missing_matplotlib_gives_an_install_hint(monkeypatch, call):
     for name in ("matplotlib", "matplotlib.axes", "matplotlib.figure",

@@ -21,10 +21,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import refflow.splines as splines_module
+import refflow.bijectors.spline_core as spline_core
+import refflow.kernels.splines as spline_kernels
 from refflow.bijectors.spline_maps import (
     SPLINE_MAPS, _interior_cumsum_vjp, _softmax_vjp, get_spline_map,
 )
+from refflow.kernels import MIN_PER_THREAD, fast_paths
 from refflow.kernels.splines import rqs_forward, rqs_forward_vjp, rqs_inverse, rqs_inverse_vjp
 from refflow.splines import rational_quadratic_spline, rational_quadratic_spline_vjp
 from refflow.testing import assert_vjp
@@ -37,7 +39,7 @@ RTOL_EXACT = 1e-14
 RTOL_PARITY = 1e-13
 #: Knots a few ulps apart, amplified by the spline's conditioning (module docstring).
 RTOL_VALUE = 1e-12
-#: The same over many seeds: the reference kernels vs the map path reach 5.3e-12 (20 seeds x
+#: The same over many seeds: the scalar kernels vs the map path reach 5.3e-12 (20 seeds x
 #: 4000 elements, inverse cotangents); see test_fused_vs_map_path.
 RTOL_VALUE_SEEDS = 1e-11
 #: Round trips, relative to the conditioning factor dx/dy.
@@ -104,11 +106,12 @@ def _spline_vjp(inverse, **kwargs):
     return vjp
 
 
-@pytest.fixture(params=[True, False], ids=["fused", "map+kernel"])
-def path(request, monkeypatch):
-    """Run a functional test on both the fused kernels and the map + generic kernels."""
-    monkeypatch.setattr(splines_module, "_FUSED", request.param)
-    return request.param
+@pytest.fixture(params=[True, False], ids=["fused", "reference"])
+def path(request):
+    """Run a functional test on both the fused kernels and the reference path (the NumPy map
+    and the NumPy twins of the knot kernels)."""
+    with fast_paths(request.param, paths=["splines"]):
+        yield request.param
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,8 +492,8 @@ def test_tails_identity(rng, path):
         assert all(not b.any() for b in param_bars)
 
 
-def test_tails_exact_identity_on_fused_path(rng, monkeypatch):
-    monkeypatch.setattr(splines_module, "_FUSED", True)
+@fast_paths(True, paths=["splines"])
+def test_tails_exact_identity_on_fused_path(rng):
     x = np.concatenate([-3.0 - rng.exponential(5, 100), 3.0 + rng.exponential(5, 100)])
     params = _durkan_params(rng, 200)
     for inverse in (False, True):
@@ -633,13 +636,11 @@ def _libm_knots(u, m):
 def test_fused_equals_generic_kernels_on_the_same_knots(rng, monkeypatch, inverse, scale):
     """Given bitwise-identical knots, the fused kernels reproduce the generic kernels and the
     map's pullback (they share the per-bin helpers; only summation orders differ)."""
-    monkeypatch.setattr(splines_module, "_FUSED", True)
-    # libm's exp gives these knots bit for bit only in the reference fused kernels; the fast
+    # libm's exp gives these knots bit for bit only in the scalar fused kernels; the block
     # ones (vectorised exp, within 1 ulp) are held to them in tests/test_spline_speed_paths.py
-    from refflow.kernels import durkan
     for name in ("forward", "inverse", "forward_vjp", "inverse_vjp"):
-        monkeypatch.setattr(splines_module, f"rqs_durkan_{name}",
-                            getattr(durkan, f"rqs_durkan_{name}_reference"))
+        monkeypatch.setattr(spline_core, f"rqs_durkan_{name}",
+                            getattr(spline_kernels, f"rqs_durkan_{name}_scalar"))
     n = 3000
     m = get_spline_map("durkan", n_bins=K)
     x = rng.uniform(-3.3, 3.3, n)
@@ -651,7 +652,8 @@ def test_fused_equals_generic_kernels_on_the_same_knots(rng, monkeypatch, invers
     inside = np.abs(x) <= 3.0
     out, ld = np.empty(n), np.empty(n)
     (rqs_inverse if inverse else rqs_forward)(x, xk, yk, dk, out, ld)
-    y_f, ld_f, pullback = rational_quadratic_spline_vjp(x, uw, uh, ud, inverse=inverse)
+    with fast_paths(True, paths=["splines"]):
+        y_f, ld_f, pullback = rational_quadratic_spline_vjp(x, uw, uh, ud, inverse=inverse)
     assert _rel(y_f[inside], out[inside]) <= RTOL_PARITY
     assert _rel(ld_f[inside], ld[inside]) <= RTOL_PARITY
     y_bar, ld_bar = rng.standard_normal(n), rng.standard_normal(n)
@@ -690,20 +692,19 @@ def test_fused_vs_map_path(rng, monkeypatch, inverse):
     params = _durkan_params(rng, n)
     out = {}
     for fused in (True, False):
-        monkeypatch.setattr(splines_module, "_FUSED", fused)
-        y, ld, pullback = rational_quadratic_spline_vjp(x, *params, inverse=inverse)
-        out[fused] = (y, ld, *pullback(np.ones(n), np.ones(n)))
-    # The fast fused kernels' own exp (within 1 ulp of libm's) moves the knots as much as
-    # NumPy's does. The libm-based reference kernels meet RTOL_VALUE on this seed, but reach
-    # 5.3e-12 over 20 seeds (a few steep elements, |a - b| / max(1, |b|) on cotangents), as do
-    # the fast ones (5.3e-12, on other elements): so the fast path is held to the reference's
-    # worst over seeds, RTOL_VALUE_SEEDS.
-    from refflow.kernels import durkan
-    monkeypatch.setattr(splines_module, "_FUSED", True)
+        with fast_paths(fused, paths=["splines"]):
+            y, ld, pullback = rational_quadratic_spline_vjp(x, *params, inverse=inverse)
+            out[fused] = (y, ld, *pullback(np.ones(n), np.ones(n)))
+    # The block kernels' own exp (within 1 ulp of libm's) moves the knots as much as NumPy's
+    # does. The libm-based scalar kernels meet RTOL_VALUE on this seed, but reach 5.3e-12 over
+    # 20 seeds (a few steep elements, |a - b| / max(1, |b|) on cotangents), as do the block
+    # ones (5.3e-12, on other elements): so the fast path is held to the scalar kernels' worst
+    # over seeds, RTOL_VALUE_SEEDS.
     for name in ("forward", "inverse", "forward_vjp", "inverse_vjp"):
-        monkeypatch.setattr(splines_module, f"rqs_durkan_{name}",
-                            getattr(durkan, f"rqs_durkan_{name}_reference"))
-    y, ld, pullback = rational_quadratic_spline_vjp(x, *params, inverse=inverse)
+        monkeypatch.setattr(spline_core, f"rqs_durkan_{name}",
+                            getattr(spline_kernels, f"rqs_durkan_{name}_scalar"))
+    with fast_paths(True, paths=["splines"]):
+        y, ld, pullback = rational_quadratic_spline_vjp(x, *params, inverse=inverse)
     reference = (y, ld, *pullback(np.ones(n), np.ones(n)))
     for a, b, r in zip(out[True], out[False], reference):
         assert _rel(r, b) <= RTOL_VALUE
@@ -711,7 +712,7 @@ def test_fused_vs_map_path(rng, monkeypatch, inverse):
 
 
 def test_threads_give_identical_results(rng, monkeypatch, path):
-    n = 4 * splines_module._MIN_PER_THREAD + 17
+    n = 4 * MIN_PER_THREAD + 17
     x = rng.uniform(-3.3, 3.3, n)
     params = _durkan_params(rng, n)
     results = []

@@ -452,7 +452,8 @@ def test_history_as_dict_and_repr():
     d = history.as_dict()
     assert json.loads(json.dumps(d)) == d
     assert set(d) == {"train_nll", "val_nll", "epoch_time", "best_epoch", "stopped_early",
-                      "stop_reason", "wall_time", "n_steps"}
+                      "stop_reason", "wall_time", "n_steps", "nll_shift"}
+    assert d["nll_shift"] == 0.0  # refflow.fit's NLLs are in the units of the data it was given
     assert len(d["train_nll"]) == len(d["val_nll"]) == len(d["epoch_time"]) == 3
     assert d["n_steps"] == 9 and d["wall_time"] >= sum(d["epoch_time"]) > 0
     text = repr(history)
@@ -503,16 +504,16 @@ BAD = [
      "validation x is empty"),
     ("validation context unconditional", _X, {"validation_data": (_X, np.zeros((20, 1)))},
      ValueError, "unconditional"),
-    ("epochs 0", _X, {"epochs": 0}, ValueError, "epochs must be an int >= 1"),
-    ("epochs float", _X, {"epochs": 2.0}, ValueError, "epochs"),
-    ("epochs bool", _X, {"epochs": True}, ValueError, "epochs"),
+    ("epochs 0", _X, {"epochs": 0}, ValueError, "epochs must be a positive integer"),
+    ("epochs float", _X, {"epochs": 2.0}, TypeError, "epochs"),
+    ("epochs bool", _X, {"epochs": True}, TypeError, "epochs"),
     ("batch_size 0", _X, {"batch_size": 0}, ValueError, "batch_size"),
     ("batch_size -1", _X, {"batch_size": -1}, ValueError, "batch_size"),
     ("patience 0", _X, {"patience": 0}, ValueError, "patience"),
     ("fraction 1", _X, {"validation_fraction": 1.0}, ValueError, "validation_fraction"),
     ("fraction negative", _X, {"validation_fraction": -0.1}, ValueError, "validation_fraction"),
     ("fraction nan", _X, {"validation_fraction": float("nan")}, ValueError, "validation_fraction"),
-    ("fraction bool", _X, {"validation_fraction": False}, ValueError, "validation_fraction"),
+    ("fraction bool", _X, {"validation_fraction": False}, TypeError, "validation_fraction"),
     ("too few rows", _X[:1], {"validation_fraction": 0.1}, ValueError, "too few rows"),
     ("optimizer other params", _X, lambda f: {"optimizer": _other_params_optimizer(f)},
      ValueError, "not the flow's parameters"),
@@ -528,8 +529,8 @@ BAD = [
     ("schedule no step", _X, {"lr_schedule": 3}, TypeError, "lr_schedule"),
     ("schedule foreign", _X, lambda f: {"lr_schedule": _foreign_schedule(f)}, ValueError,
      "another optimizer"),
-    ("restore_best", _X, {"restore_best": "yes"}, ValueError, "restore_best"),
-    ("progress", _X, {"progress": "yes"}, ValueError, "progress"),
+    ("restore_best", _X, {"restore_best": "yes"}, TypeError, "restore_best"),
+    ("progress", _X, {"progress": "yes"}, TypeError, "progress"),
     ("callback", _X, {"callback": 3}, TypeError, "callback must be callable"),
     ("rng negative", _X, {"rng": -1}, ValueError, "seed must be non-negative"),
     ("rng string", _X, {"rng": "0"}, ValueError, "rng must be"),

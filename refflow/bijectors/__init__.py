@@ -4,7 +4,9 @@ from ..io.spec import register
 from .base import Bijector, Chain, Inverse
 from .elementwise import Affine, Exp, LeakyReLU, Logit, Sigmoid, Softplus, Tanh
 from .autoregressive import MaskedAffineAutoregressive
+from .block_neural import BlockNeuralAutoregressive
 from .coupling import AdditiveCoupling, AffineCoupling
+from .gaussianization import Gaussianization
 from .linear import Householder, LULinear, Permute, Reverse
 from .normalization import ActNorm, BatchNorm
 from .planar import Planar, Radial, Sylvester
@@ -21,6 +23,7 @@ __all__ = [
     "Planar", "Radial", "Sylvester",
     "AdditiveCoupling", "AffineCoupling", "MaskedAffineAutoregressive",
     "RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive",
+    "BlockNeuralAutoregressive", "Gaussianization",
     "NeuralAutoregressive", "MaskedMonotonicAutoregressive",
     "UnconstrainedMonotonicAutoregressive", "SumOfSquaresAutoregressive",
     "BernsteinAutoregressive",

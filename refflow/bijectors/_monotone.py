@@ -30,7 +30,8 @@ raises: where a map is too flat to be evaluated at the solution (slopes ~1e-60 a
 saturated sigmoids), ``x`` would otherwise be silently wrong. Worst case: ~1100 doublings before ``x`` would overflow (then a ``ValueError``
 naming the layer) and ~2100 bisections in float64 (``2^1024`` down to subnormal spacings;
 ~280 in float32); typically 1-3 expansion steps and 4-7 Newton steps. The sigmoidal,
-polynomial and Bernstein transformers solve in the numba kernel ``monotone_solve``; the
+polynomial and Bernstein transformers solve in the numba kernel ``monotone_solve`` (its NumPy
+twin on the reference path ``monotone`` of :func:`refflow.kernels.fast_paths`); the
 network transformers (batched products) in its vectorised twin :func:`solve_increasing`, with
 every row evaluated at every step so that each row's result does not depend on the others.
 
@@ -59,11 +60,11 @@ differentiation through the iterations anywhere.
 
 import numpy as np
 
+from .._math import log_sigmoid, sigmoid, softplus
 from .._validation import check_dim
-from ..kernels import NUMBA_DISABLED
+from ..kernels import use_fast_paths
 from ..kernels.monotone import monotone_solve, monotone_solve_numpy, solve_increasing
 from ..nn import MADE
-from ..nn._incremental import made_sample
 from ..params import ParamDict, prefixed
 from .autoregressive import fixed_point_adjoint
 from .base import Bijector
@@ -71,33 +72,12 @@ from .base import Bijector
 __all__ = ["MonotoneAutoregressive", "TransformerDomainError", "solve_increasing", "kernel_solve",
            "softplus", "log_sigmoid", "sigmoid", "logsumexp", "uniform_init"]
 
-#: Solve the elementwise transformers (DSF, SOS, Bernstein) with the numba kernel; False (or
-#: numba disabled) runs its NumPy twin, the reference the parity tests compare it with.
-_KERNELS = not NUMBA_DISABLED
-
 _FAILURES = {1: "the map is NaN", 2: "the target is beyond the map's range",
              3: "no convergence"}
 
 
-
 # --------------------------------------------------------------------------- stable helpers
-def softplus(a):
-    """``log(1 + e^a)`` without overflow (``logaddexp(0, a)``), in the dtype of ``a``."""
-    return np.logaddexp(a.dtype.type(0), a)
-
-
-def sigmoid(a):
-    """``1 / (1 + e^-a)`` without overflow."""
-    from scipy.special import expit
-
-    return expit(a)
-
-
-def log_sigmoid(a):
-    """``log sigmoid(a) = -softplus(-a)``, exact for ``|a|`` up to float's range."""
-    return -np.logaddexp(a.dtype.type(0), -a)
-
-
+# softplus, sigmoid and log_sigmoid are refflow._math's (re-exported for the two layer modules)
 def logsumexp(v, axis):
     """``(log sum_k e^{v_k}, softmax(v))`` along ``axis``; ``-inf`` entries contribute 0.
 
@@ -119,13 +99,14 @@ def uniform_init(rng, shape, fan_in):
 def kernel_solve(kind, z, params, scale, x0, lo=None, hi=None, units=0, n_layers=0,
                  where="kernel_solve"):
     """``x`` with ``f(x; params) = z`` row by row, by :func:`refflow.kernels.monotone.monotone_solve`
-    (its NumPy twin when ``_KERNELS`` is False); ``ValueError`` naming ``where`` on failure."""
+    (its NumPy twin on the reference path: ``refflow.kernels.fast_paths(False,
+    paths=["monotone"])``); ``ValueError`` naming ``where`` on failure."""
     dt = z.dtype.type
     m = z.shape[0]
     x = np.empty_like(z)
     status = np.zeros(m, dtype=np.int64)
     bracketed = lo is not None
-    solve = monotone_solve if _KERNELS else monotone_solve_numpy
+    solve = monotone_solve if use_fast_paths("monotone") else monotone_solve_numpy
     solve(kind, z, np.ascontiguousarray(params, dtype=z.dtype), dt(scale), int(units),
           int(n_layers), np.ascontiguousarray(x0, dtype=z.dtype), lo if bracketed else z,
           hi if bracketed else z, bracketed, x, status)
@@ -159,22 +140,23 @@ def made_solve_in_order(made, z, context, solve, sampling_order):
     """Fix the coordinates in degree order: ``x_i = solve(i, z_i, theta_i)``.
 
     ``solve(i, z_i, theta_i)`` gets coordinate ``i``, its targets ``(m,)`` and MADE outputs
-    ``(m, n_params)`` (final: they depend only on the coordinates already fixed). The plain
-    MADE runs the incremental evaluation of :mod:`refflow.nn._incremental` (each hidden unit
-    once), which calls back coordinate by coordinate in degree order for each row chunk; other
-    conditioners run ``dim`` sequential full passes.
+    ``(m, n_params)`` (final: they depend only on the coordinates already fixed). With the
+    ``sampling`` fast path, a plain MADE runs its degree-ordered incremental evaluation
+    (``MADE._sample``: each hidden unit once), which calls back once per coordinate in degree
+    order for each row chunk; otherwise (the reference, or another conditioner) ``dim``
+    sequential full passes, each coordinate solved once.
     """
     dim = made.dim
-    if type(made) is MADE:
+    if type(made) is MADE and use_fast_paths("sampling"):
         calls = [0]
 
         def sample_coordinate(z_i, out_i):
-            # made_sample calls this for k = 0..dim-1 in turn, once per row chunk
+            # MADE._sample calls this for k = 0..dim-1 in turn, once per row chunk
             i = int(sampling_order[calls[0] % dim])
             calls[0] += 1
             return solve(i, z_i, out_i)
 
-        return made_sample(made, z, context, sample_coordinate, sampling_order)[0]
+        return made._sample(z, context, sample_coordinate)[0]
     x = np.zeros_like(z)
     for i in sampling_order:
         out = made._forward(x, context)

@@ -12,21 +12,25 @@ The Jacobian is triangular in the order, so ``log|det dx/dz| = sum_i log_scale_i
 multiplies in the density direction instead, as in zuko and nflows:
 ``z_i = x_i * exp(log_scale_i(x_<i)) + mu_i(x_<i)``, ``log|det dz/dx| = sum_i log_scale_i``. The
 density direction is one MADE pass. The sampling direction fixes the coordinates in degree order
-(step ``k`` the coordinate of degree ``k + 1``) by a degree-ordered incremental evaluation of the
-MADE (:mod:`refflow.nn._incremental`): a hidden unit of degree ``k`` depends only on the inputs of
-degree ``<= k``, so each is computed exactly once, as soon as those are known -- about the cost
-of one MADE pass instead of ``dim``. The reference, ``dim`` sequential full passes, is kept as
-``_sample_passes_reference``; the two agree to round-off (summation order).
+(step ``k`` the coordinate of degree ``k + 1``) through the conditioner's ``_sample``: for a
+``MADE`` a degree-ordered incremental evaluation (:mod:`refflow.nn._incremental`): a hidden unit
+of degree ``k`` depends only on the inputs of degree ``<= k``, so each is computed exactly once,
+as soon as those are known -- about the cost of one MADE pass instead of ``dim``. The reference,
+``dim`` sequential full passes, runs inside ``refflow.kernels.fast_paths(False)``; the two agree
+to round-off (summation order).
+
+:class:`MaskedAutoregressiveBase` holds the passes of every masked autoregressive layer; a
+subclass gives the elementwise map of the coordinates, ``_transform`` (the spline layer of
+:mod:`refflow.bijectors.splines` is one).
 """
 
 import numpy as np
 
 from .._validation import check_dim
 from ..nn import MADE
-from ..nn._incremental import made_sample
 from ..params import prefixed
 from .base import Bijector
-from .scale_maps import get_scale_map
+from .scale_maps import affine_map, affine_value, get_scale_map
 
 __all__ = ["MaskedAffineAutoregressive"]
 
@@ -54,11 +58,19 @@ def fixed_point_adjoint(x_bar, step, max_steps):
     return lam, aux, made_result
 
 
-class _MaskedAutoregressive(Bijector):
-    """Shared by the masked autoregressive layers: the MADE, context, parameters and the
-    sequential sampling (incremental, and the reference passes). Subclasses give
-    ``_sample_coordinate(z_i, out_i) -> x_i`` (the elementwise map of coordinate ``i`` in the
-    sampling direction, from its conditioner outputs)."""
+class MaskedAutoregressiveBase(Bijector):
+    """A masked autoregressive layer: the MADE, the context and the two passes.
+
+    A subclass gives the elementwise map of the coordinates, :meth:`_transform`, from the
+    MADE's ``n_params`` outputs per coordinate; the passes here do the rest:
+
+    - density direction (``inverse``): one MADE pass at ``x``, the map, and in the pullback
+      the map's cotangents through the MADE (added to the map's own ``x_bar``);
+    - sampling direction (``forward``): the conditioner's ``_sample`` fixes ``x`` coordinate
+      by coordinate, one full MADE pass at that ``x`` gives the final outputs, the map (with
+      ``sampled=x``) gives the result and the log-det; the pullback solves the adjoint of the
+      fixed point ``x = G(x) = map(z; MADE(x))`` (:func:`fixed_point_adjoint`).
+    """
 
     def __init__(self, dim, n_params, hidden, order, hidden_degrees, activation, context_dim,
                  zero_last, rng):
@@ -71,12 +83,15 @@ class _MaskedAutoregressive(Bijector):
                          context_features=context_dim or 0, zero_last=zero_last, rng=rng)
         super().__init__(dim)
         self.context_dim = context_dim
-        # Coordinate fixed by sampling pass k: the input of degree k + 1.
-        self._sampling_order = np.argsort(self.made.input_degrees, kind="stable")
 
     @property
     def params(self):
         return prefixed([("made", self.made.params)])
+
+    @property
+    def _sampling_order(self):
+        """Coordinate fixed by sampling step ``k``: the input of degree ``k + 1``."""
+        return self.made._sampling_order()
 
     def _config(self):
         """The MADE's structure, with its order and (unless deterministic) hidden degrees
@@ -89,53 +104,64 @@ class _MaskedAutoregressive(Bijector):
                 "hidden_degrees": degrees, "activation": made.activation,
                 "context_dim": self.context_dim}
 
-    def _finish(self, in_bar, made_result, context):
-        grads = {f"made.{k}": g for k, g in made_result[1].items()}
-        return (in_bar, grads) if context is None else (in_bar, grads, made_result[2])
+    def _transform(self, direction, v, out, vjp, sampled=None):
+        """The elementwise map of every coordinate in ``direction`` from the MADE's outputs.
 
-    def _sample_incremental(self, z, context):
-        """``(x, out)``: every coordinate of ``x`` and MADE's (final) outputs at ``x``, by the
-        degree-ordered incremental evaluation of :mod:`refflow.nn._incremental` (each hidden unit
-        computed once, about the cost of one MADE pass). A conditioner other than a plain
-        ``MADE`` (the nflows importer's subclass) runs the reference passes instead."""
-        if type(self.made) is not MADE:
-            return self._sample_reference(z, context)
-        return made_sample(self.made, z, context, self._sample_coordinate, self._sampling_order)
-
-    def _sample_passes(self, z, context):
-        """``x`` with every coordinate that feeds an output fixed (here: every coordinate), so
-        that ``made._forward(x, context)`` gives the final outputs."""
-        return self._sample_incremental(z, context)[0]
-
-    def _sample_reference(self, z, context):
-        """``(x, out)`` as ``_sample_incremental`` returns them, by the reference passes: the
-        ``dim - 1`` sequential passes, one more for the final outputs, then every coordinate
-        (the last one too) from them."""
-        x = self._sample_passes_reference(z, context)
-        out = self.made._forward(x, context)
-        for i in range(self.dim):
-            x[:, i] = self._sample_coordinate(np.ascontiguousarray(z[:, i]),
-                                              np.ascontiguousarray(out[:, i]))
-        return x, out
-
-    def _sample_passes_reference(self, z, context):
-        """The reference: the first ``dim - 1`` sequential full MADE passes, every coordinate
-        but the last in the order (which feeds no output and is left 0).
-
-        The last pass (done by the caller) sees every coordinate any output depends on, since
-        the last coordinate in the order feeds no output: its MADE outputs are all final, and
-        its residuals serve the pullback. Kept to test the incremental evaluation against.
+        ``v`` is ``(n, dim)`` (or one coordinate's ``(m,)``), ``out`` the MADE's outputs for it,
+        ``(n, dim, n_params)`` (or ``(m, n_params)``). ``sampled`` (forward only) is the
+        sampler's ``x``, which the map may return as its result. Returns ``(y, log_det,
+        pullback)``, ``log_det`` summed over the last axis, and when ``vjp``
+        ``pullback(y_bar, log_det_bar) -> (v_bar, out_bar)`` (``out_bar`` shaped as ``out``).
         """
-        x = np.zeros_like(z)
-        weights = self.made._weights(z.dtype)  # masked and cast once, not once per pass
-        for i in self._sampling_order[:-1]:
-            out = self.made._forward(x, context, weights)
-            x[:, i] = self._sample_coordinate(np.ascontiguousarray(z[:, i]),
-                                              np.ascontiguousarray(out[:, i]))
-        return x
+        raise NotImplementedError(f"{type(self).__name__} does not implement _transform")
+
+    def _sample_coordinate(self, z_i, out_i):
+        """``x_i`` from ``z_i`` ``(m,)`` and its MADE outputs ``out_i`` ``(m, n_params)``: the
+        sampling direction's map of one coordinate (called ``dim`` times per sampling pass;
+        a subclass may give a cheaper value-only form)."""
+        return self._transform("forward", z_i, out_i, False)[0]
+
+    def _finish(self, in_bar, made_result):
+        return in_bar, {f"made.{k}": g for k, g in made_result[1].items()}, made_result[2]
+
+    def _inverse_pass(self, x, context, vjp):
+        if not vjp:
+            out = self.made._forward(x, context)
+            z, log_det, _ = self._transform("inverse", x, out, False)
+            return z, log_det, None
+        out, made_pullback = self.made._vjp(x, context)
+        z, log_det, transform_pullback = self._transform("inverse", x, out, True)
+
+        def pullback(z_bar, log_det_bar):
+            x_bar, out_bar = transform_pullback(z_bar, log_det_bar)
+            made_result = made_pullback(out_bar)
+            return self._finish(x_bar + made_result[0], made_result)
+
+        return z, log_det, pullback
+
+    def _forward_pass(self, z, context, vjp):
+        x_s = self.made._sample(z, context, self._sample_coordinate)[0]
+        if not vjp:
+            out = self.made._forward(x_s, context)
+            x, log_det, _ = self._transform("forward", z, out, False, sampled=x_s)
+            return x, log_det, None
+        out, made_pullback = self.made._vjp(x_s, context)  # x_s is its residual: not returned
+        x, log_det, transform_pullback = self._transform("forward", z, out, True, sampled=x_s)
+        max_steps = self.dim
+
+        def pullback(x_bar, log_det_bar):
+            def step(lam):
+                z_bar, out_bar = transform_pullback(lam, log_det_bar)
+                return z_bar, made_pullback(out_bar)
+
+            # lambda = x_bar + (dG/dx)^T lambda + (d log_det/dx)^T g: exact in <= dim steps
+            _, z_bar, made_result = fixed_point_adjoint(x_bar, step, max_steps)
+            return self._finish(z_bar, made_result)
+
+        return x, log_det, pullback
 
 
-class MaskedAffineAutoregressive(_MaskedAutoregressive):
+class MaskedAffineAutoregressive(MaskedAutoregressiveBase):
     r"""Masked autoregressive affine layer (MAF), ``x_i = z_i exp(l(u_i)) + mu_i``.
 
     Parameters
@@ -183,7 +209,7 @@ class MaskedAffineAutoregressive(_MaskedAutoregressive):
     ``k`` are computed once, at step ``k``, from the units of degree ``<= k`` below (every
     weight matrix sorted by degree, blocked GEMMs over row chunks), so sampling costs about one
     MADE pass plus ``dim`` small steps, not ``dim`` passes; it agrees with the reference
-    (``dim`` sequential full passes, ``_sample_passes_reference``) to round-off. ``x`` is the
+    (``dim`` sequential full passes, ``MADE._sample_passes``) to round-off. ``x`` is the
     sampler's; ``log_det = sum_i l(u_i)`` comes from one full MADE pass at ``x``, the very
     computation of ``inverse(x)``, so the two log-dets are exact negatives bit for bit; that
     pass's residuals serve the pullback.
@@ -245,13 +271,12 @@ class MaskedAffineAutoregressive(_MaskedAutoregressive):
                              f"{list(_SCALE_SIDES)}, got {scale_side!r}")
         self.scale = scale
         self.scale_side = scale_side
-        self._density = scale_side == "density"
         super().__init__(dim, 2, hidden, order, hidden_degrees, activation, context_dim,
                          zero_last, rng)
 
     def __repr__(self):
         extra = "" if self.context_dim is None else f", context_dim={self.context_dim}"
-        if self._density:
+        if self.scale_side == "density":
             extra = f", scale_side='density'{extra}"
         return (f"MaskedAffineAutoregressive(dim={self.dim}, hidden={tuple(self.made.hidden)}, "
                 f"scale={self.scale!r}{extra})")
@@ -259,126 +284,24 @@ class MaskedAffineAutoregressive(_MaskedAutoregressive):
     def _config(self):
         return dict(super()._config(), scale=self.scale, scale_side=self.scale_side)
 
-    # ----------------------------------------------------------------- density direction
-    def _inverse_vjp(self, x, context=None):
-        if self._density:
-            return self._density_inverse_vjp(x, context)
-        out, made_pullback = self.made._vjp(x, context)
-        mu, u = out[..., 0], out[..., 1]
-        log_scale, dlog_scale = self._scale_map(u)
-        inv_scale = np.exp(-log_scale)
-        z = (x - mu) * inv_scale
-        log_det = -log_scale.sum(axis=1)
-
-        def pullback(z_bar, log_det_bar):
-            direct = z_bar * inv_scale
-            head = np.empty(out.shape, dtype=x.dtype)
-            head[..., 0] = -direct
-            head[..., 1] = (-z_bar * z - log_det_bar[:, None]) * dlog_scale
-            made_result = made_pullback(head)
-            return self._finish(direct + made_result[0], made_result, context)
-
-        return z, log_det, pullback
-
-    def _inverse(self, x, context=None):
-        out = self.made._forward(x, context)
-        log_scale, _ = self._scale_map(out[..., 1])
-        if self._density:
-            return x * np.exp(log_scale) + out[..., 0], log_scale.sum(axis=1)
-        return (x - out[..., 0]) * np.exp(-log_scale), -log_scale.sum(axis=1)
-
-    # ----------------------------------------------------------------- sampling direction
-    def _density_inverse_vjp(self, x, context):
-        """``scale_side="density"``: ``z = x e + mu``, ``log_det = sum l`` (class Notes)."""
-        out, made_pullback = self.made._vjp(x, context)
-        log_scale, dlog_scale = self._scale_map(out[..., 1])
-        scale = np.exp(log_scale)
-        z = x * scale + out[..., 0]
-        log_det = log_scale.sum(axis=1)
-        xs = x * scale  # dz/dl
-
-        def pullback(z_bar, log_det_bar):
-            head = np.empty(out.shape, dtype=x.dtype)
-            head[..., 0] = z_bar
-            head[..., 1] = (z_bar * xs + log_det_bar[:, None]) * dlog_scale
-            made_result = made_pullback(head)
-            return self._finish(z_bar * scale + made_result[0], made_result, context)
-
-        return z, log_det, pullback
-
     def _sample_coordinate(self, z_i, out_i):
-        log_scale, _ = self._scale_map(out_i[:, 1])
-        if self._density:
-            return (z_i - out_i[:, 0]) * np.exp(-log_scale)
-        return z_i * np.exp(log_scale) + out_i[:, 0]
+        return affine_value("forward", self.scale_side, z_i, out_i[:, 0],
+                            self._scale_map(out_i[:, 1])[0])
 
-    def _forward(self, z, context=None):
-        # x is the incremental sampler's (each coordinate from its own final outputs); the
-        # log-det comes from one full MADE pass at x, the very computation of inverse(x), so
-        # the two log-dets are exact negatives bit for bit (DESIGN.md). The sampler's outputs
-        # agree with that pass only to round-off (another summation order). One density pass.
-        x, _ = self._sample_incremental(z, context)
-        return x, self._log_det_at(x, context)
-
-    def _log_det_at(self, x, context):
-        log_scale, _ = self._scale_map(self.made._forward(x, context)[..., 1])
-        return -log_scale.sum(axis=1) if self._density else log_scale.sum(axis=1)
-
-    def _forward_reference(self, z, context=None):
-        """The reference sampling pass: ``dim - 1`` sequential MADE passes plus the last one."""
-        x = self._sample_passes_reference(z, context)
-        out = self.made._forward(x, context)  # the last pass: every mu, u is final
-        log_scale, _ = self._scale_map(out[..., 1])
-        if self._density:
-            return (z - out[..., 0]) * np.exp(-log_scale), -log_scale.sum(axis=1)
-        return z * np.exp(log_scale) + out[..., 0], log_scale.sum(axis=1)
-
-    def _forward_vjp(self, z, context=None):
-        if self._density:
-            return self._density_forward_vjp(z, context)
-        x_s = self._sample_passes(z, context)
-        out, made_pullback = self.made._vjp(x_s, context)  # x_s is its residual: not returned
+    def _transform(self, direction, v, out, vjp, sampled=None):
+        # The side picks the formula of each direction (refflow.bijectors.scale_maps). In the
+        # sampling direction x is the sampler's, as the pass returns it (class Notes).
         log_scale, dlog_scale = self._scale_map(out[..., 1])
-        scale = np.exp(log_scale)
-        x = x_s.copy()  # the sampler's x, as _forward returns
-        log_det = log_scale.sum(axis=1)
-        zs = z * scale  # dx/dl, the sensitivity of x to its own log-scale
-        max_steps = self.dim
+        if sampled is not None and vjp:
+            sampled = sampled.copy()  # the MADE pass's residual: the caller gets its own copy
+        y, log_det, affine_pullback = affine_map(direction, self.scale_side)(
+            v, out[..., 0], log_scale, dlog_scale, vjp, out=sampled)
+        if not vjp:
+            return y, log_det, None
 
-        def pullback(x_bar, log_det_bar):
-            def head(lam):
-                h = np.empty(out.shape, dtype=z.dtype)
-                h[..., 0] = lam
-                h[..., 1] = (lam * zs + log_det_bar[:, None]) * dlog_scale
-                return h
+        def pullback(y_bar, log_det_bar):
+            out_bar = np.empty(out.shape, dtype=v.dtype)
+            v_bar, out_bar[..., 0], out_bar[..., 1] = affine_pullback(y_bar, log_det_bar)
+            return v_bar, out_bar
 
-            # lambda = x_bar + A^T lambda + (d log_det/dx)^T g, A nilpotent: exact in <= dim steps
-            lam, _, made_result = fixed_point_adjoint(
-                x_bar, lambda lam: (None, made_pullback(head(lam))), max_steps)
-            return self._finish(lam * scale, made_result, context)
-
-        return x, log_det, pullback
-
-    def _density_forward_vjp(self, z, context):
-        """``scale_side="density"`` sampling: ``x = (z - mu) / e``, ``log_det = -sum l``; the
-        fixed-point adjoint with heads ``mu_bar = -lambda / e``, ``l_bar = -lambda x - g``."""
-        x_s = self._sample_passes(z, context)
-        out, made_pullback = self.made._vjp(x_s, context)  # x_s is its residual: not returned
-        log_scale, dlog_scale = self._scale_map(out[..., 1])
-        inv_scale = np.exp(-log_scale)
-        x = x_s.copy()  # the sampler's x, as _forward returns
-        log_det = -log_scale.sum(axis=1)
-        max_steps = self.dim
-
-        def pullback(x_bar, log_det_bar):
-            def head(lam):
-                h = np.empty(out.shape, dtype=z.dtype)
-                h[..., 0] = -lam * inv_scale
-                h[..., 1] = (-lam * x - log_det_bar[:, None]) * dlog_scale
-                return h
-
-            lam, _, made_result = fixed_point_adjoint(
-                x_bar, lambda lam: (None, made_pullback(head(lam))), max_steps)
-            return self._finish(lam * inv_scale, made_result, context)
-
-        return x, log_det, pullback
+        return y, log_det, pullback

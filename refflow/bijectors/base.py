@@ -10,19 +10,26 @@ A bijector ``T`` maps base space to data space, ``x = T(z)``.
 ======================  =====================================================================
 
 ``grads`` has the keys and shapes of ``params`` and holds gradients summed over the batch.
-Either cotangent may be ``None`` (zeros).
+Either cotangent may be ``None`` (zeros). A conditional layer takes ``context`` in every call
+and its pullback also returns the context's cotangent.
 
 Writing a bijector
 ------------------
-Subclasses implement ``_forward_vjp`` and ``_inverse_vjp`` (and, when a cheaper pass without
-residuals exists, ``_forward`` / ``_inverse``) on *validated* C-contiguous ``(batch, dim)``
-arrays of one float dtype; they read parameters through ``self._p(dtype)``, which returns
-copies, so a pullback that closes over them is unaffected by later optimizer steps. Their
-pullbacks receive full cotangent arrays (never ``None``) of the pass's dtype. Domain checks go in
-``_check_forward_domain`` / ``_check_inverse_domain``. Changes of non-trainable state (running
-statistics, data-dependent initialisation) go through ``commit_on_success``, so they happen only
-when the whole public call succeeds. The public methods here do the rest: input validation,
-single points, result finiteness, cotangent validation and float64 grads.
+A subclass implements one pass per direction, :meth:`Bijector._forward_pass` and
+:meth:`Bijector._inverse_pass` ``(v, context, vjp) -> (out, log_det, pullback or None)``, on
+*validated* C-contiguous ``(batch, dim)`` arrays of one float dtype (``context`` is None for an
+unconditional layer). It reads parameters through ``self._p(dtype)``, which returns copies, so
+a pullback that closes over them is unaffected by later optimizer steps. The pullback receives
+full cotangent arrays (never ``None``) of the pass's dtype and returns
+``(in_bar, grads, context_bar)``, ``context_bar`` None when ``context`` is. Optional hooks:
+``_check_forward_domain`` / ``_check_inverse_domain`` (raising ``self._domain_error``),
+``_batch_coupling`` (a layer whose pass depends on the whole batch), ``_input_knots`` (where
+its log-det is not differentiable) and ``_config`` / ``_from_config`` (model files). Changes of
+non-trainable state (running statistics, data-dependent initialisation) go through
+``commit_on_success``, so they happen only when the whole public call succeeds. The public
+methods here do the rest: input validation, single points, context broadcasting, result
+finiteness, cotangent validation and float64 grads. DEVELOPERS.md, "Adding a bijector", has a
+worked example.
 """
 
 import contextlib
@@ -30,7 +37,7 @@ import contextvars
 
 import numpy as np
 
-from .._validation import as_batch, as_float_array, check_finite
+from .._validation import as_batch, as_cotangent
 from ..io.spec import from_spec, to_spec
 from ..params import ParamDict, prefixed
 
@@ -152,21 +159,43 @@ class Bijector:
 
         ``z`` is a validated C-contiguous ``(n, dim)`` array of one float dtype; ``context`` a
         validated ``(n, context_dim)`` array of the same dtype, or None for an unconditional
-        layer. ``pullback(x_bar, log_det_bar)`` receives full cotangent arrays of the pass's
-        dtype and returns ``(z_bar, grads, context_bar)`` (``context_bar`` None when
-        ``context`` is None).
+        layer. ``x`` must be a new C-contiguous array of ``z``'s dtype and ``log_det`` (``n,``)
+        ``log|det dx/dz|`` per row. ``pullback(x_bar, log_det_bar)`` receives full cotangent
+        arrays of the pass's dtype, must not modify them, and returns ``(z_bar, grads,
+        context_bar)``: ``grads`` with the keys and shapes of ``params`` (summed over the
+        batch), ``context_bar`` None when ``context`` is None.
         """
-        return _legacy_pass(self, "forward", z, context, vjp)
+        raise NotImplementedError(f"{type(self).__name__} does not implement _forward_pass")
 
     def _inverse_pass(self, x, context, vjp):
         """One pass ``x -> z``, as :meth:`_forward_pass` (``log_det = log|det dz/dx|``)."""
-        return _legacy_pass(self, "inverse", x, context, vjp)
+        raise NotImplementedError(f"{type(self).__name__} does not implement _inverse_pass")
 
     def _check_forward_domain(self, z):
-        pass
+        """Raise ``self._domain_error("forward", ...)`` for points outside the domain."""
 
     def _check_inverse_domain(self, x):
-        pass
+        """Raise ``self._domain_error("inverse", ...)`` for points outside the domain."""
+
+    def _batch_coupling(self):
+        """Why this layer's pass now depends on the whole batch, not row by row (a phrase), or
+        None (the default: every row is mapped on its own).
+
+        A training-mode ``BatchNorm`` normalises with the batch's statistics and an
+        uninitialised ``ActNorm`` initialises from the batch; ``Flow`` refuses to split a batch
+        into chunks while any layer says so. Containers are searched through ``_children``.
+        """
+        return None
+
+    def _input_knots(self, direction, v, context=None):
+        """Points where the derivative of the log-det jumps, or None (the default: nowhere).
+
+        A piecewise layer (the splines) returns an ``(n, dim, m)`` array: for each row of the
+        input ``v`` of ``direction`` and each coordinate, the ``m`` input values at which that
+        coordinate's log-det is not differentiable (``inf`` for none). The registry of test
+        cases keeps finite differences away from them.
+        """
+        return None
 
     # ------------------------------------------ checked private passes (containers call these)
     def _run(self, direction, v, with_vjp, context=None):
@@ -259,8 +288,10 @@ class Bijector:
         in_shape = v2.shape[1:] if was_1d else v2.shape
 
         def pullback(out_bar=None, log_det_bar=None):
-            out_bar = _cotangent(out_bar, (n, self.dim), was_1d, dtype, where, out_name)
-            log_det_bar = _cotangent(log_det_bar, (n,), was_1d, dtype, where, "log_det_bar")
+            out_bar = as_cotangent(out_bar, (n, self.dim), was_1d, dtype, f"{where} pullback",
+                                   out_name)
+            log_det_bar = as_cotangent(log_det_bar, (n,), was_1d, dtype, f"{where} pullback",
+                                       "log_det_bar")
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 in_bar, grads, context_bar = inner(out_bar, log_det_bar)
             grads = {k: np.asarray(g, dtype=np.float64) for k, g in grads.items()}
@@ -310,18 +341,6 @@ class Bijector:
         For a conditional call the pullback returns ``(x_bar, grads, context_bar)``.
         """
         return self._public("inverse", x, True, context)
-
-
-def _cotangent(value, shape, was_1d, dtype, where, name):
-    """Validate a cotangent (``None`` means zeros) and return it with the batch shape."""
-    if value is None:
-        return np.zeros(shape, dtype=dtype)
-    arr = as_float_array(value, f"{where} pullback", name)
-    expected = shape[1:] if was_1d else shape
-    if arr.shape != expected:
-        raise ValueError(f"{where} pullback: expected {name} of shape {expected}, got {arr.shape}")
-    check_finite(arr, f"{where} pullback", name)
-    return np.ascontiguousarray(arr.reshape(shape), dtype=dtype)
 
 
 class Chain(Bijector):
@@ -476,23 +495,3 @@ class Inverse(Bijector):
 
     def _name(self):
         return f"Inverse({self.bijector._name()})"
-
-
-def _legacy_pass(layer, direction, v, context, vjp):
-    """Adapter for layers that still implement the former hooks (``_forward_vjp(z[, context])``
-    with an optional ``_forward`` without residuals, likewise for the inverse), whose inner
-    pullbacks return ``(in_bar, grads)`` or ``(in_bar, grads, context_bar)``."""
-    args = (v,) if layer.context_dim is None else (v, context)
-    without_residuals = getattr(layer, f"_{direction}", None)
-    if not vjp and without_residuals is not None:
-        out, log_det = without_residuals(*args)[:2]
-        return out, log_det, None
-    out, log_det, inner = getattr(layer, f"_{direction}_vjp")(*args)
-    if not vjp:
-        return out, log_det, None
-
-    def pullback(out_bar, log_det_bar):
-        result = inner(out_bar, log_det_bar)
-        return result[0], result[1], (result[2] if len(result) == 3 else None)
-
-    return out, log_det, pullback

@@ -39,119 +39,32 @@ import numbers
 import numpy as np
 
 from .._validation import check_dim
-from ..kernels import NUMBA_DISABLED
+from ..kernels import use_fast_paths
 from ..kernels.fused import assemble_columns
 from ..nn.mlp import MLP
 from ..params import prefixed
 from .base import Bijector
-from .scale_maps import get_scale_map
+from .scale_maps import affine_map, get_scale_map
 
 __all__ = ["AdditiveCoupling", "AffineCoupling"]
 
-#: Scatter the two parts with the fused kernel (NumPy fancy indexing when numba is disabled).
-_FUSED = not NUMBA_DISABLED
-
-
-# ------------------------------------------------------------------------------ pure passes
-def _conditioner_input(v, a, context):
+# ------------------------------------------------------------------------------ helpers
+def conditioner_input(v, a, context):
     """``h = [v_a, context]`` as a new C-contiguous array (``context`` may be None)."""
     v_a = v.take(a, axis=1)  # take, not v[:, a]: fancy indexing along axis 1 gives F order
     return v_a if context is None else np.concatenate([v_a, context], axis=1)
 
 
-def _split_h_bar(h_bar, n_a, conditional):
-    """``(h_a_bar, context_bar)`` from the conditioner's input cotangent."""
-    context_bar = np.ascontiguousarray(h_bar[:, n_a:]) if conditional else None
-    return h_bar[:, :n_a], context_bar
-
-
 def _assemble(like, a, b, part_a, part_b):
     """A new C-contiguous array shaped as ``like`` with columns ``a`` and ``b`` filled."""
     out = np.empty(like.shape, dtype=like.dtype)
-    if _FUSED and part_a.dtype == part_b.dtype == out.dtype:
+    if use_fast_paths("coupling") and part_a.dtype == part_b.dtype == out.dtype:
         # one pass, no fancy-index machinery (which cost ~0.1 ms per (4096, 2) call); copies
         assemble_columns(out, a, part_a, b, part_b)
     else:
         out[:, a] = part_a
         out[:, b] = part_b
     return out
-
-
-def _coupling_forward(z, context, a, b, net, scale_map, with_vjp):
-    """Forward pass ``z -> x``: additive when ``scale_map`` is None, affine otherwise.
-
-    Returns ``(x, log_det)`` or ``(x, log_det, pullback)`` with ``pullback(x_bar,
-    log_det_bar) -> (z_bar, conditioner_grads, context_bar)`` (``context_bar`` None for an
-    unconditional pass).
-    """
-    n_a, n_b = a.shape[0], b.shape[0]
-    h = _conditioner_input(z, a, context)
-    out, net_pullback = net._vjp(h) if with_vjp else (net._forward(h), None)
-    z_a, z_b = h[:, :n_a], z.take(b, axis=1)
-    t = out[:, :n_b]
-    if scale_map is None:
-        x_b = z_b + t
-        log_det = np.zeros(z.shape[0], dtype=z.dtype)
-    else:
-        log_scale, dlog_scale = scale_map(out[:, n_b:])
-        scale = np.exp(log_scale)
-        x_b = z_b * scale + t
-        log_det = log_scale.sum(axis=1)
-    x = _assemble(z, a, b, z_a, x_b)
-    if not with_vjp:
-        return x, log_det
-
-    def pullback(x_bar, log_det_bar):
-        x_b_bar = x_bar.take(b, axis=1)
-        if scale_map is None:
-            z_b_bar, out_bar = x_b_bar, x_b_bar
-        else:
-            z_b_bar = x_b_bar * scale
-            log_scale_bar = x_b_bar * z_b * scale + log_det_bar[:, None]
-            out_bar = np.concatenate([x_b_bar, log_scale_bar * dlog_scale], axis=1)
-        h_bar, grads = net_pullback(out_bar)
-        h_a_bar, context_bar = _split_h_bar(h_bar, n_a, context is not None)
-        z_bar = _assemble(x_bar, a, b, x_bar.take(a, axis=1) + h_a_bar, z_b_bar)
-        return z_bar, grads, context_bar
-
-    return x, log_det, pullback
-
-
-def _coupling_inverse(x, context, a, b, net, scale_map, with_vjp):
-    """Inverse pass ``x -> z``; as :func:`_coupling_forward`, with ``pullback(z_bar,
-    log_det_bar) -> (x_bar, conditioner_grads, context_bar)``."""
-    n_a, n_b = a.shape[0], b.shape[0]
-    h = _conditioner_input(x, a, context)
-    out, net_pullback = net._vjp(h) if with_vjp else (net._forward(h), None)
-    x_a, x_b = h[:, :n_a], x.take(b, axis=1)
-    t = out[:, :n_b]
-    if scale_map is None:
-        z_b = x_b - t
-        log_det = np.zeros(x.shape[0], dtype=x.dtype)
-    else:
-        log_scale, dlog_scale = scale_map(out[:, n_b:])
-        inv_scale = np.exp(-log_scale)
-        z_b = (x_b - t) * inv_scale
-        log_det = -log_scale.sum(axis=1)
-    z = _assemble(x, a, b, x_a, z_b)
-    if not with_vjp:
-        return z, log_det
-
-    def pullback(z_bar, log_det_bar):
-        z_b_bar = z_bar.take(b, axis=1)
-        if scale_map is None:
-            x_b_bar = z_b_bar
-            out_bar = -z_b_bar
-        else:
-            x_b_bar = z_b_bar * inv_scale
-            log_scale_bar = -z_b_bar * z_b - log_det_bar[:, None]
-            out_bar = np.concatenate([-x_b_bar, log_scale_bar * dlog_scale], axis=1)
-        h_bar, grads = net_pullback(out_bar)
-        h_a_bar, context_bar = _split_h_bar(h_bar, n_a, context is not None)
-        x_bar = _assemble(z_bar, a, b, z_bar.take(a, axis=1) + h_a_bar, x_b_bar)
-        return x_bar, grads, context_bar
-
-    return z, log_det, pullback
 
 
 # ------------------------------------------------------------------------------ validation
@@ -184,8 +97,14 @@ def _check_mask(mask, dim, where):
     return arr
 
 
-class _Coupling(Bijector):
-    """Shared machinery: mask, conditioner, context, parameters, the two passes."""
+class CouplingBase(Bijector):
+    """A coupling layer: the mask, the conditioner ``MLP``, the context and the two passes.
+
+    A subclass gives the elementwise map of the transformed part, :meth:`_transform`; the
+    passes here do the rest (module docstring): ``h = [v_a, context]``, ``out = NN(h)``, part
+    ``b`` through the map, part ``a`` unchanged, and in the pullback the map's cotangents
+    through the network, ``h_a``'s added to the identity part's.
+    """
 
     _scale_name = None  # None: additive
 
@@ -237,44 +156,44 @@ class _Coupling(Bijector):
                                                 f"{self.dim}), got {mask.astype(int).tolist()}")
         return np.flatnonzero(~mask), np.flatnonzero(mask)
 
-    def _scale_map(self):
-        return None if self._scale_name is None else get_scale_map(self._scale_name)
+    def _transform(self, direction, v_b, out, vjp):
+        """The elementwise map of the transformed part in ``direction``.
 
-    def _pass(self, direction, v, context, with_vjp):
+        ``v_b`` ``(n, n_b)`` is the part's input (a new C-contiguous array), ``out``
+        ``(n, out_per_feature * n_b)`` the conditioner's output. Returns ``(y_b, log_det,
+        pullback)`` with ``log_det`` ``(n,)`` and, when ``vjp``, ``pullback(y_b_bar,
+        log_det_bar) -> (v_b_bar, out_bar)`` (else None).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement _transform")
+
+    def _pass(self, direction, v, context, vjp):
         a, b = self._indices(direction)
-        forward = direction == "forward"
-        if getattr(self, "scale_side", "sampling") == "density":
-            # z_b = x_b e^s + t is the sampling-side forward formula with (z, x) swapped, and
-            # x_b = (z_b - t) e^-s its inverse formula; the conditioner reads the identity
-            # part, equal on both sides, so the two passes (and their pullbacks) swap roles.
-            forward = not forward
-        run = _coupling_forward if forward else _coupling_inverse
-        result = run(v, context, a, b, self.conditioner, self._scale_map(), with_vjp)
-        if not with_vjp:
-            return result
-        out, log_det, inner = result
+        n_a = a.shape[0]
+        h = conditioner_input(v, a, context)
+        net = self.conditioner
+        out, net_pullback = net._vjp(h) if vjp else (net._forward(h), None)
+        y_b, log_det, transform_pullback = self._transform(direction, v.take(b, axis=1), out, vjp)
+        y = _assemble(v, a, b, h[:, :n_a], y_b)
+        if not vjp:
+            return y, log_det, None
 
-        def pullback(out_bar, log_det_bar):
-            in_bar, grads, context_bar = inner(out_bar, log_det_bar)
-            grads = {f"conditioner.{k}": g for k, g in grads.items()}
-            return (in_bar, grads) if context is None else (in_bar, grads, context_bar)
+        def pullback(y_bar, log_det_bar):
+            v_b_bar, out_bar = transform_pullback(y_bar.take(b, axis=1), log_det_bar)
+            h_bar, grads = net_pullback(out_bar)
+            context_bar = np.ascontiguousarray(h_bar[:, n_a:]) if context is not None else None
+            v_bar = _assemble(y_bar, a, b, y_bar.take(a, axis=1) + h_bar[:, :n_a], v_b_bar)
+            return v_bar, {f"conditioner.{k}": g for k, g in grads.items()}, context_bar
 
-        return out, log_det, pullback
+        return y, log_det, pullback
 
-    def _forward(self, z, context=None):
-        return self._pass("forward", z, context, False)
+    def _forward_pass(self, z, context, vjp):
+        return self._pass("forward", z, context, vjp)
 
-    def _inverse(self, x, context=None):
-        return self._pass("inverse", x, context, False)
-
-    def _forward_vjp(self, z, context=None):
-        return self._pass("forward", z, context, True)
-
-    def _inverse_vjp(self, x, context=None):
-        return self._pass("inverse", x, context, True)
+    def _inverse_pass(self, x, context, vjp):
+        return self._pass("inverse", x, context, vjp)
 
 
-class AdditiveCoupling(_Coupling):
+class AdditiveCoupling(CouplingBase):
     r"""NICE's additive coupling layer: ``x_a = z_a``, ``x_b = z_b + t([z_a, context])``.
 
     Parameters
@@ -358,8 +277,20 @@ class AdditiveCoupling(_Coupling):
                  zero_last=False, rng=None):
         super().__init__(dim, mask, hidden, activation, context_dim, zero_last, rng, 1)
 
+    def _transform(self, direction, v_b, t, vjp):
+        forward = direction == "forward"
+        y_b = v_b + t if forward else v_b - t
+        log_det = np.zeros(v_b.shape[0], dtype=v_b.dtype)
+        if not vjp:
+            return y_b, log_det, None
 
-class AffineCoupling(_Coupling):
+        def pullback(y_b_bar, log_det_bar):
+            return y_b_bar, (y_b_bar if forward else -y_b_bar)
+
+        return y_b, log_det, pullback
+
+
+class AffineCoupling(CouplingBase):
     r"""RealNVP's affine coupling layer: ``x_a = z_a``, ``x_b = z_b * exp(s) + t``.
 
     The conditioner reads ``h = [z_a, context]`` and outputs ``2 n_b`` values: the shift
@@ -495,3 +426,19 @@ class AffineCoupling(_Coupling):
 
     def _config(self):
         return dict(super()._config(), scale=self._scale_name, scale_side=self.scale_side)
+
+    def _transform(self, direction, v_b, out, vjp):
+        # The side picks the formula of each direction (refflow.bijectors.scale_maps): the
+        # conditioner reads the identity part, equal on both sides, so nothing else changes.
+        n_b = self._n_b
+        log_scale, dlog_scale = get_scale_map(self._scale_name)(out[:, n_b:])
+        y_b, log_det, affine_pullback = affine_map(direction, self.scale_side)(
+            v_b, out[:, :n_b], log_scale, dlog_scale, vjp)
+        if not vjp:
+            return y_b, log_det, None
+
+        def pullback(y_b_bar, log_det_bar):
+            v_b_bar, t_bar, u_bar = affine_pullback(y_b_bar, log_det_bar)
+            return v_b_bar, np.concatenate([t_bar, u_bar], axis=1)
+
+        return y_b, log_det, pullback

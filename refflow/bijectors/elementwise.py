@@ -35,52 +35,42 @@ import math
 import numbers
 
 import numpy as np
-from scipy.special import expit, log_expit
 
+from .._math import log1mexp, log_sigmoid, sigmoid, softplus
 from .._validation import check_dim
 from .base import Bijector
 
 __all__ = ["Affine", "Exp", "Sigmoid", "Logit", "Tanh", "Softplus", "LeakyReLU"]
 
 
-def _row_sum(a):
-    return a.sum(axis=1)
-
-
-_LN2 = math.log(2.0)
-
-
-def _log1mexp(x):
-    """``log(1 - exp(-x))`` for ``x > 0``, accurate everywhere (Maechler 2012): ``log(-expm1(-x))``
-    for ``x <= log 2``, where ``1 - e^{-x}`` is small, and ``log1p(-exp(-x))`` beyond."""
-    out = np.empty_like(x)
-    big = x > _LN2
-    out[big] = np.log1p(-np.exp(-x[big]))
-    out[~big] = np.log(-np.expm1(-x[~big]))
-    return out
-
-
-def _affine_forward(z, shift, log_scale):
-    """``x = z exp(a) + b`` with ``log_det = sum(a)``, and its pullback (as :class:`Affine`)."""
+def affine_forward(z, shift, log_scale, vjp):
+    """``x = z exp(a) + b`` with ``log_det = sum(a)`` and, when ``vjp``, its pullback
+    ``(x_bar, log_det_bar) -> (z_bar, {"shift", "log_scale"}, None)`` (:class:`Affine`'s Notes;
+    :class:`refflow.ActNorm` runs the same pass)."""
     scale = np.exp(log_scale)
     x = z * scale + shift
     log_det = np.full(z.shape[0], log_scale.sum(), dtype=z.dtype)
+    if not vjp:
+        return x, log_det, None
 
     def pullback(x_bar, log_det_bar):
         grads = {
             "shift": x_bar.sum(axis=0),
             "log_scale": (x_bar * z).sum(axis=0) * scale + log_det_bar.sum(),
         }
-        return x_bar * scale, grads
+        return x_bar * scale, grads, None
 
     return x, log_det, pullback
 
 
-def _affine_inverse(x, shift, log_scale):
-    """``z = (x - b) exp(-a)`` with ``log_det = -sum(a)``, and its pullback (as :class:`Affine`)."""
+def affine_inverse(x, shift, log_scale, vjp):
+    """``z = (x - b) exp(-a)`` with ``log_det = -sum(a)`` and, when ``vjp``, its pullback (as
+    :func:`affine_forward`)."""
     inv_scale = np.exp(-log_scale)
     z = (x - shift) * inv_scale
     log_det = np.full(x.shape[0], -log_scale.sum(), dtype=x.dtype)
+    if not vjp:
+        return z, log_det, None
 
     def pullback(z_bar, log_det_bar):
         x_bar = z_bar * inv_scale
@@ -88,7 +78,7 @@ def _affine_inverse(x, shift, log_scale):
             "shift": -x_bar.sum(axis=0),
             "log_scale": -(z_bar * z).sum(axis=0) - log_det_bar.sum(),
         }
-        return x_bar, grads
+        return x_bar, grads, None
 
     return z, log_det, pullback
 
@@ -133,13 +123,13 @@ class Affine(Bijector):
     def _config(self):
         return {"dim": self.dim}
 
-    def _forward_vjp(self, z):
+    def _forward_pass(self, z, context, vjp):
         p = self._p(z.dtype)
-        return _affine_forward(z, p["shift"], p["log_scale"])
+        return affine_forward(z, p["shift"], p["log_scale"], vjp)
 
-    def _inverse_vjp(self, x):
+    def _inverse_pass(self, x, context, vjp):
         p = self._p(x.dtype)
-        return _affine_inverse(x, p["shift"], p["log_scale"])
+        return affine_inverse(x, p["shift"], p["log_scale"], vjp)
 
 
 class _Elementwise(Bijector):
@@ -157,25 +147,23 @@ class _Elementwise(Bijector):
     def _config(self):
         return {"dim": self.dim}
 
-    def _forward(self, z):
-        return self._f(z), _row_sum(self._log_df(z))
-
-    def _inverse(self, x):
-        return self._g(x), _row_sum(self._log_dg(x))
-
-    def _forward_vjp(self, z):
-        x, log_det = self._forward(z)
+    def _forward_pass(self, z, context, vjp):
+        x, log_det = self._f(z), self._log_df(z).sum(axis=1)
+        if not vjp:
+            return x, log_det, None
 
         def pullback(x_bar, log_det_bar):
-            return x_bar * self._df(z) + log_det_bar[:, None] * self._dlog_df(z), {}
+            return x_bar * self._df(z) + log_det_bar[:, None] * self._dlog_df(z), {}, None
 
         return x, log_det, pullback
 
-    def _inverse_vjp(self, x):
-        z, log_det = self._inverse(x)
+    def _inverse_pass(self, x, context, vjp):
+        z, log_det = self._g(x), self._log_dg(x).sum(axis=1)
+        if not vjp:
+            return z, log_det, None
 
         def pullback(z_bar, log_det_bar):
-            return z_bar * self._dg(x) + log_det_bar[:, None] * self._dlog_dg(x), {}
+            return z_bar * self._dg(x) + log_det_bar[:, None] * self._dlog_dg(x), {}, None
 
         return z, log_det, pullback
 
@@ -258,15 +246,15 @@ class Sigmoid(_Elementwise):
     array([[0.5]])
     """
 
-    _f = staticmethod(expit)
+    _f = staticmethod(sigmoid)
 
     @staticmethod
     def _df(z):
-        return expit(z) * expit(-z)
+        return sigmoid(z) * sigmoid(-z)
 
     @staticmethod
     def _log_df(z):
-        return log_expit(z) + log_expit(-z)
+        return log_sigmoid(z) + log_sigmoid(-z)
 
     @staticmethod
     def _dlog_df(z):
@@ -368,13 +356,13 @@ class Logit(_Elementwise):
         return self._c * (2.0 * y - 1.0) / (y * (1.0 - y))
 
     def _g(self, x):
-        return (expit(x) - self.alpha) / self._c if self.alpha else expit(x)
+        return (sigmoid(x) - self.alpha) / self._c if self.alpha else sigmoid(x)
 
     def _dg(self, x):
-        return expit(x) * expit(-x) / self._c
+        return sigmoid(x) * sigmoid(-x) / self._c
 
     def _log_dg(self, x):
-        return log_expit(x) + log_expit(-x) - self._log_c
+        return log_sigmoid(x) + log_sigmoid(-x) - self._log_c
 
     def _dlog_dg(self, x):
         return -np.tanh(0.5 * x)
@@ -458,17 +446,17 @@ class Softplus(_Elementwise):
     array([[0.]])
     """
 
-    _f = staticmethod(lambda z: np.logaddexp(0.0, z))
-    _df = staticmethod(expit)
-    _log_df = staticmethod(log_expit)
+    _f = staticmethod(softplus)
+    _df = staticmethod(sigmoid)
+    _log_df = staticmethod(log_sigmoid)
 
     @staticmethod
     def _dlog_df(z):
-        return expit(-z)
+        return sigmoid(-z)
 
     @staticmethod
     def _g(x):
-        return x + _log1mexp(x)
+        return x + log1mexp(x)
 
     @staticmethod
     def _dg(x):
@@ -476,7 +464,7 @@ class Softplus(_Elementwise):
 
     @staticmethod
     def _log_dg(x):
-        return -_log1mexp(x)
+        return -log1mexp(x)
 
     @staticmethod
     def _dlog_dg(x):

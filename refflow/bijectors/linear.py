@@ -26,9 +26,11 @@ import math
 
 import numpy as np
 from scipy.linalg import solve_triangular
-from scipy.special import expit
 
+from .._math import sigmoid, softplus
 from .._validation import check_dim, check_rng
+from ._orthogonal import (check_permutation, inverse_permutation, reflect, reflect_pullback,
+                          scaled_reflections)
 from .base import Bijector
 
 __all__ = ["Permute", "Reverse", "LULinear", "Householder"]
@@ -39,52 +41,18 @@ _UPPER_DIAG = ("exp", "softplus")
 
 
 # --------------------------------------------------------------------------------- permutations
-def _check_permutation(permutation, dim, where):
-    """Return ``permutation`` as an owned int64 array, or raise ``ValueError`` naming the problem."""
-    if isinstance(permutation, str):
-        raise ValueError(f"{where}: permutation must be an array of integers, got {permutation!r}")
-    try:
-        perm = np.asarray(permutation)
-    except Exception as exc:  # ragged lists and the like
-        raise ValueError(f"{where}: permutation could not be converted to an array ({exc})") from None
-    # bool is an integer dtype to NumPy but never what a caller means by an index.
-    if perm.dtype.kind not in "iu":
-        raise ValueError(
-            f"{where}: permutation must hold integers (a permutation of 0..{dim - 1}), "
-            f"got dtype {perm.dtype}"
-        )
-    if perm.ndim != 1 or perm.shape[0] != dim:
-        raise ValueError(
-            f"{where}: permutation must have length {dim} (shape ({dim},)), got shape {perm.shape}"
-        )
-    out_of_range = (perm < 0) | (perm >= dim)
-    if out_of_range.any():
-        i = int(np.argmax(out_of_range))
-        raise ValueError(
-            f"{where}: permutation entries must lie in 0..{dim - 1}; entry {i} is {int(perm[i])}"
-        )
-    perm = perm.astype(np.int64)
-    counts = np.bincount(perm, minlength=dim)
-    if (counts != 1).any():
-        repeated = np.flatnonzero(counts > 1).tolist()
-        missing = np.flatnonzero(counts == 0).tolist()
-        raise ValueError(
-            f"{where}: permutation has duplicates: value(s) {repeated} repeated, "
-            f"{missing} missing"
-        )
-    return perm
-
-
-def _inverse_permutation(perm):
-    inv = np.empty_like(perm)
-    inv[perm] = np.arange(perm.shape[0], dtype=perm.dtype)
-    return inv
-
-
-def _permutation_pass(v, perm):
-    """``v[:, perm]`` and a zero log-det; the output is a new C-contiguous array."""
+def _permutation_pass(v, perm, inv, vjp):
+    """``v[:, perm]`` and a zero log-det; the output is a new C-contiguous array. The pullback
+    permutes the cotangent back with ``inv``, the inverse permutation."""
     # take, not v[:, perm]: fancy indexing along axis 1 returns an F-ordered array.
-    return v.take(perm, axis=1), np.zeros(v.shape[0], dtype=v.dtype)
+    out, log_det = v.take(perm, axis=1), np.zeros(v.shape[0], dtype=v.dtype)
+    if not vjp:
+        return out, log_det, None
+
+    def pullback(out_bar, log_det_bar):
+        return out_bar.take(inv, axis=1), {}, None
+
+    return out, log_det, pullback
 
 
 class Permute(Bijector):
@@ -154,7 +122,7 @@ class Permute(Bijector):
         if permutation is None:
             perm = rng.permutation(dim).astype(np.int64)
         else:
-            perm = _check_permutation(permutation, dim, name)
+            perm = check_permutation(permutation, dim, name)
         super().__init__(dim, buffers={"permutation": perm})
 
     def __repr__(self):
@@ -169,30 +137,13 @@ class Permute(Bijector):
         # independent of later changes.
         return np.array(self.buffers["permutation"], dtype=np.int64, copy=True)
 
-    def _forward(self, z):
-        return _permutation_pass(z, self._perm())
-
-    def _inverse(self, x):
-        return _permutation_pass(x, _inverse_permutation(self._perm()))
-
-    def _forward_vjp(self, z):
+    def _forward_pass(self, z, context, vjp):
         perm = self._perm()
-        inv = _inverse_permutation(perm)
-        x, log_det = _permutation_pass(z, perm)
+        return _permutation_pass(z, perm, inverse_permutation(perm), vjp)
 
-        def pullback(x_bar, log_det_bar):
-            return x_bar.take(inv, axis=1), {}
-
-        return x, log_det, pullback
-
-    def _inverse_vjp(self, x):
+    def _inverse_pass(self, x, context, vjp):
         perm = self._perm()
-        z, log_det = _permutation_pass(x, _inverse_permutation(perm))
-
-        def pullback(z_bar, log_det_bar):
-            return z_bar.take(perm, axis=1), {}
-
-        return z, log_det, pullback
+        return _permutation_pass(x, inverse_permutation(perm), perm, vjp)
 
 
 class Reverse(Permute):
@@ -245,8 +196,8 @@ def _upper_diag(kind, u):
         with np.errstate(over="ignore", under="ignore"):  # checked by the caller
             c = np.exp(u)
         return c, c, u.copy(), np.ones_like(u)
-    c = np.logaddexp(u.dtype.type(0), u) + u.dtype.type(_SOFTPLUS_FLOOR)
-    dc = expit(u)
+    c = softplus(u) + u.dtype.type(_SOFTPLUS_FLOOR)
+    dc = sigmoid(u)
     return c, dc, np.log(c), dc / c
 
 
@@ -387,7 +338,7 @@ class LULinear(Bijector):
                 )
             perm = rng.permutation(dim).astype(np.int64)
         else:
-            perm = _check_permutation(permutation, dim, "LULinear")
+            perm = check_permutation(permutation, dim, "LULinear")
         n_off = dim * (dim - 1) // 2
         # u0 makes c(u0) = 1, so the layer starts as the identity in both modes.
         u0 = 0.0 if upper_diag == "exp" else math.log(math.expm1(1.0 - _SOFTPLUS_FLOOR))
@@ -442,7 +393,7 @@ class LULinear(Bijector):
         log_det = np.full(z.shape[0], log_c.sum(), dtype=z.dtype)
         if not vjp:
             return x, log_det, None
-        inv = _inverse_permutation(perm)
+        inv = inverse_permutation(perm)
 
         def pullback(x_bar, log_det_bar):
             m_bar = x_bar.take(inv, axis=1).T @ z  # P^T W_bar, W_bar = x_bar^T z
@@ -454,7 +405,7 @@ class LULinear(Bijector):
 
     def _inverse_pass(self, x, context, vjp):
         p, perm, lower, upper, dc, log_c, dlog_c = self._state("inverse", x.dtype)
-        inv = _inverse_permutation(perm)
+        inv = inverse_permutation(perm)
         # Columns are points: solving on (d, batch) right-hand sides keeps LAPACK in F order.
         rhs = (x - p["bias"]).take(inv, axis=1).T
         z_t = solve_triangular(
@@ -484,36 +435,6 @@ class LULinear(Bijector):
 
 
 # -------------------------------------------------------------------------------- Householder
-def _scaled_reflections(layer, direction, vectors):
-    """Householder vectors (float64, one per row) scaled to max-abs 1, and their scales.
-
-    Reflections are scale-free, and max-abs 1 keeps ``v . v`` from overflowing. A zero vector
-    is a domain error of ``layer`` (``Householder``, ``Sylvester``'s H-SNF ``Q``).
-    """
-    scale = np.max(np.abs(vectors), axis=1)
-    if (scale == 0).any():
-        j = int(np.argmax(scale == 0))
-        raise layer._domain_error(
-            direction,
-            f"reflection {j} has a zero vector (params['vectors'][{j}] is all zeros); "
-            f"H = I - 2 v v^T / (v^T v) is undefined for v = 0",
-        )
-    return vectors / scale[:, None], scale
-
-
-def _reflect(h, w, s):
-    """``H h`` row-wise for ``H = I - 2 w w^T / s``, ``s = w^T w``."""
-    return h - np.outer((h @ w) * (2 / s), w)
-
-
-def _reflect_pullback(h, y_bar, w, s):
-    """``(h_bar, w_bar)`` of one reflection ``y = H h``, with ``w_bar`` summed over rows."""
-    a = h @ w
-    g = y_bar @ w
-    w_bar = -(2 / s) * (g @ h + a @ y_bar - (2 / s) * (a @ g) * w)
-    return y_bar - np.outer(g * (2 / s), w), w_bar
-
-
 class Householder(Bijector):
     r"""Product of Householder reflections, ``x = H_k ... H_2 H_1 z``: an orthogonal map.
 
@@ -608,7 +529,7 @@ class Householder(Bijector):
 
     def _directions(self, direction, dtype):
         """Vectors scaled to max-abs 1 (in ``dtype``), their float64 scales ``m``, ``s = w . w``."""
-        w, scale = _scaled_reflections(self, direction, self._p(np.float64)["vectors"])
+        w, scale = scaled_reflections(self, direction, self._p(np.float64)["vectors"])
         w = w.astype(dtype)
         return w, scale, np.einsum("ij,ij->i", w, w)
 
@@ -616,38 +537,33 @@ class Householder(Bijector):
         k = self.n_reflections
         return range(k) if direction == "forward" else range(k - 1, -1, -1)
 
-    def _pass(self, direction, v, with_vjp):
+    def _reflections(self, direction, v, vjp):
+        """The reflections in the order of ``direction`` (the inverse runs them backwards)."""
         w, scale, s = self._directions(direction, v.dtype)
         order = self._order(direction)
         out = v
         for j in order:
-            out = _reflect(out, w[j], s[j])
+            out = reflect(out, w[j], s[j])
         log_det = np.zeros(v.shape[0], dtype=v.dtype)
-        if not with_vjp:
-            return out, log_det
+        if not vjp:
+            return out, log_det, None
 
         def pullback(out_bar, log_det_bar):
             grads = np.zeros_like(w)
             y, y_bar = out, out_bar
             for j in reversed(order):
-                h = _reflect(y, w[j], s[j])  # the input of reflection j
-                y_bar, grads[j] = _reflect_pullback(h, y_bar, w[j], s[j])
+                h = reflect(y, w[j], s[j])  # the input of reflection j
+                y_bar, grads[j] = reflect_pullback(h, y_bar, w[j], s[j])
                 y = h
             # In float64: m need not be representable in float32. A gradient that overflows
             # (m near the underflow threshold) is reported by the public wrapper.
             with np.errstate(over="ignore"):
-                return y_bar, {"vectors": grads.astype(np.float64) / scale[:, None]}
+                return y_bar, {"vectors": grads.astype(np.float64) / scale[:, None]}, None
 
         return out, log_det, pullback
 
-    def _forward(self, z):
-        return self._pass("forward", z, False)
+    def _forward_pass(self, z, context, vjp):
+        return self._reflections("forward", z, vjp)
 
-    def _inverse(self, x):
-        return self._pass("inverse", x, False)
-
-    def _forward_vjp(self, z):
-        return self._pass("forward", z, True)
-
-    def _inverse_vjp(self, x):
-        return self._pass("inverse", x, True)
+    def _inverse_pass(self, x, context, vjp):
+        return self._reflections("inverse", x, vjp)

@@ -23,11 +23,9 @@ Wehenkel, Louppe, "Unconstrained Monotonic Neural Networks", 2019, arXiv:1908.05
 Trefethen, "Is Gauss quadrature better than Clenshaw-Curtis?", SIAM Review 50(1), 2008.
 """
 
-import numbers
-
 import numpy as np
 
-from .._validation import check_rng
+from .._validation import check_choice, check_hidden, check_int, check_rng
 from ..kernels.monotone import SIGMOIDAL
 from ._monotone import (MonotoneAutoregressive, TransformerDomainError, kernel_solve, log_sigmoid,
                         logsumexp, sigmoid, softplus, solve_increasing, uniform_init)
@@ -38,27 +36,6 @@ __all__ = ["NeuralAutoregressive", "MaskedMonotonicAutoregressive",
 QUADRATURES = ("gauss-legendre", "clenshaw-curtis")
 
 
-def _int_at_least(value, minimum, where, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
-            or int(value) < minimum:
-        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _widths(hidden, where, name):
-    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
-        raise ValueError(f"{where}: {name} must be a sequence of positive integers, got "
-                         f"{hidden!r}")
-    return tuple(_int_at_least(h, 1, where, name) for h in hidden)
-
-
-def _choice(value, choices, where, name):
-    if not (isinstance(value, str) and value in choices):
-        raise ValueError(f"{where}: {name} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
-# =============================================================================== quadrature
 def quadrature_rule(name, n):
     """Nodes ``c`` and weights ``w`` of an ``n``-node rule on ``[0, 1]`` (``sum w = 1``).
 
@@ -77,12 +54,12 @@ def quadrature_rule(name, n):
     (1.0, True)
     """
     where = "quadrature_rule"
-    name = _choice(name, QUADRATURES, where, "name")
+    name = check_choice(name, QUADRATURES, where, "name")
     if name == "gauss-legendre":
-        n = _int_at_least(n, 1, where, "n")
+        n = check_int(n, where, "n", minimum=1)
         t, w = np.polynomial.legendre.leggauss(n)
         return (t + 1.0) / 2.0, w / 2.0
-    n = _int_at_least(n, 2, where, "n")
+    n = check_int(n, where, "n", minimum=2)
     N = n - 1
     theta = np.pi * np.arange(N + 1) / N
     t = np.cos(theta)
@@ -241,11 +218,11 @@ class _NetworkTransformer(MonotoneAutoregressive):
     _two_way = False            # two-way activations and |W| weights (the monotonic network)
 
     def _setup_network(self, where, signal, network, network_activation, min_signal):
-        self.signal = _int_at_least(signal, min_signal, where, "signal")
-        self.network = _widths(network, where, "network")
+        self.signal = check_int(signal, where, "signal", minimum=min_signal)
+        self.network = check_hidden(network, where, "network")
         # a monotonic network with a bounded activation (tanh) would be bounded: not onto R
         choices = ("elu", "softplus") if self._two_way else tuple(_ACTIVATIONS)
-        self.network_activation = _choice(network_activation, choices, where,
+        self.network_activation = check_choice(network_activation, choices, where,
                                           "network_activation")
         sizes = (1 + self.signal, *self.network, 1)
         self._keys = ([f"network.w{l}" for l in range(len(sizes) - 1)],
@@ -558,10 +535,10 @@ class UnconstrainedMonotonicAutoregressive(_NetworkTransformer):
         where = "UnconstrainedMonotonicAutoregressive"
         rng = check_rng(rng, f"{where}: rng")
         sizes = self._setup_network(where, signal, network, network_activation, 0)
-        self.positive = _choice(positive, tuple(_POSITIVE), where, "positive")
-        self.quadrature = _choice(quadrature, QUADRATURES, where, "quadrature")
-        self.n_nodes = _int_at_least(n_nodes, 1 if quadrature == "gauss-legendre" else 2, where,
-                                     "n_nodes")
+        self.positive = check_choice(positive, tuple(_POSITIVE), where, "positive")
+        self.quadrature = check_choice(quadrature, QUADRATURES, where, "quadrature")
+        self.n_nodes = check_int(n_nodes, where, "n_nodes",
+                                 minimum=1 if self.quadrature == "gauss-legendre" else 2)
         self._rule = quadrature_rule(self.quadrature, self.n_nodes)
         super().__init__(dim, self.signal + 1, hidden, order, hidden_degrees, activation,
                          context_dim, zero_last, rng)
@@ -916,8 +893,8 @@ class NeuralAutoregressive(MonotoneAutoregressive):
                  rng=None):
         where = "NeuralAutoregressive"
         rng = check_rng(rng, f"{where}: rng")
-        self.units = _int_at_least(units, 1, where, "units")
-        self.n_layers = _int_at_least(n_layers, 1, where, "n_layers")
+        self.units = check_int(units, where, "units", minimum=1)
+        self.n_layers = check_int(n_layers, where, "n_layers", minimum=1)
         layers, n_params = _sigmoidal_layout(self.units, self.n_layers)
         super().__init__(dim, n_params, hidden, order, hidden_degrees, activation, context_dim,
                          zero_last, rng)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .._validation import check_dim
 from .base import Bijector, commit_on_success
-from .elementwise import _affine_forward, _affine_inverse
+from .elementwise import affine_forward, affine_inverse
 
 __all__ = ["ActNorm", "BatchNorm"]
 
@@ -175,28 +175,32 @@ class ActNorm(Bijector):
             )
         return init
 
-    def _pass(self, direction, v):
-        pending = None
+    def _batch_coupling(self):
+        if not self._buffers["initialized"]:
+            return ("is not initialised yet (its first call initialises it from the whole "
+                    "batch)")
+        return None
+
+    def _parameters(self, direction, v):
+        """The pass's parameters in ``v``'s dtype: the layer's, or on the first call those
+        that normalise ``v`` (committed when the public call succeeds)."""
         if self._buffers["initialized"] or v.shape[0] == 0:
-            p = self._p(v.dtype)
-        else:
-            pending = self._data_init(direction, v)
-            p = {k: a.astype(v.dtype) for k, a in pending.items()}
-        run = _affine_forward if direction == "forward" else _affine_inverse
-        out, log_det, pullback = run(v, p["shift"], p["log_scale"])
-        if pending is not None:
-            commit_on_success(lambda: self._commit_init(pending))
-        return out, log_det, pullback
+            return self._p(v.dtype)
+        init = self._data_init(direction, v)
+        commit_on_success(lambda: self._commit_init(init))
+        return {k: a.astype(v.dtype) for k, a in init.items()}
 
     def _commit_init(self, init):
         self._params.update(init)
         self._buffers["initialized"][...] = True
 
-    def _forward_vjp(self, z):
-        return self._pass("forward", z)
+    def _forward_pass(self, z, context, vjp):
+        p = self._parameters("forward", z)
+        return affine_forward(z, p["shift"], p["log_scale"], vjp)
 
-    def _inverse_vjp(self, x):
-        return self._pass("inverse", x)
+    def _inverse_pass(self, x, context, vjp):
+        p = self._parameters("inverse", x)
+        return affine_inverse(x, p["shift"], p["log_scale"], vjp)
 
 
 # ----------------------------------------------------------------------------- BatchNorm
@@ -339,7 +343,13 @@ class BatchNorm(Bijector):
         rm[...] = keep * rm + self.momentum * mean.astype(np.float64)
         rv[...] = keep * rv + self.momentum * var.astype(np.float64)
 
-    def _inverse_vjp(self, x):
+    def _batch_coupling(self):
+        if self.training:
+            return ("is in training mode (it normalises with the batch's statistics); call "
+                    "flow.eval() first")
+        return None
+
+    def _inverse_pass(self, x, context, vjp):
         dtype = x.dtype
         n = x.shape[0]
         p = self._p(dtype)
@@ -360,6 +370,8 @@ class BatchNorm(Bijector):
         log_det = np.full(n, (p["log_gamma"] - 0.5 * np.log(var_eps)).sum(), dtype=dtype)
         if use_batch:
             commit_on_success(lambda: self._update_running(m, v))
+        if not vjp:
+            return z, log_det, None
 
         def pullback(z_bar, log_det_bar):
             s = log_det_bar.sum()
@@ -373,11 +385,11 @@ class BatchNorm(Bijector):
                 x_bar = (xhat_bar - xhat_bar.mean(axis=0) - xhat * inner) / std
             else:
                 x_bar = xhat_bar / std
-            return x_bar, grads
+            return x_bar, grads, None
 
         return z, log_det, pullback
 
-    def _forward_vjp(self, z):
+    def _forward_pass(self, z, context, vjp):
         if self.training:
             raise self._domain_error(
                 "forward",
@@ -393,6 +405,8 @@ class BatchNorm(Bijector):
         u = (z - p["beta"]) * inv_gamma
         x = u * std + m
         log_det = np.full(z.shape[0], -(p["log_gamma"] - 0.5 * np.log(var_eps)).sum(), dtype=dtype)
+        if not vjp:
+            return x, log_det, None
 
         def pullback(x_bar, log_det_bar):
             z_bar = x_bar * (inv_gamma * std)
@@ -400,6 +414,6 @@ class BatchNorm(Bijector):
                 "log_gamma": -(x_bar * u).sum(axis=0) * std - log_det_bar.sum(),
                 "beta": -z_bar.sum(axis=0),
             }
-            return z_bar, grads
+            return z_bar, grads, None
 
         return x, log_det, pullback

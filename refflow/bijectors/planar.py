@@ -43,12 +43,12 @@ Inference", UAI 2018, arXiv:1803.05649 (the map, its determinant, H-SNF and T-SN
 import math
 
 import numpy as np
-from scipy.special import expit
 
+from .._math import log_softplus, sigmoid, softplus
 from .._validation import check_dim, check_rng
 from ..kernels.planar import planar_inverse, sylvester_inverse
 from .base import Bijector
-from .linear import _check_permutation, _reflect, _reflect_pullback, _scaled_reflections
+from ._orthogonal import check_permutation, reflect, reflect_pullback, scaled_reflections
 
 __all__ = ["Planar", "Radial", "Sylvester"]
 
@@ -58,22 +58,6 @@ _Q_KINDS = ("householder", "permutation")
 
 
 # ------------------------------------------------------------------------------ shared pieces
-def _softplus(s):
-    """``log(1 + exp(s))`` without overflow (float64 scalars or arrays)."""
-    return np.logaddexp(0.0, s)
-
-
-def _log_softplus(s):
-    """``log(softplus(s))``, finite for every finite ``s``: ``softplus(s)`` underflows below
-    about -745, so below ``s = -30`` it is taken as ``s + log1p(-exp(s)/2)``, whose omitted
-    term ``O(exp(2s))`` is below 1e-26 there."""
-    s = np.asarray(s, dtype=np.float64)
-    low = s < -30.0
-    with np.errstate(divide="ignore"):
-        return np.where(low, s + np.log1p(-0.5 * np.exp(np.minimum(s, -30.0))),
-                        np.log(_softplus(np.maximum(s, -30.0))))
-
-
 def _log_one_minus_abs_tanh(p):
     """``log(1 - |tanh p|) = log 2 - 2|p| - log1p(exp(-2|p|))`` (no cancellation, no overflow)."""
     a = np.abs(p)
@@ -226,12 +210,12 @@ class Planar(Bijector):
         nrm = scale * norm1                  # |w| without underflow or overflow of |w|^2
         w_unit = unit / norm1
         s = float(w @ u)
-        k_num = float(_softplus(-s)) - 1.0   # m(s) - s
+        k_num = float(softplus(-s)) - 1.0   # m(s) - s
         u_hat = u + (k_num / nrm) * w_unit
-        one_plus_c = float(_softplus(s))
+        one_plus_c = float(softplus(s))
         return dict(u=u, w=w, b=b, s=s, nrm=nrm, w_unit=w_unit, k_num=k_num, u_hat=u_hat,
                     c=one_plus_c - 1.0, one_plus_c=one_plus_c,
-                    log_one_plus_c=float(_log_softplus(s)))
+                    log_one_plus_c=float(log_softplus(s)))
 
     def constrained(self):
         """The map's constrained coefficients (float64), e.g. to compare with another library.
@@ -254,7 +238,7 @@ class Planar(Bijector):
         c_bar = float(c_bar)
         nrm, w_unit, k_num, s = k["nrm"], k["w_unit"], k["k_num"], k["s"]
         uw = float(u_hat_bar @ w_unit)                      # (u_hat_bar . w) / |w|
-        g_s = -(uw / nrm) * expit(-s) + c_bar * expit(s)
+        g_s = -(uw / nrm) * sigmoid(-s) + c_bar * sigmoid(s)
         kq = k_num / (nrm * nrm)                            # k = (m(s) - s) / |w|^2
         u_bar = u_hat_bar + g_s * k["w"]
         w_bar = (np.asarray(w_direct, dtype=np.float64) + kq * u_hat_bar + g_s * k["u"]
@@ -266,21 +250,23 @@ class Planar(Bijector):
         return (u_hat, w, dtype.type(k["b"]), dtype.type(k["c"]), dtype.type(k["one_plus_c"]),
                 dtype.type(k["log_one_plus_c"]))
 
-    def _forward_vjp(self, z):
+    def _forward_pass(self, z, context, vjp):
         k = self._coefficients("forward")
         u_hat, w, b, c, delta, log_delta = self._cast(k, z.dtype)
         t, hp, d, log_d = _tanh_terms(z @ w + b, c, delta, log_delta)
         x = z + t[:, None] * u_hat
+        if not vjp:
+            return x, log_d, None
 
         def pullback(x_bar, log_det_bar):
             g_p = (x_bar @ u_hat) * hp - log_det_bar * (2 * t * c * hp / d)
             grads = self._param_grads(k, t @ x_bar, np.sum(log_det_bar * hp / d),
                                       g_p @ z, np.sum(g_p))
-            return x_bar + g_p[:, None] * w, grads
+            return x_bar + g_p[:, None] * w, grads, None
 
         return x, log_d, pullback
 
-    def _inverse_vjp(self, x):
+    def _inverse_pass(self, x, context, vjp):
         k = self._coefficients("inverse")
         u_hat, w, b, c, delta, log_delta = self._cast(k, x.dtype)
         # The c the float map actually has: w . u_hat of the rounded u_hat, so that the solve
@@ -290,12 +276,14 @@ class Planar(Bijector):
         planar_inverse(x @ w, c_map, b, delta, a)
         t, hp, d, log_d = _tanh_terms(a + b, c, delta, log_delta)
         z = x - t[:, None] * u_hat
+        if not vjp:
+            return z, -log_d, None
 
         def pullback(z_bar, log_det_bar):
             r = (-(z_bar @ u_hat) * hp + log_det_bar * (2 * t * c * hp / d)) / d
             grads = self._param_grads(k, -(t @ z_bar), np.sum(-r * t - log_det_bar * hp / d),
                                       r @ x, np.sum(r))
-            return z_bar + r[:, None] * w, grads
+            return z_bar + r[:, None] * w, grads, None
 
         return z, -log_d, pullback
 
@@ -411,7 +399,7 @@ class Radial(Bijector):
     def _coefficients(self, direction):
         p = self._p(np.float64)
         a_raw, b_raw = float(p["alpha"][0]), float(p["beta"][0])
-        alpha, s = float(_softplus(a_raw)), float(_softplus(b_raw))
+        alpha, s = float(softplus(a_raw)), float(softplus(b_raw))
         for name, value, raw in (("alpha", alpha, a_raw), ("alpha + beta", s, b_raw)):
             if value == 0.0:
                 key = "alpha" if name == "alpha" else "beta"
@@ -419,8 +407,8 @@ class Radial(Bijector):
                     direction,
                     f"{name} = softplus(params['{key}']) underflows to 0 for params['{key}'] = "
                     f"{raw!r}: the map is not invertible in float64 (keep raw values above -745)")
-        return dict(z0=p["z0"], alpha=alpha, s=s, sig_a=float(expit(a_raw)),
-                    sig_b=float(expit(b_raw)))
+        return dict(z0=p["z0"], alpha=alpha, s=s, sig_a=float(sigmoid(a_raw)),
+                    sig_b=float(sigmoid(b_raw)))
 
     def constrained(self):
         """The constrained coefficients (float64): ``{"z0", "alpha", "beta", "alpha_plus_beta"}``.
@@ -459,7 +447,7 @@ class Radial(Bijector):
                 "alpha": np.array([float(alpha_bar) * k["sig_a"]]),
                 "beta": np.array([float(s_bar) * k["sig_b"]])}
 
-    def _forward_vjp(self, z):
+    def _forward_pass(self, z, context, vjp):
         k = self._coefficients("forward")
         dt = z.dtype.type
         z0, alpha, s = k["z0"].astype(z.dtype), dt(k["alpha"]), dt(k["s"])
@@ -469,6 +457,8 @@ class Radial(Bijector):
         rho = (r + s) / ar
         x = z0 + rho[:, None] * v
         log_det, n = self._log_det(r, alpha, s)
+        if not vjp:
+            return x, log_det, None
 
         def pullback(x_bar, log_det_bar):
             l_r, l_alpha, l_s = self._partials(r, alpha, s, n)
@@ -479,11 +469,11 @@ class Radial(Bijector):
             alpha_bar = np.sum(-xv * rho / ar + log_det_bar * l_alpha)
             s_bar = np.sum(xv / ar + log_det_bar * l_s)
             grads = self._raw_grads(k, (x_bar - z_bar).sum(axis=0), alpha_bar, s_bar)
-            return z_bar, grads
+            return z_bar, grads, None
 
         return x, log_det, pullback
 
-    def _inverse_vjp(self, x):
+    def _inverse_pass(self, x, context, vjp):
         k = self._coefficients("inverse")
         dt = x.dtype.type
         z0, alpha, s = k["z0"].astype(x.dtype), dt(k["alpha"]), dt(k["s"])
@@ -497,6 +487,8 @@ class Radial(Bijector):
         kappa = ar / (r + s)
         z = z0 + kappa[:, None] * y
         log_det, n = self._log_det(r, alpha, s)
+        if not vjp:
+            return z, -log_det, None
 
         def pullback(z_bar, log_det_bar):
             l_r, l_alpha, l_s = self._partials(r, alpha, s, n)
@@ -509,7 +501,7 @@ class Radial(Bijector):
             alpha_bar = np.sum(zy / rs - log_det_bar * l_alpha - q * phi_alpha)
             s_bar = np.sum(-zy * kappa / rs - log_det_bar * l_s - q * r / ar)
             grads = self._raw_grads(k, (z_bar - x_bar).sum(axis=0), alpha_bar, s_bar)
-            return x_bar, grads
+            return x_bar, grads, None
 
         return z, -log_det, pullback
 
@@ -652,7 +644,7 @@ class Sylvester(Bijector):
             if permutation is None:
                 perm = rng.permutation(dim).astype(np.int64)
             else:
-                perm = _check_permutation(permutation, dim, "Sylvester")
+                perm = check_permutation(permutation, dim, "Sylvester")
             buffers["permutation"] = perm
         n_off = m * (m - 1) // 2
         std = 1.0 / math.sqrt(m)
@@ -688,13 +680,13 @@ class Sylvester(Bijector):
             q = np.zeros((d, m))
             q[perm[:m], np.arange(m)] = 1.0
             return q, None
-        w, scale = _scaled_reflections(self, direction, self._p(np.float64)["vectors"])
+        w, scale = scaled_reflections(self, direction, self._p(np.float64)["vectors"])
         s = np.einsum("ij,ij->i", w, w)
         rows = np.eye(m, d)          # Q^T = the reflections applied to e_1 .. e_m (as rows)
         inputs = []
         for j in range(w.shape[0]):
             inputs.append(rows)
-            rows = _reflect(rows, w[j], s[j])
+            rows = reflect(rows, w[j], s[j])
         return np.ascontiguousarray(rows.T), (w, s, scale, inputs)
 
     def _triangular(self):
@@ -760,18 +752,20 @@ class Sylvester(Bijector):
             rows_bar = f64(q_bar).T
             vec_bar = np.zeros_like(w)
             for j in range(w.shape[0] - 1, -1, -1):
-                rows_bar, vec_bar[j] = _reflect_pullback(inputs[j], rows_bar, w[j], s[j])
+                rows_bar, vec_bar[j] = reflect_pullback(inputs[j], rows_bar, w[j], s[j])
             with np.errstate(over="ignore"):  # reported by the public wrapper if it overflows
                 grads["vectors"] = vec_bar / scale[:, None]
         return grads
 
-    def _forward_vjp(self, z):
+    def _forward_pass(self, z, context, vjp):
         q, q_res, tri, c = self._state("forward", z.dtype)
         r, rt = c["r"], c["rt"]
         v = z @ q
         t, hp, d, log_d = _tanh_terms(v @ rt.T + c["b"], c["gamma"], c["delta"], c["log_delta"])
         w = t @ r.T
         x = z + w @ q.T
+        if not vjp:
+            return x, log_d.sum(axis=1), None
 
         def pullback(x_bar, log_det_bar):
             p = x_bar @ q
@@ -781,11 +775,11 @@ class Sylvester(Bijector):
             q_bar = x_bar.T @ w + z.T @ v_bar
             grads = self._param_grads(q_res, tri, q_bar, p.T @ t, a_bar.T @ v, a_bar.sum(axis=0),
                                       (log_det_bar[:, None] * hp / d).sum(axis=0))
-            return x_bar + v_bar @ q.T, grads
+            return x_bar + v_bar @ q.T, grads, None
 
         return x, log_d.sum(axis=1), pullback
 
-    def _inverse_vjp(self, x):
+    def _inverse_pass(self, x, context, vjp):
         q, q_res, tri, c = self._state("inverse", x.dtype)
         r, rt = c["r"], c["rt"]
         n, m = x.shape[0], self.m
@@ -795,6 +789,8 @@ class Sylvester(Bijector):
         t, hp, d, log_d = _tanh_terms(a, c["gamma"], c["delta"], c["log_delta"])
         w = t @ r.T
         z = x - w @ q.T
+        if not vjp:
+            return z, -log_d.sum(axis=1), None
 
         def pullback(z_bar, log_det_bar):
             zq = z_bar @ q
@@ -814,6 +810,6 @@ class Sylvester(Bijector):
             gamma_bar = -(log_det_bar[:, None] * hp / d).sum(axis=0)
             grads = self._param_grads(q_res, tri, q_bar, -(lam.T @ t), a_bar.T @ v,
                                       a_bar.sum(axis=0), gamma_bar)
-            return z_bar + y_bar @ q.T, grads
+            return z_bar + y_bar @ q.T, grads, None
 
         return z, -log_d.sum(axis=1), pullback

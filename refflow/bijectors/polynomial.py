@@ -19,10 +19,10 @@ using Bernstein-Polynomial Normalizing Flows", 2022, arXiv:2204.13939.
 """
 
 import math
-import numbers
 
 import numpy as np
 
+from .._validation import check_choice, check_int, check_positive, check_real
 from ..kernels.monotone import BERNSTEIN, POLYNOMIAL
 from ._monotone import MonotoneAutoregressive, kernel_solve, sigmoid, softplus
 
@@ -31,22 +31,6 @@ __all__ = ["SumOfSquaresAutoregressive", "BernsteinAutoregressive"]
 _TAILS = ("identity", "linear")
 
 
-def _int_at_least(value, minimum, where, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
-            or int(value) < minimum:
-        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _positive(value, where, name, allow_zero=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{where}: {name} must be a finite number {bound}, got {value!r}")
-    return float(value)
-
-
-# ============================================================================ sum of squares
 def _powers(v, count):
     """``v^0 .. v^(count-1)`` along a new last axis."""
     out = np.empty(v.shape + (count,), dtype=v.dtype)
@@ -186,10 +170,10 @@ class SumOfSquaresAutoregressive(MonotoneAutoregressive):
                  hidden=(64, 64), order="natural", hidden_degrees="cyclic", activation="relu",
                  context_dim=None, zero_last=False, rng=None):
         where = "SumOfSquaresAutoregressive"
-        self.degree = _int_at_least(degree, 0, where, "degree")
-        self.n_polynomials = _int_at_least(n_polynomials, 1, where, "n_polynomials")
-        self.slope = _positive(slope, where, "slope", allow_zero=True)
-        self.bound = _positive(bound, where, "bound")
+        self.degree = check_int(degree, where, "degree", minimum=0)
+        self.n_polynomials = check_int(n_polynomials, where, "n_polynomials", minimum=1)
+        self.slope = check_real(slope, where, "slope", low=0.0)
+        self.bound = check_positive(bound, where, "bound")
         n_params = self.n_polynomials * (self.degree + 1) + 1
         super().__init__(dim, n_params, hidden, order, hidden_degrees, activation, context_dim,
                          zero_last, rng)
@@ -419,11 +403,9 @@ class BernsteinAutoregressive(MonotoneAutoregressive):
                  order="natural", hidden_degrees="cyclic", activation="relu", context_dim=None,
                  zero_last=False, rng=None):
         where = "BernsteinAutoregressive"
-        if not (isinstance(tails, str) and tails in _TAILS):
-            raise ValueError(f"{where}: tails must be one of {list(_TAILS)}, got {tails!r}")
-        self.tails = tails
-        self.degree = _int_at_least(degree, 5 if tails == "identity" else 3, where, "degree")
-        self.bound = _positive(bound, where, "bound")
+        self.tails = check_choice(tails, _TAILS, where, "tails")
+        self.degree = check_int(degree, where, "degree", minimum=5 if tails == "identity" else 3)
+        self.bound = check_positive(bound, where, "bound")
         n_params = self.degree - 4 if tails == "identity" else self.degree - 1
         super().__init__(dim, n_params, hidden, order, hidden_degrees, activation, context_dim,
                          zero_last, rng)

@@ -30,15 +30,35 @@ Every form is finite for any finite ``u`` (``softplus(u) = logaddexp(0, u)`` and
 Note on directions: refflow's layers multiply by the scale in the *sampling* direction
 (``x = z * scale + shift``), as the MAF paper and TFP do. nflows and zuko multiply in the
 density direction (``z = x * scale + shift``); with the same scale map, their scale is the
-reciprocal of refflow's.
+reciprocal of refflow's. The layers' ``scale_side`` option chooses, and :func:`affine_map`
+gives the elementwise formula of each direction:
+
+==================  ==========================  ==========================
+``scale_side``      ``forward`` (z -> x)        ``inverse`` (x -> z)
+==================  ==========================  ==========================
+``"sampling"``      :func:`affine_multiply`     :func:`affine_divide`
+``"density"``       :func:`affine_divide`       :func:`affine_multiply`
+==================  ==========================  ==========================
+
+with, elementwise (``l = l(u)``, ``l' = dl/du``; ``v`` the input, ``y`` the output, row
+log-dets summed over the last axis)::
+
+    multiply   y = v e^l + t,        log_det =  sum l
+               v_bar = y_bar e^l,    t_bar =  y_bar,   u_bar = (y_bar v e^l + log_det_bar) l'
+    divide     y = (v - t) e^-l,     log_det = -sum l
+               v_bar = y_bar e^-l,   t_bar = -v_bar,   u_bar = (-y_bar y - log_det_bar) l'
+
+(from ``dy = e^l (dv + v dl) + dt`` and ``dy = e^-l (dv - dt) - y dl``).
 """
 
 import math
 
 import numpy as np
-from scipy.special import expit, log_expit
 
-__all__ = ["SCALE_MAPS", "get_scale_map"]
+from .._math import log_sigmoid, sigmoid, softplus
+
+__all__ = ["SCALE_MAPS", "get_scale_map", "affine_map", "affine_multiply", "affine_divide",
+           "affine_value"]
 
 _FLOOR = 1e-3
 _LOG_FLOOR = math.log(_FLOOR)
@@ -50,16 +70,16 @@ def _exp(u):
     return u.copy(), np.ones_like(u)
 
 
-def _softplus(u):
-    sp = np.logaddexp(0.0, u)  # never overflows; its log needs no special form
-    return np.log(sp + _FLOOR), expit(u) / (sp + _FLOOR)
+def _softplus_scale(u):
+    sp = softplus(u)  # never overflows; its log needs no special form
+    return np.log(sp + _FLOOR), sigmoid(u) / (sp + _FLOOR)
 
 
-def _sigmoid(u):
-    s = expit(u + 2.0)
+def _sigmoid_scale(u):
+    s = sigmoid(u + 2.0)
     # log(s + floor) = logaddexp(log s, log floor): stays accurate where s underflows
-    log_scale = np.logaddexp(log_expit(u + 2.0), u.dtype.type(_LOG_FLOOR))
-    return log_scale, s * expit(-(u + 2.0)) / (s + _FLOOR)
+    log_scale = np.logaddexp(log_sigmoid(u + 2.0), u.dtype.type(_LOG_FLOOR))
+    return log_scale, s * sigmoid(-(u + 2.0)) / (s + _FLOOR)
 
 
 def _softclip(u):
@@ -72,8 +92,8 @@ def _tanh(u):
     return _TANH_CLAMP * t, 1.0 - t * t
 
 
-SCALE_MAPS = {"exp": _exp, "softplus": _softplus, "sigmoid": _sigmoid, "softclip": _softclip,
-              "tanh": _tanh}
+SCALE_MAPS = {"exp": _exp, "softplus": _softplus_scale, "sigmoid": _sigmoid_scale,
+              "softclip": _softclip, "tanh": _tanh}
 
 
 def get_scale_map(name, where="scale"):
@@ -81,3 +101,59 @@ def get_scale_map(name, where="scale"):
     if not isinstance(name, str) or name not in SCALE_MAPS:
         raise ValueError(f"{where}: scale must be one of {sorted(SCALE_MAPS)}, got {name!r}")
     return SCALE_MAPS[name]
+
+
+def affine_multiply(v, shift, log_scale, dlog_scale, vjp, out=None):
+    """``y = v e^l + t`` elementwise, ``log_det = sum_j l_j`` over the last axis (module
+    docstring), and when ``vjp`` its pullback ``(y_bar, log_det_bar) -> (v_bar, t_bar, u_bar)``.
+
+    ``out``, if given, is returned as ``y`` instead (the masked autoregressive layers' sampler
+    computes ``y`` itself); the pullback does not read ``y``.
+    """
+    scale = np.exp(log_scale)
+    vs = v * scale  # dy/dl, a residual of the pullback
+    y = vs + shift if out is None else out
+    log_det = log_scale.sum(axis=-1)
+    if not vjp:
+        return y, log_det, None
+
+    def pullback(y_bar, log_det_bar):
+        return y_bar * scale, y_bar, (y_bar * vs + log_det_bar[..., None]) * dlog_scale
+
+    return y, log_det, pullback
+
+
+def affine_divide(v, shift, log_scale, dlog_scale, vjp, out=None):
+    """``y = (v - t) e^-l`` elementwise, ``log_det = -sum_j l_j`` over the last axis, and when
+    ``vjp`` its pullback ``(y_bar, log_det_bar) -> (v_bar, t_bar, u_bar)``.
+
+    ``out``, if given, is returned as ``y`` (and read by the pullback, ``dy/dl = -y``) instead
+    of the value computed here.
+    """
+    inv_scale = np.exp(-log_scale)
+    y = (v - shift) * inv_scale if out is None else out
+    log_det = -log_scale.sum(axis=-1)
+    if not vjp:
+        return y, log_det, None
+
+    def pullback(y_bar, log_det_bar):
+        v_bar = y_bar * inv_scale
+        return v_bar, -v_bar, (-y_bar * y - log_det_bar[..., None]) * dlog_scale
+
+    return y, log_det, pullback
+
+
+def affine_map(direction, scale_side):
+    """:func:`affine_multiply` or :func:`affine_divide`: the formula of ``direction``
+    (``"forward"`` or ``"inverse"``) for a layer whose scale multiplies on ``scale_side``
+    (``"sampling"`` or ``"density"``; module docstring)."""
+    return affine_multiply if (direction == "forward") == (scale_side == "sampling") \
+        else affine_divide
+
+
+def affine_value(direction, scale_side, v, shift, log_scale):
+    """The value ``y`` alone of :func:`affine_map` ``(direction, scale_side)``, by the same
+    operations (no log-det, no residuals: the per-coordinate step of sequential sampling)."""
+    if (direction == "forward") == (scale_side == "sampling"):
+        return v * np.exp(log_scale) + shift
+    return (v - shift) * np.exp(-log_scale)

@@ -108,8 +108,8 @@ import math
 import numbers
 
 import numpy as np
-from scipy.special import expit
 
+from .._math import sigmoid, softplus
 from .._validation import as_float_array
 
 __all__ = ["SPLINE_MAPS", "SplineMap", "get_spline_map"]
@@ -141,11 +141,6 @@ def _interior_cumsum_vjp(k_bar, c):
     g = np.zeros(k_bar.shape[:-1] + (k_bar.shape[-1] - 1,), dtype=k_bar.dtype)
     g[..., :-1] = np.flip(np.cumsum(np.flip(inner, -1), axis=-1), -1)
     return c * g
-
-
-def _softplus(u):
-    """``log(1 + e^u)`` for any real ``u`` without overflow (numpy's ``logaddexp(0, u)``)."""
-    return np.logaddexp(u.dtype.type(0), u)
 
 
 def _check_real(value, what, where):
@@ -186,11 +181,12 @@ class SplineMap:
         return self.n_bins - 1
 
     def __repr__(self):
-        settings = ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
         return (f"get_spline_map({self.name!r}, n_bins={self.n_bins}, bound={self.bound}, "
                 f"{settings})")
 
-    def _settings(self):
+    def settings(self):
+        """The map's settings besides ``n_bins`` and ``bound`` (constructor keywords)."""
         return {}
 
     # -- input handling ----------------------------------------------------------------------
@@ -259,7 +255,7 @@ class _Durkan(SplineMap):
         self.min_bin_height = min_bin_height
         self.min_derivative = min_derivative
 
-    def _settings(self):
+    def settings(self):
         return {"min_bin_width": self.min_bin_width, "min_bin_height": self.min_bin_height,
                 "min_derivative": self.min_derivative}
 
@@ -279,7 +275,7 @@ class _Durkan(SplineMap):
         xk, pw = self._positions(uw, self.min_bin_width)
         yk, ph = self._positions(uh, self.min_bin_height)
         dk = np.empty_like(xk)
-        dk[..., 1:-1] = ud.dtype.type(self.min_derivative) + _softplus(ud)
+        dk[..., 1:-1] = ud.dtype.type(self.min_derivative) + softplus(ud)
         dk[..., 0] = 1.0
         dk[..., -1] = 1.0
         return xk, yk, dk, (pw, ph, ud.copy())  # ud may be the caller's array
@@ -292,7 +288,7 @@ class _Durkan(SplineMap):
         ch = t(2.0 * B * (1.0 - self.min_bin_height * K))
         uw_bar = _softmax_vjp(pw, _interior_cumsum_vjp(xk_bar, cw))
         uh_bar = _softmax_vjp(ph, _interior_cumsum_vjp(yk_bar, ch))
-        ud_bar = dk_bar[..., 1:-1] * expit(ud)
+        ud_bar = dk_bar[..., 1:-1] * sigmoid(ud)
         return uw_bar, uh_bar, ud_bar
 
 
@@ -304,7 +300,7 @@ class _Zuko(SplineMap):
         self.min_derivative = slope
         self._log_slope = math.log(slope)
 
-    def _settings(self):
+    def settings(self):
         return {"min_derivative": self.min_derivative}
 
     def _positions(self, u):
@@ -354,7 +350,7 @@ class _Distrax(SplineMap):
     def n_derivatives(self):
         return self.n_bins + 1
 
-    def _settings(self):
+    def settings(self):
         return {"min_bin_width": self.min_bin_width, "min_bin_height": self.min_bin_height,
                 "min_derivative": self.min_derivative, "boundary_slopes": self.boundary_slopes}
 
@@ -375,7 +371,7 @@ class _Distrax(SplineMap):
         xk, pw = self._positions(uw, self.min_bin_width)
         yk, ph = self._positions(uh, self.min_bin_height)
         v = ud + t(self._offset)
-        dk = _softplus(v) + t(self.min_derivative)
+        dk = softplus(v) + t(self.min_derivative)
         mode = self.boundary_slopes
         if mode in ("lower_identity", "identity"):
             dk[..., 0] = 1.0
@@ -401,7 +397,7 @@ class _Distrax(SplineMap):
         if mode == "circular":  # d_K = d_0: both cotangents flow to u_0, none to u_K
             g[..., 0] += g[..., -1]
             g[..., -1] = 0.0
-        ud_bar = g * expit(v)
+        ud_bar = g * sigmoid(v)
         return uw_bar, uh_bar, ud_bar
 
 

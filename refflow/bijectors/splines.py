@@ -17,17 +17,14 @@ Directions
   spline, ``x_i = RQS^{-1}(z_i; theta_i)``. So the weights of an nflows or zuko model give the
   same map here without reversing anything.
 
-The spline values, log-dets and their partial derivatives come from numba kernels. With the
-``"durkan"`` map (the default) every pass runs the fused kernels of
-:mod:`refflow.kernels.durkan`, which take the conditioner's unconstrained outputs directly (as
-strided views of its ``(rows, P)`` output, no copies) and compute each element's knots inside the
-loop; their pullbacks return the unconstrained parameters' cotangents. The other maps (and
-``"durkan"`` when numba is disabled, or with ``_FUSED = False``) take the reference path: the
-map (:mod:`refflow.bijectors.spline_maps`) builds the ``(rows, K + 1)`` knot arrays, the generic
-kernels of :mod:`refflow.kernels.splines` evaluate the spline, and the map's pullback carries the
-knot cotangents back. Both paths agree to rounding (knots a few ulps apart, amplified by the
-spline's conditioning); ``tests/test_spline_layers_fused.py`` compares them. The conditioner's
-pullback then carries the parameter cotangents to its weights.
+The spline values, log-dets and their partial derivatives come from one dispatcher,
+:func:`refflow.bijectors.spline_core.rqs`: with the ``"durkan"`` map (the default) the fused
+kernels, which take the conditioner's unconstrained outputs directly (as strided views of its
+``(rows, P)`` output, no copies) and compute each element's knots inside the loop; with the
+other maps the map's knot arrays and the numba knot kernels; inside
+``refflow.kernels.fast_paths(False)`` the reference path (the NumPy map and the NumPy twins of
+the kernels). They agree to rounding (knots a few ulps apart, amplified by the spline's
+conditioning). The conditioner's pullback then carries the parameter cotangents to its weights.
 
 References
 ----------
@@ -36,132 +33,38 @@ Gregory, Delbourgo, "Piecewise rational quadratic interpolation to monotonic dat
 Numer. Anal., 1982.
 """
 
-import math
-
 import numpy as np
 
 from .._validation import check_dim
-from ..kernels import NUMBA_DISABLED
-from ..kernels.durkan import (rqs_durkan_forward, rqs_durkan_forward_vjp, rqs_durkan_inverse,
-                             rqs_durkan_inverse_vjp)
-from ..kernels.splines import rqs_forward, rqs_forward_vjp, rqs_inverse, rqs_inverse_vjp
-from ..splines import _launch, _settings as _durkan_settings
-from .autoregressive import _MaskedAutoregressive, fixed_point_adjoint
+from .autoregressive import MaskedAutoregressiveBase
 from .base import Bijector
-from .coupling import _Coupling, _assemble, _conditioner_input, _split_h_bar
-from .spline_maps import get_spline_map
+from .coupling import CouplingBase, conditioner_input
+from .spline_core import (identity_parameters, input_knots, layer_spline_map, map_config, rqs,
+                          split_parameters)
 
 __all__ = ["RationalQuadraticSpline", "SplineCoupling", "MaskedSplineAutoregressive"]
 
 
-# ---------------------------------------------------------------------------- pure passes
-def _make_map(where, parameterization, n_bins, bound, min_bin_width, min_bin_height,
-              min_derivative, boundary_slopes):
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 2:
-        raise ValueError(f"{where}: n_bins must be an integer >= 2, got {n_bins!r}")
-    if bound is None and parameterization == "distrax":
-        bound = 3.0  # distrax itself requires a range; the NSF paper's B = 3
-    options = {k: v for k, v in dict(bound=bound, min_bin_width=min_bin_width,
-                                     min_bin_height=min_bin_height, min_derivative=min_derivative,
-                                     boundary_slopes=boundary_slopes).items() if v is not None}
-    try:
-        return get_spline_map(parameterization, n_bins=int(n_bins), **options)
-    except ValueError as exc:
-        raise ValueError(f"{where}: {exc}") from None
-
-
-def _map_config(smap, parameterization):
-    """The spline map's constructor arguments, every setting explicit (for ``_config``)."""
-    return {"n_bins": smap.n_bins, "parameterization": parameterization, "bound": smap.bound,
-            **smap._settings()}
-
-
-def _split(theta, n_bins):
-    """``(widths, heights, derivatives)`` views of parameters laid out ``[K | K | rest]``."""
-    return theta[..., :n_bins], theta[..., n_bins:2 * n_bins], theta[..., 2 * n_bins:]
-
-
-#: Run the "durkan" map through the fused kernels (:mod:`refflow.kernels.durkan`). When False,
-#: or when numba is disabled (the kernels would then be slow Python loops), every map takes the
-#: reference path :func:`_spline_reference`; the tests switch this flag to compare the two.
-_FUSED = not NUMBA_DISABLED
-
-
-def _spline(apply, v, theta, smap, n_bins, with_vjp):
-    """``RQS`` (``apply="spline"``) or ``RQS^{-1}`` (``"inverse"``) of ``v`` (N,) elementwise.
-
-    ``theta`` (N, P) holds each element's unconstrained parameters (any strides). Returns
-    ``(out, log_det)`` (elementwise, (N,)) or ``(out, log_det, pullback)`` with
-    ``pullback(out_bar, log_det_bar) -> (v_bar, theta_bar)``, ``theta_bar`` (N, P) C-contiguous.
-    """
-    if _FUSED and smap.name == "durkan":
-        return _spline_fused(apply, v, theta, smap, n_bins, with_vjp)
-    return _spline_reference(apply, v, theta, smap, n_bins, with_vjp)
-
-
-def _spline_fused(apply, v, theta, smap, n_bins, with_vjp):
-    """:func:`_spline` for the "durkan" map on the fused kernels: the widths, heights and
-    derivatives go in as strided column views of ``theta`` (no knot arrays, no copies), and the
-    pullback writes their cotangents straight into the column blocks of one ``theta_bar``."""
-    theta = theta.astype(v.dtype, copy=False)
-    params = (v,) + _split(theta, n_bins)
-    settings = _durkan_settings(smap)
-    out, log_det = np.empty_like(v), np.empty_like(v)
-    _launch(rqs_durkan_forward if apply == "spline" else rqs_durkan_inverse, params, settings,
-            (out, log_det))
-    if not with_vjp:
-        return out, log_det
-    vjp_kernel = rqs_durkan_forward_vjp if apply == "spline" else rqs_durkan_inverse_vjp
+def _spline(apply, v, theta, smap, vjp):
+    """``RQS`` (``apply="spline"``) or ``RQS^{-1}`` (``"inverse"``) of ``v`` (N,) elementwise,
+    element ``i`` with the parameters ``theta[i]`` (``(N, P)``, any strides): ``(out, log_det,
+    pullback)``, ``pullback(out_bar, log_det_bar) -> (v_bar, theta_bar)`` with ``theta_bar``
+    ``(N, P)`` C-contiguous (its column blocks written in place) when ``vjp``, else None."""
+    n_bins = smap.n_bins
+    out, log_det, inner = rqs(apply, v, *split_parameters(theta, n_bins), smap, vjp)
+    if not vjp:
+        return out, log_det, None
 
     def pullback(out_bar, log_det_bar):
-        v_bar = np.empty_like(v)
-        theta_bar = np.empty(theta.shape, dtype=v.dtype)  # every entry written by the kernel
-        _launch(vjp_kernel, params, settings,
-                (np.ascontiguousarray(out_bar, dtype=v.dtype),
-                 np.ascontiguousarray(log_det_bar, dtype=v.dtype), v_bar,
-                 *_split(theta_bar, n_bins)))
+        theta_bar = np.empty(theta.shape, dtype=v.dtype)
+        v_bar, _ = inner(out_bar, log_det_bar, split_parameters(theta_bar, n_bins))
         return v_bar, theta_bar
 
     return out, log_det, pullback
 
 
-def _spline_reference(apply, v, theta, smap, n_bins, with_vjp):
-    """:func:`_spline` by the composed reference path: the map's knot arrays, the generic
-    kernels of :mod:`refflow.kernels.splines`, the map's pullback."""
-    uw, uh, ud = _split(theta, n_bins)
-    if with_vjp:
-        knots, map_pullback = smap.vjp(uw, uh, ud)
-    else:
-        knots = smap(uw, uh, ud)
-    knots = tuple(np.ascontiguousarray(k, dtype=v.dtype) for k in knots)
-    out, log_det = np.empty_like(v), np.empty_like(v)
-    (rqs_forward if apply == "spline" else rqs_inverse)(v, *knots, out, log_det)
-    if not with_vjp:
-        return out, log_det
-    vjp_kernel = rqs_forward_vjp if apply == "spline" else rqs_inverse_vjp
-
-    def pullback(out_bar, log_det_bar):
-        v_bar = np.empty_like(v)
-        knot_bars = [np.empty_like(k) for k in knots]
-        vjp_kernel(v, *knots, np.ascontiguousarray(out_bar), np.ascontiguousarray(log_det_bar),
-                   v_bar, *knot_bars)
-        return v_bar, np.concatenate(map_pullback(*knot_bars), axis=-1)
-
-    return out, log_det, pullback
-
-
-def _knots_in(apply, theta, smap, n_bins):
-    """Knot positions in the input space of ``apply``: ``xk`` for RQS, ``yk`` for RQS^{-1}."""
-    xk, yk, _ = smap(*_split(theta, n_bins))
-    return xk if apply == "spline" else yk
-
-
-def _identity_parameters(smap, n_bins):
-    """One element's unconstrained parameters that give the identity spline."""
-    theta = np.zeros(2 * n_bins + smap.n_derivatives)
-    if smap.name == "durkan":  # min_d + softplus(u) = 1 at u = log(expm1(1 - min_d))
-        theta[2 * n_bins:] = math.log(math.expm1(1.0 - smap.min_derivative))
-    return theta
+def _knots(apply, theta, smap):
+    return input_knots(apply, *split_parameters(theta, smap.n_bins), smap)
 
 
 # ----------------------------------------------------------------------- elementwise layer
@@ -206,10 +109,10 @@ class RationalQuadraticSpline(Bijector):
                  min_bin_width=None, min_bin_height=None, min_derivative=None,
                  boundary_slopes=None):
         dim = check_dim(dim, "RationalQuadraticSpline")
-        smap = _make_map("RationalQuadraticSpline", parameterization, n_bins, bound,
-                         min_bin_width, min_bin_height, min_derivative, boundary_slopes)
-        theta = np.tile(_identity_parameters(smap, int(n_bins)), (dim, 1))
-        uw, uh, ud = _split(theta, int(n_bins))
+        smap = layer_spline_map("RationalQuadraticSpline", parameterization, n_bins, bound,
+                                min_bin_width, min_bin_height, min_derivative, boundary_slopes)
+        theta = np.tile(identity_parameters(smap), (dim, 1))
+        uw, uh, ud = split_parameters(theta, int(n_bins))
         super().__init__(dim, params={"unnormalized_widths": uw, "unnormalized_heights": uh,
                                       "unnormalized_derivatives": ud})
         self.n_bins, self.parameterization, self._map = int(n_bins), parameterization, smap
@@ -219,9 +122,9 @@ class RationalQuadraticSpline(Bijector):
                 f"parameterization={self.parameterization!r})")
 
     def _config(self):
-        return {"dim": self.dim, **_map_config(self._map, self.parameterization)}
+        return {"dim": self.dim, **map_config(self._map, self.parameterization)}
 
-    def _pass(self, apply, v, with_vjp):
+    def _spline_pass(self, apply, v, vjp):
         p = self._p(v.dtype)
         n, d, k = v.shape[0], self.dim, self.n_bins
         theta = np.concatenate([p["unnormalized_widths"], p["unnormalized_heights"],
@@ -230,46 +133,39 @@ class RationalQuadraticSpline(Bijector):
         # one fresh writable row per element (for n = 1 a reshaped broadcast would be a read-only
         # view, which numba compiles separately)
         theta_rows = np.tile(theta, (n, 1))
-        result = _spline(apply, v.reshape(-1), theta_rows, self._map, k, with_vjp)
+        out, log_det, spline_pullback = _spline(apply, v.reshape(-1), theta_rows, self._map, vjp)
         # the kernels' log-dets are those of the map applied (RQS or RQS^{-1}), elementwise
-        out, log_det = result[0].reshape(n, d), result[1].reshape(n, d).sum(axis=1)
-        if not with_vjp:
-            return out, log_det
+        out, log_det = out.reshape(n, d), log_det.reshape(n, d).sum(axis=1)
+        if not vjp:
+            return out, log_det, None
 
         def pullback(out_bar, log_det_bar):
-            v_bar, theta_bar = result[2](out_bar.reshape(-1), np.repeat(log_det_bar, d))
+            v_bar, theta_bar = spline_pullback(out_bar.reshape(-1), np.repeat(log_det_bar, d))
             theta_bar = theta_bar.reshape(n, d, n_params).sum(axis=0)
-            uw_bar, uh_bar, ud_bar = _split(theta_bar, k)
+            uw_bar, uh_bar, ud_bar = split_parameters(theta_bar, k)
             return v_bar.reshape(n, d), {"unnormalized_widths": uw_bar,
                                          "unnormalized_heights": uh_bar,
-                                         "unnormalized_derivatives": ud_bar}
+                                         "unnormalized_derivatives": ud_bar}, None
 
         return out, log_det, pullback
+
+    def _forward_pass(self, z, context, vjp):
+        return self._spline_pass("spline", z, vjp)
+
+    def _inverse_pass(self, x, context, vjp):
+        return self._spline_pass("inverse", x, vjp)
 
     def _input_knots(self, direction, v, context=None):
         """``(n, dim, K+1)`` knots in the input space of ``direction`` at the points ``v``
         (where the derivative of the log-det jumps; the tests keep finite differences away)."""
         theta = np.concatenate([self.params["unnormalized_widths"], self.params["unnormalized_heights"],
                                 self.params["unnormalized_derivatives"]], axis=1)
-        knots = _knots_in("spline" if direction == "forward" else "inverse", theta, self._map,
-                          self.n_bins)
+        knots = _knots("spline" if direction == "forward" else "inverse", theta, self._map)
         return np.broadcast_to(knots, (v.shape[0],) + knots.shape)
-
-    def _forward(self, z):
-        return self._pass("spline", z, False)
-
-    def _inverse(self, x):
-        return self._pass("inverse", x, False)
-
-    def _forward_vjp(self, z):
-        return self._pass("spline", z, True)
-
-    def _inverse_vjp(self, x):
-        return self._pass("inverse", x, True)
 
 
 # -------------------------------------------------------------------------- coupling layer
-class SplineCoupling(_Coupling):
+class SplineCoupling(CouplingBase):
     r"""Rational-quadratic spline coupling (NSF, Durkan et al. 2019, section 3.1).
 
     The identity part ``a`` (``mask`` False) passes through; the transformed part ``b`` goes
@@ -319,8 +215,8 @@ class SplineCoupling(_Coupling):
                  parameterization="durkan", bound=None, min_bin_width=None, min_bin_height=None,
                  min_derivative=None, boundary_slopes=None, context_dim=None, zero_last=False,
                  rng=None):
-        smap = _make_map("SplineCoupling", parameterization, n_bins, bound, min_bin_width,
-                         min_bin_height, min_derivative, boundary_slopes)
+        smap = layer_spline_map("SplineCoupling", parameterization, n_bins, bound, min_bin_width,
+                                min_bin_height, min_derivative, boundary_slopes)
         self.n_bins, self.parameterization, self._map = int(n_bins), parameterization, smap
         self._n_params = 2 * self.n_bins + smap.n_derivatives
         super().__init__(dim, mask, hidden, activation, context_dim, zero_last, rng,
@@ -331,47 +227,36 @@ class SplineCoupling(_Coupling):
                 f"parameterization={self.parameterization!r}, context_dim={self.context_dim})")
 
     def _config(self):
-        return dict(super()._config(), **_map_config(self._map, self.parameterization))
+        return dict(super()._config(), **map_config(self._map, self.parameterization))
 
     def _input_knots(self, direction, v, context=None):
         """``(n, dim, K+1)`` knots in the input space of ``direction`` (inf for the identity part)."""
         a, b = self._indices(direction)
-        theta = self.conditioner._forward(_conditioner_input(v, a, context))
+        theta = self.conditioner._forward(conditioner_input(v, a, context))
         knots = np.full((v.shape[0], self.dim, self.n_bins + 1), np.inf)
-        knots[:, b] = _knots_in("spline" if direction == "inverse" else "inverse",
-                                theta.reshape(v.shape[0], b.shape[0], -1), self._map, self.n_bins)
+        knots[:, b] = _knots("spline" if direction == "inverse" else "inverse",
+                             theta.reshape(v.shape[0], b.shape[0], -1), self._map)
         return knots
 
-    def _pass(self, direction, v, context, with_vjp):
-        a, b = self._indices(direction)
-        n, n_a, n_b = v.shape[0], a.shape[0], b.shape[0]
-        h = _conditioner_input(v, a, context)
-        out, net_pullback = self.conditioner._vjp(h) if with_vjp else (self.conditioner._forward(h), None)
-        theta = out.reshape(n * n_b, self._n_params)
+    def _transform(self, direction, v_b, out, vjp):
+        n, n_b = v_b.shape
         apply = "spline" if direction == "inverse" else "inverse"  # density direction = RQS
-        result = _spline(apply, v.take(b, axis=1).reshape(-1), theta,  # take: a fresh C array
-                         self._map, self.n_bins, with_vjp)
-        out_b = result[0].reshape(n, n_b)
-        log_det = result[1].reshape(n, n_b).sum(axis=1)
-        result_v = _assemble(v, a, b, h[:, :n_a], out_b)
-        if not with_vjp:
-            return result_v, log_det
+        y_b, log_det, spline_pullback = _spline(apply, v_b.reshape(-1),
+                                                out.reshape(n * n_b, self._n_params),
+                                                self._map, vjp)
+        y_b, log_det = y_b.reshape(n, n_b), log_det.reshape(n, n_b).sum(axis=1)
+        if not vjp:
+            return y_b, log_det, None
 
-        def pullback(out_bar, log_det_bar):
-            v_b_bar, theta_bar = result[2](out_bar.take(b, axis=1).reshape(-1),
-                                           np.repeat(log_det_bar, n_b))
-            h_bar, grads = net_pullback(theta_bar.reshape(n, n_b * self._n_params))
-            h_a_bar, context_bar = _split_h_bar(h_bar, n_a, context is not None)
-            in_bar = _assemble(out_bar, a, b, out_bar.take(a, axis=1) + h_a_bar,
-                               v_b_bar.reshape(n, n_b))
-            grads = {f"conditioner.{k}": g for k, g in grads.items()}
-            return (in_bar, grads) if context is None else (in_bar, grads, context_bar)
+        def pullback(y_b_bar, log_det_bar):
+            v_b_bar, theta_bar = spline_pullback(y_b_bar.reshape(-1), np.repeat(log_det_bar, n_b))
+            return v_b_bar.reshape(n, n_b), theta_bar.reshape(n, n_b * self._n_params)
 
-        return result_v, log_det, pullback
+        return y_b, log_det, pullback
 
 
 # -------------------------------------------------------------------- autoregressive layer
-class MaskedSplineAutoregressive(_MaskedAutoregressive):
+class MaskedSplineAutoregressive(MaskedAutoregressiveBase):
     r"""Masked autoregressive rational-quadratic spline layer (NSF, Durkan et al. 2019, 3.2).
 
     A MADE gives every coordinate ``i`` its spline parameters ``theta_i(x_<i)``. Density
@@ -425,8 +310,8 @@ class MaskedSplineAutoregressive(_MaskedAutoregressive):
                  min_bin_width=None, min_bin_height=None, min_derivative=None,
                  boundary_slopes=None, order="natural", hidden_degrees="cyclic",
                  activation="relu", context_dim=None, zero_last=False, rng=None):
-        smap = _make_map("MaskedSplineAutoregressive", parameterization, n_bins, bound,
-                         min_bin_width, min_bin_height, min_derivative, boundary_slopes)
+        smap = layer_spline_map("MaskedSplineAutoregressive", parameterization, n_bins, bound,
+                                min_bin_width, min_bin_height, min_derivative, boundary_slopes)
         self.n_bins, self.parameterization, self._map = int(n_bins), parameterization, smap
         self._n_params = 2 * self.n_bins + smap.n_derivatives
         super().__init__(dim, self._n_params, hidden, order, hidden_degrees, activation,
@@ -438,62 +323,28 @@ class MaskedSplineAutoregressive(_MaskedAutoregressive):
                 f"context_dim={self.context_dim})")
 
     def _config(self):
-        return dict(super()._config(), **_map_config(self._map, self.parameterization))
-
-    def _rows(self, out):
-        return out.reshape(-1, self._n_params)
+        return dict(super()._config(), **map_config(self._map, self.parameterization))
 
     def _input_knots(self, direction, v, context=None):
         """``(n, dim, K+1)`` knots in the input space of ``direction`` at the points ``v``."""
-        x = v if direction == "inverse" else self._forward(v, context)[0]
+        x = v if direction == "inverse" else self._forward_pass(v, context, False)[0]
         theta = self.made._forward(x, context)
-        return _knots_in("spline" if direction == "inverse" else "inverse", theta, self._map,
-                         self.n_bins)
+        return _knots("spline" if direction == "inverse" else "inverse", theta, self._map)
 
-    # ----------------------------------------------------------------- density direction
-    def _inverse(self, x, context=None):
-        out = self.made._forward(x, context)
-        z, log_det = _spline("spline", x.reshape(-1), self._rows(out), self._map, self.n_bins, False)
-        return z.reshape(x.shape), log_det.reshape(x.shape).sum(axis=1)
-
-    def _inverse_vjp(self, x, context=None):
-        out, made_pullback = self.made._vjp(x, context)
-        z, log_det, spline_pullback = _spline("spline", x.reshape(-1), self._rows(out), self._map,
-                                              self.n_bins, True)
-
-        def pullback(z_bar, log_det_bar):
-            x_bar, theta_bar = spline_pullback(z_bar.reshape(-1), np.repeat(log_det_bar, self.dim))
-            made_result = made_pullback(theta_bar.reshape(out.shape))
-            return self._finish(x_bar.reshape(x.shape) + made_result[0], made_result, context)
-
-        return z.reshape(x.shape), log_det.reshape(x.shape).sum(axis=1), pullback
-
-    # ----------------------------------------------------------------- sampling direction
     def _sample_coordinate(self, z_i, out_i):
-        return _spline("inverse", z_i, out_i, self._map, self.n_bins, False)[0]
+        return _spline("inverse", z_i, out_i, self._map, False)[0]
 
-    def _forward(self, z, context=None):
-        x_partial = self._sample_passes(z, context)
-        out = self.made._forward(x_partial, context)  # the last pass: every theta is final
-        x, log_det = _spline("inverse", z.reshape(-1), self._rows(out), self._map, self.n_bins, False)
-        return x.reshape(z.shape), log_det.reshape(z.shape).sum(axis=1)
+    def _transform(self, direction, v, out, vjp, sampled=None):
+        # density direction (inverse) = RQS; sampling = RQS^{-1} at the final outputs
+        apply = "spline" if direction == "inverse" else "inverse"
+        y, log_det, spline_pullback = _spline(apply, v.reshape(-1),
+                                              out.reshape(-1, self._n_params), self._map, vjp)
+        y, log_det = y.reshape(v.shape), log_det.reshape(v.shape).sum(axis=-1)
+        if not vjp:
+            return y, log_det, None
 
-    def _forward_vjp(self, z, context=None):
-        x_partial = self._sample_passes(z, context)
-        out, made_pullback = self.made._vjp(x_partial, context)
-        x, log_det, spline_pullback = _spline("inverse", z.reshape(-1), self._rows(out), self._map,
-                                              self.n_bins, True)
-        shape, max_steps = z.shape, self.dim
+        def pullback(y_bar, log_det_bar):
+            v_bar, theta_bar = spline_pullback(y_bar.reshape(-1), np.repeat(log_det_bar, self.dim))
+            return v_bar.reshape(v.shape), theta_bar.reshape(out.shape)
 
-        def pullback(x_bar, log_det_bar):
-            ld_rows = np.repeat(log_det_bar, self.dim)
-
-            def step(lam):
-                z_bar, theta_bar = spline_pullback(lam.reshape(-1), ld_rows)
-                return z_bar, made_pullback(theta_bar.reshape(out.shape))
-
-            # lambda = x_bar + (dG/dx)^T lambda + (d log_det/dx)^T g: exact in <= dim steps
-            _, z_bar, made_result = fixed_point_adjoint(x_bar, step, max_steps)
-            return self._finish(z_bar.reshape(shape), made_result, context)
-
-        return x.reshape(shape), log_det.reshape(shape).sum(axis=1), pullback
+        return y, log_det, pullback

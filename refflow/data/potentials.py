@@ -47,12 +47,11 @@ Rezende, Mohamed, "Variational Inference with Normalizing Flows", ICML 2015, arX
 """
 
 import math
-import numbers
 
 import numpy as np
 from scipy.special import expit
 
-from .._validation import as_batch
+from .._validation import as_batch, check_positive
 
 __all__ = ["POTENTIALS", "rezende_potential", "RezendePotential"]
 
@@ -137,15 +136,6 @@ _FUNCTIONS = {"U1": _u1, "U2": _u2, "U3": _u3, "U4": _u4}
 _Z2_MASS = {"U2": 0.4 * _SQRT_2PI, "U3": 0.7 * _SQRT_2PI, "U4": 0.75 * _SQRT_2PI}
 
 
-def _positive_float(value, name, where):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{where}: {name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"{where}: {name} must be a finite positive number, got {value}")
-    return value
-
-
 class RezendePotential:
     """The log-density ``-U(z)`` (times an optional envelope) of a Rezende-Mohamed potential.
 
@@ -172,8 +162,8 @@ class RezendePotential:
             raise ValueError(f"{where}: envelope must be 'box' or None, got {envelope!r}")
         self.name = name
         self.envelope = envelope
-        self.bound = _positive_float(bound, "bound", where)
-        self.width = _positive_float(width, "width", where)
+        self.bound = check_positive(bound, where, "bound")
+        self.width = check_positive(width, where, "width")
         self._log_z = None
 
     def __repr__(self):

@@ -26,13 +26,11 @@ Examples
 
 import inspect
 import math
-import numbers
 
 import numpy as np
 from scipy.special import i0e, logsumexp
 
-from .._validation import as_batch, check_rng
-from ..distributions import _check_n
+from .._validation import as_batch, check_int, check_n, check_real, check_rng
 
 __all__ = [
     "TOYS", "TOYS_WITH_DENSITY", "toy", "toy_log_prob",
@@ -44,36 +42,10 @@ _TWO_PI = 2.0 * math.pi
 
 
 # ------------------------------------------------------------------------------ validation
-def _real(value, where, name, *, low=None, low_open=False, high=None, high_open=False):
-    """``value`` as a finite float inside the given interval, else ``TypeError``/``ValueError``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{where}: {name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    bad = not math.isfinite(value)
-    if low is not None:
-        bad = bad or (value <= low if low_open else value < low)
-    if high is not None:
-        bad = bad or (value >= high if high_open else value > high)
-    if bad:
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
-        hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-        interval = "" if low is None and high is None else f" in {lo or '(-inf'}, {hi or 'inf)'}"
-        raise ValueError(f"{where}: {name} must be a finite number{interval}, got {value!r}")
-    return value
-
-
 def _noise(value, where, *, density):
     """Noise standard deviation: >= 0 for a sampler, > 0 for a density (noise 0 puts the mass on
     curves or points, where no density exists)."""
-    return _real(value, where, "noise", low=0.0, low_open=density)
-
-
-def _count(value, where, name, minimum=1):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value}")
-    return int(value)
+    return check_real(value, where, "noise", low=0.0, low_open=density)
 
 
 # ---------------------------------------------------------------------------------- samplers
@@ -111,7 +83,7 @@ def two_moons(n, *, noise=0.1, rng=None):
     >>> two_moons(3, rng=0).shape
     (3, 2)
     """
-    n = _check_n(n, "two_moons")
+    n = check_n(n, "two_moons")
     noise = _noise(noise, "two_moons", density=False)
     rng = check_rng(rng, "two_moons")
     t = rng.uniform(0.0, np.pi, size=n)
@@ -122,9 +94,9 @@ def two_moons(n, *, noise=0.1, rng=None):
 
 
 def _circles_params(where, factor, noise, scale, density):
-    factor = _real(factor, where, "factor", low=0.0, high=1.0, high_open=True)
+    factor = check_real(factor, where, "factor", low=0.0, high=1.0, high_open=True)
     noise = _noise(noise, where, density=density)
-    scale = _real(scale, where, "scale", low=0.0, low_open=True)
+    scale = check_real(scale, where, "scale", low=0.0, low_open=True)
     return np.array([scale, scale * factor]), scale * noise
 
 
@@ -165,7 +137,7 @@ def circles(n, *, factor=0.5, noise=0.08, scale=3.0, rng=None):
     >>> circles(3, rng=0).shape
     (3, 2)
     """
-    n = _check_n(n, "circles")
+    n = check_n(n, "circles")
     radii, sigma = _circles_params("circles", factor, noise, scale, density=False)
     rng = check_rng(rng, "circles")
     r = np.where(rng.random(n) < 0.5, radii[0], radii[1])
@@ -175,8 +147,8 @@ def circles(n, *, factor=0.5, noise=0.08, scale=3.0, rng=None):
 
 
 def _rings_params(where, n_rings, radius, noise, density):
-    n_rings = _count(n_rings, where, "n_rings")
-    radius = _real(radius, where, "radius", low=0.0, low_open=True)
+    n_rings = check_int(n_rings, where, "n_rings", minimum=1)
+    radius = check_real(radius, where, "radius", low=0.0, low_open=True)
     noise = _noise(noise, where, density=density)
     return radius * np.arange(1, n_rings + 1) / n_rings, noise
 
@@ -213,7 +185,7 @@ def rings(n, *, n_rings=4, radius=3.0, noise=0.08, rng=None):
     >>> rings(3, rng=0).shape
     (3, 2)
     """
-    n = _check_n(n, "rings")
+    n = check_n(n, "rings")
     radii, sigma = _rings_params("rings", n_rings, radius, noise, density=False)
     rng = check_rng(rng, "rings")
     r = radii[rng.integers(radii.size, size=n)]
@@ -223,7 +195,7 @@ def rings(n, *, n_rings=4, radius=3.0, noise=0.08, rng=None):
 
 
 def _eight_gaussians_params(where, radius, noise, density):
-    radius = _real(radius, where, "radius", low=0.0)
+    radius = check_real(radius, where, "radius", low=0.0)
     noise = _noise(noise, where, density=density)
     angles = np.arange(8) * (np.pi / 4)
     return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1), noise
@@ -258,7 +230,7 @@ def eight_gaussians(n, *, radius=4.0 / 1.414, noise=0.5 / 1.414, rng=None):
     >>> eight_gaussians(3, rng=0).shape
     (3, 2)
     """
-    n = _check_n(n, "eight_gaussians")
+    n = check_n(n, "eight_gaussians")
     means, sigma = _eight_gaussians_params("eight_gaussians", radius, noise, density=False)
     rng = check_rng(rng, "eight_gaussians")
     return means[rng.integers(8, size=n)] + sigma * rng.standard_normal((n, 2))
@@ -294,8 +266,8 @@ def checkerboard(n, *, scale=2.0, rng=None):
     >>> checkerboard(3, rng=0).shape
     (3, 2)
     """
-    n = _check_n(n, "checkerboard")
-    scale = _real(scale, "checkerboard", "scale", low=0.0, low_open=True)
+    n = check_n(n, "checkerboard")
+    scale = check_real(scale, "checkerboard", "scale", low=0.0, low_open=True)
     rng = check_rng(rng, "checkerboard")
     u1 = rng.uniform(-2.0, 2.0, size=n)
     u2 = rng.random(n) - 2.0 * rng.integers(2, size=n) + np.mod(np.floor(u1), 2.0)
@@ -333,11 +305,11 @@ def pinwheel(n, *, n_arms=5, radial_std=0.3, tangential_std=0.1, rate=0.25, rng=
     (3, 2)
     """
     where = "pinwheel"
-    n = _check_n(n, where)
-    n_arms = _count(n_arms, where, "n_arms")
-    radial_std = _real(radial_std, where, "radial_std", low=0.0)
-    tangential_std = _real(tangential_std, where, "tangential_std", low=0.0)
-    rate = _real(rate, where, "rate")
+    n = check_n(n, where)
+    n_arms = check_int(n_arms, where, "n_arms", minimum=1)
+    radial_std = check_real(radial_std, where, "radial_std", low=0.0)
+    tangential_std = check_real(tangential_std, where, "tangential_std", low=0.0)
+    rate = check_real(rate, where, "rate")
     rng = check_rng(rng, where)
     arm = rng.integers(n_arms, size=n)
     f = rng.standard_normal((n, 2)) * np.array([radial_std, tangential_std])
@@ -374,7 +346,7 @@ def two_spirals(n, *, noise=0.1, rng=None):
     >>> two_spirals(3, rng=0).shape
     (3, 2)
     """
-    n = _check_n(n, "two_spirals")
+    n = check_n(n, "two_spirals")
     noise = _noise(noise, "two_spirals", density=False)
     rng = check_rng(rng, "two_spirals")
     t = np.sqrt(rng.random(n)) * (3.0 * np.pi)
@@ -410,7 +382,7 @@ def swiss_roll(n, *, noise=0.2, rng=None):
     >>> swiss_roll(3, rng=0).shape
     (3, 2)
     """
-    n = _check_n(n, "swiss_roll")
+    n = check_n(n, "swiss_roll")
     noise = _noise(noise, "swiss_roll", density=False)
     rng = check_rng(rng, "swiss_roll")
     t = 1.5 * np.pi * (1.0 + 2.0 * rng.random(n))
@@ -517,7 +489,7 @@ def _eight_gaussians_log_prob(x, radius=4.0 / 1.414, noise=0.5 / 1.414):
 
 
 def _checkerboard_log_prob(x, scale=2.0):
-    scale = _real(scale, "toy_log_prob('checkerboard')", "scale", low=0.0, low_open=True)
+    scale = check_real(scale, "toy_log_prob('checkerboard')", "scale", low=0.0, low_open=True)
     u = x / scale
     inside = np.all((u >= -2.0) & (u < 2.0), axis=1)
     black = np.mod(np.floor(u[:, 0]) + np.floor(u[:, 1]), 2.0) == 0.0

@@ -73,7 +73,7 @@ def _activation_name(fn, where):
 
 def _imported_made_class():
     from ..nn.made import MADE
-    from ..nn.mlp import _dense_forward, _dense_vjp
+    from ..nn.mlp import dense_forward, dense_vjp
 
     class _NflowsConditionalMADE(MADE):
         """nflows' conditional MADE: ``a_0 = x V_0^T + b_0 + f(c C^T + d)``, then as MADE.
@@ -82,6 +82,10 @@ def _imported_made_class():
         f'(e)`` for ``e = c C^T + d``; ``C_bar = e_bar^T c``, ``d_bar = sum_n e_bar``,
         ``c_bar = e_bar C``. Keys ``context_w``, ``context_b`` besides MADE's.
         """
+
+        def _sample(self, z, context, sample_coordinate):
+            # The context layer is not part of MADE's incremental plan: the full passes.
+            return self._sample_passes(z, context, sample_coordinate)
 
         def _ctx(self, dtype):
             return (self.params["context_w"].astype(dtype),
@@ -94,8 +98,8 @@ def _imported_made_class():
             a0 = x @ ws[wk[0]].T
             a0 += bs[bk[0]]
             a0 += self._act.value(context @ cw.T + cb)
-            out = _dense_forward(self._act.value(a0), [ws[k] for k in wk[1:]],
-                                 [bs[k] for k in bk[1:]], self._act)
+            out = dense_forward(self._act.value(a0), [ws[k] for k in wk[1:]],
+                                [bs[k] for k in bk[1:]], self._act)
             return out.reshape(x.shape[0], self.dim, self.n_params)
 
         def _vjp(self, x, context=None):
@@ -108,8 +112,8 @@ def _imported_made_class():
             a0 += bs[bk[0]]
             a0 += fe
             h1, d1 = self._act.value_and_derivative(a0)
-            out, backward = _dense_vjp(h1, [ws[k] for k in wk[1:]], [bs[k] for k in bk[1:]],
-                                       self._act)
+            out, backward = dense_vjp(h1, [ws[k] for k in wk[1:]], [bs[k] for k in bk[1:]],
+                                      self._act)
 
             def pullback(out_bar):
                 h1_bar, w_bars, b_bars = backward(out_bar.reshape(n, self.dim * self.n_params))
@@ -337,7 +341,6 @@ def _masked_layer(t, where, prefix, kind):
                                            min_derivative=t.min_derivative)
     layer.made = made
     layer.context_dim = context_dim
-    layer._sampling_order = np.argsort(made.input_degrees, kind="stable")
     return _unsaveable(layer), {f"made.{k}": v for k, v in names.items()}
 
 

@@ -80,7 +80,8 @@ The path
 --------
 :func:`save` writes exactly ``path`` (a ``str`` or ``os.PathLike``); unlike ``numpy.savez``
 it never appends ``.npz``, so ``save("model", m)`` writes ``model`` and ``load("model")`` reads
-it back. The ``.npz`` suffix is customary but not required. The file is first written to a
+it back. The ``.npz`` suffix is customary but not required; ``.npy`` is refused, since that
+suffix names a single array. The file is first written to a
 temporary file in the same directory, flushed and ``fsync``-ed, then moved over ``path`` with
 ``os.replace``: an interrupted save never leaves a partial file at ``path`` (an existing file
 there stays as it was), and the temporary file is removed.
@@ -269,7 +270,11 @@ def save(path, obj):
     ------
     ValueError
         If ``obj`` is not saveable (unknown class, non-JSON config, parameters shared between
-        keys, non-finite values, unsupported buffer dtype). Nothing is written then.
+        keys, non-finite values, unsupported buffer dtype), or ``path`` ends in ``.npy`` (the
+        file is an ``.npz`` archive; ``numpy.load`` of a ``.npy`` name would not give an
+        array). Nothing is written then.
+    IsADirectoryError
+        If ``path`` is a directory.
     TypeError
         If ``path`` is not a str or path-like.
     OSError
@@ -300,6 +305,13 @@ def save(path, obj):
     """
     path = _fspath(path, "refflow.io.save")
     where = f"refflow.io.save({path!r})"
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{where}: is a directory; give a file name such as "
+                                f"{os.path.join(path, 'model.npz')!r}")
+    if path.lower().endswith(".npy"):
+        raise ValueError(f"{where}: a model file is an .npz archive, and a .npy name would "
+                         f"promise a single array (numpy.load would return an archive); use "
+                         f"the .npz suffix")
     spec = to_spec(obj)
     entries, records = _collect(obj, where)
     header = {
@@ -569,6 +581,8 @@ def load(path):
     ------
     FileNotFoundError
         If ``path`` does not exist.
+    IsADirectoryError
+        If ``path`` is a directory (one line naming it).
     ValueError
         One line naming the file and the problem, for any file that is not a complete, intact
         refflow model file of a version this refflow reads (see the module docstring for the
@@ -590,6 +604,8 @@ def load(path):
     """
     path = _fspath(path, "refflow.io.load")
     where = f"refflow.io.load({path!r})"
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{where}: is a directory, not a model file")
     try:
         header, arrays = _read_file(path)
         return _assemble(header, arrays)

@@ -1,9 +1,10 @@
-r"""Fused elementwise kernels for the optimizers and the MLP passes (issue 7, items 4c/4d).
+r"""Fused elementwise kernels for the optimizers, the MLP passes and the coupling scatter.
 
 Each kernel does in one pass over memory what the reference NumPy code does with several
 temporaries, with the *same floating-point operations in the same order*, so its float64 (and
 float32) results are bitwise those of the reference (``tests/test_fused_paths.py`` checks it
-against the kept ``_reference`` code paths and against the ``*_numpy`` twins below).
+against the reference code paths, which ``refflow.kernels.fast_paths(False)`` selects, and
+against the ``*_numpy`` twins below).
 
 =========================  ========================================================================
 ``adam_update``            ``(p, g, m, v, p_out, m_out, v_out, b1, c1, b2, c2, step_size,

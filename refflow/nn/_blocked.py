@@ -1,4 +1,4 @@
-r"""Degree-sorted block products for :class:`refflow.nn.MADE` (issue 7, item 4b).
+r"""Degree-sorted block products for :class:`refflow.nn.MADE` (the ``made`` fast path).
 
 A MADE mask ``M[o, i] = [m_out(o) >= m_in(i)]`` (``>`` for the output layer) becomes
 block-triangular once the units of every layer are sorted by degree: a group of output units

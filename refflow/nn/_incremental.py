@@ -3,7 +3,7 @@ r"""Degree-ordered incremental evaluation of a :class:`~refflow.nn.MADE` for seq
 Sampling a masked autoregressive layer fixes its coordinates one at a time, in the order of their
 MADE degrees ``m = 1..D``: the coordinate of degree ``k + 1`` is a function of its own MADE
 outputs, which depend only on the coordinates of degree ``<= k``. Running a full MADE pass per
-coordinate (the reference, ``_MaskedAutoregressive._sample_passes_reference``) costs ``D`` density
+coordinate (the reference, ``MADE._sample_passes``) costs ``D`` density
 passes. But a hidden unit of degree ``k`` depends only on the inputs of degree ``<= k`` (masks
 ``out >= in``), so it is final as soon as those are known: this module computes every unit
 exactly once, in degree order.

@@ -36,13 +36,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy.special import expit, ndtr
+from scipy.special import ndtr
 
-from ..kernels import NUMBA_DISABLED
+from .._math import sigmoid, softplus
+from ..kernels import use_fast_paths
 from ..kernels.fused import relu_value_derivative
-
-#: ReLU's value and derivative in one fused kernel (the NumPy reference when numba is disabled).
-_FUSED = not NUMBA_DISABLED
 
 __all__ = ["Activation", "ACTIVATIONS", "get_activation"]
 
@@ -90,9 +88,9 @@ def _relu(a):
 
 
 def _relu_vd(a):
-    # f'(0) = 0, as torch's autograd does for relu.
-    if not _FUSED or type(a) is not np.ndarray or a.dtype not in (np.float32, np.float64) \
-            or not a.flags.c_contiguous:
+    # f'(0) = 0, as torch's autograd does for relu. One fused kernel on the "mlp" fast path.
+    if not use_fast_paths("mlp") or type(a) is not np.ndarray \
+            or a.dtype not in (np.float32, np.float64) or not a.flags.c_contiguous:
         return _relu_vd_reference(a)
     # One pass instead of three (the bool -> float astype alone cost 2 ms per 4096 x 64 array);
     # bitwise the reference values (tests/test_fused_paths.py).
@@ -134,11 +132,11 @@ def _elu_vd(a):
 
 # ----------------------------------------------------------------------- softplus
 def _softplus(a):
-    return np.logaddexp(0, a).astype(a.dtype, copy=False)
+    return softplus(a).astype(a.dtype, copy=False)
 
 
 def _softplus_vd(a):
-    return np.logaddexp(0, a).astype(a.dtype, copy=False), expit(a).astype(a.dtype, copy=False)
+    return softplus(a).astype(a.dtype, copy=False), sigmoid(a).astype(a.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- gelu

@@ -40,8 +40,9 @@ Weights are stored full size; every pass uses ``W * M`` and every weight gradien
 multiplied by ``M``, so masked entries have gradient exactly 0 (and stay 0 under any optimizer
 that moves parameters along their gradient). :class:`MADE` computes its passes as
 degree-sorted block products that skip the masked zeros outside the blocks
-(:mod:`refflow.nn._blocked`; issue 7), equal to the dense passes on ``W * M`` (kept as
-``MADE._forward_reference`` / ``_vjp_reference``) to round-off.
+(:mod:`refflow.nn._blocked`), equal to the dense passes on ``W * M`` (the reference path,
+``MADE._forward_reference`` / ``_vjp_reference``, under ``refflow.kernels.fast_paths(False)``)
+to round-off.
 
 References
 ----------
@@ -53,14 +54,14 @@ Durkan, Bekasov, Murray, Papamakarios, "Neural Spline Flows", NeurIPS 2019, arXi
 
 import numpy as np
 
-from .._validation import as_batch, check_dim, check_rng
+from .._validation import as_batch, as_cotangent, check_dim, check_rng
+from ..kernels import use_fast_paths
 from ..params import ParamDict
 from . import _blocked
 from .activations import get_activation
-from .mlp import (
-    _check_features, _check_hidden, _check_result, _cotangent, _dense_forward, _dense_vjp,
-    _grads64, _linear_init,
-)
+from ._incremental import made_sample
+from .mlp import (check_features, check_hidden, check_result, dense_forward, dense_vjp, grads64,
+                  linear_init)
 
 __all__ = ["MADE", "ResidualMADE"]
 
@@ -217,12 +218,49 @@ class _Autoregressive:
         on the same parameters (the sequential sampling passes of the autoregressive layers)."""
         return self._masked_weights(dtype), self._biases(dtype)
 
+    def _sampling_order(self):
+        """The inputs by increasing degree (stable): the order in which sampling fixes them."""
+        return np.argsort(self.input_degrees, kind="stable")
+
+    def _sample(self, z, context, sample_coordinate):
+        """Sample a masked autoregressive layer: fix ``x`` coordinate by coordinate in degree
+        order, ``x_i = sample_coordinate(z_i, out_i)`` from the network's outputs ``out_i`` for
+        input ``i``, which depend only on the coordinates fixed before it.
+
+        ``z`` ``(n, dim)`` and ``context`` (or None) are validated arrays of one dtype;
+        ``sample_coordinate(z_i, out_i) -> x_i`` takes C-contiguous ``(m,)`` and
+        ``(m, n_params)`` arrays. Returns ``(x, out)``: every coordinate of ``x`` and the
+        network's outputs at ``x`` (all final).
+
+        This is the reference, :meth:`_sample_passes`; :class:`MADE` overrides it with the
+        incremental evaluation when the fast paths are on. A subclass that computes another
+        function than its masked layers must say how it samples (see :class:`MADE`).
+        """
+        return self._sample_passes(z, context, sample_coordinate)
+
+    def _sample_passes(self, z, context, sample_coordinate):
+        """:meth:`_sample` by full passes: ``dim - 1`` sequential passes fix every coordinate
+        but the last in the order (which feeds no output); one more pass then gives outputs
+        that are all final, and every coordinate (the last one too) is set from them."""
+        x = np.zeros_like(z)
+        order = self._sampling_order()
+        weights = self._weights(z.dtype)  # masked and cast once, not once per pass
+        for i in order[:-1]:
+            out = self._forward(x, context, weights)
+            x[:, i] = sample_coordinate(np.ascontiguousarray(z[:, i]),
+                                        np.ascontiguousarray(out[:, i]))
+        out = self._forward(x, context)
+        for i in range(self.dim):
+            x[:, i] = sample_coordinate(np.ascontiguousarray(z[:, i]),
+                                        np.ascontiguousarray(out[:, i]))
+        return x, out
+
     def _first_input(self, x, context):
         return x if context is None else np.concatenate([x, context], axis=1)
 
     def _masked_grads(self, w_bars, b_bars, dtype):
         """float64 grads, weight gradients multiplied by their masks (masked entries exactly 0)."""
-        grads = _grads64(self._b_keys, b_bars)
+        grads = grads64(self._b_keys, b_bars)
         for key, g, m in zip(self._w_keys, w_bars, self._masks_as(dtype)):
             g *= m                          # g is this pullback's own array (a GEMM result)
             grads[key] = np.asarray(g, dtype=np.float64)
@@ -279,7 +317,7 @@ class _Autoregressive:
         x2, c2, was_1d, _ = self._validate(x, context, where, keep=False)
         with np.errstate(over="ignore", invalid="ignore"):
             out = self._forward(x2, c2)
-        _check_result([out], where, "output")
+        check_result([out], where, "output")
         return out[0] if was_1d else out
 
     def vjp(self, x, context=None):
@@ -304,18 +342,19 @@ class _Autoregressive:
         x2, c2, was_1d, shared = self._validate(x, context, where, keep=True)
         with np.errstate(over="ignore", invalid="ignore"):
             out, inner = self._vjp(x2, c2)
-        _check_result([out], where, "output")
+        check_result([out], where, "output")
         n, dtype = x2.shape[0], x2.dtype
         x_shape = x2.shape[1:] if was_1d else x2.shape
         conditional = self.context_features > 0
 
         def pullback(out_bar=None):
-            g = _cotangent(out_bar, (n, self.dim, self.n_params), was_1d, dtype,
-                           f"{where} pullback", "out_bar")
+            g = as_cotangent(out_bar, (n, self.dim, self.n_params), was_1d, dtype,
+                             f"{where} pullback", "out_bar")
             with np.errstate(over="ignore", invalid="ignore"):
                 result = inner(g)
-            _check_result([result[0], *result[1].values(), *result[2:]], f"{where} pullback",
-                          "gradient")
+            check_result([result[0], *result[1].values(),
+                          *(r for r in result[2:] if r is not None)], f"{where} pullback",
+                         "gradient")
             x_bar = result[0].reshape(x_shape)
             if not conditional:
                 return x_bar, result[1]
@@ -329,7 +368,7 @@ class _Autoregressive:
 def _check_common(dim, n_params, context_features, activation, rng, where):
     dim = check_dim(dim, where, "dim")
     n_params = check_dim(n_params, where, "n_params")
-    context_features = _check_features(context_features, where, "context_features",
+    context_features = check_features(context_features, where, "context_features",
                                        allow_zero=True)
     act = get_activation(activation, where)
     rng = check_rng(rng, f"{where}: rng")
@@ -434,7 +473,7 @@ class MADE(_Autoregressive):
         where = "MADE"
         dim, n_params, context_features, act, rng = _check_common(
             dim, n_params, context_features, activation, rng, where)
-        hidden = _check_hidden(hidden, where)
+        hidden = check_hidden(hidden, where)
         explicit = None
         if isinstance(hidden_degrees, str):
             if hidden_degrees not in _DEGREE_RULES:
@@ -473,13 +512,25 @@ class MADE(_Autoregressive):
         n_layers = len(sizes) - 1
         arrays = {}
         for k in range(n_layers):
-            w, b = _linear_init(rng, sizes[k + 1], sizes[k])
+            w, b = linear_init(rng, sizes[k + 1], sizes[k])
             if zero_last and k == n_layers - 1:
                 w[...], b[...] = 0.0, 0.0
             arrays[f"w{k}"], arrays[f"b{k}"] = w * masks[k], b
         self.params = ParamDict(arrays)
         self._w_keys = [f"w{k}" for k in range(n_layers)]
         self._b_keys = [f"b{k}" for k in range(n_layers)]
+
+    def __init_subclass__(cls, **kwargs):
+        # The incremental sampler evaluates MADE's own masked layers: a subclass that replaces
+        # the passes must say how it samples, never silently get the wrong (or slow) sampler.
+        super().__init_subclass__(**kwargs)
+        replaced = sorted({"_forward", "_vjp"} & set(vars(cls)))
+        if replaced and "_sample" not in vars(cls):
+            raise TypeError(
+                f"{cls.__name__} overrides MADE.{'/'.join(replaced)} but not _sample: the "
+                f"incremental sampler evaluates MADE's own masked layers, so define _sample "
+                f"(e.g. returning self._sample_passes(z, context, sample_coordinate), the "
+                f"sequential full passes)")
 
     def __repr__(self):
         return (f"MADE(dim={self.dim}, hidden={self.hidden}, n_params={self.n_params}, "
@@ -509,25 +560,28 @@ class MADE(_Autoregressive):
         ``context`` is ``(batch, context_features)`` for a conditional MADE, else None;
         ``weights`` optionally the result of ``_weights(x.dtype)``, prepared once.
 
-        Degree-sorted block products (issue 7): the same sums as :meth:`_forward_reference`
-        without the masked zeros outside the blocks, so equal to it to round-off.
+        Degree-sorted block products when the fast paths are on
+        (:func:`refflow.kernels.use_fast_paths`): the same sums as the dense
+        :meth:`_forward_reference` without the masked zeros outside the blocks, so equal to it
+        to round-off.
         """
-        if not isinstance(weights, _blocked.Prepared):
-            if weights is not None:             # dense dicts prepared by other code
-                return self._forward_reference(x, context, weights)
+        if weights is None or weights.dtype != x.dtype:  # (prepared for another dtype)
             weights = self._weights(x.dtype)
-        elif weights.dtype != x.dtype:          # prepared for another dtype: the pass's dtype
-            weights = self._weights(x.dtype)
+        if not use_fast_paths("made"):
+            return self._forward_reference(x, context, weights)
         return _blocked.forward(self._plan(), weights, x, context, self._act)
 
     def _vjp(self, x, context=None):
         """``(out, pullback)`` for validated arrays of one dtype.
 
         ``pullback(out_bar)`` with ``out_bar`` of shape ``(batch, dim, n_params)`` returns
-        ``(x_bar, grads)``, or ``(x_bar, grads, context_bar)`` for a conditional MADE. ``x``
+        ``(x_bar, grads, context_bar)``, ``context_bar`` None for an unconditional MADE. ``x``
         (unconditional) is kept as a residual: do not change it while the pullback lives.
-        Degree-sorted block products; equal to :meth:`_vjp_reference` to round-off.
+        Degree-sorted block products when the fast paths are on; equal to the dense
+        :meth:`_vjp_reference` to round-off.
         """
+        if not use_fast_paths("made"):
+            return self._vjp_reference(x, context)
         out, backward = _blocked.vjp(self._plan(), self._weights(x.dtype), x, context,
                                      self._act)
 
@@ -536,21 +590,30 @@ class MADE(_Autoregressive):
             grads = dict(zip(self._w_keys, w_bars))
             grads.update(zip(self._b_keys, b_bars))
             grads = {k: grads[k] for k in self.params}          # the order of params
-            return (x_bar, grads) if c_bar is None else (x_bar, grads, c_bar)
+            return x_bar, grads, c_bar
 
         return out, pullback
+
+    def _sample(self, z, context, sample_coordinate):
+        """:meth:`_Autoregressive._sample` by the degree-ordered incremental evaluation of
+        :mod:`refflow.nn._incremental` (every hidden unit computed once, about the cost of one
+        pass) when the fast paths are on, else by the sequential full passes (the reference).
+        The two agree to round-off (summation order)."""
+        if not use_fast_paths("sampling"):
+            return self._sample_passes(z, context, sample_coordinate)
+        return made_sample(self, z, context, sample_coordinate, self._sampling_order())
 
     # The dense reference passes on ``W * M`` (kept to test the blocked ones against).
     def _forward_reference(self, x, context=None, weights=None):
         ws, bs = _Autoregressive._weights(self, x.dtype) if weights is None else weights
-        out = _dense_forward(self._first_input(x, context), [ws[k] for k in self._w_keys],
+        out = dense_forward(self._first_input(x, context), [ws[k] for k in self._w_keys],
                              [bs[k] for k in self._b_keys], self._act)
         return out.reshape(x.shape[0], self.dim, self.n_params)
 
     def _vjp_reference(self, x, context=None):
         dtype, n = x.dtype, x.shape[0]
         ws, bs = _Autoregressive._weights(self, dtype)
-        out, backward = _dense_vjp(self._first_input(x, context),
+        out, backward = dense_vjp(self._first_input(x, context),
                                    [ws[k] for k in self._w_keys],
                                    [bs[k] for k in self._b_keys], self._act)
 
@@ -558,7 +621,7 @@ class MADE(_Autoregressive):
             u_bar, w_bars, b_bars = backward(out_bar.reshape(n, self.dim * self.n_params))
             grads = self._masked_grads(w_bars, b_bars, dtype)
             x_bar, c_bar = self._split_input_bar(u_bar)
-            return (x_bar, grads) if c_bar is None else (x_bar, grads, c_bar)
+            return x_bar, grads, c_bar
 
         return out.reshape(n, self.dim, self.n_params), pullback
 
@@ -644,7 +707,7 @@ class ResidualMADE(_Autoregressive):
         dim, n_params, context_features, act, rng = _check_common(
             dim, n_params, context_features, activation, rng, where)
         width = check_dim(hidden_features, where, "hidden_features")
-        n_blocks = _check_features(n_blocks, where, "n_blocks", allow_zero=True)
+        n_blocks = check_features(n_blocks, where, "n_blocks", allow_zero=True)
         explicit = None
         if isinstance(hidden_degrees, str):
             if hidden_degrees != "cyclic":
@@ -681,17 +744,17 @@ class ResidualMADE(_Autoregressive):
         m_out = _mask(np.repeat(self.input_degrees, n_params), deg, strict=True)
 
         arrays, masks = {}, []
-        w, b = _linear_init(rng, width, dim + context_features)
+        w, b = linear_init(rng, width, dim + context_features)
         arrays["w0"], arrays["b0"] = w * m_in, b
         masks.append(m_in)
         for j in range(n_blocks):
-            w, b = _linear_init(rng, width, width)
+            w, b = linear_init(rng, width, width)
             arrays[f"blocks.{j}.w0"], arrays[f"blocks.{j}.b0"] = w * m_hh, b
             w = rng.uniform(-1e-3, 1e-3, size=(width, width))
             b = rng.uniform(-1e-3, 1e-3, size=width)
             arrays[f"blocks.{j}.w1"], arrays[f"blocks.{j}.b1"] = w * m_hh, b
             masks += [m_hh, m_hh]
-        w, b = _linear_init(rng, dim * n_params, width)
+        w, b = linear_init(rng, dim * n_params, width)
         if zero_last:
             w[...], b[...] = 0.0, 0.0
         arrays["w_out"], arrays["b_out"] = w * m_out, b
@@ -776,6 +839,6 @@ class ResidualMADE(_Autoregressive):
             grads = self._masked_grads([w_bars[k] for k in self._w_keys],
                                        [b_bars[k] for k in self._b_keys], dtype)
             x_bar, c_bar = self._split_input_bar(u_bar)
-            return (x_bar, grads) if c_bar is None else (x_bar, grads, c_bar)
+            return x_bar, grads, c_bar
 
         return out.reshape(n, self.dim, self.n_params), pullback

@@ -11,9 +11,10 @@ backwards:
 (``g_L = out_bar`` for the last layer ``L``; ``h_0 = h`` is the input). Parameter gradients are
 sums over the batch, as a loss's reduction lives in the cotangent.
 
-The private helpers here (:func:`_dense_forward`, :func:`_dense_vjp`, :func:`_linear_init`,
-:func:`_cotangent`) are shared with :mod:`refflow.nn.made`, whose networks are the same stack
-run on masked weights.
+The helpers here (:func:`dense_forward`, :func:`dense_vjp`, :func:`linear_init` and the
+validators) are shared with :mod:`refflow.nn.made`, whose networks are the same stack run on
+masked weights, and with the network importers of :mod:`refflow.interop`; they are not in
+``__all__``.
 """
 
 import math
@@ -23,22 +24,17 @@ import threading
 
 import numpy as np
 
-from .._validation import as_batch, as_float_array, check_dim, check_finite, check_rng
+from .._validation import as_batch, as_cotangent, check_dim, check_hidden, check_rng
 from ..params import ParamDict
-from ..kernels import NUMBA_DISABLED
+from ..kernels import use_fast_paths
 from ..kernels.fused import bias_relu, outer_bias_relu, relu_mask_colsum
-from .activations import _relu_vd, get_activation
-
-#: ReLU stacks take the fused passes (:func:`_dense_forward_relu`, :func:`_dense_vjp_relu`),
-#: bitwise equal to the reference passes (``tests/test_fused_paths.py``); other activations,
-#: and every pass when numba is disabled, take the reference passes.
-_FUSED = not NUMBA_DISABLED
+from .activations import ACTIVATIONS, get_activation
 
 __all__ = ["MLP"]
 
 
 # ------------------------------------------------------------------ private helpers
-def _linear_init(rng, out_features, in_features):
+def linear_init(rng, out_features, in_features):
     """torch's ``nn.Linear`` default: weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
 
     ``fan_in = in_features``; for ``fan_in = 0`` (a layer with no input) the bound is 0, as
@@ -105,8 +101,14 @@ class _Buffers:
             return out
 
 
+_RELU_VD = ACTIVATIONS["relu"].value_and_derivative
+
+
 def _is_relu(act):
-    return _FUSED and act.value_and_derivative is _relu_vd
+    """ReLU stacks take the fused passes (:func:`_dense_forward_relu`, :func:`_dense_vjp_relu`),
+    bitwise equal to the reference passes, when the fast paths are on
+    (:func:`refflow.kernels.use_fast_paths`); other activations take the reference passes."""
+    return act.value_and_derivative is _RELU_VD and use_fast_paths("mlp")
 
 
 def _affine(h, w, b, relu, buffers=None):
@@ -134,7 +136,7 @@ def _affine(h, w, b, relu, buffers=None):
     return a
 
 
-def _dense_forward(h, weights, biases, act, buffers=None):
+def dense_forward(h, weights, biases, act, buffers=None):
     """Output of the stack (no residuals kept): ``a_k = h_k W_k^T + b_k``, ``h_{k+1} = f(a_k)``.
 
     ``buffers`` (optional, a :class:`_Buffers` owned by the network) lets a ReLU stack reuse
@@ -146,7 +148,7 @@ def _dense_forward(h, weights, biases, act, buffers=None):
 
 
 def _dense_forward_relu(h, weights, biases, buffers=None):
-    """:func:`_dense_forward` for ReLU through the fused :func:`_affine` (bitwise equal).
+    """:func:`dense_forward` for ReLU through the fused :func:`_affine` (bitwise equal).
 
     With ``buffers`` (a :class:`_Buffers`) the hidden layers reuse its arrays; the output is
     always a new array.
@@ -168,7 +170,7 @@ def _dense_forward_reference(h, weights, biases, act):
     return a
 
 
-def _dense_vjp(h, weights, biases, act, buffers=None):
+def dense_vjp(h, weights, biases, act, buffers=None):
     """The stack's output and a backward function over its residuals.
 
     ``weights`` and ``biases`` are the compute-dtype arrays the pass uses (already masked for
@@ -190,7 +192,7 @@ def _dense_vjp(h, weights, biases, act, buffers=None):
 
 
 def _dense_vjp_relu(h, weights, biases, buffers=None):
-    """:func:`_dense_vjp` for ReLU, bitwise equal to the reference pass, with fewer passes.
+    """:func:`dense_vjp` for ReLU, bitwise equal to the reference pass, with fewer passes.
 
     ``f'(a_k) = 1 if a_k > 0 else 0`` is read off the next layer's input ``h_{k+1} =
     max(a_k, 0)`` (``> 0`` exactly when ``a_k > 0``), so no derivative array is stored; the
@@ -233,7 +235,7 @@ def _dense_vjp_relu(h, weights, biases, buffers=None):
 
 
 def _dense_vjp_reference(h, weights, biases, act):
-    """The reference pass of :func:`_dense_vjp` (any activation): residuals ``h_k``, ``f'(a_k)``."""
+    """The reference pass of :func:`dense_vjp` (any activation): residuals ``h_k``, ``f'(a_k)``."""
     last = len(weights) - 1
     inputs, derivs = [], []
     for k, (w, b) in enumerate(zip(weights, biases)):
@@ -258,34 +260,14 @@ def _dense_vjp_reference(h, weights, biases, act):
     return a, backward
 
 
-def _cotangent(value, shape, was_1d, dtype, where, name):
-    """Validate a public cotangent (``None`` means zeros); return it C-contiguous, batch-shaped."""
-    if value is None:
-        return np.zeros(shape, dtype=dtype)
-    arr = as_float_array(value, where, name)
-    expected = shape[1:] if was_1d else shape
-    if arr.shape != expected:
-        raise ValueError(f"{where}: expected {name} of shape {expected}, got {arr.shape}")
-    check_finite(arr, where, name)
-    return np.ascontiguousarray(arr.reshape(shape), dtype=dtype)
-
-
-def _check_result(arrays, where, what):
+def check_result(arrays, where, what):
     """Overflow (huge inputs or weights) becomes a ValueError, never a silent inf."""
     if not all(np.isfinite(a).all() for a in arrays):
         raise ValueError(f"{where}: the {what} is not finite (overflow): the input or the "
                          f"parameters are outside the range this network can represent")
 
 
-def _check_hidden(hidden, where, name="hidden"):
-    """``hidden`` as a tuple of positive ints (a bare int is refused: write ``(64,)``)."""
-    if isinstance(hidden, (numbers.Integral, str)) or not hasattr(hidden, "__iter__"):
-        raise ValueError(f"{where}: {name} must be a sequence of positive ints such as (64, 64), "
-                         f"got {hidden!r}")
-    return tuple(check_dim(h, where, f"{name} width") for h in hidden)
-
-
-def _check_features(n, where, name, allow_zero=False):
+def check_features(n, where, name, allow_zero=False):
     """A width as a Python int: positive, or non-negative when ``allow_zero``."""
     if not allow_zero:
         return check_dim(n, where, name)
@@ -294,7 +276,7 @@ def _check_features(n, where, name, allow_zero=False):
     return int(n)
 
 
-def _grads64(keys, bars):
+def grads64(keys, bars):
     return {k: np.asarray(g, dtype=np.float64) for k, g in zip(keys, bars)}
 
 
@@ -371,16 +353,16 @@ class MLP:
     def __init__(self, in_features, out_features, hidden=(64, 64), activation="relu", *,
                  zero_last=False, rng=None):
         where = "MLP"
-        self.in_features = _check_features(in_features, where, "in_features", allow_zero=True)
-        self.out_features = _check_features(out_features, where, "out_features")
-        self.hidden = _check_hidden(hidden, where)
+        self.in_features = check_features(in_features, where, "in_features", allow_zero=True)
+        self.out_features = check_features(out_features, where, "out_features")
+        self.hidden = check_hidden(hidden, where)
         self._act = get_activation(activation, where)
         self.activation = self._act.name
         rng = check_rng(rng, f"{where}: rng")
         sizes = (self.in_features, *self.hidden, self.out_features)
         arrays = {}
         for k in range(len(sizes) - 1):
-            arrays[f"w{k}"], arrays[f"b{k}"] = _linear_init(rng, sizes[k + 1], sizes[k])
+            arrays[f"w{k}"], arrays[f"b{k}"] = linear_init(rng, sizes[k + 1], sizes[k])
         self._n_layers = len(sizes) - 1
         if zero_last:
             last = self._n_layers - 1
@@ -403,7 +385,7 @@ class MLP:
     def _forward(self, h):
         """Output for a validated C-contiguous ``(batch, in_features)`` array."""
         ws, bs = self._layers(h.dtype)
-        return _dense_forward(h, ws, bs, self._act, self._work())
+        return dense_forward(h, ws, bs, self._act, self._work())
 
     def _work(self):
         # created on first use: networks built or loaded without __init__ get one too
@@ -418,12 +400,12 @@ class MLP:
         ``h`` is kept as a residual: the caller must not change it while the pullback lives.
         """
         ws, bs = self._layers(h.dtype)
-        out, backward = _dense_vjp(h, ws, bs, self._act, self._work())
+        out, backward = dense_vjp(h, ws, bs, self._act, self._work())
 
         def pullback(out_bar):
             h_bar, w_bars, b_bars = backward(out_bar)
-            grads = _grads64(self._w_keys, w_bars)
-            grads.update(_grads64(self._b_keys, b_bars))
+            grads = grads64(self._w_keys, w_bars)
+            grads.update(grads64(self._b_keys, b_bars))
             return h_bar, grads
 
         return out, pullback
@@ -449,7 +431,7 @@ class MLP:
         h2, was_1d = self._input(h, "MLP", keep=False)
         with np.errstate(over="ignore", invalid="ignore"):
             out = self._forward(h2)
-        _check_result([out], "MLP", "output")
+        check_result([out], "MLP", "output")
         return out[0] if was_1d else out
 
     def vjp(self, h):
@@ -471,15 +453,15 @@ class MLP:
         h2, was_1d = self._input(h, where, keep=True)
         with np.errstate(over="ignore", invalid="ignore"):
             out, inner = self._vjp(h2)
-        _check_result([out], where, "output")
+        check_result([out], where, "output")
         n, dtype, in_shape = h2.shape[0], h2.dtype, (h2.shape[1:] if was_1d else h2.shape)
 
         def pullback(out_bar=None):
-            g = _cotangent(out_bar, (n, self.out_features), was_1d, dtype,
+            g = as_cotangent(out_bar, (n, self.out_features), was_1d, dtype,
                            f"{where} pullback", "out_bar")
             with np.errstate(over="ignore", invalid="ignore"):
                 h_bar, grads = inner(g)
-            _check_result([h_bar, *grads.values()], f"{where} pullback", "gradient")
+            check_result([h_bar, *grads.values()], f"{where} pullback", "gradient")
             return h_bar.reshape(in_shape), grads
 
         return (out[0] if was_1d else out), pullback

@@ -4,13 +4,15 @@
   progress bar, a ``History``; a non-finite loss raises ``TrainingDiverged``).
 - :mod:`refflow.training.optim`: ``Adam`` (decoupled weight decay), ``SGD``, ``clip_grad_norm``,
   ``CosineAnnealing``; they update a model's ``params`` in place.
+- ``ProgressLine``: the progress display they share (tqdm when installed, else one stderr line).
 - :mod:`refflow.training.variational`: ``fit_reverse_kl`` and ``fit_potential``, fitting a flow
   to an unnormalized density by the reparameterization gradient.
 """
 
+from ._common import ProgressLine
 from .loop import History, TrainingDiverged, fit
 from .optim import SGD, Adam, CosineAnnealing, clip_grad_norm
 from .variational import fit_potential, fit_reverse_kl
 
 __all__ = ["fit", "History", "TrainingDiverged", "Adam", "SGD", "clip_grad_norm",
-           "CosineAnnealing", "fit_reverse_kl", "fit_potential"]
+           "CosineAnnealing", "fit_reverse_kl", "fit_potential", "ProgressLine"]

@@ -12,19 +12,25 @@ How ``rng`` is used (so that a run can be replayed exactly): ``gen = np.random.d
 ``n_val = ceil(validation_fraction * n)``; then each epoch draws ``order =
 gen.permutation(n_train)`` and takes the batches ``order[i:i + batch_size]`` for ``i = 0,
 batch_size, ...`` (the last one may be smaller).
+
+Ctrl-C (SIGINT, in the main thread) stops training cleanly after the current step: the steps
+already taken stand, the best epoch's parameters are put back (``restore_best``), and ``fit``
+returns its history with ``stop_reason == "interrupted"``; a second Ctrl-C interrupts at once.
 """
 
 import math
-import numbers
+import signal
 import sys
+import threading
 import time
-from collections.abc import Mapping
 
 import numpy as np
 
-from .._validation import as_batch, as_float_array, check_rng
+from .._validation import (as_batch, as_float_array, check_bool, check_int, check_positive,
+                           check_real, check_rng)
 from ..distributions import Flow
-from . import optim as _optim
+from . import optim as _optim  # fit's argument clip_grad_norm shadows the function
+from ._common import ProgressLine, check_optimizer, make_schedule
 
 __all__ = ["fit", "History", "TrainingDiverged"]
 
@@ -74,13 +80,22 @@ class History:
         Epoch with the lowest validation NLL (training NLL without validation); None before an
         epoch completed.
     stopped_early : bool
-        True when ``patience`` or the callback ended training before ``epochs``.
+        True when ``patience``, the callback or Ctrl-C ended training before ``epochs``.
     stop_reason : str
-        ``"completed"``, ``"patience"``, ``"callback"`` or ``"diverged"``.
+        ``"completed"``, ``"patience"``, ``"callback"``, ``"interrupted"`` (Ctrl-C) or
+        ``"diverged"``.
     wall_time : float
         Seconds spent in ``fit``.
     n_steps : int
         Optimizer steps taken.
+    nll_shift : float
+        Nats to add to an NLL above to express it in the units of the data the caller gave:
+        0 for :func:`fit`; ``sum_j log scale_j`` for ``FlowDensity``, which fits the
+        standardised data ``(x - mean) / scale`` (its density in the data's units is
+        ``log q(x) = log q_s(s) - sum_j log scale_j``).
+    train_log_likelihood, val_log_likelihood : list of float
+        ``-(nll + nll_shift)`` per epoch: mean log-likelihoods in nats per sample, in the data's
+        units (``val_log_likelihood[best_epoch]`` is the held-out score of the kept model).
     """
 
     def __init__(self):
@@ -92,6 +107,17 @@ class History:
         self.stop_reason = "completed"
         self.wall_time = 0.0
         self.n_steps = 0
+        self.nll_shift = 0.0
+
+    @property
+    def train_log_likelihood(self):
+        """Mean training log-likelihood per epoch, nats per sample, in the data's units."""
+        return [-(v + self.nll_shift) for v in self.train_nll]
+
+    @property
+    def val_log_likelihood(self):
+        """Mean validation log-likelihood per epoch, nats per sample, in the data's units."""
+        return [-(v + self.nll_shift) for v in self.val_nll]
 
     @property
     def n_epochs(self):
@@ -100,11 +126,16 @@ class History:
 
     @classmethod
     def from_dict(cls, d, where="History"):
-        """The inverse of :meth:`as_dict`, checking keys and types (``ValueError`` if wrong)."""
+        """The inverse of :meth:`as_dict`, checking keys and types (``ValueError`` if wrong).
+
+        ``nll_shift`` may be absent (histories written before it existed): it is then 0.
+        """
         history = cls()
         kinds = {"train_nll": "floats", "val_nll": "floats", "epoch_time": "floats",
                  "best_epoch": "epoch", "stopped_early": bool, "stop_reason": str,
-                 "wall_time": "float", "n_steps": "count"}
+                 "wall_time": "float", "n_steps": "count", "nll_shift": "float"}
+        if isinstance(d, dict) and set(d) == set(kinds) - {"nll_shift"}:
+            d = dict(d, nll_shift=0.0)
         if not isinstance(d, dict) or set(d) != set(kinds):
             raise ValueError(f"{where}: history_ must have exactly the keys {sorted(kinds)}")
 
@@ -133,6 +164,7 @@ class History:
             "stop_reason": str(self.stop_reason),
             "wall_time": float(self.wall_time),
             "n_steps": int(self.n_steps),
+            "nll_shift": float(self.nll_shift),
         }
 
     def __repr__(self):
@@ -147,13 +179,6 @@ class History:
 
 
 # ------------------------------------------------------------------------------ checks
-def _count(value, name, minimum=1, where="fit"):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
-            or value < minimum:
-        raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _data(flow, x, context, x_name, c_name):
     """Validated ``(x2, c2)``: ``x2`` of shape ``(n, dim)``, ``n >= 1``; ``c2`` ``(n, c)``/None."""
     arr = as_float_array(x, "fit", x_name)
@@ -187,46 +212,6 @@ def _validation_data(flow, data):
     if isinstance(data, tuple) and len(data) == 2:     # the pair form (x_val, None)
         return _data(flow, data[0], data[1], "validation x", "validation context")
     return _data(flow, data, None, "validation x", "validation context")
-
-
-def _same_array(a, b):
-    if a is b:
-        return True
-    return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
-            and a.dtype == b.dtype and a.strides == b.strides
-            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
-
-
-def _check_optimizer(optimizer, flow_params, where="fit"):
-    """An optimizer whose ``params`` are the very arrays of ``flow_params`` (also used by
-    :func:`refflow.variational.fit_reverse_kl`)."""
-    if not callable(getattr(optimizer, "step", None)) or not hasattr(optimizer, "params"):
-        raise TypeError(f"{where}: optimizer must have 'params' and a 'step(grads)' method (e.g. "
-                        f"refflow.optim.Adam), got {type(optimizer).__name__}")
-    params = optimizer.params
-    if not isinstance(params, Mapping) or set(params) != set(flow_params) or not all(
-            _same_array(params[k], flow_params[k]) for k in flow_params):
-        raise ValueError(f"{where}: the optimizer's params are not the flow's parameters; build "
-                         f"it as e.g. Adam(flow.params, ...)")
-
-
-def _schedule(lr_schedule, optimizer, t_max, where="fit"):
-    """None, ``"cosine"`` (CosineAnnealing over ``t_max`` steps) or a schedule object of
-    ``optimizer`` (also used by :func:`refflow.variational.fit_reverse_kl`)."""
-    if lr_schedule is None:
-        return None
-    if isinstance(lr_schedule, str):
-        if lr_schedule != "cosine":
-            raise ValueError(f"{where}: lr_schedule must be None, 'cosine' or an object with a "
-                             f"step() method, got {lr_schedule!r}")
-        return _optim.CosineAnnealing(optimizer, t_max=t_max)
-    if not callable(getattr(lr_schedule, "step", None)):
-        raise TypeError(f"{where}: lr_schedule must be None, 'cosine' or an object with a "
-                        f"step() method, got {type(lr_schedule).__name__}")
-    if getattr(lr_schedule, "optimizer", optimizer) is not optimizer:
-        raise ValueError(f"{where}: lr_schedule schedules another optimizer than the one "
-                         f"{where} uses")
-    return lr_schedule
 
 
 def _modes(flow):
@@ -276,45 +261,7 @@ def _mean_nll(flow, x, c, chunk):
 
 
 # ---------------------------------------------------------------------------- progress
-class _ProgressLine:
-    """A tqdm bar over ``total`` steps when tqdm is installed, else one line on stderr redrawn
-    at most every ``interval`` seconds (``where: text  elapsed t s``). Shared by :func:`fit` and
-    :func:`refflow.variational.fit_reverse_kl`, which say what the line shows.
-    """
-
-    def __init__(self, where, total, interval):
-        self.where, self.interval = where, interval
-        self.start = time.perf_counter()
-        self.last_draw = -math.inf
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            tqdm = None
-        self.bar = None
-        if tqdm is not None:
-            self.bar = tqdm(total=total, desc=where, unit="step", file=sys.stderr,
-                            dynamic_ncols=True, leave=True)
-
-    def due(self):
-        """True when the last redraw is at least ``interval`` seconds old."""
-        return time.perf_counter() - self.last_draw >= self.interval
-
-    def _draw(self, text):
-        now = time.perf_counter()
-        self.last_draw = now
-        line = f"{self.where}: {text}  elapsed {now - self.start:.1f} s"
-        sys.stderr.write("\r" + line.ljust(79))
-        sys.stderr.flush()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        elif self.last_draw > -math.inf:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-class _Progress(_ProgressLine):
+class _Progress(ProgressLine):
     """fit's progress: one bar over all steps; epoch, step and the NLLs on the line."""
 
     def __init__(self, epochs, n_batches):
@@ -326,7 +273,7 @@ class _Progress(_ProgressLine):
         if self.bar is not None:
             self.bar.update(1)
         elif self.due():
-            self._draw(f"epoch {epoch + 1}/{self.epochs}  step {batch + 1}/{self.n_batches}"
+            self.draw(f"epoch {epoch + 1}/{self.epochs}  step {batch + 1}/{self.n_batches}"
                        f"{self.text}")
 
     def epoch(self, epoch, train_nll, val_nll):
@@ -339,7 +286,37 @@ class _Progress(_ProgressLine):
                 post["val_nll"] = f"{val_nll:.4f}"
             self.bar.set_postfix(post)
         else:
-            self._draw(f"epoch {epoch + 1}/{self.epochs}{self.text}")
+            self.draw(f"epoch {epoch + 1}/{self.epochs}{self.text}")
+
+
+class _Interrupt:
+    """Ctrl-C during ``fit``: the first SIGINT only sets a flag, which the loop reads after every
+    step; a second one raises ``KeyboardInterrupt`` at once. The handler is installed only in
+    the main thread (where Python delivers signals) and only over Python's default handler, so
+    a handler of the caller's own is left alone; the previous handler is put back on exit."""
+
+    def __init__(self):
+        self.count = 0
+        self.previous = None
+
+    def install(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+
+    def uninstall(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    @property
+    def requested(self):
+        return self.count > 0
 
 
 class _NoProgress:
@@ -401,6 +378,7 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
         when stderr is a terminal; ``False``: nothing is printed.
     callback : callable, optional
         ``callback(epoch, history)`` after each epoch (0-based); a true result stops training.
+        A ``KeyboardInterrupt`` it raises is taken as Ctrl-C (see Notes).
 
     Returns
     -------
@@ -409,10 +387,11 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     Raises
     ------
     ValueError
-        Bad arguments, before anything changes.
+        An argument out of range, before anything changes.
     TypeError
-        ``flow`` is not a Flow, ``optimizer`` or ``lr_schedule`` lacks ``step``, ``callback``
-        is not callable.
+        An argument of the wrong type (``flow`` is not a Flow, ``optimizer`` or
+        ``lr_schedule`` lacks ``step``, ``callback`` is not callable, a float for an int, ...),
+        before anything changes.
     TrainingDiverged
         A non-finite loss or gradient (training or validation) or an overflowing update. The
         failed step changed nothing; with ``restore_best`` the best epoch's parameters are put
@@ -425,6 +404,14 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     mode it had. The optimizer and the schedule keep their state (a second ``fit`` call with
     the same optimizer continues from it). Layers with data-dependent initialisation
     (ActNorm) initialise from the first training batch.
+
+    *Ctrl-C.* In the main thread, the first SIGINT lets the current step finish and then stops:
+    an unfinished epoch is not recorded (its steps count in ``n_steps``), the best epoch's
+    parameters are put back (with ``restore_best``; before any completed epoch the parameters
+    of the last step stay), and the history is returned with ``stop_reason="interrupted"``. A
+    second Ctrl-C raises ``KeyboardInterrupt`` at once. A ``KeyboardInterrupt`` raised inside
+    the loop (by the callback, say) is handled the same way when a best epoch can be put back,
+    and propagates otherwise.
 
     Examples
     --------
@@ -444,21 +431,18 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
         raise TypeError(f"fit: flow must be a refflow Flow, got {type(flow).__name__}")
     x2, c2 = _data(flow, x, context, "x", "context")
     n = x2.shape[0]
-    epochs = _count(epochs, "epochs")
-    batch_size = _count(batch_size, "batch_size")
+    epochs = check_int(epochs, "fit", "epochs", minimum=1)
+    batch_size = check_int(batch_size, "fit", "batch_size", minimum=1)
     if patience is not None:
-        patience = _count(patience, "patience")
-    clip = None if clip_grad_norm is None else _optim._positive(clip_grad_norm, "clip_grad_norm", "fit")
-    if not isinstance(restore_best, (bool, np.bool_)):
-        raise ValueError(f"fit: restore_best must be True or False, got {restore_best!r}")
-    if progress is not None and not isinstance(progress, (bool, np.bool_)):
-        raise ValueError(f"fit: progress must be True, False or None, got {progress!r}")
+        patience = check_int(patience, "fit", "patience", minimum=1)
+    clip = None if clip_grad_norm is None else check_positive(clip_grad_norm, "fit",
+                                                              "clip_grad_norm")
+    check_bool(restore_best, "fit", "restore_best")
+    check_bool(progress, "fit", "progress", allow_none=True)
     if callback is not None and not callable(callback):
         raise TypeError(f"fit: callback must be callable, got {type(callback).__name__}")
-    if isinstance(validation_fraction, (bool, np.bool_)) \
-            or not isinstance(validation_fraction, numbers.Real) \
-            or not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"fit: validation_fraction must lie in [0, 1), got {validation_fraction!r}")
+    validation_fraction = check_real(validation_fraction, "fit", "validation_fraction", low=0.0,
+                                     high=1.0, high_open=True)
     gen = check_rng(rng, "fit")
 
     if validation_data is not None:
@@ -482,8 +466,8 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"fit: {exc}") from None
     else:
-        _check_optimizer(optimizer, flow_params)
-    schedule = _schedule(lr_schedule, optimizer, epochs * n_batches)
+        check_optimizer(optimizer, flow_params, "fit")
+    schedule = make_schedule(lr_schedule, optimizer, epochs * n_batches, "fit")
 
     # ------------------------------------------------------------------------ the split
     if n_val:
@@ -518,7 +502,9 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
             f"lower lr, clip_grad_norm=..., or standardised data (zero mean, unit variance per "
             f"column).", history, epoch, step)
 
+    interrupt = _Interrupt()
     try:
+        interrupt.install()
         flow.train()
         for epoch in range(epochs):
             epoch_start = time.perf_counter()
@@ -540,6 +526,12 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
                 if schedule is not None:
                     schedule.step()
                 bar.step(epoch, b)
+                if interrupt.requested:
+                    break
+            if interrupt.requested and b < n_batches - 1:
+                # Ctrl-C inside the epoch: the epoch is not recorded (nor validated)
+                history.stopped_early, history.stop_reason = True, "interrupted"
+                break
             train_nll = total / n_train
             val_nll = None
             try:
@@ -564,6 +556,8 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
             reason = None
             if callback is not None and callback(epoch, history):
                 reason = "callback"
+            elif interrupt.requested:
+                reason = "interrupted"
             elif patience is not None and epoch - history.best_epoch >= patience:
                 reason = "patience"
             if reason is not None and epoch < epochs - 1:
@@ -571,7 +565,15 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
                 break
         if restore_best and best is not None:
             _restore(flow, best)
+    except KeyboardInterrupt:
+        # raised inside the loop (a callback, say), or a second Ctrl-C: handled as Ctrl-C
+        # when a best epoch can be put back, else passed on
+        if interrupt.count > 1 or not restore_best or best is None:
+            raise
+        history.stopped_early, history.stop_reason = True, "interrupted"
+        _restore(flow, best)
     finally:
+        interrupt.uninstall()
         _restore_modes(modes)
         bar.close()
         history.wall_time = time.perf_counter() - start

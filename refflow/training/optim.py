@@ -27,52 +27,15 @@ True
 """
 
 import math
-import numbers
 from collections.abc import Mapping
 
 import numpy as np
 
-from .._validation import as_float_array
-from ..kernels import NUMBA_DISABLED
+from .._validation import as_float_array, check_bool, check_int, check_positive, check_real
+from ..kernels import use_fast_paths
 from ..kernels.fused import adam_update, sgd_update
 
-#: Run ``step`` through the fused one-pass kernels of :mod:`refflow.kernels.fused` (bitwise the
-#: reference ``_update`` arithmetic, see ``tests/test_fused_paths.py``); the reference path runs
-#: when numba is disabled (plain-Python kernels would be slow) or this is set to False.
-_FUSED = not NUMBA_DISABLED
-
 __all__ = ["Adam", "SGD", "clip_grad_norm", "CosineAnnealing"]
-
-
-# ------------------------------------------------------------------------------ validation
-def _real(value, name, where):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(value):
-        raise ValueError(f"{where}: {name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _positive(value, name, where, upper=None):
-    value = _real(value, name, where)
-    if value <= 0 or (upper is not None and value >= upper):
-        bound = f"in (0, {upper})" if upper is not None else "positive"
-        raise ValueError(f"{where}: {name} must be {bound}, got {value}")
-    return value
-
-
-def _nonnegative(value, name, where, upper=None):
-    value = _real(value, name, where)
-    if value < 0 or (upper is not None and value >= upper):
-        bound = f"in [0, {upper})" if upper is not None else "non-negative"
-        raise ValueError(f"{where}: {name} must be {bound}, got {value}")
-    return value
-
-
-def _beta(value, where):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-            or not (0.0 <= value < 1.0):
-        raise ValueError(f"{where}: each beta must lie in [0, 1), got {value!r}")
-    return float(value)
 
 
 def _all_finite(*arrays):
@@ -102,7 +65,7 @@ class _Optimizer:
             if not value.flags.writeable:
                 raise ValueError(f"{where}: parameter {key!r} is read-only; it is updated in place")
         self.params = params
-        self._lr = _positive(lr, "lr", where)
+        self._lr = check_positive(lr, where, "lr")
         self.t = 0
 
     @property
@@ -112,7 +75,7 @@ class _Optimizer:
 
     @lr.setter
     def lr(self, value):
-        self._lr = _nonnegative(value, "lr", type(self).__name__)
+        self._lr = check_real(value, type(self).__name__, "lr", low=0.0)
 
     def _check_grads(self, grads, where):
         if not isinstance(grads, Mapping):
@@ -149,7 +112,9 @@ class _Optimizer:
         where = f"{type(self).__name__}.step"
         checked = self._check_grads(grads, where)
         t = self.t + 1
-        if _FUSED:
+        # The fused one-pass kernels of refflow.kernels.fused (bitwise the reference _update
+        # arithmetic) when the fast paths are on (refflow.kernels.use_fast_paths).
+        if use_fast_paths("optim"):
             self._step_fused(checked, t, where)
         else:
             self._step_reference(checked, t, where)
@@ -240,7 +205,7 @@ class _Optimizer:
         if t < 0 or t != int(t):
             raise ValueError(f"{where}: 't' must be a non-negative integer, got {t}")
         self._check_loaded(arrays, where)
-        lr = _nonnegative(float(arrays["lr"]), "lr", where)
+        lr = check_real(float(arrays["lr"]), where, "lr", low=0.0)
         for name in self._state_names:
             for key, target in getattr(self, name).items():
                 target[...] = arrays[f"{name}.{key}"]
@@ -278,7 +243,7 @@ class Adam(_Optimizer):
     Raises
     ------
     TypeError
-        ``params`` is not a mapping of float64 arrays.
+        ``params`` is not a mapping of float64 arrays, or a setting of the wrong type.
     ValueError
         A setting out of range.
 
@@ -327,9 +292,10 @@ class Adam(_Optimizer):
             b1, b2 = betas
         except (TypeError, ValueError):
             raise ValueError(f"Adam: betas must be a pair, got {betas!r}") from None
-        self.betas = (_beta(b1, "Adam"), _beta(b2, "Adam"))
-        self.eps = _positive(eps, "eps", "Adam")
-        self.weight_decay = _nonnegative(weight_decay, "weight_decay", "Adam")
+        self.betas = tuple(check_real(b, "Adam", f"betas[{i}]", low=0.0, high=1.0,
+                                      high_open=True) for i, b in enumerate((b1, b2)))
+        self.eps = check_positive(eps, "Adam", "eps")
+        self.weight_decay = check_real(weight_decay, "Adam", "weight_decay", low=0.0)
         self.m = {k: np.zeros(np.shape(v)) for k, v in params.items()}
         self.v = {k: np.zeros(np.shape(v)) for k, v in params.items()}
 
@@ -406,13 +372,13 @@ class SGD(_Optimizer):
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(params, lr)
-        self.momentum = _nonnegative(momentum, "momentum", "SGD", upper=1.0)
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise ValueError(f"SGD: nesterov must be True or False, got {nesterov!r}")
+        self.momentum = check_real(momentum, "SGD", "momentum", low=0.0, high=1.0,
+                                   high_open=True)
+        check_bool(nesterov, "SGD", "nesterov")
         if nesterov and self.momentum == 0.0:
             raise ValueError("SGD: Nesterov momentum needs momentum > 0")
         self.nesterov = bool(nesterov)
-        self.weight_decay = _nonnegative(weight_decay, "weight_decay", "SGD")
+        self.weight_decay = check_real(weight_decay, "SGD", "weight_decay", low=0.0)
         self.momentum_buffer = {k: np.zeros(np.shape(v)) for k, v in params.items()}
 
     def __repr__(self):
@@ -455,7 +421,9 @@ def clip_grad_norm(grads, max_norm):
     Raises
     ------
     ValueError
-        A non-finite gradient or a bad ``max_norm``.
+        A non-finite gradient or a ``max_norm`` that is not finite and positive.
+    TypeError
+        ``grads`` is not a mapping, or ``max_norm`` is not a real number.
 
     Notes
     -----
@@ -472,7 +440,7 @@ def clip_grad_norm(grads, max_norm):
     >>> norm, clipped["a"], clipped["b"]
     (5.0, array([0.6]), array([0.8]))
     """
-    max_norm = _positive(max_norm, "max_norm", "clip_grad_norm")
+    max_norm = check_positive(max_norm, "clip_grad_norm", "max_norm")
     if not isinstance(grads, Mapping):
         raise TypeError(f"clip_grad_norm: grads must be a mapping of arrays, got "
                         f"{type(grads).__name__}")
@@ -544,13 +512,11 @@ class CosineAnnealing:
         if not hasattr(optimizer, "lr"):
             raise TypeError(f"CosineAnnealing: the optimizer has no 'lr' attribute "
                             f"({type(optimizer).__name__})")
-        base_lr = _positive(optimizer.lr, "the optimizer's lr", "CosineAnnealing")
-        if isinstance(t_max, (bool, np.bool_)) or not isinstance(t_max, numbers.Integral) \
-                or t_max < 1:
-            raise ValueError(f"CosineAnnealing: t_max must be a positive int, got {t_max!r}")
+        base_lr = check_positive(optimizer.lr, "CosineAnnealing", "the optimizer's lr")
+        t_max = check_int(t_max, "CosineAnnealing", "t_max", minimum=1)
         self.optimizer = optimizer
-        self.t_max = int(t_max)
-        self.eta_min = _nonnegative(eta_min, "eta_min", "CosineAnnealing")
+        self.t_max = t_max
+        self.eta_min = check_real(eta_min, "CosineAnnealing", "eta_min", low=0.0)
         self.base_lr = base_lr
         self.t = 0
 

@@ -19,33 +19,26 @@ Inference", UAI 2018, arXiv:1803.05649.
 """
 
 import math
-import numbers
 import sys
 import time
 
 import numpy as np
 
-from .._validation import as_float_array, check_rng
+from .._validation import as_float_array, check_int, check_positive, check_rng
 from ..bijectors.base import Chain
 from ..bijectors.planar import Planar, Sylvester
 from ..data.potentials import POTENTIALS, rezende_potential
 from ..distributions import Flow, StandardNormal
 from .optim import Adam
-from .loop import TrainingDiverged, _check_optimizer, _count, _ProgressLine, _schedule
+from ._common import ProgressLine, check_optimizer, make_schedule
+from .loop import TrainingDiverged
 
 __all__ = ["fit_reverse_kl", "fit_potential", "rezende_potential", "POTENTIALS"]
 
 _PROGRESS_INTERVAL = 0.2  # seconds between redraws of the built-in progress line
 
 
-def _positive(value, name, where):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{where}: {name} must be a finite positive number, got {value!r}")
-    return float(value)
-
-
-class _Progress(_ProgressLine):
+class _Progress(ProgressLine):
     """fit_reverse_kl's progress: the step and the running KL estimate."""
 
     def __init__(self, steps, where):
@@ -59,7 +52,7 @@ class _Progress(_ProgressLine):
                 self.last_draw = time.perf_counter()
                 self.bar.set_postfix({"kl": f"{kl_mean:.4f}"}, refresh=False)
         elif self.due() or step + 1 == self.steps:
-            self._draw(f"step {step + 1}/{self.steps}  KL {kl_mean:.4f}")
+            self.draw(f"step {step + 1}/{self.steps}  KL {kl_mean:.4f}")
 
 
 class _NoProgress:
@@ -168,15 +161,15 @@ def fit_reverse_kl(flow, log_target, *, steps=2000, n_samples=256, lr=5e-3, opti
         raise ValueError(f"{where}: the flow is conditional (context_dim={flow.context_dim}); "
                          f"fit_reverse_kl fits unconditional flows")
     fns = Flow._kl_target(log_target, where)  # TypeError for a wrong type, before anything runs
-    steps = _count(steps, "steps", where=where)
-    n_samples = _count(n_samples, "n_samples", where=where)
+    steps = check_int(steps, where, "steps", minimum=1)
+    n_samples = check_int(n_samples, where, "n_samples", minimum=1)
     if anneal is not None:
-        anneal = _count(anneal, "anneal", where=where)
+        anneal = check_int(anneal, where, "anneal", minimum=1)
     if optimizer is None:
-        optimizer = Adam(flow.params, lr=_positive(lr, "lr", where))
+        optimizer = Adam(flow.params, lr=check_positive(lr, where, "lr"))
     else:
-        _check_optimizer(optimizer, flow.params, where)
-    schedule = _schedule(lr_schedule, optimizer, steps, where)
+        check_optimizer(optimizer, flow.params, where)
+    schedule = make_schedule(lr_schedule, optimizer, steps, where)
     rng = check_rng(rng, where)
     if callback is not None and not callable(callback):
         raise TypeError(f"{where}: callback must be callable, got {type(callback).__name__}")
@@ -268,9 +261,9 @@ def _build_flow(kind, n_layers, init, rng):
 
 
 def _potential_figure(name, target, flow, path, rng):
-    from ..plots import _matplotlib, plot_density_2d, plot_samples, save_figure
+    from ..plots import plot_density_2d, plot_samples, require_matplotlib, save_figure
 
-    Figure, FigureCanvasAgg, _ = _matplotlib("fit_potential")
+    Figure, FigureCanvasAgg, _ = require_matplotlib("fit_potential")
     fig = Figure(figsize=(13.5, 4.5))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
@@ -357,11 +350,11 @@ def fit_potential(name, *, flow="planar", n_layers=32, steps=4000, n_samples=512
         raise ValueError(f"{where}: flow must be 'planar' or 'sylvester', got {flow!r}")
     if init not in ("identity", "random"):
         raise ValueError(f"{where}: init must be 'identity' or 'random', got {init!r}")
-    n_layers = _count(n_layers, "n_layers", where=where)
-    steps = _count(steps, "steps", where=where)
-    n_samples = _count(n_samples, "n_samples", where=where)
-    lr = _positive(lr, "lr", where)
-    n_eval = _count(n_eval, "n_eval", minimum=2, where=where)
+    n_layers = check_int(n_layers, where, "n_layers", minimum=1)
+    steps = check_int(steps, where, "steps", minimum=1)
+    n_samples = check_int(n_samples, where, "n_samples", minimum=1)
+    lr = check_positive(lr, where, "lr")
+    n_eval = check_int(n_eval, where, "n_eval", minimum=2)
     if isinstance(anneal, str):
         if anneal != "auto":
             raise ValueError(f"{where}: anneal must be 'auto', an int or None, got {anneal!r}")
@@ -372,9 +365,9 @@ def fit_potential(name, *, flow="planar", n_layers=32, steps=4000, n_samples=512
         if not isinstance(plot, (str, os.PathLike)):
             raise TypeError(f"{where}: plot must be a path (str or os.PathLike) or None, got "
                             f"{type(plot).__name__}")
-        from ..plots import _matplotlib
+        from ..plots import require_matplotlib
 
-        _matplotlib(where)  # ImportError with the install hint before any work
+        require_matplotlib(where)  # ImportError with the install hint before any work
     rng = check_rng(rng, where)
     target = rezende_potential(name)
     model = _build_flow(flow, n_layers, init, rng)

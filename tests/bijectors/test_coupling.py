@@ -126,29 +126,29 @@ class TestConstruction:
         assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
 
     @pytest.mark.parametrize("cls", [AdditiveCoupling, AffineCoupling])
-    @pytest.mark.parametrize("kwargs, match", [
-        ({"dim": 1}, "at least 2"),
-        ({"dim": 0}, "dim"),
-        ({"dim": 2.0}, "dim"),
-        ({"dim": True}, "dim"),
-        ({"mask": [True, False]}, r"shape \(5,\)"),
-        ({"mask": np.ones((1, 5), dtype=bool)}, r"shape \(5,\)"),
-        ({"mask": [1] * 5}, "at least one"),
-        ({"mask": [0] * 5}, "at least one"),
-        ({"mask": [1, 0, 2, 0, 0]}, "0 and 1"),
-        ({"mask": [1, 0, -1, 0, 0]}, "0 and 1"),
-        ({"mask": [1.0, 0.0, 1.0, 0.0, 0.0]}, "bools or 0/1"),
-        ({"mask": "10100"}, "mask"),
-        ({"context_dim": 0}, "context_dim"),
-        ({"context_dim": -2}, "context_dim"),
-        ({"context_dim": 1.5}, "context_dim"),
-        ({"context_dim": True}, "context_dim"),
-        ({"activation": "nope"}, "activation"),
+    @pytest.mark.parametrize("kwargs, error, match", [
+        ({"dim": 1}, ValueError, "at least 2"),
+        ({"dim": 0}, ValueError, "dim"),
+        ({"dim": 2.0}, TypeError, "dim"),
+        ({"dim": True}, TypeError, "dim"),
+        ({"mask": [True, False]}, ValueError, r"shape \(5,\)"),
+        ({"mask": np.ones((1, 5), dtype=bool)}, ValueError, r"shape \(5,\)"),
+        ({"mask": [1] * 5}, ValueError, "at least one"),
+        ({"mask": [0] * 5}, ValueError, "at least one"),
+        ({"mask": [1, 0, 2, 0, 0]}, ValueError, "0 and 1"),
+        ({"mask": [1, 0, -1, 0, 0]}, ValueError, "0 and 1"),
+        ({"mask": [1.0, 0.0, 1.0, 0.0, 0.0]}, ValueError, "bools or 0/1"),
+        ({"mask": "10100"}, ValueError, "mask"),
+        ({"context_dim": 0}, ValueError, "context_dim"),
+        ({"context_dim": -2}, ValueError, "context_dim"),
+        ({"context_dim": 1.5}, TypeError, "context_dim"),
+        ({"context_dim": True}, TypeError, "context_dim"),
+        ({"activation": "nope"}, ValueError, "activation"),
     ])
-    def test_bad_arguments(self, cls, kwargs, match):
+    def test_bad_arguments(self, cls, kwargs, error, match):
         args = {"dim": DIM, "hidden": (4,), "rng": 0, **kwargs}
         dim = args.pop("dim")
-        with pytest.raises(ValueError, match=match) as info:
+        with pytest.raises(error, match=match) as info:
             cls(dim, **args)
         assert cls.__name__ in str(info.value)
 

@@ -140,8 +140,10 @@ def test_ddsf_is_a_composition_of_dense_sigmoidal_layers():
 def test_neural_bad_options():
     with pytest.raises(ValueError, match="NeuralAutoregressive: units"):
         NeuralAutoregressive(2, units=0)
-    with pytest.raises(ValueError, match="NeuralAutoregressive: n_layers"):
+    with pytest.raises(TypeError, match="NeuralAutoregressive: n_layers"):   # a wrong type
         NeuralAutoregressive(2, n_layers=1.5)
+    with pytest.raises(TypeError, match="NeuralAutoregressive: units"):
+        NeuralAutoregressive(2, units=True)
 
 
 # ====================================================================== monotonic network
@@ -173,6 +175,8 @@ def test_monotonic_refuses_bounded_activation():
         MaskedMonotonicAutoregressive(2, network_activation="tanh")
     with pytest.raises(ValueError, match="MaskedMonotonicAutoregressive: signal"):
         MaskedMonotonicAutoregressive(2, signal=0)
+    with pytest.raises(TypeError, match="MaskedMonotonicAutoregressive: network"):
+        MaskedMonotonicAutoregressive(2, network=64)
 
 
 def test_monotonic_matches_zuko():
@@ -372,3 +376,5 @@ def test_umnn_bad_options():
         UnconstrainedMonotonicAutoregressive(2, quadrature="clenshaw-curtis", n_nodes=1)
     with pytest.raises(ValueError, match="UnconstrainedMonotonicAutoregressive: positive"):
         UnconstrainedMonotonicAutoregressive(2, positive="square")
+    with pytest.raises(TypeError, match="UnconstrainedMonotonicAutoregressive: quadrature"):
+        UnconstrainedMonotonicAutoregressive(2, quadrature=None)

@@ -239,10 +239,11 @@ class TestActNormMap:
         np.testing.assert_array_equal(z, np.zeros(2))
         np.testing.assert_allclose(layer.params["log_scale"], np.log(GUARD), rtol=RTOL_EXACT)
 
-    @pytest.mark.parametrize("kwargs", [{"dim": 0}, {"dim": 2.5}, {"dim": 2, "initialized": "yes"},
-                                        {"dim": 2, "initialized": 1}])
-    def test_bad_constructor_arguments(self, kwargs):
-        with pytest.raises(ValueError, match="ActNorm"):
+    @pytest.mark.parametrize("kwargs, error", [
+        ({"dim": 0}, ValueError), ({"dim": 2.5}, TypeError),
+        ({"dim": 2, "initialized": "yes"}, ValueError), ({"dim": 2, "initialized": 1}, ValueError)])
+    def test_bad_constructor_arguments(self, kwargs, error):
+        with pytest.raises(error, match="ActNorm"):
             ActNorm(**kwargs)
 
     def test_initialized_is_keyword_only(self):

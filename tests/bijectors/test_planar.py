@@ -818,24 +818,24 @@ def test_bad_parameter_values(rng):
     assert np.isfinite(layer.params["w"]).all()
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: Planar(0), "Planar: dim"),
-    (lambda: Planar(2.5), "Planar: dim"),
-    (lambda: Planar(2, rng="seed"), "Planar: rng"),
-    (lambda: Radial(True), "Radial: dim"),
-    (lambda: Radial(2, rng=-1), "Radial: rng"),
-    (lambda: Sylvester(0), "Sylvester: dim"),
-    (lambda: Sylvester(3, m=4), "1 <= m <= dim"),
-    (lambda: Sylvester(3, m=0), "Sylvester: m"),
-    (lambda: Sylvester(3, m=1.5), "Sylvester: m"),
-    (lambda: Sylvester(3, q="orthogonal"), "q must be one of"),
-    (lambda: Sylvester(3, q=None), "q must be one of"),
-    (lambda: Sylvester(3, n_reflections=0), "n_reflections"),
-    (lambda: Sylvester(3, q="permutation", n_reflections=2), "only to q='householder'"),
-    (lambda: Sylvester(3, permutation=[0, 1, 2]), "only to q='permutation'"),
-    (lambda: Sylvester(3, q="permutation", permutation=[0, 0, 1]), "duplicates"),
-    (lambda: Sylvester(3, q="permutation", permutation=[0, 1]), "length 3"),
+@pytest.mark.parametrize("build, error, message", [
+    (lambda: Planar(0), ValueError, "Planar: dim"),
+    (lambda: Planar(2.5), TypeError, "Planar: dim"),
+    (lambda: Planar(2, rng="seed"), ValueError, "Planar: rng"),
+    (lambda: Radial(True), TypeError, "Radial: dim"),
+    (lambda: Radial(2, rng=-1), ValueError, "Radial: rng"),
+    (lambda: Sylvester(0), ValueError, "Sylvester: dim"),
+    (lambda: Sylvester(3, m=4), ValueError, "1 <= m <= dim"),
+    (lambda: Sylvester(3, m=0), ValueError, "Sylvester: m"),
+    (lambda: Sylvester(3, m=1.5), TypeError, "Sylvester: m"),
+    (lambda: Sylvester(3, q="orthogonal"), ValueError, "q must be one of"),
+    (lambda: Sylvester(3, q=None), ValueError, "q must be one of"),
+    (lambda: Sylvester(3, n_reflections=0), ValueError, "n_reflections"),
+    (lambda: Sylvester(3, q="permutation", n_reflections=2), ValueError, "only to q='householder'"),
+    (lambda: Sylvester(3, permutation=[0, 1, 2]), ValueError, "only to q='permutation'"),
+    (lambda: Sylvester(3, q="permutation", permutation=[0, 0, 1]), ValueError, "duplicates"),
+    (lambda: Sylvester(3, q="permutation", permutation=[0, 1]), ValueError, "length 3"),
 ])
-def test_constructor_errors(build, message):
-    with pytest.raises(ValueError, match=message):
+def test_constructor_errors(build, error, message):
+    with pytest.raises(error, match=message):
         build()

@@ -137,6 +137,8 @@ def test_sos_bad_options():
                          ({"slope": float("nan")}, "slope")):
         with pytest.raises(ValueError, match=f"SumOfSquaresAutoregressive: {word}"):
             SumOfSquaresAutoregressive(2, **kwargs)
+    with pytest.raises(TypeError, match="SumOfSquaresAutoregressive: degree"):
+        SumOfSquaresAutoregressive(2, degree=2.0)
 
 
 def test_sos_huge_inputs_finite():
@@ -210,6 +212,8 @@ def test_bernstein_bad_options():
         BernsteinAutoregressive(2, degree=2, tails="linear")
     with pytest.raises(ValueError, match="BernsteinAutoregressive: bound"):
         BernsteinAutoregressive(2, bound=-1.0)
+    with pytest.raises(TypeError, match="BernsteinAutoregressive: bound"):
+        BernsteinAutoregressive(2, bound="2")
 
 
 # ------------------------------------------------------------------------ zuko, side by side

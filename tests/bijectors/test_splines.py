@@ -81,9 +81,9 @@ def test_coupling_density_direction_is_the_spline(parameterization):
     np.testing.assert_array_equal(z[:, :2], x[:, :2])  # identity part
     # by hand: conditioner on x_a, the map's knots, the kernel
     theta = layer.conditioner(x[:, :2]).reshape(5, 2, -1)
-    from refflow.bijectors.splines import _spline
-    out, ld = _spline("spline", np.ascontiguousarray(x[:, 2:]).reshape(-1), theta.reshape(10, -1),
-                      layer._map, 4, False)
+    from refflow.bijectors.spline_core import rqs, split_parameters
+    out, ld, _ = rqs("spline", np.ascontiguousarray(x[:, 2:]).reshape(-1),
+                     *split_parameters(theta.reshape(10, -1), 4), layer._map, False)
     np.testing.assert_allclose(z[:, 2:], out.reshape(5, 2), rtol=1e-14, atol=1e-14)
     np.testing.assert_allclose(log_det, ld.reshape(5, 2).sum(axis=1), rtol=1e-13, atol=1e-13)
 

@@ -1,7 +1,7 @@
-"""The fast "durkan" spline kernels (issue 7) against the reference kernels they replace.
+"""The block "durkan" spline kernels against the scalar kernels (called "reference" below).
 
-``refflow.kernels.durkan.rqs_durkan_*`` evaluate exactly the reference kernels' formulas in the
-same order (``rqs_durkan_*_reference``), block-wise, with their own vectorisable ``exp``
+``refflow.kernels.splines.rqs_durkan_*`` evaluate exactly the scalar kernels' formulas in the
+same order (``rqs_durkan_*_scalar``), block-wise, with their own vectorisable ``exp``
 (``_exp_le0``) and ``log1p`` (``_log1p_01``) in place of libm's. So they differ by round-off in
 those two functions only, and the tests check precisely that:
 
@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from refflow.bijectors.spline_maps import get_spline_map
 from refflow.kernels import NUMBA_DISABLED
-from refflow.kernels import durkan as D
+from refflow.kernels import splines as D
 from refflow.kernels.splines import rqs_forward_vjp, rqs_inverse_vjp
 
 EPS = np.finfo(np.float64).eps
@@ -77,7 +77,7 @@ def _params(rng, n, K, scale, dtype=np.float64):
 
 
 def _call(name, v, uw, uh, ud, settings_, bars=None, reference=False):
-    kern = getattr(D, "rqs_durkan_" + name + ("_reference" if reference else ""))
+    kern = getattr(D, "rqs_durkan_" + name + ("_scalar" if reference else ""))
     if name.endswith("vjp"):
         outs = (np.empty_like(v), np.empty_like(uw), np.empty_like(uh), np.empty_like(ud))
         kern(v, uw, uh, ud, *settings_, bars[0], bars[1], *outs)

@@ -1,7 +1,8 @@
-"""Degree-ordered incremental sampling of the masked autoregressive layers (issue 7, item 4a).
+"""Degree-ordered incremental sampling of the masked autoregressive layers.
 
 The incremental evaluation (``refflow.nn._incremental``) must give the reference sequential
-passes' results (``_sample_passes_reference``) to round-off. Why ``RTOL_INCREMENTAL``: both
+passes' results (``MADE._sample_passes``, what ``refflow.kernels.fast_paths(False,
+paths=["sampling"])`` runs) to round-off. Why ``RTOL_INCREMENTAL``: both
 compute the same sums of the same products; only the order of the additions differs (block
 GEMMs of other shapes, the masked prefix split in two partial sums), a few ulps per MADE output.
 Each such difference moves ``x_i`` by ``|dx_i/dout| * ulps``, and the next coordinates inherit
@@ -25,9 +26,10 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 import refflow.nn._incremental as inc
+import refflow.nn.made as made_module
 from refflow import MaskedAffineAutoregressive, MaskedSplineAutoregressive
-from refflow.bijectors.autoregressive import _MaskedAutoregressive
 from refflow.flows import MAF, NSF
+from refflow.kernels import fast_paths
 from refflow.nn import MADE
 
 RTOL_INCREMENTAL = 1e-12   # summation order only, compounded over <= dim steps (docstring)
@@ -100,12 +102,14 @@ def make_inputs(rng, layer, n, context, dtype=np.float64):
 
 
 def reference_forward(layer, z, context):
-    """The layer's public forward with the reference sequential passes in place."""
-    layer._sample_incremental = layer._sample_reference   # instance attribute, this layer only
-    try:
+    """The layer's public forward on the reference paths (sequential passes)."""
+    with fast_paths(False, paths=["sampling"]):
         return layer.forward(z, context=context) if context is not None else layer.forward(z)
-    finally:
-        del layer._sample_incremental
+
+
+def sample(layer, z, context):
+    """``(x, out)`` of the layer's sampler (the incremental evaluation, fast paths on)."""
+    return layer.made._sample(z, context, layer._sample_coordinate)
 
 
 def forward(layer, z, context):
@@ -121,7 +125,7 @@ def check_against_reference(layer, z, context):
     c2 = None
     if context is not None:
         c2 = np.broadcast_to(context, (z.shape[0], layer.context_dim)).copy()
-    xs, out = layer._sample_incremental(z, c2)
+    xs, out = sample(layer, z, c2)
     err = max(err, rel_err(xs, x_ref))
     if z.shape[0]:
         err = max(err, rel_err(out, layer.made._forward(x_ref, c2)))
@@ -181,17 +185,21 @@ def test_many_chunks_and_a_padded_last_chunk(monkeypatch, chunk):
     check_against_reference(layer, z, c)
 
 
-def test_reference_sampler_is_the_old_pass():
-    """``_sample_reference`` (what the tests compare with) is the old ``dim`` passes bit for bit."""
+def test_reference_sampler_sets_every_coordinate_from_a_full_pass():
+    """The reference (sequential passes) returns outputs that are MADE's full pass at its x,
+    and every coordinate of x is the elementwise map of those outputs, bit for bit."""
     rng = np.random.default_rng(12)
     for side in SIDES:
         layer = make_layer(rng, 5, side=side, hidden=(16, 16), order="random", context="batch")
         z, c = make_inputs(rng, layer, 30, "batch")
-        x_old, ld_old = layer._forward_reference(z, c)
-        x_ref, _ = layer._sample_reference(z, c)
-        np.testing.assert_array_equal(x_ref, x_old)
-        layer._sample_incremental = layer._sample_reference
-        np.testing.assert_array_equal(layer.forward(z, context=c)[1], ld_old)
+        with fast_paths(False, paths=["sampling"]):
+            x_ref, out = sample(layer, z, c)
+            np.testing.assert_array_equal(out, layer.made._forward(x_ref, c))
+        for i in range(5):
+            xi = layer._sample_coordinate(np.ascontiguousarray(z[:, i]),
+                                          np.ascontiguousarray(out[:, i]))
+            np.testing.assert_array_equal(x_ref[:, i], xi)
+        np.testing.assert_array_equal(reference_forward(layer, z, c)[0], x_ref)
 
 
 def test_sampler_x_is_the_forward_x_and_sampled_from_its_own_outputs():
@@ -199,7 +207,7 @@ def test_sampler_x_is_the_forward_x_and_sampled_from_its_own_outputs():
     for side in SIDES:
         layer = make_layer(rng, 5, side=side, hidden=(16, 16), order="random")
         z, _ = make_inputs(rng, layer, 30, None)
-        x_s, out = layer._sample_incremental(z, None)
+        x_s, out = sample(layer, z, None)
         # every coordinate is the elementwise map of its own (final) outputs, bit for bit
         for i in range(5):
             xi = layer._sample_coordinate(np.ascontiguousarray(z[:, i]),
@@ -214,7 +222,7 @@ def test_empty_batch_and_single_point():
     layer = make_layer(rng, 3, hidden=(8,), context="batch")
     x, log_det = layer.forward(np.zeros((0, 3)), context=np.zeros((0, 2)))
     assert x.shape == (0, 3) and log_det.shape == (0,)
-    x_s, out = layer._sample_incremental(np.zeros((0, 3)), np.zeros((0, 2)))
+    x_s, out = sample(layer, np.zeros((0, 3)), np.zeros((0, 2)))
     assert x_s.shape == (0, 3) and out.shape == (0, 3, 2)
     z, c = make_inputs(rng, layer, 1, "batch")
     x1, ld1 = layer.forward(z[0], context=c[0])
@@ -232,7 +240,7 @@ def test_float32_stays_float32_and_agrees():
         z, c = make_inputs(rng, layer, 50, "batch")
         x32, ld32 = layer.forward(z.astype(np.float32), context=c.astype(np.float32))
         assert x32.dtype == np.float32 and ld32.dtype == np.float32
-        xs, out = layer._sample_incremental(z.astype(np.float32), c.astype(np.float32))
+        xs, out = sample(layer, z.astype(np.float32), c.astype(np.float32))
         assert xs.dtype == np.float32 and out.dtype == np.float32
         x64, ld64 = reference_forward(layer, z, c)
         assert rel_err(x32, x64) <= RTOL_FLOAT32 and rel_err(ld32, ld64) <= RTOL_FLOAT32
@@ -259,9 +267,8 @@ def test_forward_vjp_matches_the_reference():
         z, c = make_inputs(rng, layer, 20, "batch")
         x_bar, ld_bar = rng.normal(size=z.shape), rng.normal(size=20)
         x, ld, pb = layer.forward_vjp(z, context=c)
-        layer._sample_incremental = layer._sample_reference
-        x_r, ld_r, pb_r = layer.forward_vjp(z, context=c)
-        del layer._sample_incremental
+        with fast_paths(False, paths=["sampling"]):
+            x_r, ld_r, pb_r = layer.forward_vjp(z, context=c)
         assert max(rel_err(x, x_r), rel_err(ld, ld_r)) <= RTOL_INCREMENTAL
         got, ref = pb(x_bar, ld_bar), pb_r(x_bar, ld_bar)
         for a, b in [(got[0], ref[0]), (got[2], ref[2])] + [(got[1][k], ref[1][k])
@@ -269,23 +276,42 @@ def test_forward_vjp_matches_the_reference():
             assert np.max(np.abs(a - b)) <= RTOL_INCREMENTAL * max(1.0, np.max(np.abs(b)))
 
 
-def test_other_conditioner_runs_the_reference_passes():
-    """A MADE subclass (the nflows importer's) may compute another function: the reference."""
-    rng = np.random.default_rng(9)
-    layer = make_layer(rng, 4, hidden=(8,))
+def test_a_made_subclass_samples_as_it_declares(monkeypatch):
+    """A MADE subclass that replaces the passes must say how it samples (the incremental
+    evaluation reads MADE's own layers); one that keeps them keeps the incremental sampler."""
+    with pytest.raises(TypeError, match="_sample"):
+        class Silent(MADE):
+            def _forward(self, x, context=None, weights=None):
+                return super()._forward(x, context, weights)
 
-    class Sub(MADE):
+    class Declared(MADE):
+        def _forward(self, x, context=None, weights=None):
+            return super()._forward(x, context, weights)
+
+        def _sample(self, z, context, sample_coordinate):
+            return self._sample_passes(z, context, sample_coordinate)
+
+    class Plain(MADE):
         pass
 
-    sub = Sub(4, (8,), 2, rng=0)
-    for k in sub.params:
-        sub.params[k] = layer.made.params[k]
-    layer.made = sub
+    calls = []
+    incremental = made_module.made_sample
+    monkeypatch.setattr(made_module, "made_sample",
+                        lambda *args: (calls.append(1), incremental(*args))[1])
+    rng = np.random.default_rng(9)
+    layer = make_layer(rng, 4, hidden=(8,))
     z, _ = make_inputs(rng, layer, 10, None)
-    x, ld = layer.forward(z)
-    x_r, ld_r = layer._forward_reference(z)
-    np.testing.assert_array_equal(x, x_r)
-    np.testing.assert_array_equal(ld, ld_r)
+    with fast_paths(False, paths=["sampling"]):
+        x_ref, _ = sample(layer, z, None)
+    for cls, incremental_calls in ((Declared, 0), (Plain, 1)):
+        calls.clear()
+        sub = cls(4, (8,), 2, rng=0)
+        for k in sub.params:
+            sub.params[k] = layer.made.params[k]
+        layer.made = sub
+        x, _ = sample(layer, z, None)
+        assert len(calls) == incremental_calls
+        assert rel_err(x, x_ref) <= RTOL_INCREMENTAL
 
 
 def test_spline_layer_agrees_with_the_reference():
@@ -308,16 +334,16 @@ def test_spline_layer_agrees_with_the_reference():
     lambda: MAF(6, n_layers=3, hidden=(16, 16), context_dim=2, hidden_degrees="random", rng=1),
     lambda: NSF(6, n_layers=2, hidden=(16, 16), rng=2),
 ])
-def test_flow_sampling_unchanged(monkeypatch, build):
+def test_flow_sampling_unchanged(build):
     flow = build()
     kw = {} if flow.context_dim is None else {"context": np.array([0.3, -1.2])}
     x, lp = flow.sample_and_log_prob(300, rng=5, **kw)
     s = flow.sample(300, rng=5, **kw)
-    monkeypatch.setattr(_MaskedAutoregressive, "_sample_incremental",
-                        _MaskedAutoregressive._sample_reference)
-    x_r, lp_r = flow.sample_and_log_prob(300, rng=5, **kw)
+    with fast_paths(False, paths=["sampling"]):
+        x_r, lp_r = flow.sample_and_log_prob(300, rng=5, **kw)
+        s_r = flow.sample(300, rng=5, **kw)
     assert rel_err(x, x_r) <= RTOL_INCREMENTAL and rel_err(lp, lp_r) <= RTOL_INCREMENTAL
-    assert rel_err(s, flow.sample(300, rng=5, **kw)) <= RTOL_INCREMENTAL
+    assert rel_err(s, s_r) <= RTOL_INCREMENTAL
 
 
 def test_rows_do_not_depend_on_how_a_large_batch_is_split():
@@ -326,8 +352,8 @@ def test_rows_do_not_depend_on_how_a_large_batch_is_split():
     rng = np.random.default_rng(11)
     layer = make_layer(rng, 7, hidden=(32, 32), context="batch", order="random")
     z, c = make_inputs(rng, layer, 2600, "batch")
-    whole = layer._sample_incremental(z, c)
+    whole = sample(layer, z, c)
     for cut in (700, 1024, 1100):
-        parts = [layer._sample_incremental(z[a:b], c[a:b]) for a, b in ((0, cut), (cut, 2600))]
+        parts = [sample(layer, z[a:b], c[a:b]) for a, b in ((0, cut), (cut, 2600))]
         for j in range(2):
             np.testing.assert_array_equal(np.concatenate([p[j] for p in parts]), whole[j])

@@ -1,4 +1,4 @@
-"""The fused fast paths (issue 7, items 4c/4d) against the kept reference passes.
+"""The fused fast paths (optimizer updates, MLP passes) against the kept reference passes.
 
 Covered: the kernels of :mod:`refflow.kernels.fused` against their NumPy twins; ``Adam`` and
 ``SGD`` fused steps against ``_step_reference``; the ReLU MLP passes (``_dense_forward_relu``,
@@ -20,24 +20,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import refflow.bijectors.coupling as coupling_mod
 import refflow.nn.activations as act_mod
 import refflow.nn.mlp as mlp_mod
-import refflow.training.optim as optim_mod
 from refflow import AffineCoupling, AdditiveCoupling
 from refflow.flows import RealNVP
-from refflow.kernels import fused
+from refflow.kernels import fast_paths, fused
 from refflow.nn import MLP, get_activation
 from refflow.optim import SGD, Adam
 
 FLOATS = (np.float64, np.float32)
-#: every module holding a fused/reference switch
-SWITCHES = (optim_mod, mlp_mod, act_mod, coupling_mod)
-
-
-def _reference(monkeypatch):
-    for mod in SWITCHES:
-        monkeypatch.setattr(mod, "_FUSED", False)
+#: the fast paths of this file (refflow.kernels.PATHS)
+SWITCHED = ("mlp", "optim", "coupling")
 
 
 def _equal_trees(a, b):
@@ -149,8 +142,7 @@ def _run_pair(make, shapes, seed, n_steps):
     grads = [{k: rng.normal(size=v.shape) for k, v in init.items()} for _ in range(n_steps)]
     results = []
     for fast in (True, False):
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(optim_mod, "_FUSED", fast)
+        with fast_paths(fast, paths=["optim"]):
             results.append(_run_steps(make, init, grads))
     _equal_trees(results[0], results[1])
     return results[0]
@@ -214,7 +206,7 @@ def test_adam_kernel_matches_its_twin():
             assert not fused.sgd_update(p, g, b, *o1, 0.1, 0.01, True, momentum, nesterov)
 
 
-def test_fused_step_all_or_nothing_and_odd_inputs(monkeypatch):
+def test_fused_step_all_or_nothing_and_odd_inputs():
     rng = np.random.default_rng(5)
     base = np.zeros((4, 6))
     params = {"a": rng.normal(size=(3, 3)), "b": base[:, ::2],   # "b" is not contiguous
@@ -241,8 +233,8 @@ def test_fused_step_all_or_nothing_and_odd_inputs(monkeypatch):
     twin.load_state_dict(opt.state_dict())
     g_twin = {k: np.array(v, dtype=np.float64, copy=True) for k, v in g.items()}
     opt.step(g)
-    monkeypatch.setattr(optim_mod, "_FUSED", False)
-    twin.step(g_twin)
+    with fast_paths(False, paths=["optim"]):
+        twin.step(g_twin)
     _equal_trees({k: v for k, v in params.items()}, {k: v for k, v in twin.params.items()})
     _equal_trees(opt.state_dict(), twin.state_dict())
 
@@ -283,7 +275,7 @@ def test_relu_passes_are_bitwise_the_reference(n, sizes, seed, f32, pooled):
     _equal_trees(out, out_ref)
     _equal_trees(mlp_mod._dense_forward_relu(h, ws, bs, buffers),
                  mlp_mod._dense_forward_reference(h, ws, bs, relu))
-    _equal_trees(mlp_mod._dense_forward(h, ws, bs, relu), out_ref)
+    _equal_trees(mlp_mod.dense_forward(h, ws, bs, relu), out_ref)
     g_copy = g.copy()
     want = back_ref(g)
     _equal_trees(back(g), want)
@@ -294,16 +286,15 @@ def test_relu_passes_are_bitwise_the_reference(n, sizes, seed, f32, pooled):
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "elu", "softplus", "gelu"])
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_mlp_public_passes_unchanged(monkeypatch, activation, dtype):
+def test_mlp_public_passes_unchanged(activation, dtype):
     rng = np.random.default_rng(11)
     results = []
     for fast in (True, False):
-        if not fast:
-            _reference(monkeypatch)
-        net = MLP(3, 4, hidden=(16, 1, 8), activation=activation, rng=0)
-        h = rng.normal(size=(300, 3)).astype(dtype)
-        out, pullback = net.vjp(h)
-        results.append((net(h), out, pullback(np.ones_like(out))))
+        with fast_paths(fast, paths=["mlp"]):
+            net = MLP(3, 4, hidden=(16, 1, 8), activation=activation, rng=0)
+            h = rng.normal(size=(300, 3)).astype(dtype)
+            out, pullback = net.vjp(h)
+            results.append((net(h), out, pullback(np.ones_like(out))))
         rng = np.random.default_rng(11)
     _equal_trees(results[0], results[1])
     assert results[0][1].dtype == dtype
@@ -323,10 +314,10 @@ def test_relu_value_and_derivative_fast_is_the_reference():
         np.testing.assert_array_equal(a, keep)        # the input is not touched
 
 
-def test_pool_never_hands_out_a_live_residual(monkeypatch):
+@fast_paths(True, paths=["mlp"])                      # also in the plain-Python kernel mode
+def test_pool_never_hands_out_a_live_residual():
     """Two passes alive at once, pulled back in either order and after more passes, equal the
     fresh results: a buffer is reused only when no residual, output or view holds it."""
-    monkeypatch.setattr(mlp_mod, "_FUSED", True)      # also in the plain-Python kernel mode
     rng = np.random.default_rng(4)
     net = MLP(2, 3, hidden=(32, 32), rng=0)          # 32 x 300 x 8 bytes: pooled arrays
     h1, h2 = rng.normal(size=(2, 300, 2))
@@ -370,7 +361,7 @@ def test_pool_never_hands_out_a_live_residual(monkeypatch):
                            context_dim=2, rng=1),
     lambda: AdditiveCoupling(3, mask=[0, 1, 0], hidden=(16, 16), activation="tanh", rng=2),
 ])
-def test_coupling_passes_are_bitwise_the_reference(monkeypatch, dtype, make):
+def test_coupling_passes_are_bitwise_the_reference(dtype, make):
     layer = make()
     rng = np.random.default_rng(8)
     v = rng.normal(size=(400, layer.dim)).astype(dtype)
@@ -379,33 +370,32 @@ def test_coupling_passes_are_bitwise_the_reference(monkeypatch, dtype, make):
     ld_bar = rng.normal(size=400).astype(dtype)
     results = []
     for fast in (True, False):
-        if not fast:
-            _reference(monkeypatch)
         args = (v,) if c is None else (v, c.astype(dtype))
         res = []
-        for direction in ("forward", "inverse"):
-            out, log_det, pullback = getattr(layer, f"{direction}_vjp")(*args)
-            res.append((out, log_det, pullback(bar, ld_bar), getattr(layer, direction)(*args)))
+        with fast_paths(fast, paths=SWITCHED):
+            for direction in ("forward", "inverse"):
+                out, log_det, pullback = getattr(layer, f"{direction}_vjp")(*args)
+                res.append((out, log_det, pullback(bar, ld_bar),
+                            getattr(layer, direction)(*args)))
         results.append(res)
     _equal_trees(results[0], results[1])
     assert results[0][0][0].dtype == dtype
 
 
-def test_realnvp_training_steps_are_bitwise_the_reference(monkeypatch):
+def test_realnvp_training_steps_are_bitwise_the_reference():
     x = np.random.default_rng(0).normal(size=(700, 2))
     results = []
     for fast in (True, False):
-        if not fast:
-            _reference(monkeypatch)
-        flow = RealNVP(2, n_layers=3, hidden=(32, 32), rng=0)
-        opt = Adam(flow.params, lr=1e-2)
-        losses = []
-        for _ in range(3):
-            loss, grads = flow.nll_and_grad(x)
-            opt.step(grads)
-            losses.append(loss)
-        results.append((losses, {k: v for k, v in flow.params.items()}, opt.state_dict(),
-                        flow.log_prob(x), flow.sample(5, rng=1)))
+        with fast_paths(fast, paths=SWITCHED):
+            flow = RealNVP(2, n_layers=3, hidden=(32, 32), rng=0)
+            opt = Adam(flow.params, lr=1e-2)
+            losses = []
+            for _ in range(3):
+                loss, grads = flow.nll_and_grad(x)
+                opt.step(grads)
+                losses.append(loss)
+            results.append((losses, {k: v for k, v in flow.params.items()},
+                            opt.state_dict(), flow.log_prob(x), flow.sample(5, rng=1)))
     _equal_trees(results[0], results[1])
 
 

@@ -128,7 +128,8 @@ def test_glow_layout():
 
 def test_builders_registry():
     assert set(BUILDERS) == {"realnvp", "maf", "nsf", "nsf-coupling", "glow", "planar",
-                             "radial", "sylvester", "naf", "unaf", "sospf", "bpf"}
+                             "radial", "sylvester", "bnaf", "gf", "naf", "unaf", "sospf",
+                             "bpf"}
     for name in NETWORK_BUILDERS:
         flow = BUILDERS[name](3, **SMALL, rng=0)
         assert isinstance(flow, Flow) and flow.dim == 3
@@ -170,7 +171,7 @@ def test_glow_linear_layers_start_as_random_rotations(rng):
 
 # -------------------------------------------------------------------- parameter counts
 def test_parameter_counts_match_the_peers_figures():
-    # the numbers PEERS.md records for zuko's and nflows' models of the same configurations
+    # the counts of zuko's and nflows' models of the same configurations (masked entries counted)
     assert n_params(RealNVP(2, n_layers=8, hidden=(64, 64), rng=0).params) == 35_344
     assert n_params(MAF(64, n_layers=5, hidden=(256, 256), rng=0).params) == 576_640
     flow = NSF(64, n_layers=5, hidden=(256, 256), rng=0)
@@ -284,36 +285,37 @@ def test_batch_norm_flows_sample_in_eval_mode(rng):
 
 
 # ------------------------------------------------------------------------------ bad options
-@pytest.mark.parametrize("builder, kwargs, match", [
-    (RealNVP, dict(dim=1), "at least 2"),
-    (RealNVP, dict(dim=0), "dim"),
-    (RealNVP, dict(dim=2.0), "dim"),
-    (RealNVP, dict(dim=2, n_layers=0), "n_layers"),
-    (RealNVP, dict(dim=2, n_layers=True), "n_layers"),
-    (RealNVP, dict(dim=2, n_layers=2.5), "n_layers"),
-    (RealNVP, dict(dim=2, hidden=64), "hidden"),
-    (RealNVP, dict(dim=2, hidden=(0,)), "hidden"),
-    (RealNVP, dict(dim=2, activation="sigmoid"), "activation"),
-    (RealNVP, dict(dim=2, scale="log"), "scale"),
-    (RealNVP, dict(dim=2, batch_norm="yes"), "batch_norm"),
-    (RealNVP, dict(dim=2, context_dim=0), "context_dim"),
-    (RealNVP, dict(dim=2, rng="seed"), "rng"),
-    (RealNVP, dict(dim=2, rng=-1), "rng"),
-    (MAF, dict(dim=2, permutation="shuffle"), "permutation"),
-    (MAF, dict(dim=2, scale=None), "scale"),
-    (MAF, dict(dim=10, hidden=(4,)), "width"),
-    (NSF, dict(dim=2, n_bins=1), "n_bins"),
-    (NSF, dict(dim=2, n_bins=8.0), "n_bins"),
-    (NSF, dict(dim=2, bound=0.0), "bound"),
-    (NSF, dict(dim=2, bound=float("inf")), "bound"),
-    (NSF, dict(dim=2, bound=float("nan")), "bound"),
-    (NSF, dict(dim=2, autoregressive="no"), "autoregressive"),
-    (NSF, dict(dim=1, autoregressive=False), "at least 2"),
-    (Glow, dict(dim=1), "at least 2"),
-    (Glow, dict(dim=2, scale="sigmoid2"), "scale"),
+# A value of the wrong type raises TypeError, one of the right type out of range ValueError.
+@pytest.mark.parametrize("builder, kwargs, error, match", [
+    (RealNVP, dict(dim=1), ValueError, "at least 2"),
+    (RealNVP, dict(dim=0), ValueError, "dim"),
+    (RealNVP, dict(dim=2.0), TypeError, "dim"),
+    (RealNVP, dict(dim=2, n_layers=0), ValueError, "n_layers"),
+    (RealNVP, dict(dim=2, n_layers=True), TypeError, "n_layers"),
+    (RealNVP, dict(dim=2, n_layers=2.5), TypeError, "n_layers"),
+    (RealNVP, dict(dim=2, hidden=64), TypeError, "hidden"),
+    (RealNVP, dict(dim=2, hidden=(0,)), ValueError, "hidden"),
+    (RealNVP, dict(dim=2, activation="sigmoid"), ValueError, "activation"),
+    (RealNVP, dict(dim=2, scale="log"), ValueError, "scale"),
+    (RealNVP, dict(dim=2, batch_norm="yes"), TypeError, "batch_norm"),
+    (RealNVP, dict(dim=2, context_dim=0), ValueError, "context_dim"),
+    (RealNVP, dict(dim=2, rng="seed"), ValueError, "rng"),
+    (RealNVP, dict(dim=2, rng=-1), ValueError, "rng"),
+    (MAF, dict(dim=2, permutation="shuffle"), ValueError, "permutation"),
+    (MAF, dict(dim=2, scale=None), TypeError, "scale"),
+    (MAF, dict(dim=10, hidden=(4,)), ValueError, "width"),
+    (NSF, dict(dim=2, n_bins=1), ValueError, "n_bins"),
+    (NSF, dict(dim=2, n_bins=8.0), TypeError, "n_bins"),
+    (NSF, dict(dim=2, bound=0.0), ValueError, "bound"),
+    (NSF, dict(dim=2, bound=float("inf")), ValueError, "bound"),
+    (NSF, dict(dim=2, bound=float("nan")), ValueError, "bound"),
+    (NSF, dict(dim=2, autoregressive="no"), TypeError, "autoregressive"),
+    (NSF, dict(dim=1, autoregressive=False), ValueError, "at least 2"),
+    (Glow, dict(dim=1), ValueError, "at least 2"),
+    (Glow, dict(dim=2, scale="sigmoid2"), ValueError, "scale"),
 ])
-def test_bad_options_raise_naming_the_builder(builder, kwargs, match):
-    with pytest.raises(ValueError, match=f"^{builder.__name__}: .*{match}"):
+def test_bad_options_raise_naming_the_builder(builder, kwargs, error, match):
+    with pytest.raises(error, match=f"^{builder.__name__}: .*{match}"):
         builder(**kwargs)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import refflow
-from refflow.kernels import NUMBA_DISABLED
+from refflow.kernels import NUMBA_DISABLED, fast_paths
 from refflow.kernels.monotone import (
     BERNSTEIN, POLYNOMIAL, SIGMOIDAL, monotone_evaluate_numpy, monotone_solve,
     monotone_solve_numpy, sigmoidal_row_size, solve_increasing,
@@ -219,19 +219,17 @@ def test_float32_arithmetic_stays_float32():
     lambda: refflow.SumOfSquaresAutoregressive(3, hidden=(8,), rng=0),
     lambda: refflow.BernsteinAutoregressive(3, degree=9, bound=2.0, hidden=(8,), rng=0),
 ], ids=["dsf", "ddsf", "sos", "bernstein"])
-def test_layers_sample_alike_with_kernel_and_twin(build, monkeypatch):
+def test_layers_sample_alike_with_kernel_and_twin(build):
     """The layers' sampling direction through the kernel and through its twin (the reference
-    switch ``_KERNELS``): the same points to a few ulps over the map's slope."""
-    from refflow.bijectors import _monotone
-
+    path ``monotone``): the same points to a few ulps over the map's slope."""
     layer = build()
     rng = np.random.default_rng(9)
     for key, value in layer.params.items():
         layer.params[key] = rng.normal(0.0, 0.3, size=value.shape)
     z = rng.normal(size=(64, 3)) * 1.5
     x_kernel, ld_kernel = layer.forward(z)
-    monkeypatch.setattr(_monotone, "_KERNELS", False)
-    x_twin, ld_twin = layer.forward(z)
+    with fast_paths(False, paths=["monotone"]):
+        x_twin, ld_twin = layer.forward(z)
     _, log_det = layer.inverse(x_kernel)
     slope = np.exp(-np.abs(log_det)).min()            # the flattest coordinate's scale, bounded
     err = np.abs(x_kernel - x_twin) / (np.abs(x_twin) + 1.0)

@@ -1,4 +1,4 @@
-"""MADE's degree-sorted block products (``refflow/nn/_blocked.py``, issue 7) against the dense
+"""MADE's degree-sorted block products (``refflow/nn/_blocked.py``) against the dense
 reference passes (``MADE._forward_reference`` / ``_vjp_reference``).
 
 Tolerance. The blocked pass computes every output as the dense pass's sum restricted to the
@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from refflow.kernels import fast_paths
 from refflow.nn import ACTIVATIONS, MADE
 from refflow.nn import _blocked
 
@@ -53,7 +54,8 @@ def _compare(made, rng, n=7, dtype=np.float64, rtol=RTOL64):
     _close(out, ref, rtol, "vjp output")
     g = rng.normal(size=out.shape).astype(dtype)
     res, res_ref = pb(g), pb_ref(g)
-    assert len(res) == len(res_ref) == (3 if cf else 2)
+    assert len(res) == len(res_ref) == 3
+    assert (res[2] is None) == (res_ref[2] is None) == (not cf)
     _close(res[0], res_ref[0], rtol, "x_bar")
     if cf:
         _close(res[2], res_ref[2], rtol, "context_bar")
@@ -175,7 +177,7 @@ def test_public_call_and_vjp_match_the_reference():
 def test_prepared_weights():
     """``_weights`` prepared once serves several passes (bit-identical to a fresh pass) and
     unpacks to the dense ``(masked weights, biases)`` dicts that overriding subclasses use;
-    a plain tuple of dicts runs the reference pass."""
+    with the fast paths off the same prepared weights run the dense reference pass."""
     rng = np.random.default_rng(9)
     made = MADE(6, (12, 12), 2, order="random", context_features=1, rng=3)
     _randomize(made, rng, unmasked=True)
@@ -188,8 +190,8 @@ def test_prepared_weights():
     assert sorted(ws) == ["w0", "w1", "w2"] and sorted(bs) == ["b0", "b1", "b2"]
     for k, m in zip(["w0", "w1", "w2"], made.masks):
         np.testing.assert_array_equal(ws[k], made.params[k] * m)
-    np.testing.assert_array_equal(made._forward(x, c, (ws, bs)),
-                                  made._forward_reference(x, c))
+    with fast_paths(False, paths=["made"]):
+        np.testing.assert_array_equal(made._forward(x, c, prep), made._forward_reference(x, c))
     _close(a, made._forward_reference(x, c))
     # weights prepared for another dtype: the pass runs in the input's dtype
     x32, c32 = x.astype(np.float32), c.astype(np.float32)

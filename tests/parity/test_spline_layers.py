@@ -1,10 +1,11 @@
 """The spline layers' fused "durkan" path against their composed reference path.
 
 ``RationalQuadraticSpline``, ``SplineCoupling`` and ``MaskedSplineAutoregressive`` with the
-"durkan" map run every pass on the fused kernels of :mod:`refflow.kernels.durkan`
-(``refflow.bijectors.splines._spline_fused``); ``_FUSED = False`` switches them back to the
-reference path (``_spline_reference``: the map's knot arrays, the generic kernels, the map's
-pullback). Here the two are compared pass by pass.
+"durkan" map run every pass on the fused kernels of :mod:`refflow.kernels.splines`
+(``refflow.bijectors.spline_core.rqs``); ``refflow.kernels.fast_paths(False, paths=["splines"])``
+switches them to the reference path (the NumPy map's knot arrays, the NumPy twins of the knot
+kernels, the map's pullback); the other maps run the numba knot kernels on the map's knots, or
+the same twins. Here the two are compared pass by pass.
 
 Tolerances
 ----------
@@ -24,9 +25,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import refflow.bijectors.splines as splines_module
+import refflow.bijectors.spline_core as spline_core
 from refflow import MaskedSplineAutoregressive, RationalQuadraticSpline, SplineCoupling
-from refflow.kernels import NUMBA_DISABLED
+from refflow.kernels import NUMBA_DISABLED, fast_paths
 from refflow.testing import assert_vjp
 
 RTOL = 1e-12
@@ -70,10 +71,10 @@ def _close(a, b, rtol):
 
 def _run(layer, direction, v, context, fused, monkeypatch, bars=None):
     """``(out, log_det, in_bar, grads, context_bar)`` of one pass and its pullback."""
-    monkeypatch.setattr(splines_module, "_FUSED", fused)
     args = (v,) if context is None else (v, context)
-    out, log_det = getattr(layer, direction)(*args)
-    out2, log_det2, pullback = getattr(layer, direction + "_vjp")(*args)
+    with fast_paths(fused, paths=["splines"]):
+        out, log_det = getattr(layer, direction)(*args)
+        out2, log_det2, pullback = getattr(layer, direction + "_vjp")(*args)
     np.testing.assert_array_equal(out, out2)         # one private pass serves both
     np.testing.assert_array_equal(log_det, log_det2)
     if bars is None:
@@ -114,8 +115,8 @@ def test_durkan_runs_the_fused_kernels_and_other_maps_do_not(rng, monkeypatch, k
              "rqs_durkan_inverse_vjp", "rqs_forward", "rqs_inverse", "rqs_forward_vjp",
              "rqs_inverse_vjp"]
     for name in names:
-        kernel = getattr(splines_module, name)
-        monkeypatch.setattr(splines_module, name,
+        kernel = getattr(spline_core, name)
+        monkeypatch.setattr(spline_core, name,
                             lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
     for parameterization, family in (("durkan", "rqs_durkan_"), ("zuko", "rqs_")):
         layer = BUILDERS[kind](rng, parameterization=parameterization, n_bins=4)
@@ -131,19 +132,15 @@ def test_durkan_runs_the_fused_kernels_and_other_maps_do_not(rng, monkeypatch, k
             assert any(c.endswith("_vjp") for c in calls)
 
 
-def test_other_maps_are_unchanged_by_the_switch(rng, monkeypatch):
-    """zuko and distrax always take the reference path: bit-identical with the switch off."""
+def test_other_maps_numba_kernels_match_their_twins(rng, monkeypatch):
+    """zuko and distrax: the same knot arrays through the numba knot kernels (fast) or their
+    NumPy twins (reference), to the kernels' parity (far below RTOL)."""
     for parameterization in ("zuko", "distrax"):
         for build in BUILDERS.values():
             layer = build(rng, parameterization=parameterization, n_bins=4)
             v = _inputs(rng, 7, layer.dim)
             for direction in ("forward", "inverse"):
-                a = _run(layer, direction, v, None, True, monkeypatch)
-                b = _run(layer, direction, v, None, False, monkeypatch)
-                for x, y in zip(a[:3], b[:3]):
-                    np.testing.assert_array_equal(x, y)
-                for key in b[3]:
-                    np.testing.assert_array_equal(a[3][key], b[3][key])
+                _compare(layer, direction, v, None, monkeypatch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,9 +292,9 @@ def test_fused_float32(rng, monkeypatch, kind, direction):
 
 
 @pytest.mark.parametrize("kind", list(BUILDERS))
-def test_fused_finite_differences(rng, monkeypatch, kind):
+@fast_paths(True, paths=["splines"])
+def test_fused_finite_differences(rng, kind):
     """The fused pullbacks against central differences (non-default settings, with context)."""
-    monkeypatch.setattr(splines_module, "_FUSED", True)
     context_dim = None if kind == "elementwise" else 2
     layer = BUILDERS[kind](rng, context_dim=context_dim, n_bins=4, **NON_DEFAULT)
     for direction in ("forward", "inverse"):
@@ -318,10 +315,10 @@ def test_fused_finite_differences(rng, monkeypatch, kind):
 
 
 @pytest.mark.parametrize("kind", list(BUILDERS))
-def test_fused_pullback_is_pure(rng, monkeypatch, kind):
+@fast_paths(True, paths=["splines"])
+def test_fused_pullback_is_pure(rng, kind):
     """The pullback closes over its own residuals: same result twice, and after the parameters
     (and the caller's input) change in place."""
-    monkeypatch.setattr(splines_module, "_FUSED", True)
     layer = BUILDERS[kind](rng, n_bins=5)
     for direction in ("forward", "inverse"):
         v = _inputs(rng, 1, layer.dim)
@@ -338,10 +335,10 @@ def test_fused_pullback_is_pure(rng, monkeypatch, kind):
 
 
 @pytest.mark.skipif(NUMBA_DISABLED, reason="one thread without numba; 65536 elements in Python")
+@fast_paths(True, paths=["splines"])
 def test_fused_threads_are_bit_identical(rng, monkeypatch):
     """Batches of ``>= 2^16`` elements are split over threads; the result does not depend on it
     (the parameters go in as strided column views, split by rows)."""
-    monkeypatch.setattr(splines_module, "_FUSED", True)
     layer = _randomize(MaskedSplineAutoregressive(16, hidden=(20,), n_bins=4, rng=rng), rng, 0.3)
     v = _inputs(rng, 4096, 16)
     results = []

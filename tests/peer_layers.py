@@ -1,0 +1,393 @@
+"""Peers' transforms wrapped for the oracle: the survey's cases and the defects' reproducers.
+
+Every builder takes a seed and returns the keyword arguments of
+``refflow.testing.check_layer`` (``forward``, ``inverse``, ``z``, the functional pullbacks and
+``params``, plus any option the layer needs, each with its reason). Parameters are drawn at
+random (``normal(0, scale)``, seeded) so that no layer is checked at its identity
+initialisation. torch modules are float64; JAX runs with ``jax_enable_x64``.
+
+Directions are the peers' own: ``forward`` is whatever the peer calls its forward map (data to
+base for zuko and nflows, base to data for normflows, Pyro, FlowJAX and distrax); the oracle
+only needs the two maps to be inverse to each other.
+"""
+
+import numpy as np
+
+from refflow.testing import from_jax, from_torch
+
+
+# ----------------------------------------------------------------------------------- helpers
+#: Points per check: not equal to the dimension, so that a ``(dim,)`` log-det (one value per
+#: coordinate) is never mistaken for one value per point.
+N_POINTS = 4
+
+
+def normal_points(seed, n, dim, scale=1.0):
+    return scale * np.random.default_rng(seed).standard_normal((n, dim))
+
+
+def randomize_torch(module, seed, scale=0.5):
+    """float64 copy of every parameter drawn from ``normal(0, scale)`` (seeded)."""
+    import torch
+
+    module = module.double()
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    return module
+
+
+def torch_layer(module, forward, inverse, z, **options):
+    """check_layer arguments for a torch module and two calls on it."""
+    fwd = from_torch(module, forward)
+    inv = None if inverse is None else from_torch(module, inverse)
+    return dict(forward=fwd, inverse=inv, z=z, forward_vjp=fwd.vjp,
+                inverse_vjp=None if inv is None else inv.vjp, params=fwd.params,
+                functional=True, **options)
+
+
+def enable_x64():
+    """JAX in float64 (finite differences in float32 are meaningless); a process-wide switch."""
+    import jax
+    jax.config.update("jax_enable_x64", True)
+
+
+def jax_layer(f_forward, f_inverse, params, z, **options):
+    """check_layer arguments for two JAX functions ``f(params, x) -> (y, log_det)``."""
+    fwd = from_jax(f_forward, params)
+    inv = None if f_inverse is None else from_jax(f_inverse, params)
+    return dict(forward=fwd, inverse=inv, z=z, forward_vjp=fwd.vjp,
+                inverse_vjp=None if inv is None else inv.vjp, params=fwd.params,
+                functional=True, **options)
+
+
+def zuko_calls():
+    return (lambda m, x: m.transform().call_and_ladj(x),
+            lambda m, y: m.transform().inv.call_and_ladj(y))
+
+
+def nflows_calls():
+    return (lambda m, x: m(x), lambda m, y: m.inverse(y))
+
+
+def pyro_calls():
+    def forward(m, x):
+        y = m(x)
+        return y, m.log_abs_det_jacobian(x, y)
+
+    def inverse(m, y):
+        x = m.inv(y)
+        return x, -m.log_abs_det_jacobian(x, y)
+
+    return forward, inverse
+
+
+def pyro_forward_only():
+    return pyro_calls()[0]
+
+
+# ------------------------------------------------------------------------------------ zuko
+def zuko_flow(cls, dim=3, scale=0.5, points=1.0, **kwargs):
+    def build(seed):
+        import torch
+        import zuko
+
+        torch.manual_seed(seed)
+        flow = randomize_torch(getattr(zuko.flows, cls)(dim, **kwargs), seed, scale)
+        fwd, inv = zuko_calls()
+        return torch_layer(flow, fwd, inv, normal_points(seed, N_POINTS, dim, points))
+    return build
+
+
+def zuko_module(make, dim, scale=0.5, z=None, **options):
+    """A zuko transform built from parameters held by a small module."""
+    def build(seed):
+        import torch
+
+        class Holder(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.make = make
+                self.p = torch.nn.ParameterDict(make.shapes(dim))
+
+            def transform(self):
+                return self.make(dim, **{k: v for k, v in self.p.items()})
+
+        holder = randomize_torch(Holder(), seed, scale)
+        fwd = lambda m, x: m.transform().call_and_ladj(x)
+        inv = lambda m, y: m.transform().inv.call_and_ladj(y)
+        points = normal_points(seed, N_POINTS, dim) if z is None else z(seed)
+        return torch_layer(holder, fwd, inv, points, **options)
+    return build
+
+
+class _ZukoTransform:
+    """``make(dim, **params) -> zuko transform`` with ``shapes(dim) -> {name: Parameter}``."""
+
+    def __init__(self, fn, shapes):
+        self.fn, self.shape_fn = fn, shapes
+
+    def __call__(self, dim, **params):
+        return self.fn(dim, **params)
+
+    def shapes(self, dim):
+        import torch
+        return {k: torch.nn.Parameter(torch.zeros(s, dtype=torch.float64))
+                for k, s in self.shape_fn(dim).items()}
+
+
+def _zt():
+    import zuko
+    return zuko.transforms
+
+
+ZUKO_RQS = _ZukoTransform(
+    lambda d, w, h, s: _zt().MonotonicRQSTransform(w, h, s, bound=3.0),
+    lambda d: {"w": (d, 5), "h": (d, 5), "s": (d, 4)})
+ZUKO_BERNSTEIN = _ZukoTransform(
+    lambda d, theta: _zt().BoundedBernsteinTransform(theta, bound=5.0),
+    lambda d: {"theta": (d, 11)})
+ZUKO_AFFINE = _ZukoTransform(
+    lambda d, shift, scale: _zt().MonotonicAffineTransform(shift, scale),
+    lambda d: {"shift": (d,), "scale": (d,)})
+ZUKO_LU = _ZukoTransform(
+    lambda d, lu: _zt().LULinearTransform(lu),
+    lambda d: {"lu": (d, d)})
+ZUKO_ROTATION = _ZukoTransform(
+    lambda d, a: _zt().RotationTransform(a),
+    lambda d: {"a": (d, d)})
+ZUKO_SOS = _ZukoTransform(
+    lambda d, a: _zt().SOSPolynomialTransform(a, bound=5.0),
+    lambda d: {"a": (d, 3, 4)})
+ZUKO_GAUSSIANIZATION = _ZukoTransform(
+    lambda d, shift, scale: _zt().GaussianizationTransform(shift, scale),
+    lambda d: {"shift": (d, 4), "scale": (d, 4)})
+ZUKO_SIGNED_POWER = _ZukoTransform(
+    lambda d, alpha: _zt().SignedPowerTransform(alpha),
+    lambda d: {"alpha": (d,)})
+
+
+# ----------------------------------------------------------------------------------- nflows
+def nflows_transform(make, dim=3, scale=0.3, points=1.0, eval_mode=False, **options):
+    def build(seed):
+        import torch
+
+        torch.manual_seed(seed)
+        module = randomize_torch(make(dim), seed, scale)
+        if eval_mode:
+            module.eval()
+        fwd, inv = nflows_calls()
+        return torch_layer(module, fwd, inv, normal_points(seed, N_POINTS, dim, points), **options)
+    return build
+
+
+def _nflows_net(in_features, out_features):
+    from nflows.nn.nets import ResidualNet
+    return ResidualNet(in_features, out_features, hidden_features=8, num_blocks=1)
+
+
+def nflows_batchnorm(dim):
+    import torch
+    from nflows.transforms import BatchNorm
+
+    layer = BatchNorm(dim).double()
+    with torch.no_grad():
+        layer.running_mean.copy_(torch.linspace(-0.5, 0.5, dim, dtype=torch.float64))
+        layer.running_var.copy_(torch.linspace(0.5, 2.0, dim, dtype=torch.float64))
+    return layer
+
+
+# -------------------------------------------------------------------------------- normflows
+def normflows_flow(make, dim=3, scale=0.4, points=1.0, forward_only=False, post=None,
+                   **options):
+    def build(seed):
+        import torch
+
+        torch.manual_seed(seed)
+        module = randomize_torch(make(dim), seed, scale)
+        if post is not None:
+            post(module)
+        fwd = lambda m, z: m.forward(z)
+        inv = None if forward_only else (lambda m, x: m.inverse(x))
+        return torch_layer(module, fwd, inv, normal_points(seed, N_POINTS, dim, points), **options)
+    return build
+
+
+# ------------------------------------------------------------------------------------- Pyro
+def pyro_transform(make, dim=3, scale=0.3, points=1.0, forward_only=False, post=None, z=None,
+                   **options):
+    def build(seed):
+        import torch
+
+        torch.manual_seed(seed)
+        module = randomize_torch(make(dim), seed, scale)
+        if post is not None:
+            post(module)
+        fwd, inv = pyro_calls()
+        pts = normal_points(seed, N_POINTS, dim, points) if z is None else z(seed)
+        return torch_layer(module, fwd, None if forward_only else inv, pts, **options)
+    return build
+
+
+def _arn(dim, param_dims=None):
+    from pyro.nn import AutoRegressiveNN
+    if param_dims is None:
+        return AutoRegressiveNN(dim, [8])
+    return AutoRegressiveNN(dim, [8], param_dims=param_dims)
+
+
+def pyro_batchnorm(dim):
+    import torch
+    from pyro.distributions.transforms import BatchNorm
+
+    layer = BatchNorm(dim).double()
+    with torch.no_grad():
+        layer.moving_mean.copy_(torch.linspace(-0.5, 0.5, dim, dtype=torch.float64))
+        layer.moving_variance.copy_(torch.linspace(0.5, 2.0, dim, dtype=torch.float64))
+    return layer.eval()
+
+
+def pyro_batchnorm_gamma(layer):
+    """gamma = 1 + N(0, 0.1): Pyro constrains it by relu(gamma) + 1e-6, so a negative draw would
+    make a degenerate layer (scale 1e6) rather than a random healthy one."""
+    import torch
+    with torch.no_grad():
+        layer.gamma.copy_(1.0 + 0.1 * torch.randn(layer.gamma.shape, dtype=torch.float64,
+                                                  generator=torch.Generator().manual_seed(1)))
+
+
+# ---------------------------------------------------------------------------------- FlowJAX
+def flowjax_bijection(make, dim=3, scale=0.3, points=1.0, forward_only=False, noise_seed=1,
+                      **options):
+    """A FlowJAX bijection on single points, vmapped over rows; trainable leaves as params."""
+    def build(seed):
+        enable_x64()
+        import equinox as eqx
+        import jax
+        import paramax
+
+        bij = make(jax.random.key(seed), dim)
+        is_leaf = lambda leaf: isinstance(leaf, paramax.NonTrainable)
+        trainable, static = eqx.partition(bij, eqx.is_inexact_array, is_leaf=is_leaf)
+        flat, treedef = jax.tree_util.tree_flatten_with_path(trainable)
+        names = [jax.tree_util.keystr(path) for path, _ in flat]
+        rng = np.random.default_rng(seed + noise_seed)
+        params = {n: np.asarray(leaf, dtype=np.float64) + scale * rng.standard_normal(np.shape(leaf))
+                  for n, (_, leaf) in zip(names, flat)}
+
+        def rebuild(p):
+            leaves = [p[n] for n in names]
+            return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
+
+        def forward(p, x):
+            return jax.vmap(rebuild(p).transform_and_log_det)(x)
+
+        def inverse(p, y):
+            return jax.vmap(rebuild(p).inverse_and_log_det)(y)
+
+        return jax_layer(forward, None if forward_only else inverse, params,
+                         normal_points(seed, N_POINTS, dim, points), **options)
+    return build
+
+
+# ---------------------------------------------------------------------------------- distrax
+def distrax_bijector(make, shapes, dim=3, scale=0.3, points=1.0, **options):
+    """``make(params) -> distrax bijector`` on batches; ``shapes(dim) -> {name: shape}``."""
+    def build(seed):
+        enable_x64()
+        rng = np.random.default_rng(seed)
+        params = {k: scale * rng.standard_normal(s) for k, s in shapes(dim).items()}
+
+        def forward(p, x):
+            return make(p, dim).forward_and_log_det(x)
+
+        def inverse(p, y):
+            return make(p, dim).inverse_and_log_det(y)
+
+        return jax_layer(forward, inverse, params, normal_points(seed, N_POINTS, dim, points), **options)
+    return build
+
+
+class TorchTransform:
+    """A parameter-free ``torch.distributions`` transform as a module (for ``from_torch``)."""
+
+    def __new__(cls, transform):
+        import torch
+
+        class Holder(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.t = transform
+
+            def forward(self, x):
+                y = self.t(x)
+                return y, self.t.log_abs_det_jacobian(x, y)
+
+            def inverse(self, y):
+                x = self.t.inv(y)
+                return x, -self.t.log_abs_det_jacobian(x, y)
+
+        return Holder()
+
+
+def plain_transform(make, dim=3, points=1.0, z=None, **options):
+    """A transform without parameters (torch.distributions style): ``make() -> module``."""
+    def build(seed):
+        module = make().double()
+        pts = normal_points(seed, N_POINTS, dim, points) if z is None else z(seed)
+        return torch_layer(module, lambda m, x: m.forward(x), lambda m, y: m.inverse(y), pts,
+                           **options)
+    return build
+
+
+def normflows_spline_list_tails(dim=2, bins=4):
+    """normflows' ``unconstrained_rational_quadratic_spline`` with ``tails=["linear", ...]``
+    (one entry per feature), parameters held by a module; points inside and outside [-3, 3]."""
+    def build(seed):
+        import torch
+        from normflows.utils.splines import unconstrained_rational_quadratic_spline as spline
+
+        class Spline(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.zeros(dim, bins))
+                self.h = torch.nn.Parameter(torch.zeros(dim, bins))
+                self.d = torch.nn.Parameter(torch.zeros(dim, bins + 1))
+
+            def run(self, v, inverse):
+                n = len(v)
+                return spline(v, self.w.expand(n, dim, bins), self.h.expand(n, dim, bins),
+                              self.d.expand(n, dim, bins + 1), inverse=inverse,
+                              tails=["linear"] * dim, tail_bound=3.0)
+
+        module = randomize_torch(Spline(), seed, 0.5)
+        z = normal_points(seed, N_POINTS, dim)
+        z[0, 0] = 5.0                                   # outside the bound
+        return torch_layer(module, lambda m, x: m.run(x, False), lambda m, y: m.run(y, True), z,
+                           sum_log_det=True)
+    return build
+
+
+def normflows_planar_overflow(flow):
+    """``w = u`` with ``w.u = 800``: normflows' ``log(1 + exp(w.u))`` overflows there."""
+    import torch
+    with torch.no_grad():
+        value = (800.0 / flow.w.numel()) ** 0.5
+        flow.w.fill_(value)
+        flow.u.fill_(value)
+
+
+def pyro_spline_at_bound(seed, dim=3):
+    """Points with one coordinate exactly on the bound B = 3 (and one on -B)."""
+    z = normal_points(seed, N_POINTS, dim)
+    z[0, 0], z[1, 1] = 3.0, -3.0
+    return z
+
+
+def zuko_bernstein_at_switch(seed, dim=2):
+    """A point at x = -B + 2 B eps (B = 5, eps = 1e-6), where zuko's BoundedBernstein hands
+    over from the polynomial to its linear extrapolation."""
+    z = normal_points(seed, N_POINTS, dim)
+    z[0, 0] = -5.0 + 2 * 5.0 * 1e-6
+    return z
