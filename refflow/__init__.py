@@ -14,13 +14,18 @@ from .bijectors import (
     CircularSpline, LinearRationalSpline,
     Sigmoid, Softplus, SplineCoupling, Sylvester, Tanh,
 )
+from .bijectors import (
+    BernsteinAutoregressive, MaskedMonotonicAutoregressive, NeuralAutoregressive,
+    SumOfSquaresAutoregressive, UnconstrainedMonotonicAutoregressive,
+)
 from .bijectors import BlockNeuralAutoregressive, Gaussianization
 from .splines import rational_quadratic_spline, rational_quadratic_spline_vjp
 from .distributions import (
     DiagGaussianMixture, DiagNormal, Flow, StandardNormal, StudentT, Uniform,
 )
 from .training import SGD, Adam, CosineAnnealing, History, TrainingDiverged, clip_grad_norm, fit
-from .flows import BUILDERS, MAF, NSF, Glow, PlanarFlow, RadialFlow, RealNVP, SylvesterFlow
+from .flows import (BUILDERS, BPF, MAF, NAF, NSF, SOSPF, UNAF, Glow, PlanarFlow, RadialFlow,
+                    RealNVP, SylvesterFlow)
 from .estimator import FlowDensity
 from . import data, flows, io, optim, train, training, variational
 from .io import load, save
@@ -47,12 +52,17 @@ __all__ = [
     "RationalQuadraticSpline", "CircularSpline", "SplineCoupling", "MaskedSplineAutoregressive",
     "LinearRationalSpline",
     "rational_quadratic_spline", "rational_quadratic_spline_vjp",
+    # monotone-network and polynomial transformers (numerical inverses)
+    "NeuralAutoregressive", "MaskedMonotonicAutoregressive",
+    "UnconstrainedMonotonicAutoregressive", "SumOfSquaresAutoregressive",
+    "BernsteinAutoregressive",
     # distributions, flows, training
     "StandardNormal", "DiagNormal", "Uniform", "StudentT", "DiagGaussianMixture", "Flow",
     # training
     "Adam", "SGD", "CosineAnnealing", "clip_grad_norm", "fit", "History", "TrainingDiverged",
     # builders and the estimator
     "RealNVP", "MAF", "NSF", "Glow", "PlanarFlow", "RadialFlow", "SylvesterFlow", "BUILDERS",
+    "NAF", "UNAF", "SOSPF", "BPF",
     "FlowDensity",
     # save and load (model files hold arrays and JSON only)
     "save", "load",

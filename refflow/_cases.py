@@ -104,6 +104,43 @@ def _knot_safe_case(build, sample_z, sample_x, margin=1e-3):
     return factory
 
 
+def _away_from_zero_weights(bijector, rng, scale=0.5, floor=0.05):
+    """Randomise like ``_randomize``, but the monotonic networks' raw weights (used as
+    ``|w|``) at least ``floor`` away from 0, where ``|w|`` has its kink."""
+    _randomize(bijector, rng, scale)
+    for key, value in bijector.params.items():
+        if key.startswith("network.w"):
+            bijector.params[key] = np.sign(value) * (floor + np.abs(value))
+    return bijector
+
+
+def _kink_safe_case(build, sample_z, sample_x, margin=1e-3):
+    """A case for a layer whose transformer has kinks in a second derivative (ELU units, the
+    softclip's ``|y|``): rows with a pre-activation within ``margin`` of its kink are drawn
+    again, so that central differences of log-dets never straddle one. Uses the layer's
+    ``_kink_distance(direction, v)``. The margin covers the oracle's perturbations (inputs and
+    weights move by ``6e-6 max(1, |v|)``, pre-activations by at most ~1e-4 here)."""
+    def factory(rng):
+        rng = np.random.default_rng(rng)
+        bijector = build(rng)
+        dim = bijector.dim
+
+        def safe(sample, direction):
+            def draw(r, n):
+                r = np.random.default_rng(r)
+                v = sample(r, n, dim)
+                for _ in range(200):
+                    near = bijector._kink_distance(direction, v) < margin
+                    if not near.any():
+                        return v
+                    v[near] = sample(r, int(near.sum()), dim)
+                raise RuntimeError("could not draw points away from the kinks")
+            return draw
+
+        return bijector, safe(sample_z, "forward"), safe(sample_x, "inverse"), None
+    return factory
+
+
 def _image_case(build, sample_z, sample_w):
     """A case whose inverse is defined on a bounded image only (Pyro's BlockAutoregressive
     direction): ``x`` is drawn as ``forward(w)`` for ``w`` from ``sample_w``, so it lies inside
@@ -382,6 +419,46 @@ CASES = {
         lambda r: B.Gaussianization(2, n_components=3, kernel="logistic", context_dim=2,
                                     hidden=(6,), activation="tanh", rng=r),
         _normal(1.5), _normal(2.0)),
+    # Monotone-network and polynomial transformers (density direction z = f(x); numerical
+    # inverses to sample). ELU / softclip kinks and |w| at 0 are kept away from the FD points;
+    # the MADEs use tanh units (relu puts kinks into the weights' derivatives, and lets sampled
+    # coordinates of 1e5 cascade into conditioner outputs of 1e5 in the stress tests).
+    "neural_dsf": _case(lambda r: _randomize(B.NeuralAutoregressive(
+        3, units=4, hidden=(8, 8), activation="tanh", rng=r), r, 0.3), _normal(), _normal(1.5)),
+    "neural_ddsf_conditional": _case(lambda r: _randomize(B.NeuralAutoregressive(
+        3, units=2, n_layers=3, hidden=(4,), order="reverse", activation="tanh", context_dim=2,
+        rng=r), r, 0.2), _normal(), _normal(1.5)),
+    "monotonic_elu": _kink_safe_case(lambda r: _away_from_zero_weights(
+        B.MaskedMonotonicAutoregressive(3, signal=2, network=(4, 4), hidden=(6,),
+                                        activation="tanh", rng=r), r),
+        _normal(), _normal(1.5)),
+    "monotonic_softplus_conditional": _case(lambda r: _away_from_zero_weights(
+        B.MaskedMonotonicAutoregressive(3, signal=2, network=(5,), network_activation="softplus",
+                                        hidden=(6,), order="random", activation="tanh",
+                                        context_dim=2, rng=r), r),
+        _normal(), _normal(1.5)),
+    "umnn_softclip_elu": _kink_safe_case(lambda r: _randomize(
+        B.UnconstrainedMonotonicAutoregressive(2, signal=2, network=(5, 5), n_nodes=8,
+                                               hidden=(6,), activation="tanh", rng=r), r),
+        _normal(), _normal(1.5)),
+    "umnn_clenshaw_curtis_conditional": _case(lambda r: _randomize(
+        B.UnconstrainedMonotonicAutoregressive(
+            3, signal=2, network=(6,), network_activation="tanh", positive="exp", n_nodes=9,
+            quadrature="clenshaw-curtis", hidden=(6,), activation="tanh", context_dim=2,
+            rng=r), r),
+        _normal(), _normal(1.5)),
+    "sos": _case(lambda r: _randomize(B.SumOfSquaresAutoregressive(
+        3, degree=3, n_polynomials=2, bound=3.0, hidden=(8, 8), activation="tanh", rng=r), r),
+        _normal(), _normal(1.5)),
+    "sos_conditional": _case(lambda r: _randomize(B.SumOfSquaresAutoregressive(
+        3, hidden=(8,), order="reverse", activation="tanh", context_dim=2, rng=r), r),
+        _normal(), _normal(1.5)),
+    "bernstein": _knot_safe_case(lambda r: _randomize(B.BernsteinAutoregressive(
+        3, degree=8, bound=2.0, hidden=(8, 8), activation="tanh", rng=r), r),
+        _normal(1.5), _normal(1.5)),
+    "bernstein_linear": _knot_safe_case(lambda r: _randomize(B.BernsteinAutoregressive(
+        3, degree=6, bound=2.0, tails="linear", hidden=(8, 8), activation="tanh", rng=r), r),
+        _normal(2.0), _normal(2.0)),
     "inverse_sigmoid": _case(lambda r: B.Inverse(B.Sigmoid(3)), _uniform(0.02, 0.98), _normal(2.0)),
     "inverse_lu_linear": _case(lambda r: B.Inverse(_randomize(B.LULinear(3, rng=r), r)),
                                _normal(), _normal()),

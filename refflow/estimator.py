@@ -345,7 +345,8 @@ class FlowDensity:
         "FlowDensity's defaults", for how it compares with ``"maf"`` and the classical
         estimators), ``"nsf-coupling"``, ``"maf"``, ``"realnvp"``, ``"glow"``, ``"planar"``,
         ``"radial"``, ``"sylvester"``, ``"bnaf"`` (block neural autoregressive; its widths are
-        ``flow_kwargs={"hidden_factors": ...}``), ``"gf"`` (Gaussianization flow).
+        ``flow_kwargs={"hidden_factors": ...}``), ``"gf"`` (Gaussianization flow),
+        ``"naf"``, ``"unaf"``, ``"sospf"``, ``"bpf"`` (monotone-transformer flows).
         ``"auto"``: fit each family of ``AUTO_CANDIDATES`` (``"maf"`` and ``"nsf"``) with the
         same options on the same rows and keep the one with the best validation likelihood
         (``flow_name_``, ``candidate_scores_``); the fit costs the sum of the candidates'

@@ -17,6 +17,10 @@ builder                one step (density direction, data -> base)             BU
 :func:`SylvesterFlow`  ``Sylvester``                                          ``"sylvester"``
 :func:`BNAF`           ``BlockNeuralAutoregressive`` + permutation            ``"bnaf"``
 :func:`GF`             ``Gaussianization`` [+ ``Householder`` between]        ``"gf"``
+:func:`NAF`            ``MaskedMonotonicAutoregressive`` (or sigmoidal)       ``"naf"``
+:func:`UNAF`           ``UnconstrainedMonotonicAutoregressive``               ``"unaf"``
+:func:`SOSPF`          ``SumOfSquaresAutoregressive``                         ``"sospf"``
+:func:`BPF`            ``BernsteinAutoregressive``                            ``"bpf"``
 =====================  =====================================================  ==================
 
 (BN: an optional ``BatchNorm``.)
@@ -54,14 +58,18 @@ from .bijectors import (
     ActNorm, AffineCoupling, BatchNorm, Chain, LULinear, MaskedAffineAutoregressive,
     MaskedSplineAutoregressive, Permute, Planar, Radial, Reverse, SplineCoupling, Sylvester,
 )
-from .bijectors import BlockNeuralAutoregressive, Gaussianization, Householder, Inverse
+from .bijectors import (
+    BernsteinAutoregressive, BlockNeuralAutoregressive, Gaussianization, Householder, Inverse,
+    MaskedMonotonicAutoregressive, NeuralAutoregressive, SumOfSquaresAutoregressive,
+    UnconstrainedMonotonicAutoregressive,
+)
 from .bijectors.scale_maps import SCALE_MAPS
 from .bijectors.spline_core import identity_parameters, layer_spline_map
 from .distributions import Flow, StandardNormal
 from .nn.activations import ACTIVATIONS
 
 __all__ = ["RealNVP", "MAF", "NSF", "Glow", "PlanarFlow", "RadialFlow", "SylvesterFlow",
-           "BNAF", "GF", "BUILDERS"]
+           "BNAF", "GF", "NAF", "UNAF", "SOSPF", "BPF", "BUILDERS"]
 
 _PERMUTATIONS = ("reverse", "random")
 _DEGREE_RULES = ("cyclic", "equal", "random")
@@ -817,6 +825,267 @@ def _nsf_coupling(dim, *, n_layers=5, hidden=(64, 64), activation="relu", n_bins
     signature, as ``FlowDensity`` does for ``hidden`` and ``context_dim``, see them.
     """
     if "autoregressive" in unexpected:
+
+
+# ------------------------------------------------------- monotone-transformer autoregressive
+_TRANSFORMERS = ("monotonic", "sigmoidal")
+
+
+def _alternating_stack(where, dim, n_layers, hidden, activation, context_dim, rng, make_layer):
+    """``n_layers`` autoregressive layers in natural, reverse, natural, ... order (density
+    direction), as zuko's flows alternate them (no permutation layers in between)."""
+    dim, n_layers, hidden, activation, context_dim, rng = _common(
+        where, dim, n_layers, hidden, activation, context_dim, rng)
+
+    def make():
+        layers = [make_layer(dim, dict(hidden=hidden, activation=activation,
+                                       order="natural" if k % 2 == 0 else "reverse",
+                                       context_dim=context_dim, rng=rng))
+                  for k in range(n_layers)]
+        return _flow(layers)
+
+    return _build(where, make)
+
+
+def NAF(dim, *, n_layers=3, hidden=(64, 64), activation="relu", transformer="monotonic",
+        signal=16, network=(64, 64), network_activation="elu", units=16, sigmoid_layers=1,
+        context_dim=None, rng=None):
+    r"""Neural autoregressive flow: monotonic-network (zuko) or sigmoidal (Huang) transformers.
+
+    Parameters
+    ----------
+    dim : int
+    n_layers : int, default 3
+        Autoregressive layers (zuko's ``transforms`` default), in natural and reverse order
+        alternately (zuko's ``randperm=False``).
+    hidden : sequence of int, default (64, 64)
+        MADE widths (zuko's default).
+    activation : str, default "relu"
+        MADE activation (zuko's ``MaskedMLP`` default).
+    transformer : {"monotonic", "sigmoidal"}, default "monotonic"
+        ``"monotonic"``: :class:`~refflow.MaskedMonotonicAutoregressive`, zuko's NAF (a
+        monotonic MLP per coordinate fed with ``signal`` signals). ``"sigmoidal"``:
+        :class:`~refflow.NeuralAutoregressive`, the paper's deep sigmoidal flow (Pyro's
+        ``neural_autoregressive``: ``units = 16``).
+    signal : int, default 16
+        Signals per coordinate (zuko).
+    network : sequence of int, default (64, 64)
+        Hidden widths of the monotonic networks (zuko's ``MonotonicMLP`` default).
+    network_activation : {"elu", "softplus"}, default "elu"
+        The monotonic networks' two-way activation (zuko: ELU).
+    units : int, default 16
+        Sigmoids per sigmoidal layer (``transformer="sigmoidal"``; Pyro's ``width``).
+    sigmoid_layers : int, default 1
+        1 for DSF, more for DDSF (``transformer="sigmoidal"``).
+    context_dim : int, optional
+    rng : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    Flow
+
+    Raises
+    ------
+    ValueError
+        For any invalid option (the message names ``NAF``).
+
+    Notes
+    -----
+    Each layer applies its transformer in the density direction (one MADE pass per layer for
+    ``log_prob``) and inverts it numerically to sample (bracketed Newton per coordinate). With
+    the defaults, parameters per layer: the MADE ``dim -> 64 -> 64 -> 16 dim`` plus ``dim``
+    networks ``17 -> 64 -> 64 -> 1`` (5,377 each), as zuko's ``NAF(dim)``.
+
+    zuko inserts a ``SoftclipTransform(bound=11)`` between its layers (density
+    direction), which keeps the next layer's inputs in ``(-11, 11)``, where its bisection on
+    ``[-10, 10]`` works; refflow's layers invert on all of R, and the flow has no such layer.
+
+    References
+    ----------
+    Huang, Krueger, Lacoste, Courville, "Neural Autoregressive Flows", 2018, arXiv:1804.00779.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.flows import NAF
+    >>> flow = NAF(2, n_layers=2, hidden=(8,), signal=4, network=(8,), rng=0)
+    >>> [layer.made.order.tolist() for layer in flow.bijector.layers]   # density order reversed
+    [[1, 0], [0, 1]]
+    >>> flow.log_prob(np.zeros((3, 2))).shape
+    (3,)
+    """
+    where = "NAF"
+    transformer = check_choice(transformer, _TRANSFORMERS, where, "transformer")
+    if transformer == "monotonic":
+        def make_layer(d, common):
+            return MaskedMonotonicAutoregressive(d, signal=signal, network=network,
+                                                 network_activation=network_activation,
+                                                 **common)
+    else:
+        def make_layer(d, common):
+            return NeuralAutoregressive(d, units=units, n_layers=sigmoid_layers, **common)
+    return _alternating_stack(where, dim, n_layers, hidden, activation, context_dim, rng,
+                              make_layer)
+
+
+def UNAF(dim, *, n_layers=3, hidden=(64, 64), activation="relu", signal=16, network=(64, 64),
+         network_activation="elu", positive="softclip", n_nodes=32, quadrature="gauss-legendre",
+         context_dim=None, rng=None):
+    r"""Unconstrained neural autoregressive flow (UMNN layers, zuko's UNAF).
+
+    Parameters
+    ----------
+    dim : int
+    n_layers : int, default 3
+        Layers, natural and reverse order alternately (zuko).
+    hidden : sequence of int, default (64, 64)
+    activation : str, default "relu"
+    signal : int, default 16
+    network : sequence of int, default (64, 64)
+        Integrand networks' hidden widths (zuko's UMNN).
+    network_activation : {"elu", "softplus", "tanh"}, default "elu"
+    positive : {"softclip", "elu", "exp"}, default "softclip"
+        zuko's ``exp(y / (1 + |y| / 7))``.
+    n_nodes : int, default 32
+    quadrature : {"gauss-legendre", "clenshaw-curtis"}, default "gauss-legendre"
+    context_dim : int, optional
+    rng : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    Flow
+
+    Notes
+    -----
+    See :class:`~refflow.UnconstrainedMonotonicAutoregressive`: the map is the ``n_nodes``
+    rule applied to the integrand and its log-det that map's exact derivative (zuko reports
+    ``log g(x)`` instead).
+
+    zuko inserts a ``SoftclipTransform(bound=11)`` between its layers (density
+    direction), which keeps the next layer's inputs in ``(-11, 11)``, where its bisection on
+    ``[-10, 10]`` works; refflow's layers invert on all of R, and the flow has no such layer.
+
+    References
+    ----------
+    Wehenkel, Louppe, "Unconstrained Monotonic Neural Networks", 2019, arXiv:1908.05164.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.flows import UNAF
+    >>> flow = UNAF(2, n_layers=2, hidden=(8,), signal=4, network=(8,), n_nodes=8, rng=0)
+    >>> flow.sample(3, rng=1).shape
+    (3, 2)
+    """
+    def make_layer(d, common):
+        return UnconstrainedMonotonicAutoregressive(
+            d, signal=signal, network=network, network_activation=network_activation,
+            positive=positive, n_nodes=n_nodes, quadrature=quadrature, **common)
+    return _alternating_stack("UNAF", dim, n_layers, hidden, activation, context_dim, rng,
+                              make_layer)
+
+
+def SOSPF(dim, *, n_layers=3, hidden=(64, 64), activation="relu", degree=4, n_polynomials=3,
+          slope=1e-3, bound=10.0, context_dim=None, rng=None):
+    r"""Sum-of-squares polynomial flow (Jaini et al. 2019; zuko's SOSPF).
+
+    Parameters
+    ----------
+    dim : int
+    n_layers : int, default 3
+        Layers, natural and reverse order alternately (zuko's MAF default of 3).
+    hidden : sequence of int, default (64, 64)
+    activation : str, default "relu"
+    degree : int, default 4
+        ``L`` (zuko's and Pyro's default).
+    n_polynomials : int, default 3
+        ``K`` (zuko's and Pyro's default).
+    slope : float, default 1e-3
+    bound : float, default 10.0
+    context_dim : int, optional
+    rng : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    Flow
+
+    Notes
+    -----
+    See :class:`~refflow.SumOfSquaresAutoregressive` (exact closed-form integral).
+
+    zuko inserts a ``SoftclipTransform(bound=11)`` between its layers (density
+    direction), which keeps the next layer's inputs in ``(-11, 11)``, where its bisection on
+    ``[-10, 10]`` works; refflow's layers invert on all of R, and the flow has no such layer.
+
+    References
+    ----------
+    Jaini, Selby, Yu, "Sum-of-Squares Polynomial Flow", 2019, arXiv:1905.02325.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.flows import SOSPF
+    >>> flow = SOSPF(2, n_layers=2, hidden=(8,), rng=0)
+    >>> flow.log_prob(np.zeros((3, 2))).shape
+    (3,)
+    """
+    def make_layer(d, common):
+        return SumOfSquaresAutoregressive(d, degree=degree, n_polynomials=n_polynomials,
+                                          slope=slope, bound=bound, **common)
+    return _alternating_stack("SOSPF", dim, n_layers, hidden, activation, context_dim, rng,
+                              make_layer)
+
+
+def BPF(dim, *, n_layers=3, hidden=(64, 64), activation="relu", degree=21, bound=5.0,
+        tails="identity", context_dim=None, rng=None):
+    r"""Bernstein-polynomial flow (zuko's BPF).
+
+    Parameters
+    ----------
+    dim : int
+    n_layers : int, default 3
+        Layers, natural and reverse order alternately (zuko's MAF default).
+    hidden : sequence of int, default (64, 64)
+    activation : str, default "relu"
+    degree : int, default 21
+        The polynomial's degree ``M``; 21 has 17 raw values per coordinate, zuko's
+        ``BPF(degree=16)`` (zuko's ``degree`` is the number of raw values minus one).
+    bound : float, default 5.0
+    tails : {"identity", "linear"}, default "identity"
+    context_dim : int, optional
+    rng : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    Flow
+
+    Notes
+    -----
+    See :class:`~refflow.BernsteinAutoregressive`. zuko's BPF has no layers between its
+    transforms either.
+
+    References
+    ----------
+    Arpogaus et al., "Short-Term Density Forecasting of Low-Voltage Load using
+    Bernstein-Polynomial Normalizing Flows", 2022, arXiv:2204.13939.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.flows import BPF
+    >>> flow = BPF(2, n_layers=2, hidden=(8,), degree=10, rng=0)
+    >>> flow.log_prob(np.zeros((3, 2))).shape
+    (3,)
+    """
+    def make_layer(d, common):
+        return BernsteinAutoregressive(d, degree=degree, bound=bound, tails=tails, **common)
+    return _alternating_stack("BPF", dim, n_layers, hidden, activation, context_dim, rng,
+                              make_layer)
+
+
+def _nsf_coupling(dim, **options):
+    """``NSF(dim, autoregressive=False, **options)``: RQ-NSF (C), the ``"nsf-coupling"`` builder."""
+    if "autoregressive" in options:
         raise ValueError("nsf-coupling: autoregressive is fixed to False for this builder; "
                          "use NSF(dim, autoregressive=...) instead")
     if unexpected:
@@ -840,4 +1109,8 @@ BUILDERS = {
     "sylvester": SylvesterFlow,
     "bnaf": BNAF,
     "gf": GF,
+    "naf": NAF,
+    "unaf": UNAF,
+    "sospf": SOSPF,
+    "bpf": BPF,
 }

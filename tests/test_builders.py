@@ -126,7 +126,8 @@ def test_glow_layout():
 
 def test_builders_registry():
     assert set(BUILDERS) == {"realnvp", "maf", "nsf", "nsf-coupling", "glow", "planar",
-                             "radial", "sylvester", "bnaf", "gf"}
+                             "radial", "sylvester", "bnaf", "gf", "naf", "unaf", "sospf",
+                             "bpf"}
     for name in NETWORK_BUILDERS:
         flow = BUILDERS[name](3, **SMALL, rng=0)
         assert isinstance(flow, Flow) and flow.dim == 3

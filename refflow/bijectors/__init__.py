@@ -14,6 +14,9 @@ from .normalization import ActNorm, BatchNorm
 from .planar import Planar, Radial, Sylvester
 from .splines import (CircularSpline, MaskedSplineAutoregressive, RationalQuadraticSpline,
                       SplineCoupling)
+from .neural import (MaskedMonotonicAutoregressive, NeuralAutoregressive,
+                     UnconstrainedMonotonicAutoregressive)
+from .polynomial import BernsteinAutoregressive, SumOfSquaresAutoregressive
 
 __all__ = [
     "Bijector", "Chain", "Inverse",
@@ -26,6 +29,9 @@ __all__ = [
     "RationalQuadraticSpline", "CircularSpline", "SplineCoupling", "MaskedSplineAutoregressive",
     "LinearRationalSpline",
     "BlockNeuralAutoregressive", "Gaussianization",
+    "NeuralAutoregressive", "MaskedMonotonicAutoregressive",
+    "UnconstrainedMonotonicAutoregressive", "SumOfSquaresAutoregressive",
+    "BernsteinAutoregressive",
 ]
 
 # The allow-list of model files: every public bijector (refflow.io.spec).

@@ -33,6 +33,8 @@ name          numba     fast path (reference path)
                         rounding
 ``sampling``  no        incremental MAF sampling (``dim`` sequential MADE passes); to
                         rounding
+``monotone``  yes       the monotone transformers' bracketed Newton solve, numba kernel
+                        ``monotone_solve`` (its vectorised NumPy twin); to a few ulps
 ============  ========  ===================================================================
 
 >>> from refflow.kernels import fast_paths, use_fast_paths
@@ -96,7 +98,7 @@ NUMBA_DISABLED = os.environ.get("REFFLOW_DISABLE_NUMBA", "").strip() == "1"
 
 #: The fast paths by name, and whether each runs numba kernels (module docstring).
 PATHS = {"mlp": True, "optim": True, "coupling": True, "splines": True, "made": False,
-         "sampling": False}
+         "sampling": False, "monotone": True}
 
 # {name: bool} for the paths set by the enclosing fast_paths blocks; the others take the default.
 _FAST_PATHS = contextvars.ContextVar("refflow_fast_paths", default={})

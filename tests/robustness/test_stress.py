@@ -160,6 +160,21 @@ STABLE = {
     # planar: u is constrained (w.u >= -1); near the constraint's edge the slope 1 + u.w h'
     # tends to 0, and the inverse's 1-D root is then ill-conditioned (1e-10 at p ~ 35)
     "planar": [(V_MAX, 20.0)],
+    # Monotone transformers (numerical inverses, measured over p in {0.2 .. 50}, |v| in
+    # {1, 10, 1e3}; tanh MADEs, so conditioner outputs stay below ~p^2 H). Where they grow,
+    # they enter exponentially (softplus slopes, sigmoids, exp integrands): the maps flatten to
+    # slopes ~e^-|out| whose inverses are ill-conditioned. SOS and Bernstein (identity tails)
+    # are polynomial in their parameters and stay accurate throughout.
+    "sos": [(V_MAX, P_MAX)], "sos_conditional": [(V_MAX, P_MAX)],
+    "bernstein": [(V_MAX, P_MAX)],
+    "bernstein_linear": [(V_MAX, 1.0)],          # tail slopes softplus(r) -> e^-r (p >= 5)
+    "neural_dsf": [(V_MAX, 1.0)],
+    "neural_ddsf_conditional": [(V_MAX, 0.5)],
+    "monotonic_elu": [(V_MAX, 2.0)], "monotonic_softplus_conditional": [(V_MAX, 2.0)],
+    # UMNN: the map is the fixed-node rule, a bijection only where the rule resolves the
+    # integrand on [0, x] (see _OPEN)
+    "umnn_softclip_elu": [(10.0, 0.2), (1.0, 0.5)],
+    "umnn_clenshaw_curtis_conditional": [(V_MAX, 0.2), (1.0, 0.5)],
     # BNAF (numerical sampling direction): diagonal slopes softplus(-p) / e^-p and weights up
     # to s(p) make x = T^{-1}(z) huge and T's terms cancel (2e-10 at p = 2 for the leaky-tanh
     # and linear cases; the gated tanh case at p = 3); the sigmoid + x residual stays near the
@@ -439,6 +454,22 @@ _OPEN = {"chain", "planar",
          # the inverse multiplies by expm(-M), computed apart from expm(M): at raw +-50 their
          # product differs from I by far more than the heuristic bound (1.6e-3 vs 2.5e-5)
          "matrix_exponential"}
+# Monotone transformers, explained. (1) UMNN with a fixed rule is increasing only where the
+# rule resolves its integrand; beyond (large |x| or weights) the rule's map can fold: a pass
+# raises where it sees a negative derivative, but a target with two preimages can come back
+# to the other one (an O(1) round trip, no conditioning bound applies; see
+# UnconstrainedMonotonicAutoregressive's docstring). (2) A transformer flattened to slopes
+# ~1e-20 .. 1e-170 (saturated DSF / DDSF sigmoids, linear Bernstein tails softplus(r) with
+# r ~ -400, at raw +-50) maps a long interval of x to one float z; no inverse can recover x
+# there, and the bound, read from the Jacobian at the preimage the inverse did find (not at
+# x), misses it (measured: 33 of 40 seeds for DSF, 15 DDSF, 7 linear Bernstein). (3) Monotonic
+# networks (ELU or softplus) with raw weights +-50: z is a sum of terms ~1e4-1e6 that cancel to
+# O(1), so z's own rounding (eps times the terms, not eps |J| |x|) exceeds the bound (ELU: 1
+# seed in 40; softplus: the CI profile's seed 3222833333, weights exactly +-50, |z| = 896,
+# x = -201: 6.4e-10 vs a bound of 5.0e-10).
+_OPEN |= {"umnn_softclip_elu", "umnn_clenshaw_curtis_conditional", "bernstein_linear",
+          "neural_dsf", "neural_ddsf_conditional", "monotonic_elu",
+          "monotonic_softplus_conditional"}
 # BNAF and Gaussianization at raw +-50 (weights and slopes e^+-50): saturated units make the map
 # flat over wide intervals in float64, so x -> z -> x returns another valid preimage (its
 # residual is checked by the kernels, which refuse roots that do not exist in float64), and
