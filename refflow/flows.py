@@ -816,17 +816,6 @@ def GF(dim, *, n_layers=3, n_components=8, kernel="gaussian", parameterization="
     return _build(where, make)
 
 
-def _nsf_coupling(dim, *, n_layers=5, hidden=(64, 64), activation="relu", n_bins=8,
-                  bound=3.0, hidden_degrees="cyclic", context_dim=None, rng=None,
-                  **unexpected):
-    """``NSF(dim, autoregressive=False, ...)``: RQ-NSF (C), the ``"nsf-coupling"`` builder.
-
-    Its options are named in the signature (not ``**options``), so that callers that read the
-    signature, as ``FlowDensity`` does for ``hidden`` and ``context_dim``, see them.
-    """
-    if "autoregressive" in unexpected:
-
-
 # ------------------------------------------------------- monotone-transformer autoregressive
 _TRANSFORMERS = ("monotonic", "sigmoidal")
 
@@ -1083,9 +1072,15 @@ def BPF(dim, *, n_layers=3, hidden=(64, 64), activation="relu", degree=21, bound
                               make_layer)
 
 
-def _nsf_coupling(dim, **options):
-    """``NSF(dim, autoregressive=False, **options)``: RQ-NSF (C), the ``"nsf-coupling"`` builder."""
-    if "autoregressive" in options:
+def _nsf_coupling(dim, *, n_layers=5, hidden=(64, 64), activation="relu", n_bins=8,
+                  bound=3.0, hidden_degrees="cyclic", context_dim=None, rng=None,
+                  **unexpected):
+    """``NSF(dim, autoregressive=False, ...)``: RQ-NSF (C), the ``"nsf-coupling"`` builder.
+
+    Its options are named in the signature (not ``**options``), so that callers that read the
+    signature, as ``FlowDensity`` does for ``hidden`` and ``context_dim``, see them.
+    """
+    if "autoregressive" in unexpected:
         raise ValueError("nsf-coupling: autoregressive is fixed to False for this builder; "
                          "use NSF(dim, autoregressive=...) instead")
     if unexpected:
