@@ -28,9 +28,14 @@ BUILDER_OPTIONS = {
     "sylvester": dict(n_layers=2, m=2),
     "bnaf": dict(n_layers=1, hidden_factors=(2,)),
     "gf": dict(n_layers=2, n_components=3),
+    "naf": dict(n_layers=2, hidden=(6,), signal=3, network=(4,)),
+    "unaf": dict(n_layers=2, hidden=(6,), signal=3, network=(4,), n_nodes=4),
+    "sospf": dict(n_layers=2, hidden=(6,), degree=2, n_polynomials=2),
+    "bpf": dict(n_layers=2, hidden=(6,), degree=6),
 }
 #: Builders that take a context (the planar family refuses one).
-CONDITIONAL = ("realnvp", "maf", "nsf", "nsf-coupling", "glow", "gf")
+CONDITIONAL = ("realnvp", "maf", "nsf", "nsf-coupling", "glow", "gf", "naf", "unaf", "sospf",
+               "bpf")
 
 
 def _perturbed(model, seed):

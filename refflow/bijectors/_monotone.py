@@ -62,9 +62,11 @@ import numpy as np
 
 from .._math import log_sigmoid, sigmoid, softplus
 from .._validation import check_dim
+from ..io.spec import declaration
 from ..kernels import use_fast_paths
 from ..kernels.monotone import monotone_solve, monotone_solve_numpy, solve_increasing
 from ..nn import MADE
+from ..nn.mlp import mlp_shapes
 from ..params import ParamDict, prefixed
 from .autoregressive import fixed_point_adjoint
 from .base import Bijector
@@ -220,6 +222,20 @@ class MonotoneAutoregressive(Bijector):
         flat = dict(prefixed([("made", self.made.params)]))
         flat.update(self._params)
         return ParamDict(flat, copy=False)
+
+    @classmethod
+    def _monotone_declaration(cls, args, n_params, own=None):
+        """The arrays that constructor arguments ``args`` imply: the MADE's (``dim +
+        context_dim`` inputs, the hidden widths, ``dim * n_params`` outputs), then the
+        transformer's own ``own`` (key -> shape), in the order :attr:`params` lists them."""
+        name = cls.__name__
+        dim = check_dim(args["dim"], name)
+        context_dim = args["context_dim"]
+        n_context = 0 if context_dim is None else check_dim(context_dim, name, "context_dim")
+        shapes = mlp_shapes(dim + n_context, dim * n_params, args["hidden"], f"{name}: MADE")
+        params = {f"made.{k}": s for k, s in shapes.items()}
+        params.update(own or {})
+        return declaration(params)
 
     def _made_config(self):
         """The MADE's structure, with its order and (unless deterministic) hidden degrees

@@ -25,7 +25,8 @@ Trefethen, "Is Gauss quadrature better than Clenshaw-Curtis?", SIAM Review 50(1)
 
 import numpy as np
 
-from .._validation import check_choice, check_hidden, check_int, check_rng
+from .._validation import check_choice, check_dim, check_hidden, check_int, check_rng
+from ..io.spec import constructor_arguments
 from ..kernels.monotone import SIGMOIDAL
 from ._monotone import (MonotoneAutoregressive, TransformerDomainError, kernel_solve, log_sigmoid,
                         logsumexp, sigmoid, softplus, solve_increasing, uniform_init)
@@ -253,6 +254,20 @@ class _NetworkTransformer(MonotoneAutoregressive):
         grads.update(zip(self._keys[1], b_bars))
         return grads
 
+    @classmethod
+    def _network_declaration(cls, args, min_signal, extra_params):
+        """The MADE (``signal + extra_params`` outputs per coordinate) and the stacked
+        networks ``network.w{l}`` ``(dim, out, in)``, ``network.b{l}`` ``(dim, out)``."""
+        where = cls.__name__
+        dim = check_dim(args["dim"], where)
+        signal = check_int(args["signal"], where, "signal", minimum=min_signal)
+        sizes = (1 + signal, *check_hidden(args["network"], where, "network"), 1)
+        own = {}
+        for l in range(len(sizes) - 1):
+            own[f"network.w{l}"] = (dim, sizes[l + 1], sizes[l])
+            own[f"network.b{l}"] = (dim, sizes[l + 1])
+        return cls._monotone_declaration(args, signal + extra_params, own)
+
     def _network_config(self):
         return {"signal": self.signal, "network": list(self.network),
                 "network_activation": self.network_activation}
@@ -355,6 +370,10 @@ class MaskedMonotonicAutoregressive(_NetworkTransformer):
 
     def _config(self):
         return dict(self._made_config(), **self._network_config())
+
+    @classmethod
+    def _declare(cls, config):
+        return cls._network_declaration(constructor_arguments(cls, config), 1, 0)
 
     @staticmethod
     def _inputs(x, signals):
@@ -552,6 +571,10 @@ class UnconstrainedMonotonicAutoregressive(_NetworkTransformer):
     def _config(self):
         return dict(self._made_config(), **self._network_config(), positive=self.positive,
                     n_nodes=self.n_nodes, quadrature=self.quadrature)
+
+    @classmethod
+    def _declare(cls, config):
+        return cls._network_declaration(constructor_arguments(cls, config), 0, 1)
 
     def _node_inputs(self, xt, signals):
         """``[c_k x, s]`` for every node: ``(S_stack, m * n_nodes, 1 + S)``, ``xt`` ``(S_stack, m)``,
@@ -912,6 +935,20 @@ class NeuralAutoregressive(MonotoneAutoregressive):
 
     def _config(self):
         return dict(self._made_config(), units=self.units, n_layers=self.n_layers)
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        units = check_int(args["units"], cls.__name__, "units", minimum=1)
+        n_layers = check_int(args["n_layers"], cls.__name__, "n_layers", minimum=1)
+        layers, n_params = _sigmoidal_layout(units, n_layers)
+        own = {}
+        if n_layers > 1:
+            for l, (d_in, d_out, _) in enumerate(layers):
+                own[f"dense.w{l}"] = (d_out, units)
+                if d_in > 1:
+                    own[f"dense.u{l}"] = (units, d_in)
+        return cls._monotone_declaration(args, n_params, own)
 
     def _elements(self, x, theta, p, vjp):
         z, ell, res = _sigmoidal(x, theta, p, self.units, self.n_layers, vjp)

@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from .._validation import check_choice, check_int, check_positive, check_real
+from ..io.spec import constructor_arguments
 from ..kernels.monotone import BERNSTEIN, POLYNOMIAL
 from ._monotone import MonotoneAutoregressive, kernel_solve, sigmoid, softplus
 
@@ -185,6 +186,14 @@ class SumOfSquaresAutoregressive(MonotoneAutoregressive):
     def _config(self):
         return dict(self._made_config(), degree=self.degree, n_polynomials=self.n_polynomials,
                     slope=self.slope, bound=self.bound)
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        degree = check_int(args["degree"], cls.__name__, "degree", minimum=0)
+        n_polynomials = check_int(args["n_polynomials"], cls.__name__, "n_polynomials",
+                                  minimum=1)
+        return cls._monotone_declaration(args, n_polynomials * (degree + 1) + 1)
 
     def _args(self):
         return self.n_polynomials, self.degree, self.bound, self.slope
@@ -416,6 +425,14 @@ class BernsteinAutoregressive(MonotoneAutoregressive):
 
     def _config(self):
         return dict(self._made_config(), degree=self.degree, bound=self.bound, tails=self.tails)
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        tails = check_choice(args["tails"], _TAILS, cls.__name__, "tails")
+        degree = check_int(args["degree"], cls.__name__, "degree",
+                           minimum=5 if tails == "identity" else 3)
+        return cls._monotone_declaration(args, degree - 4 if tails == "identity" else degree - 1)
 
     def _elements(self, x, theta, p, vjp):
         M, B, tails = self.degree, self.bound, self.tails
