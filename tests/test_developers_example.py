@@ -50,8 +50,10 @@ def run_property_suite():
     for direction in ("forward", "inverse"):
         properties.test_grads_match_params(CASE, direction)
         properties.test_float32_in_float32_out(CASE, direction)
+        properties.test_vjp_pass_gives_the_plain_pass_outputs(CASE, direction)
         properties.test_single_point_and_batch_of_one(CASE, direction)
-        properties.test_empty_batch(CASE, direction)
+        for dtype in (np.float64, np.float32):
+            properties.test_empty_batch(CASE, direction, dtype)
 
 
 def test_example_is_about_thirty_lines():
