@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-__all__ = ["Moments", "exact_mean", "partial_sum", "mean_from_sum"]
+__all__ = ["Moments", "CrossMoments", "exact_mean", "partial_sum", "mean_from_sum"]
 
 #: Every term below is an integer multiple of ``2^BASE``: values are multiples of ``2^(e - 53)``
 #: with ``e >= -1073`` (the smallest subnormal), squares multiples of ``2^(2e - 106)``.
@@ -152,6 +152,89 @@ class Moments:
         n = self.n
         return np.array([num * ((1 << 104) - n * (1 << 52)) <= (n * s1) ** 2
                          for num, s1 in zip(self._variance_numerators(), self.s1)])
+
+
+class CrossMoments:
+    r"""Exact running sums of the columns and of the products of pairs of columns of 2-D
+    float64 blocks, for a covariance matrix that does not depend on the order of the rows or
+    on how they are split into chunks; mergeable in any order.
+
+    With the splits ``x_i = a_i 2^(e_i - 26) + b_i 2^(e_i - 53)`` of the module docs, a product
+    of two values is the sum of four exact integer products below ``2^52``::
+
+        x_i x_j = (a_i a_j 2^-52 + (a_i b_j + b_i a_j) 2^-79 + b_i b_j 2^-106) 2^(e_i + e_j)
+
+    each split into 26-bit halves and binned by the pair and by ``e_i + e_j``, as the squares of
+    :class:`Moments` are. :meth:`covariance` then evaluates the population covariance
+    ``(n S_ij - S_i S_j) / n^2`` in integer arithmetic and rounds it once (correctly rounded).
+
+    Parameters
+    ----------
+    n_cols : int
+    """
+
+    def __init__(self, n_cols):
+        self.n_cols = int(n_cols)
+        self.first, self.second = np.triu_indices(self.n_cols)
+        self.sums = Moments(self.n_cols, squares=False)
+        self.products = [0] * self.first.size
+
+    @property
+    def n(self):
+        return self.sums.n
+
+    def add(self, values):
+        """Add the rows of ``values`` (``(m, n_cols)``, finite; float32 is widened exactly)."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != self.n_cols:
+            raise ValueError(f"CrossMoments.add: expected shape (m, {self.n_cols}), got "
+                             f"{values.shape}")
+        self.sums.add(values)
+        rows = max(1, _BLOCK // self.first.size)
+        for start in range(0, values.shape[0], rows):
+            self._add_block(values[start:start + rows])
+        return self
+
+    def _add_block(self, v):
+        f, e = np.frexp(v)
+        scaled = f * _TWO26
+        a = np.rint(scaled)
+        b = (scaled - a) * _TWO27
+        i, j = self.first, self.second
+        pairs = len(self.products)
+        if v.shape[0] == 0:
+            return
+        # bins only for the exponents present: e_i + e_j - 2 e_low in [0, width)
+        e_low = int(e.min())
+        width = 2 * (int(e.max()) - e_low) + 1
+        key = (e[:, i] + e[:, j] + (np.arange(pairs) * width - 2 * e_low)).ravel()
+        for product, offset in ((a[:, i] * a[:, j], -52), (a[:, i] * b[:, j], -79),
+                                (b[:, i] * a[:, j], -79), (b[:, i] * b[:, j], -106)):
+            high, low = _split26(product)
+            for weights, shift in ((high, offset + 26), (low, offset)):
+                sums = np.bincount(key, weights=weights.ravel(), minlength=pairs * width)
+                nonzero = np.flatnonzero(sums)
+                for k, total in zip(nonzero.tolist(), sums[nonzero].tolist()):
+                    p, ee = divmod(k, width)
+                    self.products[p] += int(total) << (ee + 2 * e_low + shift - BASE)
+
+    def merge(self, other):
+        """Add another accumulator's sums (exact: the order of merges does not matter)."""
+        if other.n_cols != self.n_cols:
+            raise ValueError("CrossMoments.merge: the accumulators differ in columns")
+        self.sums.merge(other.sums)
+        self.products = [x + y for x, y in zip(self.products, other.products)]
+        return self
+
+    def covariance(self):
+        """The correctly rounded population covariance matrix ``(n_cols, n_cols)``."""
+        d = self.sums._denominator()
+        s1, n = self.sums.s1, self.sums.n
+        cov = np.empty((self.n_cols, self.n_cols))
+        for p, (i, j) in enumerate(zip(self.first.tolist(), self.second.tolist())):
+            # cov = S_ij 2^BASE / n - S_i S_j 2^(2 BASE) / n^2 = (n S_ij 2^-BASE - S_i S_j) / d^2
+            cov[i, j] = cov[j, i] = ((n * self.products[p] << -BASE) - s1[i] * s1[j]) / (d * d)
+        return cov
 
 
 def _sqrt_ratio(num, den):
