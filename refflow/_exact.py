@@ -41,6 +41,8 @@ _NE = _EMAX - _EMIN + 1
 _BLOCK = 1 << 16
 _TWO26 = float(1 << 26)
 _TWO27 = float(1 << 27)
+#: Rows summed into the float64 bins of :class:`CrossMoments` before they are flushed.
+_ROWS_EXACT = 1 << 25
 
 
 def _binned(out, weights, key, factor, offset):
@@ -164,8 +166,9 @@ class CrossMoments:
 
         x_i x_j = (a_i a_j 2^-52 + (a_i b_j + b_i a_j) 2^-79 + b_i b_j 2^-106) 2^(e_i + e_j)
 
-    each split into 26-bit halves and binned by the pair and by ``e_i + e_j``, as the squares of
-    :class:`Moments` are. :meth:`covariance` then evaluates the population covariance
+    each split into 26-bit halves and binned by the pair and by the power of two it multiplies,
+    as the squares of :class:`Moments` are (float64 bins over many rows, exact integers, then
+    added as Python integers). :meth:`covariance` then evaluates the population covariance
     ``(n S_ij - S_i S_j) / n^2`` in integer arithmetic and rounds it once (correctly rounded).
 
     Parameters
@@ -190,33 +193,50 @@ class CrossMoments:
             raise ValueError(f"CrossMoments.add: expected shape (m, {self.n_cols}), got "
                              f"{values.shape}")
         self.sums.add(values)
-        rows = max(1, _BLOCK // self.first.size)
+        pairs = self.first.size
+        rows = max(1, _BLOCK // pairs)
+        # float64 bins by pair and by t (a term w 2^t): a row puts at most 2 terms of
+        # |w| <= 2^26 in a bin, so the bins stay exact integers (below 2^52) while fewer than
+        # _ROWS_EXACT = 2^25 rows are in them; they are flushed to Python integers when the
+        # exponents leave their window, at that count, and at the end of the call
+        bins, low, high, count = None, 0, -1, 0
         for start in range(0, values.shape[0], rows):
-            self._add_block(values[start:start + rows])
+            f, e = np.frexp(values[start:start + rows])
+            t = e[:, self.first] + e[:, self.second]            # e_i + e_j, (m, pairs)
+            t_low, t_high = int(t.min()) - 106, int(t.max()) - 26
+            if bins is None or t_low < low or t_high > high or count + len(t) >= _ROWS_EXACT:
+                if bins is not None:
+                    self._flush(bins, low, high)
+                    t_low, t_high = min(t_low, low), max(t_high, high)
+                low, high, count = t_low, t_high, 0
+                bins = np.zeros(pairs * (high - low + 1))
+            self._add_block(f, t, bins, low, high)
+            count += len(t)
+        if bins is not None:
+            self._flush(bins, low, high)
         return self
 
-    def _add_block(self, v):
-        f, e = np.frexp(v)
+    def _add_block(self, f, t, bins, low, high):
         scaled = f * _TWO26
         a = np.rint(scaled)
         b = (scaled - a) * _TWO27
         i, j = self.first, self.second
-        pairs = len(self.products)
-        if v.shape[0] == 0:
-            return
-        # bins only for the exponents present: e_i + e_j - 2 e_low in [0, width)
-        e_low = int(e.min())
-        width = 2 * (int(e.max()) - e_low) + 1
-        key = (e[:, i] + e[:, j] + (np.arange(pairs) * width - 2 * e_low)).ravel()
+        width = high - low + 1
+        key = t + (np.arange(t.shape[1]) * width - low)         # the bin of 2^(e_i + e_j)
         for product, offset in ((a[:, i] * a[:, j], -52), (a[:, i] * b[:, j], -79),
                                 (b[:, i] * a[:, j], -79), (b[:, i] * b[:, j], -106)):
-            high, low = _split26(product)
-            for weights, shift in ((high, offset + 26), (low, offset)):
-                sums = np.bincount(key, weights=weights.ravel(), minlength=pairs * width)
-                nonzero = np.flatnonzero(sums)
-                for k, total in zip(nonzero.tolist(), sums[nonzero].tolist()):
-                    p, ee = divmod(k, width)
-                    self.products[p] += int(total) << (ee + 2 * e_low + shift - BASE)
+            upper, lower = _split26(product)
+            for weights, shift in ((upper, offset + 26), (lower, offset)):
+                bins += np.bincount((key + shift).ravel(), weights=weights.ravel(),
+                                    minlength=bins.size)
+
+    def _flush(self, bins, low, high):
+        """Add the float64 bins (exact integers) to the Python-integer sums."""
+        width = high - low + 1
+        nonzero = np.flatnonzero(bins)
+        for k, total in zip(nonzero.tolist(), bins[nonzero].tolist()):
+            p, r = divmod(k, width)
+            self.products[p] += int(total) << (r + low - BASE)
 
     def merge(self, other):
         """Add another accumulator's sums (exact: the order of merges does not matter)."""

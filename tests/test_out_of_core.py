@@ -10,6 +10,7 @@ import pytest
 import scipy.linalg
 
 from refflow import MAF, FlowDensity, fit
+from refflow import _exact as exact_module
 from refflow import _rows as rows_module
 from refflow._exact import CrossMoments, Moments, exact_mean
 from refflow._rows import Standardized, Whitened, covariance, permutation, rows_of, whiten
@@ -226,7 +227,7 @@ def test_exact_mean():
 SUBSTITUTION = 1e-14
 
 
-def test_cross_moments_covariance_is_correctly_rounded_and_order_free():
+def test_cross_moments_covariance_is_correctly_rounded_and_order_free(monkeypatch):
     rng = np.random.default_rng(5)
     x = np.column_stack([rng.normal(1e6, 1e-3, 401), rng.standard_cauchy(401) * 1e150,
                          np.full(401, 0.1), rng.normal(0, 1e-200, 401)])
@@ -241,6 +242,10 @@ def test_cross_moments_covariance_is_correctly_rounded_and_order_free():
     perm = np.random.default_rng(6).permutation(401)
     parts = [CrossMoments(4).add(x[perm[a:b]]) for a, b in ((200, 401), (0, 1), (1, 200))]
     assert np.array_equal(parts[2].merge(parts[0]).merge(parts[1]).covariance(), cov)
+    # small blocks (bins re-windowed as the exponents change) and early flushes: the same bits
+    monkeypatch.setattr(exact_module, "_BLOCK", 40)                 # 4 rows per block
+    monkeypatch.setattr(exact_module, "_ROWS_EXACT", 30)
+    assert np.array_equal(CrossMoments(4).add(x[perm]).covariance(), cov)
 
 
 def test_whiten_gives_a_row_the_same_bits_in_any_chunk(data):
