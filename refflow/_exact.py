@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-__all__ = ["Moments", "exact_mean", "partial_sum", "mean_from_sum"]
+__all__ = ["Moments", "CrossMoments", "exact_mean", "partial_sum", "mean_from_sum"]
 
 #: Every term below is an integer multiple of ``2^BASE``: values are multiples of ``2^(e - 53)``
 #: with ``e >= -1073`` (the smallest subnormal), squares multiples of ``2^(2e - 106)``.
@@ -41,6 +41,8 @@ _NE = _EMAX - _EMIN + 1
 _BLOCK = 1 << 16
 _TWO26 = float(1 << 26)
 _TWO27 = float(1 << 27)
+#: Rows summed into the float64 bins of :class:`CrossMoments` before they are flushed.
+_ROWS_EXACT = 1 << 25
 
 
 def _binned(out, weights, key, factor, offset):
@@ -152,6 +154,107 @@ class Moments:
         n = self.n
         return np.array([num * ((1 << 104) - n * (1 << 52)) <= (n * s1) ** 2
                          for num, s1 in zip(self._variance_numerators(), self.s1)])
+
+
+class CrossMoments:
+    r"""Exact running sums of the columns and of the products of pairs of columns of 2-D
+    float64 blocks, for a covariance matrix that does not depend on the order of the rows or
+    on how they are split into chunks; mergeable in any order.
+
+    With the splits ``x_i = a_i 2^(e_i - 26) + b_i 2^(e_i - 53)`` of the module docs, a product
+    of two values is the sum of four exact integer products below ``2^52``::
+
+        x_i x_j = (a_i a_j 2^-52 + (a_i b_j + b_i a_j) 2^-79 + b_i b_j 2^-106) 2^(e_i + e_j)
+
+    each split into 26-bit halves and binned by the pair and by the power of two it multiplies,
+    as the squares of :class:`Moments` are (float64 bins over many rows, exact integers, then
+    added as Python integers). :meth:`covariance` then evaluates the population covariance
+    ``(n S_ij - S_i S_j) / n^2`` in integer arithmetic and rounds it once (correctly rounded).
+
+    Parameters
+    ----------
+    n_cols : int
+    """
+
+    def __init__(self, n_cols):
+        self.n_cols = int(n_cols)
+        self.first, self.second = np.triu_indices(self.n_cols)
+        self.sums = Moments(self.n_cols, squares=False)
+        self.products = [0] * self.first.size
+
+    @property
+    def n(self):
+        return self.sums.n
+
+    def add(self, values):
+        """Add the rows of ``values`` (``(m, n_cols)``, finite; float32 is widened exactly)."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != self.n_cols:
+            raise ValueError(f"CrossMoments.add: expected shape (m, {self.n_cols}), got "
+                             f"{values.shape}")
+        self.sums.add(values)
+        pairs = self.first.size
+        rows = max(1, _BLOCK // pairs)
+        # float64 bins by pair and by t (a term w 2^t): a row puts at most 2 terms of
+        # |w| <= 2^26 in a bin, so the bins stay exact integers (below 2^52) while fewer than
+        # _ROWS_EXACT = 2^25 rows are in them; they are flushed to Python integers when the
+        # exponents leave their window, at that count, and at the end of the call
+        bins, low, high, count = None, 0, -1, 0
+        for start in range(0, values.shape[0], rows):
+            f, e = np.frexp(values[start:start + rows])
+            t = e[:, self.first] + e[:, self.second]            # e_i + e_j, (m, pairs)
+            t_low, t_high = int(t.min()) - 106, int(t.max()) - 26
+            if bins is None or t_low < low or t_high > high or count + len(t) >= _ROWS_EXACT:
+                if bins is not None:
+                    self._flush(bins, low, high)
+                    t_low, t_high = min(t_low, low), max(t_high, high)
+                low, high, count = t_low, t_high, 0
+                bins = np.zeros(pairs * (high - low + 1))
+            self._add_block(f, t, bins, low, high)
+            count += len(t)
+        if bins is not None:
+            self._flush(bins, low, high)
+        return self
+
+    def _add_block(self, f, t, bins, low, high):
+        scaled = f * _TWO26
+        a = np.rint(scaled)
+        b = (scaled - a) * _TWO27
+        i, j = self.first, self.second
+        width = high - low + 1
+        key = t + (np.arange(t.shape[1]) * width - low)         # the bin of 2^(e_i + e_j)
+        for product, offset in ((a[:, i] * a[:, j], -52), (a[:, i] * b[:, j], -79),
+                                (b[:, i] * a[:, j], -79), (b[:, i] * b[:, j], -106)):
+            upper, lower = _split26(product)
+            for weights, shift in ((upper, offset + 26), (lower, offset)):
+                bins += np.bincount((key + shift).ravel(), weights=weights.ravel(),
+                                    minlength=bins.size)
+
+    def _flush(self, bins, low, high):
+        """Add the float64 bins (exact integers) to the Python-integer sums."""
+        width = high - low + 1
+        nonzero = np.flatnonzero(bins)
+        for k, total in zip(nonzero.tolist(), bins[nonzero].tolist()):
+            p, r = divmod(k, width)
+            self.products[p] += int(total) << (r + low - BASE)
+
+    def merge(self, other):
+        """Add another accumulator's sums (exact: the order of merges does not matter)."""
+        if other.n_cols != self.n_cols:
+            raise ValueError("CrossMoments.merge: the accumulators differ in columns")
+        self.sums.merge(other.sums)
+        self.products = [x + y for x, y in zip(self.products, other.products)]
+        return self
+
+    def covariance(self):
+        """The correctly rounded population covariance matrix ``(n_cols, n_cols)``."""
+        d = self.sums._denominator()
+        s1, n = self.sums.s1, self.sums.n
+        cov = np.empty((self.n_cols, self.n_cols))
+        for p, (i, j) in enumerate(zip(self.first.tolist(), self.second.tolist())):
+            # cov = S_ij 2^BASE / n - S_i S_j 2^(2 BASE) / n^2 = (n S_ij 2^-BASE - S_i S_j) / d^2
+            cov[i, j] = cov[j, i] = ((n * self.products[p] << -BASE) - s1[i] * s1[j]) / (d * d)
+        return cov
 
 
 def _sqrt_ratio(num, den):

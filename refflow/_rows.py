@@ -11,6 +11,9 @@ array (:func:`refflow._dask.is_dask_array` never imports it).
 - :class:`DaskRows`: a dask array with known row chunks; a gather of rows runs one dask
   computation per window of rows (each chunk holding some of them gives just those).
 - :class:`Standardized`: ``(rows - mean) / scale`` of another source, in float64.
+- :class:`Whitened`: ``C^{-1} rows`` of another source for a lower-triangular ``C``, row by row
+  (:func:`whiten`: the same bits for a row whatever chunk it is read in).
+- :func:`covariance`: the exact population covariance of a source's rows in one pass.
 - :func:`scan`: one pass over a source, chunk by chunk, that checks every value is finite and
   (optionally) accumulates the exact column moments of :class:`refflow._exact.Moments`; over a
   dask array the chunks are scanned in parallel (exact sums do not depend on the order).
@@ -19,10 +22,10 @@ array (:func:`refflow._dask.is_dask_array` never imports it).
 import numpy as np
 
 from ._dask import float_dtype, is_dask_array
-from ._exact import Moments
+from ._exact import CrossMoments, Moments
 
 __all__ = ["out_of_core", "Rows", "ArrayRows", "DaskRows", "RepeatedRows",
-           "Standardized", "rows_of", "scan", "permutation", "WINDOW_BYTES", "PASS_BYTES"]
+           "Standardized", "Whitened", "whiten", "covariance", "rows_of", "scan", "permutation", "WINDOW_BYTES", "PASS_BYTES"]
 
 #: Bytes of rows gathered from a dask array per computation (a window of mini-batches).
 WINDOW_BYTES = 64 << 20
@@ -180,6 +183,72 @@ class Standardized(Rows):
 
     def take(self, index):
         return self._apply(self.source.take(index))
+
+
+def whiten(rows, chol):
+    """``w`` with ``chol w_r = s_r`` for every row ``s_r`` of ``rows`` (forward substitution,
+    ``w_i = (s_i - sum_{j<i} C_ij w_j) / C_ii``, the sum taken in the order ``j = 0, 1, ...``).
+
+    Elementwise over the rows (no BLAS call, whose blocking may depend on how many rows it is
+    given): a row's result is the same bits in any chunk, so a streamed fit whitens exactly as
+    the in-memory one."""
+    rows = np.asarray(rows, dtype=np.float64)
+    out = np.empty_like(rows)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i in range(rows.shape[1]):
+            acc = rows[:, i].copy()
+            for j in range(i):
+                acc -= chol[i, j] * out[:, j]
+            out[:, i] = acc / chol[i, i]
+    return out
+
+
+class Whitened(Rows):
+    """:func:`whiten` of the rows of a float64 ``source`` by a lower-triangular ``chol``."""
+
+    def __init__(self, source, chol):
+        super().__init__(source.n, source.k, np.float64)
+        self.source, self.chol = source, np.asarray(chol, dtype=np.float64)
+
+    def window(self, unit):
+        return self.source.window(unit)
+
+    def pieces(self):
+        return self.source.pieces()
+
+    def read(self, start, stop):
+        return whiten(self.source.read(start, stop), self.chol)
+
+    def take(self, index):
+        return whiten(self.source.take(index), self.chol)
+
+
+def _products_block(block, convert):
+    return CrossMoments(block.shape[1]).add(convert(block))
+
+
+def covariance(rows):
+    """The correctly rounded population covariance of the (finite) rows of ``rows`` from the
+    exact sums of :class:`refflow._exact.CrossMoments`, in one pass: the same matrix for the
+    data in memory, memory-mapped or in dask chunks. Over a dask array (also standardised) the
+    chunks are summed in parallel."""
+    base = rows.source if isinstance(rows, Standardized) else rows
+    if isinstance(base, DaskRows):
+        import dask
+
+        def convert(block):
+            block = base._convert(block)
+            return rows._apply(block) if rows is not base else block
+
+        tasks = [dask.delayed(_products_block, pure=True)(block, convert)
+                 for block in base.x.to_delayed().ravel()]
+        parts = dask.compute(*tasks)
+    else:
+        parts = (CrossMoments(rows.k).add(rows.read(a, b)) for a, b in rows.pieces())
+    total = CrossMoments(rows.k)
+    for part in parts:
+        total.merge(part)
+    return total.covariance()
 
 
 def rows_of(x, where, name, dim=None):

@@ -20,11 +20,11 @@ import sys
 import warnings
 
 import numpy as np
-import scipy.linalg
 
 from ._dask import is_dask_array
-from ._exact import Moments, exact_mean
-from ._rows import Standardized, out_of_core, rows_of, scan
+from ._exact import CrossMoments, Moments, exact_mean
+from ._rows import (Standardized, Whitened, covariance, out_of_core, rows_of, scan,
+                    whiten)
 from ._validation import (check_batch_size, check_bool, check_choice, check_hidden, check_int,
                           check_positive, check_real, check_rng)
 from .bijectors import Affine, Chain, LULinear
@@ -232,14 +232,16 @@ def _checked_standardization(X, where, name):
 _WHITEN_RIDGE = 1e-10
 
 
-def _whitening(S):
-    """Lower-triangular ``C`` with ``C C^T = cov(S)`` (population covariance of the rows).
+def _whitening(cov):
+    """Lower-triangular ``C`` with ``C C^T = cov``, the population covariance of the
+    standardised rows (:func:`refflow._rows.covariance`: exact sums, rounded once, so that the
+    same data in memory, memory-mapped or in dask chunks gives the same ``C``).
 
     A feature of zero variance gets variance 1 and no correlation (it is left as it is);
     when the factorisation fails (collinear features), a ridge of ``1e-10`` times the mean
     variance is added, and raised tenfold until it succeeds.
     """
-    cov = np.cov(S, rowvar=False, bias=True).reshape(S.shape[1], S.shape[1])
+    cov = np.array(cov, dtype=np.float64)
     zero = np.diag(cov) <= 0
     if zero.any():
         cov[zero, :] = 0.0
@@ -393,7 +395,10 @@ class FlowDensity:
         After the standardisation, decorrelate the features: the flow is fitted to
         ``w = C^{-1} s`` with ``C`` the lower Cholesky factor of the training covariance of
         ``s``, and ``C`` is folded into the model as a fixed :class:`~refflow.LULinear`
-        layer (see Notes). The flow then starts as the full-covariance Gaussian fit of the
+        layer (see Notes). The covariance comes from exact sums of the products of the
+        columns, rounded once, and ``C w = s`` is solved row by row by forward substitution,
+        so that a streamed fit (``numpy.memmap`` or dask array) whitens bit for bit as the
+        in-memory one, without holding the data. The flow then starts as the full-covariance Gaussian fit of the
         data, which matters most with few rows (see DEVELOPERS.md, "FlowDensity's
         defaults").
     random_state : None, int, numpy.random.Generator or numpy.random.RandomState
@@ -772,8 +777,10 @@ class FlowDensity:
             names become ``feature_names_in_``. A ``numpy.memmap`` or a dask array (and a
             context of either kind) is streamed, never copied whole: one pass checks the values
             and sums the standardisation statistics exactly, and the mini-batches are gathered
-            by index (see :func:`refflow.fit`); the fitted model is bit for bit the one fitted
-            on the same data in memory with the same ``random_state``.
+            by index (see :func:`refflow.fit`); with ``whiten=True`` a second pass sums the
+            covariance exactly and the rows are whitened as they are read. The fitted model
+            is bit for bit the one fitted on the same data in memory with the same
+            ``random_state``, with or without ``standardize`` and ``whiten``.
         y : None
             Ignored (scikit-learn's signature: pipelines pass ``y`` positionally).
         context : array_like or data frame of shape (n_samples, n_context_features), optional
@@ -853,9 +860,14 @@ class FlowDensity:
             c_mean, c_scale, Cs = np.zeros(0), np.ones(0), None
         whitening = None
         if self.whiten and dim > 1:
-            chol = _whitening(Xs)
-            # solve C w = s row-wise: w^T = s^T C^{-T}
-            Xs = scipy.linalg.solve_triangular(chol, Xs.T, lower=True).T
+            # one pass of exact sums, then C w = s solved row by row (forward substitution,
+            # elementwise): a streamed source is whitened as it is read, bit for bit as here
+            if streamed:
+                chol = _whitening(covariance(Xs))
+                Xs = Whitened(Xs, chol)
+            else:
+                chol = _whitening(CrossMoments(dim).add(Xs).covariance())
+                Xs = whiten(Xs, chol)
             whitening = (chol, float(np.sum(np.log(np.diag(chol)))))
 
         rng = options["rng"]

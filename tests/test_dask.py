@@ -109,7 +109,8 @@ def test_the_model_is_in_the_graph_once_and_as_it_was(data, points):
                or isinstance(getattr(v, "value", None), FlowDensity)]
     assert len(holders) == 1
     assert len(graph) == 10 + 10 + 1                                # input, tasks, the model
-    model.flow_.params["bijector.layers.1.shift"][...] += 1.0       # after the graph was built
+    last = len(model.flow_.bijector.layers) - 1                      # the Affine (whitening before)
+    model.flow_.params[f"bijector.layers.{last}.shift"][...] += 1.0  # after the graph was built
     assert np.array_equal(lazy.compute(), ref)
 
 
