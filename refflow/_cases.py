@@ -126,7 +126,8 @@ def _kink_safe_case(build, sample_z, sample_x, margin=1e-3):
         dim = bijector.dim
 
         def safe(sample, direction):
-            def draw(r, n):
+            def draw(r, n, context=None):
+                # the samplers' signature; kink-safe cases are unconditional, so no context
                 r = np.random.default_rng(r)
                 v = sample(r, n, dim)
                 for _ in range(200):
