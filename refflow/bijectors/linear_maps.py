@@ -52,14 +52,30 @@ __all__ = ["MatrixExponential", "Rotation", "TriangularAffine"]
 _INV_SOFTPLUS_ONE = math.log(math.expm1(1.0))
 
 
-def _expm(m):
-    """``expm(m)`` in float64 (via ``expm_frechet``, the same algorithm as the pullback's)."""
-    return expm_frechet(m, np.zeros_like(m), compute_expm=True, check_finite=False)[0]
+def _expm(m, where):
+    """``expm(m)`` in float64 (via ``expm_frechet``, the same algorithm as the pullback's);
+    ``where`` names the layer in the error for a non-finite ``m``."""
+    if not np.isfinite(m).all():
+        raise ValueError(f"{where}: the matrix parameter is not finite")
+    try:
+        return expm_frechet(m, np.zeros_like(m), compute_expm=True, check_finite=False)[0]
+    except ValueError:  # scaling and squaring overflowed inside scipy (its solve saw inf)
+        raise ValueError(f"{where}: the matrix exponential of the parameter overflows "
+                         f"float64") from None
 
 
-def _expm_adjoint(m, g):
-    """``L(m^T, g)``: the cotangent of ``m`` for a cotangent ``g`` of ``expm(m)`` (float64)."""
-    return expm_frechet(m.T, g, compute_expm=False, check_finite=False)
+def _expm_adjoint(m, g, where):
+    """``L(m^T, g)``: the cotangent of ``m`` for a cotangent ``g`` of ``expm(m)`` (float64);
+    ``where`` names the layer in the error for a non-finite ``g`` (``g`` is ``out_bar^T v``:
+    it overflows when the rows or their cotangents are too large for float64)."""
+    if not np.isfinite(g).all():
+        raise ValueError(f"{where}: the cotangent of the matrix exponential overflows float64 "
+                         f"(rows or output cotangents too large)")
+    try:
+        return expm_frechet(m.T, g, compute_expm=False, check_finite=False)
+    except ValueError:  # scaling and squaring overflowed inside scipy (its solve saw inf)
+        raise ValueError(f"{where}: the cotangent of the matrix exponential overflows float64 "
+                         f"(rows or output cotangents too large)") from None
 
 
 class MatrixExponential(Bijector):
@@ -127,7 +143,7 @@ class MatrixExponential(Bijector):
 
     def _pass(self, sign, v, vjp):
         m = sign * self._p(np.float64)["weight"]
-        w = _expm(m)
+        w = _expm(m, "MatrixExponential")
         if not np.isfinite(w).all():
             raise self._domain_error("forward" if sign > 0 else "inverse",
                                      "expm(weight) overflows float64")
@@ -139,7 +155,7 @@ class MatrixExponential(Bijector):
 
         def pullback(out_bar, log_det_bar):
             g = (out_bar.T @ v).astype(np.float64)            # cotangent of expm(sign M)
-            m_bar = _expm_adjoint(m, g) + float(log_det_bar.sum()) * np.eye(self.dim)
+            m_bar = _expm_adjoint(m, g, "MatrixExponential") + float(log_det_bar.sum()) * np.eye(self.dim)
             return out_bar @ w_d, {"weight": sign * m_bar}, None
 
         return out, log_det, pullback
@@ -209,10 +225,10 @@ class Rotation(Bijector):
     def _rotation(self):
         a = self._p(np.float64)["generator"]
         k = a - a.T
-        return k, _expm(k)
+        return k, _expm(k, "Rotation")
 
     def _generator_bar(self, k, g):
-        k_bar = _expm_adjoint(k, g)        # L(K^T, G) = L(-K, G)
+        k_bar = _expm_adjoint(k, g, "Rotation")   # L(K^T, G) = L(-K, G)
         return k_bar - k_bar.T
 
     def _forward_pass(self, z, context, vjp):
