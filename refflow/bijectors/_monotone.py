@@ -66,9 +66,8 @@ from ..io.spec import declaration
 from ..kernels import use_fast_paths
 from ..kernels.monotone import monotone_solve, monotone_solve_numpy, solve_increasing
 from ..nn import MADE
-from ..nn.mlp import mlp_shapes
 from ..params import ParamDict, prefixed
-from .autoregressive import fixed_point_adjoint
+from .autoregressive import fixed_point_adjoint, made_declaration
 from .base import Bijector
 
 __all__ = ["MonotoneAutoregressive", "TransformerDomainError", "solve_increasing", "kernel_solve",
@@ -228,12 +227,7 @@ class MonotoneAutoregressive(Bijector):
         """The arrays that constructor arguments ``args`` imply: the MADE's (``dim +
         context_dim`` inputs, the hidden widths, ``dim * n_params`` outputs), then the
         transformer's own ``own`` (key -> shape), in the order :attr:`params` lists them."""
-        name = cls.__name__
-        dim = check_dim(args["dim"], name)
-        context_dim = args["context_dim"]
-        n_context = 0 if context_dim is None else check_dim(context_dim, name, "context_dim")
-        shapes = mlp_shapes(dim + n_context, dim * n_params, args["hidden"], f"{name}: MADE")
-        params = {f"made.{k}": s for k, s in shapes.items()}
+        params = made_declaration(cls.__name__, args, n_params)
         params.update(own or {})
         return declaration(params)
 

@@ -60,6 +60,16 @@ def fixed_point_adjoint(x_bar, step, max_steps):
     return lam, aux, made_result
 
 
+
+def made_declaration(name, args, n_params):
+    """``{"made.<key>": shape}`` of a MADE conditioner that constructor arguments ``args``
+    imply: ``dim + context_dim`` inputs, the hidden widths, ``dim * n_params`` outputs."""
+    dim = check_dim(args["dim"], name)
+    context_dim = args["context_dim"]
+    n_context = 0 if context_dim is None else check_dim(context_dim, name, "context_dim")
+    shapes = mlp_shapes(dim + n_context, dim * n_params, args["hidden"], f"{name}: MADE")
+    return {f"made.{k}": s for k, s in shapes.items()}
+
 class MaskedAutoregressiveBase(Bijector):
     """A masked autoregressive layer: the MADE, the context and the two passes.
 
@@ -108,14 +118,8 @@ class MaskedAutoregressiveBase(Bijector):
 
     @classmethod
     def _made_declaration(cls, args, n_params):
-        """The MADE's arrays that ``args`` imply: ``dim + context_dim`` inputs, the hidden
-        widths, ``dim * n_params`` outputs."""
-        name = cls.__name__
-        dim = check_dim(args["dim"], name)
-        context_dim = args["context_dim"]
-        n_context = 0 if context_dim is None else check_dim(context_dim, name, "context_dim")
-        shapes = mlp_shapes(dim + n_context, dim * n_params, args["hidden"], f"{name}: MADE")
-        return declaration({f"made.{k}": s for k, s in shapes.items()})
+        """The MADE's arrays that ``args`` imply (see :func:`made_declaration`)."""
+        return declaration(made_declaration(cls.__name__, args, n_params))
 
     def _transform(self, direction, v, out, vjp, sampled=None):
         """The elementwise map of every coordinate in ``direction`` from the MADE's outputs.
