@@ -95,7 +95,7 @@ def main():
     if not args.skip_fuzz:
         env = dict(os.environ, REFFLOW_IO_FUZZ_EXAMPLES=str(args.examples),
                    PYTHONPATH=str(ROOT))
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-n", "0",
                         "tests/robustness/test_io_fuzz.py"], cwd=ROOT, env=env, check=True)
 
     with tempfile.TemporaryDirectory() as tmp:

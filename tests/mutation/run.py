@@ -70,7 +70,7 @@ def _failed_tests(output):
 
 
 def _run_pytest(copy, args, env, timeout):
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "--no-header", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "--no-header", "-p", "no:cacheprovider", "-n", "0",
            "-rfE", *shlex.split(args)]
     start = time.monotonic()
     try:
