@@ -141,10 +141,35 @@ def _double_distribution(dist):
 def _pyro_log_prob(dist, xt, ct):
     """Pyro's ``log_prob`` of a float64 copy of ``dist`` at ``xt`` (conditioned on ``ct``) and
     the copy's parameters named ``"<transform index>.<parameter name>"``."""
-    peer = copy.deepcopy(dist)
+    import torch
+
+    # Pyro's transforms cache their last (x, y) and log-scales, tensors inside an autograd
+    # graph that deepcopy refuses: the copy gets them detached (the caller's stay as they are)
+    memo, seen = {}, set()
+
+    def detach_cached(obj):
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if torch.is_tensor(obj):
+            if obj.grad_fn is not None:
+                memo[id(obj)] = obj.detach()
+        elif isinstance(obj, (tuple, list)):
+            for item in obj:
+                detach_cached(item)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                detach_cached(item)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            detach_cached(vars(obj))
+
+    detach_cached(dist)
+    peer = copy.deepcopy(dist, memo)
     _double_distribution(peer.base_dist)
     named = {}
     for i, t in enumerate(peer.transforms):
+        if hasattr(t, "clear_cache"):
+            t.clear_cache()
         if hasattr(t, "named_parameters"):
             t.double()
             for n, p in t.named_parameters():
@@ -169,7 +194,7 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
 
     Parameters
     ----------
-    torch_flow : zuko.flows.Flow, nflows.flows.Flow, normflows.NormalizingFlow or Pyro (Conditional)TransformedDistribution
+    torch_flow : zuko, nflows or normflows flow, or Pyro (Conditional)TransformedDistribution
     model : refflow.Flow
         ``from_zuko(torch_flow)`` (possibly imported before the peer was trained further: the
         parameter map is rebuilt from ``torch_flow``), or ``from_nflows(torch_flow)`` (its
