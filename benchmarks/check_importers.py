@@ -9,9 +9,9 @@ the largest relative log-prob error (target <= 1e-10) and the largest relative g
 
     python benchmarks/check_importers.py --peers normflows,pyro
 
-A peer's check is a function ``check(seed, n_models) -> [(config, max_log_prob_rel,
-max_grad_rel), ...]`` registered with ``@register("name")``; each peer's functions are kept in
-one block below.
+A peer's check is a generator function ``check(seed, n_models)`` yielding ``(config,
+max_log_prob_rel, max_grad_rel)`` per model (``nan`` for a gradient not compared), registered
+with ``@register("name")``; each peer's functions are kept in one block below.
 """
 
 import argparse
@@ -124,7 +124,6 @@ def check_normflows(seed, n_models):
     import torch
 
     from refflow.interop import compare, from_normflows
-    rows = []
     for m in range(n_models):
         rng = np.random.default_rng([seed, m])
         torch.manual_seed(int(rng.integers(2 ** 31)))
@@ -160,12 +159,11 @@ def check_normflows(seed, n_models):
                 lp_peer = (model.q0.log_prob(torch.as_tensor(z)) - log_det).numpy()
             lp_ref = ours.log_prob(zt.numpy())
             rel = np.abs(lp_ref - lp_peer) / np.maximum(np.abs(lp_peer), 1.0)
-            rows.append((config + " [samples; no grads]", float(rel.max()), float("nan")))
+            yield config + " [samples; no grads]", float(rel.max()), float("nan")
             continue
         xe, ce = _data(np.random.default_rng([seed, m, 1]), 128, dim, ctx)
         report = compare(model, ours, xe, ce)
-        rows.append((config, report.max_log_prob_rel, report.max_grad_rel))
-    return rows
+        yield config, report.max_log_prob_rel, report.max_grad_rel
 
 
 # ------------------------------------------------------------------------------ Pyro block
@@ -215,7 +213,6 @@ def check_pyro(seed, n_models):
     from refflow.interop import compare, from_pyro
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)   # Pyro builds masks and parameters in it
-    rows = []
     try:
         for m in range(n_models):
             rng = np.random.default_rng([seed, m])
@@ -242,18 +239,18 @@ def check_pyro(seed, n_models):
                       for p in t.parameters()]
 
             def loss():
+                # a new tensor each step: Pyro's transforms cache their last (x, y) by identity
                 d = dist if ct is None else dist.condition(ct)
-                return -d.log_prob(xt).mean()
+                return -d.log_prob(xt.clone()).mean()
 
             _train(params, loss, steps=30)
             ours = from_pyro(dist)
             xe, ce = _data(np.random.default_rng([seed, m, 1]), 128, dim, ctx)
             report = compare(dist, ours, xe, ce)
-            rows.append((f"D{dim}{',ctx2' if conditional else ''} " + "+".join(config),
-                         report.max_log_prob_rel, report.max_grad_rel))
+            yield (f"D{dim}{',ctx2' if conditional else ''} " + "+".join(config),
+                   report.max_log_prob_rel, report.max_grad_rel)
     finally:
         torch.set_default_dtype(old)
-    return rows
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -272,15 +269,14 @@ def main(argv=None):
         parser.error("--models must be >= 1")
     failed = False
     for peer in peers:
-        rows = CHECKS[peer](args.seed, args.models)
-        width = max(len(r[0]) for r in rows)
-        print(f"\n{peer}: {len(rows)} models (targets: log-prob <= {RTOL_LOG_PROB:.0e}, "
+        print(f"\n{peer}: {args.models} models (targets: log-prob <= {RTOL_LOG_PROB:.0e}, "
               f"gradients <= {RTOL_GRAD:.0e}, relative)")
-        print(f"  {'model':<{width}}  {'max lp rel':>10}  {'max grad rel':>12}")
-        for config, lp, grad in rows:
+        print(f"  {'max lp rel':>10}  {'max grad rel':>12}  model", flush=True)
+        for config, lp, grad in CHECKS[peer](args.seed, args.models):
             bad = not lp <= RTOL_LOG_PROB or (grad == grad and not grad <= RTOL_GRAD)
             failed |= bad
-            print(f"  {config:<{width}}  {lp:>10.2e}  {grad:>12.2e}{'  FAIL' if bad else ''}")
+            print(f"  {lp:>10.2e}  {grad:>12.2e}  {config}{'  FAIL' if bad else ''}",
+                  flush=True)
     return 1 if failed else 0
 
 

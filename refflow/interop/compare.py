@@ -128,14 +128,13 @@ def _peer_mapping(torch_flow, model, kind):
 
 
 def _double_distribution(dist):
-    """The floating tensors of a torch distribution (and of the one it wraps) as float64."""
+    """The floating tensors of a torch distribution (and of those it wraps) as float64."""
     import torch
-    for obj in (dist, getattr(dist, "base_dist", None)):
-        if obj is None:
-            continue
-        for name, value in list(vars(obj).items()):
+    while dist is not None:
+        for name, value in list(vars(dist).items()):
             if torch.is_tensor(value) and value.is_floating_point():
-                setattr(obj, name, value.detach().double())
+                setattr(dist, name, value.detach().double())
+        dist = getattr(dist, "base_dist", None)
 
 
 def _pyro_log_prob(dist, xt, ct):
@@ -179,15 +178,22 @@ def _pyro_log_prob(dist, xt, ct):
         if not hasattr(peer, "condition"):
             raise ValueError("compare: a context was given for an unconditional Pyro flow")
         peer = peer.condition(ct)
-    return peer.log_prob(xt), named
+    # Pyro's sequential inverses start from torch.zeros in the default dtype: float64 while
+    # Pyro runs, restored after
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return peer.log_prob(xt), named
+    finally:
+        torch.set_default_dtype(old)
 
 
 def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_grad=1e-8):
     """Compare a peer (zuko, nflows, normflows, Pyro) flow with a refflow model on ``x``.
 
     The peer runs on a float64 copy (``copy.deepcopy(torch_flow).double()``; for Pyro the
-    transforms and the base distribution's tensors of a deep copy; the caller's objects and
-    torch's default dtype are left alone). Its autograd gradient of
+    transforms and the base distribution's tensors of a deep copy, evaluated with torch's default
+    dtype set to float64 and restored after; the caller's objects are left alone). Its autograd gradient of
     ``mean(log_prob(x))`` is compared, per peer parameter, with refflow's
     (``-Flow.nll_and_grad``), mapped back to the peer's names (rows of a coupling layer's last
     linear permuted back).

@@ -71,7 +71,7 @@ The returned model carries ``peer_gradients`` (``{"<transform index>.<parameter 
 
 import numpy as np
 
-from .common import index_map, np64
+from .common import index_map, np64, unused_map
 
 __all__ = ["from_pyro"]
 
@@ -360,7 +360,11 @@ def _spline_coupling(t, dim, where):
     # refflow's forward, hence the Inverse (refflow's spline layers' inverse is the spline)
     layers = [Inverse(coupling)]
     out = {n: (0, key, i) for n, (key, i) in grads.items()}
-    if not t.identity:
+    if t.identity:  # Pyro keeps (and never uses) the lower spline's parameters: gradient 0
+        for name in _SPLINE_NAMES[:len(sizes)]:
+            out[f"lower_spline.{name}"] = (0, "conditioner.b0",
+                                           unused_map(tuple(getattr(lower, name).shape)))
+    else:
         if lower.order != order or int(lower.count_bins) != k or \
                 float(lower.bound) != float(upper.bound):
             _refuse(where, "lower and upper splines of different kinds")
@@ -401,6 +405,8 @@ def _convert(t, dim, straight_through=False):
     from torch.distributions.transforms import ComposeTransform
 
     from ..bijectors import Householder, Permute, Planar, Radial
+    if type(t).__name__ == "ConstantConditionalTransform":  # a plain transform in a conditional
+        t = t.transform                                    # flow: Pyro's wrapper
     cls = type(t)
     where = cls.__name__
     if cls is ComposeTransform:
@@ -460,6 +466,8 @@ def _base(base):
     import torch.distributions as D
 
     from ..distributions import DiagNormal
+    if type(base).__name__ == "ConstantConditionalDistribution":  # a conditional flow's base
+        base = base.base_dist
     inner = base
     if isinstance(base, D.Independent):  # torch's, or Pyro's subclass (``.to_event(1)``)
         if base.reinterpreted_batch_ndims != 1:
