@@ -83,7 +83,7 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="from_pyro"):
         from_pyro(object())
     with pytest.raises(NotImplementedError, match="base distribution"):
-        from_pyro([T.Permute(torch.arange(2))], pd.Uniform(torch.zeros(2), 1).to_event(1))
+        from_pyro([T.Permute(torch.arange(2))], pd.Laplace(torch.zeros(2), 1).to_event(1))
 
 
 #: directional derivatives of the same function by autograd and by refflow's pullbacks.
@@ -271,3 +271,22 @@ def test_unsupported_options_are_refused_by_name():
         t = T.AffineAutoregressive(AutoRegressiveNN(3, [6], skip_connections=True))
         with pytest.raises(ValueError, match="skip_connections"):
             from_pyro(pd.TransformedDistribution(base, [t]))
+
+
+@pytest.mark.parametrize("kind", ["uniform", "studentt"])
+def test_uniform_and_student_bases(kind):
+    with _float64():
+        torch.manual_seed(1)
+        if kind == "uniform":
+            base = pd.Uniform(torch.tensor([-3.0, -2.0, -4.0]),
+                              torch.tensor([3.0, 2.5, 4.0])).to_event(1)
+        else:
+            base = pd.StudentT(torch.tensor([2.0, 5.0, 9.0]), torch.tensor([0.1, -0.2, 0.3]),
+                               torch.tensor([1.0, 0.5, 2.0])).to_event(1)
+        dist = pd.TransformedDistribution(base, [T.Spline(3, count_bins=4)])
+    # points whose preimages lie inside the uniform box (the spline maps [-3, 3] onto itself)
+    x = np.random.default_rng(2).uniform(-1.5, 1.5, size=(40, 3))
+    report = compare(dist, from_pyro(dist), x, rtol_log_prob=RTOL_LOG_PROB_COMPARE,
+                     rtol_grad=RTOL_GRAD_COMPARE)
+    assert np.isfinite(report.log_prob_peer).all()
+    assert report.ok, str(report)

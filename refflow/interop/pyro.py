@@ -63,7 +63,8 @@ refflow's ``"pyro"`` BNAF is the consistent map, equal to Pyro's only to ~1e-8);
 conditional transforms (their imports are not written yet); non-default clamps
 (``log_scale_min_clip``/``max_clip`` other than ``-5``/``3``), ``sigmoid_bias`` other than 2,
 ``skip_connections=True``, ``count_bins < 2``, other nonlinearities than ReLU, Tanh,
-Softplus; bases other than ``Normal(loc, scale).to_event(1)``. Nothing is approximated.
+Softplus; bases other than ``Normal``, ``Uniform`` and ``StudentT`` (``.to_event(1)``; refflow's
+``DiagNormal``, ``Uniform`` and ``StudentT(trainable_df=False)``). Nothing is approximated.
 
 The returned model carries ``peer_gradients`` (``{"<transform index>.<parameter name>":
 (refflow key, flat indices)}``) for :func:`refflow.interop.compare`.
@@ -465,7 +466,7 @@ def _convert(t, dim, straight_through=False):
 def _base(base):
     import torch.distributions as D
 
-    from ..distributions import DiagNormal
+    from ..distributions import DiagNormal, StudentT, Uniform
     if type(base).__name__ == "ConstantConditionalDistribution":  # a conditional flow's base
         base = base.base_dist
     inner = base
@@ -473,16 +474,28 @@ def _base(base):
         if base.reinterpreted_batch_ndims != 1:
             _refuse("Independent", f"reinterpreted_batch_ndims={base.reinterpreted_batch_ndims}")
         inner = base.base_dist
-    if not isinstance(inner, D.Normal) or type(inner).__name__ != "Normal" or inner is base:
+    kind = type(inner).__name__
+    if inner is base or kind not in ("Normal", "Uniform", "StudentT") or \
+            not isinstance(inner, (D.Normal, D.Uniform, D.StudentT)):
         raise NotImplementedError(f"{_WHERE}: base distribution {type(base).__name__} is not "
-                                  f"supported (refflow imports Normal(loc, scale).to_event(1))")
-    loc, scale = np64(inner.loc), np64(inner.scale)
-    if loc.ndim != 1 or scale.shape != loc.shape:
-        _refuse("Normal", f"loc of shape {loc.shape} and scale of shape {scale.shape} (one "
-                          f"vector event, no batch)")
-    out = DiagNormal(loc.shape[0])
-    out.params["loc"] = loc
-    out.params["log_scale"] = np.log(scale)
+                                  f"supported (refflow imports Normal, Uniform and StudentT "
+                                  f"with .to_event(1))")
+    names = {"Normal": ("loc", "scale"), "Uniform": ("low", "high"),
+             "StudentT": ("df", "loc", "scale")}[kind]
+    values = [np64(getattr(inner, n)) for n in names]
+    if values[0].ndim != 1 or any(v.shape != values[0].shape for v in values):
+        _refuse(kind, f"parameters of shapes {[v.shape for v in values]} (one vector event, "
+                      f"no batch)")
+    dim = values[0].shape[0]
+    if kind == "Uniform":
+        return Uniform(values[0], values[1])
+    if kind == "StudentT":
+        out = StudentT(dim, df=values[0], trainable_df=False)
+        values = values[1:]
+    else:
+        out = DiagNormal(dim)
+    out.params["loc"] = values[0]
+    out.params["log_scale"] = np.log(values[1])
     return out
 
 
@@ -499,7 +512,8 @@ def from_pyro(dist, base=None, *, straight_through=False):
         ``stable=True`` with ``sigmoid_bias=2``), ``AffineCoupling`` and
         ``ConditionalAffineCoupling`` (default clamp), ``Spline``, ``SplineCoupling``,
         ``SplineAutoregressive`` and ``ConditionalSplineAutoregressive`` (``order`` "linear"
-        or "quadratic"), over ``Normal(loc, scale).to_event(1)``.
+        or "quadratic"), over ``Normal(loc, scale)``, ``Uniform(low, high)`` or
+        ``StudentT(df, loc, scale)`` with ``.to_event(1)``.
     base : torch.distributions.Distribution, optional
         The base distribution, when ``dist`` is a list of transforms.
     straight_through : bool, default False
