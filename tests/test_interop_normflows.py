@@ -253,7 +253,7 @@ def test_existing_layers_match_through_compare():
     _check_compare(model, dim, 5, False)
 
 
-def test_planar_samples_and_directional_gradient():
+def test_planar_samples_log_dets_and_scores():
     torch.manual_seed(0)
     flows = [nf.flows.Planar((3,)), nf.flows.Permute(3), nf.flows.Planar((3,))]
     model = nf.NormalizingFlow(nf.distributions.DiagGaussian(3), flows).double()
