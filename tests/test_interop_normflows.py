@@ -84,9 +84,22 @@ def test_sigmoid_scale_map_is_refused_by_name():
         from_normflows(_single(block))
 
 
-def test_spline_wrapper_is_refused_by_name():
-    flow = nf.flows.CoupledRationalQuadraticSpline(4, 1, 8)
-    with pytest.raises(NotImplementedError, match="CoupledRationalQuadraticSpline"):
+def test_circular_spline_wrapper_is_refused_by_name():
+    flow = nf.flows.CircularCoupledRationalQuadraticSpline(4, 1, 8, ind_circ=[0])
+    with pytest.raises(NotImplementedError, match="CircularCoupledRationalQuadraticSpline"):
+        from_normflows(_single(flow))
+
+
+def test_radial_is_refused_naming_its_alpha():
+    with pytest.raises(NotImplementedError, match="Radial.*alpha_raw"):
+        from_normflows(_single(nf.flows.Radial((4,))))
+
+
+def test_leaky_planar_and_feedforward_made_are_refused():
+    with pytest.raises(ValueError, match="Planar.*leaky_relu"):
+        from_normflows(_single(nf.flows.Planar((4,), act="leaky_relu")))
+    flow = nf.flows.MaskedAffineAutoregressive(4, 8, use_residual_blocks=False)
+    with pytest.raises(ValueError, match="MaskedAffineAutoregressive.*use_residual_blocks"):
         from_normflows(_single(flow))
 
 
@@ -144,3 +157,118 @@ def test_gradients_match_along_random_directions(seed):
     x = np.random.default_rng(seed + 50).normal(size=(30, dim))
     peer, mine = _directional(model, ours, from_normflows, x, seed)
     assert abs(mine - peer) <= RTOL_GRAD * max(abs(peer), 1.0), (peer, mine)
+
+
+# ----------------------------------------------------------- autoregressive and spline layers
+from refflow.interop import compare  # noqa: E402
+
+#: float64 log-probs of the same closed forms (rounding only) and their gradients (the gradient
+#: of a mean over 40 points sums rounding errors of ~100 operations per point).
+RTOL_LOG_PROB_COMPARE = 1e-10
+RTOL_GRAD_COMPARE = 1e-8
+
+_CONTEXT = 2
+
+
+def _layer(kind, dim, rng, context):
+    ctx = _CONTEXT if context else None
+    hidden = int(rng.integers(4, 9))
+    blocks = int(rng.integers(1, 3))
+    bins = int(rng.integers(2, 6))
+    if kind == "maa":
+        return nf.flows.MaskedAffineAutoregressive(dim, hidden, context_features=ctx,
+                                                   num_blocks=blocks)
+    if kind == "arqs":
+        return nf.flows.AutoregressiveRationalQuadraticSpline(
+            dim, blocks, hidden, num_context_channels=ctx, num_bins=bins,
+            tail_bound=float(rng.uniform(2, 4)), permute_mask=bool(rng.integers(0, 2)),
+            init_identity=bool(rng.integers(0, 2)))
+    return nf.flows.CoupledRationalQuadraticSpline(
+        dim, blocks, hidden, num_context_channels=ctx, num_bins=bins,
+        reverse_mask=bool(rng.integers(0, 2)))
+
+
+def random_autoregressive_model(seed, context=False):
+    """A normflows model of the autoregressive/spline layers with random options, every
+    parameter moved away from its initialisation (float64)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    dim = int(rng.integers(2, 5))
+    flows = []
+    for _ in range(int(rng.integers(1, 3))):
+        flows.append(_layer(["maa", "arqs", "crqs"][int(rng.integers(0, 3))], dim, rng, context))
+        flows.append(nf.flows.Permute(dim))
+    if context:
+        model = nf.ConditionalNormalizingFlow(nf.distributions.DiagGaussian(dim), flows)
+    else:
+        base = (nf.distributions.GaussianMixture(int(rng.integers(1, 4)), dim)
+                if rng.integers(0, 2) else nf.distributions.DiagGaussian(dim))
+        model = nf.NormalizingFlow(base, flows)
+    model = model.double()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=gen))
+    return model, dim
+
+
+def _check_compare(model, dim, seed, context):
+    ours = from_normflows(model)
+    rng = np.random.default_rng(seed + 100)
+    x = 1.5 * rng.normal(size=(40, dim))
+    c = rng.normal(size=(40, _CONTEXT)) if context else None
+    report = compare(model, ours, x, c, rtol_log_prob=RTOL_LOG_PROB_COMPARE,
+                     rtol_grad=RTOL_GRAD_COMPARE)
+    # every trainable normflows parameter is compared (none left out of the gradient map)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(report.grad_rel) == names, names ^ set(report.grad_rel)
+    assert report.ok, str(report)
+    return report
+
+
+@pytest.mark.parametrize("kind", ["maa", "arqs", "crqs"])
+@pytest.mark.parametrize("context", [False, True])
+def test_each_new_layer_matches(kind, context):
+    torch.manual_seed(3)
+    rng = np.random.default_rng(3)
+    dim = 3
+    flows = [_layer(kind, dim, rng, context)]
+    cls = nf.ConditionalNormalizingFlow if context else nf.NormalizingFlow
+    model = cls(nf.distributions.DiagGaussian(dim), flows).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype))
+    _check_compare(model, dim, 3, context)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_autoregressive_models_match(seed):
+    context = seed % 2 == 1
+    model, dim = random_autoregressive_model(seed, context)
+    _check_compare(model, dim, seed, context)
+
+
+def test_existing_layers_match_through_compare():
+    model, dim = _model(5)
+    _check_compare(model, dim, 5, False)
+
+
+def test_planar_samples_log_dets_and_scores():
+    torch.manual_seed(0)
+    flows = [nf.flows.Planar((3,)), nf.flows.Permute(3), nf.flows.Planar((3,))]
+    model = nf.NormalizingFlow(nf.distributions.DiagGaussian(3), flows).double()
+    ours = from_normflows(model)
+    z = np.random.default_rng(0).normal(size=(30, 3))
+    zt, log_det = torch.as_tensor(z), 0.0
+    with torch.no_grad():
+        for flow in model.flows:
+            zt, ld = flow(zt)
+            log_det = log_det + ld
+    x_ref, log_det_ref = ours.bijector.forward(z)
+    assert np.abs(x_ref - zt.numpy()).max() <= ATOL_SAMPLE * max(1.0, np.abs(x_ref).max())
+    rel = np.abs(log_det_ref - log_det.numpy()) / np.maximum(np.abs(log_det.numpy()), 1.0)
+    assert rel.max() <= RTOL_LOG_PROB
+    # normflows cannot invert its tanh Planar: refflow scores the samples exactly
+    lp = ours.log_prob(x_ref)
+    base_lp = model.q0.log_prob(torch.as_tensor(z)).detach().numpy()
+    assert np.abs(lp - (base_lp - log_det_ref)).max() <= RTOL_LOG_PROB * np.abs(lp).max()

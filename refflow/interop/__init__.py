@@ -7,7 +7,7 @@
   what the peer's model computes, with the same weights (as float64), masks, parameter maps and
   direction. A peer layer whose refflow twin does not exist yet raises ``NotImplementedError``
   naming it; an option refflow cannot reproduce raises ``ValueError``.
-- :func:`compare` (zuko and nflows models) evaluates both on the same points: per-sample
+- :func:`compare` (zuko, nflows, normflows and Pyro models) evaluates both on the same points: per-sample
   log-prob differences and, per peer parameter, the difference between the peer's autograd
   gradient of the mean log-prob and refflow's hand-derived one; :func:`assert_matches` is its
   assert-style twin.

@@ -1,6 +1,10 @@
-"""Helpers shared by the importers: torch imported on demand, tensors as float64 arrays."""
+"""Helpers shared by the importers: torch imported on demand, tensors as float64 arrays, the
+gradient maps of :func:`refflow.interop.compare`, and the dense residual network with context
+gates that nflows and normflows share."""
 
-__all__ = ["require_torch", "np64"]
+import numpy as np
+
+__all__ = ["require_torch", "np64", "index_map", "unused_map", "GatedResidualNet"]
 
 
 def require_torch(where):
@@ -14,3 +18,104 @@ def require_torch(where):
 def np64(tensor):
     import torch
     return tensor.detach().cpu().to(dtype=torch.float64).numpy().copy()
+
+
+def index_map(shape, selector=Ellipsis):
+    """Flat indices into a refflow array of ``shape`` of the entries ``selector`` picks.
+
+    An importer that copies a peer tensor ``P`` into ``refflow_array[selector]`` (so that
+    ``refflow_array[selector] == P`` entrywise) records ``index_map(refflow_array.shape,
+    selector)``: an integer array of ``P``'s shape whose entries are the flat positions, in the
+    refflow array, of the copies. The gradient of a loss with respect to ``P`` is then
+    ``refflow_grad.ravel()[indices]`` (each peer entry is used exactly once, through its copy).
+    """
+    return np.arange(int(np.prod(shape, dtype=np.int64))).reshape(shape)[selector]
+
+
+def unused_map(shape):
+    """The gradient map of a peer tensor whose entries the peer multiplies by exact zeros (a
+    masked-out column): ``-1`` everywhere, read as a zero gradient."""
+    return np.full(shape, -1, dtype=np.int64)
+
+
+class GatedResidualNet:
+    r"""The dense residual network of nflows and normflows (``ResidualNet``, no batch norm, no
+    dropout), with an optional divisor of its outputs.
+
+    ``h = [x_a, c] W_in^T + b_in``; block ``j``: ``t = f(f(h) W_0^T + b_0) W_1^T + b_1``, gated
+    by ``g = sigmoid(c C_j^T + d_j)`` when conditional (``F.glu`` of ``[t, c C_j^T + d_j]``),
+    ``h <- h + t g``; ``out = (h W_out^T + b_out) / divisor`` (``divisor`` a vector over the
+    outputs, e.g. ``sqrt(hidden_features)`` on the spline widths and heights).
+
+    Pullback (reverse order, ``h_bar`` the running cotangent): ``o = out_bar / divisor``,
+    ``W_out_bar = o^T h``, ``h_bar = o W_out``; per block ``r_bar = h_bar g``, ``e_bar = h_bar t
+    g (1 - g)`` (``C_j_bar = e_bar^T c``, ``c_bar += e_bar C_j``), ``W_1_bar = r_bar^T f(t)``,
+    ``t_bar = r_bar W_1 f'(t)``, ``W_0_bar = t_bar^T f(h)``, ``h_bar += t_bar W_0 f'(h)``; then
+    ``W_in_bar = h_bar^T [x_a, c]``, ``[x_a, c]_bar = h_bar W_in`` (plus the gates' ``c_bar``).
+
+    Parameters keys: ``w_in, b_in, blocks.{j}.w0, .b0, .w1, .b1`` (and ``.context_w,
+    .context_b`` when conditional), ``w_out, b_out``. It is used as a coupling layer's
+    ``conditioner`` (``_forward(u)``, ``_vjp(u)`` with ``u = [x_a, context]``).
+    """
+
+    def __init__(self, params, n_in, n_context, n_blocks, act, divisor):
+        from ..params import ParamDict
+        self.params = ParamDict(params)
+        self.n_in, self.n_context, self.n_blocks = n_in, n_context, n_blocks
+        self._act, self.activation, self.hidden = act, act.name, ()
+        self._divisor = np.asarray(divisor, dtype=np.float64)
+
+    def _p(self, dtype):
+        return {k: v.astype(dtype) for k, v in self.params.items()}
+
+    def _run(self, u, with_vjp):
+        from .._math import sigmoid
+        p, f = self._p(u.dtype), self._act
+        c = u[:, self.n_in:] if self.n_context else None
+        h = u @ p["w_in"].T + p["b_in"]
+        saved = []
+        for j in range(self.n_blocks):
+            s1, d1 = f.value_and_derivative(h)
+            t = s1 @ p[f"blocks.{j}.w0"].T + p[f"blocks.{j}.b0"]
+            s2, d2 = f.value_and_derivative(t)
+            r = s2 @ p[f"blocks.{j}.w1"].T + p[f"blocks.{j}.b1"]
+            gate = None
+            if c is not None:
+                gate = sigmoid(c @ p[f"blocks.{j}.context_w"].T + p[f"blocks.{j}.context_b"])
+            saved.append((s1, d1, s2, d2, r, gate))
+            h = h + (r if gate is None else r * gate)
+        divisor = self._divisor.astype(u.dtype)
+        out = (h @ p["w_out"].T + p["b_out"]) / divisor
+        if not with_vjp:
+            return out
+
+        def pullback(out_bar):
+            g = out_bar / divisor
+            grads = {"w_out": g.T @ h, "b_out": g.sum(axis=0)}
+            h_bar = g @ p["w_out"]
+            c_bar = None if c is None else np.zeros_like(c)
+            for j in range(self.n_blocks - 1, -1, -1):
+                s1, d1, s2, d2, r, gate = saved[j]
+                r_bar = h_bar if gate is None else h_bar * gate
+                if gate is not None:
+                    e_bar = h_bar * r * gate * (1.0 - gate)
+                    grads[f"blocks.{j}.context_w"] = e_bar.T @ c
+                    grads[f"blocks.{j}.context_b"] = e_bar.sum(axis=0)
+                    c_bar += e_bar @ p[f"blocks.{j}.context_w"]
+                grads[f"blocks.{j}.w1"], grads[f"blocks.{j}.b1"] = r_bar.T @ s2, r_bar.sum(0)
+                t_bar = (r_bar @ p[f"blocks.{j}.w1"]) * d2
+                grads[f"blocks.{j}.w0"], grads[f"blocks.{j}.b0"] = t_bar.T @ s1, t_bar.sum(0)
+                h_bar = h_bar + (t_bar @ p[f"blocks.{j}.w0"]) * d1
+            grads["w_in"], grads["b_in"] = h_bar.T @ u, h_bar.sum(axis=0)
+            u_bar = h_bar @ p["w_in"]
+            if c is not None:
+                u_bar[:, self.n_in:] += c_bar
+            return u_bar, {k: np.asarray(grads[k], dtype=np.float64) for k in self.params}
+
+        return out, pullback
+
+    def _forward(self, u):
+        return self._run(u, False)
+
+    def _vjp(self, u):
+        return self._run(u, True)

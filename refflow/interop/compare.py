@@ -93,7 +93,12 @@ def _peer_kind(torch_flow):
     module = type(torch_flow).__module__
     if module.startswith("nflows"):
         return "nflows"
-    raise TypeError(f"compare: torch_flow must be a zuko or nflows flow, got "
+    if module.startswith("normflows"):
+        return "normflows"
+    if module.startswith(("pyro", "torch.distributions")) and \
+            hasattr(torch_flow, "base_dist") and hasattr(torch_flow, "transforms"):
+        return "pyro"
+    raise TypeError(f"compare: torch_flow must be a zuko, nflows, normflows or Pyro flow, got "
                     f"{type(torch_flow).__name__}")
 
 
@@ -101,6 +106,13 @@ def _peer_mapping(torch_flow, model, kind):
     """``{peer parameter name: (refflow key, rows)}`` with ``refflow = peer[rows]``."""
     if kind == "zuko":
         return parameter_map(torch_flow, "compare")
+    if kind in ("normflows", "pyro"):
+        # from_normflows / from_pyro record {peer name: (refflow key, flat indices)}
+        recorded = getattr(model, "peer_gradients", None)
+        if not isinstance(recorded, dict):
+            raise ValueError(f"compare: for a {kind} model, model must come from from_{kind} "
+                             f"(it carries the gradient map 'peer_gradients')")
+        return recorded
     # nflows: from_nflows (refflow.interop.nflows) records {refflow key: (peer name, rows)}
     recorded = getattr(model, "peer_parameters", None)
     if not isinstance(recorded, dict):
@@ -115,22 +127,87 @@ def _peer_mapping(torch_flow, model, kind):
     return mapping
 
 
-def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_grad=1e-8):
-    """Compare a peer (zuko) flow with a refflow model on the points ``x``.
+def _double_distribution(dist):
+    """The floating tensors of a torch distribution (and of those it wraps) as float64."""
+    import torch
+    while dist is not None:
+        for name, value in list(vars(dist).items()):
+            if torch.is_tensor(value) and value.is_floating_point():
+                setattr(dist, name, value.detach().double())
+        dist = getattr(dist, "base_dist", None)
 
-    The peer runs on a float64 copy (``copy.deepcopy(torch_flow).double()``; the caller's
-    module and torch's default dtype are left alone). Its autograd gradient of
+
+def _pyro_log_prob(dist, xt, ct):
+    """Pyro's ``log_prob`` of a float64 copy of ``dist`` at ``xt`` (conditioned on ``ct``) and
+    the copy's parameters named ``"<transform index>.<parameter name>"``."""
+    import torch
+
+    # Pyro's transforms cache their last (x, y) and log-scales, tensors inside an autograd
+    # graph that deepcopy refuses: the copy gets them detached (the caller's stay as they are)
+    memo, seen = {}, set()
+
+    def detach_cached(obj):
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if torch.is_tensor(obj):
+            if obj.grad_fn is not None:
+                memo[id(obj)] = obj.detach()
+        elif isinstance(obj, (tuple, list)):
+            for item in obj:
+                detach_cached(item)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                detach_cached(item)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            detach_cached(vars(obj))
+
+    detach_cached(dist)
+    peer = copy.deepcopy(dist, memo)
+    _double_distribution(peer.base_dist)
+    named = {}
+    for i, t in enumerate(peer.transforms):
+        if hasattr(t, "clear_cache"):
+            t.clear_cache()
+        if hasattr(t, "named_parameters"):
+            t.double()
+            for n, p in t.named_parameters():
+                p.grad = None
+                named[f"{i}.{n}"] = p
+    if ct is not None:
+        if not hasattr(peer, "condition"):
+            raise ValueError("compare: a context was given for an unconditional Pyro flow")
+        peer = peer.condition(ct)
+    # Pyro's sequential inverses start from torch.zeros in the default dtype: float64 while
+    # Pyro runs, restored after
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return peer.log_prob(xt), named
+    finally:
+        torch.set_default_dtype(old)
+
+
+def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_grad=1e-8):
+    """Compare a peer (zuko, nflows, normflows, Pyro) flow with a refflow model on ``x``.
+
+    The peer runs on a float64 copy (``copy.deepcopy(torch_flow).double()``; for Pyro the
+    transforms and the base distribution's tensors of a deep copy, evaluated with torch's default
+    dtype set to float64 and restored after; the caller's objects are left alone). Its autograd gradient of
     ``mean(log_prob(x))`` is compared, per peer parameter, with refflow's
     (``-Flow.nll_and_grad``), mapped back to the peer's names (rows of a coupling layer's last
     linear permuted back).
 
     Parameters
     ----------
-    torch_flow : zuko.flows.Flow or nflows.flows.Flow
+    torch_flow : zuko, nflows or normflows flow, or Pyro (Conditional)TransformedDistribution
     model : refflow.Flow
         ``from_zuko(torch_flow)`` (possibly imported before the peer was trained further: the
         parameter map is rebuilt from ``torch_flow``), or ``from_nflows(torch_flow)`` (its
-        recorded ``peer_parameters`` map is used).
+        recorded ``peer_parameters`` map is used), or ``from_normflows(torch_flow)`` /
+        ``from_pyro(torch_flow)`` (their recorded ``peer_gradients`` map: per peer parameter
+        the refflow key and the flat positions of its entries' copies; Pyro's parameters are
+        named ``"<index in dist.transforms>.<parameter name>"``).
     x : array_like (n, D)
     context : array_like (n, C) or (C,), optional
     rtol_log_prob, rtol_grad : float
@@ -152,17 +229,22 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
         if key not in params:
             raise ValueError(f"compare: model has no parameter {key!r} (for the peer's "
                              f"{zname!r}); build it with from_zuko")
-    peer = copy.deepcopy(torch_flow).double()
-    peer.zero_grad(set_to_none=True)
     xt = torch.as_tensor(x)
     ct = None if c is None else torch.as_tensor(c)
-    if kind == "zuko":
-        lp_t = peer(ct).log_prob(xt)
+    if kind == "pyro":
+        lp_t, named = _pyro_log_prob(torch_flow, xt, ct)
     else:
-        lp_t = peer.log_prob(xt, context=ct)
+        peer = copy.deepcopy(torch_flow).double()
+        peer.zero_grad(set_to_none=True)
+        if kind == "zuko":
+            lp_t = peer(ct).log_prob(xt)
+        elif kind == "nflows":
+            lp_t = peer.log_prob(xt, context=ct)
+        else:
+            lp_t = peer.log_prob(xt) if ct is None else peer.log_prob(xt, ct)
+        named = dict(peer.named_parameters())
     lp_t.mean().backward()
     lp_peer = lp_t.detach().numpy().copy()
-    named = dict(peer.named_parameters())
     grad_peer = {n: (np.zeros(tuple(p.shape)) if p.grad is None else np64(p.grad))
                  for n, p in named.items() if n in mapping}
     lp_ref = np.asarray(model.log_prob(x, context=c), dtype=np.float64)
@@ -171,7 +253,12 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
     for zname in grad_peer:
         key, rows = mapping[zname]
         g = -np.asarray(grads[key], dtype=np.float64)  # d mean log-prob = -d nll
-        if rows is not None:
+        if kind in ("normflows", "pyro"):
+            # rows: flat positions of the peer entries' copies in the refflow array (-1: an
+            # entry the peer multiplies by exact zeros, gradient 0)
+            flat = g.ravel()
+            g = np.where(rows >= 0, flat[np.maximum(rows, 0)], 0.0)
+        elif rows is not None:
             back = np.empty_like(g)
             back[rows] = g
             g = back

@@ -29,17 +29,57 @@ shift ``param[:, 0::2]``, scale       conditioner's last rows reordered to ``[t 
 ``param[:, 1::2]``                    ``scale=False`` is ``AdditiveCoupling``
 ====================================  ======================================================
 
-``AffineCouplingBlock`` with ``scale_map="sigmoid"``/``"sigmoid_inv"`` (a ``sigmoid(h + 2)``
-scale without refflow's ``1e-3`` floor), the neural-spline wrappers (their conditioners are
-normflows' copies of nflows' networks, and the coupled one adds an unconditional spline on the
-identity half), ``Planar``/``Radial``, ``MaskedAffineAutoregressive``, ``Invertible1x1Conv``
-and the rest raise ``NotImplementedError`` naming the class; options refflow cannot reproduce
-raise ``ValueError``. Nothing is approximated.
+``MaskedAffineAutoregressive``        ``Inverse(MaskedAffineAutoregressive(scale="sigmoid",
+(``forward``: one MADE pass,          scale_side="density"))``: normflows' ``forward`` is
+``y = (sigmoid(u + 2) + 1e-3) z +     refflow's one-pass ``inverse``; MADE outputs
+t`` with ``u, t`` at ``z``)           ``[u, t]`` per feature swapped to refflow's ``[t, u]``
+normflows' residual ``MADE``          ``ResidualMADE`` with normflows' degrees (``permute_mask``
+(``initial -> blocks -> final``,      the input degrees' order; masks checked equal); with a
+no activation after ``initial``)      context a private subclass: ``C c + d`` added to the
+                                      first layer, each block's residual gated by
+                                      ``sigmoid(C_j c + d_j)`` (``F.glu``)
+``AutoregressiveRationalQuadratic     ``MaskedSplineAutoregressive(parameterization="durkan")``
+Spline`` (``forward`` = nflows'      (``bound = tail_bound``, normflows' ``min_*``): its
+``inverse``)                          ``forward`` is normflows' ``forward``; no
+                                      ``sqrt(hidden)`` divisor (normflows' MADE has no
+                                      ``hidden_features``); ``init_identity`` only sets the
+                                      initial weights, which are copied
+``CoupledRationalQuadraticSpline``    ``[SplineCoupling(mask=identity half), SplineCoupling
+(alternating mask, ``reverse_mask``,  (mask=transform half)]``: the first has a constant
+``apply_unconditional_transform``)    conditioner (zero weights, ``hidden=()``) whose bias
+                                      holds the unconditional spline's widths, heights and
+                                      derivatives (normflows' density direction applies the
+                                      coupling, then the unconditional spline of the identity
+                                      half); the second's conditioner is normflows'
+                                      ``ResidualNet`` (context gates included) with the widths
+                                      and heights divided by ``sqrt(hidden_features)``
+``Planar`` (``act="tanh"``)           ``Planar`` (same ``u_hat`` constraint ``m(a) = -1 +
+                                      softplus(a)``); normflows cannot invert it (it scores
+                                      only its own samples), refflow inverts it exactly
+``GaussianMixture`` base              ``DiagGaussianMixture`` (``logits = weight_scores``)
+``ConditionalNormalizingFlow``        the same, with ``context`` passed to every layer
+====================================  ======================================================
+
+Not imported (``NotImplementedError`` naming the class, or ``ValueError`` naming the class and
+option): ``AffineCouplingBlock`` with ``scale_map="sigmoid"``/``"sigmoid_inv"``; ``Radial``
+(normflows' ``alpha = |alpha_raw|``, ``beta = softplus(beta_raw) - |alpha_raw|``: refflow's
+``Radial`` has Pyro's ``alpha = softplus(alpha')``, no twin); ``Planar(act="leaky_relu")``; a
+MADE without residual blocks (``use_residual_blocks=False``: normflows applies no activation
+between its first layer and the first block, so two linear maps compose, which refflow's MADE
+does not compute), with batch norm, active dropout, ``random_mask`` or a preprocessing
+(the circular splines' periodic features); splines with ``tails`` other than ``"linear"``
+(``CircularCoupledRationalQuadraticSpline``, ``CircularAutoregressiveRationalQuadraticSpline``);
+``Invertible1x1Conv``, ``InvertibleAffine``, ``BatchNorm``, ``Residual``, ``GlowBlock`` and the
+other bases. Nothing is approximated.
+
+The returned model carries ``peer_gradients``: ``{normflows parameter name: (refflow key,
+flat indices)}`` (see :func:`refflow.interop.common.index_map`), which
+:func:`refflow.interop.compare` uses to compare gradients by name.
 """
 
 import numpy as np
 
-from .common import np64
+from .common import GatedResidualNet, index_map, np64, unused_map
 
 __all__ = ["from_normflows"]
 
@@ -55,6 +95,12 @@ def _unsupported(obj, why="its refflow twin, or its import, does not exist yet")
 def _refuse(cls_name, option):
     raise ValueError(f"{_WHERE}: {cls_name}: {option} is not supported (refflow would not "
                      f"compute the same function)")
+
+
+def _whole(shape, peer_shape=None):
+    """The gradient map of a peer tensor copied whole (reshaped) into a refflow array."""
+    idx = index_map(shape)
+    return idx if peer_shape is None else idx.reshape(peer_shape)
 
 
 def _mlp(net, where):
@@ -100,26 +146,47 @@ def _masked_affine(flow):
     if len(ws) != len(wt):
         _refuse(where, "s and t networks of different depths")
     trans = np.flatnonzero(~keep)
-    weights = [np.concatenate([wt[0][:, keep], ws[0][:, keep]], axis=0)]
-    biases = [np.concatenate([bt[0], bs[0]])]
-    for k in range(1, len(ws) - 1):
-        weights.append(_block_diagonal(wt[k], ws[k]))
-        biases.append(np.concatenate([bt[k], bs[k]]))
-    if len(ws) > 1:
-        last = _block_diagonal(wt[-1][trans], ws[-1][trans])
-        weights.append(last)
-        biases.append(np.concatenate([bt[-1][trans], bs[-1][trans]]))
-    else:
-        # no hidden layer: out = x_a W^T + b for both networks, stacked [t | u]
-        weights = [np.concatenate([wt[0][trans][:, keep], ws[0][trans][:, keep]], axis=0)]
-        biases = [np.concatenate([bt[0][trans], bs[0][trans]])]
+    kcols = np.flatnonzero(keep)
+    n_layers = len(ws)
+    weights, biases, grads = [], [], {}
+
+    # first layer: [t; s] rows over the identity columns (the masked-out columns, which
+    # multiply exact zeros, dropped: their gradient map is -1); later layers block-diagonal
+    for k in range(n_layers):
+        last = k == n_layers - 1
+        rows_t = trans if last else np.arange(wt[k].shape[0])
+        rows_s = trans if last else np.arange(ws[k].shape[0])
+        a_t, a_s = wt[k][rows_t], ws[k][rows_s]
+        if k == 0:
+            a_t, a_s = a_t[:, keep], a_s[:, keep]
+            w = np.concatenate([a_t, a_s], axis=0)
+        else:
+            w = _block_diagonal(a_t, a_s)
+        weights.append(w)
+        biases.append(np.concatenate([bt[k][rows_t], bs[k][rows_s]]))
+        n_rt = rows_t.shape[0]
+        w_idx, b_idx = index_map(w.shape), index_map((w.shape[0],))
+        in_t = wt[k].shape[1] if k else dim
+        in_s = ws[k].shape[1] if k else dim
+        for net, rows, row0, col0, n_in, full in (("t", rows_t, 0, 0, in_t, wt[k]),
+                                                   ("s", rows_s, n_rt, in_t if k else 0,
+                                                    in_s, ws[k])):
+            peer_w, peer_b = unused_map(full.shape), unused_map((full.shape[0],))
+            r = row0 + np.arange(rows.shape[0])
+            if k == 0:
+                peer_w[np.ix_(rows, kcols)] = w_idx[np.ix_(r, np.arange(kcols.shape[0]))]
+            else:
+                peer_w[rows] = w_idx[np.ix_(r, col0 + np.arange(n_in))]
+            peer_b[rows] = b_idx[r]
+            grads[f"{net}.net.{2 * k}.weight"] = (0, f"conditioner.w{k}", peer_w)
+            grads[f"{net}.net.{2 * k}.bias"] = (0, f"conditioner.b{k}", peer_b)
     hidden = tuple(w.shape[0] for w in weights[:-1])
     layer = AffineCoupling(dim, mask=~keep, hidden=hidden, activation=act, scale="exp",
                            scale_side="sampling", rng=0)
     for k, (w, bias) in enumerate(zip(weights, biases)):
         layer.params[f"conditioner.w{k}"] = w
         layer.params[f"conditioner.b{k}"] = bias
-    return [layer]
+    return [layer], grads
 
 
 def _coupling_block(flow):
@@ -143,6 +210,7 @@ def _coupling_block(flow):
     mask = np.arange(dim) >= n_a
     hidden = tuple(w.shape[0] for w in weights[:-1])
     common = dict(mask=mask, hidden=hidden, activation=act, rng=0)
+    rows = np.arange(n_out)
     if not coupling.scale:
         layer = AdditiveCoupling(dim, **common)
     else:
@@ -155,10 +223,17 @@ def _coupling_block(flow):
         n_b = dim - n_a
         rows = np.concatenate([2 * np.arange(n_b), 2 * np.arange(n_b) + 1])
         weights[-1], biases[-1] = weights[-1][rows], biases[-1][rows]
+    grads = {}
+    last = len(weights) - 1
     for k, (w, bias) in enumerate(zip(weights, biases)):
         layer.params[f"conditioner.w{k}"] = w
         layer.params[f"conditioner.b{k}"] = bias
-    return [layer]
+        order = np.argsort(rows) if k == last else np.arange(w.shape[0])  # peer row -> ours
+        grads[f"flows.1.param_map.net.{2 * k}.weight"] = (
+            0, f"conditioner.w{k}", index_map(w.shape)[order])
+        grads[f"flows.1.param_map.net.{2 * k}.bias"] = (
+            0, f"conditioner.b{k}", index_map(bias.shape)[order])
+    return [layer], grads
 
 
 def _affine_const(flow):
@@ -175,7 +250,9 @@ def _affine_const(flow):
     layer = Affine(s.shape[1])
     layer.params["shift"] = t[0]
     layer.params["log_scale"] = s[0]
-    return [layer]
+    grads = {"s": (0, "log_scale", _whole(s.shape[1:], s.shape)),
+             "t": (0, "shift", _whole(t.shape[1:], t.shape))}
+    return [layer], grads
 
 
 def _permute(flow):
@@ -187,7 +264,7 @@ def _permute(flow):
         p = np.concatenate([np.arange(n // 2, n), np.arange(n // 2)])
     else:
         _refuse("Permute", f"mode={flow.mode!r}")
-    return [Permute(n, permutation=p)]
+    return [Permute(n, permutation=p)], {}
 
 
 def _lu_permute(flow):
@@ -198,12 +275,377 @@ def _lu_permute(flow):
     if int(perm._dim) != 1:
         _refuse("LULinearPermute", f"a permutation along dim {perm._dim}")
     layer = LULinear(int(lin.features), upper_diag="softplus")
+    grads = {}
     for key in ("lower_entries", "upper_entries", "unconstrained_upper_diag", "bias"):
         layer.params[key] = np64(getattr(lin, key))
+        grads[f"linear.{key}"] = (0, key, _whole(layer.params[key].shape))
     p = np64(perm._permutation).astype(np.int64)
     # data -> base: u = x[:, p], then L U u + b (refflow's LULinear.forward); sampling runs
     # Inverse(LULinear) and then x = u[:, argsort(p)]
-    return [Inverse(layer), Permute(p.shape[0], permutation=np.argsort(p))]
+    return [Inverse(layer), Permute(p.shape[0], permutation=np.argsort(p))], grads
+
+
+def _planar(flow):
+    from ..bijectors import Planar
+    where = "Planar"
+    if flow.act != "tanh":
+        _refuse(where, f"act={flow.act!r} (refflow's Planar has tanh)")
+    u, w, b = np64(flow.u), np64(flow.w), np64(flow.b)
+    if u.ndim != 2 or u.shape[0] != 1 or w.shape != u.shape or b.shape != (1,):
+        _refuse(where, f"parameters of shape {u.shape} (refflow imports vectors)")
+    dim = u.shape[1]
+    layer = Planar(dim, rng=0)
+    layer.params["u"], layer.params["w"], layer.params["b"] = u[0], w[0], b
+    grads = {"u": (0, "u", _whole((dim,), u.shape)), "w": (0, "w", _whole((dim,), w.shape)),
+             "b": (0, "b", _whole((1,)))}
+    return [layer], grads
+
+
+# ------------------------------------------------------------------------------ MADE
+def _activation(act, where):
+    """refflow's name of a normflows activation (a function or a torch module)."""
+    import torch
+    import torch.nn.functional as F
+    if act in (F.relu, torch.relu) or type(act) is torch.nn.ReLU:
+        return "relu"
+    if act in (F.tanh, torch.tanh) or type(act) is torch.nn.Tanh:
+        return "tanh"
+    if act is F.elu or (type(act) is torch.nn.ELU and float(act.alpha) == 1.0):
+        return "elu"
+    _refuse(where, f"activation {getattr(act, '__name__', type(act).__name__)} (relu, tanh, "
+                   f"elu)")
+
+
+def _check_network(net, where):
+    """Refuse batch norm and active dropout anywhere in ``net``."""
+    import torch
+    for m in net.modules():
+        if isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training:
+            _refuse(where, f"dropout (p={m.p}) in training mode (call .eval())")
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            _refuse(where, "batch norm inside the network (use_batch_norm=True)")
+
+
+_GATED = {}
+
+
+def _gated_residual_made_class():
+    """normflows' conditional residual MADE, as a private subclass of refflow's ResidualMADE.
+
+    ``h = x V_0^T + b_0 + c C^T + d``; block ``j``: ``t = f(f(h) V_j0^T + b_j0) V_j1^T +
+    b_j1``, ``h <- h + t g_j`` with ``g_j = sigmoid(c C_j^T + d_j)``; ``out = h V_out^T +
+    b_out`` (``V = W * M``, the masks of the unconditional network: the context reaches every
+    hidden unit, so every output, through ``C`` and the gates). Pullback (reverse):
+    ``h_bar = out_bar V_out``; per block ``r_bar = h_bar g``, ``e_bar = h_bar t g (1 - g)``
+    (``C_j_bar = e_bar^T c``, ``c_bar += e_bar C_j``), ``t_bar = r_bar V_j1 f'(.)``, ``h_bar +=
+    t_bar V_j0 f'(h)``; ``V_0_bar = h_bar^T x``, ``C_bar = h_bar^T c``, ``x_bar = h_bar V_0``,
+    ``c_bar += h_bar C``; weight cotangents multiplied by their masks.
+    """
+    if "cls" in _GATED:
+        return _GATED["cls"]
+    from .._math import sigmoid
+    from ..nn.made import ResidualMADE
+
+    class _GatedResidualMADE(ResidualMADE):
+        def _sample(self, z, context, sample_coordinate):
+            return self._sample_passes(z, context, sample_coordinate)
+
+        def _run(self, x, context, weights, with_vjp):
+            dtype, n = x.dtype, x.shape[0]
+            ws, bs, blocks = self._block_weights(dtype, weights)
+            p = {k: self.params[k].astype(dtype) for k in self.params if "context" in k}
+            f = self._act
+            h = x @ ws["w0"].T + bs["b0"] + (context @ p["context_w"].T + p["context_b"])
+            saved = []
+            for j, (w0, b0, w1, b1) in enumerate(blocks):
+                s1, d1 = f.value_and_derivative(h)
+                t = s1 @ w0.T + b0
+                s2, d2 = f.value_and_derivative(t)
+                r = s2 @ w1.T + b1
+                g = sigmoid(context @ p[f"blocks.{j}.context_w"].T + p[f"blocks.{j}.context_b"])
+                saved.append((s1, d1, s2, d2, r, g))
+                h = h + r * g
+            out = h @ ws["w_out"].T + bs["b_out"]
+            shaped = out.reshape(n, self.dim, self.n_params)
+            if not with_vjp:
+                return shaped
+
+            def pullback(out_bar):
+                o = out_bar.reshape(n, self.dim * self.n_params)
+                w_bars, b_bars = {"w_out": o.T @ h}, {"b_out": o.sum(axis=0)}
+                c_grads = {}
+                h_bar = o @ ws["w_out"]
+                c_bar = np.zeros_like(context)
+                for j in range(self.n_blocks - 1, -1, -1):
+                    (w0, _, w1, _), (s1, d1, s2, d2, r, g) = blocks[j], saved[j]
+                    e_bar = h_bar * r * g * (1.0 - g)
+                    c_grads[f"blocks.{j}.context_w"] = e_bar.T @ context
+                    c_grads[f"blocks.{j}.context_b"] = e_bar.sum(axis=0)
+                    c_bar += e_bar @ p[f"blocks.{j}.context_w"]
+                    r_bar = h_bar * g
+                    w_bars[f"blocks.{j}.w1"], b_bars[f"blocks.{j}.b1"] = r_bar.T @ s2, \
+                        r_bar.sum(0)
+                    t_bar = (r_bar @ w1) * d2
+                    w_bars[f"blocks.{j}.w0"], b_bars[f"blocks.{j}.b0"] = t_bar.T @ s1, \
+                        t_bar.sum(0)
+                    h_bar = h_bar + (t_bar @ w0) * d1
+                w_bars["w0"], b_bars["b0"] = h_bar.T @ x, h_bar.sum(axis=0)
+                c_grads["context_w"], c_grads["context_b"] = h_bar.T @ context, h_bar.sum(0)
+                c_bar += h_bar @ p["context_w"]
+                grads = self._masked_grads([w_bars[k] for k in self._w_keys],
+                                           [b_bars[k] for k in self._b_keys], dtype)
+                grads.update({k: np.asarray(v, dtype=np.float64) for k, v in c_grads.items()})
+                return h_bar @ ws["w0"], {k: grads[k] for k in self.params}, c_bar
+
+            return shaped, pullback
+
+        def _forward(self, x, context=None, weights=None):
+            return self._run(x, context, weights, False)
+
+        def _vjp(self, x, context=None):
+            return self._run(x, context, None, True)
+
+        def _masked_grads(self, w_bars, b_bars, dtype):
+            from ..nn.mlp import grads64
+            grads = grads64(self._b_keys, b_bars)
+            for key, g, m in zip(self._w_keys, w_bars, self._masks_as(dtype)):
+                grads[key] = np.asarray(g * m, dtype=np.float64)
+            return grads
+
+    _GATED["cls"] = _GatedResidualMADE
+    return _GatedResidualMADE
+
+
+def _made(net, n_params, where):
+    """refflow network for a normflows residual MADE and ``{peer name: (key, indices)}``."""
+    import torch
+    from normflows.nets.made import MADE as NfMADE, MaskedResidualBlock
+
+    from ..nn.made import ResidualMADE
+    from ..params import ParamDict
+    if type(net) is not NfMADE:
+        _refuse(where, f"autoregressive_net of type {type(net).__name__} (normflows MADE)")
+    _check_network(net, where)
+    if type(net.preprocessing) is not torch.nn.Identity:
+        _refuse(where, f"preprocessing {type(net.preprocessing).__name__} (the circular "
+                       f"splines' periodic features)")
+    if not all(type(b) is MaskedResidualBlock for b in net.blocks):
+        _refuse(where, "use_residual_blocks=False (normflows applies no activation between "
+                       "its first layer and the first block)")
+    dim = int(net.initial_layer.in_features)
+    width = int(net.initial_layer.out_features)
+    if net.final_layer.out_features != dim * n_params:
+        _refuse(where, f"MADE output width {net.final_layer.out_features} (expected {dim} x "
+                       f"{n_params})")
+    in_degrees = np64(net.final_layer.degrees).astype(np.int64)[::n_params] \
+        if hasattr(net.final_layer, "degrees") else None
+    if in_degrees is None or sorted(in_degrees.tolist()) != list(range(1, dim + 1)):
+        _refuse(where, "output degrees that are not one permutation of 1..dim per parameter")
+    order = in_degrees - 1
+    degrees = [np64(net.initial_layer.degrees).astype(np.int64)]
+    names = [("w0", "initial_layer.weight"), ("b0", "initial_layer.bias")]
+    torch_masks = [net.initial_layer.mask]
+    for j, block in enumerate(net.blocks):
+        for i in range(2):
+            lin = block.linear_layers[i]
+            names += [(f"blocks.{j}.w{i}", f"blocks.{j}.linear_layers.{i}.weight"),
+                      (f"blocks.{j}.b{i}", f"blocks.{j}.linear_layers.{i}.bias")]
+            torch_masks.append(lin.mask)
+            degrees.append(np64(lin.degrees).astype(np.int64))
+    names += [("w_out", "final_layer.weight"), ("b_out", "final_layer.bias")]
+    torch_masks.append(net.final_layer.mask)
+    conditional = hasattr(net, "context_layer")
+    act = _activation(net.blocks[0].activation if len(net.blocks) else torch.relu, where)
+    try:
+        model = ResidualMADE(dim, width, len(net.blocks), n_params, order=order,
+                             hidden_degrees=degrees, activation=act)
+    except ValueError as err:
+        _refuse(where, f"its hidden degrees ({err})")
+    if conditional:
+        model.__class__ = _gated_residual_made_class()
+    for i, (ours, theirs) in enumerate(zip(model.masks, torch_masks)):
+        if not np.array_equal(ours, np64(theirs)):
+            raise ValueError(f"{_WHERE}: {where}: rebuilt MADE mask {i} differs from "
+                             f"normflows' mask")
+    state = dict(net.named_parameters())
+    arrays = {ours: np64(state[theirs]) for ours, theirs in names}
+    if conditional:
+        n_context = int(net.context_layer.in_features)
+        extra = [("context_w", "context_layer.weight"), ("context_b", "context_layer.bias")]
+        for j in range(len(net.blocks)):
+            extra += [(f"blocks.{j}.context_w", f"blocks.{j}.context_layer.weight"),
+                      (f"blocks.{j}.context_b", f"blocks.{j}.context_layer.bias")]
+        arrays.update({ours: np64(state[theirs]) for ours, theirs in extra})
+        names += extra
+        model.context_features = n_context
+    model.params = ParamDict(arrays)
+    grads = {theirs: (ours, _whole(arrays[ours].shape)) for ours, theirs in names}
+    return model, grads
+
+
+_UNSAVEABLE = {}
+
+
+def _unsaveable(layer):
+    """Give ``layer`` a private subclass of its class, so that ``refflow.save`` refuses it: its
+    network was replaced by an imported one that ``_config`` does not describe."""
+    cls = type(layer)
+    sub = _UNSAVEABLE.get(cls)
+    if sub is None:
+        def _config(self):
+            raise NotImplementedError("imported from normflows (its network is not a refflow "
+                                      "MADE/MLP configuration)")
+        sub = type(f"_Normflows{cls.__name__}", (cls,), {"_config": _config,
+                                                          "__module__": __name__})
+        _UNSAVEABLE[cls] = sub
+    layer.__class__ = sub
+    return layer
+
+
+def _masked_affine_autoregressive(flow):
+    from ..bijectors import Inverse, MaskedAffineAutoregressive
+    where = "MaskedAffineAutoregressive"
+    made, names = _made(flow.autoregressive_net, 2, where)
+    dim = made.dim
+    # normflows' outputs per feature [u, t]; refflow's [t, u]: swap the two rows
+    rows = np.arange(2 * dim).reshape(dim, 2)[:, ::-1].ravel()
+    for key in ("w_out", "b_out"):
+        made.params[key] = made.params[key][rows]
+    layer = MaskedAffineAutoregressive(dim, hidden=(2 * dim,), scale="sigmoid",
+                                       scale_side="density", rng=0)
+    layer.made = made
+    layer.context_dim = made.context_features or None
+    grads = {}
+    for theirs, (ours, idx) in names.items():
+        if ours in ("w_out", "b_out"):
+            idx = idx[np.argsort(rows)]
+        grads[f"autoregressive_net.{theirs}"] = (0, f"made.{ours}", idx)
+    return [Inverse(_unsaveable(layer))], grads
+
+
+def _check_spline(obj, where):
+    if obj.tails != "linear":
+        _refuse(where, f"tails={obj.tails!r} (refflow imports 'linear')")
+    import torch
+    if torch.is_tensor(obj.tail_bound):
+        _refuse(where, "a tail_bound per feature")
+
+
+def _spline_options(obj):
+    return dict(n_bins=int(obj.num_bins), parameterization="durkan",
+                bound=float(obj.tail_bound), min_bin_width=float(obj.min_bin_width),
+                min_bin_height=float(obj.min_bin_height),
+                min_derivative=float(obj.min_derivative))
+
+
+def _autoregressive_spline(flow):
+    from ..bijectors import MaskedSplineAutoregressive
+    where = "AutoregressiveRationalQuadraticSpline"
+    inner = flow.mprqat
+    _check_spline(inner, where)
+    n_params = 3 * int(inner.num_bins) - 1
+    if hasattr(inner.autoregressive_net, "hidden_features"):  # pragma: no cover - 1.7.3 has not
+        _refuse(where, "a MADE with a hidden_features attribute (the sqrt scaling)")
+    made, names = _made(inner.autoregressive_net, n_params, where)
+    layer = MaskedSplineAutoregressive(made.dim, hidden=(2 * made.dim,), rng=0,
+                                       **_spline_options(inner))
+    layer.made = made
+    layer.context_dim = made.context_features or None
+    grads = {f"mprqat.autoregressive_net.{t}": (0, f"made.{o}", idx)
+             for t, (o, idx) in names.items()}
+    return [_unsaveable(layer)], grads
+
+
+def _residual_net(net, n_in, n_b, n_bins, where, prefix):
+    """:class:`GatedResidualNet` for a normflows ``ResidualNet`` (widths and heights divided
+    by ``sqrt(hidden_features)``, as normflows' spline coupling does) and its gradient map."""
+    from normflows.nets.resnet import ResidualNet
+
+    from ..nn.activations import get_activation
+    if type(net) is not ResidualNet:
+        _refuse(where, f"transform_net of type {type(net).__name__} (normflows ResidualNet)")
+    _check_network(net, where)
+    if net.preprocessing is not None:
+        _refuse(where, f"preprocessing {type(net.preprocessing).__name__}")
+    import torch
+    act = get_activation(_activation(net.blocks[0].activation if len(net.blocks) else
+                                     torch.relu, where))
+    n_context = net.context_features or 0
+    per = 3 * n_bins - 1
+    if net.initial_layer.in_features != n_in + n_context or \
+            net.final_layer.out_features != n_b * per:
+        _refuse(where, "a ResidualNet whose sizes do not match the coupling split")
+    names = [("w_in", "initial_layer.weight"), ("b_in", "initial_layer.bias")]
+    for j in range(len(net.blocks)):
+        for i in range(2):
+            names += [(f"blocks.{j}.w{i}", f"blocks.{j}.linear_layers.{i}.weight"),
+                      (f"blocks.{j}.b{i}", f"blocks.{j}.linear_layers.{i}.bias")]
+        if n_context:
+            names += [(f"blocks.{j}.context_w", f"blocks.{j}.context_layer.weight"),
+                      (f"blocks.{j}.context_b", f"blocks.{j}.context_layer.bias")]
+    names += [("w_out", "final_layer.weight"), ("b_out", "final_layer.bias")]
+    state = dict(net.named_parameters())
+    divisor = np.ones((n_b, per))
+    divisor[:, :2 * n_bins] = np.sqrt(net.hidden_features)
+    arrays = {k: np64(state[t]) for k, t in names}
+    model = GatedResidualNet(arrays, n_in, n_context, len(net.blocks), act, divisor.ravel())
+    grads = {f"{prefix}{t}": (f"conditioner.{k}", _whole(arrays[k].shape)) for k, t in names}
+    return model, grads, n_context
+
+
+def _coupled_spline(flow):
+    from ..bijectors import SplineCoupling
+    where = "CoupledRationalQuadraticSpline"
+    inner = flow.prqct
+    _check_spline(inner, where)
+    trans = np64(inner.transform_features).astype(np.int64)
+    ident = np64(inner.identity_features).astype(np.int64)
+    dim = int(inner.features)
+    mask = np.zeros(dim, dtype=bool)
+    mask[trans] = True
+    n_bins = int(inner.num_bins)
+    per = 3 * n_bins - 1
+    conditioner, names, n_context = _residual_net(inner.transform_net, ident.shape[0],
+                                                  trans.shape[0], n_bins, where,
+                                                  "prqct.transform_net.")
+    coupling = SplineCoupling(dim, mask=mask, hidden=(1,), rng=0,
+                              context_dim=n_context or None, **_spline_options(inner))
+    coupling.conditioner = conditioner
+    layers, grads = [_unsaveable(coupling)], {t: (0, o, i) for t, (o, i) in names.items()}
+    cdf = inner.unconditional_transform
+    if cdf is not None:
+        # the unconditional spline of the identity half: a coupling whose conditioner is the
+        # constant b_out (zero weight, no hidden layer), so its widths, heights and derivatives
+        # are normflows' parameters, copied
+        if cdf.tails != "linear" or float(cdf.tail_bound) != float(inner.tail_bound) or \
+                cdf.unnormalized_derivatives.shape[-1] != n_bins - 1:
+            _refuse(where, "an unconditional spline with other tails than the coupling's")
+        for name in ("min_bin_width", "min_bin_height", "min_derivative"):
+            if float(getattr(cdf, name)) != float(getattr(inner, name)):
+                _refuse(where, f"an unconditional spline with another {name}")
+        n_id = ident.shape[0]
+        free = SplineCoupling(dim, mask=~mask, hidden=(), rng=0,
+                              context_dim=n_context or None, **_spline_options(inner))
+        w = free.params["conditioner.w0"]
+        free.params["conditioner.w0"] = np.zeros_like(w)
+        theta = np.concatenate([np64(cdf.unnormalized_widths), np64(cdf.unnormalized_heights),
+                                np64(cdf.unnormalized_derivatives)], axis=1)
+        if theta.shape != (n_id, per):
+            _refuse(where, f"unconditional spline parameters of shape {theta.shape}")
+        free.params["conditioner.b0"] = theta.ravel()
+        idx = index_map((n_id, per))
+        grads.update({
+            "prqct.unconditional_transform.unnormalized_widths":
+                (-1, "conditioner.b0", idx[:, :n_bins]),
+            "prqct.unconditional_transform.unnormalized_heights":
+                (-1, "conditioner.b0", idx[:, n_bins:2 * n_bins]),
+            "prqct.unconditional_transform.unnormalized_derivatives":
+                (-1, "conditioner.b0", idx[:, 2 * n_bins:])})
+        # density direction: the coupling first, then the unconditional spline; refflow's
+        # Chain lists the sampling direction
+        grads = {t: (0 if j == -1 else j + 1, o, i) for t, (j, o, i) in grads.items()}
+        layers = [free] + layers
+    return layers, grads
 
 
 def _layers(flow):
@@ -219,24 +661,52 @@ def _layers(flow):
         return _permute(flow)
     if cls is nf.LULinearPermute:
         return _lu_permute(flow)
+    if cls is nf.Planar:
+        return _planar(flow)
+    if cls is nf.MaskedAffineAutoregressive:
+        return _masked_affine_autoregressive(flow)
+    if cls is nf.AutoregressiveRationalQuadraticSpline:
+        return _autoregressive_spline(flow)
+    if cls is nf.CoupledRationalQuadraticSpline:
+        return _coupled_spline(flow)
+    if cls is nf.Radial:
+        _unsupported(flow, "normflows' alpha = |alpha_raw| and beta = softplus(beta_raw) - "
+                           "|alpha_raw|: refflow's Radial has Pyro's alpha = softplus(alpha'), "
+                           "no twin")
     _unsupported(flow)
 
 
 def _base(q0):
-    from normflows.distributions import DiagGaussian
+    from normflows.distributions import DiagGaussian, GaussianMixture
 
-    from ..distributions import DiagNormal
+    from ..distributions import DiagGaussianMixture, DiagNormal
+    if type(q0) is GaussianMixture:
+        loc, log_scale, scores = np64(q0.loc), np64(q0.log_scale), np64(q0.weight_scores)
+        if loc.ndim != 3 or loc.shape[0] != 1:
+            _refuse("GaussianMixture", f"loc of shape {loc.shape}")
+        k, dim = loc.shape[1:]
+        base = DiagGaussianMixture(dim, k)
+        base.params["loc"], base.params["log_scale"] = loc[0], log_scale[0]
+        base.params["logits"] = scores[0]
+        grads = {"loc": ("loc", _whole((k, dim), loc.shape)),
+                 "log_scale": ("log_scale", _whole((k, dim), loc.shape)),
+                 "weight_scores": ("logits", _whole((k,), scores.shape))}
+        return base, grads
     if type(q0) is not DiagGaussian:
-        _unsupported(q0, "as a base distribution; refflow imports DiagGaussian")
+        _unsupported(q0, "as a base distribution; refflow imports DiagGaussian and "
+                         "GaussianMixture")
     if q0.temperature is not None:
         _refuse("DiagGaussian", f"temperature={q0.temperature}")
     loc, log_scale = np64(q0.loc), np64(q0.log_scale)
     if loc.ndim != 2 or loc.shape[0] != 1:
         _refuse("DiagGaussian", f"shape {tuple(q0.shape)} (refflow imports vectors)")
-    base = DiagNormal(loc.shape[1])
+    dim = loc.shape[1]
+    base = DiagNormal(dim)
     base.params["loc"] = loc[0]
     base.params["log_scale"] = log_scale[0]
-    return base
+    grads = {"loc": ("loc", _whole((dim,), loc.shape)),
+             "log_scale": ("log_scale", _whole((dim,), loc.shape))}
+    return base, grads
 
 
 def from_normflows(model):
@@ -244,17 +714,23 @@ def from_normflows(model):
 
     Parameters
     ----------
-    model : normflows.NormalizingFlow
-        With a ``DiagGaussian`` base and layers among ``MaskedAffineFlow`` (``nets.MLP``
-        networks with ReLU), ``AffineCouplingBlock`` (``split_mode="channel"``,
-        ``scale_map="exp"`` or ``scale=False``), ``AffineConstFlow``, ``ActNorm`` (after its
-        initialisation), ``Permute`` and ``LULinearPermute``.
+    model : normflows.NormalizingFlow or normflows.ConditionalNormalizingFlow
+        With a ``DiagGaussian`` or ``GaussianMixture`` base and layers among
+        ``MaskedAffineFlow`` (``nets.MLP`` networks with ReLU), ``AffineCouplingBlock``
+        (``split_mode="channel"``, ``scale_map="exp"`` or ``scale=False``),
+        ``AffineConstFlow``, ``ActNorm`` (after its initialisation), ``Permute``,
+        ``LULinearPermute``, ``Planar`` (tanh), ``MaskedAffineAutoregressive``,
+        ``AutoregressiveRationalQuadraticSpline`` and ``CoupledRationalQuadraticSpline``
+        (residual networks, linear tails; conditional ones in a
+        ``ConditionalNormalizingFlow``).
 
     Returns
     -------
     refflow.Flow
         float64 copies of the weights. ``model.log_prob(x)`` equals ``Flow.log_prob(x)`` and
-        each normflows layer's ``forward`` equals the refflow layers' ``forward``.
+        each normflows layer's ``forward`` equals the refflow layers' ``forward``. It carries
+        ``peer_gradients`` (``{normflows parameter name: (refflow key, flat indices)}``) for
+        :func:`refflow.interop.compare`.
 
     Raises
     ------
@@ -272,14 +748,26 @@ def from_normflows(model):
             from None
     from ..bijectors import Chain
     from ..distributions import Flow
-    if type(model) is not normflows.NormalizingFlow:
+    if type(model) not in (normflows.NormalizingFlow, normflows.ConditionalNormalizingFlow):
         raise TypeError(f"{_WHERE}: expected a normflows.NormalizingFlow, got "
                         f"{type(model).__name__}")
-    base = _base(model.q0)
-    layers = []
-    for flow in model.flows:
-        layers += _layers(flow)
+    base, base_grads = _base(model.q0)
+    layers, peer = [], {}
+    for i, flow in enumerate(model.flows):
+        new, grads = _layers(flow)
+        for name, (j, key, idx) in grads.items():
+            peer[f"flows.{i}.{name}"] = (f"bijector.layers.{len(layers) + j}.{key}", idx)
+        layers += new
+    for name, (key, idx) in base_grads.items():
+        if getattr(model.q0, name).requires_grad:
+            peer[f"q0.{name}"] = (f"base.{key}", idx)
     for layer in layers:
         if layer.dim != base.dim:
             _refuse(type(layer).__name__, f"dimension {layer.dim} for a base of {base.dim}")
-    return Flow(base, Chain(layers))
+    out = Flow(base, Chain(layers))
+    params = out.params
+    for name, (key, idx) in peer.items():  # the map names real arrays, entries in range
+        if key not in params or idx.max(initial=-1) >= params[key].size:
+            raise RuntimeError(f"{_WHERE}: internal error: gradient map of {name} -> {key}")
+    out.peer_gradients = peer
+    return out
