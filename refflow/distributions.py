@@ -17,7 +17,7 @@ from scipy.special import digamma, gammaln, logsumexp
 from ._dask import is_dask_array
 from ._math import sigmoid, softplus
 from ._validation import (
-    as_batch, as_float_array, check_bool, check_dim, check_int, check_rng,
+    as_batch, as_float_array, check_bool, check_dim, check_int, check_rng, empty_output,
 )
 from .bijectors.base import Bijector, atomic
 from .io.spec import (combine, constructor_arguments, declaration, declare, from_spec,
@@ -115,16 +115,6 @@ class _Balanced:
     def __iter__(self):
         n, k = self.n, self.k
         return (((n * i) // k, (n * (i + 1)) // k) for i in range(k))
-
-
-def _empty(shape, where):
-    """``np.empty(shape)``, or a ValueError saying how much memory ``shape`` would need."""
-    try:
-        return np.empty(shape)
-    except (MemoryError, ValueError):
-        gib = np.prod(np.asarray(shape, dtype=float)) * 8 / 2**30
-        raise ValueError(f"{where}: an output of shape {tuple(shape)} needs {gib:.3g} GiB of "
-                         f"memory, more than is available; ask for fewer rows") from None
 
 
 def _finite_log_prob(lp, where, base_lp=None):
@@ -237,6 +227,17 @@ class StandardNormal(_Distribution):
         return rng.standard_normal((n, self.dim))
 
 
+def _sampling_scale(log_scale, where):
+    """``exp(log_scale)``, the scale a sample is drawn with, or a ValueError naming ``where``
+    when it overflows float64."""
+    with np.errstate(over="ignore"):
+        scale = np.exp(log_scale)
+    if not np.isfinite(scale).all():
+        raise ValueError(f"{where}: exp(log_scale) overflows float64 (log_scale up to "
+                         f"{log_scale.max():.4g})")
+    return scale
+
+
 class DiagNormal(_Distribution):
     """Normal with trainable mean and log-standard-deviation, ``N(loc, diag(exp(log_scale))^2)``.
 
@@ -292,11 +293,7 @@ class DiagNormal(_Distribution):
         return self._log_prob_vjp(z)[0]
 
     def _sample(self, n, rng):
-        with np.errstate(over="ignore"):
-            scale = np.exp(self._params["log_scale"])
-        if not np.isfinite(scale).all():
-            raise ValueError(f"DiagNormal.sample: exp(log_scale) overflows float64 (log_scale "
-                             f"up to {self._params['log_scale'].max():.4g})")
+        scale = _sampling_scale(self._params["log_scale"], "DiagNormal.sample")
         eps = rng.standard_normal((n, self.dim))
         return self._params["loc"] + scale * eps
 
@@ -530,11 +527,7 @@ class StudentT(_Distribution):
 
     def _sample(self, n, rng):
         loc, log_scale, nu, _ = self._constrained(np.float64, "StudentT.sample")
-        with np.errstate(over="ignore"):
-            scale = np.exp(log_scale)
-        if not np.isfinite(scale).all():
-            raise ValueError(f"StudentT.sample: exp(log_scale) overflows float64 (log_scale up "
-                             f"to {log_scale.max():.4g})")
+        scale = _sampling_scale(log_scale, "StudentT.sample")
         return loc + scale * rng.standard_t(nu, size=(n, self.dim))
 
 
@@ -647,11 +640,7 @@ class DiagGaussianMixture(_Distribution):
 
     def _sample(self, n, rng):
         log_w, loc, log_scale, _ = self._constrained(np.float64, "DiagGaussianMixture.sample")
-        with np.errstate(over="ignore"):
-            scale = np.exp(log_scale)
-        if not np.isfinite(scale).all():
-            raise ValueError(f"DiagGaussianMixture.sample: exp(log_scale) overflows float64 "
-                             f"(log_scale up to {log_scale.max():.4g})")
+        scale = _sampling_scale(log_scale, "DiagGaussianMixture.sample")
         w = np.exp(log_w)
         k = rng.choice(self.n_components, size=n, p=w / w.sum())
         eps = rng.standard_normal((n, self.dim))
@@ -875,7 +864,7 @@ class Flow:
         chunks = _chunks(n, batch_size, self.bijector, explicit, _where)
         x = lq = None
         if len(chunks) > 1:  # preallocated: a request too large for memory fails here, clearly
-            x, lq = _empty((n, self.dim), _where), _empty(n, _where)
+            x, lq = empty_output((n, self.dim), _where), empty_output(n, _where)
         with atomic(), self._blas(min(n, batch_size)):
             for start, stop in chunks:
                 z = self.base._sample(stop - start, rng)
