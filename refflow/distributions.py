@@ -171,6 +171,10 @@ class _Distribution:
         dim = check_dim(args["dim"], cls.__name__)
         return declaration({name: (dim,) for name in cls._param_names})
 
+    def _log_prob(self, z):
+        # The value of the pass with a pullback; a closed form without residuals overrides it.
+        return self._log_prob_vjp(z)[0]
+
     def log_prob(self, z):
         """Log-density of each point: ``z`` of shape ``(n, dim)`` -> ``(n,)`` (or a scalar)."""
         z2, was_1d = as_batch(z, self.dim, f"{type(self).__name__}.log_prob")
@@ -288,9 +292,6 @@ class DiagNormal(_Distribution):
             return -gu, {"loc": gu.sum(axis=0), "log_scale": (g * (u * u - 1.0)).sum(axis=0)}
 
         return lp, pullback
-
-    def _log_prob(self, z):
-        return self._log_prob_vjp(z)[0]
 
     def _sample(self, n, rng):
         scale = _sampling_scale(self._params["log_scale"], "DiagNormal.sample")
@@ -522,9 +523,6 @@ class StudentT(_Distribution):
 
         return lp, pullback
 
-    def _log_prob(self, z):
-        return self._log_prob_vjp(z)[0]
-
     def _sample(self, n, rng):
         loc, log_scale, nu, _ = self._constrained(np.float64, "StudentT.sample")
         scale = _sampling_scale(log_scale, "StudentT.sample")
@@ -634,9 +632,6 @@ class DiagGaussianMixture(_Distribution):
             return -gru.sum(axis=1), grads
 
         return lp, pullback
-
-    def _log_prob(self, z):
-        return self._log_prob_vjp(z)[0]
 
     def _sample(self, n, rng):
         log_w, loc, log_scale, _ = self._constrained(np.float64, "DiagGaussianMixture.sample")
