@@ -26,6 +26,7 @@ import sys
 import numpy as np
 
 from ._exact import mean_from_sum, partial_sum
+from ._validation import check_context_given
 
 __all__ = ["is_dask_array", "float_dtype", "map_rows", "sample_rows", "seed_sequence",
            "lazy_mean", "call_rows", "draw_rows"]
@@ -69,13 +70,8 @@ def _context(context, row_chunks, where, context_dim, allow_shared=True):
     import dask.array as da
 
     n = sum(row_chunks)
-    if context_dim is None:
-        if context is not None:
-            raise ValueError(f"{where}: the model is unconditional, but a context was given")
+    if not check_context_given(context, context_dim, where, "model", "a context"):
         return None, None
-    if context is None:
-        raise ValueError(f"{where}: the model is conditional; pass a context of shape "
-                         f"(n, {context_dim}) or ({context_dim},)")
     if not is_dask_array(context):
         context = np.asarray(context)
         if context.ndim == 1:

@@ -19,7 +19,8 @@ import numpy as np
 
 __all__ = ["as_batch", "as_float_array", "as_cotangent", "check_finite", "check_rng", "check_dim",
            "check_int", "check_n", "check_batch_size", "check_real", "check_positive", "check_bool",
-           "check_choice", "check_hidden", "placeholder_initialisation"]
+           "check_choice", "check_hidden", "check_same_keys", "check_context_given", "empty_output",
+           "placeholder_initialisation"]
 
 
 def _describe(x):
@@ -326,3 +327,44 @@ def as_cotangent(value, shape, was_1d, dtype, where, name):
         raise ValueError(f"{where}: expected {name} of shape {expected}, got {arr.shape}")
     check_finite(arr, where, name)
     return np.ascontiguousarray(arr.reshape(shape), dtype=dtype)
+
+
+def check_same_keys(given, expected, where, what="keys"):
+    """Refuse a mapping whose keys are not exactly those of ``expected``.
+
+    The ``ValueError`` lists both differences, sorted: ``"{where}: {what} differ (missing
+    [...], unexpected [...])"``.
+    """
+    if set(given) != set(expected):
+        missing = sorted(set(expected) - set(given))
+        extra = sorted(set(given) - set(expected))
+        raise ValueError(f"{where}: {what} differ (missing {missing}, unexpected {extra})")
+
+
+def check_context_given(context, context_dim, where, owner, name):
+    """Whether a context is needed (``context_dim`` not None), refusing a mismatch.
+
+    An unconditional ``owner`` (``"model"``, ``"flow"``) with a context, or a conditional one
+    without (``name`` is how the message calls it, e.g. ``"a context"``), raises a
+    ``ValueError``; otherwise returns ``True`` for a conditional owner, ``False`` for an
+    unconditional one. The context itself is not inspected.
+    """
+    if context_dim is None:
+        if context is not None:
+            raise ValueError(f"{where}: the {owner} is unconditional, but {name} was given")
+        return False
+    if context is None:
+        raise ValueError(f"{where}: the {owner} is conditional; pass {name} of shape "
+                         f"(n, {context_dim}) or ({context_dim},)")
+    return True
+
+
+def empty_output(shape, where):
+    """``np.empty(shape)`` (float64), or a ValueError saying how much memory ``shape`` would
+    need."""
+    try:
+        return np.empty(shape)
+    except (MemoryError, ValueError):
+        gib = np.prod(np.asarray(shape, dtype=float)) * 8 / 2**30
+        raise ValueError(f"{where}: an output of shape {tuple(shape)} needs {gib:.3g} GiB of "
+                         f"memory, more than is available; ask for fewer rows") from None

@@ -17,7 +17,7 @@ from scipy.special import digamma, gammaln, logsumexp
 from ._dask import is_dask_array
 from ._math import sigmoid, softplus
 from ._validation import (
-    as_batch, as_float_array, check_bool, check_dim, check_int, check_rng,
+    as_batch, as_float_array, check_bool, check_dim, check_int, check_rng, empty_output,
 )
 from .bijectors.base import Bijector, atomic
 from .io.spec import (combine, constructor_arguments, declaration, declare, from_spec,
@@ -117,16 +117,6 @@ class _Balanced:
         return (((n * i) // k, (n * (i + 1)) // k) for i in range(k))
 
 
-def _empty(shape, where):
-    """``np.empty(shape)``, or a ValueError saying how much memory ``shape`` would need."""
-    try:
-        return np.empty(shape)
-    except (MemoryError, ValueError):
-        gib = np.prod(np.asarray(shape, dtype=float)) * 8 / 2**30
-        raise ValueError(f"{where}: an output of shape {tuple(shape)} needs {gib:.3g} GiB of "
-                         f"memory, more than is available; ask for fewer rows") from None
-
-
 def _finite_log_prob(lp, where, base_lp=None):
     """Raise when a log-density is not finite (it overflowed float64), naming the rows.
 
@@ -180,6 +170,10 @@ class _Distribution:
                             f"the file)")
         dim = check_dim(args["dim"], cls.__name__)
         return declaration({name: (dim,) for name in cls._param_names})
+
+    def _log_prob(self, z):
+        # The value of the pass with a pullback; a closed form without residuals overrides it.
+        return self._log_prob_vjp(z)[0]
 
     def log_prob(self, z):
         """Log-density of each point: ``z`` of shape ``(n, dim)`` -> ``(n,)`` (or a scalar)."""
@@ -237,6 +231,17 @@ class StandardNormal(_Distribution):
         return rng.standard_normal((n, self.dim))
 
 
+def _sampling_scale(log_scale, where):
+    """``exp(log_scale)``, the scale a sample is drawn with, or a ValueError naming ``where``
+    when it overflows float64."""
+    with np.errstate(over="ignore"):
+        scale = np.exp(log_scale)
+    if not np.isfinite(scale).all():
+        raise ValueError(f"{where}: exp(log_scale) overflows float64 (log_scale up to "
+                         f"{log_scale.max():.4g})")
+    return scale
+
+
 class DiagNormal(_Distribution):
     """Normal with trainable mean and log-standard-deviation, ``N(loc, diag(exp(log_scale))^2)``.
 
@@ -288,15 +293,8 @@ class DiagNormal(_Distribution):
 
         return lp, pullback
 
-    def _log_prob(self, z):
-        return self._log_prob_vjp(z)[0]
-
     def _sample(self, n, rng):
-        with np.errstate(over="ignore"):
-            scale = np.exp(self._params["log_scale"])
-        if not np.isfinite(scale).all():
-            raise ValueError(f"DiagNormal.sample: exp(log_scale) overflows float64 (log_scale "
-                             f"up to {self._params['log_scale'].max():.4g})")
+        scale = _sampling_scale(self._params["log_scale"], "DiagNormal.sample")
         eps = rng.standard_normal((n, self.dim))
         return self._params["loc"] + scale * eps
 
@@ -525,16 +523,9 @@ class StudentT(_Distribution):
 
         return lp, pullback
 
-    def _log_prob(self, z):
-        return self._log_prob_vjp(z)[0]
-
     def _sample(self, n, rng):
         loc, log_scale, nu, _ = self._constrained(np.float64, "StudentT.sample")
-        with np.errstate(over="ignore"):
-            scale = np.exp(log_scale)
-        if not np.isfinite(scale).all():
-            raise ValueError(f"StudentT.sample: exp(log_scale) overflows float64 (log_scale up "
-                             f"to {log_scale.max():.4g})")
+        scale = _sampling_scale(log_scale, "StudentT.sample")
         return loc + scale * rng.standard_t(nu, size=(n, self.dim))
 
 
@@ -642,16 +633,9 @@ class DiagGaussianMixture(_Distribution):
 
         return lp, pullback
 
-    def _log_prob(self, z):
-        return self._log_prob_vjp(z)[0]
-
     def _sample(self, n, rng):
         log_w, loc, log_scale, _ = self._constrained(np.float64, "DiagGaussianMixture.sample")
-        with np.errstate(over="ignore"):
-            scale = np.exp(log_scale)
-        if not np.isfinite(scale).all():
-            raise ValueError(f"DiagGaussianMixture.sample: exp(log_scale) overflows float64 "
-                             f"(log_scale up to {log_scale.max():.4g})")
+        scale = _sampling_scale(log_scale, "DiagGaussianMixture.sample")
         w = np.exp(log_w)
         k = rng.choice(self.n_components, size=n, p=w / w.sum())
         eps = rng.standard_normal((n, self.dim))
@@ -875,7 +859,7 @@ class Flow:
         chunks = _chunks(n, batch_size, self.bijector, explicit, _where)
         x = lq = None
         if len(chunks) > 1:  # preallocated: a request too large for memory fails here, clearly
-            x, lq = _empty((n, self.dim), _where), _empty(n, _where)
+            x, lq = empty_output((n, self.dim), _where), empty_output(n, _where)
         with atomic(), self._blas(min(n, batch_size)):
             for start, stop in chunks:
                 z = self.base._sample(stop - start, rng)

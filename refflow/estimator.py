@@ -26,7 +26,7 @@ from ._exact import CrossMoments, Moments, exact_mean
 from ._rows import (Standardized, Whitened, covariance, out_of_core, rows_of, scan,
                     whiten)
 from ._validation import (check_batch_size, check_bool, check_choice, check_hidden, check_int,
-                          check_positive, check_real, check_rng)
+                          check_positive, check_real, check_rng, empty_output)
 from .bijectors import Affine, Chain, LULinear
 from .distributions import DEFAULT_BATCH_SIZE, Flow
 from .flows import BUILDERS
@@ -324,15 +324,6 @@ def _row_chunks(n, batch_size):
 def _out_of_range(exc):
     """True for the flow's "not representable in float64" errors (a row too far out)."""
     return "representable" in str(exc)
-
-
-def _empty(shape, where):
-    try:
-        return np.empty(shape)
-    except (MemoryError, ValueError):
-        gib = np.prod(np.asarray(shape, dtype=float)) * 8 / 2 ** 30
-        raise ValueError(f"{where}: an output of shape {tuple(shape)} needs {gib:.3g} GiB of "
-                         f"memory, more than is available; ask for fewer rows") from None
 
 
 # ------------------------------------------------------------------------------ estimator
@@ -945,7 +936,7 @@ class FlowDensity:
         """``(log q, rows out of range)``: chunked as ``Flow.log_prob``; a chunk that fails
         because a row is out of range is split in halves until the rows that fail on their
         own are found, and the others are scored without them."""
-        lp = _empty(X.shape[0], where)
+        lp = empty_output(X.shape[0], where)
         bad = []
         bar = self._progress(where, X.shape[0])
         try:
@@ -1006,7 +997,7 @@ class FlowDensity:
 
     def _map_rows(self, V, C, where, direction, batch_size):
         """``T^{-1}(x)`` (``direction="inverse"``) or ``T(z)`` of every row, chunked."""
-        out = _empty(V.shape, where)
+        out = empty_output(V.shape, where)
         run = getattr(self.flow_.bijector, direction)
         bar = self._progress(where, V.shape[0])
         try:
@@ -1255,7 +1246,7 @@ class FlowDensity:
         else:
             rows = self._context_rows(context, where, n_samples, for_samples=True)
         gen = _generator(random_state, where)
-        out = _empty((n_samples, self.n_features_in_), where)
+        out = empty_output((n_samples, self.n_features_in_), where)
         bar = self._progress(where, n_samples)
         try:
             for start, stop in _row_chunks(n_samples, batch_size):

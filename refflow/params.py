@@ -23,7 +23,7 @@ array([1., 2.])
 
 import numpy as np
 
-from ._validation import as_float_array
+from ._validation import as_float_array, check_same_keys
 
 __all__ = ["ParamDict", "ravel", "copy_params", "assign", "allclose"]
 
@@ -141,10 +141,7 @@ def copy_params(params):
 
 def assign(params, values):
     """Write finite ``values`` (same keys and shapes) into ``params`` in place, all or nothing."""
-    if set(values) != set(params):
-        missing = sorted(set(params) - set(values))
-        extra = sorted(set(values) - set(params))
-        raise ValueError(f"assign: keys differ (missing {missing}, unexpected {extra})")
+    check_same_keys(values, params, "assign")
     converted = {}
     for key, value in values.items():
         value = as_float_array(value, "assign", f"parameter {key!r}").astype(np.float64)

@@ -138,6 +138,20 @@ class Affine(Bijector):
         return affine_inverse(x, p["shift"], p["log_scale"], vjp)
 
 
+def _elementwise_pass(u, h, dh, log_dh, dlog_dh, vjp):
+    """One direction ``v = h(u)`` of an elementwise map (``f`` forward, ``g`` inverse):
+    ``log_det = sum_i log h'(u_i)``, pullback ``u_bar = v_bar h'(u) + log_det_bar (log h')'(u)``
+    (module docstring); ``dh``, ``log_dh``, ``dlog_dh`` are ``h'``, ``log h'``, ``(log h')'``."""
+    v, log_det = h(u), log_dh(u).sum(axis=1)
+    if not vjp:
+        return v, log_det, None
+
+    def pullback(v_bar, log_det_bar):
+        return v_bar * dh(u) + log_det_bar[:, None] * dlog_dh(u), {}, None
+
+    return v, log_det, pullback
+
+
 class _Elementwise(Bijector):
     """Parameter-free elementwise bijector defined by ``f`` and ``g = f^{-1}`` and derivatives.
 
@@ -159,24 +173,10 @@ class _Elementwise(Bijector):
         return declaration()
 
     def _forward_pass(self, z, context, vjp):
-        x, log_det = self._f(z), self._log_df(z).sum(axis=1)
-        if not vjp:
-            return x, log_det, None
-
-        def pullback(x_bar, log_det_bar):
-            return x_bar * self._df(z) + log_det_bar[:, None] * self._dlog_df(z), {}, None
-
-        return x, log_det, pullback
+        return _elementwise_pass(z, self._f, self._df, self._log_df, self._dlog_df, vjp)
 
     def _inverse_pass(self, x, context, vjp):
-        z, log_det = self._g(x), self._log_dg(x).sum(axis=1)
-        if not vjp:
-            return z, log_det, None
-
-        def pullback(z_bar, log_det_bar):
-            return z_bar * self._dg(x) + log_det_bar[:, None] * self._dlog_dg(x), {}, None
-
-        return z, log_det, pullback
+        return _elementwise_pass(x, self._g, self._dg, self._log_dg, self._dlog_dg, vjp)
 
     def _check_open_interval(self, direction, v, low, high, what):
         inside = np.ones(v.shape, dtype=bool)

@@ -167,6 +167,16 @@ def _standardise(ref, ddof, path, where):
     return mu, s
 
 
+def _split_then_normalise(data, path, where):
+    """POWER's and MINIBOONE's ending in the MAF code: split off the test set, then the
+    validation set, and normalise all three by the mean and population standard deviation of
+    train + validation."""
+    rest, test = _split_tail(data, path, where, "the test set")
+    train, validation = _split_tail(rest, path, where, "the validation set")
+    mu, s = _standardise(rest, 0, path, where)
+    return TabularData((train - mu) / s, (validation - mu) / s, (test - mu) / s)
+
+
 def load_power(root):
     r"""The POWER data set of the MAF paper, preprocessed and split exactly as the MAF code.
 
@@ -227,10 +237,7 @@ def load_power(root):
     active = 0.001 * rs.rand(n, 1)
     metering = rs.rand(n, 3)
     data += np.hstack([active, voltage, metering, np.zeros((n, 1))])
-    rest, test = _split_tail(data, path, where, "the test set")
-    train, validation = _split_tail(rest, path, where, "the validation set")
-    mu, s = _standardise(rest, 0, path, where)
-    return TabularData((train - mu) / s, (validation - mu) / s, (test - mu) / s)
+    return _split_then_normalise(data, path, where)
 
 
 def load_gas(root):
@@ -463,10 +470,7 @@ def load_miniboone(root):
     where = "load_miniboone"
     path = _data_file(root, where, "miniboone", "data.npy")
     data = _load_npy(path, where, 43)
-    rest, test = _split_tail(data, path, where, "the test set")
-    train, validation = _split_tail(rest, path, where, "the validation set")
-    mu, s = _standardise(rest, 0, path, where)
-    return TabularData((train - mu) / s, (validation - mu) / s, (test - mu) / s)
+    return _split_then_normalise(data, path, where)
 
 
 def load_bsds300(root):

@@ -93,6 +93,15 @@ def two_moons(n, *, noise=0.1, rng=None):
     return np.stack([x, y], axis=1) + noise * rng.standard_normal((n, 2))
 
 
+def _noisy_ring_points(r, sigma, rng):
+    """``r (cos theta, sin theta) + sigma eps`` per row, ``theta ~ U(0, 2 pi)``, ``eps ~ N(0, I)``
+    (drawn in that order), for the radii ``r`` already drawn."""
+    n = r.shape[0]
+    theta = rng.uniform(0.0, _TWO_PI, size=n)
+    return r[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=1) + (
+        sigma * rng.standard_normal((n, 2)))
+
+
 def _circles_params(where, factor, noise, scale, density):
     factor = check_real(factor, where, "factor", low=0.0, high=1.0, high_open=True)
     noise = _noise(noise, where, density=density)
@@ -141,9 +150,7 @@ def circles(n, *, factor=0.5, noise=0.08, scale=3.0, rng=None):
     radii, sigma = _circles_params("circles", factor, noise, scale, density=False)
     rng = check_rng(rng, "circles")
     r = np.where(rng.random(n) < 0.5, radii[0], radii[1])
-    theta = rng.uniform(0.0, _TWO_PI, size=n)
-    return r[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=1) + (
-        sigma * rng.standard_normal((n, 2)))
+    return _noisy_ring_points(r, sigma, rng)
 
 
 def _rings_params(where, n_rings, radius, noise, density):
@@ -189,9 +196,7 @@ def rings(n, *, n_rings=4, radius=3.0, noise=0.08, rng=None):
     radii, sigma = _rings_params("rings", n_rings, radius, noise, density=False)
     rng = check_rng(rng, "rings")
     r = radii[rng.integers(radii.size, size=n)]
-    theta = rng.uniform(0.0, _TWO_PI, size=n)
-    return r[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=1) + (
-        sigma * rng.standard_normal((n, 2)))
+    return _noisy_ring_points(r, sigma, rng)
 
 
 def _eight_gaussians_params(where, radius, noise, density):

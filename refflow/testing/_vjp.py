@@ -33,6 +33,19 @@ def _split_pullback(result, n_inputs):
     return [np.asarray(b) for b in bars], dict(grads)
 
 
+def _attempt(what, fn, problems):
+    """``(True, fn())``; or ``(False, None)`` with ``"{what} raised ..."`` added to ``problems``
+    when ``fn`` raises. check_vjp's own ValueErrors (``"check_vjp: ..."``, a misuse of the
+    check rather than a finding about the code under test) propagate."""
+    try:
+        return True, fn()
+    except Exception as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith("check_vjp:"):
+            raise
+        problems.append(f"{what} raised {describe_exception(exc)}")
+        return False, None
+
+
 def _where(flat, shape):
     if len(shape) <= 1:
         return int(flat)
@@ -178,30 +191,19 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD, fun
         return _split_vjp(fn(ps, *args) if functional else fn(*args))
 
     problems = []
-    try:
-        outputs, pullback = call(vjp, v0s, params)
-    except ValueError as exc:
-        if str(exc).startswith("check_vjp:"):
-            raise
-        problems.append(f"vjp raised {describe_exception(exc)}")
+    ok, result = _attempt("vjp", lambda: call(vjp, v0s, params), problems)
+    if not ok:
         return VJPReport([], problems)
-    except Exception as exc:
-        problems.append(f"vjp raised {describe_exception(exc)}")
-        return VJPReport([], problems)
+    outputs, pullback = result
     cotangents = [rng.standard_normal(o.shape) for o in outputs]
     kept = [c.copy() for c in cotangents]
     cts = [c.astype(o.dtype) if o.dtype.kind == "f" else c for c, o in zip(cotangents, outputs)]
-    try:
-        bars, grads = _split_pullback(pullback(*cts), len(v0s))
-        bars2, grads2 = _split_pullback(pullback(*cts), len(v0s))
-    except ValueError as exc:
-        if str(exc).startswith("check_vjp:"):
-            raise
-        problems.append(f"pullback raised {describe_exception(exc)}")
+    ok, result = _attempt("pullback", lambda: (_split_pullback(pullback(*cts), len(v0s)),
+                                                _split_pullback(pullback(*cts), len(v0s))),
+                          problems)
+    if not ok:
         return VJPReport([], problems)
-    except Exception as exc:
-        problems.append(f"pullback raised {describe_exception(exc)}")
-        return VJPReport([], problems)
+    (bars, grads), (bars2, grads2) = result
     _contract(problems, v0s, labels, params, outputs, cts, kept, bars, grads, bars2, grads2)
 
     if low:

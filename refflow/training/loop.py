@@ -36,8 +36,8 @@ import time
 import numpy as np
 
 from .._rows import RepeatedRows, out_of_core, permutation, rows_of, scan
-from .._validation import (as_batch, as_float_array, check_bool, check_int, check_positive,
-                           check_real, check_rng)
+from .._validation import (as_batch, as_float_array, check_bool, check_context_given, check_int,
+                           check_positive, check_real, check_rng)
 from ..distributions import Flow
 from ..kernels.threads import blas_threads, largest_weight
 from . import optim as _optim  # fit's argument clip_grad_norm shadows the function
@@ -199,13 +199,8 @@ def _data(flow, x, context, x_name, c_name):
     x2, _ = as_batch(arr, flow.dim, "fit", x_name)
     if x2.shape[0] == 0:
         raise ValueError(f"fit: {x_name} is empty")
-    if flow.context_dim is None:
-        if context is not None:
-            raise ValueError(f"fit: the flow is unconditional, but {c_name} was given")
+    if not check_context_given(context, flow.context_dim, "fit", "flow", c_name):
         return x2, None
-    if context is None:
-        raise ValueError(f"fit: the flow is conditional; pass {c_name} of shape "
-                         f"(n, {flow.context_dim}) or ({flow.context_dim},)")
     c2, shared = as_batch(context, flow.context_dim, "fit", c_name)
     if shared:
         c2 = np.repeat(c2, x2.shape[0], axis=0)
@@ -220,13 +215,8 @@ def _source_data(flow, x, context, x_name, c_name):
     xs = rows_of(x, "fit", x_name, flow.dim)
     if not xs.checked:
         scan(xs, "fit", x_name, with_moments=False)
-    if flow.context_dim is None:
-        if context is not None:
-            raise ValueError(f"fit: the flow is unconditional, but {c_name} was given")
+    if not check_context_given(context, flow.context_dim, "fit", "flow", c_name):
         return xs, None
-    if context is None:
-        raise ValueError(f"fit: the flow is conditional; pass {c_name} of shape "
-                         f"(n, {flow.context_dim}) or ({flow.context_dim},)")
     if not out_of_core(context) and np.ndim(context) == 1:
         row, _ = as_batch(context, flow.context_dim, "fit", c_name)
         return xs, RepeatedRows(row[0], xs.n)

@@ -31,7 +31,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .._validation import as_float_array, check_bool, check_int, check_positive, check_real
+from .._validation import (as_float_array, check_bool, check_int, check_positive, check_real,
+                           check_same_keys)
 from ..kernels import use_fast_paths
 from ..kernels.fused import adam_update, sgd_update
 
@@ -81,10 +82,7 @@ class _Optimizer:
         if not isinstance(grads, Mapping):
             raise TypeError(f"{where}: grads must be a mapping with the keys of params, "
                             f"got {type(grads).__name__}")
-        if set(grads) != set(self.params):
-            missing = sorted(set(self.params) - set(grads))
-            extra = sorted(set(grads) - set(self.params))
-            raise ValueError(f"{where}: gradient keys differ (missing {missing}, unexpected {extra})")
+        check_same_keys(grads, self.params, where, "gradient keys")
         checked = {}
         for key in self.params:
             g = as_float_array(grads[key], where, f"gradient {key!r}")
@@ -190,10 +188,7 @@ class _Optimizer:
         if not isinstance(state, Mapping):
             raise TypeError(f"{where}: expected a mapping of arrays, got {type(state).__name__}")
         expected = self.state_dict()
-        if set(state) != set(expected):
-            missing = sorted(set(expected) - set(state))
-            extra = sorted(set(state) - set(expected))
-            raise ValueError(f"{where}: keys differ (missing {missing}, unexpected {extra})")
+        check_same_keys(state, expected, where)
         arrays = {}
         for key, ref in expected.items():
             value = as_float_array(state[key], where, key)
