@@ -603,8 +603,8 @@ def get_spline_map(name, *, n_bins, bound=None, min_bin_width=None, min_bin_heig
         vals[key] = v
 
     if end_slopes not in (None, "fixed", "learned", "circular"):
-        raise ValueError(f"{where}: end_slopes must be 'fixed', 'learned' or 'circular', got "
-                         f"{end_slopes!r}")
+        raise ValueError(f"{where}: end_slopes must be 'fixed' or 'learned' (or 'circular', "
+                         f"d_K = d_0), got {end_slopes!r}")
     if end_slopes in ("learned", "circular") and name not in ("durkan", "zuko"):
         raise ValueError(f"{where}: end_slopes={end_slopes!r} applies to the durkan and zuko "
                          f"maps (distrax: boundary_slopes; pyro and flowjax fix their own)")
