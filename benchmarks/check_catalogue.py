@@ -1,7 +1,11 @@
 """Worst errors and speed of the seven monotone-transformer layers (the oracle over many draws).
 
 Run: ``python benchmarks/check_catalogue.py [--seeds 20] [--rows 100000] [--no-speed]
-[--no-accuracy] [--json out.json]``
+[--no-accuracy] [--json out.json] [--families monotone|catalogue]``
+
+``--families catalogue`` runs the accuracy part on the peers' catalogue cases instead
+(``CATALOGUE``: spline maps and tails, circular and linear-rational splines, the linear maps,
+LU and scale-map options; the speed table is the monotone layers' only).
 
 For every registry case of the monotone-transformer layers (``refflow._cases``: the five MADE
 layers, ``BlockNeuralAutoregressive`` and ``Gaussianization``, also inside ``Inverse``), over
@@ -38,6 +42,22 @@ from refflow.testing import check_bijector, check_vjp
 LAYERS = (B.NeuralAutoregressive, B.MaskedMonotonicAutoregressive,
           B.UnconstrainedMonotonicAutoregressive, B.BlockNeuralAutoregressive,
           B.SumOfSquaresAutoregressive, B.BernsteinAutoregressive, B.Gaussianization)
+
+
+#: ``--families catalogue``: the registry cases of the peers' catalogue (spline maps and
+#: tails, circular and linear-rational splines, linear maps, LU and scale-map options).
+CATALOGUE = (
+    "rqs_pyro", "rqs_flowjax", "rqs_durkan_learned_end_slopes", "linear_rational_spline",
+    "spline_coupling_flowjax", "spline_coupling_zuko_learned_end_slopes",
+    "spline_coupling_linear_rational", "spline_autoregressive_pyro",
+    "spline_autoregressive_linear_rational", "circular_spline_distrax",
+    "circular_spline_zuko_shift", "spline_coupling_circular",
+    "spline_coupling_circular_zuko_shift", "spline_autoregressive_circular",
+    "spline_autoregressive_circular_zuko_shift", "matrix_exponential", "rotation",
+    "triangular_affine", "triangular_affine_upper_weight_norm", "lu_linear_zuko_raw_lower",
+    "lu_linear_normflows_signs", "maf_density_flowjax", "iaf_pyro_clamp", "iaf_pyro_stable",
+    "maf_stable_flowjax_conditional",
+)
 
 
 def _inner(bijector):
@@ -163,8 +183,14 @@ def main(argv=None):
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--json")
+    parser.add_argument("--families", choices=("monotone", "catalogue"), default="monotone",
+                        help="monotone: the seven monotone-transformer layers (default); "
+                             "catalogue: the peers' catalogue cases (CATALOGUE)")
     args = parser.parse_args(argv)
-    case_ids = [c for c in sorted(CASES) if isinstance(_inner(CASES[c](0)[0]), LAYERS)]
+    if args.families == "catalogue":
+        case_ids = [c for c in CATALOGUE if c in CASES]
+    else:
+        case_ids = [c for c in sorted(CASES) if isinstance(_inner(CASES[c](0)[0]), LAYERS)]
     result = {"seeds": args.seeds,
               "accuracy": {} if args.no_accuracy else accuracy(case_ids, args.seeds)}
     if not args.no_speed:

@@ -24,7 +24,7 @@ from .distributions import (
     DiagGaussianMixture, DiagNormal, Flow, StandardNormal, StudentT, Uniform,
 )
 from .training import SGD, Adam, CosineAnnealing, History, TrainingDiverged, clip_grad_norm, fit
-from .flows import (BUILDERS, BPF, MAF, NAF, NSF, SOSPF, UNAF, Glow, PlanarFlow, RadialFlow,
+from .flows import (BUILDERS, BPF, MAF, NAF, NCSF, NSF, SOSPF, UNAF, Glow, PlanarFlow, RadialFlow,
                     RealNVP, SylvesterFlow)
 from .estimator import FlowDensity
 from . import data, flows, io, optim, train, training, variational
@@ -61,7 +61,7 @@ __all__ = [
     # training
     "Adam", "SGD", "CosineAnnealing", "clip_grad_norm", "fit", "History", "TrainingDiverged",
     # builders and the estimator
-    "RealNVP", "MAF", "NSF", "Glow", "PlanarFlow", "RadialFlow", "SylvesterFlow", "BUILDERS",
+    "RealNVP", "MAF", "NSF", "NCSF", "Glow", "PlanarFlow", "RadialFlow", "SylvesterFlow", "BUILDERS",
     "NAF", "UNAF", "SOSPF", "BPF",
     "FlowDensity",
     # save and load (model files hold arrays and JSON only)

@@ -463,6 +463,27 @@ CASES = {
     "inverse_sigmoid": _case(lambda r: B.Inverse(B.Sigmoid(3)), _uniform(0.02, 0.98), _normal(2.0)),
     "inverse_lu_linear": _case(lambda r: B.Inverse(_randomize(B.LULinear(3, rng=r), r)),
                                _normal(), _normal()),
+    # circular coordinates in the spline layers (angles on [-pi, pi]): normflows' durkan
+    # convention with a mixed layer (identity angle fed as sin/cos, one circular and one
+    # linear transformed coordinate) and zuko's map after its circular shift
+    "spline_coupling_circular": _knot_safe_case(
+        lambda r: _randomize(B.SplineCoupling(4, hidden=(8,), n_bins=4, activation="tanh",
+                                              circular=[0, 3], rng=r), r),
+        _uniform(-np.pi, np.pi), _uniform(-np.pi, np.pi)),
+    "spline_coupling_circular_zuko_shift": _knot_safe_case(
+        lambda r: _randomize(B.SplineCoupling(3, hidden=(8,), n_bins=4, activation="tanh",
+                                              circular=True, parameterization="zuko",
+                                              shift=True, rng=r), r),
+        _uniform(-np.pi, np.pi), _uniform(-np.pi, np.pi)),
+    "spline_autoregressive_circular": _knot_safe_case(
+        lambda r: _randomize(B.MaskedSplineAutoregressive(
+            3, hidden=(8,), n_bins=4, activation="tanh", circular=True, rng=r), r),
+        _uniform(-np.pi, np.pi), _uniform(-np.pi, np.pi)),
+    "spline_autoregressive_circular_zuko_shift": _knot_safe_case(
+        lambda r: _randomize(B.MaskedSplineAutoregressive(
+            3, hidden=(8,), n_bins=4, activation="tanh", circular=True, parameterization="zuko",
+            shift=True, rng=r), r),
+        _uniform(-np.pi, np.pi), _uniform(-np.pi, np.pi)),
 }
 
 

@@ -81,7 +81,7 @@ def rqs(apply, v, uw, uh, ud, smap, vjp):
     spline = apply == "spline"
     fast = use_fast_paths("splines")
     # (kernels looked up by name at call time, so that a test may substitute one)
-    if fast and smap.name == "durkan" and not smap.identity_tails:  # fused: fixed end slopes
+    if fast and smap.name == "durkan" and smap.end_slopes == "fixed":  # fused: unit end slopes
         kernel, vjp_kernel = ((rqs_durkan_forward, rqs_durkan_forward_vjp) if spline
                               else (rqs_durkan_inverse, rqs_durkan_inverse_vjp))
         settings = (float(smap.bound), float(smap.min_bin_width), float(smap.min_bin_height),

@@ -286,7 +286,11 @@ class SplineMap:
 class _EndSlopes:
     """``end_slopes="learned"`` for the maps whose boundary derivatives are otherwise 1: all
     ``K + 1`` derivatives come from ``u_d`` by the map's own inner formula, and the tails stay
-    the identity (so the derivative jumps at ``±B``, as FlowJAX's)."""
+    the identity (so the derivative jumps at ``±B``, as FlowJAX's). ``end_slopes="circular"``:
+    ``K`` derivatives ``d_0 .. d_{K-1}`` come from ``u_d`` and ``d_K = d_0`` (normflows'
+    ``tails="circular"``, ``normflows/utils/splines.py`` lines 42-44: ``u_d`` padded by one
+    and its last entry set to its first); the linear tails beyond ``±B`` then have slopes
+    ``d_0`` (only ``[-B, B]`` is used, as a circle)."""
 
     end_slopes = "fixed"
 
@@ -296,14 +300,31 @@ class _EndSlopes:
 
     @property
     def n_derivatives(self):
-        return self.n_bins + 1 if self.end_slopes == "learned" else self.n_bins - 1
+        return {"learned": self.n_bins + 1, "circular": self.n_bins}.get(self.end_slopes,
+                                                                           self.n_bins - 1)
 
     def _slope_settings(self):
-        return {"end_slopes": "learned"} if self.end_slopes == "learned" else {}
+        return {} if self.end_slopes == "fixed" else {"end_slopes": self.end_slopes}
 
     def _inner(self, dk):
         """The entries of ``dk`` that come from ``u_d``."""
+        if self.end_slopes == "circular":
+            return dk[..., :-1]
         return dk if self.end_slopes == "learned" else dk[..., 1:-1]
+
+    def _close(self, dk):
+        """``d_K = d_0`` for ``end_slopes="circular"`` (after the inner ones are set)."""
+        if self.end_slopes == "circular":
+            dk[..., -1] = dk[..., 0]
+
+    def _inner_bar(self, dk_bar):
+        """The cotangent of the entries of ``dk`` that come from ``u_d``: with
+        ``end_slopes="circular"`` ``d_K = d_0`` adds ``dk_bar[K]`` to ``dk_bar[0]``."""
+        if self.end_slopes != "circular":
+            return self._inner(dk_bar)
+        g = dk_bar[..., :-1].copy()
+        g[..., 0] += dk_bar[..., -1]
+        return g
 
 
 class _Durkan(_EndSlopes, SplineMap):
@@ -338,6 +359,7 @@ class _Durkan(_EndSlopes, SplineMap):
         yk, ph = self._positions(uh, self.min_bin_height)
         dk = np.ones_like(xk)
         self._inner(dk)[...] = ud.dtype.type(self.min_derivative) + softplus(ud)
+        self._close(dk)
         return xk, yk, dk, (pw, ph, ud.copy())  # ud may be the caller's array
 
     def _pullback(self, res, xk_bar, yk_bar, dk_bar):
@@ -348,7 +370,7 @@ class _Durkan(_EndSlopes, SplineMap):
         ch = t(2.0 * B * (1.0 - self.min_bin_height * K))
         uw_bar = _softmax_vjp(pw, _interior_cumsum_vjp(xk_bar, cw))
         uh_bar = _softmax_vjp(ph, _interior_cumsum_vjp(yk_bar, ch))
-        ud_bar = self._inner(dk_bar) * sigmoid(ud)
+        ud_bar = self._inner_bar(dk_bar) * sigmoid(ud)
         return uw_bar, uh_bar, ud_bar
 
 
@@ -396,6 +418,7 @@ class _Zuko(_EndSlopes, SplineMap):
         qd = 1.0 + np.abs(ud / t(self._log_slope))
         dk = np.ones_like(xk)
         self._inner(dk)[...] = np.exp(ud / qd)
+        self._close(dk)
         return xk, yk, dk, (pw, qw, ph, qh, qd, self._inner(dk).copy())
 
     def _pullback(self, res, xk_bar, yk_bar, dk_bar):
@@ -403,7 +426,7 @@ class _Zuko(_EndSlopes, SplineMap):
         c = pw.dtype.type(2.0 * self.bound)
         uw_bar = _softmax_vjp(pw, _interior_cumsum_vjp(xk_bar, c)) / (qw * qw)
         uh_bar = _softmax_vjp(ph, _interior_cumsum_vjp(yk_bar, c)) / (qh * qh)
-        ud_bar = self._inner(dk_bar) * d_inner / (qd * qd)
+        ud_bar = self._inner_bar(dk_bar) * d_inner / (qd * qd)
         return uw_bar, uh_bar, ud_bar
 
 
@@ -531,11 +554,12 @@ def get_spline_map(name, *, n_bins, bound=None, min_bin_width=None, min_bin_heig
         ``1e-3``. distrax: its ``min_knot_slope``, in ``[0, 1)``, default ``1e-4``.
         pyro: as durkan (default 1e-3; the boundary derivatives are ``1 - m_d``). flowjax:
         its ``min_derivative``, in ``[0, 1)``, default 1e-3.
-    end_slopes : {"fixed", "learned"}, optional
+    end_slopes : {"fixed", "learned", "circular"}, optional
         durkan and zuko only: ``"fixed"`` (default) keeps ``d_0 = d_K = 1``; ``"learned"``
         makes all ``K + 1`` derivatives come from ``u_d`` (then of size ``K + 1``) by the map's
         inner formula, with identity tails, so the derivative jumps at ``±B`` (FlowJAX's tail
-        convention on nflows' or zuko's knots).
+        convention on nflows' or zuko's knots); ``"circular"``: ``u_d`` of size ``K`` gives
+        ``d_0 .. d_{K-1}`` and ``d_K = d_0`` (normflows' ``tails="circular"``).
     boundary_slopes : str, optional
         distrax only: one of ``'unconstrained'`` (default), ``'lower_identity'``,
         ``'upper_identity'``, ``'identity'``, ``'circular'``. durkan and zuko always have unit
@@ -578,11 +602,12 @@ def get_spline_map(name, *, n_bins, bound=None, min_bin_width=None, min_bin_heig
             raise ValueError(f"{where}: {key} must be non-negative, got {v}")
         vals[key] = v
 
-    if end_slopes not in (None, "fixed", "learned"):
-        raise ValueError(f"{where}: end_slopes must be 'fixed' or 'learned', got {end_slopes!r}")
-    if end_slopes == "learned" and name not in ("durkan", "zuko"):
-        raise ValueError(f"{where}: end_slopes='learned' applies to the durkan and zuko maps "
-                         f"(distrax: boundary_slopes; pyro and flowjax fix their own)")
+    if end_slopes not in (None, "fixed", "learned", "circular"):
+        raise ValueError(f"{where}: end_slopes must be 'fixed' or 'learned' (or 'circular', "
+                         f"d_K = d_0), got {end_slopes!r}")
+    if end_slopes in ("learned", "circular") and name not in ("durkan", "zuko"):
+        raise ValueError(f"{where}: end_slopes={end_slopes!r} applies to the durkan and zuko "
+                         f"maps (distrax: boundary_slopes; pyro and flowjax fix their own)")
     end_slopes = end_slopes or "fixed"
     if name in ("pyro", "flowjax") and boundary_slopes is not None:
         raise ValueError(f"{where}: the boundary slopes of this map are fixed by its "

@@ -40,6 +40,7 @@ import numpy as np
 
 from .._validation import check_bool, check_dim
 from ..io.spec import constructor_arguments, declaration
+from ..nn.mlp import MLP
 from .autoregressive import MaskedAutoregressiveBase
 from .base import Bijector
 from .coupling import CouplingBase, conditioner_input
@@ -100,6 +101,257 @@ def _spline_config(layer, config):
     if layer.spline != "rational-quadratic":  # absent otherwise: earlier files keep their form
         config["spline"] = layer.spline
     return config
+
+
+# --------------------------------------------------------------- circular coordinates
+def _circular_mask(circular, dim, where):
+    """``circular`` (None, True, a boolean mask of shape ``(dim,)`` or a list of indices) as an
+    owned boolean array of shape ``(dim,)``, or None when no coordinate is circular."""
+    if circular is None or circular is False:
+        return None
+    if circular is True:
+        return np.ones(dim, dtype=bool)
+    if isinstance(circular, str):
+        raise ValueError(f"{where}: circular must be None, True, a boolean mask or a list of "
+                         f"indices, got {circular!r}")
+    try:
+        arr = np.asarray(circular)
+    except Exception as exc:  # ragged lists and the like
+        raise ValueError(f"{where}: circular could not be converted to an array ({exc})") from None
+    if arr.dtype == bool:
+        if arr.shape != (dim,):
+            raise ValueError(f"{where}: a circular mask must have shape ({dim},), got {arr.shape}")
+        mask = arr.copy()
+    elif arr.ndim == 1 and (arr.size == 0 or arr.dtype.kind in "iu"):
+        idx = arr.astype(np.int64)
+        if ((idx < 0) | (idx >= dim)).any() or np.unique(idx).size != idx.size:
+            raise ValueError(f"{where}: circular indices must be distinct integers in "
+                             f"0..{dim - 1}, got {arr.tolist()}")
+        mask = np.zeros(dim, dtype=bool)
+        mask[idx] = True
+    else:
+        raise ValueError(f"{where}: circular must be None, True, a boolean mask of shape "
+                         f"({dim},) or a list of indices, got {circular!r}")
+    return mask if mask.any() else None
+
+
+def _circular_spline_map(where, parameterization, n_bins, min_bin_width, min_bin_height,
+                         min_derivative):
+    """The spline map of the circular coordinates: bound pi and ``d_K = d_0``.
+
+    ``"durkan"``: ``end_slopes="circular"``, ``d_0 = d_K = m_d + softplus(u_0)`` (normflows'
+    ``tails="circular"``, normflows/utils/splines.py lines 42-44, 55-56); ``"zuko"``: zuko's
+    own unit end slopes (``d_0 = d_K = 1``, zuko 1.6 flows/spline.py lines 65-71,
+    ``CircularRQSTransform``); ``"distrax"``: ``boundary_slopes="circular"``."""
+    if parameterization == "durkan":
+        boundary, ends = None, "circular"
+    elif parameterization == "zuko":
+        boundary, ends = None, None
+    elif parameterization == "distrax":
+        boundary, ends = "circular", None
+    else:
+        raise ValueError(f"{where}: circular coordinates need a map whose end slopes can be "
+                         f"equal ('durkan', 'zuko' or 'distrax'), got {parameterization!r}")
+    return layer_spline_map(where, parameterization, n_bins, math.pi, min_bin_width,
+                            min_bin_height, min_derivative, boundary, ends)
+
+
+def _spline_groups(n_bins, smap, cmap, circ):
+    """``(groups, P)`` for the transformed coordinates, ``circ`` their circular flags (or
+    None): each group ``(indices, map, offset, n_derivatives, circular)`` reads the columns
+    ``[0, 2K)`` and ``[2K + offset, 2K + offset + n_derivatives)`` of the ``P`` parameters of
+    its coordinates. When the two groups need different numbers of derivatives (the durkan
+    map: ``K - 1`` linear, ``K`` circular) the block has ``K + 1``, the linear coordinates read
+    entries ``1 .. K - 1`` and the circular ones ``0 .. K - 1``: normflows' layout for a list
+    of tails (normflows/utils/splines.py lines 48-57, ``3K + 1`` outputs per coordinate)."""
+    k2 = 2 * n_bins
+    if circ is None or not circ.any():
+        return None, k2 + smap.n_derivatives
+    lin, cir = np.flatnonzero(~circ), np.flatnonzero(circ)
+    if lin.size == 0:
+        return [(cir, cmap, 0, cmap.n_derivatives, True)], k2 + cmap.n_derivatives
+    n_l, n_c = smap.n_derivatives, cmap.n_derivatives
+    if n_l == n_c:
+        block, off_l = n_l, 0
+    else:
+        block, off_l = max(n_l, n_c) + 1, 1
+    return [(lin, smap, off_l, n_l, False), (cir, cmap, 0, n_c, True)], k2 + block
+
+
+def _circle_shift(v):
+    """zuko's ``CircularShiftTransform(bound=pi)``: ``(v mod 2 pi) - pi`` (its own inverse on
+    the circle, derivative 1)."""
+    pi = v.dtype.type(math.pi)
+    return np.remainder(v, 2 * pi) - pi
+
+
+def _groups_for(layer, m):
+    """The layer's groups for ``m`` coordinates (a single group covers whatever it is given:
+    the autoregressive sampler passes one coordinate at a time)."""
+    if len(layer._groups) == 1:
+        _, smap, off, nd, circ = layer._groups[0]
+        return [(np.arange(m), smap, off, nd, circ)]
+    return layer._groups
+
+
+def _grouped_spline(layer, apply, v, theta, vjp):
+    """The spline of every transformed coordinate by groups (:func:`_spline_groups`): ``v``
+    ``(n, m)``, ``theta`` ``(n, m, P)``. The circular group is shifted first (``apply=
+    "spline"``, the density direction) or last (``"inverse"``) when ``layer.shift``.
+    Returns ``(y, log_det, pullback)``, ``pullback(y_bar, log_det_bar) -> (v_bar,
+    theta_bar)``; the shift has derivative 1, so the cotangents pass through it unchanged."""
+    n, m = v.shape
+    k2 = 2 * layer.n_bins
+    y, log_det = np.empty_like(v), np.zeros(n, dtype=v.dtype)
+    pullbacks = []
+    groups = _groups_for(layer, m)
+    for sel, smap, off, nd, circ in groups:
+        th = np.concatenate([theta[:, sel, :k2], theta[:, sel, k2 + off:k2 + off + nd]],
+                            axis=-1).reshape(-1, k2 + nd)
+        vg = np.ascontiguousarray(v[:, sel]).reshape(-1)
+        shift = circ and layer.shift
+        if shift and apply == "spline":
+            vg = _circle_shift(vg)
+        out, ld, pb = layer._elementwise(apply, vg, th, smap, vjp)
+        if shift and apply == "inverse":
+            out = _circle_shift(out)
+        y[:, sel] = out.reshape(n, sel.size)
+        log_det += ld.reshape(n, sel.size).sum(axis=1)
+        pullbacks.append(pb)
+    if not vjp:
+        return y, log_det, None
+
+    def pullback(y_bar, log_det_bar):
+        v_bar = np.empty_like(v)
+        theta_bar = np.zeros(theta.shape, dtype=v.dtype)
+        for (sel, _, off, nd, _), pb in zip(groups, pullbacks):
+            vb, tb = pb(np.ascontiguousarray(y_bar[:, sel]).reshape(-1),
+                        np.repeat(log_det_bar, sel.size))
+            v_bar[:, sel] = vb.reshape(n, sel.size)
+            tb = tb.reshape(n, sel.size, k2 + nd)
+            theta_bar[:, sel, :k2] = tb[..., :k2]
+            theta_bar[:, sel, k2 + off:k2 + off + nd] = tb[..., k2:]
+        return v_bar, theta_bar
+
+    return y, log_det, pullback
+
+
+def _grouped_knots(layer, apply, theta):
+    """``(n, m, K + 2)`` knots of the grouped splines in the input space of ``apply`` (the last
+    column: the shift's jump, ``x = 0`` density side, ``z = RQS(0)`` sampling side; inf where
+    there is none)."""
+    n, m = theta.shape[:2]
+    k2 = 2 * layer.n_bins
+    knots = np.full((n, m, layer.n_bins + 2), np.inf)
+    for sel, smap, off, nd, circ in _groups_for(layer, m):
+        th = np.concatenate([theta[:, sel, :k2], theta[:, sel, k2 + off:k2 + off + nd]], axis=-1)
+        kn = np.asarray(layer._knot_fn(apply, th, smap), dtype=np.float64)
+        if circ and layer.shift:
+            if apply == "spline":
+                kn = _circle_shift(kn)
+                knots[:, sel, -1] = 0.0
+            else:
+                flat = th.reshape(-1, k2 + nd)
+                jump = layer._elementwise("spline", np.zeros(flat.shape[0], dtype=flat.dtype),
+                                          flat, smap, False)[0]
+                knots[:, sel, -1] = jump.reshape(n, sel.size)
+        knots[:, sel, :-1] = kn
+    return knots
+
+
+def _check_circular_domain(layer, direction, v):
+    circ = layer._circular
+    if circ is None:
+        return
+    a = v[:, circ]
+    bad = ~(np.abs(a) <= a.dtype.type(math.pi))
+    if bad.any():
+        row, col = (int(j) for j in np.argwhere(bad)[0])
+        j = int(np.flatnonzero(circ)[col])
+        raise layer._domain_error(direction, f"circular coordinates must lie in [-pi, pi]; got "
+                                  f"{a[row, col]!r} at row {row}, coordinate {j}")
+
+
+def _circular_setup(layer, where, dim, transformed, circular, shift, smap, n_bins,
+                    parameterization, min_bin_width, min_bin_height, min_derivative):
+    """Set ``layer._circular`` (flags over all coordinates or None), ``layer.shift``,
+    ``layer._groups`` and return ``P``."""
+    circ = _circular_mask(circular, dim, where)
+    layer.shift = check_bool(shift, where, "shift")
+    if layer.shift and circ is None:
+        raise ValueError(f"{where}: shift=True applies to circular coordinates; give circular=")
+    layer._circular = circ
+    if circ is None:
+        layer._groups = None
+        return 2 * int(n_bins) + smap.n_derivatives
+    if layer.spline != "rational-quadratic":
+        raise ValueError(f"{where}: circular coordinates use rational-quadratic splines; "
+                         f"spline={layer.spline!r} has no circular form")
+    cmap = _circular_spline_map(where, parameterization, n_bins, min_bin_width, min_bin_height,
+                                min_derivative)
+    layer._cmap = cmap
+    layer._groups, n_params = _spline_groups(int(n_bins), smap, cmap, circ[transformed])
+    if layer._groups is None:
+        layer._groups = [(np.arange(transformed.size), smap, 0, smap.n_derivatives, False)]
+    return n_params
+
+
+def _circular_features(v_a, circ_a):
+    """Conditioner features of the identity part: each coordinate in order, a circular one as
+    the two columns ``(sin v, cos v)``. Returns ``(h, pullback)``, ``pullback(h_bar) -> v_bar``
+    with ``d sin v = cos v dv`` and ``d cos v = -sin v dv``::
+
+        v_bar_j = h_bar_j                                     (not circular)
+        v_bar_j = h_bar_sin_j cos v_j - h_bar_cos_j sin v_j   (circular)
+    """
+    n, m = v_a.shape
+    width = m + int(circ_a.sum())
+    col = np.cumsum(1 + circ_a) - (1 + circ_a)       # first column of each coordinate
+    lin, cir = np.flatnonzero(~circ_a), np.flatnonzero(circ_a)
+    sin, cos = np.sin(v_a[:, cir]), np.cos(v_a[:, cir])
+    h = np.empty((n, width), dtype=v_a.dtype)
+    h[:, col[lin]] = v_a[:, lin]
+    h[:, col[cir]] = sin
+    h[:, col[cir] + 1] = cos
+
+    def pullback(h_bar):
+        v_bar = np.empty((n, m), dtype=h_bar.dtype)
+        v_bar[:, lin] = h_bar[:, col[lin]]
+        v_bar[:, cir] = h_bar[:, col[cir]] * cos - h_bar[:, col[cir] + 1] * sin
+        return v_bar
+
+    return h, pullback
+
+
+def _provisional_mask(mask, dim):
+    """The transformed coordinates of a coupling layer's ``mask`` (the default when it cannot
+    be read: the base class's check then raises its own error)."""
+    default = np.arange(dim) >= dim // 2
+    if mask is None:
+        return default
+    try:
+        arr = np.asarray(mask).astype(bool)
+    except Exception:
+        return default
+    return arr if arr.shape == (dim,) else default
+
+
+def _circular_config(layer, config):
+    if layer._circular is not None:  # absent otherwise: earlier files keep their form
+        config["circular"] = layer._circular.tolist()
+        config["shift"] = layer.shift
+    return config
+
+
+def _check_all_or_none(circular, dim, where):
+    """The autoregressive layer's circular coordinates: all or none. (Its sampler fixes one
+    coordinate at a time through one elementwise map, which does not know the coordinate's
+    index; a mask of some coordinates would need two maps there.)"""
+    circ = _circular_mask(circular, dim, where)
+    if circ is not None and not circ.all():
+        raise ValueError(f"{where}: circular must be None or True (every coordinate an angle); "
+                         f"a mask of some coordinates is supported by SplineCoupling only, got "
+                         f"{circ.astype(int).tolist()}")
 
 
 # ----------------------------------------------------------------------- elementwise layer
@@ -391,6 +643,31 @@ class SplineCoupling(CouplingBase):
         lambdas]`` (``K, K, K - 1, K``).
     bound : float, optional
         ``B`` (default: the map's, 3 for "durkan").
+    circular : None, True, array_like of bool or list of int, optional
+        The coordinates that are angles on ``[-pi, pi]`` (True: all; a boolean mask of shape
+        ``(dim,)``; or indices). Their splines have bound ``pi`` and the circular boundary
+        condition ``d_K = d_0`` (a diffeomorphism of the circle, Rezende et al. 2020), by the
+        map: ``"durkan"`` ``d_0 = d_K = m_d + softplus(u_0)``, ``K`` raw derivatives
+        (normflows 1.7.3 ``tails="circular"``, normflows/utils/splines.py lines 42-44 and,
+        for a layer that mixes circular and linear coordinates, the list of tails of lines
+        48-57: ``3K + 1`` outputs per coordinate, the linear ones reading derivatives
+        ``1 .. K-1``, the circular ones ``0 .. K-1``); ``"zuko"`` its unit end slopes (zuko
+        1.6 ``CircularRQSTransform``, zuko/flows/spline.py lines 65-71); ``"distrax"``
+        ``boundary_slopes="circular"``. Other maps and ``spline="linear-rational"`` raise
+        ``ValueError``. The other coordinates keep the layer's map, bound and tails. Inputs
+        of circular coordinates outside ``[-pi, pi]`` raise ``ValueError`` (both directions).
+        Conditioner input: every circular *identity* coordinate ``v_j`` is fed as the two
+        columns ``(sin v_j, cos v_j)`` in its place (normflows' coupling feeds
+        ``w_1 sin v_j + w_2 cos v_j`` with trainable ``w``, ``PeriodicFeaturesElementwise``,
+        normflows/utils/nn.py lines 120-130, used by ``CircularCoupledRationalQuadraticSpline``,
+        normflows/flows/neural_spline/wrapper.py lines 128-155; its first linear layer ``W``
+        is this layer's with columns ``W_j w_1`` and ``W_j w_2``, so every normflows model is
+        one of these, and zero ``w`` aside, not the other way round).
+    shift : bool, default False
+        With ``circular``: zuko's ``CircularShiftTransform(bound=pi)``,
+        ``s(v) = (v mod 2 pi) - pi``, before the spline in the density direction
+        (``z = RQS(s(x))``) and after the inverse in the sampling direction
+        (``x = s(RQS^{-1}(z))``), as zuko's ``CircularRQSTransform`` composes them.
     context_dim : int, optional
     zero_last : bool, default False
         Zero the conditioner's last layer (the identity for "zuko" and "distrax"; for "durkan"
@@ -404,7 +681,10 @@ class SplineCoupling(CouplingBase):
     Log-dets: ``inverse`` ``sum_b log RQS'(x_b)``, ``forward`` its negative at the matching
     point. Pullbacks: the spline kernels' cotangents for ``v_b`` and the knots, the map's
     pullback to ``theta``, the MLP's pullback to ``h = [v_a, context]``; ``h_a``'s cotangent is
-    added to the identity part's.
+    added to the identity part's. With circular identity coordinates ``h`` holds
+    ``(sin v_j, cos v_j)`` for them, and since ``d sin v = cos v dv``, ``d cos v = -sin v dv``
+    their cotangent is ``v_bar_j = h_bar_sin_j cos v_j - h_bar_cos_j sin v_j`` (added to the
+    identity part's as above); the shift has derivative 1 and passes cotangents unchanged.
 
     Examples
     --------
@@ -421,36 +701,123 @@ class SplineCoupling(CouplingBase):
     def __init__(self, dim, *, mask=None, hidden=(64, 64), activation="relu", n_bins=8,
                  parameterization=None, bound=None, min_bin_width=None, min_bin_height=None,
                  min_derivative=None, boundary_slopes=None, end_slopes=None, spline=None,
-                 context_dim=None, zero_last=False, rng=None):
-        parameterization = _spline_kind(self, "SplineCoupling", spline, parameterization)
-        smap = layer_spline_map("SplineCoupling", parameterization, n_bins, bound, min_bin_width,
+                 circular=None, shift=False, context_dim=None, zero_last=False, rng=None):
+        where = "SplineCoupling"
+        parameterization = _spline_kind(self, where, spline, parameterization)
+        smap = layer_spline_map(where, parameterization, n_bins, bound, min_bin_width,
                                 min_bin_height, min_derivative, boundary_slopes, end_slopes)
         self.n_bins, self.parameterization, self._map = int(n_bins), parameterization, smap
-        self._n_params = (lrs_n_params(self.n_bins) if self.spline == "linear-rational"
-                          else 2 * self.n_bins + smap.n_derivatives)
+        dim_ = check_dim(dim, where)
+        transformed = _provisional_mask(mask, dim_)
+        self._n_params = _circular_setup(self, where, dim_, transformed, circular, shift, smap,
+                                         n_bins, parameterization, min_bin_width,
+                                         min_bin_height, min_derivative)
+        if self.spline == "linear-rational":
+            self._n_params = lrs_n_params(self.n_bins)
+        circ = self._circular
+        n_sincos = 0 if circ is None else int(circ[~transformed].sum())
         super().__init__(dim, mask, hidden, activation, context_dim, zero_last, rng,
                          out_per_feature=self._n_params)
+        if n_sincos:
+            # every circular identity coordinate feeds (sin, cos): n_sincos more inputs
+            n_in = self.dim - self._n_b + n_sincos + (context_dim or 0)
+            self.conditioner = MLP(n_in, self._n_params * self._n_b, hidden, activation,
+                                   zero_last=zero_last, rng=rng)
 
     def __repr__(self):
         kind = "" if self.spline == "rational-quadratic" else f", spline={self.spline!r}"
+        circ = "" if self._circular is None else f", circular={self._circular.tolist()}"
         return (f"SplineCoupling(dim={self.dim}, n_bins={self.n_bins}, "
-                f"parameterization={self.parameterization!r}{kind}, "
+                f"parameterization={self.parameterization!r}{kind}{circ}, "
                 f"context_dim={self.context_dim})")
 
     def _config(self):
-        return _spline_config(self, super()._config())
+        return _circular_config(self, _spline_config(self, super()._config()))
 
     @classmethod
     def _declare(cls, config):
         args = constructor_arguments(cls, config)
-        return cls._coupling_declaration(args, _spline_map(cls, args)[1])
+        n_params = _spline_map(cls, args)[1]
+        if args["circular"] is not None:
+            from types import SimpleNamespace
+            dim = check_dim(args["dim"], cls.__name__)
+            transformed = _provisional_mask(args["mask"], dim)
+            probe = SimpleNamespace(spline="rational-quadratic" if args["spline"] is None
+                                    else args["spline"])
+            smap, _ = _spline_map(cls, args)
+            n_params = _circular_setup(probe, cls.__name__, dim, transformed, args["circular"],
+                                       args["shift"], smap, args["n_bins"],
+                                       smap.name, args["min_bin_width"],
+                                       args["min_bin_height"], args["min_derivative"])
+            if probe._circular is not None:
+                # the sin/cos columns widen the conditioner's input as context columns would
+                n_sincos = int(probe._circular[~transformed].sum())
+                args = dict(args, context_dim=(args["context_dim"] or 0) + n_sincos or None)
+        return cls._coupling_declaration(args, n_params)
+
+    def _check_forward_domain(self, z):
+        _check_circular_domain(self, "forward", z)
+
+    def _check_inverse_domain(self, x):
+        _check_circular_domain(self, "inverse", x)
+
+    def _conditioner_input(self, v, a, context):
+        """``(h, pullback)``: ``h = [features(v_a), context]`` (:func:`_circular_features`
+        when an identity coordinate is circular, else ``v_a``); ``pullback(h_bar) ->
+        (v_a_bar, context_bar)``."""
+        circ = self._circular
+        if circ is None or not circ[a].any():
+            h = conditioner_input(v, a, context)
+            width = a.shape[0]
+
+            def pullback(h_bar):
+                return h_bar[:, :width], None if context is None else np.ascontiguousarray(
+                    h_bar[:, width:])
+            return h, pullback
+        feat, feat_pullback = _circular_features(v.take(a, axis=1), circ[a])
+        width = feat.shape[1]
+        h = feat if context is None else np.concatenate([feat, context], axis=1)
+
+        def pullback(h_bar):
+            c_bar = None if context is None else np.ascontiguousarray(h_bar[:, width:])
+            return feat_pullback(h_bar[:, :width]), c_bar
+        return h, pullback
+
+    def _pass(self, direction, v, context, vjp):
+        if self._circular is None:
+            return super()._pass(direction, v, context, vjp)
+        a, b = self._indices(direction)
+        h, h_pullback = self._conditioner_input(v, a, context)
+        net = self.conditioner
+        out, net_pullback = net._vjp(h) if vjp else (net._forward(h), None)
+        y_b, log_det, transform_pullback = self._transform(direction, v.take(b, axis=1), out, vjp)
+        y = np.empty(v.shape, dtype=v.dtype)
+        y[:, a] = v[:, a]
+        y[:, b] = y_b
+        if not vjp:
+            return y, log_det, None
+
+        def pullback(y_bar, log_det_bar):
+            v_b_bar, out_bar = transform_pullback(y_bar.take(b, axis=1), log_det_bar)
+            h_bar, grads = net_pullback(out_bar)
+            v_a_bar, context_bar = h_pullback(h_bar)
+            v_bar = np.empty(y_bar.shape, dtype=y_bar.dtype)
+            v_bar[:, a] = y_bar.take(a, axis=1) + v_a_bar
+            v_bar[:, b] = v_b_bar
+            return v_bar, {f"conditioner.{k}": g for k, g in grads.items()}, context_bar
+
+        return y, log_det, pullback
 
     def _input_knots(self, direction, v, context=None):
         """``(n, dim, .)`` knots in the input space of ``direction`` (inf for the identity part)."""
         a, b = self._indices(direction)
-        theta = self.conditioner._forward(conditioner_input(v, a, context))
-        inner = self._knot_fn("spline" if direction == "inverse" else "inverse",
-                              theta.reshape(v.shape[0], b.shape[0], -1), self._map)
+        theta = self.conditioner._forward(self._conditioner_input(v, a, context)[0])
+        apply = "spline" if direction == "inverse" else "inverse"
+        theta = theta.reshape(v.shape[0], b.shape[0], -1)
+        if self._groups is not None:
+            inner = _grouped_knots(self, apply, theta)
+        else:
+            inner = self._knot_fn(apply, theta, self._map)
         knots = np.full((v.shape[0], self.dim, inner.shape[-1]), np.inf)
         knots[:, b] = inner
         return knots
@@ -458,6 +825,13 @@ class SplineCoupling(CouplingBase):
     def _transform(self, direction, v_b, out, vjp):
         n, n_b = v_b.shape
         apply = "spline" if direction == "inverse" else "inverse"  # density direction = RQS
+        if self._groups is not None:
+            y_b, log_det, pb = _grouped_spline(self, apply, v_b,
+                                               out.reshape(n, n_b, self._n_params), vjp)
+            if not vjp:
+                return y_b, log_det, None
+            return y_b, log_det, lambda y_bar, ld_bar: (
+                lambda r: (r[0], r[1].reshape(n, n_b * self._n_params)))(pb(y_bar, ld_bar))
         y_b, log_det, spline_pullback = self._elementwise(apply, v_b.reshape(-1),
                                                           out.reshape(n * n_b, self._n_params),
                                                           self._map, vjp)
@@ -497,6 +871,19 @@ class MaskedSplineAutoregressive(MaskedAutoregressiveBase):
         conditioner outputs per coordinate laid out ``[widths | heights | derivatives |
         lambdas]`` (``K, K, K - 1, K``).
     bound : float, optional
+    circular : None or True, optional
+        True: every coordinate is an angle on ``[-pi, pi]`` with the circular spline of
+        :class:`SplineCoupling`'s ``circular`` (bound ``pi``, ``d_K = d_0`` by the map;
+        normflows 1.7.3 ``CircularAutoregressiveRationalQuadraticSpline``,
+        normflows/flows/neural_spline/wrapper.py lines 247-303, ``tails="circular"``, and
+        ``_output_dim_multiplier`` 3K, normflows/flows/neural_spline/autoregressive.py lines
+        86-92). The MADE sees the raw angles, as zuko's ``NCSF`` (not sin/cos: normflows' MADE
+        preprocessing ``w_1 sin + w_2 cos``, autoregressive.py lines 44-55, is not
+        reproduced). A mask of some coordinates raises ``ValueError``.
+    shift : bool, default False
+        With ``circular=True``: zuko's circular shift (see :class:`SplineCoupling`); with
+        ``parameterization="zuko"`` this is zuko 1.6's ``NCSF`` layer (zuko/flows/spline.py
+        lines 65-110).
     order, hidden_degrees, activation : MADE options (see :class:`refflow.nn.MADE`)
     context_dim : int, optional
     zero_last : bool, default False
@@ -533,17 +920,22 @@ class MaskedSplineAutoregressive(MaskedAutoregressiveBase):
 
     def __init__(self, dim, *, hidden=(64, 64), n_bins=8, parameterization=None, bound=None,
                  min_bin_width=None, min_bin_height=None, min_derivative=None,
-                 boundary_slopes=None, end_slopes=None, spline=None, order="natural",
-                 hidden_degrees="cyclic", activation="relu", context_dim=None, zero_last=False,
-                 rng=None):
+                 boundary_slopes=None, end_slopes=None, spline=None, circular=None,
+                 shift=False, order="natural", hidden_degrees="cyclic", activation="relu",
+                 context_dim=None, zero_last=False, rng=None):
         where = "MaskedSplineAutoregressive"
         parameterization = _spline_kind(self, where, spline, parameterization)
         smap = layer_spline_map(where, parameterization, n_bins, bound,
                                 min_bin_width, min_bin_height, min_derivative, boundary_slopes,
                                 end_slopes)
         self.n_bins, self.parameterization, self._map = int(n_bins), parameterization, smap
-        self._n_params = (lrs_n_params(self.n_bins) if self.spline == "linear-rational"
-                          else 2 * self.n_bins + smap.n_derivatives)
+        dim_ = check_dim(dim, where)
+        _check_all_or_none(circular, dim_, where)
+        self._n_params = _circular_setup(self, where, dim_, np.ones(dim_, dtype=bool), circular,
+                                         shift, smap, n_bins, parameterization, min_bin_width,
+                                         min_bin_height, min_derivative)
+        if self.spline == "linear-rational":
+            self._n_params = lrs_n_params(self.n_bins)
         super().__init__(dim, self._n_params, hidden, order, hidden_degrees, activation,
                          context_dim, zero_last, rng)
 
@@ -554,25 +946,64 @@ class MaskedSplineAutoregressive(MaskedAutoregressiveBase):
                 f"context_dim={self.context_dim})")
 
     def _config(self):
-        return _spline_config(self, super()._config())
+        return _circular_config(self, _spline_config(self, super()._config()))
 
     @classmethod
     def _declare(cls, config):
         args = constructor_arguments(cls, config)
-        return cls._made_declaration(args, _spline_map(cls, args)[1])
+        n_params = _spline_map(cls, args)[1]
+        if args["circular"] is not None:
+            from types import SimpleNamespace
+            dim = check_dim(args["dim"], cls.__name__)
+            _check_all_or_none(args["circular"], dim, cls.__name__)
+            probe = SimpleNamespace(spline="rational-quadratic" if args["spline"] is None
+                                    else args["spline"])
+            smap, _ = _spline_map(cls, args)
+            n_params = _circular_setup(probe, cls.__name__, dim, np.ones(dim, dtype=bool),
+                                       args["circular"], args["shift"], smap, args["n_bins"],
+                                       smap.name, args["min_bin_width"],
+                                       args["min_bin_height"], args["min_derivative"])
+        return cls._made_declaration(args, n_params)
+
+    def _check_forward_domain(self, z):
+        _check_circular_domain(self, "forward", z)
+
+    def _check_inverse_domain(self, x):
+        _check_circular_domain(self, "inverse", x)
 
     def _input_knots(self, direction, v, context=None):
         """``(n, dim, K+1)`` knots in the input space of ``direction`` at the points ``v``."""
         x = v if direction == "inverse" else self._forward_pass(v, context, False)[0]
         theta = self.made._forward(x, context)
-        return self._knot_fn("spline" if direction == "inverse" else "inverse", theta, self._map)
+        apply = "spline" if direction == "inverse" else "inverse"
+        if self._groups is not None:
+            return _grouped_knots(self, apply, theta)
+        return self._knot_fn(apply, theta, self._map)
 
     def _sample_coordinate(self, z_i, out_i):
+        if self._groups is not None:
+            return self._transform("forward", z_i, out_i, False)[0]
         return self._elementwise("inverse", z_i, out_i, self._map, False)[0]
 
     def _transform(self, direction, v, out, vjp, sampled=None):
         # density direction (inverse) = RQS; sampling = RQS^{-1} at the final outputs
         apply = "spline" if direction == "inverse" else "inverse"
+        if self._groups is not None:
+            # one group of every coordinate (circular=True); one coordinate (m,) while sampling
+            one = v.ndim == 1
+            v2 = v[:, None] if one else v
+            theta = out.reshape(v2.shape[0], v2.shape[1], self._n_params)
+            y, log_det, pb = _grouped_spline(self, apply, np.ascontiguousarray(v2), theta, vjp)
+            if one:
+                y = y[:, 0]
+            if not vjp:
+                return y, log_det, None
+
+            def grouped_pullback(y_bar, log_det_bar):
+                v_bar, theta_bar = pb(y_bar.reshape(v2.shape), log_det_bar)
+                return v_bar.reshape(v.shape), theta_bar.reshape(out.shape)
+
+            return y, log_det, grouped_pullback
         y, log_det, spline_pullback = self._elementwise(apply, v.reshape(-1),
                                                         out.reshape(-1, self._n_params),
                                                         self._map, vjp)
