@@ -82,22 +82,54 @@ DOMAINS = {
 _AFFINE = [(V_MAX, 8.0)]        # shift rounding eps |b| amplified by exp(|a|): P e^P eps ~ 1e-10 at P ~ 10
 _ALL = [(V_MAX, P_MAX)]         # orthogonal / volume-bounded / additive: no amplification
 STABLE = {
-    # PROVISIONAL ranges of the peers' catalogue (FlowJAX/Pyro scale maps, stable IAF, peer LU
-    # diagonals, matrix exponential, rotation, triangular affine, pyro/flowjax/learned-end-slope,
-    # circular and linear-rational splines): chosen by analogy with the measured entries of the
-    # same family below and verified only by this file's hypothesis examples, not yet by the
-    # grid and 100-150-seed sweep the other entries had.
-    "maf_density_flowjax": [(10.0, 0.5)], "iaf_pyro_clamp": [(10.0, 0.5)],
-    "iaf_pyro_stable": [(10.0, 0.5)], "maf_stable_flowjax_conditional": [(10.0, 0.5)],
-    "lu_linear_zuko_raw_lower": [(V_MAX, 1.0)], "lu_linear_normflows_signs": [(V_MAX, 1.0)],
-    "matrix_exponential": [(V_MAX, 1.0)], "rotation": [(V_MAX, 5.0)],
+    # The peers' catalogue, measured with benchmarks/stable_ranges.py (p in {0.1 .. 50}, |v| in
+    # {1 .. 1e3}, 150 seeds per cell, then 500 further seeds at each entry; "worst" is the worst
+    # round-trip or log-det error of those 500):
+    # FlowJAX's scale softplus(u + c) + 0.01 on the density side: sampling divides by it (up to
+    # 100x) in 4 sequential passes, each feeding the next conditioner (worst 7e-12; 1.1e-10 at
+    # (10, 1), 2.5e-8 at (1, 2))
+    "maf_density_flowjax": [(V_MAX, 0.5), (3.0, 1.0)],
+    # Pyro's clipped log-scale (l in [-5, 3]): each of the 3 sequential passes amplifies the
+    # last rounding by at most e^5 times the MADE's slope (worst 5e-11; 1.2e-10 at (1, 3))
+    "iaf_pyro_clamp": [(V_MAX, 1.0)],
+    # Pyro's stable IAF: sampling divides by sigmoid(u + 2) ~ e^u for u << 0, and a large x_i
+    # enters the next u linearly, so x grows doubly exponentially over the 3 passes and
+    # overflows (a clear ValueError: the true x is beyond float64). E.g. seed 96968, exactly
+    # +-0.5, |v| <= 10: x_2 = 9074, then u_3 = -1136, x_3 ~ e^1134. Raises in 1 of 300 draws
+    # at (100, 0.25), 17 at (30, 0.5), 18 at (10, 1) (worst 3e-16 over 2000 seeds here)
+    "iaf_pyro_stable": [(30.0, 0.1), (10.0, 0.25)],
+    # the stable form with FlowJAX's scale: the 3 sequential sampling passes each amplify the
+    # last rounding by |dmu/dx| s, s = softplus(u + c) + 0.01 up to ~p^2 H (worst 6.6e-12; 5.1e-11
+    # at (1e3, 1); (100, 2), clean over 150 seeds, reached 2.1e-10 over 500)
+    "maf_stable_flowjax_conditional": [(V_MAX, 0.5), (100.0, 1.0)],
+    # zuko's raw diagonal drawn uniform in [-p, p] comes arbitrarily close to 0 at every p: the
+    # error ~ eps |v| max|d| / min|d| has a heavy tail, so the range is in |v| (7e-11 at (100, 0.1))
+    "lu_linear_zuko_raw_lower": [(100.0, 0.1), (30.0, 1.0), (10.0, 3.0)],
+    # as lu_linear: cond(L U) grows like e^(2P) (2.6e-11 at (1e3, 1), 2.3e-10 at (1, 2))
+    "lu_linear_normflows_signs": [(V_MAX, 0.5), (100.0, 1.0)],
+    # the inverse multiplies by expm(-M), computed apart from expm(M): their product differs from
+    # I by ~eps e^(2 |M|) (7.6e-10 at (1e3, 2), 3.7e-10 at (1, 3))
+    "matrix_exponential": [(V_MAX, 1.0), (10.0, 2.0)],
+    # orthogonal: only expm's rounding of the rotation, ~eps |K| |v| (1.1e-11 at (1e3, 50))
+    "rotation": _ALL,
+    # NOT YET MEASURED (the grid did not finish): provisional, by analogy with LULinear
     "triangular_affine": [(V_MAX, 1.0)], "triangular_affine_upper_weight_norm": [(V_MAX, 1.0)],
+    # splines: as the other RationalQuadraticSplines below, softmax bins saturate to the minimum
+    # width beside wide ones (worst 4.8e-11 / 1.4e-10 / 3.2e-11 / 2.7e-10 at p = 3)
     "rqs_pyro": [(V_MAX, 2.0)], "rqs_flowjax": [(V_MAX, 2.0)],
-    "rqs_durkan_learned_end_slopes": [(V_MAX, 3.0)], "linear_rational_spline": [(V_MAX, 1.0)],
-    "circular_spline_distrax": [(np.pi, 2.0)], "circular_spline_zuko_shift": [(3.1, 2.0)],
+    "rqs_durkan_learned_end_slopes": [(V_MAX, 2.0)], "linear_rational_spline": [(V_MAX, 2.0)],
+    # distrax's learned end slopes (d_0 = d_K): log-dets end it, not round trips (< 1e-12): at z
+    # within ulps of +-pi, log f' changes by ~5e6 per unit of z, so the forward and inverse
+    # log-dets (at z and at the recovered z) differ by 4e-11 at p = 2, 7.3e-9 at p = 3; zuko's
+    # map (end slopes 1) keeps them below 3.4e-12 up to p = 5 (1e-10 at p = 8)
+    "circular_spline_distrax": [(np.pi, 1.0)], "circular_spline_zuko_shift": [(3.1, 5.0)],
+    # the conditioner's output ~ p^2 H saturates the spline, whatever |v| (tanh units):
+    # flowjax 8.8e-10 at (1, 1); zuko's learned end slopes 9.7e-11 at (10, 2); linear-rational
+    # 5e-11 at (100, 0.5), 1.7e-10 at (1, 1)
     "spline_coupling_flowjax": [(V_MAX, 0.5)],
-    "spline_coupling_zuko_learned_end_slopes": [(V_MAX, 0.5)],
-    "spline_coupling_linear_rational": [(V_MAX, 0.5)],
+    "spline_coupling_zuko_learned_end_slopes": [(V_MAX, 1.0)],
+    "spline_coupling_linear_rational": [(V_MAX, 0.25), (30.0, 0.5)],
+    # MADE outputs ~ p^2 H saturate the splines (2.7e-10 / 3.1e-9 at (1, 1))
     "spline_autoregressive_pyro": [(V_MAX, 0.5)],
     "spline_autoregressive_linear_rational": [(V_MAX, 0.5)],
     "affine": _AFFINE, "actnorm": _AFFINE, "batchnorm_eval": _AFFINE,
@@ -360,7 +392,7 @@ def _affine_terms(bijector, direction, v, out, context):
     v_is_x = (direction == "forward") == inverted
     x_m, z_m = (v, out) if v_is_x else (out, v)
     made_out, _ = made_two_orders_bound(maf.made, x_m, context)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", divide="ignore"):  # s = 0 (underflow): terms_x = inf
         s = np.exp(get_scale_map(maf.scale)(made_out[..., 1])[0])
         mu = np.abs(made_out[..., 0])
         if maf.scale_side == "density":      # z = x s + mu: the terms in z units
