@@ -2,7 +2,7 @@
 
 Run (from the repository root, with the repository on ``PYTHONPATH``)::
 
-    python benchmarks/stable_ranges.py --cases rqs_pyro,iaf_pyro_stable [--seeds 150] [--json out.json]
+    python benchmarks/stable_ranges.py --cases rqs_pyro,iaf_pyro_stable [--seeds 150] [--json f]
     python benchmarks/stable_ranges.py --cases rqs_pyro --verify 1000,2 [--seeds 500]
 
 A stable range is a pair (largest |input|, largest |raw parameter|) inside which both round trips
@@ -217,9 +217,9 @@ def main(argv=None):
         if args.verify is not None:
             n = args.seeds or 500
             cell = verify(case_id, vmax, pmax, n)
+            verdict = "clean" if clean(cell) else "NOT CLEAN"
             print(f"{case_id} verify ({vmax:g}, {pmax:g}) over {n} seeds: {_fmt(cell)} "
-                  f"[{'clean' if clean(cell) else 'NOT CLEAN'}] ({time.perf_counter() - start:.0f} s)",
-                  flush=True)
+                  f"[{verdict}] ({time.perf_counter() - start:.0f} s)", flush=True)
             out[case_id] = {"verify": [vmax, pmax], "seeds": n, **cell, "clean": clean(cell)}
             continue
         n = args.seeds or 150
