@@ -102,13 +102,6 @@ STABLE = {
     # last rounding by |dmu/dx| s, s = softplus(u + c) + 0.01 up to ~p^2 H (worst 6.6e-12; 5.1e-11
     # at (1e3, 1); (100, 2), clean over 150 seeds, reached 2.1e-10 over 500)
     "maf_stable_flowjax_conditional": [(V_MAX, 0.5), (100.0, 1.0)],
-    # zuko's raw diagonal drawn uniform in [-p, p] comes arbitrarily close to 0 at every p (the
-    # law of L / p does not depend on p): cond(L) has a heavy tail, and the error ~ eps cond(L) cond(U) |v|
-    # is bounded only through |v| (U's entries up to p add cond(U) ~ p^(dim-1)). Over 500 seeds
-    # at p = 0.1 one draw (min|d| / max|d| = 4e-4) erred by 1.3e-8 at |v| = 100 and 1.2e-9 at
-    # |v| = 1; at p = 50, |v| = 1e-3 seed 0 errs by 1e-10. The grid's (100, 0.1), (30, 1),
-    # (10, 3), clean over 150 seeds, are not stable
-    "lu_linear_zuko_raw_lower": [(1e-3, 1.0)],
     # as lu_linear: cond(L U) grows like e^(2P) (2.6e-11 at (1e3, 1), 2.3e-10 at (1, 2); worst
     # 2.7e-12)
     "lu_linear_normflows_signs": [(V_MAX, 0.5), (100.0, 1.0)],
@@ -119,7 +112,7 @@ STABLE = {
     "rotation": _ALL,
     # T triangular with off-diagonal entries up to p over a softplus diagonal down to
     # softplus(-p): cond(T) grows with p / softplus(-p) (5.2e-10 at (1e3, 2), 8.5e-11 at (100, 2);
-    # measured for p >= 1 at 150 seeds per cell; not yet verified over 500 further seeds)
+    # measured for p >= 1 at 150 seeds per cell; worst 8.6e-12 over 500 further seeds)
     "triangular_affine": [(V_MAX, 1.0)],
     # NOT YET MEASURED (the grid did not finish: only p = 0.1 is, 3.6e-14 at |v| = 1e3):
     # provisional, by analogy with triangular_affine
@@ -478,8 +471,19 @@ def _context(sample_context, seed, n, vmax):
 seeds = st.integers(0, 2**32 - 1)
 
 
+# Cases with no stable range (open): zuko's raw LU diagonal drawn uniform in [-p, p] comes
+# arbitrarily close to 0 at every p (the law of L / p does not depend on p; U's entries up to p
+# add more), so cond(L U) has a heavy tail in every box, and the bias keeps the round-trip error
+# from shrinking with |v|. Over 500 seeds (benchmarks/stable_ranges.py --verify): 1.3e-8 at
+# (100, 0.1), 1.4e-9 at (1e-3, 1), 2.3e-9 at (1e-6, 1); the grid's (100, 0.1), (30, 1), (10, 3)
+# were clean over 150 seeds only. A range needs a diagonal kept away from 0 (not drawn so here).
+# test_finite_or_clear_error still covers the case, conditioning bound included.
+NO_STABLE_RANGE = {"lu_linear_zuko_raw_lower"}
+
+
 def test_every_case_has_a_stable_range():
-    assert sorted(STABLE) == CASE_IDS
+    assert sorted(set(STABLE) | NO_STABLE_RANGE) == CASE_IDS
+    assert not set(STABLE) & NO_STABLE_RANGE
 
 
 # Round trips beyond the heuristic conditioning bound outside their stable ranges, not yet
@@ -551,6 +555,9 @@ def test_finite_or_clear_error(case_id, seed):
 def test_round_trip_in_stable_range(case_id, seed, extreme):
     """Inside the measured stable range: no error, round trips and log-dets to 1e-10 (relative
     to ``max(1, |v|)``, and for MAF / IAF to the terms each coordinate is the sum of)."""
+    if case_id in NO_STABLE_RANGE:
+        pytest.skip("no stable range: singular maps in every box of raw parameters (see "
+                    "NO_STABLE_RANGE)")
     if case_id not in STABLE:
         pytest.skip("no measured stable range yet (test_every_case_has_a_stable_range fails)")
     for vmax, pmax in STABLE[case_id]:
