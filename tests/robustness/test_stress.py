@@ -111,11 +111,12 @@ STABLE = {
     # orthogonal: only expm's rounding of the rotation, ~eps |K| |v| (worst 1.2e-11 at (1e3, 50))
     "rotation": _ALL,
     # T triangular with off-diagonal entries up to p over a softplus diagonal down to
-    # softplus(-p): cond(T) grows with p / softplus(-p) (5.2e-10 at (1e3, 2), 8.5e-11 at (100, 2);
-    # measured for p >= 1 at 150 seeds per cell; worst 8.6e-12 over 500 further seeds)
-    "triangular_affine": [(V_MAX, 1.0)],
-    # NOT YET MEASURED (the grid did not finish: only p = 0.1 is, 3.6e-14 at |v| = 1e3):
-    # provisional, by analogy with triangular_affine
+    # softplus(-p): cond(T) grows with p / softplus(-p) (5.2e-10 at (1e3, 2), 1.1e-9 at (1, 3);
+    # worst 8.6e-12 / 8.1e-12)
+    "triangular_affine": [(V_MAX, 1.0), (10.0, 2.0)],
+    # weight-normalised rows (norm softplus(s_i)): the same triangular conditioning (2.2e-10 at
+    # (1e3, 3), 6e-8 at p = 5; (1e3, 2), 1e-11 on the grid, reached 4.6e-11 over 500 seeds;
+    # worst 1.3e-12)
     "triangular_affine_upper_weight_norm": [(V_MAX, 1.0)],
     # splines: as the other RationalQuadraticSplines below, softmax bins saturate to the minimum
     # width beside wide ones (worst 1.5e-12 / 3.1e-12 / 2.1e-12 / 1.3e-11; at p = 3, over 150
