@@ -88,22 +88,60 @@ DOMAINS = {
 _AFFINE = [(V_MAX, 8.0)]        # shift rounding eps |b| amplified by exp(|a|): P e^P eps ~ 1e-10 at P ~ 10
 _ALL = [(V_MAX, P_MAX)]         # orthogonal / volume-bounded / additive: no amplification
 STABLE = {
-    # PROVISIONAL ranges of the peers' catalogue (FlowJAX/Pyro scale maps, stable IAF, peer LU
-    # diagonals, matrix exponential, rotation, triangular affine, pyro/flowjax/learned-end-slope,
-    # circular and linear-rational splines): chosen by analogy with the measured entries of the
-    # same family below and verified only by this file's hypothesis examples, not yet by the
-    # grid and 100-150-seed sweep the other entries had.
-    "maf_density_flowjax": [(10.0, 0.5)], "iaf_pyro_clamp": [(10.0, 0.5)],
-    "iaf_pyro_stable": [(10.0, 0.5)], "maf_stable_flowjax_conditional": [(10.0, 0.5)],
-    "lu_linear_zuko_raw_lower": [(V_MAX, 1.0)], "lu_linear_normflows_signs": [(V_MAX, 1.0)],
-    "matrix_exponential": [(V_MAX, 1.0)], "rotation": [(V_MAX, 5.0)],
-    "triangular_affine": [(V_MAX, 1.0)], "triangular_affine_upper_weight_norm": [(V_MAX, 1.0)],
+    # The peers' catalogue, measured with benchmarks/stable_ranges.py (p in {0.1 .. 50}, |v| in
+    # {1 .. 1e3}, 150 seeds per cell, then 500 further seeds at each entry; "worst" is the worst
+    # round-trip or log-det error of those 500):
+    # FlowJAX's scale softplus(u + c) + 0.01 on the density side: sampling divides by it (up to
+    # 100x) in 4 sequential passes, each feeding the next conditioner (worst 9.5e-12; 1.1e-10 at
+    # (10, 1), 2.5e-8 at (1, 2))
+    "maf_density_flowjax": [(V_MAX, 0.5), (3.0, 1.0)],
+    # Pyro's clipped log-scale (l in [-5, 3]): each of the 3 sequential passes amplifies the
+    # last rounding by at most e^5 times the MADE's slope (worst 5e-11; 1.2e-10 at (1, 3))
+    "iaf_pyro_clamp": [(V_MAX, 1.0)],
+    # Pyro's stable IAF: sampling divides by sigmoid(u + 2) ~ e^u for u << 0, and a large x_i
+    # enters the next u linearly, so x grows doubly exponentially over the 3 passes and
+    # overflows (a clear ValueError: the true x is beyond float64). E.g. seed 96968, exactly
+    # +-0.5, |v| <= 10: x_2 = 9074, then u_3 = -1136, x_3 ~ e^1134. Raises in 1 of 300 draws
+    # at (100, 0.25), 17 at (30, 0.5), 18 at (10, 1) (worst 3e-16 over 2000 seeds here)
+    "iaf_pyro_stable": [(30.0, 0.1), (10.0, 0.25)],
+    # the stable form with FlowJAX's scale: the 3 sequential sampling passes each amplify the
+    # last rounding by |dmu/dx| s, s = softplus(u + c) + 0.01 up to ~p^2 H (worst 6.6e-12; 5.1e-11
+    # at (1e3, 1); (100, 2), clean over 150 seeds, reached 2.1e-10 over 500)
+    "maf_stable_flowjax_conditional": [(V_MAX, 0.5), (100.0, 1.0)],
+    # as lu_linear: cond(L U) grows like e^(2P) (2.6e-11 at (1e3, 1), 2.3e-10 at (1, 2); worst
+    # 2.7e-12)
+    "lu_linear_normflows_signs": [(V_MAX, 0.5), (100.0, 1.0)],
+    # the inverse solves with expm(M)'s LU factors: cond(expm(M)) ~ e^(2 |M|) (re-measured after
+    # that change, 60 seeds a cell: 1.9e-10 at (1e3, 2), 6.2e-11 at (1, 3), 3.7e-12 at (1e3, 1))
+    "matrix_exponential": [(V_MAX, 1.0), (10.0, 2.0)],
+    # orthogonal: only expm's rounding of the rotation, ~eps |K| |v| (worst 1.2e-11 at (1e3, 50))
+    "rotation": _ALL,
+    # T triangular with off-diagonal entries up to p over a softplus diagonal down to
+    # softplus(-p): cond(T) grows with p / softplus(-p) (5.2e-10 at (1e3, 2), 1.1e-9 at (1, 3);
+    # worst 8.6e-12 / 8.1e-12)
+    "triangular_affine": [(V_MAX, 1.0), (10.0, 2.0)],
+    # weight-normalised rows (norm softplus(s_i)): the same triangular conditioning (2.2e-10 at
+    # (1e3, 3), 6e-8 at p = 5; (1e3, 2), 1e-11 on the grid, reached 4.6e-11 over 500 seeds;
+    # worst 1.3e-12)
+    "triangular_affine_upper_weight_norm": [(V_MAX, 1.0)],
+    # splines: as the other RationalQuadraticSplines below, softmax bins saturate to the minimum
+    # width beside wide ones (worst 1.5e-12 / 3.1e-12 / 2.1e-12 / 1.3e-11; at p = 3, over 150
+    # seeds: 4.8e-11 / 1.4e-10 / 3.2e-11 / 2.7e-10)
     "rqs_pyro": [(V_MAX, 2.0)], "rqs_flowjax": [(V_MAX, 2.0)],
-    "rqs_durkan_learned_end_slopes": [(V_MAX, 3.0)], "linear_rational_spline": [(V_MAX, 1.0)],
-    "circular_spline_distrax": [(np.pi, 2.0)], "circular_spline_zuko_shift": [(3.1, 2.0)],
+    "rqs_durkan_learned_end_slopes": [(V_MAX, 2.0)], "linear_rational_spline": [(V_MAX, 2.0)],
+    # distrax's learned end slopes (d_0 = d_K): log-dets end it, not round trips (< 1e-12): at z
+    # within ulps of +-pi, log f' changes by ~5e6 per unit of z, so the forward and inverse
+    # log-dets (at z and at the recovered z) differ by 4e-11 at p = 2, 7.3e-9 at p = 3 (worst
+    # 1.9e-13 at p = 1); zuko's map (end slopes 1): 8.3e-12 at p = 5, 1e-10 at p = 8
+    "circular_spline_distrax": [(np.pi, 1.0)], "circular_spline_zuko_shift": [(3.1, 5.0)],
+    # the conditioner's output ~ p^2 H saturates the spline, whatever |v| (tanh units):
+    # flowjax 8.8e-10 at (1, 1); zuko's learned end slopes 9.7e-11 at (10, 2); linear-rational
+    # 5e-11 at (100, 0.5), 1.7e-10 at (1, 1) (worst 1.1e-11 / 3.7e-12 / 6.7e-12)
     "spline_coupling_flowjax": [(V_MAX, 0.5)],
-    "spline_coupling_zuko_learned_end_slopes": [(V_MAX, 0.5)],
-    "spline_coupling_linear_rational": [(V_MAX, 0.5)],
+    "spline_coupling_zuko_learned_end_slopes": [(V_MAX, 1.0)],
+    "spline_coupling_linear_rational": [(V_MAX, 0.25), (30.0, 0.5)],
+    # MADE outputs ~ p^2 H saturate the splines (2.7e-10 / 3.1e-9 at (1, 1); worst 1.6e-12 /
+    # 1.1e-11)
     "spline_autoregressive_pyro": [(V_MAX, 0.5)],
     "spline_autoregressive_linear_rational": [(V_MAX, 0.5)],
     "affine": _AFFINE, "actnorm": _AFFINE, "batchnorm_eval": _AFFINE,
@@ -375,7 +413,7 @@ def _affine_terms(bijector, direction, v, out, context):
     v_is_x = (direction == "forward") == inverted
     x_m, z_m = (v, out) if v_is_x else (out, v)
     made_out, _ = made_two_orders_bound(maf.made, x_m, context)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", divide="ignore"):  # s = 0 (underflow): terms_x inf
         s = np.exp(get_scale_map(maf.scale)(made_out[..., 1])[0])
         mu = np.abs(made_out[..., 0])
         if maf.scale_side == "density":      # z = x s + mu: the terms in z units
@@ -449,8 +487,19 @@ def _context(sample_context, seed, n, vmax):
 seeds = st.integers(0, 2**32 - 1)
 
 
+# Cases with no stable range (open): zuko's raw LU diagonal drawn uniform in [-p, p] comes
+# arbitrarily close to 0 at every p (the law of L / p does not depend on p; U's entries up to p
+# add more), so cond(L U) has a heavy tail in every box, and the bias keeps the round-trip error
+# from shrinking with |v|. Over 500 seeds (benchmarks/stable_ranges.py --verify): 1.3e-8 at
+# (100, 0.1), 1.4e-9 at (1e-3, 1), 2.3e-9 at (1e-6, 1); the grid's (100, 0.1), (30, 1), (10, 3)
+# were clean over 150 seeds only. A range needs a diagonal kept away from 0 (not drawn so here).
+# test_finite_or_clear_error still covers the case, conditioning bound included.
+NO_STABLE_RANGE = {"lu_linear_zuko_raw_lower"}
+
+
 def test_every_case_has_a_stable_range():
-    assert sorted(STABLE) == CASE_IDS
+    assert sorted(set(STABLE) | NO_STABLE_RANGE) == CASE_IDS
+    assert not set(STABLE) & NO_STABLE_RANGE
 
 
 # Round trips beyond the heuristic conditioning bound outside their stable ranges, not yet
@@ -464,7 +513,10 @@ def test_every_case_has_a_stable_range():
 _OPEN = {"chain", "planar",
          # Pyro's stable IAF: at |v| ~ 340, raw ~ +-50 the sampling round trip was off by 1.3e-8
          # where the heuristic bound allowed 1e-10 (seed 106, before the bound counted MAF's two
-         # summation orders); not yet re-measured
+         # summation orders). The stable-range sweep shows why that pass is fragile: it divides
+         # by sigmoid(u + 2) ~ e^u and x feeds the next u, so x grows doubly exponentially over
+         # the passes (see its STABLE entry). Whether the bound holds at raw +-50 is not yet
+         # re-measured over 500 seeds
          "iaf_pyro_stable"}
 # (matrix_exponential left this set when its inverse became an LU solve with the forward
 # pass's own expm(M): 0 bound failures in 360 draws, 30 seeds x 3 parameter settings x 2 |v| x
@@ -519,6 +571,9 @@ def test_finite_or_clear_error(case_id, seed):
 def test_round_trip_in_stable_range(case_id, seed, extreme):
     """Inside the measured stable range: no error, round trips and log-dets to 1e-10 (relative
     to ``max(1, |v|)``, and for MAF / IAF to the terms each coordinate is the sum of)."""
+    if case_id in NO_STABLE_RANGE:
+        pytest.skip("no stable range: singular maps in every box of raw parameters (see "
+                    "NO_STABLE_RANGE)")
     if case_id not in STABLE:
         pytest.skip("no measured stable range yet (test_every_case_has_a_stable_range fails)")
     for vmax, pmax in STABLE[case_id]:
