@@ -62,6 +62,8 @@ def unregister(library, cls, entry):
     if entry not in found:
         raise ValueError(f"unregister: no such recipe registered for {library} {cls}")
     found.remove(entry)
+    if not found:
+        del _REGISTERED[library][cls]
 
 
 class Row:
@@ -216,7 +218,8 @@ def run_recipe(library, cls, entry, dim, dtype, seed=0):
                        **kwargs, **options)
 
 
-def audit(library, *, dtypes=DTYPES, sizes=SIZES, seed=0, only=None, progress=None):
+def audit(library, *, dtypes=DTYPES, sizes=SIZES, seed=0, only=None, heavy=False,
+          progress=None):
     """Run the oracle over every bijector class ``library`` exports.
 
     Every class of the library's transform modules (:mod:`refflow.audit.catalogue`) with a
@@ -241,6 +244,9 @@ def audit(library, *, dtypes=DTYPES, sizes=SIZES, seed=0, only=None, progress=No
         Seeds the parameters, the points and the checks' cotangents.
     only : sequence of str, optional
         Class names to audit (the others are left out of the report).
+    heavy : bool
+        Also run the recipes marked heavy (zuko's bisection-based flows: 1-3 CPU minutes per
+        check); without it they are ``skipped`` rows saying so.
     progress : callable, optional
         Called with one line of text per case.
 
@@ -288,6 +294,8 @@ def audit(library, *, dtypes=DTYPES, sizes=SIZES, seed=0, only=None, progress=No
         command += f" --sizes {','.join(map(str, sizes))}"
     if dtypes != DTYPES:
         command += f" --dtypes {','.join(dtypes)}"
+    if heavy:
+        command += " --heavy"
     command += f" --seed {seed}"
     rows = []
     for cls in sorted(listed):
@@ -298,6 +306,10 @@ def audit(library, *, dtypes=DTYPES, sizes=SIZES, seed=0, only=None, progress=No
             rows.append(Row(library, cls, reason=reason or kind))
             continue
         for entry in recipes[cls]:
+            if entry.heavy and not heavy:
+                rows.append(Row(library, cls, label=entry.label,
+                                reason="heavy (1-3 CPU minutes per check): run with --heavy"))
+                continue
             for dim in entry.sizes or sizes:
                 for dtype in dtypes:
                     if entry.dtypes is not None and dtype not in entry.dtypes:

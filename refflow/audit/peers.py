@@ -485,3 +485,35 @@ def wide_points(scale):
     def z(seed, dim):
         return normal_points(seed, N_POINTS, dim, scale)
     return z
+
+
+# -------------------------------------------------------------------------------------- TFP
+def tfp_bijector(make, shapes, dim=3, scale=0.3, points=1.0, z=None, **options):
+    """``make(params, dim) -> tfp bijector`` (JAX substrate) on batches, log-dets with
+    ``event_ndims=1`` (broadcast over the batch where the map is linear);
+    ``shapes(dim) -> {name: shape}``."""
+    def build(seed):
+        enable_x64()
+        rng = np.random.default_rng(seed)
+        params = {k: scale * rng.standard_normal(s) for k, s in shapes(dim).items()}
+
+        def forward(p, x):
+            import jax.numpy as jnp
+            b = make(p, dim)
+            return b.forward(x), jnp.broadcast_to(b.forward_log_det_jacobian(x, event_ndims=1),
+                                                  x.shape[:-1])
+
+        def inverse(p, y):
+            import jax.numpy as jnp
+            b = make(p, dim)
+            return b.inverse(y), jnp.broadcast_to(b.inverse_log_det_jacobian(y, event_ndims=1),
+                                                  y.shape[:-1])
+
+        return jax_layer(forward, inverse, params, _points(seed, dim, points, z), **options)
+    return build
+
+
+def uniform_points(seed, dim, low=0.02, high=0.98):
+    """Seeded points uniform in ``(low, high)^dim``: inside a transform defined on ``(0, 1)``,
+    away from its ends."""
+    return np.random.default_rng(seed).uniform(low, high, (N_POINTS, dim))

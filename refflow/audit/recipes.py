@@ -34,6 +34,8 @@ class Recipe:
         Further ``check_layer`` options (a tolerance with its reason in ``why``).
     why : str
         Why ``options`` differ from the defaults, or what the variant probes.
+    heavy : bool
+        Minutes of CPU per check: run only when the audit is asked to (``heavy=True``).
     """
 
     factory: object
@@ -42,6 +44,7 @@ class Recipe:
     dtypes: tuple = None
     options: dict = field(default_factory=dict)
     why: str = ""
+    heavy: bool = False
 
 
 def recipe(factory, label="", **kwargs):
@@ -57,8 +60,8 @@ BISECTION_WHY = ("bisection inverse resolved to ~6e-7 (zuko's eps = 1e-6): round
 #: Bound of every spline recipe (``tail_bound``, ``bound``, ``interval``, ``range``).
 B = 3.0
 AT_BOUND = "x on and beyond the bound B = 3"
-#: The bisection-based zuko flows take 1-3 minutes per check: one size, float64.
-HEAVY = dict(sizes=(3,), dtypes=("float64",))
+#: The bisection-based zuko flows take 1-3 minutes per check: opt-in, one size, float64.
+HEAVY = dict(sizes=(3,), dtypes=("float64",), heavy=True)
 
 
 def _zuko_flow(cls, **kw):
@@ -355,6 +358,276 @@ def dx_masked_coupling(p, d):
     return distrax.MaskedCoupling(mask, conditioner, bijector)
 
 
+# -------------------------------------------------------------- further nflows constructors
+def nf_tanh(d):
+    from nflows.transforms import Tanh
+    return Tanh()
+
+
+def nf_sigmoid(d):
+    from nflows.transforms import Sigmoid
+    return Sigmoid()
+
+
+def nf_leaky_relu(d):
+    from nflows.transforms import LeakyReLU
+    return LeakyReLU(negative_slope=0.1)
+
+
+def nf_log_tanh(d):
+    from nflows.transforms import LogTanh
+    return LogTanh(cut_point=1)
+
+
+def nf_reverse(d):
+    from nflows.transforms import ReversePermutation
+    return ReversePermutation(d)
+
+
+def nf_random_permutation(d):
+    from nflows.transforms import RandomPermutation
+    return RandomPermutation(d)
+
+
+def nf_naive_linear(d):
+    from nflows.transforms import NaiveLinear
+    return NaiveLinear(d)
+
+
+def nf_qr(d):
+    from nflows.transforms import QRLinear
+    return QRLinear(d, num_householder=2)
+
+
+def nf_householder(d):
+    from nflows.transforms import HouseholderSequence
+    return HouseholderSequence(d, num_transforms=2)
+
+
+def nf_pointwise_affine(d):
+    import torch
+    from nflows.transforms import PointwiseAffineTransform
+    return PointwiseAffineTransform(shift=torch.linspace(-1, 1, d, dtype=torch.float64),
+                                    scale=torch.linspace(0.5, 2, d, dtype=torch.float64))
+
+
+def nf_additive_coupling(d):
+    from nflows.transforms import AdditiveCouplingTransform
+    return AdditiveCouplingTransform(nf_mask(d), P.nflows_net)
+
+
+def nf_quad_coupling(d):
+    from nflows.transforms import PiecewiseQuadraticCouplingTransform as T
+    return T(nf_mask(d), P.nflows_net, num_bins=4, tails="linear", tail_bound=3.0)
+
+
+def nf_mcubic(d):
+    from nflows.transforms import MaskedPiecewiseCubicAutoregressiveTransform as T
+    return T(4, d, 8, num_blocks=1, use_residual_blocks=False)
+
+
+def nf_rq_cdf(d):
+    from nflows.transforms import PiecewiseRationalQuadraticCDF
+    return PiecewiseRationalQuadraticCDF((d,), num_bins=4, tails="linear", tail_bound=3.0)
+
+
+# -------------------------------------------------------------- further Pyro constructors
+def py_softplus():
+    from pyro.distributions.transforms import SoftplusTransform
+    return P.TorchTransform(SoftplusTransform())
+
+
+def py_leaky_relu():
+    from pyro.distributions.transforms import LeakyReLUTransform
+    return P.TorchTransform(LeakyReLUTransform())
+
+
+def py_permute(d):
+    import torch
+    from pyro.distributions.transforms import Permute
+    return P.TorchTransform(Permute(torch.arange(d - 1, -1, -1)))
+
+
+def py_dct(d):
+    from pyro.distributions.transforms import DiscreteCosineTransform
+    return P.TorchTransform(DiscreteCosineTransform())
+
+
+def py_haar(d):
+    from pyro.distributions.transforms import HaarTransform
+    return P.TorchTransform(HaarTransform())
+
+
+def py_lower_cholesky_affine(d):
+    import torch
+    from pyro.distributions.transforms import LowerCholeskyAffine
+    tril = torch.eye(d, dtype=torch.float64) + 0.3 * torch.tril(
+        torch.ones(d, d, dtype=torch.float64), -1)
+    return P.TorchTransform(LowerCholeskyAffine(torch.linspace(-1, 1, d, dtype=torch.float64),
+                                                tril))
+
+
+# ----------------------------------------------------------- further FlowJAX constructors
+def fj_plain(name):
+    def make(key, d):
+        import flowjax.bijections as B
+        return getattr(B, name)((d,))
+    return make
+
+
+def fj_exp(key, d):
+    import flowjax.bijections as B
+    return B.Exp((d,))
+
+
+def fj_loc(key, d):
+    import flowjax.bijections as B
+    import jax.numpy as jnp
+    return B.Loc(jnp.zeros(d))
+
+
+def fj_scale(key, d):
+    import flowjax.bijections as B
+    import jax.numpy as jnp
+    return B.Scale(jnp.ones(d))
+
+
+def fj_permute(key, d):
+    import flowjax.bijections as B
+    import jax.numpy as jnp
+    return B.Permute(jnp.arange(d)[::-1])
+
+
+def fj_dct(key, d):
+    import flowjax.bijections as B
+    return B.DiscreteCosine((d,))
+
+
+# ----------------------------------------------------------- further distrax constructors
+def dx_elementwise(name):
+    def make(p, d):
+        import distrax
+        return distrax.Block(getattr(distrax, name)(), 1)
+    return make
+
+
+def dx_shift(p, d):
+    import distrax
+    return distrax.Block(distrax.Shift(p["shift"]), 1)
+
+
+def dx_diag_linear(p, d):
+    import distrax
+    import jax.numpy as jnp
+    return distrax.DiagLinear(jnp.exp(p["log_diag"]))
+
+
+def dx_triangular_linear(p, d):
+    import distrax
+    import jax.numpy as jnp
+    return distrax.TriangularLinear(jnp.eye(d, dtype=p["matrix"].dtype) + p["matrix"])
+
+
+def dx_diag_low_rank(p, d):
+    import distrax
+    import jax.numpy as jnp
+    return distrax.DiagPlusLowRankLinear(jnp.exp(p["log_diag"]), p["u"], p["v"])
+
+
+def dx_split_coupling(p, d):
+    import distrax
+    import jax.numpy as jnp
+    k = d // 2
+
+    def conditioner(x):
+        h = jnp.tanh(x @ p["w"] + p["b"])
+        return h[..., :d - k], h[..., d - k:]
+
+    def bijector(params):
+        shift, log_scale = params
+        return distrax.ScalarAffine(shift=shift, log_scale=log_scale)
+
+    return distrax.SplitCoupling(k, 1, conditioner, bijector)
+
+
+# --------------------------------------------------------------------- TFP constructors
+def tfp_elementwise(name, **kwargs):
+    def make(p, d):
+        from tensorflow_probability.substrates import jax as tfp
+        return getattr(tfp.bijectors, name)(**kwargs)
+    return make
+
+
+def tfp_shift(p, d):
+    from tensorflow_probability.substrates import jax as tfp
+    return tfp.bijectors.Shift(p["shift"])
+
+
+def tfp_scale(p, d):
+    import jax.numpy as jnp
+    from tensorflow_probability.substrates import jax as tfp
+    return tfp.bijectors.Scale(jnp.exp(p["log_scale"]))
+
+
+def tfp_sinh_arcsinh(p, d):
+    import jax.numpy as jnp
+    from tensorflow_probability.substrates import jax as tfp
+    return tfp.bijectors.SinhArcsinh(skewness=p["skew"], tailweight=jnp.exp(p["log_tail"]))
+
+
+def tfp_tril(p, d):
+    import jax.numpy as jnp
+    from tensorflow_probability.substrates import jax as tfp
+    tril = jnp.tril(p["m"], -1) + jnp.diag(jnp.exp(jnp.diag(p["m"])))
+    return tfp.bijectors.ScaleMatvecTriL(scale_tril=tril)
+
+
+def tfp_lu(p, d):
+    import jax.numpy as jnp
+    from tensorflow_probability.substrates import jax as tfp
+    return tfp.bijectors.ScaleMatvecLU(jnp.eye(d, dtype=p["lu"].dtype) + p["lu"],
+                                       jnp.arange(d))
+
+
+def tfp_diag(p, d):
+    import jax.numpy as jnp
+    from tensorflow_probability.substrates import jax as tfp
+    return tfp.bijectors.ScaleMatvecDiag(jnp.exp(p["log_diag"]))
+
+
+def tfp_rqs(p, d):
+    import jax.numpy as jnp
+    from tensorflow_probability.substrates import jax as tfp
+    widths = 2 * B * jnp.exp(p["w"]) / jnp.exp(p["w"]).sum(-1, keepdims=True)
+    heights = 2 * B * jnp.exp(p["h"]) / jnp.exp(p["h"]).sum(-1, keepdims=True)
+    slopes = jnp.exp(p["s"])
+    return tfp.bijectors.RationalQuadraticSpline(widths, heights, slopes, range_min=-B)
+
+
+def tfp_maf(p, d):
+    import jax.numpy as jnp
+    from tensorflow_probability.substrates import jax as tfp
+    mask = jnp.tril(jnp.ones((d, d), dtype=p["w"].dtype), -1)   # output i sees inputs j < i
+
+    def shift_and_log_scale(x):
+        h = jnp.tanh(x @ (mask * p["w"]).T + p["b"])
+        return h, 0.5 * jnp.tanh(h * p["a"])
+
+    return tfp.bijectors.MaskedAutoregressiveFlow(shift_and_log_scale_fn=shift_and_log_scale)
+
+
+def tfp_real_nvp(p, d):
+    import jax.numpy as jnp
+    from tensorflow_probability.substrates import jax as tfp
+    k = d // 2
+
+    def shift_and_log_scale(x, output_units):
+        h = jnp.tanh(x @ p["w"][:k, :output_units] + p["b"][:output_units])
+        return h, 0.5 * h
+
+    return tfp.bijectors.RealNVP(num_masked=k, shift_and_log_scale_fn=shift_and_log_scale)
+
+
 # --------------------------------------------------------------------------------- the table
 RECIPES = {
     "zuko": {
@@ -403,6 +676,31 @@ RECIPES = {
                                           why=BISECTION_WHY, dtypes=("float64",))],
     },
     "nflows": {
+        "Tanh": [recipe(lambda d: P.nflows_transform(nf_tanh, d))],
+        "Sigmoid": [recipe(lambda d: P.nflows_transform(nf_sigmoid, d)),
+                    recipe(lambda d: P.nflows_transform(nf_sigmoid, d, z=P.wide_points(20.0)),
+                           "wide points (sd 20: saturated)", dtypes=("float64",),
+                           why="float64 only: float32 saturates at |x| ~ 17")],
+        "LeakyReLU": [recipe(lambda d: P.nflows_transform(nf_leaky_relu, d))],
+        "LogTanh": [recipe(lambda d: P.nflows_transform(nf_log_tanh, d))],
+        "ReversePermutation": [recipe(lambda d: P.nflows_transform(nf_reverse, d))],
+        "RandomPermutation": [recipe(lambda d: P.nflows_transform(nf_random_permutation, d))],
+        "NaiveLinear": [recipe(lambda d: P.nflows_transform(nf_naive_linear, d))],
+        "QRLinear": [recipe(lambda d: P.nflows_transform(nf_qr, d))],
+        "HouseholderSequence": [recipe(lambda d: P.nflows_transform(nf_householder, d))],
+        "PointwiseAffineTransform": [recipe(lambda d: P.nflows_transform(nf_pointwise_affine, d))],
+        "AdditiveCouplingTransform": [recipe(lambda d: P.nflows_transform(nf_additive_coupling,
+                                                                          d))],
+        "PiecewiseQuadraticCouplingTransform": [
+            recipe(lambda d: P.nflows_transform(nf_quad_coupling, d, scale=0.5, points=1.5)),
+            recipe(_bound(P.nflows_transform, nf_quad_coupling, scale=0.5), AT_BOUND)],
+        "MaskedPiecewiseCubicAutoregressiveTransform": [
+            recipe(lambda d: P.nflows_transform(nf_mcubic, d, scale=0.5,
+                                                z=lambda seed, dim: P.uniform_points(seed, dim)),
+                   "x in (0, 1) (no tails)")],
+        "PiecewiseRationalQuadraticCDF": [
+            recipe(lambda d: P.nflows_transform(nf_rq_cdf, d, scale=0.5, points=1.5)),
+            recipe(_bound(P.nflows_transform, nf_rq_cdf, scale=0.5), AT_BOUND)],
         "MaskedAffineAutoregressiveTransform": [recipe(lambda d: P.nflows_transform(nf_maf, d))],
         "MaskedPiecewiseRationalQuadraticAutoregressiveTransform": [
             recipe(lambda d: P.nflows_transform(nf_mrqs, d, scale=0.5, points=1.5)),
@@ -449,6 +747,17 @@ RECIPES = {
         "LULinearPermute": [recipe(lambda d: P.normflows_flow(nfl_lu, d))],
     },
     "pyro": {
+        "SoftplusTransform": [recipe(lambda d: P.plain_transform(py_softplus, d),
+                                     options=dict(sum_log_det=True))],
+        "LeakyReLUTransform": [recipe(lambda d: P.plain_transform(py_leaky_relu, d),
+                                      options=dict(sum_log_det=True))],
+        "Permute": [recipe(lambda d: P.plain_transform(lambda: py_permute(d), d))],
+        "DiscreteCosineTransform": [recipe(lambda d: P.plain_transform(lambda: py_dct(d), d),
+                                           options=dict(sum_log_det=True))],
+        "HaarTransform": [recipe(lambda d: P.plain_transform(lambda: py_haar(d), d),
+                                 options=dict(sum_log_det=True))],
+        "LowerCholeskyAffine": [recipe(lambda d: P.plain_transform(
+            lambda: py_lower_cholesky_affine(d), d))],
         "AffineAutoregressive": [recipe(lambda d: P.pyro_transform(py_aar, d)),
                                  recipe(lambda d: P.pyro_transform(py_aar_stable, d),
                                         "stable=True")],
@@ -498,6 +807,16 @@ RECIPES = {
                                 "wide points (sd 30)", options=dict(sum_log_det=True))],
     },
     "flowjax": {
+        "Exp": [recipe(lambda d: P.flowjax_bijection(fj_exp, d))],
+        "Tanh": [recipe(lambda d: P.flowjax_bijection(fj_plain("Tanh"), d))],
+        "Sigmoid": [recipe(lambda d: P.flowjax_bijection(fj_plain("Sigmoid"), d))],
+        "SoftPlus": [recipe(lambda d: P.flowjax_bijection(fj_plain("SoftPlus"), d))],
+        "Flip": [recipe(lambda d: P.flowjax_bijection(fj_plain("Flip"), d))],
+        "Identity": [recipe(lambda d: P.flowjax_bijection(fj_plain("Identity"), d))],
+        "Loc": [recipe(lambda d: P.flowjax_bijection(fj_loc, d))],
+        "Scale": [recipe(lambda d: P.flowjax_bijection(fj_scale, d))],
+        "Permute": [recipe(lambda d: P.flowjax_bijection(fj_permute, d))],
+        "DiscreteCosine": [recipe(lambda d: P.flowjax_bijection(fj_dct, d))],
         "Affine": [recipe(lambda d: P.flowjax_bijection(fj_affine, d))],
         "RationalQuadraticSpline": [
             recipe(lambda d: P.flowjax_bijection(fj_rqs, d, scale=0.5, points=1.0),
@@ -520,6 +839,22 @@ RECIPES = {
         "Householder": [recipe(lambda d: P.flowjax_bijection(fj_householder, d))],
     },
     "distrax": {
+        "Tanh": [recipe(lambda d: P.distrax_bijector(dx_elementwise("Tanh"), lambda d: {}, d))],
+        "Sigmoid": [recipe(lambda d: P.distrax_bijector(dx_elementwise("Sigmoid"),
+                                                        lambda d: {}, d))],
+        "GumbelCDF": [recipe(lambda d: P.distrax_bijector(dx_elementwise("GumbelCDF"),
+                                                          lambda d: {}, d))],
+        "Shift": [recipe(lambda d: P.distrax_bijector(dx_shift, lambda d: {"shift": (d,)}, d))],
+        "DiagLinear": [recipe(lambda d: P.distrax_bijector(dx_diag_linear,
+                                                           lambda d: {"log_diag": (d,)}, d))],
+        "TriangularLinear": [recipe(lambda d: P.distrax_bijector(
+            dx_triangular_linear, lambda d: {"matrix": (d, d)}, d))],
+        "DiagPlusLowRankLinear": [recipe(lambda d: P.distrax_bijector(
+            dx_diag_low_rank, lambda d: {"log_diag": (d,), "u": (d, 2), "v": (d, 2)}, d))],
+        "SplitCoupling": [recipe(lambda d: P.distrax_bijector(
+            dx_split_coupling, lambda d: {"w": (d // 2, 2 * (d - d // 2)),
+                                          "b": (2 * (d - d // 2),)}, d),
+            "ScalarAffine inner bijector")],
         "RationalQuadraticSpline": [
             recipe(lambda d: P.distrax_bijector(dx_rqs, lambda d: {"p": (d, 3 * 4 + 1)}, d,
                                                 scale=0.5), options=dict(sum_log_det=True)),
@@ -537,5 +872,30 @@ RECIPES = {
             dx_masked_coupling, lambda d: {"w": (d, 2 * d), "b": (2 * d,)}, d),
             "ScalarAffine inner bijector")],
     },
-    "tfp": {},
+    "tfp": {
+        **{name: [recipe(lambda d, name=name: P.tfp_bijector(tfp_elementwise(name), lambda d: {},
+                                                            d))]
+           for name in ("Exp", "Sigmoid", "Softplus", "Tanh", "Sinh", "Softsign", "Identity",
+                        "NormalCDF", "Cumsum")},
+        "Shift": [recipe(lambda d: P.tfp_bijector(tfp_shift, lambda d: {"shift": (d,)}, d))],
+        "Scale": [recipe(lambda d: P.tfp_bijector(tfp_scale, lambda d: {"log_scale": (d,)}, d))],
+        "SinhArcsinh": [recipe(lambda d: P.tfp_bijector(
+            tfp_sinh_arcsinh, lambda d: {"skew": (d,), "log_tail": (d,)}, d))],
+        "ScaleMatvecTriL": [recipe(lambda d: P.tfp_bijector(tfp_tril, lambda d: {"m": (d, d)},
+                                                            d))],
+        "ScaleMatvecLU": [recipe(lambda d: P.tfp_bijector(tfp_lu, lambda d: {"lu": (d, d)}, d))],
+        "ScaleMatvecDiag": [recipe(lambda d: P.tfp_bijector(tfp_diag,
+                                                            lambda d: {"log_diag": (d,)}, d))],
+        "RationalQuadraticSpline": [
+            recipe(lambda d: P.tfp_bijector(tfp_rqs, lambda d: {"w": (d, 4), "h": (d, 4),
+                                                                "s": (d, 3)}, d, scale=0.5,
+                                            points=1.5)),
+            recipe(lambda d: P.tfp_bijector(tfp_rqs, lambda d: {"w": (d, 4), "h": (d, 4),
+                                                                "s": (d, 3)}, d, scale=0.5,
+                                            z=P.bound_points(B)), AT_BOUND)],
+        "MaskedAutoregressiveFlow": [recipe(lambda d: P.tfp_bijector(
+            tfp_maf, lambda d: {"w": (d, d), "b": (d,), "a": (d,)}, d, scale=0.5))],
+        "RealNVP": [recipe(lambda d: P.tfp_bijector(
+            tfp_real_nvp, lambda d: {"w": (d // 2, d), "b": (d,)}, d, scale=0.5))],
+    },
 }
