@@ -757,7 +757,9 @@ RECIPES = {
         "HaarTransform": [recipe(lambda d: P.plain_transform(lambda: py_haar(d), d),
                                  options=dict(sum_log_det=True))],
         "LowerCholeskyAffine": [recipe(lambda d: P.plain_transform(
-            lambda: py_lower_cholesky_affine(d), d))],
+            lambda: py_lower_cholesky_affine(d), d), dtypes=("float64",),
+            why="float64 only: its loc and scale_tril are plain tensor attributes, not module "
+            "buffers, so the float32 copy of the module cannot be made by .float()")],
         "AffineAutoregressive": [recipe(lambda d: P.pyro_transform(py_aar, d)),
                                  recipe(lambda d: P.pyro_transform(py_aar_stable, d),
                                         "stable=True")],
