@@ -829,9 +829,9 @@ RECIPES = {
         "Coupling": [recipe(lambda d: P.flowjax_bijection(fj_coupling, d, scale=0.3, points=1.0),
                             "RationalQuadraticSpline transformer")],
         "BlockAutoregressiveNetwork": [recipe(lambda d: P.flowjax_bijection(
-            fj_bnaf, d, scale=0.3, forward_only=True), "forward only"),
-            recipe(lambda d: P.flowjax_bijection(fj_bnaf, d, scale=0.3), "bisection inverse",
-                   sizes=(2,), dtypes=("float64",))],
+            fj_bnaf, d, scale=0.3, forward_only=True), "forward only",
+            why="no inverse of its own (FlowJAX raises NotImplementedError; a numerical one "
+            "needs the NumericalInverse wrapper, no recipe yet)")],
         "Planar": [recipe(lambda d: P.flowjax_bijection(fj_planar, d, forward_only=True))],
         "TriangularAffine": [recipe(lambda d: P.flowjax_bijection(fj_triangular, d))],
         "LeakyTanh": [recipe(lambda d: P.flowjax_bijection(fj_leaky_tanh, d)),
