@@ -678,9 +678,11 @@ RECIPES = {
     "nflows": {
         "Tanh": [recipe(lambda d: P.nflows_transform(nf_tanh, d))],
         "Sigmoid": [recipe(lambda d: P.nflows_transform(nf_sigmoid, d)),
-                    recipe(lambda d: P.nflows_transform(nf_sigmoid, d, z=P.wide_points(20.0)),
-                           "wide points (sd 20: saturated)", dtypes=("float64",),
-                           why="float64 only: float32 saturates at |x| ~ 17")],
+                    recipe(lambda d: P.nflows_transform(nf_sigmoid, d, z=P.wide_points(6.0)),
+                           "wide points (sd 6)", dtypes=("float64",),
+                           why="float64 only: float32 saturates at |x| ~ 17; sd 6 keeps "
+                           "1 - sigmoid(x) representable in float64 (it rounds to 0 beyond "
+                           "|x| ~ 37, where no inverse can recover x)")],
         "LeakyReLU": [recipe(lambda d: P.nflows_transform(nf_leaky_relu, d))],
         "LogTanh": [recipe(lambda d: P.nflows_transform(nf_log_tanh, d))],
         "ReversePermutation": [recipe(lambda d: P.nflows_transform(nf_reverse, d))],
