@@ -1,4 +1,4 @@
-"""Peers' transforms wrapped for the oracle: the survey's cases and the defects' reproducers.
+"""Peers' transforms wrapped for the oracle: the builders behind the audit's recipes.
 
 Every builder takes a seed and returns the keyword arguments of
 ``refflow.testing.check_layer`` (``forward``, ``inverse``, ``z``, the functional pullbacks and
@@ -9,7 +9,15 @@ initialisation. torch modules are float64; JAX runs with ``jax_enable_x64``.
 Directions are the peers' own: ``forward`` is whatever the peer calls its forward map (data to
 base for zuko and nflows, base to data for normflows, Pyro, FlowJAX and distrax); the oracle
 only needs the two maps to be inverse to each other.
+
+Precision: builders run in float64 unless :func:`precision` says ``"float32"``; then the torch
+helpers check a float32 copy of the module against its float64 twin (``reference=``), and the
+JAX helpers run the function on float32 parameters and points (FlowJAX's bijection cast whole)
+against the float64 function.
 """
+
+import contextlib
+import copy
 
 import numpy as np
 
@@ -22,8 +30,34 @@ from refflow.testing import from_jax, from_torch
 N_POINTS = 4
 
 
+_PRECISION = ["float64"]
+
+
+@contextlib.contextmanager
+def precision(dtype):
+    """Builders called inside this context build ``dtype`` (``"float64"`` or ``"float32"``)
+    layers; float32 ones carry their float64 twin as ``reference``."""
+    if dtype not in ("float64", "float32"):
+        raise ValueError(f"precision: dtype must be 'float64' or 'float32', got {dtype!r}")
+    _PRECISION.append(dtype)
+    try:
+        yield
+    finally:
+        _PRECISION.pop()
+
+
+def current_precision():
+    """``"float64"`` or ``"float32"``: what the builders build now."""
+    return _PRECISION[-1]
+
+
 def normal_points(seed, n, dim, scale=1.0):
     return scale * np.random.default_rng(seed).standard_normal((n, dim))
+
+
+def _points(seed, dim, scale, z):
+    """``z(seed, dim)`` when given (boundary points), else seeded normal points."""
+    return normal_points(seed, N_POINTS, dim, scale) if z is None else z(seed, dim)
 
 
 def randomize_torch(module, seed, scale=0.5):
@@ -39,12 +73,37 @@ def randomize_torch(module, seed, scale=0.5):
 
 
 def torch_layer(module, forward, inverse, z, **options):
-    """check_layer arguments for a torch module and two calls on it."""
+    """check_layer arguments for a torch module and two calls on it (in float32, a float32
+    copy of the module checked against the float64 one)."""
     fwd = from_torch(module, forward)
     inv = None if inverse is None else from_torch(module, inverse)
-    return dict(forward=fwd, inverse=inv, z=z, forward_vjp=fwd.vjp,
-                inverse_vjp=None if inv is None else inv.vjp, params=fwd.params,
-                functional=True, **options)
+    out = dict(forward=fwd, inverse=inv, z=z, forward_vjp=fwd.vjp,
+               inverse_vjp=None if inv is None else inv.vjp, params=fwd.params,
+               functional=True, **options)
+    if current_precision() == "float32":
+        low = copy.deepcopy(module).float()
+        fwd32 = from_torch(low, forward)
+        inv32 = None if inverse is None else from_torch(low, inverse)
+        out.update(forward=fwd32, inverse=inv32, z=np.asarray(z, dtype=np.float32),
+                   forward_vjp=fwd32.vjp, inverse_vjp=None if inv32 is None else inv32.vjp,
+                   reference=_twin(fwd, inv))
+    return out
+
+
+def _twin(fwd, inv):
+    twin = {"forward": fwd, "forward_vjp": fwd.vjp}
+    if inv is not None:
+        twin.update(inverse=inv, inverse_vjp=inv.vjp)
+    return twin
+
+
+def _float32_call(f):
+    """``f(params, *inputs)`` on float32 parameters and inputs."""
+    def call(p, *xs):
+        import jax.numpy as jnp
+        return f({k: jnp.asarray(v, dtype=jnp.float32) for k, v in p.items()},
+                 *[jnp.asarray(x, dtype=jnp.float32) for x in xs])
+    return call
 
 
 def enable_x64():
@@ -57,9 +116,16 @@ def jax_layer(f_forward, f_inverse, params, z, **options):
     """check_layer arguments for two JAX functions ``f(params, x) -> (y, log_det)``."""
     fwd = from_jax(f_forward, params)
     inv = None if f_inverse is None else from_jax(f_inverse, params)
-    return dict(forward=fwd, inverse=inv, z=z, forward_vjp=fwd.vjp,
-                inverse_vjp=None if inv is None else inv.vjp, params=fwd.params,
-                functional=True, **options)
+    out = dict(forward=fwd, inverse=inv, z=z, forward_vjp=fwd.vjp,
+               inverse_vjp=None if inv is None else inv.vjp, params=fwd.params,
+               functional=True, **options)
+    if current_precision() == "float32":
+        fwd32 = from_jax(_float32_call(f_forward), params)
+        inv32 = None if f_inverse is None else from_jax(_float32_call(f_inverse), params)
+        out.update(forward=fwd32, inverse=inv32, z=np.asarray(z, dtype=np.float32),
+                   forward_vjp=fwd32.vjp, inverse_vjp=None if inv32 is None else inv32.vjp,
+                   reference=_twin(fwd, inv))
+    return out
 
 
 def zuko_calls():
@@ -88,7 +154,7 @@ def pyro_forward_only():
 
 
 # ------------------------------------------------------------------------------------ zuko
-def zuko_flow(cls, dim=3, scale=0.5, points=1.0, **kwargs):
+def zuko_flow(cls, dim=3, scale=0.5, points=1.0, z=None, **kwargs):
     def build(seed):
         import torch
         import zuko
@@ -96,7 +162,7 @@ def zuko_flow(cls, dim=3, scale=0.5, points=1.0, **kwargs):
         torch.manual_seed(seed)
         flow = randomize_torch(getattr(zuko.flows, cls)(dim, **kwargs), seed, scale)
         fwd, inv = zuko_calls()
-        return torch_layer(flow, fwd, inv, normal_points(seed, N_POINTS, dim, points))
+        return torch_layer(flow, fwd, inv, _points(seed, dim, points, z))
     return build
 
 
@@ -117,7 +183,7 @@ def zuko_module(make, dim, scale=0.5, z=None, **options):
         holder = randomize_torch(Holder(), seed, scale)
         fwd = lambda m, x: m.transform().call_and_ladj(x)
         inv = lambda m, y: m.transform().inv.call_and_ladj(y)
-        points = normal_points(seed, N_POINTS, dim) if z is None else z(seed)
+        points = _points(seed, dim, 1.0, z)
         return torch_layer(holder, fwd, inv, points, **options)
     return build
 
@@ -169,7 +235,8 @@ ZUKO_SIGNED_POWER = _ZukoTransform(
 
 
 # ----------------------------------------------------------------------------------- nflows
-def nflows_transform(make, dim=3, scale=0.3, points=1.0, eval_mode=False, **options):
+def nflows_transform(make, dim=3, scale=0.3, points=1.0, eval_mode=False, z=None, post=None,
+                     **options):
     def build(seed):
         import torch
 
@@ -177,12 +244,14 @@ def nflows_transform(make, dim=3, scale=0.3, points=1.0, eval_mode=False, **opti
         module = randomize_torch(make(dim), seed, scale)
         if eval_mode:
             module.eval()
+        if post is not None:
+            post(module)
         fwd, inv = nflows_calls()
-        return torch_layer(module, fwd, inv, normal_points(seed, N_POINTS, dim, points), **options)
+        return torch_layer(module, fwd, inv, _points(seed, dim, points, z), **options)
     return build
 
 
-def _nflows_net(in_features, out_features):
+def nflows_net(in_features, out_features):
     from nflows.nn.nets import ResidualNet
     return ResidualNet(in_features, out_features, hidden_features=8, num_blocks=1)
 
@@ -199,7 +268,7 @@ def nflows_batchnorm(dim):
 
 
 # -------------------------------------------------------------------------------- normflows
-def normflows_flow(make, dim=3, scale=0.4, points=1.0, forward_only=False, post=None,
+def normflows_flow(make, dim=3, scale=0.4, points=1.0, forward_only=False, post=None, z=None,
                    **options):
     def build(seed):
         import torch
@@ -210,7 +279,7 @@ def normflows_flow(make, dim=3, scale=0.4, points=1.0, forward_only=False, post=
             post(module)
         fwd = lambda m, z: m.forward(z)
         inv = None if forward_only else (lambda m, x: m.inverse(x))
-        return torch_layer(module, fwd, inv, normal_points(seed, N_POINTS, dim, points), **options)
+        return torch_layer(module, fwd, inv, _points(seed, dim, points, z), **options)
     return build
 
 
@@ -225,12 +294,12 @@ def pyro_transform(make, dim=3, scale=0.3, points=1.0, forward_only=False, post=
         if post is not None:
             post(module)
         fwd, inv = pyro_calls()
-        pts = normal_points(seed, N_POINTS, dim, points) if z is None else z(seed)
+        pts = _points(seed, dim, points, z)
         return torch_layer(module, fwd, None if forward_only else inv, pts, **options)
     return build
 
 
-def _arn(dim, param_dims=None):
+def arn(dim, param_dims=None):
     from pyro.nn import AutoRegressiveNN
     if param_dims is None:
         return AutoRegressiveNN(dim, [8])
@@ -259,8 +328,9 @@ def pyro_batchnorm_gamma(layer):
 
 # ---------------------------------------------------------------------------------- FlowJAX
 def flowjax_bijection(make, dim=3, scale=0.3, points=1.0, forward_only=False, noise_seed=1,
-                      **options):
-    """A FlowJAX bijection on single points, vmapped over rows; trainable leaves as params."""
+                      z=None, **options):
+    """A FlowJAX bijection on single points, vmapped over rows; trainable leaves as params
+    (in float32, every floating array of the rebuilt bijection cast to float32)."""
     def build(seed):
         enable_x64()
         import equinox as eqx
@@ -278,7 +348,11 @@ def flowjax_bijection(make, dim=3, scale=0.3, points=1.0, forward_only=False, no
 
         def rebuild(p):
             leaves = [p[n] for n in names]
-            return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
+            bij = eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
+            if leaves and leaves[0].dtype == np.float32:
+                bij = jax.tree_util.tree_map(
+                    lambda a: a.astype(np.float32) if eqx.is_inexact_array(a) else a, bij)
+            return bij
 
         def forward(p, x):
             return jax.vmap(rebuild(p).transform_and_log_det)(x)
@@ -287,12 +361,12 @@ def flowjax_bijection(make, dim=3, scale=0.3, points=1.0, forward_only=False, no
             return jax.vmap(rebuild(p).inverse_and_log_det)(y)
 
         return jax_layer(forward, None if forward_only else inverse, params,
-                         normal_points(seed, N_POINTS, dim, points), **options)
+                         _points(seed, dim, points, z), **options)
     return build
 
 
 # ---------------------------------------------------------------------------------- distrax
-def distrax_bijector(make, shapes, dim=3, scale=0.3, points=1.0, **options):
+def distrax_bijector(make, shapes, dim=3, scale=0.3, points=1.0, z=None, **options):
     """``make(params) -> distrax bijector`` on batches; ``shapes(dim) -> {name: shape}``."""
     def build(seed):
         enable_x64()
@@ -305,7 +379,7 @@ def distrax_bijector(make, shapes, dim=3, scale=0.3, points=1.0, **options):
         def inverse(p, y):
             return make(p, dim).inverse_and_log_det(y)
 
-        return jax_layer(forward, inverse, params, normal_points(seed, N_POINTS, dim, points), **options)
+        return jax_layer(forward, inverse, params, _points(seed, dim, points, z), **options)
     return build
 
 
@@ -335,7 +409,7 @@ def plain_transform(make, dim=3, points=1.0, z=None, **options):
     """A transform without parameters (torch.distributions style): ``make() -> module``."""
     def build(seed):
         module = make().double()
-        pts = normal_points(seed, N_POINTS, dim, points) if z is None else z(seed)
+        pts = _points(seed, dim, points, z)
         return torch_layer(module, lambda m, x: m.forward(x), lambda m, y: m.inverse(y), pts,
                            **options)
     return build
@@ -391,3 +465,55 @@ def zuko_bernstein_at_switch(seed, dim=2):
     z = normal_points(seed, N_POINTS, dim)
     z[0, 0] = -5.0 + 2 * 5.0 * 1e-6
     return z
+
+
+def bound_points(bound):
+    """``z(seed, dim)``: points on and beyond a spline's bound ``B``: a coordinate exactly at
+    ``B``, one at ``-B``, one just inside (``B (1 - 1e-6)``), and a row wholly in the tails
+    (``+-1.5 B``), the other coordinates standard normal."""
+    def z(seed, dim):
+        pts = normal_points(seed, N_POINTS, dim)
+        pts[0, 0], pts[1, dim - 1], pts[2, 0] = bound, -bound, bound * (1 - 1e-6)
+        pts[3] = 1.5 * bound * np.where(np.arange(dim) % 2 == 0, 1.0, -1.0)
+        return pts
+    return z
+
+
+def wide_points(scale):
+    """``z(seed, dim)``: normal points of standard deviation ``scale`` (saturating sigmoids and
+    tanh, large shifts)."""
+    def z(seed, dim):
+        return normal_points(seed, N_POINTS, dim, scale)
+    return z
+
+
+# -------------------------------------------------------------------------------------- TFP
+def tfp_bijector(make, shapes, dim=3, scale=0.3, points=1.0, z=None, **options):
+    """``make(params, dim) -> tfp bijector`` (JAX substrate) on batches, log-dets with
+    ``event_ndims=1`` (broadcast over the batch where the map is linear);
+    ``shapes(dim) -> {name: shape}``."""
+    def build(seed):
+        enable_x64()
+        rng = np.random.default_rng(seed)
+        params = {k: scale * rng.standard_normal(s) for k, s in shapes(dim).items()}
+
+        def forward(p, x):
+            import jax.numpy as jnp
+            b = make(p, dim)
+            return b.forward(x), jnp.broadcast_to(b.forward_log_det_jacobian(x, event_ndims=1),
+                                                  x.shape[:-1])
+
+        def inverse(p, y):
+            import jax.numpy as jnp
+            b = make(p, dim)
+            return b.inverse(y), jnp.broadcast_to(b.inverse_log_det_jacobian(y, event_ndims=1),
+                                                  y.shape[:-1])
+
+        return jax_layer(forward, inverse, params, _points(seed, dim, points, z), **options)
+    return build
+
+
+def uniform_points(seed, dim, low=0.02, high=0.98):
+    """Seeded points uniform in ``(low, high)^dim``: inside a transform defined on ``(0, 1)``,
+    away from its ends."""
+    return np.random.default_rng(seed).uniform(low, high, (N_POINTS, dim))
