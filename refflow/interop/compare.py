@@ -148,10 +148,11 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
         raise ValueError(f"compare: x must have shape (n >= 1, {model.dim}), got {x.shape}")
     c = None if context is None else np.asarray(context, dtype=np.float64)
     params = model.params
-    for zname, (key, rows) in mapping.items():
-        if key not in params:
-            raise ValueError(f"compare: model has no parameter {key!r} (for the peer's "
-                             f"{zname!r}); build it with from_zuko")
+    for zname, target in mapping.items():
+        for key, _ in (target if isinstance(target, list) else [target]):
+            if key not in params:
+                raise ValueError(f"compare: model has no parameter {key!r} (for the peer's "
+                                 f"{zname!r}); build it with from_zuko")
     peer = copy.deepcopy(torch_flow).double()
     peer.zero_grad(set_to_none=True)
     xt = torch.as_tensor(x)
@@ -169,13 +170,16 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
     _, grads = model.nll_and_grad(x, context=c)
     grad_ref = {}
     for zname in grad_peer:
-        key, rows = mapping[zname]
-        g = -np.asarray(grads[key], dtype=np.float64)  # d mean log-prob = -d nll
-        if rows is not None:
-            back = np.empty_like(g)
-            back[rows] = g
-            g = back
-        grad_ref[zname] = g
+        target = mapping[zname]
+        back = np.zeros_like(grad_peer[zname])
+        # refflow's parameter is peer[rows] (one piece, or several for a split peer tensor)
+        for key, rows in (target if isinstance(target, list) else [target]):
+            g = -np.asarray(grads[key], dtype=np.float64)  # d mean log-prob = -d nll
+            if rows is None:
+                back = back + g
+            else:
+                back[rows] += g
+        grad_ref[zname] = back
     return ComparisonReport(lp_peer, lp_ref, grad_peer, grad_ref, rtol_log_prob, rtol_grad, kind)
 
 
