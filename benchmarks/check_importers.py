@@ -77,9 +77,9 @@ def check_zuko(n_models, seed):
                 layers.append(zuko.flows.UnconditionalTransform(f, mat))
                 names.append(lin)
         if rng.random() < 0.3:  # zuko's GF (rotations between Gaussianization layers)
-            flow = zuko.flows.GF(dim, context, transforms=int(rng.integers(1, 4)),
-                                 components=int(rng.integers(2, 6)), hidden_features=[8])
-            names, base_name = ["GF"], "standard"
+            t, k = int(rng.integers(1, 4)), int(rng.integers(2, 6))
+            flow = zuko.flows.GF(dim, context, transforms=t, components=k, hidden_features=[8])
+            names, base_name = [f"GF(transforms={t}, components={k})"], "standard"
         else:
             base_name = str(rng.choice(["standard", "normal", "box"]))
             if base_name == "box":

@@ -77,7 +77,8 @@ def _build(kind, seed, cond, invert, dim):
     if seed % 3 == 2 and kind in NEW_KINDS:  # the other bases FlowJAX offers
         base = StudentT(jnp.full(dim, 4.0), jnp.full(dim, 0.2), jnp.full(dim, 1.5)) \
             if seed % 2 else Uniform(jnp.full(dim, -30.0), jnp.full(dim, 40.0))
-    spline = RationalQuadraticSpline(knots=3 + seed % 3, interval=2.0 + seed % 2)
+    interval = 2.0 + seed % 2 if seed % 2 else (-1.5, 2.5)  # symmetric or not
+    spline = RationalQuadraticSpline(knots=3 + seed % 3, interval=interval)
     if kind == "maf_rqs":
         return masked_autoregressive_flow(key, base_dist=base, transformer=spline,
                                           cond_dim=cond, flow_layers=2, nn_width=3 * dim,
@@ -118,7 +119,7 @@ CONFIGS = [
     ("bnaf", 3, 1, False, 4),
     # the spline transformer, the default affine map, triangular layers, StudentT / Uniform
     # bases (more configurations: benchmarks/check_importers.py --peers flowjax)
-    ("maf_rqs", 1, 2, False, 4), ("coupling_rqs", 2, None, True, 3),
+    ("maf_rqs", 1, 2, False, 4), ("maf_rqs", 4, 1, True, 3), ("coupling_rqs", 2, None, True, 3),
     ("maf_default", 0, 2, True, 3), ("coupling_default", 3, 1, True, 4),
     ("triangular", 5, None, True, 3),
 ]
@@ -172,17 +173,23 @@ def test_structure_of_an_imported_bnaf():
 def test_spline_transformer_layers_of_the_import():
     dist = coupling_flow(jr.key(0), base_dist=StandardNormal((4,)), flow_layers=1,
                          transformer=RationalQuadraticSpline(knots=4, interval=3.0))
-    layers = from_flowjax(dist).bijector.layers
-    splines = [b.bijector for b in layers if isinstance(b, Inverse)]
-    assert [type(b).__name__ for b in splines] == ["SplineCoupling"]
+    layers = [b.bijector if isinstance(b, Inverse) else b
+              for b in from_flowjax(dist).bijector.layers]
+    splines = [b for b in layers if type(b).__name__ == "SplineCoupling"]
+    assert len(splines) == 1
     assert splines[0].parameterization == "flowjax" and splines[0].n_bins == 5
 
 
-def test_asymmetric_spline_interval_is_refused_by_name():
+def test_asymmetric_spline_interval_is_a_shifted_symmetric_spline():
+    from refflow.bijectors import Affine
     dist = coupling_flow(jr.key(0), base_dist=StandardNormal((4,)), flow_layers=1,
                          transformer=RationalQuadraticSpline(knots=4, interval=(-2.0, 3.0)))
-    with pytest.raises(ValueError, match="RationalQuadraticSpline.*asymmetric interval"):
-        from_flowjax(dist)
+    layers = [b.bijector if isinstance(b, Inverse) else b
+              for b in from_flowjax(dist).bijector.layers]
+    shifts = [b.params["shift"] for b in layers if isinstance(b, Affine)]
+    assert len(shifts) == 2 and all(np.all(np.abs(v) == 0.5) for v in shifts)
+    spline = next(b for b in layers if type(b).__name__ == "SplineCoupling")
+    assert spline.parameterization == "flowjax" and spline._map.bound == 2.5
 
 
 def test_triangular_spline_flow_is_refused_naming_leaky_tanh():

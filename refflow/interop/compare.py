@@ -129,7 +129,8 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
     torch_flow : zuko.flows.Flow or nflows.flows.Flow
     model : refflow.Flow
         ``from_zuko(torch_flow)`` (possibly imported before the peer was trained further: the
-        parameter map is rebuilt from ``torch_flow``), or ``from_nflows(torch_flow)`` (its
+        parameter map is rebuilt from ``torch_flow``; a zuko tensor split over several refflow
+        parameters, as ``LULinearTransform``'s ``LU``, gets their gradients back in place), or ``from_nflows(torch_flow)`` (its
         recorded ``peer_parameters`` map is used).
     x : array_like (n, D)
     context : array_like (n, C) or (C,), optional

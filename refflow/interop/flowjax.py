@@ -37,7 +37,10 @@ interval)`` transformer             ``parameterization="flowjax"``, ``n_bins = k
                                     ``min_derivative`` (identity tails; refflow's ``u`` is the
                                     raw value minus FlowJAX's initial one, the difference
                                     folded into the last bias); the same ``(D, [x | y | d])``
-                                    layout
+                                    layout; an interval ``(a, b)`` is the spline on
+                                    ``[-B, B]``, ``B = (b - a) / 2``, between two ``Affine``
+                                    shifts by ``-+(a + b) / 2`` (the conditioner's first bias
+                                    takes ``W c``, as it reads the shifted input)
 ``Affine`` transformer, scale       a refflow scale map ``l`` with ``exp(l(u)) = fn(u)``
 ``Parameterize(fn, raw)``           (checked numerically on a grid); FlowJAX's default
                                     ``softplus(u) + 0.01`` is ``scale="flowjax"`` (its
@@ -65,8 +68,6 @@ Not imported (each raises naming the class and the option; nothing is approximat
 - ``triangular_spline_flow`` (``NotImplementedError``): its splines sit in a ``Sandwich``
   with ``LeakyTanh``, which has no refflow twin (its ``TriangularAffine`` and ``Vmap``'d
   splines import on their own), nor has its conditional ``AdditiveCondition``.
-- ``RationalQuadraticSpline`` on an asymmetric ``interval=(a, b)`` (``ValueError``):
-  refflow's splines live on ``[-B, B]``.
 - ``ValueError`` for an option refflow cannot reproduce (an activation refflow lacks, a mask
   that is not a MADE, a scale map no refflow map computes, ...); ``NotImplementedError`` for
   any other FlowJAX layer or base.
@@ -244,9 +245,11 @@ def _spline_options(tr, where):
     import jax
     from paramax import Parameterize
     lo, hi = (float(v) for v in tr.interval)
-    if lo != -hi:
-        _refuse("RationalQuadraticSpline", f"the asymmetric interval ({lo}, {hi}) (transformer "
-                                           f"of {where}; refflow's splines live on [-B, B])")
+    if not lo < hi:
+        _refuse("RationalQuadraticSpline", f"the interval ({lo}, {hi})")
+    # an interval [lo, hi] is the spline on [-B, B] conjugated by the shift by its centre
+    # (FlowJAX's knots lo + cumsum(widths) are centre + (-B + cumsum(widths)))
+    center, half = (lo + hi) / 2.0, (hi - lo) / 2.0
     widths = {float(getattr(tr.x_pos, "min_width", np.nan)),
               float(getattr(tr.y_pos, "min_width", np.nan))}
     if len(widths) != 1 or not np.isfinite(min(widths)):
@@ -263,8 +266,8 @@ def _spline_options(tr, where):
         _refuse("RationalQuadraticSpline", "a derivative map other than softplus(u) + m "
                                            "(option 'min_derivative')")
     width = widths.pop()
-    return {"n_bins": int(tr.knots) + 1, "bound": hi, "min_bin_width": width,
-            "min_bin_height": width, "min_derivative": m}
+    return {"n_bins": int(tr.knots) + 1, "bound": half, "center": center,
+            "min_bin_width": width, "min_bin_height": width, "min_derivative": m}
 
 
 # ------------------------------------------------------------------------ layer converters
@@ -313,10 +316,27 @@ def _masked_autoregressive(bij, cond):
     for k, (mine, theirs) in enumerate(zip(layer.made.masks, masks)):
         if mine.shape != theirs.shape or not np.array_equal(mine.astype(bool), theirs):
             raise ValueError(f"{_WHERE}: {where}: rebuilt MADE mask {k} differs from FlowJAX's")
+    center = opts.get("center", 0.0)
+    if center != 0.0:  # the MADE reads x - centre: W (x - c + c) + b
+        biases[0] = biases[0] + weights[0][:, :dim] @ np.full(dim, center)
     for k, (w, b) in enumerate(zip(weights, biases)):
         layer.params[f"made.w{k}"] = w
         layer.params[f"made.b{k}"] = b
-    return Inverse(layer)
+    return _centered(Inverse(layer), dim, center)
+
+
+def _centered(layer, dim, center):
+    """``S_c o layer o S_-c`` (``S_c(v) = v + c``) as a refflow chain; ``layer`` itself for
+    ``c = 0``."""
+    from ..bijectors import Affine, Chain
+    if center == 0.0:
+        return layer
+    shifts = []
+    for sign in (-1.0, 1.0):
+        shift = Affine(dim)
+        shift.params["shift"] = np.full(dim, sign * center)
+        shifts.append(shift)
+    return Chain([shifts[0], layer, shifts[1]])
 
 
 def _mlp_hidden_ranks(mlp, dim, cond):
@@ -359,7 +379,10 @@ def _coupling(bij, cond):
             _refuse(where, f"conditioner layer {k} of shape {w.shape}")
         layer.params[f"conditioner.w{k}"] = w
         layer.params[f"conditioner.b{k}"] = b
-    return Inverse(layer)
+    center = opts.get("center", 0.0)
+    if center != 0.0:  # the conditioner reads x_a - centre: W (x_a - c + c) + b
+        layer.params["conditioner.b0"] = biases[0] + weights[0][:, :n_a] @ np.full(n_a, center)
+    return _centered(Inverse(layer), dim, center)
 
 
 def _bnaf(bij, cond):
@@ -499,7 +522,7 @@ def _vmap_spline(bij):
     layer.params["unnormalized_widths"] = x_raw
     layer.params["unnormalized_heights"] = y_raw
     layer.params["unnormalized_derivatives"] = d_raw - ident[2 * K:]
-    return layer
+    return _centered(layer, dim, opts["center"])
 
 
 def _invert(layer):

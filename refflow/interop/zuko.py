@@ -522,10 +522,15 @@ def _convert_base(base, where):
     if list(base.named_parameters()):
         raise ValueError(f"{where}: base {name} with trainable arguments (option 'buffer=False')"
                          f" is not supported; refflow imports a fixed base (zuko's default)")
-    args = list(_partial_tensors(base).values())
-    if len(args) != 2 or base.kwargs and set(base.kwargs) - set(_partial_tensors(base)):
-        raise ValueError(f"{where}: base {name} with arguments {sorted(_partial_tensors(base))}"
-                         f" (option 'base'); expected two vectors")
+    tensors = _partial_tensors(base)
+    # positional arguments first, then the keywords in the constructor's order
+    order = [f"_{i}" for i in range(len(base.args))] + \
+        [k for k in (("loc", "scale") if name == "DiagNormal" else ("lower", "upper"))]
+    args = [tensors[k] for k in order if k in tensors]
+    if len(args) != 2 or len(tensors) != 2 or set(base.kwargs) - set(tensors):
+        raise ValueError(f"{where}: base {name} with arguments {sorted(tensors)} and options "
+                         f"{sorted(set(base.kwargs) - set(tensors))} (option 'base'); expected "
+                         f"two vectors")
     a, b = (np64(t) for t in args)
     if a.ndim != 1 or b.shape != a.shape:
         raise ValueError(f"{where}: base {name} with argument shapes {a.shape}, {b.shape} "
