@@ -139,7 +139,8 @@ def check_flowjax(n_models, seed):
                   invert=bool(rng.random() < 0.7), nn_width=int(rng.integers(4, 12)))
         if tr_kind == "rqs":
             kw["transformer"] = RationalQuadraticSpline(knots=int(rng.integers(3, 7)),
-                                                        interval=float(rng.choice([2.0, 3.0])))
+                                                        interval=[2.0, 3.0, (-1.5, 2.5)][
+                                                            int(rng.integers(3))])
         build = masked_autoregressive_flow if kind == "maf" else coupling_flow
         dist = build(jr.key(seed + m), **kw)
         x = 1.5 * rng.standard_normal((64, dim))
@@ -176,6 +177,8 @@ def check_flowjax(n_models, seed):
                                              eqx.combine(moved, static))).params
             mine = sum(float(np.sum(-ref[k] * (after[k] - model.params[k]))) for k in ref)
             g_err = max(g_err, abs(mine - peer) / max(abs(peer), 1.0))
+        if tr_kind == "rqs":
+            tr_kind = f"rqs(knots={kw['transformer'].knots}, {kw['transformer'].interval})"
         config = (f"{kind} {tr_kind} D={dim} C={cond or 0} layers={kw['flow_layers']} "
                   f"invert={kw['invert']} base={base_kind}")
         rows.append((config, lp_err, g_err))
