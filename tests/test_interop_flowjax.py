@@ -6,6 +6,8 @@ x64 mode, enabled for this test process). Compared: log-probs, and samples from 
 noise (FlowJAX's ``bijection.transform(z)`` against refflow's ``bijector.forward(z)``).
 """
 
+from functools import partial
+
 import numpy as np
 import pytest
 
@@ -17,10 +19,15 @@ import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import paramax  # noqa: E402
-from flowjax.bijections import Affine, RationalQuadraticSpline  # noqa: E402
-from flowjax.distributions import Normal, StandardNormal  # noqa: E402
+from flowjax.bijections import (  # noqa: E402
+    Affine, Chain, Invert, Permute, RationalQuadraticSpline, TriangularAffine, Vmap,
+)
+from flowjax.distributions import (  # noqa: E402
+    Normal, StandardNormal, StudentT, Transformed, Uniform,
+)
 from flowjax.flows import (  # noqa: E402
     block_neural_autoregressive_flow, coupling_flow, masked_autoregressive_flow, planar_flow,
+    triangular_spline_flow,
 )
 
 from refflow.bijectors import BlockNeuralAutoregressive, Inverse  # noqa: E402
@@ -49,10 +56,45 @@ def _exp_affine():
                        replace=paramax.Parameterize(jnp.exp, jnp.asarray(0.0)))
 
 
+NEW_KINDS = ("maf_rqs", "coupling_rqs", "maf_default", "coupling_default", "triangular")
+
+
+def _triangular_chain(key, dim, weight_norm):
+    """FlowJAX's triangular_spline_flow layer without its LeakyTanh sandwich: ``Vmap``'d
+    splines, a (weight-normalised) ``TriangularAffine`` and a permutation."""
+    tri = TriangularAffine(jnp.zeros(dim), jnp.eye(dim) + 0.3 * jr.normal(key, (dim, dim)))
+    if weight_norm:
+        tri = eqx.tree_at(lambda t: t.triangular, tri, replace_fn=paramax.WeightNormalization)
+    splines = Vmap(eqx.filter_vmap(partial(RationalQuadraticSpline, knots=4, interval=2.0),
+                                   axis_size=dim)(), in_axes=eqx.if_array(0))
+    return Chain([splines, tri, Permute(jnp.asarray(np.arange(dim)[::-1].copy()))])
+
+
 def _build(kind, seed, cond, invert, dim):
     key = jr.key(seed)
     base = StandardNormal((dim,)) if seed % 2 else Normal(jnp.full(dim, 0.5),
                                                           jnp.full(dim, 1.7))
+    if seed % 3 == 2 and kind in NEW_KINDS:  # the other bases FlowJAX offers
+        base = StudentT(jnp.full(dim, 4.0), jnp.full(dim, 0.2), jnp.full(dim, 1.5)) \
+            if seed % 2 else Uniform(jnp.full(dim, -30.0), jnp.full(dim, 40.0))
+    interval = 2.0 + seed % 2 if seed % 2 else (-1.5, 2.5)  # symmetric or not
+    spline = RationalQuadraticSpline(knots=3 + seed % 3, interval=interval)
+    if kind == "maf_rqs":
+        return masked_autoregressive_flow(key, base_dist=base, transformer=spline,
+                                          cond_dim=cond, flow_layers=2, nn_width=3 * dim,
+                                          nn_depth=1 + seed % 2, invert=invert)
+    if kind == "coupling_rqs":
+        return coupling_flow(key, base_dist=base, transformer=spline, cond_dim=cond,
+                             flow_layers=2, nn_width=8, nn_depth=1 + seed % 2, invert=invert)
+    if kind == "maf_default":  # FlowJAX's default affine: softplus(u) + 0.01
+        return masked_autoregressive_flow(key, base_dist=base, cond_dim=cond, flow_layers=2,
+                                          nn_width=3 * dim, invert=invert)
+    if kind == "coupling_default":
+        return coupling_flow(key, base_dist=base, cond_dim=cond, flow_layers=2, nn_width=8,
+                             invert=invert)
+    if kind == "triangular":
+        bij = _triangular_chain(key, dim, seed % 2 == 0)
+        return Transformed(base, Invert(bij) if invert else bij)
     if kind == "maf":
         return masked_autoregressive_flow(key, base_dist=base, transformer=_exp_affine(),
                                           cond_dim=cond, flow_layers=2, nn_width=3 * dim,
@@ -75,6 +117,10 @@ CONFIGS = [
     ("coupling", 2, 2, True, 3),
     ("bnaf", 0, None, True, 3), ("bnaf", 1, 2, True, 2), ("bnaf", 2, None, False, 3),
     ("bnaf", 3, 1, False, 4),
+    # the spline transformer, the default affine map, triangular layers, StudentT / Uniform
+    # bases (more configurations: benchmarks/check_importers.py --peers flowjax)
+    ("maf_rqs", 4, 1, True, 3), ("coupling_rqs", 1, None, False, 4),
+    ("maf_default", 0, 2, True, 3), ("triangular", 5, None, True, 3),
 ]
 
 
@@ -123,22 +169,37 @@ def test_structure_of_an_imported_bnaf():
     assert not any(isinstance(b, Inverse) for b in layers)
 
 
-def test_default_affine_scale_is_refused_by_name():
-    dist = masked_autoregressive_flow(jr.key(0), base_dist=StandardNormal((3,)), flow_layers=1)
-    with pytest.raises(NotImplementedError, match="Affine.*not supported"):
-        from_flowjax(dist)
-
-
-def test_spline_transformer_is_refused_by_name():
+def test_spline_transformer_layers_of_the_import():
     dist = coupling_flow(jr.key(0), base_dist=StandardNormal((4,)), flow_layers=1,
                          transformer=RationalQuadraticSpline(knots=4, interval=3.0))
-    with pytest.raises(NotImplementedError, match="RationalQuadraticSpline"):
+    layers = [b.bijector if isinstance(b, Inverse) else b
+              for b in from_flowjax(dist).bijector.layers]
+    splines = [b for b in layers if type(b).__name__ == "SplineCoupling"]
+    assert len(splines) == 1
+    assert splines[0].parameterization == "flowjax" and splines[0].n_bins == 5
+
+
+def test_asymmetric_spline_interval_is_a_shifted_symmetric_spline():
+    from refflow.bijectors import Affine
+    dist = coupling_flow(jr.key(0), base_dist=StandardNormal((4,)), flow_layers=1,
+                         transformer=RationalQuadraticSpline(knots=4, interval=(-2.0, 3.0)))
+    layers = [b.bijector if isinstance(b, Inverse) else b
+              for b in from_flowjax(dist).bijector.layers]
+    shifts = [b.params["shift"] for b in layers if isinstance(b, Affine)]
+    assert len(shifts) == 2 and all(np.all(np.abs(v) == 0.5) for v in shifts)
+    spline = next(b for b in layers if type(b).__name__ == "SplineCoupling")
+    assert spline.parameterization == "flowjax" and spline._map.bound == 2.5
+
+
+def test_triangular_spline_flow_is_refused_naming_leaky_tanh():
+    dist = triangular_spline_flow(jr.key(0), base_dist=StandardNormal((3,)), flow_layers=1)
+    with pytest.raises(NotImplementedError, match="Sandwich.*LeakyTanh"):
         from_flowjax(dist)
 
 
 def test_planar_is_refused_by_name():
     dist = planar_flow(jr.key(0), base_dist=StandardNormal((3,)), flow_layers=1)
-    with pytest.raises(NotImplementedError, match="Planar"):
+    with pytest.raises(NotImplementedError, match="Planar.*log\\(1 \\+ softplus"):
         from_flowjax(dist)
 
 

@@ -209,11 +209,14 @@ def _refused(flow, *words):
 
 def test_unsupported_layers_and_options_are_refused():
     torch.manual_seed(0)
-    _refused(zuko.flows.NAF(3, transforms=1, hidden_features=[8]), "transforms[0]",
-             "univariate", "MNN")
+    _refused(zuko.flows.UNAF(3, transforms=1, hidden_features=[8]), "transforms[0]",
+             "UMNN", "log g(x)")
+    with pytest.raises(NotImplementedError, match=r"transforms\[1\].*SoftclipTransform.*"
+                                                  r"option 'transforms'"):
+        from_zuko(zuko.flows.SOSPF(3, transforms=2, hidden_features=[8]))
     _refused(zuko.flows.Flow([zuko.flows.UnconditionalTransform(zuko.transforms.ExpTransform)],
                              zuko.flows.MAF(3).base), "transforms[0]", "UnconditionalTransform",
-             "cannot import")
+             "ExpTransform", "not supported")
     _refused(zuko.flows.MAF(3, transforms=1, hidden_features=[8], residual=True),
              "MaskedAutoregressiveTransform", "residual")
     _refused(zuko.flows.MAF(3, transforms=1, hidden_features=[8], activation=torch.nn.SiLU),
@@ -222,10 +225,13 @@ def test_unsupported_layers_and_options_are_refused():
              "GeneralCouplingTransform", "normalize")
     _refused(zuko.flows.MAF(3, transforms=1, hidden_features=[8], univariate=_affine_slope_1e2),
              "univariate", "_affine_slope_1e2")
-    _refused(zuko.flows.NCSF(3, transforms=1, hidden_features=[8]), "base", "BoxUniform")
-    flow = zuko.flows.MAF(3, transforms=1, hidden_features=[8])
-    flow.base.loc += 1.0
-    _refused(flow, "base", "loc")
+    _refused(zuko.flows.NCSF(3, transforms=1, hidden_features=[8]), "transforms[0]",
+             "CircularRQSTransform", "univariate")
+    trainable = zuko.flows.Flow(zuko.flows.MAF(3, transforms=1).transform,
+                                zuko.flows.UnconditionalDistribution(
+                                    zuko.distributions.DiagNormal, torch.zeros(3),
+                                    torch.ones(3)))
+    _refused(trainable, "base", "trainable")
     _refused(zuko.flows.MAF(1, transforms=1, hidden_features=[8]), "transforms[0]")
     adjacency = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 1]], dtype=bool)
     custom = zuko.flows.Flow(
@@ -302,6 +308,139 @@ def test_gf_layer_log_prob_gradients_and_samples_agree(dim, context, components)
     assert np.max(np.abs(z_back - z)) <= RTOL_ROUND_TRIP * np.max(np.maximum(np.abs(z), 1.0))
 
 
-def test_gf_rotations_are_refused_by_name():
-    with pytest.raises(NotImplementedError, match="RotationTransform"):
-        from_zuko(zuko.flows.GF(3, transforms=2))
+# ------------------------------------- monotone transformers, linear layers, other bases
+def _lazy_stack(*layers, base="normal", dim=3):
+    """A zuko ``Flow`` of the given lazy layers and a fixed base."""
+    from zuko.lazy import UnconditionalDistribution
+    if base == "box":
+        dist = UnconditionalDistribution(zuko.distributions.BoxUniform, torch.full((dim,), -40.0),
+                                         torch.full((dim,), 40.0), buffer=True)
+    else:
+        loc = torch.zeros(dim) if base == "standard" else torch.linspace(-0.5, 0.5, dim)
+        dist = UnconditionalDistribution(zuko.distributions.DiagNormal, loc,
+                                         torch.full((dim,), 1.3), buffer=True)
+    return zuko.flows.Flow(list(layers), dist)
+
+
+def _autoregressive(dim, context, order, **kwargs):
+    return zuko.flows.MaskedAutoregressiveTransform(dim, context, order=torch.as_tensor(order),
+                                                    **kwargs)
+
+
+def _unconditional(kind, dim, seed):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "rotation":
+        return zuko.flows.UnconditionalTransform(zuko.transforms.RotationTransform,
+                                                 torch.randn(dim, dim, generator=g))
+    lu = torch.eye(dim) + 0.4 * torch.randn(dim, dim, generator=g)
+    return zuko.flows.UnconditionalTransform(zuko.transforms.LULinearTransform, lu)
+
+
+def _naf_layer(dim, context, order, signal=3, network=(6, 5)):
+    from zuko.flows.neural import MNN
+    return _autoregressive(dim, context, order, hidden_features=[8],
+                           univariate=MNN(signal=signal, stack=dim, hidden_features=network),
+                           shapes=[(signal,)])
+
+
+NEW_MODELS = {
+    "naf": lambda: zuko.flows.NAF(3, 2, transforms=1, signal=3,
+                                  network={"hidden_features": [6, 5]}, hidden_features=[8]),
+    "naf_stack_rotation": lambda: _lazy_stack(
+        _naf_layer(3, 0, [0, 1, 2]), _unconditional("rotation", 3, 1),
+        _naf_layer(3, 0, [2, 0, 1], signal=2, network=(4,))),
+    "sospf": lambda: zuko.flows.SOSPF(3, 1, transforms=1, hidden_features=[8]),
+    "bpf": lambda: zuko.flows.BPF(3, 2, transforms=2, degree=8, hidden_features=[8]),
+    "bernstein_linear_box": lambda: _lazy_stack(
+        _autoregressive(3, 0, [1, 0, 2], hidden_features=[8],
+                        univariate=zuko.transforms.BernsteinTransform, shapes=[(7,)]),
+        base="box"),
+    "gf": lambda: zuko.flows.GF(3, 2, transforms=3, components=4, hidden_features=[8]),
+    "maf_lu_rotation": lambda: _lazy_stack(
+        _autoregressive(3, 2, [0, 1, 2], hidden_features=[8]),
+        _unconditional("lu", 3, 2), _unconditional("rotation", 3, 3),
+        _autoregressive(3, 2, [2, 1, 0], hidden_features=[8])),
+}
+
+
+@pytest.mark.parametrize("model_id", sorted(NEW_MODELS))
+def test_new_layers_log_prob_and_gradients_agree(model_id):
+    """float64 log-probs to 1e-10 relative and every zuko parameter's gradient to 1e-8."""
+    torch.manual_seed(11)
+    flow = NEW_MODELS[model_id]().double()
+    with torch.no_grad():  # away from zuko's initialisation, as after training
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    model, x, c = _data(flow, 16, 4)
+    report = assert_matches(flow, model, x, c, rtol_log_prob=RTOL_LP, rtol_grad=RTOL_GRAD)
+    assert set(report.grad_rel) == {n for n, _ in flow.named_parameters()}
+    assert all(np.linalg.norm(g) > 0 for g in report.grad_peer.values())
+
+
+def test_lu_and_rotation_layers_and_base_of_the_import():
+    from refflow import DiagNormal, Inverse, LULinear, Rotation, Uniform
+    model = from_zuko(NEW_MODELS["maf_lu_rotation"]())
+    inner = [type(b.bijector) for b in model.bijector.layers if isinstance(b, Inverse)]
+    assert inner == [Rotation, LULinear] and isinstance(model.base, DiagNormal)
+    lu = [b.bijector for b in model.bijector.layers if isinstance(b, Inverse)][1]
+    assert (lu.upper_diag, lu.diagonal) == ("raw", "lower")
+    assert isinstance(from_zuko(NEW_MODELS["bernstein_linear_box"]()).base, Uniform)
+
+
+def _random_config(rng):
+    """A random zuko flow of the newly imported layers (dim, context, widths, orders, options
+    drawn from ``rng``)."""
+    dim, context = int(rng.integers(2, 5)), int(rng.choice([0, 0, 1, 3]))
+    layers = []
+    for k in range(int(rng.integers(1, 4))):
+        order = rng.permutation(dim).tolist()
+        hidden = [int(h) for h in rng.integers(dim, 12, size=rng.integers(1, 3))]
+        kind = rng.choice(["naf", "sos", "bpf", "bernstein", "affine", "spline"])
+        if kind == "naf":
+            from zuko.flows.neural import MNN
+            signal = int(rng.integers(1, 4))
+            layer = _autoregressive(dim, context, order, hidden_features=hidden,
+                                    univariate=MNN(signal=signal, stack=dim,
+                                                   hidden_features=[int(rng.integers(2, 7))]),
+                                    shapes=[(signal,)])
+        elif kind == "sos":
+            from zuko.flows.polynomial import ShiftedSOSPTransform
+            K, L = int(rng.integers(1, 4)), int(rng.integers(1, 5))
+            import functools
+            layer = _autoregressive(dim, context, order, hidden_features=hidden,
+                                    univariate=functools.partial(ShiftedSOSPTransform,
+                                                                 slope=1e-3),
+                                    shapes=[(K, L + 1), ()])
+        elif kind in ("bpf", "bernstein"):
+            cls = zuko.transforms.BoundedBernsteinTransform if kind == "bpf" else \
+                zuko.transforms.BernsteinTransform
+            layer = _autoregressive(dim, context, order, hidden_features=hidden,
+                                    univariate=cls, shapes=[(int(rng.integers(3, 9)),)])
+        elif kind == "affine":
+            layer = _autoregressive(dim, context, order, hidden_features=hidden)
+        else:
+            layer = _autoregressive(dim, context, order, hidden_features=hidden,
+                                    univariate=zuko.transforms.MonotonicRQSTransform,
+                                    shapes=[(4,), (4,), (3,)])
+        layers.append(layer)
+        if rng.random() < 0.5:
+            layers.append(_unconditional(rng.choice(["lu", "rotation"]), dim,
+                                         int(rng.integers(100))))
+    base = rng.choice(["standard", "normal", "box"])
+    return _lazy_stack(*layers, base=str(base), dim=dim), context
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_randomly_configured_models_agree(seed):
+    rng = np.random.default_rng(1000 + seed)
+    torch.manual_seed(seed)
+    flow, context = _random_config(rng)
+    flow = flow.double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    model = from_zuko(flow)
+    x = 1.5 * rng.standard_normal((12, model.dim))
+    c = rng.standard_normal((12, context)) if context else None
+    report = assert_matches(flow, model, x, c, rtol_log_prob=RTOL_LP, rtol_grad=RTOL_GRAD)
+    assert set(report.grad_rel) == {n for n, _ in flow.named_parameters()}

@@ -203,11 +203,13 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
     torch_flow : zuko, nflows or normflows flow, or Pyro (Conditional)TransformedDistribution
     model : refflow.Flow
         ``from_zuko(torch_flow)`` (possibly imported before the peer was trained further: the
-        parameter map is rebuilt from ``torch_flow``), or ``from_nflows(torch_flow)`` (its
-        recorded ``peer_parameters`` map is used), or ``from_normflows(torch_flow)`` /
-        ``from_pyro(torch_flow)`` (their recorded ``peer_gradients`` map: per peer parameter
-        the refflow key and the flat positions of its entries' copies; Pyro's parameters are
-        named ``"<index in dist.transforms>.<parameter name>"``).
+        parameter map is rebuilt from ``torch_flow``; a zuko tensor split over several refflow
+        parameters, as ``LULinearTransform``'s ``LU``, gets their gradients back in place), or
+        ``from_nflows(torch_flow)`` (its recorded ``peer_parameters`` map is used), or
+        ``from_normflows(torch_flow)`` / ``from_pyro(torch_flow)`` (their recorded
+        ``peer_gradients`` map: per peer parameter the refflow key and the flat positions of its
+        entries' copies; Pyro's parameters are named ``"<index in dist.transforms>.<parameter
+        name>"``).
     x : array_like (n, D)
     context : array_like (n, C) or (C,), optional
     rtol_log_prob, rtol_grad : float
@@ -225,10 +227,11 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
         raise ValueError(f"compare: x must have shape (n >= 1, {model.dim}), got {x.shape}")
     c = None if context is None else np.asarray(context, dtype=np.float64)
     params = model.params
-    for zname, (key, rows) in mapping.items():
-        if key not in params:
-            raise ValueError(f"compare: model has no parameter {key!r} (for the peer's "
-                             f"{zname!r}); build it with from_zuko")
+    for zname, target in mapping.items():
+        for key, _ in (target if isinstance(target, list) else [target]):
+            if key not in params:
+                raise ValueError(f"compare: model has no parameter {key!r} (for the peer's "
+                                 f"{zname!r}); build it with from_zuko")
     xt = torch.as_tensor(x)
     ct = None if c is None else torch.as_tensor(c)
     if kind == "pyro":
@@ -251,18 +254,23 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
     _, grads = model.nll_and_grad(x, context=c)
     grad_ref = {}
     for zname in grad_peer:
-        key, rows = mapping[zname]
-        g = -np.asarray(grads[key], dtype=np.float64)  # d mean log-prob = -d nll
+        target = mapping[zname]
         if kind in ("normflows", "pyro"):
+            key, rows = target
             # rows: flat positions of the peer entries' copies in the refflow array (-1: an
             # entry the peer multiplies by exact zeros, gradient 0)
-            flat = g.ravel()
-            g = np.where(rows >= 0, flat[np.maximum(rows, 0)], 0.0)
-        elif rows is not None:
-            back = np.empty_like(g)
-            back[rows] = g
-            g = back
-        grad_ref[zname] = g
+            flat = -np.asarray(grads[key], dtype=np.float64).ravel()  # d mean log-prob = -d nll
+            grad_ref[zname] = np.where(rows >= 0, flat[np.maximum(rows, 0)], 0.0)
+            continue
+        back = np.zeros_like(grad_peer[zname])
+        # refflow's parameter is peer[rows] (one piece, or several for a split peer tensor)
+        for key, rows in (target if isinstance(target, list) else [target]):
+            g = -np.asarray(grads[key], dtype=np.float64)  # d mean log-prob = -d nll
+            if rows is None:
+                back = back + g
+            else:
+                back[rows] += g
+        grad_ref[zname] = back
     return ComparisonReport(lp_peer, lp_ref, grad_peer, grad_ref, rtol_log_prob, rtol_grad, kind)
 
 

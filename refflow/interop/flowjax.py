@@ -31,24 +31,46 @@ MADE ranks: inputs ``0..D-1``,      explicit hidden degrees ``rank + 1``; the re
 hidden ``arange(W) % (D - 1)`` (or  are checked equal to FlowJAX's
 ``arange(W) % D - 1`` with a
 condition, rank -1)
-``RationalQuadraticSpline``         not importable yet: its knots are distrax's map
-transformer                         (``parameterization="distrax"``) but its tails are the
-                                    identity while its boundary slopes are learned, a spline
-                                    refflow does not have
+``RationalQuadraticSpline(knots,    ``MaskedSplineAutoregressive`` / ``SplineCoupling`` with
+interval)`` transformer             ``parameterization="flowjax"``, ``n_bins = knots + 1``,
+                                    ``bound = interval``, FlowJAX's ``min_width`` and
+                                    ``min_derivative`` (identity tails; refflow's ``u`` is the
+                                    raw value minus FlowJAX's initial one, the difference
+                                    folded into the last bias); the same ``(D, [x | y | d])``
+                                    layout; an interval ``(a, b)`` is the spline on
+                                    ``[-B, B]``, ``B = (b - a) / 2``, between two ``Affine``
+                                    shifts by ``-+(a + b) / 2`` (the conditioner's first bias
+                                    takes ``W c``, as it reads the shifted input)
 ``Affine`` transformer, scale       a refflow scale map ``l`` with ``exp(l(u)) = fn(u)``
 ``Parameterize(fn, raw)``           (checked numerically on a grid); FlowJAX's default
-                                    ``softplus(u) + 0.01`` has no refflow twin yet
+                                    ``softplus(u) + 0.01`` is ``scale="flowjax"`` (its
+                                    initial raw value ``softplus^-1(0.99)`` built in)
+``Vmap`` of ``RationalQuadratic``   elementwise ``RationalQuadraticSpline(parameterization=
+``Spline``                          "flowjax")``, one row of parameters per coordinate
+``TriangularAffine`` (optionally    ``TriangularAffine(lower, weight_normalization)``:
+``WeightNormalization``)            ``matrix``, ``loc``, ``row_scale`` copied (its matrix
+                                    checked against FlowJAX's)
 ``BlockAutoregressiveNetwork``      ``Inverse(BlockNeuralAutoregressive(parameterization=
 (``NumericalInverse``)              "flowjax", activation="leaky_tanh"))``, raw weights and
                                     weight-norm scales copied
 ``Normal(loc, scale)`` base         ``DiagNormal`` with ``log_scale = log(scale)``
+``StudentT(df, loc, scale)`` base   ``StudentT`` with FlowJAX's raw ``df`` (``softplus``)
+                                    and ``log_scale = log(scale)``
+``Uniform(minval, maxval)`` base    ``Uniform(minval, maxval)``
 ==================================  ========================================================
 
-Anything else raises: ``NotImplementedError`` for a FlowJAX layer whose refflow twin does not
-exist (``RationalQuadraticSpline``, ``Planar``, ``TriangularAffine``, ``LeakyTanh``, the default
-affine scale map ``softplus(u) + 0.01``, ...), ``ValueError`` for an option refflow cannot
-reproduce (an activation refflow lacks, a mask that is not a MADE, ...). Nothing is
-approximated.
+Not imported (each raises naming the class and the option; nothing is approximated):
+
+- ``Planar`` (``planar_flow``, ``NotImplementedError``): FlowJAX 19.1.2 constrains ``u`` with
+  ``m(s) = -1 + log(1 + softplus(s))`` where Rezende & Mohamed (and refflow's
+  :class:`~refflow.Planar`) use ``-1 + softplus(s)``; its conditional (MLP) and leaky-ReLU
+  variants have no twin either.
+- ``triangular_spline_flow`` (``NotImplementedError``): its splines sit in a ``Sandwich``
+  with ``LeakyTanh``, which has no refflow twin (its ``TriangularAffine`` and ``Vmap``'d
+  splines import on their own), nor has its conditional ``AdditiveCondition``.
+- ``ValueError`` for an option refflow cannot reproduce (an activation refflow lacks, a mask
+  that is not a MADE, a scale map no refflow map computes, ...); ``NotImplementedError`` for
+  any other FlowJAX layer or base.
 """
 
 import numpy as np
@@ -60,6 +82,9 @@ _WHERE = "from_flowjax"
 #: a few ulps (``_MAP_RTOL``) on 401 points from -8 to 8 identifies the map.
 _MAP_GRID = np.linspace(-8.0, 8.0, 401)
 _MAP_RTOL = 1e-13
+#: FlowJAX's initial raw scale of its default affine transformer, softplus^-1(1 - 0.01):
+#: refflow's "flowjax" scale map is ``softplus(u + c) + 0.01`` of ``u = raw - c``.
+_FLOWJAX_SCALE_RAW = float(np.log(np.expm1(0.99)))
 
 
 def _require(where=_WHERE):
@@ -170,11 +195,14 @@ def _transformer(bij, n_params, where):
         if set(offsets) != {".loc", ".scale.args[0]"}:
             _refuse("Affine", f"trainable leaves {sorted(offsets)}")
         fn_vals = np.asarray(scale.fn(jax.numpy.asarray(_MAP_GRID)), dtype=np.float64)
-        found = None
+        found, offset = None, 0.0
         for name, smap in SCALE_MAPS.items():
-            mine = np.exp(smap(_MAP_GRID.copy())[0])
+            # refflow's "flowjax" map has FlowJAX's initial raw value c = softplus^-1(0.99)
+            # built in (u = raw - c); the other maps take the raw value itself
+            shift = _FLOWJAX_SCALE_RAW if name == "flowjax" else 0.0
+            mine = np.exp(smap(_MAP_GRID - shift)[0])
             if np.all(np.abs(mine - fn_vals) <= _MAP_RTOL * np.abs(fn_vals)):
-                found = name
+                found, offset = name, shift
                 break
         if found is None:
             raise NotImplementedError(
@@ -182,19 +210,73 @@ def _transformer(bij, n_params, where):
                 f"{getattr(scale.fn, '__name__', scale.fn)!r} is not supported (no refflow "
                 f"scale map computes it yet; FlowJAX's default is softplus(u) + 0.01)")
         rows = [offsets[".loc"][0], offsets[".scale.args[0]"][0]]
-        return {"scale": found, "init": init}, rows
+        init = init.copy()
+        init[rows[1]] -= offset
+        return {"kind": "affine", "scale": found, "init": init}, rows
     if type(tr) is RationalQuadraticSpline:
-        # FlowJAX's knots are distrax's map exactly, but its tails are the identity while its
-        # boundary slopes are learned (the derivative jumps at +-B); refflow's splines continue
-        # with the boundary slope. No refflow spline has that tail yet: refuse, never approximate.
-        raise NotImplementedError(
-            f"{_WHERE}: FlowJAX layer RationalQuadraticSpline (transformer of {where}) is not "
-            f"supported (identity tails with learned boundary slopes: its refflow twin does not "
-            f"exist yet)")
-    _unsupported(tr, f"transformer of {where}; refflow imports Affine")
+        opts = _spline_options(tr, where)
+        if set(offsets) != {".x_pos.arr", ".y_pos.arr", ".derivatives.args[0]"}:
+            _refuse("RationalQuadraticSpline", f"trainable leaves {sorted(offsets)}")
+        K = opts["n_bins"]
+        if [offsets[k] for k in (".x_pos.arr", ".y_pos.arr", ".derivatives.args[0]")] != \
+                [(0, K), (K, K), (2 * K, K + 1)]:
+            _refuse("RationalQuadraticSpline", f"parameter layout {offsets}")
+        # refflow's "flowjax" map takes u = raw - (FlowJAX's initial raw values): fold the
+        # difference (positions: 0 - 0; derivatives: softplus^-1(1 - m_d) - refflow's
+        # constant, zero up to rounding) into the last bias
+        init = init - _spline_identity_raw(opts)
+        return dict(opts, kind="spline", init=init), list(range(n_params))
+    _unsupported(tr, f"transformer of {where}; refflow imports Affine and "
+                     f"RationalQuadraticSpline")
+
+
+def _spline_identity_raw(opts):
+    """FlowJAX's raw values at refflow's ``u = 0`` for the "flowjax" map: zero positions and
+    ``log(expm1(1 - m_d))`` derivatives (refflow's own constant)."""
+    K = opts["n_bins"]
+    raw = np.zeros(3 * K + 1)
+    raw[2 * K:] = np.log(np.expm1(1.0 - opts["min_derivative"]))
+    return raw
+
+
+def _spline_options(tr, where):
+    """refflow options of a FlowJAX ``RationalQuadraticSpline`` (checked: the "flowjax" map,
+    a symmetric interval, equal minimum widths, the derivative map ``softplus + m``)."""
+    import jax
+    from paramax import Parameterize
+    lo, hi = (float(v) for v in tr.interval)
+    if not lo < hi:
+        _refuse("RationalQuadraticSpline", f"the interval ({lo}, {hi})")
+    # an interval [lo, hi] is the spline on [-B, B] conjugated by the shift by its centre
+    # (FlowJAX's knots lo + cumsum(widths) are centre + (-B + cumsum(widths)))
+    center, half = (lo + hi) / 2.0, (hi - lo) / 2.0
+    widths = {float(getattr(tr.x_pos, "min_width", np.nan)),
+              float(getattr(tr.y_pos, "min_width", np.nan))}
+    if len(widths) != 1 or not np.isfinite(min(widths)):
+        _refuse("RationalQuadraticSpline", f"minimum widths {sorted(widths)} (option "
+                                           f"'min_width')")
+    deriv = tr.derivatives
+    if type(deriv) is not Parameterize or len(deriv.args) != 1 or deriv.kwargs:
+        _refuse("RationalQuadraticSpline", "derivatives that are not Parameterize(fn, raw)")
+    # fn(u) = softplus(u) + m: m is fn far below (softplus underflows to 0 there), checked
+    m = float(deriv.fn(jax.numpy.asarray(-1e4)))
+    grid = jax.numpy.asarray(_MAP_GRID)
+    want = np.logaddexp(0.0, _MAP_GRID) + m
+    if not np.all(np.abs(np.asarray(deriv.fn(grid)) - want) <= _MAP_RTOL * want):
+        _refuse("RationalQuadraticSpline", "a derivative map other than softplus(u) + m "
+                                           "(option 'min_derivative')")
+    width = widths.pop()
+    return {"n_bins": int(tr.knots) + 1, "bound": half, "center": center,
+            "min_bin_width": width, "min_bin_height": width, "min_derivative": m}
 
 
 # ------------------------------------------------------------------------ layer converters
+def _spline_layer_options(opts):
+    return {"parameterization": "flowjax", "n_bins": opts["n_bins"], "bound": opts["bound"],
+            "min_bin_width": opts["min_bin_width"], "min_bin_height": opts["min_bin_height"],
+            "min_derivative": opts["min_derivative"]}
+
+
 def _fold(biases, init, n_out_features):
     """Add FlowJAX's initial raw parameters (one feature's vector) to the last bias."""
     biases[-1] = biases[-1] + np.tile(init, n_out_features)
@@ -202,7 +284,7 @@ def _fold(biases, init, n_out_features):
 
 def _masked_autoregressive(bij, cond):
     """``MaskedAutoregressive`` -> the refflow layer ``B`` with ``B.forward = bij.transform``."""
-    from ..bijectors import Inverse, MaskedAffineAutoregressive
+    from ..bijectors import Inverse, MaskedAffineAutoregressive, MaskedSplineAutoregressive
     where = "MaskedAutoregressive"
     dim = int(bij.shape[0])
     weights, biases, act = _mlp_layout(bij.masked_autoregressive_mlp, where)
@@ -217,8 +299,11 @@ def _masked_autoregressive(bij, cond):
     common = dict(hidden=hidden, order="natural", hidden_degrees=degrees, activation=act,
                   context_dim=cond, rng=0)
     try:
-        layer = MaskedAffineAutoregressive(dim, scale=opts["scale"], scale_side="density",
-                                           **common)
+        if opts["kind"] == "affine":
+            layer = MaskedAffineAutoregressive(dim, scale=opts["scale"], scale_side="density",
+                                               **common)
+        else:
+            layer = MaskedSplineAutoregressive(dim, **_spline_layer_options(opts), **common)
     except ValueError as exc:
         raise ValueError(f"{_WHERE}: {where}: its masks cannot be expressed as a refflow MADE "
                          f"({exc})") from None
@@ -231,10 +316,27 @@ def _masked_autoregressive(bij, cond):
     for k, (mine, theirs) in enumerate(zip(layer.made.masks, masks)):
         if mine.shape != theirs.shape or not np.array_equal(mine.astype(bool), theirs):
             raise ValueError(f"{_WHERE}: {where}: rebuilt MADE mask {k} differs from FlowJAX's")
+    center = opts.get("center", 0.0)
+    if center != 0.0:  # the MADE reads x - centre: W (x - c + c) + b
+        biases[0] = biases[0] + weights[0][:, :dim] @ np.full(dim, center)
     for k, (w, b) in enumerate(zip(weights, biases)):
         layer.params[f"made.w{k}"] = w
         layer.params[f"made.b{k}"] = b
-    return Inverse(layer)
+    return _centered(Inverse(layer), dim, center)
+
+
+def _centered(layer, dim, center):
+    """``S_c o layer o S_-c`` (``S_c(v) = v + c``) as a refflow chain; ``layer`` itself for
+    ``c = 0``."""
+    from ..bijectors import Affine, Chain
+    if center == 0.0:
+        return layer
+    shifts = []
+    for sign in (-1.0, 1.0):
+        shift = Affine(dim)
+        shift.params["shift"] = np.full(dim, sign * center)
+        shifts.append(shift)
+    return Chain([shifts[0], layer, shifts[1]])
 
 
 def _mlp_hidden_ranks(mlp, dim, cond):
@@ -254,7 +356,7 @@ def _mlp_hidden_ranks(mlp, dim, cond):
 
 def _coupling(bij, cond):
     """``Coupling`` -> the refflow layer ``B`` with ``B.forward = bij.transform``."""
-    from ..bijectors import AffineCoupling, Inverse
+    from ..bijectors import AffineCoupling, Inverse, SplineCoupling
     where = "Coupling"
     dim, n_a = int(bij.dim), int(bij.untransformed_dim)
     n_b = dim - n_a
@@ -265,16 +367,22 @@ def _coupling(bij, cond):
     hidden = tuple(w.shape[0] for w in weights[:-1])
     mask = np.arange(dim) >= n_a  # refflow: True = transformed
     common = dict(mask=mask, hidden=hidden, activation=act, context_dim=cond, rng=0)
-    layer = AffineCoupling(dim, scale=opts["scale"], scale_side="density", **common)
-    # refflow's output [t (n_b) | u (n_b)]; FlowJAX's (feature, [loc and scale raw])
-    perm = np.concatenate([np.arange(n_b) * P + rows[0], np.arange(n_b) * P + rows[1]])
-    weights[-1], biases[-1] = weights[-1][perm], biases[-1][perm]
+    if opts["kind"] == "affine":
+        layer = AffineCoupling(dim, scale=opts["scale"], scale_side="density", **common)
+        # refflow's output [t (n_b) | u (n_b)]; FlowJAX's (feature, [loc and scale raw])
+        perm = np.concatenate([np.arange(n_b) * P + rows[0], np.arange(n_b) * P + rows[1]])
+        weights[-1], biases[-1] = weights[-1][perm], biases[-1][perm]
+    else:  # the same (n_b, [w | h | d]) layout
+        layer = SplineCoupling(dim, **_spline_layer_options(opts), **common)
     for k, (w, b) in enumerate(zip(weights, biases)):
         if layer.params[f"conditioner.w{k}"].shape != w.shape:
             _refuse(where, f"conditioner layer {k} of shape {w.shape}")
         layer.params[f"conditioner.w{k}"] = w
         layer.params[f"conditioner.b{k}"] = b
-    return Inverse(layer)
+    center = opts.get("center", 0.0)
+    if center != 0.0:  # the conditioner reads x_a - centre: W (x_a - c + c) + b
+        layer.params["conditioner.b0"] = biases[0] + weights[0][:, :n_a] @ np.full(n_a, center)
+    return _centered(Inverse(layer), dim, center)
 
 
 def _bnaf(bij, cond):
@@ -340,7 +448,81 @@ def _convert(bij, cond):
         return _coupling(bij, cond)
     if cls is fb.NumericalInverse:
         return _bnaf(bij, cond)
+    if cls is fb.TriangularAffine:
+        return _triangular_affine(bij)
+    if cls is fb.Vmap:
+        return _vmap_spline(bij)
+    if cls is fb.Planar:
+        # FlowJAX 19.1.2 (flowjax/bijections/planar.py, get_act_scale) constrains u with
+        # m(s) = -1 + log(1 + softplus(s)); refflow's Planar has Rezende & Mohamed's
+        # m(s) = -1 + softplus(s) (appendix A.1): a different function of the same raw u.
+        _unsupported(bij, "FlowJAX's invertibility constraint m(w^T u) = -1 + log(1 + "
+                          "softplus(w^T u)) is not Rezende & Mohamed's -1 + softplus(w^T u), "
+                          "which refflow's Planar implements; its conditional MLP and "
+                          "leaky-ReLU options have no twin either")
+    if cls is fb.Sandwich:
+        _unsupported(bij, f"its outer bijection {type(bij.outer).__name__} has no refflow twin "
+                          f"(triangular_spline_flow wraps its splines in LeakyTanh)")
     _unsupported(bij)
+
+
+def _triangular_affine(bij):
+    """``TriangularAffine`` (``y = T x + loc``, softplus diagonal, optionally weight-normalised
+    rows) -> refflow's ``TriangularAffine``, whose ``forward`` is the same map."""
+    import paramax
+    from paramax import Parameterize, WeightNormalization
+
+    from ..bijectors import TriangularAffine
+    where = "TriangularAffine"
+    tri = bij.triangular
+    wn = type(tri) is WeightNormalization
+    inner = tri.weight if wn else tri
+    if type(inner) is not Parameterize or len(inner.args) != 1 or inner.kwargs:
+        _refuse(where, "a triangular matrix that is not FlowJAX's Parameterize(_to_triangular)")
+    if wn and (type(tri.scale) is not Parameterize or len(tri.scale.args) != 1):
+        _refuse(where, "a weight normalisation scale that is not Parameterize(softplus, raw)")
+    arr = _np(inner.args[0])
+    dim = arr.shape[0]
+    layer = TriangularAffine(dim, lower=bool(bij.lower), weight_normalization=wn)
+    # the refflow layer's matrix, checked against FlowJAX's unwrapped one
+    layer.params["matrix"] = arr
+    layer.params["loc"] = _np(bij.loc)
+    if wn:
+        layer.params["row_scale"] = _np(tri.scale.args[0]).reshape(-1)
+    theirs = _np(paramax.unwrap(tri))
+    if not np.allclose(layer.weight(), theirs, rtol=_MAP_RTOL * 100, atol=0.0):
+        _refuse(where, "a triangular parameterisation that differs from refflow's (checked on "
+                       "the matrix)")
+    return layer
+
+
+def _vmap_spline(bij):
+    """``Vmap`` of ``RationalQuadraticSpline`` (one spline per coordinate, its own raw
+    parameters) -> refflow's elementwise ``RationalQuadraticSpline(parameterization=
+    "flowjax")``, whose ``forward`` is FlowJAX's ``transform``."""
+    import jax
+
+    from ..bijectors import RationalQuadraticSpline as RQS
+    from flowjax.bijections import RationalQuadraticSpline
+    inner = bij.bijection
+    if type(inner) is not RationalQuadraticSpline or len(bij.shape) != 1:
+        _unsupported(bij, "a Vmap of anything but RationalQuadraticSpline over one axis")
+    dim = int(bij.shape[0])
+    first = jax.tree_util.tree_map(lambda a: a[0] if hasattr(a, "shape") and a.ndim else a,
+                                   inner)
+    opts = _spline_options(first, "Vmap")
+    layer = RQS(dim, **_spline_layer_options(opts))
+    K = opts["n_bins"]
+    x_raw, y_raw = _np(inner.x_pos.arr), _np(inner.y_pos.arr)
+    d_raw = _np(inner.derivatives.args[0])
+    if x_raw.shape != (dim, K) or y_raw.shape != (dim, K) or d_raw.shape != (dim, K + 1):
+        _refuse("Vmap", f"spline parameters of shapes {x_raw.shape}, {y_raw.shape}, "
+                        f"{d_raw.shape} (expected one spline per coordinate)")
+    ident = _spline_identity_raw(opts)
+    layer.params["unnormalized_widths"] = x_raw
+    layer.params["unnormalized_heights"] = y_raw
+    layer.params["unnormalized_derivatives"] = d_raw - ident[2 * K:]
+    return _centered(layer, dim, opts["center"])
 
 
 def _invert(layer):
@@ -367,9 +549,10 @@ def _chain(layers):
 def _base(dist):
     """``(refflow base, dim)`` for FlowJAX's ``StandardNormal`` or ``Normal`` base."""
     import paramax
-    from flowjax.distributions import Normal, StandardNormal
+    from flowjax.distributions import Normal, StandardNormal, StudentT, Uniform
 
     from ..distributions import DiagNormal, StandardNormal as RStandardNormal
+    from ..distributions import StudentT as RStudentT, Uniform as Uniform_
     if len(dist.shape) != 1 or dist.cond_shape is not None:
         _refuse(type(dist).__name__, f"base of shape {dist.shape} / condition shape "
                                      f"{dist.cond_shape} (refflow imports a vector base)")
@@ -382,7 +565,22 @@ def _base(dist):
         base.params["loc"] = np.broadcast_to(loc, (dim,)).copy()
         base.params["log_scale"] = np.log(np.broadcast_to(scale, (dim,)))
         return base, dim
-    _unsupported(dist, "as a base distribution; refflow imports StandardNormal and Normal")
+    if type(dist) is Uniform:
+        lo, hi = _np(dist.minval), _np(dist.maxval)
+        return Uniform_(np.broadcast_to(lo, (dim,)), np.broadcast_to(hi, (dim,))), dim
+    if type(dist) is StudentT:
+        from paramax import Parameterize
+        df = dist.base_dist.df
+        if type(df) is not Parameterize or len(df.args) != 1:
+            _refuse("StudentT", "degrees of freedom not parameterised as softplus(raw)")
+        base = RStudentT(dim)
+        base.params["raw_df"] = np.broadcast_to(_np(df.args[0]), (dim,)).copy()
+        base.params["loc"] = np.broadcast_to(_np(paramax.unwrap(dist.loc)), (dim,)).copy()
+        base.params["log_scale"] = np.log(np.broadcast_to(_np(paramax.unwrap(dist.scale)),
+                                                          (dim,)))
+        return base, dim
+    _unsupported(dist, "as a base distribution; refflow imports StandardNormal, Normal, "
+                       "Uniform and StudentT")
 
 
 def from_flowjax(dist):
@@ -392,11 +590,13 @@ def from_flowjax(dist):
     ----------
     dist : flowjax.distributions.Transformed
         A flow from ``masked_autoregressive_flow`` or ``coupling_flow`` with an ``Affine``
-        transformer whose scale map refflow has (e.g. ``exp``, see the Examples),
+        transformer whose scale map refflow has (FlowJAX's default, ``exp``, ...) or a
+        ``RationalQuadraticSpline(knots, interval)`` transformer,
         ``block_neural_autoregressive_flow`` (default activation), or
-        any ``Transformed`` of a ``StandardNormal``/``Normal`` base made of ``Invert``,
-        ``Chain``, ``Scan``, ``Permute``, ``Flip`` and those layers; conditional or not
-        (``invert=True`` or ``False``).
+        any ``Transformed`` of a ``StandardNormal``/``Normal``/``StudentT``/``Uniform`` base
+        made of ``Invert``, ``Chain``, ``Scan``, ``Permute``, ``Flip``, ``TriangularAffine``,
+        ``Vmap``'d splines and those layers; conditional or not (``invert=True`` or
+        ``False``).
 
     Returns
     -------

@@ -1,11 +1,11 @@
 r"""Import a zuko flow as the equivalent refflow ``Flow`` (same weights, masks, maps).
 
 :func:`from_zuko` builds the refflow :class:`~refflow.Flow` that computes exactly what a
-``zuko.flows.MAF``, ``NSF``, ``RealNVP``/``NICE`` (affine or spline coupling) or one-layer
-``GF`` computes, with
-the same weights (as float64), MADE masks, output layout, scale and spline maps and direction;
-:func:`parameter_map` gives the correspondence of parameter names that
-:func:`refflow.interop.compare` uses.
+``zuko.flows.MAF``, ``NSF``, ``RealNVP``/``NICE`` (affine or spline coupling), ``GF``,
+``BPF``, a one-layer ``NAF`` or ``SOSPF``, or any ``zuko.flows.Flow`` made of the layers below
+computes, conditional or not, with the same weights (as float64), MADE masks, output layout,
+scale, spline and polynomial maps and direction; :func:`parameter_map` gives the
+correspondence of parameter names that :func:`refflow.interop.compare` uses.
 
 torch and zuko are imported inside the functions only: ``import refflow`` never needs them.
 
@@ -15,16 +15,27 @@ Conventions bridged (read from zuko's source):
 zuko                            refflow
 ==============================  ==========================================================
 transforms map ``x -> z``,      ``Chain`` lists layers in the sampling direction, so zuko's
-``transforms[0]`` touches ``x``  list is reversed; every zuko layer is a density-direction
-                                layer already (``z = f(x)``), so no ``Inverse`` is needed
+``transforms[0]`` touches ``x``  list is reversed; zuko's element-wise and autoregressive
+                                layers are density-direction layers already (``z = f(x)``)
 ``MonotonicAffineTransform``    ``scale="softclip", scale_side="density"``:
 (``z = x exp(l(u)) + shift``)   ``l(u) = u / (1 + |u / ln 1e-3|)``
 ``MonotonicRQSTransform``       ``parameterization="zuko"``, ``bound`` (5), ``min_derivative``
                                 = zuko's ``slope``
+``MNN`` (NAF): ``MonotonicMLP``  ``MaskedMonotonicAutoregressive(network_activation="elu")``:
+per feature, ``|W|``,           the stacked weights copied raw (``network.w{l}`` ``(D, out,
+``TwoWayELU``, input            in)``), the same ``[x_i, signal_i]`` input and two-way split
+``[x, signal]``
+``ShiftedSOSPTransform``        ``SumOfSquaresAutoregressive(degree=L, n_polynomials=K,
+(SOSPF): ``(K, L + 1)`` + 1     slope, bound=10)``: zuko's ``(L + 1)``-node rule is exact for
+                                the degree-``2L`` integrand, refflow's closed form the same
+``BoundedBernsteinTransform``   ``BernsteinAutoregressive(degree=R + 4, tails="identity")``
+(BPF), ``R`` raw values         (refflow's degree is the polynomial's); ``BernsteinTransform``
+                                -> ``degree=R + 1, tails="linear"``; ``bound`` copied
 ``MaskedMLP`` masks             explicit MADE ``order`` (ranks of zuko's bucketed order) and
                                 explicit hidden degrees, derived from zuko's mask buffers; the
                                 rebuilt masks are checked equal to zuko's
-MADE output ``(D, total)``      the same feature-major layout (``[shift, u]``; ``[w | h | d]``)
+MADE output ``(D, total)``      the same feature-major layout (``[shift, u]``; ``[w | h | d]``;
+                                ``[signal]``; ``[a (K, L + 1) | beta]``; ``[raw]``)
 coupling ``mask`` True =        ``mask`` True = transformed, so refflow's mask is ``~mask``;
 identity part; output           coupling output ``[t (n_b) | u (n_b)]``: the last layer's rows
 ``(n_b, [shift, u])``           are permuted
@@ -32,14 +43,31 @@ identity part; output           coupling output ``[t (n_b) | u (n_b)]``: the las
 ``GaussianizationTransform``    weights="uniform", shrink=1e-6)``: zuko's
 (``GF``)                        ``Phi^-1((1 - 1e-6) mean_k Phi(e^a x + b) + 1e-6 / 2)``;
                                 ``phi`` copied as ``shift``/``scale``, or its ``hyper`` MLP
-``DiagNormal(0, 1)`` base       ``StandardNormal`` (anything else is refused)
+``RotationTransform(A)``:       ``Inverse(Rotation)`` with ``generator = A`` (refflow's
+``z = exp(A - A^T) x``          ``Rotation.forward`` multiplies by ``exp(A - A^T)``)
+``LULinearTransform(LU)``:      ``Inverse(LULinear(upper_diag="raw", diagonal="lower"))``:
+``z = L U x``, ``L = tril(LU)``  ``LU``'s strictly lower, strictly upper and diagonal entries
+``U = triu(LU, 1) + I``         (one zuko tensor, three refflow parameters; zero bias)
+fixed ``DiagNormal(loc, s)``    ``StandardNormal`` (loc 0, scale 1) or ``DiagNormal`` with
+base                            ``log_scale = log s``
+fixed ``BoxUniform(lo, hi)``    ``Uniform(lo, hi)``
 ==============================  ==========================================================
 
-Anything else (other layers, residual ``MaskedMLP``, ``normalize=True``, a slope other than
-1e-3 for the affine map, unsupported activations, one-feature element-wise flows) raises
-``ValueError`` naming the zuko class and the option; zuko's ``RotationTransform`` (between the
-layers of a ``GF`` with ``transforms > 1``), whose refflow twin does not exist yet, raises
-``NotImplementedError``. Nothing is approximated.
+Not imported (each raises naming the zuko class and the option; nothing is approximated):
+
+- ``SoftclipTransform`` (``NotImplementedError``): no refflow twin; ``NAF``, ``UNAF`` and
+  ``SOSPF`` insert ``SoftclipTransform(bound=11)`` between their layers when
+  ``transforms > 1`` (a ``Flow`` of their autoregressive layers without it imports).
+- ``UMNN`` (``UNAF``): zuko's log-det is ``log g(x)``, not the log-derivative of its own
+  32-node quadrature map; refflow's :class:`~refflow.UnconstrainedMonotonicAutoregressive`
+  reports the map's exact log-det, so the densities differ by the rule's error.
+- ``CircularRQSTransform`` (``NCSF``): its circular shift acts on the transformed coordinate
+  while the MADE reads the unshifted one; refflow's :class:`~refflow.CircularSpline` is
+  element-wise only.
+- residual ``MaskedMLP`` (``residual=True``) and ``normalize=True`` hyper-networks (refflow's
+  MADE is a plain masked MLP), a slope other than 1e-3 for the affine map, unsupported
+  activations, one-feature element-wise flows, trainable or other bases (``GMM``, ...),
+  batched ``RotationTransform``/``LULinearTransform`` matrices.
 """
 
 import functools
@@ -53,6 +81,7 @@ __all__ = ["from_zuko", "parameter_map"]
 
 _SOFTCLIP_SLOPE = 1e-3  # refflow's "softclip" scale map is zuko's slope = 1e-3 exactly
 _GF_SHRINK = 1e-6  # zuko's GaussianizationTransform: mean(erf(...)) * (1 - 1e-6)
+_MONOTONIC_BOUND = 10.0  # zuko's MonotonicTransform bound: SOSPolynomialTransform's x / B
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -109,7 +138,8 @@ def _split_sequential(seq, linear_types, where):
 
 def _univariate(lazy, where):
     """``(kind, options)`` from a zuko layer's ``univariate`` constructor."""
-    from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform
+    from zuko.transforms import (BernsteinTransform, BoundedBernsteinTransform,
+                                 MonotonicAffineTransform, MonotonicRQSTransform)
     uni, kwargs = lazy.univariate, {}
     if isinstance(uni, functools.partial):
         if uni.args:
@@ -138,10 +168,75 @@ def _univariate(lazy, where):
             raise ValueError(f"{where}: MonotonicRQSTransform with shapes {shapes} (option "
                              f"'shapes'); expected [(K,), (K,), (K - 1,)]")
         return "spline", {"n_bins": shapes[0][0], "bound": bound, "min_derivative": slope}
+    if type(uni).__name__ == "MNN" and isinstance(uni, _nn_module()):
+        return _mnn_options(uni, shapes, where)
+    if type(uni).__name__ == "UMNN" and isinstance(uni, _nn_module()):
+        # zuko's UnconstrainedMonotonicTransform reports log g(x) as its log-det, not the
+        # derivative of its own map (the n-node rule); refflow's UMNN reports the latter.
+        raise ValueError(f"{where}: univariate UMNN (zuko's UNAF) is not supported: zuko's "
+                         f"log-det is log g(x), not the log-derivative of its quadrature map, "
+                         f"so no exact refflow twin exists (refflow's "
+                         f"UnconstrainedMonotonicAutoregressive reports the map's own log-det)")
+    if getattr(uni, "__name__", None) == "ShiftedSOSPTransform":
+        slope = float(kwargs.pop("slope", 1e-3))
+        if kwargs:
+            raise ValueError(f"{where}: ShiftedSOSPTransform options {sorted(kwargs)} are not "
+                             f"supported (option 'univariate')")
+        if len(shapes) != 2 or len(shapes[0]) != 2 or shapes[1] != ():
+            raise ValueError(f"{where}: ShiftedSOSPTransform with shapes {shapes} (option "
+                             f"'shapes'); expected [(K, L + 1), ()]")
+        return "sos", {"n_polynomials": shapes[0][0], "degree": shapes[0][1] - 1,
+                       "slope": slope, "bound": _MONOTONIC_BOUND}
+    if uni is BoundedBernsteinTransform or uni is BernsteinTransform:
+        bound = float(kwargs.pop("bound", 5.0))
+        if kwargs:
+            raise ValueError(f"{where}: {uni.__name__} options {sorted(kwargs)} are not "
+                             f"supported (option 'univariate')")
+        if len(shapes) != 1 or len(shapes[0]) != 1:
+            raise ValueError(f"{where}: {uni.__name__} with shapes {shapes} (option 'shapes'); "
+                             f"expected [(M,)]")
+        identity = uni is BoundedBernsteinTransform
+        # refflow's degree is the polynomial's: raw + 4 (identity tails), raw + 1 (linear)
+        degree = shapes[0][0] + (4 if identity else 1)
+        return "bernstein", {"degree": degree, "bound": bound,
+                             "tails": "identity" if identity else "linear"}
     name = getattr(uni, "__name__", type(uni).__name__)
+    if name == "CircularRQSTransform":
+        raise ValueError(f"{where}: univariate CircularRQSTransform (zuko's NCSF) is not "
+                         f"supported (option 'univariate'): its circular shift acts on the "
+                         f"transformed coordinate only while the MADE reads the unshifted "
+                         f"one; refflow's CircularSpline is elementwise and no masked "
+                         f"autoregressive circular spline exists")
     raise ValueError(f"{where}: univariate transformation {name} is not supported (option "
-                     f"'univariate'); refflow imports MonotonicAffineTransform and "
-                     f"MonotonicRQSTransform")
+                     f"'univariate'); refflow imports MonotonicAffineTransform, "
+                     f"MonotonicRQSTransform, MNN (NAF), ShiftedSOSPTransform (SOSPF) and "
+                     f"BoundedBernsteinTransform / BernsteinTransform (BPF)")
+
+
+def _nn_module():
+    import torch.nn as nn
+    return nn.Module
+
+
+def _mnn_options(mnn, shapes, where):
+    """``("monotonic", options)`` of zuko's ``MNN`` (NAF): its ``MonotonicMLP`` per feature."""
+    from zuko.nn import MonotonicLinear, TwoWayELU
+    modules = list(mnn.network)
+    linears, acts = modules[0::2], modules[1::2]
+    if len(modules) % 2 != 1 or not all(type(m) is MonotonicLinear for m in linears) \
+            or not all(type(m) is TwoWayELU and float(m.alpha) == 1.0 for m in acts):
+        raise ValueError(f"{where}: MNN network layout {[type(m).__name__ for m in modules]} "
+                         f"(option 'network'); refflow imports MonotonicLinear and "
+                         f"TwoWayELU(alpha=1) stacks")
+    if any(lin.bias is None or lin.weight.dim() != 3 for lin in linears):
+        raise ValueError(f"{where}: MNN without bias or stack (option 'network') is not "
+                         f"supported")
+    signal = int(linears[0].weight.shape[-1]) - 1
+    if shapes != [(signal,)] or int(linears[-1].weight.shape[-2]) != 1:
+        raise ValueError(f"{where}: MNN with shapes {shapes} and signal {signal} (option "
+                         f"'shapes'); expected [(signal,)]")
+    network = tuple(int(lin.weight.shape[-2]) for lin in linears[:-1])
+    return "monotonic", {"signal": signal, "network": network, "linears": linears}
 
 
 # ------------------------------------------------------------------ zuko layers -> specs
@@ -190,13 +285,21 @@ def _convert_autoregressive(lazy, index, dim, context):
     hidden = tuple(int(lin.weight.shape[0]) for lin in linears[:-1])
     common = dict(hidden=hidden, order=order, activation=activation,
                   context_dim=context or None, rng=0)
+    common["hidden_degrees"] = degrees
+    linears_mnn = opts.pop("linears", None)
     try:
         if kind == "affine":
             layer = B.MaskedAffineAutoregressive(dim, scale="softclip", scale_side="density",
-                                                 hidden_degrees=degrees, **common)
+                                                 **common)
+        elif kind == "spline":
+            layer = B.MaskedSplineAutoregressive(dim, parameterization="zuko", **opts, **common)
+        elif kind == "monotonic":
+            layer = B.MaskedMonotonicAutoregressive(dim, network_activation="elu", **opts,
+                                                    **common)
+        elif kind == "sos":
+            layer = B.SumOfSquaresAutoregressive(dim, **opts, **common)
         else:
-            layer = B.MaskedSplineAutoregressive(dim, parameterization="zuko",
-                                                 hidden_degrees=degrees, **opts, **common)
+            layer = B.BernsteinAutoregressive(dim, **opts, **common)
     except ValueError as exc:
         raise ValueError(f"{where}: its masks cannot be expressed as a refflow MADE ({exc})") \
             from None
@@ -208,6 +311,15 @@ def _convert_autoregressive(lazy, index, dim, context):
     for k, (lin, m) in enumerate(zip(linears, masks)):
         layer.params[f"made.w{k}"] = np64(lin.weight) * m  # the weight zuko uses: W * M
         layer.params[f"made.b{k}"] = np64(lin.bias)
+    if linears_mnn is not None:  # MNN: the stacked MonotonicMLP, raw weights (|W| in both)
+        for k, lin in enumerate(linears_mnn):
+            for part, key in (("weight", f"network.w{k}"), ("bias", f"network.b{k}")):
+                value = np64(getattr(lin, part))
+                if value.shape != layer.params[key].shape:
+                    raise ValueError(f"{where}: MNN {part} {k} of shape {value.shape}; expected "
+                                     f"{layer.params[key].shape} (option 'stack')")
+                layer.params[key] = value
+                names[f"univariate.network.{2 * k}.{part}"] = (key, None)
     return layer, names
 
 
@@ -290,33 +402,19 @@ def _convert_elementwise(lazy, index, dim, context):
 
 def _convert(flow, where="from_zuko"):
     """``(refflow Flow, {zuko parameter name: (refflow key, row permutation or None)})``."""
-    zuko = _require_zuko(where)
+    _require_zuko(where)
     from zuko.flows.autoregressive import MaskedAutoregressiveTransform
     from zuko.flows.coupling import GeneralCouplingTransform
     from zuko.flows.gaussianization import ElementWiseTransform
     from zuko.lazy import Flow as ZukoFlow
-    from zuko.transforms import RotationTransform
-    from zuko.lazy import LazyComposedTransform, UnconditionalDistribution
+    from zuko.lazy import LazyComposedTransform, UnconditionalTransform
 
     from ..bijectors import Chain
-    from ..distributions import Flow, StandardNormal
+    from ..distributions import Flow
     if not isinstance(flow, ZukoFlow):
         raise TypeError(f"{where}: expected a zuko.flows.Flow (MAF, NSF, RealNVP, ...), got "
                         f"{type(flow).__name__}")
-    base = flow.base
-    if not (isinstance(base, UnconditionalDistribution) and base.f is zuko.distributions.DiagNormal):
-        raise ValueError(f"{where}: base {type(base).__name__} ({base!r}) is not supported "
-                         f"(option 'base'); refflow imports a standard DiagNormal base")
-    buffers = dict(base.named_buffers())
-    if set(buffers) != {"loc", "scale"} or list(base.named_parameters()):
-        raise ValueError(f"{where}: base {base!r} is not a fixed DiagNormal(loc, scale) "
-                         f"(option 'base')")
-    loc, scale = np64(buffers["loc"]), np64(buffers["scale"])
-    if loc.ndim != 1 or not (np.all(loc == 0.0) and np.all(scale == 1.0)):
-        raise ValueError(f"{where}: base DiagNormal has loc {loc.tolist()} and scale "
-                         f"{scale.tolist()} (option 'base'); refflow's StandardNormal needs "
-                         f"loc 0 and scale 1")
-    dim = loc.shape[0]
+    base, dim = _convert_base(flow.base, where)
     transform = flow.transform
     lazies = list(transform.transforms) if isinstance(transform, LazyComposedTransform) \
         else [transform]
@@ -334,26 +432,122 @@ def _convert(flow, where="from_zuko"):
             context = 0 if not hasattr(lazy, "hyper") else \
                 int(list(lazy.hyper)[0].weight.shape[1])
             layer, layer_names = _convert_elementwise(lazy, i, dim, context)
-        elif getattr(lazy, "f", None) is RotationTransform:
-            raise NotImplementedError(f"{where}: transforms[{i}] is an UnconditionalTransform "
-                                      f"of RotationTransform, which is not supported (its "
-                                      f"refflow twin R = exp(A - A^T) does not exist yet; zuko's "
-                                      f"GF puts one between its layers: import a GF with "
-                                      f"transforms=1)")
+        elif isinstance(lazy, UnconditionalTransform):
+            layer, layer_names = _convert_unconditional(lazy, i, dim, where)
         else:
             raise ValueError(f"{where}: transforms[{i}] is a {type(lazy).__name__}, which "
-                             f"refflow cannot import (supported: MaskedAutoregressiveTransform "
-                             f"and GeneralCouplingTransform with MonotonicAffineTransform or "
-                             f"MonotonicRQSTransform)")
+                             f"refflow cannot import (supported: MaskedAutoregressiveTransform, "
+                             f"GeneralCouplingTransform, ElementWiseTransform and "
+                             f"UnconditionalTransform of RotationTransform / "
+                             f"LULinearTransform)")
         layers.append(layer)
         # zuko applies transforms[0] to x first; refflow's Chain lists the sampling direction,
         # so zuko's layer i is refflow's layer n - 1 - i.
-        names.update({prefix + zname: (f"bijector.layers.{n - 1 - i}.{key}", rows)
-                      for zname, (key, rows) in layer_names.items()})
+        for zname, target in layer_names.items():
+            pieces = [(f"bijector.layers.{n - 1 - i}.{key}", rows)
+                      for key, rows in (target if isinstance(target, list) else [target])]
+            names[prefix + zname] = pieces if isinstance(target, list) else pieces[0]
     missing = [name for name, _ in flow.named_parameters() if name not in names]
     if missing:
         raise ValueError(f"{where}: parameters {missing} have no refflow counterpart")
-    return Flow(StandardNormal(dim), Chain(layers[::-1])), names
+    return Flow(base, Chain(layers[::-1])), names
+
+
+def _partial_tensors(lazy):
+    """``{name: tensor}`` of a zuko ``Partial``'s tensor arguments, under the names its
+    ``named_parameters``/``named_buffers`` use (``_0``, ... for positional ones)."""
+    import torch
+    out = {f"_{i}": a for i, a in enumerate(lazy.args) if torch.is_tensor(a)}
+    out.update({k: a for k, a in lazy.kwargs.items() if torch.is_tensor(a)})
+    return out
+
+
+def _convert_unconditional(lazy, index, dim, where):
+    """``UnconditionalTransform`` of ``RotationTransform`` / ``LULinearTransform``: the refflow
+    layer whose ``inverse`` is zuko's ``z = R x`` / ``z = L U x``, i.e. ``Inverse`` of the twin
+    whose ``forward`` multiplies by the same matrix."""
+    from zuko.transforms import LULinearTransform, RotationTransform, SoftclipTransform
+
+    from ..bijectors import Inverse, LULinear, Rotation
+    f = lazy.f
+    name = getattr(f, "__name__", type(f).__name__)
+    here = f"{where}: transforms[{index}] (UnconditionalTransform of {name})"
+    if f is SoftclipTransform:
+        raise NotImplementedError(f"{here} is not supported: refflow has no twin of zuko's "
+                                  f"SoftclipTransform (NAF, UNAF and SOSPF put "
+                                  f"SoftclipTransform(bound=11) between their layers when "
+                                  f"transforms > 1; option 'transforms')")
+    if f not in (RotationTransform, LULinearTransform):
+        raise ValueError(f"{here} is not supported (refflow imports RotationTransform and "
+                         f"LULinearTransform)")
+    tensors = _partial_tensors(lazy)
+    if len(tensors) != 1 or (set(lazy.kwargs) - set(tensors)):
+        raise ValueError(f"{here}: expected one matrix argument, got {sorted(tensors)} and "
+                         f"options {sorted(set(lazy.kwargs) - set(tensors))}")
+    (zname, tensor), = tensors.items()
+    m = np64(tensor)
+    if m.shape != (dim, dim):
+        raise ValueError(f"{here}: matrix of shape {m.shape}; expected ({dim}, {dim}) (option "
+                         f"'shape'; batched matrices are not supported)")
+    if f is RotationTransform:
+        layer = Rotation(dim)
+        layer.params["generator"] = m
+        return Inverse(layer), {zname: ("generator", None)}
+    # zuko: L = tril(LU) (raw diagonal, either sign), U = triu(LU, 1) + I, z = L U x
+    if np.any(np.diag(m) == 0.0):
+        raise ValueError(f"{here}: a zero on the diagonal of LU (a singular map)")
+    layer = LULinear(dim, upper_diag="raw", diagonal="lower")
+    lower, upper, diag = np.tril_indices(dim, -1), np.triu_indices(dim, 1), np.diag_indices(dim)
+    pieces = [("lower_entries", lower), ("upper_entries", upper),
+              ("unconstrained_upper_diag", diag)]
+    for key, idx in pieces:
+        layer.params[key] = m[idx]
+    return Inverse(layer), {zname: pieces}
+
+
+def _convert_base(base, where):
+    """``(refflow base, dim)`` and ``{zuko name: (refflow key, rows)}`` of a zuko base: a
+    fixed ``DiagNormal`` (``StandardNormal`` for loc 0, scale 1, else ``DiagNormal``) or a
+    fixed ``BoxUniform`` (``Uniform``)."""
+    import zuko
+    from zuko.lazy import UnconditionalDistribution
+
+    from ..distributions import DiagNormal, StandardNormal, Uniform
+    f = getattr(base, "f", None)
+    if not isinstance(base, UnconditionalDistribution) or \
+            f not in (zuko.distributions.DiagNormal, zuko.distributions.BoxUniform):
+        raise ValueError(f"{where}: base {type(base).__name__} ({base!r}) is not supported "
+                         f"(option 'base'); refflow imports a fixed DiagNormal or BoxUniform")
+    name = f.__name__
+    if list(base.named_parameters()):
+        raise ValueError(f"{where}: base {name} with trainable arguments (option 'buffer=False')"
+                         f" is not supported; refflow imports a fixed base (zuko's default)")
+    tensors = _partial_tensors(base)
+    # positional arguments first, then the keywords in the constructor's order
+    order = [f"_{i}" for i in range(len(base.args))] + \
+        [k for k in (("loc", "scale") if name == "DiagNormal" else ("lower", "upper"))]
+    args = [tensors[k] for k in order if k in tensors]
+    if len(args) != 2 or len(tensors) != 2 or set(base.kwargs) - set(tensors):
+        raise ValueError(f"{where}: base {name} with arguments {sorted(tensors)} and options "
+                         f"{sorted(set(base.kwargs) - set(tensors))} (option 'base'); expected "
+                         f"two vectors")
+    a, b = (np64(t) for t in args)
+    if a.ndim != 1 or b.shape != a.shape:
+        raise ValueError(f"{where}: base {name} with argument shapes {a.shape}, {b.shape} "
+                         f"(option 'base'); expected two vectors of the same size")
+    dim = a.shape[0]
+    if f is zuko.distributions.BoxUniform:
+        if not np.all(a < b):
+            raise ValueError(f"{where}: base BoxUniform needs lower < upper elementwise")
+        return Uniform(a, b), dim
+    if not np.all(b > 0):
+        raise ValueError(f"{where}: base DiagNormal needs a positive scale")
+    if np.all(a == 0.0) and np.all(b == 1.0):
+        return StandardNormal(dim), dim
+    normal = DiagNormal(dim)
+    normal.params["loc"] = a
+    normal.params["log_scale"] = np.log(b)
+    return normal, dim
 
 
 def _features(lazy, dim, index, where):
@@ -378,16 +572,17 @@ def from_zuko(flow):
     Parameters
     ----------
     flow : zuko.flows.Flow
-        A ``MAF``, ``NSF``, ``RealNVP`` / ``NICE``, a ``GF`` with ``transforms=1`` (or any
-        ``zuko.flows.Flow`` made of ``MaskedAutoregressiveTransform`` and
-        ``GeneralCouplingTransform`` layers with ``MonotonicAffineTransform`` or
-        ``MonotonicRQSTransform``, and ``ElementWiseTransform`` layers of
-        ``GaussianizationTransform``), conditional or not, with a ``DiagNormal(0, 1)`` base.
+        A ``MAF``, ``NSF``, ``RealNVP`` / ``NICE``, ``GF``, ``BPF``, a ``NAF`` or ``SOSPF``
+        with ``transforms=1``, or any ``zuko.flows.Flow`` made of the layers of the module's
+        table (``MaskedAutoregressiveTransform``, ``GeneralCouplingTransform``,
+        ``ElementWiseTransform``, ``UnconditionalTransform`` of ``RotationTransform`` or
+        ``LULinearTransform``), conditional or not, with a fixed ``DiagNormal`` or
+        ``BoxUniform`` base.
 
     Returns
     -------
     refflow.Flow
-        ``Flow(StandardNormal(D), Chain([...]))`` with zuko's layers in reverse (refflow lists
+        ``Flow(base, Chain([...]))`` with zuko's layers in reverse (refflow lists
         the sampling direction), the weights copied as float64 (masked weights stored as
         ``W * M``), MADE orders and hidden degrees that reproduce zuko's masks exactly (checked),
         ``scale="softclip", scale_side="density"`` for affine layers and
@@ -402,7 +597,7 @@ def from_zuko(flow):
     ValueError
         An unsupported layer or option, naming the zuko class and the option.
     NotImplementedError
-        A zuko layer whose refflow twin does not exist yet (``RotationTransform``).
+        A zuko layer whose refflow twin does not exist yet (``SoftclipTransform``).
 
     Examples
     --------
@@ -417,5 +612,7 @@ def from_zuko(flow):
 
 def parameter_map(flow, where="parameter_map"):
     """``{zuko parameter name: (refflow key, rows)}`` for ``from_zuko(flow)``: the refflow
-    parameter is ``zuko_parameter[rows]`` (``rows`` None for the whole tensor)."""
+    parameter is ``zuko_parameter[rows]`` (``rows`` None for the whole tensor, else a NumPy
+    index). A zuko parameter split over several refflow parameters (``LULinearTransform``'s
+    ``LU``) maps to a list of such ``(refflow key, index)`` pieces."""
     return _convert(flow, where)[1]
