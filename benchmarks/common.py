@@ -158,9 +158,8 @@ class Sizes:
     then ``repeats`` timed calls (``sample_repeats`` for sampling, ``spline_repeats`` for the
     spline kernels); the processes
     of the implementations alternate (A B C A B C ...), and the median is over all timed calls of
-    all rounds. The standalone peer timing of the self-check makes ``rounds * repeats`` calls in
-    one process (``sample_repeats`` or ``spline_repeats`` for sampling and splines:
-    :func:`alone_repeats`).
+    all rounds. The self-check times each peer case alone once per round, in a fresh process
+    making as many calls as one harness process (:func:`alone_repeats`).
     """
     mode: str = "full"
     dim: int = 64                 # MAF / NSF event size
@@ -177,7 +176,7 @@ class Sizes:
     sample_rows: int = 10_000
     spline_n: int = 2 ** 20
     gemm_square: int = 1024
-    rounds: int = 2
+    rounds: int = 3               # odd: the median over processes is one process's median
     repeats: int = 5
     sample_repeats: int = 1
     spline_repeats: int = 2
@@ -194,8 +193,8 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = dataclasses.replace(FULL, mode="quick", sample_rows=1000, repeats=2, spline_repeats=1,
-                            warmup=1, fit_long_epochs=0)
+QUICK = dataclasses.replace(FULL, mode="quick", sample_rows=1000, rounds=2, repeats=2,
+                            spline_repeats=1, warmup=1, fit_long_epochs=0)
 SMOKE = Sizes(mode="smoke", dim=4, layers=2, hidden=(8, 8), batch=16, bins=4, rnvp_layers=2,
               rnvp_hidden=(8, 8), rnvp_batch=32, log_prob_batch=32, sample_rows=16,
               spline_n=256, gemm_square=32, rounds=1, repeats=1, sample_repeats=1,
@@ -223,13 +222,9 @@ def repeats_for(workload, sizes):
 
 
 def alone_repeats(workload, sizes):
-    """Timed calls of the self-check's standalone process of ``workload``: as many as all
-    rounds of the harness together, except for sampling and the spline kernels (one call is
-    1-18 s for a peer), where it is as many as one harness process."""
-    per_process = repeats_for(workload, sizes)
-    if workload == "maf_sample" or workload.startswith("spline"):
-        return per_process
-    return sizes.rounds * per_process
+    """Timed calls of one standalone process of the self-check (one per round): as many as one
+    harness process of ``workload``."""
+    return repeats_for(workload, sizes)
 
 
 def warmup_for(workload, sizes):

@@ -252,9 +252,10 @@ def test_plan_interleaves_implementations():
     order = [(p["workload"], p["kind"], p["impl"], p["round"]) for p in plan]
     rounds = [[("maf_train", "case", i, r) for i in ("refflow", "zuko", "nflows")]
               for r in range(3)]
-    alone = [("maf_train", "alone", p, 1) for p in ("zuko", "nflows")]
+    alone = [[("maf_train", "alone", p, r) for p in ("zuko", "nflows")] for r in range(3)]
     gemm = [("gemm_square", "case", "refflow", r) for r in range(3)]
-    assert order == rounds[0] + rounds[1] + alone + rounds[2] + gemm
+    assert order == (rounds[0] + alone[0] + rounds[1] + alone[1] + rounds[2] + alone[2]
+                     + gemm)
 
 
 def test_self_check_flags_disagreement():
@@ -301,6 +302,32 @@ def test_self_check_flags_disagreement():
     assert run_module.exit_status(["a process failed"], [], enforced=False) == 1
     table = "\n".join(run_module.check_table(rows))
     assert table.count("**NO**") == 5 and "parameters 10 vs 11" in table
+
+
+def test_self_check_compares_process_medians():
+    """With several processes per side, each side is the median of its per-process medians:
+    one slow standalone process of three does not fail a harness that agrees with the other
+    two, while a harness whose every process is slow does fail."""
+    run_module = bench_module("run")
+
+    def alone(peer, times):
+        return {"peer": peer, "workload": "maf_train", "dtype": "float64", "times": times,
+                "params": 7}
+
+    records = [{"workload": "maf_train", "impl": "zuko", "dtype": "float64", "median_s": 1.0,
+                "params": 7, "process_medians": [0.98, 1.0, 1.02]},
+               {"workload": "maf_train", "impl": "nflows", "dtype": "float64",
+                "median_s": 1.3, "params": 7, "process_medians": [1.25, 1.3, 1.35]}]
+    runs = [alone("zuko", [1.0, 1.01]), alone("zuko", [1.6, 1.5]), alone("zuko", [0.97, 0.99]),
+            alone("nflows", [1.0]), alone("nflows", [1.02]), alone("nflows", [0.99])]
+    rows = {r["impl"]: r for r in run_module.self_check(records, runs)}
+    assert rows["zuko"]["alone_process_s"] == [1.005, 1.55, 0.98]
+    assert rows["zuko"]["alone_s"] == 1.005 and rows["zuko"]["harness_s"] == 1.0
+    assert rows["zuko"]["ok"] is True and rows["zuko"]["params_alone"] == 7
+    assert rows["nflows"]["ratio"] == pytest.approx(1.3 / 1.0) and rows["nflows"]["ok"] is False
+    table = "\n".join(run_module.check_table(list(rows.values())))
+    assert "| 1000.0 ms (980.0-1020.0, 3 processes) | 1005.0 ms (980.0-1550.0, 3 processes) |" \
+        in table
 
 
 def test_peers_skipped_with_a_message(tmp_path):
