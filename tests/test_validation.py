@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from refflow._validation import (check_batch_size, check_bool, check_choice, check_dim,
-                                 check_hidden, check_int, check_n, check_positive, check_real)
+from refflow._validation import (check_batch_size, check_bool, check_choice,
+                                 check_context_given, check_dim, check_hidden, check_int,
+                                 check_n, check_positive, check_real, check_same_keys,
+                                 empty_output)
 
 
 def _raises(error, fn, *args, **kwargs):
@@ -123,3 +125,33 @@ def test_check_hidden():
 def test_long_values_are_shortened_to_one_line():
     message = _raises(TypeError, check_int, np.zeros((50, 50)), "where", "k")
     assert len(message) < 150
+
+
+def test_check_same_keys_names_missing_and_unexpected():
+    check_same_keys({"a": 1, "b": 2}, {"b": 0, "a": 0}, "load")        # same keys, any order
+    with pytest.raises(ValueError) as err:
+        check_same_keys({"a": 1, "z": 2, "y": 3}, ["a", "c", "b"], "load", what="parameters")
+    assert str(err.value) == ("load: parameters differ (missing ['b', 'c'], "
+                              "unexpected ['y', 'z'])")
+
+
+def test_check_context_given_both_mismatches():
+    assert check_context_given(None, None, "Flow.log_prob", "flow", "a context") is False
+    assert check_context_given(np.zeros(3), 3, "Flow.log_prob", "flow", "a context") is True
+    with pytest.raises(ValueError) as err:
+        check_context_given(np.zeros(3), None, "Flow.log_prob", "flow", "a context")
+    assert str(err.value) == "Flow.log_prob: the flow is unconditional, but a context was given"
+    with pytest.raises(ValueError) as err:
+        check_context_given(None, 3, "Flow.sample", "model", "context")
+    assert str(err.value) == ("Flow.sample: the model is conditional; pass context of shape "
+                              "(n, 3) or (3,)")
+
+
+def test_empty_output_too_large_says_how_much_memory():
+    out = empty_output((2, 3), "Flow.sample")
+    assert out.shape == (2, 3) and out.dtype == np.float64
+    with pytest.raises(ValueError) as err:
+        empty_output((2 ** 40, 2 ** 20), "Flow.sample")        # 8 EiB: refused by NumPy
+    assert str(err.value) == ("Flow.sample: an output of shape (1099511627776, 1048576) needs "
+                              "8.59e+09 GiB of memory, more than is available; ask for fewer "
+                              "rows")
