@@ -27,7 +27,7 @@ import inspect
 import numpy as np
 
 from bench_train import peer_model, refflow_model
-from common import Case, n_params, n_torch_params, torch_dtype, torch_or_skip
+from common import Case, n_params, n_torch_params, torch_copy, torch_dtype, torch_or_skip
 
 WORKLOADS = {
     "maf_log_prob": "MAF log_prob (batch 4096)",
@@ -92,7 +92,7 @@ def build(workload, impl, sizes, dtype):
             with torch.no_grad():
                 return raw_sampler(n)
 
-        wrap = torch.from_numpy
+        wrap = torch_copy
     if workload == "maf_log_prob":
         x = np.random.default_rng(0).standard_normal((sizes.log_prob_batch, sizes.dim))
         xt = wrap(x.astype(dtype))

@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-from common import Case, torch_or_skip
+from common import Case, torch_copy, torch_or_skip
 
 N, K, B = 2 ** 20, 8, 3.0
 WORKLOADS = {
@@ -60,7 +60,7 @@ def refflow_ops(x, uw, uh, ud):
 def nflows_ops(x, uw, uh, ud):
     import torch
     from nflows.transforms.splines.rational_quadratic import unconstrained_rational_quadratic_spline as f
-    tx, tw, th, td = (torch.from_numpy(a) for a in (x, uw, uh, ud))
+    tx, tw, th, td = (torch_copy(a) for a in (x, uw, uh, ud))
     with torch.no_grad():
         ty, _ = f(tx, tw, th, td, inverse=False, tails="linear", tail_bound=B)
 
@@ -80,7 +80,7 @@ def nflows_ops(x, uw, uh, ud):
 def zuko_ops(x, uw, uh, ud):
     import torch
     from zuko.transforms import MonotonicRQSTransform
-    tx, tw, th, td = (torch.from_numpy(a) for a in (x, uw, uh, ud))
+    tx, tw, th, td = (torch_copy(a) for a in (x, uw, uh, ud))
     with torch.no_grad():
         ty = MonotonicRQSTransform(tw, th, td, bound=5.0)(tx)
 

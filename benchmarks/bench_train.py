@@ -36,7 +36,8 @@ functions only, so that a peer's process never loads it.
 
 import numpy as np
 
-from common import Case, Skip, n_params, n_torch_params, torch_dtype, torch_or_skip, torch_seed
+from common import (Case, Skip, n_params, n_torch_params, torch_copy, torch_dtype,
+                    torch_or_skip, torch_seed)
 
 WORKLOADS = {
     "maf_train": "MAF train step (dim 64, 5 layers, hidden (256, 256), batch 512)",
@@ -160,7 +161,7 @@ def peer_train(peer, which, sizes, dtype):
     torch, _ = torch_or_skip(peer)
     model, log_prob = peer_model(peer, which, sizes, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.from_numpy(data(sizes, which, dtype))
+    x = torch_copy(data(sizes, which, dtype))
 
     def step():
         loss = -log_prob(x).mean()

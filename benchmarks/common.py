@@ -275,6 +275,15 @@ def torch_or_skip(peer):
     return torch, module
 
 
+def torch_copy(a):
+    """A torch tensor holding a copy of the NumPy array ``a``, in memory from torch's own
+    allocator (64-byte aligned, as every tensor a peer makes itself), not a view of NumPy's
+    buffer (``torch.from_numpy``: 16-byte aligned), so that a peer's inputs are what its users'
+    tensors would be."""
+    import torch
+    return torch.from_numpy(a).clone()
+
+
 def torch_dtype(dtype):
     import torch
     return {"float64": torch.float64, "float32": torch.float32}[dtype]

@@ -32,9 +32,10 @@ Workloads (fixed configurations, so later runs compare; seeds fixed), one module
 How it times (so that it cannot flatter refflow):
 
 - Every (workload, implementation, dtype) runs in a fresh Python process (``sys.executable``),
-  ``rounds`` times (3; ``--quick`` 2; ``--smoke`` 1; ``--rounds``), the implementations alternating
-  (refflow, zuko, nflows, refflow, zuko, nflows, ...) so that drift of the machine hits all of
-  them. Each process makes warm-up calls and then a few timed calls; the median is over every
+  ``rounds`` times (3; ``--quick`` 2; ``--smoke`` 1; ``--rounds``), the implementations
+  alternating (refflow, zuko, nflows, then the self-check's standalone processes; each round
+  rotates that order by one) so that drift of the machine hits all of them and no process always follows
+  the same one. Each process makes warm-up calls and then a few timed calls; the median is over every
   timed call of every round. Nothing else runs meanwhile: this script only waits.
 - A peer's process starts with ``import torch`` and ``torch.set_num_threads(n)``, before
   anything else is imported or run (``child_code``; torch itself loads NumPy, nothing loads
@@ -264,9 +265,13 @@ def run_process(cmd, env, cwd, timeout=CHILD_TIMEOUT):
 
 
 def plan_runs(workloads, dtypes, impls, rounds, check_peers=()):
-    """The order of the processes: per (workload, dtype), ``rounds`` rounds of one process per
-    implementation (A B C A B C ...), and, in every round, after its processes, one standalone
-    process per peer in ``check_peers`` (the self-check).
+    """The order of the processes: per (workload, dtype), ``rounds`` rounds, each of one process
+    per implementation and, for the self-check, one standalone process per peer in
+    ``check_peers``. Round ``r`` runs that list of ``n`` in the order ``(r + s k) mod n``,
+    ``k = 0 .. n - 1``, with ``s`` the ``r``-th stride coprime to ``n`` (cycling): for five
+    processes A B C a b, the rounds are A B C a b, B a A C b, C A a B b. A plain repetition (or
+    rotation) would keep every process behind the same one in every round, and a process can
+    find the machine changed by the one before it (memory being reclaimed, caches, clocks).
 
     ``workloads`` is a list of ``(name, refflow_only)``. Returns a list of dicts
     ``{kind: "case" | "alone", workload, impl, dtype, round}``.
@@ -275,12 +280,16 @@ def plan_runs(workloads, dtypes, impls, rounds, check_peers=()):
     for name, refflow_only in workloads:
         here = [i for i in impls if i == "refflow" or not refflow_only]
         for dtype in dtypes:
+            steps = [("case", impl) for impl in here]
+            if not refflow_only:
+                steps += [("alone", peer) for peer in check_peers if peer in here]
+            n = len(steps)
+            strides = [s for s in range(1, n + 1) if math.gcd(s, n) == 1]
             for r in range(rounds):
-                plan += [{"kind": "case", "workload": name, "impl": impl, "dtype": dtype,
-                          "round": r} for impl in here]
-                if not refflow_only:
-                    plan += [{"kind": "alone", "workload": name, "impl": peer, "dtype": dtype,
-                              "round": r} for peer in check_peers if peer in here]
+                stride = strides[r % len(strides)]
+                plan += [{"kind": kind, "workload": name, "impl": impl, "dtype": dtype,
+                          "round": r}
+                         for kind, impl in (steps[(r + stride * k) % n] for k in range(n))]
     return plan
 
 
