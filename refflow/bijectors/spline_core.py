@@ -76,7 +76,12 @@ def rqs(apply, v, uw, uh, ud, smap, vjp):
         allowed) that receive the parameter cotangents; otherwise new C-contiguous arrays.
     """
     dtype = v.dtype
-    uw, uh, ud = (np.asarray(a).astype(dtype, copy=False) for a in (uw, uh, ud))
+    # Cast only when needed: this runs once per spline call (dim times per autoregressive
+    # sample), and the generator of three conversions is a dozen Python calls even when every
+    # array already has the dtype (the usual case).
+    if not (type(uw) is np.ndarray and type(uh) is np.ndarray and type(ud) is np.ndarray
+            and uw.dtype == dtype and uh.dtype == dtype and ud.dtype == dtype):
+        uw, uh, ud = (np.asarray(a).astype(dtype, copy=False) for a in (uw, uh, ud))
     out, log_det = np.empty_like(v), np.empty_like(v)
     spline = apply == "spline"
     fast = use_fast_paths("splines")

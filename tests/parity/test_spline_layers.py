@@ -27,6 +27,7 @@ from hypothesis import given, settings, strategies as st
 
 import refflow.bijectors.spline_core as spline_core
 from refflow import MaskedSplineAutoregressive, RationalQuadraticSpline, SplineCoupling
+from refflow.bijectors.spline_maps import get_spline_map
 from refflow.kernels import NUMBA_DISABLED, fast_paths
 from refflow.testing import assert_vjp
 
@@ -138,6 +139,44 @@ def test_other_maps_numba_kernels_match_their_twins(rng, monkeypatch):
             for direction in ("forward", "inverse"):
                 _compare(layer, direction, v, None, monkeypatch)
 
+
+
+@pytest.mark.parametrize("parameterization", ["durkan", "zuko"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_rqs_casts_parameters_to_the_input_dtype(rng, parameterization, fast):
+    """``rqs`` with float64 parameters (or lists) and a float32 input gives bit for bit what it
+    gives with the parameters cast to float32 first (values, log-dets and every pullback), and
+    parameters already of the input's dtype reach the kernels as the caller's own views."""
+    smap = get_spline_map(parameterization, n_bins=4, bound=3.0)
+    n = 7
+    theta = rng.normal(size=(n, 8 + smap.n_derivatives))
+    uw, uh, ud = spline_core.split_parameters(theta, 4)
+    v = (2.0 * rng.normal(size=n)).astype(np.float32)
+    bars = [rng.normal(size=n).astype(np.float32) for _ in range(2)]
+    with fast_paths(fast, paths=["splines"]):
+        for apply in ("spline", "inverse"):
+            want = spline_core.rqs(apply, v, *(a.astype(np.float32) for a in (uw, uh, ud)),
+                                   smap, True)
+            for params in ((uw, uh, ud), tuple(a.tolist() for a in (uw, uh, ud))):
+                got = spline_core.rqs(apply, v, *params, smap, True)
+                for a, b in ((got[0], want[0]), (got[1], want[1])):
+                    assert a.dtype == np.float32 and np.array_equal(a, b)
+                g_v, g_params = got[2](*bars)
+                w_v, w_params = want[2](*bars)
+                for a, b in zip((g_v,) + tuple(g_params), (w_v,) + tuple(w_params)):
+                    assert a.dtype == np.float32 and np.array_equal(a, b)
+    if fast and parameterization == "durkan" and not NUMBA_DISABLED:
+        seen = []
+
+        def record(kernel, arrays, settings, outputs):
+            seen.append(arrays)
+            kernel(*arrays, *settings, *outputs)
+
+        views = spline_core.split_parameters(theta, 4)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(spline_core, "launch", record)
+            spline_core.rqs("spline", v.astype(np.float64), *views, smap, False)
+        assert all(a is b for a, b in zip(seen[0][1:], views))   # no copies of the views
 
 # ---------------------------------------------------------------------------------------------
 # fused == reference, every pass, every class
