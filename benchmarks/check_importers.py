@@ -422,6 +422,262 @@ def check_flowjax(seed, n_models):
     yield from _flowjax_rows(n_models, seed)
 
 
+# ====================================================================== distrax and TFP
+def _jax_grad_rows(make, theta, frozen, x, importer, rng):
+    """``(max lp rel, grad rel)`` of a JAX-peer model ``make(theta)`` at ``x``: log-probs, and
+    ``jax.grad`` of the mean log-prob along three random directions of every array of
+    ``theta`` whose import is a copy or a selection (``frozen(i, key)`` False), against
+    refflow's gradient dotted with ``import(theta + delta) - import(theta)`` (exact for such
+    maps)."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    dist = make(theta)
+    model = importer(dist)
+    lp_peer = np.asarray(jax.vmap(dist.log_prob)(jnp.asarray(x)))
+    lp_err = float(np.max(np.abs(model.log_prob(x) - lp_peer) / np.maximum(np.abs(lp_peer),
+                                                                            1.0)))
+
+    params, static = eqx.partition(theta, eqx.is_inexact_array)  # MLPs hold functions too
+
+    def mean_lp(p):
+        return jnp.mean(jax.vmap(make(eqx.combine(p, static)).log_prob)(jnp.asarray(x)))
+
+    grads = jax.grad(mean_lp)(params)
+    _, ref = model.nll_and_grad(x)
+    g_err, n_moved = 0.0, 0
+    for _ in range(3):
+        peer, moved = 0.0, []
+        for i, (t, g) in enumerate(zip(params, grads)):
+            moved.append(dict(t))
+            for k in t:
+                if frozen(i, k):
+                    continue
+                leaves, tree = jax.tree_util.tree_flatten(t[k])
+                g_leaves = jax.tree_util.tree_leaves(g[k])
+                delta = [rng.normal(size=np.shape(leaf)) for leaf in leaves]
+                n_moved += len(leaves)
+                peer += sum(float(np.sum(np.asarray(a) * d)) for a, d in zip(g_leaves, delta))
+                moved[i][k] = jax.tree_util.tree_unflatten(
+                    tree, [jnp.asarray(np.asarray(leaf) + d) for leaf, d in zip(leaves, delta)])
+        after = importer(make(eqx.combine(moved, static))).params
+        mine = sum(float(np.sum(-ref[k] * (after[k] - model.params[k]))) for k in ref)
+        g_err = max(g_err, abs(mine - peer) / max(abs(peer), 1.0))
+    # nothing to move (every array imported through a log): no gradient compared
+    return lp_err, (g_err if n_moved else float("nan"))
+
+
+def _jax_train(make, theta, frozen_layers, x, steps=5, lr=1e-2):
+    """A few Adam steps (optax) on the model's own mean negative log-likelihood at ``x``;
+    layers in ``frozen_layers`` keep their values."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+    params, static = eqx.partition(theta, eqx.is_inexact_array)
+
+    def loss(p):
+        full = eqx.combine(p, static)
+        full = [theta[i] if i in frozen_layers else t for i, t in enumerate(full)]
+        return -jnp.mean(jax.vmap(make(full).log_prob)(jnp.asarray(x)))
+
+    opt = optax.adam(lr)
+    state = opt.init(params)
+    for _ in range(steps):
+        updates, state = opt.update(jax.grad(loss)(params), state)
+        params = optax.apply_updates(params, updates)
+    full = eqx.combine(params, static)
+    return [theta[i] if i in frozen_layers else t for i, t in enumerate(full)]
+
+
+def _distrax_rows(n_models, seed):
+    import distrax
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+    jax.config.update("jax_enable_x64", True)
+
+    from refflow.interop import from_distrax
+    acts = {"relu": jax.nn.relu, "tanh": jnp.tanh, "elu": jax.nn.elu}
+    rng = np.random.default_rng(seed)
+    for m in range(n_models):
+        dim = int(rng.integers(2, 6))
+        kinds = ["coupling_rqs", "coupling_affine", "lu", "triangular", "unconstrained",
+                 "affine", "shift"]
+        # every other model has a spline coupling; a bounded-image layer goes last (data
+        # side): its domain does not move while training
+        spec = [{"kind": "coupling_rqs"}] if m % 2 == 0 else []
+        spec += [{"kind": str(rng.choice(kinds))} for _ in range(int(rng.integers(1, 4)))]
+        spec += [{"kind": "tanh"}] if rng.random() < 0.3 else []
+        theta = []
+        for i, s in enumerate(spec):
+            k = s["kind"]
+            if k.startswith("coupling"):
+                s["mask"] = rng.permutation(np.arange(dim) < max(1, dim // 2))
+                s["act"] = str(rng.choice(list(acts)))
+                n_par = 2
+                if k == "coupling_rqs":
+                    lo = float(rng.choice([-2.0, -3.0]))
+                    s.update(bins=int(rng.integers(2, 7)),
+                             range=(lo, -lo if rng.random() < 0.5 else lo + 5.0),
+                             boundary=str(rng.choice(["unconstrained", "lower_identity",
+                                                      "upper_identity", "identity",
+                                                      "circular"])),
+                             min_bin=float(rng.choice([1e-4, 1e-3])),
+                             min_slope=float(rng.choice([1e-4, 1e-3])))
+                    n_par = 3 * s["bins"] + 1
+                theta.append({"mlp": eqx.nn.MLP(dim, dim * n_par, int(rng.integers(4, 12)),
+                                                int(rng.integers(1, 3)), acts[s["act"]],
+                                                key=jr.key(int(rng.integers(2 ** 31))))})
+            elif k in ("lu", "unconstrained"):
+                theta.append({"matrix": jnp.asarray(np.eye(dim) + 0.4 * rng.normal(
+                    size=(dim, dim))), "bias": jnp.asarray(0.3 * rng.normal(size=dim))})
+            elif k == "triangular":
+                a = 0.4 * rng.normal(size=(dim, dim))
+                a[np.diag_indices(dim)] = rng.choice([-1.0, 1.0], dim) * rng.uniform(0.6, 1.5,
+                                                                                     dim)
+                s["lower"] = bool(rng.integers(0, 2))
+                theta.append({"matrix": jnp.asarray(a)})
+            elif k == "affine":
+                theta.append({"shift": jnp.asarray(0.3 * rng.normal(size=dim)),
+                              "log_scale": jnp.asarray(0.3 * rng.normal(size=dim))})
+            elif k == "shift":
+                theta.append({"shift": jnp.asarray(0.3 * rng.normal(size=dim))})
+            else:
+                theta.append({})
+        mvn = bool(rng.integers(0, 2))
+
+        def layer(s, t):
+            k = s["kind"]
+            if k == "coupling_rqs":
+                K, (lo, hi) = s["bins"], s["range"]
+                fn = (lambda p, K=K, lo=lo, hi=hi, s=s: distrax.RationalQuadraticSpline(
+                    p.reshape(dim, 3 * K + 1), lo, hi, boundary_slopes=s["boundary"],
+                    min_bin_size=s["min_bin"], min_knot_slope=s["min_slope"]))
+                return distrax.MaskedCoupling(jnp.asarray(s["mask"]), t["mlp"], fn)
+            if k == "coupling_affine":
+                return distrax.MaskedCoupling(
+                    jnp.asarray(s["mask"]), t["mlp"],
+                    lambda p: distrax.ScalarAffine(shift=p[:dim], log_scale=p[dim:]))
+            if k == "lu":
+                return distrax.LowerUpperTriangularAffine(t["matrix"], t["bias"])
+            if k == "unconstrained":
+                return distrax.UnconstrainedAffine(t["matrix"], t["bias"])
+            if k == "triangular":
+                return distrax.TriangularLinear(t["matrix"], is_lower=s["lower"])
+            if k == "affine":
+                return distrax.Block(distrax.ScalarAffine(t["shift"],
+                                                          log_scale=t["log_scale"]), 1)
+            if k == "shift":
+                return distrax.Block(distrax.Shift(t["shift"]), 1)
+            return distrax.Block(distrax.Tanh(), 1)
+
+        def make(th, spec=spec, mvn=mvn, layer=layer):
+            loc, scale = jnp.linspace(-0.3, 0.3, dim), jnp.linspace(0.8, 1.3, dim)
+            base = distrax.MultivariateNormalDiag(loc, scale) if mvn else \
+                distrax.Independent(distrax.Normal(loc, scale), 1)
+            return distrax.Transformed(base, distrax.Chain(
+                [layer(s, t) for s, t in zip(spec, th)][::-1]))
+
+        z = rng.normal(size=(64, dim))
+        x = np.asarray(jax.vmap(make(theta).bijector.forward)(jnp.asarray(z)))
+        theta = _jax_train(make, theta, set(), x)
+        z = rng.normal(size=(24, dim))
+        x = np.asarray(jax.vmap(make(theta).bijector.forward)(jnp.asarray(z)))
+        frozen = lambda i, k, spec=spec: spec[i]["kind"] == "unconstrained" \
+            and k == "matrix"  # noqa: E731 - its LU import is not linear in A
+        lp_err, g_err = _jax_grad_rows(make, theta, frozen, x, from_distrax, rng)
+        names = [s["kind"] + (f"(K{s['bins']},{s['range']},{s['boundary']})"
+                              if s["kind"] == "coupling_rqs" else "") for s in spec]
+        yield (f"D={dim} base={'mvn' if mvn else 'independent'} [{', '.join(names)}]",
+               lp_err, g_err)
+
+
+def _tfp_rows(n_models, seed):
+    import jax
+    import jax.numpy as jnp
+    from tensorflow_probability.substrates import jax as tfp
+    jax.config.update("jax_enable_x64", True)
+
+    from refflow.interop import from_tfp
+    tfb, tfd = tfp.bijectors, tfp.distributions
+    rng = np.random.default_rng(seed)
+    for m in range(n_models):
+        dim = int(rng.integers(2, 6))
+        last = str(rng.choice(["exp", "softplus", "sigmoid", "tanh", "none"]))
+        kinds = ["shift", "scale", "diag", "tril", "inv_tril", "lu", "permute"]
+        # a bounded-image layer last (data side): its domain does not move while training
+        spec = [{"kind": str(rng.choice(kinds))} for _ in range(int(rng.integers(1, 5)))] + \
+            ([] if last == "none" else [{"kind": last}])
+        theta = []
+        for s in spec:
+            k = s["kind"]
+            if k in ("lu", "permute"):
+                s["perm"] = rng.permutation(dim)
+            if k == "shift":
+                theta.append({"shift": jnp.asarray(0.3 * rng.normal(size=dim))})
+            elif k == "scale":
+                theta.append({"log_scale": jnp.asarray(0.3 * rng.normal(size=dim))})
+            elif k == "diag":
+                theta.append({"scale": jnp.asarray(rng.uniform(0.5, 1.5, dim))})
+            elif k in ("tril", "inv_tril", "lu"):
+                a = 0.4 * rng.normal(size=(dim, dim))
+                a[np.diag_indices(dim)] = rng.choice([-1.0, 1.0], dim) * rng.uniform(0.6, 1.5,
+                                                                                     dim)
+                theta.append({"matrix": jnp.asarray(a)})
+            else:
+                theta.append({})
+        mvn = bool(rng.integers(0, 2))
+
+        def layer(s, t):
+            k = s["kind"]
+            if k == "shift":
+                return tfb.Shift(t["shift"])
+            if k == "scale":
+                return tfb.Scale(log_scale=t["log_scale"])
+            if k == "diag":
+                return tfb.ScaleMatvecDiag(t["scale"])
+            if k == "tril":
+                return tfb.ScaleMatvecTriL(t["matrix"])
+            if k == "inv_tril":
+                return tfb.Invert(tfb.ScaleMatvecTriL(t["matrix"]))
+            if k == "lu":
+                return tfb.ScaleMatvecLU(t["matrix"], jnp.asarray(s["perm"]))
+            if k == "permute":
+                return tfb.Permute(jnp.asarray(s["perm"]))
+            return {"exp": tfb.Exp, "softplus": tfb.Softplus, "sigmoid": tfb.Sigmoid,
+                    "tanh": tfb.Tanh}[k]()
+
+        def make(th, spec=spec, mvn=mvn, layer=layer):
+            loc, scale = jnp.linspace(-0.3, 0.3, dim), jnp.linspace(0.8, 1.3, dim)
+            base = tfd.MultivariateNormalDiag(loc, scale) if mvn else \
+                tfd.Independent(tfd.Normal(loc, scale), 1)
+            return tfd.TransformedDistribution(base, tfb.Chain(
+                [layer(s, t) for s, t in zip(spec, th)][::-1]))
+
+        diag_layers = {i for i, s in enumerate(spec) if s["kind"] == "diag"}
+        z = rng.normal(size=(64, dim))
+        x = np.asarray(make(theta).bijector.forward(jnp.asarray(z)))
+        theta = _jax_train(make, theta, diag_layers, x)
+        z = rng.normal(size=(24, dim))
+        x = np.asarray(make(theta).bijector.forward(jnp.asarray(z)))
+        frozen = lambda i, k, d=diag_layers: i in d  # noqa: E731 - imported through a log
+        lp_err, g_err = _jax_grad_rows(make, theta, frozen, x, from_tfp, rng)
+        yield (f"D={dim} base={'mvn' if mvn else 'independent'} "
+               f"[{', '.join(s['kind'] for s in spec)}]", lp_err, g_err)
+
+
+@register("distrax")
+def check_distrax(seed, n_models):
+    yield from _distrax_rows(n_models, seed)
+
+
+@register("tfp")
+def check_tfp(seed, n_models):
+    yield from _tfp_rows(n_models, seed)
+
+
 # ---------------------------------------------------------------------------------- driver
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

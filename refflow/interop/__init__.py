@@ -17,11 +17,14 @@ functions only: ``import refflow`` never needs them.
 """
 
 from .compare import ComparisonReport, assert_matches, compare
+from .distrax import from_distrax
 from .flowjax import from_flowjax
 from .nflows import from_nflows
 from .normflows import from_normflows
 from .pyro import from_pyro
+from .tfp import from_tfp
 from .zuko import from_zuko
 
 __all__ = ["from_zuko", "from_nflows", "from_flowjax", "from_normflows", "from_pyro", "compare",
            "assert_matches", "ComparisonReport"]
+__all__ += ["from_distrax", "from_tfp"]
