@@ -188,12 +188,8 @@ def _points(dist, dim, seed, n=40):
     return z, x
 
 
-@pytest.mark.parametrize("kinds, dim, base_kind, trained", CONFIGS)
-def test_log_prob_and_samples_match(kinds, dim, base_kind, trained):
-    seed = CONFIGS.index((kinds, dim, base_kind, trained))
-    spec, theta = _model(seed, dim, kinds, base_kind, trained)
-    dist = _make(spec, theta, dim, base_kind)
-    model = from_distrax(dist)
+def _log_prob_and_samples_match(dist, model, dim, seed):
+    """The imported model's log-probs (1e-10 relative) and samples (the same noise) agree."""
     z, x = _points(dist, dim, seed)
     lp_peer = np.asarray(jax.vmap(dist.log_prob)(jnp.asarray(x)))
     lp_ref = model.log_prob(x)
@@ -222,15 +218,18 @@ def _lu_grad(layer, ref, prefix):
 
 
 @pytest.mark.parametrize("kinds, dim, base_kind, trained", CONFIGS)
-def test_gradients_match(kinds, dim, base_kind, trained):
-    """``jax.grad`` of the mean log-prob with respect to every trainable array of ``theta``,
-    against refflow's: along random directions for the layers whose import is a copy or a
-    selection (refflow's gradient dotted with ``import(theta + delta) - import(theta)``);
-    entry by entry through the LU chain rule for ``UnconstrainedAffine``'s matrix."""
+def test_log_prob_samples_and_gradients_match(kinds, dim, base_kind, trained):
+    """Log-probs and samples (1e-10), then ``jax.grad`` of the mean log-prob with respect to
+    every trainable array of ``theta``, against refflow's: along random directions for the
+    layers whose import is a copy or a selection (refflow's gradient dotted with
+    ``import(theta + delta) - import(theta)``); entry by entry through the LU chain rule for
+    ``UnconstrainedAffine``'s matrix. One test per model: building and training it (JAX
+    compiles per configuration) is most of the cost."""
     seed = CONFIGS.index((kinds, dim, base_kind, trained))
     spec, theta = _model(seed, dim, kinds, base_kind, trained)
     dist = _make(spec, theta, dim, base_kind)
     model = from_distrax(dist)
+    _log_prob_and_samples_match(dist, model, dim, seed)
     _, x = _points(dist, dim, seed, n=20)
     params, static = eqx.partition(theta, eqx.is_inexact_array)
 
