@@ -273,16 +273,18 @@ def check_pyro(seed, n_models):
             torch.manual_seed(int(rng.integers(2 ** 31)))
             conditional = m % 3 == 2
             dim = int(rng.integers(2, 6))
-            kinds = ["iaf", "coupling", "spline_ar", "batchnorm"] if conditional else \
+            kinds = ["iaf", "coupling", "spline_ar"] if conditional else \
                 ["iaf", "coupling", "spline", "spline_coupling", "spline_ar", "batchnorm"]
             transforms, config = [], []
-            for n_layer in range(int(rng.integers(1, 4))):
-                kind = kinds[int(rng.integers(0, len(kinds)))]
-                if n_layer == 0 and m % 2 == 1:  # BatchNorm (eval) in every other model
-                    kind = "batchnorm"
-                t, name = _pyro_transform(kind, dim, rng, conditional)
+            for _ in range(int(rng.integers(1, 4))):
+                t, name = _pyro_transform(kinds[int(rng.integers(0, len(kinds)))], dim, rng,
+                                          conditional)
                 transforms += [t, T.Permute(torch.randperm(dim))]
                 config.append(name)
+            if m % 2 == 1:  # a BatchNorm (imported in eval mode) in every other model
+                t, name = _pyro_transform("batchnorm", dim, rng, conditional)
+                transforms.insert(0, t)
+                config.insert(0, name)
             base = pd.Normal(torch.zeros(dim), torch.ones(dim)).to_event(1)
             cls = pd.ConditionalTransformedDistribution if conditional else \
                 pd.TransformedDistribution
