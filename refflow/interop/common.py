@@ -5,7 +5,7 @@ with context gates that they share."""
 
 import numpy as np
 
-__all__ = ["require_torch", "np64", "index_map", "unused_map", "made_layout",
+__all__ = ["require_torch", "np64", "index_map", "unused_map", "unsaveable", "made_layout",
            "check_made_masks", "residual_net_names", "GatedResidualNet"]
 
 
@@ -38,6 +38,27 @@ def unused_map(shape):
     """The gradient map of a peer tensor whose entries the peer multiplies by exact zeros (a
     masked-out column): ``-1`` everywhere, read as a zero gradient."""
     return np.full(shape, -1, dtype=np.int64)
+
+
+_UNSAVEABLE = {}
+
+
+def unsaveable(layer, peer, module):
+    """Give ``layer`` a private subclass of its class (named after ``peer``, e.g.
+    ``"Nflows"``, and placed in ``module``), whose ``_config`` raises, so that ``refflow.save``
+    refuses it: its network was replaced by an imported one that ``_config`` does not describe
+    (the placeholder ``hidden``), and a saved file would silently rebuild another model."""
+    cls = type(layer)
+    sub = _UNSAVEABLE.get((cls, peer))
+    if sub is None:
+        def _config(self):
+            raise NotImplementedError(f"imported from {peer.lower()} (its network is not a "
+                                      f"refflow MADE/MLP configuration)")
+        sub = type(f"_{peer}{cls.__name__}", (cls,), {"_config": _config,
+                                                       "__module__": module})
+        _UNSAVEABLE[(cls, peer)] = sub
+    layer.__class__ = sub
+    return layer
 
 
 def made_layout(net, residual):

@@ -47,7 +47,9 @@ the whole tensor), so gradients can be compared by name (equal, not scaled).
 
 import numpy as np
 
-from .common import GatedResidualNet, check_made_masks, made_layout, residual_net_names
+from .common import (
+    GatedResidualNet, check_made_masks, made_layout, residual_net_names, unsaveable,
+)
 
 __all__ = ["from_nflows"]
 
@@ -136,26 +138,8 @@ def _imported_made_class():
 
 
 # --------------------------------------------------------------------------------- layers
-_UNSAVEABLE = {}
-
-
 def _unsaveable(layer):
-    """Give ``layer`` a private subclass of its class, so that ``refflow.save`` refuses it.
-
-    Its conditioner was replaced by an imported network whose structure ``_config`` does not
-    describe (the placeholder ``hidden``), so a saved file would silently rebuild another model.
-    """
-    cls = type(layer)
-    sub = _UNSAVEABLE.get(cls)
-    if sub is None:
-        def _config(self):
-            raise NotImplementedError("imported from nflows (its network is not a refflow "
-                                      "MADE/MLP configuration)")
-        sub = type(f"_Nflows{cls.__name__}", (cls,), {"_config": _config,
-                                                       "__module__": __name__})
-        _UNSAVEABLE[cls] = sub
-    layer.__class__ = sub
-    return layer
+    return unsaveable(layer, "Nflows", __name__)
 
 
 def _check_dropout(module, where):

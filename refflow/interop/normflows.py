@@ -89,7 +89,7 @@ import numpy as np
 
 from .common import (
     GatedResidualNet, check_made_masks, index_map, made_layout, np64, residual_net_names,
-    unused_map,
+    unsaveable, unused_map,
 )
 
 __all__ = ["from_normflows"]
@@ -505,23 +505,8 @@ def _made(net, n_params, where):
     return model, grads
 
 
-_UNSAVEABLE = {}
-
-
 def _unsaveable(layer):
-    """Give ``layer`` a private subclass of its class, so that ``refflow.save`` refuses it: its
-    network was replaced by an imported one that ``_config`` does not describe."""
-    cls = type(layer)
-    sub = _UNSAVEABLE.get(cls)
-    if sub is None:
-        def _config(self):
-            raise NotImplementedError("imported from normflows (its network is not a refflow "
-                                      "MADE/MLP configuration)")
-        sub = type(f"_Normflows{cls.__name__}", (cls,), {"_config": _config,
-                                                          "__module__": __name__})
-        _UNSAVEABLE[cls] = sub
-    layer.__class__ = sub
-    return layer
+    return unsaveable(layer, "Normflows", __name__)
 
 
 def _masked_affine_autoregressive(flow):

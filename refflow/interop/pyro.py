@@ -170,6 +170,26 @@ def _first_columns(n_in, n_context):
     return np.concatenate([np.arange(n_context, n_context + n_in), np.arange(n_context)])
 
 
+def _linears(layers, cols, rows, prefix, key_prefix):
+    """The weights ``w{k}``, biases ``b{k}`` of Pyro's masked / dense linear ``layers`` with the
+    first layer's columns taken in the order ``cols`` and the last layer's rows in the order
+    ``rows``, and ``{peer name: (refflow key, flat indices)}`` (the inverse permutations)."""
+    arrays, grads = {}, {}
+    for k, lin in enumerate(layers):
+        w, b = np64(lin.weight), np64(lin.bias)
+        w_idx, b_idx = index_map(w.shape), index_map(b.shape)
+        if k == 0:
+            w = w[:, cols]
+            w_idx = index_map(w.shape)[:, np.argsort(cols)]
+        if k == len(layers) - 1:
+            w, b = w[rows], b[rows]
+            w_idx, b_idx = index_map(w.shape)[np.argsort(rows)], b_idx[np.argsort(rows)]
+        arrays[f"w{k}"], arrays[f"b{k}"] = w, b
+        grads[f"{prefix}layers.{k}.weight"] = (f"{key_prefix}w{k}", w_idx)
+        grads[f"{prefix}layers.{k}.bias"] = (f"{key_prefix}b{k}", b_idx)
+    return arrays, grads
+
+
 def _made(arn, slots, where, prefix):
     """refflow MADE for a Pyro ``(Conditional)AutoRegressiveNN`` whose outputs, per feature,
     are the ``slots`` values, and ``{peer name: (key, indices)}``.
@@ -217,19 +237,7 @@ def _made(arn, slots, where, prefix):
             theirs = theirs[rows]
         if not np.array_equal(ours, theirs):
             raise ValueError(f"{_WHERE}: {where}: rebuilt MADE mask {k} differs from Pyro's")
-    arrays, grads = {}, {}
-    for k, lin in enumerate(layers):
-        w, b = np64(lin.weight), np64(lin.bias)
-        w_idx, b_idx = index_map(w.shape), index_map(b.shape)
-        if k == 0:
-            w = w[:, cols]
-            w_idx = index_map(w.shape)[:, np.argsort(cols)]
-        if k == len(layers) - 1:
-            w, b = w[rows], b[rows]
-            w_idx, b_idx = index_map(w.shape)[np.argsort(rows)], b_idx[np.argsort(rows)]
-        arrays[f"w{k}"], arrays[f"b{k}"] = w, b
-        grads[f"{prefix}layers.{k}.weight"] = (f"made.w{k}", w_idx)
-        grads[f"{prefix}layers.{k}.bias"] = (f"made.b{k}", b_idx)
+    arrays, grads = _linears(layers, cols, rows, prefix, "made.")
     made.params = ParamDict(arrays)
     return made, grads
 
@@ -267,21 +275,11 @@ def _dense(net, n_in, slot_sizes, n_b, where, prefix, feature_major=True):
     layers = list(net.layers)
     hidden = tuple(int(lin.out_features) for lin in layers[:-1])
     mlp = MLP(n_in + n_context, n_b * per, hidden, activation=act, rng=0)
-    grads = {}
-    for k, lin in enumerate(layers):
-        w, b = np64(lin.weight), np64(lin.bias)
-        w_idx, b_idx = index_map(w.shape), index_map(b.shape)
-        if k == 0:
-            w = w[:, cols]
-            w_idx = index_map(w.shape)[:, np.argsort(cols)]
-        if k == len(layers) - 1:
-            w, b = w[rows], b[rows]
-            w_idx, b_idx = index_map(w.shape)[np.argsort(rows)], b_idx[np.argsort(rows)]
-        if mlp.params[f"w{k}"].shape != w.shape:
+    arrays, grads = _linears(layers, cols, rows, prefix, "conditioner.")
+    for key, value in arrays.items():
+        if mlp.params[key].shape != value.shape:
             _refuse(where, "a hypernet whose layer sizes refflow's MLP cannot hold")
-        mlp.params[f"w{k}"], mlp.params[f"b{k}"] = w, b
-        grads[f"{prefix}layers.{k}.weight"] = (f"conditioner.w{k}", w_idx)
-        grads[f"{prefix}layers.{k}.bias"] = (f"conditioner.b{k}", b_idx)
+        mlp.params[key] = value
     return mlp, grads, n_context
 
 
