@@ -95,6 +95,9 @@ def _tanh_terms(a, gamma, delta, log_delta):
 
 # ------------------------------------------------------------------------------------- Planar
 _PLANAR_ACTIVATIONS = ("tanh", "leaky_relu")
+#: the leaky inverse refuses slopes ``1 + w^T u_hat h'`` below this many ulps of
+#: ``1 + |w| |u_hat|``: the rounding of the computed ``w^T u_hat`` is of that size
+_SLOPE_ULPS = 64
 
 
 def _planar_activation(activation, negative_slope):
@@ -190,7 +193,10 @@ class Planar(Bijector):
     softplus(w^T u)``, a sum of non-negative terms (positive: the same constraint
     suffices). The inverse is closed-form: ``q = w^T x + b = p (1 + c h'(p))`` has the sign
     of ``p``, so ``p = q / D`` with ``h'`` chosen by the sign of ``q``, and ``z = x - u_hat
-    h(p)``. ``D`` is piecewise constant in ``p`` (``dlogD/dp = 0`` away from the kink), so
+    h(p)`` (solved with the slope of the float map, ``1 + (w^T u_hat) h'`` of the rounded
+    ``u_hat``; a ``ValueError`` where that slope is below the rounding of ``w^T u_hat``, 64
+    ulps of ``1 + |w| |u_hat|``, where the float map collapses a half-line and has no
+    inverse). ``D`` is piecewise constant in ``p`` (``dlogD/dp = 0`` away from the kink), so
     the pullbacks are those above with ``t = h(p)``, ``h' = h'(p)`` and the ``dlogD/dp``
     terms dropped::
 
@@ -341,8 +347,28 @@ class Planar(Bijector):
             planar_inverse(x @ w, c_map, b, delta, a)
             p = a + b
         else:  # q = w^T x + b = p D(p), D > 0 chosen by the sign of q (class Notes)
+            # solved with the slope the float map has: 1 + c_map h' for the c_map = w . u_hat
+            # of the rounded u_hat, as delta + (c_map - c) h' (no cancellation near c = -1)
+            c_map = w.astype(np.float64) @ u_hat.astype(np.float64)
             q = x @ w + b
-            p = q / self._terms(q, c, delta, log_delta)[2]
+            _, hq, d_q, _, _ = self._terms(q, c, delta, log_delta)
+            d_map = d_q + x.dtype.type(c_map - k["c"]) * hq
+            # below the rounding of w . u_hat the float map's slope is noise: p = q / d_map
+            # would be meaningless (the forward map collapses a half-line onto w^T x + b ~ 0)
+            noise = _SLOPE_ULPS * np.finfo(x.dtype).eps * (
+                1.0 + float(np.linalg.norm(w.astype(np.float64))
+                            * np.linalg.norm(u_hat.astype(np.float64))))
+            # the slope of the p >= 0 half-line (the smaller one, alpha <= 1) decides for every
+            # row: where it is noise that half-line collapses onto w^T x + b ~ 0, and the sign
+            # of q no longer tells the branches apart
+            slope = k["one_plus_c"] + (c_map - k["c"])
+            if not slope > noise:
+                raise self._domain_error(
+                    "inverse",
+                    f"the leaky map's slope 1 + w^T u_hat = {slope:.3g} is below the rounding "
+                    f"of w^T u_hat ({noise:.3g}): the float map is not invertible (softplus(w^T "
+                    f"u) too small for this precision)")
+            p = q / d_map
         t, hp, d, log_d, curv = self._terms(p, c, delta, log_delta)
         z = x - t[:, None] * u_hat
         if not vjp:
