@@ -61,16 +61,26 @@ def _data(rng, n, dim, context_dim):
 
 
 # ------------------------------------------------------------------------- normflows block
-def _normflows_model(rng, conditional):
+#: normflows layers imported since the first check: every unconditional model has one of them
+#: (in turn), so that ten models cover them all
+_NORMFLOWS_NEW = ["radial", "coupling_sigmoid", "coupling_sigmoid_inv"]
+#: layers normflows cannot invert: a model with one is scored on its own samples
+_NORMFLOWS_FORWARD_ONLY = ("planar", "radial")
+
+
+def _normflows_model(rng, conditional, first=None):
     import normflows as nf
     import torch
     dim = int(rng.integers(2, 6))
     ctx = 2 if conditional else None
     flows, config = [], []
     kinds = ["maa", "arqs", "crqs"] if conditional else \
-        ["maa", "arqs", "crqs", "masked_affine", "coupling_block", "actnorm", "lu", "planar"]
-    for _ in range(int(rng.integers(1, 4))):
+        ["maa", "arqs", "crqs", "masked_affine", "coupling_block", "actnorm", "lu", "planar"] + \
+        _NORMFLOWS_NEW
+    for n_layer in range(int(rng.integers(1, 4))):
         kind = kinds[int(rng.integers(0, len(kinds)))]
+        if n_layer == 0 and first is not None:
+            kind = first
         hidden, blocks, bins = int(rng.integers(4, 17)), int(rng.integers(1, 3)), \
             int(rng.integers(2, 9))
         if kind == "maa":
@@ -105,6 +115,15 @@ def _normflows_model(rng, conditional):
         elif kind == "lu":
             flows.append(nf.flows.LULinearPermute(dim))
             config.append("lu_permute")
+        elif kind == "radial":
+            flows.append(nf.flows.Radial((dim,)))
+            config.append("radial")
+        elif kind in ("coupling_sigmoid", "coupling_sigmoid_inv"):
+            n_a = -(-dim // 2)
+            scale_map = kind[len("coupling_"):]
+            flows.append(nf.flows.AffineCouplingBlock(
+                nf.nets.MLP([n_a, hidden, 2 * (dim - n_a)]), scale_map=scale_map))
+            config.append(f"coupling_block({scale_map})")
         else:
             flows.append(nf.flows.Planar((dim,)))
             config.append("planar")
@@ -121,7 +140,40 @@ def _normflows_model(rng, conditional):
         base = "diag"
     ctx_txt = ",ctx2" if conditional else ""
     return model.double(), dim, f"D{dim}{ctx_txt} {base} " + "+".join(config), \
-        "planar" in config
+        any(name in _NORMFLOWS_FORWARD_ONLY for name in config)
+
+
+def _normflows_sampling_path(model, ours, z):
+    """normflows' ``log q(T(z)) = log q0(z) - log|det dT/dz|`` at base draws ``z`` (the only
+    points its Planar and Radial score) and the largest relative errors of refflow's log-probs
+    at the samples and of its gradients of their mean, per layer parameter (refflow: the
+    forward pass's pullback with ``log_det_bar = -1/n``; the base's parameters, whose gradient
+    there is the base's alone, are not compared)."""
+    import torch
+    model.zero_grad()
+    zt = torch.as_tensor(z)
+    x, log_q = zt, model.q0.log_prob(zt)
+    for flow in model.flows:
+        x, ld = flow(x)
+        log_q = log_q - ld
+    log_q.mean().backward()
+    lp_peer = log_q.detach().numpy()
+    lp_ref = ours.log_prob(x.detach().numpy())
+    lp_rel = float(np.max(np.abs(lp_ref - lp_peer) / np.maximum(np.abs(lp_peer), 1.0)))
+    _, _, pullback = ours.bijector.forward_vjp(z)
+    _, grads = pullback(np.zeros_like(z), np.full(z.shape[0], -1.0 / z.shape[0]))
+    worst = 0.0
+    for name, p in model.named_parameters():
+        if not name.startswith("flows."):
+            continue
+        key, idx = ours.peer_gradients[name]
+        flat = np.asarray(grads[key[len("bijector."):]]).ravel()
+        mine = np.where(idx >= 0, flat[np.maximum(idx, 0)], 0.0)
+        peer = p.grad.numpy()
+        norm = float(np.linalg.norm(peer))
+        diff = float(np.linalg.norm(mine - peer))
+        worst = max(worst, diff / norm if norm > 0 else diff)
+    return lp_rel, worst
 
 
 @register("normflows")
@@ -133,13 +185,15 @@ def check_normflows(seed, n_models):
         rng = np.random.default_rng([seed, m])
         torch.manual_seed(int(rng.integers(2 ** 31)))
         conditional = m % 3 == 2
-        model, dim, config, planar = _normflows_model(rng, conditional)
+        first = None if conditional else _NORMFLOWS_NEW[(m - m // 3) % len(_NORMFLOWS_NEW)]
+        model, dim, config, planar = _normflows_model(rng, conditional, first)
         ctx = 2 if conditional else 0
         x, c = _data(rng, 256, dim, ctx)
         xt = torch.as_tensor(x)
         ct = None if c is None else torch.as_tensor(c)
         if planar:
-            # normflows cannot invert its Planar: trained by the reverse KL to N(1, I) instead
+            # normflows cannot invert its (tanh) Planar and Radial: trained by the reverse KL
+            # to N(1, I) instead
             def target_loss():
                 z, log_q = model.q0(64)
                 log_det = 0.0
@@ -155,16 +209,8 @@ def check_normflows(seed, n_models):
         ours = from_normflows(model)
         if planar:
             # normflows scores only its own samples: compare on the sampling path
-            z = rng.normal(size=(64, dim))
-            zt, log_det = torch.as_tensor(z), 0.0
-            with torch.no_grad():
-                for flow in model.flows:
-                    zt, ld = flow(zt)
-                    log_det = log_det + ld
-                lp_peer = (model.q0.log_prob(torch.as_tensor(z)) - log_det).numpy()
-            lp_ref = ours.log_prob(zt.numpy())
-            rel = np.abs(lp_ref - lp_peer) / np.maximum(np.abs(lp_peer), 1.0)
-            yield config + " [samples; no grads]", float(rel.max()), float("nan")
+            lp_rel, grad_rel = _normflows_sampling_path(model, ours, rng.normal(size=(64, dim)))
+            yield config + " [samples; layer grads]", lp_rel, grad_rel
             continue
         xe, ce = _data(np.random.default_rng([seed, m, 1]), 128, dim, ctx)
         report = compare(model, ours, xe, ce)
@@ -197,6 +243,9 @@ def _pyro_transform(kind, dim, rng, context):
             f"coupling(s{split},tanh)"
     if kind == "spline":
         return T.Spline(dim, count_bins=bins, order=order), f"spline({order[0]},K{bins})"
+    if kind == "batchnorm":  # trained in training mode, imported in eval mode (below)
+        momentum = float(rng.uniform(0.05, 0.5))
+        return T.BatchNorm(dim, momentum=momentum), f"batchnorm(m{momentum:.2f})"
     if kind == "spline_coupling":
         split = int(rng.integers(1, dim))
         net = DenseNN(split, hidden, [(dim - split) * k for k in sizes])
@@ -225,13 +274,17 @@ def check_pyro(seed, n_models):
             conditional = m % 3 == 2
             dim = int(rng.integers(2, 6))
             kinds = ["iaf", "coupling", "spline_ar"] if conditional else \
-                ["iaf", "coupling", "spline", "spline_coupling", "spline_ar"]
+                ["iaf", "coupling", "spline", "spline_coupling", "spline_ar", "batchnorm"]
             transforms, config = [], []
             for _ in range(int(rng.integers(1, 4))):
                 t, name = _pyro_transform(kinds[int(rng.integers(0, len(kinds)))], dim, rng,
                                           conditional)
                 transforms += [t, T.Permute(torch.randperm(dim))]
                 config.append(name)
+            if m % 2 == 1:  # a BatchNorm (imported in eval mode) in every other model
+                t, name = _pyro_transform("batchnorm", dim, rng, conditional)
+                transforms.insert(0, t)
+                config.insert(0, name)
             base = pd.Normal(torch.zeros(dim), torch.ones(dim)).to_event(1)
             cls = pd.ConditionalTransformedDistribution if conditional else \
                 pd.TransformedDistribution
@@ -249,6 +302,9 @@ def check_pyro(seed, n_models):
                 return -d.log_prob(xt.clone()).mean()
 
             _train(params, loss, steps=30)
+            for t in transforms:  # Pyro's BatchNorm: imported in eval mode (running averages)
+                if isinstance(t, T.BatchNorm):
+                    t.eval()
             ours = from_pyro(dist)
             xe, ce = _data(np.random.default_rng([seed, m, 1]), 128, dim, ctx)
             report = compare(dist, ours, xe, ce)

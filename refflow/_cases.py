@@ -114,6 +114,35 @@ def _away_from_zero_weights(bijector, rng, scale=0.5, floor=0.05):
     return bijector
 
 
+def _away_from_zero_raw(bijector, key, floor=0.05):
+    """``params[key]`` moved at least ``floor`` away from 0 (a raw value used as ``|a|``)."""
+    value = bijector.params[key]
+    bijector.params[key] = np.where(value < 0, -1.0, 1.0) * (floor + np.abs(value))
+    return bijector
+
+
+def _kink_free_planar_case(margin=1e-3):
+    """normflows' leaky-ReLU Planar: rows whose pre-activation ``w^T z + b`` (forward) or
+    ``w^T x + b`` (inverse: the same sign) lies within ``margin`` of the kink at 0 are drawn
+    again, so that central differences never straddle it."""
+    def factory(rng):
+        rng = np.random.default_rng(rng)
+        layer = _randomize(B.Planar(3, activation="leaky_relu", rng=rng), rng, 0.7)
+
+        def safe(r, n, context=None):
+            r = np.random.default_rng(r)
+            v = 1.5 * r.standard_normal((n, 3))
+            for _ in range(100):
+                p = v @ layer.params["w"] + layer.params["b"][0]
+                near = np.abs(p) < margin * np.maximum(1.0, np.abs(v).max(axis=1))
+                if not near.any():
+                    return v
+                v[near] = 1.5 * r.standard_normal((int(near.sum()), 3))
+            raise RuntimeError("could not draw points away from the kink")
+        return layer, safe, safe, None
+    return factory
+
+
 def _kink_safe_case(build, sample_z, sample_x, margin=1e-3):
     """A case for a layer whose transformer has kinks in a second derivative (ELU units, the
     softclip's ``|y|``): rows with a pre-activation within ``margin`` of its kink are drawn
@@ -172,8 +201,10 @@ def _pyro_clamped(layer, rng):
     return layer
 
 
-def _batchnorm(rng, training=False):
-    layer = _randomize(B.BatchNorm(3), rng)
+def _batchnorm(rng, training=False, gamma="exp"):
+    layer = _randomize(B.BatchNorm(3, gamma=gamma), rng)
+    if gamma == "pyro":  # relu(gamma) + 1e-6: positive raw values, away from relu's kink
+        layer.params["gamma"] = 0.2 + np.abs(layer.params["gamma"])
     layer.buffers["running_mean"][...] = rng.normal(0.0, 1.0, size=3)
     layer.buffers["running_var"][...] = rng.uniform(0.5, 2.0, size=3)
     return layer.train(training)
@@ -199,6 +230,8 @@ CASES = {
     "householder": _case(lambda r: B.Householder(4, n_reflections=3, rng=r), _normal(), _normal()),
     "actnorm": _case(lambda r: _randomize(B.ActNorm(3, initialized=True), r), _normal(), _normal()),
     "batchnorm_eval": _case(_batchnorm, _normal(), _normal(1.5, 0.5)),
+    "batchnorm_eval_pyro": _case(lambda r: _batchnorm(r, gamma="pyro"), _normal(),
+                                 _normal(1.5, 0.5)),
     "chain": _case(
         lambda r: B.Chain([
             _randomize(B.Affine(3), r),
@@ -284,6 +317,11 @@ CASES = {
         _normal(), _normal()),
     "affine_coupling": _case(
         lambda r: _randomize(B.AffineCoupling(4, hidden=(8, 8), scale="sigmoid", rng=r), r),
+        _normal(), _normal()),
+    # normflows' AffineCouplingBlock(scale_map="sigmoid"): scale 1 / sigmoid(u + 2)
+    "affine_coupling_sigmoid_reciprocal": _case(
+        lambda r: _randomize(B.AffineCoupling(
+            4, hidden=(8,), scale="sigmoid-reciprocal", rng=r), r),
         _normal(), _normal()),
     "affine_coupling_conditional": _case(
         lambda r: _randomize(B.AffineCoupling(
@@ -374,7 +412,12 @@ CASES = {
             rng=r), r), _normal(2.0), _normal(2.0)),
     # Rezende & Mohamed family; Sylvester with both kinds of Q, m < dim and m = dim.
     "planar": _case(lambda r: _randomize(B.Planar(3, rng=r), r, 0.7), _normal(1.5), _normal(1.5)),
+    "planar_leaky_relu": _kink_free_planar_case(),
     "radial": _case(lambda r: _randomize(B.Radial(3, rng=r), r, 0.7), _normal(1.5), _normal(1.5)),
+    # normflows' alpha = |alpha_raw|: the raw value kept away from its kink at 0
+    "radial_normflows": _case(lambda r: _away_from_zero_raw(
+        _randomize(B.Radial(3, parameterization="normflows", rng=r), r, 0.7), "alpha"),
+        _normal(1.5), _normal(1.5)),
     "sylvester_householder": _case(
         lambda r: _randomize(B.Sylvester(4, m=3, n_reflections=2, rng=r), r, 0.7),
         _normal(1.5), _normal(1.5)),

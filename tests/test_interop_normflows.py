@@ -78,9 +78,10 @@ def _single(flow, dim=4):
     return nf.NormalizingFlow(nf.distributions.DiagGaussian(dim), [flow]).double()
 
 
-def test_sigmoid_scale_map_is_refused_by_name():
+def test_unknown_scale_map_is_refused_by_name():
     block = nf.flows.AffineCouplingBlock(nf.nets.MLP([2, 5, 4]), scale_map="sigmoid")
-    with pytest.raises(NotImplementedError, match="AffineCouplingBlock.*sigmoid"):
+    block.flows[1].scale_map = "tanh"   # normflows itself raises at call time
+    with pytest.raises(ValueError, match="AffineCouplingBlock.*scale_map='tanh'"):
         from_normflows(_single(block))
 
 
@@ -90,14 +91,51 @@ def test_circular_spline_wrapper_is_refused_by_name():
         from_normflows(_single(flow))
 
 
-def test_radial_is_refused_naming_its_alpha():
-    with pytest.raises(NotImplementedError, match="Radial.*alpha_raw"):
-        from_normflows(_single(nf.flows.Radial((4,))))
+def test_radial_with_zero_alpha_is_refused():
+    flow = nf.flows.Radial((4,))
+    with torch.no_grad():
+        flow.alpha.zero_()
+    with pytest.raises(ValueError, match="Radial.*alpha = 0"):
+        from_normflows(_single(flow))
 
 
-def test_leaky_planar_and_feedforward_made_are_refused():
-    with pytest.raises(ValueError, match="Planar.*leaky_relu"):
+def test_leaky_planar_is_refused_naming_its_float32_slope():
+    with pytest.raises(ValueError, match="Planar.*leaky_relu.*0.19999998807907104"):
         from_normflows(_single(nf.flows.Planar((4,), act="leaky_relu")))
+
+
+def test_leaky_planar_inverse_uses_a_float32_slope():
+    """The reason, measured: refflow's leaky Planar with normflows' weights and the slope its
+    float64 ``inverse`` really uses matches ``log_prob`` to rounding, while its forward map
+    (``LeakyReLU(0.2)``) samples with 0.2: the two directions are not one map."""
+    from refflow import Flow, Planar
+    from refflow.distributions import DiagNormal
+    torch.manual_seed(0)
+    model = _single(nf.flows.Planar((3,), act="leaky_relu"), 3)
+    flow = model.flows[0]
+    used = float(torch.tensor([True]) * (0.2 - 1.0) + 1.0)
+    assert used == 0.19999998807907104
+    base = DiagNormal(3)
+    base.params["loc"], base.params["log_scale"] = np.zeros(3), np.zeros(3)
+    layers = {}
+    for slope in (0.2, used):
+        layer = Planar(3, activation="leaky_relu", negative_slope=slope)
+        for key, value in (("u", flow.u), ("w", flow.w), ("b", flow.b)):
+            layer.params[key] = value.detach().numpy().reshape(-1)
+        layers[slope] = Flow(base, layer)
+    x = 1.5 * np.random.default_rng(0).normal(size=(40, 3))
+    with torch.no_grad():
+        lp_peer = model.log_prob(torch.as_tensor(x)).numpy()
+        z = torch.as_tensor(x)
+        x_peer = flow(z)[0].numpy()
+    rel = lambda a, b: np.max(np.abs(a - b) / np.maximum(np.abs(b), 1.0))  # noqa: E731
+    assert rel(layers[used].log_prob(x), lp_peer) <= RTOL_LOG_PROB
+    assert rel(layers[0.2].log_prob(x), lp_peer) > 100 * RTOL_LOG_PROB
+    assert rel(layers[0.2].bijector.forward(x)[0], x_peer) <= ATOL_SAMPLE
+    assert rel(layers[used].bijector.forward(x)[0], x_peer) > 100 * ATOL_SAMPLE
+
+
+def test_feedforward_made_is_refused():
     flow = nf.flows.MaskedAffineAutoregressive(4, 8, use_residual_blocks=False)
     with pytest.raises(ValueError, match="MaskedAffineAutoregressive.*use_residual_blocks"):
         from_normflows(_single(flow))
@@ -272,3 +310,132 @@ def test_planar_samples_log_dets_and_scores():
     lp = ours.log_prob(x_ref)
     base_lp = model.q0.log_prob(torch.as_tensor(z)).detach().numpy()
     assert np.abs(lp - (base_lp - log_det_ref)).max() <= RTOL_LOG_PROB * np.abs(lp).max()
+
+
+# ------------------------------------------- Radial, leaky Planar, sigmoid coupling scales
+def _train_briefly(model, loss, steps=5):
+    """A few Adam steps of normflows' own loss (its forward or reverse KL): a model away from
+    its initialisation as training leaves it."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+
+
+def _reverse_kld(model, dim):
+    """normflows' reverse KL to N(1, I) from the model's own samples (its Planar and Radial
+    cannot score other points): ``mean(log q(T(z)) - log p(T(z)))``."""
+    def loss():
+        z, log_q = model.q0(64)
+        for flow in model.flows:
+            z, ld = flow(z)
+            log_q = log_q - ld
+        return (log_q + 0.5 * ((z - 1.0) ** 2).sum(1)).mean()
+    return loss
+
+
+def _sampling_path(model, ours, z):
+    """The sample ``T(z)``, ``log q(T(z)) = log q0(z) - log|det dT/dz|`` and its gradient with
+    respect to every layer parameter, by normflows (autograd) and by refflow (the forward pass's
+    pullback with ``x_bar = 0``, ``log_det_bar = -1/n``), in normflows' names."""
+    model.zero_grad()
+    zt = torch.as_tensor(z)
+    x, log_q = zt, model.q0.log_prob(zt)
+    for flow in model.flows:
+        x, ld = flow(x)
+        log_q = log_q - ld
+    log_q.mean().backward()
+    peer = {n: p.grad.numpy().copy() for n, p in model.named_parameters()
+            if n.startswith("flows.")}
+    x_ref, log_det_ref, pullback = ours.bijector.forward_vjp(z)
+    _, grads = pullback(np.zeros_like(z), np.full(z.shape[0], -1.0 / z.shape[0]))
+    mine = {}
+    for name in peer:
+        key, idx = ours.peer_gradients[name]
+        flat = np.asarray(grads[key[len("bijector."):]]).ravel()
+        mine[name] = np.where(idx >= 0, flat[np.maximum(idx, 0)], 0.0)
+    lp_ref = ours.base.log_prob(z) - log_det_ref
+    return (x.detach().numpy(), log_q.detach().numpy(), peer), (x_ref, lp_ref, mine)
+
+
+def _radial_model(seed, train):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    dim = int(rng.integers(2, 6))
+    flows = []
+    for _ in range(int(rng.integers(1, 4))):
+        flows += [nf.flows.Radial((dim,)), nf.flows.Permute(dim)]
+        if rng.integers(0, 2):
+            flows.append(nf.flows.Planar((dim,)))
+    model = nf.NormalizingFlow(nf.distributions.DiagGaussian(dim), flows).double()
+    if train:
+        _train_briefly(model, _reverse_kld(model, dim))
+    return model, dim
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("train", [False, True])
+def test_radial_samples_log_probs_and_gradients(seed, train):
+    """normflows' Radial (alpha = |alpha_raw|) has no inverse: samples, their log-densities and
+    the gradients along the sampling path, random and briefly trained."""
+    model, dim = _radial_model(seed, train)
+    ours = from_normflows(model)
+    z = np.random.default_rng(seed + 7).normal(size=(40, dim))
+    (x_peer, lp_peer, g_peer), (x_ref, lp_ref, g_ref) = _sampling_path(model, ours, z)
+    assert np.abs(x_ref - x_peer).max() <= ATOL_SAMPLE * max(1.0, np.abs(x_peer).max())
+    rel = np.abs(lp_ref - lp_peer) / np.maximum(np.abs(lp_peer), 1.0)
+    assert rel.max() <= RTOL_LOG_PROB_COMPARE, rel.max()
+    assert set(g_ref) == {n for n, _ in model.named_parameters() if n.startswith("flows.")}
+    for name, g in g_peer.items():
+        err = np.linalg.norm(g_ref[name] - g) / max(np.linalg.norm(g), 1e-300)
+        assert err <= RTOL_GRAD_COMPARE, (name, err)
+    # and refflow scores the samples exactly (its inverse is closed-form)
+    assert np.abs(ours.log_prob(x_ref) - lp_ref).max() <= RTOL_LOG_PROB * np.abs(lp_ref).max()
+
+
+def _scored_model(seed, train):
+    """The sigmoid coupling scales (with ActNorm layers), which normflows inverts: scored by
+    ``model.log_prob`` anywhere."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    dim = int(rng.integers(2, 6))
+    flows = []
+    for _ in range(int(rng.integers(2, 4))):
+        kind = int(rng.integers(0, 3))
+        if kind == 0:
+            flows.append(nf.flows.ActNorm(dim))
+        else:
+            n_a = -(-dim // 2)
+            flows.append(nf.flows.AffineCouplingBlock(
+                nf.nets.MLP([n_a, int(rng.integers(3, 9)), 2 * (dim - n_a)]),
+                scale_map=["sigmoid", "sigmoid_inv"][kind - 1]))
+        flows.append(nf.flows.Permute(dim))
+    model = nf.NormalizingFlow(nf.distributions.DiagGaussian(dim), flows).double()
+    gen = torch.Generator().manual_seed(seed)
+    model.log_prob(torch.randn(64, dim, dtype=torch.float64, generator=gen))  # ActNorm init
+    if train:
+        x = torch.as_tensor(1.5 * rng.normal(size=(128, dim)))
+        _train_briefly(model, lambda: model.forward_kld(x))
+    else:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=gen))
+    return model, dim
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("train", [False, True])
+def test_sigmoid_couplings_match(seed, train):
+    model, dim = _scored_model(seed, train)
+    _check_compare(model, dim, seed, False)
+
+
+@pytest.mark.parametrize("scale_map, ours", [("sigmoid", "sigmoid-reciprocal"),
+                                             ("sigmoid_inv", "sigmoid-nofloor"),
+                                             ("exp", "exp")])
+def test_coupling_scale_maps_are_named(scale_map, ours):
+    block = nf.flows.AffineCouplingBlock(nf.nets.MLP([2, 5, 4]), scale_map=scale_map)
+    layer = from_normflows(_single(block)).bijector.layers[0]
+    assert f"scale={ours!r}" in repr(layer) and layer.scale_side == "sampling"
+

@@ -67,16 +67,59 @@ def test_log_prob_and_samples_match(seed):
     assert np.array_equal(again.log_prob(x_peer), lp_ref)
 
 
-@pytest.mark.parametrize("make, name", [
-    (lambda: T.BlockAutoregressive(3), "BlockAutoregressive"),
-    (lambda: T.Sylvester(3, 2), "Sylvester"),
-    (lambda: T.neural_autoregressive(3, hidden_dims=[8]), "NeuralAutoregressive"),
-    (lambda: T.polynomial(3, hidden_dims=[8]), "Polynomial"),
+@pytest.mark.parametrize("make, name, why", [
+    (lambda: T.BlockAutoregressive(3), "BlockAutoregressive", "1e-8"),
+    (lambda: T.Sylvester(3, 2), "Sylvester", "not a density of its map"),
+    (lambda: T.neural_autoregressive(3, hidden_dims=[8]), "NeuralAutoregressive",
+     r"log\(A \+ 1e-8\)"),
+    (lambda: T.polynomial(3, hidden_dims=[8]), "Polynomial", r"log\(p'\(x\) \+ 1e-8\)"),
 ])
-def test_unsupported_transforms_are_refused_by_name(make, name):
+def test_unsupported_transforms_are_refused_by_name(make, name, why):
     base = pd.Normal(torch.zeros(3), torch.ones(3)).to_event(1)
-    with pytest.raises(NotImplementedError, match=name):
+    with pytest.raises(NotImplementedError, match=f"{name}.*{why}"):
         from_pyro(pd.TransformedDistribution(base, [make()]))
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: T.conditional_planar(3, 2), "ConditionalPlanar"),
+    (lambda: T.conditional_radial(3, 2), "ConditionalRadial"),
+    (lambda: T.conditional_householder(3, 2), "ConditionalHouseholder"),
+    (lambda: T.conditional_matrix_exponential(3, 2), "ConditionalMatrixExponential"),
+    (lambda: T.conditional_spline(3, 2), "ConditionalSpline"),
+    (lambda: T.conditional_neural_autoregressive(3, 2, hidden_dims=[8]),
+     "ConditionalNeuralAutoregressive"),
+])
+def test_uncovered_conditional_transforms_are_refused_by_name(make, name):
+    base = pd.Normal(torch.zeros(3), torch.ones(3)).to_event(1)
+    with pytest.raises(NotImplementedError, match=f"{name} is not supported"):
+        from_pyro(pd.ConditionalTransformedDistribution(base, [make()]))
+
+
+#: the importers' log-prob tolerance: a peer log-det off its map's by more cannot be imported
+RTOL_IMPORT = 1e-10
+
+
+@pytest.mark.parametrize("make, gap", [
+    (lambda: T.Sylvester(3, count_transforms=2), 1e-3),   # Q ignored: an O(1) error
+    (lambda: T.neural_autoregressive(3, hidden_dims=[8]), RTOL_IMPORT),   # log(A + 1e-8)
+    (lambda: T.polynomial(3, hidden_dims=[8]), RTOL_IMPORT),    # log(p' + 1e-8)
+], ids=["Sylvester", "NeuralAutoregressive", "Polynomial"])
+def test_refused_log_dets_are_not_their_maps(make, gap):
+    """The reason these transforms are refused, measured: Pyro's log-det against ``slogdet`` of
+    the autograd Jacobian of its own ``_call`` (float64) differs by more than ``gap``, beyond
+    what an importer may differ from its peer."""
+    with _float64():
+        torch.manual_seed(0)
+        t = make()
+        with torch.no_grad():
+            for p in t.parameters():
+                p.copy_(torch.randn(p.shape))
+        x = torch.randn(5, 3)
+        pyro_log_det = t.log_abs_det_jacobian(x, t(x))
+        jac = torch.stack([torch.autograd.functional.jacobian(
+            lambda r: t._call(r[None])[0], row) for row in x])
+    true = torch.linalg.slogdet(jac)[1]
+    assert (pyro_log_det - true).abs().max() > gap * max(1.0, float(true.abs().max()))
 
 
 def test_bad_arguments():
@@ -213,6 +256,13 @@ class _float64:
         torch.set_default_dtype(self.old)
 
 
+def _unwrapped(dist):
+    """The transforms, a conditional flow's wrapped plain ones (``ConstantConditionalTransform``)
+    unwrapped."""
+    return [t.transform if type(t).__name__ == "ConstantConditionalTransform" else t
+            for t in dist.transforms]
+
+
 def _check_compare(dist, dim, seed, context, **kwargs):
     ours = from_pyro(dist, **kwargs)
     rng = np.random.default_rng(seed + 100)
@@ -220,7 +270,7 @@ def _check_compare(dist, dim, seed, context, **kwargs):
     c = rng.normal(size=(40, _CONTEXT)) if context else None
     report = compare(dist, ours, x, c, rtol_log_prob=RTOL_LOG_PROB_COMPARE,
                      rtol_grad=RTOL_GRAD_COMPARE)
-    names = {f"{i}.{n}" for i, t in enumerate(dist.transforms)
+    names = {f"{i}.{n}" for i, t in enumerate(_unwrapped(dist))
              if isinstance(t, torch.nn.Module) for n, _ in t.named_parameters()}
     assert set(report.grad_rel) == names, names ^ set(report.grad_rel)
     assert report.ok, str(report)
@@ -301,3 +351,69 @@ def test_imported_model_saves_and_loads(tmp_path):
     refflow.save(tmp_path / "m.npz", model)
     x = np.random.default_rng(0).normal(size=(7, dim))
     assert np.array_equal(refflow.load(tmp_path / "m.npz").log_prob(x), model.log_prob(x))
+
+
+# ------------------------------------------------------------------------ BatchNorm (eval)
+def _train_briefly(dist, x, context=None, steps=5):
+    """A few Adam steps of Pyro's maximum likelihood (``-log_prob(x).mean()``), as Pyro's flow
+    tutorial trains: BatchNorm in training mode updates its running statistics meanwhile."""
+    params = [p for t in _unwrapped(dist) if isinstance(t, torch.nn.Module)
+              for p in t.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        d = dist if context is None else dist.condition(context)
+        (-d.log_prob(x.clone()).mean()).backward()   # a new tensor: Pyro caches by identity
+        opt.step()
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("train", [False, True])
+def test_batchnorm_in_eval_mode_matches(seed, train):
+    context = seed == 3
+    with _float64():
+        dist, dim = random_flow(30 + seed, context=context,
+                                kinds=["iaf", "coupling", "spline_ar"] if context else None)
+        rng = np.random.default_rng(seed)
+        transforms = list(dist.transforms)
+        for i in sorted(rng.choice(len(transforms) + 1, size=2, replace=False))[::-1]:
+            bn = T.BatchNorm(dim, momentum=float(rng.uniform(0.05, 0.5)),
+                             epsilon=float(10.0 ** rng.uniform(-6, -3)))
+            with torch.no_grad():
+                bn.gamma.copy_(torch.as_tensor(rng.uniform(0.5, 2.0, size=dim)))
+                bn.beta.copy_(torch.as_tensor(rng.normal(size=dim)))
+                bn.moving_mean.copy_(torch.as_tensor(rng.normal(size=dim)))
+                bn.moving_variance.copy_(torch.as_tensor(rng.uniform(0.3, 3.0, size=dim)))
+            transforms.insert(int(i), bn)
+        cls = pd.ConditionalTransformedDistribution if context else pd.TransformedDistribution
+        dist = cls(dist.base_dist, transforms)
+        if train:
+            x = torch.as_tensor(1.5 * rng.normal(size=(128, dim)))
+            c = torch.as_tensor(rng.normal(size=(128, _CONTEXT))) if context else None
+            _train_briefly(dist, x, c)
+        for t in transforms:
+            if isinstance(t, T.BatchNorm):
+                t.eval()
+    _check_compare(dist, dim, seed, context)
+
+
+def test_batchnorm_negative_gamma_takes_the_floor():
+    """Pyro's ``relu(gamma) + 1e-6``: a non-positive gamma gives the scale 1e-6 and a zero
+    gradient, reproduced exactly."""
+    with _float64():
+        bn = T.BatchNorm(3)
+        with torch.no_grad():
+            bn.gamma.copy_(torch.tensor([-0.5, 1.5, 0.8]))
+        bn.eval()
+        dist = pd.TransformedDistribution(pd.Normal(torch.zeros(3), torch.ones(3)).to_event(1),
+                                          [bn])
+    report = _check_compare(dist, 3, 0, False)
+    assert report.grad_peer["0.gamma"][0] == 0.0 == report.grad_refflow["0.gamma"][0]
+
+
+def test_batchnorm_in_training_mode_is_refused():
+    with _float64():
+        dist = pd.TransformedDistribution(pd.Normal(torch.zeros(3), torch.ones(3)).to_event(1),
+                                          [T.BatchNorm(3)])
+    with pytest.raises(ValueError, match="BatchNorm: training mode"):
+        from_pyro(dist)

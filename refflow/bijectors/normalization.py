@@ -22,7 +22,7 @@ import numbers
 
 import numpy as np
 
-from .._validation import check_dim
+from .._validation import check_choice, check_dim
 from ..io.spec import constructor_arguments, declaration
 from .base import Bijector, commit_on_success
 from .elementwise import affine_forward, affine_inverse
@@ -31,6 +31,9 @@ __all__ = ["ActNorm", "BatchNorm"]
 
 #: Glow's guard in ``1 / (std + 1e-6)``: keeps the initial scale finite for a constant column.
 _ACTNORM_INIT_GUARD = 1e-6
+#: Pyro's ``BatchNorm.constrained_gamma = relu(gamma) + 1e-6``
+_PYRO_GAMMA_FLOOR = 1e-6
+_GAMMA_KINDS = ("exp", "pyro")
 
 
 def _all_finite(*arrays):
@@ -224,19 +227,23 @@ class BatchNorm(Bijector):
         In ``(0, 1]``: weight of the current batch in the running averages.
     eps : float, default 1e-5
         Positive; added to the variance.
+    gamma : {"exp", "pyro"}, default "exp"
+        How the trainable scale ``g`` is stored: ``"exp"``, ``g = exp(log_gamma)`` with
+        ``params["log_gamma"]`` (MAF); ``"pyro"``, ``g = relu(gamma) + 1e-6`` with
+        ``params["gamma"]`` (starting at ones), Pyro's ``BatchNorm.constrained_gamma``.
 
     Attributes
     ----------
     buffers : dict
         ``"running_mean"`` (zeros at construction) and ``"running_var"`` (ones), float64
         arrays of shape ``(dim,)``, updated in place by training-mode ``inverse`` passes. They
-        are not parameters: ``params`` has only ``log_gamma`` and ``beta``.
+        are not parameters: ``params`` has only ``log_gamma`` (or ``gamma``) and ``beta``.
 
     Raises
     ------
     ValueError
-        For a bad ``dim``, ``momentum`` or ``eps``; from ``forward`` / ``forward_vjp`` in
-        training mode.
+        For a bad ``dim``, ``momentum``, ``eps`` or ``gamma``; from ``forward`` /
+        ``forward_vjp`` in training mode.
 
     See Also
     --------
@@ -278,6 +285,10 @@ class BatchNorm(Bijector):
                               beta_bar = -sum_n z_bar,
                               log_gamma_bar = -sum_n x_bar (x - m) - S
 
+    With ``gamma="pyro"`` every formula holds with ``log_gamma = log(relu(gamma) + 1e-6)``,
+    and ``gamma_bar = log_gamma_bar / g`` where ``gamma > 0``, 0 elsewhere (the derivative
+    of ``relu``, 0 at 0 as torch takes it).
+
     The training-mode ``x_bar`` differentiates through the batch statistics. From
     ``dm_j/dx_nj = 1/N``, ``dv_j/dx_nj = 2 (x_nj - m_j) / N`` and ``dr/dv = -r^3 / 2``::
 
@@ -294,6 +305,10 @@ class BatchNorm(Bijector):
     here the variance is biased (``/N``, as in the log-det of RealNVP and MAF and in
     ``torch.nn.BatchNorm1d``'s normalisation) and the scale is ``exp(log_gamma)`` (MAF).
     nflows' ``forward`` is the density direction, our ``inverse``.
+
+    *Pyro's* ``BatchNorm`` in eval mode is this layer in eval mode with ``gamma="pyro"``
+    (its ``_call``, base to data, is our ``forward``); in training mode Pyro normalises with
+    the unbiased ``torch.var``.
 
     References
     ----------
@@ -322,27 +337,50 @@ class BatchNorm(Bijector):
     True
     """
 
-    def __init__(self, dim, *, momentum=0.1, eps=1e-5):
+    def __init__(self, dim, *, momentum=0.1, eps=1e-5, gamma="exp"):
         dim = check_dim(dim, "BatchNorm")
         self.momentum = _check_fraction(momentum, "BatchNorm", "momentum")
         self.eps = _check_positive(eps, "BatchNorm", "eps")
+        self.gamma = check_choice(gamma, _GAMMA_KINDS, "BatchNorm", "gamma")
+        scale = {"log_gamma": np.zeros(dim)} if self.gamma == "exp" else {"gamma": np.ones(dim)}
         super().__init__(
             dim,
-            params={"log_gamma": np.zeros(dim), "beta": np.zeros(dim)},
+            params={**scale, "beta": np.zeros(dim)},
             buffers={"running_mean": np.zeros(dim), "running_var": np.ones(dim)},
         )
 
     def __repr__(self):
-        return f"BatchNorm(dim={self.dim}, momentum={self.momentum}, eps={self.eps})"
+        extra = "" if self.gamma == "exp" else f", gamma={self.gamma!r}"
+        return f"BatchNorm(dim={self.dim}, momentum={self.momentum}, eps={self.eps}{extra})"
 
     def _config(self):
-        return {"dim": self.dim, "momentum": self.momentum, "eps": self.eps}
+        config = {"dim": self.dim, "momentum": self.momentum, "eps": self.eps}
+        if self.gamma != "exp":  # the default: configurations as before the option existed
+            config["gamma"] = self.gamma
+        return config
 
     @classmethod
     def _declare(cls, config):
-        dim = check_dim(constructor_arguments(cls, config)["dim"], "BatchNorm")
-        return declaration({"log_gamma": (dim,), "beta": (dim,)},
+        args = constructor_arguments(cls, config)
+        dim = check_dim(args["dim"], "BatchNorm")
+        kind = check_choice(args["gamma"], _GAMMA_KINDS, "BatchNorm", "gamma")
+        key = "log_gamma" if kind == "exp" else "gamma"
+        return declaration({key: (dim,), "beta": (dim,)},
                            {"running_mean": ("<f8", (dim,)), "running_var": ("<f8", (dim,))})
+
+    def _scale(self, p):
+        """``(g, log g, d log g / d raw)`` of the stored scale parameter (class Notes)."""
+        if self.gamma == "exp":
+            log_gamma = p["log_gamma"]
+            return np.exp(log_gamma), log_gamma, None
+        raw = p["gamma"]
+        g = np.maximum(raw, 0) + raw.dtype.type(_PYRO_GAMMA_FLOOR)
+        return g, np.log(g), np.where(raw > 0, 1 / g, 0).astype(raw.dtype)
+
+    def _scale_grads(self, log_gamma_bar, dlog):
+        if dlog is None:
+            return {"log_gamma": log_gamma_bar}
+        return {"gamma": log_gamma_bar * dlog}
 
     def _running(self, dtype):
         """Copies of the running statistics in ``dtype`` (constants for the pullback)."""
@@ -366,7 +404,7 @@ class BatchNorm(Bijector):
         dtype = x.dtype
         n = x.shape[0]
         p = self._p(dtype)
-        gamma = np.exp(p["log_gamma"])
+        gamma, log_gamma, dlog = self._scale(p)
         # An empty batch has no statistics; its outputs are empty whatever m and v are.
         use_batch = self.training and n > 0
         if use_batch:
@@ -380,7 +418,7 @@ class BatchNorm(Bijector):
         std = np.sqrt(var_eps)
         xhat = xc / std
         z = xhat * gamma + p["beta"]
-        log_det = np.full(n, (p["log_gamma"] - 0.5 * np.log(var_eps)).sum(), dtype=dtype)
+        log_det = np.full(n, (log_gamma - 0.5 * np.log(var_eps)).sum(), dtype=dtype)
         if use_batch:
             commit_on_success(lambda: self._update_running(m, v))
         if not vjp:
@@ -389,10 +427,8 @@ class BatchNorm(Bijector):
         def pullback(z_bar, log_det_bar):
             s = log_det_bar.sum()
             xhat_bar = z_bar * gamma
-            grads = {
-                "log_gamma": (xhat_bar * xhat).sum(axis=0) + s,
-                "beta": z_bar.sum(axis=0),
-            }
+            grads = self._scale_grads((xhat_bar * xhat).sum(axis=0) + s, dlog)
+            grads["beta"] = z_bar.sum(axis=0)
             if use_batch:
                 inner = (xhat_bar * xhat).mean(axis=0) + s / n
                 x_bar = (xhat_bar - xhat_bar.mean(axis=0) - xhat * inner) / std
@@ -414,19 +450,18 @@ class BatchNorm(Bijector):
         m, v = self._running(dtype)
         var_eps = v + dtype.type(self.eps)
         std = np.sqrt(var_eps)
-        inv_gamma = np.exp(-p["log_gamma"])
+        gamma, log_gamma, dlog = self._scale(p)
+        inv_gamma = np.exp(-log_gamma) if dlog is None else 1 / gamma
         u = (z - p["beta"]) * inv_gamma
         x = u * std + m
-        log_det = np.full(z.shape[0], -(p["log_gamma"] - 0.5 * np.log(var_eps)).sum(), dtype=dtype)
+        log_det = np.full(z.shape[0], -(log_gamma - 0.5 * np.log(var_eps)).sum(), dtype=dtype)
         if not vjp:
             return x, log_det, None
 
         def pullback(x_bar, log_det_bar):
             z_bar = x_bar * (inv_gamma * std)
-            grads = {
-                "log_gamma": -(x_bar * u).sum(axis=0) * std - log_det_bar.sum(),
-                "beta": -z_bar.sum(axis=0),
-            }
+            grads = self._scale_grads(-(x_bar * u).sum(axis=0) * std - log_det_bar.sum(), dlog)
+            grads["beta"] = -z_bar.sum(axis=0)
             return z_bar, grads, None
 
         return x, log_det, pullback

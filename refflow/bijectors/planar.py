@@ -1,13 +1,15 @@
 r"""Rezende & Mohamed's planar and radial flows and van den Berg et al.'s Sylvester flows.
 
-All three are residual maps ``x = z + (a bounded correction)``, made invertible by the
-constraints of the papers, with exact inverses (to float64 round-off) computed here:
+All three are residual maps ``x = z + (a correction)``, made invertible by the constraints of
+the papers, with exact inverses (to float64 round-off) computed here:
 
 ==========  ====================================  ===============================================
 bijector    forward ``x = T(z)``                  inverse
 ==========  ====================================  ===============================================
 Planar      ``z + u_hat tanh(w^T z + b)``         scalar monotone equation for ``a = w^T z``
                                                   (safeguarded Newton, numba kernel)
+Planar      ``z + u_hat h(w^T z + b)``, ``h``     closed form: ``w^T x + b = p D(p)``, ``D``
+(leaky)     a leaky ReLU (normflows)              fixed by the sign of ``w^T x + b``
 Radial      ``z + beta (z - z0) / (alpha + r)``   closed form: ``r`` solves a quadratic
 Sylvester   ``z + Q R tanh(R~ Q^T z + b)``        triangular system in ``v = Q^T z``, one scalar
                                                   monotone equation per coordinate (numba kernel)
@@ -45,7 +47,7 @@ import math
 import numpy as np
 
 from .._math import log_softplus, sigmoid, softplus
-from .._validation import check_dim, check_rng
+from .._validation import check_choice, check_dim, check_real, check_rng
 from ..io.spec import constructor_arguments, declaration
 from ..kernels.planar import planar_inverse, sylvester_inverse
 from .base import Bijector
@@ -56,6 +58,7 @@ __all__ = ["Planar", "Radial", "Sylvester"]
 _LN2 = math.log(2.0)
 _LN4 = math.log(4.0)
 _Q_KINDS = ("householder", "permutation")
+_RADIAL_KINDS = ("pyro", "normflows")
 
 
 # ------------------------------------------------------------------------------ shared pieces
@@ -91,6 +94,21 @@ def _tanh_terms(a, gamma, delta, log_delta):
 
 
 # ------------------------------------------------------------------------------------- Planar
+_PLANAR_ACTIVATIONS = ("tanh", "leaky_relu")
+#: the leaky inverse refuses slopes ``1 + w^T u_hat h'`` below this many ulps of
+#: ``1 + |w| |u_hat|``: the rounding of the computed ``w^T u_hat`` is of that size
+_SLOPE_ULPS = 64
+
+
+def _planar_activation(activation, negative_slope):
+    """Checked ``(activation, negative_slope as float)`` of :class:`Planar`."""
+    activation = check_choice(activation, _PLANAR_ACTIVATIONS, "Planar", "activation")
+    # 1 + alpha c > 0 for every c > -1 needs alpha <= 1
+    slope = check_real(negative_slope, "Planar", "negative_slope", low=0.0, high=1.0,
+                       low_open=True)
+    return activation, slope
+
+
 class Planar(Bijector):
     r"""Planar flow ``x = z + u_hat tanh(w^T z + b)`` with the invertibility constraint of
     Rezende & Mohamed (2015, appendix A.1).
@@ -99,6 +117,13 @@ class Planar(Bijector):
     ----------
     dim : int
         Event size ``d``.
+    activation : {"tanh", "leaky_relu"}, default "tanh"
+        ``h``: ``tanh`` (Rezende & Mohamed), or the leaky ReLU ``h(p) = p`` for ``p >= 0``,
+        ``negative_slope * p`` below (normflows' ``Planar(act="leaky_relu")``), whose inverse
+        is closed-form (see Notes).
+    negative_slope : float, default 0.2
+        The leaky ReLU's slope ``alpha`` in ``(0, 1]`` (normflows' value 0.2); used with
+        ``activation="leaky_relu"`` only.
     rng : None, int or numpy.random.Generator, optional
         Initialisation: ``u``, ``w`` and ``b`` are drawn from ``N(0, 1/d)`` (entries of standard
         deviation ``1/sqrt(d)``, so ``|w| ~ 1``; ``w`` is nonzero with probability one).
@@ -111,8 +136,8 @@ class Planar(Bijector):
     Raises
     ------
     ValueError
-        For an invalid ``dim`` or ``rng``; at call time, if ``params["w"]`` is zero (``u_hat``
-        is undefined there, see Notes).
+        For an invalid ``dim``, ``activation``, ``negative_slope`` or ``rng``; at call time, if
+        ``params["w"]`` is zero (``u_hat`` is undefined there, see Notes).
 
     See Also
     --------
@@ -162,10 +187,29 @@ class Planar(Bijector):
     ``w = 0`` leaves ``u_hat`` undefined (the limit depends on the direction of approach):
     both passes raise ``ValueError`` there.
 
+    *Leaky ReLU* (``activation="leaky_relu"``, slope ``alpha in (0, 1]``): ``h(p) = h'(p) p``
+    with ``h' = 1`` for ``p >= 0`` and ``alpha`` below (normflows' convention at the kink
+    ``p = 0``), so ``D = 1 + c h'`` is ``softplus(w^T u)`` or ``(1 - alpha) + alpha
+    softplus(w^T u)``, a sum of non-negative terms (positive: the same constraint
+    suffices). The inverse is closed-form: ``q = w^T x + b = p (1 + c h'(p))`` has the sign
+    of ``p``, so ``p = q / D`` with ``h'`` chosen by the sign of ``q``, and ``z = x - u_hat
+    h(p)`` (solved with the slope of the float map, ``1 + (w^T u_hat) h'`` of the rounded
+    ``u_hat``; a ``ValueError`` where that slope is below the rounding of ``w^T u_hat``, 64
+    ulps of ``1 + |w| |u_hat|``, where the float map collapses a half-line and has no
+    inverse). ``D`` is piecewise constant in ``p`` (``dlogD/dp = 0`` away from the kink), so
+    the pullbacks are those above with ``t = h(p)``, ``h' = h'(p)`` and the ``dlogD/dp``
+    terms dropped::
+
+        forward   g_p = (x_bar . u_hat) h'
+        inverse   r = -(z_bar . u_hat) h' / D     (from dp = (dq - h dc) / D)
+
     References
     ----------
     Rezende, Mohamed, "Variational Inference with Normalizing Flows", 2015, arXiv:1505.05770
     (section 4.1, the planar map and its determinant; appendix A.1, the constraint).
+    Stimper, Liu, Campbell, Berenz, Ryll, Schölkopf, Hernández-Lobato, "normflows: A PyTorch
+    Package for Normalizing Flows", 2023, arXiv:2302.12014 (its ``Planar`` with the leaky
+    ReLU of slope 0.2 and its closed-form inverse).
 
     Examples
     --------
@@ -183,8 +227,9 @@ class Planar(Bijector):
     (True, True)
     """
 
-    def __init__(self, dim, *, rng=None):
+    def __init__(self, dim, *, activation="tanh", negative_slope=0.2, rng=None):
         dim = check_dim(dim, "Planar")
+        self.activation, self.negative_slope = _planar_activation(activation, negative_slope)
         rng = check_rng(rng, "Planar: rng")
         std = 1.0 / math.sqrt(dim)
         super().__init__(dim, params={
@@ -194,12 +239,31 @@ class Planar(Bijector):
         })
 
     def _config(self):
-        return {"dim": self.dim}
+        if self.activation == "tanh":  # the default: configurations as before it existed
+            return {"dim": self.dim}
+        return {"dim": self.dim, "activation": self.activation,
+                "negative_slope": self.negative_slope}
 
     @classmethod
     def _declare(cls, config):
-        dim = check_dim(constructor_arguments(cls, config)["dim"], "Planar")
+        args = constructor_arguments(cls, config)
+        dim = check_dim(args["dim"], "Planar")
+        _planar_activation(args["activation"], args["negative_slope"])
         return declaration({"u": (dim,), "w": (dim,), "b": (1,)})
+
+    def _terms(self, p, c, delta, log_delta):
+        """``(t = h(p), h'(p), D, log D, k = -dlogD/dp)`` in the dtype of ``p``."""
+        if self.activation == "tanh":
+            t, hp, d, log_d = _tanh_terms(p, c, delta, log_delta)
+            return t, hp, d, log_d, 2 * t * c * hp / d
+        dt = p.dtype.type
+        alpha = dt(self.negative_slope)
+        pos = p >= 0
+        hp = np.where(pos, dt(1), alpha)
+        d_low = (dt(1) - alpha) + alpha * delta     # 1 + alpha c, no cancellation
+        d = np.where(pos, delta, d_low)
+        log_d = np.where(pos, log_delta, np.log(d_low)).astype(p.dtype, copy=False)
+        return hp * p, hp, d, log_d, np.zeros_like(p)
 
     def _coefficients(self, direction):
         """The constrained quantities in float64 (module docstring and class Notes)."""
@@ -259,13 +323,13 @@ class Planar(Bijector):
     def _forward_pass(self, z, context, vjp):
         k = self._coefficients("forward")
         u_hat, w, b, c, delta, log_delta = self._cast(k, z.dtype)
-        t, hp, d, log_d = _tanh_terms(z @ w + b, c, delta, log_delta)
+        t, hp, d, log_d, curv = self._terms(z @ w + b, c, delta, log_delta)
         x = z + t[:, None] * u_hat
         if not vjp:
             return x, log_d, None
 
         def pullback(x_bar, log_det_bar):
-            g_p = (x_bar @ u_hat) * hp - log_det_bar * (2 * t * c * hp / d)
+            g_p = (x_bar @ u_hat) * hp - log_det_bar * curv
             grads = self._param_grads(k, t @ x_bar, np.sum(log_det_bar * hp / d),
                                       g_p @ z, np.sum(g_p))
             return x_bar + g_p[:, None] * w, grads, None
@@ -277,16 +341,41 @@ class Planar(Bijector):
         u_hat, w, b, c, delta, log_delta = self._cast(k, x.dtype)
         # The c the float map actually has: w . u_hat of the rounded u_hat, so that the solve
         # inverts the forward pass as computed (the log-det keeps the accurate 1 + c).
-        c_map = x.dtype.type(w.astype(np.float64) @ u_hat.astype(np.float64))
-        a = np.empty(x.shape[0], dtype=x.dtype)
-        planar_inverse(x @ w, c_map, b, delta, a)
-        t, hp, d, log_d = _tanh_terms(a + b, c, delta, log_delta)
+        if self.activation == "tanh":
+            c_map = x.dtype.type(w.astype(np.float64) @ u_hat.astype(np.float64))
+            a = np.empty(x.shape[0], dtype=x.dtype)
+            planar_inverse(x @ w, c_map, b, delta, a)
+            p = a + b
+        else:  # q = w^T x + b = p D(p), D > 0 chosen by the sign of q (class Notes)
+            # solved with the slope the float map has: 1 + c_map h' for the c_map = w . u_hat
+            # of the rounded u_hat, as delta + (c_map - c) h' (no cancellation near c = -1)
+            c_map = w.astype(np.float64) @ u_hat.astype(np.float64)
+            q = x @ w + b
+            _, hq, d_q, _, _ = self._terms(q, c, delta, log_delta)
+            d_map = d_q + x.dtype.type(c_map - k["c"]) * hq
+            # below the rounding of w . u_hat the float map's slope is noise: p = q / d_map
+            # would be meaningless (the forward map collapses a half-line onto w^T x + b ~ 0)
+            noise = _SLOPE_ULPS * np.finfo(x.dtype).eps * (
+                1.0 + float(np.linalg.norm(w.astype(np.float64))
+                            * np.linalg.norm(u_hat.astype(np.float64))))
+            # the slope of the p >= 0 half-line (the smaller one, alpha <= 1) decides for every
+            # row: where it is noise that half-line collapses onto w^T x + b ~ 0, and the sign
+            # of q no longer tells the branches apart
+            slope = k["one_plus_c"] + (c_map - k["c"])
+            if not slope > noise:
+                raise self._domain_error(
+                    "inverse",
+                    f"the leaky map's slope 1 + w^T u_hat = {slope:.3g} is below the rounding "
+                    f"of w^T u_hat ({noise:.3g}): the float map is not invertible (softplus(w^T "
+                    f"u) too small for this precision)")
+            p = q / d_map
+        t, hp, d, log_d, curv = self._terms(p, c, delta, log_delta)
         z = x - t[:, None] * u_hat
         if not vjp:
             return z, -log_d, None
 
         def pullback(z_bar, log_det_bar):
-            r = (-(z_bar @ u_hat) * hp + log_det_bar * (2 * t * c * hp / d)) / d
+            r = (-(z_bar @ u_hat) * hp + log_det_bar * curv) / d
             grads = self._param_grads(k, -(t @ z_bar), np.sum(-r * t - log_det_bar * hp / d),
                                       r @ x, np.sum(r))
             return z_bar + r[:, None] * w, grads, None
@@ -303,6 +392,11 @@ class Radial(Bijector):
     ----------
     dim : int
         Event size ``d``.
+    parameterization : {"pyro", "normflows"}, default "pyro"
+        How the raw ``alpha_raw`` gives ``alpha``: ``"pyro"``, ``alpha = softplus(alpha_raw)``
+        (Rezende & Mohamed's appendix A.1, Pyro's ``Radial``); ``"normflows"``,
+        ``alpha = |alpha_raw|`` (normflows' ``Radial``). Both have ``alpha + beta =
+        softplus(beta_raw)``.
     rng : None, int or numpy.random.Generator, optional
         Initialisation: ``z0``, ``alpha`` and ``beta`` (raw) drawn from ``N(0, 1/d)``.
 
@@ -315,9 +409,10 @@ class Radial(Bijector):
     Raises
     ------
     ValueError
-        For an invalid ``dim`` or ``rng``; at call time, when ``softplus`` of a raw value
-        underflows to 0 (raw values below about -745), where ``alpha > 0`` or
-        ``alpha + beta > 0`` no longer holds in float64.
+        For an invalid ``dim``, ``parameterization`` or ``rng``; at call time, when
+        ``softplus`` of a raw value underflows to 0 (raw values below about -745), where
+        ``alpha > 0`` or ``alpha + beta > 0`` no longer holds in float64, and for
+        ``"normflows"`` when ``alpha_raw = 0`` (``alpha = 0``: the map is singular at ``z0``).
 
     See Also
     --------
@@ -325,7 +420,8 @@ class Radial(Bijector):
 
     Notes
     -----
-    Constraints (appendix A.1): ``alpha = softplus(alpha_raw) > 0`` and
+    Constraints (appendix A.1): ``alpha = softplus(alpha_raw) > 0`` (``"normflows"``:
+    ``alpha = |alpha_raw|``, positive except at ``alpha_raw = 0``, which is refused) and
     ``beta = -alpha + softplus(beta_raw) >= -alpha``; write ``S = softplus(beta_raw) = alpha +
     beta > 0``. With ``v = z - z0``, ``r = |v|``, ``h = 1 / (alpha + r)``::
 
@@ -365,13 +461,18 @@ class Radial(Bijector):
         alpha_bar = sum zy kappa_alpha - ld_bar L_alpha - q phi_alpha
         S_bar     = sum zy kappa_S - ld_bar L_S - q phi_S
 
-    and finally ``alpha_raw_bar = alpha_bar sigmoid(alpha_raw)``,
+    and finally ``alpha_raw_bar = alpha_bar sigmoid(alpha_raw)`` (``"pyro"``) or
+    ``alpha_bar sign(alpha_raw)`` (``"normflows"``: ``d|a|/da = sign(a)``, taken as 0 at
+    ``a = 0`` as torch's ``abs`` does; that point itself is refused), and
     ``beta_raw_bar = S_bar sigmoid(beta_raw)``.
 
     References
     ----------
     Rezende, Mohamed, "Variational Inference with Normalizing Flows", 2015, arXiv:1505.05770
     (section 4.1, the radial map and its determinant; appendix A.1 for ``beta >= -alpha``).
+    Stimper, Liu, Campbell, Berenz, Ryll, Schölkopf, Hernández-Lobato, "normflows: A PyTorch
+    Package for Normalizing Flows", 2023, arXiv:2302.12014 (its ``Radial``, ``alpha =
+    |alpha_raw|``).
 
     Examples
     --------
@@ -389,8 +490,10 @@ class Radial(Bijector):
     (True, True)
     """
 
-    def __init__(self, dim, *, rng=None):
+    def __init__(self, dim, *, parameterization="pyro", rng=None):
         dim = check_dim(dim, "Radial")
+        self.parameterization = check_choice(parameterization, _RADIAL_KINDS, "Radial",
+                                             "parameterization")
         rng = check_rng(rng, "Radial: rng")
         std = 1.0 / math.sqrt(dim)
         super().__init__(dim, params={
@@ -400,17 +503,30 @@ class Radial(Bijector):
         })
 
     def _config(self):
-        return {"dim": self.dim}
+        if self.parameterization == "pyro":  # the default: configurations as before it existed
+            return {"dim": self.dim}
+        return {"dim": self.dim, "parameterization": self.parameterization}
 
     @classmethod
     def _declare(cls, config):
-        dim = check_dim(constructor_arguments(cls, config)["dim"], "Radial")
+        args = constructor_arguments(cls, config)
+        dim = check_dim(args["dim"], "Radial")
+        check_choice(args["parameterization"], _RADIAL_KINDS, "Radial", "parameterization")
         return declaration({"z0": (dim,), "alpha": (1,), "beta": (1,)})
 
     def _coefficients(self, direction):
         p = self._p(np.float64)
         a_raw, b_raw = float(p["alpha"][0]), float(p["beta"][0])
-        alpha, s = float(softplus(a_raw)), float(softplus(b_raw))
+        s = float(softplus(b_raw))
+        if self.parameterization == "normflows":
+            alpha, d_alpha = abs(a_raw), float(np.sign(a_raw))
+            if alpha == 0.0:
+                raise self._domain_error(
+                    direction,
+                    "alpha = |params['alpha']| is 0: the map (z - z0) (r + S) / r is singular "
+                    "at z0 (set a nonzero params['alpha'])")
+        else:
+            alpha, d_alpha = float(softplus(a_raw)), float(sigmoid(a_raw))
         for name, value, raw in (("alpha", alpha, a_raw), ("alpha + beta", s, b_raw)):
             if value == 0.0:
                 key = "alpha" if name == "alpha" else "beta"
@@ -418,8 +534,7 @@ class Radial(Bijector):
                     direction,
                     f"{name} = softplus(params['{key}']) underflows to 0 for params['{key}'] = "
                     f"{raw!r}: the map is not invertible in float64 (keep raw values above -745)")
-        return dict(z0=p["z0"], alpha=alpha, s=s, sig_a=float(sigmoid(a_raw)),
-                    sig_b=float(sigmoid(b_raw)))
+        return dict(z0=p["z0"], alpha=alpha, s=s, d_alpha=d_alpha, sig_b=float(sigmoid(b_raw)))
 
     def constrained(self):
         """The constrained coefficients (float64): ``{"z0", "alpha", "beta", "alpha_plus_beta"}``.
@@ -455,7 +570,7 @@ class Radial(Bijector):
     @staticmethod
     def _raw_grads(k, z0_bar, alpha_bar, s_bar):
         return {"z0": np.asarray(z0_bar, dtype=np.float64),
-                "alpha": np.array([float(alpha_bar) * k["sig_a"]]),
+                "alpha": np.array([float(alpha_bar) * k["d_alpha"]]),
                 "beta": np.array([float(s_bar) * k["sig_b"]])}
 
     def _forward_pass(self, z, context, vjp):

@@ -20,6 +20,10 @@ name            ``scale`` (and ``log_scale = l(u)``)      used by
 ``"sigmoid-``   ``sigmoid(u + 2)``, no floor,             Pyro ``AffineAutoregressive(stable=True)``
 ``nofloor"``    ``l(u) = log_sigmoid(u + 2)``             (``sigmoid_bias = 2``); normflows'
                                                           ``scale_map="sigmoid_inv"``
+``"sigmoid-``   ``1 / sigmoid(u + 2) = 1 + e^-(u+2)``,    normflows ``AffineCoupling(scale_map=
+``reciprocal"`` ``l(u) = softplus(-(u + 2))``             "sigmoid")`` (Glow's sigmoid scale on
+                                                          the density side: ``z2 / s + shift``
+                                                          from base to data)
 ==============  =======================================  =========================================
 
 and, outside :data:`SCALE_MAPS` because its "derivative" is not the derivative of its value
@@ -61,10 +65,13 @@ Each map returns ``log_scale`` and its derivative ``d log_scale / du`` (for the 
 - pyro-clamp: ``1`` for ``-5 <= u <= 3``, else ``0`` (the clip's derivative; the kinks at
   ``-5`` and ``3`` take the inside value, as torch's ``clamp`` does)
 - sigmoid-nofloor: ``sigmoid(-(u + 2))``
+- sigmoid-reciprocal: ``-sigmoid(-(u + 2))`` (``d softplus(-v) / dv = -sigmoid(-v)``)
 - pyro-clamp-st: ``1`` (straight-through; not a derivative, see above)
 
 Every form is finite for any finite ``u`` (``softplus(u) = logaddexp(0, u)`` and
-``log_expit`` do not overflow), so nothing overflows for ``|u|`` up to 1e3 and beyond.
+``log_expit`` do not overflow), so nothing overflows for ``|u|`` up to 1e3 and beyond. (The
+scale itself, ``exp(l)``, is unbounded for ``"exp"`` and ``"sigmoid-reciprocal"``: ``1 +
+e^-(u+2)`` is not a float64 number below ``u = -712``.)
 
 Note on directions: refflow's layers multiply by the scale in the *sampling* direction
 (``x = z * scale + shift``), as the MAF paper and TFP do. nflows and zuko multiply in the
@@ -171,9 +178,15 @@ def _sigmoid_nofloor(u):
     return log_sigmoid(v), sigmoid(-v)
 
 
+def _sigmoid_reciprocal(u):
+    v = u + u.dtype.type(_PYRO_SIGMOID_BIAS)
+    return softplus(-v), -sigmoid(-v)
+
+
 SCALE_MAPS = {"exp": _exp, "softplus": _softplus_scale, "sigmoid": _sigmoid_scale,
               "softclip": _softclip, "tanh": _tanh, "flowjax": _flowjax,
-              "pyro-clamp": _pyro_clamp, "sigmoid-nofloor": _sigmoid_nofloor}
+              "pyro-clamp": _pyro_clamp, "sigmoid-nofloor": _sigmoid_nofloor,
+              "sigmoid-reciprocal": _sigmoid_reciprocal}
 
 #: Maps whose second output is a surrogate gradient, not ``d log_scale / du`` (module docstring).
 STRAIGHT_THROUGH_MAPS = {"pyro-clamp-st": _pyro_clamp_straight_through}

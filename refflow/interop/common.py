@@ -1,10 +1,12 @@
 """Helpers shared by the importers: torch imported on demand, tensors as float64 arrays, the
-gradient maps of :func:`refflow.interop.compare`, and the dense residual network with context
-gates that nflows and normflows share."""
+gradient maps of :func:`refflow.interop.compare`, the layout of the masked MADE that nflows and
+normflows share (its parameter names, masks and degree buffers), and the dense residual network
+with context gates that they share."""
 
 import numpy as np
 
-__all__ = ["require_torch", "np64", "index_map", "unused_map", "GatedResidualNet"]
+__all__ = ["require_torch", "np64", "index_map", "unused_map", "unsaveable", "made_layout",
+           "check_made_masks", "residual_net_names", "GatedResidualNet"]
 
 
 def require_torch(where):
@@ -36,6 +38,78 @@ def unused_map(shape):
     """The gradient map of a peer tensor whose entries the peer multiplies by exact zeros (a
     masked-out column): ``-1`` everywhere, read as a zero gradient."""
     return np.full(shape, -1, dtype=np.int64)
+
+
+_UNSAVEABLE = {}
+
+
+def unsaveable(layer, peer, module):
+    """Give ``layer`` a private subclass of its class (named after ``peer``, e.g.
+    ``"Nflows"``, and placed in ``module``), whose ``_config`` raises, so that ``refflow.save``
+    refuses it: its network was replaced by an imported one that ``_config`` does not describe
+    (the placeholder ``hidden``), and a saved file would silently rebuild another model."""
+    cls = type(layer)
+    sub = _UNSAVEABLE.get((cls, peer))
+    if sub is None:
+        def _config(self):
+            raise NotImplementedError(f"imported from {peer.lower()} (its network is not a "
+                                      f"refflow MADE/MLP configuration)")
+        sub = type(f"_{peer}{cls.__name__}", (cls,), {"_config": _config,
+                                                       "__module__": module})
+        _UNSAVEABLE[(cls, peer)] = sub
+    layer.__class__ = sub
+    return layer
+
+
+def made_layout(net, residual):
+    """``(names, masks, degrees)`` of an nflows or normflows ``MADE`` (normflows' is nflows',
+    copied): ``initial_layer``, then per block ``j`` either two ``linear_layers`` (residual
+    blocks: refflow ``ResidualMADE`` keys ``blocks.{j}.w{i}``, ``.b{i}``) or one ``linear``
+    (feed-forward blocks: refflow ``MADE`` keys ``w{j+1}``, ``b{j+1}``), then ``final_layer``.
+
+    ``names`` lists ``(refflow key, peer parameter name)``; ``masks`` are the peer's masks of
+    every layer and ``degrees`` the degree buffers of every hidden layer, as float64 / int64
+    arrays, from which the refflow network is rebuilt and checked (:func:`check_made_masks`).
+    """
+    names = [("w0", "initial_layer.weight"), ("b0", "initial_layer.bias")]
+    layers = [net.initial_layer]
+    for j, block in enumerate(net.blocks):
+        if residual:
+            for i in range(2):
+                names += [(f"blocks.{j}.w{i}", f"blocks.{j}.linear_layers.{i}.weight"),
+                          (f"blocks.{j}.b{i}", f"blocks.{j}.linear_layers.{i}.bias")]
+                layers.append(block.linear_layers[i])
+        else:
+            names += [(f"w{j + 1}", f"blocks.{j}.linear.weight"),
+                      (f"b{j + 1}", f"blocks.{j}.linear.bias")]
+            layers.append(block.linear)
+    last = "_out" if residual else str(len(net.blocks) + 1)
+    names += [(f"w{last}", "final_layer.weight"), (f"b{last}", "final_layer.bias")]
+    masks = [np64(lin.mask) for lin in layers] + [np64(net.final_layer.mask)]
+    degrees = [np64(lin.degrees).astype(np.int64) for lin in layers]
+    return names, masks, degrees
+
+
+def check_made_masks(model, masks, where):
+    """``ValueError`` (``where`` names the importer and the layer) unless the rebuilt refflow
+    MADE ``model`` has exactly the peer's ``masks``."""
+    for i, (ours, theirs) in enumerate(zip(model.masks, masks)):
+        if not np.array_equal(ours, theirs):
+            raise ValueError(f"{where}: rebuilt MADE mask {i} differs from the peer's mask")
+
+
+def residual_net_names(n_blocks, conditional):
+    """``[(GatedResidualNet key, peer parameter name)]`` of an nflows / normflows
+    ``ResidualNet`` with ``n_blocks`` blocks (context gates when ``conditional``)."""
+    names = [("w_in", "initial_layer.weight"), ("b_in", "initial_layer.bias")]
+    for j in range(n_blocks):
+        for i in range(2):
+            names += [(f"blocks.{j}.w{i}", f"blocks.{j}.linear_layers.{i}.weight"),
+                      (f"blocks.{j}.b{i}", f"blocks.{j}.linear_layers.{i}.bias")]
+        if conditional:
+            names += [(f"blocks.{j}.context_w", f"blocks.{j}.context_layer.weight"),
+                      (f"blocks.{j}.context_b", f"blocks.{j}.context_layer.bias")]
+    return names + [("w_out", "final_layer.weight"), ("b_out", "final_layer.bias")]
 
 
 class GatedResidualNet:

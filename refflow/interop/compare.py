@@ -167,6 +167,8 @@ def _pyro_log_prob(dist, xt, ct):
     _double_distribution(peer.base_dist)
     named = {}
     for i, t in enumerate(peer.transforms):
+        if type(t).__name__ == "ConstantConditionalTransform":  # a plain transform (BatchNorm,
+            t = t.transform                                    # Spline...) in a conditional flow
         if hasattr(t, "clear_cache"):
             t.clear_cache()
         if hasattr(t, "named_parameters"):

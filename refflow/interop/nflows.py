@@ -34,7 +34,8 @@ Conventions carried over exactly (nflows 0.14, read from its sources):
   one.
 - **Coupling conditioners.** nflows' coupling calls ``transform_net(x_a, context)``; its
   ``ResidualNet`` (``[x_a, context]`` into the first layer, GLU context gates in the blocks) is
-  imported as a private dense residual network with a hand-derived pullback. nflows' ``MLP``
+  imported as :class:`refflow.interop.common.GatedResidualNet` (hand-derived pullback; the
+  spline widths' and heights' divisor as its ``divisor``), shared with normflows. nflows' ``MLP``
   takes no context argument, so nflows' own coupling layers cannot call it; it is refused.
 
 Anything else (another base distribution, an embedding net, batch norm or active dropout
@@ -45,6 +46,10 @@ the whole tensor), so gradients can be compared by name (equal, not scaled).
 """
 
 import numpy as np
+
+from .common import (
+    GatedResidualNet, check_made_masks, made_layout, residual_net_names, unsaveable,
+)
 
 __all__ = ["from_nflows"]
 
@@ -132,101 +137,9 @@ def _imported_made_class():
     return _NflowsConditionalMADE
 
 
-class _ResidualNet:
-    r"""nflows' ``ResidualNet`` (no batch norm, no dropout) with its optional output divisor.
-
-    ``h = [x_a, c] W_in^T + b_in``; block ``j``: ``t = f(f(h) W_0^T + b_0) W_1^T + b_1``, gated
-    by ``sigmoid(c C_j^T + d_j)`` when conditional (nflows' GLU), ``h <- h + t``; ``out = (h
-    W_out^T + b_out) / divisor`` (``divisor`` 1 except ``sqrt(hidden_features)`` on the spline
-    widths and heights, as nflows divides them). Pullback by hand, in reverse.
-    """
-
-    def __init__(self, params, n_in, n_context, n_blocks, act, divisor):
-        from ..params import ParamDict
-        self.params = ParamDict(params)
-        self.n_in, self.n_context, self.n_blocks = n_in, n_context, n_blocks
-        self._act, self.activation, self.hidden = act, act.name, ()
-        self._divisor = divisor
-
-    def _p(self, dtype):
-        return {k: v.astype(dtype) for k, v in self.params.items()}
-
-    def _run(self, u, with_vjp):
-        from scipy.special import expit
-        p, f = self._p(u.dtype), self._act
-        c = u[:, self.n_in:] if self.n_context else None
-        h = u @ p["w_in"].T + p["b_in"]
-        saved = []
-        for j in range(self.n_blocks):
-            s1, d1 = f.value_and_derivative(h)
-            t = s1 @ p[f"blocks.{j}.w0"].T + p[f"blocks.{j}.b0"]
-            s2, d2 = f.value_and_derivative(t)
-            r = s2 @ p[f"blocks.{j}.w1"].T + p[f"blocks.{j}.b1"]
-            gate = None
-            if c is not None:
-                gate = expit(c @ p[f"blocks.{j}.context_w"].T + p[f"blocks.{j}.context_b"])
-                saved.append((h, s1, d1, s2, d2, r, gate))
-                h = h + r * gate
-            else:
-                saved.append((h, s1, d1, s2, d2, r, gate))
-                h = h + r
-        out = (h @ p["w_out"].T + p["b_out"]) / self._divisor
-        if not with_vjp:
-            return out
-
-        def pullback(out_bar):
-            g = out_bar / self._divisor
-            grads = {"w_out": g.T @ h, "b_out": g.sum(axis=0)}
-            h_bar = g @ p["w_out"]
-            c_bar = np.zeros_like(c) if c is not None else None
-            for j in range(self.n_blocks - 1, -1, -1):
-                h_in, s1, d1, s2, d2, r, gate = saved[j]
-                r_bar = h_bar if gate is None else h_bar * gate
-                if gate is not None:
-                    e_bar = h_bar * r * gate * (1.0 - gate)
-                    grads[f"blocks.{j}.context_w"] = e_bar.T @ c
-                    grads[f"blocks.{j}.context_b"] = e_bar.sum(axis=0)
-                    c_bar += e_bar @ p[f"blocks.{j}.context_w"]
-                grads[f"blocks.{j}.w1"], grads[f"blocks.{j}.b1"] = r_bar.T @ s2, r_bar.sum(0)
-                t_bar = (r_bar @ p[f"blocks.{j}.w1"]) * d2
-                grads[f"blocks.{j}.w0"], grads[f"blocks.{j}.b0"] = t_bar.T @ s1, t_bar.sum(0)
-                h_bar = h_bar + (t_bar @ p[f"blocks.{j}.w0"]) * d1
-            grads["w_in"], grads["b_in"] = h_bar.T @ u, h_bar.sum(axis=0)
-            u_bar = h_bar @ p["w_in"]
-            if c is not None:
-                u_bar[:, self.n_in:] += c_bar
-            return u_bar, {k: np.asarray(grads[k], dtype=np.float64) for k in self.params}
-
-        return out, pullback
-
-    def _forward(self, u):
-        return self._run(u, False)
-
-    def _vjp(self, u):
-        return self._run(u, True)
-
-
 # --------------------------------------------------------------------------------- layers
-_UNSAVEABLE = {}
-
-
 def _unsaveable(layer):
-    """Give ``layer`` a private subclass of its class, so that ``refflow.save`` refuses it.
-
-    Its conditioner was replaced by an imported network whose structure ``_config`` does not
-    describe (the placeholder ``hidden``), so a saved file would silently rebuild another model.
-    """
-    cls = type(layer)
-    sub = _UNSAVEABLE.get(cls)
-    if sub is None:
-        def _config(self):
-            raise NotImplementedError("imported from nflows (its network is not a refflow "
-                                      "MADE/MLP configuration)")
-        sub = type(f"_Nflows{cls.__name__}", (cls,), {"_config": _config,
-                                                       "__module__": __name__})
-        _UNSAVEABLE[cls] = sub
-    layer.__class__ = sub
-    return layer
+    return unsaveable(layer, "Nflows", __name__)
 
 
 def _check_dropout(module, where):
@@ -254,42 +167,23 @@ def _made(net, n_params, context_dim, where, prefix):
     if hasattr(net, "hidden_features"):
         # nflows would divide the spline widths/heights by sqrt(hidden_features) here.
         _refuse(where, "a MADE with a hidden_features attribute (nflows' sqrt scaling)")
-    names = [("w0", "initial_layer.weight"), ("b0", "initial_layer.bias")]
-    torch_masks = [net.initial_layer.mask]
-    degrees = [net.initial_layer.degrees]
-    if net.use_residual_blocks:
-        if context_dim is not None:
-            _refuse(where, "a conditional residual MADE (use_residual_blocks=True with "
-                           "context_features: nflows adds a context layer in every block)")
-        for j, block in enumerate(net.blocks):
-            assert type(block) is MaskedResidualBlock
-            for i in range(2):
-                lin = block.linear_layers[i]
-                names += [(f"blocks.{j}.w{i}", f"blocks.{j}.linear_layers.{i}.weight"),
-                          (f"blocks.{j}.b{i}", f"blocks.{j}.linear_layers.{i}.bias")]
-                torch_masks.append(lin.mask)
-                degrees.append(lin.degrees)
-        names += [("w_out", "final_layer.weight"), ("b_out", "final_layer.bias")]
+    residual = bool(net.use_residual_blocks)
+    block_type = MaskedResidualBlock if residual else MaskedFeedforwardBlock
+    if not all(type(block) is block_type for block in net.blocks):
+        _refuse(where, "MADE blocks of another type than nflows' own")
+    if residual and context_dim is not None:
+        _refuse(where, "a conditional residual MADE (use_residual_blocks=True with "
+                       "context_features: nflows adds a context layer in every block)")
+    names, torch_masks, degrees = made_layout(net, residual)
+    if residual:
         model = ResidualMADE(dim, width, len(net.blocks), n_params, activation=act,
-                             hidden_degrees=[_np(d).astype(np.int64) for d in degrees])
+                             hidden_degrees=degrees)
     else:
-        for j, block in enumerate(net.blocks):
-            assert type(block) is MaskedFeedforwardBlock
-            names += [(f"w{j + 1}", f"blocks.{j}.linear.weight"),
-                      (f"b{j + 1}", f"blocks.{j}.linear.bias")]
-            torch_masks.append(block.linear.mask)
-            degrees.append(block.linear.degrees)
-        k = len(net.blocks) + 1
-        names += [(f"w{k}", "final_layer.weight"), (f"b{k}", "final_layer.bias")]
         cls = MADE if context_dim is None else _imported_made_class()
         hidden = tuple(int(d.shape[0]) for d in degrees)
-        model = cls(dim, hidden, n_params, activation=act,
-                    hidden_degrees=[_np(d).astype(np.int64) for d in degrees])
-    torch_masks.append(net.final_layer.mask)
-    for i, (ours, theirs) in enumerate(zip(model.masks, torch_masks)):
-        if not np.array_equal(ours, _np(theirs)):  # degrees rebuilt from nflows' buffers
-            raise ValueError(f"from_nflows: {where}: rebuilt MADE mask {i} differs from "
-                             f"nflows' mask")
+        model = cls(dim, hidden, n_params, activation=act, hidden_degrees=degrees)
+    # degrees rebuilt from nflows' buffers
+    check_made_masks(model, torch_masks, f"from_nflows: {where}")
     state = dict(net.named_parameters())
     arrays = {ours: _np(state[theirs]) for ours, theirs in names}
     if context_dim is not None:
@@ -361,23 +255,15 @@ def _residual_net(net, n_in, n_out, per_feature, n_bins, where, prefix):
     n_context = net.context_features or 0
     if net.initial_layer.in_features != n_in + n_context or net.final_layer.out_features != n_out:
         _refuse(where, "a ResidualNet whose sizes do not match the coupling split")
-    names = [("w_in", "initial_layer.weight"), ("b_in", "initial_layer.bias")]
-    for j in range(len(net.blocks)):
-        for i in range(2):
-            names += [(f"blocks.{j}.w{i}", f"blocks.{j}.linear_layers.{i}.weight"),
-                      (f"blocks.{j}.b{i}", f"blocks.{j}.linear_layers.{i}.bias")]
-        if n_context:
-            names += [(f"blocks.{j}.context_w", f"blocks.{j}.context_layer.weight"),
-                      (f"blocks.{j}.context_b", f"blocks.{j}.context_layer.bias")]
-    names += [("w_out", "final_layer.weight"), ("b_out", "final_layer.bias")]
+    names = residual_net_names(len(net.blocks), bool(n_context))
     state = dict(net.named_parameters())
     divisor = np.ones(n_out)
     if n_bins is not None:  # nflows: widths and heights /= sqrt(transform_net.hidden_features)
         cols = np.zeros((n_out // per_feature, per_feature), dtype=bool)
         cols[:, :2 * n_bins] = True
         divisor[cols.ravel()] = np.sqrt(net.hidden_features)
-    model = _ResidualNet({k: _np(state[t]) for k, t in names}, n_in, n_context, len(net.blocks),
-                         act, divisor)
+    model = GatedResidualNet({k: _np(state[t]) for k, t in names}, n_in, n_context,
+                             len(net.blocks), act, divisor)
     return model, {f"conditioner.{k}": (f"{prefix}transform_net.{t}", None) for k, t in names}
 
 

@@ -23,10 +23,13 @@ normflows                             refflow
 ``b == 0``)                           one conditioner with block-diagonal weights (exact
                                       zeros between the two networks; the columns of the
                                       masked-out inputs, which always multiply 0, dropped)
-``AffineCouplingBlock`` (channel      ``AffineCoupling(scale="exp", scale_side="sampling")``
-split, ``scale_map="exp"``):          with ``mask = arange(D) >= ceil(D / 2)``; the
-shift ``param[:, 0::2]``, scale       conditioner's last rows reordered to ``[t | u]``;
-``param[:, 1::2]``                    ``scale=False`` is ``AdditiveCoupling``
+``AffineCouplingBlock`` (channel      ``AffineCoupling(scale=..., scale_side="sampling")``
+split; shift ``param[:, 0::2]``,      with ``mask = arange(D) >= ceil(D / 2)``; the
+scale ``param[:, 1::2]``; forward     conditioner's last rows reordered to ``[t | u]``;
+``z2 exp(s) + t`` (``"exp"``),        ``scale="exp"``, ``"sigmoid-reciprocal"`` (``1 /
+``z2 / sigmoid(s + 2) + t``           sigmoid(u + 2)``) and ``"sigmoid-nofloor"``
+(``"sigmoid"``), ``z2 sigmoid(s + 2)  (``sigmoid(u + 2)``); ``scale=False`` is
++ t`` (``"sigmoid_inv"``))            ``AdditiveCoupling``
 ====================================  ======================================================
 
 ``MaskedAffineAutoregressive``        ``Inverse(MaskedAffineAutoregressive(scale="sigmoid",
@@ -56,14 +59,19 @@ Spline`` (``forward`` = nflows'      (``bound = tail_bound``, normflows' ``min_*
 ``Planar`` (``act="tanh"``)           ``Planar`` (same ``u_hat`` constraint ``m(a) = -1 +
                                       softplus(a)``); normflows cannot invert it (it scores
                                       only its own samples), refflow inverts it exactly
+``Radial`` (``alpha = |alpha_raw|``,  ``Radial(parameterization="normflows")``: ``z0 =
+``beta = softplus(beta_raw) -         z_0``, the raw ``alpha`` and ``beta`` copied;
+|alpha_raw|``)                        normflows cannot invert it, refflow does (closed form)
 ``GaussianMixture`` base              ``DiagGaussianMixture`` (``logits = weight_scores``)
 ``ConditionalNormalizingFlow``        the same, with ``context`` passed to every layer
 ====================================  ======================================================
 
 Not imported (``NotImplementedError`` naming the class, or ``ValueError`` naming the class and
-option): ``AffineCouplingBlock`` with ``scale_map="sigmoid"``/``"sigmoid_inv"``; ``Radial``
-(normflows' ``alpha = |alpha_raw|``, ``beta = softplus(beta_raw) - |alpha_raw|``: refflow's
-``Radial`` has Pyro's ``alpha = softplus(alpha')``, no twin); ``Planar(act="leaky_relu")``; a
+option): ``Planar(act="leaky_relu")`` (its forward map has the slope 0.2, but its inverse and
+forward log-det build the slope as ``(x < 0) * (0.2 - 1.0) + 1.0``, a tensor of torch's default
+dtype: in a float64 model they use 0.19999998807907104, so its ``log_prob`` is not the density
+of the map it samples with, 1e-8 apart; refflow's ``Planar(activation="leaky_relu")`` is the
+consistent map); ``Radial`` with ``alpha_raw = 0`` (the map is singular at ``z_0``); a
 MADE without residual blocks (``use_residual_blocks=False``: normflows applies no activation
 between its first layer and the first block, so two linear maps compose, which refflow's MADE
 does not compute), with batch norm, active dropout, ``random_mask`` or a preprocessing
@@ -79,12 +87,19 @@ flat indices)}`` (see :func:`refflow.interop.common.index_map`), which
 
 import numpy as np
 
-from .common import GatedResidualNet, index_map, np64, unused_map
+from .common import (
+    GatedResidualNet, check_made_masks, index_map, made_layout, np64, residual_net_names,
+    unsaveable, unused_map,
+)
 
 __all__ = ["from_normflows"]
 
 _WHERE = "from_normflows"
 _LU_EPS = 1e-3  # refflow's "softplus" LU diagonal floor (nflows' and normflows' eps)
+#: normflows' AffineCoupling scale maps (base -> data: z2 exp(s) + t, z2 / sigmoid(s + 2) + t,
+#: z2 sigmoid(s + 2) + t) as refflow scale maps multiplying on the sampling side
+_COUPLING_SCALES = {"exp": "exp", "sigmoid": "sigmoid-reciprocal",
+                    "sigmoid_inv": "sigmoid-nofloor"}
 
 
 def _unsupported(obj, why="its refflow twin, or its import, does not exist yet"):
@@ -214,12 +229,11 @@ def _coupling_block(flow):
     if not coupling.scale:
         layer = AdditiveCoupling(dim, **common)
     else:
-        if coupling.scale_map != "exp":
-            raise NotImplementedError(
-                f"{_WHERE}: normflows layer AffineCouplingBlock with scale_map="
-                f"{coupling.scale_map!r} is not supported (sigmoid(h + 2) without a floor: its "
-                f"refflow scale map does not exist yet)")
-        layer = AffineCoupling(dim, scale="exp", scale_side="sampling", **common)
+        scale = _COUPLING_SCALES.get(coupling.scale_map)
+        if scale is None:
+            _refuse(where, f"scale_map={coupling.scale_map!r} (refflow imports "
+                           f"{sorted(_COUPLING_SCALES)})")
+        layer = AffineCoupling(dim, scale=scale, scale_side="sampling", **common)
         n_b = dim - n_a
         rows = np.concatenate([2 * np.arange(n_b), 2 * np.arange(n_b) + 1])
         weights[-1], biases[-1] = weights[-1][rows], biases[-1][rows]
@@ -288,6 +302,12 @@ def _lu_permute(flow):
 def _planar(flow):
     from ..bijectors import Planar
     where = "Planar"
+    if flow.act == "leaky_relu":
+        _refuse(where, "act='leaky_relu' (normflows' forward map has the slope 0.2, but its "
+                       "inverse and forward log-det build it as (x < 0) * (0.2 - 1.0) + 1.0 in "
+                       "torch's default dtype: in a float64 model they use 0.19999998807907104, "
+                       "so its log_prob is not the density of its own samples' map (1e-8 "
+                       "apart); refflow's Planar(activation='leaky_relu') is the consistent map")
     if flow.act != "tanh":
         _refuse(where, f"act={flow.act!r} (refflow's Planar has tanh)")
     u, w, b = np64(flow.u), np64(flow.w), np64(flow.b)
@@ -298,6 +318,22 @@ def _planar(flow):
     layer.params["u"], layer.params["w"], layer.params["b"] = u[0], w[0], b
     grads = {"u": (0, "u", _whole((dim,), u.shape)), "w": (0, "w", _whole((dim,), w.shape)),
              "b": (0, "b", _whole((1,)))}
+    return [layer], grads
+
+
+def _radial(flow):
+    from ..bijectors import Radial
+    where = "Radial"
+    z0, alpha, beta = np64(flow.z_0), np64(flow.alpha), np64(flow.beta)
+    if z0.ndim != 2 or z0.shape[0] != 1 or alpha.shape != (1,) or beta.shape != (1,):
+        _refuse(where, f"parameters of shape {z0.shape} (refflow imports vectors)")
+    if alpha[0] == 0.0:
+        _refuse(where, "alpha = 0 (|alpha| = 0: the map is singular at z_0)")
+    dim = z0.shape[1]
+    layer = Radial(dim, parameterization="normflows", rng=0)
+    layer.params["z0"], layer.params["alpha"], layer.params["beta"] = z0[0], alpha, beta
+    grads = {"z_0": (0, "z0", _whole((dim,), z0.shape)), "alpha": (0, "alpha", _whole((1,))),
+             "beta": (0, "beta", _whole((1,)))}
     return [layer], grads
 
 
@@ -442,18 +478,7 @@ def _made(net, n_params, where):
     if in_degrees is None or sorted(in_degrees.tolist()) != list(range(1, dim + 1)):
         _refuse(where, "output degrees that are not one permutation of 1..dim per parameter")
     order = in_degrees - 1
-    degrees = [np64(net.initial_layer.degrees).astype(np.int64)]
-    names = [("w0", "initial_layer.weight"), ("b0", "initial_layer.bias")]
-    torch_masks = [net.initial_layer.mask]
-    for j, block in enumerate(net.blocks):
-        for i in range(2):
-            lin = block.linear_layers[i]
-            names += [(f"blocks.{j}.w{i}", f"blocks.{j}.linear_layers.{i}.weight"),
-                      (f"blocks.{j}.b{i}", f"blocks.{j}.linear_layers.{i}.bias")]
-            torch_masks.append(lin.mask)
-            degrees.append(np64(lin.degrees).astype(np.int64))
-    names += [("w_out", "final_layer.weight"), ("b_out", "final_layer.bias")]
-    torch_masks.append(net.final_layer.mask)
+    names, torch_masks, degrees = made_layout(net, residual=True)
     conditional = hasattr(net, "context_layer")
     act = _activation(net.blocks[0].activation if len(net.blocks) else torch.relu, where)
     try:
@@ -463,10 +488,7 @@ def _made(net, n_params, where):
         _refuse(where, f"its hidden degrees ({err})")
     if conditional:
         model.__class__ = _gated_residual_made_class()
-    for i, (ours, theirs) in enumerate(zip(model.masks, torch_masks)):
-        if not np.array_equal(ours, np64(theirs)):
-            raise ValueError(f"{_WHERE}: {where}: rebuilt MADE mask {i} differs from "
-                             f"normflows' mask")
+    check_made_masks(model, torch_masks, f"{_WHERE}: {where}")
     state = dict(net.named_parameters())
     arrays = {ours: np64(state[theirs]) for ours, theirs in names}
     if conditional:
@@ -483,23 +505,8 @@ def _made(net, n_params, where):
     return model, grads
 
 
-_UNSAVEABLE = {}
-
-
 def _unsaveable(layer):
-    """Give ``layer`` a private subclass of its class, so that ``refflow.save`` refuses it: its
-    network was replaced by an imported one that ``_config`` does not describe."""
-    cls = type(layer)
-    sub = _UNSAVEABLE.get(cls)
-    if sub is None:
-        def _config(self):
-            raise NotImplementedError("imported from normflows (its network is not a refflow "
-                                      "MADE/MLP configuration)")
-        sub = type(f"_Normflows{cls.__name__}", (cls,), {"_config": _config,
-                                                          "__module__": __name__})
-        _UNSAVEABLE[cls] = sub
-    layer.__class__ = sub
-    return layer
+    return unsaveable(layer, "Normflows", __name__)
 
 
 def _masked_affine_autoregressive(flow):
@@ -575,15 +582,7 @@ def _residual_net(net, n_in, n_b, n_bins, where, prefix):
     if net.initial_layer.in_features != n_in + n_context or \
             net.final_layer.out_features != n_b * per:
         _refuse(where, "a ResidualNet whose sizes do not match the coupling split")
-    names = [("w_in", "initial_layer.weight"), ("b_in", "initial_layer.bias")]
-    for j in range(len(net.blocks)):
-        for i in range(2):
-            names += [(f"blocks.{j}.w{i}", f"blocks.{j}.linear_layers.{i}.weight"),
-                      (f"blocks.{j}.b{i}", f"blocks.{j}.linear_layers.{i}.bias")]
-        if n_context:
-            names += [(f"blocks.{j}.context_w", f"blocks.{j}.context_layer.weight"),
-                      (f"blocks.{j}.context_b", f"blocks.{j}.context_layer.bias")]
-    names += [("w_out", "final_layer.weight"), ("b_out", "final_layer.bias")]
+    names = residual_net_names(len(net.blocks), bool(n_context))
     state = dict(net.named_parameters())
     divisor = np.ones((n_b, per))
     divisor[:, :2 * n_bins] = np.sqrt(net.hidden_features)
@@ -670,9 +669,7 @@ def _layers(flow):
     if cls is nf.CoupledRationalQuadraticSpline:
         return _coupled_spline(flow)
     if cls is nf.Radial:
-        _unsupported(flow, "normflows' alpha = |alpha_raw| and beta = softplus(beta_raw) - "
-                           "|alpha_raw|: refflow's Radial has Pyro's alpha = softplus(alpha'), "
-                           "no twin")
+        return _radial(flow)
     _unsupported(flow)
 
 
@@ -717,9 +714,10 @@ def from_normflows(model):
     model : normflows.NormalizingFlow or normflows.ConditionalNormalizingFlow
         With a ``DiagGaussian`` or ``GaussianMixture`` base and layers among
         ``MaskedAffineFlow`` (``nets.MLP`` networks with ReLU), ``AffineCouplingBlock``
-        (``split_mode="channel"``, ``scale_map="exp"`` or ``scale=False``),
-        ``AffineConstFlow``, ``ActNorm`` (after its initialisation), ``Permute``,
-        ``LULinearPermute``, ``Planar`` (tanh), ``MaskedAffineAutoregressive``,
+        (``split_mode="channel"``, ``scale_map`` ``"exp"``, ``"sigmoid"`` or
+        ``"sigmoid_inv"``, or ``scale=False``), ``AffineConstFlow``, ``ActNorm`` (after its
+        initialisation), ``Permute``, ``LULinearPermute``, ``Planar`` (tanh),
+        ``Radial``, ``MaskedAffineAutoregressive``,
         ``AutoregressiveRationalQuadraticSpline`` and ``CoupledRationalQuadraticSpline``
         (residual networks, linear tails; conditional ones in a
         ``ConditionalNormalizingFlow``).

@@ -47,6 +47,9 @@ x1)``, ``y1 = lower(x1)``              split_dim)), Inverse(constant spline of x
                                        feature-major
 ``SplineAutoregressive``               ``Inverse(MaskedSplineAutoregressive(...))``, the
                                        kinds as for ``Spline``
+``BatchNorm`` in eval mode:            ``BatchNorm(gamma="pyro")`` in eval mode with Pyro's
+``y = (x - beta) / g sqrt(v + eps)     running statistics as its buffers: Pyro's ``_call`` is
++ m``, ``g = relu(gamma) + 1e-6``      refflow's ``forward``
 their ``Conditional`` twins (affine    the same layers with ``context_dim``, from a
 autoregressive and coupling, spline    ``ConditionalTransformedDistribution``
 autoregressive)
@@ -56,15 +59,33 @@ Pyro's ``Planar`` and ``Radial`` invert only from their cache; refflow inverts t
 so the imported model evaluates ``log_prob`` anywhere.
 
 Not imported (``NotImplementedError`` naming the class and the reason, or ``ValueError``
-naming the class and the option): ``BlockAutoregressive`` (its log-det uses ``0.5 log(|w|^2 +
-1e-8)`` while its weights divide by ``|w| + 1e-8``, and its gate carries ``1e-8`` terms:
-refflow's ``"pyro"`` BNAF is the consistent map, equal to Pyro's only to ~1e-8);
-``Sylvester``, ``BatchNorm``, ``NeuralAutoregressive``, ``Polynomial`` and the other
-conditional transforms (their imports are not written yet); non-default clamps
-(``log_scale_min_clip``/``max_clip`` other than ``-5``/``3``), ``sigmoid_bias`` other than 2,
-``skip_connections=True``, ``count_bins < 2``, other nonlinearities than ReLU, Tanh,
-Softplus; bases other than ``Normal``, ``Uniform`` and ``StudentT`` (``.to_event(1)``; refflow's
-``DiagNormal``, ``Uniform`` and ``StudentT(trainable_df=False)``). Nothing is approximated.
+naming the class and the option). Four transforms whose log-det is not the log-det of the map
+they compute, so that Pyro's density is not a density of its own map and no consistent refflow
+bijector reproduces both within 1e-10:
+
+- ``BlockAutoregressive``: its log-det uses ``0.5 log(|w|^2 + 1e-8)`` while its weights
+  divide by ``|w| + 1e-8``, and its gate carries ``1e-8`` terms (refflow's ``"pyro"`` BNAF is
+  the consistent map, equal to Pyro's only to ~1e-8);
+- ``Sylvester``: its map is ``y = x + tanh(x S Q^T + b) Q R`` (``Q`` the product of its
+  Householder reflections), whose Jacobian ``I + S Q^T diag(tanh') Q R`` has the determinant
+  ``prod(1 + tanh' R_ii S_ii)`` only when ``Q`` commutes with ``diag(tanh')``; its log-det
+  ``sum log1p(tanh' R_ii S_ii + 1e-8)`` ignores ``Q`` (and adds ``1e-8``);
+- ``NeuralAutoregressive`` (and its conditional twin): the log-det takes ``log(A + 1e-8)``
+  where the map's slopes are ``A = softplus(.)``, and its ELU inverse is ``log1p(y + 1e-8)``;
+- ``Polynomial``: the log-det is ``log(p'(x) + 1e-8)`` where the map's derivative is
+  ``p'(x)``.
+
+Conditional transforms not imported: ``ConditionalPlanar``, ``ConditionalRadial``,
+``ConditionalHouseholder``, ``ConditionalMatrixExponential`` (a ``DenseNN`` of the context
+gives the layer's parameters per row: refflow has no such conditional layers),
+``ConditionalSpline`` (the same, not written yet), ``ConditionalNeuralAutoregressive`` (its
+log-det, above) and ``ConditionalGeneralizedChannelPermute`` (an image transform). Options
+refused: ``BatchNorm`` in training mode (Pyro normalises with the batch's unbiased variance and
+updates its statistics on every ``log_prob``); non-default clamps (``log_scale_min_clip``/
+``max_clip`` other than ``-5``/``3``), ``sigmoid_bias`` other than 2, ``skip_connections=True``,
+``count_bins < 2``, other nonlinearities than ReLU, Tanh, Softplus; bases other than
+``Normal``, ``Uniform`` and ``StudentT`` (``.to_event(1)``; refflow's ``DiagNormal``,
+``Uniform`` and ``StudentT(trainable_df=False)``). Nothing is approximated.
 
 The returned model carries ``peer_gradients`` (``{"<transform index>.<parameter name>":
 (refflow key, flat indices)}``) for :func:`refflow.interop.compare`.
@@ -81,9 +102,35 @@ _CLAMP = (-5.0, 3.0)       # refflow's "pyro-clamp": Pyro's default log_scale_{m
 _SIGMOID_BIAS = 2.0        # refflow's "sigmoid-nofloor": Pyro's default sigmoid_bias
 _SPLINE_DEFAULTS = {"min_bin_width": 1e-3, "min_bin_height": 1e-3, "min_derivative": 1e-3}
 
+#: Pyro transforms whose density is not the density of their own map (a log-det that is not
+#: the log-det of the function computed), or whose import is not written; the reason is in the
+#: message. refflow imports none of them: nothing is approximated.
 _NOT_YET = {
     "BlockAutoregressive": "its log-det uses 0.5 log(|w|^2 + 1e-8) while its weights divide by "
                            "|w| + 1e-8: refflow's 'pyro' BNAF agrees with it only to ~1e-8",
+    "Sylvester": "its log-det sum log1p(tanh'(a) R_ii S_ii + 1e-8) is not the log-det of its map "
+                 "y = x + tanh(x S Q^T + b) Q R, whose Jacobian I + S Q^T diag(tanh') Q R has "
+                 "another determinant unless Q commutes with diag(tanh'), and carries a 1e-8 "
+                 "term: Pyro's Sylvester density is not a density of its map",
+    "NeuralAutoregressive": "its log-det takes log(A + 1e-8) where the map has the slope A = "
+                            "softplus(.) (and its ELU inverse log1p(y + 1e-8)): its density "
+                            "differs from the density of its map by ~1e-8 per feature",
+    "Polynomial": "its log-det is log(p'(x) + 1e-8) where the map's derivative is p'(x): its "
+                  "density differs from the density of its map by ~1e-8 / p'(x) per feature",
+    "ConditionalNeuralAutoregressive": "the log-det of NeuralAutoregressive (log(A + 1e-8))",
+    "ConditionalPlanar": "a DenseNN hypernetwork of the context gives (b, u, w) per row: no "
+                         "conditional refflow Planar",
+    "ConditionalRadial": "a DenseNN hypernetwork of the context gives (x0, alpha', beta') per row: "
+                         "no conditional refflow Radial",
+    "ConditionalHouseholder": "a DenseNN hypernetwork of the context gives the reflections per "
+                              "row: no conditional refflow Householder",
+    "ConditionalMatrixExponential": "a DenseNN hypernetwork of the context gives the matrix per "
+                                    "row: no conditional refflow MatrixExponential",
+    "ConditionalSpline": "a DenseNN hypernetwork of the context gives the spline parameters per "
+                         "row: not imported yet",
+    "ConditionalGeneralizedChannelPermute": "an image-channel transform (refflow imports vector "
+                                            "flows)",
+    "GeneralizedChannelPermute": "an image-channel transform (refflow imports vector flows)",
 }
 
 
@@ -121,6 +168,26 @@ def _activation(f, where):
 def _first_columns(n_in, n_context):
     """Columns of Pyro's first weight (``[context, x]``) in refflow's order ``[x, context]``."""
     return np.concatenate([np.arange(n_context, n_context + n_in), np.arange(n_context)])
+
+
+def _linears(layers, cols, rows, prefix, key_prefix):
+    """The weights ``w{k}``, biases ``b{k}`` of Pyro's masked / dense linear ``layers`` with the
+    first layer's columns taken in the order ``cols`` and the last layer's rows in the order
+    ``rows``, and ``{peer name: (refflow key, flat indices)}`` (the inverse permutations)."""
+    arrays, grads = {}, {}
+    for k, lin in enumerate(layers):
+        w, b = np64(lin.weight), np64(lin.bias)
+        w_idx, b_idx = index_map(w.shape), index_map(b.shape)
+        if k == 0:
+            w = w[:, cols]
+            w_idx = index_map(w.shape)[:, np.argsort(cols)]
+        if k == len(layers) - 1:
+            w, b = w[rows], b[rows]
+            w_idx, b_idx = index_map(w.shape)[np.argsort(rows)], b_idx[np.argsort(rows)]
+        arrays[f"w{k}"], arrays[f"b{k}"] = w, b
+        grads[f"{prefix}layers.{k}.weight"] = (f"{key_prefix}w{k}", w_idx)
+        grads[f"{prefix}layers.{k}.bias"] = (f"{key_prefix}b{k}", b_idx)
+    return arrays, grads
 
 
 def _made(arn, slots, where, prefix):
@@ -170,19 +237,7 @@ def _made(arn, slots, where, prefix):
             theirs = theirs[rows]
         if not np.array_equal(ours, theirs):
             raise ValueError(f"{_WHERE}: {where}: rebuilt MADE mask {k} differs from Pyro's")
-    arrays, grads = {}, {}
-    for k, lin in enumerate(layers):
-        w, b = np64(lin.weight), np64(lin.bias)
-        w_idx, b_idx = index_map(w.shape), index_map(b.shape)
-        if k == 0:
-            w = w[:, cols]
-            w_idx = index_map(w.shape)[:, np.argsort(cols)]
-        if k == len(layers) - 1:
-            w, b = w[rows], b[rows]
-            w_idx, b_idx = index_map(w.shape)[np.argsort(rows)], b_idx[np.argsort(rows)]
-        arrays[f"w{k}"], arrays[f"b{k}"] = w, b
-        grads[f"{prefix}layers.{k}.weight"] = (f"made.w{k}", w_idx)
-        grads[f"{prefix}layers.{k}.bias"] = (f"made.b{k}", b_idx)
+    arrays, grads = _linears(layers, cols, rows, prefix, "made.")
     made.params = ParamDict(arrays)
     return made, grads
 
@@ -220,21 +275,11 @@ def _dense(net, n_in, slot_sizes, n_b, where, prefix, feature_major=True):
     layers = list(net.layers)
     hidden = tuple(int(lin.out_features) for lin in layers[:-1])
     mlp = MLP(n_in + n_context, n_b * per, hidden, activation=act, rng=0)
-    grads = {}
-    for k, lin in enumerate(layers):
-        w, b = np64(lin.weight), np64(lin.bias)
-        w_idx, b_idx = index_map(w.shape), index_map(b.shape)
-        if k == 0:
-            w = w[:, cols]
-            w_idx = index_map(w.shape)[:, np.argsort(cols)]
-        if k == len(layers) - 1:
-            w, b = w[rows], b[rows]
-            w_idx, b_idx = index_map(w.shape)[np.argsort(rows)], b_idx[np.argsort(rows)]
-        if mlp.params[f"w{k}"].shape != w.shape:
+    arrays, grads = _linears(layers, cols, rows, prefix, "conditioner.")
+    for key, value in arrays.items():
+        if mlp.params[key].shape != value.shape:
             _refuse(where, "a hypernet whose layer sizes refflow's MLP cannot hold")
-        mlp.params[f"w{k}"], mlp.params[f"b{k}"] = w, b
-        grads[f"{prefix}layers.{k}.weight"] = (f"conditioner.w{k}", w_idx)
-        grads[f"{prefix}layers.{k}.bias"] = (f"conditioner.b{k}", b_idx)
+        mlp.params[key] = value
     return mlp, grads, n_context
 
 
@@ -399,6 +444,28 @@ def _spline_autoregressive(t, dim, where, conditional):
     return [Inverse(layer)], {n: (0, key, i) for n, (key, i) in grads.items()}
 
 
+def _batchnorm(t, dim):
+    """refflow ``BatchNorm(gamma="pyro")`` in eval mode: Pyro's ``_call`` ``y = (x - beta) /
+    (relu(gamma) + 1e-6) sqrt(v + eps) + m`` is refflow's ``forward``."""
+    from ..bijectors import BatchNorm
+    where = "BatchNorm"
+    if t.training:
+        _refuse(where, "training mode (Pyro normalises with the batch's unbiased variance and "
+                       "updates its running statistics on every log_prob; call .eval())")
+    momentum = float(t.momentum)
+    if not 0.0 < momentum <= 1.0:
+        _refuse(where, f"momentum={momentum} (refflow's BatchNorm takes (0, 1])")
+    if not float(t.epsilon) > 0.0:
+        _refuse(where, f"epsilon={t.epsilon}")
+    layer = BatchNorm(dim, momentum=momentum, eps=float(t.epsilon), gamma="pyro")
+    layer.params["gamma"] = _vector(t, "gamma", dim, where)
+    layer.params["beta"] = _vector(t, "beta", dim, where)
+    layer.buffers["running_mean"][...] = _vector(t, "moving_mean", dim, where)
+    layer.buffers["running_var"][...] = _vector(t, "moving_variance", dim, where)
+    layer.eval()
+    return [layer], {"gamma": (0, "gamma", _whole((dim,))), "beta": (0, "beta", _whole((dim,)))}
+
+
 def _convert(t, dim, straight_through=False):
     """``(layers, grads)``: the refflow layers whose ``forward`` is the Pyro transform's
     ``_call``, and ``{parameter name: (layer offset, refflow key, flat indices)}``."""
@@ -444,6 +511,8 @@ def _convert(t, dim, straight_through=False):
         return [layer], {"x0": (0, "z0", _whole((dim,))),
                          "alpha_prime": (0, "alpha", _whole((1,))),
                          "beta_prime": (0, "beta", _whole((1,)))}
+    if cls is T.BatchNorm:
+        return _batchnorm(t, dim)
     if cls is T.AffineAutoregressive:
         return _affine_autoregressive(t, where, False, straight_through)
     if cls is T.ConditionalAffineAutoregressive:
@@ -508,6 +577,7 @@ def from_pyro(dist, base=None, *, straight_through=False):
         A (conditional) transformed distribution (its ``base_dist`` and ``transforms``), or the
         list of transforms, with ``base`` given. Supported transforms: ``Permute``,
         ``Householder``, ``Planar``, ``Radial`` (and ``ComposeTransform`` of them),
+        ``BatchNorm`` (in eval mode),
         ``AffineAutoregressive`` and ``ConditionalAffineAutoregressive`` (default clamp, or
         ``stable=True`` with ``sigmoid_bias=2``), ``AffineCoupling`` and
         ``ConditionalAffineCoupling`` (default clamp), ``Spline``, ``SplineCoupling``,

@@ -156,6 +156,51 @@ def test_planar_matches_the_paper(rng):
     np.testing.assert_allclose(log_det, np.linalg.slogdet(jac)[1], atol=RTOL_SAME_MAP)
 
 
+def test_leaky_planar_matches_normflows_formulas(rng):
+    """normflows' leaky Planar written out: ``x = z + u_hat h(w^T z + b)``, ``h`` the leaky
+    ReLU of slope 0.2 (``h' = 1`` at 0), ``log|1 + (w^T u_hat) h'|``, its closed-form inverse
+    ``z = x - a u_hat (w^T x + b) / (1 + a w^T u_hat)``, and ``slogdet`` of the Jacobian."""
+    layer = randomize(Planar(4, activation="leaky_relu", rng=rng), rng, PARAM_SCALE)
+    k = layer.constrained()
+    z = rng.normal(size=(50, 4)) * 2
+    pre = z @ k["w"] + k["b"]
+    slope = np.where(pre < 0, 0.2, 1.0)
+    x, log_det = layer.forward(z)
+    np.testing.assert_allclose(x, z + (slope * pre)[:, None] * k["u_hat"], rtol=RTOL_SAME_MAP,
+                               atol=RTOL_SAME_MAP)
+    np.testing.assert_allclose(log_det, np.log(np.abs(1 + slope * (k["w"] @ k["u_hat"]))),
+                               rtol=RTOL_SAME_MAP, atol=RTOL_SAME_MAP)
+    jac = np.eye(4) + k["u_hat"][None, :, None] * (slope[:, None] * k["w"])[:, None, :]
+    np.testing.assert_allclose(log_det, np.linalg.slogdet(jac)[1], atol=RTOL_SAME_MAP)
+    lin = x @ k["w"] + k["b"]
+    a = np.where(lin < 0, 0.2, 1.0)
+    z_paper = x - (a * lin / (1 + a * (k["w"] @ k["u_hat"])))[:, None] * k["u_hat"]
+    z_back, inv_log_det = layer.inverse(x)
+    np.testing.assert_allclose(z_back, z_paper, rtol=RTOL_SAME_MAP, atol=RTOL_SAME_MAP)
+    np.testing.assert_allclose(z_back, z, rtol=RTOL_ROUND_TRIP, atol=RTOL_ROUND_TRIP)
+    np.testing.assert_array_equal(inv_log_det, -log_det)
+
+
+def test_radial_normflows_alpha_is_the_absolute_value(rng):
+    """normflows: ``alpha = |alpha_raw|``, ``beta = softplus(beta_raw) - |alpha_raw|``; the map
+    is the same as the default parameterization's with ``softplus(alpha_raw')`` equal to it."""
+    ours = randomize(Radial(3, parameterization="normflows", rng=rng), rng, PARAM_SCALE)
+    ours.params["alpha"] = [-0.7]
+    k = ours.constrained()
+    assert k["alpha"] == 0.7
+    np.testing.assert_allclose(k["beta"], softplus(ours.params["beta"][0]) - 0.7, rtol=1e-15)
+    twin = Radial(3, rng=rng)
+    twin.params.update(ours.params)
+    twin.params["alpha"] = [np.log(np.expm1(0.7))]          # softplus^-1(0.7)
+    z = rng.normal(size=(20, 3))
+    for direction in ("forward", "inverse"):
+        for a, b in zip(getattr(ours, direction)(z), getattr(twin, direction)(z)):
+            np.testing.assert_allclose(a, b, rtol=RTOL_SAME_MAP, atol=RTOL_SAME_MAP)
+    ours.params["alpha"] = [0.0]
+    with pytest.raises(ValueError, match=r"Radial\.forward.*alpha.*is 0"):
+        ours.forward(z)
+
+
 @pytest.mark.parametrize("alpha_raw, beta_raw", [(50.0, -50.0), (-50.0, -50.0), (-50.0, 50.0),
                                                  (50.0, 50.0), (0.0, 0.0)])
 def test_radial_constraint_holds_for_extreme_raw_values(alpha_raw, beta_raw, rng):
@@ -771,7 +816,10 @@ def test_pullback_uses_the_parameters_of_its_pass(rng):
     lambda: Sylvester(5, m=3, n_reflections=2, rng=1),
     lambda: Sylvester(4, rng=1),
     lambda: Sylvester(4, m=2, q="permutation", rng=1),
-], ids=["planar", "radial", "sylvester_h", "sylvester_default", "sylvester_t"])
+    lambda: Planar(3, activation="leaky_relu", negative_slope=0.3, rng=1),
+    lambda: Radial(4, parameterization="normflows", rng=1),
+], ids=["planar", "radial", "sylvester_h", "sylvester_default", "sylvester_t", "planar_leaky",
+        "radial_normflows"])
 def test_config_rebuilds_the_structure(make, rng):
     layer = randomize(make(), rng, PARAM_SCALE)
     config = json.loads(json.dumps(layer._config()))
@@ -862,6 +910,12 @@ def test_bad_parameter_values(rng):
     (lambda: Planar(0), ValueError, "Planar: dim"),
     (lambda: Planar(2.5), TypeError, "Planar: dim"),
     (lambda: Planar(2, rng="seed"), ValueError, "Planar: rng"),
+    (lambda: Planar(2, activation="relu"), ValueError, "Planar: activation"),
+    (lambda: Planar(2, activation="leaky_relu", negative_slope=1.5), ValueError,
+     "Planar: negative_slope"),
+    (lambda: Planar(2, activation="leaky_relu", negative_slope=0.0), ValueError,
+     "Planar: negative_slope"),
+    (lambda: Radial(2, parameterization="zuko"), ValueError, "Radial: parameterization"),
     (lambda: Radial(True), TypeError, "Radial: dim"),
     (lambda: Radial(2, rng=-1), ValueError, "Radial: rng"),
     (lambda: Sylvester(0), ValueError, "Sylvester: dim"),

@@ -61,7 +61,22 @@ def test_sigmoid_nofloor_values():
     assert np.isfinite(log_scale).all() and np.isfinite(d).all()
 
 
-@pytest.mark.parametrize("name", ["flowjax", "pyro-clamp", "sigmoid-nofloor"])
+def test_sigmoid_reciprocal_values():
+    # normflows' scale_map="sigmoid": z2 / sigmoid(u + 2) + shift, log-det -log sigmoid(u + 2)
+    u = np.array([-700.0, -3.0, 0.0, 2.0, 800.0])
+    log_scale, d = SCALE_MAPS["sigmoid-reciprocal"](u)
+    v = u + 2.0
+    expected = np.logaddexp(0.0, -v)    # -log sigmoid(v) = log(1 + e^-v)
+    np.testing.assert_allclose(log_scale, expected, rtol=RTOL_SAME_FORMULA)
+    np.testing.assert_allclose(d, -expit(-v), rtol=RTOL_SAME_FORMULA)
+    inner = np.abs(u) < 50
+    np.testing.assert_allclose(np.exp(log_scale[inner]), 1.0 / expit(v[inner]),
+                               rtol=RTOL_SAME_FORMULA)
+    assert np.isfinite(log_scale).all() and np.isfinite(d).all()
+
+
+@pytest.mark.parametrize("name", ["flowjax", "pyro-clamp", "sigmoid-nofloor",
+                                  "sigmoid-reciprocal"])
 def test_map_derivative_against_finite_differences(name, rng):
     u = rng.normal(scale=3.0, size=50)
     u = u[(np.abs(u + 5) > 1e-3) & (np.abs(u - 3) > 1e-3)]   # away from the clip's kinks
@@ -73,7 +88,8 @@ def test_map_derivative_against_finite_differences(name, rng):
 
 def test_map_float32_stays_float32():
     u = np.linspace(-8, 8, 17)
-    for name in ("flowjax", "pyro-clamp", "sigmoid-nofloor", "pyro-clamp-st"):
+    for name in ("flowjax", "pyro-clamp", "sigmoid-nofloor", "sigmoid-reciprocal",
+                 "pyro-clamp-st"):
         l32, d32 = get_scale_map(name)(u.astype(np.float32))
         l64, d64 = get_scale_map(name)(u)
         assert l32.dtype == d32.dtype == np.float32, name

@@ -152,6 +152,20 @@ STABLE = {
     # ~beta / alpha, so z = z0 + (offset ~ alpha) loses the offset to rounding of z0 and
     # x -> z -> x errs by ~P^2 e^P eps (1e-10 at P ~ 9; O(1) at P = 50, alpha ~ 1e-22)
     "radial": [(V_MAX, 8.0)],
+    # normflows' alpha = |raw|: no softplus collapse of alpha, clean at raw +-50 (worst 2.3e-14)
+    "radial_normflows": [(V_MAX, 50.0)],
+    # leaky Planar: the p >= 0 half-line has the slope softplus(w.u) ~ e^-p^2 (no tanh
+    # saturation confines it): its inverse amplifies rounding by 1/slope (4.6e-5 at p = 3;
+    # worst 1.9e-12 at (1e3, 1), 2.1e-11 at (1, 2))
+    "planar_leaky_relu": [(V_MAX, 1.0), (1.0, 2.0)],
+    # 1 / sigmoid(u + 2) = 1 + e^-(u+2) multiplies on the sampling side: it grows like e^(p^2 H),
+    # and |v| times it overflows (raises) first (worst 5.7e-14, at (1, 5))
+    "affine_coupling_sigmoid_reciprocal": [(V_MAX, 0.1), (100.0, 0.25), (30.0, 0.5),
+                                           (10.0, 1.0), (3.0, 3.0), (1.0, 5.0)],
+    # Pyro's scale relu(gamma) + 1e-6: raw gamma <= 0 gives g = 1e-6, and z = beta + g (x - m)
+    # / std keeps x only in the digits that beta ~ p leaves: x -> z -> x errs by ~eps p / g =
+    # 2e-10 p (measured 1.5e-10 p; worst 3.9e-11 at p = 0.25)
+    "batchnorm_eval_pyro": [(V_MAX, 0.25)],
     "sylvester_permutation": _ALL,
     # m = dim: a scalar Newton solve per coordinate; slopes 1 + R_ii R~_ii h' near 0 compound
     # through the triangular system, with heavy tails: over 300-1000 seeds the worst round trip /
