@@ -130,19 +130,54 @@ def enable_x64():
     jax.config.update("jax_enable_x64", True)
 
 
-def jax_layer(f_forward, f_inverse, params, z, **options):
-    """check_layer arguments for two JAX functions ``f(params, x) -> (y, log_det)``."""
+def _eager(fn):
+    """``fn`` (a wrapped function or vjp) called with JAX's ``jit`` disabled, and so is the
+    pullback a vjp returns: for code that derives shapes from the parameters' values, which a
+    traced parameter does not have."""
+    def call(*args):
+        import jax
+        with jax.disable_jit():
+            out = fn(*args)
+        if isinstance(out, tuple) and out and callable(out[-1]):
+            pull = out[-1]
+
+            def pullback(*cotangents):
+                with jax.disable_jit():
+                    return pull(*cotangents)
+            return (*out[:-1], pullback)
+        return out
+    return call
+
+
+def _maybe_eager(wrapped, eager):
+    """``(callable, vjp)`` of a :func:`from_jax` wrapper, run eagerly when ``eager``."""
+    if wrapped is None:
+        return None, None
+    if not eager:
+        return wrapped, wrapped.vjp
+    return _eager(wrapped), _eager(wrapped.vjp)
+
+
+def jax_layer(f_forward, f_inverse, params, z, eager=False, **options):
+    """check_layer arguments for two JAX functions ``f(params, x) -> (y, log_det)``;
+    ``eager=True`` runs them without ``jit`` (TFP bijectors that compute shapes from parameter
+    values)."""
     fwd = from_jax(f_forward, params)
     inv = None if f_inverse is None else from_jax(f_inverse, params)
-    out = dict(forward=fwd, inverse=inv, z=z, forward_vjp=fwd.vjp,
-               inverse_vjp=None if inv is None else inv.vjp, params=fwd.params,
-               functional=True, **options)
+    fwd_c, fwd_vjp = _maybe_eager(fwd, eager)
+    inv_c, inv_vjp = _maybe_eager(inv, eager)
+    out = dict(forward=fwd_c, inverse=inv_c, z=z, forward_vjp=fwd_vjp, inverse_vjp=inv_vjp,
+               params=fwd.params, functional=True, **options)
     if current_precision() == "float32":
         fwd32 = from_jax(_float32_call(f_forward), params)
         inv32 = None if f_inverse is None else from_jax(_float32_call(f_inverse), params)
-        out.update(forward=fwd32, inverse=inv32, z=np.asarray(z, dtype=np.float32),
-                   forward_vjp=fwd32.vjp, inverse_vjp=None if inv32 is None else inv32.vjp,
-                   reference=_twin(fwd, inv))
+        f32_c, f32_vjp = _maybe_eager(fwd32, eager)
+        i32_c, i32_vjp = _maybe_eager(inv32, eager)
+        twin = {"forward": fwd_c, "forward_vjp": fwd_vjp}
+        if inv is not None:
+            twin.update(inverse=inv_c, inverse_vjp=inv_vjp)
+        out.update(forward=f32_c, inverse=i32_c, z=np.asarray(z, dtype=np.float32),
+                   forward_vjp=f32_vjp, inverse_vjp=i32_vjp, reference=twin)
     return out
 
 
@@ -568,12 +603,14 @@ def wide_points(scale):
 
 
 # -------------------------------------------------------------------------------------- TFP
-def tfp_bijector(make, shapes, dim=3, scale=0.3, points=1.0, z=None, context=None, **options):
+def tfp_bijector(make, shapes, dim=3, scale=0.3, points=1.0, z=None, context=None, eager=False,
+                 **options):
     """``make(params, dim) -> tfp bijector`` (JAX substrate) on batches, log-dets with
     ``event_ndims=1`` (broadcast over the batch where the map is linear);
     ``shapes(dim) -> {name: shape}``. ``context=k``: every call passes
     ``conditional_input`` (a fixed random context, one row per point) through to the
-    bijector's ``shift_and_log_scale_fn``."""
+    bijector's ``shift_and_log_scale_fn``. ``eager=True``: run without ``jit`` (bijectors that
+    compute shapes from their parameters' values)."""
     def build(seed):
         enable_x64()
         rng = np.random.default_rng(seed)
@@ -599,7 +636,8 @@ def tfp_bijector(make, shapes, dim=3, scale=0.3, points=1.0, z=None, context=Non
             return b.inverse(y, **kwargs(y)), jnp.broadcast_to(
                 b.inverse_log_det_jacobian(y, event_ndims=1, **kwargs(y)), y.shape[:-1])
 
-        return jax_layer(forward, inverse, params, _points(seed, dim, points, z), **options)
+        return jax_layer(forward, inverse, params, _points(seed, dim, points, z), eager=eager,
+                         **options)
     return build
 
 

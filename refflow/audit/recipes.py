@@ -57,6 +57,9 @@ def recipe(factory, label="", **kwargs):
 BISECTION = dict(rtol_round_trip=2e-6, rtol_log_det_sum=1e-5)
 BISECTION_WHY = ("bisection inverse resolved to ~6e-7 (zuko's eps = 1e-6): round trips to 2e-6; "
                  "finite differences of the inverse cannot reach 1e-6")
+#: TFP bijectors that derive shapes from their parameters' values run without jit.
+EAGER_WHY = ("run without jit: TFP computes shapes from the parameters' values, which traced "
+             "parameters do not have (TypeError: Shapes must be 1D sequences of concrete values)")
 #: Bound of every spline recipe (``tail_bound``, ``bound``, ``interval``, ``range``).
 B = 3.0
 AT_BOUND = "x near (1e-4 B) and beyond the bound B = 3"
@@ -710,7 +713,7 @@ def fj_bnaf_ctx(key, d):
 
 def fj_planar_ctx(key, d):
     import flowjax.bijections as B
-    return B.Planar(key, dim=d, cond_dim=CTX)
+    return B.Planar(key, dim=d, cond_dim=CTX, width_size=8, depth=1)
 
 
 def tfp_maf_ctx(p, d):
@@ -1095,16 +1098,18 @@ RECIPES = {
             tfp_sinh_arcsinh, lambda d: {"skew": (d,), "log_tail": (d,)}, d))],
         "ScaleMatvecTriL": [recipe(lambda d: P.tfp_bijector(tfp_tril, lambda d: {"m": (d, d)},
                                                             d))],
-        "ScaleMatvecLU": [recipe(lambda d: P.tfp_bijector(tfp_lu, lambda d: {"lu": (d, d)}, d))],
+        "ScaleMatvecLU": [recipe(lambda d: P.tfp_bijector(tfp_lu, lambda d: {"lu": (d, d)}, d,
+                                                          eager=True), why=EAGER_WHY)],
         "ScaleMatvecDiag": [recipe(lambda d: P.tfp_bijector(tfp_diag,
                                                             lambda d: {"log_diag": (d,)}, d))],
         "RationalQuadraticSpline": [
             recipe(lambda d: P.tfp_bijector(tfp_rqs, lambda d: {"w": (d, 4), "h": (d, 4),
                                                                 "s": (d, 3)}, d, scale=0.5,
-                                            points=1.5)),
+                                            points=1.5, eager=True), why=EAGER_WHY),
             recipe(lambda d: P.tfp_bijector(tfp_rqs, lambda d: {"w": (d, 4), "h": (d, 4),
                                                                 "s": (d, 3)}, d, scale=0.5,
-                                            z=P.bound_points(B)), AT_BOUND)],
+                                            z=P.bound_points(B), eager=True), AT_BOUND,
+                   why=EAGER_WHY)],
         "MaskedAutoregressiveFlow": [recipe(lambda d: P.tfp_bijector(
             tfp_maf, lambda d: {"w": (d, d), "b": (d,), "a": (d,)}, d, scale=0.5))],
         "RealNVP": [recipe(lambda d: P.tfp_bijector(
