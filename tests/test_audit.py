@@ -6,10 +6,13 @@ listed with their reason. Each peer's test skips cleanly without the peer."""
 import importlib
 import json
 
+import numpy as np
 import pytest
 
 from refflow.__main__ import main
-from refflow.audit import audit, catalogue, register, unregister
+from refflow.audit import audit, catalogue, peers, register, unregister
+from refflow.audit.core import run_recipe
+from refflow.audit.recipes import CONTEXT, RECIPES
 
 #: The module (the package's ``catalogue`` attribute is the function of that name).
 catalogue_module = importlib.import_module("refflow.audit.catalogue")
@@ -195,3 +198,56 @@ def test_bad_arguments_change_nothing():
         audit("numpyro")
     with pytest.raises(TypeError, match="factory must be callable"):
         register("nflows", "X", None)
+
+
+#: One conditional class per torch peer (FlowJAX's and TFP's conditional recipes take 25-55 s
+#: of JIT compilation on a shared machine: they run in the full audits, not here; distrax's
+#: bijectors take no context).
+CONDITIONAL = {"zuko": "MAF", "nflows": "MaskedAffineAutoregressiveTransform",
+               "normflows": "MaskedAffineAutoregressive", "pyro": "ConditionalAffineCoupling"}
+
+
+def _variant(library, cls, prefix):
+    (entry,) = [e for e in RECIPES[library][cls] if e.label.startswith(prefix)]
+    return entry
+
+
+@pytest.mark.parametrize("library", sorted(CONDITIONAL))
+def test_conditional_recipe_holds_its_context_fixed(library, monkeypatch):
+    """The context=2 variant passes, and its context reaches the layer: the same parameters
+    with another context give another map."""
+    _need(library)
+    cls = CONDITIONAL[library]
+    entry = _variant(library, cls, CONTEXT)
+    report = run_recipe(library, cls, entry, 3, "float64")
+    assert report.verdict == "pass", report
+    assert {"bijector", "forward_vjp", "inverse_vjp"} <= set(report.reports)
+    z = peers.normal_points(5, peers.N_POINTS, 3)
+    before = entry.factory(3)(0)["forward"](z)
+    monkeypatch.setattr(peers, "context_vector", lambda seed, k: np.zeros(k))
+    after = entry.factory(3)(0)["forward"](z)
+    assert np.abs(before[0] - after[0]).max() > 1e-3
+
+
+def test_bound_points_keep_finite_differences_off_the_bound():
+    """The boundary points sit NEAR_BOUND B inside and outside +-B: more than ten first-pass
+    finite-difference steps (eps^(1/3) |x|) away, so central differences do not straddle the
+    bound, where a spline is only piecewise smooth."""
+    step = np.finfo(np.float64).eps ** (1 / 3)          # the oracle's first-pass relative step
+    bound = 3.0
+    z = peers.bound_points(bound)(0, 3)
+    near = np.array([z[0, 0], z[1, 2], z[2, 0], z[2, 2]])
+    assert np.all(np.abs(np.abs(near) - bound) > 10 * step * bound)
+    assert z[0, 0] < bound < z[2, 0] and z[2, 2] < -bound < z[1, 2]
+    assert np.all(np.abs(z[3]) == 1.5 * bound)
+
+
+def test_spline_near_its_bound_passes():
+    """nflows' autoregressive rational-quadratic spline is C1 at its bound (boundary slopes 1):
+    at points near and beyond the bound it passes (at x = -B exactly, central differences across
+    the jump of its curvature had reported a 1.9e-5 log-det error)."""
+    _need("nflows")
+    cls = "MaskedPiecewiseRationalQuadraticAutoregressiveTransform"
+    entry = _variant("nflows", cls, "x near")
+    report = run_recipe("nflows", cls, entry, 3, "float64")
+    assert report.verdict == "pass", report

@@ -560,6 +560,83 @@ def test_float32_vjp_against_its_twin(points, layer_params):
     assert all(line.verdict == "skipped" for line in alone.lines)
 
 
+def householder_fn(dtype, wrong=0.0):
+    """``fn(params, x)`` for the reflection ``y = x - 2 (x.v) v / (v.v)`` (log-det 0) computed in
+    ``dtype``, with its pullback written out: for ``a = x v``, ``b = y_bar v``, ``s = v.v`` and
+    ``T = a.b``, ``x_bar = y_bar - (2 / s) b v^T`` and ``v_bar = -(2 / s) (x^T b + y_bar^T a) +
+    (4 T / s^2) v``. ``wrong`` scales the last term by ``1 + wrong`` (a planted bug)."""
+    def fn(params, x):
+        v = np.asarray(params["v"], dtype=dtype)
+        x = np.asarray(x, dtype=dtype)
+        s = v @ v
+        a = x @ v
+        y = x - (dtype(2) / s) * a[:, None] * v[None, :]
+
+        def pullback(y_bar, ld_bar):
+            y_bar = np.asarray(y_bar, dtype=dtype)
+            b = y_bar @ v
+            t = a @ b
+            x_bar = y_bar - (dtype(2) / s) * b[:, None] * v[None, :]
+            v_bar = (-(dtype(2) / s) * (x.T @ b + y_bar.T @ a)
+                     + (dtype(4) * t / (s * s)) * v * dtype(1 + wrong))
+            return x_bar, {"v": v_bar.astype(np.float64)}
+        return y, np.zeros(len(x), dtype=dtype), pullback
+    return fn
+
+
+def _near_stationary_reflection(points):
+    """A reflection vector at which the gradient for check_vjp's first cotangents (rng=0) is
+    ~1e-5 of its terms: near an eigenvector of the symmetric part of ``sum_r u_r x_r^T``, where
+    ``sum_r u_r . H(v) x_r`` is stationary in ``v`` (a Rayleigh quotient)."""
+    u = np.random.default_rng(0).standard_normal(points.shape)   # check_vjp's first draw
+    m = u.T @ points
+    _, vecs = np.linalg.eigh(0.5 * (m + m.T))
+    return 1.3 * vecs[:, -1] + 1e-5 * np.array([0.6, -0.8, 0.3])
+
+
+def test_float32_gradient_with_cancelling_terms_is_not_a_false_alarm(points):
+    """A float32 Householder pullback whose true gradient is tiny next to the terms it sums:
+    float32 rounds the O(1) terms, so relative to the gradient itself the float32 value is far
+    off (the old comparison failed it), relative to the terms it is at float32 rounding."""
+    params = {"v": _near_stationary_reflection(points)}
+    z32 = points.astype(np.float32)
+    fn32, fn64 = householder_fn(np.float32), householder_fn(np.float64)
+    # the premise: the true gradient is far below its terms, so float32 misses it relatively
+    u = np.random.default_rng(0).standard_normal(points.shape)
+    g64 = fn64(params, points)[2](u, np.zeros(len(points)))[1]["v"]
+    g32 = fn32(params, z32)[2](u.astype(np.float32), np.zeros(len(points), np.float32))[1]["v"]
+    assert np.max(np.abs(g32 - g64)) / np.max(np.abs(g64)) > 1e-2
+    report = check_vjp(fn32, z32, params, functional=True, reference=fn64, rng=0)
+    line = report.line("v vs float64 twin")
+    assert line.verdict == "pass" and line.error < 1e-5, report
+    assert "relative to the size of its terms" in line.note
+    assert report.line("input vs float64 twin").verdict == "pass"
+    assert report.verdict in ("pass", "not-converged"), report
+
+
+def test_wrong_float32_gradient_still_fails_against_its_terms(points):
+    """The same layer with one term of the float32 pullback off by 1 %: a genuine defect, 1e4
+    times float32 rounding of the terms, must fail; so must a wrong input cotangent."""
+    params = {"v": _near_stationary_reflection(points)}
+    z32 = points.astype(np.float32)
+    report = check_vjp(householder_fn(np.float32, wrong=1e-2), z32, params, functional=True,
+                       reference=householder_fn(np.float64), rng=0)
+    assert report.line("v vs float64 twin").verdict == "fail", report
+    assert report.line("v vs float64 twin").error > 1e-3
+
+    def wrong_input(p, x):
+        y, ld, pull = householder_fn(np.float32)(p, x)
+
+        def pullback(y_bar, ld_bar):
+            bar, grads = pull(y_bar, ld_bar)
+            return bar * np.float32(1.01), grads
+        return y, ld, pullback
+    bad = check_vjp(wrong_input, z32, params, functional=True,
+                    reference=householder_fn(np.float64), rng=0)
+    assert bad.line("input vs float64 twin").verdict == "fail", bad
+    assert bad.line("v vs float64 twin").verdict == "pass"
+
+
 def test_lower_precision_output_for_float64_input_is_a_problem(points):
     forward, inverse = affine_pair(A, B)
     report = check_bijector(lambda z: (forward(z)[0], forward(z)[1].astype(np.float32)), inverse,

@@ -28,6 +28,24 @@ from refflow.testing import from_jax, from_torch
 #: Points per check: not equal to the dimension, so that a ``(dim,)`` log-det (one value per
 #: coordinate) is never mistaken for one value per point.
 N_POINTS = 4
+#: Context features of the conditional recipes (variant ``"context=2"``).
+CONTEXT = 2
+
+
+def context_vector(seed, k):
+    """The fixed random context of a conditional case: ``k`` standard normal values (seeded),
+    shared by every point of the case. The checks hold it fixed and differentiate with respect
+    to the input and the parameters; it is one vector, not one per point, because the oracle
+    also evaluates the layer on subsets of the points (the finite-difference sweeps of the rows
+    that disagree), where a per-point context could not follow its rows."""
+    return np.random.default_rng([int(seed), 7919]).standard_normal(int(k))
+
+
+def torch_context(c, x):
+    """``c`` as a tensor of ``x``'s dtype, broadcast to one row per point of ``x``."""
+    import torch
+    c = torch.as_tensor(np.asarray(c), dtype=x.dtype)
+    return c.expand(*x.shape[:-1], c.shape[-1])
 
 
 _PRECISION = ["float64"]
@@ -112,19 +130,54 @@ def enable_x64():
     jax.config.update("jax_enable_x64", True)
 
 
-def jax_layer(f_forward, f_inverse, params, z, **options):
-    """check_layer arguments for two JAX functions ``f(params, x) -> (y, log_det)``."""
+def _eager(fn):
+    """``fn`` (a wrapped function or vjp) called with JAX's ``jit`` disabled, and so is the
+    pullback a vjp returns: for code that derives shapes from the parameters' values, which a
+    traced parameter does not have."""
+    def call(*args):
+        import jax
+        with jax.disable_jit():
+            out = fn(*args)
+        if isinstance(out, tuple) and out and callable(out[-1]):
+            pull = out[-1]
+
+            def pullback(*cotangents):
+                with jax.disable_jit():
+                    return pull(*cotangents)
+            return (*out[:-1], pullback)
+        return out
+    return call
+
+
+def _maybe_eager(wrapped, eager):
+    """``(callable, vjp)`` of a :func:`from_jax` wrapper, run eagerly when ``eager``."""
+    if wrapped is None:
+        return None, None
+    if not eager:
+        return wrapped, wrapped.vjp
+    return _eager(wrapped), _eager(wrapped.vjp)
+
+
+def jax_layer(f_forward, f_inverse, params, z, eager=False, **options):
+    """check_layer arguments for two JAX functions ``f(params, x) -> (y, log_det)``;
+    ``eager=True`` runs them without ``jit`` (TFP bijectors that compute shapes from parameter
+    values)."""
     fwd = from_jax(f_forward, params)
     inv = None if f_inverse is None else from_jax(f_inverse, params)
-    out = dict(forward=fwd, inverse=inv, z=z, forward_vjp=fwd.vjp,
-               inverse_vjp=None if inv is None else inv.vjp, params=fwd.params,
-               functional=True, **options)
+    fwd_c, fwd_vjp = _maybe_eager(fwd, eager)
+    inv_c, inv_vjp = _maybe_eager(inv, eager)
+    out = dict(forward=fwd_c, inverse=inv_c, z=z, forward_vjp=fwd_vjp, inverse_vjp=inv_vjp,
+               params=fwd.params, functional=True, **options)
     if current_precision() == "float32":
         fwd32 = from_jax(_float32_call(f_forward), params)
         inv32 = None if f_inverse is None else from_jax(_float32_call(f_inverse), params)
-        out.update(forward=fwd32, inverse=inv32, z=np.asarray(z, dtype=np.float32),
-                   forward_vjp=fwd32.vjp, inverse_vjp=None if inv32 is None else inv32.vjp,
-                   reference=_twin(fwd, inv))
+        f32_c, f32_vjp = _maybe_eager(fwd32, eager)
+        i32_c, i32_vjp = _maybe_eager(inv32, eager)
+        twin = {"forward": fwd_c, "forward_vjp": fwd_vjp}
+        if inv is not None:
+            twin.update(inverse=inv_c, inverse_vjp=inv_vjp)
+        out.update(forward=f32_c, inverse=i32_c, z=np.asarray(z, dtype=np.float32),
+                   forward_vjp=f32_vjp, inverse_vjp=i32_vjp, reference=twin)
     return out
 
 
@@ -154,14 +207,22 @@ def pyro_forward_only():
 
 
 # ------------------------------------------------------------------------------------ zuko
-def zuko_flow(cls, dim=3, scale=0.5, points=1.0, z=None, **kwargs):
+def zuko_flow(cls, dim=3, scale=0.5, points=1.0, z=None, context=None, **kwargs):
+    """A zuko flow's transform; ``context=k``: built with ``context=k`` and called on a fixed
+    random context (:func:`context_vector`)."""
     def build(seed):
         import torch
         import zuko
 
         torch.manual_seed(seed)
-        flow = randomize_torch(getattr(zuko.flows, cls)(dim, **kwargs), seed, scale)
-        fwd, inv = zuko_calls()
+        extra = {} if context is None else {"context": context}
+        flow = randomize_torch(getattr(zuko.flows, cls)(dim, **extra, **kwargs), seed, scale)
+        if context is None:
+            fwd, inv = zuko_calls()
+        else:
+            c = context_vector(seed, context)
+            fwd = lambda m, x: m.transform(torch_context(c, x)).call_and_ladj(x)
+            inv = lambda m, y: m.transform(torch_context(c, y)).inv.call_and_ladj(y)
         return torch_layer(flow, fwd, inv, _points(seed, dim, points, z))
     return build
 
@@ -236,7 +297,9 @@ ZUKO_SIGNED_POWER = _ZukoTransform(
 
 # ----------------------------------------------------------------------------------- nflows
 def nflows_transform(make, dim=3, scale=0.3, points=1.0, eval_mode=False, z=None, post=None,
-                     **options):
+                     context=None, **options):
+    """An nflows transform ``make(dim)``; ``context=k``: ``make`` builds it with
+    ``context_features=k`` and it is called with a fixed random context."""
     def build(seed):
         import torch
 
@@ -246,7 +309,12 @@ def nflows_transform(make, dim=3, scale=0.3, points=1.0, eval_mode=False, z=None
             module.eval()
         if post is not None:
             post(module)
-        fwd, inv = nflows_calls()
+        if context is None:
+            fwd, inv = nflows_calls()
+        else:
+            c = context_vector(seed, context)
+            fwd = lambda m, x: m(x, context=torch_context(c, x))
+            inv = lambda m, y: m.inverse(y, context=torch_context(c, y))
         return torch_layer(module, fwd, inv, _points(seed, dim, points, z), **options)
     return build
 
@@ -269,7 +337,9 @@ def nflows_batchnorm(dim):
 
 # -------------------------------------------------------------------------------- normflows
 def normflows_flow(make, dim=3, scale=0.4, points=1.0, forward_only=False, post=None, z=None,
-                   **options):
+                   context=None, **options):
+    """A normflows flow ``make(dim)``; ``context=k``: ``make`` builds it with ``k`` context
+    channels and it is called with a fixed random context."""
     def build(seed):
         import torch
 
@@ -277,15 +347,23 @@ def normflows_flow(make, dim=3, scale=0.4, points=1.0, forward_only=False, post=
         module = randomize_torch(make(dim), seed, scale)
         if post is not None:
             post(module)
-        fwd = lambda m, z: m.forward(z)
-        inv = None if forward_only else (lambda m, x: m.inverse(x))
+        if context is None:
+            fwd = lambda m, z: m.forward(z)
+            inv = None if forward_only else (lambda m, x: m.inverse(x))
+        else:
+            c = context_vector(seed, context)
+            fwd = lambda m, z: m.forward(z, torch_context(c, z))
+            inv = None if forward_only else (lambda m, x: m.inverse(x, torch_context(c, x)))
         return torch_layer(module, fwd, inv, _points(seed, dim, points, z), **options)
     return build
 
 
 # ------------------------------------------------------------------------------------- Pyro
 def pyro_transform(make, dim=3, scale=0.3, points=1.0, forward_only=False, post=None, z=None,
-                   **options):
+                   context=None, **options):
+    """A Pyro transform module ``make(dim)``; ``context=k``: a ``Conditional*`` module built
+    for ``k`` context features, conditioned (``.condition(c)``) on a fixed random context ``c``
+    of shape ``(k,)`` inside every call (so the graph runs through its network)."""
     def build(seed):
         import torch
 
@@ -294,6 +372,11 @@ def pyro_transform(make, dim=3, scale=0.3, points=1.0, forward_only=False, post=
         if post is not None:
             post(module)
         fwd, inv = pyro_calls()
+        if context is not None:
+            c = context_vector(seed, context)
+            cond = lambda m, v: m.condition(torch.as_tensor(c, dtype=v.dtype))
+            fwd = (lambda f: lambda m, x: f(cond(m, x), x))(fwd)
+            inv = (lambda f: lambda m, y: f(cond(m, y), y))(inv)
         pts = _points(seed, dim, points, z)
         return torch_layer(module, fwd, None if forward_only else inv, pts, **options)
     return build
@@ -328,9 +411,11 @@ def pyro_batchnorm_gamma(layer):
 
 # ---------------------------------------------------------------------------------- FlowJAX
 def flowjax_bijection(make, dim=3, scale=0.3, points=1.0, forward_only=False, noise_seed=1,
-                      z=None, **options):
+                      z=None, context=None, **options):
     """A FlowJAX bijection on single points, vmapped over rows; trainable leaves as params
-    (in float32, every floating array of the rebuilt bijection cast to float32)."""
+    (in float32, every floating array of the rebuilt bijection cast to float32).
+    ``context=k``: ``make(key, dim)`` builds it with ``cond_dim=k`` and every point is
+    transformed with the same fixed random condition."""
     def build(seed):
         enable_x64()
         import equinox as eqx
@@ -354,11 +439,19 @@ def flowjax_bijection(make, dim=3, scale=0.3, points=1.0, forward_only=False, no
                     lambda a: a.astype(np.float32) if eqx.is_inexact_array(a) else a, bij)
             return bij
 
+        c = None if context is None else context_vector(seed, context)
+
+        def call(method, v):
+            if c is None:
+                return jax.vmap(method)(v)
+            cond = jax.numpy.asarray(c, dtype=v.dtype)
+            return jax.vmap(lambda row: method(row, cond))(v)
+
         def forward(p, x):
-            return jax.vmap(rebuild(p).transform_and_log_det)(x)
+            return call(rebuild(p).transform_and_log_det, x)
 
         def inverse(p, y):
-            return jax.vmap(rebuild(p).inverse_and_log_det)(y)
+            return call(rebuild(p).inverse_and_log_det, y)
 
         return jax_layer(forward, None if forward_only else inverse, params,
                          _points(seed, dim, points, z), **options)
@@ -467,13 +560,35 @@ def zuko_bernstein_at_switch(seed, dim=2):
     return z
 
 
+#: Distance of the boundary points from ``+-B``, relative to ``B``: 1e-4 B is ~16 first-pass
+#: finite-difference steps (``eps^(1/3) |x| ~ 6e-6 B``), so the first pass (steps ``h``, ``h/2``)
+#: and the finer levels of a sweep never straddle the bound.
+NEAR_BOUND = 1e-4
+
+
 def bound_points(bound):
-    """``z(seed, dim)``: points on and beyond a spline's bound ``B``: a coordinate exactly at
-    ``B``, one at ``-B``, one just inside (``B (1 - 1e-6)``), and a row wholly in the tails
-    (``+-1.5 B``), the other coordinates standard normal."""
+    """``z(seed, dim)``: points near and beyond a spline's bound ``B``, the other coordinates
+    standard normal:
+
+    - row 0 just inside ``B`` and row 1 just inside ``-B`` (``NEAR_BOUND`` B away);
+    - row 2 just outside both (``B (1 + NEAR_BOUND)`` in the first coordinate,
+      ``-B (1 + NEAR_BOUND)`` in the last);
+    - row 3 wholly in the tails (``+-1.5 B``).
+
+    No point lies exactly on ``+-B`` or within a finite-difference step of it: a spline is only
+    piecewise smooth there (a kink where its boundary slope differs from the tails', a jump of
+    the curvature where it does not), and central differences across it compare the layer's
+    derivative with a mixture of the two sides (an earlier version put points at ``+-B`` and at
+    ``B (1 - 1e-6)``: five implementations then "failed" for the oracle's finite differences,
+    not for their maps). The recipes that probe ``x = +-B`` itself claim smoothness
+    (``smooth=True``), so that a kink there is the finding.
+    """
     def z(seed, dim):
         pts = normal_points(seed, N_POINTS, dim)
-        pts[0, 0], pts[1, dim - 1], pts[2, 0] = bound, -bound, bound * (1 - 1e-6)
+        pts[0, 0] = bound * (1 - NEAR_BOUND)
+        pts[1, dim - 1] = -bound * (1 - NEAR_BOUND)
+        pts[2, 0] = bound * (1 + NEAR_BOUND)
+        pts[2, dim - 1] = -bound * (1 + NEAR_BOUND)
         pts[3] = 1.5 * bound * np.where(np.arange(dim) % 2 == 0, 1.0, -1.0)
         return pts
     return z
@@ -488,28 +603,41 @@ def wide_points(scale):
 
 
 # -------------------------------------------------------------------------------------- TFP
-def tfp_bijector(make, shapes, dim=3, scale=0.3, points=1.0, z=None, **options):
+def tfp_bijector(make, shapes, dim=3, scale=0.3, points=1.0, z=None, context=None, eager=False,
+                 **options):
     """``make(params, dim) -> tfp bijector`` (JAX substrate) on batches, log-dets with
     ``event_ndims=1`` (broadcast over the batch where the map is linear);
-    ``shapes(dim) -> {name: shape}``."""
+    ``shapes(dim) -> {name: shape}``. ``context=k``: every call passes
+    ``conditional_input`` (a fixed random context, one row per point) through to the
+    bijector's ``shift_and_log_scale_fn``. ``eager=True``: run without ``jit`` (bijectors that
+    compute shapes from their parameters' values)."""
     def build(seed):
         enable_x64()
         rng = np.random.default_rng(seed)
         params = {k: scale * rng.standard_normal(s) for k, s in shapes(dim).items()}
+        c = None if context is None else context_vector(seed, context)
+
+        def kwargs(v):
+            import jax.numpy as jnp
+            if c is None:
+                return {}
+            cond = jnp.broadcast_to(jnp.asarray(c, dtype=v.dtype), v.shape[:-1] + c.shape)
+            return {"conditional_input": cond}
 
         def forward(p, x):
             import jax.numpy as jnp
             b = make(p, dim)
-            return b.forward(x), jnp.broadcast_to(b.forward_log_det_jacobian(x, event_ndims=1),
-                                                  x.shape[:-1])
+            return b.forward(x, **kwargs(x)), jnp.broadcast_to(
+                b.forward_log_det_jacobian(x, event_ndims=1, **kwargs(x)), x.shape[:-1])
 
         def inverse(p, y):
             import jax.numpy as jnp
             b = make(p, dim)
-            return b.inverse(y), jnp.broadcast_to(b.inverse_log_det_jacobian(y, event_ndims=1),
-                                                  y.shape[:-1])
+            return b.inverse(y, **kwargs(y)), jnp.broadcast_to(
+                b.inverse_log_det_jacobian(y, event_ndims=1, **kwargs(y)), y.shape[:-1])
 
-        return jax_layer(forward, inverse, params, _points(seed, dim, points, z), **options)
+        return jax_layer(forward, inverse, params, _points(seed, dim, points, z), eager=eager,
+                         **options)
     return build
 
 

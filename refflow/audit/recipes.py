@@ -25,7 +25,7 @@ class Recipe:
     factory : callable
         ``factory(dim) -> build``, ``build(seed) -> dict`` of ``check_layer`` arguments.
     label : str
-        The variant (an option, or the points: ``"x on and beyond the bound"``).
+        The variant (an option, or the points: ``"x near and beyond the bound"``).
     sizes : tuple of int or None
         Dimensions to build (``None``: the audit's ``sizes``).
     dtypes : tuple of str or None
@@ -57,9 +57,12 @@ def recipe(factory, label="", **kwargs):
 BISECTION = dict(rtol_round_trip=2e-6, rtol_log_det_sum=1e-5)
 BISECTION_WHY = ("bisection inverse resolved to ~6e-7 (zuko's eps = 1e-6): round trips to 2e-6; "
                  "finite differences of the inverse cannot reach 1e-6")
+#: TFP bijectors that derive shapes from their parameters' values run without jit.
+EAGER_WHY = ("run without jit: TFP computes shapes from the parameters' values, which traced "
+             "parameters do not have (TypeError: Shapes must be 1D sequences of concrete values)")
 #: Bound of every spline recipe (``tail_bound``, ``bound``, ``interval``, ``range``).
 B = 3.0
-AT_BOUND = "x on and beyond the bound B = 3"
+AT_BOUND = "x near (1e-4 B) and beyond the bound B = 3"
 #: The bisection-based zuko flows take 1-3 minutes per check: opt-in, one size, float64.
 HEAVY = dict(sizes=(3,), dtypes=("float64",), heavy=True)
 
@@ -73,7 +76,7 @@ def _zuko_module(make, **kw):
 
 
 def _bound(maker, make, **kw):
-    """A recipe factory ``maker(make, dim, ...)`` with points on and beyond the bound."""
+    """A recipe factory ``maker(make, dim, ...)`` with points near and beyond the bound."""
     return lambda d: maker(make, d, z=P.bound_points(B), **kw)
 
 
@@ -628,13 +631,212 @@ def tfp_real_nvp(p, d):
     return tfp.bijectors.RealNVP(num_masked=k, shift_and_log_scale_fn=shift_and_log_scale)
 
 
+# ------------------------------------------------------------- conditional builders
+#: Variant label of the conditional recipes (the context features).
+CTX = P.CONTEXT
+CONTEXT = f"context={CTX}"
+CONTEXT_WHY = ("a fixed random context (one standard normal vector shared by the points); "
+               "the checks differentiate with respect to the input and the parameters")
+#: Conditional recipes are built at one size (the layer's own checks run at every size).
+COND = dict(sizes=(3,), why=CONTEXT_WHY)
+
+
+def nf_maf_ctx(d):
+    from nflows.transforms import MaskedAffineAutoregressiveTransform
+    return MaskedAffineAutoregressiveTransform(d, 8, context_features=CTX, num_blocks=1,
+                                               use_residual_blocks=False)
+
+
+def nf_mrqs_ctx(d):
+    from nflows.transforms import MaskedPiecewiseRationalQuadraticAutoregressiveTransform as T
+    return T(d, 8, context_features=CTX, num_bins=4, tails="linear", tail_bound=3.0,
+             num_blocks=1, use_residual_blocks=False)
+
+
+def nf_net_ctx(in_features, out_features):
+    from nflows.nn.nets import ResidualNet
+    return ResidualNet(in_features, out_features, hidden_features=8, context_features=CTX,
+                       num_blocks=1)
+
+
+def nf_affine_coupling_ctx(d):
+    from nflows.transforms import AffineCouplingTransform
+    return AffineCouplingTransform(nf_mask(d), nf_net_ctx)
+
+
+def nf_rqs_coupling_ctx(d):
+    from nflows.transforms import PiecewiseRationalQuadraticCouplingTransform as T
+    return T(nf_mask(d), nf_net_ctx, num_bins=4, tails="linear", tail_bound=3.0)
+
+
+def nfl_maf_ctx(d):
+    import normflows as nf
+    return nf.flows.MaskedAffineAutoregressive(d, 8, context_features=CTX, num_blocks=1)
+
+
+def nfl_crqs_ctx(d):
+    import normflows as nf
+    return nf.flows.CoupledRationalQuadraticSpline(d, 1, 8, num_context_channels=CTX,
+                                                   num_bins=4, tail_bound=3.0)
+
+
+def nfl_arqs_ctx(d):
+    import normflows as nf
+    return nf.flows.AutoregressiveRationalQuadraticSpline(d, 1, 8, num_context_channels=CTX,
+                                                          num_bins=4, tail_bound=3.0)
+
+
+def py_conditional(name, **kw):
+    """``pyro.distributions.transforms.conditional_<name>(d, CTX, hidden_dims=[8], **kw)``."""
+    def make(d):
+        import pyro.distributions.transforms as T
+        return getattr(T, f"conditional_{name}")(d, CTX, hidden_dims=[8], **kw)
+    return make
+
+
+def fj_maf_ctx(key, d):
+    import flowjax.bijections as B
+    return B.MaskedAutoregressive(key, transformer=B.Affine(), dim=d, cond_dim=CTX, nn_width=8,
+                                  nn_depth=1)
+
+
+def fj_coupling_ctx(key, d):
+    import flowjax.bijections as B
+    return B.Coupling(key, transformer=B.RationalQuadraticSpline(knots=4, interval=3.0),
+                      untransformed_dim=1, dim=d, cond_dim=CTX, nn_width=8, nn_depth=1)
+
+
+def fj_bnaf_ctx(key, d):
+    import flowjax.bijections as B
+    return B.BlockAutoregressiveNetwork(key, dim=d, cond_dim=CTX, depth=1, block_dim=2)
+
+
+def fj_planar_ctx(key, d):
+    import flowjax.bijections as B
+    return B.Planar(key, dim=d, cond_dim=CTX, width_size=8, depth=1)
+
+
+def tfp_maf_ctx(p, d):
+    import jax.numpy as jnp
+    from tensorflow_probability.substrates import jax as tfp
+    mask = jnp.tril(jnp.ones((d, d), dtype=p["w"].dtype), -1)   # output i sees inputs j < i
+
+    def shift_and_log_scale(x, conditional_input):
+        h = jnp.tanh(x @ (mask * p["w"]).T + conditional_input @ p["c"] + p["b"])
+        return h, 0.5 * jnp.tanh(h * p["a"])
+
+    return tfp.bijectors.MaskedAutoregressiveFlow(shift_and_log_scale_fn=shift_and_log_scale)
+
+
+def tfp_real_nvp_ctx(p, d):
+    import jax.numpy as jnp
+    from tensorflow_probability.substrates import jax as tfp
+    k = d // 2
+
+    def shift_and_log_scale(x, output_units, conditional_input):
+        h = jnp.tanh(x @ p["w"][:k, :output_units] + conditional_input @ p["c"][:, :output_units]
+                     + p["b"][:output_units])
+        return h, 0.5 * h
+
+    return tfp.bijectors.RealNVP(num_masked=k, shift_and_log_scale_fn=shift_and_log_scale)
+
+
+#: Conditional recipes, added to :data:`RECIPES` below: ``{library: {class: [Recipe]}}``.
+def _conditional():
+    zuko = {cls: [recipe(_zuko_flow(cls, context=CTX), CONTEXT, **COND)]
+            for cls in ("MAF", "NSF", "RealNVP", "NICE")}
+    zuko["NSF"][0] = recipe(_zuko_flow("NSF", bins=4, context=CTX), CONTEXT, **COND)
+    nflows = {
+        "MaskedAffineAutoregressiveTransform": [recipe(
+            lambda d: P.nflows_transform(nf_maf_ctx, d, context=CTX), CONTEXT, **COND)],
+        "MaskedPiecewiseRationalQuadraticAutoregressiveTransform": [recipe(
+            lambda d: P.nflows_transform(nf_mrqs_ctx, d, scale=0.5, points=1.5, context=CTX),
+            CONTEXT, **COND)],
+        "AffineCouplingTransform": [recipe(
+            lambda d: P.nflows_transform(nf_affine_coupling_ctx, d, context=CTX), CONTEXT,
+            **COND)],
+        "PiecewiseRationalQuadraticCouplingTransform": [recipe(
+            lambda d: P.nflows_transform(nf_rqs_coupling_ctx, d, scale=0.5, points=1.5,
+                                         context=CTX), CONTEXT, **COND)],
+    }
+    normflows = {
+        "MaskedAffineAutoregressive": [recipe(
+            lambda d: P.normflows_flow(nfl_maf_ctx, d, scale=0.3, context=CTX), CONTEXT, **COND)],
+        "CoupledRationalQuadraticSpline": [recipe(
+            lambda d: P.normflows_flow(nfl_crqs_ctx, d, scale=0.4, points=1.5, context=CTX),
+            CONTEXT, **COND)],
+        "AutoregressiveRationalQuadraticSpline": [recipe(
+            lambda d: P.normflows_flow(nfl_arqs_ctx, d, scale=0.4, points=1.5, context=CTX),
+            CONTEXT, **COND)],
+    }
+    spline = dict(scale=0.5, points=1.5, context=CTX)
+    pyro = {
+        "ConditionalAffineAutoregressive": [recipe(
+            lambda d: P.pyro_transform(py_conditional("affine_autoregressive"), d, context=CTX),
+            CONTEXT, **COND)],
+        "ConditionalAffineCoupling": [recipe(
+            lambda d: P.pyro_transform(py_conditional("affine_coupling"), d, context=CTX),
+            CONTEXT, **COND)],
+        "ConditionalSpline": [recipe(
+            lambda d: P.pyro_transform(py_conditional("spline", count_bins=4, bound=B), d,
+                                       **spline), CONTEXT + ", order=linear",
+            options=dict(sum_log_det=True), **COND)],
+        "ConditionalSplineAutoregressive": [recipe(
+            lambda d: P.pyro_transform(py_conditional("spline_autoregressive", count_bins=4,
+                                                      bound=B), d, **spline),
+            CONTEXT, options=dict(sum_log_det=True), **COND)],
+        "ConditionalPlanar": [recipe(
+            lambda d: P.pyro_transform(py_conditional("planar"), d, forward_only=True,
+                                       context=CTX), CONTEXT + ", forward only", **COND)],
+        "ConditionalRadial": [recipe(
+            lambda d: P.pyro_transform(py_conditional("radial"), d, forward_only=True,
+                                       context=CTX), CONTEXT + ", forward only", **COND)],
+        "ConditionalHouseholder": [recipe(
+            lambda d: P.pyro_transform(py_conditional("householder", count_transforms=2), d,
+                                       context=CTX), CONTEXT, **COND)],
+        "ConditionalMatrixExponential": [recipe(
+            lambda d: P.pyro_transform(py_conditional("matrix_exponential"), d, context=CTX),
+            CONTEXT, options=dict(rtol_round_trip=1e-8), sizes=(3,),
+            why=CONTEXT_WHY + "; exp(W) as a Taylor series of 8 terms: forward and inverse are "
+            "inverse only to ~|W|^9 / 9!, by design")],
+        "ConditionalNeuralAutoregressive": [recipe(
+            lambda d: P.pyro_transform(py_conditional("neural_autoregressive", width=8), d,
+                                       forward_only=True, context=CTX),
+            CONTEXT + ", forward only", **COND)],
+    }
+    flowjax = {
+        "MaskedAutoregressive": [recipe(
+            lambda d: P.flowjax_bijection(fj_maf_ctx, d, scale=0.3, context=CTX), CONTEXT,
+            **COND)],
+        "Coupling": [recipe(
+            lambda d: P.flowjax_bijection(fj_coupling_ctx, d, scale=0.3, context=CTX),
+            CONTEXT + ", RationalQuadraticSpline transformer", **COND)],
+        "BlockAutoregressiveNetwork": [recipe(
+            lambda d: P.flowjax_bijection(fj_bnaf_ctx, d, scale=0.3, forward_only=True,
+                                          context=CTX), CONTEXT + ", forward only", **COND)],
+        "Planar": [recipe(
+            lambda d: P.flowjax_bijection(fj_planar_ctx, d, forward_only=True, context=CTX),
+            CONTEXT + ", forward only", **COND)],
+    }
+    tfp = {
+        "MaskedAutoregressiveFlow": [recipe(lambda d: P.tfp_bijector(
+            tfp_maf_ctx, lambda d: {"w": (d, d), "c": (CTX, d), "b": (d,), "a": (d,)}, d,
+            scale=0.5, context=CTX), CONTEXT + " (conditional_input)", **COND)],
+        "RealNVP": [recipe(lambda d: P.tfp_bijector(
+            tfp_real_nvp_ctx, lambda d: {"w": (d // 2, d), "c": (CTX, d), "b": (d,)}, d,
+            scale=0.5, context=CTX), CONTEXT + " (conditional_input)", **COND)],
+    }
+    return {"zuko": zuko, "nflows": nflows, "normflows": normflows, "pyro": pyro,
+            "flowjax": flowjax, "tfp": tfp}
+
+
 # --------------------------------------------------------------------------------- the table
 RECIPES = {
     "zuko": {
         "MAF": [recipe(_zuko_flow("MAF"))],
         "NSF": [recipe(_zuko_flow("NSF", bins=4)),
                 recipe(_zuko_flow("NSF", bins=4, z=P.bound_points(5.0)),
-                       "x on and beyond zuko's bound B = 5")],
+                       "x near (1e-4 B) and beyond zuko's bound B = 5")],
         "RealNVP": [recipe(_zuko_flow("RealNVP"))],
         "NICE": [recipe(_zuko_flow("NICE"))],
         "NAF": [recipe(lambda d: P.zuko_flow("NAF", dim=d, transforms=1, signal=4,
@@ -739,7 +941,10 @@ RECIPES = {
         "AffineCouplingBlock": [
             recipe(lambda d: P.normflows_flow(nfl_affine_block, d), sizes=(2, 4)),
             recipe(lambda d: P.normflows_flow(nfl_affine_block, d, z=P.wide_points(30.0)),
-                   "wide points (sd 30)", sizes=(4,))],
+                   "wide points (sd 30)", sizes=(4,), dtypes=("float64",),
+                   why="float64 only: at sd 30 the random network saturates the scale at "
+                   "~exp(-18), so the inverse amplifies the float32 rounding of x by ~1e8 and "
+                   "no float32 implementation can be compared with its twin there")],
         "CoupledRationalQuadraticSpline": [
             recipe(lambda d: P.normflows_flow(nfl_crqs, d, scale=0.4, points=1.5)),
             recipe(_bound(P.normflows_flow, nfl_crqs, scale=0.4), AT_BOUND)],
@@ -773,6 +978,12 @@ RECIPES = {
                    "order=quadratic", options=dict(sum_log_det=True)),
             recipe(_bound(P.pyro_transform, py_spline_linear, scale=0.5),
                    "order=linear, " + AT_BOUND, options=dict(sum_log_det=True)),
+            recipe(lambda d: P.pyro_transform(py_spline_linear, d, scale=0.5,
+                                              z=P.pyro_spline_at_bound),
+                   "order=linear, x = +-B, smooth=True",
+                   options=dict(sum_log_det=True, smooth=True),
+                   why="the spline claims a C1 map (identity beyond the bound): a kink at "
+                   "+-B is a failure", sizes=(3,)),
             recipe(lambda d: P.pyro_transform(py_spline_quadratic, d, scale=0.5,
                                               z=P.pyro_spline_at_bound),
                    "order=quadratic, x = +-B, smooth=True",
@@ -887,19 +1098,26 @@ RECIPES = {
             tfp_sinh_arcsinh, lambda d: {"skew": (d,), "log_tail": (d,)}, d))],
         "ScaleMatvecTriL": [recipe(lambda d: P.tfp_bijector(tfp_tril, lambda d: {"m": (d, d)},
                                                             d))],
-        "ScaleMatvecLU": [recipe(lambda d: P.tfp_bijector(tfp_lu, lambda d: {"lu": (d, d)}, d))],
+        "ScaleMatvecLU": [recipe(lambda d: P.tfp_bijector(tfp_lu, lambda d: {"lu": (d, d)}, d,
+                                                          eager=True), why=EAGER_WHY)],
         "ScaleMatvecDiag": [recipe(lambda d: P.tfp_bijector(tfp_diag,
                                                             lambda d: {"log_diag": (d,)}, d))],
         "RationalQuadraticSpline": [
             recipe(lambda d: P.tfp_bijector(tfp_rqs, lambda d: {"w": (d, 4), "h": (d, 4),
                                                                 "s": (d, 3)}, d, scale=0.5,
-                                            points=1.5)),
+                                            points=1.5, eager=True), why=EAGER_WHY),
             recipe(lambda d: P.tfp_bijector(tfp_rqs, lambda d: {"w": (d, 4), "h": (d, 4),
                                                                 "s": (d, 3)}, d, scale=0.5,
-                                            z=P.bound_points(B)), AT_BOUND)],
+                                            z=P.bound_points(B), eager=True), AT_BOUND,
+                   why=EAGER_WHY)],
         "MaskedAutoregressiveFlow": [recipe(lambda d: P.tfp_bijector(
             tfp_maf, lambda d: {"w": (d, d), "b": (d,), "a": (d,)}, d, scale=0.5))],
         "RealNVP": [recipe(lambda d: P.tfp_bijector(
             tfp_real_nvp, lambda d: {"w": (d // 2, d), "b": (d,)}, d, scale=0.5))],
     },
 }
+
+for _library, _classes in _conditional().items():
+    for _cls, _entries in _classes.items():
+        RECIPES[_library].setdefault(_cls, []).extend(_entries)
+del _library, _classes, _cls, _entries

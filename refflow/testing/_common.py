@@ -23,8 +23,16 @@ RTOL_ROUND_TRIP_FLOAT32 = 1e-5
 #: hundreds of terms in a network's matrix products, exp and log).
 RTOL_FLOAT32 = 1e-4
 #: float32 gradients against the float64 twin's (normwise): backpropagation through the same
-#: network compounds the forward pass's rounding once more.
+#: network compounds the forward pass's rounding once more. The error is measured relative to
+#: the larger of the twin gradient's size and the size of the terms it sums (measured with
+#: :data:`TWIN_TERMS_PROBES`), since float32 rounds the terms, not only their sum.
 RTOL_FLOAT32_GRAD = 1e-3
+#: Random sign flips of the cotangents used to measure the terms a float32 gradient sums
+#: (``sum_i u_i J_ij``, each rounded by float32): the float64 twin's pullbacks of ``sigma * u``
+#: have mean square ``sum_i (u_i J_ij)^2``, so their rms is the size of the terms even where they
+#: cancel (a Householder vector's gradient can be 1e-5 of them); 4 probes estimate it within a
+#: factor ~2, plenty for a scale.
+TWIN_TERMS_PROBES = 4
 
 _EPS64 = np.finfo(np.float64).eps
 

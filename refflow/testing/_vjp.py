@@ -4,7 +4,8 @@ import numpy as np
 
 from . import _fd
 from ._common import (
-    RTOL_FD, RTOL_FLOAT32, RTOL_FLOAT32_GRAD, describe_exception, is_low_precision,
+    RTOL_FD, RTOL_FLOAT32, RTOL_FLOAT32_GRAD, TWIN_TERMS_PROBES, describe_exception,
+    is_low_precision,
 )
 from ._report import VJPReport, Line
 
@@ -142,7 +143,10 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD, fun
         A float64 twin of a float32 ``vjp`` (same convention, same weights): its outputs and
         gradients at the same points and cotangents are compared with the float32 ones
         (``rtol_float32``, ``rtol_float32_grad``), and the finite-difference checks run on the
-        twin. Without it a float32 layer gets no finite-difference checks.
+        twin. A gradient's error is relative to the larger of its size and the size of the
+        terms it sums (the twin's pullbacks of sign-flipped cotangents: float32 rounds the
+        terms, so a gradient whose terms cancel is judged at their scale, not its own).
+        Without it a float32 layer gets no finite-difference checks.
     smooth : bool
         A kink found at the points (one-sided derivatives that differ) is a failure rather than
         ``not-converged``.
@@ -221,8 +225,9 @@ def check_vjp(vjp, inputs, params=None, *, rng=None, eps=None, rtol=RTOL_FD, fun
         except Exception as exc:
             problems.append(f"reference raised {describe_exception(exc)}")
             return VJPReport([], problems)
+        terms = _term_scales(pull64, cotangents, labels, sorted(params), len(v0s))
         twin = _twin_lines(outputs, out64, bars, bars64, grads, grads64, labels, params,
-                           rtol_float32, rtol_float32_grad)
+                           rtol_float32, rtol_float32_grad, terms)
         inner = _fd_lines(lambda vs, ps: call(reference, vs, ps), v64, labels, params, functional,
                           cotangents, out64, bars64, grads64, rng, eps, rtol, max_elements, smooth,
                           max_sweeps, problems)
@@ -279,8 +284,8 @@ def _contract(problems, v0s, labels, params, outputs, cts, kept, bars, grads, ba
                 problems.append(f"grads[{key!r}] has dtype {g.dtype}, expected float64")
 
 
-def _normwise(a, b):
-    """``max |a - b| / max |b|`` (absolute when ``b`` is all zeros)."""
+def _normwise(a, b, floor=0.0):
+    """``max |a - b| / max(max |b|, floor)`` (absolute when both are zero)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         return float("inf"), -1
@@ -290,12 +295,55 @@ def _normwise(a, b):
         diff = np.abs(a - b)
     if not np.isfinite(diff).all():
         return float("inf"), int(np.argmax(~np.isfinite(diff).ravel()))
-    scale = max(float(np.max(np.abs(b))), np.finfo(np.float64).tiny)
+    scale = max(float(np.max(np.abs(b))), float(floor))
     worst = int(np.argmax(diff))
-    return float(diff.ravel()[worst]) / scale if scale > np.finfo(np.float64).tiny else float(diff.ravel()[worst]), worst
+    if scale > np.finfo(np.float64).tiny:
+        return float(diff.ravel()[worst]) / scale, worst
+    return float(diff.ravel()[worst]), worst
 
 
-def _twin_lines(out32, out64, bars32, bars64, grads32, grads64, labels, params, tol, tol_grad):
+def _term_scales(pullback, cotangents, labels, keys, n_inputs):
+    """Size of the terms each float32 gradient sums: ``{label or key: max_j rms_k |(J^T
+    (sigma_k * u))_j|}``.
+
+    Element ``j`` of a pullback is ``sum_i u_i J_ij`` (``u`` the cotangents, ``J`` the Jacobian
+    of the outputs in that input or parameter array); float32 rounds every term, so its error
+    scales with the terms, ``(sum_i (u_i J_ij)^2)^(1/2)``, whatever the sum's own size (terms
+    that cancel leave a tiny gradient). With random signs ``sigma`` (Rademacher),
+    ``E (sum_i sigma_i u_i J_ij)^2 = sum_i (u_i J_ij)^2``: the float64 twin's pullback of
+    ``TWIN_TERMS_PROBES`` sign-flipped cotangents estimates it exactly in expectation, with no
+    finite difference. The signs come from their own fixed generator, so the check's other draws
+    are unchanged. A probe that raises gives ``{}`` (each gradient is then compared relative to
+    its own size)."""
+    signs = np.random.default_rng(20231)
+    total = {}
+    try:
+        for _ in range(TWIN_TERMS_PROBES):
+            flipped = [c * signs.choice(np.array([-1.0, 1.0]), size=np.shape(c))
+                       for c in cotangents]
+            bars, grads = _split_pullback(pullback(*flipped), n_inputs)
+            got = dict(zip(labels, bars))
+            got.update({k: grads[k] for k in keys if k in grads})
+            for name, value in got.items():
+                sq = np.square(np.asarray(value, dtype=np.float64))
+                total[name] = total.get(name, 0.0) + sq
+    except Exception:
+        return {}
+    out = {}
+    with np.errstate(all="ignore"):
+        for name, sq in total.items():
+            rms = np.sqrt(sq / TWIN_TERMS_PROBES)
+            m = float(np.max(rms, initial=0.0))
+            out[name] = m if np.isfinite(m) else 0.0
+    return out
+
+
+def _twin_lines(out32, out64, bars32, bars64, grads32, grads64, labels, params, tol, tol_grad,
+                terms=None):
+    """Outputs and gradients of a float32 layer against its float64 twin. A gradient's error is
+    relative to the larger of its own size and ``terms[label]``, the size of the terms it sums
+    (:func:`_term_scales`)."""
+    terms = {} if terms is None else terms
     lines = []
     worst, where = 0.0, -1
     for k, (a, b) in enumerate(zip(out32, out64)):
@@ -310,14 +358,17 @@ def _twin_lines(out32, out64, bars32, bars64, grads32, grads64, labels, params, 
             worst, where = e, k
     lines.append(Line("outputs vs float64 twin", worst, tol, where,
                        "" if where < 0 else f"output {where}"))
-    for label, a, b in zip(labels, bars32, bars64):
-        e, w = _normwise(a, b)
-        lines.append(Line(f"{label} vs float64 twin", e, tol_grad, _where(w, np.shape(b)) if w >= 0 else -1))
-    for key in sorted(params):
-        if key in grads32 and key in grads64:
-            e, w = _normwise(grads32[key], grads64[key])
-            lines.append(Line(f"{key} vs float64 twin", e, tol_grad,
-                               _where(w, np.shape(grads64[key])) if w >= 0 else -1))
+    pairs = [(label, a, b) for label, a, b in zip(labels, bars32, bars64)]
+    pairs += [(key, grads32[key], grads64[key]) for key in sorted(params)
+              if key in grads32 and key in grads64]
+    for label, a, b in pairs:
+        floor = float(terms.get(label, 0.0))
+        e, w = _normwise(a, b, floor)
+        size = float(np.max(np.abs(np.asarray(b, dtype=np.float64)), initial=0.0))
+        note = (f"relative to the size of its terms {floor:.2g} (the gradient is {size:.2g})"
+                if floor > 10.0 * size else "")
+        lines.append(Line(f"{label} vs float64 twin", e, tol_grad,
+                          _where(w, np.shape(b)) if w >= 0 else -1, note))
     return lines
 
 
