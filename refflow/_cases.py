@@ -186,6 +186,10 @@ CASES = {
     "logit": _case(lambda r: B.Logit(3), _uniform(0.02, 0.98), _normal(2.0)),
     "logit_alpha": _case(lambda r: B.Logit(3, alpha=0.05), _uniform(0.0, 1.0), _normal(2.0)),
     "tanh": _case(lambda r: B.Tanh(3), _normal(1.5), _uniform(-0.95, 0.95)),
+    "softclip": _knot_safe_case(lambda r: B.Softclip(3, bound=2.0), _normal(3.0),
+                                _uniform(-1.9, 1.9)),
+    "leaky_tanh": _knot_safe_case(lambda r: B.LeakyTanh(3, max_val=1.5), _normal(2.0),
+                                  _normal(1.5)),
     "softplus": _case(lambda r: B.Softplus(3), _normal(2.0), _lognormal()),
     "leaky_relu": _case(lambda r: B.LeakyReLU(3, negative_slope=0.3),
                         _away_from_zero(), _away_from_zero()),
@@ -374,6 +378,8 @@ CASES = {
             rng=r), r), _normal(2.0), _normal(2.0)),
     # Rezende & Mohamed family; Sylvester with both kinds of Q, m < dim and m = dim.
     "planar": _case(lambda r: _randomize(B.Planar(3, rng=r), r, 0.7), _normal(1.5), _normal(1.5)),
+    "planar_flowjax": _case(lambda r: _randomize(B.Planar(3, constraint="flowjax", rng=r), r, 0.7),
+                            _normal(1.5), _normal(1.5)),
     "radial": _case(lambda r: _randomize(B.Radial(3, rng=r), r, 0.7), _normal(1.5), _normal(1.5)),
     "sylvester_householder": _case(
         lambda r: _randomize(B.Sylvester(4, m=3, n_reflections=2, rng=r), r, 0.7),

@@ -45,7 +45,7 @@ import math
 import numpy as np
 
 from .._math import log_softplus, sigmoid, softplus
-from .._validation import check_dim, check_rng
+from .._validation import check_choice, check_dim, check_rng
 from ..io.spec import constructor_arguments, declaration
 from ..kernels.planar import planar_inverse, sylvester_inverse
 from .base import Bijector
@@ -99,6 +99,10 @@ class Planar(Bijector):
     ----------
     dim : int
         Event size ``d``.
+    constraint : {"rezende", "flowjax"}, default "rezende"
+        The map ``m`` of the invertibility constraint: the paper's ``m(s) = -1 + softplus(s)``,
+        or FlowJAX's ``m(s) = -1 + log(1 + softplus(s))`` (FlowJAX 19.1.2,
+        ``flowjax/bijections/planar.py``, ``get_act_scale``); both give ``w^T u_hat > -1``.
     rng : None, int or numpy.random.Generator, optional
         Initialisation: ``u``, ``w`` and ``b`` are drawn from ``N(0, 1/d)`` (entries of standard
         deviation ``1/sqrt(d)``, so ``|w| ~ 1``; ``w`` is nonzero with probability one).
@@ -125,7 +129,11 @@ class Planar(Bijector):
         u_hat = u + (m(w^T u) - w^T u) w / |w|^2,     so   c := w^T u_hat = m(w^T u) > -1
 
     for every ``u`` and nonzero ``w`` (``m(s) - s = softplus(-s) - 1`` and
-    ``1 + c = softplus(w^T u)`` are evaluated without cancellation). With ``a = w^T z``,
+    ``1 + c = softplus(w^T u)`` are evaluated without cancellation). ``constraint="flowjax"``
+    uses ``m(s) = -1 + log(1 + softplus(s))`` instead: ``1 + c = log1p(softplus(s))`` (its log
+    ``log softplus(s) + log1p(-softplus(s) / 2)`` below ``s = -30``), ``m'(s) = sigmoid(s) /
+    (1 + softplus(s))``, ``1 - m'(s) = (1 + softplus(s) - sigmoid(s)) / (1 + softplus(s))``
+    (a sum of positive terms). With ``a = w^T z``,
     ``p = a + b``, ``t = tanh p``, ``h' = 1 - t^2``::
 
         forward   x = z + u_hat t,                 log_det =  log(1 + c h'(p))
@@ -153,9 +161,10 @@ class Planar(Bijector):
         u_hat_bar = -sum z_bar t, c_bar = sum (-r t - ld_bar h' / D)
 
     Both then go through the constraint: with ``s = w^T u``, ``q = |w|^2``,
-    ``k = (m(s) - s) / q`` (``u_hat = u + k w``, ``c = m(s)``, ``m' = sigmoid``)::
+    ``k = (m(s) - s) / q`` (``u_hat = u + k w``, ``c = m(s)``; for the paper's ``m``,
+    ``m' = sigmoid`` and ``1 - m' = sigmoid(-s)``)::
 
-        g_s   = -(u_hat_bar . w) sigmoid(-s) / q + c_bar sigmoid(s)
+        g_s   = -(u_hat_bar . w) (1 - m'(s)) / q + c_bar m'(s)
         u_bar = u_hat_bar + g_s w
         w_bar = w_bar|direct + k u_hat_bar + g_s u - 2 k (u_hat_bar . w) w / q
 
@@ -183,8 +192,10 @@ class Planar(Bijector):
     (True, True)
     """
 
-    def __init__(self, dim, *, rng=None):
+    def __init__(self, dim, *, constraint="rezende", rng=None):
         dim = check_dim(dim, "Planar")
+        self.constraint = check_choice(constraint, ("rezende", "flowjax"), "Planar",
+                                       "constraint")
         rng = check_rng(rng, "Planar: rng")
         std = 1.0 / math.sqrt(dim)
         super().__init__(dim, params={
@@ -194,11 +205,19 @@ class Planar(Bijector):
         })
 
     def _config(self):
-        return {"dim": self.dim}
+        # the default is left out, so files written before the option keep their form
+        return {"dim": self.dim} if self.constraint == "rezende" else \
+            {"dim": self.dim, "constraint": self.constraint}
+
+    def __repr__(self):
+        extra = "" if self.constraint == "rezende" else f", constraint={self.constraint!r}"
+        return f"Planar(dim={self.dim}{extra})"
 
     @classmethod
     def _declare(cls, config):
-        dim = check_dim(constructor_arguments(cls, config)["dim"], "Planar")
+        args = constructor_arguments(cls, config)
+        dim = check_dim(args["dim"], "Planar")
+        check_choice(args["constraint"], ("rezende", "flowjax"), "Planar", "constraint")
         return declaration({"u": (dim,), "w": (dim,), "b": (1,)})
 
     def _coefficients(self, direction):
@@ -216,12 +235,24 @@ class Planar(Bijector):
         nrm = scale * norm1                  # |w| without underflow or overflow of |w|^2
         w_unit = unit / norm1
         s = float(w @ u)
-        k_num = float(softplus(-s)) - 1.0   # m(s) - s
+        if self.constraint == "rezende":
+            k_num = float(softplus(-s)) - 1.0   # m(s) - s
+            one_plus_c = float(softplus(s))
+            log_one_plus_c = float(log_softplus(s))
+            dm, one_minus_dm = float(sigmoid(s)), float(sigmoid(-s))
+        else:  # FlowJAX: m(s) = -1 + log1p(softplus(s))
+            sp = float(softplus(s))
+            one_plus_c = math.log1p(sp)
+            k_num = one_plus_c - 1.0 - s
+            # log(log1p(sp)) = log(sp) + log(log1p(sp) / sp); below s = -30, log1p(-sp / 2)
+            log_one_plus_c = float(log_softplus(s)) + (math.log1p(-0.5 * sp) if s < -30.0
+                                                        else math.log(one_plus_c / sp))
+            sg = float(sigmoid(s))
+            dm, one_minus_dm = sg / (1.0 + sp), (1.0 + sp - sg) / (1.0 + sp)
         u_hat = u + (k_num / nrm) * w_unit
-        one_plus_c = float(softplus(s))
         return dict(u=u, w=w, b=b, s=s, nrm=nrm, w_unit=w_unit, k_num=k_num, u_hat=u_hat,
                     c=one_plus_c - 1.0, one_plus_c=one_plus_c,
-                    log_one_plus_c=float(log_softplus(s)))
+                    log_one_plus_c=log_one_plus_c, dm=dm, one_minus_dm=one_minus_dm)
 
     def constrained(self):
         """The map's constrained coefficients (float64), e.g. to compare with another library.
@@ -242,9 +273,9 @@ class Planar(Bijector):
         """Carry ``(u_hat_bar, c_bar)`` through the constraint to ``u`` and ``w`` (float64)."""
         u_hat_bar = np.asarray(u_hat_bar, dtype=np.float64)
         c_bar = float(c_bar)
-        nrm, w_unit, k_num, s = k["nrm"], k["w_unit"], k["k_num"], k["s"]
+        nrm, w_unit, k_num = k["nrm"], k["w_unit"], k["k_num"]
         uw = float(u_hat_bar @ w_unit)                      # (u_hat_bar . w) / |w|
-        g_s = -(uw / nrm) * sigmoid(-s) + c_bar * sigmoid(s)
+        g_s = -(uw / nrm) * k["one_minus_dm"] + c_bar * k["dm"]
         kq = k_num / (nrm * nrm)                            # k = (m(s) - s) / |w|^2
         u_bar = u_hat_bar + g_s * k["w"]
         w_bar = (np.asarray(w_direct, dtype=np.float64) + kq * u_hat_bar + g_s * k["u"]
