@@ -1,10 +1,15 @@
-"""Compare a peer flow with its refflow twin: log-probs per sample, gradients per parameter."""
+"""Compare a peer flow with its refflow twin: log-probs per sample, gradients per parameter.
+
+torch peers (zuko, nflows, normflows, Pyro): autograd on a float64 copy; JAX peers (FlowJAX):
+``jax.grad`` on a float64 copy, in JAX's x64 mode for the call only. torch and JAX are imported
+inside the functions."""
 
 import copy
 
 import numpy as np
 
 from .common import np64, require_torch
+from .flowjax import parameter_map as flowjax_parameter_map
 from .zuko import parameter_map
 
 __all__ = ["compare", "assert_matches", "ComparisonReport"]
@@ -83,7 +88,15 @@ class ComparisonReport:
                 f"max_grad_rel={self.max_grad_rel:.3e})")
 
 
+def _is_flowjax(peer):
+    module = type(peer).__module__
+    return module.startswith("flowjax") and hasattr(peer, "bijection") and \
+        hasattr(peer, "log_prob")
+
+
 def _peer_kind(torch_flow):
+    if _is_flowjax(torch_flow):
+        return "flowjax"
     try:
         from zuko.lazy import Flow as ZukoFlow
     except ImportError:  # pragma: no cover
@@ -98,8 +111,8 @@ def _peer_kind(torch_flow):
     if module.startswith(("pyro", "torch.distributions")) and \
             hasattr(torch_flow, "base_dist") and hasattr(torch_flow, "transforms"):
         return "pyro"
-    raise TypeError(f"compare: torch_flow must be a zuko, nflows, normflows or Pyro flow, got "
-                    f"{type(torch_flow).__name__}")
+    raise TypeError(f"compare: the peer must be a zuko, nflows, normflows or Pyro flow or a "
+                    f"FlowJAX distribution, got {type(torch_flow).__name__}")
 
 
 def _peer_mapping(torch_flow, model, kind):
@@ -188,8 +201,68 @@ def _pyro_log_prob(dist, xt, ct):
         torch.set_default_dtype(old)
 
 
+def _flowjax_log_prob_and_grads(dist, x, c):
+    """FlowJAX's log-probs at ``x`` and ``jax.grad`` of their mean with respect to every
+    trainable leaf (FlowJAX's partition), in float64 (JAX's x64 mode inside this call only,
+    on a float64 copy of ``dist``), as ``(lp, {leaf path: gradient})``."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import paramax
+
+    with jax.enable_x64(True):
+        peer = jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a, dtype=jnp.float64) if eqx.is_inexact_array(a) else a, dist)
+        params, static = eqx.partition(
+            peer, eqx.is_inexact_array,
+            is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable))
+        args = (jnp.asarray(x),) if c is None else (jnp.asarray(x), jnp.asarray(c))
+
+        def log_probs(p):
+            return jax.vmap(eqx.combine(p, static).log_prob)(*args)
+
+        lp = np.array(log_probs(params), dtype=np.float64)
+        grads = jax.grad(lambda p: jnp.mean(log_probs(p)))(params)
+        named = {jax.tree_util.keystr(path): np.array(g, dtype=np.float64)
+                 for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]}
+    return lp, named
+
+
+def _flowjax_compare(dist, model, x, c, rtol_log_prob, rtol_grad):
+    mapping = flowjax_parameter_map(dist, "compare")
+    params = model.params
+    for path, pieces in mapping.items():
+        for key, *_ in pieces:
+            if key not in params:
+                raise ValueError(f"compare: model has no parameter {key!r} (for FlowJAX's "
+                                 f"{path!r}); build it with from_flowjax")
+    if c is not None and c.ndim == 1:
+        c = np.broadcast_to(c, (x.shape[0], c.shape[0]))
+    lp_peer, grad_peer = _flowjax_log_prob_and_grads(dist, x, c)
+    lp_ref = np.asarray(model.log_prob(x, context=c), dtype=np.float64)
+    _, grads = model.nll_and_grad(x, context=c)
+    grad_ref = {}
+    for path, g_peer in grad_peer.items():
+        back = np.zeros_like(g_peer)
+        for key, idx, factor, layer in mapping[path]:
+            flat = -np.asarray(grads[key], dtype=np.float64).ravel()  # d mean lp = -d nll
+            value = np.where(idx >= 0, flat[np.maximum(idx, 0)], 0.0)
+            if factor is not None:
+                value = value * factor
+            shape = back.shape if layer is None else back.shape[1:]
+            if value.ndim > len(shape):  # a leaf broadcast to several refflow entries
+                value = value.reshape(shape + (-1,)).sum(axis=-1)
+            if layer is None:
+                back += value
+            else:
+                back[layer] += value
+        grad_ref[path] = back
+    return ComparisonReport(lp_peer, lp_ref, grad_peer, grad_ref, rtol_log_prob, rtol_grad,
+                            "flowjax")
+
+
 def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_grad=1e-8):
-    """Compare a peer (zuko, nflows, normflows, Pyro) flow with a refflow model on ``x``.
+    """Compare a peer (zuko, nflows, normflows, Pyro, FlowJAX) flow with a refflow model on ``x``.
 
     The peer runs on a float64 copy (``copy.deepcopy(torch_flow).double()``; for Pyro the
     transforms and the base distribution's tensors of a deep copy, evaluated with torch's default
@@ -198,9 +271,20 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
     (``-Flow.nll_and_grad``), mapped back to the peer's names (rows of a coupling layer's last
     linear permuted back).
 
+    A FlowJAX distribution is evaluated with ``jax.vmap(dist.log_prob)`` on a float64 copy
+    (every inexact leaf cast, JAX's x64 mode enabled for this call only); its gradient is
+    ``jax.grad`` of the mean log-prob with respect to every trainable leaf (FlowJAX's own
+    partition: ``eqx.is_inexact_array``, ``paramax.NonTrainable`` excluded), named by
+    ``jax.tree_util.keystr`` paths. refflow's gradient is carried back to those leaves through
+    the derivatives of the importer's parameter maps
+    (:func:`refflow.interop.flowjax.parameter_map`: copies, masks, permuted output rows, the
+    interval centre folded into a first bias, ``log softplus`` of a base's scale); a leaf the
+    model does not use gets 0, so an unmapped leaf that matters shows as a mismatch.
+
     Parameters
     ----------
-    torch_flow : zuko, nflows or normflows flow, or Pyro (Conditional)TransformedDistribution
+    torch_flow : zuko, nflows or normflows flow, Pyro (Conditional)TransformedDistribution, or
+        FlowJAX distribution (``flowjax.distributions.Transformed``)
     model : refflow.Flow
         ``from_zuko(torch_flow)`` (possibly imported before the peer was trained further: the
         parameter map is rebuilt from ``torch_flow``; a zuko tensor split over several refflow
@@ -209,7 +293,7 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
         ``from_normflows(torch_flow)`` / ``from_pyro(torch_flow)`` (their recorded
         ``peer_gradients`` map: per peer parameter the refflow key and the flat positions of its
         entries' copies; Pyro's parameters are named ``"<index in dist.transforms>.<parameter
-        name>"``).
+        name>"``), or ``from_flowjax(dist)`` (the map is rebuilt from ``dist``).
     x : array_like (n, D)
     context : array_like (n, C) or (C,), optional
     rtol_log_prob, rtol_grad : float
@@ -219,13 +303,15 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
     -------
     ComparisonReport
     """
-    torch = require_torch("compare")
     kind = _peer_kind(torch_flow)
-    mapping = _peer_mapping(torch_flow, model, kind)
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != model.dim:
         raise ValueError(f"compare: x must have shape (n >= 1, {model.dim}), got {x.shape}")
     c = None if context is None else np.asarray(context, dtype=np.float64)
+    if kind == "flowjax":
+        return _flowjax_compare(torch_flow, model, x, c, rtol_log_prob, rtol_grad)
+    torch = require_torch("compare")
+    mapping = _peer_mapping(torch_flow, model, kind)
     params = model.params
     for zname, target in mapping.items():
         for key, _ in (target if isinstance(target, list) else [target]):
