@@ -519,3 +519,19 @@ def test_ncsf_log_prob_gradients_and_samples_agree(context, trained):
     x_ref, _ = model.bijector.forward(z, context=cc)
     # the same angle (zuko's remainder and refflow's agree on which representative)
     assert np.max(np.abs(x_ref - x_peer)) <= RTOL_ROUND_TRIP * np.pi
+
+
+def test_report_compares_a_zero_gradient_at_the_noise_floor():
+    """A gradient that is exactly zero (rounding noise on both sides) is compared against
+    GRAD_NOISE_FLOOR times the model's largest gradient, not its own noise; a wrong small
+    gradient above that floor is still a mismatch."""
+    from refflow.interop import ComparisonReport
+    from refflow.interop.compare import GRAD_NOISE_FLOOR
+    lp = np.array([-1.0, -2.0])
+    big = np.array([3.0, -4.0])  # norm 5
+    ok = ComparisonReport(lp, lp, {"a": big, "r": np.array([4e-15])},
+                          {"a": big, "r": np.array([-3e-15])}, 1e-10, 1e-8, "zuko")
+    assert ok.ok and ok.grad_rel["r"] == pytest.approx(7e-15 / (5 * GRAD_NOISE_FLOOR))
+    wrong = ComparisonReport(lp, lp, {"a": big, "r": np.array([1e-7])},
+                             {"a": big, "r": np.array([0.0])}, 1e-10, 1e-8, "zuko")
+    assert not wrong.ok and wrong.bad_params == ["r"]

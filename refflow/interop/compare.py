@@ -14,6 +14,14 @@ from .zuko import parameter_map
 
 __all__ = ["compare", "assert_matches", "ComparisonReport"]
 
+#: A parameter's gradient is compared relative to ``max(|g_peer|, GRAD_NOISE_FLOOR * (largest
+#: |g_peer| of the model))``: a gradient that is exactly zero (a rotation in front of an
+#: isotropic base) comes out of both float64 computations as rounding noise (~1e-15 of the
+#: model's gradient scale), whose relative difference means nothing. With rtol 1e-8 the floor
+#: still requires such a gradient to agree to 1e-14 of the model's scale (~50 ulps), and a
+#: wrong gradient above 1e-14 of that scale fails.
+GRAD_NOISE_FLOOR = 1e-6
+
 
 # --------------------------------------------------------------------------- comparison
 class ComparisonReport:
@@ -27,9 +35,9 @@ class ComparisonReport:
     log_prob_rel : ndarray (n,)
         ``|diff| / max(|peer|, 1)`` (relative, with an absolute floor of 1 nat near 0).
     grad_rel : dict
-        Per peer parameter name: ``||g_refflow - g_peer|| / ||g_peer||`` (Frobenius norm; the
-        absolute norm of the difference when ``g_peer`` is 0), for the gradient of the mean
-        log-prob.
+        Per peer parameter name: ``||g_refflow - g_peer|| / max(||g_peer||, GRAD_NOISE_FLOOR
+        * max_k ||g_peer_k||)`` (Frobenius norms; the absolute norm of the difference when
+        every ``g_peer`` is 0), for the gradient of the mean log-prob.
     grad_peer, grad_refflow : dict of ndarray
         The two gradients, in the peer's names and shapes.
     rtol_log_prob, rtol_grad : float
@@ -44,9 +52,11 @@ class ComparisonReport:
         self.log_prob_rel = np.abs(self.log_prob_diff) / np.maximum(np.abs(lp_peer), 1.0)
         self.grad_peer, self.grad_refflow = grad_peer, grad_ref
         self.grad_rel = {}
+        norms = {name: float(np.linalg.norm(g)) for name, g in grad_peer.items()}
+        floor = GRAD_NOISE_FLOOR * max(norms.values(), default=0.0)
         for name, g in grad_peer.items():
             diff = float(np.linalg.norm(grad_ref[name] - g))
-            norm = float(np.linalg.norm(g))
+            norm = max(norms[name], floor)
             self.grad_rel[name] = diff / norm if norm > 0 else diff
         self.rtol_log_prob, self.rtol_grad = rtol_log_prob, rtol_grad
         bad_lp = ~(self.log_prob_rel <= rtol_log_prob)  # NaN counts as a failure
