@@ -13,10 +13,9 @@ A peer's check is a generator function ``check(seed, n_models)`` yielding ``(con
 max_log_prob_rel, max_grad_rel)`` per model (``nan`` for a gradient not compared), registered
 with ``@register("name")``; each peer's functions are kept in one block below.
 
-Gradients: torch peers per peer parameter through :func:`refflow.interop.compare`; JAX peers
-(FlowJAX) as ``jax.grad`` of the mean log-prob along random directions of every trainable
-leaf, against refflow's gradient dotted with the imported parameters' change (exact: every
-parameter map of that importer is affine).
+Gradients: per peer parameter through :func:`refflow.interop.compare`: torch peers by
+autograd, JAX peers (FlowJAX) by ``jax.grad`` of the mean log-prob with respect to every
+trainable leaf (the base's included).
 """
 
 import argparse
@@ -327,8 +326,18 @@ def _zuko_rows(n_models, seed):
     for m in range(n_models):
         torch.manual_seed(seed + m)
         dim, context = int(rng.integers(2, 5)), int(rng.choice([0, 2]))
+        if m % 5 == 4:  # zuko's NCSF: angles in [-pi, pi), a circular shift, a BoxUniform base
+            rows.append(_zuko_ncsf_row(rng, dim, context))
+            continue
+        if m % 5 == 3:  # zuko's own NAF / SOSPF builders: SoftclipTransform(11) between layers
+            rows.append(_zuko_builder_row(rng, dim, context))
+            continue
         layers, names = [], []
-        for _ in range(int(rng.integers(1, 4))):
+        for j in range(int(rng.integers(1, 4))):
+            if j and rng.random() < 0.5:  # as zuko's NAF / UNAF / SOSPF between their layers
+                layers.append(zuko.flows.UnconditionalTransform(
+                    zuko.transforms.SoftclipTransform, bound=11.0))
+                names.append("softclip")
             order = torch.as_tensor(rng.permutation(dim))
             hidden = [int(h) for h in rng.integers(dim, 16, size=rng.integers(1, 3))]
             kind = str(rng.choice(["naf", "sos", "bpf", "bernstein", "affine", "spline"]))
@@ -390,82 +399,120 @@ def _zuko_rows(n_models, seed):
     return rows
 
 
+def _zuko_train_and_compare(flow, x, c):
+    """A few Adam steps in float32 (zuko's default), then compare on 24 of the points."""
+    import torch
+
+    from refflow.interop import compare, from_zuko
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    ct = None if c is None else torch.as_tensor(c, dtype=torch.float32)
+    for _ in range(5):
+        opt.zero_grad()
+        (-flow(ct).log_prob(xt).mean()).backward()
+        opt.step()
+    return compare(flow, from_zuko(flow), x[:24], None if c is None else c[:24])
+
+
+def _zuko_builder_row(rng, dim, context):
+    """zuko's NAF or SOSPF with 2-3 transforms (a SoftclipTransform(11) between each two)."""
+    import zuko
+    layers = int(rng.integers(2, 4))
+    hidden = [int(h) for h in rng.integers(dim, 16, size=rng.integers(1, 3))]
+    if rng.random() < 0.5:
+        signal = int(rng.integers(1, 5))
+        flow = zuko.flows.NAF(dim, context, transforms=layers, signal=signal,
+                              network={"hidden_features": [int(rng.integers(2, 9))]},
+                              hidden_features=hidden)
+        name = f"NAF(transforms={layers}, signal={signal}, hidden={hidden})"
+    else:
+        degree, polys = int(rng.integers(1, 5)), int(rng.integers(1, 4))
+        flow = zuko.flows.SOSPF(dim, context, transforms=layers, degree=degree,
+                                polynomials=polys, hidden_features=hidden)
+        name = f"SOSPF(transforms={layers}, degree={degree}, polynomials={polys})"
+    x = 1.5 * rng.standard_normal((64, dim))
+    c = rng.standard_normal((64, context)) if context else None
+    report = _zuko_train_and_compare(flow, x, c)
+    return f"D={dim} C={context} {name}", report.max_log_prob_rel, report.max_grad_rel
+
+
+def _zuko_ncsf_row(rng, dim, context):
+    """One zuko NCSF (random bins, layers, widths), trained for a few Adam steps on angles."""
+    import zuko
+    bins, layers = int(rng.integers(3, 9)), int(rng.integers(1, 4))
+    hidden = [int(h) for h in rng.integers(dim, 16, size=rng.integers(1, 3))]
+    flow = zuko.flows.NCSF(dim, context, bins=bins, transforms=layers, hidden_features=hidden)
+    x = rng.uniform(-np.pi, np.pi, size=(64, dim))
+    c = rng.standard_normal((64, context)) if context else None
+    report = _zuko_train_and_compare(flow, x, c)
+    config = f"D={dim} C={context} NCSF(bins={bins}, transforms={layers}, hidden={hidden})"
+    return config, report.max_log_prob_rel, report.max_grad_rel
+
+
 # ====================================================================== flowjax
 def _flowjax_rows(n_models, seed):
-    import equinox as eqx
     import jax
     import jax.numpy as jnp
     import jax.random as jr
-    import paramax
-    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_enable_x64", True)  # FlowJAX builds and trains in float64
     from flowjax.bijections import RationalQuadraticSpline
     from flowjax.distributions import Normal, StandardNormal, StudentT, Uniform
-    from flowjax.flows import coupling_flow, masked_autoregressive_flow
+    from flowjax.flows import (block_neural_autoregressive_flow, coupling_flow,
+                               masked_autoregressive_flow, planar_flow, triangular_spline_flow)
     from flowjax.train import fit_to_data
 
-    from refflow.interop import from_flowjax
+    from refflow.interop import compare, from_flowjax
     rng = np.random.default_rng(seed)
     rows = []
     for m in range(n_models):
         dim = int(rng.integers(2, 5))
         cond = None if rng.random() < 0.5 else int(rng.integers(1, 3))
-        kind = str(rng.choice(["maf", "coupling"]))
-        tr_kind = str(rng.choice(["rqs", "default"]))
+        kind = str(rng.choice(["maf", "coupling", "bnaf", "planar", "triangular_spline"]))
+        if kind in ("planar", "triangular_spline"):
+            cond = None  # their conditional forms have no refflow twin (refused)
+        tr_kind = str(rng.choice(["rqs", "default"])) if kind in ("maf", "coupling") else ""
         base_kind = str(rng.choice(["standard", "normal", "studentt", "uniform"]))
         base = {"standard": StandardNormal((dim,)),
                 "normal": Normal(jnp.full(dim, 0.3), jnp.full(dim, 1.4)),
                 "studentt": StudentT(jnp.full(dim, 5.0)),
                 "uniform": Uniform(jnp.full(dim, -40.0), jnp.full(dim, 40.0))}[base_kind]
+        # a non-inverted BNAF's log_prob is FlowJAX's bisection (tolerance ~1e-5), a tanh
+        # planar layer has no inverse in FlowJAX: inverted only
+        invert = True if kind in ("bnaf", "planar") else bool(rng.random() < 0.7)
         kw = dict(base_dist=base, cond_dim=cond, flow_layers=int(rng.integers(1, 4)),
-                  invert=bool(rng.random() < 0.7), nn_width=int(rng.integers(4, 12)))
-        if tr_kind == "rqs":
-            kw["transformer"] = RationalQuadraticSpline(knots=int(rng.integers(3, 7)),
-                                                        interval=[2.0, 3.0, (-1.5, 2.5)][
-                                                            int(rng.integers(3))])
-        build = masked_autoregressive_flow if kind == "maf" else coupling_flow
-        dist = build(jr.key(seed + m), **kw)
+                  invert=invert)
+        if kind == "bnaf":
+            kw.update(nn_depth=int(rng.integers(1, 3)), nn_block_dim=int(rng.integers(2, 5)))
+            dist = block_neural_autoregressive_flow(jr.key(seed + m), **kw)
+        elif kind == "planar":
+            dist = planar_flow(jr.key(seed + m), **kw)
+        elif kind == "triangular_spline":
+            kw.update(knots=int(rng.integers(3, 9)), tanh_max_val=float(rng.uniform(1.5, 4.0)))
+            dist = triangular_spline_flow(jr.key(seed + m), **kw)
+            tr_kind = f"knots={kw['knots']} tanh_max_val={kw['tanh_max_val']:.2f}"
+        else:
+            kw["nn_width"] = int(rng.integers(4, 12))
+            if tr_kind == "rqs":
+                kw["transformer"] = RationalQuadraticSpline(
+                    knots=int(rng.integers(3, 7)),
+                    interval=[2.0, 3.0, (-1.5, 2.5)][int(rng.integers(3))])
+            build = masked_autoregressive_flow if kind == "maf" else coupling_flow
+            dist = build(jr.key(seed + m), **kw)
         x = 1.5 * rng.standard_normal((64, dim))
         c = None if cond is None else rng.standard_normal((64, cond))
         # brief training: a few epochs of FlowJAX's own maximum-likelihood loop
         dist, _ = fit_to_data(jr.key(m), dist, data=(x,) if c is None else (x, c),
                               max_epochs=3, batch_size=32, learning_rate=1e-2,
                               return_best=False, show_progress=False)
-        model = from_flowjax(dist)
-        xs, cs = x[:24], None if c is None else c[:24]
-        args = [jnp.asarray(a) for a in (xs, cs) if a is not None]
-        lp_peer = np.asarray(jax.vmap(dist.log_prob)(*args))
-        lp_ref = model.log_prob(xs, context=cs)
-        lp_err = float(np.max(np.abs(lp_ref - lp_peer) / np.maximum(np.abs(lp_peer), 1.0)))
-        params, static = eqx.partition(dist.bijection, eqx.is_inexact_array,
-                                       is_leaf=lambda leaf: isinstance(leaf,
-                                                                       paramax.NonTrainable))
-
-        def mean_lp(p):
-            d = eqx.tree_at(lambda t: t.bijection, dist, eqx.combine(p, static))
-            return jnp.mean(jax.vmap(d.log_prob)(*args))
-
-        grads = jax.grad(mean_lp)(params)
-        _, ref = model.nll_and_grad(xs, context=cs)
-        leaves, tree = jax.tree_util.tree_flatten(params)
-        g_err = 0.0
-        for _ in range(3):  # random directions through every trainable leaf
-            delta = [rng.normal(size=leaf.shape) for leaf in leaves]
-            peer = sum(float(np.sum(np.asarray(g) * d))
-                       for g, d in zip(jax.tree_util.tree_leaves(grads), delta))
-            moved = jax.tree_util.tree_unflatten(
-                tree, [jnp.asarray(np.asarray(leaf) + d) for leaf, d in zip(leaves, delta)])
-            after = from_flowjax(eqx.tree_at(lambda t: t.bijection, dist,
-                                             eqx.combine(moved, static))).params
-            mine = sum(float(np.sum(-ref[k] * (after[k] - model.params[k]))) for k in ref)
-            g_err = max(g_err, abs(mine - peer) / max(abs(peer), 1.0))
+        report = compare(dist, from_flowjax(dist), x[:24], None if c is None else c[:24])
         if tr_kind == "rqs":
             tr_kind = f"rqs(knots={kw['transformer'].knots}, {kw['transformer'].interval})"
+        elif kind == "bnaf":
+            tr_kind = f"depth={kw['nn_depth']} block={kw['nn_block_dim']}"
         config = (f"{kind} {tr_kind} D={dim} C={cond or 0} layers={kw['flow_layers']} "
-                  f"invert={kw['invert']} base={base_kind}")
-        rows.append((config, lp_err, g_err))
+                  f"invert={invert} base={base_kind} ({len(report.grad_rel)} leaves)")
+        rows.append((config, report.max_log_prob_rel, report.max_grad_rel))
     return rows
-
-
 
 
 @register("zuko")

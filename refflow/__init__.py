@@ -19,6 +19,7 @@ from .bijectors import (
     SumOfSquaresAutoregressive, UnconstrainedMonotonicAutoregressive,
 )
 from .bijectors import BlockNeuralAutoregressive, Gaussianization
+from .bijectors import LeakyTanh, Softclip
 from .splines import rational_quadratic_spline, rational_quadratic_spline_vjp
 from .distributions import (
     DiagGaussianMixture, DiagNormal, Flow, StandardNormal, StudentT, Uniform,
@@ -36,7 +37,8 @@ __all__ = [
     # contract and containers
     "Bijector", "Chain", "Inverse",
     # elementwise
-    "Affine", "Exp", "Sigmoid", "Logit", "Tanh", "Softplus", "LeakyReLU",
+    "Affine", "Exp", "Sigmoid", "Logit", "Tanh", "Softplus", "LeakyReLU", "Softclip",
+    "LeakyTanh",
     # linear
     "Permute", "Reverse", "LULinear", "Householder", "MatrixExponential", "Rotation",
     "TriangularAffine",

@@ -217,6 +217,10 @@ CASES = {
     "logit": _case(lambda r: B.Logit(3), _uniform(0.02, 0.98), _normal(2.0)),
     "logit_alpha": _case(lambda r: B.Logit(3, alpha=0.05), _uniform(0.0, 1.0), _normal(2.0)),
     "tanh": _case(lambda r: B.Tanh(3), _normal(1.5), _uniform(-0.95, 0.95)),
+    "softclip": _knot_safe_case(lambda r: B.Softclip(3, bound=2.0), _normal(3.0),
+                                _uniform(-1.9, 1.9)),
+    "leaky_tanh": _knot_safe_case(lambda r: B.LeakyTanh(3, max_val=1.5), _normal(2.0),
+                                  _normal(1.5)),
     "softplus": _case(lambda r: B.Softplus(3), _normal(2.0), _lognormal()),
     "leaky_relu": _case(lambda r: B.LeakyReLU(3, negative_slope=0.3),
                         _away_from_zero(), _away_from_zero()),
@@ -413,6 +417,8 @@ CASES = {
     # Rezende & Mohamed family; Sylvester with both kinds of Q, m < dim and m = dim.
     "planar": _case(lambda r: _randomize(B.Planar(3, rng=r), r, 0.7), _normal(1.5), _normal(1.5)),
     "planar_leaky_relu": _kink_free_planar_case(),
+    "planar_flowjax": _case(lambda r: _randomize(B.Planar(3, constraint="flowjax", rng=r), r, 0.7),
+                            _normal(1.5), _normal(1.5)),
     "radial": _case(lambda r: _randomize(B.Radial(3, rng=r), r, 0.7), _normal(1.5), _normal(1.5)),
     # normflows' alpha = |alpha_raw|: the raw value kept away from its kink at 0
     "radial_normflows": _case(lambda r: _away_from_zero_raw(

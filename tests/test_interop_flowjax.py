@@ -95,6 +95,11 @@ def _build(kind, seed, cond, invert, dim):
     if kind == "triangular":
         bij = _triangular_chain(key, dim, seed % 2 == 0)
         return Transformed(base, Invert(bij) if invert else bij)
+    if kind == "planar":  # FlowJAX's constraint m(s) = -1 + log(1 + softplus(s))
+        return planar_flow(key, base_dist=base, flow_layers=2 + seed % 2, invert=invert)
+    if kind == "triangular_spline":  # splines in a LeakyTanh sandwich, weight-normed affine
+        return triangular_spline_flow(key, base_dist=base, flow_layers=2, knots=3 + seed % 3,
+                                      tanh_max_val=2.0 + seed % 2, invert=invert)
     if kind == "maf":
         return masked_autoregressive_flow(key, base_dist=base, transformer=_exp_affine(),
                                           cond_dim=cond, flow_layers=2, nn_width=3 * dim,
@@ -121,6 +126,11 @@ CONFIGS = [
     # bases (more configurations: benchmarks/check_importers.py --peers flowjax)
     ("maf_rqs", 4, 1, True, 3), ("coupling_rqs", 1, None, False, 4),
     ("maf_default", 0, 2, True, 3), ("triangular", 5, None, True, 3),
+    # planar flows (FlowJAX's tanh planar has no inverse: invert=True, its default) and
+    # triangular_spline_flow (LeakyTanh sandwich)
+    ("planar", 1, None, True, 3), ("planar", 2, None, True, 2),
+    ("triangular_spline", 0, None, True, 3), ("triangular_spline", 1, None, False, 4),
+    ("triangular_spline", 2, None, True, 2),
 ]
 
 
@@ -150,9 +160,10 @@ def test_log_prob_and_samples_match(kind, seed, cond, invert, dim):
     rel = np.abs(lp_ref - lp_peer) / np.maximum(np.abs(lp_peer), 1.0)
     assert rel.max() <= RTOL_LOG_PROB, rel.max()
     x_ref = model.bijector.forward(z, context=c)[0]
-    if kind == "bnaf" and invert:
-        # FlowJAX samples through its bisection; check refflow's sample with FlowJAX's closed
-        # form instead: the data-to-base map takes it back to the base noise.
+    if kind in ("bnaf", "planar") and invert:
+        # FlowJAX samples through its bisection (BNAF) or cannot invert (tanh planar); check
+        # refflow's sample with FlowJAX's closed form instead: the data-to-base map takes it
+        # back to the base noise.
         z_back = _vmapped(dist.bijection.inverse, x_ref, c)
         assert np.abs(z_back - z).max() <= ATOL_SAMPLE
     else:
@@ -191,16 +202,47 @@ def test_asymmetric_spline_interval_is_a_shifted_symmetric_spline():
     assert spline.parameterization == "flowjax" and spline._map.bound == 2.5
 
 
-def test_triangular_spline_flow_is_refused_naming_leaky_tanh():
-    dist = triangular_spline_flow(jr.key(0), base_dist=StandardNormal((3,)), flow_layers=1)
-    with pytest.raises(NotImplementedError, match="Sandwich.*LeakyTanh"):
+def test_triangular_spline_flow_layers_of_the_import():
+    from refflow.bijectors import LeakyTanh, RationalQuadraticSpline as RQS
+    from refflow.bijectors import TriangularAffine as RTriangularAffine
+    dist = triangular_spline_flow(jr.key(0), base_dist=StandardNormal((3,)), flow_layers=1,
+                                  tanh_max_val=2.5, invert=False)
+    layers = from_flowjax(dist).bijector.layers
+    # Scan([Chain([Sandwich(splines, LeakyTanh), TriangularAffine, Permute])])
+    assert [type(b).__name__ for b in layers[:4]] == ["LeakyTanh", "RationalQuadraticSpline",
+                                                      "Inverse", "TriangularAffine"]
+    assert isinstance(layers[0], LeakyTanh) and layers[0].max_val == 2.5
+    assert isinstance(layers[2].bijector, LeakyTanh) and isinstance(layers[1], RQS)
+    assert isinstance(layers[3], RTriangularAffine)
+
+
+def test_conditional_triangular_spline_flow_and_planar_options_are_refused():
+    dist = triangular_spline_flow(jr.key(0), base_dist=StandardNormal((3,)), flow_layers=1,
+                                  cond_dim=2)
+    with pytest.raises(NotImplementedError, match="AdditiveCondition.*conditional shift"):
+        from_flowjax(dist)
+    dist = planar_flow(jr.key(0), base_dist=StandardNormal((3,)), flow_layers=1, cond_dim=2,
+                       width_size=4, depth=1)
+    with pytest.raises(ValueError, match="Planar: a conditional planar layer"):
+        from_flowjax(dist)
+    dist = planar_flow(jr.key(0), base_dist=StandardNormal((3,)), flow_layers=1,
+                       negative_slope=0.1)
+    with pytest.raises(ValueError, match="Planar: negative_slope=0.1"):
         from_flowjax(dist)
 
 
-def test_planar_is_refused_by_name():
-    dist = planar_flow(jr.key(0), base_dist=StandardNormal((3,)), flow_layers=1)
-    with pytest.raises(NotImplementedError, match="Planar.*log\\(1 \\+ softplus"):
-        from_flowjax(dist)
+def test_planar_import_uses_flowjaxs_constraint():
+    from refflow.bijectors import Planar as RPlanar
+    dist = _perturb(planar_flow(jr.key(3), base_dist=StandardNormal((3,)), flow_layers=1), 9)
+    layers = [b.bijector if isinstance(b, Inverse) else b
+              for b in from_flowjax(dist).bijector.layers]
+    layer = next(b for b in layers if isinstance(b, RPlanar))
+    assert layer.constraint == "flowjax"
+    planar = jax.tree_util.tree_map(lambda a: a[0] if eqx.is_array(a) else a,
+                                    dist.bijection.bijection.bijection).bijections[0]
+    theirs = planar.get_planar()
+    np.testing.assert_allclose(layer.constrained()["u_hat"], np.asarray(theirs.get_act_scale()),
+                               rtol=1e-13, atol=1e-15)
 
 
 def test_not_a_flowjax_distribution():
@@ -252,3 +294,80 @@ def test_gradients_match_along_random_directions(kind, seed, cond, invert, dim):
     mine = sum(float(np.sum(-ref[k] * (after[k] - before[k]))) for k in ref)
     assert abs(peer) > 0
     assert abs(mine - peer) <= RTOL_GRAD * max(abs(peer), 1.0), (peer, mine)
+
+
+# ------------------------------------------------ compare / assert_matches on FlowJAX models
+#: thresholds of refflow.interop.compare: float64 closed forms (log-probs), and gradients of a
+#: mean log-prob through ~1e2 operations per point.
+RTOL_COMPARE_LP, RTOL_COMPARE_GRAD = 1e-10, 1e-8
+# FlowJAX's log_prob of a non-inverted BNAF runs its bisection (tolerance ~1e-5): not compared
+COMPARE_CONFIGS = [c for c in CONFIGS if not (c[0] == "bnaf" and not c[3])]
+
+
+def _trainable_paths(dist):
+    params, _ = eqx.partition(dist, eqx.is_inexact_array,
+                              is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable))
+    return {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+@pytest.mark.parametrize("kind, seed, cond, invert, dim", COMPARE_CONFIGS)
+def test_compare_checks_every_trainable_leaf_by_jax_grad(kind, seed, cond, invert, dim):
+    """``assert_matches`` on a FlowJAX distribution: log-probs to 1e-10 and, for every
+    trainable leaf (the base's included), ``jax.grad`` of the mean log-prob against refflow's
+    gradient carried back through the importer's parameter maps, to 1e-8."""
+    from refflow.interop import assert_matches
+    dist = _perturb(_build(kind, seed, cond, invert, dim), seed + 100)
+    model = from_flowjax(dist)
+    rng = np.random.default_rng(seed + 11)
+    x = 1.5 * rng.normal(size=(16, dim))
+    c = None if cond is None else rng.normal(size=(16, cond))
+    report = assert_matches(dist, model, x, c, rtol_log_prob=RTOL_COMPARE_LP,
+                            rtol_grad=RTOL_COMPARE_GRAD)
+    assert report.peer == "flowjax"
+    assert set(report.grad_rel) == _trainable_paths(dist)
+    assert sum(np.linalg.norm(g) for g in report.grad_peer.values()) > 0
+    # the base's trainable leaves are compared too (Normal / StudentT bases)
+    if type(dist.base_dist).__name__ in ("Normal", "StudentT"):
+        assert any(p.startswith(".base_dist") and np.linalg.norm(report.grad_peer[p]) > 0
+                   for p in report.grad_rel)
+
+
+@pytest.mark.parametrize("kind, cond", [("maf_rqs", 1), ("coupling_default", None),
+                                        ("bnaf", 2), ("coupling", None)])
+def test_compare_briefly_trained_models(kind, cond):
+    """Trained for a few epochs by FlowJAX's own maximum-likelihood loop, then imported."""
+    from flowjax.train import fit_to_data
+
+    from refflow.interop import assert_matches
+    dist = _build(kind, 3, cond, True, 3)
+    rng = np.random.default_rng(5)
+    x = 1.5 * rng.normal(size=(64, 3))
+    x[:, 1] += 0.5 * x[:, 0] ** 2
+    c = None if cond is None else rng.normal(size=(64, cond))
+    dist, _ = fit_to_data(jr.key(1), dist, data=(x,) if c is None else (x, c), max_epochs=3,
+                          batch_size=32, learning_rate=1e-2, return_best=False,
+                          show_progress=False)
+    report = assert_matches(dist, from_flowjax(dist), x[:16], None if c is None else c[:16],
+                            rtol_log_prob=RTOL_COMPARE_LP, rtol_grad=RTOL_COMPARE_GRAD)
+    assert set(report.grad_rel) == _trainable_paths(dist)
+
+
+def test_compare_catches_a_planted_parameter_error_and_names_the_leaf():
+    from refflow.interop import compare
+    dist = _perturb(_build("maf_rqs", 4, 1, True, 3), 104)
+    model = from_flowjax(dist)
+    key = next(k for k in model.params if k.endswith("made.b0"))
+    model.params[key] = model.params[key] + 1e-6 * np.arange(model.params[key].size)
+    rng = np.random.default_rng(0)
+    report = compare(dist, model, 1.5 * rng.normal(size=(8, 3)), rng.normal(size=(8, 1)))
+    assert not report.ok and report.bad_params
+    assert report.max_log_prob_rel > RTOL_COMPARE_LP
+    assert "MISMATCH" in str(report) and "flowjax" in str(report)
+
+
+def test_compare_refuses_a_model_of_another_structure():
+    from refflow.interop import compare
+    dist = _perturb(_build("maf_rqs", 4, 1, True, 3), 104)
+    other = from_flowjax(_build("coupling_rqs", 1, None, False, 3))
+    with pytest.raises(ValueError, match="compare: model has no parameter"):
+        compare(dist, other, np.zeros((2, 3)), np.zeros((2, 1)))

@@ -211,22 +211,28 @@ def test_unsupported_layers_and_options_are_refused():
     torch.manual_seed(0)
     _refused(zuko.flows.UNAF(3, transforms=1, hidden_features=[8]), "transforms[0]",
              "UMNN", "log g(x)")
-    with pytest.raises(NotImplementedError, match=r"transforms\[1\].*SoftclipTransform.*"
-                                                  r"option 'transforms'"):
-        from_zuko(zuko.flows.SOSPF(3, transforms=2, hidden_features=[8]))
+    _refused(zuko.flows.UNAF(3, transforms=2, hidden_features=[8]), "transforms[0]", "UMNN")
     _refused(zuko.flows.Flow([zuko.flows.UnconditionalTransform(zuko.transforms.ExpTransform)],
                              zuko.flows.MAF(3).base), "transforms[0]", "UnconditionalTransform",
              "ExpTransform", "not supported")
     _refused(zuko.flows.MAF(3, transforms=1, hidden_features=[8], residual=True),
-             "MaskedAutoregressiveTransform", "residual")
+             "MaskedAutoregressiveTransform", "residual", "h + W1 f(W0 h + b0) + b1",
+             "h + W1 f(W0 f(h) + b0) + b1")
     _refused(zuko.flows.MAF(3, transforms=1, hidden_features=[8], activation=torch.nn.SiLU),
              "MaskedAutoregressiveTransform", "activation")
     _refused(zuko.flows.RealNVP(3, transforms=1, hidden_features=[8], normalize=True),
              "GeneralCouplingTransform", "normalize")
     _refused(zuko.flows.MAF(3, transforms=1, hidden_features=[8], univariate=_affine_slope_1e2),
              "univariate", "_affine_slope_1e2")
-    _refused(zuko.flows.NCSF(3, transforms=1, hidden_features=[8]), "transforms[0]",
-             "CircularRQSTransform", "univariate")
+    circular_coupling = zuko.flows.Flow(
+        [zuko.flows.GeneralCouplingTransform(
+            3, univariate=zuko.flows.spline.CircularRQSTransform, shapes=[(4,), (4,), (3,)],
+            hidden_features=[8])], zuko.flows.NCSF(3).base)
+    _refused(circular_coupling, "GeneralCouplingTransform", "'circular'", "univariate")
+    trainable_bound = zuko.flows.Flow(
+        [zuko.flows.UnconditionalTransform(zuko.transforms.SoftclipTransform,
+                                           bound=torch.tensor(11.0))], zuko.flows.MAF(3).base)
+    _refused(trainable_bound, "transforms[0]", "SoftclipTransform", "trainable bound")
     trainable = zuko.flows.Flow(zuko.flows.MAF(3, transforms=1).transform,
                                 zuko.flows.UnconditionalDistribution(
                                     zuko.distributions.DiagNormal, torch.zeros(3),
@@ -350,6 +356,16 @@ NEW_MODELS = {
         _naf_layer(3, 0, [0, 1, 2]), _unconditional("rotation", 3, 1),
         _naf_layer(3, 0, [2, 0, 1], signal=2, network=(4,))),
     "sospf": lambda: zuko.flows.SOSPF(3, 1, transforms=1, hidden_features=[8]),
+    # transforms > 1: SoftclipTransform(bound=11) between the layers
+    "naf_3_softclip": lambda: zuko.flows.NAF(3, 2, transforms=3, signal=3,
+                                             network={"hidden_features": [6]},
+                                             hidden_features=[8]),
+    "sospf_2_softclip": lambda: zuko.flows.SOSPF(3, transforms=2, degree=3, polynomials=2,
+                                                 hidden_features=[8]),
+    "softclip_bound_positional": lambda: _lazy_stack(
+        _autoregressive(3, 0, [0, 1, 2], hidden_features=[8]),
+        zuko.flows.UnconditionalTransform(zuko.transforms.SoftclipTransform, 2.5),
+        _autoregressive(3, 0, [2, 1, 0], hidden_features=[8])),
     "bpf": lambda: zuko.flows.BPF(3, 2, transforms=2, degree=8, hidden_features=[8]),
     "bernstein_linear_box": lambda: _lazy_stack(
         _autoregressive(3, 0, [1, 0, 2], hidden_features=[8],
@@ -444,3 +460,78 @@ def test_randomly_configured_models_agree(seed):
     c = rng.standard_normal((12, context)) if context else None
     report = assert_matches(flow, model, x, c, rtol_log_prob=RTOL_LP, rtol_grad=RTOL_GRAD)
     assert set(report.grad_rel) == {n for n, _ in flow.named_parameters()}
+
+
+def test_softclip_layers_of_naf_and_sospf_import_as_inverse_softclip():
+    from refflow import Inverse, Softclip
+    torch.manual_seed(0)
+    flow = zuko.flows.NAF(3, transforms=3, signal=2, network={"hidden_features": [4]},
+                          hidden_features=[8])
+    layers = from_zuko(flow).bijector.layers
+    clips = [b for b in layers if type(b) is Inverse and type(b.bijector) is Softclip]
+    assert len(clips) == 2 and all(b.bijector.bound == 11.0 for b in clips)
+    assert [i for i, b in enumerate(layers) if b in clips] == [1, 3]  # between the NAF layers
+
+
+@pytest.mark.parametrize("model_id", ["naf_3_softclip", "sospf_2_softclip"])
+def test_briefly_trained_softclip_stacks_agree(model_id):
+    torch.manual_seed(4)
+    flow = NEW_MODELS[model_id]()
+    model, x, c = _data(flow, 32, 4)
+    _train(flow, x, c)
+    report = assert_matches(flow, from_zuko(flow), x[:12], None if c is None else c[:12],
+                            rtol_log_prob=RTOL_LP, rtol_grad=RTOL_GRAD)
+    assert set(report.grad_rel) == {n for n, _ in flow.named_parameters()}
+
+
+def _angles(rng, n, dim):
+    return rng.uniform(-np.pi, np.pi, size=(n, dim))
+
+
+@pytest.mark.parametrize("context", [0, 2])
+@pytest.mark.parametrize("trained", [False, True])
+def test_ncsf_log_prob_gradients_and_samples_agree(context, trained):
+    """zuko's NCSF (circular shift on the transformed angle, the MADE on the unshifted one):
+    log-probs to 1e-10, gradients to 1e-8, random and briefly trained; samples given the same
+    base noise (zuko's spline inverse is closed form)."""
+    torch.manual_seed(context + 10 * trained)
+    flow = zuko.flows.NCSF(3, context, transforms=3, bins=5, hidden_features=[12, 12])
+    rng = np.random.default_rng(context)
+    x = _angles(rng, 32, 3)
+    c = rng.standard_normal((32, context)) if context else None
+    if trained:
+        _train(flow, x, c)
+    else:
+        with torch.no_grad():
+            for p in flow.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    model = from_zuko(flow)
+    report = assert_matches(flow, model, x[:16], None if c is None else c[:16],
+                            rtol_log_prob=RTOL_LP, rtol_grad=RTOL_GRAD)
+    assert set(report.grad_rel) == {n for n, _ in flow.named_parameters()}
+    assert all(np.linalg.norm(g) > 0 for g in report.grad_peer.values())
+    flow = flow.double()
+    z = rng.uniform(-3.0, 3.0, size=(10, 3))
+    cc = None if c is None else c[:10]
+    with torch.no_grad():
+        x_peer = flow(None if cc is None else torch.as_tensor(cc)).transform.inv(
+            torch.as_tensor(z)).numpy()
+    x_ref, _ = model.bijector.forward(z, context=cc)
+    # the same angle (zuko's remainder and refflow's agree on which representative)
+    assert np.max(np.abs(x_ref - x_peer)) <= RTOL_ROUND_TRIP * np.pi
+
+
+def test_report_compares_a_zero_gradient_at_the_noise_floor():
+    """A gradient that is exactly zero (rounding noise on both sides) is compared against
+    GRAD_NOISE_FLOOR times the model's largest gradient, not its own noise; a wrong small
+    gradient above that floor is still a mismatch."""
+    from refflow.interop import ComparisonReport
+    from refflow.interop.compare import GRAD_NOISE_FLOOR
+    lp = np.array([-1.0, -2.0])
+    big = np.array([3.0, -4.0])  # norm 5
+    ok = ComparisonReport(lp, lp, {"a": big, "r": np.array([4e-15])},
+                          {"a": big, "r": np.array([-3e-15])}, 1e-10, 1e-8, "zuko")
+    assert ok.ok and ok.grad_rel["r"] == pytest.approx(7e-15 / (5 * GRAD_NOISE_FLOOR))
+    wrong = ComparisonReport(lp, lp, {"a": big, "r": np.array([1e-7])},
+                             {"a": big, "r": np.array([0.0])}, 1e-10, 1e-8, "zuko")
+    assert not wrong.ok and wrong.bad_params == ["r"]

@@ -17,6 +17,8 @@ from .splines import (CircularSpline, MaskedSplineAutoregressive, RationalQuadra
 from .neural import (MaskedMonotonicAutoregressive, NeuralAutoregressive,
                      UnconstrainedMonotonicAutoregressive)
 from .polynomial import BernsteinAutoregressive, SumOfSquaresAutoregressive
+from .leaky_tanh import LeakyTanh
+from .softclip import Softclip
 
 __all__ = [
     "Bijector", "Chain", "Inverse",
@@ -31,7 +33,7 @@ __all__ = [
     "BlockNeuralAutoregressive", "Gaussianization",
     "NeuralAutoregressive", "MaskedMonotonicAutoregressive",
     "UnconstrainedMonotonicAutoregressive", "SumOfSquaresAutoregressive",
-    "BernsteinAutoregressive",
+    "BernsteinAutoregressive", "Softclip", "LeakyTanh",
 ]
 
 # The allow-list of model files: every public bijector (refflow.io.spec).

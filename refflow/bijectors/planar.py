@@ -124,6 +124,10 @@ class Planar(Bijector):
     negative_slope : float, default 0.2
         The leaky ReLU's slope ``alpha`` in ``(0, 1]`` (normflows' value 0.2); used with
         ``activation="leaky_relu"`` only.
+    constraint : {"rezende", "flowjax"}, default "rezende"
+        The map ``m`` of the invertibility constraint: the paper's ``m(s) = -1 + softplus(s)``,
+        or FlowJAX's ``m(s) = -1 + log(1 + softplus(s))`` (FlowJAX 19.1.2,
+        ``flowjax/bijections/planar.py``, ``get_act_scale``); both give ``w^T u_hat > -1``.
     rng : None, int or numpy.random.Generator, optional
         Initialisation: ``u``, ``w`` and ``b`` are drawn from ``N(0, 1/d)`` (entries of standard
         deviation ``1/sqrt(d)``, so ``|w| ~ 1``; ``w`` is nonzero with probability one).
@@ -136,8 +140,8 @@ class Planar(Bijector):
     Raises
     ------
     ValueError
-        For an invalid ``dim``, ``activation``, ``negative_slope`` or ``rng``; at call time, if
-        ``params["w"]`` is zero (``u_hat`` is undefined there, see Notes).
+        For an invalid ``dim``, ``activation``, ``negative_slope``, ``constraint`` or ``rng``; at
+        call time, if ``params["w"]`` is zero (``u_hat`` is undefined there, see Notes).
 
     See Also
     --------
@@ -150,7 +154,11 @@ class Planar(Bijector):
         u_hat = u + (m(w^T u) - w^T u) w / |w|^2,     so   c := w^T u_hat = m(w^T u) > -1
 
     for every ``u`` and nonzero ``w`` (``m(s) - s = softplus(-s) - 1`` and
-    ``1 + c = softplus(w^T u)`` are evaluated without cancellation). With ``a = w^T z``,
+    ``1 + c = softplus(w^T u)`` are evaluated without cancellation). ``constraint="flowjax"``
+    uses ``m(s) = -1 + log(1 + softplus(s))`` instead: ``1 + c = log1p(softplus(s))`` (its log
+    ``log softplus(s) + log1p(-softplus(s) / 2)`` below ``s = -30``), ``m'(s) = sigmoid(s) /
+    (1 + softplus(s))``, ``1 - m'(s) = (1 + softplus(s) - sigmoid(s)) / (1 + softplus(s))``
+    (a sum of positive terms). With ``a = w^T z``,
     ``p = a + b``, ``t = tanh p``, ``h' = 1 - t^2``::
 
         forward   x = z + u_hat t,                 log_det =  log(1 + c h'(p))
@@ -178,9 +186,10 @@ class Planar(Bijector):
         u_hat_bar = -sum z_bar t, c_bar = sum (-r t - ld_bar h' / D)
 
     Both then go through the constraint: with ``s = w^T u``, ``q = |w|^2``,
-    ``k = (m(s) - s) / q`` (``u_hat = u + k w``, ``c = m(s)``, ``m' = sigmoid``)::
+    ``k = (m(s) - s) / q`` (``u_hat = u + k w``, ``c = m(s)``; for the paper's ``m``,
+    ``m' = sigmoid`` and ``1 - m' = sigmoid(-s)``)::
 
-        g_s   = -(u_hat_bar . w) sigmoid(-s) / q + c_bar sigmoid(s)
+        g_s   = -(u_hat_bar . w) (1 - m'(s)) / q + c_bar m'(s)
         u_bar = u_hat_bar + g_s w
         w_bar = w_bar|direct + k u_hat_bar + g_s u - 2 k (u_hat_bar . w) w / q
 
@@ -227,9 +236,12 @@ class Planar(Bijector):
     (True, True)
     """
 
-    def __init__(self, dim, *, activation="tanh", negative_slope=0.2, rng=None):
+    def __init__(self, dim, *, activation="tanh", negative_slope=0.2, constraint="rezende",
+                 rng=None):
         dim = check_dim(dim, "Planar")
         self.activation, self.negative_slope = _planar_activation(activation, negative_slope)
+        self.constraint = check_choice(constraint, ("rezende", "flowjax"), "Planar",
+                                       "constraint")
         rng = check_rng(rng, "Planar: rng")
         std = 1.0 / math.sqrt(dim)
         super().__init__(dim, params={
@@ -239,16 +251,28 @@ class Planar(Bijector):
         })
 
     def _config(self):
-        if self.activation == "tanh":  # the default: configurations as before it existed
-            return {"dim": self.dim}
-        return {"dim": self.dim, "activation": self.activation,
-                "negative_slope": self.negative_slope}
+        # the defaults are left out, so files written before the options keep their form
+        config = {"dim": self.dim}
+        if self.activation != "tanh":
+            config.update(activation=self.activation, negative_slope=self.negative_slope)
+        if self.constraint != "rezende":
+            config["constraint"] = self.constraint
+        return config
+
+    def __repr__(self):
+        extra = ""
+        if self.activation != "tanh":
+            extra += f", activation={self.activation!r}, negative_slope={self.negative_slope}"
+        if self.constraint != "rezende":
+            extra += f", constraint={self.constraint!r}"
+        return f"Planar(dim={self.dim}{extra})"
 
     @classmethod
     def _declare(cls, config):
         args = constructor_arguments(cls, config)
         dim = check_dim(args["dim"], "Planar")
         _planar_activation(args["activation"], args["negative_slope"])
+        check_choice(args["constraint"], ("rezende", "flowjax"), "Planar", "constraint")
         return declaration({"u": (dim,), "w": (dim,), "b": (1,)})
 
     def _terms(self, p, c, delta, log_delta):
@@ -280,12 +304,24 @@ class Planar(Bijector):
         nrm = scale * norm1                  # |w| without underflow or overflow of |w|^2
         w_unit = unit / norm1
         s = float(w @ u)
-        k_num = float(softplus(-s)) - 1.0   # m(s) - s
+        if self.constraint == "rezende":
+            k_num = float(softplus(-s)) - 1.0   # m(s) - s
+            one_plus_c = float(softplus(s))
+            log_one_plus_c = float(log_softplus(s))
+            dm, one_minus_dm = float(sigmoid(s)), float(sigmoid(-s))
+        else:  # FlowJAX: m(s) = -1 + log1p(softplus(s))
+            sp = float(softplus(s))
+            one_plus_c = math.log1p(sp)
+            k_num = one_plus_c - 1.0 - s
+            # log(log1p(sp)) = log(sp) + log(log1p(sp) / sp); below s = -30, log1p(-sp / 2)
+            log_one_plus_c = float(log_softplus(s)) + (math.log1p(-0.5 * sp) if s < -30.0
+                                                        else math.log(one_plus_c / sp))
+            sg = float(sigmoid(s))
+            dm, one_minus_dm = sg / (1.0 + sp), (1.0 + sp - sg) / (1.0 + sp)
         u_hat = u + (k_num / nrm) * w_unit
-        one_plus_c = float(softplus(s))
         return dict(u=u, w=w, b=b, s=s, nrm=nrm, w_unit=w_unit, k_num=k_num, u_hat=u_hat,
                     c=one_plus_c - 1.0, one_plus_c=one_plus_c,
-                    log_one_plus_c=float(log_softplus(s)))
+                    log_one_plus_c=log_one_plus_c, dm=dm, one_minus_dm=one_minus_dm)
 
     def constrained(self):
         """The map's constrained coefficients (float64), e.g. to compare with another library.
@@ -306,9 +342,9 @@ class Planar(Bijector):
         """Carry ``(u_hat_bar, c_bar)`` through the constraint to ``u`` and ``w`` (float64)."""
         u_hat_bar = np.asarray(u_hat_bar, dtype=np.float64)
         c_bar = float(c_bar)
-        nrm, w_unit, k_num, s = k["nrm"], k["w_unit"], k["k_num"], k["s"]
+        nrm, w_unit, k_num = k["nrm"], k["w_unit"], k["k_num"]
         uw = float(u_hat_bar @ w_unit)                      # (u_hat_bar . w) / |w|
-        g_s = -(uw / nrm) * sigmoid(-s) + c_bar * sigmoid(s)
+        g_s = -(uw / nrm) * k["one_minus_dm"] + c_bar * k["dm"]
         kq = k_num / (nrm * nrm)                            # k = (m(s) - s) / |w|^2
         u_bar = u_hat_bar + g_s * k["w"]
         w_bar = (np.asarray(w_direct, dtype=np.float64) + kq * u_hat_bar + g_s * k["u"]

@@ -7,9 +7,10 @@
   what the peer's model computes, with the same weights (as float64), masks, parameter maps and
   direction. A peer layer whose refflow twin does not exist yet raises ``NotImplementedError``
   naming it; an option refflow cannot reproduce raises ``ValueError``.
-- :func:`compare` (zuko, nflows, normflows and Pyro models) evaluates both on the same points: per-sample
-  log-prob differences and, per peer parameter, the difference between the peer's autograd
-  gradient of the mean log-prob and refflow's hand-derived one; :func:`assert_matches` is its
+- :func:`compare` (zuko, nflows, normflows, Pyro and FlowJAX models) evaluates both on the same
+  points: per-sample log-prob differences and, per peer parameter, the difference between the
+  peer's autograd (torch) or ``jax.grad`` (FlowJAX) gradient of the mean log-prob and refflow's
+  hand-derived one; :func:`assert_matches` is its
   assert-style twin.
 
 The peer libraries (torch, zuko, nflows, JAX, FlowJAX, normflows, Pyro) are imported inside the

@@ -1,13 +1,26 @@
-"""Compare a peer flow with its refflow twin: log-probs per sample, gradients per parameter."""
+"""Compare a peer flow with its refflow twin: log-probs per sample, gradients per parameter.
+
+torch peers (zuko, nflows, normflows, Pyro): autograd on a float64 copy; JAX peers (FlowJAX):
+``jax.grad`` on a float64 copy, in JAX's x64 mode for the call only. torch and JAX are imported
+inside the functions."""
 
 import copy
 
 import numpy as np
 
 from .common import np64, require_torch
+from .flowjax import parameter_map as flowjax_parameter_map
 from .zuko import parameter_map
 
 __all__ = ["compare", "assert_matches", "ComparisonReport"]
+
+#: A parameter's gradient is compared relative to ``max(|g_peer|, GRAD_NOISE_FLOOR * (largest
+#: |g_peer| of the model))``: a gradient that is exactly zero (a rotation in front of an
+#: isotropic base) comes out of both float64 computations as rounding noise (~1e-15 of the
+#: model's gradient scale), whose relative difference means nothing. With rtol 1e-8 the floor
+#: still requires such a gradient to agree to 1e-14 of the model's scale (~50 ulps), and a
+#: wrong gradient above 1e-14 of that scale fails.
+GRAD_NOISE_FLOOR = 1e-6
 
 
 # --------------------------------------------------------------------------- comparison
@@ -22,9 +35,9 @@ class ComparisonReport:
     log_prob_rel : ndarray (n,)
         ``|diff| / max(|peer|, 1)`` (relative, with an absolute floor of 1 nat near 0).
     grad_rel : dict
-        Per peer parameter name: ``||g_refflow - g_peer|| / ||g_peer||`` (Frobenius norm; the
-        absolute norm of the difference when ``g_peer`` is 0), for the gradient of the mean
-        log-prob.
+        Per peer parameter name: ``||g_refflow - g_peer|| / max(||g_peer||, GRAD_NOISE_FLOOR
+        * max_k ||g_peer_k||)`` (Frobenius norms; the absolute norm of the difference when
+        every ``g_peer`` is 0), for the gradient of the mean log-prob.
     grad_peer, grad_refflow : dict of ndarray
         The two gradients, in the peer's names and shapes.
     rtol_log_prob, rtol_grad : float
@@ -39,9 +52,11 @@ class ComparisonReport:
         self.log_prob_rel = np.abs(self.log_prob_diff) / np.maximum(np.abs(lp_peer), 1.0)
         self.grad_peer, self.grad_refflow = grad_peer, grad_ref
         self.grad_rel = {}
+        norms = {name: float(np.linalg.norm(g)) for name, g in grad_peer.items()}
+        floor = GRAD_NOISE_FLOOR * max(norms.values(), default=0.0)
         for name, g in grad_peer.items():
             diff = float(np.linalg.norm(grad_ref[name] - g))
-            norm = float(np.linalg.norm(g))
+            norm = max(norms[name], floor)
             self.grad_rel[name] = diff / norm if norm > 0 else diff
         self.rtol_log_prob, self.rtol_grad = rtol_log_prob, rtol_grad
         bad_lp = ~(self.log_prob_rel <= rtol_log_prob)  # NaN counts as a failure
@@ -83,7 +98,15 @@ class ComparisonReport:
                 f"max_grad_rel={self.max_grad_rel:.3e})")
 
 
+def _is_flowjax(peer):
+    module = type(peer).__module__
+    return module.startswith("flowjax") and hasattr(peer, "bijection") and \
+        hasattr(peer, "log_prob")
+
+
 def _peer_kind(torch_flow):
+    if _is_flowjax(torch_flow):
+        return "flowjax"
     try:
         from zuko.lazy import Flow as ZukoFlow
     except ImportError:  # pragma: no cover
@@ -98,8 +121,8 @@ def _peer_kind(torch_flow):
     if module.startswith(("pyro", "torch.distributions")) and \
             hasattr(torch_flow, "base_dist") and hasattr(torch_flow, "transforms"):
         return "pyro"
-    raise TypeError(f"compare: torch_flow must be a zuko, nflows, normflows or Pyro flow, got "
-                    f"{type(torch_flow).__name__}")
+    raise TypeError(f"compare: the peer must be a zuko, nflows, normflows or Pyro flow or a "
+                    f"FlowJAX distribution, got {type(torch_flow).__name__}")
 
 
 def _peer_mapping(torch_flow, model, kind):
@@ -190,8 +213,68 @@ def _pyro_log_prob(dist, xt, ct):
         torch.set_default_dtype(old)
 
 
+def _flowjax_log_prob_and_grads(dist, x, c):
+    """FlowJAX's log-probs at ``x`` and ``jax.grad`` of their mean with respect to every
+    trainable leaf (FlowJAX's partition), in float64 (JAX's x64 mode inside this call only,
+    on a float64 copy of ``dist``), as ``(lp, {leaf path: gradient})``."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import paramax
+
+    with jax.enable_x64(True):
+        peer = jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a, dtype=jnp.float64) if eqx.is_inexact_array(a) else a, dist)
+        params, static = eqx.partition(
+            peer, eqx.is_inexact_array,
+            is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable))
+        args = (jnp.asarray(x),) if c is None else (jnp.asarray(x), jnp.asarray(c))
+
+        def log_probs(p):
+            return jax.vmap(eqx.combine(p, static).log_prob)(*args)
+
+        lp = np.array(log_probs(params), dtype=np.float64)
+        grads = jax.grad(lambda p: jnp.mean(log_probs(p)))(params)
+        named = {jax.tree_util.keystr(path): np.array(g, dtype=np.float64)
+                 for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]}
+    return lp, named
+
+
+def _flowjax_compare(dist, model, x, c, rtol_log_prob, rtol_grad):
+    mapping = flowjax_parameter_map(dist, "compare")
+    params = model.params
+    for path, pieces in mapping.items():
+        for key, *_ in pieces:
+            if key not in params:
+                raise ValueError(f"compare: model has no parameter {key!r} (for FlowJAX's "
+                                 f"{path!r}); build it with from_flowjax")
+    if c is not None and c.ndim == 1:
+        c = np.broadcast_to(c, (x.shape[0], c.shape[0]))
+    lp_peer, grad_peer = _flowjax_log_prob_and_grads(dist, x, c)
+    lp_ref = np.asarray(model.log_prob(x, context=c), dtype=np.float64)
+    _, grads = model.nll_and_grad(x, context=c)
+    grad_ref = {}
+    for path, g_peer in grad_peer.items():
+        back = np.zeros_like(g_peer)
+        for key, idx, factor, layer in mapping[path]:
+            flat = -np.asarray(grads[key], dtype=np.float64).ravel()  # d mean lp = -d nll
+            value = np.where(idx >= 0, flat[np.maximum(idx, 0)], 0.0)
+            if factor is not None:
+                value = value * factor
+            shape = back.shape if layer is None else back.shape[1:]
+            if value.ndim > len(shape):  # a leaf broadcast to several refflow entries
+                value = value.reshape(shape + (-1,)).sum(axis=-1)
+            if layer is None:
+                back += value
+            else:
+                back[layer] += value
+        grad_ref[path] = back
+    return ComparisonReport(lp_peer, lp_ref, grad_peer, grad_ref, rtol_log_prob, rtol_grad,
+                            "flowjax")
+
+
 def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_grad=1e-8):
-    """Compare a peer (zuko, nflows, normflows, Pyro) flow with a refflow model on ``x``.
+    """Compare a peer (zuko, nflows, normflows, Pyro, FlowJAX) flow with a refflow model on ``x``.
 
     The peer runs on a float64 copy (``copy.deepcopy(torch_flow).double()``; for Pyro the
     transforms and the base distribution's tensors of a deep copy, evaluated with torch's default
@@ -200,9 +283,20 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
     (``-Flow.nll_and_grad``), mapped back to the peer's names (rows of a coupling layer's last
     linear permuted back).
 
+    A FlowJAX distribution is evaluated with ``jax.vmap(dist.log_prob)`` on a float64 copy
+    (every inexact leaf cast, JAX's x64 mode enabled for this call only); its gradient is
+    ``jax.grad`` of the mean log-prob with respect to every trainable leaf (FlowJAX's own
+    partition: ``eqx.is_inexact_array``, ``paramax.NonTrainable`` excluded), named by
+    ``jax.tree_util.keystr`` paths. refflow's gradient is carried back to those leaves through
+    the derivatives of the importer's parameter maps
+    (:func:`refflow.interop.flowjax.parameter_map`: copies, masks, permuted output rows, the
+    interval centre folded into a first bias, ``log softplus`` of a base's scale); a leaf the
+    model does not use gets 0, so an unmapped leaf that matters shows as a mismatch.
+
     Parameters
     ----------
-    torch_flow : zuko, nflows or normflows flow, or Pyro (Conditional)TransformedDistribution
+    torch_flow : zuko, nflows or normflows flow, Pyro (Conditional)TransformedDistribution, or
+        FlowJAX distribution (``flowjax.distributions.Transformed``)
     model : refflow.Flow
         ``from_zuko(torch_flow)`` (possibly imported before the peer was trained further: the
         parameter map is rebuilt from ``torch_flow``; a zuko tensor split over several refflow
@@ -211,7 +305,7 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
         ``from_normflows(torch_flow)`` / ``from_pyro(torch_flow)`` (their recorded
         ``peer_gradients`` map: per peer parameter the refflow key and the flat positions of its
         entries' copies; Pyro's parameters are named ``"<index in dist.transforms>.<parameter
-        name>"``).
+        name>"``), or ``from_flowjax(dist)`` (the map is rebuilt from ``dist``).
     x : array_like (n, D)
     context : array_like (n, C) or (C,), optional
     rtol_log_prob, rtol_grad : float
@@ -221,13 +315,15 @@ def compare(torch_flow, model, x, context=None, *, rtol_log_prob=1e-10, rtol_gra
     -------
     ComparisonReport
     """
-    torch = require_torch("compare")
     kind = _peer_kind(torch_flow)
-    mapping = _peer_mapping(torch_flow, model, kind)
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != model.dim:
         raise ValueError(f"compare: x must have shape (n >= 1, {model.dim}), got {x.shape}")
     c = None if context is None else np.asarray(context, dtype=np.float64)
+    if kind == "flowjax":
+        return _flowjax_compare(torch_flow, model, x, c, rtol_log_prob, rtol_grad)
+    torch = require_torch("compare")
+    mapping = _peer_mapping(torch_flow, model, kind)
     params = model.params
     for zname, target in mapping.items():
         for key, _ in (target if isinstance(target, list) else [target]):

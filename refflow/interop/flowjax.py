@@ -1,9 +1,12 @@
 r"""Import a FlowJAX distribution as the equivalent refflow ``Flow`` (same weights, masks, maps).
 
 :func:`from_flowjax` reads a ``flowjax.distributions.Transformed`` (what
-``masked_autoregressive_flow``, ``coupling_flow`` and ``block_neural_autoregressive_flow``
-return) layer by layer and builds the refflow :class:`~refflow.Flow` that computes the same
-density and the same samples from the same base noise, in float64. JAX, equinox, paramax and
+``masked_autoregressive_flow``, ``coupling_flow``, ``block_neural_autoregressive_flow``,
+``planar_flow`` and ``triangular_spline_flow`` return) layer by layer and builds the refflow
+:class:`~refflow.Flow` that computes the same density and the same samples from the same base
+noise, in float64. :func:`parameter_map` gives, per trainable FlowJAX leaf, the derivative of
+the importer's parameter map, with which :func:`refflow.interop.compare` carries refflow's
+gradients back to FlowJAX's leaves (to compare with ``jax.grad``). JAX, equinox, paramax and
 FlowJAX are imported inside the functions only: ``import refflow`` never needs them.
 
 Conventions bridged (FlowJAX 19.1, read from its sources):
@@ -50,6 +53,13 @@ interval)`` transformer             ``parameterization="flowjax"``, ``n_bins = k
 ``TriangularAffine`` (optionally    ``TriangularAffine(lower, weight_normalization)``:
 ``WeightNormalization``)            ``matrix``, ``loc``, ``row_scale`` copied (its matrix
                                     checked against FlowJAX's)
+``Planar`` (tanh, unconditional):   ``Planar(constraint="flowjax")``: FlowJAX's
+``params = [w | u | b]``,           ``m(s) = -1 + log(1 + softplus(s))`` (Rezende & Mohamed's
+``u`` constrained by ``m``          is ``-1 + softplus(s)``); ``forward`` = ``transform``
+``LeakyTanh(M)``                    ``LeakyTanh(dim, M)`` with FlowJAX's stored line slope and
+                                    intercept (float32 if FlowJAX built it without x64)
+``Sandwich(inner, outer)``:         ``Chain([outer, inner, Inverse(outer)])`` (a parameter-free
+``outer, inner, outer^-1``          ``outer`` only: it appears twice)
 ``BlockAutoregressiveNetwork``      ``Inverse(BlockNeuralAutoregressive(parameterization=
 (``NumericalInverse``)              "flowjax", activation="leaky_tanh"))``, raw weights and
                                     weight-norm scales copied
@@ -61,21 +71,22 @@ interval)`` transformer             ``parameterization="flowjax"``, ``n_bins = k
 
 Not imported (each raises naming the class and the option; nothing is approximated):
 
-- ``Planar`` (``planar_flow``, ``NotImplementedError``): FlowJAX 19.1.2 constrains ``u`` with
-  ``m(s) = -1 + log(1 + softplus(s))`` where Rezende & Mohamed (and refflow's
-  :class:`~refflow.Planar`) use ``-1 + softplus(s)``; its conditional (MLP) and leaky-ReLU
-  variants have no twin either.
-- ``triangular_spline_flow`` (``NotImplementedError``): its splines sit in a ``Sandwich``
-  with ``LeakyTanh``, which has no refflow twin (its ``TriangularAffine`` and ``Vmap``'d
-  splines import on their own), nor has its conditional ``AdditiveCondition``.
+- ``Planar`` with a condition (its MLP conditioner) or ``negative_slope`` (leaky ReLU):
+  ``ValueError``; refflow's :class:`~refflow.Planar` is unconditional tanh.
+- the conditional ``triangular_spline_flow`` (``NotImplementedError``): its
+  ``AdditiveCondition`` (``y = x + W c``) has no refflow twin.
 - ``ValueError`` for an option refflow cannot reproduce (an activation refflow lacks, a mask
   that is not a MADE, a scale map no refflow map computes, ...); ``NotImplementedError`` for
   any other FlowJAX layer or base.
 """
 
+import contextvars
+
 import numpy as np
 
-__all__ = ["from_flowjax"]
+from .common import index_map
+
+__all__ = ["from_flowjax", "parameter_map"]
 
 _WHERE = "from_flowjax"
 #: Grid on which a FlowJAX scale function is compared with refflow's scale maps; agreement to
@@ -113,13 +124,83 @@ def _refuse(cls_name, option):
                      f"compute the same function)")
 
 
-# ------------------------------------------------------------------------------ helpers
+# ------------------------------------------------------------- gradient map (compare)
+#: While :func:`parameter_map` runs the importer: ``{"pieces": [...], "origin": {...},
+#: "keep": [...]}``, the links from FlowJAX leaves to the refflow arrays built from them.
+_LINKS = contextvars.ContextVar("refflow_flowjax_links", default=None)
+
+
+def _link(peer, target, idx=None, factor=None):
+    """Record, while :func:`parameter_map` runs, that the refflow parameter array ``target``
+    depends on the FlowJAX leaf ``peer`` through ``d target.flat[idx] / d peer = factor``
+    entrywise (``idx`` of ``peer``'s shape, or that shape plus trailing axes summed over for a
+    leaf broadcast to several entries; ``-1`` for an entry that does not enter ``target``;
+    ``factor`` None for 1). Default ``idx``: ``target`` is ``peer`` reshaped."""
+    links = _LINKS.get()
+    if links is None:
+        return
+    if idx is None:
+        idx = index_map(target.shape).reshape(np.shape(peer))
+    links["pieces"].append((peer, target, np.asarray(idx, dtype=np.int64), factor))
+
+
 def _slice_layers(stacked, n):
     """The ``n`` layers of a ``Scan``'s stacked pytree (every array leaf has a layer axis)."""
     import equinox as eqx
     import jax
-    return [jax.tree_util.tree_map(lambda a, i=i: a[i] if eqx.is_array(a) else a, stacked)
-            for i in range(n)]
+    links = _LINKS.get()
+
+    def take(a, i):
+        if not eqx.is_array(a):
+            return a
+        piece = a[i]
+        if links is not None:  # a slice's gradient is row i of the stacked leaf's
+            links["origin"][id(piece)] = (a, i)
+            links["keep"].append(piece)
+        return piece
+
+    return [jax.tree_util.tree_map(lambda a, i=i: take(a, i), stacked) for i in range(n)]
+
+
+def _raw_weight(lin):
+    """``(leaf, mask)`` of a linear layer's weight: a plain array (mask None) or FlowJAX's
+    masked ``Parameterize(jnp.where, mask, W, 0)``; ``(None, None)`` for another wrapper (no
+    link recorded: compare then reports that leaf's gradient as missing)."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    from paramax import Parameterize
+    w = lin.weight
+    if eqx.is_array(w):
+        return w, None
+    if type(w) is Parameterize and w.fn is jnp.where and len(w.args) == 3 and not w.kwargs:
+        return w.args[1], np.asarray(w.args[0], dtype=bool)
+    return None, None
+
+
+def _link_mlp(mlp, layer, prefix, rows=None, center=None):
+    """Links of an MLP's weights and biases to ``layer.params[f"{prefix}w{k}"]`` / ``b{k}``
+    (refflow stores ``W * M``); ``rows``: refflow's last layer is FlowJAX's ``[rows]``;
+    ``center = (c, n)``: refflow's first bias is ``b_0 + (W_0 * M_0)[:, :n] c 1``."""
+    if _LINKS.get() is None:
+        return
+    last = len(mlp.layers) - 1
+    for k, lin in enumerate(mlp.layers):
+        w_leaf, mask = _raw_weight(lin)
+        w_t, b_t = layer.params[f"{prefix}w{k}"], layer.params[f"{prefix}b{k}"]
+        back = None if (k != last or rows is None) else np.argsort(rows)
+        sel = Ellipsis if back is None else back
+        if w_leaf is not None:
+            idx = index_map(w_t.shape, sel)
+            if mask is not None:
+                idx = np.where(mask, idx, -1)
+            _link(w_leaf, w_t, idx)
+            if k == 0 and center is not None and center[0] != 0.0:
+                c, n = center
+                used = np.ones(idx.shape, dtype=bool) if mask is None else mask.copy()
+                used[:, n:] = False
+                rows_b = np.broadcast_to(index_map(b_t.shape, sel)[:, None], idx.shape)
+                _link(w_leaf, b_t, np.where(used, rows_b, -1), factor=c)
+        _link(lin.bias, b_t, index_map(b_t.shape, sel))
 
 
 def _n_layers(stacked):
@@ -322,6 +403,7 @@ def _masked_autoregressive(bij, cond):
     for k, (w, b) in enumerate(zip(weights, biases)):
         layer.params[f"made.w{k}"] = w
         layer.params[f"made.b{k}"] = b
+    _link_mlp(bij.masked_autoregressive_mlp, layer, "made.", rows=perm, center=(center, dim))
     return _centered(Inverse(layer), dim, center)
 
 
@@ -364,6 +446,7 @@ def _coupling(bij, cond):
     opts, rows = _transformer(bij, weights[-1].shape[0] // n_b, where)
     P = len(rows)
     _fold(biases, opts["init"], n_b)
+    perm = None
     hidden = tuple(w.shape[0] for w in weights[:-1])
     mask = np.arange(dim) >= n_a  # refflow: True = transformed
     common = dict(mask=mask, hidden=hidden, activation=act, context_dim=cond, rng=0)
@@ -371,6 +454,8 @@ def _coupling(bij, cond):
         layer = AffineCoupling(dim, scale=opts["scale"], scale_side="density", **common)
         # refflow's output [t (n_b) | u (n_b)]; FlowJAX's (feature, [loc and scale raw])
         perm = np.concatenate([np.arange(n_b) * P + rows[0], np.arange(n_b) * P + rows[1]])
+        if P != 2:
+            _refuse(where, f"an affine transformer with {P} parameters per feature")
         weights[-1], biases[-1] = weights[-1][perm], biases[-1][perm]
     else:  # the same (n_b, [w | h | d]) layout
         layer = SplineCoupling(dim, **_spline_layer_options(opts), **common)
@@ -382,6 +467,7 @@ def _coupling(bij, cond):
     center = opts.get("center", 0.0)
     if center != 0.0:  # the conditioner reads x_a - centre: W (x_a - c + c) + b
         layer.params["conditioner.b0"] = biases[0] + weights[0][:, :n_a] @ np.full(n_a, center)
+    _link_mlp(bij.conditioner, layer, "conditioner.", rows=perm, center=(center, n_a))
     return _centered(Inverse(layer), dim, center)
 
 
@@ -414,8 +500,12 @@ def _bnaf(bij, cond):
         layer.params[f"w{i}"] = _np(wn.weight.args[0])
         layer.params[f"g{i}"] = _np(wn.scale.args[0]).reshape(-1)
         layer.params[f"b{i}"] = _np(lin.bias)
+        for leaf, key in ((wn.weight.args[0], f"w{i}"), (wn.scale.args[0], f"g{i}"),
+                          (lin.bias, f"b{i}")):
+            _link(leaf, layer.params[key])
     if cond is not None:
         layer.params["context_weight"] = _np(net.cond_linear.weight)
+        _link(net.cond_linear.weight, layer.params["context_weight"])
     return Inverse(layer)
 
 
@@ -453,17 +543,57 @@ def _convert(bij, cond):
     if cls is fb.Vmap:
         return _vmap_spline(bij)
     if cls is fb.Planar:
-        # FlowJAX 19.1.2 (flowjax/bijections/planar.py, get_act_scale) constrains u with
-        # m(s) = -1 + log(1 + softplus(s)); refflow's Planar has Rezende & Mohamed's
-        # m(s) = -1 + softplus(s) (appendix A.1): a different function of the same raw u.
-        _unsupported(bij, "FlowJAX's invertibility constraint m(w^T u) = -1 + log(1 + "
-                          "softplus(w^T u)) is not Rezende & Mohamed's -1 + softplus(w^T u), "
-                          "which refflow's Planar implements; its conditional MLP and "
-                          "leaky-ReLU options have no twin either")
+        return _planar(bij)
     if cls is fb.Sandwich:
-        _unsupported(bij, f"its outer bijection {type(bij.outer).__name__} has no refflow twin "
-                          f"(triangular_spline_flow wraps its splines in LeakyTanh)")
+        # transform = Chain([outer, inner, Invert(outer)]); the outer layer appears twice, so
+        # only a parameter-free one (refflow would hold two untied copies)
+        outer = _convert(bij.outer, cond)
+        if len(outer.params):
+            _refuse("Sandwich", f"an outer bijection with parameters "
+                                f"({type(bij.outer).__name__})")
+        return _chain([outer, _convert(bij.inner, cond), _invert(_convert(bij.outer, cond))])
+    if cls is fb.LeakyTanh:
+        return _leaky_tanh(bij)
+    if cls is fb.AdditiveCondition:
+        _unsupported(bij, "a conditional shift y = x + f(condition) (triangular_spline_flow "
+                          "with cond_dim) has no refflow twin")
     _unsupported(bij)
+
+
+def _leaky_tanh(bij):
+    """``LeakyTanh(max_val, (dim,))`` -> refflow's ``LeakyTanh`` with FlowJAX's stored slope
+    and intercept of the lines (computed in whatever precision FlowJAX had)."""
+    from ..bijectors import LeakyTanh
+    if len(bij.shape) != 1:
+        _refuse("LeakyTanh", f"shape {bij.shape} (refflow imports a vector of coordinates)")
+    return LeakyTanh(int(bij.shape[0]), max_val=float(bij.max_val),
+                     linear_grad=float(bij.linear_grad), intercept=float(bij.intercept))
+
+
+def _planar(bij):
+    """``Planar`` (``y = x + u_hat tanh(w^T x + b)``, ``params = [w | u | b]``, FlowJAX's
+    constraint ``m(s) = -1 + log(1 + softplus(s))``) -> ``Planar(constraint="flowjax")``,
+    whose ``forward`` is the same map."""
+    from ..bijectors import Planar
+    if bij.cond_shape is not None or bij.params is None:
+        _refuse("Planar", "a conditional planar layer (cond_dim, its MLP conditioner)")
+    if bij.negative_slope is not None:
+        _refuse("Planar", f"negative_slope={bij.negative_slope} (a leaky-ReLU activation; "
+                          f"refflow's Planar is tanh)")
+    if len(bij.shape) != 1:
+        _refuse("Planar", f"shape {bij.shape}")
+    dim = int(bij.shape[0])
+    raw = _np(bij.params)
+    if raw.shape != (2 * dim + 1,):
+        _refuse("Planar", f"parameters of shape {raw.shape}; expected ({2 * dim + 1},)")
+    layer = Planar(dim, constraint="flowjax", rng=0)
+    none = np.full(2 * dim + 1, -1, dtype=np.int64)
+    for key, start, stop in (("w", 0, dim), ("u", dim, 2 * dim), ("b", 2 * dim, 2 * dim + 1)):
+        layer.params[key] = raw[start:stop]
+        idx = none.copy()
+        idx[start:stop] = np.arange(stop - start)
+        _link(bij.params, layer.params[key], idx)
+    return layer
 
 
 def _triangular_affine(bij):
@@ -487,8 +617,11 @@ def _triangular_affine(bij):
     # the refflow layer's matrix, checked against FlowJAX's unwrapped one
     layer.params["matrix"] = arr
     layer.params["loc"] = _np(bij.loc)
+    _link(inner.args[0], layer.params["matrix"])
+    _link(bij.loc, layer.params["loc"])
     if wn:
         layer.params["row_scale"] = _np(tri.scale.args[0]).reshape(-1)
+        _link(tri.scale.args[0], layer.params["row_scale"])
     theirs = _np(paramax.unwrap(tri))
     if not np.allclose(layer.weight(), theirs, rtol=_MAP_RTOL * 100, atol=0.0):
         _refuse(where, "a triangular parameterisation that differs from refflow's (checked on "
@@ -522,6 +655,10 @@ def _vmap_spline(bij):
     layer.params["unnormalized_widths"] = x_raw
     layer.params["unnormalized_heights"] = y_raw
     layer.params["unnormalized_derivatives"] = d_raw - ident[2 * K:]
+    for leaf, key in ((inner.x_pos.arr, "unnormalized_widths"),
+                      (inner.y_pos.arr, "unnormalized_heights"),
+                      (inner.derivatives.args[0], "unnormalized_derivatives")):
+        _link(leaf, layer.params[key])
     return _centered(layer, dim, opts["center"])
 
 
@@ -546,6 +683,32 @@ def _chain(layers):
     return Chain(flat)
 
 
+def _broadcast_index(leaf, dim):
+    """``idx`` of a leaf broadcast to ``(dim,)`` (a scalar leaf: all ``dim`` entries)."""
+    if np.shape(leaf) == (dim,):
+        return np.arange(dim)
+    return np.broadcast_to(np.arange(dim), np.shape(leaf) + (dim,))
+
+
+def _link_loc_scale(affine, base, dim):
+    """Links of a FlowJAX loc-scale base's ``Affine(loc, Parameterize(softplus, raw))`` to
+    refflow's ``loc`` and ``log_scale = log softplus(raw)`` (``d/draw = sigmoid(raw) /
+    softplus(raw)``)."""
+    from paramax import Parameterize
+    if _LINKS.get() is None:
+        return
+    _link(affine.loc, base.params["loc"], _broadcast_index(affine.loc, dim))
+    scale = affine.scale
+    if type(scale) is Parameterize and len(scale.args) == 1:
+        raw = _np(scale.args[0])
+        sp = np.logaddexp(0.0, raw)
+        factor = np.exp(raw - sp) / sp  # sigmoid(raw) / softplus(raw)
+        idx = _broadcast_index(scale.args[0], dim)
+        _link(scale.args[0], base.params["log_scale"], idx,
+              factor=np.broadcast_to(factor[..., None] if idx.ndim > raw.ndim else factor,
+                                     idx.shape))
+
+
 def _base(dist):
     """``(refflow base, dim)`` for FlowJAX's ``StandardNormal`` or ``Normal`` base."""
     import paramax
@@ -564,6 +727,7 @@ def _base(dist):
         base = DiagNormal(dim)
         base.params["loc"] = np.broadcast_to(loc, (dim,)).copy()
         base.params["log_scale"] = np.log(np.broadcast_to(scale, (dim,)))
+        _link_loc_scale(dist.bijection, base, dim)
         return base, dim
     if type(dist) is Uniform:
         lo, hi = _np(dist.minval), _np(dist.maxval)
@@ -578,6 +742,8 @@ def _base(dist):
         base.params["loc"] = np.broadcast_to(_np(paramax.unwrap(dist.loc)), (dim,)).copy()
         base.params["log_scale"] = np.log(np.broadcast_to(_np(paramax.unwrap(dist.scale)),
                                                           (dim,)))
+        _link(df.args[0], base.params["raw_df"], _broadcast_index(df.args[0], dim))
+        _link_loc_scale(dist.bijection, base, dim)
         return base, dim
     _unsupported(dist, "as a base distribution; refflow imports StandardNormal, Normal, "
                        "Uniform and StudentT")
@@ -592,11 +758,12 @@ def from_flowjax(dist):
         A flow from ``masked_autoregressive_flow`` or ``coupling_flow`` with an ``Affine``
         transformer whose scale map refflow has (FlowJAX's default, ``exp``, ...) or a
         ``RationalQuadraticSpline(knots, interval)`` transformer,
-        ``block_neural_autoregressive_flow`` (default activation), or
+        ``block_neural_autoregressive_flow`` (default activation), ``planar_flow`` (tanh,
+        unconditional), ``triangular_spline_flow`` (unconditional), or
         any ``Transformed`` of a ``StandardNormal``/``Normal``/``StudentT``/``Uniform`` base
         made of ``Invert``, ``Chain``, ``Scan``, ``Permute``, ``Flip``, ``TriangularAffine``,
-        ``Vmap``'d splines and those layers; conditional or not (``invert=True`` or
-        ``False``).
+        ``Vmap``'d splines, ``Planar``, ``LeakyTanh``, ``Sandwich`` and those layers;
+        conditional or not (``invert=True`` or ``False``).
 
     Returns
     -------
@@ -625,6 +792,10 @@ def from_flowjax(dist):
     >>> model = from_flowjax(dist)                                          # doctest: +SKIP
     """
     _require()
+    return _from_flowjax(dist)
+
+
+def _from_flowjax(dist):
     from flowjax.distributions import AbstractTransformed
 
     from ..bijectors import Chain
@@ -640,3 +811,43 @@ def from_flowjax(dist):
     if type(bij) is not Chain:
         bij = Chain([bij])
     return Flow(base, bij)
+
+
+def parameter_map(dist, where="parameter_map"):
+    """``{FlowJAX leaf path: [(refflow key, idx, factor, layer), ...]}`` for
+    ``from_flowjax(dist)``: how the gradient of a loss with respect to each trainable leaf of
+    ``dist`` (FlowJAX's partition: ``eqx.is_inexact_array``, ``NonTrainable`` excluded; paths as
+    ``jax.tree_util.keystr``) follows from refflow's gradients.
+
+    Each piece adds ``factor * g[key].flat[idx]`` (``idx`` ``-1``: nothing; trailing axes of
+    ``idx`` beyond the leaf's shape summed over) to the leaf's gradient, or to its row
+    ``layer`` for a ``Scan``'s stacked leaf. The pieces are the derivatives of the importer's
+    parameter maps: copies (masked entries ``-1``, the rows of an output layer permuted),
+    the interval centre folded into a first bias (``factor = c``), ``log softplus`` of a base's
+    scale (``factor = sigmoid / softplus``). A trainable leaf the model does not use maps to
+    ``[]`` (its refflow gradient is 0).
+    """
+    jax, eqx, paramax, _ = _require(where)
+    links = {"pieces": [], "origin": {}, "keep": []}
+    token = _LINKS.set(links)
+    try:
+        model = _from_flowjax(dist)
+    finally:
+        _LINKS.reset(token)
+    params, _ = eqx.partition(dist, eqx.is_inexact_array,
+                              is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable))
+    paths = {id(leaf): jax.tree_util.keystr(path)
+             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    keys = {id(arr): key for key, arr in model.params.items()}
+    mapping = {path: [] for path in paths.values()}
+    for peer, target, idx, factor in links["pieces"]:
+        layer = None
+        if id(peer) in links["origin"]:
+            peer, layer = links["origin"][id(peer)]
+        if id(peer) not in paths:  # a NonTrainable leaf: FlowJAX does not differentiate it
+            continue
+        if id(target) not in keys:
+            raise RuntimeError(f"{where}: a linked refflow array is not among the model's "
+                               f"parameters (importer bug)")
+        mapping[paths[id(peer)]].append((keys[id(target)], idx, factor, layer))
+    return mapping

@@ -1,8 +1,8 @@
 r"""Import a zuko flow as the equivalent refflow ``Flow`` (same weights, masks, maps).
 
 :func:`from_zuko` builds the refflow :class:`~refflow.Flow` that computes exactly what a
-``zuko.flows.MAF``, ``NSF``, ``RealNVP``/``NICE`` (affine or spline coupling), ``GF``,
-``BPF``, a one-layer ``NAF`` or ``SOSPF``, or any ``zuko.flows.Flow`` made of the layers below
+``zuko.flows.MAF``, ``NSF``, ``NCSF``, ``RealNVP``/``NICE`` (affine or spline coupling), ``GF``,
+``BPF``, ``NAF``, ``SOSPF``, or any ``zuko.flows.Flow`` made of the layers below
 computes, conditional or not, with the same weights (as float64), MADE masks, output layout,
 scale, spline and polynomial maps and direction; :func:`parameter_map` gives the
 correspondence of parameter names that :func:`refflow.interop.compare` uses.
@@ -25,6 +25,9 @@ transforms map ``x -> z``,      ``Chain`` lists layers in the sampling direction
 per feature, ``|W|``,           the stacked weights copied raw (``network.w{l}`` ``(D, out,
 ``TwoWayELU``, input            in)``), the same ``[x_i, signal_i]`` input and two-way split
 ``[x, signal]``
+``CircularRQSTransform``        ``MaskedSplineAutoregressive(parameterization="zuko",
+(NCSF): shift ``(x mod 2 pi) -  circular=True, shift=True)``: the shift on the transformed
+pi``, then the RQS on ``+-pi``   coordinate only, the MADE fed the raw angles (as zuko's)
 ``ShiftedSOSPTransform``        ``SumOfSquaresAutoregressive(degree=L, n_polynomials=K,
 (SOSPF): ``(K, L + 1)`` + 1     slope, bound=10)``: zuko's ``(L + 1)``-node rule is exact for
                                 the degree-``2L`` integrand, refflow's closed form the same
@@ -45,6 +48,9 @@ identity part; output           coupling output ``[t (n_b) | u (n_b)]``: the las
                                 ``phi`` copied as ``shift``/``scale``, or its ``hyper`` MLP
 ``RotationTransform(A)``:       ``Inverse(Rotation)`` with ``generator = A`` (refflow's
 ``z = exp(A - A^T) x``          ``Rotation.forward`` multiplies by ``exp(A - A^T)``)
+``SoftclipTransform(bound)``    ``Inverse(Softclip(dim, bound))`` (refflow's ``Softclip.
+(between NAF / UNAF / SOSPF     forward`` is zuko's ``x / (1 + |x| / B)``); no parameters
+layers): ``x / (1 + |x| / B)``
 ``LULinearTransform(LU)``:      ``Inverse(LULinear(upper_diag="raw", diagonal="lower"))``:
 ``z = L U x``, ``L = tril(LU)``  ``LU``'s strictly lower, strictly upper and diagonal entries
 ``U = triu(LU, 1) + I``         (one zuko tensor, three refflow parameters; zero bias)
@@ -55,19 +61,19 @@ fixed ``BoxUniform(lo, hi)``    ``Uniform(lo, hi)``
 
 Not imported (each raises naming the zuko class and the option; nothing is approximated):
 
-- ``SoftclipTransform`` (``NotImplementedError``): no refflow twin; ``NAF``, ``UNAF`` and
-  ``SOSPF`` insert ``SoftclipTransform(bound=11)`` between their layers when
-  ``transforms > 1`` (a ``Flow`` of their autoregressive layers without it imports).
 - ``UMNN`` (``UNAF``): zuko's log-det is ``log g(x)``, not the log-derivative of its own
   32-node quadrature map; refflow's :class:`~refflow.UnconstrainedMonotonicAutoregressive`
   reports the map's exact log-det, so the densities differ by the rule's error.
-- ``CircularRQSTransform`` (``NCSF``): its circular shift acts on the transformed coordinate
-  while the MADE reads the unshifted one; refflow's :class:`~refflow.CircularSpline` is
-  element-wise only.
-- residual ``MaskedMLP`` (``residual=True``) and ``normalize=True`` hyper-networks (refflow's
-  MADE is a plain masked MLP), a slope other than 1e-3 for the affine map, unsupported
-  activations, one-feature element-wise flows, trainable or other bases (``GMM``, ...),
-  batched ``RotationTransform``/``LULinearTransform`` matrices.
+- residual ``MaskedMLP`` (``residual=True``): zuko's residual block is
+  ``h + W1 f(W0 h + b0) + b1`` (no activation on the block's input, none between blocks, a
+  plain masked linear between blocks of different widths), refflow's
+  :class:`~refflow.nn.ResidualMADE` (nflows' ResMADE) computes ``h + W1 f(W0 f(h) + b0) + b1``.
+- ``normalize=True`` hyper-networks (refflow's MADE is a plain masked MLP), a
+  ``CircularRQSTransform`` in a coupling layer (refflow's circular ``SplineCoupling`` feeds its
+  conditioner ``(sin, cos)`` of the angles, zuko's the raw angles), a slope other than 1e-3 for
+  the affine map, unsupported activations, one-feature element-wise flows, a trainable
+  ``SoftclipTransform`` bound, trainable or other bases (``GMM``, ...), batched
+  ``RotationTransform``/``LULinearTransform`` matrices.
 """
 
 import functools
@@ -120,6 +126,12 @@ def _activation_name(modules, where):
 def _split_sequential(seq, linear_types, where):
     """``(linears, activation)`` of an ``nn.Sequential`` alternating linear and activation."""
     modules = list(seq)
+    if any(type(m).__name__ == "Residual" for m in modules):
+        raise ValueError(f"{where}: a residual hyper-network (option 'residual=True') is not "
+                         f"supported: zuko's residual block is h + W1 f(W0 h + b0) + b1, with "
+                         f"no activation on the block's input nor between blocks, while "
+                         f"refflow's ResidualMADE (nflows' ResMADE) computes "
+                         f"h + W1 f(W0 f(h) + b0) + b1")
     linears, acts = modules[0::2], modules[1::2]
     # anything but torch's own activation modules between the linears (zuko's Residual
     # blocks, LayerNorm) is a layout refflow's networks do not have
@@ -138,6 +150,7 @@ def _split_sequential(seq, linear_types, where):
 
 def _univariate(lazy, where):
     """``(kind, options)`` from a zuko layer's ``univariate`` constructor."""
+    from zuko.flows.spline import CircularRQSTransform
     from zuko.transforms import (BernsteinTransform, BoundedBernsteinTransform,
                                  MonotonicAffineTransform, MonotonicRQSTransform)
     uni, kwargs = lazy.univariate, {}
@@ -200,17 +213,24 @@ def _univariate(lazy, where):
         degree = shapes[0][0] + (4 if identity else 1)
         return "bernstein", {"degree": degree, "bound": bound,
                              "tails": "identity" if identity else "linear"}
+    if uni is CircularRQSTransform:
+        # zuko: CircularShiftTransform(pi) then MonotonicRQSTransform(bound=pi, slope) on the
+        # transformed coordinate; the MADE reads the unshifted angles
+        slope = float(kwargs.pop("slope", 1e-3))
+        if kwargs:
+            raise ValueError(f"{where}: CircularRQSTransform options {sorted(kwargs)} are not "
+                             f"supported (option 'univariate')")
+        if len(shapes) != 3 or len(shapes[0]) != 1 or shapes[1] != shapes[0] \
+                or shapes[2] != (shapes[0][0] - 1,):
+            raise ValueError(f"{where}: CircularRQSTransform with shapes {shapes} (option "
+                             f"'shapes'); expected [(K,), (K,), (K - 1,)]")
+        return "circular", {"n_bins": shapes[0][0], "min_derivative": slope}
     name = getattr(uni, "__name__", type(uni).__name__)
-    if name == "CircularRQSTransform":
-        raise ValueError(f"{where}: univariate CircularRQSTransform (zuko's NCSF) is not "
-                         f"supported (option 'univariate'): its circular shift acts on the "
-                         f"transformed coordinate only while the MADE reads the unshifted "
-                         f"one; refflow's CircularSpline is elementwise and no masked "
-                         f"autoregressive circular spline exists")
     raise ValueError(f"{where}: univariate transformation {name} is not supported (option "
                      f"'univariate'); refflow imports MonotonicAffineTransform, "
-                     f"MonotonicRQSTransform, MNN (NAF), ShiftedSOSPTransform (SOSPF) and "
-                     f"BoundedBernsteinTransform / BernsteinTransform (BPF)")
+                     f"MonotonicRQSTransform, CircularRQSTransform (NCSF), MNN (NAF), "
+                     f"ShiftedSOSPTransform (SOSPF) and BoundedBernsteinTransform / "
+                     f"BernsteinTransform (BPF)")
 
 
 def _nn_module():
@@ -293,6 +313,9 @@ def _convert_autoregressive(lazy, index, dim, context):
                                                  **common)
         elif kind == "spline":
             layer = B.MaskedSplineAutoregressive(dim, parameterization="zuko", **opts, **common)
+        elif kind == "circular":
+            layer = B.MaskedSplineAutoregressive(dim, parameterization="zuko", circular=True,
+                                                 shift=True, **opts, **common)
         elif kind == "monotonic":
             layer = B.MaskedMonotonicAutoregressive(dim, network_activation="elu", **opts,
                                                     **common)
@@ -330,6 +353,12 @@ def _convert_coupling(lazy, index, dim, context):
     from .. import bijectors as B
     where = f"from_zuko: transforms[{index}] (GeneralCouplingTransform)"
     kind, opts = _univariate(lazy, where)
+    if kind not in ("affine", "spline"):
+        # refflow's circular SplineCoupling feeds the conditioner (sin, cos) of the angles,
+        # zuko's the raw angles; the monotone transformers have no coupling layer in refflow
+        raise ValueError(f"{where}: univariate {kind!r} transformer in a coupling layer is not "
+                         f"supported (option 'univariate'); refflow imports affine and "
+                         f"MonotonicRQSTransform couplings")
     linears, activation = _split_sequential(lazy.hyper, (nn.Linear, ZukoLinear), where)
     if any(lin.weight.dim() != 2 for lin in linears):
         raise ValueError(f"{where}: stacked linear layers (option 'stack') are not supported")
@@ -473,13 +502,10 @@ def _convert_unconditional(lazy, index, dim, where):
     name = getattr(f, "__name__", type(f).__name__)
     here = f"{where}: transforms[{index}] (UnconditionalTransform of {name})"
     if f is SoftclipTransform:
-        raise NotImplementedError(f"{here} is not supported: refflow has no twin of zuko's "
-                                  f"SoftclipTransform (NAF, UNAF and SOSPF put "
-                                  f"SoftclipTransform(bound=11) between their layers when "
-                                  f"transforms > 1; option 'transforms')")
+        return _convert_softclip(lazy, dim, here)
     if f not in (RotationTransform, LULinearTransform):
-        raise ValueError(f"{here} is not supported (refflow imports RotationTransform and "
-                         f"LULinearTransform)")
+        raise ValueError(f"{here} is not supported (refflow imports RotationTransform, "
+                         f"LULinearTransform and SoftclipTransform)")
     tensors = _partial_tensors(lazy)
     if len(tensors) != 1 or (set(lazy.kwargs) - set(tensors)):
         raise ValueError(f"{here}: expected one matrix argument, got {sorted(tensors)} and "
@@ -503,6 +529,33 @@ def _convert_unconditional(lazy, index, dim, where):
     for key, idx in pieces:
         layer.params[key] = m[idx]
     return Inverse(layer), {zname: pieces}
+
+
+def _convert_softclip(lazy, dim, here):
+    """``UnconditionalTransform(SoftclipTransform, bound)`` (zuko's ``z = x / (1 + |x| / B)``,
+    between the layers of NAF, UNAF and SOSPF) -> ``Inverse(Softclip(dim, B))``, whose
+    ``inverse`` is the same map; no parameters (a trainable bound is refused)."""
+    import torch
+
+    from ..bijectors import Inverse, Softclip
+    args, kwargs = list(lazy.args), dict(lazy.kwargs)
+    if len(args) > 1 or set(kwargs) - {"bound"} or (args and kwargs):
+        raise ValueError(f"{here}: arguments {args} and options {sorted(kwargs)}; expected the "
+                         f"bound alone (option 'bound')")
+    bound = args[0] if args else kwargs.get("bound", 1.0)  # zuko's default bound is 1
+    if list(lazy.named_parameters()):
+        raise ValueError(f"{here}: a trainable bound (option 'buffer=False' with a tensor "
+                         f"bound) is not supported; refflow's Softclip has a fixed bound")
+    if torch.is_tensor(bound):
+        if bound.numel() != 1:
+            raise ValueError(f"{here}: a bound of shape {tuple(bound.shape)} (option 'bound'); "
+                             f"expected a scalar")
+        bound = float(bound.detach().cpu().double())
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not bound > 0 \
+            or not np.isfinite(bound):
+        raise ValueError(f"{here}: bound {bound!r} (option 'bound'); expected a positive "
+                         f"finite number")
+    return Inverse(Softclip(dim, bound=float(bound))), {}
 
 
 def _convert_base(base, where):
@@ -572,12 +625,12 @@ def from_zuko(flow):
     Parameters
     ----------
     flow : zuko.flows.Flow
-        A ``MAF``, ``NSF``, ``RealNVP`` / ``NICE``, ``GF``, ``BPF``, a ``NAF`` or ``SOSPF``
-        with ``transforms=1``, or any ``zuko.flows.Flow`` made of the layers of the module's
-        table (``MaskedAutoregressiveTransform``, ``GeneralCouplingTransform``,
-        ``ElementWiseTransform``, ``UnconditionalTransform`` of ``RotationTransform`` or
-        ``LULinearTransform``), conditional or not, with a fixed ``DiagNormal`` or
-        ``BoxUniform`` base.
+        A ``MAF``, ``NSF``, ``NCSF``, ``RealNVP`` / ``NICE``, ``GF``, ``BPF``, ``NAF`` or
+        ``SOSPF``, or any ``zuko.flows.Flow`` made of the layers of the module's table
+        (``MaskedAutoregressiveTransform``, ``GeneralCouplingTransform``,
+        ``ElementWiseTransform``, ``UnconditionalTransform`` of ``RotationTransform``,
+        ``LULinearTransform`` or ``SoftclipTransform``), conditional or not, with a fixed
+        ``DiagNormal`` or ``BoxUniform`` base.
 
     Returns
     -------
@@ -596,8 +649,6 @@ def from_zuko(flow):
         ``flow`` is not a zuko flow.
     ValueError
         An unsupported layer or option, naming the zuko class and the option.
-    NotImplementedError
-        A zuko layer whose refflow twin does not exist yet (``SoftclipTransform``).
 
     Examples
     --------

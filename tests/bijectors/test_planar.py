@@ -118,6 +118,53 @@ def test_planar_constraint_holds_for_extreme_raw_values(s, rng):
     assert abs(w @ k["u_hat"] - m) <= 16 * EPS * terms
 
 
+@pytest.mark.parametrize("s", [-800.0, -50.0, -13.8, -1.0, 0.0, 0.5413, 3.0, 50.0])
+def test_planar_flowjax_constraint(s, rng):
+    """FlowJAX's ``m(s) = -1 + log(1 + softplus(s))``: ``w^T u_hat = m(w^T u) > -1`` with
+    ``1 + w^T u_hat = log1p(softplus(s))``; u_hat by hand; the log-det at ``p = 0`` is
+    ``log(1 + c)`` (finite where softplus underflows, ``s`` there)."""
+    layer = Planar(3, constraint="flowjax", rng=rng)
+    w = rng.choice([-5.0, 5.0], size=3)
+    u = rng.normal(size=3)
+    u = u + (s - w @ u) * w / (w @ w)
+    layer.params["w"], layer.params["u"], layer.params["b"] = w, u, [0.0]
+    k = layer.constrained()
+    s_used = float(w @ layer.params["u"])
+    sp = float(np.logaddexp(0.0, s_used))
+    np.testing.assert_allclose(k["one_plus_w_dot_u_hat"], np.log1p(sp), rtol=1e-15)
+    m = np.log1p(sp) - 1.0
+    u_hat = layer.params["u"] + (m - s_used) * w / (w @ w)
+    np.testing.assert_allclose(k["u_hat"], u_hat, rtol=1e-13, atol=1e-13 * np.abs(u).max())
+    _, log_det = layer.forward(np.zeros((1, 3)))
+    expected = np.log(np.log1p(sp)) if sp > 0 else s_used
+    np.testing.assert_allclose(log_det[0], expected, rtol=1e-13)
+    assert repr(layer) == "Planar(dim=3, constraint='flowjax')"
+
+
+def test_planar_flowjax_constraint_is_flowjaxs(rng):
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("flowjax")
+    from flowjax.bijections.planar import _UnconditionalPlanar
+    with jax.enable_x64(True):
+        import jax.numpy as jnp
+        for _ in range(5):
+            w, u = rng.normal(size=4), rng.normal(0.0, 2.0, size=4)
+            layer = Planar(4, constraint="flowjax", rng=rng)
+            layer.params["w"], layer.params["u"] = w, u
+            theirs = _UnconditionalPlanar(jnp.asarray(w), jnp.asarray(u), jnp.asarray(0.3))
+            np.testing.assert_allclose(layer.constrained()["u_hat"],
+                                       np.asarray(theirs.get_act_scale()), rtol=1e-13,
+                                       atol=1e-14)
+
+
+def test_planar_constraint_option_is_checked_and_saved(rng):
+    with pytest.raises(ValueError, match="Planar: constraint"):
+        Planar(2, constraint="other")
+    assert Planar(2, rng=rng)._config() == {"dim": 2}
+    assert Planar(2, constraint="flowjax", rng=rng)._config() == {"dim": 2,
+                                                                 "constraint": "flowjax"}
+
+
 @pytest.mark.parametrize("entries", [50.0, -50.0])
 def test_planar_constraint_with_every_raw_entry_at_50(entries, rng):
     """Raw entries of +-50 give ``w^T u = +-7500``: ``softplus`` underflows for the negative
