@@ -293,7 +293,7 @@ def test_init_only_stores_arguments():
 def test_get_and_set_params():
     model = FlowDensity()
     assert set(model.get_params()) == {
-        "flow", "n_layers", "hidden", "flow_kwargs", "epochs", "batch_size", "lr",
+        "flow", "n_layers", "hidden", "flow_kwargs", "base", "epochs", "batch_size", "lr",
         "lr_schedule", "weight_decay", "validation_fraction", "patience", "standardize",
         "whiten", "random_state", "progress"}
     assert model.get_params(deep=False) == model.get_params(deep=True)
