@@ -265,6 +265,8 @@ def fit_flow(family, train, test, seed, epochs, variants=None):
     chosen = getattr(model, "flow_name_", None)
     if chosen is not None:
         info["chosen"] = chosen
+    if hasattr(model, "candidate_scores_"):   # flow="auto": each family's validation score
+        info["candidate_scores"] = dict(model.candidate_scores_)
     return lp, info
 
 
