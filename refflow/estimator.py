@@ -382,18 +382,19 @@ class FlowDensity:
 
     Parameters
     ----------
-    flow : str, default "nsf"
-        A key of :data:`refflow.flows.BUILDERS`, or ``"auto"``: ``"nsf"`` (autoregressive
-        neural spline flow, the default: flexible, bounded splines; see DEVELOPERS.md,
-        "FlowDensity's defaults", for how it compares with ``"maf"`` and the classical
-        estimators), ``"nsf-coupling"``, ``"maf"``, ``"realnvp"``, ``"glow"``, ``"planar"``,
-        ``"radial"``, ``"sylvester"``, ``"bnaf"`` (block neural autoregressive; its widths are
+    flow : str, default "auto"
+        A key of :data:`refflow.flows.BUILDERS`, or ``"auto"`` (the default: ``"maf"`` and
+        ``"nsf"`` both fitted, the better on the validation rows kept; see DEVELOPERS.md,
+        "FlowDensity's defaults", for the evidence): ``"nsf"`` (autoregressive neural spline
+        flow: flexible, bounded splines), ``"nsf-coupling"``, ``"maf"``, ``"realnvp"``,
+        ``"glow"``, ``"planar"``, ``"radial"``, ``"sylvester"``, ``"bnaf"`` (block neural autoregressive; its widths are
         ``flow_kwargs={"hidden_factors": ...}``), ``"gf"`` (Gaussianization flow),
         ``"naf"``, ``"unaf"``, ``"sospf"``, ``"bpf"`` (monotone-transformer flows).
         ``"auto"``: fit each family of ``AUTO_CANDIDATES`` (``"maf"`` and ``"nsf"``) with the
         same options on the same rows and keep the one with the best validation likelihood
         (``flow_name_``, ``candidate_scores_``); the fit costs the sum of the candidates'
-        fits. With a single feature the coupling layouts are impossible, and ``"realnvp"``
+        fits, and ``flow_kwargs`` must suit every candidate's builder (name a family to pass
+        options of its own, e.g. ``flow="nsf", flow_kwargs={"n_bins": 16}``). With a single feature the coupling layouts are impossible, and ``"realnvp"``
         and ``"glow"`` fit a ``"maf"``, ``"nsf-coupling"`` an ``"nsf"``. A conditional fit
         (``fit(X, context=C)``) needs a family whose builder takes ``context_dim`` (the
         network flows; not the planar family).
@@ -409,8 +410,9 @@ class FlowDensity:
         Further builder options, e.g. ``{"n_bins": 16}`` or ``{"scale": "exp"}``; not
         ``rng``, ``hidden``, ``n_layers`` (the parameters above) or ``context_dim`` (set by
         ``fit(X, context=...)``).
-    base : {"gaussian", "student_t"}, default "gaussian"
-        The base distribution. ``"gaussian"``: the builder's standard normal. ``"student_t"``:
+    base : {"student_t", "gaussian"}, default "student_t"
+        The base distribution. ``"gaussian"``: the builder's standard normal. ``"student_t"``
+        (the default):
         :class:`refflow.StudentT` with a location, scale and degrees of freedom per coordinate,
         all trained with the flow (``df = softplus(raw_df)``; its gradient is the digamma
         formula in :class:`~refflow.StudentT`), for heavy-tailed data: a Gaussian base with
@@ -449,9 +451,10 @@ class FlowDensity:
         layer (see Notes). The covariance comes from exact sums of the products of the
         columns, rounded once, and ``C w = s`` is solved row by row by forward substitution,
         so that a streamed fit (``numpy.memmap`` or dask array) whitens bit for bit as the
-        in-memory one, without holding the data. The flow then starts as the full-covariance Gaussian fit of the
-        data, which matters most with few rows (see DEVELOPERS.md, "FlowDensity's
-        defaults").
+        in-memory one, without holding the data. With ``base="gaussian"`` an NSF then starts
+        as the full-covariance Gaussian fit of the data (with ``"student_t"``, as the
+        maximum-likelihood t in each whitened coordinate), which matters most with few rows
+        (see DEVELOPERS.md, "FlowDensity's defaults").
     random_state : None, int, numpy.random.Generator or numpy.random.RandomState
         Seeds the initialisation, the validation split and the mini-batches: the same int
         gives the same fitted model.
@@ -548,8 +551,8 @@ class FlowDensity:
     ``RuntimeWarning`` per call), as ``GaussianMixture`` gives ``-inf``; the other rows are
     scored exactly as without it.
 
-    *Latent space.* :meth:`transform` maps rows to the base space, ``z = T^{-1}(x)`` (standard
-    normal under the model), and :meth:`inverse_transform` maps back, ``x = T(z)``.
+    *Latent space.* :meth:`transform` maps rows to the base space, ``z = T^{-1}(x)`` (distributed
+    as ``flow_.base`` under the model: standard normal with ``base="gaussian"``), and :meth:`inverse_transform` maps back, ``x = T(z)``.
 
     *Conditional densities.* ``fit(X, context=C)`` fits ``q(x | c)``; then
     ``score_samples(X, context=C)``, ``sample(n, context=c)`` and ``transform(X, context=C)``
@@ -584,8 +587,8 @@ class FlowDensity:
     True
     """
 
-    def __init__(self, flow="nsf", *, n_layers=None, hidden=(64, 64), flow_kwargs=None,
-                 base="gaussian", epochs=100, batch_size=256, lr=1e-3, lr_schedule=None, weight_decay=0.0,
+    def __init__(self, flow="auto", *, n_layers=None, hidden=(64, 64), flow_kwargs=None,
+                 base="student_t", epochs=100, batch_size=256, lr=1e-3, lr_schedule=None, weight_decay=0.0,
                  validation_fraction=0.1, patience=10, standardize=True, whiten=True,
                  random_state=None, progress="auto"):
         self.flow = flow

@@ -217,6 +217,21 @@ def test_student_t_base():
         model.score(x[model.validation_index_]), rel=SAME_ROWS)
 
 
+def test_student_t_base_density_is_scipys():
+    """``score_samples`` is the Student t density of ``transform(X)`` (scipy.stats.t with the
+    base's df, loc, scale) times the Jacobian of x -> z."""
+    from scipy import stats
+
+    x = synthetic("student_t", 300, rng=6)
+    model = FlowDensity(base="student_t", **SMALL).fit(x)
+    base = model.flow_.base
+    z, log_det = model.flow_.bijector.inverse(x)
+    np.testing.assert_array_equal(z, model.transform(x))
+    expected = stats.t.logpdf(z, base.df, base.params["loc"],
+                              np.exp(base.params["log_scale"])).sum(axis=1) + log_det
+    np.testing.assert_allclose(model.score_samples(x), expected, rtol=ROUND_TRIP)
+
+
 def test_student_t_base_starts_at_the_maximum_likelihood_t():
     """With a learning rate too small to move anything (Adam's steps are ~lr), the fitted
     base is the start: the maximum-likelihood t of the rows mapped to the base space by the
