@@ -351,7 +351,8 @@ def test_far_rows_score_minus_inf_and_the_summary_stays_readable(model_file, tmp
     np.testing.assert_array_equal(scores[good], model.score_samples(x[good]))
     assert "1 point outside the range the model represents in float64: scored -inf" in out
     # a row at 1e150 is representable but, under a model with a Gaussian base, its log-density
-    # is about -1e300: printed readably (the default Student t base gives it about -1e3)
+    # is about -1e300: printed readably (the default Student t base's heavier tails give
+    # it a log-density of about -7e5 only)
     from refflow.data import toy
     from refflow.estimator import FlowDensity
 
