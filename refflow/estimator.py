@@ -45,7 +45,7 @@ _SCHEDULES = (None, "cosine")
 #: Base distributions ``FlowDensity`` accepts (``base=``).
 BASES = ("gaussian", "student_t")
 #: Rows (at most, evenly spaced) on which a Student t base is started by maximum likelihood;
-#: 10,000 rows pin three parameters per coordinate far below the fit's own noise.
+#: it is a start (training refines it), so a bounded subsample is enough.
 _T_START_ROWS = 10000
 #: Bounds of the Student t start: ``df`` in [1, 1000] (1 is the Cauchy; beyond 1000 the t is
 #: a normal to within 1e-3 nats per coordinate near the mode, and softplus^-1 = identity there),
@@ -387,16 +387,18 @@ class FlowDensity:
         ``"nsf"`` both fitted, the better on the validation rows kept; see DEVELOPERS.md,
         "FlowDensity's defaults", for the evidence): ``"nsf"`` (autoregressive neural spline
         flow: flexible, bounded splines), ``"nsf-coupling"``, ``"maf"``, ``"realnvp"``,
-        ``"glow"``, ``"planar"``, ``"radial"``, ``"sylvester"``, ``"bnaf"`` (block neural autoregressive; its widths are
-        ``flow_kwargs={"hidden_factors": ...}``), ``"gf"`` (Gaussianization flow),
-        ``"naf"``, ``"unaf"``, ``"sospf"``, ``"bpf"`` (monotone-transformer flows).
+        ``"glow"``, ``"planar"``, ``"radial"``, ``"sylvester"``, ``"bnaf"`` (block neural
+        autoregressive; its widths are ``flow_kwargs={"hidden_factors": ...}``), ``"gf"``
+        (Gaussianization flow), ``"naf"``, ``"unaf"``, ``"sospf"``, ``"bpf"``
+        (monotone-transformer flows).
         ``"auto"``: fit each family of ``AUTO_CANDIDATES`` (``"maf"`` and ``"nsf"``) with the
         same options on the same rows and keep the one with the best validation likelihood
         (``flow_name_``, ``candidate_scores_``); the fit costs the sum of the candidates'
         fits, and ``flow_kwargs`` must suit every candidate's builder (name a family to pass
-        options of its own, e.g. ``flow="nsf", flow_kwargs={"n_bins": 16}``). With a single feature the coupling layouts are impossible, and ``"realnvp"``
-        and ``"glow"`` fit a ``"maf"``, ``"nsf-coupling"`` an ``"nsf"``. A conditional fit
-        (``fit(X, context=C)``) needs a family whose builder takes ``context_dim`` (the
+        options of its own, e.g. ``flow="nsf", flow_kwargs={"n_bins": 16}``). With a single
+        feature the coupling layouts are impossible, and ``"realnvp"`` and ``"glow"`` fit a
+        ``"maf"``, ``"nsf-coupling"`` an ``"nsf"``. A conditional fit (``fit(X, context=C)``)
+        needs a family whose builder takes ``context_dim`` (the
         network flows; not the planar family).
     n_layers : int, optional
         Number of steps; None keeps the builder's default (5 for the network flows, 16 for
@@ -478,8 +480,8 @@ class FlowDensity:
         log-likelihoods (``train_log_likelihood``, ``val_log_likelihood``; ``nll_shift =
         sum(log scale_) + sum(log diag C)``), which agree with :meth:`score` on the same rows:
         ``history_.val_log_likelihood[history_.best_epoch]`` is
-        ``score(X[validation_index_])`` (to rounding, ~1e-15 relative). ``best_epoch`` is
-        0-based.
+        ``score(X[validation_index_])`` to rounding (tested to 1e-12 relative). ``best_epoch``
+        is 0-based.
     validation_index_ : ndarray of int, shape (n_validation,)
         The rows of the ``X`` given to ``fit`` that were held out (to choose the best epoch,
         stop early and, with ``flow="auto"``, the family), in the order they were
@@ -552,7 +554,8 @@ class FlowDensity:
     scored exactly as without it.
 
     *Latent space.* :meth:`transform` maps rows to the base space, ``z = T^{-1}(x)`` (distributed
-    as ``flow_.base`` under the model: standard normal with ``base="gaussian"``), and :meth:`inverse_transform` maps back, ``x = T(z)``.
+    as ``flow_.base`` under the model: standard normal with ``base="gaussian"``), and
+    :meth:`inverse_transform` maps back, ``x = T(z)``.
 
     *Conditional densities.* ``fit(X, context=C)`` fits ``q(x | c)``; then
     ``score_samples(X, context=C)``, ``sample(n, context=c)`` and ``transform(X, context=C)``
@@ -588,7 +591,8 @@ class FlowDensity:
     """
 
     def __init__(self, flow="auto", *, n_layers=None, hidden=(64, 64), flow_kwargs=None,
-                 base="student_t", epochs=100, batch_size=256, lr=1e-3, lr_schedule=None, weight_decay=0.0,
+                 base="student_t", epochs=100, batch_size=256, lr=1e-3, lr_schedule=None,
+                 weight_decay=0.0,
                  validation_fraction=0.1, patience=10, standardize=True, whiten=True,
                  random_state=None, progress="auto"):
         self.flow = flow
