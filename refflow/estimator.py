@@ -782,9 +782,14 @@ class FlowDensity:
         """``flow="auto"``: fit each family on the same training rows and keep the one with
         the best validation likelihood (the first on a tie).
 
-        The validation rows, ``perm[:ceil(validation_fraction * n)]`` with ``perm =
-        rng.permutation(n)``, are drawn once, before the families are built (in order, from
-        the same generator). Without validation rows only the first family is fitted. A
+        Every family is trained by :func:`refflow.training.fit` with its own generator
+        ``numpy.random.default_rng(split_seed)``, ``split_seed = rng.integers(2**63)`` drawn
+        once before the families are built (in order, from ``rng``): so every family holds out
+        the same rows, ``perm[:ceil(validation_fraction * n)]`` with ``perm =
+        default_rng(split_seed).permutation(n)``, and sees the same mini-batches, and a
+        streamed ``Xs`` (memmap or dask rows) is split by ``fit`` itself, never gathered
+        whole (bit for bit the in-memory fit). Without validation rows only the first family
+        is fitted. A
         family whose training diverges is passed over (its error is raised if every family
         diverges); Ctrl-C keeps the families fitted so far.
 
@@ -799,21 +804,16 @@ class FlowDensity:
             history = fit(inner, Xs, context=Cs, validation_fraction=0.0, rng=rng,
                           **train_options)
             return name, inner, history, None
-        perm = rng.permutation(n)
-        val, train = perm[:n_val], perm[n_val:]
-        x_val, x_train = Xs[val], Xs[train]
-        c_val, c_train = (None, None) if Cs is None else (Cs[val], Cs[train])
-        validation = x_val if Cs is None else (x_val, c_val)
+        split_seed = int(rng.integers(2 ** 63))
         fitted, scores, failure = {}, {}, None
         for name in families:
             inner = self._build(name, Xs.shape[1], c_dim, rng, options, where, Xs, Cs)
             try:
-                history = fit(inner, x_train, context=c_train, validation_data=validation,
-                              rng=rng, **train_options)
+                history = fit(inner, Xs, context=Cs, validation_fraction=validation_fraction,
+                              rng=np.random.default_rng(split_seed), **train_options)
             except TrainingDiverged as exc:
                 failure = exc
                 continue
-            history.validation_index = val
             fitted[name] = (inner, history)
             scores[name] = history.val_nll[history.best_epoch]
             if history.stop_reason == "interrupted":

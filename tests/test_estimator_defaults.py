@@ -87,14 +87,18 @@ def test_validation_index_without_validation_rows(data):
     assert model.history_.val_nll == []
 
 
-def test_validation_index_of_a_streamed_fit(tmp_path, data):
-    """A memory-mapped ``X`` is fitted bit for bit as in memory: the same held-out rows."""
+@pytest.mark.parametrize("flow", ["maf", "auto"])
+def test_validation_index_of_a_streamed_fit(tmp_path, data, flow):
+    """A memory-mapped ``X`` is fitted bit for bit as in memory: the same held-out rows (and
+    with ``flow="auto"``, the default, the same family and scores)."""
     path = tmp_path / "x.npy"
     np.save(path, data)
     mapped = np.load(path, mmap_mode="r")
-    a = FlowDensity(**SMALL).fit(data)
-    b = FlowDensity(**SMALL).fit(mapped)
+    options = dict(SMALL, flow=flow)
+    a = FlowDensity(**options).fit(data)
+    b = FlowDensity(**options).fit(mapped)
     np.testing.assert_array_equal(a.validation_index_, b.validation_index_)
+    np.testing.assert_array_equal(a.score_samples(data), b.score_samples(data))
     history = b.history_
     assert history.val_log_likelihood[history.best_epoch] == pytest.approx(
         b.score(data[b.validation_index_]), rel=SAME_ROWS)
@@ -121,10 +125,11 @@ def test_auto_keeps_the_family_with_the_best_validation_likelihood(data):
     # the kept family's history is the winner's, in the data's units
     assert history.val_log_likelihood[history.best_epoch] == pytest.approx(
         scores[model.flow_name_], rel=1e-12)
-    # the validation rows are perm[:ceil(0.1 n)] of the first permutation the generator
-    # draws (before any family is built): the kept model scores them as its history says
+    # the validation rows are perm[:ceil(0.1 n)] of the permutation drawn by every family's
+    # generator default_rng(split_seed), split_seed drawn first (before any family is built):
+    # the kept model scores them as its history says
     gen = np.random.default_rng(SMALL["random_state"])
-    perm = gen.permutation(data.shape[0])
+    perm = np.random.default_rng(int(gen.integers(2 ** 63))).permutation(data.shape[0])
     n_val = math.ceil(0.1 * data.shape[0])
     np.testing.assert_array_equal(model.validation_index_, perm[:n_val])
     assert model.score(data[model.validation_index_]) == pytest.approx(
