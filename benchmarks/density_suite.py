@@ -4,7 +4,8 @@ Run (from the repository root)::
 
     python benchmarks/density_suite.py [--quick | --smoke] [--sets NAME,...]
         [--estimators NAME,...] [--skip NAME,...] [--max-fit-seconds S] [--n-train N]
-        [--seeds S,...] [--json PATH] [--markdown PATH] [--from-json PATH,...]
+        [--seeds S,...] [--draws TRAIN,TEST] [--variant NAME=JSON ...] [--json PATH]
+        [--markdown PATH] [--from-json PATH,...]
 
 Data sets, drawn afresh for each seed ``s`` of ``--seeds`` (training rows ``rng=2 s``, test
 rows ``rng=2 s + 1``, so that no two seeds share rows):
@@ -57,6 +58,13 @@ fit); with a single seed, the standard error over the test rows.
 
 Nothing is tuned here: no estimator sees the test rows before it is scored.
 
+Choosing defaults (DEVELOPERS.md, "FlowDensity's defaults"): ``--variant NAME=JSON`` adds a
+``FlowDensity`` with the given constructor arguments (``random_state`` and ``progress`` are set
+here) as estimator ``NAME``, e.g. ``--variant 't5={"base": "student_t", "n_layers": 5}'``,
+and ``--draws TRAIN,TEST`` draws the toys' and synthetic sets' rows with these generator seeds
+instead of ``2 s, 2 s + 1``, so that the choices are made on rows that no table uses
+(``--draws 7,8``; the real sets keep their split by seed).
+
 ``--quick``: 5,000 training rows. ``--smoke``: tiny sizes, three sets, 2 epochs per flow, two
 families, ``k <= 3``, three bandwidths (tests the script, not the estimators).
 """
@@ -103,10 +111,14 @@ class Mode:
     """Sizes of a run: ``full`` (the README's table), ``quick`` and ``smoke``."""
 
     def __init__(self, name, n_train, n_test, sets, epochs=None, families=None,
-                 gmm_max_k=GMM_MAX_K, kde_grid=KDE_GRID):
+                 gmm_max_k=GMM_MAX_K, kde_grid=KDE_GRID, draws=None, variants=None):
         self.name, self.n_train, self.n_test, self.sets = name, n_train, n_test, sets
         self.epochs, self.families = epochs, families
         self.gmm_max_k, self.kde_grid = gmm_max_k, kde_grid
+        #: ``(train_seed, test_seed)`` of the toys' and synthetic sets' draws (None: by seed)
+        self.draws = draws
+        #: ``{name: FlowDensity keyword arguments}`` of ``--variant``
+        self.variants = dict(variants or {})
 
 
 MODES = {
@@ -146,8 +158,9 @@ def load_set(name, mode, seed):
     if name in TOYS_WITH_DENSITY or name in SYNTHETIC:
         draw, density = ((toy, toy_log_prob) if name in TOYS_WITH_DENSITY
                          else (synthetic, synthetic_log_prob))
-        return {"train": draw(name, mode.n_train, rng=2 * seed),
-                "test": draw(name, mode.n_test, rng=2 * seed + 1),
+        train_rng, test_rng = mode.draws if mode.draws else (2 * seed, 2 * seed + 1)
+        return {"train": draw(name, mode.n_train, rng=train_rng),
+                "test": draw(name, mode.n_test, rng=test_rng),
                 "log_prob": lambda x: density(name, x),
                 "kind": "toy" if name in TOYS_WITH_DENSITY else "synthetic", "note": ""}
     if name == "digits":
@@ -231,9 +244,14 @@ def fit_kde(train, test, seed, grid):
     return model.score_samples(s_test) - np.sum(np.log(std)), {"bandwidth": float(h)}
 
 
-def fit_flow(family, train, test, seed, epochs):
-    """FlowDensity with its defaults (``family == "default"``) or ``flow=family``."""
-    kwargs = {} if family == DEFAULT else {"flow": family}
+def fit_flow(family, train, test, seed, epochs, variants=None):
+    """FlowDensity with its defaults (``family == "default"``), ``flow=family``, or the
+    arguments of the variant named ``family``."""
+    variants = variants or {}
+    if family in variants:
+        kwargs = dict(variants[family])
+    else:
+        kwargs = {} if family == DEFAULT else {"flow": family}
     if epochs is not None:
         kwargs["epochs"] = epochs
     model = FlowDensity(random_state=seed, progress=False, **kwargs)
@@ -247,6 +265,8 @@ def fit_flow(family, train, test, seed, epochs):
     chosen = getattr(model, "flow_name_", None)
     if chosen is not None:
         info["chosen"] = chosen
+    if hasattr(model, "candidate_scores_"):   # flow="auto": each family's validation score
+        info["candidate_scores"] = dict(model.candidate_scores_)
     return lp, info
 
 
@@ -263,7 +283,7 @@ def run_one(estimator, data, seed, mode):
         elif estimator == "kde":
             lp, info = fit_kde(train, test, seed, mode.kde_grid)
         else:
-            lp, info = fit_flow(estimator, train, test, seed, mode.epochs)
+            lp, info = fit_flow(estimator, train, test, seed, mode.epochs, mode.variants)
     except Exception as exc:  # a family that cannot fit this set: recorded, the run goes on
         record.update(error=f"{type(exc).__name__}: {str(exc)[:300]}",
                       fit_seconds=time.perf_counter() - start)
@@ -304,7 +324,9 @@ def environment(mode):
             "refflow": getattr(refflow, "__version__", "?"), "cpus": os.cpu_count(),
             "machine": platform.machine(),
             "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
-            "mode": mode.name, "n_train": mode.n_train, "n_test": mode.n_test}
+            "mode": mode.name, "n_train": mode.n_train, "n_test": mode.n_test,
+            "draws": None if mode.draws is None else list(mode.draws),
+            "variants": mode.variants}
 
 
 def run(mode, sets, estimators, seeds, max_fit_seconds=None, say=print, after_set=None):
@@ -434,7 +456,9 @@ def _line(record):
 
 
 # ---------------------------------------------------------------------------- tables
-def _label(estimator):
+def _label(estimator, variants=None):
+    if variants and estimator in variants:
+        return estimator
     return {"default": "FlowDensity()", "gaussian": "Gaussian", "gmm": "GMM(BIC)",
             "kde": "KDE(CV)"}.get(estimator, f"flow={estimator!r}")
 
@@ -513,13 +537,13 @@ def summary_table(results):
     return "\n".join(lines)
 
 
-def families_table(results, field="log_likelihood"):
+def families_table(results, field="log_likelihood", variants=None):
     estimators = []
     for entry in results:
         for r in entry["records"]:
             if r["estimator"] not in estimators:
                 estimators.append(r["estimator"])
-    head = "| set | " + " | ".join(_label(e) for e in estimators) + " |"
+    head = "| set | " + " | ".join(_label(e, variants) for e in estimators) + " |"
     lines = [head, "|---|" + "---|" * len(estimators)]
     for entry in results:
         recs = _by(entry)
@@ -539,6 +563,7 @@ def markdown(results, env, command):
                  f"{max(l[0] for l in loads):.2f} over the run" if loads else "load unknown")
     seeds = sorted({e.get("seed") for e in results if e.get("seed") is not None})
     table = aggregate(results)
+    variants = env.get("variants") or {}
     out = [f"Density suite ({env['mode']}: {env['n_train']:,} training rows, {env['n_test']:,} "
            f"test rows for the toys and synthetic sets; seeds {', '.join(map(str, seeds))}), "
            f"`{command}`.", "",
@@ -546,12 +571,17 @@ def markdown(results, env, command):
            "seeds ± its standard error (across seeds; with one seed, over the test rows); gap "
            "= mean(log p_true - log q) on the test rows (the KL estimate; lower is better).", "",
            summary_table(table), "",
-           "Held-out mean log-likelihood, every estimator:", "", families_table(table), "",
+           *(["Variants: " + "; ".join(f"`{k}` = `FlowDensity(**{json.dumps(v)})`"
+                                        for k, v in variants.items()), ""] if variants else []),
+           *([f"Rows of the toys and synthetic sets drawn with rng={env['draws'][0]} "
+              f"(training) and rng={env['draws'][1]} (test).", ""] if env.get("draws") else []),
+           "Held-out mean log-likelihood, every estimator:", "",
+           families_table(table, variants=variants), "",
            "Gap to the truth, every estimator:", "",
-           families_table([e for e in table if "truth" in e], "gap"), "",
+           families_table([e for e in table if "truth" in e], "gap", variants), "",
            "Fit seconds, mean over seeds (provisional: shared machine, "
            f"OPENBLAS_NUM_THREADS={env['OPENBLAS_NUM_THREADS']}; {load_text}):", "",
-           families_table(table, "fit_seconds"), "",
+           families_table(table, "fit_seconds", variants), "",
            f"Python {env['python']}, NumPy {env['numpy']}, SciPy {env['scipy']}, scikit-learn "
            f"{env['sklearn']}, refflow {env['refflow']}, {env['cpus']} CPUs ({env['machine']})."]
     notes = [f"- {e['set']}: {e['note']}" for e in table if e["note"]]
@@ -583,6 +613,12 @@ def parse(argv):
     parser.add_argument("--seeds", metavar="S,...", default="0",
                         help="seeds, each a full repetition (data draw or split, "
                              "initialisation); the tables give the mean over them (default 0)")
+    parser.add_argument("--draws", metavar="TRAIN,TEST", default=None,
+                        help="generator seeds of the toys' and synthetic sets' training and "
+                             "test rows (default: 2 s and 2 s + 1 for seed s), to choose "
+                             "defaults on rows no table uses")
+    parser.add_argument("--variant", metavar="NAME=JSON", action="append", default=[],
+                        help="an extra estimator NAME: FlowDensity(**JSON) (repeatable)")
     parser.add_argument("--json", metavar="PATH",
                         help="write the results as JSON (rewritten after every set)")
     parser.add_argument("--markdown", metavar="PATH")
@@ -591,8 +627,38 @@ def parse(argv):
                              "the estimators) and write the tables")
     args = parser.parse_args(argv)
     base = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    draws = None
+    if args.draws is not None:
+        try:
+            draws = tuple(int(v) for v in args.draws.split(","))
+        except ValueError:
+            draws = ()
+        if len(draws) != 2 or min(draws) < 0 or draws[0] == draws[1]:
+            parser.error(f"--draws: expected two distinct non-negative integers TRAIN,TEST, got "
+                         f"{args.draws!r}")
+    variants = {}
+    for text in args.variant:
+        name, sep, spec = text.partition("=")
+        name = name.strip()
+        try:
+            kwargs = json.loads(spec) if sep else None
+        except ValueError:
+            kwargs = None
+        if not name or not isinstance(kwargs, dict) or name in variants:
+            parser.error(f"--variant: expected NAME={{JSON object}} with a new name, got "
+                         f"{text!r}")
+        if name in (DEFAULT, *BASELINES, *BUILDERS):
+            parser.error(f"--variant: {name!r} is already an estimator's name")
+        bad = sorted(set(kwargs) & {"random_state", "progress"})
+        if bad:
+            parser.error(f"--variant {name}: {', '.join(bad)} are set by the suite")
+        try:
+            FlowDensity(**kwargs)._checked_params()
+        except (TypeError, ValueError) as exc:
+            parser.error(f"--variant {name}: {exc}")
+        variants[name] = kwargs
     mode = Mode(base.name, args.n_train or base.n_train, base.n_test, base.sets, base.epochs,
-                base.families, base.gmm_max_k, base.kde_grid)
+                base.families, base.gmm_max_k, base.kde_grid, draws, variants)
     if args.n_train is not None and args.n_train < 2:
         parser.error("--n-train: expected at least 2")
     try:
@@ -608,9 +674,9 @@ def parse(argv):
         if unknown or not sets:
             parser.error(f"--sets: unknown set(s) {', '.join(unknown) or '(none)'}; choose from "
                          f"{', '.join(SETS)}")
-    known = [DEFAULT, *BASELINES, *BUILDERS]
+    known = [DEFAULT, *BASELINES, *BUILDERS, *variants]
     skip = [s.strip() for s in args.skip.split(",") if s.strip()]
-    estimators = estimators_for(mode, skip)
+    estimators = estimators_for(mode, skip) + [v for v in variants if v not in skip]
     if args.estimators:
         estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
     unknown = [e for e in estimators + skip if e not in known]
@@ -642,6 +708,8 @@ def main(argv=None, say=print):
                 runs.append(json.load(fh))
         env = dict(runs[0]["environment"])
         env["merged_from"] = [r["command"] for r in runs]
+        env["variants"] = {k: v for r in runs
+                           for k, v in (r["environment"].get("variants") or {}).items()}
         command = " + ".join(f"`{r['command']}`" for r in runs).strip("`")
         results = merge([r["results"] for r in runs])
     else:

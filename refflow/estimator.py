@@ -28,7 +28,7 @@ from ._rows import (Standardized, Whitened, covariance, out_of_core, rows_of, sc
 from ._validation import (check_batch_size, check_bool, check_choice, check_hidden, check_int,
                           check_positive, check_real, check_rng, empty_output)
 from .bijectors import Affine, Chain, LULinear
-from .distributions import DEFAULT_BATCH_SIZE, Flow
+from .distributions import DEFAULT_BATCH_SIZE, Flow, StandardNormal, StudentT
 from .flows import BUILDERS
 from . import io
 from .io.spec import UNBOUNDED, declaration, declare, register
@@ -42,6 +42,17 @@ __all__ = ["FlowDensity"]
 AUTO_CANDIDATES = ("maf", "nsf")
 #: Learning-rate schedules ``FlowDensity`` accepts (``refflow.training.fit``'s names).
 _SCHEDULES = (None, "cosine")
+#: Base distributions ``FlowDensity`` accepts (``base=``).
+BASES = ("gaussian", "student_t")
+#: Rows (at most, evenly spaced) on which a Student t base is started by maximum likelihood;
+#: it is a start (training refines it), so a bounded subsample is enough.
+_T_START_ROWS = 10000
+#: Bounds of the Student t start: ``df`` in [1, 1000] (1 is the Cauchy; beyond 1000 the t is
+#: a normal to within 1e-3 nats per coordinate near the mode, and softplus^-1 = identity there),
+#: ``log_scale`` in [-7, 7] (the coordinates are standardised: a scale outside [1e-3, 1e3]
+#: would mean a point mass or an empty set, not a tail).
+_T_DF_BOUNDS = (1.0, 1000.0)
+_T_LOG_SCALE_BOUNDS = (-7.0, 7.0)
 
 #: Coupling layouts cannot split one feature; these autoregressive layouts replace them.
 _ONE_FEATURE = {"realnvp": "maf", "glow": "maf", "nsf-coupling": "nsf"}
@@ -326,26 +337,68 @@ def _out_of_range(exc):
     return "representable" in str(exc)
 
 
+def _student_t_start(z):
+    r"""Per-coordinate maximum-likelihood Student t of the rows ``z`` (``(n, d)``):
+    ``(df, loc, log_scale)``, each ``(d,)``.
+
+    Maximises ``mean_n log p(z_n)`` of :class:`refflow.StudentT` (independent coordinates, so
+    one joint problem of ``3 d`` parameters that separates) by L-BFGS-B with the
+    distribution's own hand-derived gradient (its ``log_prob_vjp``, the digamma formula of
+    ``d log p / d nu``), in its parameters ``(loc, log_scale, raw_df = softplus^-1(df))``, from
+    the median and ``1.4826 MAD`` (the normal-consistent scale) and ``df = 10``, within
+    ``df in [1, 1000]`` and ``log_scale in [-7, 7]``. Deterministic: no random draws.
+    """
+    from scipy.optimize import minimize
+
+    n, d = z.shape
+    base = StudentT(d, df=10.0)
+    loc0 = np.median(z, axis=0)
+    mad = 1.4826 * np.median(np.abs(z - loc0), axis=0)
+    log_scale0 = np.clip(np.log(np.where(mad > 0, mad, 1.0)), *_T_LOG_SCALE_BOUNDS)
+    raw0 = np.asarray(base.params["raw_df"], dtype=np.float64)
+    theta0 = np.concatenate([loc0, log_scale0, raw0])
+    # softplus^-1 of the df bounds, stably (x + log(-expm1(-x)))
+    raw_bounds = [float(v + np.log(-np.expm1(-v))) for v in _T_DF_BOUNDS]
+    bounds = [(None, None)] * d + [_T_LOG_SCALE_BOUNDS] * d + [tuple(raw_bounds)] * d
+    seed = np.full(n, -1.0 / n)   # d(-mean log p)/d(log p_n)
+
+    def objective(theta):
+        base.params.update({"loc": theta[:d], "log_scale": theta[d:2 * d],
+                            "raw_df": theta[2 * d:]})
+        lp, pullback = base.log_prob_vjp(z)
+        _, grads = pullback(seed)
+        return -float(np.mean(lp)), np.concatenate([grads["loc"], grads["log_scale"],
+                                                    grads["raw_df"]])
+
+    result = minimize(objective, theta0, jac=True, method="L-BFGS-B", bounds=bounds)
+    theta = result.x if np.isfinite(result.fun) else theta0
+    base.params.update({"loc": theta[:d], "log_scale": theta[d:2 * d], "raw_df": theta[2 * d:]})
+    return np.clip(base.df, *_T_DF_BOUNDS), theta[:d].copy(), theta[d:2 * d].copy()
+
+
 # ------------------------------------------------------------------------------ estimator
 class FlowDensity:
     r"""Density estimation with a normalizing flow, scikit-learn style.
 
     Parameters
     ----------
-    flow : str, default "nsf"
-        A key of :data:`refflow.flows.BUILDERS`, or ``"auto"``: ``"nsf"`` (autoregressive
-        neural spline flow, the default: flexible, bounded splines; see DEVELOPERS.md,
-        "FlowDensity's defaults", for how it compares with ``"maf"`` and the classical
-        estimators), ``"nsf-coupling"``, ``"maf"``, ``"realnvp"``, ``"glow"``, ``"planar"``,
-        ``"radial"``, ``"sylvester"``, ``"bnaf"`` (block neural autoregressive; its widths are
-        ``flow_kwargs={"hidden_factors": ...}``), ``"gf"`` (Gaussianization flow),
-        ``"naf"``, ``"unaf"``, ``"sospf"``, ``"bpf"`` (monotone-transformer flows).
+    flow : str, default "auto"
+        A key of :data:`refflow.flows.BUILDERS`, or ``"auto"`` (the default: ``"maf"`` and
+        ``"nsf"`` both fitted, the better on the validation rows kept; see DEVELOPERS.md,
+        "FlowDensity's defaults", for the evidence): ``"nsf"`` (autoregressive neural spline
+        flow: flexible, bounded splines), ``"nsf-coupling"``, ``"maf"``, ``"realnvp"``,
+        ``"glow"``, ``"planar"``, ``"radial"``, ``"sylvester"``, ``"bnaf"`` (block neural
+        autoregressive; its widths are ``flow_kwargs={"hidden_factors": ...}``), ``"gf"``
+        (Gaussianization flow), ``"naf"``, ``"unaf"``, ``"sospf"``, ``"bpf"``
+        (monotone-transformer flows).
         ``"auto"``: fit each family of ``AUTO_CANDIDATES`` (``"maf"`` and ``"nsf"``) with the
         same options on the same rows and keep the one with the best validation likelihood
         (``flow_name_``, ``candidate_scores_``); the fit costs the sum of the candidates'
-        fits. With a single feature the coupling layouts are impossible, and ``"realnvp"``
-        and ``"glow"`` fit a ``"maf"``, ``"nsf-coupling"`` an ``"nsf"``. A conditional fit
-        (``fit(X, context=C)``) needs a family whose builder takes ``context_dim`` (the
+        fits, and ``flow_kwargs`` must suit every candidate's builder (name a family to pass
+        options of its own, e.g. ``flow="nsf", flow_kwargs={"n_bins": 16}``). With a single
+        feature the coupling layouts are impossible, and ``"realnvp"`` and ``"glow"`` fit a
+        ``"maf"``, ``"nsf-coupling"`` an ``"nsf"``. A conditional fit (``fit(X, context=C)``)
+        needs a family whose builder takes ``context_dim`` (the
         network flows; not the planar family).
     n_layers : int, optional
         Number of steps; None keeps the builder's default (5 for the network flows, 16 for
@@ -359,6 +412,17 @@ class FlowDensity:
         Further builder options, e.g. ``{"n_bins": 16}`` or ``{"scale": "exp"}``; not
         ``rng``, ``hidden``, ``n_layers`` (the parameters above) or ``context_dim`` (set by
         ``fit(X, context=...)``).
+    base : {"student_t", "gaussian"}, default "student_t"
+        The base distribution. ``"gaussian"``: the builder's standard normal. ``"student_t"``
+        (the default):
+        :class:`refflow.StudentT` with a location, scale and degrees of freedom per coordinate,
+        all trained with the flow (``df = softplus(raw_df)``; its gradient is the digamma
+        formula in :class:`~refflow.StudentT`), for heavy-tailed data: a Gaussian base with
+        maps that are affine or the identity far out (MAF, and the splines beyond their bound)
+        can only give Gaussian tails. It is started at the per-coordinate maximum-likelihood t
+        of the rows ``fit`` is given (at most 10,000 of them, evenly spaced), mapped to the
+        base space by the untrained flow (see Notes). It replaces the builder's standard
+        normal base; a family with another base is refused (``ValueError``).
     epochs : int, default 100
         Maximum number of passes over the training data (and the length of the cosine
         schedule, when there is one).
@@ -389,9 +453,10 @@ class FlowDensity:
         layer (see Notes). The covariance comes from exact sums of the products of the
         columns, rounded once, and ``C w = s`` is solved row by row by forward substitution,
         so that a streamed fit (``numpy.memmap`` or dask array) whitens bit for bit as the
-        in-memory one, without holding the data. The flow then starts as the full-covariance Gaussian fit of the
-        data, which matters most with few rows (see DEVELOPERS.md, "FlowDensity's
-        defaults").
+        in-memory one, without holding the data. With ``base="gaussian"`` an NSF then starts
+        as the full-covariance Gaussian fit of the data (with ``"student_t"``, as the
+        maximum-likelihood t in each whitened coordinate), which matters most with few rows
+        (see DEVELOPERS.md, "FlowDensity's defaults").
     random_state : None, int, numpy.random.Generator or numpy.random.RandomState
         Seeds the initialisation, the validation split and the mini-batches: the same int
         gives the same fitted model.
@@ -413,8 +478,18 @@ class FlowDensity:
         Training and validation NLL per epoch of the standardised (and whitened) data
         (``train_nll``, ``val_nll``), and the same in the data's units as mean
         log-likelihoods (``train_log_likelihood``, ``val_log_likelihood``; ``nll_shift =
-        sum(log scale_) + sum(log diag C)``), which agree with :meth:`score` on the same rows.
-        ``best_epoch`` is 0-based.
+        sum(log scale_) + sum(log diag C)``), which agree with :meth:`score` on the same rows:
+        ``history_.val_log_likelihood[history_.best_epoch]`` is
+        ``score(X[validation_index_])`` to rounding (tested to 1e-12 relative). ``best_epoch``
+        is 0-based.
+    validation_index_ : ndarray of int, shape (n_validation,)
+        The rows of the ``X`` given to ``fit`` that were held out (to choose the best epoch,
+        stop early and, with ``flow="auto"``, the family), in the order they were
+        evaluated; empty when none were held out. The standardisation, the whitening and a
+        Student t base's start are computed from all the rows (held-out ones included), so
+        the held-out score is very slightly optimistic (a handful of parameters per
+        feature); the network never trains on them. Not saved by :meth:`save` (a loaded
+        model does not have it; pickling keeps it).
     flow_name_ : str
         The family fitted: ``flow`` itself, the one chosen by ``flow="auto"``, or its
         one-feature replacement (``"realnvp"`` fits a ``"maf"`` on one feature).
@@ -454,6 +529,23 @@ class FlowDensity:
     The fitted flow is in eval mode (batch-norm layers use their running statistics), so
     every score is a deterministic function of its own row.
 
+    *Student t base.* With ``base="student_t"`` the base density is, per coordinate ``i``
+    (``t_i = (z_i - loc_i) / sigma_i``, ``sigma_i = exp(log_scale_i)``, ``nu_i =
+    softplus(raw_df_i)``)::
+
+        log p(z) = sum_i [ lgamma((nu_i+1)/2) - lgamma(nu_i/2) - log(nu_i pi)/2 - log sigma_i
+                           - (nu_i+1)/2 log1p(t_i^2 / nu_i) ]
+
+    and ``d log p / d nu_i = (psi((nu_i+1)/2) - psi(nu_i/2) - 1/nu_i - log1p(t_i^2/nu_i)) / 2
+    + (nu_i+1) t_i^2 / (2 nu_i (nu_i + t_i^2))`` (``psi`` the digamma function; the
+    derivation is in :class:`~refflow.StudentT`). Before training, the rows (at most 10,000,
+    evenly spaced, no random draw) are mapped to the base space by the untrained flow and the
+    three parameters of each coordinate are set to their maximum-likelihood values there
+    (L-BFGS-B on that formula and its gradient, ``df`` in [1, 1000]); the untrained model is
+    then the best product of independent t densities in those coordinates (for data that
+    look normal, a t with a large ``df``). Adam moves ``raw_df`` by about ``lr`` per step, so
+    a start far from the answer would take thousands of steps to correct: hence the start.
+
     *Scores.* :meth:`score_samples` gives ``log q(x)`` per row, in nats, in the units of
     ``X``; :meth:`score` is the **mean** log-likelihood per sample, as
     ``GaussianMixture.score`` (``KernelDensity.score`` returns the *sum*). A row so far out
@@ -461,8 +553,9 @@ class FlowDensity:
     ``RuntimeWarning`` per call), as ``GaussianMixture`` gives ``-inf``; the other rows are
     scored exactly as without it.
 
-    *Latent space.* :meth:`transform` maps rows to the base space, ``z = T^{-1}(x)`` (standard
-    normal under the model), and :meth:`inverse_transform` maps back, ``x = T(z)``.
+    *Latent space.* :meth:`transform` maps rows to the base space, ``z = T^{-1}(x)`` (distributed
+    as ``flow_.base`` under the model: standard normal with ``base="gaussian"``), and
+    :meth:`inverse_transform` maps back, ``x = T(z)``.
 
     *Conditional densities.* ``fit(X, context=C)`` fits ``q(x | c)``; then
     ``score_samples(X, context=C)``, ``sample(n, context=c)`` and ``transform(X, context=C)``
@@ -497,14 +590,16 @@ class FlowDensity:
     True
     """
 
-    def __init__(self, flow="nsf", *, n_layers=None, hidden=(64, 64), flow_kwargs=None,
-                 epochs=100, batch_size=256, lr=1e-3, lr_schedule=None, weight_decay=0.0,
+    def __init__(self, flow="auto", *, n_layers=None, hidden=(64, 64), flow_kwargs=None,
+                 base="student_t", epochs=100, batch_size=256, lr=1e-3, lr_schedule=None,
+                 weight_decay=0.0,
                  validation_fraction=0.1, patience=10, standardize=True, whiten=True,
                  random_state=None, progress="auto"):
         self.flow = flow
         self.n_layers = n_layers
         self.hidden = hidden
         self.flow_kwargs = flow_kwargs
+        self.base = base
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -604,6 +699,7 @@ class FlowDensity:
                                                                       "patience", minimum=1),
             "lr_schedule": self._checked_schedule(where),
         }
+        options["base"] = check_choice(self.base, BASES, where, "base")
         check_bool(self.standardize, where, "standardize")
         check_bool(self.whiten, where, "whiten")
         self._checked_progress(where)
@@ -638,14 +734,15 @@ class FlowDensity:
             kwargs["hidden"] = options["hidden"]
         return kwargs
 
-    def _build(self, name, dim, c_dim, rng, options, where):
-        """The builder's flow for ``name`` (its errors re-raised naming ``where``)."""
+    def _build(self, name, dim, c_dim, rng, options, where, Xs=None, Cs=None):
+        """The builder's flow for ``name`` (its errors re-raised naming ``where``), with the
+        base ``options["base"]`` (a Student t started on the rows ``Xs``, ``Cs``)."""
         builder = BUILDERS[name]
         kwargs = self._builder_kwargs(builder, options)
         if c_dim:
             kwargs["context_dim"] = c_dim
         try:
-            return builder(dim, rng=rng, **kwargs)
+            flow = builder(dim, rng=rng, **kwargs)
         except TypeError as exc:
             if "unexpected keyword argument" in str(exc):  # an unknown name in flow_kwargs
                 raise ValueError(f"{where}: flow_kwargs do not fit the {name!r} builder: "
@@ -653,15 +750,46 @@ class FlowDensity:
             raise TypeError(f"{where}: {exc}") from None  # an option of the wrong type
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
+        if options["base"] == "gaussian":
+            return flow
+        if type(flow.base) is not StandardNormal:
+            raise ValueError(f"{where}: base='student_t' replaces a standard normal base; the "
+                             f"{name!r} flow has a {type(flow.base).__name__} base")
+        return Flow(self._student_t_base(flow, Xs, Cs, where), flow.bijector)
+
+    @staticmethod
+    def _student_t_base(flow, Xs, Cs, where):
+        """A :class:`StudentT` base started at the per-coordinate maximum-likelihood t of (at
+        most ``_T_START_ROWS`` evenly spaced) rows mapped to the base space by the untrained
+        ``flow``: ``z = T^{-1}(w)``."""
+        n = Xs.shape[0]
+        m = min(n, _T_START_ROWS)
+        index = (np.arange(m, dtype=np.int64) * n) // m
+        rows = Xs[index] if isinstance(Xs, np.ndarray) else Xs.take(index)
+        context = None if Cs is None else (Cs[index] if isinstance(Cs, np.ndarray)
+                                           else Cs.take(index))
+        try:
+            z = flow.bijector.inverse(rows, context)[0]
+        except ValueError as exc:
+            raise ValueError(f"{where}: starting the Student t base: {exc}") from None
+        df, loc, log_scale = _student_t_start(z)
+        base = StudentT(flow.dim, df=df)
+        base.params.update({"loc": loc, "log_scale": log_scale})
+        return base
 
     def _fit_candidates(self, families, Xs, Cs, c_dim, rng, options, validation_fraction,
                         train_options, where):
         """``flow="auto"``: fit each family on the same training rows and keep the one with
         the best validation likelihood (the first on a tie).
 
-        The validation rows, ``perm[:ceil(validation_fraction * n)]`` with ``perm =
-        rng.permutation(n)``, are drawn once, before the families are built (in order, from
-        the same generator). Without validation rows only the first family is fitted. A
+        Every family is trained by :func:`refflow.training.fit` with its own generator
+        ``numpy.random.default_rng(split_seed)``, ``split_seed = rng.integers(2**63)`` drawn
+        once before the families are built (in order, from ``rng``): so every family holds out
+        the same rows, ``perm[:ceil(validation_fraction * n)]`` with ``perm =
+        default_rng(split_seed).permutation(n)``, and sees the same mini-batches, and a
+        streamed ``Xs`` (memmap or dask rows) is split by ``fit`` itself, never gathered
+        whole (bit for bit the in-memory fit). Without validation rows only the first family
+        is fitted. A
         family whose training diverges is passed over (its error is raised if every family
         diverges); Ctrl-C keeps the families fitted so far.
 
@@ -672,21 +800,17 @@ class FlowDensity:
         n_val = math.ceil(validation_fraction * n)
         if n_val == 0:
             name = families[0]
-            inner = self._build(name, Xs.shape[1], c_dim, rng, options, where)
+            inner = self._build(name, Xs.shape[1], c_dim, rng, options, where, Xs, Cs)
             history = fit(inner, Xs, context=Cs, validation_fraction=0.0, rng=rng,
                           **train_options)
             return name, inner, history, None
-        perm = rng.permutation(n)
-        val, train = perm[:n_val], perm[n_val:]
-        x_val, x_train = Xs[val], Xs[train]
-        c_val, c_train = (None, None) if Cs is None else (Cs[val], Cs[train])
-        validation = x_val if Cs is None else (x_val, c_val)
+        split_seed = int(rng.integers(2 ** 63))
         fitted, scores, failure = {}, {}, None
         for name in families:
-            inner = self._build(name, Xs.shape[1], c_dim, rng, options, where)
+            inner = self._build(name, Xs.shape[1], c_dim, rng, options, where, Xs, Cs)
             try:
-                history = fit(inner, x_train, context=c_train, validation_data=validation,
-                              rng=rng, **train_options)
+                history = fit(inner, Xs, context=Cs, validation_fraction=validation_fraction,
+                              rng=np.random.default_rng(split_seed), **train_options)
             except TrainingDiverged as exc:
                 failure = exc
                 continue
@@ -873,7 +997,7 @@ class FlowDensity:
         candidate_scores = None
         if len(families) == 1:
             name = families[0]
-            inner = self._build(name, dim, c_dim, rng, options, where)
+            inner = self._build(name, dim, c_dim, rng, options, where, Xs, Cs)
             history = fit(inner, Xs, context=Cs, validation_fraction=validation_fraction,
                           rng=rng, **train_options)
         else:
@@ -898,6 +1022,8 @@ class FlowDensity:
         self.flow_ = flow
         self.history_ = history
         self.flow_name_ = name
+        self.validation_index_ = (np.zeros(0, dtype=np.intp) if history.validation_index is None
+                                  else history.validation_index)
         if candidate_scores is None:
             self.__dict__.pop("candidate_scores_", None)
         else:

@@ -153,3 +153,38 @@ def test_seeds_draw_disjoint_rows(suite):
     a, b = suite.load_set("curve", mode, 0), suite.load_set("curve", mode, 1)
     rows = np.concatenate([a["train"], a["test"], b["train"], b["test"]])
     assert np.unique(rows, axis=0).shape[0] == rows.shape[0]
+
+
+def test_variants_and_draws(suite, tmp_path):
+    """``--variant`` adds a FlowDensity with the given arguments; ``--draws`` draws the rows
+    with the given seeds (the same rows as ``refflow.data`` gives for them)."""
+    from refflow.data import toy
+
+    out_json = tmp_path / "v.json"
+    results = suite.main(["--smoke", "--sets", "eight_gaussians", "--estimators", "gaussian,t",
+                          "--variant", 't={"flow": "maf", "base": "student_t", "n_layers": 1}',
+                          "--draws", "7,8", "--json", str(out_json)], say=lambda *args: None)
+    (entry,) = results
+    assert [r["estimator"] for r in entry["records"]] == ["gaussian", "t"]
+    assert math.isfinite(entry["records"][1]["log_likelihood"])
+    saved = json.loads(out_json.read_text())
+    assert saved["environment"]["draws"] == [7, 8]
+    assert saved["environment"]["variants"] == {"t": {"flow": "maf", "base": "student_t",
+                                                      "n_layers": 1}}
+    # the Gaussian baseline's score is that of the rows drawn with rng 7 and 8
+    mode = suite.MODES["smoke"]
+    lp, _ = suite.fit_gaussian(toy("eight_gaussians", mode.n_train, rng=7),
+                               toy("eight_gaussians", mode.n_test, rng=8))
+    assert entry["records"][0]["log_likelihood"] == pytest.approx(float(np.mean(lp)),
+                                                                  rel=1e-12)
+
+
+@pytest.mark.parametrize("argv", [["--draws", "7"], ["--draws", "7,7"], ["--draws", "a,b"],
+                                  ["--variant", "t"], ["--variant", "t={"],
+                                  ["--variant", "maf={}"],
+                                  ["--variant", 't={"random_state": 1}'],
+                                  ["--variant", 't={"base": "cauchy"}'],
+                                  ["--variant", 't={"nope": 1}']])
+def test_bad_variants_and_draws(suite, argv):
+    with pytest.raises(SystemExit):
+        suite.main(argv, say=lambda *args: None)

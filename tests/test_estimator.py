@@ -34,8 +34,10 @@ def data():
 @pytest.fixture(scope="module")
 def fitted(data):
     # whiten=False: these tests check the diagonal standardisation folded in alone (the
-    # whitening layer is tested in test_estimator_defaults.py)
-    return FlowDensity("maf", whiten=False, **FAST).fit(data)
+    # whitening layer is tested in test_estimator_defaults.py); base="gaussian": they check
+    # the standard normal base against scipy.stats.norm (the Student t base, the default
+    # since, against scipy.stats.t in test_estimator_defaults.py)
+    return FlowDensity("maf", whiten=False, base="gaussian", **FAST).fit(data)
 
 
 def inner_flow(model):
@@ -293,7 +295,7 @@ def test_init_only_stores_arguments():
 def test_get_and_set_params():
     model = FlowDensity()
     assert set(model.get_params()) == {
-        "flow", "n_layers", "hidden", "flow_kwargs", "epochs", "batch_size", "lr",
+        "flow", "n_layers", "hidden", "flow_kwargs", "base", "epochs", "batch_size", "lr",
         "lr_schedule", "weight_decay", "validation_fraction", "patience", "standardize",
         "whiten", "random_state", "progress"}
     assert model.get_params(deep=False) == model.get_params(deep=True)

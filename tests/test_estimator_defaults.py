@@ -57,18 +57,51 @@ def test_whitening_survives_constant_and_collinear_features():
     np.testing.assert_allclose(model.inverse_transform(z), x[:5], rtol=1e-8, atol=1e-8)
 
 
+#: The history's validation NLL and ``score`` evaluate the same rows through the same layers
+#: (plus the folded-in whitening and standardisation, and sums in another order): they agree
+#: to a few ulps of the mean; 1e-12 relative leaves room for that and no more.
+SAME_ROWS = 1e-12
+
+
 def test_history_in_data_units_is_the_score_of_the_validation_rows(data):
-    """``val_log_likelihood[best_epoch]`` is ``score`` of the held-out rows (the split that
-    ``refflow.training.fit`` documents: ``perm = gen.permutation(n)`` after the builder drew
-    its initialisation from the same generator)."""
+    """``val_log_likelihood[best_epoch]`` is ``score`` of the held-out rows, which the
+    estimator exposes as ``validation_index_`` (the split that ``refflow.training.fit``
+    documents: ``perm = gen.permutation(n)`` after the builder drew its initialisation from
+    the same generator)."""
     model = FlowDensity(**SMALL, validation_fraction=0.25).fit(data)
+    n_val = math.ceil(0.25 * data.shape[0])
+    index = model.validation_index_
+    assert index.shape == (n_val,) and np.unique(index).size == n_val
+    # the documented replay of the split gives the same rows, in the same order
     gen = np.random.default_rng(SMALL["random_state"])
     BUILDERS["maf"](data.shape[1], n_layers=2, hidden=(16,), rng=gen)
-    perm = gen.permutation(data.shape[0])
-    val = data[perm[:math.ceil(0.25 * data.shape[0])]]
+    np.testing.assert_array_equal(index, gen.permutation(data.shape[0])[:n_val])
     history = model.history_
     assert history.val_log_likelihood[history.best_epoch] == pytest.approx(
-        model.score(val), rel=ROUND_TRIP)
+        model.score(data[index]), rel=SAME_ROWS)
+
+
+def test_validation_index_without_validation_rows(data):
+    model = FlowDensity(**SMALL, validation_fraction=0.0).fit(data)
+    assert model.validation_index_.shape == (0,)
+    assert model.history_.val_nll == []
+
+
+@pytest.mark.parametrize("flow", ["maf", "auto"])
+def test_validation_index_of_a_streamed_fit(tmp_path, data, flow):
+    """A memory-mapped ``X`` is fitted bit for bit as in memory: the same held-out rows (and
+    with ``flow="auto"``, the default, the same family and scores)."""
+    path = tmp_path / "x.npy"
+    np.save(path, data)
+    mapped = np.load(path, mmap_mode="r")
+    options = dict(SMALL, flow=flow)
+    a = FlowDensity(**options).fit(data)
+    b = FlowDensity(**options).fit(mapped)
+    np.testing.assert_array_equal(a.validation_index_, b.validation_index_)
+    np.testing.assert_array_equal(a.score_samples(data), b.score_samples(data))
+    history = b.history_
+    assert history.val_log_likelihood[history.best_epoch] == pytest.approx(
+        b.score(data[b.validation_index_]), rel=SAME_ROWS)
 
 
 def test_score_standard_error(data):
@@ -92,13 +125,15 @@ def test_auto_keeps_the_family_with_the_best_validation_likelihood(data):
     # the kept family's history is the winner's, in the data's units
     assert history.val_log_likelihood[history.best_epoch] == pytest.approx(
         scores[model.flow_name_], rel=1e-12)
-    # the validation rows are perm[:ceil(0.1 n)] of the first permutation the generator
-    # draws (before any family is built): the kept model scores them as its history says
+    # the validation rows are perm[:ceil(0.1 n)] of the permutation drawn by every family's
+    # generator default_rng(split_seed), split_seed drawn first (before any family is built):
+    # the kept model scores them as its history says
     gen = np.random.default_rng(SMALL["random_state"])
-    perm = gen.permutation(data.shape[0])
+    perm = np.random.default_rng(int(gen.integers(2 ** 63))).permutation(data.shape[0])
     n_val = math.ceil(0.1 * data.shape[0])
-    val = data[perm[:n_val]]
-    assert model.score(val) == pytest.approx(scores[model.flow_name_], rel=1e-10)
+    np.testing.assert_array_equal(model.validation_index_, perm[:n_val])
+    assert model.score(data[model.validation_index_]) == pytest.approx(
+        scores[model.flow_name_], rel=SAME_ROWS)
 
 
 def test_auto_without_validation_rows_fits_the_first_family(data):
@@ -146,3 +181,101 @@ def test_hidden_and_context_reach_the_nsf_coupling_builder():
     assert np.isfinite(conditional.score(x, context=context))
     with pytest.raises(ValueError, match="flow_kwargs do not fit"):
         FlowDensity("nsf-coupling", flow_kwargs={"n_bin": 4}, **options).fit(x)
+
+
+# ----------------------------------------------------------------------- Student t base
+def test_student_t_start_is_the_maximum_likelihood_t():
+    """The start of a Student t base maximises the t likelihood per coordinate: it agrees
+    with scipy's own maximum-likelihood fit (``scipy.stats.t.fit``, Nelder-Mead on the
+    negative log-likelihood) in likelihood, and its df is near the truth."""
+    from scipy import stats
+
+    from refflow.estimator import _student_t_start
+
+    rng = np.random.default_rng(11)
+    z = np.column_stack([rng.standard_t(3.0, size=4000) * 2.0 + 0.5,
+                         rng.standard_normal(4000)])
+    df, loc, log_scale = _student_t_start(z)
+    ours = stats.t.logpdf(z[:, 0], df[0], loc[0], np.exp(log_scale[0])).mean()
+    fitted = stats.t.fit(z[:, 0])
+    theirs = stats.t.logpdf(z[:, 0], *fitted).mean()
+    # both stop within their optimisers' tolerances of the same interior optimum: the mean
+    # log-likelihoods agree to ~1e-9 nats, 1e-7 leaves room; the parameters to ~1e-4
+    assert ours == pytest.approx(theirs, abs=1e-7)
+    np.testing.assert_allclose([df[0], loc[0], np.exp(log_scale[0])], fitted, rtol=1e-3)
+    # 4,000 draws pin df = 3 to a few tenths; the normal coordinate's optimum is df -> inf
+    # (scipy's goes to ~1e9): ours stops at the bound 1000
+    assert abs(df[0] - 3.0) < 0.6 and df[1] == pytest.approx(1000.0, rel=1e-12)
+    assert abs(loc[0] - 0.5) < 0.1 and abs(np.exp(log_scale[0]) - 2.0) < 0.15
+
+
+def test_student_t_base():
+    from refflow import StudentT
+
+    x = synthetic("student_t", 600, rng=3)
+    model = FlowDensity(base="student_t", **SMALL).fit(x)
+    assert isinstance(model.flow_.base, StudentT) and model.flow_.base.trainable_df
+    assert "base.raw_df" in model.flow_.params
+    assert np.isfinite(model.score(x))
+    history = model.history_
+    assert history.val_log_likelihood[history.best_epoch] == pytest.approx(
+        model.score(x[model.validation_index_]), rel=SAME_ROWS)
+
+
+def test_student_t_base_density_is_scipys():
+    """``score_samples`` is the Student t density of ``transform(X)`` (scipy.stats.t with the
+    base's df, loc, scale) times the Jacobian of x -> z."""
+    from scipy import stats
+
+    x = synthetic("student_t", 300, rng=6)
+    model = FlowDensity(base="student_t", **SMALL).fit(x)
+    base = model.flow_.base
+    z, log_det = model.flow_.bijector.inverse(x)
+    np.testing.assert_array_equal(z, model.transform(x))
+    expected = stats.t.logpdf(z, base.df, base.params["loc"],
+                              np.exp(base.params["log_scale"])).sum(axis=1) + log_det
+    np.testing.assert_allclose(model.score_samples(x), expected, rtol=ROUND_TRIP)
+
+
+def test_student_t_base_starts_at_the_maximum_likelihood_t():
+    """With a learning rate too small to move anything (Adam's steps are ~lr), the fitted
+    base is the start: the maximum-likelihood t of the rows mapped to the base space by the
+    untrained flow (``transform``; 600 rows <= 10,000, so all of them)."""
+    from refflow.estimator import _student_t_start
+
+    x = synthetic("student_t", 600, rng=3)
+    model = FlowDensity(base="student_t", lr=1e-30, **{**SMALL, "epochs": 1}).fit(x)
+    df, loc, log_scale = _student_t_start(model.transform(x))
+    base = model.flow_.base
+    # the same rows by another rounding route (the folded-in whitening): L-BFGS-B may stop
+    # at a neighbouring iterate within its tolerance; 1e-4 relative is far below the df's
+    # statistical uncertainty (~10% at 600 rows) and far above the iterates' spread
+    np.testing.assert_allclose(base.df, df, rtol=1e-4)
+    np.testing.assert_allclose(base.params["loc"], loc, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(base.params["log_scale"], log_scale, rtol=1e-4, atol=1e-6)
+    assert df.min() < 10.0   # a heavy-tailed set gets a heavy-tailed start
+
+
+def test_student_t_base_is_saved_and_loaded(tmp_path):
+    from refflow import io
+
+    x = synthetic("student_t", 300, rng=4)
+    model = FlowDensity(base="student_t", **SMALL).fit(x)
+    path = tmp_path / "t.npz"
+    model.save(path)
+    loaded = io.load(path)
+    assert loaded.base == "student_t"
+    np.testing.assert_array_equal(loaded.flow_.base.df, model.flow_.base.df)
+    np.testing.assert_array_equal(loaded.score_samples(x), model.score_samples(x))
+
+
+def test_bad_base():
+    x = synthetic("curve", 100, rng=5)
+    with pytest.raises(ValueError, match="FlowDensity: base"):
+        FlowDensity(base="cauchy", **SMALL).fit(x)
+    with pytest.raises(TypeError, match="FlowDensity: base"):
+        FlowDensity(base=None, **SMALL).fit(x)
+    model = FlowDensity(**SMALL)
+    with pytest.raises(ValueError):
+        model.set_params(base="laplace").fit(x)
+    assert not hasattr(model, "flow_")

@@ -107,6 +107,11 @@ class History:
     train_log_likelihood, val_log_likelihood : list of float
         ``-(nll + nll_shift)`` per epoch: mean log-likelihoods in nats per sample, in the data's
         units (``val_log_likelihood[best_epoch]`` is the held-out score of the kept model).
+    validation_index : ndarray of int or None
+        The rows of ``x`` that :func:`fit` held out itself (``perm[:n_val]``, in the order
+        they were evaluated); None when there was no split (``validation_data`` given, or
+        ``validation_fraction=0``). Not part of :meth:`as_dict`: a history read back from a
+        file has None.
     """
 
     def __init__(self):
@@ -119,6 +124,7 @@ class History:
         self.wall_time = 0.0
         self.n_steps = 0
         self.nll_shift = 0.0
+        self.validation_index = None
 
     @property
     def train_log_likelihood(self):
@@ -589,6 +595,8 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
 
     # ------------------------------------------------------------------------- training
     history = History()
+    if n_val:   # a copy: the slice of perm would keep the whole permutation alive
+        history.validation_index = np.array(perm[:n_val])
     show = bool(progress) if progress is not None else bool(
         sys.stderr is not None and getattr(sys.stderr, "isatty", lambda: False)())
     bar = _Progress(epochs, n_batches) if show else _NoProgress()
