@@ -33,34 +33,3 @@ settings.load_profile(os.environ.get("REFFLOW_HYPOTHESIS_PROFILE", "ci"))
 def rng():
     """A seeded generator, new for every test."""
     return np.random.default_rng(20261123)
-
-
-@pytest.fixture(autouse=True)
-def _sigint_state_kept():
-    """Ctrl-C handling is process state: a test (or a library it calls) that leaves SIGINT
-    ignored, blocked or handled by its own handler makes every later test of that worker that
-    sends SIGINT fail, and every subprocess it starts inherit an ignored or blocked SIGINT. So
-    the disposition and the signal mask are put back after each test, with a warning naming
-    the test that changed them. The handler is set again even when Python's record of it did
-    not change, since a C library can replace it underneath Python."""
-    import signal
-    import threading
-    import warnings
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    handler = signal.getsignal(signal.SIGINT)
-    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    yield
-    changed = []
-    if signal.getsignal(signal.SIGINT) is not handler:
-        changed.append(f"handler {signal.getsignal(signal.SIGINT)!r}")
-    if (signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])) != blocked:
-        changed.append("signal mask")
-    if handler is not None:        # None: not set from Python; nothing to put back
-        signal.signal(signal.SIGINT, handler)
-    signal.pthread_sigmask(signal.SIG_BLOCK if blocked else signal.SIG_UNBLOCK, [signal.SIGINT])
-    if changed:
-        warnings.warn(f"this test changed SIGINT's {' and '.join(changed)}; put back",
-                      RuntimeWarning, stacklevel=1)

@@ -437,7 +437,11 @@ def test_ctrl_c_during_fit_saves_the_best_epoch_and_exits_130(tmp_path):
         [sys.executable, "-m", "refflow", "fit", "two_moons", "-o", str(model), "--n", "2000",
          "--epochs", "100000", "--patience", "0", "--layers", "2", "--hidden", "8,8",
          "--batch-size", "50", "--progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        # an interactive Ctrl-C: SIGINT's default action in the command, even when this test
+        # runs in a process started in the background with SIGINT ignored (which a child
+        # would inherit, and Python would leave ignored)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # wait for the bar to show steps taken (the handler is in place by then), and one
         # epoch or so more, then press Ctrl-C

@@ -52,6 +52,23 @@ class SignallingAdam(Adam):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.fixture(autouse=True)
+def interactive_sigint():
+    """These tests play an interactive Ctrl-C. A process that a shell without job control
+    starts in the background (``cmd &`` in a script) begins with SIGINT ignored, and ``fit``
+    rightly leaves a handler it did not install alone, so here SIGINT gets Python's default
+    handler for the duration of each test."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def assert_params_equal(flow, expected):
     for key, value in expected.items():
         np.testing.assert_array_equal(flow.params[key], value)
