@@ -37,7 +37,6 @@ WORKLOADS = {
 FOLLOWUPS = {"maf_sample_log_prob": ("maf_sample",
                                      "MAF log_prob of the sampled rows (same rows as sampling)")}
 UNIT = "samples/s"
-WARMUP_ROWS = 16
 
 
 def _refflow_sampler(flow, dtype):
@@ -108,6 +107,5 @@ def build(workload, impl, sizes, dtype):
             return {"maf_sample_log_prob": Case(lambda: log_prob(rows), sizes.sample_rows,
                                                 info=info)}
 
-        return Case(run, sizes.sample_rows, warmup_fn=lambda: sampler(WARMUP_ROWS), info=info,
-                    followup=followup)
+        return Case(run, sizes.sample_rows, info=info, followup=followup)
     raise KeyError(workload)

@@ -154,7 +154,8 @@ class Sizes:
     leaves out the long fit. ``smoke`` shrinks everything, for the test of the script itself.
 
     Timing: every (workload, implementation, dtype) runs ``rounds`` times, each time in a fresh
-    process that makes ``warmup`` warm-up calls (``spline_warmup`` for the spline kernels) and
+    process that makes ``warmup`` warm-up calls (``spline_warmup`` for the spline kernels,
+    ``sample_warmup`` full-size calls for sampling) and
     then ``repeats`` timed calls (``sample_repeats`` for sampling, ``spline_repeats`` for the
     spline kernels); the processes
     of the implementations alternate (A B C A B C ...), and the median is over all timed calls of
@@ -182,6 +183,10 @@ class Sizes:
     spline_repeats: int = 2
     warmup: int = 2
     spline_warmup: int = 1        # one spline call is 0.1-2 s: one warm-up suffices
+    # one full-size sampling call before the timed one: a process's first 10,000-row call
+    # pays for its fresh memory (zuko float64: 14.7-15.5 s first, 12.1-12.9 s second, four
+    # processes), and how much varies with the machine's state more than the steady state does
+    sample_warmup: int = 1
     # thread workloads: `python -m refflow fit two_moons --epochs E`, the demo's fit
     fit_epochs: int = 5
     fit_long_epochs: int = 20     # 0: not run
@@ -229,6 +234,8 @@ def alone_repeats(workload, sizes):
 
 def warmup_for(workload, sizes):
     """Warm-up calls per process of ``workload``."""
+    if workload == "maf_sample":
+        return sizes.sample_warmup
     return sizes.spline_warmup if workload.startswith("spline") else sizes.warmup
 
 

@@ -776,7 +776,8 @@ def markdown(records, limit, checks, threads, env, sizes, command, dtypes, skipp
     calls = (f"{sizes.rounds} fresh process{'es' if sizes.rounds > 1 else ''} per case, "
              "implementations interleaved, "
              f"{sizes.warmup} warm-up and {sizes.repeats} timed calls in each "
-             f"(sampling: warm-up on 16 rows, {sizes.sample_repeats} timed; splines: "
+             f"(sampling: {sizes.sample_warmup} full-size warm-up and {sizes.sample_repeats} "
+             "timed; splines: "
              f"{sizes.spline_warmup} and {sizes.spline_repeats}); medians over all timed calls")
     out.append(f"Medians (with the rate) of one run: {calls}. Peers on torch CPU, "
                f"`torch.set_num_threads({env.get('torch_threads', '?')})` first thing in their "
