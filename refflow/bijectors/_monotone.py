@@ -140,29 +140,23 @@ def made_outputs_vjp(made, x, context):
 def made_solve_in_order(made, z, context, solve, sampling_order):
     """Fix the coordinates in degree order: ``x_i = solve(i, z_i, theta_i)``.
 
-    ``solve(i, z_i, theta_i)`` gets coordinate ``i``, its targets ``(m,)`` and MADE outputs
-    ``(m, n_params)`` (final: they depend only on the coordinates already fixed). With the
-    ``sampling`` fast path, a plain MADE runs its degree-ordered incremental evaluation
-    (``MADE._sample``: each hidden unit once), which calls back once per coordinate in degree
-    order for each row chunk; otherwise (the reference, or another conditioner) ``dim``
-    sequential full passes, each coordinate solved once.
+    ``solve(i, z_i, theta_i)`` gets coordinate ``i``, its targets ``(m,)`` and the conditioner's
+    outputs ``(m, n_params)`` (final: they depend only on the coordinates already fixed). The
+    conditioner's own ``_sample`` runs the passes: a MADE with the ``sampling`` fast path its
+    degree-ordered incremental evaluation (each hidden unit once), otherwise (the reference,
+    or another conditioner) ``dim`` sequential full passes. Both call back once per coordinate
+    in degree order (``sampling_order``), for each row chunk, so the calls are counted to know
+    the coordinate.
     """
     dim = made.dim
-    if type(made) is MADE and use_fast_paths("sampling"):
-        calls = [0]
+    calls = [0]
 
-        def sample_coordinate(z_i, out_i):
-            # MADE._sample calls this for k = 0..dim-1 in turn, once per row chunk
-            i = int(sampling_order[calls[0] % dim])
-            calls[0] += 1
-            return solve(i, z_i, out_i)
+    def sample_coordinate(z_i, out_i):
+        i = int(sampling_order[calls[0] % dim])
+        calls[0] += 1
+        return solve(i, z_i, out_i)
 
-        return made._sample(z, context, sample_coordinate)[0]
-    x = np.zeros_like(z)
-    for i in sampling_order:
-        out = made._forward(x, context)
-        x[:, i] = solve(int(i), np.ascontiguousarray(z[:, i]), np.ascontiguousarray(out[:, i]))
-    return x
+    return made._sample(z, context, sample_coordinate)[0]
 
 
 # ------------------------------------------------------------------------------ the layer

@@ -240,8 +240,16 @@ class _Autoregressive:
 
     def _sample_passes(self, z, context, sample_coordinate):
         """:meth:`_sample` by full passes: ``dim - 1`` sequential passes fix every coordinate
-        but the last in the order (which feeds no output); one more pass then gives outputs
-        that are all final, and every coordinate (the last one too) is set from them."""
+        but the last in the order (which feeds no output); one more pass gives the outputs at
+        ``x``, all final, and the last coordinate from them. ``sample_coordinate`` is called
+        once per coordinate, in the sampling order (as by the incremental sampler, so that a
+        caller may count the calls to know the coordinate).
+
+        A coordinate's outputs in the final pass equal those of the pass that fixed it: they
+        depend only on the coordinates before it, and the later ones enter with masked weights
+        that are exactly 0 (as long as ``x`` is finite; a sample that overflowed is refused by
+        the flows' sampling checks).
+        """
         x = np.zeros_like(z)
         order = self._sampling_order()
         weights = self._weights(z.dtype)  # masked and cast once, not once per pass
@@ -249,10 +257,10 @@ class _Autoregressive:
             out = self._forward(x, context, weights)
             x[:, i] = sample_coordinate(np.ascontiguousarray(z[:, i]),
                                         np.ascontiguousarray(out[:, i]))
-        out = self._forward(x, context)
-        for i in range(self.dim):
-            x[:, i] = sample_coordinate(np.ascontiguousarray(z[:, i]),
-                                        np.ascontiguousarray(out[:, i]))
+        out = self._forward(x, context, weights)
+        last = order[-1]
+        x[:, last] = sample_coordinate(np.ascontiguousarray(z[:, last]),
+                                       np.ascontiguousarray(out[:, last]))
         return x, out
 
     def _first_input(self, x, context):
