@@ -326,11 +326,14 @@ def _zuko_rows(n_models, seed):
     for m in range(n_models):
         torch.manual_seed(seed + m)
         dim, context = int(rng.integers(2, 5)), int(rng.choice([0, 2]))
+        # every other model's masked networks are zuko's residual MaskedMLP (residual=True):
+        # no extra draw, so the other options of each model stay as they were
+        residual = m % 2 == 1
         if m % 5 == 4:  # zuko's NCSF: angles in [-pi, pi), a circular shift, a BoxUniform base
-            rows.append(_zuko_ncsf_row(rng, dim, context))
+            rows.append(_zuko_ncsf_row(rng, dim, context, residual))
             continue
         if m % 5 == 3:  # zuko's own NAF / SOSPF builders: SoftclipTransform(11) between layers
-            rows.append(_zuko_builder_row(rng, dim, context))
+            rows.append(_zuko_builder_row(rng, dim, context, residual))
             continue
         layers, names = [], []
         for j in range(int(rng.integers(1, 4))):
@@ -341,7 +344,7 @@ def _zuko_rows(n_models, seed):
             order = torch.as_tensor(rng.permutation(dim))
             hidden = [int(h) for h in rng.integers(dim, 16, size=rng.integers(1, 3))]
             kind = str(rng.choice(["naf", "sos", "bpf", "bernstein", "affine", "spline"]))
-            kw = dict(hidden_features=hidden, order=order)
+            kw = dict(hidden_features=hidden, order=order, residual=residual)
             if kind == "naf":
                 s = int(rng.integers(1, 5))
                 kw.update(univariate=MNN(signal=s, stack=dim,
@@ -359,7 +362,7 @@ def _zuko_rows(n_models, seed):
                 kw.update(univariate=zuko.transforms.MonotonicRQSTransform,
                           shapes=[(5,), (5,), (4,)])
             layers.append(zuko.flows.MaskedAutoregressiveTransform(dim, context, **kw))
-            names.append(kind)
+            names.append(f"{kind} residual {hidden}" if residual else kind)
             if rng.random() < 0.5:
                 lin = str(rng.choice(["lu", "rotation"]))
                 mat = torch.randn(dim, dim) * 0.4 + (torch.eye(dim) if lin == "lu" else 0)
@@ -414,8 +417,9 @@ def _zuko_train_and_compare(flow, x, c):
     return compare(flow, from_zuko(flow), x[:24], None if c is None else c[:24])
 
 
-def _zuko_builder_row(rng, dim, context):
-    """zuko's NAF or SOSPF with 2-3 transforms (a SoftclipTransform(11) between each two)."""
+def _zuko_builder_row(rng, dim, context, residual=False):
+    """zuko's NAF or SOSPF with 2-3 transforms (a SoftclipTransform(11) between each two),
+    with residual masked networks when ``residual``."""
     import zuko
     layers = int(rng.integers(2, 4))
     hidden = [int(h) for h in rng.integers(dim, 16, size=rng.integers(1, 3))]
@@ -423,29 +427,34 @@ def _zuko_builder_row(rng, dim, context):
         signal = int(rng.integers(1, 5))
         flow = zuko.flows.NAF(dim, context, transforms=layers, signal=signal,
                               network={"hidden_features": [int(rng.integers(2, 9))]},
-                              hidden_features=hidden)
-        name = f"NAF(transforms={layers}, signal={signal}, hidden={hidden})"
+                              hidden_features=hidden, residual=residual)
+        name = f"NAF(transforms={layers}, signal={signal}, hidden={hidden}" \
+            f"{', residual=True' if residual else ''})"
     else:
         degree, polys = int(rng.integers(1, 5)), int(rng.integers(1, 4))
         flow = zuko.flows.SOSPF(dim, context, transforms=layers, degree=degree,
-                                polynomials=polys, hidden_features=hidden)
-        name = f"SOSPF(transforms={layers}, degree={degree}, polynomials={polys})"
+                                polynomials=polys, hidden_features=hidden, residual=residual)
+        name = f"SOSPF(transforms={layers}, degree={degree}, polynomials={polys}, " \
+            f"hidden={hidden}{', residual=True' if residual else ''})"
     x = 1.5 * rng.standard_normal((64, dim))
     c = rng.standard_normal((64, context)) if context else None
     report = _zuko_train_and_compare(flow, x, c)
     return f"D={dim} C={context} {name}", report.max_log_prob_rel, report.max_grad_rel
 
 
-def _zuko_ncsf_row(rng, dim, context):
-    """One zuko NCSF (random bins, layers, widths), trained for a few Adam steps on angles."""
+def _zuko_ncsf_row(rng, dim, context, residual=False):
+    """One zuko NCSF (random bins, layers, widths; residual masked networks when
+    ``residual``), trained for a few Adam steps on angles."""
     import zuko
     bins, layers = int(rng.integers(3, 9)), int(rng.integers(1, 4))
     hidden = [int(h) for h in rng.integers(dim, 16, size=rng.integers(1, 3))]
-    flow = zuko.flows.NCSF(dim, context, bins=bins, transforms=layers, hidden_features=hidden)
+    flow = zuko.flows.NCSF(dim, context, bins=bins, transforms=layers, hidden_features=hidden,
+                           residual=residual)
     x = rng.uniform(-np.pi, np.pi, size=(64, dim))
     c = rng.standard_normal((64, context)) if context else None
     report = _zuko_train_and_compare(flow, x, c)
-    config = f"D={dim} C={context} NCSF(bins={bins}, transforms={layers}, hidden={hidden})"
+    config = f"D={dim} C={context} NCSF(bins={bins}, transforms={layers}, hidden={hidden}" \
+        f"{', residual=True' if residual else ''})"
     return config, report.max_log_prob_rel, report.max_grad_rel
 
 

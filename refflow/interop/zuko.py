@@ -3,7 +3,8 @@ r"""Import a zuko flow as the equivalent refflow ``Flow`` (same weights, masks, 
 :func:`from_zuko` builds the refflow :class:`~refflow.Flow` that computes exactly what a
 ``zuko.flows.MAF``, ``NSF``, ``NCSF``, ``RealNVP``/``NICE`` (affine or spline coupling), ``GF``,
 ``BPF``, ``NAF``, ``SOSPF``, or any ``zuko.flows.Flow`` made of the layers below
-computes, conditional or not, with the same weights (as float64), MADE masks, output layout,
+computes, conditional or not, with plain or residual (``residual=True``) masked networks,
+with the same weights (as float64), MADE masks, output layout,
 scale, spline and polynomial maps and direction; :func:`parameter_map` gives the
 correspondence of parameter names that :func:`refflow.interop.compare` uses.
 
@@ -37,6 +38,12 @@ pi``, then the RQS on ``+-pi``   coordinate only, the MADE fed the raw angles (a
 ``MaskedMLP`` masks             explicit MADE ``order`` (ranks of zuko's bucketed order) and
                                 explicit hidden degrees, derived from zuko's mask buffers; the
                                 rebuilt masks are checked equal to zuko's
+``MaskedMLP(residual=True)``:   :class:`~refflow.nn.ResidualMaskedMLP` with the same widths,
+masked linear, per width a      order and degrees (the layer's network replaced after
+``Residual`` block              construction; such a layer cannot be saved, its configuration
+``h + W1 f(W0 h + b0) + b1``,   being a plain MADE's): no activation outside the blocks, a
+a masked linear between blocks  ``links.{s}`` layer only where zuko keeps one; zuko's masks
+only where the width changes    are checked equal to the rebuilt ones
 MADE output ``(D, total)``      the same feature-major layout (``[shift, u]``; ``[w | h | d]``;
                                 ``[signal]``; ``[a (K, L + 1) | beta]``; ``[raw]``)
 coupling ``mask`` True =        ``mask`` True = transformed, so refflow's mask is ``~mask``;
@@ -64,10 +71,6 @@ Not imported (each raises naming the zuko class and the option; nothing is appro
 - ``UMNN`` (``UNAF``): zuko's log-det is ``log g(x)``, not the log-derivative of its own
   32-node quadrature map; refflow's :class:`~refflow.UnconstrainedMonotonicAutoregressive`
   reports the map's exact log-det, so the densities differ by the rule's error.
-- residual ``MaskedMLP`` (``residual=True``): zuko's residual block is
-  ``h + W1 f(W0 h + b0) + b1`` (no activation on the block's input, none between blocks, a
-  plain masked linear between blocks of different widths), refflow's
-  :class:`~refflow.nn.ResidualMADE` (nflows' ResMADE) computes ``h + W1 f(W0 f(h) + b0) + b1``.
 - ``normalize=True`` hyper-networks (refflow's MADE is a plain masked MLP), a
   ``CircularRQSTransform`` in a coupling layer (refflow's circular ``SplineCoupling`` feeds its
   conditioner ``(sin, cos)`` of the angles, zuko's the raw angles), a slope other than 1e-3 for
@@ -81,7 +84,7 @@ import functools
 import numpy as np
 
 
-from .common import np64, require_torch
+from .common import np64, require_torch, unsaveable
 
 __all__ = ["from_zuko", "parameter_map"]
 
@@ -127,11 +130,10 @@ def _split_sequential(seq, linear_types, where):
     """``(linears, activation)`` of an ``nn.Sequential`` alternating linear and activation."""
     modules = list(seq)
     if any(type(m).__name__ == "Residual" for m in modules):
-        raise ValueError(f"{where}: a residual hyper-network (option 'residual=True') is not "
-                         f"supported: zuko's residual block is h + W1 f(W0 h + b0) + b1, with "
-                         f"no activation on the block's input nor between blocks, while "
-                         f"refflow's ResidualMADE (nflows' ResMADE) computes "
-                         f"h + W1 f(W0 f(h) + b0) + b1")
+        raise ValueError(f"{where}: a residual hyper-network (option 'residual=True') is "
+                         f"imported only as the MaskedMLP of a MaskedAutoregressiveTransform; "
+                         f"refflow's plain networks of the other layers have no residual "
+                         f"blocks")
     linears, acts = modules[0::2], modules[1::2]
     # anything but torch's own activation modules between the linears (zuko's Residual
     # blocks, LayerNorm) is a layout refflow's networks do not have
@@ -260,11 +262,8 @@ def _mnn_options(mnn, shapes, where):
 
 
 # ------------------------------------------------------------------ zuko layers -> specs
-def _made_structure(lazy, dim, context, where):
-    """Order and explicit hidden degrees reproducing a zuko ``MaskedMLP``'s masks exactly."""
-    from zuko.nn import MaskedLinear
-    linears, activation = _split_sequential(lazy.hyper, (MaskedLinear,), where)
-    masks = [np64(lin.mask).astype(bool) for lin in linears]
+def _ranked_order(lazy, dim, where):
+    """refflow's order (a permutation) for zuko's, possibly bucketed (``passes``), order."""
     if lazy.order is None:
         raise ValueError(f"{where}: a MaskedAutoregressiveTransform built from an explicit "
                          f"'adjacency' is not supported (option 'adjacency')")
@@ -272,23 +271,114 @@ def _made_structure(lazy, dim, context, where):
     # refflow needs a permutation: rank zuko's (possibly bucketed, tied) order, ties by index.
     order = np.empty(dim, dtype=np.int64)
     order[np.argsort(bucket, kind="stable")] = np.arange(dim)
+    return order
+
+
+def _first_degrees(mask, dim, context, where):
+    """Degrees of the units of zuko's first masked layer: the length of the prefix of the order
+    each unit sees (zuko's units are labelled by nested adjacency rows)."""
+    if context and not mask[:, dim:].all():
+        raise ValueError(f"{where}: hidden units that do not see the whole context "
+                         f"(option 'adjacency') cannot be expressed in refflow")
+    return mask[:, :dim].sum(axis=1).astype(np.int64)
+
+
+def _next_degrees(mask, prev):
+    """Degrees of a masked layer's units from its mask and its inputs' degrees (-1 for a unit
+    with no input, which no refflow degree rule allows: the mask check then refuses)."""
+    return np.array([prev[row].max() if row.any() else -1 for row in mask], dtype=np.int64)
+
+
+def _made_structure(lazy, dim, context, where):
+    """Order and explicit hidden degrees reproducing a zuko ``MaskedMLP``'s masks exactly."""
+    from zuko.nn import MaskedLinear
+    linears, activation = _split_sequential(lazy.hyper, (MaskedLinear,), where)
+    masks = [np64(lin.mask).astype(bool) for lin in linears]
+    order = _ranked_order(lazy, dim, where)
     degrees, prev = [], order + 1  # input degrees
     for k, m in enumerate(masks[:-1]):
-        if k == 0:
-            mx = m[:, :dim]
-            d = mx.sum(axis=1).astype(np.int64)  # a prefix of the order: its length
-            if context:
-                if not m[:, dim:].all():
-                    raise ValueError(f"{where}: hidden units that do not see the whole context "
-                                     f"(option 'adjacency') cannot be expressed in refflow")
-        else:
-            d = np.array([prev[row].max() if row.any() else -1 for row in m], dtype=np.int64)
+        d = _first_degrees(m, dim, context, where) if k == 0 else _next_degrees(m, prev)
         degrees.append(d)
         prev = d
     return order, degrees, activation, linears, masks
 
 
+def _is_residual(hyper):
+    """Whether a zuko ``MaskedMLP`` was built with ``residual=True`` (has ``Residual`` blocks)."""
+    from zuko.nn import Residual
+    return any(isinstance(m, Residual) for m in hyper)
+
+
+def _residual_structure(lazy, dim, context, where):
+    """The :class:`~refflow.nn.ResidualMaskedMLP` twin of a zuko ``MaskedMLP(residual=True)``.
+
+    zuko's module list is ``[MaskedLinear, Residual, ([MaskedLinear,] Residual)*,
+    MaskedLinear]``: the input layer, one ``Residual(MaskedLinear, activation, MaskedLinear)``
+    per hidden width, a masked linear between two blocks only where the width changes (zuko
+    pops it otherwise), and the output layer; no activation outside the blocks. Returns
+    ``(order, hidden, degrees, activation, layers)``, ``layers`` a list of ``(refflow weight key,
+    refflow bias key, zuko name prefix, MaskedLinear)`` in refflow's key order.
+    """
+    from zuko.nn import MaskedLinear, Residual
+    modules = list(lazy.hyper)
+    names = [type(m).__name__ for m in modules]
+
+    def refuse(why):
+        raise ValueError(f"{where}: unsupported residual hyper-network layout {names} (option "
+                         f"'residual'): {why}")
+
+    if len(modules) < 3 or type(modules[0]) is not MaskedLinear \
+            or type(modules[-1]) is not MaskedLinear:
+        refuse("expected a MaskedLinear first and last")
+    order = _ranked_order(lazy, dim, where)
+    first = modules[0]
+    layers = [("w0", "b0", "hyper.0", first)]
+    hidden, degrees, acts = [], [], []
+    prev = _first_degrees(np64(first.mask).astype(bool), dim, context, where)
+    width = int(first.weight.shape[0])
+    idx, s = 1, 0
+    while idx < len(modules) - 1:
+        m = modules[idx]
+        if type(m) is MaskedLinear:  # a link between two blocks of different widths
+            new = int(m.weight.shape[0])
+            if s == 0 or idx + 1 >= len(modules) - 1:
+                refuse(f"a MaskedLinear at position {idx} where zuko's MaskedMLP has none")
+            if new == width:
+                refuse(f"a MaskedLinear between two blocks of equal width {width} (position "
+                       f"{idx}; zuko's MaskedMLP has none there)")
+            layers.append((f"links.{s}.w", f"links.{s}.b", f"hyper.{idx}", m))
+            prev = _next_degrees(np64(m.mask).astype(bool), prev)
+            width = new
+            idx += 1
+            m = modules[idx]
+        parts = list(m) if type(m) is Residual else []
+        if len(parts) != 3 or type(parts[0]) is not MaskedLinear \
+                or type(parts[2]) is not MaskedLinear:
+            refuse(f"position {idx} is not a Residual(MaskedLinear, activation, MaskedLinear)")
+        if any(tuple(p.weight.shape) != (width, width) for p in (parts[0], parts[2])):
+            refuse(f"Residual block {s} is not square of the width {width} before it (a "
+                   f"change of width needs a MaskedLinear between the blocks)")
+        acts.append(parts[1])
+        for i, p in enumerate((parts[0], parts[2])):
+            layers.append((f"blocks.{s}.w{i}", f"blocks.{s}.b{i}", f"hyper.{idx}.{2 * i}", p))
+        hidden.append(width)
+        degrees.append(prev)
+        idx += 1
+        s += 1
+    if not hidden:
+        refuse("no Residual block")
+    layers.append(("w_out", "b_out", f"hyper.{len(modules) - 1}", modules[-1]))
+    for _, _, zname, lin in layers:
+        if lin.bias is None:
+            raise ValueError(f"{where}: a linear layer without bias ({zname}) is not supported")
+    activation = _activation_name(acts, where)
+    return order, tuple(hidden), degrees, activation, layers
+
+
 def _check_masks(made, masks, where):
+    if len(made.masks) != len(masks):
+        raise ValueError(f"{where}: zuko's MaskedMLP has {len(masks)} masked layers, the rebuilt "
+                         f"network {len(made.masks)}; refusing rather than approximating")
     for k, (mine, theirs) in enumerate(zip(made.masks, masks)):
         if mine.shape != theirs.shape or not np.array_equal(mine.astype(bool), theirs):
             raise ValueError(f"{where}: zuko's MaskedMLP mask {k} cannot be expressed as a MADE "
@@ -299,13 +389,21 @@ def _check_masks(made, masks, where):
 def _convert_autoregressive(lazy, index, dim, context):
     """One ``MaskedAutoregressiveTransform`` -> (refflow layer, {zuko name: (key, rows)})."""
     from .. import bijectors as B
+    from ..nn import ResidualMaskedMLP
     where = f"from_zuko: transforms[{index}] (MaskedAutoregressiveTransform)"
     kind, opts = _univariate(lazy, where)
-    order, degrees, activation, linears, masks = _made_structure(lazy, dim, context, where)
-    hidden = tuple(int(lin.weight.shape[0]) for lin in linears[:-1])
-    common = dict(hidden=hidden, order=order, activation=activation,
-                  context_dim=context or None, rng=0)
-    common["hidden_degrees"] = degrees
+    residual = _is_residual(lazy.hyper)
+    if residual:
+        order, hidden, degrees, activation, linears = _residual_structure(lazy, dim, context,
+                                                                         where)
+        # the layer's MADE is a placeholder (one masked layer), replaced by the residual twin
+        common = dict(hidden=(), order=order, activation=activation,
+                      context_dim=context or None, rng=0)
+    else:
+        order, degrees, activation, linears, masks = _made_structure(lazy, dim, context, where)
+        hidden = tuple(int(lin.weight.shape[0]) for lin in linears[:-1])
+        common = dict(hidden=hidden, order=order, activation=activation,
+                      context_dim=context or None, rng=0, hidden_degrees=degrees)
     linears_mnn = opts.pop("linears", None)
     try:
         if kind == "affine":
@@ -323,17 +421,36 @@ def _convert_autoregressive(lazy, index, dim, context):
             layer = B.SumOfSquaresAutoregressive(dim, **opts, **common)
         else:
             layer = B.BernsteinAutoregressive(dim, **opts, **common)
+        if residual:
+            layer.made = ResidualMaskedMLP(dim, hidden, layer.made.n_params, order=order,
+                                           hidden_degrees=degrees, activation=activation,
+                                           context_features=context, rng=0)
     except ValueError as exc:
         raise ValueError(f"{where}: its masks cannot be expressed as a refflow MADE ({exc})") \
             from None
-    _check_masks(layer.made, masks, where)
     names = {}
-    for k, lin in enumerate(linears):
-        names[f"hyper.{2 * k}.weight"] = (f"made.w{k}", None)
-        names[f"hyper.{2 * k}.bias"] = (f"made.b{k}", None)
-    for k, (lin, m) in enumerate(zip(linears, masks)):
-        layer.params[f"made.w{k}"] = np64(lin.weight) * m  # the weight zuko uses: W * M
-        layer.params[f"made.b{k}"] = np64(lin.bias)
+    if residual:
+        # its configuration (a plain MADE's) does not describe the residual network: refuse
+        # to save it rather than write a file that rebuilds another model
+        layer = unsaveable(layer, "Zuko", __name__)
+        masks = [np64(lin.mask).astype(bool) for _, _, _, lin in linears]
+        keys = [k for k in layer.made.params if k.rsplit(".", 1)[-1].startswith("w")]
+        if keys != [key_w for key_w, _, _, _ in linears]:  # (masks are in weight-key order)
+            raise ValueError(f"{where}: the rebuilt residual network's layers {keys} do not "
+                             f"match zuko's {[key_w for key_w, _, _, _ in linears]}")
+        _check_masks(layer.made, masks, where)
+        for (key_w, key_b, zname, lin), m in zip(linears, masks):
+            layer.params[f"made.{key_w}"] = np64(lin.weight) * m  # the weight zuko uses
+            layer.params[f"made.{key_b}"] = np64(lin.bias)
+            names[f"{zname}.weight"] = (f"made.{key_w}", None)
+            names[f"{zname}.bias"] = (f"made.{key_b}", None)
+    else:
+        _check_masks(layer.made, masks, where)
+        for k, (lin, m) in enumerate(zip(linears, masks)):
+            layer.params[f"made.w{k}"] = np64(lin.weight) * m  # the weight zuko uses: W * M
+            layer.params[f"made.b{k}"] = np64(lin.bias)
+            names[f"hyper.{2 * k}.weight"] = (f"made.w{k}", None)
+            names[f"hyper.{2 * k}.bias"] = (f"made.b{k}", None)
     if linears_mnn is not None:  # MNN: the stacked MonotonicMLP, raw weights (|W| in both)
         for k, lin in enumerate(linears_mnn):
             for part, key in (("weight", f"network.w{k}"), ("bias", f"network.b{k}")):
@@ -630,7 +747,9 @@ def from_zuko(flow):
         (``MaskedAutoregressiveTransform``, ``GeneralCouplingTransform``,
         ``ElementWiseTransform``, ``UnconditionalTransform`` of ``RotationTransform``,
         ``LULinearTransform`` or ``SoftclipTransform``), conditional or not, with a fixed
-        ``DiagNormal`` or ``BoxUniform`` base.
+        ``DiagNormal`` or ``BoxUniform`` base. The masked networks may be plain or residual
+        (``residual=True``, imported as :class:`~refflow.nn.ResidualMaskedMLP`; such layers
+        cannot be saved with :func:`refflow.save`).
 
     Returns
     -------

@@ -1,4 +1,5 @@
-"""Conditioner networks with hand-derived pullbacks: ``MLP``, ``MADE``, ``ResidualMADE``.
+"""Conditioner networks with hand-derived pullbacks: ``MLP``, ``MADE``, ``ResidualMADE``,
+``ResidualMaskedMLP``.
 
 Every network follows the conditioner pattern of the bijectors::
 
@@ -12,7 +13,8 @@ unchecked passes ``_forward`` / ``_vjp`` on validated C-contiguous 2-D arrays.
 """
 
 from .activations import ACTIVATIONS, Activation, get_activation
-from .made import MADE, ResidualMADE
+from .made import MADE, ResidualMADE, ResidualMaskedMLP
 from .mlp import MLP
 
-__all__ = ["MLP", "MADE", "ResidualMADE", "Activation", "ACTIVATIONS", "get_activation"]
+__all__ = ["MLP", "MADE", "ResidualMADE", "ResidualMaskedMLP", "Activation", "ACTIVATIONS",
+           "get_activation"]

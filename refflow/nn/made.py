@@ -1,6 +1,7 @@
-r"""Masked autoregressive networks: ``MADE`` (Germain et al. 2015) and ``ResidualMADE`` (ResMADE).
+r"""Masked autoregressive networks: ``MADE`` (Germain et al. 2015), ``ResidualMADE`` (ResMADE) and
+``ResidualMaskedMLP`` (zuko's residual ``MaskedMLP``).
 
-Both map ``x`` of shape ``(batch, dim)`` (and an optional context) to parameters of shape
+All three map ``x`` of shape ``(batch, dim)`` (and an optional context) to parameters of shape
 ``(batch, dim, n_params)`` such that ``out[:, i, :]`` depends only on the inputs that come
 before input ``i`` in the autoregressive order. Each input ``i`` has a degree
 ``m(i) = order[i] + 1`` in ``1..dim``; each hidden unit ``k`` a degree ``m(k)``. Masks:
@@ -63,7 +64,7 @@ from ._incremental import made_sample
 from .mlp import (check_features, check_hidden, check_result, dense_forward, dense_vjp, grads64,
                   linear_init)
 
-__all__ = ["MADE", "ResidualMADE"]
+__all__ = ["MADE", "ResidualMADE", "ResidualMaskedMLP"]
 
 _ORDERS = ("natural", "reverse", "random")
 _DEGREE_RULES = ("cyclic", "equal", "random")
@@ -844,6 +845,314 @@ class ResidualMADE(_Autoregressive):
                 h_bar += s1_bar             # h_bar is this pullback's own array
             w_bars["w0"], b_bars["b0"] = h_bar.T @ u, h_bar.sum(axis=0)
             u_bar = h_bar @ ws["w0"]
+            grads = self._masked_grads([w_bars[k] for k in self._w_keys],
+                                       [b_bars[k] for k in self._b_keys], dtype)
+            x_bar, c_bar = self._split_input_bar(u_bar)
+            return x_bar, grads, c_bar
+
+        return out.reshape(n, self.dim, self.n_params), pullback
+
+
+# ----------------------------------------------------------------- ResidualMaskedMLP
+class ResidualMaskedMLP(_Autoregressive):
+    r"""Masked MLP with residual blocks and no activation outside them (zuko's ``MaskedMLP``
+    with ``residual=True``).
+
+    The same autoregressive structure, degrees and masks as :class:`MADE` (``out[n, i, :]``
+    depends only on the inputs ``x[n, j]`` with ``input_degrees[j] < input_degrees[i]``, and on
+    the context), but another network: a masked linear input layer, then per hidden width a
+    residual block ``h <- h + f(h A^T + c) B^T + d`` (the activation inside the block only), a
+    plain masked linear between two blocks only where their widths differ, and the masked
+    linear output layer. It is not :class:`ResidualMADE` (nflows' ResMADE applies ``f`` to the
+    block's input as well, ``h + f(f(h) A^T + c) B^T + d``, and has one width).
+
+    Parameters
+    ----------
+    dim : int
+        Number of autoregressive inputs ``D``.
+    hidden : sequence of int, default (64, 64)
+        The width ``H_s`` of every stage ``s`` (one residual block each); ``()`` gives a single
+        masked affine layer.
+    n_params : int, default 2
+        Outputs per input.
+    order, hidden_degrees, activation, context_features, zero_last
+        As for :class:`MADE`, with one degree array per stage (a residual sum adds units of
+        equal degree): a stage with the width of the stage before it has no linear layer
+        between the two, so it keeps the degrees of that stage (the "random" rule draws only
+        where the width changes; explicit degrees must repeat the previous stage's there).
+    rng : None, int or numpy.random.Generator
+        Draws a random order first, then random degrees stage by stage, then the parameters in
+        key order, each weight and bias with torch's ``nn.Linear`` default
+        ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (zuko's ``MaskedLinear`` is an ``nn.Linear``);
+        stored weights are multiplied by their masks. ``zero_last`` zeros the output layer.
+
+    Attributes
+    ----------
+    params : ParamDict
+        ``"w0"`` ``(H_0, D + context_features)``, ``"b0"``; per stage ``s``: ``"links.{s}.w"``
+        ``(H_s, H_{s-1})`` and ``"links.{s}.b"`` (only where ``H_s != H_{s-1}``), then
+        ``"blocks.{s}.w0"``, ``"blocks.{s}.b0"``, ``"blocks.{s}.w1"``, ``"blocks.{s}.b1"``
+        (``(H_s, H_s)`` weights); ``"w_out"`` ``(D * n_params, H_last)``, ``"b_out"``.
+    masks : list of ndarray
+        One float64 0/1 array per weight, in key order (read-only).
+    order, input_degrees : ndarray of int64, shape (D,)
+    hidden_degree_list : list of ndarray of int64
+        The degrees of every stage.
+    dim, n_params, hidden, context_features, activation, hidden_degrees
+
+    Raises
+    ------
+    ValueError
+        As :class:`MADE`; explicit degrees that change between two stages of equal width.
+
+    Notes
+    -----
+    With ``u = x`` (or ``[x, context]``) and every weight masked, ``V = W * M``::
+
+        h = u V_0^T + b_0                                      (input layer, width H_0)
+        stage s = 0 .. L-1:
+            h <- h V_{link,s}^T + b_{link,s}                   (only if s > 0, H_s != H_{s-1})
+            a_s = h A_s^T + c_s,   y_s = h + f(a_s) B_s^T + d_s,   h <- y_s     (block s)
+        out = (h V_out^T + b_out).reshape(batch, D, n_params)
+
+    with ``A_s = W_{blocks.s.w0} * M``, ``B_s = W_{blocks.s.w1} * M``. Masks: input layer
+    ``m_0(k) >= m_in(j)``; link ``m_s(k) >= m_{s-1}(j)``; both block weights
+    ``m_s(k) >= m_s(j)`` (so a block keeps every unit's degree and the residual sum respects
+    the autoregressive structure); output ``m_in(i) > m_last(k)`` (strict).
+
+    Pullback, ``g = out_bar.reshape(batch, D * n_params)``, ``h_bar = g V_out``,
+    ``W_out_bar = (g^T h_L) * M_out``, ``b_out_bar = sum_n g``; then stage by stage in
+    reverse, with ``y_bar = h_bar`` the cotangent of a block's output (the chain rule on
+    ``y = h + f(a) B^T + d``, ``a = h A^T + c``)::
+
+        B_bar = (y_bar^T f(a)) * M,   d_bar = sum_n y_bar
+        a_bar = (y_bar B) * f'(a)
+        A_bar = (a_bar^T h) * M,      c_bar = sum_n a_bar
+        h_bar = y_bar + a_bar A                         (identity path + branch)
+        link:  V_link_bar = (h_bar^T h_prev) * M,  b_link_bar = sum_n h_bar,  h_bar <- h_bar V_link
+
+    and at the input layer ``W_0_bar = (h_bar^T u) * M_0``, ``b_0_bar = sum_n h_bar``,
+    ``u_bar = h_bar V_0 = [x_bar, context_bar]``. In column-vector notation the block's input
+    cotangent is ``h_bar = y_bar + A^T (f'(a) * (B^T y_bar))``. Multiplying every weight
+    gradient by its mask is ``d out / d W = (d out / d V) * M`` for ``V = W * M``, so masked
+    entries get exactly 0.
+
+    It has the private interface of a masked autoregressive layer's conditioner (the ``made``
+    attribute of :class:`~refflow.MaskedAffineAutoregressive`, the spline and the monotone
+    layers): put in place of a layer's MADE with the same ``dim``, ``n_params``, ``order`` and
+    ``context_features``, the layer computes with it (``refflow.interop.from_zuko`` does this).
+    Sampling (the layers' sequential direction) runs ``dim`` full passes (the reference
+    :meth:`_sample_passes`); :class:`MADE`'s degree-ordered incremental sampler and its
+    degree-sorted block products evaluate MADE's own layers and are not used here.
+
+    References
+    ----------
+    Germain, Gregor, Murray, Larochelle, "MADE: Masked Autoencoder for Distribution
+    Estimation", ICML 2015, arXiv:1502.03509.
+    He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016,
+    arXiv:1512.03385.
+    Rozet et al., "Zuko: Normalizing flows in PyTorch", 2022, doi:10.5281/zenodo.7625672
+    (``zuko.nn.MaskedMLP``, ``residual=True``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow.nn import ResidualMaskedMLP
+    >>> net = ResidualMaskedMLP(3, hidden=(4, 6), n_params=2, rng=0)
+    >>> list(net.params)                  # doctest: +NORMALIZE_WHITESPACE
+    ['w0', 'b0', 'blocks.0.w0', 'blocks.0.b0', 'blocks.0.w1', 'blocks.0.b1', 'links.1.w',
+     'links.1.b', 'blocks.1.w0', 'blocks.1.b0', 'blocks.1.w1', 'blocks.1.b1', 'w_out', 'b_out']
+    >>> x = np.random.default_rng(1).normal(size=(5, 3))
+    >>> out, pullback = net.vjp(x)
+    >>> x_bar, grads = pullback(np.ones_like(out))
+    >>> out.shape, float(np.abs(x_bar[:, 2]).max())       # nothing depends on x_3
+    ((5, 3, 2), 0.0)
+    """
+
+    def __init__(self, dim, hidden=(64, 64), n_params=2, *, order="natural",
+                 hidden_degrees="cyclic", activation="relu", context_features=0,
+                 zero_last=False, rng=None):
+        where = "ResidualMaskedMLP"
+        dim, n_params, context_features, act, rng = _check_common(
+            dim, n_params, context_features, activation, rng, where)
+        hidden = check_hidden(hidden, where)
+        explicit = None
+        if isinstance(hidden_degrees, str):
+            if hidden_degrees not in _DEGREE_RULES:
+                raise ValueError(f"{where}: unknown hidden_degrees rule {hidden_degrees!r}; "
+                                 f"choose one of {list(_DEGREE_RULES)}")
+        else:
+            explicit = _degree_sequence(hidden_degrees, len(hidden), where)
+        self.dim, self.n_params, self.hidden = dim, n_params, hidden
+        self.context_features = context_features
+        self._act = act
+        self.activation = act.name
+        self.hidden_degrees = "explicit" if explicit is not None else hidden_degrees
+        self.order = _frozen(_input_order(order, dim, rng, where))
+        self.input_degrees = _frozen(self.order + 1)
+
+        conditional = context_features > 0
+        prev = np.concatenate([self.input_degrees, np.zeros(context_features, dtype=np.int64)])
+        degrees = []
+        # per stage: whether a linear layer leads into it (the input layer, or a width change)
+        self._linked = [s == 0 or hidden[s] != hidden[s - 1] for s in range(len(hidden))]
+        for s, width in enumerate(hidden):
+            if explicit is not None:
+                deg = _frozen(_explicit_hidden_degrees(explicit[s], width, dim, conditional,
+                                                       prev, s, where))
+                if not self._linked[s] and not np.array_equal(deg, prev):
+                    raise ValueError(f"{where}: hidden_degrees[{s}] differs from "
+                                     f"hidden_degrees[{s - 1}]; two stages of equal width have "
+                                     f"no layer between them, so they share their degrees")
+            elif self._linked[s]:
+                deg = _frozen(_hidden_degrees(hidden_degrees, width, dim, conditional, prev,
+                                              rng, s, where))
+            else:
+                deg = prev
+            degrees.append(deg)
+            prev = deg
+        self.hidden_degree_list = degrees
+
+        arrays, masks = {}, []
+        in_deg = np.concatenate([self.input_degrees, np.zeros(context_features, dtype=np.int64)])
+        if not hidden:
+            out_mask = _mask(np.repeat(self.input_degrees, n_params), in_deg, strict=True)
+            w, b = linear_init(rng, dim * n_params, dim + context_features)
+            if zero_last:
+                w[...], b[...] = 0.0, 0.0
+            arrays["w_out"], arrays["b_out"] = w * out_mask, b
+            masks.append(out_mask)
+        else:
+            prev_deg, prev_width = in_deg, dim + context_features
+            for s, (width, deg) in enumerate(zip(hidden, degrees)):
+                if self._linked[s]:
+                    m = _mask(deg, prev_deg, strict=False)
+                    key_w, key_b = ("w0", "b0") if s == 0 else (f"links.{s}.w", f"links.{s}.b")
+                    w, b = linear_init(rng, width, prev_width)
+                    arrays[key_w], arrays[key_b] = w * m, b
+                    masks.append(m)
+                m_hh = _mask(deg, deg, strict=False)
+                for i in range(2):
+                    w, b = linear_init(rng, width, width)
+                    arrays[f"blocks.{s}.w{i}"], arrays[f"blocks.{s}.b{i}"] = w * m_hh, b
+                    masks.append(m_hh)
+                prev_deg, prev_width = deg, width
+            out_mask = _mask(np.repeat(self.input_degrees, n_params), prev_deg, strict=True)
+            w, b = linear_init(rng, dim * n_params, prev_width)
+            if zero_last:
+                w[...], b[...] = 0.0, 0.0
+            arrays["w_out"], arrays["b_out"] = w * out_mask, b
+            masks.append(out_mask)
+        self.params = ParamDict(arrays)
+        self.masks = masks
+        self._mask_cache = {}
+        self._w_keys = [k for k in arrays if k.rsplit(".", 1)[-1].startswith("w")]
+        self._b_keys = [k for k in arrays if k.rsplit(".", 1)[-1].startswith("b")]
+
+    def __repr__(self):
+        return (f"ResidualMaskedMLP(dim={self.dim}, hidden={self.hidden}, "
+                f"n_params={self.n_params}, hidden_degrees={self.hidden_degrees!r}, "
+                f"activation={self.activation!r}, context_features={self.context_features})")
+
+    # ------------------------------------------------------------ private, unchecked
+    def _stages(self, ws, bs):
+        """Per stage ``(link (V, b) or None, (A, c, B, d))`` from the prepared weights."""
+        stages = []
+        for s in range(len(self.hidden)):
+            link = None
+            if s > 0 and self._linked[s]:
+                link = (ws[f"links.{s}.w"], bs[f"links.{s}.b"])
+            block = (ws[f"blocks.{s}.w0"], bs[f"blocks.{s}.b0"],
+                     ws[f"blocks.{s}.w1"], bs[f"blocks.{s}.b1"])
+            stages.append((link, block))
+        return stages
+
+    def _input_layer(self, u, ws, bs):
+        key = "w0" if self.hidden else "w_out"
+        h = u @ ws[key].T
+        h += bs["b0" if self.hidden else "b_out"]
+        return h
+
+    def _forward(self, x, context=None, weights=None):
+        """Output ``(batch, dim, n_params)`` for validated arrays of one dtype (``weights``
+        optionally ``self._weights(x.dtype)``, prepared once for several passes)."""
+        ws, bs = self._weights(x.dtype) if weights is None else weights
+        n = x.shape[0]
+        h = self._input_layer(self._first_input(x, context), ws, bs)
+        if not self.hidden:
+            return h.reshape(n, self.dim, self.n_params)
+        f = self._act.value
+        for link, (a_w, a_b, b_w, b_b) in self._stages(ws, bs):
+            if link is not None:
+                h = h @ link[0].T
+                h += link[1]
+            a = h @ a_w.T
+            a += a_b
+            r = f(a) @ b_w.T
+            r += b_b
+            h += r                          # h is this pass's own array
+        out = h @ ws["w_out"].T
+        out += bs["b_out"]
+        return out.reshape(n, self.dim, self.n_params)
+
+    def _vjp(self, x, context=None):
+        """``(out, pullback)``; ``pullback(out_bar) -> (x_bar, grads, context_bar)``
+        (``context_bar`` None without context). Residuals: the first layer's input ``u``, per
+        stage the link's input, the block's input ``h``, ``f(a)`` and ``f'(a)``, the last
+        hidden state, and the masked weights."""
+        dtype, n = x.dtype, x.shape[0]
+        ws, bs = self._weights(dtype)
+        u = self._first_input(x, context)
+        h = self._input_layer(u, ws, bs)
+        stages = self._stages(ws, bs) if self.hidden else []
+        vd = self._act.value_and_derivative
+        saved = []
+        for link, (a_w, a_b, b_w, b_b) in stages:
+            h_prev = None
+            if link is not None:
+                h_prev = h
+                h = h @ link[0].T
+                h += link[1]
+            a = h @ a_w.T
+            a += a_b
+            fa, dfa = vd(a)
+            y = fa @ b_w.T
+            y += b_b
+            y += h                          # a new array: h stays the block's residual
+            saved.append((h_prev, h, fa, dfa))
+            h = y
+        if self.hidden:
+            out = h @ ws["w_out"].T
+            out += bs["b_out"]
+        else:
+            out = h
+        h_last = h
+
+        def pullback(out_bar):
+            g = out_bar.reshape(n, self.dim * self.n_params)
+            w_bars, b_bars = {}, {}
+            if not self.hidden:
+                w_bars["w_out"], b_bars["b_out"] = g.T @ u, g.sum(axis=0)
+                u_bar = g @ ws["w_out"]
+            else:
+                w_bars["w_out"], b_bars["b_out"] = g.T @ h_last, g.sum(axis=0)
+                h_bar = g @ ws["w_out"]
+                for s in range(len(stages) - 1, -1, -1):
+                    (link, (a_w, _, b_w, _)), (h_prev, h_in, fa, dfa) = stages[s], saved[s]
+                    # block: y = h + f(a) B^T + d, a = h A^T + c; h_bar is y_bar here
+                    w_bars[f"blocks.{s}.w1"] = h_bar.T @ fa
+                    b_bars[f"blocks.{s}.b1"] = h_bar.sum(axis=0)
+                    a_bar = h_bar @ b_w
+                    a_bar *= dfa
+                    w_bars[f"blocks.{s}.w0"] = a_bar.T @ h_in
+                    b_bars[f"blocks.{s}.b0"] = a_bar.sum(axis=0)
+                    h_bar = h_bar + a_bar @ a_w     # identity path + branch (a new array)
+                    if link is not None:
+                        w_bars[f"links.{s}.w"] = h_bar.T @ h_prev
+                        b_bars[f"links.{s}.b"] = h_bar.sum(axis=0)
+                        h_bar = h_bar @ link[0]
+                w_bars["w0"], b_bars["b0"] = h_bar.T @ u, h_bar.sum(axis=0)
+                u_bar = h_bar @ ws["w0"]
             grads = self._masked_grads([w_bars[k] for k in self._w_keys],
                                        [b_bars[k] for k in self._b_keys], dtype)
             x_bar, c_bar = self._split_input_bar(u_bar)
