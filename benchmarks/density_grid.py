@@ -258,7 +258,12 @@ def trace(name, kwargs, *, n_train=20000, n_test=5000, draws=(7, 8), random_stat
             "log_likelihood": log_likelihood, "gap": gap, "gap_se": gap_se, "n_nonfinite": n_bad,
             "cpu_seconds": cpu, "n_train": n_train, "n_test": n_test, "draws": list(draws),
             "random_state": random_state,
-            "val_nll": {f["name"]: v for v, f, *_ in per_family}})
+            "val_nll": {f["name"]: v for v, f, *_ in per_family},
+            # the trace itself, to replay other settings' choices and CPU times later
+            "trace": {f["name"]: {"val_nll_trained": f["history"].val_nll_trained,
+                                  "val_nll_averaged": f["history"].val_nll_averaged,
+                                  "epoch_cpu": [c - f["fit_start"] for c in f["epoch_cpu"]]}
+                      for f in families}})
     return records
 
 
