@@ -49,7 +49,8 @@ Reported for each (set, seed, estimator) in the JSON: the held-out mean log-like
 and its standard error (``std / sqrt(n_test)`` of the per-row log-densities), the gap to the
 truth where the density is known (``mean(log p_true - log q)`` over the test rows: the KL
 divergence estimate, with its paired standard error), and the fit time (the estimator's ``fit`` and, for the
-baselines, the model selection). Fit times are measured with ``OPENBLAS_NUM_THREADS=1`` (set
+baselines, the model selection), in wall seconds and in CPU seconds (user + system of the
+process, ``getrusage``: closer to a quiet machine's time when the machine is shared). Fit times are measured with ``OPENBLAS_NUM_THREADS=1`` (set
 here before NumPy loads, unless already set) and the load average of the machine is recorded
 beside them: on a shared machine they are provisional; log-likelihoods do not depend on load.
 The tables give, per (set, estimator), the mean over the seeds and its standard error across
@@ -262,6 +263,8 @@ def fit_flow(family, train, test, seed, epochs, variants=None):
     history = model.history_
     info = {"epochs": history.n_epochs, "best_epoch": history.best_epoch,
             "stop_reason": history.stop_reason}
+    if history.val_nll_averaged:   # average="ema": were the averaged parameters kept?
+        info["best_averaged"] = history.best_averaged
     chosen = getattr(model, "flow_name_", None)
     if chosen is not None:
         info["chosen"] = chosen
@@ -270,11 +273,22 @@ def fit_flow(family, train, test, seed, epochs, variants=None):
     return lp, info
 
 
+def cpu_seconds():
+    """User + system CPU seconds of this process so far (``getrusage``; all its threads), or
+    ``time.process_time()`` where ``resource`` is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return time.process_time()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_one(estimator, data, seed, mode):
     """One fit and score: a record (never raises for an estimator's failure)."""
     train, test = data["train"], data["test"]
     record = {"estimator": estimator}
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), cpu_seconds()
     try:
         if estimator == "gaussian":
             lp, info = fit_gaussian(train, test)
@@ -286,9 +300,11 @@ def run_one(estimator, data, seed, mode):
             lp, info = fit_flow(estimator, train, test, seed, mode.epochs, mode.variants)
     except Exception as exc:  # a family that cannot fit this set: recorded, the run goes on
         record.update(error=f"{type(exc).__name__}: {str(exc)[:300]}",
-                      fit_seconds=time.perf_counter() - start)
+                      fit_seconds=time.perf_counter() - start,
+                      fit_cpu_seconds=cpu_seconds() - start_cpu)
         return record
     record["fit_seconds"] = time.perf_counter() - start
+    record["fit_cpu_seconds"] = cpu_seconds() - start_cpu
     record.update(info)
     finite = np.isfinite(lp)
     record["n_nonfinite"] = int((~finite).sum())
@@ -438,6 +454,8 @@ def aggregate(results):
                 record["gap"], record["gap_se"] = _mean_se(
                     [r["gap"] for r in done], [r.get("gap_se") for r in done])
             record["fit_seconds"] = float(np.mean([r["fit_seconds"] for r in done]))
+            if all("fit_cpu_seconds" in r for r in done):
+                record["fit_cpu_seconds"] = float(np.mean([r["fit_cpu_seconds"] for r in done]))
             record["n_nonfinite"] = int(sum(r.get("n_nonfinite", 0) for r in done))
             for key in ("k", "bandwidth", "chosen"):
                 if all(key in r for r in done):
@@ -451,8 +469,9 @@ def _line(record):
     if "error" in record:
         return f"{record['estimator']:>14}: {record['error']}"
     gap = f"  gap {record['gap']:+.4f}" if "gap" in record else ""
+    cpu = (f", {record['fit_cpu_seconds']:.1f} s CPU" if "fit_cpu_seconds" in record else "")
     return (f"{record['estimator']:>14}: {record['log_likelihood']:.4f} "
-            f"(se {record['se']:.4f}){gap}  {record['fit_seconds']:.1f} s")
+            f"(se {record['se']:.4f}){gap}  {record['fit_seconds']:.1f} s{cpu}")
 
 
 # ---------------------------------------------------------------------------- tables
@@ -547,9 +566,9 @@ def families_table(results, field="log_likelihood", variants=None):
     lines = [head, "|---|" + "---|" * len(estimators)]
     for entry in results:
         recs = _by(entry)
-        if field == "fit_seconds":
-            cells = [("" if recs.get(e) is None or "fit_seconds" not in recs[e]
-                      else f"{recs[e]['fit_seconds']:.1f}") for e in estimators]
+        if field in ("fit_seconds", "fit_cpu_seconds"):
+            cells = [("" if recs.get(e) is None or field not in recs[e]
+                      else f"{recs[e][field]:.1f}") for e in estimators]
         else:
             cells = [_cell(recs.get(e), field) for e in estimators]
         lines.append(f"| {entry['set']} | " + " | ".join(cells) + " |")
@@ -582,6 +601,9 @@ def markdown(results, env, command):
            "Fit seconds, mean over seeds (provisional: shared machine, "
            f"OPENBLAS_NUM_THREADS={env['OPENBLAS_NUM_THREADS']}; {load_text}):", "",
            families_table(table, "fit_seconds", variants), "",
+           "Fit CPU seconds (user + system, getrusage), mean over seeds: what a quiet "
+           "machine's fit would take, roughly:", "",
+           families_table(table, "fit_cpu_seconds", variants), "",
            f"Python {env['python']}, NumPy {env['numpy']}, SciPy {env['scipy']}, scikit-learn "
            f"{env['sklearn']}, refflow {env['refflow']}, {env['cpus']} CPUs ({env['machine']})."]
     notes = [f"- {e['set']}: {e['note']}" for e in table if e["note"]]

@@ -442,6 +442,15 @@ class FlowDensity:
     patience : int or None, default 10
         Stop after this many epochs without a better validation loss (training loss without
         validation data); None never stops early. The parameters of the best epoch are kept.
+    average : None or "ema", default None
+        Weight averaging (:func:`refflow.training.fit`'s ``average``): ``"ema"`` keeps an
+        exponential moving average of the parameters (bias-corrected), scores it on the
+        validation rows after every epoch beside the trained parameters, and keeps the better
+        of the two at the best epoch (``history_.best_averaged``). Without validation rows
+        (``validation_fraction=0``, or too few rows) there is nothing to choose by and no
+        averaging is done.
+    average_decay : float in (0, 1), default 0.999
+        The average's decay: it weighs about the last ``1 / (1 - average_decay)`` steps.
     standardize : bool, default True
         Fit the flow to ``(X - mean) / std`` (per feature, training statistics, scale 1 for
         a constant feature), then fold the standardisation into the model (see Notes). A
@@ -593,8 +602,8 @@ class FlowDensity:
     def __init__(self, flow="auto", *, n_layers=None, hidden=(64, 64), flow_kwargs=None,
                  base="student_t", epochs=100, batch_size=256, lr=1e-3, lr_schedule=None,
                  weight_decay=0.0,
-                 validation_fraction=0.1, patience=10, standardize=True, whiten=True,
-                 random_state=None, progress="auto"):
+                 validation_fraction=0.1, patience=10, average=None, average_decay=0.999,
+                 standardize=True, whiten=True, random_state=None, progress="auto"):
         self.flow = flow
         self.n_layers = n_layers
         self.hidden = hidden
@@ -607,6 +616,8 @@ class FlowDensity:
         self.weight_decay = weight_decay
         self.validation_fraction = validation_fraction
         self.patience = patience
+        self.average = average
+        self.average_decay = average_decay
         self.standardize = standardize
         self.whiten = whiten
         self.random_state = random_state
@@ -698,6 +709,10 @@ class FlowDensity:
             "patience": None if self.patience is None else check_int(self.patience, where,
                                                                       "patience", minimum=1),
             "lr_schedule": self._checked_schedule(where),
+            "average": None if self.average is None else check_choice(
+                self.average, ("ema",), where, "average (or None)"),
+            "average_decay": check_real(self.average_decay, where, "average_decay", low=0.0,
+                                        high=1.0, low_open=True, high_open=True),
         }
         options["base"] = check_choice(self.base, BASES, where, "base")
         check_bool(self.standardize, where, "standardize")
@@ -993,7 +1008,9 @@ class FlowDensity:
             epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
             weight_decay=options["weight_decay"], patience=options["patience"],
             lr_schedule=options["lr_schedule"], restore_best=True,
-            progress=self._checked_progress(where))
+            # averaging needs validation rows to choose by: none, no averaging
+            average=options["average"] if validation_fraction > 0 else None,
+            average_decay=options["average_decay"], progress=self._checked_progress(where))
         candidate_scores = None
         if len(families) == 1:
             name = families[0]

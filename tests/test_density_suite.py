@@ -42,11 +42,13 @@ def test_smoke_run_writes_consistent_tables(suite, tmp_path):
                                                               "kde", "maf"]
         for r in entry["records"]:
             assert math.isfinite(r["log_likelihood"]) and r["se"] > 0 and r["fit_seconds"] > 0
+            assert r["fit_cpu_seconds"] >= 0   # getrusage: may round a tiny fit down to 0
     # the gap is the mean difference to the exact density on the same test rows
     for r in toy["records"]:
         assert r["gap"] == pytest.approx(toy["truth"] - r["log_likelihood"], abs=1e-9)
     table = out_md.read_text()
     assert "| eight_gaussians | 300 x 2 | 2 |" in table and "| wine | 119 x 13 | 2 |" in table
+    assert "Fit CPU seconds (user + system, getrusage)" in table
     # merging two runs gives the same tables
     merged = suite.main(["--from-json", f"{out_json},{out_json}"], say=lambda *args: None)
     assert merged == saved["results"]

@@ -3,8 +3,10 @@
 ``fit`` minimises the mean negative log-likelihood ``-mean_n log q(x_n)`` of a ``Flow`` with
 mini-batches (a seeded permutation per epoch), an optional validation set evaluated in eval
 mode after every epoch, early stopping, optional gradient clipping and a learning-rate
-schedule. It returns a :class:`History`. A non-finite loss or gradient stops training with
-:class:`TrainingDiverged` and leaves finite parameters in place.
+schedule, and optional weight averaging (an exponential moving average of the parameters,
+evaluated on the validation set beside the trained ones). It returns a :class:`History`. A
+non-finite loss or gradient stops training with :class:`TrainingDiverged` and leaves finite
+parameters in place.
 
 How ``rng`` is used (so that a run can be replayed exactly): ``gen = np.random.default_rng(rng)``
 (or the Generator given); when the validation set is split off the training data,
@@ -36,8 +38,8 @@ import time
 import numpy as np
 
 from .._rows import RepeatedRows, out_of_core, permutation, rows_of, scan
-from .._validation import (as_batch, as_float_array, check_bool, check_context_given, check_int,
-                           check_positive, check_real, check_rng)
+from .._validation import (as_batch, as_float_array, check_bool, check_choice,
+                           check_context_given, check_int, check_positive, check_real, check_rng)
 from ..distributions import Flow
 from ..kernels.threads import blas_threads, largest_weight
 from . import optim as _optim  # fit's argument clip_grad_norm shadows the function
@@ -84,7 +86,17 @@ class History:
         weighted by batch size.
     val_nll : list of float
         Mean NLL of the whole validation set after each epoch, in eval mode (empty without
-        validation).
+        validation), of the parameters the epoch offers: the trained ones, or with
+        ``average="ema"`` the better of the trained and the averaged ones (the value early
+        stopping and ``best_epoch`` go by).
+    val_nll_trained, val_nll_averaged : list of float
+        With ``average="ema"``: the validation NLL of the trained and of the averaged
+        parameters after each epoch (``inf`` where the averaged ones could not be scored);
+        ``val_nll[e] = min(val_nll_trained[e], val_nll_averaged[e])``. Empty without
+        averaging. Not part of :meth:`as_dict`.
+    best_averaged : bool
+        True when the parameters of ``best_epoch`` (those ``restore_best`` puts back) are the
+        averaged ones.
     epoch_time : list of float
         Seconds per epoch, validation included.
     best_epoch : int or None
@@ -125,6 +137,15 @@ class History:
         self.n_steps = 0
         self.nll_shift = 0.0
         self.validation_index = None
+        self.val_nll_trained = []
+        self.val_nll_averaged = []
+
+    @property
+    def best_averaged(self):
+        """True when the best epoch's parameters are the averaged ones (``average="ema"``)."""
+        if self.best_epoch is None or not self.val_nll_averaged:
+            return False
+        return self.val_nll_averaged[self.best_epoch] < self.val_nll_trained[self.best_epoch]
 
     @property
     def train_log_likelihood(self):
@@ -315,6 +336,35 @@ def _restore(flow, snapshot):
             target[...] = buffers[key]
 
 
+class _Average:
+    r"""Exponential moving average of the parameters, bias-corrected, updated after each step.
+
+    After step ``t`` (1-based) with parameters ``theta_t`` and decay ``beta``::
+
+        m_t = beta m_{t-1} + (1 - beta) theta_t,   m_0 = 0
+        a_t = m_t / (1 - beta^t)                   (Adam's bias correction)
+
+    kept as ``a_t = a_{t-1} + w_t (theta_t - a_{t-1})`` with ``w_t = (1 - beta) / (1 -
+    beta^t)`` (the two agree: ``1 - w_t = beta (1 - beta^{t-1}) / (1 - beta^t)``), so ``a_1 =
+    theta_1`` exactly (``w_1 = 1``) and the start's parameters carry no weight. ``a_t`` is the
+    average of the steps' parameters with weights ``(1 - beta) beta^{t-s} / (1 - beta^t)``:
+    about the last ``1 / (1 - beta)`` steps.
+    """
+
+    def __init__(self, params, decay):
+        self.decay = decay
+        self.log_decay = math.log(decay)
+        self.t = 0
+        self.params = {k: np.array(v, dtype=np.float64, copy=True) for k, v in params.items()}
+
+    def update(self, params):
+        self.t += 1
+        # 1 - beta and 1 - beta^t as -expm1: exact for beta near 1, and w_1 = 1 exactly
+        w = math.expm1(self.log_decay) / math.expm1(self.t * self.log_decay)
+        for key, a in self.params.items():
+            a += w * (params[key] - a)
+
+
 def _mean_nll(flow, x, c, chunk):
     """``-mean log q`` over all rows in eval mode (chunks of ``chunk`` rows), mode restored;
     ``x``, ``c`` arrays or :class:`_Part` s."""
@@ -336,6 +386,23 @@ def _mean_nll(flow, x, c, chunk):
     finally:
         _restore_modes(modes)
     return total / n
+
+
+def _score_average(flow, averager, x_val, c_val, chunk):
+    """``(nll, snapshot)`` of the averaged parameters on the validation rows (``(inf, None)``
+    when the pass fails or is not finite); the trained parameters are back in place after."""
+    trained = _snapshot(flow)
+    _restore(flow, (averager.params, trained[1]))
+    try:
+        try:
+            nll = _mean_nll(flow, x_val, c_val, chunk)
+        except ValueError:  # a row out of range under the averaged map: no candidate
+            nll = math.inf
+        if not math.isfinite(nll):
+            return math.inf, None
+        return nll, _snapshot(flow)
+    finally:
+        _restore(flow, trained)
 
 
 # ---------------------------------------------------------------------------- progress
@@ -411,8 +478,8 @@ class _NoProgress:
 # --------------------------------------------------------------------------------- fit
 def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1, epochs=100,
         batch_size=256, optimizer=None, lr=1e-3, weight_decay=0.0, clip_grad_norm=None,
-        lr_schedule=None, patience=None, restore_best=True, rng=None, progress=None,
-        callback=None, client=None, n_shards=None):
+        lr_schedule=None, patience=None, restore_best=True, average=None, average_decay=0.999,
+        rng=None, progress=None, callback=None, client=None, n_shards=None):
     """Fit a flow to data by minimising the mean negative log-likelihood with mini-batches.
 
     Parameters
@@ -451,6 +518,17 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     restore_best : bool, default True
         At the end (and on an early stop or divergence), copy back the parameters and buffers
         of the best epoch.
+    average : None or "ema", default None
+        Weight averaging. ``"ema"``: an exponential moving average of the parameters
+        (bias-corrected, so that it starts at the first step's parameters; see Notes) is
+        updated after every step and scored on the validation set after every epoch beside
+        the trained parameters; the better of the two (the trained ones on a tie) is the
+        epoch's candidate for ``best_epoch`` (and for early stopping), and ``restore_best``
+        puts it back. Training itself goes on from the trained parameters: the steps, the
+        batches and ``train_nll`` are those of the same fit without averaging. Needs
+        validation rows and ``restore_best=True``. None: no averaging (the fit is unchanged).
+    average_decay : float in (0, 1), default 0.999
+        The average's decay ``beta``: it weighs about the last ``1 / (1 - beta)`` steps.
     rng : int, Generator or None
         Seeds the validation split and the batch order (see the module docstring).
     progress : bool or None
@@ -495,6 +573,17 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     mode it had. The optimizer and the schedule keep their state (a second ``fit`` call with
     the same optimizer continues from it). Layers with data-dependent initialisation
     (ActNorm) initialise from the first training batch.
+
+    *Weight averaging.* With ``average="ema"`` the average after step ``t`` (1-based) is
+    ``a_t = m_t / (1 - beta^t)``, ``m_t = beta m_{t-1} + (1 - beta) theta_t``, ``m_0 = 0``:
+    the bias correction of Adam's moments (Kingma & Ba, "Adam: A Method for Stochastic
+    Optimization", 2014, arXiv:1412.6980, Sec. 3), computed as ``a_t = a_{t-1} + w_t
+    (theta_t - a_{t-1})``, ``w_t = (1 - beta) / (1 - beta^t)``; averaging the iterates is
+    Polyak and Juditsky's ("Acceleration of stochastic approximation by averaging", 1992).
+    Buffers (BatchNorm statistics) are not averaged: the averaged parameters are scored with
+    the current buffers. A validation pass of the averaged parameters that fails or is not
+    finite makes them no candidate that epoch (``inf`` in ``val_nll_averaged``); it is not a
+    divergence.
 
     *Threads.* Each epoch's steps and validation run with the BLAS thread count
     :mod:`refflow.kernels.threads` picks for ``batch_size`` rows (one thread for a small
@@ -544,6 +633,13 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
         raise TypeError(f"fit: callback must be callable, got {type(callback).__name__}")
     validation_fraction = check_real(validation_fraction, "fit", "validation_fraction", low=0.0,
                                      high=1.0, high_open=True)
+    if average is not None:
+        check_choice(average, ("ema",), "fit", "average (or None)")
+        if not restore_best:
+            raise ValueError("fit: average='ema' needs restore_best=True (the averaged "
+                             "parameters are kept only by restoring the best epoch)")
+    average_decay = check_real(average_decay, "fit", "average_decay", low=0.0, high=1.0,
+                               low_open=True, high_open=True)
     gen = check_rng(rng, "fit")
 
     if validation_data is not None:
@@ -561,6 +657,10 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
                              f"validation_fraction=0 or more data")
     n_train = n - n_val
     n_batches = -(-n_train // batch_size)
+    if average is not None and x_val is None and not n_val:
+        raise ValueError("fit: average='ema' needs validation rows to compare the averaged "
+                         "parameters with the trained ones; pass validation_data or "
+                         "validation_fraction > 0")
 
     flow_params = flow.params
     if optimizer is None:
@@ -603,6 +703,7 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     modes = _modes(flow)
     work = min(batch_size, n_train) * largest_weight(flow_params.values())
     best, best_metric = None, math.inf
+    averager = None if average is None else _Average(flow_params, average_decay)
     start = time.perf_counter()
 
     def diverged(epoch, step, exc, during):
@@ -660,6 +761,8 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
                         raise diverged(epoch, history.n_steps, exc, "in a training step") from exc
                     total += nll * idx.shape[0]
                     history.n_steps += 1
+                    if averager is not None:
+                        averager.update(flow_params)
                     if schedule is not None:
                         schedule.step()
                     bar.step(epoch, b)
@@ -680,6 +783,15 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
                             raise ValueError(f"the validation NLL is {val_nll}")
                 except ValueError as exc:
                     raise diverged(epoch, history.n_steps, exc, "in the evaluation") from exc
+                averaged = None
+                if averager is not None:
+                    averaged_nll, averaged = _score_average(flow, averager, x_val, c_val, chunk)
+                    history.val_nll_trained.append(val_nll)
+                    history.val_nll_averaged.append(averaged_nll)
+                    if averaged_nll < val_nll:
+                        val_nll = averaged_nll
+                    else:
+                        averaged = None
             history.train_nll.append(train_nll)
             if has_val:
                 history.val_nll.append(val_nll)
@@ -688,7 +800,7 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
             if metric < best_metric:
                 best_metric, history.best_epoch = metric, epoch
                 if restore_best:
-                    best = _snapshot(flow)
+                    best = _snapshot(flow) if averaged is None else averaged
             bar.epoch(epoch, train_nll, val_nll)
             reason = None
             if callback is not None and callback(epoch, history):
