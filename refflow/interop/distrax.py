@@ -87,9 +87,15 @@ Not imported (each raises naming the class and the option; nothing is approximat
 
 import numpy as np
 
+from .common import (
+    affine_layer, as_flow, centered, chain, diag_normal_base, invert, lu_layer, matrix, refuse,
+    require, to_numpy, transformed_parts, unsupported, vector,
+)
+
 __all__ = ["from_distrax"]
 
 _WHERE = "from_distrax"
+_PEER = "distrax"
 #: Grid on which the activation of an ``equinox.nn.MLP`` is identified (relu, tanh, elu,
 #: softplus of refflow's MLP): agreement to ``_ACT_RTOL`` on every point, tails included.
 _ACT_GRID = np.concatenate([np.linspace(-40.0, 40.0, 401), [-700.0, -3e-3, 3e-3, 700.0]])
@@ -97,115 +103,59 @@ _ACT_RTOL = 1e-14
 
 
 def _require(where=_WHERE):
-    try:
-        import distrax
-        import jax
-    except ImportError:  # pragma: no cover - exercised only without the peer
-        raise ImportError(f"{where}: needs jax and distrax (pip install 'jax[cpu]' distrax)") \
-            from None
-    return jax, distrax
-
-
-def _np(a):
-    return np.array(a, dtype=np.float64, copy=True)
-
-
-def _unsupported(obj, why="its refflow twin does not exist yet"):
-    name = type(obj).__name__
-    raise NotImplementedError(f"{_WHERE}: distrax {name} is not supported ({why})")
-
-
-def _refuse(cls_name, option):
-    raise ValueError(f"{_WHERE}: {cls_name}: {option} is not supported (refflow would not "
-                     f"compute the same function)")
-
-
-def _vector(value, dim, cls_name, what):
-    """``value`` (a scalar or an array broadcastable to ``(dim,)``) as a float64 ``(dim,)``."""
-    arr = _np(value)
-    try:
-        return np.broadcast_to(arr, (dim,)).copy()
-    except ValueError:
-        _refuse(cls_name, f"{what} of shape {arr.shape} for events of size {dim} (a batch of "
-                          f"bijectors)")
+    return require(where, ("jax", "distrax"), "jax and distrax", "'jax[cpu]' distrax")
 
 
 # --------------------------------------------------------------------------------- layers
-def _affine(dim, shift, log_scale):
-    from ..bijectors import Affine
-    layer = Affine(dim)
-    layer.params["shift"] = shift
-    layer.params["log_scale"] = log_scale
-    return layer
-
-
 def _scalar_affine(b, dim):
     """``ScalarAffine``: ``y = scale x + shift`` -> ``Affine``."""
-    scale = _np(b.scale)
+    scale = to_numpy(b.scale)
     if np.any(scale <= 0):
-        _refuse("ScalarAffine", "a negative or zero scale (refflow's Affine has exp(log_scale))")
-    return _affine(dim, _vector(b.shift, dim, "ScalarAffine", "shift"),
-                   _vector(b.log_scale, dim, "ScalarAffine", "log_scale"))
-
-
-def _lu_layer(dim, lower, upper, diag, bias, diagonal="upper", permutation=None):
-    from ..bijectors import LULinear
-    layer = LULinear(dim, permutation=permutation, upper_diag="raw", diagonal=diagonal)
-    if np.any(diag == 0):
-        _refuse("LULinear", "a singular triangular factor (a zero on its diagonal)")
-    layer.params["lower_entries"] = lower[np.tril_indices(dim, -1)]
-    layer.params["upper_entries"] = upper[np.triu_indices(dim, 1)]
-    layer.params["unconstrained_upper_diag"] = diag
-    layer.params["bias"] = bias
-    return layer
-
-
-def _matrix(m, dim, cls_name):
-    m = _np(m)
-    if m.shape != (dim, dim):
-        _refuse(cls_name, f"a matrix of shape {m.shape} for events of size {dim} (a batch of "
-                          f"matrices)")
-    return m
+        refuse(_WHERE, "ScalarAffine", "a negative or zero scale (refflow's Affine has "
+                                       "exp(log_scale))")
+    return affine_layer(dim, vector(_WHERE, b.shift, dim, "ScalarAffine", "shift"),
+                        vector(_WHERE, b.log_scale, dim, "ScalarAffine", "log_scale"))
 
 
 def _lower_upper(b, dim):
     """``LowerUpperTriangularAffine(M, b)``: ``y = L U x + b`` -> ``LULinear(upper_diag="raw")``
     with ``M``'s entries copied (``L = I + tril(M, -1)``, ``U = triu(M)``)."""
-    m = _matrix(b.upper, dim, "LowerUpperTriangularAffine")  # triu(M)
-    low = _matrix(b.lower, dim, "LowerUpperTriangularAffine")  # I + tril(M, -1)
-    return _lu_layer(dim, low, m, np.diagonal(m).copy(),
-                     _vector(b.bias, dim, "LowerUpperTriangularAffine", "bias"))
+    m = matrix(_WHERE, b.upper, dim, "LowerUpperTriangularAffine")  # triu(M)
+    low = matrix(_WHERE, b.lower, dim, "LowerUpperTriangularAffine")  # I + tril(M, -1)
+    return lu_layer(_WHERE, dim, low, m, np.diagonal(m).copy(),
+                    vector(_WHERE, b.bias, dim, "LowerUpperTriangularAffine", "bias"))
 
 
 def _triangular(b, dim):
     """``TriangularLinear(A, is_lower)``: ``y = tri(A) x`` -> ``LULinear`` with the raw diagonal
     on the triangular factor and the other factor the identity."""
-    a = _matrix(b.matrix, dim, "TriangularLinear")
+    a = matrix(_WHERE, b.matrix, dim, "TriangularLinear")
     zero = np.zeros((dim, dim))
     if b.is_lower:
-        return _lu_layer(dim, a, zero, np.diagonal(a).copy(), np.zeros(dim), diagonal="lower")
-    return _lu_layer(dim, zero, a, np.diagonal(a).copy(), np.zeros(dim))
+        return lu_layer(_WHERE, dim, a, zero, np.diagonal(a).copy(), np.zeros(dim),
+                        diagonal="lower")
+    return lu_layer(_WHERE, dim, zero, a, np.diagonal(a).copy(), np.zeros(dim))
 
 
 def _unconstrained(b, dim):
     """``UnconstrainedAffine(A, b)`` -> ``LULinear`` of ``A = P L U`` (partial pivoting)."""
     from scipy.linalg import lu
-    a = _matrix(b.matrix, dim, "UnconstrainedAffine")
+    a = matrix(_WHERE, b.matrix, dim, "UnconstrainedAffine")
     p, low, up = lu(a)
     if np.any(np.diagonal(up) == 0):
-        _refuse("UnconstrainedAffine", "a singular matrix")
+        refuse(_WHERE, "UnconstrainedAffine", "a singular matrix")
     # refflow's (P v)_i = v_{perm[i]}: W = M[perm]; scipy's A = P M, so perm[i] = argmax P[i]
     perm = np.argmax(p, axis=1).astype(np.int64)
-    return _lu_layer(dim, low, up, np.diagonal(up).copy(),
-                     _vector(b.bias, dim, "UnconstrainedAffine", "bias"), permutation=perm)
+    return lu_layer(_WHERE, dim, low, up, np.diagonal(up).copy(),
+                    vector(_WHERE, b.bias, dim, "UnconstrainedAffine", "bias"), permutation=perm)
 
 
 def _diag_linear(b, dim):
-    diag = _vector(b.diag, dim, "DiagLinear", "diag")
+    diag = vector(_WHERE, b.diag, dim, "DiagLinear", "diag")
     if np.any(diag <= 0):
-        _refuse("DiagLinear", "a negative or zero diagonal entry (refflow's Affine has "
-                              "exp(log_scale))")
-    return _affine(dim, np.zeros(dim), np.log(diag))
+        refuse(_WHERE, "DiagLinear", "a negative or zero diagonal entry (refflow's Affine has "
+                                     "exp(log_scale))")
+    return affine_layer(dim, np.zeros(dim), np.log(diag))
 
 
 # ------------------------------------------------------------------------ masked coupling
@@ -217,18 +167,18 @@ def _activation(mlp, where):
     from ..nn import get_activation
     act = mlp.activation
     if any(isinstance(leaf, jax.Array) for leaf in jax.tree_util.tree_leaves(act)):
-        _refuse(where, "a conditioner with learnt activations")
+        refuse(_WHERE, where, "a conditioner with learnt activations")
     grid = jnp.asarray(_ACT_GRID)
     try:
-        theirs = _np(act(grid))
+        theirs = to_numpy(act(grid))
     except Exception:  # noqa: BLE001 - any failure means the activation is not elementwise
-        _refuse(where, "a conditioner activation that is not elementwise")
+        refuse(_WHERE, where, "a conditioner activation that is not elementwise")
     for name in ("relu", "tanh", "elu", "softplus", "gelu"):
         mine = get_activation(name, where).value_and_derivative(_ACT_GRID.copy())[0]
         if theirs.shape == mine.shape and np.allclose(mine, theirs, rtol=_ACT_RTOL, atol=0.0):
             return name
-    _refuse(where, f"conditioner activation {getattr(act, '__name__', act)!r} (refflow "
-                   f"imports relu, tanh, elu, softplus and exact gelu)")
+    refuse(_WHERE, where, f"conditioner activation {getattr(act, '__name__', act)!r} (refflow "
+                          f"imports relu, tanh, elu, softplus and exact gelu)")
 
 
 def _mlp_layout(mlp, where):
@@ -239,24 +189,24 @@ def _mlp_layout(mlp, where):
         eqx = None
     if eqx is None or not isinstance(mlp, eqx.nn.MLP):
         name = getattr(mlp, "__name__", type(mlp).__name__)
-        _refuse(where, f"conditioner {name!r} of type {type(mlp).__name__}: its weights cannot "
-                       f"be read (refflow imports an equinox.nn.MLP conditioner; a plain "
-                       f"function, a haiku or a flax module is opaque)")
+        refuse(_WHERE, where, f"conditioner {name!r} of type {type(mlp).__name__}: its weights "
+                              f"cannot be read (refflow imports an equinox.nn.MLP conditioner; a "
+                              f"plain function, a haiku or a flax module is opaque)")
     if getattr(mlp, "scan", False):
-        _refuse(where, "a conditioner MLP built with scan=True")
+        refuse(_WHERE, where, "a conditioner MLP built with scan=True")
     if mlp.in_size == "scalar" or mlp.out_size == "scalar":
-        _refuse(where, "a conditioner MLP with a scalar input or output")
+        refuse(_WHERE, where, "a conditioner MLP with a scalar input or output")
     probe = np.linspace(-3.0, 3.0, 7)
-    final = _np(mlp.final_activation(probe)) if mlp.out_size != "scalar" else None
+    final = to_numpy(mlp.final_activation(probe)) if mlp.out_size != "scalar" else None
     if final is None or final.shape != probe.shape or not np.array_equal(final, probe):
-        _refuse(where, "a conditioner whose final activation is not the identity")
+        refuse(_WHERE, where, "a conditioner whose final activation is not the identity")
     act = _activation(mlp, where) if mlp.depth > 0 else "relu"
     weights, biases = [], []
     for lin in mlp.layers:
         if not lin.use_bias or lin.bias is None:
-            _refuse(where, "a conditioner linear layer without bias")
-        weights.append(_np(lin.weight))
-        biases.append(_np(lin.bias))
+            refuse(_WHERE, where, "a conditioner linear layer without bias")
+        weights.append(to_numpy(lin.weight))
+        biases.append(to_numpy(lin.bias))
     return weights, biases, act
 
 
@@ -290,15 +240,15 @@ class _RecordSplineArguments:
 def _selection(values, probe, where, what):
     """Indices ``idx`` with ``values == probe[idx]`` exactly (``probe`` has distinct entries);
     refuses when some value is not an entry of ``probe``."""
-    values = _np(values)
+    values = to_numpy(values)
     order = np.argsort(probe)
     pos = np.searchsorted(probe[order], values.ravel())
     pos = np.clip(pos, 0, probe.size - 1)
     idx = order[pos]
     if not np.array_equal(probe[idx], values.ravel()):
-        _refuse(where, f"an inner bijector function whose {what} is not a selection of the "
-                       f"conditioner's output (it computes with it: a scaling, an offset, a "
-                       f"nonlinearity or a constant)")
+        refuse(_WHERE, where, f"an inner bijector function whose {what} is not a selection of "
+                              f"the conditioner's output (it computes with it: a scaling, an "
+                              f"offset, a nonlinearity or a constant)")
     return idx.reshape(values.shape)
 
 
@@ -321,32 +271,32 @@ def _inner_layout(fn, n_out, dim, where):
             try:
                 inner = fn(jnp.asarray(probe))
             except Exception as exc:  # noqa: BLE001 - report what the callable raised
-                _refuse(where, f"an inner bijector function that fails on a conditioner "
-                               f"output of shape ({n_out},) ({type(exc).__name__}: {exc})")
+                refuse(_WHERE, where, f"an inner bijector function that fails on a conditioner "
+                                      f"output of shape ({n_out},) ({type(exc).__name__}: {exc})")
         while type(inner) is distrax.Block and inner.ndims == 0:
             inner = inner.bijector
         if type(inner) is distrax.ScalarAffine:
             if rec.calls:
-                _refuse(where, "an inner bijector function that builds splines it does not "
-                               "return")
-            shift = np.broadcast_to(_np(inner.shift), (dim,))
-            log_scale = np.broadcast_to(_np(inner.log_scale), (dim,))
+                refuse(_WHERE, where, "an inner bijector function that builds splines it does "
+                                      "not return")
+            shift = np.broadcast_to(to_numpy(inner.shift), (dim,))
+            log_scale = np.broadcast_to(to_numpy(inner.log_scale), (dim,))
             idx = np.stack([_selection(shift, probe, where, "ScalarAffine shift"),
                             _selection(log_scale, probe, where, "ScalarAffine log_scale")],
                            axis=1)
             opts = {"kind": "affine"}
         elif type(inner) is distrax.RationalQuadraticSpline:
             if len(rec.calls) != 1:
-                _refuse(where, "an inner bijector function that builds several splines")
+                refuse(_WHERE, where, "an inner bijector function that builds several splines")
             args = rec.calls[0]
-            params = _np(args["params"])
+            params = to_numpy(args["params"])
             if params.ndim == 0 or params.shape[-1] != 3 * inner.num_bins + 1:
-                _refuse(where, f"spline parameters of shape {params.shape}")
+                refuse(_WHERE, where, f"spline parameters of shape {params.shape}")
             try:
                 params = np.broadcast_to(params, (dim, params.shape[-1]))
             except ValueError:
-                _refuse(where, f"spline parameters of shape {params.shape} for {dim} "
-                               f"coordinates (a batch of splines)")
+                refuse(_WHERE, where, f"spline parameters of shape {params.shape} for {dim} "
+                                      f"coordinates (a batch of splines)")
             idx = _selection(params, probe, where, "RationalQuadraticSpline params")
             opts = {"kind": "spline", "n_bins": int(inner.num_bins),
                     "range": (float(args["range_min"]), float(args["range_max"])),
@@ -354,16 +304,17 @@ def _inner_layout(fn, n_out, dim, where):
                     "min_bin_size": float(args["min_bin_size"]),
                     "min_knot_slope": float(args["min_knot_slope"])}
             if opts["n_bins"] < 2:
-                _refuse("RationalQuadraticSpline", "a spline with one bin (refflow's splines "
-                                                   "have at least 2)")
+                refuse(_WHERE, "RationalQuadraticSpline", "a spline with one bin (refflow's "
+                                                          "splines have at least 2)")
         else:
-            _unsupported(inner, "as the inner bijector of a MaskedCoupling; refflow imports "
-                                "ScalarAffine(shift=, log_scale=) and RationalQuadraticSpline")
+            unsupported(_WHERE, _PEER, inner, "as the inner bijector of a MaskedCoupling; "
+                                              "refflow imports ScalarAffine(shift=, log_scale=) "
+                                              "and RationalQuadraticSpline")
         layouts.append((opts, idx))
     (opts, idx), (opts2, idx2) = layouts
     if opts != opts2 or not np.array_equal(idx, idx2):
-        _refuse(where, "an inner bijector function whose parameters are not the same selection "
-                       "of the conditioner's output on every input")
+        refuse(_WHERE, where, "an inner bijector function whose parameters are not the same "
+                              "selection of the conditioner's output on every input")
     return opts, idx
 
 
@@ -372,20 +323,20 @@ def _masked_coupling(b, dim):
     from ..bijectors import AffineCoupling, Inverse, SplineCoupling
     where = "MaskedCoupling"
     if int(b._inner_event_ndims) != 0 or int(b._event_ndims) != 1:
-        _refuse(where, f"inner_event_ndims={b._inner_event_ndims}, event_ndims="
-                       f"{b._event_ndims} (refflow imports scalar inner bijectors on vector "
-                       f"events)")
+        refuse(_WHERE, where, f"inner_event_ndims={b._inner_event_ndims}, event_ndims="
+                              f"{b._event_ndims} (refflow imports scalar inner bijectors on "
+                              f"vector events)")
     keep = np.asarray(b.mask)
     if keep.dtype != bool or keep.shape != (dim,):
-        _refuse(where, f"a mask of shape {keep.shape} (refflow imports one boolean mask of "
-                       f"the event's shape ({dim},))")
+        refuse(_WHERE, where, f"a mask of shape {keep.shape} (refflow imports one boolean mask "
+                              f"of the event's shape ({dim},))")
     kept, moved = np.flatnonzero(keep), np.flatnonzero(~keep)
     if kept.size == 0 or moved.size == 0:
-        _refuse(where, "a mask that keeps every coordinate or none")
+        refuse(_WHERE, where, "a mask that keeps every coordinate or none")
     weights, biases, act = _mlp_layout(b.conditioner, where)
     if weights[0].shape[1] != dim:
-        _refuse(where, f"a conditioner reading {weights[0].shape[1]} inputs (distrax feeds it "
-                       f"the masked event, {dim} values)")
+        refuse(_WHERE, where, f"a conditioner reading {weights[0].shape[1]} inputs (distrax "
+                              f"feeds it the masked event, {dim} values)")
     opts, idx = _inner_layout(b.bijector, weights[-1].shape[0], dim, where)
     rows = idx[moved]  # (n_b, P): the transformed coordinates' conditioner outputs
     hidden = tuple(w.shape[0] for w in weights[:-1])
@@ -412,23 +363,14 @@ def _masked_coupling(b, dim):
     weights[-1], biases[-1] = weights[-1][perm], biases[-1][perm]
     for k, (w, bias) in enumerate(zip(weights, biases)):
         if layer.params[f"conditioner.w{k}"].shape != w.shape:
-            _refuse(where, f"conditioner layer {k} of shape {w.shape}")
+            refuse(_WHERE, where, f"conditioner layer {k} of shape {w.shape}")
         layer.params[f"conditioner.w{k}"] = w
         layer.params[f"conditioner.b{k}"] = bias
     if opts["kind"] == "affine":
         return layer
     if center != 0.0:  # the conditioner reads x_a - c: W (x_a - c + c) + b
         layer.params["conditioner.b0"] = biases[0] + weights[0] @ np.full(kept.size, center)
-    return _centered(Inverse(layer), dim, center)
-
-
-def _centered(layer, dim, center):
-    """``S_c o layer o S_-c`` (``S_c(v) = v + c``) as a refflow chain; ``layer`` for ``c = 0``."""
-    from ..bijectors import Chain
-    if center == 0.0:
-        return layer
-    return Chain([_affine(dim, np.full(dim, -center), np.zeros(dim)), layer,
-                  _affine(dim, np.full(dim, center), np.zeros(dim))])
+    return centered(Inverse(layer), dim, center)
 
 
 # ------------------------------------------------------------------------------ dispatch
@@ -442,26 +384,26 @@ def _convert(b, dim, elementwise=False):
     cls = type(b)
     name = cls.__name__
     if cls is distrax.Chain:
-        return _chain([_convert(x, dim, elementwise) for x in b.bijectors[::-1]])
+        return chain([_convert(x, dim, elementwise) for x in b.bijectors[::-1]])
     if cls is distrax.Inverse:
-        return _invert(_convert(b.bijector, dim, elementwise))
+        return invert(_convert(b.bijector, dim, elementwise))
     if cls is distrax.Block:
         nd = int(b.ndims)
         if nd not in (0, 1) or (nd == 1 and elementwise) or \
                 nd + int(b.bijector.event_ndims_in) != (0 if elementwise else 1):
-            _refuse("Block", f"ndims={nd} around {type(b.bijector).__name__} (refflow imports "
-                             f"Block(scalar bijector, 1) on vector events)")
+            refuse(_WHERE, "Block", f"ndims={nd} around {type(b.bijector).__name__} (refflow "
+                                    f"imports Block(scalar bijector, 1) on vector events)")
         return _convert(b.bijector, dim, elementwise or nd == 1)
     if name in _SCALAR and not elementwise:
-        _refuse(name, "a scalar bijector on vector events outside Block(..., 1) (distrax "
-                      "would not sum its log-det over the event)")
+        refuse(_WHERE, name, "a scalar bijector on vector events outside Block(..., 1) "
+                             "(distrax would not sum its log-det over the event)")
     if not elementwise and int(b.event_ndims_in) != 1:
-        _refuse(name, f"event_ndims_in={b.event_ndims_in} (refflow imports flows on vector "
-                      f"events)")
+        refuse(_WHERE, name, f"event_ndims_in={b.event_ndims_in} (refflow imports flows on "
+                             f"vector events)")
     if cls is distrax.ScalarAffine:
         return _scalar_affine(b, dim)
     if cls is distrax.Shift:
-        return _affine(dim, _vector(b.shift, dim, "Shift", "shift"), np.zeros(dim))
+        return affine_layer(dim, vector(_WHERE, b.shift, dim, "Shift", "shift"), np.zeros(dim))
     if cls is distrax.Tanh:
         from ..bijectors import Tanh
         return Tanh(dim)
@@ -469,11 +411,11 @@ def _convert(b, dim, elementwise=False):
         from ..bijectors import Sigmoid
         return Sigmoid(dim)
     if cls is distrax.RationalQuadraticSpline:
-        _refuse(name, "a spline outside a MaskedCoupling: distrax keeps only its knots, not "
-                      "its raw params, min_bin_size, min_knot_slope or boundary_slopes, so the "
-                      "map from raw parameters to knots cannot be read back")
+        refuse(_WHERE, name, "a spline outside a MaskedCoupling: distrax keeps only its knots, "
+                             "not its raw params, min_bin_size, min_knot_slope or boundary_slopes, "
+                             "so the map from raw parameters to knots cannot be read back")
     if cls is distrax.Lambda:
-        _unsupported(b, "its functions are opaque callables")
+        unsupported(_WHERE, _PEER, b, "its functions are opaque callables")
     if cls is distrax.LowerUpperTriangularAffine:
         return _lower_upper(b, dim)
     if cls is distrax.TriangularLinear:
@@ -484,53 +426,22 @@ def _convert(b, dim, elementwise=False):
         return _diag_linear(b, dim)
     if cls is distrax.MaskedCoupling:
         return _masked_coupling(b, dim)
-    _unsupported(b)
-
-
-def _invert(layer):
-    """``Inverse(layer)``, simplified: ``Inverse(Inverse(b)) = b``, a chain inverted layer-wise."""
-    from ..bijectors import Chain, Inverse
-    if type(layer) is Inverse:
-        return layer.bijector
-    if type(layer) is Chain:
-        return Chain([_invert(x) for x in layer.layers[::-1]])
-    return Inverse(layer)
-
-
-def _chain(layers):
-    from ..bijectors import Chain
-    flat = []
-    for x in layers:
-        flat += list(x.layers) if type(x) is Chain else [x]
-    return Chain(flat)
+    unsupported(_WHERE, _PEER, b)
 
 
 def _base(dist):
     """``(refflow base, dim)`` for ``Independent(Normal, 1)`` or ``MultivariateNormalDiag``."""
     import distrax
-
-    from ..distributions import DiagNormal
-    name = type(dist).__name__
     if type(dist) is distrax.Independent and type(dist.distribution) is distrax.Normal \
             and int(dist.reinterpreted_batch_ndims) == 1:
-        loc, scale = _np(dist.distribution.loc), _np(dist.distribution.scale)
+        loc, scale = to_numpy(dist.distribution.loc), to_numpy(dist.distribution.scale)
     elif type(dist) is distrax.MultivariateNormalDiag:
-        loc, scale = _np(dist.loc), _np(dist.scale_diag)
+        loc, scale = to_numpy(dist.loc), to_numpy(dist.scale_diag)
     else:
-        _unsupported(dist, f"as a base distribution (event shape "
-                           f"{getattr(dist, 'event_shape', '?')}); refflow imports "
-                           f"Independent(Normal, 1) and MultivariateNormalDiag")
-    if tuple(dist.batch_shape) != () or len(dist.event_shape) != 1:
-        _refuse(name, f"batch shape {dist.batch_shape}, event shape {dist.event_shape} "
-                      f"(refflow imports one distribution over vectors)")
-    dim = int(dist.event_shape[0])
-    loc, scale = np.broadcast_to(loc, (dim,)), np.broadcast_to(scale, (dim,))
-    if np.any(scale <= 0):
-        _refuse(name, "a non-positive scale")
-    base = DiagNormal(dim)
-    base.params["loc"] = loc.copy()
-    base.params["log_scale"] = np.log(scale)
-    return base, dim
+        unsupported(_WHERE, _PEER, dist, f"as a base distribution (event shape "
+                                         f"{getattr(dist, 'event_shape', '?')}); refflow imports "
+                                         f"Independent(Normal, 1) and MultivariateNormalDiag")
+    return diag_normal_base(_WHERE, dist, loc, scale)
 
 
 def from_distrax(dist_or_bijector, base=None):
@@ -570,29 +481,8 @@ def from_distrax(dist_or_bijector, base=None):
     >>> flow = distrax.Transformed(base, distrax.Block(distrax.Tanh(), 1))  # doctest: +SKIP
     >>> model = from_distrax(flow)                                          # doctest: +SKIP
     """
-    _require()
-    import distrax
-
-    from ..bijectors import Chain
-    from ..distributions import Flow
-    if isinstance(dist_or_bijector, distrax.Transformed):
-        if base is not None:
-            raise TypeError(f"{_WHERE}: base must be None with a Transformed distribution (it "
-                            f"has its own)")
-        base, bij = dist_or_bijector.distribution, dist_or_bijector.bijector
-    elif isinstance(dist_or_bijector, distrax.Bijector):
-        if base is None:
-            raise TypeError(f"{_WHERE}: a bare bijector needs base= (a distrax "
-                            f"Independent(Normal, 1) or MultivariateNormalDiag)")
-        bij = dist_or_bijector
-    else:
-        raise TypeError(f"{_WHERE}: expected a distrax.Transformed or a distrax.Bijector, got "
-                        f"{type(dist_or_bijector).__name__}")
-    if not isinstance(base, distrax.Distribution):
-        raise TypeError(f"{_WHERE}: base must be a distrax distribution, got "
-                        f"{type(base).__name__}")
+    _, distrax = _require()
+    base, bij = transformed_parts(_WHERE, _PEER, dist_or_bijector, base, distrax.Transformed,
+                                  distrax.Bijector, distrax.Distribution)
     refflow_base, dim = _base(base)
-    layer = _convert(bij, dim)
-    if type(layer) is not Chain:
-        layer = Chain([layer])
-    return Flow(refflow_base, layer)
+    return as_flow(refflow_base, _convert(bij, dim))

@@ -84,11 +84,14 @@ import contextvars
 
 import numpy as np
 
-from .common import index_map
+from .common import (
+    as_flow, centered, chain, index_map, invert, refuse, require, to_numpy, unsupported,
+)
 
 __all__ = ["from_flowjax", "parameter_map"]
 
 _WHERE = "from_flowjax"
+_PEER = "FlowJAX"
 #: Grid on which a FlowJAX scale function is compared with refflow's scale maps; agreement to
 #: a few ulps (``_MAP_RTOL``) on 401 points from -8 to 8 identifies the map.
 _MAP_GRID = np.linspace(-8.0, 8.0, 401)
@@ -99,29 +102,8 @@ _FLOWJAX_SCALE_RAW = float(np.log(np.expm1(0.99)))
 
 
 def _require(where=_WHERE):
-    try:
-        import equinox
-        import flowjax
-        import jax
-        import paramax
-    except ImportError:  # pragma: no cover - exercised only without the peer
-        raise ImportError(f"{where}: needs jax, equinox, paramax and flowjax "
-                          f"(pip install 'jax[cpu]' flowjax)") from None
-    return jax, equinox, paramax, flowjax
-
-
-def _np(a):
-    return np.array(a, dtype=np.float64, copy=True)
-
-
-def _unsupported(obj, why="its refflow twin does not exist yet"):
-    name = type(obj).__name__
-    raise NotImplementedError(f"{_WHERE}: FlowJAX layer {name} is not supported ({why})")
-
-
-def _refuse(cls_name, option):
-    raise ValueError(f"{_WHERE}: {cls_name}: {option} is not supported (refflow would not "
-                     f"compute the same function)")
+    return require(where, ("jax", "equinox", "paramax", "flowjax"),
+                   "jax, equinox, paramax and flowjax", "'jax[cpu]' flowjax")
 
 
 # ------------------------------------------------------------- gradient map (compare)
@@ -208,7 +190,7 @@ def _n_layers(stacked):
     import jax
     sizes = {int(a.shape[0]) for a in jax.tree_util.tree_leaves(stacked) if eqx.is_array(a)}
     if len(sizes) != 1:
-        _refuse("Scan", f"stacked leaves with different leading sizes {sorted(sizes)}")
+        refuse(_WHERE, "Scan", f"stacked leaves with different leading sizes {sorted(sizes)}")
     return sizes.pop()
 
 
@@ -218,8 +200,8 @@ def _activation(fn, where):
     for f, name in names.items():
         if fn is f:
             return name
-    _refuse(where, f"nn_activation {getattr(fn, '__name__', fn)!r} (refflow imports "
-                   f"jax.nn.relu, jax.nn.tanh and jax.nn.elu)")
+    refuse(_WHERE, where, f"nn_activation {getattr(fn, '__name__', fn)!r} (refflow imports "
+                          f"jax.nn.relu, jax.nn.tanh and jax.nn.elu)")
 
 
 def _mlp_layout(mlp, where):
@@ -228,16 +210,16 @@ def _mlp_layout(mlp, where):
     probe = np.linspace(-3.0, 3.0, 7)
     final = np.asarray(mlp.final_activation(probe))
     if final.shape != probe.shape or not np.array_equal(final, probe):
-        _refuse(where, "a final activation other than the identity")
+        refuse(_WHERE, where, "a final activation other than the identity")
     if getattr(mlp, "scan", False):
-        _refuse(where, "an MLP built with scan=True")
+        refuse(_WHERE, where, "an MLP built with scan=True")
     act = _activation(mlp.activation, where) if mlp.depth > 0 else "relu"
     weights, biases = [], []
     for lin in mlp.layers:
         if not lin.use_bias or lin.bias is None:
-            _refuse(where, "a linear layer without bias")
-        weights.append(_np(paramax.unwrap(lin.weight)))
-        biases.append(_np(lin.bias))
+            refuse(_WHERE, where, "a linear layer without bias")
+        weights.append(to_numpy(paramax.unwrap(lin.weight)))
+        biases.append(to_numpy(lin.bias))
     return weights, biases, act
 
 
@@ -261,10 +243,10 @@ def _transformer(bij, n_params, where):
     init_params, _ = eqx.partition(tr, eqx.is_inexact_array,
                                    is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable))
     flat, _ = ravel_pytree(init_params)
-    init = _np(flat)
+    init = to_numpy(flat)
     if init.shape != (n_params,):
-        _refuse(where, f"a transformer with {init.shape[0]} parameters for {n_params} "
-                       f"conditioner outputs per feature")
+        refuse(_WHERE, where, f"a transformer with {init.shape[0]} parameters for {n_params} "
+                              f"conditioner outputs per feature")
     offsets, start = {}, 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(init_params)[0]:
         offsets[jax.tree_util.keystr(path)] = (start, int(np.size(leaf)))
@@ -272,9 +254,9 @@ def _transformer(bij, n_params, where):
     if type(tr) is Affine:
         scale = tr.scale
         if not isinstance(scale, Parameterize) or len(scale.args) != 1 or scale.kwargs:
-            _refuse("Affine", "a scale that is not Parameterize(fn, raw)")
+            refuse(_WHERE, "Affine", "a scale that is not Parameterize(fn, raw)")
         if set(offsets) != {".loc", ".scale.args[0]"}:
-            _refuse("Affine", f"trainable leaves {sorted(offsets)}")
+            refuse(_WHERE, "Affine", f"trainable leaves {sorted(offsets)}")
         fn_vals = np.asarray(scale.fn(jax.numpy.asarray(_MAP_GRID)), dtype=np.float64)
         found, offset = None, 0.0
         for name, smap in SCALE_MAPS.items():
@@ -297,18 +279,18 @@ def _transformer(bij, n_params, where):
     if type(tr) is RationalQuadraticSpline:
         opts = _spline_options(tr, where)
         if set(offsets) != {".x_pos.arr", ".y_pos.arr", ".derivatives.args[0]"}:
-            _refuse("RationalQuadraticSpline", f"trainable leaves {sorted(offsets)}")
+            refuse(_WHERE, "RationalQuadraticSpline", f"trainable leaves {sorted(offsets)}")
         K = opts["n_bins"]
         if [offsets[k] for k in (".x_pos.arr", ".y_pos.arr", ".derivatives.args[0]")] != \
                 [(0, K), (K, K), (2 * K, K + 1)]:
-            _refuse("RationalQuadraticSpline", f"parameter layout {offsets}")
+            refuse(_WHERE, "RationalQuadraticSpline", f"parameter layout {offsets}")
         # refflow's "flowjax" map takes u = raw - (FlowJAX's initial raw values): fold the
         # difference (positions: 0 - 0; derivatives: softplus^-1(1 - m_d) - refflow's
         # constant, zero up to rounding) into the last bias
         init = init - _spline_identity_raw(opts)
         return dict(opts, kind="spline", init=init), list(range(n_params))
-    _unsupported(tr, f"transformer of {where}; refflow imports Affine and "
-                     f"RationalQuadraticSpline")
+    unsupported(_WHERE, _PEER, tr, f"transformer of {where}; refflow imports Affine and "
+                                   f"RationalQuadraticSpline")
 
 
 def _spline_identity_raw(opts):
@@ -327,25 +309,25 @@ def _spline_options(tr, where):
     from paramax import Parameterize
     lo, hi = (float(v) for v in tr.interval)
     if not lo < hi:
-        _refuse("RationalQuadraticSpline", f"the interval ({lo}, {hi})")
+        refuse(_WHERE, "RationalQuadraticSpline", f"the interval ({lo}, {hi})")
     # an interval [lo, hi] is the spline on [-B, B] conjugated by the shift by its centre
     # (FlowJAX's knots lo + cumsum(widths) are centre + (-B + cumsum(widths)))
     center, half = (lo + hi) / 2.0, (hi - lo) / 2.0
     widths = {float(getattr(tr.x_pos, "min_width", np.nan)),
               float(getattr(tr.y_pos, "min_width", np.nan))}
     if len(widths) != 1 or not np.isfinite(min(widths)):
-        _refuse("RationalQuadraticSpline", f"minimum widths {sorted(widths)} (option "
-                                           f"'min_width')")
+        refuse(_WHERE, "RationalQuadraticSpline", f"minimum widths {sorted(widths)} (option "
+                                                  f"'min_width')")
     deriv = tr.derivatives
     if type(deriv) is not Parameterize or len(deriv.args) != 1 or deriv.kwargs:
-        _refuse("RationalQuadraticSpline", "derivatives that are not Parameterize(fn, raw)")
+        refuse(_WHERE, "RationalQuadraticSpline", "derivatives that are not Parameterize(fn, raw)")
     # fn(u) = softplus(u) + m: m is fn far below (softplus underflows to 0 there), checked
     m = float(deriv.fn(jax.numpy.asarray(-1e4)))
     grid = jax.numpy.asarray(_MAP_GRID)
     want = np.logaddexp(0.0, _MAP_GRID) + m
     if not np.all(np.abs(np.asarray(deriv.fn(grid)) - want) <= _MAP_RTOL * want):
-        _refuse("RationalQuadraticSpline", "a derivative map other than softplus(u) + m "
-                                           "(option 'min_derivative')")
+        refuse(_WHERE, "RationalQuadraticSpline", "a derivative map other than softplus(u) + m "
+                                                  "(option 'min_derivative')")
     width = widths.pop()
     return {"n_bins": int(tr.knots) + 1, "bound": half, "center": center,
             "min_bin_width": width, "min_bin_height": width, "min_derivative": m}
@@ -374,7 +356,7 @@ def _masked_autoregressive(bij, cond):
     _fold(biases, opts["init"], dim)
     hidden = tuple(w.shape[0] for w in weights[:-1])
     if not hidden:
-        _refuse(where, "nn_depth=0")
+        refuse(_WHERE, where, "nn_depth=0")
     ranks = _mlp_hidden_ranks(bij.masked_autoregressive_mlp, dim, cond)
     degrees = [r + 1 for r in ranks]
     common = dict(hidden=hidden, order="natural", hidden_degrees=degrees, activation=act,
@@ -404,21 +386,7 @@ def _masked_autoregressive(bij, cond):
         layer.params[f"made.w{k}"] = w
         layer.params[f"made.b{k}"] = b
     _link_mlp(bij.masked_autoregressive_mlp, layer, "made.", rows=perm, center=(center, dim))
-    return _centered(Inverse(layer), dim, center)
-
-
-def _centered(layer, dim, center):
-    """``S_c o layer o S_-c`` (``S_c(v) = v + c``) as a refflow chain; ``layer`` itself for
-    ``c = 0``."""
-    from ..bijectors import Affine, Chain
-    if center == 0.0:
-        return layer
-    shifts = []
-    for sign in (-1.0, 1.0):
-        shift = Affine(dim)
-        shift.params["shift"] = np.full(dim, sign * center)
-        shifts.append(shift)
-    return Chain([shifts[0], layer, shifts[1]])
+    return centered(Inverse(layer), dim, center)
 
 
 def _mlp_hidden_ranks(mlp, dim, cond):
@@ -430,9 +398,9 @@ def _mlp_hidden_ranks(mlp, dim, cond):
     for lin in mlp.layers[1:-1]:
         ranks.append(ranks[-1].copy())  # FlowJAX uses the same hidden ranks in every layer
         if lin.weight.args[0].shape[0] != ranks[-1].shape[0]:
-            _refuse("MaskedAutoregressive", "hidden layers of different widths")
+            refuse(_WHERE, "MaskedAutoregressive", "hidden layers of different widths")
     if cond is None and (ranks[0] < 0).any():
-        _refuse("MaskedAutoregressive", "hidden units that see no input")
+        refuse(_WHERE, "MaskedAutoregressive", "hidden units that see no input")
     return ranks
 
 
@@ -455,20 +423,20 @@ def _coupling(bij, cond):
         # refflow's output [t (n_b) | u (n_b)]; FlowJAX's (feature, [loc and scale raw])
         perm = np.concatenate([np.arange(n_b) * P + rows[0], np.arange(n_b) * P + rows[1]])
         if P != 2:
-            _refuse(where, f"an affine transformer with {P} parameters per feature")
+            refuse(_WHERE, where, f"an affine transformer with {P} parameters per feature")
         weights[-1], biases[-1] = weights[-1][perm], biases[-1][perm]
     else:  # the same (n_b, [w | h | d]) layout
         layer = SplineCoupling(dim, **_spline_layer_options(opts), **common)
     for k, (w, b) in enumerate(zip(weights, biases)):
         if layer.params[f"conditioner.w{k}"].shape != w.shape:
-            _refuse(where, f"conditioner layer {k} of shape {w.shape}")
+            refuse(_WHERE, where, f"conditioner layer {k} of shape {w.shape}")
         layer.params[f"conditioner.w{k}"] = w
         layer.params[f"conditioner.b{k}"] = b
     center = opts.get("center", 0.0)
     if center != 0.0:  # the conditioner reads x_a - centre: W (x_a - c + c) + b
         layer.params["conditioner.b0"] = biases[0] + weights[0][:, :n_a] @ np.full(n_a, center)
     _link_mlp(bij.conditioner, layer, "conditioner.", rows=perm, center=(center, n_a))
-    return _centered(Inverse(layer), dim, center)
+    return centered(Inverse(layer), dim, center)
 
 
 def _bnaf(bij, cond):
@@ -481,11 +449,12 @@ def _bnaf(bij, cond):
     net = bij.bijection
     where = "BlockAutoregressiveNetwork"
     if type(net) is not BlockAutoregressiveNetwork:
-        _unsupported(net, "inside NumericalInverse; refflow imports BlockAutoregressiveNetwork")
+        unsupported(_WHERE, _PEER, net, "inside NumericalInverse; refflow imports "
+                                        "BlockAutoregressiveNetwork")
     act = net.activation
     if type(act).__name__ != "_LeakyTanh" or float(act.min_grad) != 0.01:
-        _refuse(where, f"activation {type(act).__name__} (refflow has FlowJAX's default "
-                       f"tanh(x) + 0.01 x)")
+        refuse(_WHERE, where, f"activation {type(act).__name__} (refflow has FlowJAX's default "
+                              f"tanh(x) + 0.01 x)")
     dim, depth, k = int(net.shape[0]), int(net.depth), int(net.block_dim)
     factors = () if depth == 0 else (k,) * depth
     layer = BlockNeuralAutoregressive(dim, factors, activation="leaky_tanh",
@@ -494,17 +463,17 @@ def _bnaf(bij, cond):
         wn = lin.weight
         if type(wn) is not WeightNormalization or type(wn.weight) is not Parameterize \
                 or type(wn.scale) is not Parameterize:
-            _refuse(where, "a linear layer without FlowJAX's masked weight normalisation")
+            refuse(_WHERE, where, "a linear layer without FlowJAX's masked weight normalisation")
         if not lin.use_bias:
-            _refuse(where, "a linear layer without bias")
-        layer.params[f"w{i}"] = _np(wn.weight.args[0])
-        layer.params[f"g{i}"] = _np(wn.scale.args[0]).reshape(-1)
-        layer.params[f"b{i}"] = _np(lin.bias)
+            refuse(_WHERE, where, "a linear layer without bias")
+        layer.params[f"w{i}"] = to_numpy(wn.weight.args[0])
+        layer.params[f"g{i}"] = to_numpy(wn.scale.args[0]).reshape(-1)
+        layer.params[f"b{i}"] = to_numpy(lin.bias)
         for leaf, key in ((wn.weight.args[0], f"w{i}"), (wn.scale.args[0], f"g{i}"),
                           (lin.bias, f"b{i}")):
             _link(leaf, layer.params[key])
     if cond is not None:
-        layer.params["context_weight"] = _np(net.cond_linear.weight)
+        layer.params["context_weight"] = to_numpy(net.cond_linear.weight)
         _link(net.cond_linear.weight, layer.params["context_weight"])
     return Inverse(layer)
 
@@ -516,21 +485,21 @@ def _convert(bij, cond):
     from ..bijectors import Permute, Reverse
     cls = type(bij)
     if cls is fb.Invert:
-        return _invert(_convert(bij.bijection, cond))
+        return invert(_convert(bij.bijection, cond))
     if cls is fb.Chain:
-        return _chain([_convert(b, cond) for b in bij.bijections])
+        return chain([_convert(b, cond) for b in bij.bijections])
     if cls is fb.Scan:
         layers = _slice_layers(bij.bijection, _n_layers(bij.bijection))
-        return _chain([_convert(b, cond) for b in layers])
+        return chain([_convert(b, cond) for b in layers])
     if cls is fb.Permute:
         perm = bij.permutation
         if len(perm) != 1:
-            _refuse("Permute", "a multi-dimensional permutation")
+            refuse(_WHERE, "Permute", "a multi-dimensional permutation")
         p = np.asarray(perm[0], dtype=np.int64)
         return Permute(p.shape[0], permutation=p)
     if cls is fb.Flip:
         if len(bij.shape) != 1:
-            _refuse("Flip", f"shape {bij.shape}")
+            refuse(_WHERE, "Flip", f"shape {bij.shape}")
         return Reverse(int(bij.shape[0]))
     if cls is fb.MaskedAutoregressive:
         return _masked_autoregressive(bij, cond)
@@ -549,15 +518,16 @@ def _convert(bij, cond):
         # only a parameter-free one (refflow would hold two untied copies)
         outer = _convert(bij.outer, cond)
         if len(outer.params):
-            _refuse("Sandwich", f"an outer bijection with parameters "
-                                f"({type(bij.outer).__name__})")
-        return _chain([outer, _convert(bij.inner, cond), _invert(_convert(bij.outer, cond))])
+            refuse(_WHERE, "Sandwich", f"an outer bijection with parameters "
+                                       f"({type(bij.outer).__name__})")
+        return chain([outer, _convert(bij.inner, cond), invert(_convert(bij.outer, cond))])
     if cls is fb.LeakyTanh:
         return _leaky_tanh(bij)
     if cls is fb.AdditiveCondition:
-        _unsupported(bij, "a conditional shift y = x + f(condition) (triangular_spline_flow "
-                          "with cond_dim) has no refflow twin")
-    _unsupported(bij)
+        unsupported(_WHERE, _PEER, bij, "a conditional shift y = x + f(condition) "
+                                        "(triangular_spline_flow with cond_dim) has no refflow "
+                                        "twin")
+    unsupported(_WHERE, _PEER, bij)
 
 
 def _leaky_tanh(bij):
@@ -565,7 +535,7 @@ def _leaky_tanh(bij):
     and intercept of the lines (computed in whatever precision FlowJAX had)."""
     from ..bijectors import LeakyTanh
     if len(bij.shape) != 1:
-        _refuse("LeakyTanh", f"shape {bij.shape} (refflow imports a vector of coordinates)")
+        refuse(_WHERE, "LeakyTanh", f"shape {bij.shape} (refflow imports a vector of coordinates)")
     return LeakyTanh(int(bij.shape[0]), max_val=float(bij.max_val),
                      linear_grad=float(bij.linear_grad), intercept=float(bij.intercept))
 
@@ -576,16 +546,16 @@ def _planar(bij):
     whose ``forward`` is the same map."""
     from ..bijectors import Planar
     if bij.cond_shape is not None or bij.params is None:
-        _refuse("Planar", "a conditional planar layer (cond_dim, its MLP conditioner)")
+        refuse(_WHERE, "Planar", "a conditional planar layer (cond_dim, its MLP conditioner)")
     if bij.negative_slope is not None:
-        _refuse("Planar", f"negative_slope={bij.negative_slope} (a leaky-ReLU activation; "
-                          f"refflow's Planar is tanh)")
+        refuse(_WHERE, "Planar", f"negative_slope={bij.negative_slope} (a leaky-ReLU activation; "
+                                 f"refflow's Planar is tanh)")
     if len(bij.shape) != 1:
-        _refuse("Planar", f"shape {bij.shape}")
+        refuse(_WHERE, "Planar", f"shape {bij.shape}")
     dim = int(bij.shape[0])
-    raw = _np(bij.params)
+    raw = to_numpy(bij.params)
     if raw.shape != (2 * dim + 1,):
-        _refuse("Planar", f"parameters of shape {raw.shape}; expected ({2 * dim + 1},)")
+        refuse(_WHERE, "Planar", f"parameters of shape {raw.shape}; expected ({2 * dim + 1},)")
     layer = Planar(dim, constraint="flowjax", rng=0)
     none = np.full(2 * dim + 1, -1, dtype=np.int64)
     for key, start, stop in (("w", 0, dim), ("u", dim, 2 * dim), ("b", 2 * dim, 2 * dim + 1)):
@@ -608,24 +578,26 @@ def _triangular_affine(bij):
     wn = type(tri) is WeightNormalization
     inner = tri.weight if wn else tri
     if type(inner) is not Parameterize or len(inner.args) != 1 or inner.kwargs:
-        _refuse(where, "a triangular matrix that is not FlowJAX's Parameterize(_to_triangular)")
+        refuse(_WHERE, where, "a triangular matrix that is not FlowJAX's "
+                              "Parameterize(_to_triangular)")
     if wn and (type(tri.scale) is not Parameterize or len(tri.scale.args) != 1):
-        _refuse(where, "a weight normalisation scale that is not Parameterize(softplus, raw)")
-    arr = _np(inner.args[0])
+        refuse(_WHERE, where, "a weight normalisation scale that is not "
+                              "Parameterize(softplus, raw)")
+    arr = to_numpy(inner.args[0])
     dim = arr.shape[0]
     layer = TriangularAffine(dim, lower=bool(bij.lower), weight_normalization=wn)
     # the refflow layer's matrix, checked against FlowJAX's unwrapped one
     layer.params["matrix"] = arr
-    layer.params["loc"] = _np(bij.loc)
+    layer.params["loc"] = to_numpy(bij.loc)
     _link(inner.args[0], layer.params["matrix"])
     _link(bij.loc, layer.params["loc"])
     if wn:
-        layer.params["row_scale"] = _np(tri.scale.args[0]).reshape(-1)
+        layer.params["row_scale"] = to_numpy(tri.scale.args[0]).reshape(-1)
         _link(tri.scale.args[0], layer.params["row_scale"])
-    theirs = _np(paramax.unwrap(tri))
+    theirs = to_numpy(paramax.unwrap(tri))
     if not np.allclose(layer.weight(), theirs, rtol=_MAP_RTOL * 100, atol=0.0):
-        _refuse(where, "a triangular parameterisation that differs from refflow's (checked on "
-                       "the matrix)")
+        refuse(_WHERE, where, "a triangular parameterisation that differs from refflow's "
+                              "(checked on the matrix)")
     return layer
 
 
@@ -639,18 +611,19 @@ def _vmap_spline(bij):
     from flowjax.bijections import RationalQuadraticSpline
     inner = bij.bijection
     if type(inner) is not RationalQuadraticSpline or len(bij.shape) != 1:
-        _unsupported(bij, "a Vmap of anything but RationalQuadraticSpline over one axis")
+        unsupported(_WHERE, _PEER, bij, "a Vmap of anything but RationalQuadraticSpline over "
+                                        "one axis")
     dim = int(bij.shape[0])
     first = jax.tree_util.tree_map(lambda a: a[0] if hasattr(a, "shape") and a.ndim else a,
                                    inner)
     opts = _spline_options(first, "Vmap")
     layer = RQS(dim, **_spline_layer_options(opts))
     K = opts["n_bins"]
-    x_raw, y_raw = _np(inner.x_pos.arr), _np(inner.y_pos.arr)
-    d_raw = _np(inner.derivatives.args[0])
+    x_raw, y_raw = to_numpy(inner.x_pos.arr), to_numpy(inner.y_pos.arr)
+    d_raw = to_numpy(inner.derivatives.args[0])
     if x_raw.shape != (dim, K) or y_raw.shape != (dim, K) or d_raw.shape != (dim, K + 1):
-        _refuse("Vmap", f"spline parameters of shapes {x_raw.shape}, {y_raw.shape}, "
-                        f"{d_raw.shape} (expected one spline per coordinate)")
+        refuse(_WHERE, "Vmap", f"spline parameters of shapes {x_raw.shape}, {y_raw.shape}, "
+                               f"{d_raw.shape} (expected one spline per coordinate)")
     ident = _spline_identity_raw(opts)
     layer.params["unnormalized_widths"] = x_raw
     layer.params["unnormalized_heights"] = y_raw
@@ -659,28 +632,7 @@ def _vmap_spline(bij):
                       (inner.y_pos.arr, "unnormalized_heights"),
                       (inner.derivatives.args[0], "unnormalized_derivatives")):
         _link(leaf, layer.params[key])
-    return _centered(layer, dim, opts["center"])
-
-
-def _invert(layer):
-    """``Inverse(layer)``, simplified: ``Inverse(Inverse(b)) = b``, a chain inverted layer-wise."""
-    from ..bijectors import Chain, Inverse, Permute
-    if type(layer) is Inverse:
-        return layer.bijector
-    if type(layer) is Chain:
-        return Chain([_invert(b) for b in layer.layers[::-1]])
-    if isinstance(layer, Permute):  # Permute(p)^-1 = Permute(argsort p)
-        p = layer.buffers["permutation"]
-        return Permute(p.shape[0], permutation=np.argsort(p))
-    return Inverse(layer)
-
-
-def _chain(layers):
-    from ..bijectors import Chain
-    flat = []
-    for b in layers:
-        flat += list(b.layers) if type(b) is Chain else [b]
-    return Chain(flat)
+    return centered(layer, dim, opts["center"])
 
 
 def _broadcast_index(leaf, dim):
@@ -700,7 +652,7 @@ def _link_loc_scale(affine, base, dim):
     _link(affine.loc, base.params["loc"], _broadcast_index(affine.loc, dim))
     scale = affine.scale
     if type(scale) is Parameterize and len(scale.args) == 1:
-        raw = _np(scale.args[0])
+        raw = to_numpy(scale.args[0])
         sp = np.logaddexp(0.0, raw)
         factor = np.exp(raw - sp) / sp  # sigmoid(raw) / softplus(raw)
         idx = _broadcast_index(scale.args[0], dim)
@@ -717,36 +669,36 @@ def _base(dist):
     from ..distributions import DiagNormal, StandardNormal as RStandardNormal
     from ..distributions import StudentT as RStudentT, Uniform as Uniform_
     if len(dist.shape) != 1 or dist.cond_shape is not None:
-        _refuse(type(dist).__name__, f"base of shape {dist.shape} / condition shape "
-                                     f"{dist.cond_shape} (refflow imports a vector base)")
+        refuse(_WHERE, type(dist).__name__, f"base of shape {dist.shape} / condition shape "
+                                            f"{dist.cond_shape} (refflow imports a vector base)")
     dim = int(dist.shape[0])
     if type(dist) is StandardNormal:
         return RStandardNormal(dim), dim
     if type(dist) is Normal:
-        loc, scale = _np(paramax.unwrap(dist.loc)), _np(paramax.unwrap(dist.scale))
+        loc, scale = to_numpy(paramax.unwrap(dist.loc)), to_numpy(paramax.unwrap(dist.scale))
         base = DiagNormal(dim)
         base.params["loc"] = np.broadcast_to(loc, (dim,)).copy()
         base.params["log_scale"] = np.log(np.broadcast_to(scale, (dim,)))
         _link_loc_scale(dist.bijection, base, dim)
         return base, dim
     if type(dist) is Uniform:
-        lo, hi = _np(dist.minval), _np(dist.maxval)
+        lo, hi = to_numpy(dist.minval), to_numpy(dist.maxval)
         return Uniform_(np.broadcast_to(lo, (dim,)), np.broadcast_to(hi, (dim,))), dim
     if type(dist) is StudentT:
         from paramax import Parameterize
         df = dist.base_dist.df
         if type(df) is not Parameterize or len(df.args) != 1:
-            _refuse("StudentT", "degrees of freedom not parameterised as softplus(raw)")
+            refuse(_WHERE, "StudentT", "degrees of freedom not parameterised as softplus(raw)")
         base = RStudentT(dim)
-        base.params["raw_df"] = np.broadcast_to(_np(df.args[0]), (dim,)).copy()
-        base.params["loc"] = np.broadcast_to(_np(paramax.unwrap(dist.loc)), (dim,)).copy()
-        base.params["log_scale"] = np.log(np.broadcast_to(_np(paramax.unwrap(dist.scale)),
+        base.params["raw_df"] = np.broadcast_to(to_numpy(df.args[0]), (dim,)).copy()
+        base.params["loc"] = np.broadcast_to(to_numpy(paramax.unwrap(dist.loc)), (dim,)).copy()
+        base.params["log_scale"] = np.log(np.broadcast_to(to_numpy(paramax.unwrap(dist.scale)),
                                                           (dim,)))
         _link(df.args[0], base.params["raw_df"], _broadcast_index(df.args[0], dim))
         _link_loc_scale(dist.bijection, base, dim)
         return base, dim
-    _unsupported(dist, "as a base distribution; refflow imports StandardNormal, Normal, "
-                       "Uniform and StudentT")
+    unsupported(_WHERE, _PEER, dist, "as a base distribution; refflow imports StandardNormal, "
+                                     "Normal, Uniform and StudentT")
 
 
 def from_flowjax(dist):
@@ -797,20 +749,14 @@ def from_flowjax(dist):
 
 def _from_flowjax(dist):
     from flowjax.distributions import AbstractTransformed
-
-    from ..bijectors import Chain
-    from ..distributions import Flow
     if not isinstance(dist, AbstractTransformed):
         raise TypeError(f"{_WHERE}: expected a flowjax.distributions.Transformed (what "
                         f"flowjax.flows builders return), got {type(dist).__name__}")
     cond = None if dist.cond_shape is None else int(dist.cond_shape[0])
     if dist.cond_shape is not None and len(dist.cond_shape) != 1:
-        _refuse(type(dist).__name__, f"condition shape {dist.cond_shape}")
-    base, dim = _base(dist.base_dist)
-    bij = _convert(dist.bijection, cond)
-    if type(bij) is not Chain:
-        bij = Chain([bij])
-    return Flow(base, bij)
+        refuse(_WHERE, type(dist).__name__, f"condition shape {dist.cond_shape}")
+    base, _ = _base(dist.base_dist)
+    return as_flow(base, _convert(dist.bijection, cond))
 
 
 def parameter_map(dist, where="parameter_map"):

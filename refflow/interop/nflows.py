@@ -48,21 +48,14 @@ the whole tensor), so gradients can be compared by name (equal, not scaled).
 import numpy as np
 
 from .common import (
-    GatedResidualNet, check_made_masks, made_layout, residual_net_names, unsaveable,
+    GatedResidualNet, check_made_masks, check_network, made_layout, refuse, residual_net_names,
+    to_numpy, unsaveable,
 )
 
 __all__ = ["from_nflows"]
 
+_WHERE = "from_nflows"
 _FLOOR = 1e-3  # nflows' epsilon of the softplus/sigmoid scales and of the LU diagonal
-
-
-def _np(t):
-    return t.detach().cpu().numpy().astype(np.float64, copy=True)
-
-
-def _refuse(cls_name, option):
-    raise ValueError(f"from_nflows: {cls_name}: {option} is not supported (refflow would not "
-                     f"compute the same function)")
 
 
 # ------------------------------------------------------------------------- private networks
@@ -73,7 +66,7 @@ def _activation_name(fn, where):
     for f, name in names.items():
         if fn is f:
             return name
-    _refuse(where, f"activation {getattr(fn, '__name__', fn)!r} (only relu and tanh)")
+    refuse(_WHERE, where, f"activation {getattr(fn, '__name__', fn)!r} (only relu and tanh)")
 
 
 def _imported_made_class():
@@ -138,42 +131,28 @@ def _imported_made_class():
 
 
 # --------------------------------------------------------------------------------- layers
-def _unsaveable(layer):
-    return unsaveable(layer, "Nflows", __name__)
-
-
-def _check_dropout(module, where):
-    """Dropout with p > 0 is random in training mode; refuse it unless the module is in eval."""
-    import torch
-    for name, m in module.named_modules():
-        if isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training:
-            _refuse(where, f"dropout (p={m.p}) in training mode (call .eval())")
-        if isinstance(m, (torch.nn.BatchNorm1d,)):
-            _refuse(where, "batch norm inside the network (use_batch_norm=True)")
-
-
 def _made(net, n_params, context_dim, where, prefix):
     """refflow network for an nflows MADE and ``{key: (name, rows)}``."""
     from nflows.transforms.made import MADE as NfMADE, MaskedFeedforwardBlock, MaskedResidualBlock
     from ..nn.made import MADE, ResidualMADE
     if type(net) is not NfMADE:
-        _refuse(where, f"autoregressive_net of type {type(net).__name__} (only nflows MADE)")
-    _check_dropout(net, where)
+        refuse(_WHERE, where, f"autoregressive_net of type {type(net).__name__} (only nflows MADE)")
+    check_network(_WHERE, net, where)
     act = _activation_name(net.activation, where)
     dim, width = net.initial_layer.in_features, net.initial_layer.out_features
     if net.final_layer.out_features != dim * n_params:
-        _refuse(where, f"MADE output width {net.final_layer.out_features} (expected {dim} x "
-                       f"{n_params})")
+        refuse(_WHERE, where, f"MADE output width {net.final_layer.out_features} (expected {dim} x "
+                              f"{n_params})")
     if hasattr(net, "hidden_features"):
         # nflows would divide the spline widths/heights by sqrt(hidden_features) here.
-        _refuse(where, "a MADE with a hidden_features attribute (nflows' sqrt scaling)")
+        refuse(_WHERE, where, "a MADE with a hidden_features attribute (nflows' sqrt scaling)")
     residual = bool(net.use_residual_blocks)
     block_type = MaskedResidualBlock if residual else MaskedFeedforwardBlock
     if not all(type(block) is block_type for block in net.blocks):
-        _refuse(where, "MADE blocks of another type than nflows' own")
+        refuse(_WHERE, where, "MADE blocks of another type than nflows' own")
     if residual and context_dim is not None:
-        _refuse(where, "a conditional residual MADE (use_residual_blocks=True with "
-                       "context_features: nflows adds a context layer in every block)")
+        refuse(_WHERE, where, "a conditional residual MADE (use_residual_blocks=True with "
+                              "context_features: nflows adds a context layer in every block)")
     names, torch_masks, degrees = made_layout(net, residual)
     if residual:
         model = ResidualMADE(dim, width, len(net.blocks), n_params, activation=act,
@@ -183,12 +162,12 @@ def _made(net, n_params, context_dim, where, prefix):
         hidden = tuple(int(d.shape[0]) for d in degrees)
         model = cls(dim, hidden, n_params, activation=act, hidden_degrees=degrees)
     # degrees rebuilt from nflows' buffers
-    check_made_masks(model, torch_masks, f"from_nflows: {where}")
+    check_made_masks(model, torch_masks, f"{_WHERE}: {where}")
     state = dict(net.named_parameters())
-    arrays = {ours: _np(state[theirs]) for ours, theirs in names}
+    arrays = {ours: to_numpy(state[theirs]) for ours, theirs in names}
     if context_dim is not None:
-        arrays["context_w"] = _np(net.context_layer.weight)
-        arrays["context_b"] = _np(net.context_layer.bias)
+        arrays["context_w"] = to_numpy(net.context_layer.weight)
+        arrays["context_b"] = to_numpy(net.context_layer.bias)
         names += [("context_w", "context_layer.weight"), ("context_b", "context_layer.bias")]
         model.context_features = context_dim
     from ..params import ParamDict
@@ -208,11 +187,11 @@ def _masked_layer(t, where, prefix, kind):
     context_dim = _context_dim(net)
     if kind == "affine":
         if t._epsilon != _FLOOR:
-            _refuse(where, f"_epsilon={t._epsilon}")
+            refuse(_WHERE, where, f"_epsilon={t._epsilon}")
         n_params = 2
     else:
         if t.tails != "linear":
-            _refuse(where, f"tails={t.tails!r} (only 'linear')")
+            refuse(_WHERE, where, f"tails={t.tails!r} (only 'linear')")
         n_params = 3 * t.num_bins - 1
     made, names = _made(net, n_params, context_dim, where, f"{prefix}autoregressive_net.")
     dim = made.dim
@@ -235,26 +214,28 @@ def _masked_layer(t, where, prefix, kind):
                                            min_derivative=t.min_derivative)
     layer.made = made
     layer.context_dim = context_dim
-    return _unsaveable(layer), {f"made.{k}": v for k, v in names.items()}
+    return unsaveable(layer, "Nflows", __name__), {f"made.{k}": v for k, v in names.items()}
 
 
 def _residual_net(net, n_in, n_out, per_feature, n_bins, where, prefix):
     from nflows.nn.nets import MLP as NfMLP, ResidualNet
     from ..nn.activations import get_activation
     if isinstance(net, NfMLP):
-        _refuse(where, "transform_net nflows.nn.nets.MLP (its forward takes no context "
-                       "argument, so nflows' coupling layers cannot call it; use ResidualNet)")
+        refuse(_WHERE, where, "transform_net nflows.nn.nets.MLP (its forward takes no context "
+                              "argument, so nflows' coupling layers cannot call it; use "
+                              "ResidualNet)")
     if type(net) is not ResidualNet:
-        _refuse(where, f"transform_net of type {type(net).__name__} (only nflows ResidualNet)")
-    _check_dropout(net, where)
+        refuse(_WHERE, where, f"transform_net of type {type(net).__name__} (only nflows "
+                              f"ResidualNet)")
+    check_network(_WHERE, net, where)
     for block in net.blocks:
         if block.use_batch_norm:
-            _refuse(where, "ResidualNet with use_batch_norm=True")
+            refuse(_WHERE, where, "ResidualNet with use_batch_norm=True")
     act = get_activation(_activation_name(net.blocks[0].activation if len(net.blocks) else
                                           __import__("torch").relu, where))
     n_context = net.context_features or 0
     if net.initial_layer.in_features != n_in + n_context or net.final_layer.out_features != n_out:
-        _refuse(where, "a ResidualNet whose sizes do not match the coupling split")
+        refuse(_WHERE, where, "a ResidualNet whose sizes do not match the coupling split")
     names = residual_net_names(len(net.blocks), bool(n_context))
     state = dict(net.named_parameters())
     divisor = np.ones(n_out)
@@ -262,7 +243,7 @@ def _residual_net(net, n_in, n_out, per_feature, n_bins, where, prefix):
         cols = np.zeros((n_out // per_feature, per_feature), dtype=bool)
         cols[:, :2 * n_bins] = True
         divisor[cols.ravel()] = np.sqrt(net.hidden_features)
-    model = GatedResidualNet({k: _np(state[t]) for k, t in names}, n_in, n_context,
+    model = GatedResidualNet({k: to_numpy(state[t]) for k, t in names}, n_in, n_context,
                              len(net.blocks), act, divisor)
     return model, {f"conditioner.{k}": (f"{prefix}transform_net.{t}", None) for k, t in names}
 
@@ -271,9 +252,9 @@ def _coupling_layer(t, where, prefix, kind):
     from ..bijectors.coupling import AffineCoupling
     from ..bijectors.splines import SplineCoupling
     if t.unconditional_transform is not None:
-        _refuse(where, "apply_unconditional_transform=True")
+        refuse(_WHERE, where, "apply_unconditional_transform=True")
     mask = np.zeros(t.features, dtype=bool)
-    mask[_np(t.transform_features).astype(np.int64)] = True
+    mask[to_numpy(t.transform_features).astype(np.int64)] = True
     n_a, n_b = int((~mask).sum()), int(mask.sum())
     net = t.transform_net
     context_dim = getattr(net, "context_features", None)
@@ -284,7 +265,7 @@ def _coupling_layer(t, where, prefix, kind):
         conditioner, names = _residual_net(net, n_a, 2 * n_b, 2 * n_b, None, where, prefix)
     else:
         if t.tails != "linear":
-            _refuse(where, f"tails={t.tails!r} (only 'linear')")
+            refuse(_WHERE, where, f"tails={t.tails!r} (only 'linear')")
         per = 3 * t.num_bins - 1
         layer = SplineCoupling(t.features, mask=mask, hidden=(1,), n_bins=t.num_bins,
                                parameterization="durkan", bound=float(t.tail_bound),
@@ -296,7 +277,7 @@ def _coupling_layer(t, where, prefix, kind):
     layer.conditioner = conditioner
     if context_dim is not None:
         layer.context_dim = int(context_dim)
-    return _unsaveable(layer), names
+    return unsaveable(layer, "Nflows", __name__), names
 
 
 def _transform_layers(t, prefix):
@@ -317,19 +298,19 @@ def _transform_layers(t, prefix):
         return out
     if cls in (ReversePermutation, RandomPermutation):
         if t._dim != 1:
-            _refuse(where, f"dim={t._dim}")
-        p = _np(t._permutation).astype(np.int64)
+            refuse(_WHERE, where, f"dim={t._dim}")
+        p = to_numpy(t._permutation).astype(np.int64)
         # nflows z = x[:, p]; refflow Permute's inverse is z = x[:, argsort(perm)]
         return [(Permute(p.shape[0], permutation=np.argsort(p)), {})]
     if cls is NfLU:
         if t.eps != _FLOOR:
-            _refuse(where, f"eps={t.eps}")
+            refuse(_WHERE, where, f"eps={t.eps}")
         layer = LULinear(t.features, upper_diag="softplus")
         keys = {"lower_entries": "lower_entries", "upper_entries": "upper_entries",
                 "unconstrained_upper_diag": "unconstrained_upper_diag", "bias": "bias"}
         state = dict(t.named_parameters())
         for ours, theirs in keys.items():
-            layer.params[ours] = _np(state[theirs])
+            layer.params[ours] = to_numpy(state[theirs])
         # nflows' forward (data -> noise) z = L U x + b is refflow's forward map x = L U z + b
         return [(Inverse(layer), {k: (f"{prefix}{v}", None) for k, v in keys.items()})]
     if cls is MaskedAffineAutoregressiveTransform:
@@ -381,12 +362,12 @@ def from_nflows(flow):
         raise ValueError(f"from_nflows: expected an nflows.flows.base.Flow, got "
                          f"{type(flow).__name__}")
     if type(flow._embedding_net) is not torch.nn.Identity:
-        _refuse(type(flow).__name__, f"embedding_net {type(flow._embedding_net).__name__}")
+        refuse(_WHERE, type(flow).__name__, f"embedding_net {type(flow._embedding_net).__name__}")
     base = flow._distribution
     if type(base) is not NfNormal or len(base._shape) != 1:
-        _refuse(type(flow).__name__, f"base distribution {type(base).__name__} with shape "
-                                     f"{tuple(getattr(base, '_shape', ()))} (only StandardNormal "
-                                     f"of shape (dim,))")
+        refuse(_WHERE, type(flow).__name__, f"base distribution {type(base).__name__} with "
+                                            f"shape {tuple(getattr(base, '_shape', ()))} (only "
+                                            f"StandardNormal of shape (dim,))")
     layers = _transform_layers(flow._transform, "_transform.")
     layers = layers[::-1]  # refflow's Chain lists layers in the sampling direction
     chain = Chain([layer for layer, _ in layers])

@@ -88,13 +88,15 @@ flat indices)}`` (see :func:`refflow.interop.common.index_map`), which
 import numpy as np
 
 from .common import (
-    GatedResidualNet, check_made_masks, index_map, made_layout, np64, residual_net_names,
-    unsaveable, unused_map,
+    GatedResidualNet, check_made_masks, check_network, gather_layers, index_map, made_layout,
+    np64, refuse, require, residual_net_names, unsaveable, unsupported, unused_map, whole_map,
+    with_peer_gradients,
 )
 
 __all__ = ["from_normflows"]
 
 _WHERE = "from_normflows"
+_PEER = "normflows"
 _LU_EPS = 1e-3  # refflow's "softplus" LU diagonal floor (nflows' and normflows' eps)
 #: normflows' AffineCoupling scale maps (base -> data: z2 exp(s) + t, z2 / sigmoid(s + 2) + t,
 #: z2 sigmoid(s + 2) + t) as refflow scale maps multiplying on the sampling side
@@ -102,39 +104,23 @@ _COUPLING_SCALES = {"exp": "exp", "sigmoid": "sigmoid-reciprocal",
                     "sigmoid_inv": "sigmoid-nofloor"}
 
 
-def _unsupported(obj, why="its refflow twin, or its import, does not exist yet"):
-    raise NotImplementedError(f"{_WHERE}: normflows layer {type(obj).__name__} is not "
-                              f"supported ({why})")
-
-
-def _refuse(cls_name, option):
-    raise ValueError(f"{_WHERE}: {cls_name}: {option} is not supported (refflow would not "
-                     f"compute the same function)")
-
-
-def _whole(shape, peer_shape=None):
-    """The gradient map of a peer tensor copied whole (reshaped) into a refflow array."""
-    idx = index_map(shape)
-    return idx if peer_shape is None else idx.reshape(peer_shape)
-
-
 def _mlp(net, where):
     """``(weights, biases, activation)`` of a normflows ``nets.MLP`` (plain Linear/LeakyReLU)."""
     import torch.nn as nn
     from normflows.nets import MLP
     if type(net) is not MLP:
-        _refuse(where, f"a network of type {type(net).__name__} (refflow imports "
-                       f"normflows.nets.MLP)")
+        refuse(_WHERE, where, f"a network of type {type(net).__name__} (refflow imports "
+                              f"normflows.nets.MLP)")
     mods = list(net.net)
     linears, acts = mods[0::2], mods[1::2]
     if len(mods) % 2 != 1 or not all(type(m) is nn.Linear for m in linears) \
             or not all(type(m) is nn.LeakyReLU for m in acts):
-        _refuse(where, f"MLP layout {[type(m).__name__ for m in mods]} (output_fn, dropout "
-                       f"or score scaling)")
+        refuse(_WHERE, where, f"MLP layout {[type(m).__name__ for m in mods]} (output_fn, dropout "
+                              f"or score scaling)")
     if any(float(m.negative_slope) != 0.0 for m in acts):
-        _refuse(where, "leaky > 0 (refflow's MLP has ReLU, not leaky ReLU)")
+        refuse(_WHERE, where, "leaky > 0 (refflow's MLP has ReLU, not leaky ReLU)")
     if any(lin.bias is None for lin in linears):
-        _refuse(where, "a linear layer without bias")
+        refuse(_WHERE, where, "a linear layer without bias")
     return [np64(m.weight) for m in linears], [np64(m.bias) for m in linears], "relu"
 
 
@@ -150,16 +136,16 @@ def _masked_affine(flow):
     where = "MaskedAffineFlow"
     b = np64(flow.b).reshape(-1)
     if b.ndim != 1 or not np.all((b == 0) | (b == 1)):
-        _refuse(where, "a mask that is not a 0/1 vector")
+        refuse(_WHERE, where, "a mask that is not a 0/1 vector")
     if not callable(getattr(flow, "s", None)) or not hasattr(flow.s, "net") \
             or not hasattr(flow.t, "net"):
-        _refuse(where, "a missing s or t network (NICE-style layers)")
+        refuse(_WHERE, where, "a missing s or t network (NICE-style layers)")
     keep = b == 1                           # the identity part (refflow: mask False)
     dim = b.shape[0]
     ws, bs, act = _mlp(flow.s, where + ".s")
     wt, bt, _ = _mlp(flow.t, where + ".t")
     if len(ws) != len(wt):
-        _refuse(where, "s and t networks of different depths")
+        refuse(_WHERE, where, "s and t networks of different depths")
     trans = np.flatnonzero(~keep)
     kcols = np.flatnonzero(keep)
     n_layers = len(ws)
@@ -213,15 +199,15 @@ def _coupling_block(flow):
     split, coupling, merge = list(flow.flows)
     if type(split) is not Split or type(merge) is not Merge or \
             type(coupling) is not NfAffineCoupling:
-        _refuse(where, "a block other than [Split, AffineCoupling, Merge]")
+        refuse(_WHERE, where, "a block other than [Split, AffineCoupling, Merge]")
     if split.mode != "channel" or merge.mode != "channel":
-        _refuse(where, f"split_mode={split.mode!r} (refflow imports 'channel')")
+        refuse(_WHERE, where, f"split_mode={split.mode!r} (refflow imports 'channel')")
     weights, biases, act = _mlp(coupling.param_map, where + ".param_map")
     n_a = weights[0].shape[1]
     n_out = weights[-1].shape[0]
     dim = n_a + (n_out // 2 if coupling.scale else n_out)
     if -(-dim // 2) != n_a:
-        _refuse(where, f"a param_map with {n_a} inputs for {dim} features")
+        refuse(_WHERE, where, f"a param_map with {n_a} inputs for {dim} features")
     mask = np.arange(dim) >= n_a
     hidden = tuple(w.shape[0] for w in weights[:-1])
     common = dict(mask=mask, hidden=hidden, activation=act, rng=0)
@@ -231,8 +217,8 @@ def _coupling_block(flow):
     else:
         scale = _COUPLING_SCALES.get(coupling.scale_map)
         if scale is None:
-            _refuse(where, f"scale_map={coupling.scale_map!r} (refflow imports "
-                           f"{sorted(_COUPLING_SCALES)})")
+            refuse(_WHERE, where, f"scale_map={coupling.scale_map!r} (refflow imports "
+                                  f"{sorted(_COUPLING_SCALES)})")
         layer = AffineCoupling(dim, scale=scale, scale_side="sampling", **common)
         n_b = dim - n_a
         rows = np.concatenate([2 * np.arange(n_b), 2 * np.arange(n_b) + 1])
@@ -256,16 +242,16 @@ def _affine_const(flow):
     from ..bijectors import Affine
     where = type(flow).__name__
     if isinstance(flow, ActNorm) and not float(flow.data_dep_init_done) > 0:
-        _refuse(where, "an ActNorm before its data-dependent initialisation (run the model "
-                       "on a batch first: normflows would re-initialise it)")
+        refuse(_WHERE, where, "an ActNorm before its data-dependent initialisation (run the model "
+                              "on a batch first: normflows would re-initialise it)")
     s, t = np64(flow.s), np64(flow.t)
     if s.ndim != 2 or s.shape[0] != 1 or t.shape != s.shape:
-        _refuse(where, f"parameters of shape {s.shape} (refflow imports vectors)")
+        refuse(_WHERE, where, f"parameters of shape {s.shape} (refflow imports vectors)")
     layer = Affine(s.shape[1])
     layer.params["shift"] = t[0]
     layer.params["log_scale"] = s[0]
-    grads = {"s": (0, "log_scale", _whole(s.shape[1:], s.shape)),
-             "t": (0, "shift", _whole(t.shape[1:], t.shape))}
+    grads = {"s": (0, "log_scale", whole_map(s.shape[1:], s.shape)),
+             "t": (0, "shift", whole_map(t.shape[1:], t.shape))}
     return [layer], grads
 
 
@@ -277,7 +263,7 @@ def _permute(flow):
     elif flow.mode == "swap":  # forward: [z[n//2:], z[:n//2]]
         p = np.concatenate([np.arange(n // 2, n), np.arange(n // 2)])
     else:
-        _refuse("Permute", f"mode={flow.mode!r}")
+        refuse(_WHERE, "Permute", f"mode={flow.mode!r}")
     return [Permute(n, permutation=p)], {}
 
 
@@ -285,14 +271,14 @@ def _lu_permute(flow):
     from ..bijectors import Inverse, LULinear, Permute
     lin, perm = flow.linear, flow.permutation
     if float(lin.eps) != _LU_EPS:
-        _refuse("LULinearPermute", f"eps={lin.eps} (refflow's softplus diagonal has 1e-3)")
+        refuse(_WHERE, "LULinearPermute", f"eps={lin.eps} (refflow's softplus diagonal has 1e-3)")
     if int(perm._dim) != 1:
-        _refuse("LULinearPermute", f"a permutation along dim {perm._dim}")
+        refuse(_WHERE, "LULinearPermute", f"a permutation along dim {perm._dim}")
     layer = LULinear(int(lin.features), upper_diag="softplus")
     grads = {}
     for key in ("lower_entries", "upper_entries", "unconstrained_upper_diag", "bias"):
         layer.params[key] = np64(getattr(lin, key))
-        grads[f"linear.{key}"] = (0, key, _whole(layer.params[key].shape))
+        grads[f"linear.{key}"] = (0, key, whole_map(layer.params[key].shape))
     p = np64(perm._permutation).astype(np.int64)
     # data -> base: u = x[:, p], then L U u + b (refflow's LULinear.forward); sampling runs
     # Inverse(LULinear) and then x = u[:, argsort(p)]
@@ -303,21 +289,22 @@ def _planar(flow):
     from ..bijectors import Planar
     where = "Planar"
     if flow.act == "leaky_relu":
-        _refuse(where, "act='leaky_relu' (normflows' forward map has the slope 0.2, but its "
-                       "inverse and forward log-det build it as (x < 0) * (0.2 - 1.0) + 1.0 in "
-                       "torch's default dtype: in a float64 model they use 0.19999998807907104, "
-                       "so its log_prob is not the density of its own samples' map (1e-8 "
-                       "apart); refflow's Planar(activation='leaky_relu') is the consistent map")
+        refuse(_WHERE, where, "act='leaky_relu' (normflows' forward map has the slope 0.2, but "
+                              "its inverse and forward log-det build it as (x < 0) * (0.2 - 1.0) "
+                              "+ 1.0 in torch's default dtype: in a float64 model they use "
+                              "0.19999998807907104, so its log_prob is not the density of its "
+                              "own samples' map (1e-8 apart); refflow's "
+                              "Planar(activation='leaky_relu') is the consistent map")
     if flow.act != "tanh":
-        _refuse(where, f"act={flow.act!r} (refflow's Planar has tanh)")
+        refuse(_WHERE, where, f"act={flow.act!r} (refflow's Planar has tanh)")
     u, w, b = np64(flow.u), np64(flow.w), np64(flow.b)
     if u.ndim != 2 or u.shape[0] != 1 or w.shape != u.shape or b.shape != (1,):
-        _refuse(where, f"parameters of shape {u.shape} (refflow imports vectors)")
+        refuse(_WHERE, where, f"parameters of shape {u.shape} (refflow imports vectors)")
     dim = u.shape[1]
     layer = Planar(dim, rng=0)
     layer.params["u"], layer.params["w"], layer.params["b"] = u[0], w[0], b
-    grads = {"u": (0, "u", _whole((dim,), u.shape)), "w": (0, "w", _whole((dim,), w.shape)),
-             "b": (0, "b", _whole((1,)))}
+    grads = {"u": (0, "u", whole_map((dim,), u.shape)), "w": (0, "w", whole_map((dim,), w.shape)),
+             "b": (0, "b", whole_map((1,)))}
     return [layer], grads
 
 
@@ -326,14 +313,14 @@ def _radial(flow):
     where = "Radial"
     z0, alpha, beta = np64(flow.z_0), np64(flow.alpha), np64(flow.beta)
     if z0.ndim != 2 or z0.shape[0] != 1 or alpha.shape != (1,) or beta.shape != (1,):
-        _refuse(where, f"parameters of shape {z0.shape} (refflow imports vectors)")
+        refuse(_WHERE, where, f"parameters of shape {z0.shape} (refflow imports vectors)")
     if alpha[0] == 0.0:
-        _refuse(where, "alpha = 0 (|alpha| = 0: the map is singular at z_0)")
+        refuse(_WHERE, where, "alpha = 0 (|alpha| = 0: the map is singular at z_0)")
     dim = z0.shape[1]
     layer = Radial(dim, parameterization="normflows", rng=0)
     layer.params["z0"], layer.params["alpha"], layer.params["beta"] = z0[0], alpha, beta
-    grads = {"z_0": (0, "z0", _whole((dim,), z0.shape)), "alpha": (0, "alpha", _whole((1,))),
-             "beta": (0, "beta", _whole((1,)))}
+    grads = {"z_0": (0, "z0", whole_map((dim,), z0.shape)), "alpha": (0, "alpha", whole_map((1,))),
+             "beta": (0, "beta", whole_map((1,)))}
     return [layer], grads
 
 
@@ -348,18 +335,8 @@ def _activation(act, where):
         return "tanh"
     if act is F.elu or (type(act) is torch.nn.ELU and float(act.alpha) == 1.0):
         return "elu"
-    _refuse(where, f"activation {getattr(act, '__name__', type(act).__name__)} (relu, tanh, "
-                   f"elu)")
-
-
-def _check_network(net, where):
-    """Refuse batch norm and active dropout anywhere in ``net``."""
-    import torch
-    for m in net.modules():
-        if isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training:
-            _refuse(where, f"dropout (p={m.p}) in training mode (call .eval())")
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            _refuse(where, "batch norm inside the network (use_batch_norm=True)")
+    refuse(_WHERE, where, f"activation {getattr(act, '__name__', type(act).__name__)} (relu, tanh, "
+                          f"elu)")
 
 
 _GATED = {}
@@ -460,23 +437,23 @@ def _made(net, n_params, where):
     from ..nn.made import ResidualMADE
     from ..params import ParamDict
     if type(net) is not NfMADE:
-        _refuse(where, f"autoregressive_net of type {type(net).__name__} (normflows MADE)")
-    _check_network(net, where)
+        refuse(_WHERE, where, f"autoregressive_net of type {type(net).__name__} (normflows MADE)")
+    check_network(_WHERE, net, where)
     if type(net.preprocessing) is not torch.nn.Identity:
-        _refuse(where, f"preprocessing {type(net.preprocessing).__name__} (the circular "
-                       f"splines' periodic features)")
+        refuse(_WHERE, where, f"preprocessing {type(net.preprocessing).__name__} (the circular "
+                              f"splines' periodic features)")
     if not all(type(b) is MaskedResidualBlock for b in net.blocks):
-        _refuse(where, "use_residual_blocks=False (normflows applies no activation between "
-                       "its first layer and the first block)")
+        refuse(_WHERE, where, "use_residual_blocks=False (normflows applies no activation between "
+                              "its first layer and the first block)")
     dim = int(net.initial_layer.in_features)
     width = int(net.initial_layer.out_features)
     if net.final_layer.out_features != dim * n_params:
-        _refuse(where, f"MADE output width {net.final_layer.out_features} (expected {dim} x "
-                       f"{n_params})")
+        refuse(_WHERE, where, f"MADE output width {net.final_layer.out_features} (expected {dim} x "
+                              f"{n_params})")
     in_degrees = np64(net.final_layer.degrees).astype(np.int64)[::n_params] \
         if hasattr(net.final_layer, "degrees") else None
     if in_degrees is None or sorted(in_degrees.tolist()) != list(range(1, dim + 1)):
-        _refuse(where, "output degrees that are not one permutation of 1..dim per parameter")
+        refuse(_WHERE, where, "output degrees that are not one permutation of 1..dim per parameter")
     order = in_degrees - 1
     names, torch_masks, degrees = made_layout(net, residual=True)
     conditional = hasattr(net, "context_layer")
@@ -485,7 +462,7 @@ def _made(net, n_params, where):
         model = ResidualMADE(dim, width, len(net.blocks), n_params, order=order,
                              hidden_degrees=degrees, activation=act)
     except ValueError as err:
-        _refuse(where, f"its hidden degrees ({err})")
+        refuse(_WHERE, where, f"its hidden degrees ({err})")
     if conditional:
         model.__class__ = _gated_residual_made_class()
     check_made_masks(model, torch_masks, f"{_WHERE}: {where}")
@@ -501,12 +478,8 @@ def _made(net, n_params, where):
         names += extra
         model.context_features = n_context
     model.params = ParamDict(arrays)
-    grads = {theirs: (ours, _whole(arrays[ours].shape)) for ours, theirs in names}
+    grads = {theirs: (ours, whole_map(arrays[ours].shape)) for ours, theirs in names}
     return model, grads
-
-
-def _unsaveable(layer):
-    return unsaveable(layer, "Normflows", __name__)
 
 
 def _masked_affine_autoregressive(flow):
@@ -527,15 +500,15 @@ def _masked_affine_autoregressive(flow):
         if ours in ("w_out", "b_out"):
             idx = idx[np.argsort(rows)]
         grads[f"autoregressive_net.{theirs}"] = (0, f"made.{ours}", idx)
-    return [Inverse(_unsaveable(layer))], grads
+    return [Inverse(unsaveable(layer, "Normflows", __name__))], grads
 
 
 def _check_spline(obj, where):
     if obj.tails != "linear":
-        _refuse(where, f"tails={obj.tails!r} (refflow imports 'linear')")
+        refuse(_WHERE, where, f"tails={obj.tails!r} (refflow imports 'linear')")
     import torch
     if torch.is_tensor(obj.tail_bound):
-        _refuse(where, "a tail_bound per feature")
+        refuse(_WHERE, where, "a tail_bound per feature")
 
 
 def _spline_options(obj):
@@ -552,7 +525,7 @@ def _autoregressive_spline(flow):
     _check_spline(inner, where)
     n_params = 3 * int(inner.num_bins) - 1
     if hasattr(inner.autoregressive_net, "hidden_features"):  # pragma: no cover - 1.7.3 has not
-        _refuse(where, "a MADE with a hidden_features attribute (the sqrt scaling)")
+        refuse(_WHERE, where, "a MADE with a hidden_features attribute (the sqrt scaling)")
     made, names = _made(inner.autoregressive_net, n_params, where)
     layer = MaskedSplineAutoregressive(made.dim, hidden=(2 * made.dim,), rng=0,
                                        **_spline_options(inner))
@@ -560,7 +533,7 @@ def _autoregressive_spline(flow):
     layer.context_dim = made.context_features or None
     grads = {f"mprqat.autoregressive_net.{t}": (0, f"made.{o}", idx)
              for t, (o, idx) in names.items()}
-    return [_unsaveable(layer)], grads
+    return [unsaveable(layer, "Normflows", __name__)], grads
 
 
 def _residual_net(net, n_in, n_b, n_bins, where, prefix):
@@ -570,10 +543,10 @@ def _residual_net(net, n_in, n_b, n_bins, where, prefix):
 
     from ..nn.activations import get_activation
     if type(net) is not ResidualNet:
-        _refuse(where, f"transform_net of type {type(net).__name__} (normflows ResidualNet)")
-    _check_network(net, where)
+        refuse(_WHERE, where, f"transform_net of type {type(net).__name__} (normflows ResidualNet)")
+    check_network(_WHERE, net, where)
     if net.preprocessing is not None:
-        _refuse(where, f"preprocessing {type(net.preprocessing).__name__}")
+        refuse(_WHERE, where, f"preprocessing {type(net.preprocessing).__name__}")
     import torch
     act = get_activation(_activation(net.blocks[0].activation if len(net.blocks) else
                                      torch.relu, where))
@@ -581,14 +554,14 @@ def _residual_net(net, n_in, n_b, n_bins, where, prefix):
     per = 3 * n_bins - 1
     if net.initial_layer.in_features != n_in + n_context or \
             net.final_layer.out_features != n_b * per:
-        _refuse(where, "a ResidualNet whose sizes do not match the coupling split")
+        refuse(_WHERE, where, "a ResidualNet whose sizes do not match the coupling split")
     names = residual_net_names(len(net.blocks), bool(n_context))
     state = dict(net.named_parameters())
     divisor = np.ones((n_b, per))
     divisor[:, :2 * n_bins] = np.sqrt(net.hidden_features)
     arrays = {k: np64(state[t]) for k, t in names}
     model = GatedResidualNet(arrays, n_in, n_context, len(net.blocks), act, divisor.ravel())
-    grads = {f"{prefix}{t}": (f"conditioner.{k}", _whole(arrays[k].shape)) for k, t in names}
+    grads = {f"{prefix}{t}": (f"conditioner.{k}", whole_map(arrays[k].shape)) for k, t in names}
     return model, grads, n_context
 
 
@@ -610,7 +583,8 @@ def _coupled_spline(flow):
     coupling = SplineCoupling(dim, mask=mask, hidden=(1,), rng=0,
                               context_dim=n_context or None, **_spline_options(inner))
     coupling.conditioner = conditioner
-    layers, grads = [_unsaveable(coupling)], {t: (0, o, i) for t, (o, i) in names.items()}
+    layers = [unsaveable(coupling, "Normflows", __name__)]
+    grads = {t: (0, o, i) for t, (o, i) in names.items()}
     cdf = inner.unconditional_transform
     if cdf is not None:
         # the unconditional spline of the identity half: a coupling whose conditioner is the
@@ -618,10 +592,10 @@ def _coupled_spline(flow):
         # are normflows' parameters, copied
         if cdf.tails != "linear" or float(cdf.tail_bound) != float(inner.tail_bound) or \
                 cdf.unnormalized_derivatives.shape[-1] != n_bins - 1:
-            _refuse(where, "an unconditional spline with other tails than the coupling's")
+            refuse(_WHERE, where, "an unconditional spline with other tails than the coupling's")
         for name in ("min_bin_width", "min_bin_height", "min_derivative"):
             if float(getattr(cdf, name)) != float(getattr(inner, name)):
-                _refuse(where, f"an unconditional spline with another {name}")
+                refuse(_WHERE, where, f"an unconditional spline with another {name}")
         n_id = ident.shape[0]
         free = SplineCoupling(dim, mask=~mask, hidden=(), rng=0,
                               context_dim=n_context or None, **_spline_options(inner))
@@ -630,7 +604,7 @@ def _coupled_spline(flow):
         theta = np.concatenate([np64(cdf.unnormalized_widths), np64(cdf.unnormalized_heights),
                                 np64(cdf.unnormalized_derivatives)], axis=1)
         if theta.shape != (n_id, per):
-            _refuse(where, f"unconditional spline parameters of shape {theta.shape}")
+            refuse(_WHERE, where, f"unconditional spline parameters of shape {theta.shape}")
         free.params["conditioner.b0"] = theta.ravel()
         idx = index_map((n_id, per))
         grads.update({
@@ -670,7 +644,7 @@ def _layers(flow):
         return _coupled_spline(flow)
     if cls is nf.Radial:
         return _radial(flow)
-    _unsupported(flow)
+    unsupported(_WHERE, _PEER, flow)
 
 
 def _base(q0):
@@ -680,29 +654,29 @@ def _base(q0):
     if type(q0) is GaussianMixture:
         loc, log_scale, scores = np64(q0.loc), np64(q0.log_scale), np64(q0.weight_scores)
         if loc.ndim != 3 or loc.shape[0] != 1:
-            _refuse("GaussianMixture", f"loc of shape {loc.shape}")
+            refuse(_WHERE, "GaussianMixture", f"loc of shape {loc.shape}")
         k, dim = loc.shape[1:]
         base = DiagGaussianMixture(dim, k)
         base.params["loc"], base.params["log_scale"] = loc[0], log_scale[0]
         base.params["logits"] = scores[0]
-        grads = {"loc": ("loc", _whole((k, dim), loc.shape)),
-                 "log_scale": ("log_scale", _whole((k, dim), loc.shape)),
-                 "weight_scores": ("logits", _whole((k,), scores.shape))}
+        grads = {"loc": ("loc", whole_map((k, dim), loc.shape)),
+                 "log_scale": ("log_scale", whole_map((k, dim), loc.shape)),
+                 "weight_scores": ("logits", whole_map((k,), scores.shape))}
         return base, grads
     if type(q0) is not DiagGaussian:
-        _unsupported(q0, "as a base distribution; refflow imports DiagGaussian and "
-                         "GaussianMixture")
+        unsupported(_WHERE, _PEER, q0, "as a base distribution; refflow imports DiagGaussian and "
+                                       "GaussianMixture")
     if q0.temperature is not None:
-        _refuse("DiagGaussian", f"temperature={q0.temperature}")
+        refuse(_WHERE, "DiagGaussian", f"temperature={q0.temperature}")
     loc, log_scale = np64(q0.loc), np64(q0.log_scale)
     if loc.ndim != 2 or loc.shape[0] != 1:
-        _refuse("DiagGaussian", f"shape {tuple(q0.shape)} (refflow imports vectors)")
+        refuse(_WHERE, "DiagGaussian", f"shape {tuple(q0.shape)} (refflow imports vectors)")
     dim = loc.shape[1]
     base = DiagNormal(dim)
     base.params["loc"] = loc[0]
     base.params["log_scale"] = log_scale[0]
-    grads = {"loc": ("loc", _whole((dim,), loc.shape)),
-             "log_scale": ("log_scale", _whole((dim,), loc.shape))}
+    grads = {"loc": ("loc", whole_map((dim,), loc.shape)),
+             "log_scale": ("log_scale", whole_map((dim,), loc.shape))}
     return base, grads
 
 
@@ -739,33 +713,19 @@ def from_normflows(model):
     ValueError
         An option refflow cannot reproduce, naming the class and the option.
     """
-    try:
-        import normflows
-    except ImportError:  # pragma: no cover
-        raise ImportError(f"{_WHERE}: needs torch and normflows (pip install normflows)") \
-            from None
+    normflows = require(_WHERE, ("normflows",), "torch and normflows", "normflows")[0]
     from ..bijectors import Chain
     from ..distributions import Flow
     if type(model) not in (normflows.NormalizingFlow, normflows.ConditionalNormalizingFlow):
         raise TypeError(f"{_WHERE}: expected a normflows.NormalizingFlow, got "
                         f"{type(model).__name__}")
     base, base_grads = _base(model.q0)
-    layers, peer = [], {}
-    for i, flow in enumerate(model.flows):
-        new, grads = _layers(flow)
-        for name, (j, key, idx) in grads.items():
-            peer[f"flows.{i}.{name}"] = (f"bijector.layers.{len(layers) + j}.{key}", idx)
-        layers += new
+    layers, peer = gather_layers((f"flows.{i}.", *_layers(flow))
+                                 for i, flow in enumerate(model.flows))
     for name, (key, idx) in base_grads.items():
         if getattr(model.q0, name).requires_grad:
             peer[f"q0.{name}"] = (f"base.{key}", idx)
     for layer in layers:
         if layer.dim != base.dim:
-            _refuse(type(layer).__name__, f"dimension {layer.dim} for a base of {base.dim}")
-    out = Flow(base, Chain(layers))
-    params = out.params
-    for name, (key, idx) in peer.items():  # the map names real arrays, entries in range
-        if key not in params or idx.max(initial=-1) >= params[key].size:
-            raise RuntimeError(f"{_WHERE}: internal error: gradient map of {name} -> {key}")
-    out.peer_gradients = peer
-    return out
+            refuse(_WHERE, type(layer).__name__, f"dimension {layer.dim} for a base of {base.dim}")
+    return with_peer_gradients(_WHERE, Flow(base, Chain(layers)), peer)

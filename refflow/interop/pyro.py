@@ -93,11 +93,15 @@ The returned model carries ``peer_gradients`` (``{"<transform index>.<parameter 
 
 import numpy as np
 
-from .common import index_map, np64, unused_map
+from .common import (
+    gather_layers, index_map, np64, refuse, require, unsupported, unused_map, vector,
+    whole_map, with_peer_gradients,
+)
 
 __all__ = ["from_pyro"]
 
 _WHERE = "from_pyro"
+_PEER = "Pyro"
 _CLAMP = (-5.0, 3.0)       # refflow's "pyro-clamp": Pyro's default log_scale_{min,max}_clip
 _SIGMOID_BIAS = 2.0        # refflow's "sigmoid-nofloor": Pyro's default sigmoid_bias
 _SPLINE_DEFAULTS = {"min_bin_width": 1e-3, "min_bin_height": 1e-3, "min_derivative": 1e-3}
@@ -134,26 +138,10 @@ _NOT_YET = {
 }
 
 
-def _unsupported(t):
-    name = type(t).__name__
-    why = _NOT_YET.get(name, "its refflow twin, or its import, does not exist yet")
-    raise NotImplementedError(f"{_WHERE}: Pyro transform {name} is not supported ({why})")
-
-
-def _refuse(cls_name, option):
-    raise ValueError(f"{_WHERE}: {cls_name}: {option} is not supported (refflow would not "
-                     f"compute the same function)")
-
-
-def _vector(t, name, dim, cls_name):
-    value = np64(getattr(t, name))
-    if value.shape != (dim,):
-        _refuse(cls_name, f"parameter {name} of shape {value.shape} (expected ({dim},))")
-    return value
-
-
-def _whole(shape):
-    return index_map(shape)
+def _parameter(t, name, dim, cls_name):
+    """Pyro's parameter ``t.<name>`` as float64, exactly of shape ``(dim,)`` (its gradient is
+    mapped entry for entry)."""
+    return vector(_WHERE, getattr(t, name), dim, cls_name, f"parameter {name}", broadcast=False)
 
 
 def _activation(f, where):
@@ -161,7 +149,7 @@ def _activation(f, where):
     names = {torch.nn.ReLU: "relu", torch.nn.Tanh: "tanh", torch.nn.Softplus: "softplus"}
     name = names.get(type(f))
     if name is None or (name == "softplus" and (float(f.beta) != 1.0)):
-        _refuse(where, f"nonlinearity {type(f).__name__} (ReLU, Tanh, Softplus(beta=1))")
+        refuse(_WHERE, where, f"nonlinearity {type(f).__name__} (ReLU, Tanh, Softplus(beta=1))")
     return name
 
 
@@ -203,16 +191,16 @@ def _made(arn, slots, where, prefix):
     from ..nn.made import MADE
     from ..params import ParamDict
     if type(arn) not in (AutoRegressiveNN, ConditionalAutoRegressiveNN):
-        _refuse(where, f"autoregressive_nn of type {type(arn).__name__} (Pyro's "
-                       f"AutoRegressiveNN / ConditionalAutoRegressiveNN)")
+        refuse(_WHERE, where, f"autoregressive_nn of type {type(arn).__name__} (Pyro's "
+                              f"AutoRegressiveNN / ConditionalAutoRegressiveNN)")
     if arn.skip_layer is not None:
-        _refuse(where, "skip_connections=True (refflow's MADE has no skip layer)")
+        refuse(_WHERE, where, "skip_connections=True (refflow's MADE has no skip layer)")
     dim, n_context = int(arn.input_dim), int(arn.context_dim)
     if int(arn.output_multiplier) != slots:
-        _refuse(where, f"param_dims {list(arn.param_dims)} ({slots} values per feature "
-                       f"expected)")
+        refuse(_WHERE, where, f"param_dims {list(arn.param_dims)} ({slots} values per feature "
+                              f"expected)")
     if dim < 2:
-        _refuse(where, "input_dim=1")
+        refuse(_WHERE, where, "input_dim=1")
     act = _activation(arn.f, where)
     perm = np64(arn.permutation).astype(np.int64)
     order = np.argsort(perm)                    # Pyro: var_index[perm] = arange(D)
@@ -225,7 +213,7 @@ def _made(arn, slots, where, prefix):
         made = MADE(dim, tuple(hidden), slots, order=order, hidden_degrees=degrees,
                     activation=act, context_features=n_context)
     except ValueError as err:
-        _refuse(where, f"its masks ({err})")
+        refuse(_WHERE, where, f"its masks ({err})")
     cols = _first_columns(dim, n_context)
     rows = (np.arange(slots)[None, :] * dim + np.arange(dim)[:, None]).ravel()
     layers = list(arn.layers)
@@ -252,14 +240,14 @@ def _dense(net, n_in, slot_sizes, n_b, where, prefix, feature_major=True):
 
     from ..nn.mlp import MLP
     if type(net) not in (DenseNN, ConditionalDenseNN):
-        _refuse(where, f"hypernet of type {type(net).__name__} (Pyro's DenseNN / "
-                       f"ConditionalDenseNN)")
+        refuse(_WHERE, where, f"hypernet of type {type(net).__name__} (Pyro's DenseNN / "
+                              f"ConditionalDenseNN)")
     n_context = int(net.context_dim)
     if int(net.input_dim) != n_in:
-        _refuse(where, f"a hypernet with {net.input_dim} inputs for {n_in}")
+        refuse(_WHERE, where, f"a hypernet with {net.input_dim} inputs for {n_in}")
     if [int(d) for d in net.param_dims] != [n_b * s for s in slot_sizes]:
-        _refuse(where, f"param_dims {list(net.param_dims)} (expected "
-                       f"{[n_b * s for s in slot_sizes]})")
+        refuse(_WHERE, where, f"param_dims {list(net.param_dims)} (expected "
+                              f"{[n_b * s for s in slot_sizes]})")
     act = _activation(net.f, where)
     offset, per = 0, sum(slot_sizes)
     rows = np.empty(n_b * per, dtype=np.int64)
@@ -278,7 +266,7 @@ def _dense(net, n_in, slot_sizes, n_b, where, prefix, feature_major=True):
     arrays, grads = _linears(layers, cols, rows, prefix, "conditioner.")
     for key, value in arrays.items():
         if mlp.params[key].shape != value.shape:
-            _refuse(where, "a hypernet whose layer sizes refflow's MLP cannot hold")
+            refuse(_WHERE, where, "a hypernet whose layer sizes refflow's MLP cannot hold")
         mlp.params[key] = value
     return mlp, grads, n_context
 
@@ -295,12 +283,12 @@ def _affine_scale(t, where, straight_through):
     lo, hi = float(t.log_scale_min_clip), float(t.log_scale_max_clip)
     if getattr(t, "stable", False):
         if float(t.sigmoid_bias) != _SIGMOID_BIAS:
-            _refuse(where, f"sigmoid_bias={t.sigmoid_bias} (refflow's 'sigmoid-nofloor' has "
-                           f"{_SIGMOID_BIAS})")
+            refuse(_WHERE, where, f"sigmoid_bias={t.sigmoid_bias} (refflow's 'sigmoid-nofloor' has "
+                                  f"{_SIGMOID_BIAS})")
         return "sigmoid-nofloor", True
     if (lo, hi) != _CLAMP:
-        _refuse(where, f"log_scale_min_clip={lo}, log_scale_max_clip={hi} (refflow's "
-                       f"'pyro-clamp' clips to {list(_CLAMP)})")
+        refuse(_WHERE, where, f"log_scale_min_clip={lo}, log_scale_max_clip={hi} (refflow's "
+                              f"'pyro-clamp' clips to {list(_CLAMP)})")
     return ("pyro-clamp-st" if straight_through else "pyro-clamp"), False
 
 
@@ -323,7 +311,7 @@ def _affine_coupling(t, dim, where, conditional, straight_through):
     from ..bijectors import AffineCoupling
     inner = _conditioned(t, int(t.nn.context_dim)) if conditional else t
     if int(inner.dim) != -1:
-        _refuse(where, f"dim={inner.dim} (refflow couples along the last axis)")
+        refuse(_WHERE, where, f"dim={inner.dim} (refflow couples along the last axis)")
     scale, _ = _affine_scale(inner, where, straight_through)
     split = int(t.split_dim)
     n_b = dim - split
@@ -339,9 +327,9 @@ def _spline_kind(t, where):
     order = t.order
     bins = int(t.count_bins) if hasattr(t, "count_bins") else None
     if order not in ("linear", "quadratic"):
-        _refuse(where, f"order={order!r}")
+        refuse(_WHERE, where, f"order={order!r}")
     if bins is not None and bins < 2:
-        _refuse(where, f"count_bins={bins}")
+        refuse(_WHERE, where, f"count_bins={bins}")
     kind = dict(spline="linear-rational") if order == "linear" else \
         dict(parameterization="pyro")
     return kind, order
@@ -360,7 +348,7 @@ def _spline(t, dim, where):
     kind, order = _spline_kind(t, where)
     k = int(t.count_bins)
     if int(t.input_dim) != dim:
-        _refuse(where, f"input_dim={t.input_dim} for {dim} features")
+        refuse(_WHERE, where, f"input_dim={t.input_dim} for {dim} features")
     if order == "linear":
         layer = LinearRationalSpline(dim, n_bins=k, bound=float(t.bound))
     else:
@@ -369,9 +357,9 @@ def _spline(t, dim, where):
     for name in _SPLINE_NAMES[:len(_slot_sizes(order, k))]:
         value = np64(getattr(t, name))
         if value.shape != layer.params[name].shape:
-            _refuse(where, f"{name} of shape {value.shape}")
+            refuse(_WHERE, where, f"{name} of shape {value.shape}")
         layer.params[name] = value
-        grads[name] = (0, name, _whole(value.shape))
+        grads[name] = (0, name, whole_map(value.shape))
     return [layer], grads
 
 
@@ -394,7 +382,7 @@ def _spline_coupling(t, dim, where):
     split = int(t.split_dim)
     n_b = dim - split
     if int(upper.input_dim) != n_b:
-        _refuse(where, f"an upper spline over {upper.input_dim} features for {n_b}")
+        refuse(_WHERE, where, f"an upper spline over {upper.input_dim} features for {n_b}")
     options = dict(n_bins=k, bound=float(upper.bound), **kind)
     sizes = _slot_sizes(order, k)
     mlp, grads, _ = _dense(upper.nn, split, sizes, n_b, where, "upper_spline.nn.")
@@ -413,7 +401,7 @@ def _spline_coupling(t, dim, where):
     else:
         if lower.order != order or int(lower.count_bins) != k or \
                 float(lower.bound) != float(upper.bound):
-            _refuse(where, "lower and upper splines of different kinds")
+            refuse(_WHERE, where, "lower and upper splines of different kinds")
         parts = [np64(getattr(lower, name)) for name in _SPLINE_NAMES[:len(sizes)]]
         theta = np.concatenate(parts, axis=1)
         per = sum(sizes)
@@ -450,20 +438,22 @@ def _batchnorm(t, dim):
     from ..bijectors import BatchNorm
     where = "BatchNorm"
     if t.training:
-        _refuse(where, "training mode (Pyro normalises with the batch's unbiased variance and "
-                       "updates its running statistics on every log_prob; call .eval())")
+        refuse(_WHERE, where, "training mode (Pyro normalises with the batch's unbiased variance "
+                              "and updates its running statistics on every log_prob; call "
+                              ".eval())")
     momentum = float(t.momentum)
     if not 0.0 < momentum <= 1.0:
-        _refuse(where, f"momentum={momentum} (refflow's BatchNorm takes (0, 1])")
+        refuse(_WHERE, where, f"momentum={momentum} (refflow's BatchNorm takes (0, 1])")
     if not float(t.epsilon) > 0.0:
-        _refuse(where, f"epsilon={t.epsilon}")
+        refuse(_WHERE, where, f"epsilon={t.epsilon}")
     layer = BatchNorm(dim, momentum=momentum, eps=float(t.epsilon), gamma="pyro")
-    layer.params["gamma"] = _vector(t, "gamma", dim, where)
-    layer.params["beta"] = _vector(t, "beta", dim, where)
-    layer.buffers["running_mean"][...] = _vector(t, "moving_mean", dim, where)
-    layer.buffers["running_var"][...] = _vector(t, "moving_variance", dim, where)
+    layer.params["gamma"] = _parameter(t, "gamma", dim, where)
+    layer.params["beta"] = _parameter(t, "beta", dim, where)
+    layer.buffers["running_mean"][...] = _parameter(t, "moving_mean", dim, where)
+    layer.buffers["running_var"][...] = _parameter(t, "moving_variance", dim, where)
     layer.eval()
-    return [layer], {"gamma": (0, "gamma", _whole((dim,))), "beta": (0, "beta", _whole((dim,)))}
+    return [layer], {"gamma": (0, "gamma", whole_map((dim,))),
+                     "beta": (0, "beta", whole_map((dim,)))}
 
 
 def _convert(t, dim, straight_through=False):
@@ -484,33 +474,33 @@ def _convert(t, dim, straight_through=False):
         return out, {}  # a ComposeTransform is no Module: its parameters have no names
     if cls is T.Permute:
         if t.dim != -1:
-            _refuse("Permute", f"dim={t.dim} (refflow permutes the last axis)")
+            refuse(_WHERE, "Permute", f"dim={t.dim} (refflow permutes the last axis)")
         p = np64(t.permutation).astype(np.int64)
         if p.shape != (dim,):
-            _refuse("Permute", f"a permutation of length {p.shape[0]} for {dim} features")
+            refuse(_WHERE, "Permute", f"a permutation of length {p.shape[0]} for {dim} features")
         return [Permute(dim, permutation=p)], {}
     if cls is T.Householder:
         vectors = np64(t.u_unnormed)
         if vectors.ndim != 2 or vectors.shape[1] != dim:
-            _refuse("Householder", f"u_unnormed of shape {vectors.shape}")
+            refuse(_WHERE, "Householder", f"u_unnormed of shape {vectors.shape}")
         layer = Householder(dim, n_reflections=vectors.shape[0], rng=0)
         layer.params["vectors"] = vectors
-        return [layer], {"u_unnormed": (0, "vectors", _whole(vectors.shape))}
+        return [layer], {"u_unnormed": (0, "vectors", whole_map(vectors.shape))}
     if cls is T.Planar:
         layer = Planar(dim, rng=0)
-        layer.params["u"] = _vector(t, "u", dim, "Planar")
-        layer.params["w"] = _vector(t, "w", dim, "Planar")
-        layer.params["b"] = _vector(t, "bias", 1, "Planar")
-        return [layer], {"u": (0, "u", _whole((dim,))), "w": (0, "w", _whole((dim,))),
-                         "bias": (0, "b", _whole((1,)))}
+        layer.params["u"] = _parameter(t, "u", dim, "Planar")
+        layer.params["w"] = _parameter(t, "w", dim, "Planar")
+        layer.params["b"] = _parameter(t, "bias", 1, "Planar")
+        return [layer], {"u": (0, "u", whole_map((dim,))), "w": (0, "w", whole_map((dim,))),
+                         "bias": (0, "b", whole_map((1,)))}
     if cls is T.Radial:
         layer = Radial(dim, rng=0)
-        layer.params["z0"] = _vector(t, "x0", dim, "Radial")
-        layer.params["alpha"] = _vector(t, "alpha_prime", 1, "Radial")
-        layer.params["beta"] = _vector(t, "beta_prime", 1, "Radial")
-        return [layer], {"x0": (0, "z0", _whole((dim,))),
-                         "alpha_prime": (0, "alpha", _whole((1,))),
-                         "beta_prime": (0, "beta", _whole((1,)))}
+        layer.params["z0"] = _parameter(t, "x0", dim, "Radial")
+        layer.params["alpha"] = _parameter(t, "alpha_prime", 1, "Radial")
+        layer.params["beta"] = _parameter(t, "beta_prime", 1, "Radial")
+        return [layer], {"x0": (0, "z0", whole_map((dim,))),
+                         "alpha_prime": (0, "alpha", whole_map((1,))),
+                         "beta_prime": (0, "beta", whole_map((1,)))}
     if cls is T.BatchNorm:
         return _batchnorm(t, dim)
     if cls is T.AffineAutoregressive:
@@ -529,7 +519,7 @@ def _convert(t, dim, straight_through=False):
         return _spline_autoregressive(t, dim, where, False)
     if cls is T.ConditionalSplineAutoregressive:
         return _spline_autoregressive(t, dim, where, True)
-    _unsupported(t)
+    unsupported(_WHERE, _PEER, t, _NOT_YET.get(type(t).__name__))
 
 
 def _base(base):
@@ -541,20 +531,20 @@ def _base(base):
     inner = base
     if isinstance(base, D.Independent):  # torch's, or Pyro's subclass (``.to_event(1)``)
         if base.reinterpreted_batch_ndims != 1:
-            _refuse("Independent", f"reinterpreted_batch_ndims={base.reinterpreted_batch_ndims}")
+            refuse(_WHERE, "Independent",
+                   f"reinterpreted_batch_ndims={base.reinterpreted_batch_ndims}")
         inner = base.base_dist
     kind = type(inner).__name__
     if inner is base or kind not in ("Normal", "Uniform", "StudentT") or \
             not isinstance(inner, (D.Normal, D.Uniform, D.StudentT)):
-        raise NotImplementedError(f"{_WHERE}: base distribution {type(base).__name__} is not "
-                                  f"supported (refflow imports Normal, Uniform and StudentT "
-                                  f"with .to_event(1))")
+        unsupported(_WHERE, _PEER, base, "as a base distribution; refflow imports Normal, "
+                                         "Uniform and StudentT with .to_event(1)")
     names = {"Normal": ("loc", "scale"), "Uniform": ("low", "high"),
              "StudentT": ("df", "loc", "scale")}[kind]
     values = [np64(getattr(inner, n)) for n in names]
     if values[0].ndim != 1 or any(v.shape != values[0].shape for v in values):
-        _refuse(kind, f"parameters of shapes {[v.shape for v in values]} (one vector event, "
-                      f"no batch)")
+        refuse(_WHERE, kind, f"parameters of shapes {[v.shape for v in values]} (one vector event, "
+                             f"no batch)")
     dim = values[0].shape[0]
     if kind == "Uniform":
         return Uniform(values[0], values[1])
@@ -611,11 +601,7 @@ def from_pyro(dist, base=None, *, straight_through=False):
     ValueError
         An option refflow cannot reproduce, naming the class and the option.
     """
-    try:
-        import pyro.distributions as pd
-    except ImportError:  # pragma: no cover
-        raise ImportError(f"{_WHERE}: needs torch and pyro-ppl (pip install pyro-ppl)") \
-            from None
+    pd = require(_WHERE, ("pyro.distributions",), "torch and pyro-ppl", "pyro-ppl")[0]
     from torch.distributions import TransformedDistribution
 
     from .._validation import check_bool
@@ -634,20 +620,10 @@ def from_pyro(dist, base=None, *, straight_through=False):
         raise TypeError(f"{_WHERE}: expected a pyro TransformedDistribution, or a list of "
                         f"transforms and a base, got {type(dist).__name__}")
     out_base = _base(base)
-    layers, peer = [], {}
-    for i, t in enumerate(transforms):
-        new, grads = _convert(t, out_base.dim, straight_through)
-        for name, (j, key, idx) in grads.items():
-            peer[f"{i}.{name}"] = (f"bijector.layers.{len(layers) + j}.{key}", idx)
-        layers += new
+    layers, peer = gather_layers((f"{i}.", *_convert(t, out_base.dim, straight_through))
+                                 for i, t in enumerate(transforms))
     contexts = {layer.context_dim for layer in layers
                 if getattr(layer, "context_dim", None) is not None}
     if len(contexts) > 1:
-        _refuse("ConditionalTransformedDistribution", f"context sizes {sorted(contexts)}")
-    out = Flow(out_base, Chain(layers))
-    params = out.params
-    for name, (key, idx) in peer.items():  # the map names real arrays, entries in range
-        if key not in params or idx.max(initial=-1) >= params[key].size:
-            raise RuntimeError(f"{_WHERE}: internal error: gradient map of {name} -> {key}")
-    out.peer_gradients = peer
-    return out
+        refuse(_WHERE, "ConditionalTransformedDistribution", f"context sizes {sorted(contexts)}")
+    return with_peer_gradients(_WHERE, Flow(out_base, Chain(layers)), peer)

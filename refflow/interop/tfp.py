@@ -56,80 +56,32 @@ Not imported (each raises naming the class and the option; nothing is approximat
 
 import numpy as np
 
+from .common import (
+    affine_layer, as_flow, chain, diag_normal_base, invert, lu_layer, matrix, refuse, require,
+    to_numpy, transformed_parts, unsupported, vector,
+)
+
 __all__ = ["from_tfp"]
 
 _WHERE = "from_tfp"
+_PEER = "TFP"
 
 
 def _require(where=_WHERE):
-    try:
-        import jax
-        from tensorflow_probability.substrates import jax as tfp
-    except ImportError:  # pragma: no cover - exercised only without the peer
-        raise ImportError(f"{where}: needs jax and TensorFlow Probability's JAX substrate (pip "
-                          f"install 'jax[cpu]' tfp-nightly)") from None
-    return jax, tfp
-
-
-def _np(a):
-    return np.array(a, dtype=np.float64, copy=True)
-
-
-def _unsupported(obj, why="its refflow twin does not exist yet"):
-    raise NotImplementedError(f"{_WHERE}: TFP {type(obj).__name__} is not supported ({why})")
-
-
-def _refuse(cls_name, option):
-    raise ValueError(f"{_WHERE}: {cls_name}: {option} is not supported (refflow would not "
-                     f"compute the same function)")
-
-
-def _vector(value, dim, cls_name, what):
-    arr = _np(value)
-    try:
-        return np.broadcast_to(arr, (dim,)).copy()
-    except ValueError:
-        _refuse(cls_name, f"{what} of shape {arr.shape} for events of size {dim} (a batch of "
-                          f"bijectors)")
-
-
-def _matrix(m, dim, cls_name):
-    m = _np(m)
-    if m.shape != (dim, dim):
-        _refuse(cls_name, f"a matrix of shape {m.shape} for events of size {dim} (a batch of "
-                          f"matrices)")
-    return m
-
-
-def _affine(dim, shift, log_scale):
-    from ..bijectors import Affine
-    layer = Affine(dim)
-    layer.params["shift"] = shift
-    layer.params["log_scale"] = log_scale
-    return layer
+    return require(where, ("jax", "tensorflow_probability.substrates.jax"),
+                   "jax and TensorFlow Probability's JAX substrate", "'jax[cpu]' tfp-nightly")
 
 
 def _positive_log(values, cls_name, what):
     if np.any(values <= 0):
-        _refuse(cls_name, f"a negative or zero {what} (refflow's Affine has exp(log_scale))")
+        refuse(_WHERE, cls_name, f"a negative or zero {what} (refflow's Affine has "
+                                 f"exp(log_scale))")
     return np.log(values)
-
-
-def _lu_layer(dim, lower, upper, diag, permutation=None, diagonal="upper"):
-    from ..bijectors import LULinear
-    if np.any(diag == 0):
-        _refuse("LULinear", "a singular triangular factor (a zero on its diagonal)")
-    layer = LULinear(dim, permutation=permutation, upper_diag="raw", diagonal=diagonal)
-    layer.params["lower_entries"] = lower[np.tril_indices(dim, -1)]
-    layer.params["upper_entries"] = upper[np.triu_indices(dim, 1)]
-    layer.params["unconstrained_upper_diag"] = diag
-    layer.params["bias"] = np.zeros(dim)
-    return layer
 
 
 def _no_adjoint(b, name):
     if b.parameters.get("adjoint", False):
-        _refuse(name, "adjoint=True")
+        refuse(_WHERE, name, "adjoint=True")
 
 
 def _convert(b, dim):
@@ -142,39 +94,42 @@ def _convert(b, dim):
     name = cls.__name__
     p = b.parameters
     if cls is tfb.Chain:
-        return _chain([_convert(x, dim) for x in b.bijectors[::-1]])
+        return chain([_convert(x, dim) for x in b.bijectors[::-1]])
     if isinstance(b, tfb.Invert):  # Invert and its subclasses (Log = Invert(Exp()))
-        return _invert(_convert(b.bijector, dim))
+        return invert(_convert(b.bijector, dim))
     if cls is tfb.Shift:
-        return _affine(dim, _vector(p["shift"], dim, name, "shift"), np.zeros(dim))
+        return affine_layer(dim, vector(_WHERE, p["shift"], dim, name, "shift"), np.zeros(dim))
     if cls is tfb.Scale:
         if p.get("log_scale") is not None:
-            log_scale = _vector(p["log_scale"], dim, name, "log_scale")
+            log_scale = vector(_WHERE, p["log_scale"], dim, name, "log_scale")
         else:
-            log_scale = _positive_log(_vector(p["scale"], dim, name, "scale"), name, "scale")
-        return _affine(dim, np.zeros(dim), log_scale)
+            log_scale = _positive_log(vector(_WHERE, p["scale"], dim, name, "scale"), name,
+                                      "scale")
+        return affine_layer(dim, np.zeros(dim), log_scale)
     if cls is tfb.ScaleMatvecDiag:
         _no_adjoint(b, name)
-        diag = _vector(p["scale_diag"], dim, name, "scale_diag")
-        return _affine(dim, np.zeros(dim), _positive_log(diag, name, "scale_diag"))
+        diag = vector(_WHERE, p["scale_diag"], dim, name, "scale_diag")
+        return affine_layer(dim, np.zeros(dim), _positive_log(diag, name, "scale_diag"))
     if cls is tfb.ScaleMatvecTriL:
         _no_adjoint(b, name)
-        t = np.tril(_matrix(p["scale_tril"], dim, name))
-        return _lu_layer(dim, t, np.zeros((dim, dim)), np.diagonal(t).copy(), diagonal="lower")
+        t = np.tril(matrix(_WHERE, p["scale_tril"], dim, name))
+        return lu_layer(_WHERE, dim, t, np.zeros((dim, dim)), np.diagonal(t).copy(),
+                        diagonal="lower")
     if cls is tfb.ScaleMatvecLU:
-        lu = _matrix(p["lower_upper"], dim, name)
+        lu = matrix(_WHERE, p["lower_upper"], dim, name)
         perm = np.asarray(p["permutation"], dtype=np.int64)
         if perm.shape != (dim,) or not np.array_equal(np.sort(perm), np.arange(dim)):
-            _refuse(name, f"permutation {perm.tolist()} (not one permutation of {dim} indices)")
+            refuse(_WHERE, name, f"permutation {perm.tolist()} (not one permutation of {dim} "
+                                 f"indices)")
         # W = gather(L U, invert_permutation(perm)): W[i] = M[argsort(perm)[i]], refflow's
         # W = M[permutation]
-        return _lu_layer(dim, lu, lu, np.diagonal(lu).copy(), permutation=np.argsort(perm))
+        return lu_layer(_WHERE, dim, lu, lu, np.diagonal(lu).copy(), permutation=np.argsort(perm))
     if cls is tfb.Permute:
         if int(np.asarray(p.get("axis", -1))) != -1:
-            _refuse(name, f"axis={p.get('axis')} (refflow permutes the event's last axis)")
+            refuse(_WHERE, name, f"axis={p.get('axis')} (refflow permutes the event's last axis)")
         perm = np.asarray(p["permutation"], dtype=np.int64)
         if perm.shape != (dim,):
-            _refuse(name, f"a permutation of shape {perm.shape} for events of size {dim}")
+            refuse(_WHERE, name, f"a permutation of shape {perm.shape} for events of size {dim}")
         return Permute(dim, permutation=perm)
     if cls is tfb.Exp:
         return Exp(dim)
@@ -182,74 +137,40 @@ def _convert(b, dim):
         return Tanh(dim)
     if cls is tfb.Sigmoid:
         if p.get("low") is not None or p.get("high") is not None:
-            _refuse(name, "low/high (refflow's Sigmoid maps onto (0, 1))")
+            refuse(_WHERE, name, "low/high (refflow's Sigmoid maps onto (0, 1))")
         return Sigmoid(dim)
     if cls is tfb.Softplus:
         if p.get("hinge_softness") is not None or p.get("low") is not None:
-            _refuse(name, "hinge_softness or low (refflow's Softplus is log(1 + e^z))")
+            refuse(_WHERE, name, "hinge_softness or low (refflow's Softplus is log(1 + e^z))")
         return Softplus(dim)
     if cls is tfb.RationalQuadraticSpline:
-        _refuse(name, "TFP's constrained bin widths, heights and slopes on the moving range "
-                      "[range_min, range_min + sum(widths)] (refflow's spline maps take "
-                      "unconstrained values on a fixed range [-B, B])")
+        refuse(_WHERE, name, "TFP's constrained bin widths, heights and slopes on the moving "
+                             "range [range_min, range_min + sum(widths)] (refflow's spline maps "
+                             "take unconstrained values on a fixed range [-B, B])")
     if cls in (tfb.MaskedAutoregressiveFlow, tfb.RealNVP):
-        _refuse(name, "its shift_and_log_scale_fn / bijector_fn, a callable whose weights "
-                      "cannot be read (TFP's AutoregressiveNetwork is a Keras layer, and the "
-                      "JAX substrate's Keras is an empty stub)")
-    _unsupported(b)
-
-
-def _invert(layer):
-    """``Inverse(layer)``, simplified: ``Inverse(Inverse(b)) = b``, a chain inverted layer-wise,
-    a permutation by its inverse."""
-    from ..bijectors import Chain, Inverse, Permute
-    if type(layer) is Inverse:
-        return layer.bijector
-    if type(layer) is Chain:
-        return Chain([_invert(x) for x in layer.layers[::-1]])
-    if type(layer) is Permute:
-        p = layer.buffers["permutation"]
-        return Permute(p.shape[0], permutation=np.argsort(p))
-    return Inverse(layer)
-
-
-def _chain(layers):
-    from ..bijectors import Chain
-    flat = []
-    for x in layers:
-        flat += list(x.layers) if type(x) is Chain else [x]
-    return Chain(flat)
+        refuse(_WHERE, name, "its shift_and_log_scale_fn / bijector_fn, a callable whose "
+                             "weights cannot be read (TFP's AutoregressiveNetwork is a Keras "
+                             "layer, and the JAX substrate's Keras is an empty stub)")
+    unsupported(_WHERE, _PEER, b)
 
 
 def _base(dist):
     """``(refflow base, dim)`` for ``Independent(Normal, 1)`` or ``MultivariateNormalDiag``."""
     from tensorflow_probability.substrates.jax import distributions as tfd
-
-    from ..distributions import DiagNormal
     name = type(dist).__name__
     if type(dist) is tfd.Independent and type(dist.distribution) is tfd.Normal \
             and int(dist.reinterpreted_batch_ndims) == 1:
-        loc, scale = _np(dist.distribution.loc), _np(dist.distribution.scale)
+        loc, scale = to_numpy(dist.distribution.loc), to_numpy(dist.distribution.scale)
     elif type(dist) is tfd.MultivariateNormalDiag:
         p = dist.parameters
         if p.get("scale_identity_multiplier") is not None:
-            _refuse(name, "scale_identity_multiplier")
-        loc = 0.0 if p.get("loc") is None else _np(p["loc"])
-        scale = 1.0 if p.get("scale_diag") is None else _np(p["scale_diag"])
+            refuse(_WHERE, name, "scale_identity_multiplier")
+        loc = 0.0 if p.get("loc") is None else to_numpy(p["loc"])
+        scale = 1.0 if p.get("scale_diag") is None else to_numpy(p["scale_diag"])
     else:
-        _unsupported(dist, "as a base distribution; refflow imports Independent(Normal, 1) and "
-                           "MultivariateNormalDiag")
-    if tuple(dist.batch_shape) != () or len(dist.event_shape) != 1:
-        _refuse(name, f"batch shape {dist.batch_shape}, event shape {dist.event_shape} "
-                      f"(refflow imports one distribution over vectors)")
-    dim = int(dist.event_shape[0])
-    loc, scale = np.broadcast_to(loc, (dim,)), np.broadcast_to(scale, (dim,))
-    if np.any(scale <= 0):
-        _refuse(name, "a non-positive scale")
-    base = DiagNormal(dim)
-    base.params["loc"] = loc.copy()
-    base.params["log_scale"] = np.log(scale)
-    return base, dim
+        unsupported(_WHERE, _PEER, dist, "as a base distribution; refflow imports "
+                                         "Independent(Normal, 1) and MultivariateNormalDiag")
+    return diag_normal_base(_WHERE, dist, loc, scale)
 
 
 def from_tfp(dist_or_bijector, base=None):
@@ -289,29 +210,9 @@ def from_tfp(dist_or_bijector, base=None):
     >>> base = tfd.MultivariateNormalDiag(jnp.zeros(2), jnp.ones(2))        # doctest: +SKIP
     >>> model = from_tfp(tfd.TransformedDistribution(base, tfb.Exp()))      # doctest: +SKIP
     """
-    _require()
-    from tensorflow_probability.substrates.jax import bijectors as tfb
-    from tensorflow_probability.substrates.jax import distributions as tfd
-
-    from ..bijectors import Chain
-    from ..distributions import Flow
-    if isinstance(dist_or_bijector, tfd.TransformedDistribution):
-        if base is not None:
-            raise TypeError(f"{_WHERE}: base must be None with a TransformedDistribution (it "
-                            f"has its own)")
-        base, bij = dist_or_bijector.distribution, dist_or_bijector.bijector
-    elif isinstance(dist_or_bijector, tfb.Bijector):
-        if base is None:
-            raise TypeError(f"{_WHERE}: a bare bijector needs base= (a TFP Independent(Normal, "
-                            f"1) or MultivariateNormalDiag)")
-        bij = dist_or_bijector
-    else:
-        raise TypeError(f"{_WHERE}: expected a tfp.substrates.jax TransformedDistribution or "
-                        f"Bijector, got {type(dist_or_bijector).__name__}")
-    if not isinstance(base, tfd.Distribution):
-        raise TypeError(f"{_WHERE}: base must be a TFP distribution, got {type(base).__name__}")
+    _, tfp = _require()
+    tfb, tfd = tfp.bijectors, tfp.distributions
+    base, bij = transformed_parts(_WHERE, _PEER, dist_or_bijector, base,
+                                  tfd.TransformedDistribution, tfb.Bijector, tfd.Distribution)
     refflow_base, dim = _base(base)
-    layer = _convert(bij, dim)
-    if type(layer) is not Chain:
-        layer = Chain([layer])
-    return Flow(refflow_base, layer)
+    return as_flow(refflow_base, _convert(bij, dim))
