@@ -313,7 +313,7 @@ def classify(analytic, sw, r, tol, smooth=False):
         # differs from the best estimate by SAFETY of both spreads and is precise enough to
         # contradict it (SAFETY of its spread fit in the disagreement with the analytic
         # value), or when the levels between it and the best one show a staircase: spreads
-        # that exceed both ends' by SAFETY (the estimates swing through the stairs), with
+        # that exceed both ends' by AGREE (the estimates swing through the stairs), with
         # s_j ~ q/h_j for a quantum q of more than RESOLVED rounding units (finer levels swing
         # through rounding noise, q ~ eps |S|). Those spreads measure q, and
         # the witness's noise is at least median(s_j h_j) / h_k (its own spread, a comparison
@@ -331,7 +331,7 @@ def classify(analytic, sw, r, tol, smooth=False):
             quantum = (float(np.median([sw.level_spread[j, r] * sw.level_steps[j, r]
                                         for j in between])) if between else 0.0)
             stair = (len(between) >= STAIR_LEVELS and quantum > RESOLVED * sw.unit[r]
-                     and max(sw.level_spread[j, r] for j in between) > SAFETY * max(s_k, spread))
+                     and max(sw.level_spread[j, r] for j in between) > AGREE * max(s_k, spread))
             distinct = abs(float(sw.levels[k, r, 0]) - est) > SAFETY * max(s_k, spread)
             if not (stair or (distinct and SAFETY * s_k < abs(a - est))):
                 continue
