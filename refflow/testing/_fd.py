@@ -24,11 +24,14 @@ Sweep (only for coordinates where the first pass disagrees)
 The classification of a coordinate (``classify``) uses these: within tolerance of the best
 estimate is a pass; a jump is a failure (a flow must be continuous); at a kink, an analytic value
 equal to one of the one-sided derivatives is "not converged (kink)" unless the caller declared
-the map smooth; a disagreement larger than the tolerance plus ``SAFETY`` spreads is a failure
-unless the estimates depend on the step (a coarser level agrees with the analytic value within
-``AGREE`` of its spreads, or lies on its other side, further from the best estimate than
-``BRACKET`` spreads of either: finite differences then contradict themselves around the analytic
-value and cannot decide); anything else is "not converged" with the two estimates.
+the map smooth; a disagreement larger than the tolerance plus ``SAFETY`` spreads (the best
+estimate's spread floored by the finer levels' ``spread x step / h``, which is ~q/h under a
+staircase of quantum q) is a failure unless the estimates depend on the step: the coarsest
+witness, a coarser level that differs from the best estimate or beyond which the levels show a
+staircase (spreads above both ends' by ``AGREE``, ``spread x step`` of at least ``RESOLVED``
+rounding units), agrees with the analytic value within ``AGREE`` of its spread, or within
+``SAFETY`` of its staircase noise (the median ``spread x step`` of the levels between, over
+its step); anything else is "not converged" with the two estimates.
 """
 
 import numpy as np
