@@ -448,6 +448,102 @@ def test_numerical_inverse_is_not_converged_not_failed_and_a_wrong_gradient_stil
     assert wrong.line("a").verdict == "fail"
 
 
+
+# ------------------------------------------- a staircase under a smooth term (zuko's SOS)
+#: Resolution of the simulated bisection below (zuko's ``eps``).
+STAIR = 1e-6
+#: Output units per unit of the root in the staircase of (b): its coarse finite differences are
+#: then resolved to ~1e-5 of the gradient, well below the 1e-3 error planted there (with gain 1
+#: they are resolved to ~1e-3 only, and (b) could not be decided by any rule).
+STAIR_GAIN = 30.0
+
+
+def cubic_root(x, a):
+    """The root of ``a z + z^3 = x`` (``a > 0``): Cardano's formula, then two Newton steps."""
+    p = a / 3.0
+    s = np.sqrt((x / 2) ** 2 + p ** 3)
+    z = np.cbrt(x / 2 + s) + np.cbrt(x / 2 - s)
+    for _ in range(2):
+        z = z - (a * z + z ** 3 - x) / (a + 3 * z ** 2)
+    return z
+
+
+def staircase_inverse(a, factor=1.0, gain=1.0):
+    """A bisection-like inverse, shaped like zuko's ``SOSPolynomialTransform.inv``: ``z`` solves
+    ``a z + z^3 = x`` and ``gain z`` is returned rounded to ``STAIR`` (a staircase in ``x`` and
+    ``a``), with the log-det ``-log f'(z) = -log(a + 3 z^2)`` at the rounded root and ``a`` live
+    (smooth in ``a`` between the stairs, so no step leaves the outputs unchanged). The pullback
+    is the exact implicit-function gradient at the exact root, the gradient of ``a`` scaled by
+    ``factor`` (a planted error unless 1):
+
+    ``dz/dx = 1 / s``, ``dz/da = -z / s`` (``s = a + 3 z^2``); ``d(-log s)/dx = -6 z / s^2``,
+    ``d(-log s)/da = -(1 + 6 z dz/da) / s``.
+    """
+    def vjp(x):
+        z = cubic_root(x, a)
+        zq = np.round(gain * z / STAIR) * STAIR
+        s = a + 3 * z ** 2
+
+        def pullback(z_bar, ld_bar):
+            dz_dx, dz_da = 1 / s, -z / s
+            x_bar = gain * z_bar * dz_dx - ld_bar * 6 * z * dz_dx / s
+            a_bar = gain * z_bar * dz_da - ld_bar * (1 + 6 * z * dz_da) / s
+            return x_bar, {"a": factor * a_bar.sum(axis=0)}
+        return zq, -np.log(a + 3 * (zq / gain) ** 2), pullback
+    return vjp
+
+
+def staircase_case(seed):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(4, 3)), rng.uniform(0.5, 2.0, size=3)
+
+
+@pytest.mark.parametrize("gain", [1.0, STAIR_GAIN])
+def test_staircase_under_a_smooth_term_is_not_converged_never_failed(gain):
+    # (a) the exact gradient of a staircase under a smooth term. Fine steps see the smooth
+    # term alone (a precise, wrong estimate); the coarse ones carry the staircase's noise ~q/h,
+    # which their neighbours' spreads can miss (zuko's SOSPolynomialTransform: FD 0.606109 at
+    # h = 6e-3, spread 7e-6, against the analytic 0.606185, right to the root's 3e-7).
+    for seed in range(12):
+        x, a = staircase_case(seed)
+        report = check_vjp(staircase_inverse(a, gain=gain), x, {"a": a}, rng=seed)
+        for line in report.lines:
+            assert line.verdict == "not-converged" and line.note, (seed, str(report))
+
+
+def test_staircase_with_a_wrong_gradient_still_fails():
+    # (b) the same staircase, the gradient of a wrong by 1e-3 relative: the coarse steps agree
+    # with each other (to ~1e-5) and not with it. Wrong either way, it fails.
+    for seed in range(12):
+        x, a = staircase_case(seed)
+        for factor in (1 + 1e-3, 1 - 1e-3):
+            report = check_vjp(staircase_inverse(a, factor, STAIR_GAIN), x, {"a": a}, rng=seed)
+            assert report.line("a").verdict == "fail", (seed, factor, str(report))
+
+
+def smooth_map(a, factor=1.0, w=20.0):
+    """``y = sin(w a x)``, with curvature (``w = 20``) enough that the coarsest finite
+    differences carry truncation errors of ~1e-5, the size of the error planted in (d):
+    ``dy/dx = w a cos(w a x)``, ``dy/da = w x cos(w a x)`` (the latter times ``factor``)."""
+    def vjp(x):
+        c = np.cos(w * a * x)
+
+        def pullback(y_bar):
+            return y_bar * c * w * a, {"a": factor * (y_bar * c * w * x).sum(axis=0)}
+        return np.sin(w * a * x), pullback
+    return vjp
+
+
+def test_smooth_map_passes_and_a_gradient_wrong_by_1e5_fails():
+    # (c) and (d): the staircase rules must not blur a smooth map's verdicts
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        x, a = rng.normal(size=(3, 2)) * 0.3, rng.uniform(0.5, 2.0, size=2)
+        assert check_vjp(smooth_map(a), x, {"a": a}, rng=seed).verdict == "pass"
+        for factor in (1 + 1e-5, 1 - 1e-5):
+            report = check_vjp(smooth_map(a, factor), x, {"a": a}, rng=seed)
+            assert report.line("a").verdict == "fail", (seed, factor, str(report))
+
 # --------------------------------------------------------------- elementwise log-dets
 def elementwise_pair(shape="rows"):
     def forward(z):

@@ -24,8 +24,14 @@ Sweep (only for coordinates where the first pass disagrees)
 The classification of a coordinate (``classify``) uses these: within tolerance of the best
 estimate is a pass; a jump is a failure (a flow must be continuous); at a kink, an analytic value
 equal to one of the one-sided derivatives is "not converged (kink)" unless the caller declared
-the map smooth; a disagreement larger than the tolerance plus ``SAFETY`` spreads is a failure;
-anything else is "not converged" with the two estimates.
+the map smooth; a disagreement larger than the tolerance plus ``SAFETY`` spreads (the best
+estimate's spread floored by the finer levels' ``spread x step / h``, which is ~q/h under a
+staircase of quantum q) is a failure unless the estimates depend on the step: the coarsest
+witness, a coarser level that differs from the best estimate or beyond which the levels show a
+staircase (spreads above both ends' by ``AGREE``, ``spread x step`` of at least ``RESOLVED``
+rounding units), agrees with the analytic value within ``AGREE`` of its spread, or within
+``SAFETY`` of its staircase noise (the median ``spread x step`` of the levels between, over
+its step); anything else is "not converged" with the two estimates.
 """
 
 import numpy as np
@@ -46,6 +52,9 @@ RESOLVED = 100.0
 SAFETY = 10.0
 #: A coarse step agrees with the analytic value when within this many of its spreads.
 AGREE = 3.0
+#: A hidden staircase's quantum is measured by the median of ``spread x step`` over the levels
+#: between a coarse level and the best one: fewer than this many levels give no median.
+STAIR_LEVELS = 3
 #: A jump: the difference across the point varies by less than this fraction over the eight
 #: smallest steps ...
 JUMP_FLAT = 0.1
@@ -191,6 +200,7 @@ def sweep(evaluate, t0, h0, g0, floor):
 
     out = Sweep()
     out.quantum = out_quantum
+    out.unit = np.max(floor, axis=1)                         # a rounding unit per row
     out.levels = rich                                        # (n_rich, rows, m)
     out.level_spread = spread_k                              # (n_rich, rows)
     out.level_steps = h0[None] * scale[:-1, None]            # (n_rich, rows)
@@ -288,22 +298,65 @@ def classify(analytic, sw, r, tol, smooth=False):
         return "fail", est, text + ("" if near else ", matching neither")
     if not np.isfinite(est):
         return "not-converged", est, "no finite difference could be evaluated (domain edge?)"
+    # The best estimate's spread compares it with its neighbours only. Under a staircase
+    # (quantum q) a level's error is ~q/h, and the finer levels measure q: their spreads are
+    # ~q/h_j. So the best estimate is uncertain by at least max_j(s_j h_j) / h over the finer
+    # levels (for a smooth map that is its truncation or rounding error, no more than spread).
+    best = int(sw.best[r])
+    finer = [float(sw.level_spread[j, r] * sw.level_steps[j, r])
+             for j in range(best + 1, sw.levels.shape[0]) if np.isfinite(sw.level_spread[j, r])]
+    if finer:
+        spread = max(spread, max(finer) / float(sw.step[r]))
     if abs(a - est) > tol + SAFETY * spread:
-        # A failure needs every trustworthy step to contradict the analytic value. A coarser
-        # step that agrees within its own spread means the estimates depend on the step: a
-        # smooth term plus a piecewise-constant one (a bisection inverse's staircase, which
-        # fine steps do not cross, so they see the smooth partial derivative alone).
-        # A level counts when it is precise enough to contradict the best estimate (SAFETY of
-        # its spreads fit in the disagreement) and lies within AGREE spreads of the analytic.
-        for k in range(int(sw.best[r]) + 1):
+        # A failure needs the trustworthy steps to contradict the analytic value. The estimates
+        # depend on the step when a smooth term sits on a piecewise-constant one (a bisection
+        # inverse's staircase, quantum q): fine steps do not cross the stairs and see the
+        # smooth partial derivative alone (a precise but wrong best estimate), coarse ones see
+        # the whole derivative with an error ~q/h. A coarser level k is a witness when it
+        # differs from the best estimate by SAFETY of both spreads and is precise enough to
+        # contradict it (SAFETY of its spread fit in the disagreement with the analytic
+        # value), or when the levels between it and the best one show a staircase: spreads
+        # that exceed both ends' by AGREE (the estimates swing through the stairs), with
+        # s_j ~ q/h_j for a quantum q of more than RESOLVED rounding units (finer levels swing
+        # through rounding noise, q ~ eps |S|). Those spreads measure q, and
+        # the witness's noise is at least median(s_j h_j) / h_k (its own spread, a comparison
+        # with its neighbours, can miss an error of that size). Only the coarsest witness
+        # decides, the most accurate under a staircase (error ~q/h; trying every level would
+        # let a noisy one agree by chance): it agrees within AGREE of its noise, or, for a
+        # staircase, does not contradict the analytic value by SAFETY of it; otherwise the
+        # failure stands.
+        witness = None
+        for k in range(best):
             s_k = float(sw.level_spread[k, r])
+            if not np.isfinite(s_k):
+                continue
+            between = [j for j in range(k + 1, best) if np.isfinite(sw.level_spread[j, r])]
+            quantum = (float(np.median([sw.level_spread[j, r] * sw.level_steps[j, r]
+                                        for j in between])) if between else 0.0)
+            stair = (len(between) >= STAIR_LEVELS and quantum > RESOLVED * sw.unit[r]
+                     and max(sw.level_spread[j, r] for j in between) > AGREE * max(s_k, spread))
+            distinct = abs(float(sw.levels[k, r, 0]) - est) > SAFETY * max(s_k, spread)
+            if not (stair or (distinct and SAFETY * s_k < abs(a - est))):
+                continue
+            noise = max(s_k, quantum / float(sw.level_steps[k, r])) if stair else s_k
+            witness = (k, noise, stair)
+            break
+        if witness is not None:
+            k, noise, stair = witness
             r_k = float(sw.levels[k, r, 0])
-            if (np.isfinite(s_k) and SAFETY * s_k < abs(a - est)
-                    and abs(a - r_k) <= tol + AGREE * s_k):
+            if abs(a - r_k) <= tol + (SAFETY if stair else AGREE) * noise:
+                why = (f"staircase noise ~{noise:.1g}, measured by the levels between: a "
+                       f"numerical inverse under a smooth term?" if stair else
+                       f"spread {noise:.1g}: a staircase, e.g. a numerical inverse, under a "
+                       f"smooth term?")
                 return "not-converged", est, (
                     f"FD depends on the step: {est:.6g} (h={sw.step[r]:.1g}, spread {spread:.1g}) "
-                    f"but {r_k:.6g} (h={sw.level_steps[k, r]:.1g}, spread {s_k:.1g}) agrees with "
-                    f"analytic {a:.6g} (a staircase, e.g. a numerical inverse, under a smooth term?)")
+                    f"but {r_k:.6g} (h={sw.level_steps[k, r]:.1g}) does not contradict analytic "
+                    f"{a:.6g} ({why})")
+            if stair:
+                return "fail", r_k, (
+                    f"FD {r_k:.6g} (h={sw.level_steps[k, r]:.1g}, staircase noise {noise:.1g}) vs "
+                    f"analytic {a:.6g}; the finest steps give {est:.6g} (the smooth term alone)")
         note = f"FD {est:.6g} (spread {spread:.1g}) vs analytic {a:.6g}"
         for k in range(int(sw.best[r])):     # a coarser estimate that differs: show it too
             s_k = float(sw.level_spread[k, r])
