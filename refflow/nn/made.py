@@ -384,6 +384,32 @@ def _check_common(dim, n_params, context_features, activation, rng, where):
     return dim, n_params, context_features, act, rng
 
 
+def _init_layered(net, where, dim, hidden, n_params, order, hidden_degrees, activation,
+                  context_features, rng):
+    """The checks and attributes :class:`MADE` and :class:`ResidualMaskedMLP` share: sets
+    ``dim``, ``n_params``, ``hidden``, ``context_features``, the activation, the degree rule,
+    ``order`` (a random order is drawn here, first) and ``input_degrees`` on ``net``; returns
+    ``(explicit, rng)``, ``explicit`` the per-layer degree arrays or None (a named rule)."""
+    dim, n_params, context_features, act, rng = _check_common(
+        dim, n_params, context_features, activation, rng, where)
+    hidden = check_hidden(hidden, where)
+    explicit = None
+    if isinstance(hidden_degrees, str):
+        if hidden_degrees not in _DEGREE_RULES:
+            raise ValueError(f"{where}: unknown hidden_degrees rule {hidden_degrees!r}; "
+                             f"choose one of {list(_DEGREE_RULES)}")
+    else:
+        explicit = _degree_sequence(hidden_degrees, len(hidden), where)
+    net.dim, net.n_params, net.hidden = dim, n_params, hidden
+    net.context_features = context_features
+    net._act = act
+    net.activation = act.name
+    net.hidden_degrees = "explicit" if explicit is not None else hidden_degrees
+    net.order = _frozen(_input_order(order, dim, rng, where))
+    net.input_degrees = _frozen(net.order + 1)
+    return explicit, rng
+
+
 # ----------------------------------------------------------------------------- MADE
 class MADE(_Autoregressive):
     r"""Masked autoencoder for distribution estimation (Germain et al. 2015).
@@ -480,23 +506,10 @@ class MADE(_Autoregressive):
                  hidden_degrees="cyclic", activation="relu", context_features=0,
                  zero_last=False, rng=None):
         where = "MADE"
-        dim, n_params, context_features, act, rng = _check_common(
-            dim, n_params, context_features, activation, rng, where)
-        hidden = check_hidden(hidden, where)
-        explicit = None
-        if isinstance(hidden_degrees, str):
-            if hidden_degrees not in _DEGREE_RULES:
-                raise ValueError(f"{where}: unknown hidden_degrees rule {hidden_degrees!r}; "
-                                 f"choose one of {list(_DEGREE_RULES)}")
-        else:
-            explicit = _degree_sequence(hidden_degrees, len(hidden), where)
-        self.dim, self.n_params, self.hidden = dim, n_params, hidden
-        self.context_features = context_features
-        self._act = act
-        self.activation = act.name
-        self.hidden_degrees = "explicit" if explicit is not None else hidden_degrees
-        self.order = _frozen(_input_order(order, dim, rng, where))
-        self.input_degrees = _frozen(self.order + 1)
+        explicit, rng = _init_layered(self, where, dim, hidden, n_params, order, hidden_degrees,
+                                      activation, context_features, rng)
+        dim, n_params, hidden = self.dim, self.n_params, self.hidden
+        context_features = self.context_features
 
         conditional = context_features > 0
         prev = np.concatenate([self.input_degrees, np.zeros(context_features, dtype=np.int64)])
@@ -973,23 +986,10 @@ class ResidualMaskedMLP(_Autoregressive):
                  hidden_degrees="cyclic", activation="relu", context_features=0,
                  zero_last=False, rng=None):
         where = "ResidualMaskedMLP"
-        dim, n_params, context_features, act, rng = _check_common(
-            dim, n_params, context_features, activation, rng, where)
-        hidden = check_hidden(hidden, where)
-        explicit = None
-        if isinstance(hidden_degrees, str):
-            if hidden_degrees not in _DEGREE_RULES:
-                raise ValueError(f"{where}: unknown hidden_degrees rule {hidden_degrees!r}; "
-                                 f"choose one of {list(_DEGREE_RULES)}")
-        else:
-            explicit = _degree_sequence(hidden_degrees, len(hidden), where)
-        self.dim, self.n_params, self.hidden = dim, n_params, hidden
-        self.context_features = context_features
-        self._act = act
-        self.activation = act.name
-        self.hidden_degrees = "explicit" if explicit is not None else hidden_degrees
-        self.order = _frozen(_input_order(order, dim, rng, where))
-        self.input_degrees = _frozen(self.order + 1)
+        explicit, rng = _init_layered(self, where, dim, hidden, n_params, order, hidden_degrees,
+                                      activation, context_features, rng)
+        dim, n_params, hidden = self.dim, self.n_params, self.hidden
+        context_features = self.context_features
 
         conditional = context_features > 0
         prev = np.concatenate([self.input_degrees, np.zeros(context_features, dtype=np.int64)])
