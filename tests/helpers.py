@@ -18,8 +18,8 @@ import math
 import numpy as np
 from scipy.special import softmax
 
-__all__ = ["randomize", "rel", "rel_rows", "made_two_orders_bound", "paper_knots", "paper_rqs",
-           "paper_rqs_inverse"]
+__all__ = ["randomize", "rel", "rel_rows", "made_two_orders_bound", "joined_vjp",
+           "torch_adam_steps", "paper_knots", "paper_rqs", "paper_rqs_inverse"]
 
 
 def randomize(target, rng, scale=0.3, *, shift=False):
@@ -91,6 +91,33 @@ def made_two_orders_bound(made, x, context=None):
 
 
 # ------------------------------------------------------------------- splines from the papers
+def joined_vjp(net, dim):
+    """``vjp(xc)`` of a conditional network over one array ``[x, context]`` (its first ``dim``
+    columns are ``x``), for ``assert_vjp`` / ``check_vjp``, which take a single input."""
+    def vjp(xc):
+        out, pullback = net.vjp(xc[:, :dim], xc[:, dim:])
+
+        def joined(out_bar):
+            x_bar, grads, c_bar = pullback(out_bar)
+            return np.concatenate([x_bar, c_bar], axis=1), grads
+
+        return out, joined
+    return vjp
+
+
+def torch_adam_steps(flow, x, c, steps=5):
+    """A few Adam steps (lr 1e-2) on a zuko flow's NLL in torch, float32 (zuko's default), in
+    place: trained weights rather than the initialisation. torch is imported here only."""
+    import torch
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    ct = None if c is None else torch.as_tensor(c, dtype=torch.float32)
+    for _ in range(steps):
+        opt.zero_grad()
+        (-flow(ct).log_prob(xt).mean()).backward()
+        opt.step()
+
+
 def _softplus(u):
     return np.log1p(np.exp(-np.abs(u))) + np.maximum(u, 0.0)
 

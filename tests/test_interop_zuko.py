@@ -16,6 +16,7 @@ zuko = pytest.importorskip("zuko")
 from refflow import MaskedAffineAutoregressive, MaskedSplineAutoregressive  # noqa: E402
 from refflow import AffineCoupling, SplineCoupling  # noqa: E402
 from refflow.interop import assert_matches, compare, from_zuko  # noqa: E402
+from .helpers import torch_adam_steps  # noqa: E402
 
 RTOL_LP, RTOL_GRAD, RTOL_ROUND_TRIP = 1e-10, 1e-8, 1e-10
 
@@ -57,17 +58,6 @@ def _data(flow, n, seed):
     return model, x, c
 
 
-def _train(flow, x, c, steps=5):
-    """A few Adam steps in torch (float32, zuko's default), in place."""
-    opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    ct = None if c is None else torch.as_tensor(c, dtype=torch.float32)
-    for _ in range(steps):
-        opt.zero_grad()
-        (-flow(ct).log_prob(xt).mean()).backward()
-        opt.step()
-
-
 @pytest.mark.parametrize("model_id", sorted(MODELS))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_init_log_prob_and_gradients_agree(model_id, seed):
@@ -85,7 +75,7 @@ def test_random_init_log_prob_and_gradients_agree(model_id, seed):
 def test_briefly_trained_models_agree(model_id):
     flow = _make(model_id, 3)
     _, x, c = _data(flow, 32, 3)
-    _train(flow, x, c)
+    torch_adam_steps(flow, x, c)
     model = from_zuko(flow)  # imported after training
     assert_matches(flow, model, x[:12], None if c is None else c[:12])
 
@@ -475,7 +465,7 @@ def test_briefly_trained_softclip_stacks_agree(model_id):
     torch.manual_seed(4)
     flow = NEW_MODELS[model_id]()
     model, x, c = _data(flow, 32, 4)
-    _train(flow, x, c)
+    torch_adam_steps(flow, x, c)
     report = assert_matches(flow, from_zuko(flow), x[:12], None if c is None else c[:12],
                             rtol_log_prob=RTOL_LP, rtol_grad=RTOL_GRAD)
     assert set(report.grad_rel) == {n for n, _ in flow.named_parameters()}
@@ -497,7 +487,7 @@ def test_ncsf_log_prob_gradients_and_samples_agree(context, trained):
     x = _angles(rng, 32, 3)
     c = rng.standard_normal((32, context)) if context else None
     if trained:
-        _train(flow, x, c)
+        torch_adam_steps(flow, x, c)
     else:
         with torch.no_grad():
             for p in flow.parameters():

@@ -17,6 +17,7 @@ import refflow  # noqa: E402
 from refflow import MaskedAffineAutoregressive, MaskedSplineAutoregressive  # noqa: E402
 from refflow.interop import assert_matches, from_zuko  # noqa: E402
 from refflow.nn import ResidualMaskedMLP  # noqa: E402
+from .helpers import torch_adam_steps  # noqa: E402
 
 #: float64 log-probs: the same closed forms on both sides, rounding only.
 RTOL_LP = 1e-10
@@ -72,17 +73,6 @@ def _points(flow, model, n, seed):
     return x, c
 
 
-def _train(flow, x, c, steps=5):
-    """A few Adam steps in torch (float32, zuko's default), in place."""
-    opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    ct = None if c is None else torch.as_tensor(c, dtype=torch.float32)
-    for _ in range(steps):
-        opt.zero_grad()
-        (-flow(ct).log_prob(xt).mean()).backward()
-        opt.step()
-
-
 def _check(flow, model, x, c):
     report = assert_matches(flow, model, x, c, rtol_log_prob=RTOL_LP, rtol_grad=RTOL_GRAD)
     assert report.max_log_prob_rel <= RTOL_LP and report.max_grad_rel <= RTOL_GRAD
@@ -105,7 +95,7 @@ def test_briefly_trained_models_agree(model_id):
     flow = _make(model_id, 1)
     model = from_zuko(flow)
     x, c = _points(flow, model, 32, 1)
-    _train(flow, x, c)
+    torch_adam_steps(flow, x, c)
     _check(flow, from_zuko(flow), x[:12], None if c is None else c[:12])  # imported after
 
 
@@ -193,7 +183,7 @@ def test_randomly_configured_models_agree():
             flow = zuko.flows.NCSF(dim, context, transforms=2, bins=4, **kw)
         model = from_zuko(flow)
         x, c = _points(flow, model, 48, m)
-        _train(flow, x, c)
+        torch_adam_steps(flow, x, c)
         _check(flow, from_zuko(flow), x[:12], None if c is None else c[:12])
 
 

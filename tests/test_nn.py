@@ -16,6 +16,7 @@ from scipy.special import erf
 from refflow.nn import ACTIVATIONS, MADE, MLP, Activation, ResidualMADE, get_activation
 from refflow.params import ParamDict
 from refflow.testing import RTOL_FD, assert_vjp, jacobian_fd
+from .helpers import joined_vjp
 
 #: float32 pass vs float64 pass, normwise: float32 round-off 6e-8, amplified by the sums over a
 #: few dozen units per layer and a handful of layers.
@@ -36,19 +37,6 @@ def _order(name, dim):
 
 def _normwise(a, b):
     return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
-
-
-def _joined_vjp(net, dim):
-    """``vjp(xc)`` over one array ``[x, context]``, for check_vjp (a single input)."""
-    def vjp(xc):
-        out, pullback = net.vjp(xc[:, :dim], xc[:, dim:])
-
-        def joined(out_bar):
-            x_bar, grads, c_bar = pullback(out_bar)
-            return np.concatenate([x_bar, c_bar], axis=1), grads
-
-        return out, joined
-    return vjp
 
 
 def _flat(net, context=None):
@@ -304,7 +292,7 @@ def test_made_pullback_vs_fd(rule, order, context_features, n_params, rng):
                 hidden_degrees=rule, activation="tanh" if n_params == 2 else "relu",
                 context_features=context_features, rng=rng)
     x = rng.normal(size=(3, dim + context_features))
-    vjp = made.vjp if context_features == 0 else _joined_vjp(made, dim)
+    vjp = made.vjp if context_features == 0 else joined_vjp(made, dim)
     report = assert_vjp(vjp, x, made.params, rng=4)
     assert set(report.errors) == {"input", *made.params}
 
@@ -313,13 +301,13 @@ def test_made_pullback_vs_fd(rule, order, context_features, n_params, rng):
 def test_made_pullback_each_activation(activation, rng):
     made = MADE(3, hidden=(4, 4, 3), n_params=2, order="reverse", activation=activation,
                 context_features=1, rng=rng)
-    assert_vjp(_joined_vjp(made, 3), rng.normal(size=(4, 4)), made.params, rng=5)
+    assert_vjp(joined_vjp(made, 3), rng.normal(size=(4, 4)), made.params, rng=5)
 
 
 def test_made_no_hidden_layers(rng):
     made = MADE(3, hidden=(), n_params=2, context_features=1, rng=rng)
     assert len(made.masks) == 1 and made.masks[0].shape == (6, 4)
-    assert_vjp(_joined_vjp(made, 3), rng.normal(size=(3, 4)), made.params, rng=6)
+    assert_vjp(joined_vjp(made, 3), rng.normal(size=(3, 4)), made.params, rng=6)
 
 
 @pytest.mark.parametrize("context_features", [0, 2])
@@ -381,7 +369,7 @@ def test_made_dim_one(rng):
     jac_x = jacobian_fd(lambda xx: cond(xx, c).reshape(4, -1), x)
     jac_c = jacobian_fd(lambda cc: cond(x, cc).reshape(4, -1), c)
     assert np.all(jac_x == 0.0) and np.all(np.abs(jac_c).max(axis=(0, 2)) > PRESENT)
-    assert_vjp(_joined_vjp(cond, 1), np.hstack([x, c]), cond.params, rng=7)
+    assert_vjp(joined_vjp(cond, 1), np.hstack([x, c]), cond.params, rng=7)
 
 
 @pytest.mark.parametrize("context_features", [0, 2])
@@ -604,7 +592,7 @@ def test_residual_made_pullback_vs_fd(order, context_features, n_blocks, rng):
         if key.endswith("w1") or key.endswith("b1"):
             net.params[key] = net.params[key] * 300.0
     x = rng.normal(size=(3, dim + context_features))
-    vjp = net.vjp if context_features == 0 else _joined_vjp(net, dim)
+    vjp = net.vjp if context_features == 0 else joined_vjp(net, dim)
     report = assert_vjp(vjp, x, net.params, rng=8)
     assert set(report.errors) == {"input", *net.params}
 
@@ -615,7 +603,7 @@ def test_residual_made_pullback_each_activation(activation, rng):
                        activation=activation, rng=rng)
     for j in range(2):
         net.params[f"blocks.{j}.w1"] = rng.uniform(-0.5, 0.5, size=(5, 5)) * net.masks[2 + 2 * j]
-    assert_vjp(_joined_vjp(net, 3), rng.normal(size=(4, 4)), net.params, rng=9)
+    assert_vjp(joined_vjp(net, 3), rng.normal(size=(4, 4)), net.params, rng=9)
 
 
 def test_residual_made_forward_by_hand(rng):

@@ -9,6 +9,7 @@ from refflow import MaskedAffineAutoregressive, MaskedSplineAutoregressive
 from refflow.kernels import fast_paths
 from refflow.nn import MADE, ResidualMaskedMLP
 from refflow.testing import RTOL_FD, assert_bijector, assert_vjp, jacobian_fd
+from .helpers import joined_vjp
 
 #: float32 pass vs float64 pass, normwise: float32 round-off 6e-8, amplified by the sums over a
 #: few dozen units per layer and a handful of layers (as for MADE in test_nn.py).
@@ -24,19 +25,6 @@ RTOL_PATHS = 1e-12
 
 ORDERS = ["natural", "reverse", "random", np.array([2, 0, 3, 1])]
 HIDDEN = [(6,), (6, 6), (5, 8, 8, 6), (7, 5)]
-
-
-def _joined_vjp(net, dim):
-    """``vjp(xc)`` over one array ``[x, context]``, for assert_vjp (a single input)."""
-    def vjp(xc):
-        out, pullback = net.vjp(xc[:, :dim], xc[:, dim:])
-
-        def joined(out_bar):
-            x_bar, grads, c_bar = pullback(out_bar)
-            return np.concatenate([x_bar, c_bar], axis=1), grads
-
-        return out, joined
-    return vjp
 
 
 def _normwise(a, b):
@@ -71,7 +59,7 @@ def test_pullback_vs_fd(hidden, context_features, activation, rng):
     net = ResidualMaskedMLP(dim, hidden, n_params=3, order="random", activation=activation,
                             context_features=context_features, rng=rng)
     x = rng.normal(size=(3, dim + context_features))
-    vjp = net.vjp if context_features == 0 else _joined_vjp(net, dim)
+    vjp = net.vjp if context_features == 0 else joined_vjp(net, dim)
     report = assert_vjp(vjp, x, net.params, rng=4, rtol=RTOL_FD)
     assert set(report.errors) == {"input", *net.params}
 
@@ -79,10 +67,10 @@ def test_pullback_vs_fd(hidden, context_features, activation, rng):
 @pytest.mark.parametrize("order", ORDERS, ids=str)
 def test_pullback_vs_fd_relu_and_no_hidden(order, rng):
     net = ResidualMaskedMLP(4, (6, 9), n_params=2, order=order, context_features=1, rng=rng)
-    assert_vjp(_joined_vjp(net, 4), rng.normal(size=(4, 5)), net.params, rng=5, rtol=RTOL_FD)
+    assert_vjp(joined_vjp(net, 4), rng.normal(size=(4, 5)), net.params, rng=5, rtol=RTOL_FD)
     flat = ResidualMaskedMLP(4, (), n_params=2, order=order, context_features=1, rng=rng)
     assert list(flat.params) == ["w_out", "b_out"] and flat.masks[0].shape == (8, 5)
-    assert_vjp(_joined_vjp(flat, 4), rng.normal(size=(4, 5)), flat.params, rng=6,
+    assert_vjp(joined_vjp(flat, 4), rng.normal(size=(4, 5)), flat.params, rng=6,
                rtol=RTOL_FD)
 
 
