@@ -13,13 +13,16 @@ from the published formulas in plain NumPy, one element at a time, sharing no co
 is found by bisection on the forward formula, not by the quadratic root the kernels use.
 """
 
+import importlib
 import math
+import os
+import sys
 
 import numpy as np
 from scipy.special import softmax
 
 __all__ = ["randomize", "rel", "rel_rows", "made_two_orders_bound", "joined_vjp",
-           "torch_adam_steps", "paper_knots", "paper_rqs", "paper_rqs_inverse"]
+           "torch_adam_steps", "bench_module", "paper_knots", "paper_rqs", "paper_rqs_inverse"]
 
 
 def randomize(target, rng, scale=0.3, *, shift=False):
@@ -91,6 +94,16 @@ def made_two_orders_bound(made, x, context=None):
 
 
 # ------------------------------------------------------------------- splines from the papers
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def bench_module(name):
+    """A module of ``benchmarks/`` (imported with that folder first on ``sys.path``)."""
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    return importlib.import_module(name)
+
+
 def joined_vjp(net, dim):
     """``vjp(xc)`` of a conditional network over one array ``[x, context]`` (its first ``dim``
     columns are ``x``), for ``assert_vjp`` / ``check_vjp``, which take a single input."""

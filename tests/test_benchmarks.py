@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from .helpers import bench_module
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
 RUN = os.path.join(BENCH, "run.py")
@@ -32,13 +34,6 @@ RECORD_KEYS = ("workload", "impl", "dtype", "median_s", "min_s", "max_s", "repea
                "unit", "throughput", "processes")
 # modules that must not be loaded when a peer's process sets torch's threads
 NOT_BEFORE_THREADS = ("scipy", "numba", "threadpoolctl", "refflow", "zuko", "nflows")
-
-
-def bench_module(name):
-    """A module of ``benchmarks/`` (imported with that folder first on ``sys.path``)."""
-    if BENCH not in sys.path:
-        sys.path.insert(0, BENCH)
-    return importlib.import_module(name)
 
 
 def run(*argv, env=None):

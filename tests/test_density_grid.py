@@ -1,16 +1,12 @@
 """``benchmarks/density_grid.py``: its replay of (epochs, patience, average) settings from one
 traced fit is the fit that ``FlowDensity`` makes with those settings, bit for bit."""
 
-import importlib
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "benchmarks")
+from .helpers import bench_module
 
 TINY = dict(n_layers=2, hidden=(8,), base="student_t")
 #: The script's average (zero-started, bias-corrected) and fit's running form of it round
@@ -21,9 +17,7 @@ AVERAGE_GAP = 1e-10
 
 @pytest.fixture(scope="module")
 def grid():
-    if BENCH not in sys.path:
-        sys.path.insert(0, BENCH)
-    return importlib.import_module("density_grid")
+    return bench_module("density_grid")
 
 
 def _real(grid, name, kwargs, epochs, patience, average, decay, n_train, n_test):

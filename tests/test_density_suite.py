@@ -1,18 +1,14 @@
 """The density suite (``benchmarks/density_suite.py``): a smoke run and its pieces."""
 
-import importlib
 import json
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
+from .helpers import bench_module
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "benchmarks")
+pytest.importorskip("sklearn")
 
 #: Baselines refitted on data scaled by 10 see the same standardised rows: their scores move by
 #: exactly -d log 10, up to the rounding of the standardisation (~1e-12 relative).
@@ -21,9 +17,7 @@ JACOBIAN_TOL = 1e-9
 
 @pytest.fixture(scope="module")
 def suite():
-    if BENCH not in sys.path:
-        sys.path.insert(0, BENCH)
-    return importlib.import_module("density_suite")
+    return bench_module("density_suite")
 
 
 def test_smoke_run_writes_consistent_tables(suite, tmp_path):
