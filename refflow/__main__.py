@@ -86,6 +86,9 @@ _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 _fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+_open_unit = _checked(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
+_non_negative_float = _checked(float, lambda v: math.isfinite(v) and v >= 0,
+                               "a non-negative number")
 
 
 def _hidden(text):
@@ -399,7 +402,10 @@ def cmd_fit(args, out):
         flow_kwargs=dict(args.option) if args.option else None, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, validation_fraction=args.validation_fraction,
         patience=None if args.patience == 0 else args.patience, random_state=args.seed,
-        progress=_progress(args))
+        lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
+        weight_decay=args.weight_decay, base=args.base,
+        average=None if args.average == "none" else args.average,
+        average_decay=args.average_decay, progress=_progress(args))
     what = (f"{args.data} ({n} x {dim}" + (f", {_count(c_dim, 'context column')}" if c_dim else "")
             + (f"; {_count(table.n_dropped, 'row')} with missing values dropped"
                if table.n_dropped else "") + ")")
@@ -424,7 +430,8 @@ def cmd_fit(args, out):
         out(f"    training rows, epoch {h.n_epochs} (mean over its mini-batches)"
             f"  {_fmt(h.train_log_likelihood[-1])}")
         if h.val_nll:
-            out(f"    validation rows, best epoch {h.best_epoch + 1} (the parameters kept)"
+            kept = "the averaged parameters kept" if h.best_averaged else "the parameters kept"
+            out(f"    validation rows, best epoch {h.best_epoch + 1} ({kept})"
                 f"  {_fmt(h.val_log_likelihood[h.best_epoch])}")
         else:
             out(f"    (no validation rows: the parameters of the best training epoch, "
@@ -966,6 +973,8 @@ def _reading_options():
 
 
 def build_parser():
+    from .estimator import BASES
+
     defaults = _fit_defaults()
     parser = argparse.ArgumentParser(
         prog=_prog(), description="refflow: reference normalizing flows in plain NumPy.")
@@ -1016,6 +1025,22 @@ def build_parser():
     fit.add_argument("--patience", type=_non_negative_int, default=defaults["patience"],
                      help=f"epochs without validation improvement before stopping (default "
                      f"{defaults['patience']}, as FlowDensity; 0: never stop early)")
+    fit.add_argument("--lr-schedule", choices=("none", "cosine"),
+                     default=defaults["lr_schedule"] or "none",
+                     help="cosine: the learning rate falls to 0 along a half cosine over all "
+                     f"the epochs' steps (default {defaults['lr_schedule'] or 'none'})")
+    fit.add_argument("--weight-decay", type=_non_negative_float,
+                     default=defaults["weight_decay"],
+                     help=f"decoupled weight decay, AdamW (default {defaults['weight_decay']:g})")
+    fit.add_argument("--average", choices=("none", "ema"), default=defaults["average"] or "none",
+                     help="ema: also score a moving average of the parameters on the validation "
+                     "rows after every epoch, and keep it when better (needs validation rows; "
+                     f"default {defaults['average'] or 'none'})")
+    fit.add_argument("--average-decay", type=_open_unit, default=defaults["average_decay"],
+                     metavar="D",
+                     help=f"the average's decay, in (0, 1) (default {defaults['average_decay']:g})")
+    fit.add_argument("--base", choices=BASES, default=defaults["base"],
+                     help=f"base distribution (default {defaults['base']})")
     fit.add_argument("--n", type=_positive_int, default=None, help="points drawn from a toy (5000)")
     fit.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
     fit.add_argument("--plot", metavar="PNG", default=None,

@@ -572,7 +572,67 @@ def test_fit_defaults_are_flow_densitys(tmp_path):
     python = FlowDensity().get_params()
     for option, param in [("patience", "patience"), ("epochs", "epochs"), ("lr", "lr"),
                           ("batch_size", "batch_size"), ("model", "flow"),
-                          ("validation_fraction", "validation_fraction")]:
+                          ("validation_fraction", "validation_fraction"),
+                          ("weight_decay", "weight_decay"), ("base", "base"),
+                          ("average_decay", "average_decay")]:
         assert getattr(args, option) == python[param], option
+    # "none" on the command line is FlowDensity's None
+    for option in ("lr_schedule", "average"):
+        assert python[option] is None and getattr(args, option) == "none", option
     assert "(default 10, as FlowDensity" in build_parser()._subparsers._group_actions[0] \
         .choices["fit"].format_help().replace("\n", " ").replace("  ", " ")
+
+
+def test_fit_training_options_reach_flow_density(tmp_path, capsys, monkeypatch):
+    """--lr-schedule, --weight-decay, --average, --average-decay and --base are passed to
+    FlowDensity as given ("none" as None), and the summary says when the averaged parameters
+    were kept; an averaged fit from the command line is the same model as from Python."""
+    import refflow.estimator as estimator
+    from refflow import io
+    from refflow.datasets import two_moons
+
+    seen = {}
+    original = estimator.FlowDensity.fit
+
+    def spy(self, X, **kw):
+        seen.update(self.get_params())
+        return original(self, X, **kw)
+
+    monkeypatch.setattr(estimator.FlowDensity, "fit", spy)
+    data = tmp_path / "moons.npy"
+    np.save(data, two_moons(300, rng=np.random.default_rng(0)))
+    path = tmp_path / "m.npz"
+    code, text = run(["fit", str(data), "-o", str(path), "--model", "maf", "--layers", "2",
+                      "--hidden", "16,16", "--epochs", "4", "--lr-schedule", "cosine",
+                      "--weight-decay", "0.01", "--average", "ema", "--average-decay", "0.9",
+                      "--base", "gaussian", "--seed", "3"])
+    assert code == 0, text
+    assert (seen["lr_schedule"], seen["weight_decay"], seen["average"], seen["average_decay"],
+            seen["base"]) == ("cosine", 0.01, "ema", 0.9, "gaussian")
+    python = estimator.FlowDensity(flow="maf", n_layers=2, hidden=(16, 16), epochs=4,
+                                   lr_schedule="cosine", weight_decay=0.01, average="ema",
+                                   average_decay=0.9, base="gaussian", random_state=3,
+                                   progress=False).fit(np.load(data))
+    kept = ("the averaged parameters kept" if python.history_.best_averaged
+            else "the parameters kept")
+    assert kept in text
+    x = two_moons(50, rng=np.random.default_rng(1))
+    np.testing.assert_array_equal(io.load(path).score_samples(x), python.score_samples(x))
+    seen.clear()
+    assert run(["fit", str(data), "-o", str(tmp_path / "n.npz"), "--model", "maf",
+                "--layers", "2", "--hidden", "16,16", "--epochs", "1"])[0] == 0
+    assert seen["lr_schedule"] is None and seen["average"] is None
+
+
+@pytest.mark.parametrize("option, value, fragment", [
+    ("--average-decay", "1", "expected a number in (0, 1)"),
+    ("--weight-decay", "-1", "expected a non-negative number"),
+    ("--average", "swa", "invalid choice"),
+    ("--base", "cauchy", "invalid choice")])
+def test_fit_training_options_refuse_bad_values(tmp_path, capsys, option, value, fragment):
+    out = tmp_path / "m.npz"
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "two_moons", "-o", str(out), option, value])
+    assert exc.value.code == 2
+    assert fragment in capsys.readouterr().err
+    assert not out.exists()
