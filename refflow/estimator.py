@@ -20,6 +20,7 @@ import sys
 import warnings
 
 import numpy as np
+from scipy.special import logsumexp
 
 from ._dask import is_dask_array
 from ._exact import CrossMoments, Moments, exact_mean
@@ -28,7 +29,8 @@ from ._rows import (Standardized, Whitened, covariance, out_of_core, rows_of, sc
 from ._validation import (check_batch_size, check_bool, check_choice, check_hidden, check_int,
                           check_positive, check_real, check_rng, empty_output)
 from .bijectors import Affine, Chain, LULinear
-from .distributions import DEFAULT_BATCH_SIZE, Flow, StandardNormal, StudentT
+from .distributions import (DEFAULT_BATCH_SIZE, DiagGaussianMixture, Flow, StandardNormal,
+                            StudentT)
 from .flows import BUILDERS
 from . import io
 from .io.spec import UNBOUNDED, declaration, declare, register
@@ -43,7 +45,7 @@ AUTO_CANDIDATES = ("maf", "nsf")
 #: Learning-rate schedules ``FlowDensity`` accepts (``refflow.training.fit``'s names).
 _SCHEDULES = (None, "cosine")
 #: Base distributions ``FlowDensity`` accepts (``base=``).
-BASES = ("gaussian", "student_t")
+BASES = ("gaussian", "student_t", "mixture")
 #: Rows (at most, evenly spaced) on which a Student t base is started by maximum likelihood;
 #: it is a start (training refines it), so a bounded subsample is enough.
 _T_START_ROWS = 10000
@@ -51,6 +53,13 @@ _T_START_ROWS = 10000
 #: a normal to within 1e-3 nats per coordinate near the mode, and softplus^-1 = identity there),
 #: ``log_scale`` in [-7, 7] (the coordinates are standardised: a scale outside [1e-3, 1e3]
 #: would mean a point mass or an empty set, not a tail).
+#: base="mixture": the most components BIC chooses among, the variance added to every
+#: component's (in the base space's units, as scikit-learn's ``reg_covar``), and EM's limits.
+MIXTURE_MAX_COMPONENTS = 20
+_MIX_VAR_FLOOR = 1e-6
+_MIX_MAX_ITER = 200
+_MIX_TOL = 1e-7
+_LOG_2PI = math.log(2.0 * math.pi)
 _T_DF_BOUNDS = (1.0, 1000.0)
 _T_LOG_SCALE_BOUNDS = (-7.0, 7.0)
 
@@ -376,6 +385,70 @@ def _student_t_start(z):
     return np.clip(base.df, *_T_DF_BOUNDS), theta[:d].copy(), theta[d:2 * d].copy()
 
 
+def _diag_mixture_em(z, k, rng):
+    r"""Maximum-likelihood mixture of ``k`` Gaussians with diagonal covariances of the rows
+    ``z`` (``(n, d)``) by EM: ``(log_w, means, variances, mean_log_likelihood)``.
+
+    Started from k-means++ seeds (Arthur and Vassilvitskii, 2007: each next centre a row drawn
+    with probability proportional to its squared distance to the nearest centre so far, from
+    ``rng``) and the hard assignment to them; then EM (Dempster, Laird and Rubin, 1977): with
+    ``a_nj = log w_j + log N(z_n; m_j, diag v_j)`` and responsibilities ``r_nj = exp(a_nj -
+    logsumexp_j a_nj)``, ``N_j = sum_n r_nj``, ``w_j = N_j / n``, ``m_j = sum_n r_nj z_n /
+    N_j``, ``v_j = sum_n r_nj z_n^2 / N_j - m_j^2 + floor``; the quadratic form through
+    products, ``sum_i (z_i - m_i)^2 / v_i = (z^2) (1/v)^T - 2 z (m/v)^T + sum_i m_i^2 / v_i``.
+    Stops when the mean log-likelihood gains less than ``_MIX_TOL`` (EM never lowers it) or
+    after ``_MIX_MAX_ITER`` rounds.
+    """
+    n, d = z.shape
+    centres = np.empty((k, d))
+    centres[0] = z[rng.integers(n)]
+    nearest = np.sum((z - centres[0]) ** 2, axis=1)
+    for j in range(1, k):
+        total = nearest.sum()
+        pick = rng.choice(n, p=nearest / total) if total > 0 else rng.integers(n)
+        centres[j] = z[pick]
+        nearest = np.minimum(nearest, np.sum((z - centres[j]) ** 2, axis=1))
+    dist = (np.sum(z * z, axis=1)[:, None] - 2.0 * z @ centres.T
+            + np.sum(centres * centres, axis=1))
+    resp = np.zeros((n, k))
+    resp[np.arange(n), np.argmin(dist, axis=1)] = 1.0
+    z2 = z * z
+    previous = -np.inf
+    for _ in range(_MIX_MAX_ITER):
+        counts = resp.sum(axis=0) + 10.0 * np.finfo(np.float64).eps
+        means = (resp.T @ z) / counts[:, None]
+        variances = np.maximum((resp.T @ z2) / counts[:, None] - means * means, 0.0) \
+            + _MIX_VAR_FLOOR
+        log_w = np.log(counts / counts.sum())
+        inv = 1.0 / variances
+        a = (log_w - 0.5 * (z2 @ inv.T - 2.0 * z @ (means * inv).T
+                            + np.sum(means * means * inv, axis=1)
+                            + np.sum(np.log(variances), axis=1) + d * _LOG_2PI))
+        lse = logsumexp(a, axis=1)
+        mean_ll = float(np.mean(lse))
+        resp = np.exp(a - lse[:, None])
+        if mean_ll - previous < _MIX_TOL:
+            break
+        previous = mean_ll
+    return log_w, means, variances, mean_ll
+
+
+def _mixture_start(z, max_components=MIXTURE_MAX_COMPONENTS):
+    """The diagonal Gaussian mixture of ``z`` with ``k = 1 .. max_components`` chosen by BIC
+    (``-2 n mean_log_likelihood + (2 d k + k - 1) log n``; the first minimum on a tie):
+    ``(log_w, means, variances)``. ``k`` is also held to at most ``n / (4 d + 2)`` (two rows
+    per parameter of a component). Deterministic: the seeds come from ``default_rng(k)``."""
+    n, d = z.shape
+    top = max(1, min(max_components, n // (4 * d + 2)))
+    best = None
+    for k in range(1, top + 1):
+        log_w, means, variances, mean_ll = _diag_mixture_em(z, k, np.random.default_rng(k))
+        bic = -2.0 * n * mean_ll + (2 * d * k + k - 1) * math.log(n)
+        if best is None or bic < best[0]:
+            best = (bic, log_w, means, variances)
+    return best[1:]
+
+
 # ------------------------------------------------------------------------------ estimator
 class FlowDensity:
     r"""Density estimation with a normalizing flow, scikit-learn style.
@@ -412,8 +485,12 @@ class FlowDensity:
         Further builder options, e.g. ``{"n_bins": 16}`` or ``{"scale": "exp"}``; not
         ``rng``, ``hidden``, ``n_layers`` (the parameters above) or ``context_dim`` (set by
         ``fit(X, context=...)``).
-    base : {"student_t", "gaussian"}, default "student_t"
-        The base distribution. ``"gaussian"``: the builder's standard normal. ``"student_t"``
+    base : {"student_t", "gaussian", "mixture"}, default "student_t"
+        The base distribution. ``"gaussian"``: the builder's standard normal. ``"mixture"``:
+        :class:`refflow.DiagGaussianMixture` (weights, means and scales trained with the
+        flow), started at the diagonal Gaussian mixture of the rows mapped to the base space
+        by the untrained flow, with ``k = 1 .. MIXTURE_MAX_COMPONENTS`` (20) components chosen
+        by BIC (EM from k-means++ seeds; see Notes), for multimodal data. ``"student_t"``
         (the default):
         :class:`refflow.StudentT` with a location, scale and degrees of freedom per coordinate,
         all trained with the flow (``df = softplus(raw_df)``; its gradient is the digamma
@@ -554,6 +631,17 @@ class FlowDensity:
     then the best product of independent t densities in those coordinates (for data that
     look normal, a t with a large ``df``). Adam moves ``raw_df`` by about ``lr`` per step, so
     a start far from the answer would take thousands of steps to correct: hence the start.
+
+    *Mixture base.* With ``base="mixture"`` the base is ``log p(z) = logsumexp_j [log w_j +
+    sum_i log N(z_i; m_ji, s_ji^2)]`` (its pullback is in :class:`~refflow.DiagGaussianMixture`).
+    Before training, the same rows as for the Student t start are mapped to the base space
+    and a diagonal mixture is fitted to them by EM for each ``k`` from 1 to 20 (at most one
+    component per ``4 d + 2`` rows), seeded by k-means++ with ``default_rng(k)`` (no draw
+    from ``random_state``); the ``k`` of the lowest BIC is kept. The untrained model is then
+    that mixture in those coordinates. On sets that are mixtures (the density suite's
+    ``eight_gaussians``, ``skew_mixture``) this is the start the flow cannot find from one
+    mode; on heavy tails it is worse than the Student t (DEVELOPERS.md, "FlowDensity's
+    defaults").
 
     *Scores.* :meth:`score_samples` gives ``log q(x)`` per row, in nats, in the units of
     ``X``; :meth:`score` is the **mean** log-likelihood per sample, as
@@ -768,15 +856,25 @@ class FlowDensity:
         if options["base"] == "gaussian":
             return flow
         if type(flow.base) is not StandardNormal:
-            raise ValueError(f"{where}: base='student_t' replaces a standard normal base; the "
-                             f"{name!r} flow has a {type(flow.base).__name__} base")
-        return Flow(self._student_t_base(flow, Xs, Cs, where), flow.bijector)
+            raise ValueError(f"{where}: base={options['base']!r} replaces a standard normal "
+                             f"base; the {name!r} flow has a {type(flow.base).__name__} base")
+        z = self._start_rows(flow, Xs, Cs, f"{where}: starting the {options['base']} base")
+        if options["base"] == "mixture":
+            log_w, means, variances = _mixture_start(z)
+            base = DiagGaussianMixture(flow.dim, len(log_w))
+            base.params.update({"logits": log_w, "loc": means,
+                                "log_scale": 0.5 * np.log(variances)})
+            return Flow(base, flow.bijector)
+        df, loc, log_scale = _student_t_start(z)
+        base = StudentT(flow.dim, df=df)
+        base.params.update({"loc": loc, "log_scale": log_scale})
+        return Flow(base, flow.bijector)
 
     @staticmethod
-    def _student_t_base(flow, Xs, Cs, where):
-        """A :class:`StudentT` base started at the per-coordinate maximum-likelihood t of (at
-        most ``_T_START_ROWS`` evenly spaced) rows mapped to the base space by the untrained
-        ``flow``: ``z = T^{-1}(w)``."""
+    def _start_rows(flow, Xs, Cs, where):
+        """At most ``_T_START_ROWS`` evenly spaced rows (no random draw) mapped to the base
+        space by the untrained ``flow``, ``z = T^{-1}(w)``: what the Student t and mixture
+        bases are started on."""
         n = Xs.shape[0]
         m = min(n, _T_START_ROWS)
         index = (np.arange(m, dtype=np.int64) * n) // m
@@ -784,13 +882,9 @@ class FlowDensity:
         context = None if Cs is None else (Cs[index] if isinstance(Cs, np.ndarray)
                                            else Cs.take(index))
         try:
-            z = flow.bijector.inverse(rows, context)[0]
+            return flow.bijector.inverse(rows, context)[0]
         except ValueError as exc:
-            raise ValueError(f"{where}: starting the Student t base: {exc}") from None
-        df, loc, log_scale = _student_t_start(z)
-        base = StudentT(flow.dim, df=df)
-        base.params.update({"loc": loc, "log_scale": log_scale})
-        return base
+            raise ValueError(f"{where}: {exc}") from None
 
     def _fit_candidates(self, families, Xs, Cs, c_dim, rng, options, validation_fraction,
                         train_options, where):

@@ -279,3 +279,116 @@ def test_bad_base():
     with pytest.raises(ValueError):
         model.set_params(base="laplace").fit(x)
     assert not hasattr(model, "flow_")
+
+
+# ------------------------------------------------------------------------ the mixture base
+def _three_clusters(n, rng):
+    gen = np.random.default_rng(rng)
+    means = np.array([[-4.0, 0.0], [0.0, 3.0], [4.0, -1.0]])
+    scales = np.array([[0.5, 1.0], [1.0, 0.3], [0.7, 0.7]])
+    k = gen.choice(3, size=n, p=[0.5, 0.3, 0.2])
+    return means[k] + scales[k] * gen.standard_normal((n, 2)), means, scales
+
+
+def test_mixture_em_recovers_a_known_mixture_and_bic_picks_its_size():
+    """Three well-separated diagonal Gaussians, 6,000 draws: BIC chooses k = 3, and EM's
+    weights, means and standard deviations are the true ones to their sampling error (a few
+    times 1/sqrt(n_k): 0.03 for the weights, 0.05 for means and scales)."""
+    from refflow.estimator import _mixture_start
+
+    z, means, scales = _three_clusters(6000, 0)
+    log_w, m, v = _mixture_start(z)
+    assert len(log_w) == 3
+    order = np.argsort(m[:, 0])
+    np.testing.assert_allclose(np.exp(log_w[order]), [0.5, 0.3, 0.2], atol=0.03)
+    np.testing.assert_allclose(m[order], means, atol=0.05)
+    np.testing.assert_allclose(np.sqrt(v[order]), scales, atol=0.05)
+    assert np.exp(log_w).sum() == pytest.approx(1.0, rel=1e-12)
+
+
+def test_mixture_em_climbs_and_stops_at_a_fixed_point():
+    """EM never lowers the likelihood; at its stop, one more EM round moves the mean
+    log-likelihood by less than the tolerance, and the weights are the responsibilities'
+    means (the M-step's fixed point)."""
+    from scipy.special import logsumexp
+
+    from refflow.estimator import _MIX_TOL, _MIX_VAR_FLOOR, _diag_mixture_em
+
+    z, _, _ = _three_clusters(2000, 1)
+    lls = [_diag_mixture_em(z, k, np.random.default_rng(k))[3] for k in (1, 2, 3)]
+    assert lls[0] < lls[1] < lls[2]
+    log_w, m, v, ll = _diag_mixture_em(z, 3, np.random.default_rng(3))
+
+    def log_joint(log_w, m, v):
+        return (log_w - 0.5 * (((z[:, None, :] - m) ** 2 / v).sum(axis=2)
+                               + np.log(v).sum(axis=1) + 2 * math.log(2 * math.pi)))
+
+    a = log_joint(log_w, m, v)
+    assert np.mean(logsumexp(a, axis=1)) == pytest.approx(ll, abs=1e-12)
+    r = np.exp(a - logsumexp(a, axis=1)[:, None])
+    counts = r.sum(axis=0)
+    m2 = r.T @ z / counts[:, None]
+    v2 = r.T @ (z * z) / counts[:, None] - m2 * m2 + _MIX_VAR_FLOOR
+    ll2 = np.mean(logsumexp(log_joint(np.log(counts / len(z)), m2, v2), axis=1))
+    assert -1e-12 <= ll2 - ll < _MIX_TOL
+    np.testing.assert_allclose(np.exp(log_w), counts / len(z), atol=1e-5)
+
+
+def test_mixture_start_is_deterministic_and_bounded_by_the_rows():
+    from refflow.estimator import _mixture_start
+
+    z, _, _ = _three_clusters(500, 2)
+    first, second = _mixture_start(z), _mixture_start(z)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    # 20 rows in 2-D allow at most 20 // 10 = 2 components; one row allows one
+    assert len(_mixture_start(z[:20])[0]) <= 2
+    assert len(_mixture_start(z[:1])[0]) == 1
+
+
+def test_mixture_base_starts_at_the_bic_mixture_of_the_mapped_rows():
+    """With a learning rate too small to move anything, the fitted base is the start: the
+    BIC mixture of the rows mapped to the base space by the untrained flow (``transform``;
+    300 rows <= 10,000, so all of them), and ``score_samples`` is that mixture's density of
+    ``transform(X)`` times the Jacobian."""
+    from refflow import DiagGaussianMixture
+    from refflow.estimator import _mixture_start
+
+    x, _, _ = _three_clusters(300, 3)
+    model = FlowDensity(base="mixture", lr=1e-30, **{**SMALL, "epochs": 1}).fit(x)
+    base = model.flow_.base
+    assert isinstance(base, DiagGaussianMixture)
+    z = model.transform(x)
+    log_w, means, variances = _mixture_start(z)
+    assert base.n_components == len(log_w) == 3
+    # the same rows by another rounding route (the folded-in whitening): EM's fixed point to
+    # its tolerance, far below the sampling error of 300 rows
+    np.testing.assert_allclose(base.params["loc"], means, atol=1e-4)
+    np.testing.assert_allclose(np.exp(2 * base.params["log_scale"]), variances, rtol=1e-3)
+    log_det = model.flow_.bijector.inverse(x)[1]
+    d = np.exp(base.params["log_scale"])
+    w = np.exp(base.params["logits"] - np.logaddexp.reduce(base.params["logits"]))
+    by_hand = np.log(sum(w[j] * np.prod(np.exp(-0.5 * ((z - base.params["loc"][j]) / d[j]) ** 2)
+                                        / (d[j] * math.sqrt(2 * math.pi)), axis=1)
+                         for j in range(len(w))))
+    np.testing.assert_allclose(model.score_samples(x), by_hand + log_det, rtol=ROUND_TRIP)
+
+
+def test_mixture_base_trains_saves_loads_and_samples(tmp_path):
+    from refflow import io
+
+    x, _, _ = _three_clusters(400, 4)
+    model = FlowDensity(base="mixture", **SMALL).fit(x)
+    assert "base.logits" in model.flow_.params and "base.loc" in model.flow_.params
+    history = model.history_
+    assert history.val_log_likelihood[history.best_epoch] == pytest.approx(
+        model.score(x[model.validation_index_]), rel=SAME_ROWS)
+    path = tmp_path / "mixture.npz"
+    model.save(path)
+    loaded = io.load(path)
+    assert loaded.base == "mixture"
+    np.testing.assert_array_equal(loaded.score_samples(x), model.score_samples(x))
+    samples = loaded.sample(50, random_state=0)
+    assert samples.shape == (50, 2) and np.all(np.isfinite(samples))
+    np.testing.assert_array_equal(samples, model.sample(50, random_state=0))
+
