@@ -640,8 +640,9 @@ class FlowDensity:
     from ``random_state``); the ``k`` of the lowest BIC is kept. The untrained model is then
     that mixture in those coordinates. On sets that are mixtures (the density suite's
     ``eight_gaussians``, ``skew_mixture``) this is the start the flow cannot find from one
-    mode; on heavy tails it is worse than the Student t (DEVELOPERS.md, "FlowDensity's
-    defaults").
+    mode. Its tails are Gaussian: on heavy-tailed data a row far out can score thousands of
+    nats lower than under the Student t base (DEVELOPERS.md, "FlowDensity's defaults",
+    fourth round), which is why it is not the default.
 
     *Scores.* :meth:`score_samples` gives ``log q(x)`` per row, in nats, in the units of
     ``X``; :meth:`score` is the **mean** log-likelihood per sample, as
