@@ -46,13 +46,16 @@ AUTO_CANDIDATES = ("maf", "nsf")
 _SCHEDULES = (None, "cosine")
 #: Base distributions ``FlowDensity`` accepts (``base=``).
 BASES = ("gaussian", "student_t", "mixture")
-#: Rows (at most, evenly spaced) on which a Student t base is started by maximum likelihood;
+#: Rows (at most, evenly spaced) on which a Student t or mixture base is started by maximum
+#: likelihood;
 #: it is a start (training refines it), so a bounded subsample is enough.
 _T_START_ROWS = 10000
 #: Bounds of the Student t start: ``df`` in [1, 1000] (1 is the Cauchy; beyond 1000 the t is
 #: a normal to within 1e-3 nats per coordinate near the mode, and softplus^-1 = identity there),
 #: ``log_scale`` in [-7, 7] (the coordinates are standardised: a scale outside [1e-3, 1e3]
 #: would mean a point mass or an empty set, not a tail).
+_T_DF_BOUNDS = (1.0, 1000.0)
+_T_LOG_SCALE_BOUNDS = (-7.0, 7.0)
 #: base="mixture": the most components BIC chooses among, the variance added to every
 #: component's (in the base space's units, as scikit-learn's ``reg_covar``), and EM's limits.
 MIXTURE_MAX_COMPONENTS = 20
@@ -60,8 +63,6 @@ _MIX_VAR_FLOOR = 1e-6
 _MIX_MAX_ITER = 200
 _MIX_TOL = 1e-7
 _LOG_2PI = math.log(2.0 * math.pi)
-_T_DF_BOUNDS = (1.0, 1000.0)
-_T_LOG_SCALE_BOUNDS = (-7.0, 7.0)
 
 #: Coupling layouts cannot split one feature; these autoregressive layouts replace them.
 _ONE_FEATURE = {"realnvp": "maf", "glow": "maf", "nsf-coupling": "nsf"}
