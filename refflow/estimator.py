@@ -47,8 +47,7 @@ _SCHEDULES = (None, "cosine")
 #: Base distributions ``FlowDensity`` accepts (``base=``).
 BASES = ("gaussian", "student_t", "mixture")
 #: Rows (at most, evenly spaced) on which a Student t or mixture base is started by maximum
-#: likelihood;
-#: it is a start (training refines it), so a bounded subsample is enough.
+#: likelihood; it is a start (training refines it), so a bounded subsample is enough.
 _T_START_ROWS = 10000
 #: Bounds of the Student t start: ``df`` in [1, 1000] (1 is the Cauchy; beyond 1000 the t is
 #: a normal to within 1e-3 nats per coordinate near the mode, and softplus^-1 = identity there),
