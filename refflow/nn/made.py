@@ -194,6 +194,15 @@ class _Autoregressive:
     ``_w_keys`` (weight keys, aligned with ``masks``) and implement ``_forward`` / ``_vjp``.
     """
 
+    def _set_layers(self, arrays, masks):
+        """Store the initialised ``arrays`` (weights already masked) and their ``masks``; the
+        weight and bias keys follow from the names (last part ``w...`` or ``b...``)."""
+        self.params = ParamDict(arrays)
+        self.masks = masks
+        self._mask_cache = {}
+        self._w_keys = [k for k in arrays if k.rsplit(".", 1)[-1].startswith("w")]
+        self._b_keys = [k for k in arrays if k.rsplit(".", 1)[-1].startswith("b")]
+
     def _masks_as(self, dtype):
         dtype = np.dtype(dtype)
         cached = self._mask_cache.get(dtype)
@@ -382,6 +391,16 @@ def _check_common(dim, n_params, context_features, activation, rng, where):
     act = get_activation(activation, where)
     rng = check_rng(rng, f"{where}: rng")
     return dim, n_params, context_features, act, rng
+
+
+def _output_layer(rng, arrays, masks, out_mask, fan_in, zero_last):
+    """The output layer ``w_out``, ``b_out`` (torch's initialisation, or zeros with
+    ``zero_last``), masked by ``out_mask``, added to ``arrays`` and ``masks``."""
+    w, b = linear_init(rng, out_mask.shape[0], fan_in)
+    if zero_last:
+        w[...], b[...] = 0.0, 0.0
+    arrays["w_out"], arrays["b_out"] = w * out_mask, b
+    masks.append(out_mask)
 
 
 def _init_layered(net, where, dim, hidden, n_params, order, hidden_degrees, activation,
@@ -776,16 +795,8 @@ class ResidualMADE(_Autoregressive):
             b = rng.uniform(-1e-3, 1e-3, size=width)
             arrays[f"blocks.{j}.w1"], arrays[f"blocks.{j}.b1"] = w * m_hh, b
             masks += [m_hh, m_hh]
-        w, b = linear_init(rng, dim * n_params, width)
-        if zero_last:
-            w[...], b[...] = 0.0, 0.0
-        arrays["w_out"], arrays["b_out"] = w * m_out, b
-        masks.append(m_out)
-        self.params = ParamDict(arrays)
-        self.masks = masks
-        self._mask_cache = {}
-        self._w_keys = [k for k in arrays if k.rsplit(".", 1)[-1].startswith("w")]
-        self._b_keys = [k for k in arrays if k.rsplit(".", 1)[-1].startswith("b")]
+        _output_layer(rng, arrays, masks, m_out, width, zero_last)
+        self._set_layers(arrays, masks)
 
     def __repr__(self):
         return (f"ResidualMADE(dim={self.dim}, hidden_features={self.hidden_features}, "
@@ -1014,40 +1025,25 @@ class ResidualMaskedMLP(_Autoregressive):
         self.hidden_degree_list = degrees
 
         arrays, masks = {}, []
-        in_deg = np.concatenate([self.input_degrees, np.zeros(context_features, dtype=np.int64)])
-        if not hidden:
-            out_mask = _mask(np.repeat(self.input_degrees, n_params), in_deg, strict=True)
-            w, b = linear_init(rng, dim * n_params, dim + context_features)
-            if zero_last:
-                w[...], b[...] = 0.0, 0.0
-            arrays["w_out"], arrays["b_out"] = w * out_mask, b
-            masks.append(out_mask)
-        else:
-            prev_deg, prev_width = in_deg, dim + context_features
-            for s, (width, deg) in enumerate(zip(hidden, degrees)):
-                if self._linked[s]:
-                    m = _mask(deg, prev_deg, strict=False)
-                    key_w, key_b = ("w0", "b0") if s == 0 else (f"links.{s}.w", f"links.{s}.b")
-                    w, b = linear_init(rng, width, prev_width)
-                    arrays[key_w], arrays[key_b] = w * m, b
-                    masks.append(m)
-                m_hh = _mask(deg, deg, strict=False)
-                for i in range(2):
-                    w, b = linear_init(rng, width, width)
-                    arrays[f"blocks.{s}.w{i}"], arrays[f"blocks.{s}.b{i}"] = w * m_hh, b
-                    masks.append(m_hh)
-                prev_deg, prev_width = deg, width
-            out_mask = _mask(np.repeat(self.input_degrees, n_params), prev_deg, strict=True)
-            w, b = linear_init(rng, dim * n_params, prev_width)
-            if zero_last:
-                w[...], b[...] = 0.0, 0.0
-            arrays["w_out"], arrays["b_out"] = w * out_mask, b
-            masks.append(out_mask)
-        self.params = ParamDict(arrays)
-        self.masks = masks
-        self._mask_cache = {}
-        self._w_keys = [k for k in arrays if k.rsplit(".", 1)[-1].startswith("w")]
-        self._b_keys = [k for k in arrays if k.rsplit(".", 1)[-1].startswith("b")]
+        prev_deg = np.concatenate([self.input_degrees,
+                                   np.zeros(context_features, dtype=np.int64)])
+        prev_width = dim + context_features
+        for s, (width, deg) in enumerate(zip(hidden, degrees)):
+            if self._linked[s]:
+                m = _mask(deg, prev_deg, strict=False)
+                key_w, key_b = ("w0", "b0") if s == 0 else (f"links.{s}.w", f"links.{s}.b")
+                w, b = linear_init(rng, width, prev_width)
+                arrays[key_w], arrays[key_b] = w * m, b
+                masks.append(m)
+            m_hh = _mask(deg, deg, strict=False)
+            for i in range(2):
+                w, b = linear_init(rng, width, width)
+                arrays[f"blocks.{s}.w{i}"], arrays[f"blocks.{s}.b{i}"] = w * m_hh, b
+                masks.append(m_hh)
+            prev_deg, prev_width = deg, width
+        out_mask = _mask(np.repeat(self.input_degrees, n_params), prev_deg, strict=True)
+        _output_layer(rng, arrays, masks, out_mask, prev_width, zero_last)
+        self._set_layers(arrays, masks)
 
     def __repr__(self):
         return (f"ResidualMaskedMLP(dim={self.dim}, hidden={self.hidden}, "
