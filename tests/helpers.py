@@ -118,6 +118,16 @@ def joined_vjp(net, dim):
     return vjp
 
 
+def assert_refused(importer, model, *words):
+    """``importer(model)`` raises ``ValueError`` whose message contains every one of
+    ``words`` (the refused class, option or reason)."""
+    import pytest
+    with pytest.raises(ValueError) as info:
+        importer(model)
+    for word in words:
+        assert word in str(info.value)
+
+
 def torch_adam_steps(flow, x, c, steps=5):
     """A few Adam steps (lr 1e-2) on a zuko flow's NLL in torch, float32 (zuko's default), in
     place: trained weights rather than the initialisation. torch is imported here only."""
