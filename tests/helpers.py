@@ -128,6 +128,19 @@ def assert_refused(importer, model, *words):
         assert word in str(info.value)
 
 
+def scaled_torch_model(factory, seed, scale=1.5):
+    """``factory()`` built after ``torch.manual_seed(seed)``, every parameter multiplied by
+    ``scale`` in place: larger than the peer's initialisation, so that its maps are far from
+    the identity. torch is imported here only."""
+    import torch
+    torch.manual_seed(seed)
+    model = factory()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    return model
+
+
 def torch_adam_steps(flow, x, c, steps=5):
     """A few Adam steps (lr 1e-2) on a zuko flow's NLL in torch, float32 (zuko's default), in
     place: trained weights rather than the initialisation. torch is imported here only."""

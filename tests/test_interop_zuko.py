@@ -16,7 +16,7 @@ zuko = pytest.importorskip("zuko")
 from refflow import MaskedAffineAutoregressive, MaskedSplineAutoregressive  # noqa: E402
 from refflow import AffineCoupling, SplineCoupling  # noqa: E402
 from refflow.interop import assert_matches, compare, from_zuko  # noqa: E402
-from .helpers import assert_refused, torch_adam_steps  # noqa: E402
+from .helpers import assert_refused, scaled_torch_model, torch_adam_steps  # noqa: E402
 
 RTOL_LP, RTOL_GRAD, RTOL_ROUND_TRIP = 1e-10, 1e-8, 1e-10
 
@@ -42,12 +42,7 @@ MODELS = {
 
 
 def _make(model_id, seed):
-    torch.manual_seed(seed)
-    flow = MODELS[model_id]()
-    for p in flow.parameters():  # larger than zuko's init, so the maps are far from identity
-        with torch.no_grad():
-            p.mul_(1.5)
-    return flow
+    return scaled_torch_model(MODELS[model_id], seed)
 
 
 def _data(flow, n, seed):

@@ -17,7 +17,7 @@ import refflow  # noqa: E402
 from refflow import MaskedAffineAutoregressive, MaskedSplineAutoregressive  # noqa: E402
 from refflow.interop import assert_matches, from_zuko  # noqa: E402
 from refflow.nn import ResidualMaskedMLP  # noqa: E402
-from .helpers import assert_refused, torch_adam_steps  # noqa: E402
+from .helpers import assert_refused, scaled_torch_model, torch_adam_steps  # noqa: E402
 
 #: float64 log-probs: the same closed forms on both sides, rounding only.
 RTOL_LP = 1e-10
@@ -55,12 +55,7 @@ SAMPLED = ["maf", "maf_widths_randperm", "maf_conditional", "maf_passes2_conditi
 
 
 def _make(model_id, seed):
-    torch.manual_seed(seed)
-    flow = MODELS[model_id]()
-    for p in flow.parameters():  # larger than zuko's init, so the maps are far from identity
-        with torch.no_grad():
-            p.mul_(1.5)
-    return flow
+    return scaled_torch_model(MODELS[model_id], seed)
 
 
 def _points(flow, model, n, seed):
