@@ -5,6 +5,8 @@ The counts in effect are observed from inside the passes: the flow's bijector ``
 wrapped on the instance to read ``threadpoolctl.threadpool_info()`` at every pass.
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,14 @@ from refflow.kernels import threads  # noqa: E402
 def blas_counts():
     return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
             if lib["user_api"] == "blas"]
+
+
+def large_counts():
+    """The counts the policy sets for large work: every CPU for NumPy's BLAS, 1 for another
+    library (SciPy's wheels' own OpenBLAS)."""
+    paths = [lib["filepath"] for lib in threadpoolctl.threadpool_info()
+             if lib["user_api"] == "blas"]
+    return threads.library_limits(threads.cpus(), paths)
 
 
 @pytest.fixture
@@ -120,7 +130,26 @@ def test_large_work_takes_refflow_num_threads(clean_env):
     assert set(seen[0]) == {1}
     clean_env.delenv("REFFLOW_NUM_THREADS")
     flow.log_prob(data())
-    assert set(seen[1]) == {threads.cpus()}
+    assert seen[1] == large_counts() and threads.cpus() in seen[1]
+    assert set(blas_counts()) == {threads.cpus()}           # restored
+
+
+def test_only_numpys_blas_takes_threads():
+    """With two BLAS libraries (NumPy's and SciPy's wheels each bring an OpenBLAS), large
+    work gives NumPy's its threads and the other one; one library, or a limit of 1, is given
+    the limit as it is."""
+    import numpy
+
+    root = os.path.dirname(os.path.realpath(numpy.__file__))
+    ours, other = os.path.join(root + ".libs", "libopenblas64_.so"), "/opt/lib/libopenblas.so"
+    assert threads.library_limits(4, [other, ours]) == [1, 4]
+    assert threads.library_limits(4, [os.path.join(root, ".dylibs", "libblas.dylib"),
+                                      other]) == [4, 1]
+    assert threads.library_limits(4, [other]) == [4]
+    assert threads.library_limits(1, [other, ours]) == [1, 1]
+    # several libraries, none of them NumPy's: which one runs the products is unknown
+    assert threads.library_limits(4, [other, "/opt/lib/libmkl_rt.so"]) == [1, 1]
+    assert threads.library_limits(2, []) == []
 
 
 @pytest.mark.parametrize("var", ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"])

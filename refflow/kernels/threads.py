@@ -24,7 +24,10 @@ outside):
   of two or more dimensions), ``rows`` the rows of one pass (the batch, or the chunk);
 - below :data:`SMALL_WORK` (``2^22``: a ``256 x 128`` by ``128 x 128`` product) the BLAS runs
   on one thread; from there on with :func:`n_threads` threads (``REFFLOW_NUM_THREADS`` or every
-  CPU this process may use), so the two kinds of threads share one budget.
+  CPU this process may use), so the two kinds of threads share one budget;
+- only NumPy's own BLAS takes more than one thread: a second BLAS library (SciPy's wheels
+  bring their own OpenBLAS, used for the triangular solves) runs on one thread inside the
+  call, since two libraries' threads fight for the cores (:func:`library_limits`).
 
 The user decides first. refflow leaves the BLAS thread count alone when
 
@@ -61,7 +64,7 @@ import sys
 import threading
 
 __all__ = ["SMALL_WORK", "BLAS_VARS", "n_threads", "cpus", "blas_setting", "blas_limit",
-           "largest_weight", "blas_threads"]
+           "library_limits", "largest_weight", "blas_threads"]
 
 #: Work (rows x largest weight size) below which the BLAS runs on one thread. At 2^22
 #: multiply-adds a product takes ~0.1 ms on one core, about where waking a second thread stops
@@ -190,6 +193,7 @@ def blas_threads(work):
         yield
         return
     token = _DECIDED.set(True)
+    changed = []
     try:
         counts = []
 
@@ -198,10 +202,45 @@ def blas_threads(work):
             return counts
 
         limit = blas_limit(work, current=current)
-        if limit is None or all(count == limit for count in counts):
-            yield  # the user's setting, or already the count wanted
-        else:
-            with _blas_controller().limit(limits=limit):
-                yield
+        if limit is not None:
+            libs = _blas_controller().lib_controllers
+            paths = [lib.filepath for lib in libs]
+            # an integer REFFLOW_BLAS_THREADS is the user's count for every library
+            wanted_counts = (library_limits(limit, paths) if blas_setting() == "auto"
+                             else [limit] * len(libs))
+            for lib, count, wanted in zip(libs, counts, wanted_counts):
+                if count != wanted:
+                    lib.set_num_threads(wanted)
+                    changed.append((lib, count))
+        yield  # with the user's setting, or the counts wanted
     finally:
+        for lib, count in reversed(changed):
+            lib.set_num_threads(count)
         _DECIDED.reset(token)
+
+
+def _numpy_roots():
+    """NumPy's package directory and its wheels' library directory (``numpy.libs``)."""
+    import numpy
+
+    root = os.path.dirname(os.path.realpath(numpy.__file__))
+    return (root + os.sep, root + ".libs" + os.sep)
+
+
+def library_limits(limit, paths):
+    """The thread count for each BLAS library (by its file ``paths``) when refflow's policy
+    picks ``limit``: ``limit`` for NumPy's own BLAS (the one under NumPy's directory, or
+    ``numpy.libs``; where the products of the networks run) and 1 for any other (SciPy's
+    wheels bring a second OpenBLAS, which refflow uses only for the ``d x d`` triangular
+    solves of its linear layers). Two libraries with threads of their own fight for the cores:
+    each one's idle threads spin after its call while the other's want them, and an NSF
+    alternating products and solves ran 3-15 times slower so on 2 cores. With one library, or
+    ``limit`` 1, every library gets ``limit``; with several and none of them NumPy's, 1.
+
+    >>> library_limits(2, ["/usr/lib/libopenblas.so"])
+    [2]
+    """
+    if limit == 1 or len(paths) <= 1:
+        return [limit] * len(paths)
+    roots = _numpy_roots()
+    return [limit if os.path.realpath(path).startswith(roots) else 1 for path in paths]
