@@ -22,7 +22,7 @@ from .bijectors import BlockNeuralAutoregressive, Gaussianization
 from .bijectors import LeakyTanh, Softclip
 from .splines import rational_quadratic_spline, rational_quadratic_spline_vjp
 from .distributions import (
-    DiagGaussianMixture, DiagNormal, Flow, StandardNormal, StudentT, Uniform,
+    DiagGaussianMixture, DiagNormal, DiagStudentTMixture, Flow, StandardNormal, StudentT, Uniform,
 )
 from .training import SGD, Adam, CosineAnnealing, History, TrainingDiverged, clip_grad_norm, fit
 from .flows import (BUILDERS, BPF, MAF, NAF, NCSF, NSF, SOSPF, UNAF, Glow, PlanarFlow, RadialFlow,
@@ -59,7 +59,8 @@ __all__ = [
     "UnconstrainedMonotonicAutoregressive", "SumOfSquaresAutoregressive",
     "BernsteinAutoregressive",
     # distributions, flows, training
-    "StandardNormal", "DiagNormal", "Uniform", "StudentT", "DiagGaussianMixture", "Flow",
+    "StandardNormal", "DiagNormal", "Uniform", "StudentT", "DiagGaussianMixture",
+    "DiagStudentTMixture", "Flow",
     # training
     "Adam", "SGD", "CosineAnnealing", "clip_grad_norm", "fit", "History", "TrainingDiverged",
     # builders and the estimator

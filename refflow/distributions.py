@@ -15,7 +15,7 @@ import numpy as np
 from scipy.special import digamma, gammaln, logsumexp
 
 from ._dask import is_dask_array
-from ._math import sigmoid, softplus
+from ._math import logsumexp_rows, sigmoid, softplus
 from ._validation import (
     as_batch, as_float_array, check_bool, check_dim, check_int, check_rng, empty_output,
 )
@@ -25,9 +25,48 @@ from .io.spec import (combine, constructor_arguments, declaration, declare, from
 from .kernels.threads import blas_threads, largest_weight
 from .params import ParamDict, prefixed
 
-__all__ = ["StandardNormal", "DiagNormal", "Uniform", "StudentT", "DiagGaussianMixture", "Flow"]
+__all__ = ["StandardNormal", "DiagNormal", "Uniform", "StudentT", "DiagGaussianMixture",
+           "DiagStudentTMixture", "Flow"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+#: Beyond ``nu / 2 = 100`` the t's normalising constant is computed from its asymptotic series
+#: (lgamma of ``nu/2`` and ``(nu+1)/2`` would cancel to ``eps lgamma(nu/2)``; the series'
+#: first omitted term is below 1e-20 there).
+_T_SERIES_FROM = 100.0
+
+
+def _t_log_norm(nu):
+    r"""``lgamma((nu+1)/2) - lgamma(nu/2) - log(nu pi)/2``, the log normalising constant of a
+    standard Student t, float64, accurate for every ``nu > 0``: for ``x = nu/2 >= 100`` as
+    ``f(x) - log(2 pi)/2`` with ``f(x) = lgamma(x + 1/2) - lgamma(x) - log(x)/2 = -1/(8x) +
+    1/(192 x^3) - 1/(640 x^5) + 17/(14336 x^7) + O(x^-9)`` (Stirling's series of the two
+    lgammas; the coefficients checked against 60-digit arithmetic)."""
+    nu = np.asarray(nu, dtype=np.float64)
+    x = 0.5 * nu
+    big = x >= _T_SERIES_FROM
+    y = 1.0 / np.where(big, x, 1.0)                 # in powers of 1/x: no overflow
+    y2 = y * y
+    series = (y * (-1.0 / 8 + y2 * (1.0 / 192 + y2 * (-1.0 / 640 + y2 * (17.0 / 14336))))
+              - 0.5 * math.log(2 * math.pi))
+    xd = np.where(big, 1.0, x)                      # no lgamma of a huge x above
+    direct = gammaln(xd + 0.5) - gammaln(xd) - 0.5 * np.log(2 * xd * math.pi)
+    return np.where(big, series, direct)
+
+
+def _t_dlog_norm(nu):
+    r"""``d/d nu`` of :func:`_t_log_norm`: ``(psi((nu+1)/2) - psi(nu/2) - 1/nu) / 2``, float64;
+    for ``x = nu/2 >= 100`` as ``f'(x) / 2 = (1/(8x^2) - 1/(64 x^4) + 1/(128 x^6) -
+    119/(14336 x^8)) / 2`` (the series above, differentiated), where the digammas would cancel."""
+    nu = np.asarray(nu, dtype=np.float64)
+    x = 0.5 * nu
+    big = x >= _T_SERIES_FROM
+    y2 = (1.0 / np.where(big, x, 1.0)) ** 2
+    series = 0.5 * y2 * (1.0 / 8 + y2 * (-1.0 / 64 + y2 * (1.0 / 128 + y2 * (-119.0 / 14336))))
+    xd = np.where(big, 1.0, x)
+    direct = 0.5 * (digamma(xd + 0.5) - digamma(xd) - 1.0 / (2 * xd))
+    return np.where(big, series, direct)
 
 
 def _check_n(n, where):
@@ -505,8 +544,7 @@ class StudentT(_Distribution):
         t2 = t * t
         q = t2 / nu
         l1q = np.log1p(q)
-        const = (gammaln(half * (nu + 1)) - gammaln(half * nu) - half * np.log(nu * np.pi)
-                 - log_scale).astype(z.dtype)
+        const = (_t_log_norm(self.df) - self._params["log_scale"]).astype(z.dtype)
         lp = (const - half * (nu + 1) * l1q).sum(axis=1)
 
         def pullback(lp_bar):
@@ -515,7 +553,7 @@ class StudentT(_Distribution):
             grads = {"loc": -(g * r * inv_scale).sum(axis=0),
                      "log_scale": (g * (-1 - t * r)).sum(axis=0)}
             if self.trainable_df:
-                dnu = (half * (digamma(half * (nu + 1)) - digamma(half * nu) - 1 / nu - l1q)
+                dnu = (_t_dlog_norm(self.df).astype(z.dtype) - half * l1q
                        + (nu + 1) * t2 / (2 * nu * (nu + t2)))
                 dsp = sigmoid(self._params["raw_df"].astype(z.dtype))
                 grads["raw_df"] = (g * dnu).sum(axis=0) * dsp
@@ -620,7 +658,7 @@ class DiagGaussianMixture(_Distribution):
         u = (z[:, None, :] - loc) * inv_scale                     # (n, K, dim)
         a = (log_w - 0.5 * np.einsum("nkd,nkd->nk", u, u) - log_scale.sum(axis=1)
              - z.dtype.type(self.dim * _HALF_LOG_2PI))
-        lp = logsumexp(a, axis=1).astype(z.dtype)
+        lp = logsumexp_rows(a)
 
         def pullback(lp_bar):
             r = np.exp(a - lp[:, None])                           # responsibilities
@@ -640,6 +678,161 @@ class DiagGaussianMixture(_Distribution):
         k = rng.choice(self.n_components, size=n, p=w / w.sum())
         eps = rng.standard_normal((n, self.dim))
         return loc[k] + scale[k] * eps
+
+
+class DiagStudentTMixture(_Distribution):
+    r"""Mixture of ``n_components`` products of independent Student's t's (a location, scale
+    and degrees of freedom per component and coordinate), all parameters trainable: the
+    heavy-tailed counterpart of :class:`DiagGaussianMixture`.
+
+    Parameters
+    ----------
+    dim : int
+    n_components : int >= 1
+    df : float, default 5.0
+        Initial degrees of freedom ``nu > 0`` of every component and coordinate.
+    rng : int or numpy.random.Generator, optional
+        Initial locations: ``N(0, I)`` draws from ``rng``; None gives zero locations.
+
+    Attributes
+    ----------
+    params : ParamDict
+        ``"logits"`` ``(K,)`` (zeros: equal weights), ``"loc"``, ``"log_scale"`` (zeros) and
+        ``"raw_df"`` (``softplus^-1(df)``, FlowJAX's parameterization of ``df``), each
+        ``(K, dim)``.
+
+    Notes
+    -----
+    With ``w = softmax(logits)``, ``s = exp(log_scale)``, ``nu = softplus(raw_df)``, ``t_nki =
+    (z_ni - loc_ki) / s_ki`` and ``q = t^2 / nu``::
+
+        a_nk       = log w_k + sum_i [ lgamma((nu_ki+1)/2) - lgamma(nu_ki/2)
+                                       - log(nu_ki pi)/2 - log s_ki - (nu_ki+1)/2 log1p(q_nki) ]
+        log p(z_n) = logsumexp_k a_nk
+
+    Pullbacks for ``log_prob_bar = g``: with the responsibilities ``r_nk = exp(a_nk - log
+    p(z_n))`` (``d logsumexp / d a = r``) each component's terms are :class:`StudentT`'s, weighted
+    by ``g_n r_nk``. With ``rho = d a_nk / d t_nki = -(nu+1) t / (nu + t^2)``::
+
+        z_bar_n         =  sum_k g_n r_nk rho_nk / s_k
+        loc_bar_k       = -sum_n g_n r_nk rho_nk / s_k
+        log_scale_bar_k =  sum_n g_n r_nk (-1 - t_nk rho_nk)
+        raw_df_bar_k    =  sigmoid(raw_df_k) sum_n g_n r_nk [ (psi((nu+1)/2) - psi(nu/2) - 1/nu
+                                        - log1p(q_nk)) / 2 + (nu+1) t^2 / (2 nu (nu + t^2)) ]
+        logits_bar      =  sum_n g_n (r_n - w)
+
+    (``psi`` the digamma function). ``sample`` draws ``k ~ Categorical(w)`` (``rng.choice``),
+    then ``loc_k + s_k T`` with ``T`` from ``rng.standard_t(nu_k)``. With one component it is
+    :class:`StudentT`; as ``nu -> inf`` each component tends to :class:`DiagGaussianMixture`'s.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refflow import DiagStudentTMixture, StudentT
+    >>> d = DiagStudentTMixture(2, 3, df=4.0)   # zero locations: three copies of one t
+    >>> z = np.array([[0.5, -1.0]])
+    >>> bool(np.allclose(d.log_prob(z), StudentT(2, df=4.0).log_prob(z)))
+    True
+    >>> DiagStudentTMixture(2, 3, rng=0).sample(4, rng=1).shape
+    (4, 2)
+    """
+
+    def __init__(self, dim, n_components, df=5.0, rng=None):
+        where = "DiagStudentTMixture"
+        dim = check_dim(dim, where)
+        k = check_int(n_components, where, "n_components", minimum=1)
+        if isinstance(df, bool) or not isinstance(df, numbers.Real) or not \
+                (math.isfinite(df) and df > 0):
+            raise ValueError(f"{where}: df must be a positive finite number, got {df!r}")
+        loc = np.zeros((k, dim)) if rng is None else \
+            check_rng(rng, where).standard_normal((k, dim))
+        nu = float(df)
+        self.n_components = k
+        # softplus^-1(nu) = nu + log(-expm1(-nu)), without overflow for large nu
+        super().__init__(dim, params={"logits": np.zeros(k), "loc": loc,
+                                      "log_scale": np.zeros((k, dim)),
+                                      "raw_df": np.full((k, dim), nu + math.log(-math.expm1(-nu)))})
+
+    def __repr__(self):
+        return f"DiagStudentTMixture(dim={self.dim}, n_components={self.n_components})"
+
+    def _config(self):
+        return {"dim": self.dim, "n_components": self.n_components}
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        if args.get("rng") is not None:
+            raise TypeError(f"{cls.__name__}: the config may not give rng (the parameters come "
+                            f"from the file)")
+        dim = check_dim(args["dim"], cls.__name__)
+        k = check_int(args["n_components"], cls.__name__, "n_components", minimum=1)
+        return declaration({"logits": (k,), "loc": (k, dim), "log_scale": (k, dim),
+                            "raw_df": (k, dim)})
+
+    @property
+    def df(self):
+        """The degrees of freedom ``nu``, float64 ``(K, dim)`` (a copy)."""
+        return softplus(self._params["raw_df"])
+
+    def _constrained(self, dtype, where):
+        logits = self._params["logits"].astype(dtype)
+        log_w = logits - logsumexp(logits)
+        log_scale = self._params["log_scale"].astype(dtype)
+        nu = self.df.astype(dtype)
+        with np.errstate(over="ignore"):
+            inv_scale = np.exp(-log_scale)
+        if not (np.isfinite(inv_scale).all() and (nu > 0).all()):
+            raise ValueError(f"{where}: exp(-log_scale) overflows {np.dtype(dtype)} or df "
+                             f"underflows to 0 (log_scale down to {log_scale.min():.4g}, df "
+                             f"down to {self.df.min():.4g})")
+        return log_w.astype(dtype), self._params["loc"].astype(dtype), log_scale, nu, inv_scale
+
+    def _components(self, z, where):
+        """``(log_w, a, t, t2, l1q, nu, inv_scale)``: ``a_nk = log w_k + log p_k(z_n)``."""
+        log_w, loc, log_scale, nu, inv_scale = self._constrained(z.dtype, where)
+        t = (z[:, None, :] - loc) * inv_scale                     # (n, K, dim)
+        t2 = t * t
+        l1q = np.log1p(t2 / nu)
+        const = (_t_log_norm(self.df) - self._params["log_scale"]).sum(axis=1).astype(z.dtype)
+        a = log_w + const - z.dtype.type(0.5) * np.einsum("kd,nkd->nk", nu + 1, l1q)
+        return log_w, a, t, t2, l1q, nu, inv_scale
+
+    def component_log_prob(self, z):
+        """Log-density of each point under each component (without the weights): ``z`` of
+        shape ``(n, dim)`` -> ``(n, K)`` (or ``(K,)``)."""
+        where = "DiagStudentTMixture.component_log_prob"
+        z2, was_1d = as_batch(z, self.dim, where)
+        log_w, a = self._components(z2, where)[:2]
+        out = a - log_w
+        return out[0] if was_1d else out
+
+    def _log_prob_vjp(self, z):
+        log_w, a, t, t2, l1q, nu, inv_scale = self._components(z, "DiagStudentTMixture.log_prob")
+        half = z.dtype.type(0.5)
+        lp = logsumexp_rows(a)
+
+        def pullback(lp_bar):
+            gr = (lp_bar[:, None] * np.exp(a - lp[:, None]))[:, :, None]   # g r, (n, K, 1)
+            rho = -(nu + 1) * t / (nu + t2)                       # d a / d t
+            grs = gr * rho * inv_scale                            # g r rho / s
+            dnu = (_t_dlog_norm(self.df).astype(z.dtype) - half * l1q
+                   + (nu + 1) * t2 / (2 * nu * (nu + t2)))
+            dsp = sigmoid(self._params["raw_df"].astype(z.dtype))
+            grads = {"logits": gr[:, :, 0].sum(axis=0) - lp_bar.sum() * np.exp(log_w),
+                     "loc": -grs.sum(axis=0),
+                     "log_scale": (gr * (-1 - t * rho)).sum(axis=0),
+                     "raw_df": (gr * dnu).sum(axis=0) * dsp}
+            return grs.sum(axis=1), grads
+
+        return lp, pullback
+
+    def _sample(self, n, rng):
+        log_w, loc, log_scale, nu, _ = self._constrained(np.float64, "DiagStudentTMixture.sample")
+        scale = _sampling_scale(log_scale, "DiagStudentTMixture.sample")
+        w = np.exp(log_w)
+        k = rng.choice(self.n_components, size=n, p=w / w.sum())
+        return loc[k] + scale[k] * rng.standard_t(nu[k])
 
 
 class Flow:
@@ -1215,4 +1408,5 @@ class Flow:
         return estimate, stderr
 
 
-register(StandardNormal, DiagNormal, Uniform, StudentT, DiagGaussianMixture, Flow)
+register(StandardNormal, DiagNormal, Uniform, StudentT, DiagGaussianMixture, DiagStudentTMixture,
+         Flow)

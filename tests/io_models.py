@@ -9,7 +9,7 @@ data space and a context for them (None for an unconditional model; the points f
 import numpy as np
 
 from refflow import DiagNormal, Flow, StandardNormal
-from refflow.distributions import DiagGaussianMixture, StudentT, Uniform
+from refflow.distributions import DiagGaussianMixture, DiagStudentTMixture, StudentT, Uniform
 from refflow.estimator import FlowDensity
 from refflow.flows import BUILDERS
 
@@ -87,6 +87,7 @@ MODELS = {
     "student-t": _bases(lambda d: StudentT(d, df=4.0)),
     "student-t-fixed-df": _bases(lambda d: StudentT(d, df=4.0, trainable_df=False)),
     "diag-gaussian-mixture": _bases(lambda d: DiagGaussianMixture(d, n_components=3, rng=0)),
+    "diag-student-t-mixture": _bases(lambda d: DiagStudentTMixture(d, n_components=3, rng=0)),
     "flow-uniform": lambda seed: (
         Flow(Uniform(-2.0, 3.0, dim=DIM), BUILDERS["maf"](DIM, n_layers=1, hidden=(4,),
                                                           rng=seed).bijector),

@@ -1,4 +1,4 @@
-"""Uniform, StudentT and DiagGaussianMixture bases: closed forms against scipy.stats, pullbacks
+"""Uniform, StudentT, DiagGaussianMixture and DiagStudentTMixture bases: closed forms against scipy.stats, pullbacks
 against finite differences, the peers' own densities and autograd gradients, sampling moments,
 float32, save/load and their use in Flow."""
 
@@ -8,7 +8,8 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from refflow import (
-    Affine, Chain, DiagGaussianMixture, Flow, LULinear, StudentT, Uniform, load, save,
+    Affine, Chain, DiagGaussianMixture, DiagStudentTMixture, Flow, LULinear, StudentT, Uniform,
+    load, save,
 )
 from refflow.testing import RTOL_FLOAT32, assert_vjp
 
@@ -33,6 +34,21 @@ def _mixture(rng, dim=3, k=4):
     d.params["logits"] = rng.normal(size=k)
     d.params["log_scale"] = rng.normal(0.0, 0.4, size=(k, dim))
     return d
+
+
+def _t_mixture(rng, dim=3, k=4):
+    d = DiagStudentTMixture(dim, k, rng=rng)
+    d.params["logits"] = rng.normal(size=k)
+    d.params["log_scale"] = rng.normal(0.0, 0.4, size=(k, dim))
+    d.params["raw_df"] = rng.uniform(0.5, 8.0, size=(k, dim))     # df from 0.97 to 8.0
+    return d
+
+
+def _t_mixture_scipy(d, z):
+    w = np.exp(d.params["logits"] - logsumexp(d.params["logits"]))
+    comps = [stats.t(d.df[k], d.params["loc"][k], np.exp(d.params["log_scale"][k])).logpdf(z)
+             .sum(1) for k in range(d.n_components)]
+    return logsumexp(np.stack(comps, 1) + np.log(w), axis=1)
 
 
 def _mixture_scipy(d, z):
@@ -75,6 +91,39 @@ def test_student_t_far_tail_is_finite():
     np.testing.assert_allclose(lp, expected, rtol=RTOL_EXACT)
 
 
+def test_t_normalising_constant_is_accurate_for_every_df():
+    """Beyond nu = 200 the t's constant comes from Stirling's series, where the two lgammas
+    (digammas) would cancel. Checked against an independent route: the recurrence ``f(x) =
+    f(x + N) + sum_j [0.5 log1p(1/(x+j)) - log1p(0.5/(x+j))]`` (``f(x) = lgamma(x + 1/2) -
+    lgamma(x) - log(x)/2``, from ``Gamma(y + 1) = y Gamma(y)``) carries the series at x + N >= 100
+    down to x = 10, where lgamma itself is accurate to a few ulps of ~3; a wrong coefficient of
+    the series' x^-5 term would be off by 3e-13 at x = 110, 2e-11 of f there."""
+    from scipy.special import digamma, gammaln
+
+    from refflow.distributions import _t_dlog_norm, _t_log_norm
+
+    half_log_2pi = 0.5 * np.log(2 * np.pi)
+    for x in (10.0, 10.25, 12.5):
+        n_steps = int(np.ceil(100.0 - x)) + 3
+        j = np.arange(n_steps)
+        carried = (_t_log_norm(2 * (x + n_steps)) + half_log_2pi
+                   + np.sum(0.5 * np.log1p(1 / (x + j)) - np.log1p(0.5 / (x + j))))
+        direct = gammaln(x + 0.5) - gammaln(x) - 0.5 * np.log(x)
+        assert carried == pytest.approx(direct, rel=1e-12, abs=0)
+        # the derivative: f'(x) = f'(x + N) + sum_j d/dx[...], by the same recurrence
+        carried_d = (2 * _t_dlog_norm(2 * (x + n_steps))
+                     + np.sum(-0.5 / ((x + j) * (x + j + 1)) + 0.5 / ((x + j) * (x + j + 0.5))))
+        direct_d = digamma(x + 0.5) - digamma(x) - 0.5 / x
+        assert carried_d == pytest.approx(direct_d, rel=1e-10, abs=0)
+    # the switch at nu = 200 is continuous, and a huge df is the normal's constant
+    below, at = np.nextafter(200.0, 0.0), 200.0
+    assert _t_log_norm(below) == pytest.approx(_t_log_norm(at), rel=1e-13)
+    assert _t_dlog_norm(below) == pytest.approx(_t_dlog_norm(at), rel=1e-9)
+    assert np.isfinite(_t_log_norm(1e300)) and _t_log_norm(1e300) == -half_log_2pi
+    np.testing.assert_allclose(StudentT(2, df=1e12).log_prob(np.array([[0.3, -2.0]])),
+                               stats.norm.logpdf([0.3, -2.0]).sum(), rtol=1e-11)
+
+
 def test_mixture_matches_scipy(rng):
     d = _mixture(rng)
     z = rng.normal(scale=2.0, size=(8, 3))
@@ -82,6 +131,29 @@ def test_mixture_matches_scipy(rng):
     # far from every component: logsumexp keeps it finite (each component underflows exp)
     far = np.full((1, 3), 1e3)
     np.testing.assert_allclose(d.log_prob(far), _mixture_scipy(d, far), rtol=RTOL_EXACT)
+
+
+def test_t_mixture_matches_scipy(rng):
+    d = _t_mixture(rng)
+    z = rng.standard_t(3.0, size=(8, 3)) * 2
+    np.testing.assert_allclose(d.log_prob(z), _t_mixture_scipy(d, z), rtol=RTOL_EXACT)
+    # far out: polynomial tails, finite at 1e3 and 1e150 (t^2 / nu stays below overflow)
+    far = np.array([[1e3, -1e3, 1e3], [1e150, 0.0, -1e150]])
+    np.testing.assert_allclose(d.log_prob(far), _t_mixture_scipy(d, far), rtol=RTOL_EXACT)
+
+
+def test_t_mixture_special_cases(rng):
+    """One component is StudentT; equal components are one component; a huge df is
+    DiagGaussianMixture's component to the t's O(1/nu) difference."""
+    z = rng.normal(scale=2.0, size=(6, 3))
+    single = DiagStudentTMixture(3, 1)
+    student = _student(rng)
+    single.params.update({"loc": student.params["loc"][None], "raw_df": student.params["raw_df"][None],
+                          "log_scale": student.params["log_scale"][None]})
+    np.testing.assert_allclose(single.log_prob(z), student.log_prob(z), rtol=RTOL_EXACT)
+    gauss, heavy = _mixture(rng), DiagStudentTMixture(3, 4, df=1e12)
+    heavy.params.update({k: gauss.params[k] for k in ("logits", "loc", "log_scale")})
+    np.testing.assert_allclose(heavy.log_prob(z), gauss.log_prob(z), rtol=1e-9)
 
 
 # ------------------------------------------------------------------------------ pullbacks
@@ -98,13 +170,19 @@ def test_mixture_pullback(rng):
     assert_vjp(d.log_prob_vjp, z, d.params, rng=0)
 
 
+def test_t_mixture_pullback(rng):
+    d = _t_mixture(rng)
+    z = rng.standard_t(3.0, size=(5, 3)) * 2
+    assert_vjp(d.log_prob_vjp, z, d.params, rng=0)
+
+
 def test_uniform_pullback_is_zero_and_checked(rng):
     d = Uniform(-3.0, 3.0, dim=2)
     assert_vjp(d.log_prob_vjp, rng.uniform(-2.0, 2.0, size=(4, 2)), d.params, rng=0)
 
 
 # ---------------------------------------------------------------------------------- float32
-@pytest.mark.parametrize("make", [_student, _mixture,
+@pytest.mark.parametrize("make", [_student, _mixture, _t_mixture,
                                   lambda r: Uniform(-2.0, 2.0, dim=3)])
 def test_float32_stays_float32(rng, make):
     d = make(rng)
@@ -156,8 +234,28 @@ def test_mixture_samples(rng):
     assert abs(frac - p) < 5 * np.sqrt(p * (1 - p) / N_MC)
 
 
+def test_t_mixture_samples(rng):
+    d = DiagStudentTMixture(1, 2)
+    d.params["loc"] = [[-3.0], [2.0]]
+    d.params["logits"] = [np.log(0.3), np.log(0.7)]
+    d.params["log_scale"] = [[0.0], [np.log(0.5)]]
+    d.params["raw_df"] = [[6.0], [3.0]]                       # df 6.0025 and 3.0486
+    s = d.sample(N_MC, rng=rng)[:, 0]
+    nu = d.df[:, 0]
+    mean = 0.3 * -3 + 0.7 * 2
+    second = 0.3 * (nu[0] / (nu[0] - 2) + 9) + 0.7 * (0.25 * nu[1] / (nu[1] - 2) + 4)
+    assert abs(s.mean() - mean) < 5 * np.sqrt((second - mean**2) / N_MC)
+    # P(s < -0.5) = 0.3 T_6(2.5) + 0.7 T_3(-5): the mixture's cdf, a binomial proportion
+    p = 0.3 * stats.t(nu[0]).cdf(2.5) + 0.7 * stats.t(nu[1]).cdf(-5.0)
+    assert abs((s < -0.5).mean() - p) < 5 * np.sqrt(p * (1 - p) / N_MC)
+    ks = stats.kstest(s[:20_000], lambda v: 0.3 * stats.t(nu[0], -3.0).cdf(v)
+                      + 0.7 * stats.t(nu[1], 2.0, 0.5).cdf(v))
+    assert ks.pvalue > 1e-4
+
+
 # ------------------------------------------------------------------------- Flow, save/load
-@pytest.mark.parametrize("make", [_student, _mixture, lambda r: Uniform(-1.0, 2.0, dim=3)])
+@pytest.mark.parametrize("make", [_student, _mixture, _t_mixture,
+                                  lambda r: Uniform(-1.0, 2.0, dim=3)])
 def test_round_trip_through_model_file(rng, tmp_path, make):
     d = make(rng)
     save(tmp_path / "d.npz", d)
@@ -171,7 +269,7 @@ def test_round_trip_through_model_file(rng, tmp_path, make):
 
 
 def test_flow_with_each_base(rng):
-    for base in (_student(rng), _mixture(rng)):
+    for base in (_student(rng), _mixture(rng), _t_mixture(rng)):
         flow = Flow(base, Chain([Affine(3), LULinear(3, rng=rng)]))
         x = rng.normal(size=(6, 3))
         z, ld = flow.bijector.inverse(x)
@@ -211,6 +309,11 @@ def test_bad_arguments():
         StudentT(2, trainable_df=1)
     with pytest.raises(ValueError, match="n_components"):
         DiagGaussianMixture(2, 0)
+    with pytest.raises(ValueError, match="n_components"):
+        DiagStudentTMixture(2, 0)
+    for df in (0.0, -1.0, np.inf, np.nan, "5", True):
+        with pytest.raises(ValueError, match="DiagStudentTMixture: df must be a positive finite"):
+            DiagStudentTMixture(2, 3, df=df)
     with pytest.raises(ValueError, match="StudentT.log_prob"):
         StudentT(2).log_prob(np.zeros((3, 3)))
 
