@@ -20,7 +20,6 @@ import sys
 import warnings
 
 import numpy as np
-from scipy.special import logsumexp
 
 from ._dask import is_dask_array
 from ._exact import CrossMoments, Moments, exact_mean
@@ -29,8 +28,9 @@ from ._rows import (Standardized, Whitened, covariance, out_of_core, rows_of, sc
 from ._validation import (check_batch_size, check_bool, check_choice, check_hidden, check_int,
                           check_positive, check_real, check_rng, empty_output)
 from .bijectors import Affine, Chain, LULinear
-from .distributions import (DEFAULT_BATCH_SIZE, DiagGaussianMixture, Flow, StandardNormal,
-                            StudentT)
+from ._math import logsumexp_rows
+from .distributions import (DEFAULT_BATCH_SIZE, DiagGaussianMixture, DiagStudentTMixture, Flow,
+                            StandardNormal, StudentT)
 from .flows import BUILDERS
 from . import io
 from .io.spec import UNBOUNDED, declaration, declare, register
@@ -45,7 +45,7 @@ AUTO_CANDIDATES = ("maf", "nsf")
 #: Learning-rate schedules ``FlowDensity`` accepts (``refflow.training.fit``'s names).
 _SCHEDULES = (None, "cosine")
 #: Base distributions ``FlowDensity`` accepts (``base=``).
-BASES = ("gaussian", "student_t", "mixture")
+BASES = ("gaussian", "student_t", "mixture", "t_mixture")
 #: Rows (at most, evenly spaced) on which a Student t or mixture base is started by maximum
 #: likelihood; it is a start (training refines it), so a bounded subsample is enough.
 _T_START_ROWS = 10000
@@ -61,6 +61,16 @@ MIXTURE_MAX_COMPONENTS = 20
 _MIX_VAR_FLOOR = 1e-6
 _MIX_MAX_ITER = 200
 _MIX_TOL = 1e-7
+#: The rows (at most, evenly spaced) on which BIC chooses k, and the values of k in a row, after
+#: the best so far, at which the scan stops.
+_MIX_SCAN_ROWS = 4000
+_BIC_PATIENCE = 3
+#: base="t_mixture": the degrees of freedom its start chooses among (1, the Cauchy, to 1000, a
+#: normal near the mode; 25 values evenly spaced in log nu).
+_T_MIX_DF_GRID = tuple(float(v) for v in np.geomspace(1.0, 1000.0, 25))
+#: base="t_mixture": the most degrees of freedom of its broad component (tails ``|t|^-11``: a
+#: row 100 scales out costs it about 50 nats a coordinate, where a normal costs 5,000).
+_T_MIX_BROAD_DF = 10.0
 _LOG_2PI = math.log(2.0 * math.pi)
 
 #: Coupling layouts cannot split one feature; these autoregressive layouts replace them.
@@ -424,7 +434,7 @@ def _diag_mixture_em(z, k, rng):
         a = (log_w - 0.5 * (z2 @ inv.T - 2.0 * z @ (means * inv).T
                             + np.sum(means * means * inv, axis=1)
                             + np.sum(np.log(variances), axis=1) + d * _LOG_2PI))
-        lse = logsumexp(a, axis=1)
+        lse = logsumexp_rows(a)
         mean_ll = float(np.mean(lse))
         resp = np.exp(a - lse[:, None])
         if mean_ll - previous < _MIX_TOL:
@@ -434,20 +444,84 @@ def _diag_mixture_em(z, k, rng):
 
 
 def _mixture_start(z, max_components=MIXTURE_MAX_COMPONENTS):
-    """The diagonal Gaussian mixture of ``z`` with ``k = 1 .. max_components`` chosen by BIC
-    (``-2 n mean_log_likelihood + (2 d k + k - 1) log n``; the first minimum on a tie):
-    ``(log_w, means, variances)``. ``k`` is also held to at most ``n / (4 d + 2)`` (two rows
-    per parameter of a component). Deterministic: the seeds come from ``default_rng(k)``."""
-    n, d = z.shape
-    top = max(1, min(max_components, n // (4 * d + 2)))
-    best = None
-    for k in range(1, top + 1):
-        log_w, means, variances, mean_ll = _diag_mixture_em(z, k, np.random.default_rng(k))
-        bic = -2.0 * n * mean_ll + (2 * d * k + k - 1) * math.log(n)
-        if best is None or bic < best[0]:
-            best = (bic, log_w, means, variances)
-    return best[1:]
+    """The diagonal Gaussian mixture of ``z`` with ``k`` chosen by BIC (``-2 n
+    mean_log_likelihood + (2 d k + k - 1) log n``; the first minimum on a tie):
+    ``(log_w, means, variances)``.
 
+    ``k`` runs from 1 to ``max_components``, held to at most ``n / (4 d + 2)`` (two rows per
+    parameter of a component), and the scan stops once ``_BIC_PATIENCE`` values in a row have
+    not lowered the best BIC. The scan uses at most ``_MIX_SCAN_ROWS`` of the rows (evenly
+    spaced); the chosen ``k`` is then fitted to all of them. Deterministic: the seeds come
+    from ``default_rng(k)``."""
+    n, d = z.shape
+    m = min(n, _MIX_SCAN_ROWS)
+    scan = z[(np.arange(m, dtype=np.int64) * n) // m]
+    top = max(1, min(max_components, m // (4 * d + 2)))
+    best, worse = None, 0
+    for k in range(1, top + 1):
+        mean_ll = _diag_mixture_em(scan, k, np.random.default_rng(k))[3]
+        bic = -2.0 * m * mean_ll + (2 * d * k + k - 1) * math.log(m)
+        if best is None or bic < best[0]:
+            best, worse = (bic, k), 0
+        else:
+            worse += 1
+            if worse == _BIC_PATIENCE:
+                break
+    return _diag_mixture_em(z, best[1], np.random.default_rng(best[1]))[:3]
+
+def _t_mixture_start(z):
+    r"""The start of ``base="t_mixture"``: ``(log_w, means, log_scales, df)``, each
+    ``(k + 1, d)`` but ``log_w`` ``(k + 1,)``; deterministic.
+
+    1. :func:`_mixture_start`'s Gaussian mixture of ``z`` (``k`` components by BIC), each
+       component made a product of Student t's with the same locations and scales and one
+       degrees of freedom ``nu`` for all: the one of ``_T_MIX_DF_GRID`` that gives the
+       highest mean log-likelihood of ``z``;
+    2. one broad component more, for the tails: :func:`_student_t_start`'s per-coordinate
+       Student t of all the rows, its df held to at most ``_T_MIX_BROAD_DF``. A Gaussian
+       mixture fitted by BIC covers the training rows' tails with components of its own,
+       which gives a held-out row beyond them Gaussian tails, thousands of nats too low on a
+       heavy-tailed set; the broad t's density falls as ``|t|^-(nu+1)`` in every coordinate
+       (the cap matters where a coordinate is multimodal: its maximum-likelihood t is then a
+       wide normal, ``df = 1000``);
+    3. the ``k + 1`` weights by EM with the components held fixed (``w_j = mean_n r_nj``,
+       at most ``_MIX_MAX_ITER`` rounds, to ``_MIX_TOL``), from ``k / (k + 1)`` of the
+       mixture's weights and ``1 / (k + 1)`` for the broad one. Where it is not needed its
+       weight falls towards 0 (1e-10 on the density suite's ``eight_gaussians``), and
+       training can lower it further.
+    """
+    n, d = z.shape
+    log_w, means, variances = _mixture_start(z)
+    k = len(log_w)
+    df, loc, log_scale = _student_t_start(z)
+    mixture = DiagStudentTMixture(d, k + 1)
+    nu = np.empty((k + 1, d))
+    nu[k] = np.minimum(df, _T_MIX_BROAD_DF)
+    mixture.params.update({"loc": np.vstack([means, loc]),
+                           "log_scale": np.vstack([0.5 * np.log(variances), log_scale])})
+    best = None
+    for value in _T_MIX_DF_GRID:
+        nu[:k] = value
+        mixture.params["raw_df"] = nu + np.log(-np.expm1(-nu))            # softplus^-1
+        component = mixture.component_log_prob(z)
+        mean_ll = float(np.mean(logsumexp_rows(component[:, :k] + log_w)))
+        if best is None or mean_ll > best[0]:
+            best = (mean_ll, value, component)
+    nu[:k] = best[1]
+    component = best[2]
+    log_w = np.append(log_w + math.log(k / (k + 1)), -math.log(k + 1))
+    previous = -np.inf
+    for _ in range(_MIX_MAX_ITER):
+        a = component + log_w
+        lse = logsumexp_rows(a)
+        mean_ll = float(np.mean(lse))
+        if mean_ll - previous < _MIX_TOL:
+            break
+        previous = mean_ll
+        with np.errstate(divide="ignore"):          # a weight may underflow to 0: log 0 = -inf
+            log_w = np.log(np.mean(np.exp(a - lse[:, None]), axis=0))
+    log_w = np.maximum(log_w, math.log(np.finfo(np.float64).tiny))
+    return log_w, mixture.params["loc"].copy(), mixture.params["log_scale"].copy(), nu
 
 # ------------------------------------------------------------------------------ estimator
 class FlowDensity:
@@ -485,13 +559,17 @@ class FlowDensity:
         Further builder options, e.g. ``{"n_bins": 16}`` or ``{"scale": "exp"}``; not
         ``rng``, ``hidden``, ``n_layers`` (the parameters above) or ``context_dim`` (set by
         ``fit(X, context=...)``).
-    base : {"student_t", "gaussian", "mixture"}, default "student_t"
-        The base distribution. ``"gaussian"``: the builder's standard normal. ``"mixture"``:
-        :class:`refflow.DiagGaussianMixture` (weights, means and scales trained with the
-        flow), started at the diagonal Gaussian mixture of the rows mapped to the base space
-        by the untrained flow, with ``k = 1 .. MIXTURE_MAX_COMPONENTS`` (20) components chosen
-        by BIC (EM from k-means++ seeds; see Notes), for multimodal data. ``"student_t"``
-        (the default):
+    base : {"t_mixture", "student_t", "gaussian", "mixture"}, default "t_mixture"
+        The base distribution. ``"t_mixture"`` (the default; see DEVELOPERS.md, "FlowDensity's
+        defaults", fifth round, for the evidence): :class:`refflow.DiagStudentTMixture`, a
+        mixture of products of Student t's (weights, locations, scales and degrees of freedom
+        trained with the flow), started at the diagonal Gaussian mixture of the rows mapped
+        to the base space by the untrained flow (``k`` components by BIC, up to
+        ``MIXTURE_MAX_COMPONENTS`` = 20) and one broad heavy-tailed component more (see
+        Notes): for data that are multimodal, heavy-tailed or both. ``"gaussian"``: the
+        builder's standard normal. ``"mixture"``: :class:`refflow.DiagGaussianMixture`, the
+        same start without the t's and the broad component; its tails are Gaussian.
+        ``"student_t"``:
         :class:`refflow.StudentT` with a location, scale and degrees of freedom per coordinate,
         all trained with the flow (``df = softplus(raw_df)``; its gradient is the digamma
         formula in :class:`~refflow.StudentT`), for heavy-tailed data: a Gaussian base with
@@ -642,7 +720,21 @@ class FlowDensity:
     ``eight_gaussians``, ``skew_mixture``) this is the start the flow cannot find from one
     mode. Its tails are Gaussian: on heavy-tailed data a row far out can score thousands of
     nats lower than under the Student t base (DEVELOPERS.md, "FlowDensity's defaults",
-    fourth round), which is why it is not the default.
+    fourth round). The BIC scan uses at most 4,000 of those rows (evenly spaced) and stops
+    once three values of ``k`` in a row have not lowered the best BIC; the chosen ``k`` is
+    then fitted to all of them.
+
+    *Student t mixture base.* With ``base="t_mixture"`` the base is ``log p(z) = logsumexp_j
+    [log w_j + sum_i log t_{nu_ji}((z_i - m_ji) / s_ji) - log s_ji]``, every weight,
+    location, scale and degrees of freedom trained (the pullback, with the digamma formula
+    for ``nu``, is in :class:`~refflow.DiagStudentTMixture`). Its start, on the same mapped
+    rows: the BIC Gaussian mixture above, its components made t's with one ``nu`` for all
+    (the best of 25 values from 1 to 1000, evenly spaced in ``log nu``, by the rows'
+    likelihood); one component more, the per-coordinate maximum-likelihood t of all the rows
+    with ``nu <= 10``, whose tails fall as ``|t|^-(nu+1)`` in every coordinate; and the
+    weights by EM with those components fixed. The broad component is what keeps a held-out
+    row beyond the training rows' tails from a Gaussian mixture's thousands of nats; where
+    it is not needed EM gives it a weight near 0.
 
     *Scores.* :meth:`score_samples` gives ``log q(x)`` per row, in nats, in the units of
     ``X``; :meth:`score` is the **mean** log-likelihood per sample, as
@@ -689,7 +781,7 @@ class FlowDensity:
     """
 
     def __init__(self, flow="auto", *, n_layers=None, hidden=(64, 64), flow_kwargs=None,
-                 base="student_t", epochs=100, batch_size=256, lr=1e-3, lr_schedule=None,
+                 base="t_mixture", epochs=100, batch_size=256, lr=1e-3, lr_schedule=None,
                  weight_decay=0.0,
                  validation_fraction=0.1, patience=10, average=None, average_decay=0.999,
                  standardize=True, whiten=True, random_state=None, progress="auto"):
@@ -865,6 +957,12 @@ class FlowDensity:
             base = DiagGaussianMixture(flow.dim, len(log_w))
             base.params.update({"logits": log_w, "loc": means,
                                 "log_scale": 0.5 * np.log(variances)})
+            return Flow(base, flow.bijector)
+        if options["base"] == "t_mixture":
+            log_w, means, log_scales, nu = _t_mixture_start(z)
+            base = DiagStudentTMixture(flow.dim, len(log_w))
+            base.params.update({"logits": log_w, "loc": means, "log_scale": log_scales,
+                                "raw_df": nu + np.log(-np.expm1(-nu))})   # softplus^-1
             return Flow(base, flow.bijector)
         df, loc, log_scale = _student_t_start(z)
         base = StudentT(flow.dim, df=df)

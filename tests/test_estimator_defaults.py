@@ -374,11 +374,124 @@ def test_mixture_base_starts_at_the_bic_mixture_of_the_mapped_rows():
     np.testing.assert_allclose(model.score_samples(x), by_hand + log_det, rtol=ROUND_TRIP)
 
 
-def test_mixture_base_trains_saves_loads_and_samples(tmp_path):
+def test_mixture_scan_stops_after_its_patience_and_fits_all_rows(monkeypatch):
+    """BIC's scan over k stops once three values in a row have not beaten the best (k = 3
+    here, so k = 4, 5, 6 are tried and no more), on at most 4,000 evenly spaced rows; the
+    chosen k is then fitted to all the rows."""
+    import refflow.estimator as estimator
+
+    calls = []
+    em = estimator._diag_mixture_em
+
+    def counting(z, k, rng):
+        calls.append((k, z.shape[0]))
+        return em(z, k, rng)
+
+    monkeypatch.setattr(estimator, "_diag_mixture_em", counting)
+    z, _, _ = _three_clusters(6000, 5)
+    log_w, _, _ = estimator._mixture_start(z)
+    assert len(log_w) == 3
+    assert calls == [(1, 4000), (2, 4000), (3, 4000), (4, 4000), (5, 4000), (6, 4000),
+                     (3, 6000)]
+
+
+# ---------------------------------------------------------------------- the t mixture base
+def _heavy_clusters(n, rng):
+    """Two clusters of Student t's with 3 degrees of freedom (heavy tails)."""
+    gen = np.random.default_rng(rng)
+    k = gen.choice(2, size=n, p=[0.6, 0.4])
+    centres = np.array([[-3.0, 0.0], [3.0, 1.0]])
+    return centres[k] + 0.5 * gen.standard_t(3.0, size=(n, 2))
+
+
+def test_t_mixture_start_is_the_bic_mixture_and_a_broad_t_with_em_weights():
+    """The start: the BIC Gaussian mixture's locations and scales, one df from the grid for
+    them (the best of the grid), the per-coordinate maximum-likelihood t of all the rows as
+    one component more, and the weights at EM's fixed point for those components."""
+    from refflow import DiagStudentTMixture
+    from refflow.estimator import (_MIX_TOL, _T_MIX_BROAD_DF, _T_MIX_DF_GRID, _mixture_start,
+                                   _student_t_start, _t_mixture_start)
+
+    z = _heavy_clusters(3000, 0)
+    log_w, loc, log_scale, nu = _t_mixture_start(z)
+    g_log_w, g_means, g_variances = _mixture_start(z)
+    k = len(g_log_w)
+    assert log_w.shape == (k + 1,) and loc.shape == log_scale.shape == nu.shape == (k + 1, 2)
+    np.testing.assert_array_equal(loc[:k], g_means)
+    np.testing.assert_array_equal(log_scale[:k], 0.5 * np.log(g_variances))
+    df, t_loc, t_log_scale = _student_t_start(z)
+    np.testing.assert_array_equal(nu[k], np.minimum(df, _T_MIX_BROAD_DF))
+    assert df.max() > _T_MIX_BROAD_DF      # coordinate 0 is bimodal: its ML t is a wide normal
+    np.testing.assert_array_equal(loc[k], t_loc)
+    np.testing.assert_array_equal(log_scale[k], t_log_scale)
+    assert np.exp(log_w).sum() == pytest.approx(1.0, rel=1e-12)
+    assert len(set(nu[:k].ravel())) == 1 and nu[0, 0] in _T_MIX_DF_GRID
+
+    def mixture(values, weights):
+        d = DiagStudentTMixture(2, k + 1)
+        nus = nu.copy()
+        nus[:k] = values
+        d.params.update({"logits": weights, "loc": loc, "log_scale": log_scale,
+                         "raw_df": nus + np.log(-np.expm1(-nus))})
+        return d
+
+    # the grid's df is the best of the grid for the Gaussian mixture's weights
+    g_ll = [np.mean(np.logaddexp.reduce(
+        mixture(v, log_w).component_log_prob(z)[:, :k] + g_log_w, axis=1)) for v in _T_MIX_DF_GRID]
+    assert nu[0, 0] == _T_MIX_DF_GRID[int(np.argmax(g_ll))]
+    # EM's fixed point: the weights are the mean responsibilities (to EM's tolerance)
+    comp = mixture(nu[0, 0], log_w).component_log_prob(z) + log_w
+    r = np.exp(comp - np.logaddexp.reduce(comp, axis=1)[:, None])
+    np.testing.assert_allclose(np.exp(log_w), r.mean(axis=0), atol=math.sqrt(_MIX_TOL))
+    # heavy tails: far beyond the data the start scores at least as the broad t does, whose
+    # log-density falls by at most (nu + 1) log 2 per coordinate when the distance doubles
+    # (a normal's would fall by 3 d^2 / (2 s^2), tens of thousands here)
+    start = mixture(nu[0, 0], log_w)
+    broad = DiagStudentTMixture(2, 1)
+    broad.params.update({"loc": loc[k:], "log_scale": log_scale[k:],
+                         "raw_df": nu[k:] + np.log(-np.expm1(-nu[k:]))})
+    far = np.array([[300.0, -300.0], [600.0, -600.0]])
+    assert (start.log_prob(far) >= broad.log_prob(far) + log_w[k] - 1e-9).all()
+    drop = np.diff(broad.log_prob(far))[0]
+    assert -(nu[k] + 1).sum() * math.log(2) <= drop < 0
+
+
+def test_t_mixture_base_starts_at_its_start_on_the_mapped_rows():
+    """With a learning rate too small to move anything, the fitted base is the start of the
+    rows mapped to the base space by the untrained flow, and ``score_samples`` is that t
+    mixture's density (scipy's t, written out) of ``transform(X)`` plus the log-det."""
+    from scipy import stats
+
+    from refflow import DiagStudentTMixture
+    from refflow.estimator import _t_mixture_start
+
+    x = _heavy_clusters(300, 1)
+    model = FlowDensity(base="t_mixture", lr=1e-30, **{**SMALL, "epochs": 1}).fit(x)
+    base = model.flow_.base
+    assert isinstance(base, DiagStudentTMixture)
+    z = model.transform(x)
+    log_w, loc, log_scale, nu = _t_mixture_start(z)
+    assert base.n_components == len(log_w)
+    # the same rows by another rounding route (the folded-in whitening): the fixed points to
+    # their tolerance, far below the sampling error of 300 rows
+    np.testing.assert_allclose(base.params["loc"], loc, atol=1e-4)
+    np.testing.assert_allclose(base.params["log_scale"], log_scale, atol=1e-4)
+    np.testing.assert_allclose(base.df, nu, rtol=1e-3)
+    w = np.exp(base.params["logits"] - np.logaddexp.reduce(base.params["logits"]))
+    by_hand = np.logaddexp.reduce(np.stack([
+        np.log(w[j]) + stats.t(base.df[j], base.params["loc"][j],
+                               np.exp(base.params["log_scale"][j])).logpdf(z).sum(axis=1)
+        for j in range(len(w))], axis=1), axis=1)
+    log_det = model.flow_.bijector.inverse(x)[1]
+    np.testing.assert_allclose(model.score_samples(x), by_hand + log_det, rtol=ROUND_TRIP)
+
+
+@pytest.mark.parametrize("base", ["mixture", "t_mixture"])
+def test_mixture_base_trains_saves_loads_and_samples(tmp_path, base):
     from refflow import io
 
     x, _, _ = _three_clusters(400, 4)
-    model = FlowDensity(base="mixture", **SMALL).fit(x)
+    model = FlowDensity(base=base, **SMALL).fit(x)
     assert "base.logits" in model.flow_.params and "base.loc" in model.flow_.params
     history = model.history_
     assert history.val_log_likelihood[history.best_epoch] == pytest.approx(
@@ -386,7 +499,7 @@ def test_mixture_base_trains_saves_loads_and_samples(tmp_path):
     path = tmp_path / "mixture.npz"
     model.save(path)
     loaded = io.load(path)
-    assert loaded.base == "mixture"
+    assert loaded.base == base
     np.testing.assert_array_equal(loaded.score_samples(x), model.score_samples(x))
     samples = loaded.sample(50, random_state=0)
     assert samples.shape == (50, 2) and np.all(np.isfinite(samples))
