@@ -567,7 +567,41 @@ class StudentT(_Distribution):
         return loc + scale * rng.standard_t(nu, size=(n, self.dim))
 
 
-class DiagGaussianMixture(_Distribution):
+class _DiagMixture(_Distribution):
+    """What the diagonal mixtures share: ``n_components``, the config, the declaration
+    (``"logits"`` ``(K,)`` and each of ``_per_component`` ``(K, dim)``) and the weights and
+    scales in a dtype."""
+
+    _per_component = ("loc", "log_scale")
+
+    def __repr__(self):
+        return f"{type(self).__name__}(dim={self.dim}, n_components={self.n_components})"
+
+    def _config(self):
+        return {"dim": self.dim, "n_components": self.n_components}
+
+    @classmethod
+    def _declare(cls, config):
+        args = constructor_arguments(cls, config)
+        dim = check_dim(args["dim"], cls.__name__)
+        k = check_int(args["n_components"], cls.__name__, "n_components", minimum=1)
+        return declaration({"logits": (k,), **{name: (k, dim) for name in cls._per_component}})
+
+    def _weights_and_scales(self, dtype, where):
+        """``(log_w, loc, log_scale, inv_scale)`` in ``dtype``; ValueError naming ``where``
+        when ``exp(-log_scale)`` overflows."""
+        logits = self._params["logits"].astype(dtype)
+        log_w = logits - logsumexp(logits)
+        log_scale = self._params["log_scale"].astype(dtype)
+        with np.errstate(over="ignore"):
+            inv_scale = np.exp(-log_scale)
+        if not np.isfinite(inv_scale).all():
+            raise ValueError(f"{where}: exp(-log_scale) overflows {np.dtype(dtype)} (log_scale "
+                             f"down to {log_scale.min():.4g})")
+        return log_w.astype(dtype), self._params["loc"].astype(dtype), log_scale, inv_scale
+
+
+class DiagGaussianMixture(_DiagMixture):
     r"""Mixture of ``n_components`` Gaussians with diagonal covariances, all parameters
     trainable.
 
@@ -628,33 +662,9 @@ class DiagGaussianMixture(_Distribution):
         super().__init__(dim, params={"logits": np.zeros(k), "loc": loc,
                                       "log_scale": np.zeros((k, dim))})
 
-    def __repr__(self):
-        return f"DiagGaussianMixture(dim={self.dim}, n_components={self.n_components})"
-
-    def _config(self):
-        return {"dim": self.dim, "n_components": self.n_components}
-
-    @classmethod
-    def _declare(cls, config):
-        args = constructor_arguments(cls, config)
-        dim = check_dim(args["dim"], cls.__name__)
-        k = check_int(args["n_components"], cls.__name__, "n_components", minimum=1)
-        return declaration({"logits": (k,), "loc": (k, dim), "log_scale": (k, dim)})
-
-    def _constrained(self, dtype, where):
-        logits = self._params["logits"].astype(dtype)
-        log_w = logits - logsumexp(logits)
-        log_scale = self._params["log_scale"].astype(dtype)
-        with np.errstate(over="ignore"):
-            inv_scale = np.exp(-log_scale)
-        if not np.isfinite(inv_scale).all():
-            raise ValueError(f"{where}: exp(-log_scale) overflows {np.dtype(dtype)} (log_scale "
-                             f"down to {log_scale.min():.4g})")
-        return log_w.astype(dtype), self._params["loc"].astype(dtype), log_scale, inv_scale
-
     def _log_prob_vjp(self, z):
-        log_w, loc, log_scale, inv_scale = self._constrained(z.dtype,
-                                                             "DiagGaussianMixture.log_prob")
+        log_w, loc, log_scale, inv_scale = self._weights_and_scales(
+            z.dtype, "DiagGaussianMixture.log_prob")
         u = (z[:, None, :] - loc) * inv_scale                     # (n, K, dim)
         a = (log_w - 0.5 * np.einsum("nkd,nkd->nk", u, u) - log_scale.sum(axis=1)
              - z.dtype.type(self.dim * _HALF_LOG_2PI))
@@ -672,7 +682,8 @@ class DiagGaussianMixture(_Distribution):
         return lp, pullback
 
     def _sample(self, n, rng):
-        log_w, loc, log_scale, _ = self._constrained(np.float64, "DiagGaussianMixture.sample")
+        log_w, loc, log_scale, _ = self._weights_and_scales(np.float64,
+                                                            "DiagGaussianMixture.sample")
         scale = _sampling_scale(log_scale, "DiagGaussianMixture.sample")
         w = np.exp(log_w)
         k = rng.choice(self.n_components, size=n, p=w / w.sum())
@@ -680,7 +691,7 @@ class DiagGaussianMixture(_Distribution):
         return loc[k] + scale[k] * eps
 
 
-class DiagStudentTMixture(_Distribution):
+class DiagStudentTMixture(_DiagMixture):
     r"""Mixture of ``n_components`` products of independent Student's t's (a location, scale
     and degrees of freedom per component and coordinate), all parameters trainable: the
     heavy-tailed counterpart of :class:`DiagGaussianMixture`.
@@ -753,22 +764,7 @@ class DiagStudentTMixture(_Distribution):
                                       "log_scale": np.zeros((k, dim)),
                                       "raw_df": np.full((k, dim), nu + math.log(-math.expm1(-nu)))})
 
-    def __repr__(self):
-        return f"DiagStudentTMixture(dim={self.dim}, n_components={self.n_components})"
-
-    def _config(self):
-        return {"dim": self.dim, "n_components": self.n_components}
-
-    @classmethod
-    def _declare(cls, config):
-        args = constructor_arguments(cls, config)
-        if args.get("rng") is not None:
-            raise TypeError(f"{cls.__name__}: the config may not give rng (the parameters come "
-                            f"from the file)")
-        dim = check_dim(args["dim"], cls.__name__)
-        k = check_int(args["n_components"], cls.__name__, "n_components", minimum=1)
-        return declaration({"logits": (k,), "loc": (k, dim), "log_scale": (k, dim),
-                            "raw_df": (k, dim)})
+    _per_component = ("loc", "log_scale", "raw_df")
 
     @property
     def df(self):
@@ -776,17 +772,12 @@ class DiagStudentTMixture(_Distribution):
         return softplus(self._params["raw_df"])
 
     def _constrained(self, dtype, where):
-        logits = self._params["logits"].astype(dtype)
-        log_w = logits - logsumexp(logits)
-        log_scale = self._params["log_scale"].astype(dtype)
+        log_w, loc, log_scale, inv_scale = self._weights_and_scales(dtype, where)
         nu = self.df.astype(dtype)
-        with np.errstate(over="ignore"):
-            inv_scale = np.exp(-log_scale)
-        if not (np.isfinite(inv_scale).all() and (nu > 0).all()):
-            raise ValueError(f"{where}: exp(-log_scale) overflows {np.dtype(dtype)} or df "
-                             f"underflows to 0 (log_scale down to {log_scale.min():.4g}, df "
-                             f"down to {self.df.min():.4g})")
-        return log_w.astype(dtype), self._params["loc"].astype(dtype), log_scale, nu, inv_scale
+        if not (nu > 0).all():
+            raise ValueError(f"{where}: df underflows to 0 in {np.dtype(dtype)} (df down to "
+                             f"{self.df.min():.4g})")
+        return log_w, loc, log_scale, nu, inv_scale
 
     def _components(self, z, where):
         """``(log_w, a, t, t2, l1q, nu, inv_scale)``: ``a_nk = log w_k + log p_k(z_n)``."""
