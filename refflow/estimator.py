@@ -469,6 +469,7 @@ def _mixture_start(z, max_components=MIXTURE_MAX_COMPONENTS):
                 break
     return _diag_mixture_em(z, best[1], np.random.default_rng(best[1]))[:3]
 
+
 def _t_mixture_start(z):
     r"""The start of ``base="t_mixture"``: ``(log_w, means, log_scales, df)``, each
     ``(k + 1, d)`` but ``log_w`` ``(k + 1,)``; deterministic.
@@ -487,10 +488,10 @@ def _t_mixture_start(z):
     3. the ``k + 1`` weights by EM with the components held fixed (``w_j = mean_n r_nj``,
        at most ``_MIX_MAX_ITER`` rounds, to ``_MIX_TOL``), from ``k / (k + 1)`` of the
        mixture's weights and ``1 / (k + 1)`` for the broad one. Where it is not needed its
-       weight falls towards 0 (1e-10 on the density suite's ``eight_gaussians``), and
-       training can lower it further.
+       weight falls towards 0 (about 1e-7 on the density suite's standardised
+       ``eight_gaussians`` and ``two_moons``), and training can lower it further.
     """
-    n, d = z.shape
+    d = z.shape[1]
     log_w, means, variances = _mixture_start(z)
     k = len(log_w)
     df, loc, log_scale = _student_t_start(z)
@@ -522,6 +523,7 @@ def _t_mixture_start(z):
             log_w = np.log(np.mean(np.exp(a - lse[:, None]), axis=0))
     log_w = np.maximum(log_w, math.log(np.finfo(np.float64).tiny))
     return log_w, mixture.params["loc"].copy(), mixture.params["log_scale"].copy(), nu
+
 
 # ------------------------------------------------------------------------------ estimator
 class FlowDensity:
@@ -649,10 +651,11 @@ class FlowDensity:
     validation_index_ : ndarray of int, shape (n_validation,)
         The rows of the ``X`` given to ``fit`` that were held out (to choose the best epoch,
         stop early and, with ``flow="auto"``, the family), in the order they were
-        evaluated; empty when none were held out. The standardisation, the whitening and a
-        Student t base's start are computed from all the rows (held-out ones included), so
-        the held-out score is very slightly optimistic (a handful of parameters per
-        feature); the network never trains on them. Not saved by :meth:`save` (a loaded
+        evaluated; empty when none were held out. The standardisation, the whitening and
+        the start of a Student t or mixture base are computed from all the rows (held-out
+        ones included), so the held-out score is slightly optimistic (a handful of
+        parameters per feature, and per component of a mixture's start); the network never
+        trains on them. Not saved by :meth:`save` (a loaded
         model does not have it; pickling keeps it).
     flow_name_ : str
         The family fitted: ``flow`` itself, the one chosen by ``flow="auto"``, or its
@@ -932,7 +935,8 @@ class FlowDensity:
 
     def _build(self, name, dim, c_dim, rng, options, where, Xs=None, Cs=None):
         """The builder's flow for ``name`` (its errors re-raised naming ``where``), with the
-        base ``options["base"]`` (a Student t started on the rows ``Xs``, ``Cs``)."""
+        base ``options["base"]`` (a Student t or mixture started on the rows ``Xs``,
+        ``Cs``)."""
         builder = BUILDERS[name]
         kwargs = self._builder_kwargs(builder, options)
         if c_dim:
