@@ -12,7 +12,7 @@ import math
 import numbers
 
 import numpy as np
-from scipy.special import digamma, gammaln, logsumexp
+from scipy.special import digamma, gammaln, logsumexp, ndtr, stdtrit
 
 from ._dask import is_dask_array
 from ._math import logsumexp_rows, sigmoid, softplus
@@ -600,6 +600,21 @@ class _DiagMixture(_Distribution):
                              f"down to {log_scale.min():.4g})")
         return log_w.astype(dtype), self._params["loc"].astype(dtype), log_scale, inv_scale
 
+    def _draw(self, n, rng, where):
+        """``(k, g, loc, scale)`` for ``n`` samples from one request of ``n x (dim + 1)``
+        standard normals ``G``: the component ``k_n`` is the first whose cumulative weight
+        exceeds ``Phi(G_n0)`` (a uniform), ``g = G[:, 1:]`` the noise. One request of normals,
+        row by row, so that rows drawn in chunks from one generator are the rows of one draw
+        (a Generator's normals form one stream, whatever the shapes of the requests), as for
+        the other bases; ``Flow.sample`` and ``FlowDensity.sample`` rely on it."""
+        log_w, loc, log_scale, _ = self._weights_and_scales(np.float64, where)
+        scale = _sampling_scale(log_scale, where)
+        draws = rng.standard_normal((n, self.dim + 1))
+        cumulative = np.cumsum(np.exp(log_w))
+        k = np.minimum(np.searchsorted(cumulative / cumulative[-1], ndtr(draws[:, 0]),
+                                       side="right"), self.n_components - 1)
+        return k, draws[:, 1:], loc, scale
+
 
 class DiagGaussianMixture(_DiagMixture):
     r"""Mixture of ``n_components`` Gaussians with diagonal covariances, all parameters
@@ -635,8 +650,10 @@ class DiagGaussianMixture(_DiagMixture):
         log_scale_bar_k = sum_n g_n r_nk (u_nk^2 - 1)
         logits_bar    =  sum_n g_n (r_n - w)
 
-    ``sample`` draws the components ``k ~ Categorical(w)`` (``rng.choice``), then
-    ``loc_k + s_k eps`` with ``eps ~ N(0, I)``. This is normflows'
+    ``sample`` draws ``dim + 1`` standard normals per sample, ``(g_0, eps)``: the component
+    ``k`` is the first whose cumulative weight exceeds ``Phi(g_0)`` (so ``k ~
+    Categorical(w)``), and the sample is ``loc_k + s_k eps``. All normals, one request per
+    call: samples drawn in chunks from one generator are those of a single draw. This is normflows'
     ``GaussianMixture(n_modes, dim)`` (``weight_scores`` = ``logits``, same ``loc`` and
     ``log_scale``) and zuko's ``GMM`` with diagonal covariances.
 
@@ -682,12 +699,7 @@ class DiagGaussianMixture(_DiagMixture):
         return lp, pullback
 
     def _sample(self, n, rng):
-        log_w, loc, log_scale, _ = self._weights_and_scales(np.float64,
-                                                            "DiagGaussianMixture.sample")
-        scale = _sampling_scale(log_scale, "DiagGaussianMixture.sample")
-        w = np.exp(log_w)
-        k = rng.choice(self.n_components, size=n, p=w / w.sum())
-        eps = rng.standard_normal((n, self.dim))
+        k, eps, loc, scale = self._draw(n, rng, "DiagGaussianMixture.sample")
         return loc[k] + scale[k] * eps
 
 
@@ -732,8 +744,13 @@ class DiagStudentTMixture(_DiagMixture):
                                         - log1p(q_nk)) / 2 + (nu+1) t^2 / (2 nu (nu + t^2)) ]
         logits_bar      =  sum_n g_n (r_n - w)
 
-    (``psi`` the digamma function). ``sample`` draws ``k ~ Categorical(w)`` (``rng.choice``),
-    then ``loc_k + s_k T`` with ``T`` from ``rng.standard_t(nu_k)``. With one component it is
+    (``psi`` the digamma function). ``sample`` draws ``dim + 1`` standard normals per sample,
+    ``(g_0, g)``: the component ``k`` is the first whose cumulative weight exceeds ``Phi(g_0)``,
+    and the sample is ``loc_k + s_k T`` with ``T = sign(g) |F_nu^-1(Phi(-|g|))|`` (the t's
+    inverse cdf, ``scipy.special.stdtrit``, taken in the lower tail where ``Phi`` keeps its
+    relative precision): all normals, one request per call, so that samples drawn in chunks
+    from one generator are those of a single draw (``rng.standard_t`` would interleave its
+    normals and gammas with the component's draw). With one component it is
     :class:`StudentT`; as ``nu -> inf`` each component tends to :class:`DiagGaussianMixture`'s.
 
     Examples
@@ -819,11 +836,12 @@ class DiagStudentTMixture(_DiagMixture):
         return lp, pullback
 
     def _sample(self, n, rng):
-        log_w, loc, log_scale, nu, _ = self._constrained(np.float64, "DiagStudentTMixture.sample")
-        scale = _sampling_scale(log_scale, "DiagStudentTMixture.sample")
-        w = np.exp(log_w)
-        k = rng.choice(self.n_components, size=n, p=w / w.sum())
-        return loc[k] + scale[k] * rng.standard_t(nu[k])
+        where = "DiagStudentTMixture.sample"
+        nu = self._constrained(np.float64, where)[3]
+        k, g, loc, scale = self._draw(n, rng, where)
+        # Phi(-|g|) > 0 up to |g| ~ 38 (probability ~1e-316); tiny keeps the quantile finite
+        lower = np.maximum(ndtr(-np.abs(g)), np.finfo(np.float64).tiny)
+        return loc[k] + scale[k] * np.copysign(-stdtrit(nu[k], lower), g)
 
 
 class Flow:

@@ -253,6 +253,19 @@ def test_t_mixture_samples(rng):
     assert ks.pvalue > 1e-4
 
 
+@pytest.mark.parametrize("make", [_mixture, _t_mixture])
+def test_mixture_samples_do_not_depend_on_the_chunks(rng, make):
+    """Rows drawn in chunks from one generator are the rows of one draw (what Flow.sample's
+    and FlowDensity.sample's batch_size rely on), and the same seed gives the same rows."""
+    d = make(rng)
+    whole = d.sample(50, rng=3)
+    gen = np.random.default_rng(3)
+    parts = np.vstack([d.sample(m, rng=gen) for m in (1, 20, 29)])
+    np.testing.assert_array_equal(parts, whole)
+    flow = Flow(d, Chain([Affine(3), LULinear(3, rng=0)]))
+    np.testing.assert_array_equal(flow.sample(50, rng=4, batch_size=7), flow.sample(50, rng=4))
+
+
 # ------------------------------------------------------------------------- Flow, save/load
 @pytest.mark.parametrize("make", [_student, _mixture, _t_mixture,
                                   lambda r: Uniform(-1.0, 2.0, dim=3)])
