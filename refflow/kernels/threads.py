@@ -234,7 +234,8 @@ def library_limits(limit, paths):
     wheels bring a second OpenBLAS, which refflow uses only for the ``d x d`` triangular
     solves of its linear layers). Two libraries with threads of their own fight for the cores:
     each one's idle threads spin after its call while the other's want them, and an NSF
-    alternating products and solves ran 3-15 times slower so on 2 cores. With one library, or
+    alternating products and solves ran 2.4-17 times slower so on 2 cores (DEVELOPERS.md,
+    "Threads"). With one library, or
     ``limit`` 1, every library gets ``limit``; with several and none of them NumPy's, 1.
 
     >>> library_limits(2, ["/usr/lib/libopenblas.so"])
