@@ -32,7 +32,8 @@ import math
 import numpy as np
 from scipy.special import expit, log_expit
 
-__all__ = ["softplus", "sigmoid", "log_sigmoid", "log_softplus", "log1mexp", "logsumexp_rows"]
+__all__ = ["softplus", "softplus_inverse", "sigmoid", "log_sigmoid", "log_softplus", "log1mexp",
+           "logsumexp_rows"]
 
 _LN2 = math.log(2.0)
 
@@ -46,6 +47,12 @@ log_sigmoid = log_expit
 def softplus(x):
     """``log(1 + e^x)`` without overflow: NumPy's ``logaddexp(0, x)``."""
     return np.logaddexp(0.0, x)
+
+
+def softplus_inverse(y):
+    """``softplus^-1(y) = log(e^y - 1) = y + log(-expm1(-y))`` for ``y > 0``, without overflow
+    for large ``y`` (where it tends to ``y``)."""
+    return y + np.log(-np.expm1(-y))
 
 
 def log_softplus(x):

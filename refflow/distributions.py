@@ -15,7 +15,7 @@ import numpy as np
 from scipy.special import digamma, gammaln, logsumexp, ndtr, stdtrit
 
 from ._dask import is_dask_array
-from ._math import logsumexp_rows, sigmoid, softplus
+from ._math import logsumexp_rows, sigmoid, softplus, softplus_inverse
 from ._validation import (
     as_batch, as_float_array, check_bool, check_dim, check_int, check_rng, empty_output,
 )
@@ -496,8 +496,7 @@ class StudentT(_Distribution):
         self.trainable_df = check_bool(trainable_df, where, "trainable_df")
         params = {"loc": np.zeros(dim), "log_scale": np.zeros(dim)}
         if self.trainable_df:
-            # softplus^-1(nu) = nu + log(-expm1(-nu)), without overflow for large nu
-            params["raw_df"] = nu + np.log(-np.expm1(-nu))
+            params["raw_df"] = softplus_inverse(nu)
             self._fixed_df = None
         else:
             nu.flags.writeable = False
@@ -774,12 +773,10 @@ class DiagStudentTMixture(_DiagMixture):
             raise ValueError(f"{where}: df must be a positive finite number, got {df!r}")
         loc = np.zeros((k, dim)) if rng is None else \
             check_rng(rng, where).standard_normal((k, dim))
-        nu = float(df)
         self.n_components = k
-        # softplus^-1(nu) = nu + log(-expm1(-nu)), without overflow for large nu
         super().__init__(dim, params={"logits": np.zeros(k), "loc": loc,
                                       "log_scale": np.zeros((k, dim)),
-                                      "raw_df": np.full((k, dim), nu + math.log(-math.expm1(-nu)))})
+                                      "raw_df": softplus_inverse(np.full((k, dim), float(df)))})
 
     _per_component = ("loc", "log_scale", "raw_df")
 

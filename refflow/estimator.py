@@ -28,7 +28,7 @@ from ._rows import (Standardized, Whitened, covariance, out_of_core, rows_of, sc
 from ._validation import (check_batch_size, check_bool, check_choice, check_hidden, check_int,
                           check_positive, check_real, check_rng, empty_output)
 from .bijectors import Affine, Chain, LULinear
-from ._math import logsumexp_rows
+from ._math import logsumexp_rows, softplus_inverse
 from .distributions import (DEFAULT_BATCH_SIZE, DiagGaussianMixture, DiagStudentTMixture, Flow,
                             StandardNormal, StudentT)
 from .flows import BUILDERS
@@ -376,8 +376,7 @@ def _student_t_start(z):
     log_scale0 = np.clip(np.log(np.where(mad > 0, mad, 1.0)), *_T_LOG_SCALE_BOUNDS)
     raw0 = np.asarray(base.params["raw_df"], dtype=np.float64)
     theta0 = np.concatenate([loc0, log_scale0, raw0])
-    # softplus^-1 of the df bounds, stably (x + log(-expm1(-x)))
-    raw_bounds = [float(v + np.log(-np.expm1(-v))) for v in _T_DF_BOUNDS]
+    raw_bounds = [float(softplus_inverse(v)) for v in _T_DF_BOUNDS]
     bounds = [(None, None)] * d + [_T_LOG_SCALE_BOUNDS] * d + [tuple(raw_bounds)] * d
     seed = np.full(n, -1.0 / n)   # d(-mean log p)/d(log p_n)
 
@@ -503,7 +502,7 @@ def _t_mixture_start(z):
     best = None
     for value in _T_MIX_DF_GRID:
         nu[:k] = value
-        mixture.params["raw_df"] = nu + np.log(-np.expm1(-nu))            # softplus^-1
+        mixture.params["raw_df"] = softplus_inverse(nu)
         component = mixture.component_log_prob(z)
         mean_ll = float(np.mean(logsumexp_rows(component[:, :k] + log_w)))
         if best is None or mean_ll > best[0]:
@@ -966,7 +965,7 @@ class FlowDensity:
             log_w, means, log_scales, nu = _t_mixture_start(z)
             base = DiagStudentTMixture(flow.dim, len(log_w))
             base.params.update({"logits": log_w, "loc": means, "log_scale": log_scales,
-                                "raw_df": nu + np.log(-np.expm1(-nu))})   # softplus^-1
+                                "raw_df": softplus_inverse(nu)})
             return Flow(base, flow.bijector)
         df, loc, log_scale = _student_t_start(z)
         base = StudentT(flow.dim, df=df)

@@ -124,6 +124,7 @@ import numbers
 import numpy as np
 from scipy.special import expit, log_expit
 
+from .._math import softplus_inverse
 from .._validation import as_batch, check_dim, check_rng
 from ..io.spec import constructor_arguments, declaration
 from ..kernels.bnaf import ACTIVATION_CODES, bnaf_inverse
@@ -649,10 +650,6 @@ def _solve_transposed_lower(jac, g):
     return y
 
 
-def _inv_softplus(y):
-    return y + np.log(-np.expm1(-y))
-
-
 def _initial_params(d, blocks, parameterization, residual, context_dim, rng):
     """The peers' initialisations (class docstring); entries above the diagonal blocks are 0."""
     diag_map, _, _ = PARAMETERIZATIONS[parameterization]
@@ -677,7 +674,7 @@ def _initial_params(d, blocks, parameterization, residual, context_dim, rng):
         if parameterization == "flowjax":
             v, *_ = _positive(diag_map, u)
             v = np.where(diag, v, u)
-            g = _inv_softplus(1.0 / _row_norm(v))
+            g = softplus_inverse(1.0 / _row_norm(v))
         else:
             g = np.log(rng.uniform(size=n_out))
         params[f"w{l}"], params[f"g{l}"], params[f"b{l}"] = u, g, b
