@@ -59,6 +59,7 @@ True
 
 import contextlib
 import contextvars
+import functools
 import os
 import sys
 import threading
@@ -219,12 +220,15 @@ def blas_threads(work):
         _DECIDED.reset(token)
 
 
-def _numpy_roots():
-    """NumPy's package directory and its wheels' library directory (``numpy.libs``)."""
+@functools.lru_cache(maxsize=None)
+def _under_numpy(path):
+    """True for a file under NumPy's package directory or its wheels' library directory
+    (``numpy.libs``). Cached: neither moves while the process runs, and the check runs in
+    every refflow call with large work (``os.path.realpath`` costs file-system calls)."""
     import numpy
 
     root = os.path.dirname(os.path.realpath(numpy.__file__))
-    return (root + os.sep, root + ".libs" + os.sep)
+    return os.path.realpath(path).startswith((root + os.sep, root + ".libs" + os.sep))
 
 
 def library_limits(limit, paths):
@@ -243,5 +247,4 @@ def library_limits(limit, paths):
     """
     if limit == 1 or len(paths) <= 1:
         return [limit] * len(paths)
-    roots = _numpy_roots()
-    return [limit if os.path.realpath(path).startswith(roots) else 1 for path in paths]
+    return [limit if _under_numpy(path) else 1 for path in paths]
