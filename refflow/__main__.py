@@ -973,7 +973,7 @@ def _reading_options():
 
 
 def build_parser():
-    from .estimator import BASES
+    from .estimator import LOW_DIM_FEATURES, BASES
 
     defaults = _fit_defaults()
     parser = argparse.ArgumentParser(
@@ -1032,10 +1032,12 @@ def build_parser():
     fit.add_argument("--weight-decay", type=_non_negative_float,
                      default=defaults["weight_decay"],
                      help=f"decoupled weight decay, AdamW (default {defaults['weight_decay']:g})")
-    fit.add_argument("--average", choices=("none", "ema"), default=defaults["average"] or "none",
+    fit.add_argument("--average", choices=("auto", "none", "ema"),
+                     default=defaults["average"] or "none",
                      help="ema: also score a moving average of the parameters on the validation "
-                     "rows after every epoch, and keep it when better (needs validation rows; "
-                     f"default {defaults['average'] or 'none'})")
+                     "rows after every epoch, and keep it when better (needs validation rows); "
+                     f"auto: ema for data of at most {LOW_DIM_FEATURES} features, none above "
+                     f"(default {defaults['average'] or 'none'})")
     fit.add_argument("--average-decay", type=_open_unit, default=defaults["average_decay"],
                      metavar="D",
                      help=f"the average's decay, in (0, 1) (default {defaults['average_decay']:g})")

@@ -42,6 +42,10 @@ __all__ = ["FlowDensity"]
 #: The families ``flow="auto"`` fits, in order (the first wins a tie); see DEVELOPERS.md,
 #: "FlowDensity's defaults", for the evidence.
 AUTO_CANDIDATES = ("maf", "nsf")
+#: Data of at most this many features, where fits are cheapest, get more by default: weight
+#: averaging (``average="auto"``) and up to ``MIXTURE_MAX_COMPONENTS_LOW_DIM`` components in a
+#: mixture base's start (DEVELOPERS.md, "FlowDensity's defaults", sixth round).
+LOW_DIM_FEATURES = 2
 #: Learning-rate schedules ``FlowDensity`` accepts (``refflow.training.fit``'s names).
 _SCHEDULES = (None, "cosine")
 #: Base distributions ``FlowDensity`` accepts (``base=``).
@@ -55,8 +59,10 @@ _T_START_ROWS = 10000
 #: would mean a point mass or an empty set, not a tail).
 _T_DF_BOUNDS = (1.0, 1000.0)
 _T_LOG_SCALE_BOUNDS = (-7.0, 7.0)
-#: base="mixture": the most components BIC chooses among, the variance added to every
-#: component's (in the base space's units, as scikit-learn's ``reg_covar``), and EM's limits.
+#: base="mixture" and "t_mixture": the most components BIC chooses among (on data of at most
+#: ``LOW_DIM_FEATURES`` features, and above), the variance added to every component's (in the
+#: base space's units, as scikit-learn's ``reg_covar``), and EM's limits.
+MIXTURE_MAX_COMPONENTS_LOW_DIM = 40
 MIXTURE_MAX_COMPONENTS = 20
 _MIX_VAR_FLOOR = 1e-6
 _MIX_MAX_ITER = 200
@@ -442,17 +448,29 @@ def _diag_mixture_em(z, k, rng):
     return log_w, means, variances, mean_ll
 
 
-def _mixture_start(z, max_components=MIXTURE_MAX_COMPONENTS):
+def _average(average, n_features):
+    """``fit``'s ``average`` for ``FlowDensity``'s: ``"auto"`` is ``"ema"`` on data of at most
+    ``LOW_DIM_FEATURES`` features, None above."""
+    if average == "auto":
+        return "ema" if n_features <= LOW_DIM_FEATURES else None
+    return average
+
+
+def _mixture_start(z, max_components=None):
     """The diagonal Gaussian mixture of ``z`` with ``k`` chosen by BIC (``-2 n
     mean_log_likelihood + (2 d k + k - 1) log n``; the first minimum on a tie):
     ``(log_w, means, variances)``.
 
-    ``k`` runs from 1 to ``max_components``, held to at most ``n / (4 d + 2)`` (two rows per
-    parameter of a component), and the scan stops once ``_BIC_PATIENCE`` values in a row have
-    not lowered the best BIC. The scan uses at most ``_MIX_SCAN_ROWS`` of the rows (evenly
+    ``k`` runs from 1 to ``max_components`` (default: ``MIXTURE_MAX_COMPONENTS_LOW_DIM`` = 40
+    for at most ``LOW_DIM_FEATURES`` = 2 columns, ``MIXTURE_MAX_COMPONENTS`` = 20 above),
+    held to at most ``n / (4 d + 2)`` (two rows per parameter of a component), and the scan
+    stops once ``_BIC_PATIENCE`` values in a row have not lowered the best BIC. The scan uses at most ``_MIX_SCAN_ROWS`` of the rows (evenly
     spaced); the chosen ``k`` is then fitted to all of them. Deterministic: the seeds come
     from ``default_rng(k)``."""
     n, d = z.shape
+    if max_components is None:
+        max_components = (MIXTURE_MAX_COMPONENTS_LOW_DIM if d <= LOW_DIM_FEATURES
+                          else MIXTURE_MAX_COMPONENTS)
     m = min(n, _MIX_SCAN_ROWS)
     scan = z[(np.arange(m, dtype=np.int64) * n) // m]
     top = max(1, min(max_components, m // (4 * d + 2)))
@@ -566,7 +584,7 @@ class FlowDensity:
         mixture of products of Student t's (weights, locations, scales and degrees of freedom
         trained with the flow), started at the diagonal Gaussian mixture of the rows mapped
         to the base space by the untrained flow (``k`` components by BIC, up to
-        ``MIXTURE_MAX_COMPONENTS`` = 20) and one broad heavy-tailed component more (see
+        40 on one or two features, 20 above) and one broad heavy-tailed component more (see
         Notes): for data that are multimodal, heavy-tailed or both. ``"gaussian"``: the
         builder's standard normal. ``"mixture"``: :class:`refflow.DiagGaussianMixture`, the
         same start without the t's and the broad component; its tails are Gaussian.
@@ -598,13 +616,17 @@ class FlowDensity:
     patience : int or None, default 10
         Stop after this many epochs without a better validation loss (training loss without
         validation data); None never stops early. The parameters of the best epoch are kept.
-    average : None or "ema", default None
+    average : "auto", "ema" or None, default "auto"
         Weight averaging (:func:`refflow.training.fit`'s ``average``): ``"ema"`` keeps an
         exponential moving average of the parameters (bias-corrected), scores it on the
         validation rows after every epoch beside the trained parameters, and keeps the better
-        of the two at the best epoch (``history_.best_averaged``). Without validation rows
-        (``validation_fraction=0``, or too few rows) there is nothing to choose by and no
-        averaging is done.
+        of the two at the best epoch (``history_.best_averaged``). ``"auto"``: ``"ema"`` for
+        data of at most ``LOW_DIM_FEATURES`` = 2 features, None above. Averaging brought
+        every set measured closer to the truth, but it stops early later (the average keeps
+        improving), which on 2-D data costs seconds and on the 4-D 20,000-row fit took it
+        past its time budget (see DEVELOPERS.md, "FlowDensity's defaults", third and sixth
+        rounds). Without validation rows (``validation_fraction=0``, or too few rows) there
+        is nothing to choose by and no averaging is done.
     average_decay : float in (0, 1), default 0.999
         The average's decay: it weighs about the last ``1 / (1 - average_decay)`` steps.
     standardize : bool, default True
@@ -785,7 +807,7 @@ class FlowDensity:
     def __init__(self, flow="auto", *, n_layers=None, hidden=(64, 64), flow_kwargs=None,
                  base="t_mixture", epochs=100, batch_size=256, lr=1e-3, lr_schedule=None,
                  weight_decay=0.0,
-                 validation_fraction=0.1, patience=10, average=None, average_decay=0.999,
+                 validation_fraction=0.1, patience=10, average="auto", average_decay=0.999,
                  standardize=True, whiten=True, random_state=None, progress="auto"):
         self.flow = flow
         self.n_layers = n_layers
@@ -893,7 +915,7 @@ class FlowDensity:
                                                                       "patience", minimum=1),
             "lr_schedule": self._checked_schedule(where),
             "average": None if self.average is None else check_choice(
-                self.average, ("ema",), where, "average (or None)"),
+                self.average, ("auto", "ema"), where, "average (or None)"),
             "average_decay": check_real(self.average_decay, where, "average_decay", low=0.0,
                                         high=1.0, low_open=True, high_open=True),
         }
@@ -1205,7 +1227,7 @@ class FlowDensity:
             weight_decay=options["weight_decay"], patience=options["patience"],
             lr_schedule=options["lr_schedule"], restore_best=True,
             # averaging needs validation rows to choose by: none, no averaging
-            average=options["average"] if validation_fraction > 0 else None,
+            average=_average(options["average"], dim) if validation_fraction > 0 else None,
             average_decay=options["average_decay"], progress=self._checked_progress(where))
         candidate_scores = None
         if len(families) == 1:

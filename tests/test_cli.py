@@ -383,8 +383,9 @@ def test_fit_states_units_and_one_based_epochs_as_the_plot(tmp_path):
     h = io.load(path).history_
     best = int(re.search(r"validation rows, best epoch (\d+)", out).group(1))
     assert best == h.best_epoch + 1
-    assert f"best epoch {best} (the parameters kept)  {_fmt(h.val_log_likelihood[h.best_epoch])}" \
-        in out
+    # two features: average="auto" averages, and either parameters may be the ones kept
+    assert re.search(rf"best epoch {best} \(the (averaged )?parameters kept\)  "
+                     rf"{re.escape(_fmt(h.val_log_likelihood[h.best_epoch]))}\n", out), out
     assert f"training rows, epoch {h.n_epochs} (mean over its mini-batches)  " \
         f"{_fmt(h.train_log_likelihood[-1])}" in out
     pytest.importorskip("matplotlib")
@@ -574,11 +575,11 @@ def test_fit_defaults_are_flow_densitys(tmp_path):
                           ("batch_size", "batch_size"), ("model", "flow"),
                           ("validation_fraction", "validation_fraction"),
                           ("weight_decay", "weight_decay"), ("base", "base"),
-                          ("average_decay", "average_decay")]:
+                          ("average_decay", "average_decay"), ("average", "average")]:
         assert getattr(args, option) == python[param], option
+    assert python["average"] == "auto"
     # "none" on the command line is FlowDensity's None
-    for option in ("lr_schedule", "average"):
-        assert python[option] is None and getattr(args, option) == "none", option
+    assert python["lr_schedule"] is None and args.lr_schedule == "none"
     assert "(default 10, as FlowDensity" in build_parser()._subparsers._group_actions[0] \
         .choices["fit"].format_help().replace("\n", " ").replace("  ", " ")
 
@@ -621,7 +622,10 @@ def test_fit_training_options_reach_flow_density(tmp_path, capsys, monkeypatch):
     seen.clear()
     assert run(["fit", str(data), "-o", str(tmp_path / "n.npz"), "--model", "maf",
                 "--layers", "2", "--hidden", "16,16", "--epochs", "1"])[0] == 0
-    assert seen["lr_schedule"] is None and seen["average"] is None
+    assert seen["lr_schedule"] is None and seen["average"] == "auto"
+    assert run(["fit", str(data), "-o", str(tmp_path / "o.npz"), "--model", "maf",
+                "--layers", "2", "--hidden", "16,16", "--epochs", "1", "--average", "none"])[0] == 0
+    assert seen["average"] is None
 
 
 @pytest.mark.parametrize("option, value, fragment", [

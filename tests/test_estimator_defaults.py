@@ -395,6 +395,30 @@ def test_mixture_scan_stops_after_its_patience_and_fits_all_rows(monkeypatch):
                      (3, 6000)]
 
 
+@pytest.mark.parametrize("dim, cap", [(1, 40), (2, 40), (3, 20), (6, 20)])
+def test_mixture_scan_goes_up_to_its_cap(monkeypatch, dim, cap):
+    """While BIC keeps improving, the scan tries every k up to its cap and no further, then
+    fits the last to all the rows: 40 components on one or two features, 20 above. EM is
+    replaced by a stand-in whose likelihood grows by 10 nats per row and component, far beyond
+    BIC's penalty."""
+    import refflow.estimator as estimator
+
+    calls = []
+
+    def growing(z, k, rng):
+        calls.append((k, z.shape[0]))
+        d = z.shape[1]
+        return np.full(k, -np.log(k)), np.zeros((k, d)), np.ones((k, d)), 10.0 * k
+
+    monkeypatch.setattr(estimator, "_diag_mixture_em", growing)
+    assert (estimator.MIXTURE_MAX_COMPONENTS_LOW_DIM, estimator.MIXTURE_MAX_COMPONENTS,
+            estimator.LOW_DIM_FEATURES) == (40, 20, 2)
+    z = np.random.default_rng(0).standard_normal((5000, dim))
+    log_w, _, _ = estimator._mixture_start(z)
+    assert len(log_w) == cap
+    assert calls == [(k, 4000) for k in range(1, cap + 1)] + [(cap, 5000)]
+
+
 # ---------------------------------------------------------------------- the t mixture base
 def _heavy_clusters(n, rng):
     """Two clusters of Student t's with 3 degrees of freedom (heavy tails)."""

@@ -200,9 +200,26 @@ def test_flow_density_average_keeps_history_and_score_in_agreement():
     assert history.val_log_likelihood[history.best_epoch] == pytest.approx(held_out,
                                                                            rel=SAME_NLL)
     # the same fit without averaging trains the same way
-    plain = FlowDensity(validation_fraction=0.25, **SMALL).fit(X)
+    plain = FlowDensity(average=None, validation_fraction=0.25, **SMALL).fit(X)
     assert plain.history_.train_nll == history.train_nll
     assert plain.history_.val_nll == history.val_nll_trained
+
+
+@pytest.mark.parametrize("dim, same_as", [(1, "ema"), (2, "ema"), (3, None), (4, None)])
+def test_flow_density_average_auto_is_ema_up_to_two_features(dim, same_as):
+    """The default ``average="auto"`` is the fit with ``"ema"`` on data of one or two
+    features and the fit without averaging above: the same histories and parameters."""
+    from refflow.estimator import LOW_DIM_FEATURES
+
+    assert LOW_DIM_FEATURES == 2 and FlowDensity().average == "auto"
+    X = synthetic("curve", 400, rng=1)[:, :dim]
+    auto = FlowDensity(average_decay=0.9, **SMALL).fit(X)
+    explicit = FlowDensity(average=same_as, average_decay=0.9, **SMALL).fit(X)
+    assert (len(auto.history_.val_nll_averaged) > 0) == (same_as == "ema")
+    assert auto.history_.val_nll == explicit.history_.val_nll
+    assert auto.history_.val_nll_averaged == explicit.history_.val_nll_averaged
+    params, other = auto.flow_.params, explicit.flow_.params
+    assert all(np.array_equal(params[k], other[k]) for k in params)
 
 
 def test_flow_density_average_without_validation_rows_does_not_average():
