@@ -973,7 +973,7 @@ def _reading_options():
 
 
 def build_parser():
-    from .estimator import LOW_DIM_FEATURES, BASES
+    from .estimator import BASES, LOW_DIM_FEATURES
 
     defaults = _fit_defaults()
     parser = argparse.ArgumentParser(

@@ -464,9 +464,9 @@ def _mixture_start(z, max_components=None):
     ``k`` runs from 1 to ``max_components`` (default: ``MIXTURE_MAX_COMPONENTS_LOW_DIM`` = 40
     for at most ``LOW_DIM_FEATURES`` = 2 columns, ``MIXTURE_MAX_COMPONENTS`` = 20 above),
     held to at most ``n / (4 d + 2)`` (two rows per parameter of a component), and the scan
-    stops once ``_BIC_PATIENCE`` values in a row have not lowered the best BIC. The scan uses at most ``_MIX_SCAN_ROWS`` of the rows (evenly
-    spaced); the chosen ``k`` is then fitted to all of them. Deterministic: the seeds come
-    from ``default_rng(k)``."""
+    stops once ``_BIC_PATIENCE`` values in a row have not lowered the best BIC. The scan uses
+    at most ``_MIX_SCAN_ROWS`` of the rows (evenly spaced); the chosen ``k`` is then fitted to
+    all of them. Deterministic: the seeds come from ``default_rng(k)``."""
     n, d = z.shape
     if max_components is None:
         max_components = (MIXTURE_MAX_COMPONENTS_LOW_DIM if d <= LOW_DIM_FEATURES

@@ -623,8 +623,8 @@ def test_fit_training_options_reach_flow_density(tmp_path, capsys, monkeypatch):
     assert run(["fit", str(data), "-o", str(tmp_path / "n.npz"), "--model", "maf",
                 "--layers", "2", "--hidden", "16,16", "--epochs", "1"])[0] == 0
     assert seen["lr_schedule"] is None and seen["average"] == "auto"
-    assert run(["fit", str(data), "-o", str(tmp_path / "o.npz"), "--model", "maf",
-                "--layers", "2", "--hidden", "16,16", "--epochs", "1", "--average", "none"])[0] == 0
+    assert run(["fit", str(data), "-o", str(tmp_path / "o.npz"), "--model", "maf", "--layers",
+                "2", "--hidden", "16,16", "--epochs", "1", "--average", "none"])[0] == 0
     assert seen["average"] is None
 
 
