@@ -166,6 +166,12 @@ def trace(name, kwargs, *, n_train=20000, n_test=5000, draws=(7, 8), random_stat
     first on a tie), and its CPU time is the sum of the families' fits up to their last
     epochs under the setting.
     """
+    if (kwargs.get("whiten", "auto") == "auto"
+            and n_train <= estimator_module.WHITEN_CHOICE_MAX_ROWS):
+        raise ValueError(f"density_grid: on {n_train} <= "
+                         f"{estimator_module.WHITEN_CHOICE_MAX_ROWS} rows whiten='auto' also "
+                         f"fits unwhitened candidates, which are not replayed; pass "
+                         f"\"whiten\": true or false in --kwargs")
     train, test, truth = load(name, n_train, n_test, draws)
     all_settings = settings(epochs_list, patience_list)
     max_epochs = max(epochs_list)

@@ -268,6 +268,7 @@ def fit_flow(family, train, test, seed, epochs, variants=None):
     chosen = getattr(model, "flow_name_", None)
     if chosen is not None:
         info["chosen"] = chosen
+    info["whitened"] = bool(model.whitened_)   # whiten="auto": the kept fit's whitening
     if hasattr(model, "candidate_scores_"):   # flow="auto": each family's validation score
         info["candidate_scores"] = dict(model.candidate_scores_)
     return lp, info
@@ -457,7 +458,7 @@ def aggregate(results):
             if all("fit_cpu_seconds" in r for r in done):
                 record["fit_cpu_seconds"] = float(np.mean([r["fit_cpu_seconds"] for r in done]))
             record["n_nonfinite"] = int(sum(r.get("n_nonfinite", 0) for r in done))
-            for key in ("k", "bandwidth", "chosen"):
+            for key in ("k", "bandwidth", "chosen", "whitened"):
                 if all(key in r for r in done):
                     record[key] = [r[key] for r in done]
             agg["records"].append(record)

@@ -424,7 +424,14 @@ def cmd_fit(args, out):
     stop = {"patience": f"; stopped early: {model.patience} epochs without a better "
                         f"{'validation' if h.val_nll else 'training'} score",
             "interrupted": "; interrupted (Ctrl-C)"}.get(h.stop_reason, "")
-    out(f"  {h.n_epochs} epochs ({h.n_steps} steps) in {seconds:.1f} s{stop}")
+    scores = getattr(model, "candidate_scores_", None)
+    if scores:   # flow="auto" or whiten="auto": every candidate's best validation score
+        kept = max(scores, key=scores.get)   # the first of equals, as fit keeps
+        out(f"  {len(scores)} candidates fitted in {seconds:.1f} s; validation mean "
+            f"log-likelihood: " + ", ".join(f"{k} {_fmt(v)}" for k, v in scores.items()))
+        out(f"  kept {kept}: {h.n_epochs} epochs ({h.n_steps} steps){stop}")
+    else:
+        out(f"  {h.n_epochs} epochs ({h.n_steps} steps) in {seconds:.1f} s{stop}")
     out("  mean log-likelihood, nats per sample, in the data's units (higher is better):")
     if h.n_epochs:
         out(f"    training rows, epoch {h.n_epochs} (mean over its mini-batches)"

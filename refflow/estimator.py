@@ -46,6 +46,13 @@ AUTO_CANDIDATES = ("maf", "nsf")
 #: averaging (``average="auto"``) and up to ``MIXTURE_MAX_COMPONENTS_LOW_DIM`` components in a
 #: mixture base's start (DEVELOPERS.md, "FlowDensity's defaults", sixth round).
 LOW_DIM_FEATURES = 2
+#: ``whiten="auto"``: on at most this many rows (fits of seconds) each candidate is fitted both
+#: on the whitened and on the merely standardised rows, and the better validation likelihood
+#: is kept; on more rows the whitened fit alone (DEVELOPERS.md, "FlowDensity's defaults",
+#: seventh round).
+WHITEN_CHOICE_MAX_ROWS = 5000
+#: The suffix of an unwhitened candidate's name in ``candidate_scores_``.
+_UNWHITENED = " (unwhitened)"
 #: Learning-rate schedules ``FlowDensity`` accepts (``refflow.training.fit``'s names).
 _SCHEDULES = (None, "cosine")
 #: Base distributions ``FlowDensity`` accepts (``base=``).
@@ -448,6 +455,11 @@ def _diag_mixture_em(z, k, rng):
     return log_w, means, variances, mean_ll
 
 
+def _candidate_family(name):
+    """The family of a ``candidate_scores_`` key (``"nsf"`` or ``"nsf (unwhitened)"``)."""
+    return name[:-len(_UNWHITENED)] if name.endswith(_UNWHITENED) else name
+
+
 def _average(average, n_features):
     """``fit``'s ``average`` for ``FlowDensity``'s: ``"auto"`` is ``"ema"`` on data of at most
     ``LOW_DIM_FEATURES`` features, None above."""
@@ -633,8 +645,8 @@ class FlowDensity:
         Fit the flow to ``(X - mean) / std`` (per feature, training statistics, scale 1 for
         a constant feature), then fold the standardisation into the model (see Notes). A
         context is standardised the same way.
-    whiten : bool, default True
-        After the standardisation, decorrelate the features: the flow is fitted to
+    whiten : "auto" or bool, default "auto"
+        True: after the standardisation, decorrelate the features: the flow is fitted to
         ``w = C^{-1} s`` with ``C`` the lower Cholesky factor of the training covariance of
         ``s``, and ``C`` is folded into the model as a fixed :class:`~refflow.LULinear`
         layer (see Notes). The covariance comes from exact sums of the products of the
@@ -642,8 +654,17 @@ class FlowDensity:
         so that a streamed fit (``numpy.memmap`` or dask array) whitens bit for bit as the
         in-memory one, without holding the data. With ``base="gaussian"`` an NSF then starts
         as the full-covariance Gaussian fit of the data (with ``"student_t"``, as the
-        maximum-likelihood t in each whitened coordinate), which matters most with few rows
-        (see DEVELOPERS.md, "FlowDensity's defaults").
+        maximum-likelihood t in each whitened coordinate). False: the standardised rows
+        as they are.
+        ``"auto"``: on at most ``WHITEN_CHOICE_MAX_ROWS`` = 5,000 rows, with validation rows
+        held out, each candidate (each family of ``flow="auto"``, or the one family named)
+        is fitted both ways, and the best validation likelihood is kept (``whitened_``; the
+        unwhitened candidates appear in ``candidate_scores_`` as ``"nsf (unwhitened)"``):
+        such fits take seconds, and which way wins depends on the data: whitening helped on
+        a correlated Student t and hurt on the suite's real sets (by 15 nats per row on the
+        digits), whose bounded, dequantized columns it shears. On more rows (or with none
+        held out) the whitened fit alone, within the fit-time budget. The choice costs twice
+        the fits (see DEVELOPERS.md, "FlowDensity's defaults", seventh round).
     random_state : None, int, numpy.random.Generator or numpy.random.RandomState
         Seeds the initialisation, the validation split and the mini-batches: the same int
         gives the same fitted model.
@@ -658,20 +679,22 @@ class FlowDensity:
     flow_ : refflow.Flow
         The fitted model in the units of ``X``:
         ``Flow(base, Chain([inner_bijector, Affine(n_features)]))``, with the whitening
-        ``LULinear`` before the ``Affine`` when ``whiten=True``. A conditional model
+        ``LULinear`` before the ``Affine`` when the kept fit is whitened. A conditional model
         takes the *standardised* context, ``(context - context_mean_) / context_scale_``;
         the methods here standardise it for you.
     history_ : refflow.training.History
         Training and validation NLL per epoch of the standardised (and whitened) data
         (``train_nll``, ``val_nll``), and the same in the data's units as mean
         log-likelihoods (``train_log_likelihood``, ``val_log_likelihood``; ``nll_shift =
-        sum(log scale_) + sum(log diag C)``), which agree with :meth:`score` on the same rows:
+        sum(log scale_) + sum(log diag C)``, the second term only when whitened), which
+        agree with :meth:`score` on the same rows:
         ``history_.val_log_likelihood[history_.best_epoch]`` is
         ``score(X[validation_index_])`` to rounding (tested to 1e-12 relative). ``best_epoch``
         is 0-based.
     validation_index_ : ndarray of int, shape (n_validation,)
         The rows of the ``X`` given to ``fit`` that were held out (to choose the best epoch,
-        stop early and, with ``flow="auto"``, the family), in the order they were
+        stop early and, with ``flow="auto"``, the family, or with ``whiten="auto"``, the
+        whitening), in the order they were
         evaluated; empty when none were held out. The standardisation, the whitening and
         the start of a Student t or mixture base are computed from all the rows (held-out
         ones included), so the held-out score is slightly optimistic (a handful of
@@ -681,9 +704,14 @@ class FlowDensity:
     flow_name_ : str
         The family fitted: ``flow`` itself, the one chosen by ``flow="auto"``, or its
         one-feature replacement (``"realnvp"`` fits a ``"maf"`` on one feature).
+    whitened_ : bool
+        Whether the kept fit is whitened (``whiten=True`` on more than one feature, or the
+        choice of ``whiten="auto"``).
     candidate_scores_ : dict
-        Only after ``flow="auto"`` with validation rows: each family's best validation mean
-        log-likelihood in the data's units, ``{name: nats per row}``.
+        Only after a choice (``flow="auto"``, or ``whiten="auto"`` on few rows) with
+        validation rows: each candidate's best validation mean log-likelihood in the data's
+        units, ``{name: nats per row}``; a family's name, with ``" (unwhitened)"`` appended
+        for a candidate fitted without the whitening.
     n_features_in_ : int
     feature_names_in_ : ndarray of str, shape (n_features_in_,)
         Column names of ``X`` when it was a data frame with string column names (only then
@@ -706,9 +734,10 @@ class FlowDensity:
 
         log q(x) = log q_s((x - mean) / scale) - sum_j log scale_j
 
-    and ``flow_.sample`` draws ``x`` directly. With ``whiten=True`` (and more than one
-    feature) the flow ``q_w`` is fitted to ``w = C^{-1} s``, ``C`` the lower Cholesky factor
-    of the training covariance of ``s``, and :class:`~refflow.LULinear` with ``W = C``
+    and ``flow_.sample`` draws ``x`` directly. When the fit is whitened (``whitened_``:
+    ``whiten=True`` on more than one feature, or the choice of ``"auto"``) the flow ``q_w`` is
+    fitted to ``w = C^{-1} s``, ``C`` the lower Cholesky factor of the training covariance of
+    ``s``, and :class:`~refflow.LULinear` with ``W = C``
     (``L = C diag(C)^{-1}``, ``U = diag(C)``, no bias) sits between the two::
 
         flow_ = Flow(base, Chain([inner_bijector, LULinear(C), Affine(mean, scale)]))
@@ -808,7 +837,7 @@ class FlowDensity:
                  base="t_mixture", epochs=100, batch_size=256, lr=1e-3, lr_schedule=None,
                  weight_decay=0.0,
                  validation_fraction=0.1, patience=10, average="auto", average_decay=0.999,
-                 standardize=True, whiten=True, random_state=None, progress="auto"):
+                 standardize=True, whiten="auto", random_state=None, progress="auto"):
         self.flow = flow
         self.n_layers = n_layers
         self.hidden = hidden
@@ -921,7 +950,11 @@ class FlowDensity:
         }
         options["base"] = check_choice(self.base, BASES, where, "base")
         check_bool(self.standardize, where, "standardize")
-        check_bool(self.whiten, where, "whiten")
+        if isinstance(self.whiten, str):
+            options["whiten"] = check_choice(self.whiten, ("auto",), where,
+                                             "whiten (or True, False)")
+        else:
+            options["whiten"] = check_bool(self.whiten, where, "whiten (or 'auto')")
         self._checked_progress(where)
         options["rng"] = _generator(self.random_state, where)
         return options
@@ -1010,50 +1043,54 @@ class FlowDensity:
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
 
-    def _fit_candidates(self, families, Xs, Cs, c_dim, rng, options, validation_fraction,
+    def _fit_candidates(self, candidates, Cs, c_dim, rng, options, validation_fraction,
                         train_options, where):
-        """``flow="auto"``: fit each family on the same training rows and keep the one with
-        the best validation likelihood (the first on a tie).
+        """``flow="auto"`` (and ``whiten="auto"`` on few rows): fit each candidate ``(name,
+        family, rows, shift)`` and keep the one with the best validation likelihood (the
+        first on a tie). ``rows`` are the standardised rows, whitened or not, and ``shift``
+        their whitening's ``sum_j log C_jj`` (0 when not whitened), so that ``val_nll +
+        shift`` is the NLL of the standardised rows for every candidate alike.
 
-        Every family is trained by :func:`refflow.training.fit` with its own generator
+        Every candidate is trained by :func:`refflow.training.fit` with its own generator
         ``numpy.random.default_rng(split_seed)``, ``split_seed = rng.integers(2**63)`` drawn
-        once before the families are built (in order, from ``rng``): so every family holds out
-        the same rows, ``perm[:ceil(validation_fraction * n)]`` with ``perm =
+        once before the candidates are built (in order, from ``rng``): so every candidate
+        holds out the same rows, ``perm[:ceil(validation_fraction * n)]`` with ``perm =
         default_rng(split_seed).permutation(n)``, and sees the same mini-batches, and a
-        streamed ``Xs`` (memmap or dask rows) is split by ``fit`` itself, never gathered
-        whole (bit for bit the in-memory fit). Without validation rows only the first family
-        is fitted. A
-        family whose training diverges is passed over (its error is raised if every family
-        diverges); Ctrl-C keeps the families fitted so far.
+        streamed source (memmap or dask rows) is split by ``fit`` itself, never gathered
+        whole (bit for bit the in-memory fit). Without validation rows only the first
+        candidate is fitted. A candidate whose training diverges is passed over (its error is
+        raised if every candidate diverges); Ctrl-C keeps the candidates fitted so far.
 
         Returns ``(name, inner_flow, history, scores)``, ``scores`` the best validation NLL
-        (standardised data) of each family that finished (None without validation rows).
+        of the standardised rows (``val_nll + shift``) of each candidate that finished (None
+        without validation rows).
         """
-        n = Xs.shape[0]
-        n_val = math.ceil(validation_fraction * n)
-        if n_val == 0:
-            name = families[0]
-            inner = self._build(name, Xs.shape[1], c_dim, rng, options, where, Xs, Cs)
-            history = fit(inner, Xs, context=Cs, validation_fraction=0.0, rng=rng,
+        first = candidates[0]
+        n, dim = first[2].shape
+        if math.ceil(validation_fraction * n) == 0:
+            name, family, rows, _ = first
+            inner = self._build(family, dim, c_dim, rng, options, where, rows, Cs)
+            history = fit(inner, rows, context=Cs, validation_fraction=0.0, rng=rng,
                           **train_options)
             return name, inner, history, None
         split_seed = int(rng.integers(2 ** 63))
         fitted, scores, failure = {}, {}, None
-        for name in families:
-            inner = self._build(name, Xs.shape[1], c_dim, rng, options, where, Xs, Cs)
+        for name, family, rows, shift in candidates:
+            inner = self._build(family, dim, c_dim, rng, options, where, rows, Cs)
             try:
-                history = fit(inner, Xs, context=Cs, validation_fraction=validation_fraction,
+                history = fit(inner, rows, context=Cs, validation_fraction=validation_fraction,
                               rng=np.random.default_rng(split_seed), **train_options)
             except TrainingDiverged as exc:
                 failure = exc
                 continue
             fitted[name] = (inner, history)
-            scores[name] = history.val_nll[history.best_epoch]
+            scores[name] = history.val_nll[history.best_epoch] + shift
             if history.stop_reason == "interrupted":
                 break
         if not fitted:
             raise failure
-        name = min(scores, key=lambda k: (scores[k], families.index(k)))
+        order = [c[0] for c in candidates]
+        name = min(scores, key=lambda k: (scores[k], order.index(k)))
         inner, history = fitted[name]
         return name, inner, history, scores
 
@@ -1125,7 +1162,7 @@ class FlowDensity:
             names become ``feature_names_in_``. A ``numpy.memmap`` or a dask array (and a
             context of either kind) is streamed, never copied whole: one pass checks the values
             and sums the standardisation statistics exactly, and the mini-batches are gathered
-            by index (see :func:`refflow.fit`); with ``whiten=True`` a second pass sums the
+            by index (see :func:`refflow.fit`); when whitening, a second pass sums the
             covariance exactly and the rows are whitened as they are read. The fitted model
             is bit for bit the one fitted on the same data in memory with the same
             ``random_state``, with or without ``standardize`` and ``whiten``.
@@ -1206,8 +1243,16 @@ class FlowDensity:
                 c_mean, c_scale, Cs = np.zeros(c_dim), np.ones(c_dim), C
         if C is None:
             c_mean, c_scale, Cs = np.zeros(0), np.ones(0), None
-        whitening = None
-        if self.whiten and dim > 1:
+        rng = options["rng"]
+        validation_fraction = options["validation_fraction"]
+        if n - math.ceil(validation_fraction * n) < 1:  # too few rows to hold any out
+            validation_fraction = 0.0
+        # whiten="auto": on few rows (and with rows held out to choose by) every candidate is
+        # also fitted on the standardised rows without the whitening
+        both = (options["whiten"] == "auto" and dim > 1 and n <= WHITEN_CHOICE_MAX_ROWS
+                and validation_fraction > 0)
+        whitening, standardised = None, (Xs if both else None)
+        if options["whiten"] is not False and dim > 1:
             # one pass of exact sums, then C w = s solved row by row (forward substitution,
             # elementwise): a streamed source is whitened as it is read, bit for bit as here
             if streamed:
@@ -1218,10 +1263,6 @@ class FlowDensity:
                 Xs = whiten(Xs, chol)
             whitening = (chol, float(np.sum(np.log(np.diag(chol)))))
 
-        rng = options["rng"]
-        validation_fraction = options["validation_fraction"]
-        if n - math.ceil(validation_fraction * n) < 1:  # too few rows to hold any out
-            validation_fraction = 0.0
         train_options = dict(
             epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
             weight_decay=options["weight_decay"], patience=options["patience"],
@@ -1229,27 +1270,34 @@ class FlowDensity:
             # averaging needs validation rows to choose by: none, no averaging
             average=_average(options["average"], dim) if validation_fraction > 0 else None,
             average_decay=options["average_decay"], progress=self._checked_progress(where))
+        # (name, family, rows, log|det C| of the rows' whitening): whitened ones first, so that
+        # they are built from rng and fitted as without the choice (and win a tie)
+        shift = 0.0 if whitening is None else whitening[1]
+        candidates = [(name, name, Xs, shift) for name in families]
+        if both:
+            candidates += [(name + _UNWHITENED, name, standardised, 0.0) for name in families]
         candidate_scores = None
-        if len(families) == 1:
+        if len(candidates) == 1:
             name = families[0]
             inner = self._build(name, dim, c_dim, rng, options, where, Xs, Cs)
             history = fit(inner, Xs, context=Cs, validation_fraction=validation_fraction,
                           rng=rng, **train_options)
+            whitened = whitening is not None
         else:
-            name, inner, history, candidate_scores = self._fit_candidates(
-                families, Xs, Cs, c_dim, rng, options, validation_fraction, train_options,
-                where)
+            label, inner, history, candidate_scores = self._fit_candidates(
+                candidates, Cs, c_dim, rng, options, validation_fraction, train_options, where)
+            name = _candidate_family(label)
+            whitened = whitening is not None and not label.endswith(_UNWHITENED)
         # the NLLs are of the standardised (and whitened) data:
         # log q(x) = log q_w(w) - sum_j log C_jj - sum_j log scale_j
-        history.nll_shift = float(np.sum(np.log(scale))) + (
-            0.0 if whitening is None else whitening[1])
+        history.nll_shift = float(np.sum(np.log(scale))) + (whitening[1] if whitened else 0.0)
 
         inner.eval()
         affine = Affine(dim)
         affine.params["shift"] = mean
         affine.params["log_scale"] = np.log(scale)
         layers = [inner.bijector, affine]
-        if whitening is not None:
+        if whitened:
             layers.insert(1, _whitening_layer(whitening[0]))
         flow = Flow(inner.base, Chain(layers)).eval()
 
@@ -1257,14 +1305,15 @@ class FlowDensity:
         self.flow_ = flow
         self.history_ = history
         self.flow_name_ = name
+        self.whitened_ = whitened
         self.validation_index_ = (np.zeros(0, dtype=np.intp) if history.validation_index is None
                                   else history.validation_index)
         if candidate_scores is None:
             self.__dict__.pop("candidate_scores_", None)
         else:
             # validation NLLs of the standardised data -> mean log-likelihoods in data units
-            self.candidate_scores_ = {k: -(v + history.nll_shift)
-                                      for k, v in candidate_scores.items()}
+            log_scale = float(np.sum(np.log(scale)))
+            self.candidate_scores_ = {k: -(v + log_scale) for k, v in candidate_scores.items()}
         self.n_features_in_ = dim
         self.mean_ = mean
         self.scale_ = scale
@@ -1663,6 +1712,8 @@ class FlowDensity:
                     fitted[attr] = [str(v) for v in getattr(self, attr)]
             if hasattr(self, "flow_name_"):
                 fitted["flow_name_"] = str(self.flow_name_)
+            if hasattr(self, "whitened_"):
+                fitted["whitened_"] = bool(self.whitened_)
             if hasattr(self, "candidate_scores_"):
                 fitted["candidate_scores_"] = {str(k): float(v)
                                                for k, v in self.candidate_scores_.items()}
@@ -1694,7 +1745,7 @@ class FlowDensity:
             where = "FlowDensity (fitted state in the file)"
             required = {"flow", "n_features_in_", "mean_", "scale_", "history_"}
             optional = {"feature_names_in_", "context_mean_", "context_scale_",
-                        "context_names_in_", "flow_name_", "candidate_scores_"}
+                        "context_names_in_", "flow_name_", "whitened_", "candidate_scores_"}
             if not isinstance(fitted, dict) or not required <= set(fitted) <= required | optional:
                 raise ValueError(f"{where}: expected the keys flow, n_features_in_, mean_, "
                                  f"scale_ and history_ (and optionally {sorted(optional)})")
@@ -1739,13 +1790,18 @@ class FlowDensity:
                 raise ValueError(f"{where}: flow_name_ must name a family of "
                                  f"refflow.flows.BUILDERS, got {flow_name!r}")
             estimator.flow_name_ = flow_name
+            # files written before whitened_ existed: whiten was True or False then
+            whitened = fitted.get("whitened_", params.get("whiten") is True and dim > 1)
+            if type(whitened) is not bool:
+                raise ValueError(f"{where}: whitened_ must be true or false, got {whitened!r}")
+            estimator.whitened_ = whitened
             if "candidate_scores_" in fitted:
                 scores = fitted["candidate_scores_"]
                 if not (isinstance(scores, dict) and all(
-                        k in BUILDERS and type(v) in (int, float) and math.isfinite(v)
-                        for k, v in scores.items())):
-                    raise ValueError(f"{where}: candidate_scores_ must map family names to "
-                                     f"finite numbers")
+                        _candidate_family(k) in BUILDERS and type(v) in (int, float)
+                        and math.isfinite(v) for k, v in scores.items())):
+                    raise ValueError(f"{where}: candidate_scores_ must map family names "
+                                     f"(optionally + {_UNWHITENED!r}) to finite numbers")
                 estimator.candidate_scores_ = {k: float(v) for k, v in scores.items()}
             estimator.history_ = History.from_dict(fitted["history_"], where)
         return estimator

@@ -640,3 +640,27 @@ def test_fit_training_options_refuse_bad_values(tmp_path, capsys, option, value,
     assert exc.value.code == 2
     assert fragment in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_fit_names_the_candidates_and_the_one_kept(tmp_path):
+    """With the defaults (flow="auto", whiten="auto") on 300 rows, four candidates are fitted;
+    the summary lists each one's validation score as the saved model has it, and names the
+    best as kept."""
+    from refflow import io
+    from refflow.datasets import two_moons
+
+    data = tmp_path / "moons.npy"
+    np.save(data, two_moons(300, rng=np.random.default_rng(0)))
+    path = tmp_path / "m.npz"
+    code, text = run(["fit", str(data), "-o", str(path), "--layers", "1", "--hidden", "8,8",
+                      "--epochs", "2", "--seed", "0"])
+    assert code == 0, text
+    model = io.load(path)
+    scores = model.candidate_scores_
+    assert list(scores) == ["maf", "nsf", "maf (unwhitened)", "nsf (unwhitened)"]
+    listed = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    assert "4 candidates fitted in " in text and f"log-likelihood: {listed}\n" in text
+    kept = max(scores, key=scores.get)
+    assert f"  kept {kept}: " in text
+    assert model.flow_name_ == kept.split(" ")[0]
+    assert model.whitened_ == (not kept.endswith("(unwhitened)"))

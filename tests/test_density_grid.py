@@ -8,7 +8,9 @@ import pytest
 
 from .helpers import bench_module
 
-TINY = dict(n_layers=2, hidden=(8,), base="student_t")
+#: whiten=True: on 400 rows whiten="auto" would also fit unwhitened candidates, which the
+#: grid does not replay (it refuses; tested below)
+TINY = dict(n_layers=2, hidden=(8,), base="student_t", whiten=True)
 #: The script's average (zero-started, bias-corrected) and fit's running form of it round
 #: differently, by a few ulps of the parameters: the gaps agree to far better than 1e-10 nats.
 #: Trained parameters are copies of fit's own: their gaps agree exactly.
@@ -73,3 +75,9 @@ def test_replay_rule(grid):
     assert grid.replay(trained, averaged, 9, None, True) is None
     # patience is not applied at the last epoch (fit completes there)
     assert grid.replay(trained, averaged, 4, 2, False) == (1, "trained", 3)
+
+
+def test_the_whitening_choice_is_refused(grid):
+    with pytest.raises(ValueError, match="whiten='auto' also fits unwhitened candidates"):
+        grid.trace("two_moons", dict(n_layers=2, hidden=(8,)), n_train=400, n_test=300,
+                   epochs_list=(4,), patience_list=(1,), say=lambda *a: None)

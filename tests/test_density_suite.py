@@ -37,6 +37,8 @@ def test_smoke_run_writes_consistent_tables(suite, tmp_path):
         for r in entry["records"]:
             assert math.isfinite(r["log_likelihood"]) and r["se"] > 0 and r["fit_seconds"] > 0
             assert r["fit_cpu_seconds"] >= 0   # getrusage: may round a tiny fit down to 0
+            # the flows record their kept fit's whitening (the baselines have none)
+            assert ("whitened" in r) == (r["estimator"] in ("default", "maf"))
     # the gap is the mean difference to the exact density on the same test rows
     for r in toy["records"]:
         assert r["gap"] == pytest.approx(toy["truth"] - r["log_likelihood"], abs=1e-9)

@@ -7,7 +7,7 @@ import pytest
 
 from refflow import LULinear
 from refflow.data import synthetic
-from refflow.estimator import FlowDensity
+from refflow.estimator import WHITEN_CHOICE_MAX_ROWS, FlowDensity
 from refflow.flows import BUILDERS
 
 #: float64 evaluations of the same map by two routes (a triangular solve against the layer's
@@ -23,7 +23,8 @@ def data():
 
 
 def test_whitening_is_the_cholesky_factor(data):
-    model = FlowDensity(**SMALL).fit(data)
+    model = FlowDensity(whiten=True, **SMALL).fit(data)
+    assert model.whitened_
     inner, whitening, affine = model.flow_.bijector.layers
     assert isinstance(whitening, LULinear)
     s = (data - model.mean_) / model.scale_
@@ -43,14 +44,17 @@ def test_whitening_is_the_cholesky_factor(data):
 def test_whiten_false_keeps_the_diagonal_standardisation(data):
     model = FlowDensity(whiten=False, **SMALL).fit(data)
     assert [type(layer).__name__ for layer in model.flow_.bijector.layers][1:] == ["Affine"]
+    assert not model.whitened_
     with pytest.raises(TypeError, match="whiten"):
         FlowDensity(whiten=1, **SMALL).fit(data)
+    with pytest.raises(ValueError, match="whiten"):
+        FlowDensity(whiten="yes", **SMALL).fit(data)
 
 
 def test_whitening_survives_constant_and_collinear_features():
     x = synthetic("curve", 300, rng=1)
     x = np.column_stack([x, np.full(300, 2.5), x[:, 0] * 3.0 - x[:, 1]])
-    model = FlowDensity(**SMALL).fit(x)
+    model = FlowDensity(whiten=True, **SMALL).fit(x)
     lp = model.score_samples(x)
     assert np.isfinite(lp).all()
     z = model.transform(x[:5])
@@ -68,7 +72,9 @@ def test_history_in_data_units_is_the_score_of_the_validation_rows(data):
     estimator exposes as ``validation_index_`` (the split that ``refflow.training.fit``
     documents: ``perm = gen.permutation(n)`` after the builder drew its initialisation from
     the same generator)."""
-    model = FlowDensity(**SMALL, validation_fraction=0.25).fit(data)
+    # whiten=True: a single fit (whiten="auto" on these 600 rows fits two candidates; the
+    # split is then the one of flow="auto", tested below)
+    model = FlowDensity(**SMALL, whiten=True, validation_fraction=0.25).fit(data)
     n_val = math.ceil(0.25 * data.shape[0])
     index = model.validation_index_
     assert index.shape == (n_val,) and np.unique(index).size == n_val
@@ -117,7 +123,8 @@ def test_score_standard_error(data):
 
 
 def test_auto_keeps_the_family_with_the_best_validation_likelihood(data):
-    model = FlowDensity("auto", **{k: v for k, v in SMALL.items() if k != "flow"}).fit(data)
+    options = {k: v for k, v in SMALL.items() if k != "flow"}
+    model = FlowDensity("auto", whiten=True, **options).fit(data)
     scores = model.candidate_scores_
     assert set(scores) == {"maf", "nsf"}
     assert model.flow_name_ == max(scores, key=scores.get)
@@ -154,6 +161,77 @@ def test_auto_is_saved_and_loaded(tmp_path, data):
     assert loaded.candidate_scores_ == model.candidate_scores_
     np.testing.assert_array_equal(loaded.score_samples(data), model.score_samples(data))
 
+
+
+def _correlated(n=600):
+    """Three Gaussian columns correlated by 0.98-0.99: at ``SMALL``'s sizes the whitened fit
+    wins here (by 0.4 nats), as the unwhitened one does on ``data`` (``curve``, by 0.6)."""
+    cov = [[1.0, 0.99, 0.98], [0.99, 1.0, 0.99], [0.98, 0.99, 1.0]]
+    return np.random.default_rng(0).multivariate_normal(np.zeros(3), cov, n)
+
+
+@pytest.mark.parametrize("which", ["curve", "correlated"])
+def test_whiten_auto_keeps_the_better_of_whitened_and_unwhitened(data, which):
+    x = data if which == "curve" else _correlated()
+    assert FlowDensity().whiten == "auto" and x.shape[0] <= WHITEN_CHOICE_MAX_ROWS
+    model = FlowDensity(**SMALL).fit(x)
+    scores = model.candidate_scores_
+    assert set(scores) == {"maf", "maf (unwhitened)"}
+    assert model.whitened_ == (which == "correlated")
+    kept = "maf" if model.whitened_ else "maf (unwhitened)"
+    assert kept == max(scores, key=scores.get) and model.flow_name_ == "maf"
+    assert len(model.flow_.bijector.layers) == (3 if model.whitened_ else 2)
+    # both candidates' scores are in the data's units: the kept one is its history's and
+    # the score of the held-out rows (a whitening's log-det left out would break one of them)
+    history = model.history_
+    assert history.val_log_likelihood[history.best_epoch] == pytest.approx(scores[kept],
+                                                                           rel=1e-12)
+    assert model.score(x[model.validation_index_]) == pytest.approx(scores[kept],
+                                                                    rel=SAME_ROWS)
+    # the whitened candidates come first, built from the generator as without the choice:
+    # with flow="auto" they are whiten=True's candidates, bit for bit
+    options = {k: v for k, v in SMALL.items() if k != "flow"}
+    both = FlowDensity("auto", **options).fit(x).candidate_scores_
+    whitened = FlowDensity("auto", whiten=True, **options).fit(x).candidate_scores_
+    assert list(both) == ["maf", "nsf", "maf (unwhitened)", "nsf (unwhitened)"]
+    assert {k: both[k] for k in whitened} == whitened
+
+
+def test_whiten_auto_chooses_only_on_few_rows_with_rows_held_out(monkeypatch, data):
+    import refflow.estimator as estimator
+
+    monkeypatch.setattr(estimator, "WHITEN_CHOICE_MAX_ROWS", 400)
+    at = FlowDensity(**SMALL).fit(data[:400])
+    assert "maf (unwhitened)" in at.candidate_scores_
+    # one row more: the whiten=True fit, bit for bit
+    above = FlowDensity(**SMALL).fit(data[:401])
+    same = FlowDensity(whiten=True, **SMALL).fit(data[:401])
+    assert above.whitened_ and not hasattr(above, "candidate_scores_")
+    np.testing.assert_array_equal(above.score_samples(data), same.score_samples(data))
+    # no rows held out, nothing to choose by: whitened; one feature: nothing to whiten
+    alone = FlowDensity(validation_fraction=0.0, **SMALL).fit(data[:400])
+    assert alone.whitened_ and not hasattr(alone, "candidate_scores_")
+    one = FlowDensity(**SMALL).fit(data[:400, :1])
+    assert not one.whitened_ and not hasattr(one, "candidate_scores_")
+
+
+def test_whitening_choice_is_saved_and_loaded(tmp_path, data):
+    from refflow import io
+
+    model = FlowDensity(**SMALL).fit(data)
+    assert not model.whitened_
+    path = tmp_path / "choice.npz"
+    model.save(path)
+    loaded = io.load(path)
+    assert loaded.whitened_ is False and loaded.candidate_scores_ == model.candidate_scores_
+    np.testing.assert_array_equal(loaded.score_samples(data), model.score_samples(data))
+    # a file from before the choice existed has no whitened_: whiten was then True or False
+    config = FlowDensity(whiten=True, **SMALL).fit(data)._config()
+    del config["fitted"]["whitened_"]
+    assert FlowDensity._from_config(config).whitened_ is True
+    config["fitted"]["whitened_"] = "yes"
+    with pytest.raises(ValueError, match="whitened_ must be true or false"):
+        FlowDensity._from_config(config)
 
 def test_lr_schedule(data):
     a = FlowDensity(lr_schedule="cosine", **SMALL).fit(data)
@@ -355,7 +433,8 @@ def test_mixture_base_starts_at_the_bic_mixture_of_the_mapped_rows():
     from refflow.estimator import _mixture_start
 
     x, _, _ = _three_clusters(300, 3)
-    model = FlowDensity(base="mixture", lr=1e-30, **{**SMALL, "epochs": 1}).fit(x)
+    model = FlowDensity(base="mixture", lr=1e-30, whiten=True,
+                        **{**SMALL, "epochs": 1}).fit(x)
     base = model.flow_.base
     assert isinstance(base, DiagGaussianMixture)
     z = model.transform(x)
