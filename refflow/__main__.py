@@ -405,7 +405,8 @@ def cmd_fit(args, out):
         lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
         weight_decay=args.weight_decay, base=args.base,
         average=None if args.average == "none" else args.average,
-        average_decay=args.average_decay, progress=_progress(args))
+        average_decay=args.average_decay, progress=_progress(args),
+        whiten={"yes": True, "no": False}.get(args.whiten, args.whiten))
     what = (f"{args.data} ({n} x {dim}" + (f", {_count(c_dim, 'context column')}" if c_dim else "")
             + (f"; {_count(table.n_dropped, 'row')} with missing values dropped"
                if table.n_dropped else "") + ")")
@@ -980,7 +981,7 @@ def _reading_options():
 
 
 def build_parser():
-    from .estimator import BASES, LOW_DIM_FEATURES
+    from .estimator import BASES, LOW_DIM_FEATURES, WHITEN_CHOICE_MAX_ROWS
 
     defaults = _fit_defaults()
     parser = argparse.ArgumentParser(
@@ -1050,6 +1051,11 @@ def build_parser():
                      help=f"the average's decay, in (0, 1) (default {defaults['average_decay']:g})")
     fit.add_argument("--base", choices=BASES, default=defaults["base"],
                      help=f"base distribution (default {defaults['base']})")
+    fit.add_argument("--whiten", choices=("auto", "yes", "no"), default=defaults["whiten"],
+                     help="decorrelate the standardised features (a Cholesky factor, folded "
+                     f"into the model); auto: on at most {WHITEN_CHOICE_MAX_ROWS:,} rows fit "
+                     "each candidate both ways and keep the better on the validation rows, "
+                     f"above whiten (default {defaults['whiten']})")
     fit.add_argument("--n", type=_positive_int, default=None, help="points drawn from a toy (5000)")
     fit.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
     fit.add_argument("--plot", metavar="PNG", default=None,

@@ -575,9 +575,10 @@ def test_fit_defaults_are_flow_densitys(tmp_path):
                           ("batch_size", "batch_size"), ("model", "flow"),
                           ("validation_fraction", "validation_fraction"),
                           ("weight_decay", "weight_decay"), ("base", "base"),
-                          ("average_decay", "average_decay"), ("average", "average")]:
+                          ("average_decay", "average_decay"), ("average", "average"),
+                          ("whiten", "whiten")]:
         assert getattr(args, option) == python[param], option
-    assert python["average"] == "auto"
+    assert python["average"] == "auto" and python["whiten"] == "auto"
     # "none" on the command line is FlowDensity's None
     assert python["lr_schedule"] is None and args.lr_schedule == "none"
     assert "(default 10, as FlowDensity" in build_parser()._subparsers._group_actions[0] \
@@ -625,14 +626,20 @@ def test_fit_training_options_reach_flow_density(tmp_path, capsys, monkeypatch):
     assert seen["lr_schedule"] is None and seen["average"] == "auto"
     assert run(["fit", str(data), "-o", str(tmp_path / "o.npz"), "--model", "maf", "--layers",
                 "2", "--hidden", "16,16", "--epochs", "1", "--average", "none"])[0] == 0
-    assert seen["average"] is None
+    assert seen["average"] is None and seen["whiten"] == "auto"
+    for given, param in (("yes", True), ("no", False), ("auto", "auto")):
+        assert run(["fit", str(data), "-o", str(tmp_path / "w.npz"), "--model", "maf",
+                    "--layers", "1", "--hidden", "8,8", "--epochs", "1", "--whiten",
+                    given])[0] == 0
+        assert seen["whiten"] == param and type(seen["whiten"]) is type(param)
 
 
 @pytest.mark.parametrize("option, value, fragment", [
     ("--average-decay", "1", "expected a number in (0, 1)"),
     ("--weight-decay", "-1", "expected a non-negative number"),
     ("--average", "swa", "invalid choice"),
-    ("--base", "cauchy", "invalid choice")])
+    ("--base", "cauchy", "invalid choice"),
+    ("--whiten", "true", "invalid choice")])
 def test_fit_training_options_refuse_bad_values(tmp_path, capsys, option, value, fragment):
     out = tmp_path / "m.npz"
     with pytest.raises(SystemExit) as exc:
