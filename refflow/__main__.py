@@ -84,6 +84,11 @@ def _checked(convert, ok, expected):
 
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
+_positive_int_or_auto = _checked(lambda t: "auto" if t.strip().lower() == "auto" else int(t),
+                                 lambda v: v == "auto" or v >= 1, "a positive integer or auto")
+_non_negative_int_or_auto = _checked(
+    lambda t: "auto" if t.strip().lower() == "auto" else int(t),
+    lambda v: v == "auto" or v >= 0, "a non-negative integer or auto")
 _positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 _fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 _open_unit = _checked(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
@@ -385,7 +390,7 @@ def _fit_defaults():
 
 def cmd_fit(args, out):
     from . import io
-    from .estimator import FlowDensity
+    from .estimator import FlowDensity, _training_length
 
     _check_output(args.output, (".npz",), "-o", "model file")
     if args.plot:
@@ -410,7 +415,8 @@ def cmd_fit(args, out):
     what = (f"{args.data} ({n} x {dim}" + (f", {_count(c_dim, 'context column')}" if c_dim else "")
             + (f"; {_count(table.n_dropped, 'row')} with missing values dropped"
                if table.n_dropped else "") + ")")
-    out(f"fit: {args.model} on {what}, hidden {hidden}, up to {args.epochs} epochs "
+    epochs, patience = _training_length(model.epochs, model.patience, dim)
+    out(f"fit: {args.model} on {what}, hidden {hidden}, up to {epochs} epochs "
         f"(Ctrl-C stops after the current step and keeps the best epoch)")
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -422,7 +428,7 @@ def cmd_fit(args, out):
     seconds = time.perf_counter() - start
     h = model.history_
     interrupted = h.stop_reason == "interrupted"
-    stop = {"patience": f"; stopped early: {model.patience} epochs without a better "
+    stop = {"patience": f"; stopped early: {patience} epochs without a better "
                         f"{'validation' if h.val_nll else 'training'} score",
             "interrupted": "; interrupted (Ctrl-C)"}.get(h.stop_reason, "")
     scores = getattr(model, "candidate_scores_", None)
@@ -866,8 +872,11 @@ def fit_demo(seed=0, epochs=60, out=print, progress=False):
     true_ll = toy_log_prob("two_moons", test, noise=0.1).mean()   # the exact density's score
     out(f"Fit: NSF ({model.n_layers} x [LULinear, autoregressive RQ spline K=8, B=3], "
         f"hidden {model.hidden}, {n_params} parameters) on two moons (4000 train incl. 10 % "
-        f"validation, 2000 test, seed {seed}): {len(model.history_.train_nll)} epochs in "
-        f"{seconds:.1f} s")
+        f"validation, 2000 test, seed {seed}): {len(model.history_.train_nll)} epochs"
+        + ("" if not getattr(model, "candidate_scores_", None) else
+           f" ({'whitened' if model.whitened_ else 'unwhitened'}, the better of "
+           f"{len(model.candidate_scores_)} fits)")
+        + f" in {seconds:.1f} s")
     out(f"  mean test log-likelihood {test_ll:.4f} nats per point (true density: {true_ll:.4f}; "
         f"best single Gaussian: {gauss:.4f})")
     return model, train, test, test_ll, gauss, seconds
@@ -981,7 +990,8 @@ def _reading_options():
 
 
 def build_parser():
-    from .estimator import BASES, LOW_DIM_FEATURES, WHITEN_CHOICE_MAX_ROWS
+    from .estimator import (BASES, EPOCHS, EPOCHS_LOW_DIM, LOW_DIM_FEATURES, PATIENCE,
+                            PATIENCE_LOW_DIM, WHITEN_CHOICE_MAX_ROWS)
 
     defaults = _fit_defaults()
     parser = argparse.ArgumentParser(
@@ -1020,8 +1030,10 @@ def build_parser():
                      "n_bins=16, scale=exp, hidden_degrees=random; repeatable")
     fit.add_argument("--context-columns", type=_names, metavar="A,B,...",
                      help="columns to condition on: fits the conditional density q(x | context)")
-    fit.add_argument("--epochs", type=_positive_int, default=defaults["epochs"],
-                     help=f"maximum epochs (default {defaults['epochs']})")
+    fit.add_argument("--epochs", type=_positive_int_or_auto, default=defaults["epochs"],
+                     help=f"maximum epochs; auto: {EPOCHS_LOW_DIM} for data of at most "
+                     f"{LOW_DIM_FEATURES} features, {EPOCHS} above (default "
+                     f"{defaults['epochs']})")
     fit.add_argument("--batch-size", type=_positive_int, default=defaults["batch_size"],
                      help=f"default {defaults['batch_size']}")
     fit.add_argument("--lr", type=_positive_float, default=defaults["lr"],
@@ -1030,9 +1042,12 @@ def build_parser():
                      default=defaults["validation_fraction"],
                      help=f"fraction held out for early stopping (default "
                      f"{defaults['validation_fraction']})")
-    fit.add_argument("--patience", type=_non_negative_int, default=defaults["patience"],
-                     help=f"epochs without validation improvement before stopping (default "
-                     f"{defaults['patience']}, as FlowDensity; 0: never stop early)")
+    fit.add_argument("--patience", type=_non_negative_int_or_auto,
+                     default=defaults["patience"],
+                     help=f"epochs without validation improvement before stopping; auto: "
+                     f"{PATIENCE_LOW_DIM} for data of at most {LOW_DIM_FEATURES} features, "
+                     f"{PATIENCE} above (default {defaults['patience']}, as FlowDensity; 0: "
+                     f"never stop early)")
     fit.add_argument("--lr-schedule", choices=("none", "cosine"),
                      default=defaults["lr_schedule"] or "none",
                      help="cosine: the learning rate falls to 0 along a half cosine over all "

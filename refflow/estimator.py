@@ -53,6 +53,11 @@ LOW_DIM_FEATURES = 2
 WHITEN_CHOICE_MAX_ROWS = 5000
 #: The suffix of an unwhitened candidate's name in ``candidate_scores_``.
 _UNWHITENED = " (unwhitened)"
+#: ``epochs="auto"`` and ``patience="auto"``: the training length on data of at most
+#: ``LOW_DIM_FEATURES`` features (fits of seconds per epoch that were still improving at the
+#: 100th epoch) and above (DEVELOPERS.md, "FlowDensity's defaults", seventh round).
+EPOCHS_LOW_DIM, PATIENCE_LOW_DIM = 150, 20
+EPOCHS, PATIENCE = 100, 10
 #: Learning-rate schedules ``FlowDensity`` accepts (``refflow.training.fit``'s names).
 _SCHEDULES = (None, "cosine")
 #: Base distributions ``FlowDensity`` accepts (``base=``).
@@ -460,6 +465,18 @@ def _candidate_family(name):
     return name[:-len(_UNWHITENED)] if name.endswith(_UNWHITENED) else name
 
 
+def _training_length(epochs, patience, n_features):
+    """``fit``'s ``(epochs, patience)`` for ``FlowDensity``'s: ``"auto"`` is
+    ``EPOCHS_LOW_DIM`` and ``PATIENCE_LOW_DIM`` on data of at most ``LOW_DIM_FEATURES``
+    features, ``EPOCHS`` and ``PATIENCE`` above."""
+    low_dim = n_features <= LOW_DIM_FEATURES
+    if epochs == "auto":
+        epochs = EPOCHS_LOW_DIM if low_dim else EPOCHS
+    if patience == "auto":
+        patience = PATIENCE_LOW_DIM if low_dim else PATIENCE
+    return epochs, patience
+
+
 def _average(average, n_features):
     """``fit``'s ``average`` for ``FlowDensity``'s: ``"auto"`` is ``"ema"`` on data of at most
     ``LOW_DIM_FEATURES`` features, None above."""
@@ -609,9 +626,10 @@ class FlowDensity:
         of the rows ``fit`` is given (at most 10,000 of them, evenly spaced), mapped to the
         base space by the untrained flow (see Notes). It replaces the builder's standard
         normal base; a family with another base is refused (``ValueError``).
-    epochs : int, default 100
+    epochs : int or "auto", default "auto"
         Maximum number of passes over the training data (and the length of the cosine
-        schedule, when there is one).
+        schedule, when there is one). ``"auto"``: ``EPOCHS_LOW_DIM`` = 150 on data of at most
+        ``LOW_DIM_FEATURES`` = 2 features, ``EPOCHS`` = 100 above.
     batch_size : int, default 256
         Mini-batch size (the usual choice of the peers' examples).
     lr : float, default 1e-3
@@ -625,9 +643,14 @@ class FlowDensity:
     validation_fraction : float, default 0.1
         Share of the rows (``ceil(fraction * n)``) held out to pick the best epoch and stop
         early; 0 (or too few rows to keep a training row) trains on all of them.
-    patience : int or None, default 10
+    patience : int, "auto" or None, default "auto"
         Stop after this many epochs without a better validation loss (training loss without
         validation data); None never stops early. The parameters of the best epoch are kept.
+        ``"auto"``: ``PATIENCE_LOW_DIM`` = 20 on data of at most 2 features, ``PATIENCE`` =
+        10 above. On one or two features, where an epoch takes a second or two, the longer
+        and more patient fits came closer to the truth on the 2-D sets that were still
+        improving at the 100th epoch (``rings``, ``checkerboard``) and did as well on the
+        others (DEVELOPERS.md, "FlowDensity's defaults", seventh round).
     average : "auto", "ema" or None, default "auto"
         Weight averaging (:func:`refflow.training.fit`'s ``average``): ``"ema"`` keeps an
         exponential moving average of the parameters (bias-corrected), scores it on the
@@ -834,9 +857,9 @@ class FlowDensity:
     """
 
     def __init__(self, flow="auto", *, n_layers=None, hidden=(64, 64), flow_kwargs=None,
-                 base="t_mixture", epochs=100, batch_size=256, lr=1e-3, lr_schedule=None,
+                 base="t_mixture", epochs="auto", batch_size=256, lr=1e-3, lr_schedule=None,
                  weight_decay=0.0,
-                 validation_fraction=0.1, patience=10, average="auto", average_decay=0.999,
+                 validation_fraction=0.1, patience="auto", average="auto", average_decay=0.999,
                  standardize=True, whiten="auto", random_state=None, progress="auto"):
         self.flow = flow
         self.n_layers = n_layers
@@ -933,15 +956,21 @@ class FlowDensity:
         options = {
             "flow": self.flow, "n_layers": n_layers, "hidden": hidden,
             "flow_kwargs": dict(flow_kwargs),
-            "epochs": check_int(self.epochs, where, "epochs", minimum=1),
+            "epochs": (check_choice(self.epochs, ("auto",), where, "epochs (or an int)")
+                       if isinstance(self.epochs, str) else
+                       check_int(self.epochs, where, "epochs (or 'auto')", minimum=1)),
             "batch_size": check_int(self.batch_size, where, "batch_size", minimum=1),
             "lr": check_positive(self.lr, where, "lr"),
             "weight_decay": check_real(self.weight_decay, where, "weight_decay", low=0.0),
             "validation_fraction": check_real(self.validation_fraction, where,
                                               "validation_fraction", low=0.0, high=1.0,
                                               high_open=True),
-            "patience": None if self.patience is None else check_int(self.patience, where,
-                                                                      "patience", minimum=1),
+            "patience": (None if self.patience is None else
+                         check_choice(self.patience, ("auto",), where,
+                                      "patience (or an int or None)")
+                         if isinstance(self.patience, str) else
+                         check_int(self.patience, where, "patience (or 'auto' or None)",
+                                   minimum=1)),
             "lr_schedule": self._checked_schedule(where),
             "average": None if self.average is None else check_choice(
                 self.average, ("auto", "ema"), where, "average (or None)"),
@@ -1263,9 +1292,10 @@ class FlowDensity:
                 Xs = whiten(Xs, chol)
             whitening = (chol, float(np.sum(np.log(np.diag(chol)))))
 
+        epochs, patience = _training_length(options["epochs"], options["patience"], dim)
         train_options = dict(
-            epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
-            weight_decay=options["weight_decay"], patience=options["patience"],
+            epochs=epochs, batch_size=options["batch_size"], lr=options["lr"],
+            weight_decay=options["weight_decay"], patience=patience,
             lr_schedule=options["lr_schedule"], restore_best=True,
             # averaging needs validation rows to choose by: none, no averaging
             average=_average(options["average"], dim) if validation_fraction > 0 else None,

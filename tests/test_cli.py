@@ -581,7 +581,8 @@ def test_fit_defaults_are_flow_densitys(tmp_path):
     assert python["average"] == "auto" and python["whiten"] == "auto"
     # "none" on the command line is FlowDensity's None
     assert python["lr_schedule"] is None and args.lr_schedule == "none"
-    assert "(default 10, as FlowDensity" in build_parser()._subparsers._group_actions[0] \
+    assert python["epochs"] == "auto" and python["patience"] == "auto"
+    assert "(default auto, as FlowDensity" in build_parser()._subparsers._group_actions[0] \
         .choices["fit"].format_help().replace("\n", " ").replace("  ", " ")
 
 
@@ -639,6 +640,8 @@ def test_fit_training_options_reach_flow_density(tmp_path, capsys, monkeypatch):
     ("--weight-decay", "-1", "expected a non-negative number"),
     ("--average", "swa", "invalid choice"),
     ("--base", "cauchy", "invalid choice"),
+    ("--epochs", "0", "expected a positive integer or auto"),
+    ("--patience", "soon", "expected a non-negative integer or auto"),
     ("--whiten", "true", "invalid choice")])
 def test_fit_training_options_refuse_bad_values(tmp_path, capsys, option, value, fragment):
     out = tmp_path / "m.npz"
@@ -671,3 +674,20 @@ def test_fit_names_the_candidates_and_the_one_kept(tmp_path):
     assert f"  kept {kept}: " in text
     assert model.flow_name_ == kept.split(" ")[0]
     assert model.whitened_ == (not kept.endswith("(unwhitened)"))
+
+
+def test_fit_resolves_the_automatic_training_length(tmp_path):
+    """--epochs and --patience default to auto, resolved by the data's width as FlowDensity
+    resolves them (150 and 20 on two features); given values are used as they are."""
+    path = tmp_path / "m.npz"
+    code, text = run(["fit", "two_moons", "--n", "300", "-o", str(path), "--layers", "1",
+                      "--hidden", "8,8", "--whiten", "yes", "--model", "maf"])
+    assert code == 0, text
+    # (this seed's fit stops after 21 epochs: its best was the first)
+    assert "up to 150 epochs" in text
+    assert "stopped early: 20 epochs without a better validation score" in text
+    code, text = run(["fit", "two_moons", "--n", "300", "-o", str(path), "--layers", "1",
+                      "--hidden", "8,8", "--whiten", "yes", "--model", "maf", "--epochs", "3",
+                      "--patience", "1"])
+    assert code == 0, text
+    assert "up to 3 epochs" in text

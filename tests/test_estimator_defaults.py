@@ -233,6 +233,47 @@ def test_whitening_choice_is_saved_and_loaded(tmp_path, data):
     with pytest.raises(ValueError, match="whitened_ must be true or false"):
         FlowDensity._from_config(config)
 
+
+def test_training_length_auto_is_longer_up_to_two_features():
+    from refflow.estimator import _training_length
+
+    assert FlowDensity().epochs == "auto" and FlowDensity().patience == "auto"
+    assert _training_length("auto", "auto", 1) == _training_length("auto", "auto", 2) == (150,
+                                                                                           20)
+    assert _training_length("auto", "auto", 3) == (100, 10)
+    assert _training_length(7, None, 2) == (7, None) and _training_length(7, 3, 5) == (7, 3)
+
+
+@pytest.mark.parametrize("dim, length, stop", [(2, (6, 6), "completed"),
+                                               (3, (8, 1), "patience")])
+def test_training_length_auto_reaches_fit(monkeypatch, dim, length, stop):
+    """``"auto"`` fits as the explicit values do (the constants made small here: six epochs
+    without early stopping on two features, early stopping after one epoch above)."""
+    import refflow.estimator as estimator
+
+    for name, value in (("EPOCHS_LOW_DIM", 6), ("PATIENCE_LOW_DIM", 6), ("EPOCHS", 8),
+                        ("PATIENCE", 1)):
+        monkeypatch.setattr(estimator, name, value)
+    x = synthetic("curve", 300, rng=1)[:, :dim]
+    options = dict({k: v for k, v in SMALL.items() if k != "epochs"}, whiten=True, lr=1e-2)
+    auto = FlowDensity(**options).fit(x)
+    epochs, patience = length
+    explicit = FlowDensity(epochs=epochs, patience=patience, **options).fit(x)
+    assert auto.history_.stop_reason == explicit.history_.stop_reason == stop
+    assert auto.history_.val_nll == explicit.history_.val_nll
+    assert (auto.history_.n_epochs == epochs) == (stop == "completed")
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"epochs": "long"}, ValueError), ({"epochs": 0}, ValueError), ({"epochs": 2.5}, TypeError),
+    ({"patience": "never"}, ValueError), ({"patience": 0}, ValueError),
+    ({"patience": 1.5}, TypeError)])
+def test_bad_training_length(data, kwargs, error):
+    model = FlowDensity(**dict(SMALL, **kwargs))
+    with pytest.raises(error, match=next(iter(kwargs))):
+        model.fit(data)
+    assert not hasattr(model, "flow_")
+
 def test_lr_schedule(data):
     a = FlowDensity(lr_schedule="cosine", **SMALL).fit(data)
     b = FlowDensity(lr_schedule=None, **SMALL).fit(data)
