@@ -35,7 +35,9 @@ this script's own checks and copies.
 
 Data: the toys' and synthetic sets' rows drawn with ``--draws TRAIN,TEST`` (default ``7,8``,
 which no table of ``benchmarks/density_suite.py`` uses); gap = mean(log p_true - log q) over
-the test rows, with its paired standard error.
+the test rows, with its paired standard error. On at most ``WHITEN_CHOICE_MAX_ROWS`` training
+rows pass ``"whiten": true`` or ``false`` in ``--kwargs``: the choice that ``whiten="auto"``
+makes there between whitened and unwhitened candidates is not replayed (refused).
 """
 
 import os

@@ -387,7 +387,7 @@ def run(mode, sets, estimators, seeds, max_fit_seconds=None, say=print, after_se
 def merge(runs):
     """The results of several runs (``--from-json``) as one: records of the same set and seed
     are concatenated in the order given (a later record of the same estimator replaces an
-    earlier one)."""
+    earlier one in its place, so that the tables keep their columns' order)."""
     merged, order = {}, []
     for results in runs:
         for entry in results:
@@ -397,8 +397,11 @@ def merge(runs):
                 order.append(key)
             target = merged[key]
             for record in entry["records"]:
-                target["records"] = [r for r in target["records"]
-                                     if r["estimator"] != record["estimator"]] + [record]
+                names = [r["estimator"] for r in target["records"]]
+                if record["estimator"] in names:
+                    target["records"][names.index(record["estimator"])] = record
+                else:
+                    target["records"].append(record)
             for name in ("load_before", "load_after"):
                 if entry.get(name):
                     target[name] = entry[name]

@@ -186,3 +186,18 @@ def test_variants_and_draws(suite, tmp_path):
 def test_bad_variants_and_draws(suite, argv):
     with pytest.raises(SystemExit):
         suite.main(argv, say=lambda *args: None)
+
+
+def test_merge_replaces_a_record_in_its_place(suite):
+    """A later run's record of an estimator replaces the earlier one where it stood (the
+    tables keep their columns' order); new estimators and sets are appended."""
+    def entry(name, *records):
+        return {"set": name, "seed": 1, "records": [dict(estimator=e, log_likelihood=v)
+                                                    for e, v in records]}
+
+    first = [entry("wine", ("gaussian", 1.0), ("default", 2.0), ("kde", 3.0))]
+    later = [entry("wine", ("default", 4.0), ("maf", 5.0)), entry("digits", ("default", 6.0))]
+    merged = suite.merge([first, later])
+    assert [e["set"] for e in merged] == ["wine", "digits"]
+    assert [(r["estimator"], r["log_likelihood"]) for r in merged[0]["records"]] == [
+        ("gaussian", 1.0), ("default", 4.0), ("kde", 3.0), ("maf", 5.0)]
