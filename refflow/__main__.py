@@ -390,7 +390,7 @@ def _fit_defaults():
 
 def cmd_fit(args, out):
     from . import io
-    from .estimator import FlowDensity, _training_length
+    from .estimator import FlowDensity, training_length
 
     _check_output(args.output, (".npz",), "-o", "model file")
     if args.plot:
@@ -415,7 +415,7 @@ def cmd_fit(args, out):
     what = (f"{args.data} ({n} x {dim}" + (f", {_count(c_dim, 'context column')}" if c_dim else "")
             + (f"; {_count(table.n_dropped, 'row')} with missing values dropped"
                if table.n_dropped else "") + ")")
-    epochs, patience = _training_length(model.epochs, model.patience, dim)
+    epochs, patience = training_length(model.epochs, model.patience, dim)
     out(f"fit: {args.model} on {what}, hidden {hidden}, up to {epochs} epochs "
         f"(Ctrl-C stops after the current step and keeps the best epoch)")
     start = time.perf_counter()

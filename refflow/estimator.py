@@ -465,7 +465,7 @@ def _candidate_family(name):
     return name[:-len(_UNWHITENED)] if name.endswith(_UNWHITENED) else name
 
 
-def _training_length(epochs, patience, n_features):
+def training_length(epochs, patience, n_features):
     """``fit``'s ``(epochs, patience)`` for ``FlowDensity``'s: ``"auto"`` is
     ``EPOCHS_LOW_DIM`` and ``PATIENCE_LOW_DIM`` on data of at most ``LOW_DIM_FEATURES``
     features, ``EPOCHS`` and ``PATIENCE`` above."""
@@ -1292,7 +1292,7 @@ class FlowDensity:
                 Xs = whiten(Xs, chol)
             whitening = (chol, float(np.sum(np.log(np.diag(chol)))))
 
-        epochs, patience = _training_length(options["epochs"], options["patience"], dim)
+        epochs, patience = training_length(options["epochs"], options["patience"], dim)
         train_options = dict(
             epochs=epochs, batch_size=options["batch_size"], lr=options["lr"],
             weight_decay=options["weight_decay"], patience=patience,

@@ -235,13 +235,13 @@ def test_whitening_choice_is_saved_and_loaded(tmp_path, data):
 
 
 def test_training_length_auto_is_longer_up_to_two_features():
-    from refflow.estimator import _training_length
+    from refflow.estimator import training_length
 
     assert FlowDensity().epochs == "auto" and FlowDensity().patience == "auto"
-    assert _training_length("auto", "auto", 1) == _training_length("auto", "auto", 2) == (150,
+    assert training_length("auto", "auto", 1) == training_length("auto", "auto", 2) == (150,
                                                                                            20)
-    assert _training_length("auto", "auto", 3) == (100, 10)
-    assert _training_length(7, None, 2) == (7, None) and _training_length(7, 3, 5) == (7, 3)
+    assert training_length("auto", "auto", 3) == (100, 10)
+    assert training_length(7, None, 2) == (7, None) and training_length(7, 3, 5) == (7, 3)
 
 
 @pytest.mark.parametrize("dim, length, stop", [(2, (6, 6), "completed"),
