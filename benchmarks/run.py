@@ -515,8 +515,22 @@ print(json.dumps({{"fit_s": time.perf_counter() - start,
                   "epochs": len(model.history_.train_nll)}}))
 """
 # The summary line of `refflow fit`: "  5 epochs (90 steps) in 3.7 s" (the step count optional,
-# for older versions that printed "5 epochs in 3.7 s").
+# for older versions that printed "5 epochs in 3.7 s"); after a choice between candidates,
+# "  4 candidates fitted in 3.7 s; ..." and "  kept nsf: 5 epochs (90 steps)".
 FIT_SECONDS = re.compile(r"(\d+) epochs (?:\(\d+ steps\) )?in ([0-9.]+) s")
+FIT_CANDIDATES = re.compile(r"\d+ candidates fitted in ([0-9.]+) s")
+FIT_KEPT = re.compile(r"kept [^:]+: (\d+) epochs")
+
+
+def fit_summary(stdout):
+    """``(epochs of the kept fit, fit seconds)`` from ``refflow fit``'s output, or None."""
+    match = FIT_SECONDS.search(stdout)
+    if match is not None:
+        return int(match.group(1)), float(match.group(2))
+    seconds, kept = FIT_CANDIDATES.search(stdout), FIT_KEPT.search(stdout)
+    if seconds is not None and kept is not None:
+        return int(kept.group(1)), float(seconds.group(1))
+    return None
 
 
 def thread_workload(name, sizes, runner, config):
@@ -549,10 +563,10 @@ def thread_workload(name, sizes, runner, config):
         if error is None:
             runner.log.append({"kind": "threads", "workload": name, "config": config,
                                "wall_s": wall})
-            match = FIT_SECONDS.search(proc.stdout)
-            if match is not None:
-                return {"times": [wall], "cpu_s": cpu, "fit_s": float(match.group(2)),
-                        "epochs": int(match.group(1))}
+            summary = fit_summary(proc.stdout)
+            if summary is not None:
+                return {"times": [wall], "cpu_s": cpu, "fit_s": summary[1],
+                        "epochs": summary[0]}
             error = "no 'N epochs (M steps) in S s' line in its output"
     runner.fail(f"{name} ({config} threads): failed ({error})")
     return None

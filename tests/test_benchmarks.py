@@ -415,3 +415,16 @@ def test_count_macs_follows_its_formula():
     plan_macs = sum(a[0] * a[1] * (b[0] if tb else b[1]) if not ta else a[1] * a[0] * b[1]
                     for a, b, ta, tb in bench_gemm.gemm_plan(flow, n))
     assert plan_macs == dense
+
+
+def test_fit_summary_reads_both_forms_of_the_fit_line():
+    """The thread workloads time `refflow fit` by its own summary: one fit's line, or the
+    candidates' line and the kept one's (flow="auto", whiten="auto")."""
+    fit_summary = bench_module("run").fit_summary
+    assert fit_summary("fit: ...\n  5 epochs (90 steps) in 3.7 s\n") == (5, 3.7)
+    assert fit_summary("  5 epochs in 3.7 s; stopped early: 10 epochs without\n") == (5, 3.7)
+    both = ("  4 candidates fitted in 10.8 s; validation mean log-likelihood: maf 37.7649, "
+            "nsf (unwhitened) 40.8909\n  kept nsf (unwhitened): 61 epochs (122 steps); "
+            "stopped early: 10 epochs without a better validation score\n")
+    assert fit_summary(both) == (61, 10.8)
+    assert fit_summary("  model written to m.npz\n") is None
