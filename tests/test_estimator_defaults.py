@@ -162,7 +162,6 @@ def test_auto_is_saved_and_loaded(tmp_path, data):
     np.testing.assert_array_equal(loaded.score_samples(data), model.score_samples(data))
 
 
-
 def _correlated(n=600):
     """Three Gaussian columns correlated by 0.98-0.99: at ``SMALL``'s sizes the whitened fit
     wins here (by 0.4 nats), as the unwhitened one does on ``data`` (``curve``, by 0.6)."""
