@@ -84,11 +84,16 @@ def _checked(convert, ok, expected):
 
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
-_positive_int_or_auto = _checked(lambda t: "auto" if t.strip().lower() == "auto" else int(t),
-                                 lambda v: v == "auto" or v >= 1, "a positive integer or auto")
-_non_negative_int_or_auto = _checked(
-    lambda t: "auto" if t.strip().lower() == "auto" else int(t),
-    lambda v: v == "auto" or v >= 0, "a non-negative integer or auto")
+
+
+def _int_or_auto(text):
+    return "auto" if text.strip().lower() == "auto" else int(text)
+
+
+_positive_int_or_auto = _checked(_int_or_auto, lambda v: v == "auto" or v >= 1,
+                                 "a positive integer or auto")
+_non_negative_int_or_auto = _checked(_int_or_auto, lambda v: v == "auto" or v >= 0,
+                                     "a non-negative integer or auto")
 _positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 _fraction = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 _open_unit = _checked(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")

@@ -465,6 +465,16 @@ def _candidate_family(name):
     return name[:-len(_UNWHITENED)] if name.endswith(_UNWHITENED) else name
 
 
+def _int_or_auto(value, where, name, allow_none=False):
+    """A positive int, ``"auto"`` (or None when ``allow_none``), else the error naming both."""
+    if value is None and allow_none:
+        return None
+    alternative = " or None" if allow_none else ""
+    if isinstance(value, str):
+        return check_choice(value, ("auto",), where, f"{name} (or an int{alternative})")
+    return check_int(value, where, f"{name} (or 'auto'{alternative})", minimum=1)
+
+
 def training_length(epochs, patience, n_features):
     """``fit``'s ``(epochs, patience)`` for ``FlowDensity``'s: ``"auto"`` is
     ``EPOCHS_LOW_DIM`` and ``PATIENCE_LOW_DIM`` on data of at most ``LOW_DIM_FEATURES``
@@ -956,21 +966,14 @@ class FlowDensity:
         options = {
             "flow": self.flow, "n_layers": n_layers, "hidden": hidden,
             "flow_kwargs": dict(flow_kwargs),
-            "epochs": (check_choice(self.epochs, ("auto",), where, "epochs (or an int)")
-                       if isinstance(self.epochs, str) else
-                       check_int(self.epochs, where, "epochs (or 'auto')", minimum=1)),
+            "epochs": _int_or_auto(self.epochs, where, "epochs"),
             "batch_size": check_int(self.batch_size, where, "batch_size", minimum=1),
             "lr": check_positive(self.lr, where, "lr"),
             "weight_decay": check_real(self.weight_decay, where, "weight_decay", low=0.0),
             "validation_fraction": check_real(self.validation_fraction, where,
                                               "validation_fraction", low=0.0, high=1.0,
                                               high_open=True),
-            "patience": (None if self.patience is None else
-                         check_choice(self.patience, ("auto",), where,
-                                      "patience (or an int or None)")
-                         if isinstance(self.patience, str) else
-                         check_int(self.patience, where, "patience (or 'auto' or None)",
-                                   minimum=1)),
+            "patience": _int_or_auto(self.patience, where, "patience", allow_none=True),
             "lr_schedule": self._checked_schedule(where),
             "average": None if self.average is None else check_choice(
                 self.average, ("auto", "ema"), where, "average (or None)"),
@@ -1320,7 +1323,8 @@ class FlowDensity:
             whitened = whitening is not None and not label.endswith(_UNWHITENED)
         # the NLLs are of the standardised (and whitened) data:
         # log q(x) = log q_w(w) - sum_j log C_jj - sum_j log scale_j
-        history.nll_shift = float(np.sum(np.log(scale))) + (whitening[1] if whitened else 0.0)
+        log_scale = float(np.sum(np.log(scale)))
+        history.nll_shift = log_scale + (whitening[1] if whitened else 0.0)
 
         inner.eval()
         affine = Affine(dim)
@@ -1342,7 +1346,6 @@ class FlowDensity:
             self.__dict__.pop("candidate_scores_", None)
         else:
             # validation NLLs of the standardised data -> mean log-likelihoods in data units
-            log_scale = float(np.sum(np.log(scale)))
             self.candidate_scores_ = {k: -(v + log_scale) for k, v in candidate_scores.items()}
         self.n_features_in_ = dim
         self.mean_ = mean
