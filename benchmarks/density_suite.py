@@ -269,6 +269,7 @@ def fit_flow(family, train, test, seed, epochs, variants=None):
     if chosen is not None:
         info["chosen"] = chosen
     info["whitened"] = bool(model.whitened_)   # whiten="auto": the kept fit's whitening
+    info["rotated"] = bool(model.rotated_)     # rotation="auto": and its rotation
     if hasattr(model, "candidate_scores_"):   # flow="auto": each family's validation score
         info["candidate_scores"] = dict(model.candidate_scores_)
     return lp, info

@@ -416,7 +416,8 @@ def cmd_fit(args, out):
         weight_decay=args.weight_decay, base=args.base,
         average=None if args.average == "none" else args.average,
         average_decay=args.average_decay, progress=_progress(args),
-        whiten={"yes": True, "no": False}.get(args.whiten, args.whiten))
+        whiten={"yes": True, "no": False}.get(args.whiten, args.whiten),
+        rotation=None if args.rotation == "none" else args.rotation)
     what = (f"{args.data} ({n} x {dim}" + (f", {_count(c_dim, 'context column')}" if c_dim else "")
             + (f"; {_count(table.n_dropped, 'row')} with missing values dropped"
                if table.n_dropped else "") + ")")
@@ -995,8 +996,9 @@ def _reading_options():
 
 
 def build_parser():
-    from .estimator import (BASES, EPOCHS, EPOCHS_LOW_DIM, LOW_DIM_FEATURES, PATIENCE,
-                            PATIENCE_LOW_DIM, WHITEN_CHOICE_MAX_ROWS)
+    from .estimator import (BASES, EPOCHS, EPOCHS_LOW_DIM, ICA_MIN_FEATURES, LOW_DIM_FEATURES,
+                            PATIENCE, PATIENCE_LOW_DIM, ROTATED_CANDIDATES,
+                            WHITEN_CHOICE_MAX_ROWS)
 
     defaults = _fit_defaults()
     parser = argparse.ArgumentParser(
@@ -1076,6 +1078,14 @@ def build_parser():
                      f"into the model); auto: on at most {WHITEN_CHOICE_MAX_ROWS:,} rows fit "
                      "each candidate both ways and keep the better on the validation rows, "
                      f"above whiten (default {defaults['whiten']})")
+    fit.add_argument("--rotation", choices=("auto", "ica", "none"),
+                     default=defaults["rotation"] or "none",
+                     help="ica: rotate the whitened rows to their independent components "
+                     "(FastICA, folded into the model); auto: ica on at least "
+                     f"{ICA_MIN_FEATURES} features and more than {WHITEN_CHOICE_MAX_ROWS:,} "
+                     "rows, where --model auto also fits "
+                     f"{', '.join(ROTATED_CANDIDATES)} to the rotated rows "
+                     f"(default {defaults['rotation'] or 'none'})")
     fit.add_argument("--n", type=_positive_int, default=None, help="points drawn from a toy (5000)")
     fit.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
     fit.add_argument("--plot", metavar="PNG", default=None,

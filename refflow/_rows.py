@@ -11,8 +11,9 @@ array (:func:`refflow._dask.is_dask_array` never imports it).
 - :class:`DaskRows`: a dask array with known row chunks; a gather of rows runs one dask
   computation per window of rows (each chunk holding some of them gives just those).
 - :class:`Standardized`: ``(rows - mean) / scale`` of another source, in float64.
-- :class:`Whitened`: ``C^{-1} rows`` of another source for a lower-triangular ``C``, row by row
-  (:func:`whiten`: the same bits for a row whatever chunk it is read in).
+- :class:`Whitened`: ``C^{-1} rows`` of another source for a lower-triangular ``C`` (then
+  rotated by an orthogonal ``Q``, if given), row by row (:func:`whiten`: the same bits for a
+  row whatever chunk it is read in).
 - :func:`covariance`: the exact population covariance of a source's rows in one pass.
 - :func:`scan`: one pass over a source, chunk by chunk, that checks every value is finite and
   (optionally) accumulates the exact column moments of :class:`refflow._exact.Moments`; over a
@@ -25,7 +26,7 @@ from ._dask import float_dtype, is_dask_array
 from ._exact import CrossMoments, Moments
 
 __all__ = ["out_of_core", "Rows", "ArrayRows", "DaskRows", "RepeatedRows",
-           "Standardized", "Whitened", "whiten", "covariance", "rows_of", "scan", "permutation", "WINDOW_BYTES", "PASS_BYTES"]
+           "Standardized", "Whitened", "whiten", "rotate", "covariance", "rows_of", "scan", "permutation", "WINDOW_BYTES", "PASS_BYTES"]
 
 #: Bytes of rows gathered from a dask array per computation (a window of mini-batches).
 WINDOW_BYTES = 64 << 20
@@ -185,9 +186,11 @@ class Standardized(Rows):
         return self._apply(self.source.take(index))
 
 
-def whiten(rows, chol):
+def whiten(rows, chol, rotation=None):
     """``w`` with ``chol w_r = s_r`` for every row ``s_r`` of ``rows`` (forward substitution,
-    ``w_i = (s_i - sum_{j<i} C_ij w_j) / C_ii``, the sum taken in the order ``j = 0, 1, ...``).
+    ``w_i = (s_i - sum_{j<i} C_ij w_j) / C_ii``, the sum taken in the order ``j = 0, 1, ...``),
+    then, given an orthogonal ``rotation`` ``Q``, ``u = Q w`` (``u_i = sum_j Q_ij w_j``, the
+    same order).
 
     Elementwise over the rows (no BLAS call, whose blocking may depend on how many rows it is
     given): a row's result is the same bits in any chunk, so a streamed fit whitens exactly as
@@ -200,15 +203,31 @@ def whiten(rows, chol):
             for j in range(i):
                 acc -= chol[i, j] * out[:, j]
             out[:, i] = acc / chol[i, i]
+    return out if rotation is None else rotate(out, rotation)
+
+
+def rotate(rows, rotation):
+    """``u = Q w`` for every row ``w`` of ``rows`` and a square ``rotation`` ``Q`` (``u_i =
+    sum_j Q_ij w_j``, the sum taken in the order ``j = 0, 1, ...``), elementwise as
+    :func:`whiten`."""
+    out = np.empty_like(rows)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i in range(rows.shape[1]):
+            acc = rotation[i, 0] * rows[:, 0]
+            for j in range(1, rows.shape[1]):
+                acc += rotation[i, j] * rows[:, j]
+            out[:, i] = acc
     return out
 
 
 class Whitened(Rows):
-    """:func:`whiten` of the rows of a float64 ``source`` by a lower-triangular ``chol``."""
+    """:func:`whiten` of the rows of a float64 ``source`` by a lower-triangular ``chol`` (and
+    an orthogonal ``rotation``, if given)."""
 
-    def __init__(self, source, chol):
+    def __init__(self, source, chol, rotation=None):
         super().__init__(source.n, source.k, np.float64)
         self.source, self.chol = source, np.asarray(chol, dtype=np.float64)
+        self.rotation = None if rotation is None else np.asarray(rotation, dtype=np.float64)
 
     def window(self, unit):
         return self.source.window(unit)
@@ -217,10 +236,10 @@ class Whitened(Rows):
         return self.source.pieces()
 
     def read(self, start, stop):
-        return whiten(self.source.read(start, stop), self.chol)
+        return whiten(self.source.read(start, stop), self.chol, self.rotation)
 
     def take(self, index):
-        return whiten(self.source.take(index), self.chol)
+        return whiten(self.source.take(index), self.chol, self.rotation)
 
 
 def _products_block(block, convert):

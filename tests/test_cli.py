@@ -576,9 +576,10 @@ def test_fit_defaults_are_flow_densitys(tmp_path):
                           ("validation_fraction", "validation_fraction"),
                           ("weight_decay", "weight_decay"), ("base", "base"),
                           ("average_decay", "average_decay"), ("average", "average"),
-                          ("whiten", "whiten")]:
+                          ("whiten", "whiten"), ("rotation", "rotation")]:
         assert getattr(args, option) == python[param], option
     assert python["average"] == "auto" and python["whiten"] == "auto"
+    assert python["rotation"] == "auto"
     # "none" on the command line is FlowDensity's None
     assert python["lr_schedule"] is None and args.lr_schedule == "none"
     assert python["epochs"] == "auto" and python["patience"] == "auto"
@@ -633,6 +634,11 @@ def test_fit_training_options_reach_flow_density(tmp_path, capsys, monkeypatch):
                     "--layers", "1", "--hidden", "8,8", "--epochs", "1", "--whiten",
                     given])[0] == 0
         assert seen["whiten"] == param and type(seen["whiten"]) is type(param)
+    for given, param in (("ica", "ica"), ("none", None), ("auto", "auto")):
+        assert run(["fit", str(data), "-o", str(tmp_path / "r.npz"), "--model", "maf",
+                    "--layers", "1", "--hidden", "8,8", "--epochs", "1", "--rotation",
+                    given])[0] == 0
+        assert seen["rotation"] == param
 
 
 @pytest.mark.parametrize("option, value, fragment", [

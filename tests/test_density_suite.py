@@ -39,6 +39,11 @@ def test_smoke_run_writes_consistent_tables(suite, tmp_path):
             assert r["fit_cpu_seconds"] >= 0   # getrusage: may round a tiny fit down to 0
             # the flows record their kept fit's whitening (the baselines have none)
             assert ("whitened" in r) == (r["estimator"] in ("default", "maf"))
+            assert ("rotated" in r) == ("whitened" in r)
+            assert not r.get("rotated") or r["whitened"]
+    # wine's 13 features on few rows: not rotated to independent components, and no gf
+    assert not wine["records"][0]["rotated"]
+    assert "gf" not in wine["records"][0]["candidate_scores"]
     # the gap is the mean difference to the exact density on the same test rows
     for r in toy["records"]:
         assert r["gap"] == pytest.approx(toy["truth"] - r["log_likelihood"], abs=1e-9)

@@ -13,7 +13,8 @@ from refflow import MAF, FlowDensity, fit
 from refflow import _exact as exact_module
 from refflow import _rows as rows_module
 from refflow._exact import CrossMoments, Moments, exact_mean
-from refflow._rows import Standardized, Whitened, covariance, permutation, rows_of, whiten
+from refflow._rows import (Standardized, Whitened, covariance, permutation, rotate, rows_of,
+                           whiten)
 
 FAST = dict(n_layers=2, hidden=(16, 16), epochs=3, batch_size=100, random_state=0,
             progress=False)
@@ -259,6 +260,13 @@ def test_whiten_gives_a_row_the_same_bits_in_any_chunk(data):
     np.testing.assert_allclose(w, scipy.linalg.solve_triangular(chol, s.T, lower=True).T,
                                rtol=0, atol=SUBSTITUTION)
     assert np.allclose(np.cov(w, rowvar=False, bias=True), np.eye(3), atol=1e-12)
+    # with a rotation after the whitening (rotation="ica"): the same, and u = Q w
+    Q, _ = np.linalg.qr(np.random.default_rng(8).standard_normal((3, 3)))
+    u = whiten(s, chol, Q)
+    pieces = np.concatenate([whiten(s[a:a + 450], chol, Q) for a in range(0, len(s), 450)])
+    assert np.array_equal(pieces, u) and np.array_equal(whiten(s[index], chol, Q), u[index])
+    assert np.array_equal(rotate(w, Q), u)
+    np.testing.assert_allclose(u, w @ Q.T, rtol=0, atol=SUBSTITUTION)
 
 
 @pytest.mark.parametrize("kind", ["memmap", "dask"])
