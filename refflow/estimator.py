@@ -60,10 +60,12 @@ _UNWHITENED = " (unwhitened)"
 ICA_MIN_FEATURES = 5
 ROTATED_CANDIDATES = ("gf",)
 _ROTATIONS = ("auto", "ica")
-#: FastICA on at most this many whitened rows (evenly spaced, no random draw; on 10,000 of
-#: scaled_ica's 20,000 the rotation was rougher and the gf fit 0.07 nats worse), for at most
-#: this many fixed-point steps, to this tolerance on the rows' movement.
+#: FastICA on at most this many whitened rows, and this many bytes of them (evenly spaced, no
+#: random draw; on 10,000 of scaled_ica's 20,000 the rotation was rougher and the gf fit 0.07
+#: nats worse), for at most this many fixed-point steps, to this tolerance on the rows'
+#: movement. The bytes bound what a streamed fit gathers (100,000 rows up to 41 features).
 _ICA_ROWS = 100000
+_ICA_BYTES = 32 << 20
 _ICA_MAX_ITER = 200
 _ICA_TOL = 1e-8
 #: ``epochs="auto"`` and ``patience="auto"``: the training length on data of at most
@@ -774,7 +776,7 @@ class FlowDensity:
         ``"ica"``: after the whitening, rotate the rows to their independent components: the
         flow is fitted to ``u = Q w`` with ``Q`` the orthogonal FastICA rotation of the
         whitened rows (the log-cosh contrast, started at the identity, on at most 100,000
-        evenly spaced rows: no random draw), folded into the model as a fixed
+        evenly spaced rows, and at most 32 MiB of them: no random draw), folded into the model as a fixed
         :class:`~refflow.LULinear` layer of log-determinant 0 (see Notes). Data made of
         independent non-Gaussian sources mixed linearly are then a product of their
         marginals, which a Gaussianization flow (``"gf"``: elementwise layers first) fits
@@ -1411,7 +1413,7 @@ class FlowDensity:
                                      and n > WHITEN_CHOICE_MAX_ROWS):
                 # FastICA on evenly spaced whitened rows; the rows are then whitened and
                 # rotated as they are read (elementwise: the same bits streamed or not)
-                m = min(n, _ICA_ROWS)
+                m = min(n, _ICA_ROWS, max(1, _ICA_BYTES // (8 * dim)))
                 index = (np.arange(m, dtype=np.int64) * n) // m
                 Q = _ica_rotation(Xs.take(index) if streamed else Xs[index])
                 layer, q_log_det = _rotation_layer(Q)

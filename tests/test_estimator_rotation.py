@@ -195,3 +195,25 @@ def test_rotation_is_saved_and_loaded(tmp_path, wide, many):
         config["fitted"]["whitened_"] = False
         with pytest.raises(ValueError, match="rotated_ must be true or false"):
             FlowDensity._from_config(config)
+
+
+def test_ica_reads_at_most_its_bytes_of_evenly_spaced_rows(wide, many, monkeypatch, tmp_path):
+    """FastICA sees at most ``_ICA_BYTES`` of whitened rows, evenly spaced (a streamed fit
+    gathers no more): made 150 rows of 5 features here."""
+    import refflow.estimator as estimator
+
+    monkeypatch.setattr(estimator, "_ICA_BYTES", 150 * 5 * 8)
+    model = FlowDensity(whiten=True, **SMALL).fit(wide)
+    s = (wide - model.mean_) / model.scale_
+    chol = np.linalg.cholesky(np.cov(s, rowvar=False, bias=True))
+    w = np.linalg.solve(chol, s.T).T
+    index = (np.arange(150) * 600) // 150
+    Q = _ica_rotation(w[index])
+    assert np.abs(Q - _ica_rotation(w)).max() > 1e-3   # the subset gives another rotation
+    rotation = model.flow_.bijector.layers[1]
+    np.testing.assert_allclose(rotation.forward(np.eye(5))[0], Q, rtol=ROUND_TRIP,
+                               atol=ROUND_TRIP)
+    path = tmp_path / "x.npy"
+    np.save(path, wide)
+    mapped = FlowDensity(whiten=True, **SMALL).fit(np.load(path, mmap_mode="r"))
+    np.testing.assert_array_equal(mapped.score_samples(wide), model.score_samples(wide))
