@@ -445,6 +445,9 @@ def cmd_fit(args, out):
         out(f"  kept {kept}: {h.n_epochs} epochs ({h.n_steps} steps){stop}")
     else:
         out(f"  {h.n_epochs} epochs ({h.n_steps} steps) in {seconds:.1f} s{stop}")
+    if model.rotated_:
+        out("  fitted to the whitened rows rotated to their independent components (FastICA, "
+            "folded into the model; --rotation none to leave them as they are)")
     out("  mean log-likelihood, nats per sample, in the data's units (higher is better):")
     if h.n_epochs:
         out(f"    training rows, epoch {h.n_epochs} (mean over its mini-batches)"

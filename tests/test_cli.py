@@ -682,6 +682,23 @@ def test_fit_names_the_candidates_and_the_one_kept(tmp_path):
     assert model.whitened_ == (not kept.endswith("(unwhitened)"))
 
 
+def test_fit_says_when_the_rows_were_rotated(tmp_path):
+    """--rotation ica (auto rotates only above 5,000 rows): the summary says the kept fit is
+    rotated, as the saved model is; --rotation none: not said, not rotated."""
+    from refflow import io
+
+    data = tmp_path / "wide.npy"
+    np.save(data, np.random.default_rng(0).laplace(size=(300, 5)))
+    said = "fitted to the whitened rows rotated to their independent components"
+    for rotation, rotated in (("ica", True), ("none", False)):
+        path = tmp_path / f"{rotation}.npz"
+        code, text = run(["fit", str(data), "-o", str(path), "--layers", "1", "--hidden", "8,8",
+                          "--model", "maf", "--whiten", "yes", "--epochs", "1", "--rotation",
+                          rotation])
+        assert code == 0, text
+        assert (said in text) == rotated and io.load(path).rotated_ == rotated
+
+
 def test_fit_resolves_the_automatic_training_length(tmp_path):
     """--epochs and --patience default to auto, resolved by the data's width as FlowDensity
     resolves them (150 and 20 on two features); given values are used as they are."""
