@@ -26,7 +26,8 @@ from ._dask import float_dtype, is_dask_array
 from ._exact import CrossMoments, Moments
 
 __all__ = ["out_of_core", "Rows", "ArrayRows", "DaskRows", "RepeatedRows",
-           "Standardized", "Whitened", "whiten", "rotate", "covariance", "rows_of", "scan", "permutation", "WINDOW_BYTES", "PASS_BYTES"]
+           "Standardized", "Whitened", "whiten", "rotate", "covariance", "rows_of", "scan",
+           "permutation", "WINDOW_BYTES", "PASS_BYTES"]
 
 #: Bytes of rows gathered from a dask array per computation (a window of mini-batches).
 WINDOW_BYTES = 64 << 20

@@ -28,6 +28,7 @@ from ._rows import (Standardized, Whitened, covariance, out_of_core, rotate, row
 from ._validation import (check_batch_size, check_bool, check_choice, check_hidden, check_int,
                           check_positive, check_real, check_rng, empty_output)
 from .bijectors import Affine, Chain, LULinear
+from .bijectors.linear import orthogonal_lu
 from ._math import logsumexp_rows, softplus_inverse
 from .distributions import (DEFAULT_BATCH_SIZE, DiagGaussianMixture, DiagStudentTMixture, Flow,
                             StandardNormal, StudentT)
@@ -332,6 +333,12 @@ def _whitening_layer(C):
     return layer
 
 
+def _evenly_spaced(n, m):
+    """Indices of ``m <= n`` rows evenly spaced over ``n`` (``floor(i n / m)``): a sample of
+    the rows with no random draw."""
+    return (np.arange(m, dtype=np.int64) * n) // m
+
+
 def _ica_rotation(w):
     """Orthogonal ``Q`` whose rows are the independent directions of the whitened rows ``w``
     (``u = Q w`` as independent as FastICA makes them): symmetric FastICA with the log-cosh
@@ -347,13 +354,12 @@ def _ica_rotation(w):
     after ``_ICA_MAX_ITER`` steps. A step whose ``B B^T`` is singular or not finite (fewer
     rows than features, a constant feature) ends the iteration at the last orthogonal ``B``.
     The rows of ``Q`` are then negated where needed so that ``Q^T = P L U`` (partial
-    pivoting) has ``diag U > 0``: the sign of a component is arbitrary.
+    pivoting) has ``diag U > 0`` (:func:`refflow.bijectors.linear.orthogonal_lu`'s signs):
+    the sign of a component is arbitrary.
 
     Hyvarinen, A., "Fast and robust fixed-point algorithms for independent component
     analysis", IEEE Transactions on Neural Networks 10(3), 1999.
     """
-    import scipy.linalg
-
     n, dim = w.shape
     B = np.eye(dim)
     with np.errstate(all="ignore"):
@@ -370,23 +376,18 @@ def _ica_rotation(w):
             B = new
             if moved < _ICA_TOL:
                 break
-    _, _, upper = scipy.linalg.lu(B.T)
-    return B * np.where(np.diag(upper) < 0, -1.0, 1.0)[:, None]
+    return B * orthogonal_lu(B.T)[2][:, None]
 
 
 def _rotation_layer(Q):
-    """``LULinear`` with forward ``w = Q^T u`` for an orthogonal ``Q`` (``Q^T = P L U`` by
-    ``scipy.linalg.lu``, ``diag U > 0`` as :func:`_ica_rotation` leaves it), and its
-    ``log|det| = sum_i log U_ii`` (zero up to rounding)."""
-    import scipy.linalg
-
-    dim = Q.shape[0]
-    p, lower, upper = scipy.linalg.lu(Q.T)
-    layer = LULinear(dim, permutation=np.argmax(p, axis=1))   # (P v)_i = v_perm[i]
-    layer.params["lower_entries"] = lower[np.tril_indices(dim, -1)]
-    layer.params["upper_entries"] = upper[np.triu_indices(dim, 1)]
-    layer.params["unconstrained_upper_diag"] = np.log(np.diag(upper))
-    return layer, float(np.sum(np.log(np.diag(upper))))
+    """``LULinear`` with forward ``w = Q^T u`` for an orthogonal ``Q`` whose ``Q^T = P L U``
+    has ``diag U > 0``, as :func:`_ica_rotation` leaves it (its signs from
+    :func:`refflow.bijectors.linear.orthogonal_lu` are then all 1), and its ``log|det| =
+    sum_i log U_ii`` (zero up to rounding)."""
+    perm, params, _ = orthogonal_lu(Q.T)
+    layer = LULinear(Q.shape[0], permutation=perm)
+    layer.params.update(params)
+    return layer, float(np.sum(params["unconstrained_upper_diag"]))
 
 
 def _streamed_input(X, where, name, n_features=None):
@@ -583,7 +584,7 @@ def _mixture_start(z, max_components=None):
         max_components = (MIXTURE_MAX_COMPONENTS_LOW_DIM if d <= LOW_DIM_FEATURES
                           else MIXTURE_MAX_COMPONENTS)
     m = min(n, _MIX_SCAN_ROWS)
-    scan = z[(np.arange(m, dtype=np.int64) * n) // m]
+    scan = z[_evenly_spaced(n, m)]
     top = max(1, min(max_components, m // (4 * d + 2)))
     best, worse = None, 0
     for k in range(1, top + 1):
@@ -776,8 +777,8 @@ class FlowDensity:
         ``"ica"``: after the whitening, rotate the rows to their independent components: the
         flow is fitted to ``u = Q w`` with ``Q`` the orthogonal FastICA rotation of the
         whitened rows (the log-cosh contrast, started at the identity, on at most 100,000
-        evenly spaced rows, and at most 32 MiB of them: no random draw), folded into the model as a fixed
-        :class:`~refflow.LULinear` layer of log-determinant 0 (see Notes). Data made of
+        evenly spaced rows, and at most 32 MiB of them: no random draw), folded into the model
+        as a fixed :class:`~refflow.LULinear` layer of log-determinant 0 (see Notes). Data made of
         independent non-Gaussian sources mixed linearly are then a product of their
         marginals, which a Gaussianization flow (``"gf"``: elementwise layers first) fits
         closely. ``"auto"`` (the default): ``"ica"`` on at least ``ICA_MIN_FEATURES`` = 5
@@ -1180,7 +1181,7 @@ class FlowDensity:
         bases are started on."""
         n = Xs.shape[0]
         m = min(n, _T_START_ROWS)
-        index = (np.arange(m, dtype=np.int64) * n) // m
+        index = _evenly_spaced(n, m)
         rows = Xs[index] if isinstance(Xs, np.ndarray) else Xs.take(index)
         context = None if Cs is None else (Cs[index] if isinstance(Cs, np.ndarray)
                                            else Cs.take(index))
@@ -1414,7 +1415,7 @@ class FlowDensity:
                 # FastICA on evenly spaced whitened rows; the rows are then whitened and
                 # rotated as they are read (elementwise: the same bits streamed or not)
                 m = min(n, _ICA_ROWS, max(1, _ICA_BYTES // (8 * dim)))
-                index = (np.arange(m, dtype=np.int64) * n) // m
+                index = _evenly_spaced(n, m)
                 Q = _ica_rotation(Xs.take(index) if streamed else Xs[index])
                 layer, q_log_det = _rotation_layer(Q)
                 Xs = Whitened(Xs.source, chol, Q) if streamed else rotate(Xs, Q)

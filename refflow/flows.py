@@ -50,7 +50,6 @@ buffers.
 """
 
 import numpy as np
-import scipy.linalg
 
 from ._validation import (check_bool, check_choice, check_dim, check_hidden, check_int,
                           check_positive, check_rng)
@@ -63,6 +62,7 @@ from .bijectors import (
     MaskedMonotonicAutoregressive, NeuralAutoregressive, SumOfSquaresAutoregressive,
     UnconstrainedMonotonicAutoregressive,
 )
+from .bijectors.linear import orthogonal_lu
 from .bijectors.scale_maps import SCALE_MAPS
 from .bijectors.spline_core import identity_parameters, layer_spline_map
 from .distributions import Flow, StandardNormal, Uniform
@@ -119,23 +119,13 @@ def _set_identity_spline_bias(layer, bias_key, n_outputs, n_bins):
 def _orthogonal_lu(dim, rng):
     """LU factors of a random rotation, Glow's initialisation of the 1x1 convolution.
 
-    ``Q`` from the QR decomposition of a Gaussian matrix is orthogonal; ``Q = P L U``
-    (``scipy.linalg.lu``). refflow's ``LULinear`` keeps ``diag U > 0``, so the columns of ``U``
-    whose diagonal entry is negative are negated: ``W = Q D`` with ``D = diag(sign(diag U))``
-    is still orthogonal (``log|det W| = 0``). Returns ``(perm, params)`` for ``LULinear``
-    with ``upper_diag="exp"``.
+    ``Q`` from the QR decomposition of a Gaussian matrix is orthogonal; ``W = Q D`` with the
+    signs ``D`` that keep ``diag U > 0`` (:func:`refflow.bijectors.linear.orthogonal_lu`) is
+    still orthogonal (``log|det W| = 0``). Returns ``(perm, params)`` for ``LULinear`` with
+    ``upper_diag="exp"``.
     """
     q, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
-    p, lower, upper = scipy.linalg.lu(q)
-    signs = np.sign(np.diag(upper))
-    upper = upper * signs[None, :]
-    perm = np.argmax(p, axis=1).astype(np.int64)  # (P v)_i = v_perm[i]  <=>  P[i, perm[i]] = 1
-    params = {
-        "lower_entries": lower[np.tril_indices(dim, -1)],
-        "upper_entries": upper[np.triu_indices(dim, 1)],
-        "unconstrained_upper_diag": np.log(np.diag(upper)),
-        "bias": np.zeros(dim),
-    }
+    perm, params, _ = orthogonal_lu(q)
     return perm, params
 
 

@@ -25,6 +25,7 @@ carries ``W_bar`` back to its own parameters; the classes' Notes give the detail
 import math
 
 import numpy as np
+import scipy.linalg
 from scipy.linalg import solve_triangular
 
 from .._math import sigmoid, softplus
@@ -34,7 +35,7 @@ from ._orthogonal import (check_permutation, inverse_permutation, reflect, refle
                           scaled_reflections)
 from .base import Bijector
 
-__all__ = ["Permute", "Reverse", "LULinear", "Householder"]
+__all__ = ["Permute", "Reverse", "LULinear", "Householder", "orthogonal_lu"]
 
 #: Floor of nflows' ``softplus(u) + 1e-3`` diagonal, keeping U away from singular.
 _SOFTPLUS_FLOOR = 1e-3
@@ -648,3 +649,29 @@ class Householder(Bijector):
 
     def _inverse_pass(self, x, context, vjp):
         return self._reflections("inverse", x, vjp)
+
+
+def orthogonal_lu(q):
+    """``LULinear`` parameters (``upper_diag="exp"``) of an orthogonal ``q`` up to the signs of
+    its columns: ``(perm, params, signs)`` for ``W = q D``, ``D = diag(signs)``.
+
+    ``q = P L U`` (``scipy.linalg.lu``, partial pivoting); refflow's ``LULinear`` keeps
+    ``diag U > 0``, so the columns of ``U`` whose diagonal entry is negative are negated
+    (``signs = sign(diag U)``): ``W = q D`` is still orthogonal (``log|det W| = sum_i log
+    (U D)_ii``, zero up to rounding). Negating a column of ``q`` negates the same column of
+    ``U`` exactly (the pivots and ``L`` do not change), so ``params`` are the LU of ``q D`` bit
+    for bit. ``perm`` is the permutation inside ``P``: ``(P v)_i = v_perm[i]``, i.e.
+    ``P[i, perm[i]] = 1``.
+    """
+    p, lower, upper = scipy.linalg.lu(q)
+    signs = np.sign(np.diag(upper))
+    upper = upper * signs[None, :]
+    dim = q.shape[0]
+    perm = np.argmax(p, axis=1).astype(np.int64)
+    params = {
+        "lower_entries": lower[np.tril_indices(dim, -1)],
+        "upper_entries": upper[np.triu_indices(dim, 1)],
+        "unconstrained_upper_diag": np.log(np.diag(upper)),
+        "bias": np.zeros(dim),
+    }
+    return perm, params, signs

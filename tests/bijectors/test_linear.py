@@ -188,6 +188,26 @@ def test_lu_permutation_option():
     np.testing.assert_array_equal(layer.forward(np.array([[1.0, 2.0, 3.0]]))[0], [[2.0, 3.0, 1.0]])
 
 
+def test_orthogonal_lu_is_the_matrix_up_to_column_signs():
+    """``orthogonal_lu(q)``: the ``LULinear`` whose weight is ``q D`` (``D`` the signs that keep
+    ``diag U > 0``), log-det 0 to rounding; negating columns of ``q`` first gives the same
+    parameters bit for bit (the LU of ``q D`` is the LU of ``q`` with ``U``'s columns negated)."""
+    from refflow.bijectors.linear import orthogonal_lu
+
+    q, _ = np.linalg.qr(np.random.default_rng(4).standard_normal((6, 6)))
+    perm, params, signs = orthogonal_lu(q)
+    assert set(np.unique(signs)) <= {-1.0, 1.0} and (signs < 0).any()
+    layer = LULinear(6, permutation=perm)
+    layer.params.update(params)
+    # a float64 LU and its product: ~1e-15 apart; 1e-12 leaves room and no more
+    np.testing.assert_allclose(layer.weight(), q * signs, rtol=0, atol=1e-12)
+    assert abs(np.sum(params["unconstrained_upper_diag"])) < 1e-12
+    again = orthogonal_lu(q * signs)
+    np.testing.assert_array_equal(again[0], perm)
+    assert all(np.array_equal(again[1][k], params[k]) for k in params)
+    np.testing.assert_array_equal(again[2], np.ones(6))
+
+
 @pytest.mark.parametrize("upper_diag", ["exp", "softplus"])
 def test_lu_identity_at_init(upper_diag, rng):
     layer = LULinear(DIM, upper_diag=upper_diag)
