@@ -24,7 +24,8 @@ from .splines import rational_quadratic_spline, rational_quadratic_spline_vjp
 from .distributions import (
     DiagGaussianMixture, DiagNormal, DiagStudentTMixture, Flow, StandardNormal, StudentT, Uniform,
 )
-from .training import SGD, Adam, CosineAnnealing, History, TrainingDiverged, clip_grad_norm, fit
+from .training import (SGD, Adam, CosineAnnealing, History, ReduceOnPlateau, TrainingDiverged,
+                       clip_grad_norm, fit)
 from .flows import (BUILDERS, BPF, MAF, NAF, NCSF, NSF, SOSPF, UNAF, Glow, PlanarFlow, RadialFlow,
                     RealNVP, SylvesterFlow)
 from .estimator import FlowDensity
@@ -62,7 +63,7 @@ __all__ = [
     "StandardNormal", "DiagNormal", "Uniform", "StudentT", "DiagGaussianMixture",
     "DiagStudentTMixture", "Flow",
     # training
-    "Adam", "SGD", "CosineAnnealing", "clip_grad_norm", "fit", "History", "TrainingDiverged",
+    "Adam", "SGD", "CosineAnnealing", "ReduceOnPlateau", "clip_grad_norm", "fit", "History", "TrainingDiverged",
     # builders and the estimator
     "RealNVP", "MAF", "NSF", "NCSF", "Glow", "PlanarFlow", "RadialFlow", "SylvesterFlow", "BUILDERS",
     "NAF", "UNAF", "SOSPF", "BPF",

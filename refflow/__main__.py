@@ -1058,10 +1058,12 @@ def build_parser():
                      f"{PATIENCE_LOW_DIM} for data of at most {LOW_DIM_FEATURES} features, "
                      f"{PATIENCE} above (default {defaults['patience']}, as FlowDensity; 0: "
                      f"never stop early)")
-    fit.add_argument("--lr-schedule", choices=("none", "cosine"),
+    fit.add_argument("--lr-schedule", choices=("none", "plateau", "cosine"),
                      default=defaults["lr_schedule"] or "none",
-                     help="cosine: the learning rate falls to 0 along a half cosine over all "
-                     f"the epochs' steps (default {defaults['lr_schedule'] or 'none'})")
+                     help="plateau: where patience would stop training, resume once from "
+                     "the best epoch at a tenth of the learning rate; cosine: the learning "
+                     "rate falls to 0 along a half cosine over all the epochs' steps (default "
+                     f"{defaults['lr_schedule'] or 'none'}, as FlowDensity)")
     fit.add_argument("--weight-decay", type=_non_negative_float,
                      default=defaults["weight_decay"],
                      help=f"decoupled weight decay, AdamW (default {defaults['weight_decay']:g})")

@@ -75,7 +75,7 @@ _ICA_TOL = 1e-8
 EPOCHS_LOW_DIM, PATIENCE_LOW_DIM = 150, 20
 EPOCHS, PATIENCE = 100, 10
 #: Learning-rate schedules ``FlowDensity`` accepts (``refflow.training.fit``'s names).
-_SCHEDULES = (None, "cosine")
+_SCHEDULES = (None, "cosine", "plateau")
 #: Base distributions ``FlowDensity`` accepts (``base=``).
 BASES = ("gaussian", "student_t", "mixture", "t_mixture")
 #: Rows (at most, evenly spaced) on which a Student t or mixture base is started by maximum
@@ -719,10 +719,15 @@ class FlowDensity:
         Mini-batch size (the usual choice of the peers' examples).
     lr : float, default 1e-3
         Adam's learning rate (its standard default, zuko's and nflows' examples).
-    lr_schedule : None or "cosine", default None
-        ``"cosine"``: the learning rate falls from ``lr`` to 0 along a half cosine over all
-        ``epochs * n_batches`` steps (:class:`refflow.optim.CosineAnnealing`); early stopping
-        may end the fit before it reaches 0. None: constant ``lr``.
+    lr_schedule : "plateau", None or "cosine", default "plateau"
+        ``"plateau"``: constant ``lr`` until ``patience`` epochs pass without a better
+        validation loss; then, once, the best epoch's parameters are put back and training
+        goes on at ``lr / 10`` until half of ``patience`` (rounded up) epochs pass without a
+        better one (:class:`refflow.optim.ReduceOnPlateau`; ``history_.lr_drops`` is the epoch
+        of the drop). With ``patience=None``, a constant ``lr``. ``"cosine"``: the learning
+        rate falls from ``lr`` to 0 along a half cosine over all ``epochs * n_batches`` steps
+        (:class:`refflow.optim.CosineAnnealing`); early stopping may end the fit before it
+        reaches 0. None: constant ``lr``.
     weight_decay : float, default 0.0
         Decoupled weight decay (AdamW).
     validation_fraction : float, default 0.1
@@ -975,7 +980,7 @@ class FlowDensity:
     """
 
     def __init__(self, flow="auto", *, n_layers=None, hidden=(64, 64), flow_kwargs=None,
-                 base="t_mixture", epochs="auto", batch_size=256, lr=1e-3, lr_schedule=None,
+                 base="t_mixture", epochs="auto", batch_size=256, lr=1e-3, lr_schedule="plateau",
                  weight_decay=0.0,
                  validation_fraction=0.1, patience="auto", average="auto", average_decay=0.999,
                  standardize=True, whiten="auto", rotation="auto", random_state=None,
@@ -1109,10 +1114,11 @@ class FlowDensity:
     def _checked_schedule(self, where):
         schedule = self.lr_schedule
         if schedule is not None and not isinstance(schedule, str):
-            raise TypeError(f"{where}: lr_schedule must be None or 'cosine', got "
+            raise TypeError(f"{where}: lr_schedule must be None, 'plateau' or 'cosine', got "
                             f"{type(schedule).__name__}")
         if schedule not in _SCHEDULES:
-            raise ValueError(f"{where}: lr_schedule must be None or 'cosine', got {schedule!r}")
+            raise ValueError(f"{where}: lr_schedule must be None, 'plateau' or 'cosine', got "
+                             f"{schedule!r}")
         return schedule
 
     def _checked_progress(self, where):
@@ -1427,7 +1433,9 @@ class FlowDensity:
         train_options = dict(
             epochs=epochs, batch_size=options["batch_size"], lr=options["lr"],
             weight_decay=options["weight_decay"], patience=patience,
-            lr_schedule=options["lr_schedule"], restore_best=True,
+            # "plateau" acts where patience would stop: without patience, a constant lr
+            lr_schedule=(None if options["lr_schedule"] == "plateau" and patience is None
+                         else options["lr_schedule"]), restore_best=True,
             # averaging needs validation rows to choose by: none, no averaging
             average=_average(options["average"], dim) if validation_fraction > 0 else None,
             average_decay=options["average_decay"], progress=self._checked_progress(where))

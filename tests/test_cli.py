@@ -580,8 +580,7 @@ def test_fit_defaults_are_flow_densitys(tmp_path):
         assert getattr(args, option) == python[param], option
     assert python["average"] == "auto" and python["whiten"] == "auto"
     assert python["rotation"] == "auto"
-    # "none" on the command line is FlowDensity's None
-    assert python["lr_schedule"] is None and args.lr_schedule == "none"
+    assert python["lr_schedule"] == "plateau" and args.lr_schedule == "plateau"
     assert python["epochs"] == "auto" and python["patience"] == "auto"
     assert "(default auto, as FlowDensity" in build_parser()._subparsers._group_actions[0] \
         .choices["fit"].format_help().replace("\n", " ").replace("  ", " ")
@@ -625,10 +624,12 @@ def test_fit_training_options_reach_flow_density(tmp_path, capsys, monkeypatch):
     seen.clear()
     assert run(["fit", str(data), "-o", str(tmp_path / "n.npz"), "--model", "maf",
                 "--layers", "2", "--hidden", "16,16", "--epochs", "1"])[0] == 0
-    assert seen["lr_schedule"] is None and seen["average"] == "auto"
+    assert seen["lr_schedule"] == "plateau" and seen["average"] == "auto"
     assert run(["fit", str(data), "-o", str(tmp_path / "o.npz"), "--model", "maf", "--layers",
-                "2", "--hidden", "16,16", "--epochs", "1", "--average", "none"])[0] == 0
-    assert seen["average"] is None and seen["whiten"] == "auto"
+                "2", "--hidden", "16,16", "--epochs", "1", "--average", "none",
+                "--lr-schedule", "none"])[0] == 0
+    # "none" on the command line is FlowDensity's None
+    assert seen["average"] is None and seen["whiten"] == "auto" and seen["lr_schedule"] is None
     for given, param in (("yes", True), ("no", False), ("auto", "auto")):
         assert run(["fit", str(data), "-o", str(tmp_path / "w.npz"), "--model", "maf",
                     "--layers", "1", "--hidden", "8,8", "--epochs", "1", "--whiten",

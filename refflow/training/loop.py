@@ -119,6 +119,9 @@ class History:
     train_log_likelihood, val_log_likelihood : list of float
         ``-(nll + nll_shift)`` per epoch: mean log-likelihoods in nats per sample, in the data's
         units (``val_log_likelihood[best_epoch]`` is the held-out score of the kept model).
+    lr_drops : list of int
+        With ``lr_schedule="plateau"``: the epochs after which the best parameters were put
+        back and the learning rate lowered. Not part of :meth:`as_dict`.
     validation_index : ndarray of int or None
         The rows of ``x`` that :func:`fit` held out itself (``perm[:n_val]``, in the order
         they were evaluated); None when there was no split (``validation_data`` given, or
@@ -139,6 +142,7 @@ class History:
         self.validation_index = None
         self.val_nll_trained = []
         self.val_nll_averaged = []
+        self.lr_drops = []
 
     @property
     def best_averaged(self):
@@ -508,10 +512,14 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
         Used only for the default optimizer (``weight_decay`` is AdamW's decoupled decay).
     clip_grad_norm : float, optional
         Rescale each gradient to this global L2 norm at most (:func:`refflow.optim.clip_grad_norm`).
-    lr_schedule : None, "cosine" or object with ``step()``
+    lr_schedule : None, "cosine", "plateau", ReduceOnPlateau or object with ``step()``
         ``"cosine"``: :class:`refflow.optim.CosineAnnealing` from the optimizer's ``lr`` to 0
-        over all ``epochs * n_batches`` steps. An object: its ``step()`` is called after every
-        optimizer step.
+        over all ``epochs * n_batches`` steps. ``"plateau"`` or a
+        :class:`refflow.optim.ReduceOnPlateau`: where ``patience`` would stop training, the
+        best epoch's parameters are put back and the ``lr`` is lowered (see that class);
+        needs ``patience`` and ``restore_best=True``; the epochs of the drops are
+        ``History.lr_drops``. An object with ``step()``: it is called after every optimizer
+        step.
     patience : int, optional
         Stop after this many epochs without a strict improvement of the validation NLL (of the
         training NLL without validation).
@@ -671,6 +679,21 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
             raise type(exc)(f"fit: {exc}") from None
     else:
         check_optimizer(optimizer, flow_params, "fit")
+    plateau = None
+    if isinstance(lr_schedule, str) and lr_schedule not in ("cosine", "plateau"):
+        raise ValueError(f"fit: lr_schedule must be None, 'cosine', 'plateau', a "
+                         f"ReduceOnPlateau or an object with a step() method, got "
+                         f"{lr_schedule!r}")
+    if isinstance(lr_schedule, str) and lr_schedule == "plateau":
+        lr_schedule = _optim.ReduceOnPlateau()
+    if isinstance(lr_schedule, _optim.ReduceOnPlateau):
+        if patience is None:
+            raise ValueError("fit: lr_schedule='plateau' needs patience (the rate is lowered "
+                             "where patience would stop training)")
+        if not restore_best:
+            raise ValueError("fit: lr_schedule='plateau' needs restore_best=True (training "
+                             "resumes from the best epoch's parameters)")
+        plateau, lr_schedule = lr_schedule, None
     schedule = make_schedule(lr_schedule, optimizer, epochs * n_batches, "fit")
 
     # ------------------------------------------------------------------------ the split
@@ -703,6 +726,9 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     modes = _modes(flow)
     work = min(batch_size, n_train) * largest_weight(flow_params.values())
     best, best_metric = None, math.inf
+    # lr_schedule="plateau": the drops so far, the epoch from which patience counts, and the
+    # patience in force (fit's until the first drop, the schedule's after it)
+    drops, counted_from, waiting = 0, 0, patience
     averager = None if average is None else _Average(flow_params, average_decay)
     start = time.perf_counter()
 
@@ -807,8 +833,19 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
                 reason = "callback"
             elif interrupt.requested:
                 reason = "interrupted"
-            elif patience is not None and epoch - history.best_epoch >= patience:
-                reason = "patience"
+            elif patience is not None and epoch - max(history.best_epoch,
+                                                      counted_from) >= waiting:
+                if plateau is not None and drops < plateau.drops:
+                    # from the best epoch's parameters, at a lower rate (ReduceOnPlateau)
+                    _restore(flow, best)
+                    optimizer.lr = optimizer.lr * plateau.factor
+                    if averager is not None:
+                        averager = _Average(flow_params, average_decay)
+                    drops += 1
+                    counted_from, waiting = epoch, plateau.after_drop(patience)
+                    history.lr_drops.append(epoch)
+                else:
+                    reason = "patience"
             if reason is not None and epoch < epochs - 1:
                 history.stopped_early, history.stop_reason = True, reason
                 break

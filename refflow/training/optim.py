@@ -36,7 +36,7 @@ from .._validation import (as_float_array, check_bool, check_int, check_positive
 from ..kernels import use_fast_paths
 from ..kernels.fused import adam_update, sgd_update
 
-__all__ = ["Adam", "SGD", "clip_grad_norm", "CosineAnnealing"]
+__all__ = ["Adam", "SGD", "clip_grad_norm", "CosineAnnealing", "ReduceOnPlateau"]
 
 
 def _all_finite(*arrays):
@@ -547,3 +547,63 @@ class CosineAnnealing:
             raise ValueError(f"{where}: 't' must be an integer in [0, {self.t_max}], got {t!r}")
         self.t = int(t)
         self.optimizer.lr = self.lr_at(self.t)
+
+
+class ReduceOnPlateau:
+    """Lower the learning rate where the validation NLL stops improving, from the best epoch.
+
+    Passed to :func:`refflow.training.fit` as ``lr_schedule`` (``lr_schedule="plateau"`` is
+    ``ReduceOnPlateau()``). It is not stepped: ``fit`` acts on it once per epoch, where early
+    stopping would. When ``fit``'s ``patience`` epochs have passed without a strict
+    improvement, ``fit`` does not stop: it puts the best epoch's parameters back (and its
+    buffers), multiplies the optimizer's ``lr`` by ``factor``, restarts the weight average
+    (``average="ema"``) from them, and trains on, counting ``patience`` (this object's)
+    epochs without improvement from the drop. After ``drops`` drops the next run of
+    ``patience`` epochs without improvement stops training (``stop_reason="patience"``), and
+    ``epochs`` still bounds the whole fit. The optimizer's moments are kept.
+
+    Unlike ``torch.optim.lr_scheduler.ReduceLROnPlateau``, which lowers the rate from wherever
+    the parameters have drifted, training resumes from the best parameters: with a fixed rate
+    the validation NLL of a flow fitted by Adam usually stops improving because the steps'
+    noise, not the rate's size, dominates (Bottou, Curtis, Nocedal, "Optimization Methods for
+    Large-Scale Machine Learning", 2018, arXiv:1606.04838, Sec. 4.2: with a constant step the
+    iterates settle in a region whose size is proportional to the step), and a smaller rate
+    from the best point gains what the noise was hiding.
+
+    Parameters
+    ----------
+    factor : float in (0, 1), default 0.1
+        The rate is multiplied by it at each drop.
+    drops : int, default 1
+        How many times the rate is lowered (at least 1).
+    patience : int, optional
+        Epochs without improvement after a drop before the next drop (or the stop). Default:
+        half of ``fit``'s ``patience``, rounded up (at the lowered rate the gains come within
+        a few epochs).
+
+    Examples
+    --------
+    >>> from refflow.optim import ReduceOnPlateau
+    >>> ReduceOnPlateau()
+    ReduceOnPlateau(factor=0.1, drops=1, patience=None)
+    >>> ReduceOnPlateau(factor=0.5, drops=2, patience=3).after_drop(10)
+    3
+    >>> ReduceOnPlateau().after_drop(5)
+    3
+    """
+
+    def __init__(self, factor=0.1, drops=1, patience=None):
+        where = "ReduceOnPlateau"
+        self.factor = check_real(factor, where, "factor", low=0.0, high=1.0, low_open=True,
+                                 high_open=True)
+        self.drops = check_int(drops, where, "drops", minimum=1)
+        self.patience = None if patience is None else check_int(patience, where, "patience",
+                                                                minimum=1)
+
+    def __repr__(self):
+        return (f"ReduceOnPlateau(factor={self.factor}, drops={self.drops}, "
+                f"patience={self.patience})")
+
+    def after_drop(self, patience):
+        """The epochs without improvement allowed after a drop, given ``fit``'s ``patience``."""
+        return self.patience if self.patience is not None else -(-patience // 2)
