@@ -724,7 +724,9 @@ class FlowDensity:
         validation loss; then, once, the best epoch's parameters are put back and training
         goes on at ``lr / 10`` until half of ``patience`` (rounded up) epochs pass without a
         better one (:class:`refflow.optim.ReduceOnPlateau`; ``history_.lr_drops`` is the epoch
-        of the drop). With ``patience=None``, a constant ``lr``. ``"cosine"``: the learning
+        of the drop). With ``patience=None``, a constant ``lr``. Closer to the truth than a
+        constant rate, or level, on every set of the density suite (DEVELOPERS.md,
+        "FlowDensity's defaults", ninth round), for up to about 30% more CPU time. ``"cosine"``: the learning
         rate falls from ``lr`` to 0 along a half cosine over all ``epochs * n_batches`` steps
         (:class:`refflow.optim.CosineAnnealing`); early stopping may end the fit before it
         reaches 0. None: constant ``lr``.
@@ -735,7 +737,9 @@ class FlowDensity:
         early; 0 (or too few rows to keep a training row) trains on all of them.
     patience : int, "auto" or None, default "auto"
         Stop after this many epochs without a better validation loss (training loss without
-        validation data); None never stops early. The parameters of the best epoch are kept.
+        validation data); with ``lr_schedule="plateau"`` the rate is first lowered once and the
+        fit stops at the end of the drop's patience. None never stops early. The parameters
+        of the best epoch are kept.
         ``"auto"``: ``PATIENCE_LOW_DIM`` = 20 on data of at most 2 features, ``PATIENCE`` =
         10 above. On one or two features, where an epoch takes a second or two, the longer
         and more patient fits came closer to the truth on the 2-D sets that were still
