@@ -63,7 +63,8 @@ __all__ = [
     "StandardNormal", "DiagNormal", "Uniform", "StudentT", "DiagGaussianMixture",
     "DiagStudentTMixture", "Flow",
     # training
-    "Adam", "SGD", "CosineAnnealing", "ReduceOnPlateau", "clip_grad_norm", "fit", "History", "TrainingDiverged",
+    "Adam", "SGD", "CosineAnnealing", "ReduceOnPlateau", "clip_grad_norm", "fit", "History",
+    "TrainingDiverged",
     # builders and the estimator
     "RealNVP", "MAF", "NSF", "NCSF", "Glow", "PlanarFlow", "RadialFlow", "SylvesterFlow", "BUILDERS",
     "NAF", "UNAF", "SOSPF", "BPF",

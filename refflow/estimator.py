@@ -726,10 +726,10 @@ class FlowDensity:
         better one (:class:`refflow.optim.ReduceOnPlateau`; ``history_.lr_drops`` is the epoch
         of the drop). With ``patience=None``, a constant ``lr``. Closer to the truth than a
         constant rate, or level, on every set of the density suite (DEVELOPERS.md,
-        "FlowDensity's defaults", ninth round), for up to about 30% more CPU time. ``"cosine"``: the learning
-        rate falls from ``lr`` to 0 along a half cosine over all ``epochs * n_batches`` steps
-        (:class:`refflow.optim.CosineAnnealing`); early stopping may end the fit before it
-        reaches 0. None: constant ``lr``.
+        "FlowDensity's defaults", ninth round), for up to about 30% more CPU time.
+        ``"cosine"``: the learning rate falls from ``lr`` to 0 along a half cosine over all
+        ``epochs * n_batches`` steps (:class:`refflow.optim.CosineAnnealing`); early stopping
+        may end the fit before it reaches 0. None: constant ``lr``.
     weight_decay : float, default 0.0
         Decoupled weight decay (AdamW).
     validation_fraction : float, default 0.1
