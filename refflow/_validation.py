@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["as_batch", "as_float_array", "as_cotangent", "check_finite", "check_rng", "check_dim",
            "check_int", "check_n", "check_batch_size", "check_real", "check_positive", "check_bool",
-           "check_choice", "check_hidden", "check_same_keys", "check_context_given", "empty_output",
+           "check_choice", "check_option", "check_hidden", "check_same_keys", "check_context_given", "empty_output",
            "placeholder_initialisation"]
 
 
@@ -236,6 +236,28 @@ def check_choice(value, choices, where, name):
         raise TypeError(f"{where}: {name} must be one of {sorted(choices)}, got {_got(value)}")
     if value not in choices:
         raise ValueError(f"{where}: {name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_option(value, choices, where, name, *, none=False, booleans=False):
+    """Return ``value`` if it is one of the strings ``choices``, or None (with ``none``), or a
+    bool (with ``booleans``; returned as a Python bool).
+
+    The error lists every accepted value (``whiten must be 'auto', True or False, got 'yes'``):
+    ``TypeError`` for a value of another type, ``ValueError`` for a str not in ``choices``.
+    """
+    accepted = ([repr(c) for c in choices] + (["True", "False"] if booleans else [])
+                + (["None"] if none else []))
+    listing = accepted[0] if len(accepted) == 1 else \
+        f"{', '.join(accepted[:-1])} or {accepted[-1]}"
+    if value is None and none:
+        return None
+    if booleans and isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{where}: {name} must be {listing}, got {_got(value)}")
+    if value not in choices:
+        raise ValueError(f"{where}: {name} must be {listing}, got {value!r}")
     return value
 
 

@@ -26,7 +26,7 @@ from ._exact import CrossMoments, Moments, exact_mean
 from ._rows import (Standardized, Whitened, covariance, out_of_core, rotate, rows_of, scan,
                     whiten)
 from ._validation import (check_batch_size, check_bool, check_choice, check_hidden, check_int,
-                          check_positive, check_real, check_rng, empty_output)
+                          check_option, check_positive, check_real, check_rng, empty_output)
 from .bijectors import Affine, Chain, LULinear
 from .bijectors.linear import orthogonal_lu
 from ._math import logsumexp_rows, softplus_inverse
@@ -1094,20 +1094,15 @@ class FlowDensity:
                                               high_open=True),
             "patience": _int_or_auto(self.patience, where, "patience", allow_none=True),
             "lr_schedule": self._checked_schedule(where),
-            "average": None if self.average is None else check_choice(
-                self.average, ("auto", "ema"), where, "average (or None)"),
+            "average": check_option(self.average, ("auto", "ema"), where, "average", none=True),
             "average_decay": check_real(self.average_decay, where, "average_decay", low=0.0,
                                         high=1.0, low_open=True, high_open=True),
         }
         options["base"] = check_choice(self.base, BASES, where, "base")
         check_bool(self.standardize, where, "standardize")
-        if isinstance(self.whiten, str):
-            options["whiten"] = check_choice(self.whiten, ("auto",), where,
-                                             "whiten (or True, False)")
-        else:
-            options["whiten"] = check_bool(self.whiten, where, "whiten (or 'auto')")
-        options["rotation"] = None if self.rotation is None else check_choice(
-            self.rotation, _ROTATIONS, where, "rotation (or None)")
+        options["whiten"] = check_option(self.whiten, ("auto",), where, "whiten", booleans=True)
+        options["rotation"] = check_option(self.rotation, _ROTATIONS, where, "rotation",
+                                           none=True)
         if options["rotation"] == "ica" and options["whiten"] is False:
             raise ValueError(f"{where}: rotation='ica' rotates the whitened rows; it needs "
                              f"whiten=True or 'auto', got whiten=False")
@@ -1132,7 +1127,7 @@ class FlowDensity:
                 raise ValueError(f"{where}: progress must be 'auto', True, False or None, got "
                                  f"{progress!r}")
         else:
-            check_bool(progress, where, "progress (or 'auto')", allow_none=True)
+            check_option(progress, ("auto",), where, "progress", booleans=True, none=True)
         return _show_progress(progress)
 
     def _builder_kwargs(self, builder, options):

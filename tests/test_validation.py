@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from refflow._validation import (check_batch_size, check_bool, check_choice,
-                                 check_context_given, check_dim, check_hidden, check_int,
+                                 check_context_given, check_option, check_dim, check_hidden, check_int,
                                  check_n, check_positive, check_real, check_same_keys,
                                  empty_output)
 
@@ -110,6 +110,22 @@ def test_check_choice():
     assert "mode must be one of ['a', 'b'], got 'c'" in _raises(
         ValueError, check_choice, "c", ("b", "a"), "where", "mode")
     _raises(TypeError, check_choice, None, ("a", "b"), "where", "mode")
+
+
+def test_check_option_lists_every_accepted_value():
+    assert check_option("auto", ("auto",), "where", "whiten", booleans=True) == "auto"
+    assert check_option(np.bool_(False), ("auto",), "where", "whiten", booleans=True) is False
+    assert check_option(None, ("a", "b"), "where", "mode", none=True) is None
+    assert "where: whiten must be 'auto', True or False, got 'yes'" in _raises(
+        ValueError, check_option, "yes", ("auto",), "where", "whiten", booleans=True)
+    assert "where: whiten must be 'auto', True or False, got " in _raises(
+        TypeError, check_option, None, ("auto",), "where", "whiten", booleans=True)
+    assert "where: mode must be 'a', 'b' or None, got int 1" in _raises(
+        TypeError, check_option, 1, ("a", "b"), "where", "mode", none=True)
+    assert "where: mode must be 'a', got bool True" in _raises(
+        TypeError, check_option, True, ("a",), "where", "mode")
+    assert "where: mode must be 'a', 'b', True, False or None, got 'c'" in _raises(
+        ValueError, check_option, "c", ("a", "b"), "where", "mode", booleans=True, none=True)
 
 
 def test_check_hidden():

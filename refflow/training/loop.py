@@ -38,8 +38,8 @@ import time
 import numpy as np
 
 from .._rows import RepeatedRows, out_of_core, permutation, rows_of, scan
-from .._validation import (as_batch, as_float_array, check_bool, check_choice,
-                           check_context_given, check_int, check_positive, check_real, check_rng)
+from .._validation import (as_batch, as_float_array, check_bool, check_context_given, check_int,
+                           check_option, check_positive, check_real, check_rng)
 from ..distributions import Flow
 from ..kernels.threads import blas_threads, largest_weight
 from . import optim as _optim  # fit's argument clip_grad_norm shadows the function
@@ -642,7 +642,7 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
     validation_fraction = check_real(validation_fraction, "fit", "validation_fraction", low=0.0,
                                      high=1.0, high_open=True)
     if average is not None:
-        check_choice(average, ("ema",), "fit", "average (or None)")
+        check_option(average, ("ema",), "fit", "average", none=True)
         if not restore_best:
             raise ValueError("fit: average='ema' needs restore_best=True (the averaged "
                              "parameters are kept only by restoring the best epoch)")
