@@ -19,8 +19,8 @@ import numpy as np
 
 __all__ = ["as_batch", "as_float_array", "as_cotangent", "check_finite", "check_rng", "check_dim",
            "check_int", "check_n", "check_batch_size", "check_real", "check_positive", "check_bool",
-           "check_choice", "check_option", "check_hidden", "check_same_keys", "check_context_given", "empty_output",
-           "placeholder_initialisation"]
+           "check_choice", "check_option", "check_hidden", "check_same_keys", "check_context_given",
+           "empty_output", "placeholder_initialisation"]
 
 
 def _describe(x):

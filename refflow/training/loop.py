@@ -522,7 +522,8 @@ def fit(flow, x, *, context=None, validation_data=None, validation_fraction=0.1,
         step.
     patience : int, optional
         Stop after this many epochs without a strict improvement of the validation NLL (of the
-        training NLL without validation).
+        training NLL without validation); with ``lr_schedule="plateau"``, lower the rate
+        instead until its drops are spent.
     restore_best : bool, default True
         At the end (and on an early stop or divergence), copy back the parameters and buffers
         of the best epoch.

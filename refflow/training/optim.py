@@ -563,12 +563,11 @@ class ReduceOnPlateau:
     ``epochs`` still bounds the whole fit. The optimizer's moments are kept.
 
     Unlike ``torch.optim.lr_scheduler.ReduceLROnPlateau``, which lowers the rate from wherever
-    the parameters have drifted, training resumes from the best parameters: with a fixed rate
-    the validation NLL of a flow fitted by Adam usually stops improving because the steps'
-    noise, not the rate's size, dominates (Bottou, Curtis, Nocedal, "Optimization Methods for
-    Large-Scale Machine Learning", 2018, arXiv:1606.04838, Sec. 4.2: with a constant step the
-    iterates settle in a region whose size is proportional to the step), and a smaller rate
-    from the best point gains what the noise was hiding.
+    the parameters have drifted, training resumes from the best parameters. Why it helps: with
+    a constant step, stochastic gradient iterates settle in a region around a minimiser whose
+    size grows with the step (Bottou, Curtis, Nocedal, "Optimization Methods for Large-Scale
+    Machine Learning", 2018, arXiv:1606.04838, Sec. 4.2), so the validation NLL stops
+    improving while a smaller step, started from the best point, can still go deeper.
 
     Parameters
     ----------
