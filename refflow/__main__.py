@@ -396,6 +396,7 @@ def _fit_defaults():
 def cmd_fit(args, out):
     from . import io
     from .estimator import FlowDensity, training_length
+    from .training.optim import ReduceOnPlateau
 
     _check_output(args.output, (".npz",), "-o", "model file")
     if args.plot:
@@ -434,9 +435,16 @@ def cmd_fit(args, out):
     seconds = time.perf_counter() - start
     h = model.history_
     interrupted = h.stop_reason == "interrupted"
-    stop = {"patience": f"; stopped early: {patience} epochs without a better "
-                        f"{'validation' if h.val_nll else 'training'} score",
-            "interrupted": "; interrupted (Ctrl-C)"}.get(h.stop_reason, "")
+    lowered = ""
+    if h.lr_drops:   # lr_schedule="plateau": the best epoch put back at a lower rate
+        plateau = ReduceOnPlateau()
+        patience = plateau.after_drop(patience)
+        lowered = "".join(
+            f"; from epoch {epoch + 2} at lr {model.lr * plateau.factor ** (i + 1):g} (the best "
+            f"epoch's parameters put back)" for i, epoch in enumerate(h.lr_drops))
+    stop = lowered + {"patience": f"; stopped early: {_count(patience, 'epoch')} without a better "
+                                  f"{'validation' if h.val_nll else 'training'} score",
+                      "interrupted": "; interrupted (Ctrl-C)"}.get(h.stop_reason, "")
     scores = getattr(model, "candidate_scores_", None)
     if scores:   # flow="auto" or whiten="auto": every candidate's best validation score
         kept = max(scores, key=scores.get)   # the first of equals, as fit keeps

@@ -707,11 +707,37 @@ def test_fit_resolves_the_automatic_training_length(tmp_path):
     code, text = run(["fit", "two_moons", "--n", "300", "-o", str(path), "--layers", "1",
                       "--hidden", "8,8", "--whiten", "yes", "--model", "maf"])
     assert code == 0, text
-    # (this seed's fit stops after 21 epochs: its best was the first)
+    # (this seed's best epoch was the first: patience 20 ran out after epoch 21, the rate
+    # was lowered, and half the patience, 10 epochs, passed without a better score)
     assert "up to 150 epochs" in text
-    assert "stopped early: 20 epochs without a better validation score" in text
+    assert ("31 epochs (62 steps)" in text and "from epoch 22 at lr 0.0001" in text
+            and "stopped early: 10 epochs without a better validation score" in text)
     code, text = run(["fit", "two_moons", "--n", "300", "-o", str(path), "--layers", "1",
                       "--hidden", "8,8", "--whiten", "yes", "--model", "maf", "--epochs", "3",
                       "--patience", "1"])
     assert code == 0, text
     assert "up to 3 epochs" in text
+
+
+def test_fit_summary_says_where_the_learning_rate_was_lowered(tmp_path):
+    """With the default --lr-schedule plateau the summary names the epoch from which the fit
+    ran at the lower rate and the patience after it, as the Python fit's history has them."""
+    from refflow.datasets import two_moons
+    from refflow.estimator import FlowDensity
+
+    data = tmp_path / "moons.npy"
+    np.save(data, two_moons(400, rng=np.random.default_rng(0)))
+    options = ["--model", "maf", "--layers", "1", "--hidden", "8,8", "--epochs", "60",
+               "--patience", "2", "--lr", "0.03", "--base", "gaussian", "--seed", "0"]
+    code, text = run(["fit", str(data), "-o", str(tmp_path / "m.npz"), *options])
+    assert code == 0, text
+    python = FlowDensity(flow="maf", n_layers=1, hidden=(8, 8), epochs=60, patience=2, lr=0.03,
+                         base="gaussian", random_state=0, progress=False).fit(np.load(data))
+    (drop,) = python.history_.lr_drops
+    h = python.history_
+    assert (f"kept maf: {h.n_epochs} epochs ({h.n_steps} steps); from epoch {drop + 2} at lr "
+            f"0.003 (the best epoch's parameters put back); stopped early: 1 epoch without a "
+            f"better validation score") in text
+    code, text = run(["fit", str(data), "-o", str(tmp_path / "n.npz"), *options,
+                      "--lr-schedule", "none"])
+    assert code == 0 and "at lr" not in text and "stopped early: 2 epochs" in text
