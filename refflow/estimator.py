@@ -72,7 +72,7 @@ _ICA_TOL = 1e-8
 #: ``epochs="auto"`` and ``patience="auto"``: the training length on data of at most
 #: ``LOW_DIM_FEATURES`` features (fits of seconds per epoch that were still improving at the
 #: 100th epoch) and above (DEVELOPERS.md, "FlowDensity's defaults", seventh round).
-EPOCHS_LOW_DIM, PATIENCE_LOW_DIM = 150, 20
+EPOCHS_LOW_DIM, PATIENCE_LOW_DIM = 200, 20
 EPOCHS, PATIENCE = 100, 10
 #: Learning-rate schedules ``FlowDensity`` accepts (``refflow.training.fit``'s names).
 _SCHEDULES = (None, "cosine", "plateau")
@@ -713,8 +713,9 @@ class FlowDensity:
         normal base; a family with another base is refused (``ValueError``).
     epochs : int or "auto", default "auto"
         Maximum number of passes over the training data (and the length of the cosine
-        schedule, when there is one). ``"auto"``: ``EPOCHS_LOW_DIM`` = 150 on data of at most
-        ``LOW_DIM_FEATURES`` = 2 features, ``EPOCHS`` = 100 above.
+        schedule, when there is one). ``"auto"``: ``EPOCHS_LOW_DIM`` = 200 on data of at most
+        ``LOW_DIM_FEATURES`` = 2 features, ``EPOCHS`` = 100 above (DEVELOPERS.md,
+        "FlowDensity's defaults", seventh and ninth rounds).
     batch_size : int, default 256
         Mini-batch size (the usual choice of the peers' examples).
     lr : float, default 1e-3

@@ -702,14 +702,14 @@ def test_fit_says_when_the_rows_were_rotated(tmp_path):
 
 def test_fit_resolves_the_automatic_training_length(tmp_path):
     """--epochs and --patience default to auto, resolved by the data's width as FlowDensity
-    resolves them (150 and 20 on two features); given values are used as they are."""
+    resolves them (200 and 20 on two features); given values are used as they are."""
     path = tmp_path / "m.npz"
     code, text = run(["fit", "two_moons", "--n", "300", "-o", str(path), "--layers", "1",
                       "--hidden", "8,8", "--whiten", "yes", "--model", "maf"])
     assert code == 0, text
     # (this seed's best epoch was the first: patience 20 ran out after epoch 21, the rate
     # was lowered, and half the patience, 10 epochs, passed without a better score)
-    assert "up to 150 epochs" in text
+    assert "up to 200 epochs" in text
     assert ("31 epochs (62 steps)" in text and "from epoch 22 at lr 0.0001" in text
             and "stopped early: 10 epochs without a better validation score" in text)
     code, text = run(["fit", "two_moons", "--n", "300", "-o", str(path), "--layers", "1",

@@ -237,7 +237,7 @@ def test_training_length_auto_is_longer_up_to_two_features():
     from refflow.estimator import training_length
 
     assert FlowDensity().epochs == "auto" and FlowDensity().patience == "auto"
-    assert training_length("auto", "auto", 1) == training_length("auto", "auto", 2) == (150,
+    assert training_length("auto", "auto", 1) == training_length("auto", "auto", 2) == (200,
                                                                                            20)
     assert training_length("auto", "auto", 3) == (100, 10)
     assert training_length(7, None, 2) == (7, None) and training_length(7, 3, 5) == (7, 3)
