@@ -7,7 +7,9 @@ Run (from the repository root)::
         [--draws TRAIN,TEST] [--random-state S] [--epochs E,...] [--patience P,...]
         [--decay D] [--json PATH] [--label TEXT]
 
-Why a replay is exact. With a constant learning rate (no schedule) the training run of
+Why a replay is exact. With a constant learning rate (``lr_schedule=None``, which the script
+sets; FlowDensity's default drop, ``"plateau"``, starts where the patience runs out, so it
+depends on the setting and is not replayed) the training run of
 :func:`refflow.training.fit` does not depend on ``epochs`` or ``patience``: they only decide
 when it stops, and the parameters kept are those of the epoch with the lowest validation NLL
 among the epochs run (the first on a tie). Weight averaging (``average="ema"``) does not change
@@ -166,8 +168,13 @@ def trace(name, kwargs, *, n_train=20000, n_test=5000, draws=(7, 8), random_stat
     With ``flow="auto"`` (the default) every candidate family is traced; a setting keeps, as
     ``FlowDensity`` does, the family whose kept epoch has the lowest validation NLL (the
     first on a tie), and its CPU time is the sum of the families' fits up to their last
-    epochs under the setting.
+    epochs under the setting. The fits replayed are ``FlowDensity(lr_schedule=None,
+    **kwargs)``: a constant learning rate.
     """
+    if kwargs.get("lr_schedule") is not None:
+        raise ValueError(f"density_grid: lr_schedule={kwargs['lr_schedule']!r} is not "
+                         f"replayed (a schedule changes the run with the epochs or the "
+                         f"patience); the grid replays lr_schedule=None")
     if (kwargs.get("whiten", "auto") == "auto"
             and n_train <= estimator_module.WHITEN_CHOICE_MAX_ROWS):
         raise ValueError(f"density_grid: on {n_train} <= "
@@ -215,7 +222,8 @@ def trace(name, kwargs, *, n_train=20000, n_test=5000, draws=(7, 8), random_stat
         done = [replay(history.val_nll_trained, history.val_nll_averaged, *s) for s in longest]
         return all(r is not None and r[2] <= epoch for r in done)
 
-    model = FlowDensity(random_state=random_state, progress=False, **kwargs)
+    model = FlowDensity(random_state=random_state, progress=False,
+                        **dict(kwargs, lr_schedule=None))
     start = cpu_seconds()
     estimator_module.fit = traced_fit
     try:
