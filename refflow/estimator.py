@@ -74,8 +74,9 @@ _ICA_TOL = 1e-8
 #: 100th epoch) and above (DEVELOPERS.md, "FlowDensity's defaults", seventh round).
 EPOCHS_LOW_DIM, PATIENCE_LOW_DIM = 200, 20
 EPOCHS, PATIENCE = 100, 10
-#: Learning-rate schedules ``FlowDensity`` accepts (``refflow.training.fit``'s names).
-_SCHEDULES = (None, "cosine", "plateau")
+#: Learning-rate schedules ``FlowDensity`` accepts besides None (``refflow.training.fit``'s
+#: names).
+_SCHEDULES = ("plateau", "cosine")
 #: Base distributions ``FlowDensity`` accepts (``base=``).
 BASES = ("gaussian", "student_t", "mixture", "t_mixture")
 #: Rows (at most, evenly spaced) on which a Student t or mixture base is started by maximum
@@ -1112,23 +1113,11 @@ class FlowDensity:
         return options
 
     def _checked_schedule(self, where):
-        schedule = self.lr_schedule
-        if schedule is not None and not isinstance(schedule, str):
-            raise TypeError(f"{where}: lr_schedule must be None, 'plateau' or 'cosine', got "
-                            f"{type(schedule).__name__}")
-        if schedule not in _SCHEDULES:
-            raise ValueError(f"{where}: lr_schedule must be None, 'plateau' or 'cosine', got "
-                             f"{schedule!r}")
-        return schedule
+        return check_option(self.lr_schedule, _SCHEDULES, where, "lr_schedule", none=True)
 
     def _checked_progress(self, where):
-        progress = self.progress
-        if isinstance(progress, str):
-            if progress != "auto":
-                raise ValueError(f"{where}: progress must be 'auto', True, False or None, got "
-                                 f"{progress!r}")
-        else:
-            check_option(progress, ("auto",), where, "progress", booleans=True, none=True)
+        progress = check_option(self.progress, ("auto",), where, "progress", booleans=True,
+                                none=True)
         return _show_progress(progress)
 
     def _builder_kwargs(self, builder, options):
