@@ -262,7 +262,8 @@ def fit_flow(family, train, test, seed, epochs, variants=None):
         lp = model.score_samples(test)
     history = model.history_
     info = {"epochs": history.n_epochs, "best_epoch": history.best_epoch,
-            "stop_reason": history.stop_reason}
+            "stop_reason": history.stop_reason,
+            "lr_drops": list(history.lr_drops)}   # lr_schedule="plateau": epochs of the drops
     if history.val_nll_averaged:   # average="ema": were the averaged parameters kept?
         info["best_averaged"] = history.best_averaged
     chosen = getattr(model, "flow_name_", None)

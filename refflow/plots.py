@@ -281,7 +281,8 @@ def plot_history(history, ax=None, *, title=None):
     ----------
     history : refflow.train.History or dict
         From :func:`refflow.train.fit` (or its ``as_dict()``): ``train_nll`` and ``val_nll``
-        per epoch (epochs counted from 1), with the best epoch marked when recorded. NLLs are
+        per epoch (epochs counted from 1), with the best epoch and the learning rate's drops
+        (``lr_drops``) marked when recorded. NLLs are
         drawn in the data's units, ``nll + nll_shift`` (a ``FlowDensity``'s history has
         ``nll_shift = sum(log scale_)``; the axis label says so), in nats per sample. Or the
         dict of :func:`refflow.variational.fit_reverse_kl`: ``kl`` per step, drawn faintly
@@ -327,6 +328,11 @@ def plot_history(history, ax=None, *, title=None):
         if not (isinstance(shift, numbers.Real) and math.isfinite(shift)):
             raise ValueError(f"{where}: history['nll_shift'] must be a finite number, got "
                              f"{shift!r}")
+        drops = history.get("lr_drops", [])
+        if not (isinstance(drops, (list, tuple)) and all(
+                isinstance(e, numbers.Integral) and not isinstance(e, bool) for e in drops)):
+            raise ValueError(f"{where}: history['lr_drops'] must be a list of epochs "
+                             f"(integers), got {drops!r}")
         owner, ax = _axes(ax, where, figsize=(6.0, 4.0))
         ax.plot(np.arange(1, train.size + 1), train + shift, marker=".", label="train NLL")
         if val.size:
@@ -335,6 +341,10 @@ def plot_history(history, ax=None, *, title=None):
         if best is not None:
             ax.axvline(int(best) + 1, color="0.6", linestyle=":", linewidth=1,
                        label=f"best epoch ({int(best) + 1})")
+        for i, drop in enumerate(drops):
+            # lr_schedule="plateau": between the drop's epoch and the next, both counted from 1
+            ax.axvline(int(drop) + 1.5, color="0.4", linestyle="--", linewidth=1,
+                       label="learning rate lowered" if i == 0 else None)
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

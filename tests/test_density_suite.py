@@ -41,6 +41,9 @@ def test_smoke_run_writes_consistent_tables(suite, tmp_path):
             assert ("whitened" in r) == (r["estimator"] in ("default", "maf"))
             assert ("rotated" in r) == ("whitened" in r)
             assert not r.get("rotated") or r["whitened"]
+            # and the epochs after which the learning rate was lowered
+            assert ("lr_drops" in r) == ("whitened" in r)
+            assert all(0 <= e < r["epochs"] for e in r.get("lr_drops", []))
     # wine's 13 features on few rows: not rotated to independent components, and no gf
     assert not wine["records"][0]["rotated"]
     assert "gf" not in wine["records"][0]["candidate_scores"]

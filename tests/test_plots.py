@@ -311,3 +311,20 @@ def test_missing_matplotlib_gives_an_install_hint(monkeypatch, call):
         monkeypatch.setitem(sys.modules, name, None)  # "import matplotlib..." now fails
     with pytest.raises(ImportError, match='needs matplotlib.*pip install "refflow\\[plot\\]"'):
         call()
+
+
+def test_history_marks_the_learning_rate_drops(mpl):
+    # lr_schedule="plateau": lowered after epochs 4 and 7 (0-based), drawn between the
+    # drop's epoch and the next (5.5 and 8.5, epochs from 1); one legend entry for both
+    history = {"train_nll": [2.0] * 10, "val_nll": [2.1] * 10, "best_epoch": 3,
+               "lr_drops": [4, 7]}
+    ax = plot_history(history).axes[0]
+    dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert [list(line.get_xdata()) for line in dashed] == [[5.5, 5.5], [8.5, 8.5]]
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend.count("learning rate lowered") == 1
+    ax = plot_history(dict(history, lr_drops=[])).axes[0]
+    assert not [line for line in ax.lines if line.get_linestyle() == "--"]
+    for bad in ([1.5], [True], "4", None):
+        with pytest.raises(ValueError, match=r"history\['lr_drops'\] must be a list of epochs"):
+            plot_history(dict(history, lr_drops=bad))

@@ -452,7 +452,7 @@ def test_history_as_dict_and_repr():
     d = history.as_dict()
     assert json.loads(json.dumps(d)) == d
     assert set(d) == {"train_nll", "val_nll", "epoch_time", "best_epoch", "stopped_early",
-                      "stop_reason", "wall_time", "n_steps", "nll_shift"}
+                      "stop_reason", "wall_time", "n_steps", "nll_shift", "lr_drops"}
     assert d["nll_shift"] == 0.0  # refflow.fit's NLLs are in the units of the data it was given
     assert len(d["train_nll"]) == len(d["val_nll"]) == len(d["epoch_time"]) == 3
     assert d["n_steps"] == 9 and d["wall_time"] >= sum(d["epoch_time"]) > 0

@@ -227,3 +227,32 @@ def test_flow_density_plateau_without_patience_is_a_constant_rate():
     off = FlowDensity(**dict(options, lr_schedule=None)).fit(X)
     assert on.history_.val_nll == off.history_.val_nll and on.history_.lr_drops == []
     np.testing.assert_array_equal(on.score_samples(X), off.score_samples(X))
+
+
+def test_a_saved_model_keeps_its_drops(tmp_path):
+    from refflow import io
+    from refflow.train import History
+
+    fitted = FlowDensity(**SMALL).fit(_moons())
+    assert len(fitted.history_.lr_drops) == 1
+    path = tmp_path / "model.npz"
+    fitted.save(path)
+    loaded = io.load(path)
+    assert loaded.history_.lr_drops == fitted.history_.lr_drops
+    assert loaded.history_.as_dict() == fitted.history_.as_dict()
+    # a history written before the drops were saved still loads, with no drops
+    old = fitted.history_.as_dict()
+    del old["lr_drops"]
+    assert History.from_dict(old).lr_drops == []
+
+
+@pytest.mark.parametrize("drops", [[1.0], [True], [-1], [3, 3], [4, 2], [5], "1", None])
+def test_bad_saved_drops_are_refused(drops):
+    from refflow.train import History
+
+    _, _, history, _ = _noisy_fit(None, epochs=5, patience=None)
+    d = dict(history.as_dict(), lr_drops=drops)   # drops must name one of five epochs, 0..4
+    with pytest.raises(ValueError, match=r"history_ entry 'lr_drops' has an invalid value"):
+        History.from_dict(d)
+    d["lr_drops"] = [0, 4]
+    assert History.from_dict(d).lr_drops == [0, 4]

@@ -121,7 +121,7 @@ class History:
         units (``val_log_likelihood[best_epoch]`` is the held-out score of the kept model).
     lr_drops : list of int
         With ``lr_schedule="plateau"``: the epochs after which the best parameters were put
-        back and the learning rate lowered. Not part of :meth:`as_dict`.
+        back and the learning rate lowered, increasing (empty without drops).
     validation_index : ndarray of int or None
         The rows of ``x`` that :func:`fit` held out itself (``perm[:n_val]``, in the order
         they were evaluated); None when there was no split (``validation_data`` given, or
@@ -170,16 +170,19 @@ class History:
     def from_dict(cls, d, where="History"):
         """The inverse of :meth:`as_dict`, checking keys and types (``ValueError`` if wrong).
 
-        ``nll_shift`` may be absent (histories written before it existed): it is then 0.
+        ``nll_shift`` and ``lr_drops`` may be absent (histories written before they existed):
+        they are then 0 and ``[]``.
         """
         history = cls()
         kinds = {"train_nll": "floats", "val_nll": "floats", "epoch_time": "floats",
                  "best_epoch": "epoch", "stopped_early": bool, "stop_reason": str,
-                 "wall_time": "float", "n_steps": "count", "nll_shift": "float"}
-        if isinstance(d, dict) and set(d) == set(kinds) - {"nll_shift"}:
-            d = dict(d, nll_shift=0.0)
+                 "wall_time": "float", "n_steps": "count", "nll_shift": "float",
+                 "lr_drops": "epochs"}
+        if isinstance(d, dict):
+            d = {"nll_shift": 0.0, "lr_drops": [], **d}   # older files lack these two
         if not isinstance(d, dict) or set(d) != set(kinds):
-            raise ValueError(f"{where}: history_ must have exactly the keys {sorted(kinds)}")
+            raise ValueError(f"{where}: history_ must have exactly the keys {sorted(kinds)} "
+                             f"(nll_shift and lr_drops may be absent)")
 
         def real(v):
             return type(v) in (int, float) and math.isfinite(v)
@@ -189,10 +192,17 @@ class History:
             ok = {"floats": lambda: isinstance(v, list) and all(real(e) for e in v),
                   "epoch": lambda: v is None or (type(v) is int and v >= 0),
                   "float": lambda: real(v),
-                  "count": lambda: type(v) is int and v >= 0}.get(kind, lambda: type(v) is kind)()
+                  "count": lambda: type(v) is int and v >= 0,
+                  # the epochs of the drops: increasing, each one a completed epoch
+                  "epochs": lambda: (isinstance(v, list)
+                                     and all(type(e) is int for e in v)
+                                     and all(0 <= e < len(d["train_nll"]) for e in v)
+                                     and all(a < b for a, b in zip(v, v[1:])))
+                  }.get(kind, lambda: type(v) is kind)()
             if not ok:
                 raise ValueError(f"{where}: history_ entry {key!r} has an invalid value {v!r}")
-            setattr(history, key, [float(e) for e in v] if kind == "floats" else v)
+            setattr(history, key, [float(e) for e in v] if kind == "floats"
+                    else list(v) if kind == "epochs" else v)
         return history
 
     def as_dict(self):
@@ -207,6 +217,7 @@ class History:
             "wall_time": float(self.wall_time),
             "n_steps": int(self.n_steps),
             "nll_shift": float(self.nll_shift),
+            "lr_drops": [int(e) for e in self.lr_drops],
         }
 
     def __repr__(self):
