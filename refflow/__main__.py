@@ -418,7 +418,8 @@ def cmd_fit(args, out):
         average=None if args.average == "none" else args.average,
         average_decay=args.average_decay, progress=_progress(args),
         whiten={"yes": True, "no": False}.get(args.whiten, args.whiten),
-        rotation=None if args.rotation == "none" else args.rotation)
+        rotation=None if args.rotation == "none" else args.rotation,
+        blend=args.blend == "yes")
     what = (f"{args.data} ({n} x {dim}" + (f", {_count(c_dim, 'context column')}" if c_dim else "")
             + (f"; {_count(table.n_dropped, 'row')} with missing values dropped"
                if table.n_dropped else "") + ")")
@@ -453,6 +454,11 @@ def cmd_fit(args, out):
         out(f"  kept {kept}: {h.n_epochs} epochs ({h.n_steps} steps){stop}")
     else:
         out(f"  {h.n_epochs} epochs ({h.n_steps} steps) in {seconds:.1f} s{stop}")
+    blend = getattr(model, "blend_weights_", None)
+    if blend is not None:   # --blend yes: scores and samples are the blend's
+        out("  blended (weights by the validation rows): "
+            + ", ".join(f"{k} {v:.3g}" for k, v in blend.items())
+            + f"; validation mean log-likelihood {_fmt(model.blend_score_)}")
     if model.rotated_:
         out("  fitted to the whitened rows rotated to their independent components (FastICA, "
             "folded into the model; --rotation none to leave them as they are)")
@@ -1099,6 +1105,12 @@ def build_parser():
                      "rows, where --model auto also fits "
                      f"{', '.join(ROTATED_CANDIDATES)} to the rotated rows "
                      f"(default {defaults['rotation'] or 'none'})")
+    fit.add_argument("--blend", choices=("yes", "no"),
+                     default="yes" if defaults["blend"] else "no",
+                     help="score and sample with the candidate flows and a Gaussian mixture "
+                     "(full covariances, k by BIC) blended, the weights by the validation "
+                     "rows (the transform command maps with the kept flow) "
+                     f"(default {'yes' if defaults['blend'] else 'no'})")
     fit.add_argument("--n", type=_positive_int, default=None, help="points drawn from a toy (5000)")
     fit.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
     fit.add_argument("--plot", metavar="PNG", default=None,

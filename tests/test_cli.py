@@ -580,6 +580,7 @@ def test_fit_defaults_are_flow_densitys(tmp_path):
         assert getattr(args, option) == python[param], option
     assert python["average"] == "auto" and python["whiten"] == "auto"
     assert python["rotation"] == "auto"
+    assert (args.blend == "yes") is python["blend"]
     assert python["lr_schedule"] == "plateau" and args.lr_schedule == "plateau"
     assert python["epochs"] == "auto" and python["patience"] == "auto"
     assert "(default auto, as FlowDensity" in build_parser()._subparsers._group_actions[0] \
@@ -741,3 +742,26 @@ def test_fit_summary_says_where_the_learning_rate_was_lowered(tmp_path):
     code, text = run(["fit", str(data), "-o", str(tmp_path / "n.npz"), *options,
                       "--lr-schedule", "none"])
     assert code == 0 and "at lr" not in text and "stopped early: 2 epochs" in text
+
+
+def test_fit_blend(tmp_path):
+    """--blend yes: the Python blend, named in the summary, saved and scored as in Python."""
+    from refflow import io
+    from refflow.datasets import two_moons
+    from refflow.estimator import FlowDensity
+
+    data = tmp_path / "moons.npy"
+    np.save(data, two_moons(300, rng=np.random.default_rng(0)))
+    path = tmp_path / "b.npz"
+    code, text = run(["fit", str(data), "-o", str(path), "--model", "maf", "--layers", "1",
+                      "--hidden", "8,8", "--epochs", "3", "--blend", "yes", "--seed", "2"])
+    assert code == 0, text
+    python = FlowDensity("maf", n_layers=1, hidden=(8, 8), epochs=3, blend=True,
+                         random_state=2, progress=False).fit(np.load(data))
+    assert "blended (weights by the validation rows): maf " in text and " gmm " in text
+    x = two_moons(50, rng=np.random.default_rng(1))
+    loaded = io.load(path)
+    assert loaded.blend_weights_ == python.blend_weights_
+    np.testing.assert_array_equal(loaded.score_samples(x), python.score_samples(x))
+    with pytest.raises(SystemExit):   # argparse's choices
+        run(["fit", str(data), "-o", str(tmp_path / "c.npz"), "--blend", "maybe"])

@@ -298,7 +298,7 @@ def test_get_and_set_params():
         "flow", "n_layers", "hidden", "flow_kwargs", "base", "epochs", "batch_size", "lr",
         "lr_schedule", "weight_decay", "validation_fraction", "patience", "average",
         "average_decay", "standardize",
-        "whiten", "rotation", "random_state", "progress"}
+        "whiten", "rotation", "blend", "random_state", "progress"}
     assert model.get_params(deep=False) == model.get_params(deep=True)
     assert model.set_params(flow="maf", epochs=3) is model
     assert (model.flow, model.epochs) == ("maf", 3)

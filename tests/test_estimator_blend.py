@@ -1,0 +1,153 @@
+"""``FlowDensity(blend=True)``: the candidate flows and a full-covariance Gaussian mixture,
+weighted by the validation rows.
+
+The pieces are checked against independent computations: the mixture's EM against
+scikit-learn's ``GaussianMixture``, the weights against the optimality conditions of the
+concave problem they solve, the blend's density against a log-sum-exp of its flows computed
+here, and the flows and histories against a fit without the blend (which must not change).
+"""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from refflow import io
+from refflow.data import toy
+from refflow.estimator import FlowDensity
+from refflow.estimator import _blend_weights as blend_weights
+from refflow.estimator import _full_mixture_em as full_mixture_em
+
+#: Sums of the same terms in another order (the blend's mean against score's chunks).
+SAME_SUM = 1e-12
+#: EM on the weights stops when no weight moves by 1e-10 in a round: the KKT ratios are 1 to
+#: about that times the problem's curvature.
+KKT_TOL = 1e-7
+#: Small fits: two candidates, whitened and not (400 rows: whiten="auto" fits both ways).
+SMALL = dict(n_layers=1, hidden=(8,), epochs=6, patience=None, random_state=0,
+             progress=False)
+
+
+@pytest.fixture(scope="module")
+def moons():
+    return toy("two_moons", 400, rng=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(moons):
+    return (FlowDensity(blend=True, **SMALL).fit(moons),
+            FlowDensity(blend=False, **SMALL).fit(moons))
+
+
+def test_full_mixture_em_matches_scikit_learn():
+    sklearn_mixture = pytest.importorskip("sklearn.mixture")
+    rng = np.random.default_rng(0)
+    a = rng.multivariate_normal([0, 0, 0], [[1, .5, 0], [.5, 1, .2], [0, .2, 1]], size=600)
+    b = rng.multivariate_normal([6, 1, -4], [[2, -.3, 0], [-.3, .5, 0], [0, 0, .3]], size=400)
+    z = np.vstack([a, b])
+    log_w, means, chols, mean_ll = full_mixture_em(z, 2, np.random.default_rng(0))
+    ref = sklearn_mixture.GaussianMixture(2, covariance_type="full", reg_covar=1e-6, tol=1e-10,
+                                          max_iter=1000, random_state=0).fit(z)
+    # the same maximum: well-separated clusters, both EMs converged to their tolerance
+    assert mean_ll == pytest.approx(ref.score(z), rel=1e-6)
+    order = np.argsort(means[:, 0])
+    ref_order = np.argsort(ref.means_[:, 0])
+    np.testing.assert_allclose(np.exp(log_w[order]), ref.weights_[ref_order], atol=1e-5)
+    np.testing.assert_allclose(chols[order] @ np.swapaxes(chols[order], 1, 2),
+                               ref.covariances_[ref_order], atol=1e-4)
+
+
+def test_blend_weights_meet_the_optimality_conditions():
+    rng = np.random.default_rng(1)
+    x = np.where(rng.random(3000) < 0.3, rng.normal(0.0, 1.0, 3000), rng.normal(3.0, 1.0, 3000))
+
+    def log_normal(mu):
+        return -0.5 * (x - mu) ** 2 - 0.5 * np.log(2 * np.pi)
+
+    log_q = np.stack([log_normal(0.0), log_normal(3.0), log_normal(9.0)], axis=1)
+    w = blend_weights(log_q)
+    assert w.sum() == pytest.approx(1.0, abs=1e-12)
+    mix = np.log(np.exp(log_q) @ w)
+    ratio = np.mean(np.exp(log_q - mix[:, None]), axis=0)   # the gradient on the simplex
+    np.testing.assert_allclose(ratio[:2], 1.0, atol=KKT_TOL)
+    assert w[2] < 1e-6 and ratio[2] <= 1.0 + KKT_TOL
+    # a row no component can score is left out rather than making NaN weights
+    dead = np.vstack([log_q, [-np.inf] * 3])
+    np.testing.assert_allclose(blend_weights(dead), w, rtol=0, atol=1e-15)
+
+
+def test_blend_scores_the_weighted_flows(fitted, moons):
+    model, _ = fitted
+    blend = model._blend
+    assert blend.flows[0] is model.flow_
+    assert blend.weights.sum() == pytest.approx(1.0, abs=1e-12) and (blend.weights >= 0).all()
+    x = toy("two_moons", 300, rng=1)
+    # log-densities of a few nats: the plain sum of exponentials is exact enough here
+    by_hand = np.log(np.exp(np.stack([f.log_prob(x) for f in blend.flows], axis=1))
+                     @ blend.weights)
+    np.testing.assert_allclose(model.score_samples(x), by_hand, rtol=1e-12)
+    # the validation score is the blend's, and score agrees with it
+    val = moons[model.validation_index_]
+    assert model.blend_score_ == pytest.approx(model.score(val), rel=SAME_SUM)
+    # the weights: every candidate and the mixture, optimal on the validation rows
+    names = set(model.candidate_scores_) | {"gmm"}
+    assert set(model.blend_weights_) == names
+    assert sum(model.blend_weights_.values()) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_blend_does_not_change_the_flows(fitted, moons):
+    blended, plain = fitted
+    assert not hasattr(plain, "blend_weights_") and getattr(plain, "_blend", None) is None
+    assert blended.history_.as_dict()["val_nll"] == plain.history_.as_dict()["val_nll"]
+    assert blended.candidate_scores_ == plain.candidate_scores_
+    for key, value in plain.flow_.params.items():
+        np.testing.assert_array_equal(blended.flow_.params[key], value)
+    x = toy("two_moons", 200, rng=2)
+    np.testing.assert_array_equal(blended.transform(x), plain.transform(x))
+    np.testing.assert_array_equal(plain.score_samples(x), plain.flow_.log_prob(x))
+    # on the validation rows the blend is at least as good as the kept flow (a vertex of
+    # the weights' simplex)
+    val = moons[blended.validation_index_]
+    assert blended.blend_score_ >= plain.score(val) - 1e-12
+
+
+def test_saved_and_pickled_blends_score_the_same(fitted, tmp_path):
+    model, _ = fitted
+    x = toy("two_moons", 200, rng=3)
+    path = tmp_path / "blend.npz"
+    model.save(path)
+    for copy in (io.load(path), pickle.loads(pickle.dumps(model))):
+        np.testing.assert_array_equal(copy.score_samples(x), model.score_samples(x))
+        np.testing.assert_array_equal(copy._blend.weights, model._blend.weights)
+        assert copy.blend_weights_ == model.blend_weights_
+        assert copy.blend_score_ == model.blend_score_
+        np.testing.assert_array_equal(copy.sample(50, random_state=4),
+                                      model.sample(50, random_state=4))
+
+
+def test_blend_samples(fitted, moons):
+    model, _ = fitted
+    a = model.sample(4000, random_state=0)
+    assert a.shape == (4000, 2) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, model.sample(4000, random_state=0))
+    # the blend was fitted to the moons: its draws' mean is the data's to a few standard
+    # errors (std <= 1 per coordinate: 4 / sqrt(4000) + 4 / sqrt(400) < 0.3)
+    np.testing.assert_allclose(a.mean(axis=0), moons.mean(axis=0), atol=0.3)
+
+
+@pytest.mark.parametrize("kwargs, fit_kwargs, error, message", [
+    ({"blend": "yes"}, {}, TypeError, "blend must be True or False"),
+    ({"blend": True, "validation_fraction": 0.0}, {}, ValueError, "needs validation_fraction"),
+    ({"blend": True, "flow": "maf"}, {"context": np.zeros((400, 1))}, ValueError,
+     "blend=True needs the rows in memory and no context"),
+])
+def test_bad_blend_requests_change_nothing(moons, kwargs, fit_kwargs, error, message):
+    model = FlowDensity(**dict(SMALL, **kwargs))
+    with pytest.raises(error, match=message):
+        model.fit(moons, **fit_kwargs)
+    assert not hasattr(model, "flow_")
+
+
+def test_blend_of_a_single_family_is_the_flow_and_the_mixture(moons):
+    model = FlowDensity("maf", blend=True, whiten=True, **SMALL).fit(moons)
+    assert set(model.blend_weights_) == {"maf", "gmm"}
