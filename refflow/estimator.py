@@ -106,6 +106,7 @@ _BIC_PATIENCE = 3
 #: (the density suite's GaussianMixture baseline scans 1..30), and the weights' EM limits.
 BLEND_MAX_COMPONENTS = 30
 _BLEND_TOL = 1e-10
+_BLEND_SCAN_TOL = 1e-3
 _BLEND_MIN_WEIGHT = 1e-9
 _BLEND_MAX_ITER = 10000
 #: base="t_mixture": the degrees of freedom its start chooses among (1, the Cauchy, to 1000, a
@@ -514,12 +515,13 @@ def _kmeans_start(z, k, rng):
     return resp
 
 
-def _full_mixture_em(z, k, rng):
+def _full_mixture_em(z, k, rng, tol=_MIX_TOL):
     r"""Maximum-likelihood mixture of ``k`` Gaussians with full covariances of the rows ``z``
     by EM: ``(log_w, means, chols, mean_log_likelihood)``, ``chols[j]`` the lower Cholesky
     factor of component ``j``'s covariance.
 
-    The start and the stopping rule are :func:`_diag_mixture_em`'s; the M step is
+    The start is :func:`_diag_mixture_em`'s, and so is the stopping rule, with ``tol`` for
+    ``_MIX_TOL``; the M step is
     ``S_j = sum_n r_nj (z_n - m_j)(z_n - m_j)^T / N_j + floor I`` (the floor as
     scikit-learn's ``reg_covar``), and ``log N(z; m, L L^T) = -|L^{-1}(z - m)|^2 / 2 -
     sum_i log L_ii - d log(2 pi) / 2`` through a triangular solve.
@@ -544,7 +546,7 @@ def _full_mixture_em(z, k, rng):
         lse = logsumexp_rows(a)
         mean_ll = float(np.mean(lse))
         resp = np.exp(a - lse[:, None])
-        if mean_ll - previous < _MIX_TOL:
+        if mean_ll - previous < tol:
             break
         previous = mean_ll
     return log_w, means, chols, mean_ll
@@ -558,21 +560,23 @@ def _full_mixture_bic(z, max_components=BLEND_MAX_COMPONENTS):
     ``k`` runs from 1 to ``max_components``, held to at most one component per two rows per
     parameter of a component; the scan stops once ``_BIC_PATIENCE`` values in a row have not
     lowered the best BIC. Every ``k`` is fitted to all the rows (as the density suite's
-    ``GaussianMixture`` baseline). Deterministic: the seeds come from ``default_rng(k)``."""
+    ``GaussianMixture`` baseline), in the scan to scikit-learn's tolerance
+    (``_BLEND_SCAN_TOL`` = 1e-3 nats per row); the chosen ``k`` is then fitted again from the
+    same start to ``_MIX_TOL``. Deterministic: the seeds come from ``default_rng(k)``."""
     n, d = z.shape
     per_component = d + d * (d + 1) // 2 + 1
     top = max(1, min(max_components, n // (2 * per_component)))
     best, worse = None, 0
     for k in range(1, top + 1):
-        fitted = _full_mixture_em(z, k, np.random.default_rng(k))
-        bic = -2.0 * n * fitted[3] + (k * per_component - 1) * math.log(n)
+        mean_ll = _full_mixture_em(z, k, np.random.default_rng(k), _BLEND_SCAN_TOL)[3]
+        bic = -2.0 * n * mean_ll + (k * per_component - 1) * math.log(n)
         if best is None or bic < best[0]:
-            best, worse = (bic, fitted), 0
+            best, worse = (bic, k), 0
         else:
             worse += 1
             if worse == _BIC_PATIENCE:
                 break
-    return best[1][:3]
+    return _full_mixture_em(z, best[1], np.random.default_rng(best[1]))[:3]
 
 
 def _blend_weights(log_q):
