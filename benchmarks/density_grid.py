@@ -9,7 +9,8 @@ Run (from the repository root)::
 
 Why a replay is exact. With a constant learning rate (``lr_schedule=None``, which the script
 sets; FlowDensity's default drop, ``"plateau"``, starts where the patience runs out, so it
-depends on the setting and is not replayed) the training run of
+depends on the setting and is not replayed; nor is ``blend``, which the script sets to
+False: each setting's kept flow is scored alone) the training run of
 :func:`refflow.training.fit` does not depend on ``epochs`` or ``patience``: they only decide
 when it stops, and the parameters kept are those of the epoch with the lowest validation NLL
 among the epochs run (the first on a tie). Weight averaging (``average="ema"``) does not change
@@ -169,12 +170,15 @@ def trace(name, kwargs, *, n_train=20000, n_test=5000, draws=(7, 8), random_stat
     ``FlowDensity`` does, the family whose kept epoch has the lowest validation NLL (the
     first on a tie), and its CPU time is the sum of the families' fits up to their last
     epochs under the setting. The fits replayed are ``FlowDensity(lr_schedule=None,
-    **kwargs)``: a constant learning rate.
+    blend=False, **kwargs)``: a constant learning rate, and the kept flow scored alone.
     """
     if kwargs.get("lr_schedule") is not None:
         raise ValueError(f"density_grid: lr_schedule={kwargs['lr_schedule']!r} is not "
                          f"replayed (a schedule changes the run with the epochs or the "
                          f"patience); the grid replays lr_schedule=None")
+    if kwargs.get("blend", False) is not False:
+        raise ValueError(f"density_grid: blend={kwargs['blend']!r} is not replayed (the grid "
+                         f"scores the kept flow of each setting); it replays blend=False")
     if (kwargs.get("whiten", "auto") == "auto"
             and n_train <= estimator_module.WHITEN_CHOICE_MAX_ROWS):
         raise ValueError(f"density_grid: on {n_train} <= "
@@ -223,7 +227,7 @@ def trace(name, kwargs, *, n_train=20000, n_test=5000, draws=(7, 8), random_stat
         return all(r is not None and r[2] <= epoch for r in done)
 
     model = FlowDensity(random_state=random_state, progress=False,
-                        **dict(kwargs, lr_schedule=None))
+                        **dict(kwargs, lr_schedule=None, blend=False))
     start = cpu_seconds()
     estimator_module.fit = traced_fit
     try:

@@ -419,7 +419,7 @@ def cmd_fit(args, out):
         average_decay=args.average_decay, progress=_progress(args),
         whiten={"yes": True, "no": False}.get(args.whiten, args.whiten),
         rotation=None if args.rotation == "none" else args.rotation,
-        blend=args.blend == "yes")
+        blend={"yes": True, "no": False}.get(args.blend, args.blend))
     what = (f"{args.data} ({n} x {dim}" + (f", {_count(c_dim, 'context column')}" if c_dim else "")
             + (f"; {_count(table.n_dropped, 'row')} with missing values dropped"
                if table.n_dropped else "") + ")")
@@ -1105,12 +1105,11 @@ def build_parser():
                      "rows, where --model auto also fits "
                      f"{', '.join(ROTATED_CANDIDATES)} to the rotated rows "
                      f"(default {defaults['rotation'] or 'none'})")
-    fit.add_argument("--blend", choices=("yes", "no"),
-                     default="yes" if defaults["blend"] else "no",
+    fit.add_argument("--blend", choices=("auto", "yes", "no"), default=defaults["blend"],
                      help="score and sample with the candidate flows and a Gaussian mixture "
                      "(full covariances, k by BIC) blended, the weights by the validation "
-                     "rows (the transform command maps with the kept flow) "
-                     f"(default {'yes' if defaults['blend'] else 'no'})")
+                     "rows (the transform command maps with the kept flow); auto: with "
+                     f"--model auto and no context (default {defaults['blend']})")
     fit.add_argument("--n", type=_positive_int, default=None, help="points drawn from a toy (5000)")
     fit.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default 0)")
     fit.add_argument("--plot", metavar="PNG", default=None,

@@ -580,7 +580,7 @@ def test_fit_defaults_are_flow_densitys(tmp_path):
         assert getattr(args, option) == python[param], option
     assert python["average"] == "auto" and python["whiten"] == "auto"
     assert python["rotation"] == "auto"
-    assert (args.blend == "yes") is python["blend"]
+    assert args.blend == python["blend"] == "auto"
     assert python["lr_schedule"] == "plateau" and args.lr_schedule == "plateau"
     assert python["epochs"] == "auto" and python["patience"] == "auto"
     assert "(default auto, as FlowDensity" in build_parser()._subparsers._group_actions[0] \

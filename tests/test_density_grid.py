@@ -28,7 +28,7 @@ def _real(grid, name, kwargs, epochs, patience, average, decay, n_train, n_test)
     train, test, truth = grid.load(name, n_train, n_test, (7, 8))
     model = FlowDensity(random_state=0, progress=False, epochs=epochs, patience=patience,
                         average="ema" if average else None, average_decay=decay,
-                        lr_schedule=None, **kwargs).fit(train)
+                        lr_schedule=None, blend=False, **kwargs).fit(train)
     lp = model.score_samples(test)
     return model, float(np.mean(truth - lp))
 
@@ -80,6 +80,13 @@ def test_replay_rule(grid):
 def test_a_schedule_is_refused(grid):
     with pytest.raises(ValueError, match="lr_schedule='plateau' is not replayed"):
         grid.trace("two_moons", dict(TINY, lr_schedule="plateau"), n_train=400, n_test=300,
+                   epochs_list=(4,), patience_list=(1,), say=lambda *a: None)
+
+
+@pytest.mark.parametrize("blend", ["auto", True])
+def test_a_blend_is_refused(grid, blend):
+    with pytest.raises(ValueError, match=f"blend={blend!r} is not replayed"):
+        grid.trace("two_moons", dict(TINY, blend=blend), n_train=400, n_test=300,
                    epochs_list=(4,), patience_list=(1,), say=lambda *a: None)
 
 

@@ -136,10 +136,11 @@ def test_blend_samples(fitted, moons):
 
 
 @pytest.mark.parametrize("kwargs, fit_kwargs, error, message", [
-    ({"blend": "yes"}, {}, TypeError, "blend must be True or False"),
+    ({"blend": "yes"}, {}, ValueError, "blend must be 'auto', True or False, got 'yes'"),
+    ({"blend": 1}, {}, TypeError, "blend must be 'auto', True or False"),
     ({"blend": True, "validation_fraction": 0.0}, {}, ValueError, "needs validation_fraction"),
     ({"blend": True, "flow": "maf"}, {"context": np.zeros((400, 1))}, ValueError,
-     "blend=True needs the rows in memory and no context"),
+     "blend=True needs a fit without context"),
 ])
 def test_bad_blend_requests_change_nothing(moons, kwargs, fit_kwargs, error, message):
     model = FlowDensity(**dict(SMALL, **kwargs))
@@ -151,3 +152,47 @@ def test_bad_blend_requests_change_nothing(moons, kwargs, fit_kwargs, error, mes
 def test_blend_of_a_single_family_is_the_flow_and_the_mixture(moons):
     model = FlowDensity("maf", blend=True, whiten=True, **SMALL).fit(moons)
     assert set(model.blend_weights_) == {"maf", "gmm"}
+
+
+def test_blend_auto_is_for_flow_auto_without_context(moons):
+    assert FlowDensity().blend == "auto"
+    assert hasattr(FlowDensity(**SMALL).fit(moons), "blend_weights_")
+    # a single family, a conditional fit, no validation rows: no blend
+    assert not hasattr(FlowDensity("maf", **SMALL).fit(moons), "blend_weights_")
+    assert not hasattr(FlowDensity(**SMALL).fit(moons, context=moons[:, :1]),
+                       "blend_weights_")
+    assert not hasattr(FlowDensity(**dict(SMALL, validation_fraction=0.0)).fit(moons),
+                       "blend_weights_")
+    # and a refit without a blend leaves none of the last one behind
+    model = FlowDensity(**SMALL).fit(moons)
+    model.set_params(blend=False).fit(moons)
+    assert getattr(model, "_blend", None) is None and not hasattr(model, "blend_score_")
+
+
+def test_a_streamed_blend_is_the_in_memory_one(fitted, moons, tmp_path):
+    model, _ = fitted
+    path = tmp_path / "rows.npy"
+    np.save(path, moons)
+    on_disk = FlowDensity(blend=True, **SMALL).fit(np.load(path, mmap_mode="r"))
+    assert on_disk.blend_weights_ == model.blend_weights_
+    x = toy("two_moons", 100, rng=5)
+    np.testing.assert_array_equal(on_disk.score_samples(x), model.score_samples(x))
+
+
+def test_the_mixture_sees_at_most_blend_max_rows(moons, monkeypatch):
+    import refflow.estimator as estimator
+
+    seen = []
+    original = estimator._full_mixture_bic
+    monkeypatch.setattr(estimator, "BLEND_MAX_ROWS", 50)
+    monkeypatch.setattr(estimator, "_full_mixture_bic",
+                        lambda z: seen.append(z.copy()) or original(z))
+    model = FlowDensity(blend=True, **SMALL).fit(moons)
+    (rows,) = seen
+    assert rows.shape == (50, 2)
+    # evenly spaced training rows (never a validation row), standardised
+    val = set(model.validation_index_.tolist())
+    training = np.array([i for i in range(len(moons)) if i not in val])
+    chosen = training[(np.arange(50) * len(training)) // 50]
+    np.testing.assert_allclose(rows, (moons[chosen] - model.mean_) / model.scale_, rtol=1e-13,
+                               atol=1e-13)

@@ -102,7 +102,8 @@ def test_rotated_fit_is_the_flow_of_the_rotated_whitened_rows(wide, many):
 
 def test_auto_fits_the_rotated_candidates_on_the_rotated_rows(wide, many):
     options = {k: v for k, v in SMALL.items() if k != "flow"}
-    model = FlowDensity(**options).fit(wide)   # flow, whiten and rotation "auto"
+    # flow, whiten and rotation "auto"; the kept flow scored alone (not blended)
+    model = FlowDensity(blend=False, **options).fit(wide)
     scores = model.candidate_scores_
     assert ROTATED_CANDIDATES == ("gf",)
     assert list(scores) == ["maf", "nsf", "gf"] and model.rotated_ and model.whitened_
@@ -122,7 +123,7 @@ def test_rotation_ica_with_the_whitening_choice(wide):
     """rotation="ica" on few rows: whiten="auto" fits every family both ways, gf only to the
     rotated rows; the kept candidate is the best, in the data's units."""
     options = {k: v for k, v in SMALL.items() if k != "flow"}
-    model = FlowDensity(rotation="ica", **options).fit(wide)
+    model = FlowDensity(rotation="ica", blend=False, **options).fit(wide)
     scores = model.candidate_scores_
     assert list(scores) == ["maf", "nsf", "gf", "maf (unwhitened)", "nsf (unwhitened)"]
     kept = max(scores, key=scores.get)
