@@ -6,14 +6,16 @@ Run (from the repository root)::
         [--draws TRAIN,TEST,WEIGHTS] [--seed S] [--n-train N] [--n-test N] [--epochs E]
         [--json PATH]
 
-What it measures. ``FlowDensity()`` fits several candidates (a MAF and an NSF, a Gaussianization
-flow on rotated rows) and keeps the one with the best validation likelihood; the others are
-thrown away. A mixture of fitted densities is a density too, and its log-likelihood is
-concave in the mixture weights, so the best blend of the candidates on held-out rows is never
-worse there than the best candidate alone (each candidate is a vertex of the simplex). How
-much better it is on rows that chose nothing, and whether the classical estimator the suite
-compares against (``GaussianMixture``, full covariances, ``k`` by BIC up to 30, as in
-``benchmarks/density_suite.py``) adds to the blend, is what this script reports.
+What it measures. ``FlowDensity(blend=False)`` fits several candidates (a MAF and an NSF, a
+Gaussianization flow on rotated rows) and keeps the one with the best validation likelihood;
+the others are thrown away. A mixture of fitted densities is a density too, and its
+log-likelihood is concave in the mixture weights, so the best blend of the candidates on
+held-out rows is never worse there than the best candidate alone (each candidate is a vertex
+of the simplex). How much better it is on rows that chose nothing, and whether the classical
+estimator the suite compares against (``GaussianMixture``, full covariances, ``k`` by BIC up to 30, as in
+``benchmarks/density_suite.py``) adds to the blend, is what this script reports: the
+measurement behind ``FlowDensity``'s ``blend="auto"`` (DEVELOPERS.md, "FlowDensity's
+defaults", tenth round), made with the suite's own GMM and weights chosen on a separate draw.
 
 For each set: ``FlowDensity(flow=family, random_state=seed)`` for each family of
 ``--families`` (default ``maf,nsf``, the candidates ``"auto"`` always fits), and the suite's

@@ -1034,7 +1034,8 @@ class FlowDensity:
         ``LULinear`` before the ``Affine`` when the kept fit is whitened (and the rotation's
         ``LULinear`` before that when it is rotated). A conditional model
         takes the *standardised* context, ``(context - context_mean_) / context_scale_``;
-        the methods here standardise it for you.
+        the methods here standardise it for you. With a blend (``blend``) the kept flow
+        is one component of the density that :meth:`score_samples` and :meth:`sample` use.
     history_ : refflow.training.History
         Training and validation NLL per epoch of the standardised (and whitened) data
         (``train_nll``, ``val_nll``), and the same in the data's units as mean
@@ -1161,11 +1162,11 @@ class FlowDensity:
     it is not needed EM gives it a weight near 0.
 
     *Scores.* :meth:`score_samples` gives ``log q(x)`` per row, in nats, in the units of
-    ``X``; :meth:`score` is the **mean** log-likelihood per sample, as
-    ``GaussianMixture.score`` (``KernelDensity.score`` returns the *sum*). A row so far out
-    that its log-density is not representable in float64 scores ``-inf`` (with one
-    ``RuntimeWarning`` per call), as ``GaussianMixture`` gives ``-inf``; the other rows are
-    scored exactly as without it.
+    ``X`` (the blend's ``log sum_j w_j q_j(x)`` when there is one; ``blend``); :meth:`score`
+    is the **mean** log-likelihood per sample, as ``GaussianMixture.score``
+    (``KernelDensity.score`` returns the *sum*). A row so far out that its log-density is
+    not representable in float64 scores ``-inf`` (with one ``RuntimeWarning`` per call), as
+    ``GaussianMixture`` gives ``-inf``; the other rows are scored exactly as without it.
 
     *Latent space.* :meth:`transform` maps rows to the base space, ``z = T^{-1}(x)`` (distributed
     as ``flow_.base`` under the model: standard normal with ``base="gaussian"``), and
