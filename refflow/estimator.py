@@ -101,7 +101,7 @@ _MIX_TOL = 1e-7
 #: the best so far, at which the scan stops.
 _MIX_SCAN_ROWS = 4000
 _BIC_PATIENCE = 3
-#: blend=True: the most components of the full-covariance Gaussian mixture beside the flows
+#: blend: the most components of the full-covariance Gaussian mixture beside the flows
 #: (the density suite's GaussianMixture baseline scans 1..30), and the weights' EM limits.
 BLEND_MAX_COMPONENTS = 30
 #: blend: the mixture is fitted to at most this many training rows (evenly spaced), so that a
@@ -529,8 +529,9 @@ def _full_mixture_em(z, k, rng, tol=_MIX_TOL):
     ``S_j = sum_n r_nj (z_n - m_j)(z_n - m_j)^T / N_j + floor I`` (the floor as
     scikit-learn's ``reg_covar``), through the second moments, ``S_j = sum_n r_nj z_n z_n^T /
     N_j - m_j m_j^T + floor I`` (the rows are standardised, so the cancellation in the
-    difference costs a few digits at most, at the floor's scale), and ``log N(z; m, L L^T) = -|L^{-1} z - L^{-1} m|^2 / 2 - sum_i log
-    L_ii - d log(2 pi) / 2``, the ``L_j^{-1} z_n`` of every component in one product.
+    difference costs a few digits at most, at the floor's scale), and ``log N(z; m, L L^T) =
+    -|L^{-1} z - L^{-1} m|^2 / 2 - sum_i log L_ii - d log(2 pi) / 2``, the ``L_j^{-1} z_n``
+    of every component in one product.
     """
     n, d = z.shape
     resp = _kmeans_start(z, k, rng)
@@ -621,7 +622,7 @@ def _blend_weights(log_q):
 
 
 def _fit_blend(X, Xs, mean, scale, validation, flows):
-    """``(_Blend, blend_weights_, blend_score_)`` of ``blend=True``: the fitted flows
+    """``(_Blend, blend_weights_, blend_score_)`` of a blend (``blend``): the fitted flows
     ``[(label, flow)]`` (in the data's units, the kept one first) and the full-covariance
     Gaussian mixture of the standardised training rows ``Xs`` (``k`` by BIC,
     :func:`_full_mixture_bic`; the validation rows left out, and at most
@@ -1623,7 +1624,7 @@ class FlowDensity:
         both = (options["whiten"] == "auto" and dim > 1 and n <= WHITEN_CHOICE_MAX_ROWS
                 and validation_fraction > 0)
         whitening, standardised = None, (Xs if both else None)
-        unwhitened = Xs   # the standardised rows (in memory with blend=True): the GMM's
+        unwhitened = Xs   # the standardised rows (array or streamed): the blend's mixture's
         if options["whiten"] is not False and dim > 1:
             # one pass of exact sums, then C w = s solved row by row (forward substitution,
             # elementwise): a streamed source is whitened as it is read, bit for bit as here
@@ -1759,7 +1760,7 @@ class FlowDensity:
         return _NoProgress()
 
     def _density(self):
-        """What scores and samples: the blend (``blend=True``) or the kept flow."""
+        """What scores and samples: the blend (``blend``), if there is one, or the kept flow."""
         blend = getattr(self, "_blend", None)
         return self.flow_ if blend is None else blend
 
@@ -2321,7 +2322,8 @@ def _blend_from_config(blend, flow, where):
         raise ValueError(f"{where}: blend must have exactly the keys blend_score_, "
                          f"blend_weights_, flows and weights")
     weights, specs = blend["weights"], blend["flows"]
-    if not (isinstance(weights, list) and len(weights) == len(specs) + 1 and all(
+    if not (isinstance(weights, list) and isinstance(specs, list)
+            and len(weights) == len(specs) + 1 and all(
             type(v) in (int, float) and math.isfinite(v) and v >= 0 for v in weights)
             and abs(sum(weights) - 1.0) < 1e-9):
         raise ValueError(f"{where}: blend weights must be one non-negative number per flow "

@@ -196,3 +196,22 @@ def test_the_mixture_sees_at_most_blend_max_rows(moons, monkeypatch):
     chosen = training[(np.arange(50) * len(training)) // 50]
     np.testing.assert_allclose(rows, (moons[chosen] - model.mean_) / model.scale_, rtol=1e-13,
                                atol=1e-13)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b.update(weights=[2.0] + b["weights"][1:]), "blend weights must be"),
+    (lambda b: b.update(weights=b["weights"][:-1]), "blend weights must be"),
+    (lambda b: b.update(flows="x"), "blend weights must be"),
+    (lambda b: b.update(blend_score_=float("nan")), "blend_score_ must be a finite number"),
+    (lambda b: b.pop("blend_weights_"), "blend must have exactly the keys"),
+])
+def test_a_damaged_blend_entry_is_refused(fitted, damage, message):
+    import copy
+
+    model, _ = fitted
+    config = copy.deepcopy(model._config())
+    assert FlowDensity._from_config(copy.deepcopy(config)).blend_weights_ == \
+        model.blend_weights_
+    damage(config["fitted"]["blend"])
+    with pytest.raises(ValueError, match=message):
+        FlowDensity._from_config(config)
