@@ -133,6 +133,14 @@ def test_blend_samples(fitted, moons):
     # the blend was fitted to the moons: its draws' mean is the data's to a few standard
     # errors (std <= 1 per coordinate: 4 / sqrt(4000) + 4 / sqrt(400) < 0.3)
     np.testing.assert_allclose(a.mean(axis=0), moons.mean(axis=0), atol=0.3)
+    # draws of sum_j w_j q_j: E[w_j q_j(x) / q(x)] = w_j exactly, so the mean responsibility
+    # of each component over the draws is its weight, to 5 standard errors (each
+    # responsibility is in [0, 1]: its variance is at most w_j (1 - w_j) <= 1/4)
+    blend = model._blend
+    log_q = np.stack([f.log_prob(a) for f in blend.flows], axis=1) + np.log(blend.weights)
+    resp = np.exp(log_q - np.logaddexp.reduce(log_q, axis=1)[:, None])
+    np.testing.assert_allclose(resp.mean(axis=0), blend.weights, atol=5 * 0.5 / np.sqrt(4000))
+    assert len(blend.weights) > 2 and blend.weights.max() > 0.2
 
 
 @pytest.mark.parametrize("kwargs, fit_kwargs, error, message", [
@@ -215,3 +223,27 @@ def test_a_damaged_blend_entry_is_refused(fitted, damage, message):
     damage(config["fitted"]["blend"])
     with pytest.raises(ValueError, match=message):
         FlowDensity._from_config(config)
+
+
+def test_blend_draws_each_flow_in_proportion_to_its_weight():
+    from refflow.bijectors import Affine
+    from refflow.distributions import Flow, StandardNormal
+    from refflow.estimator import _Blend
+
+    def shifted(mu):
+        layer = Affine(1)
+        layer.params["shift"] = np.array([mu])
+        return Flow(StandardNormal(1), layer)
+
+    blend = _Blend([shifted(-8.0), shifted(8.0)], [0.2, 0.8])
+    x = blend.sample(4000, np.random.default_rng(0))
+    # every draw is from one bump or the other (|x -+ 8| < 6 sigma); a fraction 0.8 from the
+    # second, to 5 standard errors (sqrt(0.16 / 4000) = 0.0063), in a random order
+    assert x.shape == (4000, 1) and (np.abs(np.abs(x) - 8.0) < 6.0).all()
+    assert abs(np.mean(x > 0) - 0.8) < 5 * 0.0063
+    assert 0.6 < np.mean(x[:200] > 0) < 1.0   # not sorted by component
+    # and its density is the weighted sum of the two
+    grid = np.array([[-8.0], [0.0], [8.0]])
+    expected = np.log(0.2 * np.exp(shifted(-8.0).log_prob(grid))
+                      + 0.8 * np.exp(shifted(8.0).log_prob(grid)))
+    np.testing.assert_allclose(blend.log_prob(grid), expected, rtol=1e-13)
