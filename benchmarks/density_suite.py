@@ -273,7 +273,7 @@ def fit_flow(family, train, test, seed, epochs, variants=None):
     info["rotated"] = bool(model.rotated_)     # rotation="auto": and its rotation
     if hasattr(model, "candidate_scores_"):   # flow="auto": each family's validation score
         info["candidate_scores"] = dict(model.candidate_scores_)
-    if hasattr(model, "blend_weights_"):      # blend=True: the weights of the blend
+    if hasattr(model, "blend_weights_"):      # a blend (blend="auto" or True): its weights
         info["blend_weights"] = dict(model.blend_weights_)
     return lp, info
 

@@ -455,7 +455,7 @@ def cmd_fit(args, out):
     else:
         out(f"  {h.n_epochs} epochs ({h.n_steps} steps) in {seconds:.1f} s{stop}")
     blend = getattr(model, "blend_weights_", None)
-    if blend is not None:   # --blend yes: scores and samples are the blend's
+    if blend is not None:   # --blend auto or yes: scores and samples are the blend's
         out("  blended (weights by the validation rows): "
             + ", ".join(f"{k} {v:.3g}" for k, v in blend.items())
             + f"; validation mean log-likelihood {_fmt(model.blend_score_)}")
