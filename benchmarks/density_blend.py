@@ -22,11 +22,11 @@ For each set: ``FlowDensity(flow=family, random_state=seed)`` for each family of
 GMM, all fitted on the training rows; their log-densities of the test rows and of the weight
 rows. Blends: every family's flow alone, the flows together (``flows``) and the flows with the
 GMM (``flows+gmm``), with the weights of the highest mean log-likelihood of the weight rows,
-found by EM (:func:`blend_weights`). The toys' and synthetic sets' rows are drawn with
-``--draws TRAIN,TEST,WEIGHTS`` (default ``7,8,9``: rows that no table of the suite uses; the
-weight rows are as many as the test rows); the real sets are split by ``--seed`` as in the
-suite, and their weights are cross-fitted on the test split (chosen on its even rows and
-scored on its odd ones, and the other way round). Gap = mean(log p_true - log q) over the test
+found by EM (:func:`refflow.estimator.blend_weights`). The toys' and synthetic sets' rows
+are drawn with ``--draws TRAIN,TEST,WEIGHTS`` (default ``7,8,9``: rows that no table of the
+suite uses; the weight rows are as many as the test rows); the real sets are split by
+``--seed`` as in the suite, and their weights are cross-fitted on the test split (chosen on
+its even rows and scored on its odd ones, and the other way round). Gap = mean(log p_true - log q) over the test
 rows where the density is known, else the held-out mean log-likelihood. Nothing here sees
 the test rows before they are scored.
 
@@ -57,53 +57,9 @@ if HERE not in sys.path:
 from density_suite import (GMM_MAX_K, MODES, REAL, SETS, Mode, cpu_seconds,  # noqa: E402
                            fit_gmm, load_set)
 from refflow.data import SYNTHETIC, synthetic, toy  # noqa: E402
-from refflow.estimator import FlowDensity  # noqa: E402
+from refflow.estimator import (FlowDensity, blend_log_likelihood,  # noqa: E402
+                               blend_weights)
 from refflow.flows import BUILDERS  # noqa: E402
-
-#: EM on the weights stops when no weight moves by more than this in a round.
-WEIGHT_TOL = 1e-10
-WEIGHT_MAX_ITER = 10000
-
-
-def blend_weights(log_q, tol=WEIGHT_TOL, max_iter=WEIGHT_MAX_ITER):
-    """Mixture weights ``w`` maximising ``mean_n log sum_j w_j q_j(x_n)`` over the simplex.
-
-    ``log_q`` is ``(n, m)``: ``log q_j(x_n)``. EM from equal weights (Dempster, Laird and
-    Rubin, 1977, with the components held fixed): responsibilities ``r_nj = w_j q_j(x_n) /
-    sum_i w_i q_i(x_n)``, then ``w_j = mean_n r_nj``. The objective is concave in ``w``, and
-    EM's fixed points with every ``w_j > 0`` are where ``mean_n q_j / q_w = 1`` for every
-    ``j`` (the KKT conditions), so it converges to the maximum (a weight of a useless
-    component tends to 0, slowly: the tolerance bounds the moves of the last round).
-    Rows where every ``log q_j`` is ``-inf`` are left out (no weight helps them).
-    """
-    log_q = np.asarray(log_q, dtype=np.float64)
-    keep = np.isfinite(log_q).any(axis=1)
-    log_q = log_q[keep]
-    m = log_q.shape[1]
-    w = np.full(m, 1.0 / m)
-    for _ in range(max_iter):
-        with np.errstate(divide="ignore"):
-            a = np.log(w) + log_q
-        top = a.max(axis=1, keepdims=True)
-        r = np.exp(a - top)
-        r /= r.sum(axis=1, keepdims=True)
-        new = r.mean(axis=0)
-        moved = np.max(np.abs(new - w))
-        w = new
-        if moved < tol:
-            break
-    return w
-
-
-def blend_log_likelihood(log_q, w):
-    """Per-row ``log sum_j w_j q_j(x_n)`` (a log-sum-exp; zero weights add nothing)."""
-    log_q = np.asarray(log_q, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        a = np.log(np.asarray(w, dtype=np.float64)) + log_q
-    top = a.max(axis=1, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return (top + np.log(np.exp(a - top).sum(axis=1, keepdims=True)))[:, 0]
 
 
 def _draw(name, n, rng):

@@ -39,7 +39,7 @@ from .io.spec import UNBOUNDED, combine, declaration, declare, register
 from .training import ProgressLine
 from .training.loop import History, TrainingDiverged, fit
 
-__all__ = ["FlowDensity"]
+__all__ = ["FlowDensity", "blend_log_likelihood", "blend_weights"]
 
 #: The families ``flow="auto"`` fits, in order (the first wins a tie); see DEVELOPERS.md,
 #: "FlowDensity's defaults", for the evidence.
@@ -519,6 +519,14 @@ def _kmeans_start(z, k, rng):
     return resp
 
 
+def _e_step(a):
+    """EM's E step of a mixture from ``a_nj = log w_j + log p_j(z_n)`` (``(n, k)``):
+    ``(mean_n log sum_j exp a_nj, r)``, the mean log-likelihood and the responsibilities
+    ``r_nj = exp(a_nj - log sum_i exp a_ni)``, by one log-sum-exp."""
+    lse = logsumexp_rows(a)
+    return float(np.mean(lse)), np.exp(a - lse[:, None])
+
+
 def _full_mixture_em(z, k, rng, tol=_MIX_TOL):
     r"""Maximum-likelihood mixture of ``k`` Gaussians with full covariances of the rows ``z``
     by EM: ``(log_w, means, chols, mean_log_likelihood)``, ``chols[j]`` the lower Cholesky
@@ -552,9 +560,7 @@ def _full_mixture_em(z, k, rng, tol=_MIX_TOL):
         a = (log_w - 0.5 * np.einsum("nki,nki->nk", u, u)
              - np.sum(np.log(np.diagonal(chols, axis1=1, axis2=2)), axis=1)
              - 0.5 * d * _LOG_2PI)
-        lse = logsumexp_rows(a)
-        mean_ll = float(np.mean(lse))
-        resp = np.exp(a - lse[:, None])
+        mean_ll, resp = _e_step(a)
         if mean_ll - previous < tol:
             break
         previous = mean_ll
@@ -602,12 +608,31 @@ def _full_mixture_bic(z, max_components=BLEND_MAX_COMPONENTS):
     return best[2][:3]
 
 
-def _blend_weights(log_q):
-    """Weights ``w`` on the simplex maximising ``mean_n log sum_j w_j q_j(x_n)`` (``log_q``
-    ``(n, m)``): EM with the components held fixed, from equal weights (``w_j = mean_n
-    r_nj``); the objective is concave in ``w``, so EM's limit is the maximum. Stops when no
-    weight moves by more than ``_BLEND_TOL`` or after ``_BLEND_MAX_ITER`` rounds. Rows that no
-    component can score (every ``log q_j = -inf``) are left out."""
+def blend_weights(log_q):
+    """Weights ``w`` on the simplex maximising ``mean_n log sum_j w_j q_j(x_n)``: the mixture
+    weights of fixed densities (stacking by likelihood), as ``FlowDensity``'s blend chooses
+    them on its validation rows.
+
+    ``log_q`` is ``(n, m)``, ``log q_j(x_n)``. EM with the components held fixed (Dempster,
+    Laird and Rubin, 1977), from equal weights: responsibilities ``r_nj = w_j q_j(x_n) /
+    sum_i w_i q_i(x_n)``, then ``w_j = mean_n r_nj``. The objective is concave in ``w`` and
+    EM's fixed points with every ``w_j > 0`` are where ``mean_n q_j / q_w = 1`` for every
+    ``j`` (the KKT conditions), so its limit is the maximum; the weight of a useless component
+    tends to 0, slowly. Stops when no weight moves by more than ``_BLEND_TOL`` (1e-10) in a
+    round or after ``_BLEND_MAX_ITER`` rounds. Rows that no component can score (every
+    ``log q_j = -inf``) are left out: no weight helps them.
+
+    >>> import numpy as np
+    >>> log_q = np.log([[0.5, 0.1], [0.5, 0.1], [0.1, 0.5]])
+    >>> w = blend_weights(log_q)
+    >>> bool(abs(w.sum() - 1.0) < 1e-12), bool(w[0] > w[1])
+    (True, True)
+    """
+    log_q = np.asarray(log_q, dtype=np.float64)
+    if log_q.ndim != 2 or log_q.shape[1] == 0:
+        raise ValueError(f"log_q must be (rows, components), got shape {log_q.shape}")
+    if np.isnan(log_q).any() or (log_q == np.inf).any():
+        raise ValueError("log_q must not hold NaN or +inf")
     log_q = log_q[np.isfinite(log_q).any(axis=1)]
     w = np.full(log_q.shape[1], 1.0 / log_q.shape[1])
     for _ in range(_BLEND_MAX_ITER):
@@ -621,12 +646,27 @@ def _blend_weights(log_q):
     return w
 
 
+def blend_log_likelihood(log_q, weights):
+    """Per-row ``log sum_j w_j q_j(x_n)`` of the log-densities ``log_q`` (``(n, m)``) and
+    weights ``w`` (``(m,)``): a log-sum-exp shifted by each row's maximum, so no overflow at
+    any scale; a zero weight adds nothing (not even to a ``-inf`` log-density), and a row that
+    no weighted component can score is ``-inf``.
+
+    >>> import numpy as np
+    >>> float(blend_log_likelihood(np.array([[-1000.0, -1000.0]]), [0.5, 0.5])[0])
+    -1000.0
+    """
+    log_q = np.asarray(log_q, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return logsumexp_rows(np.log(np.asarray(weights, dtype=np.float64)) + log_q)
+
+
 def _fit_blend(X, Xs, mean, scale, validation, flows):
     """``(_Blend, blend_weights_, blend_score_)`` of a blend (``blend``): the fitted flows
     ``[(label, flow)]`` (in the data's units, the kept one first) and the full-covariance
     Gaussian mixture of the standardised training rows ``Xs`` (``k`` by BIC,
     :func:`_full_mixture_bic`; the validation rows left out, and at most
-    ``BLEND_MAX_ROWS`` of the others, evenly spaced), weighted by :func:`_blend_weights` on the
+    ``BLEND_MAX_ROWS`` of the others, evenly spaced), weighted by :func:`blend_weights` on the
     validation rows of ``X``. ``X`` and ``Xs`` are arrays or streamed sources (rows gathered
     by index: the same bits either way).
 
@@ -658,7 +698,7 @@ def _fit_blend(X, Xs, mean, scale, validation, flows):
     log_q = np.stack([flow.log_prob(rows) for _, flow in flows]
                      + [logsumexp_rows(np.stack([g.log_prob(rows) for g in gaussians], axis=1)
                                        + log_w)], axis=1)
-    w = _blend_weights(log_q)
+    w = blend_weights(log_q)
     weights = np.concatenate([w[:-1], w[-1] * np.exp(log_w)])
     members = [flow for _, flow in flows] + gaussians
     kept = [0] + [j for j in range(1, len(members)) if weights[j] >= _BLEND_MIN_WEIGHT]
@@ -677,10 +717,8 @@ class _Blend:
         self.weights = np.asarray(weights, dtype=np.float64)
 
     def log_prob(self, x, context=None):
-        with np.errstate(divide="ignore"):
-            a = np.stack([flow.log_prob(x) for flow in self.flows], axis=1) \
-                + np.log(self.weights)
-        return logsumexp_rows(a)
+        return blend_log_likelihood(np.stack([flow.log_prob(x) for flow in self.flows], axis=1),
+                                    self.weights)
 
     def sample(self, n, rng, context=None):
         counts = rng.multinomial(n, self.weights)
@@ -717,9 +755,7 @@ def _diag_mixture_em(z, k, rng):
         a = (log_w - 0.5 * (z2 @ inv.T - 2.0 * z @ (means * inv).T
                             + np.sum(means * means * inv, axis=1)
                             + np.sum(np.log(variances), axis=1) + d * _LOG_2PI))
-        lse = logsumexp_rows(a)
-        mean_ll = float(np.mean(lse))
-        resp = np.exp(a - lse[:, None])
+        mean_ll, resp = _e_step(a)
         if mean_ll - previous < _MIX_TOL:
             break
         previous = mean_ll
