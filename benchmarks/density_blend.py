@@ -26,9 +26,9 @@ found by EM (:func:`refflow.estimator.blend_weights`). The toys' and synthetic s
 are drawn with ``--draws TRAIN,TEST,WEIGHTS`` (default ``7,8,9``: rows that no table of the
 suite uses; the weight rows are as many as the test rows); the real sets are split by
 ``--seed`` as in the suite, and their weights are cross-fitted on the test split (chosen on
-its even rows and scored on its odd ones, and the other way round). Gap = mean(log p_true - log q) over the test
-rows where the density is known, else the held-out mean log-likelihood. Nothing here sees
-the test rows before they are scored.
+its even rows and scored on its odd ones, and the other way round). Gap = mean(log p_true -
+log q) over the test rows where the density is known, else the held-out mean log-likelihood.
+Nothing here sees the test rows before they are scored.
 
 The weights chosen on a fresh draw stand in for those a fit would choose on its own validation
 rows (the rows its early stopping and its choice of candidate already used); the JSON keeps the

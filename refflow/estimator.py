@@ -112,6 +112,8 @@ _BLEND_SCAN_TOL = 1e-3
 _BLEND_BIC_PATIENCE = 5
 _BLEND_REFITS = 3
 _BLEND_MIN_WEIGHT = 1e-9
+#: blend_log_likelihood: how far from 1 its weights' sum may be (rounding of a normalisation).
+_BLEND_SUM_TOL = 1e-9
 _BLEND_MAX_ITER = 10000
 #: base="t_mixture": the degrees of freedom its start chooses among (1, the Cauchy, to 1000, a
 #: normal near the mode; 25 values evenly spaced in log nu).
@@ -650,15 +652,22 @@ def blend_log_likelihood(log_q, weights):
     """Per-row ``log sum_j w_j q_j(x_n)`` of the log-densities ``log_q`` (``(n, m)``) and
     weights ``w`` (``(m,)``): a log-sum-exp shifted by each row's maximum, so no overflow at
     any scale; a zero weight adds nothing (not even to a ``-inf`` log-density), and a row that
-    no weighted component can score is ``-inf``.
+    no weighted component can score is ``-inf``. The weights must be non-negative and sum to 1
+    (to 1e-9): a blend of densities is a density.
 
     >>> import numpy as np
     >>> float(blend_log_likelihood(np.array([[-1000.0, -1000.0]]), [0.5, 0.5])[0])
     -1000.0
     """
     log_q = np.asarray(log_q, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if log_q.ndim != 2 or weights.shape != log_q.shape[1:]:
+        raise ValueError(f"log_q must be (rows, components) and weights (components,), got "
+                         f"shapes {log_q.shape} and {weights.shape}")
+    if not (np.all(weights >= 0) and abs(float(np.sum(weights)) - 1.0) <= _BLEND_SUM_TOL):
+        raise ValueError(f"weights must be non-negative and sum to 1, got {weights.tolist()}")
     with np.errstate(divide="ignore"):
-        return logsumexp_rows(np.log(np.asarray(weights, dtype=np.float64)) + log_q)
+        return logsumexp_rows(np.log(weights) + log_q)
 
 
 def _fit_blend(X, Xs, mean, scale, validation, flows):

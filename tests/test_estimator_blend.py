@@ -105,6 +105,17 @@ def test_blend_weights_refuse_bad_log_densities(log_q, message):
         blend_weights(log_q)
 
 
+@pytest.mark.parametrize("weights, message", [
+    ([1.0], r"weights \(components,\), got shapes \(2, 2\) and \(1,\)"),
+    ([0.5, 0.6], r"weights must be non-negative and sum to 1, got \[0.5, 0.6\]"),
+    ([1.5, -0.5], r"weights must be non-negative and sum to 1, got \[1.5, -0.5\]"),
+    ([np.nan, 1.0], "weights must be non-negative and sum to 1"),
+])
+def test_blend_log_likelihood_refuses_bad_weights(weights, message):
+    with pytest.raises(ValueError, match=message):
+        blend_log_likelihood(np.zeros((2, 2)), weights)
+
+
 def test_blend_log_likelihood_is_a_stable_log_sum_exp():
     log_q = np.array([[-1000.0, -1001.0], [1000.0, 999.0], [-np.inf, -3.0], [-np.inf, -np.inf]])
     w = np.array([0.25, 0.75])
