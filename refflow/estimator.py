@@ -112,7 +112,8 @@ _BLEND_SCAN_TOL = 1e-3
 _BLEND_BIC_PATIENCE = 5
 _BLEND_REFITS = 3
 _BLEND_MIN_WEIGHT = 1e-9
-#: blend_log_likelihood: how far from 1 its weights' sum may be (rounding of a normalisation).
+#: blend_log_likelihood and a file's blend entry: how far from 1 the weights' sum may be
+#: (rounding of a normalisation).
 _BLEND_SUM_TOL = 1e-9
 _BLEND_MAX_ITER = 10000
 #: base="t_mixture": the degrees of freedom its start chooses among (1, the Cauchy, to 1000, a
@@ -2370,7 +2371,7 @@ def _blend_from_config(blend, flow, where):
     if not (isinstance(weights, list) and isinstance(specs, list)
             and len(weights) == len(specs) + 1 and all(
             type(v) in (int, float) and math.isfinite(v) and v >= 0 for v in weights)
-            and abs(sum(weights) - 1.0) < 1e-9):
+            and abs(sum(weights) - 1.0) < _BLEND_SUM_TOL):
         raise ValueError(f"{where}: blend weights must be one non-negative number per flow "
                          f"(the kept flow first) summing to 1")
     labels, score = blend["blend_weights_"], blend["blend_score_"]
